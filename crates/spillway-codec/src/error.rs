@@ -1,0 +1,192 @@
+//! Errors of the codec.
+
+use crate::framing::Framing;
+
+/// Why a stream (or, for [`encode`](crate::encode), a payload) cannot be
+/// framed.
+///
+/// Offsets are stream offsets: the number of bytes of that stream consumed
+/// before the offending message, i.e. where the message starts. A decode
+/// error is fatal for the stream: the caller keeps what it accepted before
+/// `offset`, logs the error and closes the connection.
+#[non_exhaustive]
+#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    /// The message at `offset` is larger than the maximum message size.
+    ///
+    /// For `len:*`, `size` is the declared size of the whole message (prefix
+    /// included, saturating at `u64::MAX`); it is reported as soon as the
+    /// prefix is read, before any payload is buffered. For `lines`, no
+    /// newline was found within `max` bytes: `size` is the number of bytes
+    /// scanned without finding one (the line is longer than that).
+    #[error("message at offset {offset} too large: {size} bytes, maximum is {max}")]
+    TooLarge {
+        /// Stream offset where the message starts.
+        offset: u64,
+        /// Declared size (`len:*`) or bytes seen without a newline (`lines`).
+        size: u64,
+        /// The configured maximum message size.
+        max: u64,
+    },
+    /// The stream ended in the middle of a message (see
+    /// [`Decoder::finish`](crate::Decoder::finish)).
+    ///
+    /// `have` is how many bytes of it arrived; `need` is the whole message's
+    /// size when it is known (a `len:*` prefix was complete), `None`
+    /// otherwise (a partial prefix, a line without its newline, or — for
+    /// `raw` — bytes the caller never decoded).
+    #[error("stream truncated at offset {offset}: have {have} bytes of a message{}",
+        match need { Some(n) => format!(" of {n} bytes"), None => String::new() })]
+    Truncated {
+        /// Stream offset where the partial message starts.
+        offset: u64,
+        /// Bytes of the partial message that arrived.
+        have: u64,
+        /// Size of the whole message, when the prefix told it.
+        need: Option<u64>,
+    },
+    /// [`encode`](crate::encode) for `lines` was given a payload containing
+    /// `'\n'`, which would be split into two messages.
+    #[error("payload contains a newline at index {index}; `lines` cannot frame it")]
+    NewlineInPayload {
+        /// Index of the first `'\n'` in the payload.
+        index: u64,
+    },
+    /// [`encode`](crate::encode) was given a payload longer than the length
+    /// prefix can express (e.g. more than 255 bytes for `len:u8`).
+    #[error("payload of {len} bytes does not fit a {framing} prefix")]
+    PayloadTooLong {
+        /// Payload length.
+        len: u64,
+        /// The framing whose prefix is too narrow.
+        framing: Framing,
+    },
+}
+
+/// A label for each [`FrameError`] variant, for metrics and log fields.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FrameErrorKind {
+    /// [`FrameError::TooLarge`]
+    TooLarge,
+    /// [`FrameError::Truncated`]
+    Truncated,
+    /// [`FrameError::NewlineInPayload`]
+    NewlineInPayload,
+    /// [`FrameError::PayloadTooLong`]
+    PayloadTooLong,
+}
+
+impl FrameErrorKind {
+    /// A stable `snake_case` label: `too_large`, `truncated`,
+    /// `newline_in_payload`, `payload_too_long`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            FrameErrorKind::TooLarge => "too_large",
+            FrameErrorKind::Truncated => "truncated",
+            FrameErrorKind::NewlineInPayload => "newline_in_payload",
+            FrameErrorKind::PayloadTooLong => "payload_too_long",
+        }
+    }
+}
+
+impl std::fmt::Display for FrameErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FrameError {
+    /// The variant's label, for metrics.
+    pub const fn kind(&self) -> FrameErrorKind {
+        match self {
+            FrameError::TooLarge { .. } => FrameErrorKind::TooLarge,
+            FrameError::Truncated { .. } => FrameErrorKind::Truncated,
+            FrameError::NewlineInPayload { .. } => FrameErrorKind::NewlineInPayload,
+            FrameError::PayloadTooLong { .. } => FrameErrorKind::PayloadTooLong,
+        }
+    }
+
+    /// The stream offset of the offending message, for decode errors.
+    pub const fn offset(&self) -> Option<u64> {
+        match self {
+            FrameError::TooLarge { offset, .. } | FrameError::Truncated { offset, .. } => {
+                Some(*offset)
+            }
+            FrameError::NewlineInPayload { .. } | FrameError::PayloadTooLong { .. } => None,
+        }
+    }
+}
+
+/// A framing name that [`Framing::from_str`](std::str::FromStr) does not know.
+#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
+#[error("unknown framing {input:?}: expected one of {}", Framing::NAMES.join(", "))]
+pub struct ParseFramingError {
+    /// The rejected input.
+    pub input: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_have_stable_labels() {
+        let cases = [
+            (
+                FrameError::TooLarge {
+                    offset: 1,
+                    size: 2,
+                    max: 1,
+                },
+                "too_large",
+            ),
+            (
+                FrameError::Truncated {
+                    offset: 0,
+                    have: 1,
+                    need: None,
+                },
+                "truncated",
+            ),
+            (
+                FrameError::NewlineInPayload { index: 0 },
+                "newline_in_payload",
+            ),
+            (
+                FrameError::PayloadTooLong {
+                    len: 256,
+                    framing: Framing::Raw,
+                },
+                "payload_too_long",
+            ),
+        ];
+        for (err, label) in cases {
+            assert_eq!(err.kind().as_str(), label);
+            assert_eq!(err.kind().to_string(), label);
+        }
+    }
+
+    #[test]
+    fn messages_name_the_offset() {
+        let err = FrameError::Truncated {
+            offset: 42,
+            have: 3,
+            need: Some(10),
+        };
+        assert_eq!(
+            err.to_string(),
+            "stream truncated at offset 42: have 3 bytes of a message of 10 bytes"
+        );
+        let err = FrameError::TooLarge {
+            offset: 7,
+            size: 99,
+            max: 50,
+        };
+        assert_eq!(
+            err.to_string(),
+            "message at offset 7 too large: 99 bytes, maximum is 50"
+        );
+        assert_eq!(err.offset(), Some(7));
+    }
+}
