@@ -1,1 +1,209 @@
-fn main() {}
+//! The `spillway` command line. See DESIGN.md "Command line": the flags
+//! here are a contract that scripts and tests rely on.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use spillway::config::{self, Config, Global, Route, Spill, StreamRoute};
+use spillway::logging::{self, LogFormat};
+use spillway::units::{parse_duration, ByteSize};
+use spillway_net::balance::Balance;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+#[derive(Parser)]
+#[command(name = "spillway", version, about = "A TCP relay that never lets a slow reader hurt a fast writer")]
+struct Cli {
+    /// Log output format.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Log level or filter (RUST_LOG overrides).
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Stream mode: proxy TCP connections to a pool of upstreams.
+    Relay(RelayArgs),
+    /// Run every route of a TOML config file.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate a config file; exit 1 with file:line:col on error.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct RelayArgs {
+    /// Address to accept clients on (HOST:PORT).
+    #[arg(long)]
+    listen: String,
+    /// Upstream address (HOST:PORT); repeat for a pool.
+    #[arg(long = "to", required = true)]
+    to: Vec<String>,
+    #[arg(long, default_value = "round-robin", value_parser = parse_balance)]
+    balance: Balance,
+    /// Spill the overflow of slow directions to temporary files in DIR.
+    #[arg(long)]
+    spill_dir: Option<PathBuf>,
+    /// Spill bound per connection.
+    #[arg(long, default_value = "1GiB")]
+    max_spill: ByteSize,
+    /// Spill bound for the whole process.
+    #[arg(long, default_value = "8GiB")]
+    max_spill_total: ByteSize,
+    /// In-memory buffer per direction.
+    #[arg(long, default_value = "64KiB")]
+    buffer: ByteSize,
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+    /// Distinct upstreams tried per client connection.
+    #[arg(long, default_value_t = config::defaults::CONNECT_TRIES)]
+    connect_tries: u32,
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    half_close_timeout: Duration,
+    #[arg(long, default_value_t = config::defaults::MAX_CONNECTIONS)]
+    max_connections: usize,
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+}
+
+fn parse_balance(s: &str) -> Result<Balance, String> {
+    s.parse()
+}
+
+impl RelayArgs {
+    fn into_config(self) -> Result<Config, String> {
+        config::check_host_port(&self.listen).map_err(|e| format!("--listen: {e}"))?;
+        for t in &self.to {
+            config::check_host_port(t).map_err(|e| format!("--to: {e}"))?;
+        }
+        if self.connect_tries == 0 {
+            return Err("--connect-tries must be at least 1".into());
+        }
+        let mut route = StreamRoute::new("relay", self.listen, self.to);
+        route.balance = self.balance;
+        route.connect_timeout = self.connect_timeout;
+        route.connect_tries = self.connect_tries;
+        route.idle_timeout = self.idle_timeout;
+        route.half_close_timeout = self.half_close_timeout;
+        route.max_connections = self.max_connections;
+        route.buffer = usize::try_from(self.buffer.bytes()).map_err(|_| "--buffer too large")?;
+        route.spill = self.spill_dir.map(|dir| Spill {
+            dir,
+            max_per_connection: self.max_spill.bytes(),
+        });
+        Ok(Config {
+            global: Global {
+                max_spill_total: self.max_spill_total.bytes(),
+                drain_timeout: self.drain_timeout,
+                admin: None,
+            },
+            routes: vec![Route::Stream(route)],
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match config::load(&config) {
+            Ok(c) => {
+                println!("{}: ok ({} route{})", config.display(), c.routes.len(), if c.routes.len() == 1 { "" } else { "s" });
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config } => {
+            let parsed = match config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            logging::init(cli.log_format, &cli.log_level);
+            serve(parsed)
+        }
+        Command::Relay(args) => {
+            let parsed = match args.into_config() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            logging::init(cli.log_format, &cli.log_level);
+            serve(parsed)
+        }
+    }
+}
+
+fn serve(config: Config) -> ExitCode {
+    match spillway_net::sys::raise_nofile_limit() {
+        Ok(n) => tracing::debug!(nofile = n, "open file limit"),
+        Err(e) => warn!(error = %e, "cannot raise the open file limit"),
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(watch_signals(shutdown.clone()));
+        match spillway::app::run(config, shutdown).await {
+            Ok(()) => {
+                info!("stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                error!("{e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// First SIGTERM/SIGINT: graceful shutdown. Second: exit at once.
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => {
+            error!("cannot install signal handlers");
+            return;
+        }
+    };
+    let mut seen = 0;
+    loop {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        seen += 1;
+        if seen == 1 {
+            info!(signal = name, "shutting down: no new connections, draining");
+            shutdown.cancel();
+        } else {
+            warn!(signal = name, "second signal: exiting now");
+            std::process::exit(130);
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! The spool's one error type.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Why an append could not find room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FullReason {
+    /// The disk tier reached `max_disk`.
+    Quota,
+    /// The file system said `ENOSPC` or `EDQUOT`.
+    NoSpace,
+}
+
+impl std::fmt::Display for FullReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FullReason::Quota => "max_disk reached",
+            FullReason::NoSpace => "file system out of space",
+        })
+    }
+}
+
+/// Everything that can go wrong in the spool. Each variant says what the
+/// caller should do about it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpoolError {
+    /// An I/O operation failed. Not retryable by repeating the call blindly;
+    /// the spool's state is unchanged (a partial write was truncated back).
+    #[error("spool I/O error: {op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// Stored data fails its checks somewhere other than a torn tail. The
+    /// spool refuses to skip it: an operator must look (`spillway spool
+    /// verify`/`dump`), then repair or move the directory aside.
+    #[error("spool corrupt: {segment} at offset {offset}: {detail}")]
+    Corrupt {
+        segment: PathBuf,
+        offset: u64,
+        detail: String,
+    },
+    /// An fsync (or a truncate after a failed write) failed earlier. The
+    /// kernel may have dropped dirty pages, so nothing after that point can be
+    /// called durable: every later append, sync and close fails with this.
+    /// Recovery is to drop the handle and reopen the spool (which re-reads
+    /// what actually reached the disk).
+    #[error("spool poisoned by an earlier failure: {cause}")]
+    Poisoned { cause: String },
+    /// No room (`max_disk` or the file system) and `WhenFull::Block` timed
+    /// out. Retry later; acknowledgements free space.
+    #[error("spool full: {reason}")]
+    Full { reason: FullReason },
+    /// A message is larger than `max_message`, or a batch can never fit in
+    /// `max_disk`. Retrying will not help.
+    #[error("message too large: {size} bytes, limit {limit}")]
+    TooLarge { size: u64, limit: u64 },
+    /// The spool was closed (through this or another handle).
+    #[error("spool is closed")]
+    Closed,
+    /// The configuration is unusable (e.g. `max_message` above the format's
+    /// limit).
+    #[error("invalid spool configuration: {0}")]
+    Config(String),
+}
+
+impl SpoolError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        SpoolError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// No room right now; may succeed later.
+    pub fn is_full(&self) -> bool {
+        matches!(self, SpoolError::Full { .. })
+    }
+    /// The handle is unusable for writing; reopen the spool.
+    pub fn is_poisoned(&self) -> bool {
+        matches!(self, SpoolError::Poisoned { .. })
+    }
+    /// Stored data is damaged and needs an operator.
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, SpoolError::Corrupt { .. })
+    }
+    /// Worth retrying the same call later without changing anything.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, SpoolError::Full { .. })
+    }
+}

@@ -1,0 +1,154 @@
+//! The file-system seam. All spool I/O goes through [`Fs`] and
+//! [`SegmentFile`] so tests can inject short writes, `ENOSPC` and fsync
+//! failures, and simulate a power cut (lose what was never synced).
+//! [`StdFs`] is the real implementation over `std::fs`.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+/// A file used with positional I/O only, so one handle can be shared by the
+/// writer, readers and the group-commit leader (which fsyncs it outside the
+/// spool lock) without any shared seek position.
+pub trait SegmentFile: Send + Sync + fmt::Debug {
+    /// Like `pread`: may return fewer bytes than asked; 0 at end of file.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+    /// Like `pwrite`: may write fewer bytes than given (a short write).
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize>;
+    /// `fdatasync`: data and the size needed to read it back are durable.
+    fn sync_data(&self) -> io::Result<()>;
+    /// `ftruncate`.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Current size in bytes.
+    fn len(&self) -> io::Result<u64>;
+}
+
+/// Directory-level operations of the spool.
+pub trait Fs: Send + Sync + fmt::Debug {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// File names (not paths) in `dir`.
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Creates a new file for reading and writing; fails if it exists.
+    fn create(&self, path: &Path) -> io::Result<Arc<dyn SegmentFile>>;
+    /// Opens an existing file (read-write when `write`).
+    fn open(&self, path: &Path, write: bool) -> io::Result<Arc<dyn SegmentFile>>;
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// fsync of the directory, making creates, renames and removes durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+}
+
+/// The real file system.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StdFs;
+
+#[derive(Debug)]
+struct StdFile(File);
+
+impl SegmentFile for StdFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.0.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
+        self.0.write_at(buf, offset)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+}
+
+impl Fs for StdFs {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)
+    }
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            if let Some(name) = entry.file_name().to_str() {
+                names.push(name.to_owned());
+            }
+        }
+        Ok(names)
+    }
+    fn create(&self, path: &Path) -> io::Result<Arc<dyn SegmentFile>> {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        Ok(Arc::new(StdFile(f)))
+    }
+    fn open(&self, path: &Path, write: bool) -> io::Result<Arc<dyn SegmentFile>> {
+        let f = OpenOptions::new().read(true).write(write).open(path)?;
+        Ok(Arc::new(StdFile(f)))
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+}
+
+/// Writes all of `buf` at `offset`, retrying short writes and `EINTR`.
+/// On error, returns how many bytes were written before it (so the caller
+/// can truncate them back).
+pub(crate) fn write_all_at(
+    f: &dyn SegmentFile,
+    mut buf: &[u8],
+    mut offset: u64,
+) -> Result<(), (io::Error, u64)> {
+    let mut done = 0u64;
+    while !buf.is_empty() {
+        match f.write_at(buf, offset) {
+            Ok(0) => {
+                return Err((
+                    io::Error::new(io::ErrorKind::WriteZero, "write returned 0 bytes"),
+                    done,
+                ))
+            }
+            Ok(n) => {
+                buf = &buf[n..];
+                offset += n as u64;
+                done += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err((e, done)),
+        }
+    }
+    Ok(())
+}
+
+/// Reads until `buf` is full or end of file; returns the bytes read.
+pub(crate) fn read_full_at(f: &dyn SegmentFile, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0usize;
+    while done < buf.len() {
+        match f.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// `ENOSPC` or `EDQUOT`: the disk (or the user's quota) is full. Handled like
+/// the spool's own `max_disk` bound rather than as a failure.
+pub(crate) fn is_no_space(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded)
+        || matches!(e.raw_os_error(), Some(code) if code == libc::ENOSPC || code == libc::EDQUOT)
+}

@@ -1,0 +1,97 @@
+//! The accept loop shared by every listener: stops on shutdown, and backs
+//! off instead of spinning when the process runs out of descriptors or
+//! memory (EMFILE, ENFILE, ENOBUFS, ENOMEM), the way nginx and HAProxy do.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::logging::RateLimited;
+
+pub struct Accepted {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+}
+
+/// Whether an accept error is about resources (back off and retry) rather
+/// than about the one connection that failed (retry at once).
+pub fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
+    )
+}
+
+pub async fn accept_loop(
+    listener: &TcpListener,
+    route: &str,
+    shutdown: &CancellationToken,
+    mut on_accept: impl FnMut(Accepted),
+) {
+    const MIN_PAUSE: Duration = Duration::from_millis(5);
+    const MAX_PAUSE: Duration = Duration::from_secs(1);
+    let mut pause = MIN_PAUSE;
+    let mut warn_limit = RateLimited::new(Duration::from_secs(5));
+    loop {
+        let r = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.cancelled() => return,
+        };
+        match r {
+            Ok((stream, peer)) => {
+                pause = MIN_PAUSE;
+                on_accept(Accepted { stream, peer });
+            }
+            Err(e) if is_resource_exhaustion(&e) => {
+                if let Some(suppressed) = warn_limit.check() {
+                    warn!(route, error = %e, pause_ms = pause.as_millis() as u64, suppressed,
+                          "accept failed: out of resources; pausing accepts");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                pause = (pause * 2).min(MAX_PAUSE);
+            }
+            // The client went away between SYN and accept, or a signal: nothing to do.
+            Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted) => {}
+            Err(e) => {
+                if let Some(suppressed) = warn_limit.check() {
+                    warn!(route, error = %e, suppressed, "accept failed");
+                }
+                tokio::time::sleep(MIN_PAUSE).await;
+            }
+        }
+    }
+}
+
+/// Binds a listening socket with a deep backlog and SO_REUSEADDR, so a
+/// restarted relay can rebind at once and bursts of connects are not refused.
+pub async fn bind(addr: &str) -> io::Result<TcpListener> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr).await?.collect();
+    let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{addr} resolved to no address"));
+    for a in addrs {
+        match bind_one(a) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}

@@ -1,0 +1,13 @@
+//! spillway: a TCP relay that never lets a slow reader hurt a fast writer.
+//!
+//! The binary (`main.rs`) parses the command line; everything else lives
+//! here so integration tests can start routes on `127.0.0.1:0` in-process.
+
+#![forbid(unsafe_code)]
+
+pub mod accept;
+pub mod app;
+pub mod config;
+pub mod logging;
+pub mod stream;
+pub mod units;

@@ -1,0 +1,442 @@
+//! Stream mode: a transparent L4 reverse proxy and load balancer.
+//!
+//! Each accepted connection is paired with an upstream connection picked by
+//! the route's balancer. Bytes flow both ways unchanged, each direction
+//! through a bounded buffer: by default a kernel pipe moved with `splice(2)`
+//! (zero copy, backpressure when the writer is slow), or with a spill
+//! directory a user-space buffer that overflows to a temporary file so the
+//! fast side keeps flowing. EOF on one side becomes `shutdown(SHUT_WR)` on
+//! the other; the opposite direction keeps going until it ends too, bounded
+//! by the half-close timer. A reset on one side resets the other.
+
+mod splice;
+pub mod spill;
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::SockRef;
+use spillway_net::balance::{Balancer, Lease};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::accept::{accept_loop, Accepted};
+use crate::config::StreamRoute;
+use spill::{SpillBudget, SpillLimits};
+
+/// Why a proxied connection ended. Logged once per connection and counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    /// Both directions ended cleanly; the client sent its EOF first.
+    ClientEof,
+    /// Both directions ended cleanly; the upstream sent its EOF first.
+    UpstreamEof,
+    ClientReset,
+    UpstreamReset,
+    /// A local failure (pipe, spill file) ended the connection.
+    LocalError,
+    IdleTimeout,
+    HalfCloseTimeout,
+    /// No upstream could be connected within the allowed tries.
+    NoUpstream,
+    /// The route's connection limit was reached.
+    Limit,
+    /// The drain period after SIGTERM ran out.
+    Shutdown,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 10] = [
+        CloseReason::ClientEof,
+        CloseReason::UpstreamEof,
+        CloseReason::ClientReset,
+        CloseReason::UpstreamReset,
+        CloseReason::LocalError,
+        CloseReason::IdleTimeout,
+        CloseReason::HalfCloseTimeout,
+        CloseReason::NoUpstream,
+        CloseReason::Limit,
+        CloseReason::Shutdown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::ClientEof => "client_eof",
+            CloseReason::UpstreamEof => "upstream_eof",
+            CloseReason::ClientReset => "client_reset",
+            CloseReason::UpstreamReset => "upstream_reset",
+            CloseReason::LocalError => "local_error",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::HalfCloseTimeout => "half_close_timeout",
+            CloseReason::NoUpstream => "no_upstream",
+            CloseReason::Limit => "limit",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+
+    fn index(self) -> usize {
+        CloseReason::ALL
+            .iter()
+            .position(|r| *r == self)
+            .unwrap_or(0)
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Direction indexes into [`Progress`] and [`RouteStats`].
+pub const CLIENT_TO_UPSTREAM: usize = 0;
+pub const UPSTREAM_TO_CLIENT: usize = 1;
+
+/// Counters of one stream route, read by the admin endpoint.
+#[derive(Debug, Default)]
+pub struct RouteStats {
+    pub accepted: AtomicU64,
+    pub active: AtomicUsize,
+    closed: [AtomicU64; CloseReason::ALL.len()],
+    pub bytes: [AtomicU64; 2],
+    pub spilled_bytes: AtomicU64,
+    pub connect_failures: AtomicU64,
+}
+
+impl RouteStats {
+    pub fn closed(&self, reason: CloseReason) -> u64 {
+        self.closed[reason.index()].load(Ordering::Relaxed)
+    }
+}
+
+/// How a direction failed; the side tells whom to blame in the close reason.
+#[derive(Debug)]
+pub(crate) enum DirError {
+    Read(io::Error),
+    Write(io::Error),
+    Local(io::Error),
+}
+
+/// Live per-connection counters shared by the two directions and the
+/// supervisor (which reads them for the idle timer and the final log line).
+pub(crate) struct Progress {
+    start: Instant,
+    last_activity_ms: AtomicU64,
+    bytes: [AtomicU64; 2],
+    spilled: AtomicU64,
+    stats: Arc<RouteStats>,
+}
+
+impl Progress {
+    fn new(stats: Arc<RouteStats>) -> Self {
+        Progress {
+            start: Instant::now(),
+            last_activity_ms: AtomicU64::new(0),
+            bytes: Default::default(),
+            spilled: AtomicU64::new(0),
+            stats,
+        }
+    }
+
+    pub(crate) fn moved(&self, dir: usize, n: usize) {
+        self.bytes[dir].fetch_add(n as u64, Ordering::Relaxed);
+        self.stats.bytes[dir].fetch_add(n as u64, Ordering::Relaxed);
+        self.touch();
+    }
+
+    pub(crate) fn spilled(&self, n: usize) {
+        self.spilled.fetch_add(n as u64, Ordering::Relaxed);
+        self.stats.spilled_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        self.touch();
+    }
+
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_activity_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn last_activity(&self) -> Instant {
+        self.start + Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed))
+    }
+}
+
+pub(crate) fn shutdown_write(s: &TcpStream) -> Result<(), DirError> {
+    match SockRef::from(s).shutdown(std::net::Shutdown::Write) {
+        Ok(()) => Ok(()),
+        // The peer is already gone; the other direction will notice.
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+        Err(e) => Err(DirError::Write(e)),
+    }
+}
+
+/// Shared state of a running stream route.
+pub struct StreamServer {
+    route: StreamRoute,
+    balancer: Balancer,
+    stats: Arc<RouteStats>,
+    budget: Arc<SpillBudget>,
+}
+
+impl StreamServer {
+    pub fn new(route: StreamRoute, budget: Arc<SpillBudget>) -> Self {
+        let balancer = Balancer::new(route.balance, route.upstreams.len());
+        StreamServer {
+            route,
+            balancer,
+            stats: Arc::default(),
+            budget,
+        }
+    }
+
+    pub fn stats(&self) -> &Arc<RouteStats> {
+        &self.stats
+    }
+
+    pub fn route(&self) -> &StreamRoute {
+        &self.route
+    }
+
+    /// Accepts on `listener` until `shutdown` fires, then waits for the
+    /// connections in flight, at most `drain` long.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+        drain: Duration,
+    ) {
+        let tracker = TaskTracker::new();
+        let hard_stop = CancellationToken::new();
+        let name = self.route.name.clone();
+        accept_loop(&listener, &name, &shutdown, |accepted: Accepted| {
+            let server = Arc::clone(&self);
+            let hard_stop = hard_stop.clone();
+            tracker.spawn(async move { server.handle(accepted.stream, accepted.peer, hard_stop).await });
+        })
+        .await;
+        drop(listener);
+        tracker.close();
+        if !tracker.is_empty() {
+            info!(route = %name, connections = tracker.len(), drain_timeout = ?drain, "draining");
+        }
+        if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+            warn!(route = %name, connections = tracker.len(), "drain timeout; closing remaining connections");
+            hard_stop.cancel();
+            tracker.wait().await;
+        }
+    }
+
+    async fn handle(self: Arc<Self>, client: TcpStream, peer: SocketAddr, hard_stop: CancellationToken) {
+        let stats = &self.stats;
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let active = stats.active.fetch_add(1, Ordering::Relaxed) + 1;
+        let _active = ActiveGuard(Arc::clone(stats));
+        let route = &self.route;
+        if active > route.max_connections {
+            self.log_close(peer, None, CloseReason::Limit, None, Duration::ZERO);
+            return;
+        }
+        let _ = client.set_nodelay(true);
+        let start = Instant::now();
+        let (upstream, lease, upstream_addr) = match self.connect_upstream(peer).await {
+            Some(x) => x,
+            None => {
+                self.log_close(peer, None, CloseReason::NoUpstream, None, start.elapsed());
+                return;
+            }
+        };
+        let progress = Progress::new(Arc::clone(stats));
+        let reason = self
+            .relay(&client, &upstream, &progress, &hard_stop)
+            .await;
+        drop(lease);
+        self.log_close(peer, Some(upstream_addr), reason, Some(&progress), start.elapsed());
+    }
+
+    fn log_close(
+        &self,
+        peer: SocketAddr,
+        upstream: Option<SocketAddr>,
+        reason: CloseReason,
+        progress: Option<&Progress>,
+        elapsed: Duration,
+    ) {
+        self.stats.closed[reason.index()].fetch_add(1, Ordering::Relaxed);
+        let (up, down, spilled) = progress.map_or((0, 0, 0), |p| {
+            (
+                p.bytes[CLIENT_TO_UPSTREAM].load(Ordering::Relaxed),
+                p.bytes[UPSTREAM_TO_CLIENT].load(Ordering::Relaxed),
+                p.spilled.load(Ordering::Relaxed),
+            )
+        });
+        let upstream = upstream.map(|u| u.to_string()).unwrap_or_else(|| "-".into());
+        info!(
+            route = %self.route.name,
+            client = %peer,
+            upstream = %upstream,
+            reason = %reason,
+            bytes_in = up,
+            bytes_out = down,
+            spilled,
+            duration_ms = elapsed.as_millis() as u64,
+            "connection closed"
+        );
+    }
+
+    /// Tries up to `connect_tries` distinct upstreams, each bounded by the
+    /// connect timeout.
+    async fn connect_upstream(&self, peer: SocketAddr) -> Option<(TcpStream, Lease, SocketAddr)> {
+        let route = &self.route;
+        let tries = (route.connect_tries as usize).min(self.balancer.len());
+        let mut tried: Vec<usize> = Vec::with_capacity(tries);
+        for _ in 0..tries {
+            let lease = self.balancer.pick(|i| !tried.contains(&i))?;
+            let index = lease.index();
+            tried.push(index);
+            let target = &route.upstreams[index];
+            match connect(target, route.connect_timeout).await {
+                Ok((stream, addr)) => {
+                    let _ = stream.set_nodelay(true);
+                    return Some((stream, lease, addr));
+                }
+                Err(e) => {
+                    self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                    warn!(route = %route.name, client = %peer, upstream = %target, error = %e,
+                          "upstream connect failed");
+                }
+            }
+        }
+        None
+    }
+
+    async fn relay(
+        &self,
+        client: &TcpStream,
+        upstream: &TcpStream,
+        progress: &Progress,
+        hard_stop: &CancellationToken,
+    ) -> CloseReason {
+        let route = &self.route;
+        let c2u = self.direction(client, upstream, progress, CLIENT_TO_UPSTREAM);
+        let u2c = self.direction(upstream, client, progress, UPSTREAM_TO_CLIENT);
+        tokio::pin!(c2u, u2c);
+        let mut c2u_done = false;
+        let mut u2c_done = false;
+        let mut first_eof: Option<(Instant, CloseReason)> = None;
+        loop {
+            let idle_deadline = progress.last_activity() + route.idle_timeout;
+            let deadline = match first_eof {
+                Some((at, _)) => idle_deadline.min(at + route.half_close_timeout),
+                None => idle_deadline,
+            };
+            tokio::select! {
+                r = &mut c2u, if !c2u_done => {
+                    c2u_done = true;
+                    if let Err(e) = r {
+                        return fail(e, client, upstream, true);
+                    }
+                    first_eof.get_or_insert((Instant::now(), CloseReason::ClientEof));
+                }
+                r = &mut u2c, if !u2c_done => {
+                    u2c_done = true;
+                    if let Err(e) = r {
+                        return fail(e, client, upstream, false);
+                    }
+                    first_eof.get_or_insert((Instant::now(), CloseReason::UpstreamEof));
+                }
+                _ = sleep_until(deadline) => {
+                    let now = Instant::now();
+                    if let Some((at, _)) = first_eof {
+                        if now >= at + route.half_close_timeout {
+                            return CloseReason::HalfCloseTimeout;
+                        }
+                    }
+                    if now >= progress.last_activity() + route.idle_timeout {
+                        return CloseReason::IdleTimeout;
+                    }
+                }
+                _ = hard_stop.cancelled() => return CloseReason::Shutdown,
+            }
+            if c2u_done && u2c_done {
+                return first_eof.map_or(CloseReason::ClientEof, |(_, r)| r);
+            }
+        }
+    }
+
+    async fn direction(
+        &self,
+        src: &TcpStream,
+        dst: &TcpStream,
+        progress: &Progress,
+        dir: usize,
+    ) -> Result<(), DirError> {
+        match &self.route.spill {
+            Some(spill) => {
+                let limits = SpillLimits {
+                    dir: &spill.dir,
+                    max_per_connection: spill.max_per_connection,
+                    budget: &self.budget,
+                };
+                spill::run(src, dst, self.route.buffer, Some(limits), progress, dir).await
+            }
+            None => splice::run(src, dst, self.route.buffer, progress, dir).await,
+        }
+    }
+}
+
+/// Maps a direction's failure to a close reason and propagates a reset to
+/// the other side (SO_LINGER 0 makes the coming close send RST), so neither
+/// peer mistakes a broken stream for a complete one.
+fn fail(e: DirError, client: &TcpStream, upstream: &TcpStream, client_to_upstream: bool) -> CloseReason {
+    // For client->upstream, reads are on the client and writes on the upstream.
+    let (reason, err) = match (e, client_to_upstream) {
+        (DirError::Read(e), true) | (DirError::Write(e), false) => (CloseReason::ClientReset, e),
+        (DirError::Read(e), false) | (DirError::Write(e), true) => (CloseReason::UpstreamReset, e),
+        (DirError::Local(e), _) => (CloseReason::LocalError, e),
+    };
+    debug!(error = %err, reason = %reason, "direction failed");
+    for s in [client, upstream] {
+        let _ = SockRef::from(s).set_linger(Some(Duration::ZERO));
+    }
+    reason
+}
+
+struct ActiveGuard(Arc<RouteStats>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Connects to `HOST:PORT` (an IP literal, or a name resolved now), trying
+/// each resolved address within one overall timeout.
+pub async fn connect(target: &str, timeout: Duration) -> io::Result<(TcpStream, SocketAddr)> {
+    let attempt = async {
+        let addrs: Vec<SocketAddr> = match target.parse::<SocketAddr>() {
+            Ok(a) => vec![a],
+            Err(_) => tokio::net::lookup_host(target).await?.collect(),
+        };
+        let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{target} resolved to no address"));
+        for addr in addrs {
+            match TcpStream::connect(addr).await {
+                Ok(s) => return Ok((s, addr)),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("connect to {target} timed out after {timeout:?}"),
+        )),
+    }
+}
