@@ -174,7 +174,10 @@ mod tests {
         assert!(a.abs_diff(c) <= 1, "{a} vs {c}");
         drop(first);
         drop(held);
-        assert_eq!(b.load(0).expect("0").active() + b.load(1).expect("1").active(), 0);
+        assert_eq!(
+            b.load(0).expect("0").active() + b.load(1).expect("1").active(),
+            0
+        );
     }
 
     #[test]
@@ -191,6 +194,9 @@ mod tests {
         }
         drop(pinned);
         // Upstream 0 only wins when both draws hit it (about a quarter).
-        assert!(to_one > 100, "only {to_one} of 200 went to the idle upstream");
+        assert!(
+            to_one > 100,
+            "only {to_one} of 200 went to the idle upstream"
+        );
     }
 }

@@ -1,1 +1,103 @@
-//! placeholder
+//! spillway's queue engine: one strictly FIFO queue of opaque byte messages,
+//! a bounded memory tier in front of a durable segmented log. No networking,
+//! no async: every call is synchronous `std::fs` I/O (run it on a blocking
+//! thread), the async route wraps it.
+//!
+//! # Semantics
+//!
+//! * Messages get consecutive 64-bit sequence numbers. Consumers
+//!   [`read`](Spool::read) from a position and [`ack`](Spool::ack) up to a
+//!   sequence number; everything below the ack floor is gone.
+//! * **Tiers.** A batch goes to the memory tier while the disk tier holds no
+//!   unacknowledged message and the memory tier stays under `memory_limit`.
+//!   Otherwise it goes to disk, and every later batch too until the disk tier
+//!   drains, so order is never broken between tiers (memory always holds the
+//!   older messages). `memory_limit = 0` puts every message on disk before
+//!   `append` returns. [`close`](Spool::close) writes the memory tier to disk.
+//! * **Durability** is per [`Durability`]: `Always` (group commit: appends
+//!   that arrive while an fdatasync runs share the next one), `Interval`,
+//!   `Never`. The memory tier is volatile under every policy. A failed fsync
+//!   poisons the spool ([`SpoolError::Poisoned`]): the kernel may have
+//!   dropped the dirty pages, so no later write may be called durable.
+//! * **Full disk.** `max_disk` bounds the log; [`WhenFull`] chooses blocking,
+//!   dropping the oldest segments or refusing the batch. `ENOSPC`/`EDQUOT`
+//!   from the file system are handled the same way (the partial write is cut
+//!   back); appends succeed again once space returns.
+//! * **Recovery.** Open scans only the last segment (all others were
+//!   fsynced when they were sealed, so they are trusted): a torn or corrupt
+//!   tail with no valid record after it is truncated and reported in the
+//!   [`RecoveryReport`]. Damage anywhere else is
+//!   [`SpoolError::Corrupt`] naming the segment and offset; nothing is ever
+//!   skipped silently. Open time is proportional to the last segment.
+//! * **Cursor.** The ack floor is persisted atomically (temp file, fsync,
+//!   rename, fsync directory) when segments are deleted, every
+//!   `cursor_interval` via [`tick`](Spool::tick), on [`sync`](Spool::sync)
+//!   and on close. After a crash, messages acknowledged after the last
+//!   persist are delivered again: duplicates, never loss.
+//! * After a crash, sequence numbers of messages that were lost (memory
+//!   tier, unsynced tail) can be reused by new messages.
+//!
+//! # On-disk format (version 1)
+//!
+//! A spool directory holds segment files named by the sequence number of
+//! their first message, zero-padded to 20 digits
+//! (`00000000000000000042.seg`), and one `cursor` file. Segments are
+//! contiguous: each one ends where the next one's name begins, and records
+//! carry their own sequence numbers, so the log describes itself and no
+//! separately-synced write position exists.
+//!
+//! ```text
+//! segment  := header record*
+//! header   (32 bytes)
+//!   0    8  magic        "SPILLSEG"
+//!   8    4  version      u32 LE = 1
+//!   12   4  header_crc   u32 LE  CRC32C(bytes 0..12 ++ bytes 16..32)
+//!   16   8  first_seq    u64 LE  = the number in the file name
+//!   24   8  created_ms   u64 LE  Unix ms
+//! record   (28 bytes + len)
+//!   0    4  len          u32 LE  payload bytes after this header
+//!   4    4  crc          u32 LE  CRC32C(payload ++ record[8..28] ++ record[0..4])
+//!   8    8  first_seq    u64 LE  seq of the first message; the next record
+//!                                starts at first_seq + count
+//!   16   4  count        u32 LE  messages in the record, >= 1
+//!   20   8  append_ms    u64 LE  Unix ms of the append (oldest-age metric)
+//!   28 len  payload      count x (LEB128 varint length ++ message bytes)
+//! cursor   (32 bytes)
+//!   0    8  magic        "SPILLCUR"
+//!   8    4  version      u32 LE = 1
+//!   12   4  crc          u32 LE  CRC32C(bytes 0..12 ++ bytes 16..32)
+//!   16   8  ack_floor    u64 LE  every seq below is consumed
+//!   24   8  next_seq     u64 LE  at persist time
+//! ```
+//!
+//! DO NOT REORDER FIELDS: any change needs a new version number and a reader
+//! for the old one. A batch is one record (split only past 1 MiB), so a
+//! 64-byte message costs 65 bytes plus its share of 28 bytes.
+//!
+//! Invariants: only the last segment may end in a torn record; every other
+//! segment was fsynced before its successor was created. A segment written at
+//! close from the memory tier is written to `NAME.seg.tmp`, fsynced and
+//! renamed, so it is complete or absent.
+
+#![forbid(unsafe_code)]
+
+mod config;
+mod cursor;
+mod error;
+mod format;
+pub mod fs;
+mod inspect;
+mod recovery;
+mod scan;
+mod spool;
+mod stats;
+
+pub use config::{Durability, SpoolConfig, WhenFull};
+pub use error::{FullReason, SpoolError};
+pub use format::MAX_MESSAGE_LIMIT;
+pub use inspect::{
+    dump, inspect, verify, Inspection, SegmentInfo, VerifyProblem, VerifyReport,
+};
+pub use recovery::{CursorRecovery, RecoveryReport};
+pub use spool::{AppendOutcome, Message, Spool, Tier};
+pub use stats::SpoolStats;

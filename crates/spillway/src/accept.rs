@@ -58,7 +58,11 @@ pub async fn accept_loop(
                 pause = (pause * 2).min(MAX_PAUSE);
             }
             // The client went away between SYN and accept, or a signal: nothing to do.
-            Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted
+                ) => {}
             Err(e) => {
                 if let Some(suppressed) = warn_limit.check() {
                     warn!(route, error = %e, suppressed, "accept failed");
@@ -73,7 +77,10 @@ pub async fn accept_loop(
 /// restarted relay can rebind at once and bursts of connects are not refused.
 pub async fn bind(addr: &str) -> io::Result<TcpListener> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr).await?.collect();
-    let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{addr} resolved to no address"));
+    let mut last = io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{addr} resolved to no address"),
+    );
     for a in addrs {
         match bind_one(a) {
             Ok(l) => return Ok(l),

@@ -20,9 +20,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     for route in &config.routes {
         match route {
             Route::Stream(r) => {
-                let listener = bind(&r.listen)
-                    .await
-                    .with_context(|| format!("route '{}': cannot listen on {}", r.name, r.listen))?;
+                let listener = bind(&r.listen).await.with_context(|| {
+                    format!("route '{}': cannot listen on {}", r.name, r.listen)
+                })?;
                 let local = listener.local_addr()?;
                 info!(route = %r.name, listen = %local, upstreams = ?r.upstreams, balance = %r.balance,
                       spill = r.spill.is_some(), "stream route ready");

@@ -219,7 +219,11 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = text.get(..offset).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
-    let col = before.get(line_start..).map(|l| l.chars().count()).unwrap_or(0) + 1;
+    let col = before
+        .get(line_start..)
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, col)
 }
 
@@ -290,7 +294,12 @@ fn required<T>(
     v: S<T>,
     key: &str,
 ) -> Result<Spanned<T>, ConfigError> {
-    v.ok_or_else(|| src.error(table.clone(), format!("route is missing required key '{key}'")))
+    v.ok_or_else(|| {
+        src.error(
+            table.clone(),
+            format!("route is missing required key '{key}'"),
+        )
+    })
 }
 
 fn host_port(src: &Source<'_>, v: &Spanned<String>, what: &str) -> Result<String, ConfigError> {
@@ -417,7 +426,10 @@ max_spill = "1GiB"
         let Route::Stream(r) = &c.routes[0];
         assert_eq!(r.balance, Balance::LeastConn);
         assert_eq!(r.idle_timeout, Duration::from_secs(30));
-        assert_eq!(r.spill.as_ref().map(|s| s.max_per_connection), Some(1 << 30));
+        assert_eq!(
+            r.spill.as_ref().map(|s| s.max_per_connection),
+            Some(1 << 30)
+        );
         assert_eq!(r.buffer, 64 << 10);
     }
 
@@ -448,11 +460,17 @@ max_spill = "1GiB"
         assert_eq!(e.line, 5);
         let e = p(&format!("{base}upstreams = [\"nohost\"]\n")).expect_err("no port");
         assert!(e.message.contains("HOST:PORT"));
-        let e = p(&format!("{base}upstreams = [\"a:1\"]\nmax_spill = \"1MiB\"\n")).expect_err("spill");
+        let e = p(&format!(
+            "{base}upstreams = [\"a:1\"]\nmax_spill = \"1MiB\"\n"
+        ))
+        .expect_err("spill");
         assert!(e.message.contains("spill_dir"));
         let e = p("").expect_err("empty");
         assert!(e.message.contains("no routes"));
-        let dup = format!("{base}upstreams = [\"a:1\"]\n{}", base.replace("127.0.0.1:1", "127.0.0.1:2"));
+        let dup = format!(
+            "{base}upstreams = [\"a:1\"]\n{}",
+            base.replace("127.0.0.1:1", "127.0.0.1:2")
+        );
         let e = p(&format!("{dup}upstreams = [\"a:1\"]\n")).expect_err("dup");
         assert!(e.message.contains("duplicate"), "{e}");
     }

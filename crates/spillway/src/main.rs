@@ -14,7 +14,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 #[derive(Parser)]
-#[command(name = "spillway", version, about = "A TCP relay that never lets a slow reader hurt a fast writer")]
+#[command(
+    name = "spillway",
+    version,
+    about = "A TCP relay that never lets a slow reader hurt a fast writer"
+)]
 struct Cli {
     /// Log output format.
     #[arg(long, global = true, value_enum, default_value = "text")]
@@ -120,7 +124,12 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match config::load(&config) {
             Ok(c) => {
-                println!("{}: ok ({} route{})", config.display(), c.routes.len(), if c.routes.len() == 1 { "" } else { "s" });
+                println!(
+                    "{}: ok ({} route{})",
+                    config.display(),
+                    c.routes.len(),
+                    if c.routes.len() == 1 { "" } else { "s" }
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -158,7 +167,10 @@ fn serve(config: Config) -> ExitCode {
         Ok(n) => tracing::debug!(nofile = n, "open file limit"),
         Err(e) => warn!(error = %e, "cannot raise the open file limit"),
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -184,7 +196,10 @@ fn serve(config: Config) -> ExitCode {
 /// First SIGTERM/SIGINT: graceful shutdown. Second: exit at once.
 async fn watch_signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(t), Ok(i)) => (t, i),
         _ => {
             error!("cannot install signal handlers");

@@ -26,7 +26,9 @@ impl FromStr for ByteSize {
             .unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
         if num.is_empty() {
-            return Err(format!("invalid size '{s}': expected a number with an optional unit, like 64MiB"));
+            return Err(format!(
+                "invalid size '{s}': expected a number with an optional unit, like 64MiB"
+            ));
         }
         let mult: u64 = match unit.trim() {
             "" | "B" => 1,
@@ -58,8 +60,13 @@ impl FromStr for ByteSize {
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        for (unit, m) in [("TiB", 1u64 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-            if b >= m && b % m == 0 {
+        for (unit, m) in [
+            ("TiB", 1u64 << 40),
+            ("GiB", 1 << 30),
+            ("MiB", 1 << 20),
+            ("KiB", 1 << 10),
+        ] {
+            if b >= m && b.is_multiple_of(m) {
                 return write!(f, "{}{unit}", b / m);
             }
         }
@@ -110,7 +117,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .unwrap_or(tail.len());
         let (unit, next) = tail.split_at(unit_len);
         if num.is_empty() {
-            return Err(format!("invalid duration '{s}': expected a number before '{unit}'"));
+            return Err(format!(
+                "invalid duration '{s}': expected a number before '{unit}'"
+            ));
         }
         let value: f64 = num
             .parse()
@@ -172,7 +181,10 @@ mod tests {
         assert_eq!("1.5GiB".parse::<ByteSize>(), Ok(ByteSize(3 << 29)));
         assert_eq!("10MB".parse::<ByteSize>(), Ok(ByteSize(10_000_000)));
         assert_eq!("0".parse::<ByteSize>(), Ok(ByteSize(0)));
-        assert!("12XB".parse::<ByteSize>().unwrap_err().contains("unknown unit 'XB'"));
+        assert!("12XB"
+            .parse::<ByteSize>()
+            .unwrap_err()
+            .contains("unknown unit 'XB'"));
         assert!("MiB".parse::<ByteSize>().is_err());
         assert_eq!(ByteSize(64 << 20).to_string(), "64MiB");
         assert_eq!(ByteSize(1000).to_string(), "1000B");
@@ -184,7 +196,9 @@ mod tests {
         assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("100us"), Ok(Duration::from_micros(100)));
-        assert!(parse_duration("5").unwrap_err().contains("unit is required"));
+        assert!(parse_duration("5")
+            .unwrap_err()
+            .contains("unit is required"));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
     }

@@ -9,8 +9,8 @@
 //! the other; the opposite direction keeps going until it ends too, bounded
 //! by the half-close timer. A reset on one side resets the other.
 
-mod splice;
 pub mod spill;
+mod splice;
 
 use std::fmt;
 use std::io;
@@ -153,7 +153,9 @@ impl Progress {
 
     pub(crate) fn spilled(&self, n: usize) {
         self.spilled.fetch_add(n as u64, Ordering::Relaxed);
-        self.stats.spilled_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        self.stats
+            .spilled_bytes
+            .fetch_add(n as u64, Ordering::Relaxed);
         self.touch();
     }
 
@@ -217,7 +219,11 @@ impl StreamServer {
         accept_loop(&listener, &name, &shutdown, |accepted: Accepted| {
             let server = Arc::clone(&self);
             let hard_stop = hard_stop.clone();
-            tracker.spawn(async move { server.handle(accepted.stream, accepted.peer, hard_stop).await });
+            tracker.spawn(async move {
+                server
+                    .handle(accepted.stream, accepted.peer, hard_stop)
+                    .await
+            });
         })
         .await;
         drop(listener);
@@ -232,7 +238,12 @@ impl StreamServer {
         }
     }
 
-    async fn handle(self: Arc<Self>, client: TcpStream, peer: SocketAddr, hard_stop: CancellationToken) {
+    async fn handle(
+        self: Arc<Self>,
+        client: TcpStream,
+        peer: SocketAddr,
+        hard_stop: CancellationToken,
+    ) {
         let stats = &self.stats;
         stats.accepted.fetch_add(1, Ordering::Relaxed);
         let active = stats.active.fetch_add(1, Ordering::Relaxed) + 1;
@@ -252,11 +263,15 @@ impl StreamServer {
             }
         };
         let progress = Progress::new(Arc::clone(stats));
-        let reason = self
-            .relay(&client, &upstream, &progress, &hard_stop)
-            .await;
+        let reason = self.relay(&client, &upstream, &progress, &hard_stop).await;
         drop(lease);
-        self.log_close(peer, Some(upstream_addr), reason, Some(&progress), start.elapsed());
+        self.log_close(
+            peer,
+            Some(upstream_addr),
+            reason,
+            Some(&progress),
+            start.elapsed(),
+        );
     }
 
     fn log_close(
@@ -275,7 +290,9 @@ impl StreamServer {
                 p.spilled.load(Ordering::Relaxed),
             )
         });
-        let upstream = upstream.map(|u| u.to_string()).unwrap_or_else(|| "-".into());
+        let upstream = upstream
+            .map(|u| u.to_string())
+            .unwrap_or_else(|| "-".into());
         info!(
             route = %self.route.name,
             client = %peer,
@@ -393,7 +410,12 @@ impl StreamServer {
 /// Maps a direction's failure to a close reason and propagates a reset to
 /// the other side (SO_LINGER 0 makes the coming close send RST), so neither
 /// peer mistakes a broken stream for a complete one.
-fn fail(e: DirError, client: &TcpStream, upstream: &TcpStream, client_to_upstream: bool) -> CloseReason {
+fn fail(
+    e: DirError,
+    client: &TcpStream,
+    upstream: &TcpStream,
+    client_to_upstream: bool,
+) -> CloseReason {
     // For client->upstream, reads are on the client and writes on the upstream.
     let (reason, err) = match (e, client_to_upstream) {
         (DirError::Read(e), true) | (DirError::Write(e), false) => (CloseReason::ClientReset, e),
@@ -423,7 +445,10 @@ pub async fn connect(target: &str, timeout: Duration) -> io::Result<(TcpStream, 
             Ok(a) => vec![a],
             Err(_) => tokio::net::lookup_host(target).await?.collect(),
         };
-        let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{target} resolved to no address"));
+        let mut last = io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{target} resolved to no address"),
+        );
         for addr in addrs {
             match TcpStream::connect(addr).await {
                 Ok(s) => return Ok((s, addr)),

@@ -156,10 +156,18 @@ pub(crate) async fn run(
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(DirError::Read(e)),
                 }
-            } else if let (Some(lim), true, true) = (&limits, spilling_allowed, stranded.is_empty()) {
+            } else if let (Some(lim), true, true) = (&limits, spilling_allowed, stranded.is_empty())
+            {
                 let used = file.as_ref().map_or(0, |f| f.write_off);
-                let room = lim.max_per_connection.saturating_sub(used).min(buffer as u64);
-                let granted = if room > 0 { lim.budget.reserve(room) } else { 0 };
+                let room = lim
+                    .max_per_connection
+                    .saturating_sub(used)
+                    .min(buffer as u64);
+                let granted = if room > 0 {
+                    lim.budget.reserve(room)
+                } else {
+                    0
+                };
                 if granted > 0 {
                     can_read = true;
                     if file.is_none() {
@@ -185,23 +193,21 @@ pub(crate) async fn run(
                         scratch.resize(grant, 0);
                         match src.try_read(&mut scratch[..grant]) {
                             Ok(0) => eof = true,
-                            Ok(n) => {
-                                match f.file.write_all_at(&scratch[..n], f.write_off) {
-                                    Ok(()) => {
-                                        moved = true;
-                                        f.write_off += n as u64;
-                                        used_grant = n as u64;
-                                        progress.spilled(n);
-                                    }
-                                    Err(e) => {
-                                        warn!(error = %e,
-                                              "spill file write failed; falling back to backpressure");
-                                        spilling_allowed = false;
-                                        moved = true;
-                                        stranded.extend_from_slice(&scratch[..n]);
-                                    }
+                            Ok(n) => match f.file.write_all_at(&scratch[..n], f.write_off) {
+                                Ok(()) => {
+                                    moved = true;
+                                    f.write_off += n as u64;
+                                    used_grant = n as u64;
+                                    progress.spilled(n);
                                 }
-                            }
+                                Err(e) => {
+                                    warn!(error = %e,
+                                              "spill file write failed; falling back to backpressure");
+                                    spilling_allowed = false;
+                                    moved = true;
+                                    stranded.extend_from_slice(&scratch[..n]);
+                                }
+                            },
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => read_blocked = true,
                             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                             Err(e) => {
@@ -261,9 +267,8 @@ pub(crate) async fn run(
             }
         }
 
-        let pending = tail - head
-            + file.as_ref().map_or(0, SpillFile::pending) as usize
-            + stranded.len();
+        let pending =
+            tail - head + file.as_ref().map_or(0, SpillFile::pending) as usize + stranded.len();
         if eof && pending == 0 {
             return shutdown_write(dst);
         }

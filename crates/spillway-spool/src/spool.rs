@@ -1,0 +1,1164 @@
+//! The engine: memory tier, segment log, group commit, acks, space policy.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use crate::config::{Durability, SpoolConfig, WhenFull};
+use crate::cursor::{write_cursor, Cursor};
+use crate::error::{FullReason, SpoolError};
+use crate::format::{
+    encode_batch, finalize, segment_file_name, split_payload, EncodedBatch, SegmentHeader,
+    MAX_MESSAGE_LIMIT, SEGMENT_HEADER_LEN,
+};
+use crate::fs::{is_no_space, write_all_at, Fs, SegmentFile, StdFs};
+use crate::recovery::{recover, RecoveryReport};
+use crate::scan::{Scan, Scanner};
+use crate::stats::{Counters, SpoolStats};
+
+/// One message read back from the spool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub seq: u64,
+    pub data: Bytes,
+}
+
+/// Where an accepted batch went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// Held in memory: lost on a crash, written to disk on `close`.
+    Memory,
+    /// Written to the segment log (durable per `Durability`).
+    Disk,
+}
+
+/// What `append` did with a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// Sequence number of the first accepted message (the others follow
+    /// consecutively). When nothing was accepted: the next sequence number.
+    pub first_seq: u64,
+    /// Messages accepted (the whole batch, or 0).
+    pub accepted: usize,
+    /// Messages of this batch refused under `WhenFull::DropNewest` (or under
+    /// `DropOldest` when there was nothing older left to drop).
+    pub dropped_newest: usize,
+    /// Older unacknowledged messages deleted to make room (`DropOldest`).
+    pub dropped_oldest_msgs: u64,
+    /// Where the batch went, if accepted.
+    pub tier: Option<Tier>,
+}
+
+/// How many bytes of log between two entries of a segment's sparse index.
+const INDEX_EVERY: u64 = 1 << 20;
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IndexEntry {
+    pub seq: u64,
+    pub offset: u64,
+    pub ms: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Seg {
+    pub first_seq: u64,
+    pub path: PathBuf,
+    /// Bytes of valid data (header + whole records).
+    pub len: u64,
+    pub created_ms: u64,
+    /// Opened lazily for reads of segments trusted at open.
+    pub file: Option<Arc<dyn SegmentFile>>,
+    /// Sparse (seq, offset, time) samples: seek points for reads and the
+    /// source of the oldest-message age.
+    pub index: Vec<IndexEntry>,
+}
+
+#[derive(Debug)]
+pub(crate) struct MemMsg {
+    pub data: Bytes,
+    pub ms: u64,
+}
+
+/// Everything behind the main lock.
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub next_seq: u64,
+    /// Lowest sequence number not yet acknowledged (or dropped).
+    pub floor: u64,
+    pub mem: VecDeque<MemMsg>,
+    pub mem_first: u64,
+    pub mem_bytes: u64,
+    /// Sorted by first seq; contiguous (each ends where the next begins).
+    pub segs: VecDeque<Seg>,
+    /// Whether `segs.back()` takes appends.
+    pub active: bool,
+    /// Sequence number after the last message in the log.
+    pub disk_end: u64,
+    pub disk_bytes: u64,
+    /// Total bytes ever written by this handle: the group-commit position.
+    pub written_lsn: u64,
+    /// (segment first seq, entry): where the last read stopped.
+    pub read_hint: Option<(u64, IndexEntry)>,
+    pub persisted: Cursor,
+    pub last_cursor_persist: Instant,
+    pub closed: bool,
+    pub space_waiters: usize,
+}
+
+#[derive(Debug)]
+struct SyncState {
+    durable_lsn: u64,
+    syncing: bool,
+    last_sync: Instant,
+    poison: Option<String>,
+}
+
+type NotifyFn = Arc<dyn Fn() + Send + Sync>;
+
+struct Inner {
+    cfg: SpoolConfig,
+    fs: Arc<dyn Fs>,
+    core: Mutex<Core>,
+    space_cv: Condvar,
+    sync: Mutex<SyncState>,
+    sync_cv: Condvar,
+    notify: RwLock<Option<NotifyFn>>,
+    poisoned: AtomicBool,
+    written: AtomicU64,
+    st: Counters,
+}
+
+/// A durable, strictly FIFO queue of byte messages: a bounded memory tier in
+/// front of a segmented append-only log.
+///
+/// Cheap to clone; all clones share one spool. Every method takes `&self`
+/// and may block on disk I/O, so async callers run them on a blocking
+/// thread. Dropping every handle without [`close`](Spool::close) behaves like
+/// a crash of the process: the memory tier is lost, the log is kept.
+///
+/// Sequence numbers: consecutive per message. After a crash, the numbers of
+/// messages that were lost (memory tier, unsynced tail) may be handed out
+/// again to new messages.
+#[derive(Clone)]
+pub struct Spool {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Spool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spool")
+            .field("dir", &self.inner.cfg.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves counters possibly stale but no
+    // on-disk state half-written that later code would trust: the log is
+    // re-read on open. Carry on rather than propagate the panic.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+enum WriteResult {
+    Written { first: u64, lsn: u64 },
+    NoRoom(FullReason),
+}
+
+impl Spool {
+    /// Opens (or creates) the spool in `config.dir`, recovering the log: only
+    /// the last segment is scanned, a torn tail is truncated and reported.
+    pub fn open(config: SpoolConfig) -> Result<(Spool, RecoveryReport), SpoolError> {
+        Spool::open_with_fs(config, Arc::new(StdFs))
+    }
+
+    /// Like [`open`](Spool::open) over a custom file system (fault injection
+    /// in tests).
+    pub fn open_with_fs(
+        mut config: SpoolConfig,
+        fs: Arc<dyn Fs>,
+    ) -> Result<(Spool, RecoveryReport), SpoolError> {
+        if config.max_message > MAX_MESSAGE_LIMIT {
+            return Err(SpoolError::Config(format!(
+                "max_message {} exceeds the limit of {MAX_MESSAGE_LIMIT} bytes",
+                config.max_message
+            )));
+        }
+        if config.segment_size < 4096 {
+            config.segment_size = 4096;
+        }
+        if config.max_disk > 0 {
+            config.segment_size = config.segment_size.min((config.max_disk / 4).max(4096));
+        }
+        let st = Counters::default();
+        let (core, report) = recover(&config, &*fs, &st)?;
+        let inner = Inner {
+            written: AtomicU64::new(core.written_lsn),
+            sync: Mutex::new(SyncState {
+                durable_lsn: core.written_lsn,
+                syncing: false,
+                last_sync: Instant::now(),
+                poison: None,
+            }),
+            core: Mutex::new(core),
+            cfg: config,
+            fs,
+            space_cv: Condvar::new(),
+            sync_cv: Condvar::new(),
+            notify: RwLock::new(None),
+            poisoned: AtomicBool::new(false),
+            st,
+        };
+        Ok((
+            Spool {
+                inner: Arc::new(inner),
+            },
+            report,
+        ))
+    }
+
+    /// The configuration in effect (after normalisation at open).
+    pub fn config(&self) -> &SpoolConfig {
+        &self.inner.cfg
+    }
+
+    /// Appends a batch as consecutive sequence numbers; on disk the batch is
+    /// one record (split only past 1 MiB), which is what keeps small messages
+    /// cheap (about one length byte of overhead each). Returns once the batch
+    /// is accepted and, under `Durability::Always` in the disk tier, durable.
+    /// The whole batch is accepted or none of it.
+    pub fn append(&self, msgs: &[&[u8]]) -> Result<AppendOutcome, SpoolError> {
+        let inner = &*self.inner;
+        let cfg = &inner.cfg;
+        for m in msgs {
+            if m.len() as u64 > u64::from(cfg.max_message) {
+                return Err(SpoolError::TooLarge {
+                    size: m.len() as u64,
+                    limit: u64::from(cfg.max_message),
+                });
+            }
+        }
+        inner.check_poison()?;
+        if msgs.is_empty() {
+            return Ok(AppendOutcome {
+                first_seq: self.next_seq(),
+                accepted: 0,
+                dropped_newest: 0,
+                dropped_oldest_msgs: 0,
+                tier: None,
+            });
+        }
+        // Encoding and the payload CRC happen before taking the lock.
+        let mut batch = encode_batch(msgs.iter().copied());
+        let need = batch.buf.len() as u64;
+        let deadline = cfg.block_timeout.map(|t| Instant::now() + t);
+        let mut blocked = false;
+        let mut dropped_oldest = 0u64;
+        let mut core = lock(&inner.core);
+        let (outcome, lsn) = loop {
+            if core.closed {
+                return Err(SpoolError::Closed);
+            }
+            inner.check_poison()?;
+            let disk_pending = !core.segs.is_empty() && core.disk_end > core.floor;
+            if !disk_pending
+                && cfg.memory_limit > 0
+                && core.mem_bytes + batch.payload_bytes <= cfg.memory_limit
+            {
+                if !core.segs.is_empty() {
+                    // Later disk records must continue the log's seqs, so a
+                    // drained log is removed before the memory tier resumes.
+                    inner.remove_segments_while(&mut core, |_, _| true)?;
+                }
+                let first = inner.push_mem(&mut core, batch);
+                break (
+                    AppendOutcome {
+                        first_seq: first,
+                        accepted: msgs.len(),
+                        dropped_newest: 0,
+                        dropped_oldest_msgs: dropped_oldest,
+                        tier: Some(Tier::Memory),
+                    },
+                    None,
+                );
+            }
+            if cfg.max_disk > 0 && need + SEGMENT_HEADER_LEN > cfg.max_disk {
+                return Err(SpoolError::TooLarge {
+                    size: need,
+                    limit: cfg.max_disk - SEGMENT_HEADER_LEN,
+                });
+            }
+            let reason = match inner.write_disk(&mut core, &mut batch)? {
+                WriteResult::Written { first, lsn } => {
+                    break (
+                        AppendOutcome {
+                            first_seq: first,
+                            accepted: msgs.len(),
+                            dropped_newest: 0,
+                            dropped_oldest_msgs: dropped_oldest,
+                            tier: Some(Tier::Disk),
+                        },
+                        Some(lsn),
+                    )
+                }
+                WriteResult::NoRoom(reason) => reason,
+            };
+            if reason == FullReason::NoSpace {
+                inner.st.enospc.fetch_add(1, Ordering::Relaxed);
+            }
+            let refuse = |core: &Core, dropped_oldest: u64| {
+                inner.st.add_dropped_newest(msgs.len() as u64, batch.payload_bytes);
+                AppendOutcome {
+                    first_seq: core.next_seq,
+                    accepted: 0,
+                    dropped_newest: msgs.len(),
+                    dropped_oldest_msgs: dropped_oldest,
+                    tier: None,
+                }
+            };
+            match cfg.when_full {
+                WhenFull::DropNewest => break (refuse(&core, dropped_oldest), None),
+                WhenFull::DropOldest => match inner.drop_oldest(&mut core)? {
+                    Some(n) => dropped_oldest += n,
+                    None => break (refuse(&core, dropped_oldest), None),
+                },
+                WhenFull::Block => {
+                    // A drained log still occupies its active segment.
+                    if core.floor >= core.disk_end && !core.segs.is_empty() {
+                        inner.remove_segments_while(&mut core, |_, _| true)?;
+                        continue;
+                    }
+                    if !blocked {
+                        blocked = true;
+                        inner.st.blocked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // ENOSPC is not signalled by anyone: poll for space.
+                    let mut wait = match reason {
+                        FullReason::NoSpace => Duration::from_millis(50),
+                        FullReason::Quota => Duration::from_secs(3600),
+                    };
+                    if let Some(d) = deadline {
+                        let now = Instant::now();
+                        if now >= d {
+                            inner.st.full_errors.fetch_add(1, Ordering::Relaxed);
+                            return Err(SpoolError::Full { reason });
+                        }
+                        wait = wait.min(d - now);
+                    }
+                    core.space_waiters += 1;
+                    core = inner
+                        .space_cv
+                        .wait_timeout(core, wait)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                    core.space_waiters -= 1;
+                }
+            }
+        };
+        drop(core);
+        if outcome.accepted > 0 {
+            inner.notify();
+        }
+        if let Some(lsn) = lsn {
+            match cfg.durability {
+                Durability::Always => inner.wait_durable(lsn)?,
+                Durability::Interval(d) => inner.maybe_interval_sync(d)?,
+                Durability::Never => {}
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Messages with `seq >= from` (clamped up to the ack floor), at most
+    /// `max_msgs` and about `max_bytes` (always at least one message when
+    /// one exists). An empty vector means nothing new yet.
+    pub fn read(
+        &self,
+        from: u64,
+        max_msgs: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Message>, SpoolError> {
+        self.inner.read(from, max_msgs, max_bytes)
+    }
+
+    /// Marks everything below `upto` consumed. Fully consumed segments are
+    /// deleted (and the cursor persisted then); otherwise the cursor is
+    /// persisted lazily by `tick` every `cursor_interval`, by `sync` and by
+    /// `close`. After a crash, acknowledgements newer than the last persist
+    /// are forgotten and those messages are delivered again: duplicates,
+    /// never loss.
+    pub fn ack(&self, upto: u64) -> Result<(), SpoolError> {
+        let inner = &*self.inner;
+        let mut core = lock(&inner.core);
+        let upto = upto.min(core.next_seq);
+        if upto <= core.floor {
+            return Ok(());
+        }
+        core.floor = upto;
+        while core.mem_first < core.floor {
+            let Some(m) = core.mem.pop_front() else {
+                break;
+            };
+            core.mem_bytes -= m.data.len() as u64;
+            core.mem_first += 1;
+        }
+        let seg_size = inner.cfg.segment_size;
+        let waiters = core.space_waiters > 0;
+        inner.remove_segments_while(&mut core, |core, i| {
+            let end = core
+                .segs
+                .get(i + 1)
+                .map_or(core.disk_end, |s| s.first_seq);
+            if end > core.floor {
+                return false;
+            }
+            let is_active_last = i + 1 == core.segs.len() && core.active;
+            // Keep a small drained active segment: deleting and recreating
+            // it on every drain would cost two directory fsyncs each time.
+            !is_active_last || waiters || core.segs[i].len >= seg_size / 8
+        })?;
+        drop(core);
+        inner.space_cv.notify_all();
+        Ok(())
+    }
+
+    /// Lowest unacknowledged sequence number still held.
+    pub fn ack_floor(&self) -> u64 {
+        lock(&self.inner.core).floor
+    }
+
+    /// Sequence number the next appended message gets.
+    pub fn next_seq(&self) -> u64 {
+        lock(&self.inner.core).next_seq
+    }
+
+    /// Housekeeping, called every 10-50 ms by the owner: fsync under
+    /// `Durability::Interval` when due, persist a changed cursor every
+    /// `cursor_interval`.
+    pub fn tick(&self) -> Result<(), SpoolError> {
+        let inner = &*self.inner;
+        inner.check_poison()?;
+        if let Durability::Interval(d) = inner.cfg.durability {
+            inner.maybe_interval_sync(d)?;
+        }
+        let mut core = lock(&inner.core);
+        if core.closed {
+            return Ok(());
+        }
+        if core.persisted.ack_floor != core.floor
+            && core.last_cursor_persist.elapsed() >= inner.cfg.cursor_interval
+        {
+            inner.persist_cursor(&mut core)?;
+        }
+        Ok(())
+    }
+
+    /// Forces everything written so far to disk (whatever the durability
+    /// policy) and persists the cursor. The memory tier stays in memory.
+    pub fn sync(&self) -> Result<(), SpoolError> {
+        let inner = &*self.inner;
+        inner.check_poison()?;
+        let target = inner.written.load(Ordering::Acquire);
+        inner.wait_durable(target)?;
+        let mut core = lock(&inner.core);
+        if core.closed {
+            return Err(SpoolError::Closed);
+        }
+        inner.persist_cursor(&mut core)
+    }
+
+    /// Registers the callback run (outside all locks) whenever new messages
+    /// become readable. Replaces any previous one.
+    pub fn set_notify(&self, f: Box<dyn Fn() + Send + Sync>) {
+        let mut slot = self.inner.notify.write().unwrap_or_else(|e| e.into_inner());
+        *slot = Some(Arc::from(f));
+    }
+
+    /// Numbers for metrics.
+    pub fn stats(&self) -> SpoolStats {
+        let inner = &*self.inner;
+        let core = lock(&inner.core);
+        let mut s = inner.st.snapshot();
+        s.mem_msgs = core.mem.len() as u64;
+        s.mem_bytes = core.mem_bytes;
+        s.disk_msgs = disk_msgs(&core);
+        s.disk_bytes = core.disk_bytes;
+        s.segments = core.segs.len() as u64;
+        s.next_seq = core.next_seq;
+        s.ack_floor = core.floor;
+        s.poisoned = inner.poisoned.load(Ordering::Relaxed);
+        let oldest_ms = if let Some(m) = core.mem.front() {
+            Some(m.ms)
+        } else if disk_msgs(&core) > 0 {
+            oldest_disk_ms(&core)
+        } else {
+            None
+        };
+        s.oldest_age = oldest_ms.map(|ms| Duration::from_millis(now_ms().saturating_sub(ms)));
+        s
+    }
+
+    /// Graceful close of the spool shared by all clones of this handle:
+    /// writes the memory tier to disk, fsyncs, persists the cursor. After
+    /// close and reopen nothing accepted is lost. Other clones get
+    /// `SpoolError::Closed` afterwards (blocked appenders wake up with it).
+    pub fn close(self) -> Result<(), SpoolError> {
+        let inner = &*self.inner;
+        let mut core = lock(&inner.core);
+        if core.closed {
+            return Ok(());
+        }
+        core.closed = true;
+        inner.space_cv.notify_all();
+        inner.check_poison()?;
+        if !core.mem.is_empty() {
+            inner.flush_mem(&mut core)?;
+        }
+        if core.active {
+            if let Some(seg) = core.segs.back() {
+                if let Some(f) = seg.file.clone() {
+                    let path = seg.path.clone();
+                    inner.timed_sync(&*f, &path)?;
+                }
+            }
+        }
+        {
+            let mut s = lock(&inner.sync);
+            s.durable_lsn = s.durable_lsn.max(core.written_lsn);
+        }
+        inner.persist_cursor(&mut core)
+    }
+}
+
+fn disk_msgs(core: &Core) -> u64 {
+    match core.segs.front() {
+        Some(s) => core.disk_end.saturating_sub(core.floor.max(s.first_seq)),
+        None => 0,
+    }
+}
+
+/// Append time of (about) the oldest unacknowledged message on disk: the
+/// latest index sample at or below the floor, at most 1 MiB of log early.
+fn oldest_disk_ms(core: &Core) -> Option<u64> {
+    let pos = core
+        .segs
+        .partition_point(|s| s.first_seq <= core.floor)
+        .checked_sub(1)
+        .unwrap_or(0);
+    let seg = core.segs.get(pos)?;
+    let i = seg.index.partition_point(|e| e.seq <= core.floor);
+    Some(match i.checked_sub(1).and_then(|i| seg.index.get(i)) {
+        Some(e) => e.ms,
+        None => seg.created_ms,
+    })
+}
+
+impl Inner {
+    fn check_poison(&self) -> Result<(), SpoolError> {
+        if self.poisoned.load(Ordering::Acquire) {
+            let s = lock(&self.sync);
+            return Err(SpoolError::Poisoned {
+                cause: s.poison.clone().unwrap_or_default(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Marks the spool unusable for writing. Must not be called with the
+    /// sync lock held.
+    fn poison(&self, cause: String) -> SpoolError {
+        self.poisoned.store(true, Ordering::Release);
+        let mut s = lock(&self.sync);
+        if s.poison.is_none() {
+            s.poison = Some(cause.clone());
+        }
+        drop(s);
+        self.sync_cv.notify_all();
+        SpoolError::Poisoned { cause }
+    }
+
+    fn fsync_enabled(&self) -> bool {
+        self.cfg.durability != Durability::Never
+    }
+
+    fn notify(&self) {
+        let f = self
+            .notify
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(f) = f {
+            f();
+        }
+    }
+
+    /// fdatasync with latency accounting; a failure poisons the spool.
+    fn timed_sync(&self, f: &dyn SegmentFile, path: &Path) -> Result<(), SpoolError> {
+        let t = Instant::now();
+        let r = f.sync_data();
+        self.st.record_fsync(t.elapsed());
+        r.map_err(|e| self.poison(format!("fsync {}: {e}", path.display())))
+    }
+
+    fn sync_dir(&self) -> Result<(), SpoolError> {
+        if !self.fsync_enabled() {
+            return Ok(());
+        }
+        let dir = &self.cfg.dir;
+        self.fs
+            .sync_dir(dir)
+            .map_err(|e| self.poison(format!("fsync directory {}: {e}", dir.display())))
+    }
+
+    fn persist_cursor(&self, core: &mut Core) -> Result<(), SpoolError> {
+        let c = Cursor {
+            ack_floor: core.floor,
+            next_seq: core.next_seq,
+        };
+        write_cursor(&*self.fs, &self.cfg.dir, c, self.fsync_enabled())?;
+        core.persisted = c;
+        core.last_cursor_persist = Instant::now();
+        Ok(())
+    }
+
+    fn push_mem(&self, core: &mut Core, batch: EncodedBatch) -> u64 {
+        let first = core.next_seq;
+        if core.mem.is_empty() {
+            core.mem_first = first;
+        }
+        let ms = now_ms();
+        let buf = batch.buf.freeze();
+        for span in &batch.spans {
+            let start = span.start + crate::format::RECORD_HEADER_LEN;
+            let len = crate::format::le_u32(&buf[span.start..span.start + 4]) as usize;
+            let payload = buf.slice(start..start + len);
+            split_payload(&payload, span.count, |data| {
+                core.mem.push_back(MemMsg { data, ms });
+            });
+        }
+        core.mem_bytes += batch.payload_bytes;
+        core.next_seq += batch.msgs as u64;
+        first
+    }
+
+    /// Group commit: returns once `lsn` is durable. The first waiter to find
+    /// no fsync in flight becomes the leader: it fsyncs a shared handle of
+    /// the active segment *without* the main lock (so appends continue), then
+    /// wakes everyone its fsync covered; the rest wait for the next round.
+    fn wait_durable(&self, lsn: u64) -> Result<(), SpoolError> {
+        let mut s = lock(&self.sync);
+        loop {
+            if s.durable_lsn >= lsn {
+                return Ok(());
+            }
+            if let Some(cause) = &s.poison {
+                return Err(SpoolError::Poisoned {
+                    cause: cause.clone(),
+                });
+            }
+            if s.syncing {
+                s = self.sync_cv.wait(s).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            s.syncing = true;
+            drop(s);
+            let (file, path, target) = {
+                let core = lock(&self.core);
+                let active = if core.active { core.segs.back() } else { None };
+                (
+                    active.and_then(|seg| seg.file.clone()),
+                    active.map(|seg| seg.path.clone()),
+                    core.written_lsn,
+                )
+            };
+            let res = match (file, path) {
+                (Some(f), Some(p)) => {
+                    let t = Instant::now();
+                    let r = f.sync_data();
+                    self.st.record_fsync(t.elapsed());
+                    r.map_err(|e| format!("fsync {}: {e}", p.display()))
+                }
+                // Everything written before a roll was synced by the roll.
+                _ => Ok(()),
+            };
+            if let Err(cause) = &res {
+                self.poisoned.store(true, Ordering::Release);
+                let mut st = lock(&self.sync);
+                st.syncing = false;
+                st.poison.get_or_insert_with(|| cause.clone());
+                drop(st);
+                self.sync_cv.notify_all();
+                return Err(SpoolError::Poisoned {
+                    cause: cause.clone(),
+                });
+            }
+            s = lock(&self.sync);
+            s.syncing = false;
+            s.durable_lsn = s.durable_lsn.max(target);
+            s.last_sync = Instant::now();
+            self.sync_cv.notify_all();
+        }
+    }
+
+    fn maybe_interval_sync(&self, every: Duration) -> Result<(), SpoolError> {
+        let target = self.written.load(Ordering::Acquire);
+        {
+            let s = lock(&self.sync);
+            if s.durable_lsn >= target || s.syncing || s.last_sync.elapsed() < every {
+                return Ok(());
+            }
+        }
+        self.wait_durable(target)
+    }
+
+    /// Seals the active segment: fsync so that group commit
+    /// only ever has to sync the newest segment.
+    fn seal_active(&self, core: &mut Core) -> Result<(), SpoolError> {
+        if !core.active {
+            return Ok(());
+        }
+        // Even under `Never`: once per segment is cheap, and it means only
+        // the last segment can ever have a torn tail, which is what lets
+        // open trust every other segment without reading it.
+        if let Some(seg) = core.segs.back() {
+            if let Some(f) = seg.file.clone() {
+                let path = seg.path.clone();
+                self.timed_sync(&*f, &path)?;
+            }
+        }
+        let mut s = lock(&self.sync);
+        s.durable_lsn = s.durable_lsn.max(core.written_lsn);
+        drop(s);
+        core.active = false;
+        Ok(())
+    }
+
+    /// Creates the segment whose first message will be `seq`; `Ok(false)` on
+    /// ENOSPC (nothing left behind).
+    fn create_segment(&self, core: &mut Core, seq: u64) -> Result<bool, SpoolError> {
+        let path = self.cfg.dir.join(segment_file_name(seq));
+        let file = match self.fs.create(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                // A leftover of a failed earlier attempt holding no records.
+                self.fs
+                    .remove(&path)
+                    .map_err(|e| SpoolError::io("remove", &path, e))?;
+                self.fs
+                    .create(&path)
+                    .map_err(|e| SpoolError::io("create", &path, e))?
+            }
+            Err(e) if is_no_space(&e) => return Ok(false),
+            Err(e) => return Err(SpoolError::io("create", path, e)),
+        };
+        let created_ms = now_ms();
+        let header = SegmentHeader {
+            first_seq: seq,
+            created_ms,
+        }
+        .encode();
+        if let Err((e, _)) = write_all_at(&*file, &header, 0) {
+            drop(file);
+            let _ = self.fs.remove(&path);
+            if is_no_space(&e) {
+                return Ok(false);
+            }
+            return Err(SpoolError::io("write", path, e));
+        }
+        self.sync_dir()?;
+        core.segs.push_back(Seg {
+            first_seq: seq,
+            path,
+            len: SEGMENT_HEADER_LEN,
+            created_ms,
+            file: Some(file),
+            index: Vec::new(),
+        });
+        core.active = true;
+        core.disk_bytes += SEGMENT_HEADER_LEN;
+        core.written_lsn += SEGMENT_HEADER_LEN;
+        self.written.store(core.written_lsn, Ordering::Release);
+        self.st
+            .bytes_written
+            .fetch_add(SEGMENT_HEADER_LEN, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    fn write_disk(
+        &self,
+        core: &mut Core,
+        batch: &mut EncodedBatch,
+    ) -> Result<WriteResult, SpoolError> {
+        let need = batch.buf.len() as u64;
+        let roll = match (core.active, core.segs.back()) {
+            (true, Some(s)) => {
+                s.len > SEGMENT_HEADER_LEN && s.len + need > self.cfg.segment_size
+            }
+            _ => true,
+        };
+        let extra = need + if roll { SEGMENT_HEADER_LEN } else { 0 };
+        if self.cfg.max_disk > 0 && core.disk_bytes + extra > self.cfg.max_disk {
+            return Ok(WriteResult::NoRoom(FullReason::Quota));
+        }
+        if roll {
+            self.seal_active(core)?;
+            if !self.create_segment(core, core.next_seq)? {
+                return Ok(WriteResult::NoRoom(FullReason::NoSpace));
+            }
+        }
+        let first = core.next_seq;
+        let ms = now_ms();
+        finalize(batch, first, ms);
+        let Some(seg) = core.segs.back_mut() else {
+            return Err(SpoolError::Config("no active segment after roll".into()));
+        };
+        let Some(file) = seg.file.clone() else {
+            return Err(SpoolError::Config("active segment has no file".into()));
+        };
+        if let Err((e, written)) = write_all_at(&*file, &batch.buf, seg.len) {
+            if written > 0 || is_no_space(&e) {
+                // Take the partial record back so the log stays clean.
+                if let Err(te) = file.set_len(seg.len) {
+                    return Err(self.poison(format!(
+                        "truncate {} after failed write ({e}): {te}",
+                        seg.path.display()
+                    )));
+                }
+            }
+            if is_no_space(&e) {
+                return Ok(WriteResult::NoRoom(FullReason::NoSpace));
+            }
+            return Err(SpoolError::io("write", seg.path.clone(), e));
+        }
+        let offset = seg.len;
+        if seg.index.last().is_none_or(|e| offset >= e.offset + INDEX_EVERY) {
+            seg.index.push(IndexEntry {
+                seq: first,
+                offset,
+                ms,
+            });
+        }
+        seg.len += need;
+        core.disk_bytes += need;
+        core.written_lsn += need;
+        core.next_seq += batch.msgs as u64;
+        core.disk_end = core.next_seq;
+        self.written.store(core.written_lsn, Ordering::Release);
+        self.st.bytes_written.fetch_add(need, Ordering::Relaxed);
+        Ok(WriteResult::Written {
+            first,
+            lsn: core.written_lsn,
+        })
+    }
+
+    /// Removes segments from the front while `pred(core, index)` holds,
+    /// then fsyncs the directory and persists the cursor.
+    fn remove_segments_while(
+        &self,
+        core: &mut Core,
+        mut pred: impl FnMut(&Core, usize) -> bool,
+    ) -> Result<usize, SpoolError> {
+        let mut removed = 0;
+        while !core.segs.is_empty() && pred(core, 0) {
+            let Some(seg) = core.segs.pop_front() else {
+                break;
+            };
+            if core.segs.is_empty() {
+                core.active = false;
+            }
+            core.disk_bytes -= seg.len;
+            match self.fs.remove(&seg.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    core.segs.push_front(seg);
+                    core.disk_bytes += core.segs[0].len;
+                    return Err(SpoolError::io("remove", core.segs[0].path.clone(), e));
+                }
+            }
+            self.st.segments_deleted.fetch_add(1, Ordering::Relaxed);
+            removed += 1;
+        }
+        if removed > 0 {
+            if core.segs.is_empty() {
+                core.disk_end = core.next_seq;
+            }
+            core.read_hint = None;
+            self.sync_dir()?;
+            self.persist_cursor(core)?;
+        }
+        Ok(removed)
+    }
+
+    /// Drops the oldest segment (and the memory tier, which is older still)
+    /// for `WhenFull::DropOldest`. Returns the messages dropped, or `None`
+    /// when there is nothing to drop.
+    fn drop_oldest(&self, core: &mut Core) -> Result<Option<u64>, SpoolError> {
+        let Some(front) = core.segs.front() else {
+            return Ok(None);
+        };
+        let end = core
+            .segs
+            .get(1)
+            .map_or(core.disk_end, |s| s.first_seq);
+        let start = core.floor.max(front.first_seq);
+        let msgs = end.saturating_sub(start) + core.mem.len() as u64;
+        let bytes = front.len.saturating_sub(SEGMENT_HEADER_LEN) + core.mem_bytes;
+        core.mem.clear();
+        core.mem_bytes = 0;
+        core.floor = core.floor.max(end);
+        let mut taken = false;
+        self.remove_segments_while(core, |_, _| !std::mem::replace(&mut taken, true))?;
+        self.st.add_dropped_oldest(msgs, bytes);
+        Ok(Some(msgs))
+    }
+
+    /// Close: writes the memory tier as a complete segment named by its
+    /// first seq, via a temp file + rename so a crash cannot leave a torn
+    /// segment in the middle of the log.
+    fn flush_mem(&self, core: &mut Core) -> Result<(), SpoolError> {
+        let first = core.mem_first;
+        let oldest_ms = core.mem.front().map_or_else(now_ms, |m| m.ms);
+        let mut batch = encode_batch_owned(&core.mem);
+        finalize(&mut batch, first, oldest_ms);
+        let name = segment_file_name(first);
+        let path = self.cfg.dir.join(&name);
+        let tmp = self.cfg.dir.join(format!("{name}.tmp"));
+        let _ = self.fs.remove(&tmp);
+        let f = self
+            .fs
+            .create(&tmp)
+            .map_err(|e| SpoolError::io("create", &tmp, e))?;
+        let header = SegmentHeader {
+            first_seq: first,
+            created_ms: oldest_ms,
+        }
+        .encode();
+        write_all_at(&*f, &header, 0).map_err(|(e, _)| SpoolError::io("write", &tmp, e))?;
+        write_all_at(&*f, &batch.buf, SEGMENT_HEADER_LEN)
+            .map_err(|(e, _)| SpoolError::io("write", &tmp, e))?;
+        self.timed_sync(&*f, &tmp)?;
+        self.fs
+            .rename(&tmp, &path)
+            .map_err(|e| SpoolError::io("rename", &path, e))?;
+        self.fs
+            .sync_dir(&self.cfg.dir)
+            .map_err(|e| self.poison(format!("fsync directory: {e}")))?;
+        let len = SEGMENT_HEADER_LEN + batch.buf.len() as u64;
+        let seg = Seg {
+            first_seq: first,
+            path,
+            len,
+            created_ms: oldest_ms,
+            file: Some(f),
+            index: vec![IndexEntry {
+                seq: first,
+                offset: SEGMENT_HEADER_LEN,
+                ms: oldest_ms,
+            }],
+        };
+        if core.segs.is_empty() {
+            core.active = false;
+            core.disk_end = core.next_seq;
+        }
+        core.segs.push_front(seg);
+        core.disk_bytes += len;
+        self.st.bytes_written.fetch_add(len, Ordering::Relaxed);
+        core.mem.clear();
+        core.mem_bytes = 0;
+        Ok(())
+    }
+
+    fn read(
+        &self,
+        from: u64,
+        max_msgs: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Message>, SpoolError> {
+        let mut out: Vec<Message> = Vec::new();
+        let mut bytes = 0usize;
+        let mut pos = from;
+        let full = |out: &Vec<Message>, bytes: usize| {
+            out.len() >= max_msgs || (!out.is_empty() && bytes >= max_bytes)
+        };
+        if max_msgs == 0 {
+            return Ok(out);
+        }
+        loop {
+            // Plan under the lock; do the disk I/O outside it.
+            let plan = {
+                let mut core = lock(&self.core);
+                if core.closed {
+                    return Err(SpoolError::Closed);
+                }
+                pos = pos.max(core.floor);
+                if pos >= core.next_seq {
+                    break;
+                }
+                let mem_end = core.mem_first + core.mem.len() as u64;
+                if !core.mem.is_empty() && pos >= core.mem_first && pos < mem_end {
+                    let mut i = (pos - core.mem_first) as usize;
+                    while let Some(m) = core.mem.get(i) {
+                        if full(&out, bytes) {
+                            break;
+                        }
+                        bytes += m.data.len();
+                        out.push(Message {
+                            seq: pos,
+                            data: m.data.clone(),
+                        });
+                        pos += 1;
+                        i += 1;
+                    }
+                    if full(&out, bytes) {
+                        break;
+                    }
+                    continue;
+                }
+                let Some(front) = core.segs.front() else {
+                    break;
+                };
+                if pos < front.first_seq {
+                    // Only reachable if seqs between the floor and the log
+                    // are gone (lost memory tier after a crash is handled at
+                    // open); skip to what exists.
+                    pos = front.first_seq;
+                }
+                if pos >= core.disk_end {
+                    break;
+                }
+                let idx = core.segs.partition_point(|s| s.first_seq <= pos) - 1;
+                let next_first = core.segs.get(idx + 1).map(|s| s.first_seq);
+                let seg_end_seq = next_first.unwrap_or(core.disk_end);
+                let hint = core.read_hint;
+                let seg = &mut core.segs[idx];
+                let file = match &seg.file {
+                    Some(f) => f.clone(),
+                    None => {
+                        let f = self
+                            .fs
+                            .open(&seg.path, false)
+                            .map_err(|e| SpoolError::io("open", &seg.path, e))?;
+                        seg.file = Some(f.clone());
+                        f
+                    }
+                };
+                let mut start = IndexEntry {
+                    seq: seg.first_seq,
+                    offset: SEGMENT_HEADER_LEN,
+                    ms: 0,
+                };
+                let i = seg.index.partition_point(|e| e.seq <= pos);
+                if let Some(e) = i.checked_sub(1).and_then(|i| seg.index.get(i)) {
+                    start = *e;
+                }
+                if let Some((hs, h)) = hint {
+                    if hs == seg.first_seq && h.seq <= pos && h.seq >= start.seq {
+                        start = h;
+                    }
+                }
+                (
+                    file,
+                    seg.path.clone(),
+                    seg.first_seq,
+                    start,
+                    seg.len,
+                    seg_end_seq,
+                    next_first,
+                )
+            };
+            let (file, path, seg_first, start, end_off, seg_end_seq, next_first) = plan;
+            let mut sc = Scanner::new(&*file, start.offset, end_off);
+            let mut expect = start.seq;
+            let mut resume = start;
+            let corrupt = |offset: u64, detail: String| SpoolError::Corrupt {
+                segment: path.clone(),
+                offset,
+                detail,
+            };
+            loop {
+                if full(&out, bytes) {
+                    break;
+                }
+                match sc
+                    .next_record()
+                    .map_err(|e| SpoolError::io("read", &path, e))?
+                {
+                    Scan::Record {
+                        offset,
+                        header,
+                        payload,
+                    } => {
+                        if header.first_seq != expect {
+                            return Err(corrupt(
+                                offset,
+                                format!(
+                                    "record starts at seq {} where {expect} was expected",
+                                    header.first_seq
+                                ),
+                            ));
+                        }
+                        expect = header.end_seq();
+                        if expect > pos {
+                            let mut seq = header.first_seq;
+                            split_payload(&payload, header.count, |data| {
+                                if seq >= pos {
+                                    bytes += data.len();
+                                    out.push(Message { seq, data });
+                                }
+                                seq += 1;
+                            });
+                            pos = expect;
+                        }
+                        resume = IndexEntry {
+                            seq: expect,
+                            offset: sc.pos,
+                            ms: header.append_ms,
+                        };
+                    }
+                    Scan::End => {
+                        if expect != seg_end_seq {
+                            let detail = match next_first {
+                                Some(n) => format!(
+                                    "segment ends at seq {expect} but the next segment starts at {n} (missing or truncated segment)"
+                                ),
+                                None => format!(
+                                    "segment ends at seq {expect}, the log should end at {seg_end_seq}"
+                                ),
+                            };
+                            return Err(corrupt(end_off, detail));
+                        }
+                        pos = pos.max(expect);
+                        break;
+                    }
+                    Scan::Bad { offset, check } => {
+                        return Err(corrupt(offset, format!("bad record: {check:?}")));
+                    }
+                }
+            }
+            self.st.bytes_read.fetch_add(sc.bytes_read, Ordering::Relaxed);
+            {
+                let mut core = lock(&self.core);
+                core.read_hint = Some((seg_first, resume));
+            }
+            if full(&out, bytes) {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn encode_batch_owned(mem: &VecDeque<MemMsg>) -> EncodedBatch {
+    encode_batch(mem.iter().map(|m| &m.data[..]))
+}

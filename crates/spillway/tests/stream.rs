@@ -1,0 +1,652 @@
+//! Stream mode over real sockets on 127.0.0.1: byte-exact relaying under
+//! random chunking and pauses, half-close, slow readers with and without
+//! spill, dead upstreams, limits and timeouts.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use proptest::prelude::*;
+use spillway::config::{Spill, StreamRoute};
+use spillway::stream::spill::SpillBudget;
+use spillway::stream::StreamServer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+// ------------------------------------------------------------ in-process ---
+
+/// Starts a stream route on 127.0.0.1:0 inside the current runtime.
+async fn start_route(
+    upstreams: Vec<String>,
+    tweak: impl FnOnce(&mut StreamRoute),
+) -> (SocketAddr, CancellationToken, Arc<StreamServer>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let mut route = StreamRoute::new("test", addr.to_string(), upstreams);
+    tweak(&mut route);
+    let server = Arc::new(StreamServer::new(
+        route,
+        Arc::new(SpillBudget::new(1 << 30)),
+    ));
+    let token = CancellationToken::new();
+    tokio::spawn(Arc::clone(&server).serve(listener, token.clone(), Duration::from_secs(5)));
+    (addr, token, server)
+}
+
+#[derive(Debug, Clone)]
+struct Script {
+    len: usize,
+    seed: u64,
+    max_write: usize,
+    max_read: usize,
+    pause_every: usize,
+}
+
+fn script() -> impl Strategy<Value = Script> {
+    (
+        prop_oneof![Just(0usize), 1usize..2048, 2048usize..(3 << 20)],
+        any::<u64>(),
+        1usize..(256 << 10),
+        1usize..(256 << 10),
+        0usize..40,
+    )
+        .prop_map(|(len, seed, max_write, max_read, pause_every)| Script {
+            len,
+            seed,
+            max_write,
+            max_read,
+            pause_every,
+        })
+}
+
+/// Writes `data` in random-sized chunks with occasional pauses, then
+/// half-closes; concurrently reads everything until EOF with random read
+/// sizes. Returns what was read.
+async fn converse(stream: tokio::net::TcpStream, data: Vec<u8>, s: Script) -> Vec<u8> {
+    let (mut r, mut w) = stream.into_split();
+    let ws = s.clone();
+    let writer = tokio::spawn(async move {
+        let mut rng = fastrand::Rng::with_seed(ws.seed);
+        let mut off = 0;
+        let mut n = 0usize;
+        while off < data.len() {
+            let len = rng.usize(1..=ws.max_write).min(data.len() - off);
+            w.write_all(&data[off..off + len]).await.expect("write");
+            off += len;
+            n += 1;
+            if ws.pause_every > 0 && n.is_multiple_of(ws.pause_every) {
+                tokio::time::sleep(Duration::from_millis(rng.u64(0..3))).await;
+            }
+        }
+        w.shutdown().await.expect("shutdown");
+        w
+    });
+    let mut rng = fastrand::Rng::with_seed(s.seed ^ 0x5eed);
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; s.max_read];
+    let mut reads = 0usize;
+    loop {
+        let want = rng.usize(1..=s.max_read);
+        let n = r.read(&mut buf[..want]).await.expect("read");
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        reads += 1;
+        if s.pause_every > 0 && reads.is_multiple_of(s.pause_every * 3 + 1) {
+            tokio::time::sleep(Duration::from_millis(rng.u64(0..3))).await;
+        }
+    }
+    let _w = writer.await.expect("writer task");
+    got
+}
+
+fn relay_case(client: Script, upstream: Script, spill: bool) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let spill_dir = tempfile::tempdir().expect("tempdir");
+    rt.block_on(async {
+        let up = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let up_addr = up.local_addr().expect("addr");
+        let dir = spill_dir.path().to_path_buf();
+        let (addr, token, _server) = start_route(vec![up_addr.to_string()], |r| {
+            // A small buffer forces many partial writes and, with spill, file use.
+            r.buffer = 4096;
+            if spill {
+                r.spill = Some(Spill {
+                    dir,
+                    max_per_connection: 1 << 20,
+                });
+            }
+        })
+        .await;
+        let a = pattern(client.len, client.seed);
+        let b = pattern(upstream.len, upstream.seed);
+        let (a2, b2) = (a.clone(), b.clone());
+        let us = upstream.clone();
+        let upstream_task = tokio::spawn(async move {
+            let (s, _) = up.accept().await.expect("accept");
+            converse(s, b2, us).await
+        });
+        let c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let got_b = converse(c, a2, client).await;
+        let got_a = upstream_task.await.expect("upstream");
+        token.cancel();
+        assert!(
+            got_a == a,
+            "client->upstream differs: sent {} got {}",
+            a.len(),
+            got_a.len()
+        );
+        assert!(
+            got_b == b,
+            "upstream->client differs: sent {} got {}",
+            b.len(),
+            got_b.len()
+        );
+    });
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 10, .. ProptestConfig::default() })]
+
+    #[test]
+    fn bytes_arrive_identical_both_ways_splice(c in script(), u in script()) {
+        relay_case(c, u, false);
+    }
+
+    #[test]
+    fn bytes_arrive_identical_both_ways_spill(c in script(), u in script()) {
+        relay_case(c, u, true);
+    }
+}
+
+#[tokio::test]
+async fn half_close_client_first_still_gets_whole_response() {
+    for spill in [false, true] {
+        let up = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let up_addr = up.local_addr().expect("addr");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path().to_path_buf();
+        let (addr, token, _s) = start_route(vec![up_addr.to_string()], |r| {
+            if spill {
+                r.spill = Some(Spill {
+                    dir: d,
+                    max_per_connection: 1 << 30,
+                });
+            }
+        })
+        .await;
+        let response = pattern(5 << 20, 7);
+        let resp = response.clone();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = up.accept().await.expect("accept");
+            let mut req = Vec::new();
+            s.read_to_end(&mut req).await.expect("read request to EOF");
+            // Only after the client's EOF arrived do we answer.
+            s.write_all(&resp).await.expect("respond");
+            s.shutdown().await.expect("shutdown");
+            req
+        });
+        let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        c.write_all(b"GET / please").await.expect("request");
+        c.shutdown().await.expect("half-close");
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).await.expect("response");
+        assert_eq!(server.await.expect("server"), b"GET / please");
+        assert!(
+            got == response,
+            "spill={spill}: response truncated: {} of {}",
+            got.len(),
+            response.len()
+        );
+        token.cancel();
+    }
+}
+
+#[tokio::test]
+async fn half_close_upstream_first_client_can_still_send() {
+    let up = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let up_addr = up.local_addr().expect("addr");
+    let (addr, token, _s) = start_route(vec![up_addr.to_string()], |_| {}).await;
+    let upload = pattern(3 << 20, 11);
+    let server = tokio::spawn(async move {
+        let (mut s, _) = up.accept().await.expect("accept");
+        s.write_all(b"READY").await.expect("greet");
+        s.shutdown().await.expect("upstream half-close");
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.expect("read upload");
+        got
+    });
+    let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut greet = Vec::new();
+    c.read_to_end(&mut greet).await.expect("greeting then EOF");
+    assert_eq!(greet, b"READY");
+    c.write_all(&upload)
+        .await
+        .expect("upload after upstream EOF");
+    c.shutdown().await.expect("shutdown");
+    assert!(server.await.expect("server") == upload);
+    token.cancel();
+}
+
+#[tokio::test]
+async fn half_close_timer_bounds_a_lingering_direction() {
+    let up = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let up_addr = up.local_addr().expect("addr");
+    let (addr, token, server) = start_route(vec![up_addr.to_string()], |r| {
+        r.half_close_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let hold = tokio::spawn(async move {
+        let (s, _) = up.accept().await.expect("accept");
+        // Never answers and never closes.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(s);
+    });
+    let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    c.shutdown().await.expect("half-close");
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(20), c.read_to_end(&mut rest)).await;
+    assert!(
+        r.is_ok(),
+        "relay kept a half-closed connection open past its timer"
+    );
+    let stats = server.stats();
+    wait_for(|| stats.closed(spillway::stream::CloseReason::HalfCloseTimeout) == 1).await;
+    hold.abort();
+    token.cancel();
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed() {
+    let up = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let up_addr = up.local_addr().expect("addr");
+    let (addr, token, server) = start_route(vec![up_addr.to_string()], |r| {
+        r.idle_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let hold = tokio::spawn(async move {
+        let (s, _) = up.accept().await.expect("accept");
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(s);
+    });
+    let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut buf = [0u8; 16];
+    let r = tokio::time::timeout(Duration::from_secs(20), c.read(&mut buf)).await;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "idle connection not closed: {r:?}"
+    );
+    let stats = server.stats();
+    wait_for(|| stats.closed(spillway::stream::CloseReason::IdleTimeout) == 1).await;
+    hold.abort();
+    token.cancel();
+}
+
+#[tokio::test]
+async fn connection_limit_refuses_the_excess() {
+    let up = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let up_addr = up.local_addr().expect("addr");
+    let (addr, token, server) = start_route(vec![up_addr.to_string()], |r| {
+        r.max_connections = 2;
+    })
+    .await;
+    let accepted = Arc::new(AtomicU64::new(0));
+    let acc = Arc::clone(&accepted);
+    let hold = tokio::spawn(async move {
+        let mut keep = Vec::new();
+        loop {
+            let (s, _) = up.accept().await.expect("accept");
+            acc.fetch_add(1, Ordering::SeqCst);
+            keep.push(s);
+        }
+    });
+    let mut conns = Vec::new();
+    for _ in 0..2 {
+        conns.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    }
+    wait_for(|| accepted.load(Ordering::SeqCst) == 2).await;
+    let mut third = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut buf = [0u8; 1];
+    let r = tokio::time::timeout(Duration::from_secs(10), third.read(&mut buf)).await;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "third connection not refused: {r:?}"
+    );
+    assert_eq!(
+        server.stats().closed(spillway::stream::CloseReason::Limit),
+        1
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "the refused client reached the upstream"
+    );
+    hold.abort();
+    token.cancel();
+}
+
+#[tokio::test]
+async fn reset_by_upstream_is_propagated_to_client() {
+    let up = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let up_addr = up.local_addr().expect("addr");
+    let (addr, token, server) = start_route(vec![up_addr.to_string()], |_| {}).await;
+    let srv = tokio::spawn(async move {
+        let (mut s, _) = up.accept().await.expect("accept");
+        // Reset only once bytes flowed, so the relay's connect has surely completed.
+        let mut hello = [0u8; 5];
+        s.read_exact(&mut hello).await.expect("hello");
+        let s = s.into_std().expect("std");
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .expect("linger");
+        drop(s); // RST
+    });
+    let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    c.write_all(b"hello").await.expect("hello");
+    srv.await.expect("server");
+    let mut buf = [0u8; 16];
+    let r = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf)).await;
+    assert!(r.is_ok(), "client not closed after the upstream reset");
+    let stats = server.stats();
+    let reasons = || {
+        spillway::stream::CloseReason::ALL
+            .iter()
+            .map(|r| (r.as_str(), stats.closed(*r)))
+            .filter(|(_, n)| *n > 0)
+            .collect::<Vec<_>>()
+    };
+    for _ in 0..300 {
+        if stats.closed(spillway::stream::CloseReason::UpstreamReset) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(reasons(), vec![("upstream_reset", 1)], "read: {r:?}");
+    token.cancel();
+}
+
+async fn wait_for(cond: impl Fn() -> bool) {
+    for _ in 0..1000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not reached within 10 s");
+}
+
+// --------------------------------------------------------- child process ---
+
+const BIG: usize = 200 << 20;
+
+/// An upstream that writes `total` bytes as fast as it can to the first
+/// client, then closes; reports when it finished writing.
+fn fast_writer(total: usize) -> (SocketAddr, std::thread::JoinHandle<u64>, Arc<AtomicU64>) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let finished_at_client_bytes = Arc::new(AtomicU64::new(u64::MAX));
+    let h = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().expect("accept");
+        let chunk = pattern(1 << 20, 3);
+        let mut hash = Fnv::default();
+        let mut sent = 0;
+        while sent < total {
+            let n = chunk.len().min(total - sent);
+            s.write_all(&chunk[..n]).expect("upstream write");
+            hash.update(&chunk[..n]);
+            sent += n;
+        }
+        s.shutdown(Shutdown::Write).expect("shutdown");
+        hash.0
+    });
+    (addr, h, finished_at_client_bytes)
+}
+
+#[test]
+fn slow_reader_with_spill_lets_the_upstream_finish_first() {
+    let spill = tempfile::tempdir().expect("tempdir");
+    let (up_addr, writer, _) = fast_writer(BIG);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut relay = Relay::start(&[
+        "relay",
+        "--listen",
+        &listen,
+        "--to",
+        &up_addr.to_string(),
+        "--spill-dir",
+        spill.path().to_str().expect("utf8"),
+        "--max-spill",
+        "1GiB",
+    ]);
+    relay.wait_listening(listen.parse().expect("addr"));
+    let mut c = TcpStream::connect(&listen).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let received = Arc::new(AtomicU64::new(0));
+    let seen_when_upstream_done = Arc::new(AtomicU64::new(u64::MAX));
+    let watcher = {
+        let received = Arc::clone(&received);
+        let seen = Arc::clone(&seen_when_upstream_done);
+        std::thread::spawn(move || {
+            let h = writer.join().expect("writer");
+            seen.store(received.load(Ordering::SeqCst), Ordering::SeqCst);
+            h
+        })
+    };
+    let mut buf = vec![0u8; 64 << 10];
+    let mut hash = Fnv::default();
+    let mut total = 0u64;
+    loop {
+        let n = c.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+        total += n as u64;
+        received.store(total, Ordering::SeqCst);
+        // A slow consumer: ~64 KiB per millisecond at best.
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(c);
+    let expected = watcher.join().expect("watcher");
+    assert_eq!(total, BIG as u64);
+    assert_eq!(hash.0, expected, "checksum differs");
+    let seen = seen_when_upstream_done.load(Ordering::SeqCst);
+    assert!(
+        seen < (BIG as u64) / 2,
+        "the upstream only finished after the client had read {seen} of {BIG} bytes: spill did not absorb the difference"
+    );
+    let log = relay.wait_log("connection closed");
+    assert!(log.contains("reason=upstream_eof"), "{log}");
+    // Nothing is left in the spill directory (the file was unlinked at creation).
+    assert_eq!(std::fs::read_dir(spill.path()).expect("readdir").count(), 0);
+}
+
+#[test]
+fn without_spill_memory_stays_bounded() {
+    let (up_addr, writer, _) = fast_writer(BIG);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut relay = Relay::start(&["relay", "--listen", &listen, "--to", &up_addr.to_string()]);
+    relay.wait_listening(listen.parse().expect("addr"));
+    let before = relay.vm_hwm_kib();
+    let mut c = TcpStream::connect(&listen).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let mut buf = vec![0u8; 64 << 10];
+    let mut hash = Fnv::default();
+    let mut total = 0u64;
+    let mut reads = 0u64;
+    loop {
+        let n = c.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+        total += n as u64;
+        reads += 1;
+        if reads.is_multiple_of(8) {
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    }
+    assert_eq!(total, BIG as u64);
+    assert_eq!(hash.0, writer.join().expect("writer"));
+    let after = relay.vm_hwm_kib();
+    // 200 MiB went through; the relay's peak RSS may only grow by a small
+    // constant (buffers are 64 KiB per direction).
+    assert!(
+        after < before + 16 * 1024,
+        "VmHWM grew from {before} KiB to {after} KiB"
+    );
+}
+
+#[test]
+fn dead_upstreams_in_the_pool_are_skipped() {
+    let live = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let live_addr = live.local_addr().expect("addr");
+    let dead1 = format!("127.0.0.1:{}", free_port());
+    let dead2 = format!("127.0.0.1:{}", free_port());
+    let echo = std::thread::spawn(move || {
+        for _ in 0..6 {
+            let (mut s, _) = live.accept().expect("accept");
+            let mut v = Vec::new();
+            s.read_to_end(&mut v).expect("read");
+            s.write_all(&v).expect("echo");
+        }
+    });
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut relay = Relay::start(&[
+        "relay",
+        "--listen",
+        &listen,
+        "--to",
+        &dead1,
+        "--to",
+        &live_addr.to_string(),
+        "--to",
+        &dead2,
+    ]);
+    relay.wait_listening(listen.parse().expect("addr"));
+    for i in 0..6u8 {
+        let mut c = TcpStream::connect(&listen).expect("connect");
+        c.write_all(&[i; 100]).expect("write");
+        c.shutdown(Shutdown::Write).expect("shutdown");
+        assert_eq!(read_to_end(&mut c), vec![i; 100], "connection {i} failed");
+    }
+    echo.join().expect("echo");
+    assert!(relay.log_text().contains("upstream connect failed"));
+}
+
+#[test]
+fn all_upstreams_dead_closes_the_client_with_a_reason() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let dead1 = format!("127.0.0.1:{}", free_port());
+    let dead2 = format!("127.0.0.1:{}", free_port());
+    let mut relay = Relay::start(&["relay", "--listen", &listen, "--to", &dead1, "--to", &dead2]);
+    relay.wait_listening(listen.parse().expect("addr"));
+    let mut c = TcpStream::connect(&listen).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut buf = [0u8; 8];
+    let r = c.read(&mut buf);
+    assert!(
+        matches!(r, Ok(0) | Err(_))
+            && !matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "client not closed: {r:?}"
+    );
+    let log = relay.wait_log("reason=no_upstream");
+    assert!(
+        log.contains(&dead1) && log.contains(&dead2),
+        "both upstreams tried:\n{log}"
+    );
+}
+
+#[test]
+fn broken_config_reports_line_and_column() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(
+        dir.path(),
+        "[[route]]\nname = \"web\"\nmode = \"stream\"\nlisten = \"127.0.0.1:7000\"\nupstreams = [\"127.0.0.1:8000\"]\nidle_timeout = \"ten minutes\"\n",
+    );
+    let out = std::process::Command::new(bin())
+        .args(["check", "--config", path.to_str().expect("utf8")])
+        .output()
+        .expect("run check");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("spillway.toml:6:16"), "{err}");
+    assert!(err.contains("duration"), "{err}");
+
+    let path = write_config(dir.path(), "[[route]]\nname = \"web\"\nmode = \"stream\"\nlisten = \"127.0.0.1:7000\"\nupstreams = [\"127.0.0.1:8000\"]\n");
+    let out = std::process::Command::new(bin())
+        .args(["check", "--config", path.to_str().expect("utf8")])
+        .output()
+        .expect("run check");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // `run` refuses the broken file the same way, before binding anything.
+    let path = write_config(dir.path(), "[[route]\n");
+    let out = std::process::Command::new(bin())
+        .args(["run", "--config", path.to_str().expect("utf8")])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("spillway.toml:1:"));
+}
+
+#[test]
+fn config_file_routes_run_and_sigterm_exits_zero() {
+    let up = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let up_addr = up.local_addr().expect("addr");
+    let echo = std::thread::spawn(move || {
+        let (mut s, _) = up.accept().expect("accept");
+        let mut v = Vec::new();
+        s.read_to_end(&mut v).expect("read");
+        s.write_all(&v).expect("echo");
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let path = write_config(
+        dir.path(),
+        &format!("[[route]]\nname = \"web\"\nmode = \"stream\"\nlisten = \"{listen}\"\nupstreams = [\"{up_addr}\"]\nbalance = \"least-conn\"\n"),
+    );
+    let mut relay = Relay::start(&["run", "--config", path.to_str().expect("utf8")]);
+    relay.wait_listening(listen.parse().expect("addr"));
+    let mut c = TcpStream::connect(&listen).expect("connect");
+    c.write_all(b"through the config").expect("write");
+    c.shutdown(Shutdown::Write).expect("shutdown");
+    assert_eq!(read_to_end(&mut c), b"through the config");
+    echo.join().expect("echo");
+    relay.signal("TERM");
+    assert_eq!(relay.wait_exit(Duration::from_secs(20)), Some(0));
+}
