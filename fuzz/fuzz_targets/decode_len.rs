@@ -17,11 +17,14 @@ const PREFIXES: [LenPrefix; 7] = [
 
 fn run(
     framing: Framing,
-    max: usize,
+    max_requested: usize,
     stream: &[u8],
     read: usize,
 ) -> (Vec<Vec<u8>>, Result<(), FrameError>) {
-    let mut d = Decoder::new(framing, max);
+    let mut d = Decoder::new(framing, max_requested);
+    // A max of 0 is raised to 1 (documented): check against what is in force.
+    let max = d.max_message();
+    assert_eq!(max, max_requested.max(1));
     let mut buf = Vec::new();
     let mut frames = Vec::new();
     for chunk in stream.chunks(read.max(1)) {
