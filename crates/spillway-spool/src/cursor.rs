@@ -96,17 +96,21 @@ pub(crate) fn write_cursor(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(SpoolError::io("remove", tmp, e)),
     }
-    let f = fs.create(&tmp).map_err(|e| SpoolError::io("create", &tmp, e))?;
+    let f = fs
+        .create(&tmp)
+        .map_err(|e| SpoolError::io("create", &tmp, e))?;
     write_all_at(&*f, &cursor.encode(), 0).map_err(|(e, _)| SpoolError::io("write", &tmp, e))?;
     if durable {
-        f.sync_data().map_err(|e| SpoolError::io("fsync", &tmp, e))?;
+        f.sync_data()
+            .map_err(|e| SpoolError::io("fsync", &tmp, e))?;
     }
     drop(f);
     let path = dir.join(CURSOR_FILE);
     fs.rename(&tmp, &path)
         .map_err(|e| SpoolError::io("rename", &path, e))?;
     if durable {
-        fs.sync_dir(dir).map_err(|e| SpoolError::io("fsync dir", dir, e))?;
+        fs.sync_dir(dir)
+            .map_err(|e| SpoolError::io("fsync dir", dir, e))?;
     }
     Ok(())
 }

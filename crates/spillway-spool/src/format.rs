@@ -45,12 +45,17 @@ pub(crate) struct SegmentHeader {
 pub(crate) enum HeaderCheck {
     Valid(SegmentHeader),
     /// Fewer than `SEGMENT_HEADER_LEN` bytes exist.
-    Truncated { available: u64 },
+    Truncated {
+        available: u64,
+    },
     /// All 32 bytes are zero: a segment whose creation was torn by a crash.
     Zeroed,
     BadMagic,
     UnsupportedVersion(u32),
-    Corrupted { expected: u32, actual: u32 },
+    Corrupted {
+        expected: u32,
+        actual: u32,
+    },
 }
 
 impl SegmentHeader {
@@ -138,9 +143,15 @@ impl RecordHeader {
 pub(crate) enum RecordCheck {
     Valid(RecordHeader),
     /// The buffer ends before the record does.
-    Truncated { needed: u64, available: u64 },
+    Truncated {
+        needed: u64,
+        available: u64,
+    },
     /// Header and payload present but the checksum does not match.
-    Corrupted { expected: u32, actual: u32 },
+    Corrupted {
+        expected: u32,
+        actual: u32,
+    },
     /// The header cannot describe a record (zero count, absurd length) or
     /// the payload does not frame exactly `count` messages.
     Malformed(&'static str),

@@ -24,6 +24,10 @@ pub trait SegmentFile: Send + Sync + fmt::Debug {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Current size in bytes.
     fn len(&self) -> io::Result<u64>;
+    /// Whether the file is empty.
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
 }
 
 /// Directory-level operations of the spool.
@@ -149,6 +153,8 @@ pub(crate) fn read_full_at(f: &dyn SegmentFile, buf: &mut [u8], offset: u64) -> 
 /// `ENOSPC` or `EDQUOT`: the disk (or the user's quota) is full. Handled like
 /// the spool's own `max_disk` bound rather than as a failure.
 pub(crate) fn is_no_space(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded)
-        || matches!(e.raw_os_error(), Some(code) if code == libc::ENOSPC || code == libc::EDQUOT)
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    ) || matches!(e.raw_os_error(), Some(code) if code == libc::ENOSPC || code == libc::EDQUOT)
 }

@@ -95,9 +95,7 @@ mod stats;
 pub use config::{Durability, SpoolConfig, WhenFull};
 pub use error::{FullReason, SpoolError};
 pub use format::MAX_MESSAGE_LIMIT;
-pub use inspect::{
-    dump, inspect, verify, Inspection, SegmentInfo, VerifyProblem, VerifyReport,
-};
+pub use inspect::{dump, inspect, verify, Inspection, SegmentInfo, VerifyProblem, VerifyReport};
 pub use recovery::{CursorRecovery, RecoveryReport};
 pub use spool::{AppendOutcome, Message, Spool, Tier};
 pub use stats::SpoolStats;

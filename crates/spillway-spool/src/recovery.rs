@@ -88,11 +88,18 @@ impl fmt::Display for RecoveryReport {
             write!(f, "; removed torn segment {}", p.display())?;
         }
         if self.deleted_acked_segments > 0 {
-            write!(f, "; deleted {} acked segments", self.deleted_acked_segments)?;
+            write!(
+                f,
+                "; deleted {} acked segments",
+                self.deleted_acked_segments
+            )?;
         }
         match &self.cursor {
             CursorRecovery::Damaged { reason } => {
-                write!(f, "; cursor damaged ({reason}), redelivering from the oldest message")
+                write!(
+                    f,
+                    "; cursor damaged ({reason}), redelivering from the oldest message"
+                )
             }
             CursorRecovery::BeyondEnd { cursor, log_end } => write!(
                 f,
@@ -313,8 +320,10 @@ pub(crate) fn recover(
                     report.truncated_records = 1;
                     report.truncated_bytes = cut;
                     report.truncated_at = Some((seg.path.clone(), offset));
-                    st.truncated_records.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    st.truncated_bytes.fetch_add(cut, std::sync::atomic::Ordering::Relaxed);
+                    st.truncated_records
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    st.truncated_bytes
+                        .fetch_add(cut, std::sync::atomic::Ordering::Relaxed);
                     seg.len = offset;
                     break;
                 }

@@ -317,7 +317,9 @@ impl Spool {
                 inner.st.enospc.fetch_add(1, Ordering::Relaxed);
             }
             let refuse = |core: &Core, dropped_oldest: u64| {
-                inner.st.add_dropped_newest(msgs.len() as u64, batch.payload_bytes);
+                inner
+                    .st
+                    .add_dropped_newest(msgs.len() as u64, batch.payload_bytes);
                 AppendOutcome {
                     first_seq: core.next_seq,
                     accepted: 0,
@@ -415,10 +417,7 @@ impl Spool {
         let seg_size = inner.cfg.segment_size;
         let waiters = core.space_waiters > 0;
         inner.remove_segments_while(&mut core, |core, i| {
-            let end = core
-                .segs
-                .get(i + 1)
-                .map_or(core.disk_end, |s| s.first_seq);
+            let end = core.segs.get(i + 1).map_or(core.disk_end, |s| s.first_seq);
             if end > core.floor {
                 return false;
             }
@@ -553,8 +552,7 @@ fn oldest_disk_ms(core: &Core) -> Option<u64> {
     let pos = core
         .segs
         .partition_point(|s| s.first_seq <= core.floor)
-        .checked_sub(1)
-        .unwrap_or(0);
+        .saturating_sub(1);
     let seg = core.segs.get(pos)?;
     let i = seg.index.partition_point(|e| e.seq <= core.floor);
     Some(match i.checked_sub(1).and_then(|i| seg.index.get(i)) {
@@ -801,9 +799,7 @@ impl Inner {
     ) -> Result<WriteResult, SpoolError> {
         let need = batch.buf.len() as u64;
         let roll = match (core.active, core.segs.back()) {
-            (true, Some(s)) => {
-                s.len > SEGMENT_HEADER_LEN && s.len + need > self.cfg.segment_size
-            }
+            (true, Some(s)) => s.len > SEGMENT_HEADER_LEN && s.len + need > self.cfg.segment_size,
             _ => true,
         };
         let extra = need + if roll { SEGMENT_HEADER_LEN } else { 0 };
@@ -841,7 +837,11 @@ impl Inner {
             return Err(SpoolError::io("write", seg.path.clone(), e));
         }
         let offset = seg.len;
-        if seg.index.last().is_none_or(|e| offset >= e.offset + INDEX_EVERY) {
+        if seg
+            .index
+            .last()
+            .is_none_or(|e| offset >= e.offset + INDEX_EVERY)
+        {
             seg.index.push(IndexEntry {
                 seq: first,
                 offset,
@@ -907,10 +907,7 @@ impl Inner {
         let Some(front) = core.segs.front() else {
             return Ok(None);
         };
-        let end = core
-            .segs
-            .get(1)
-            .map_or(core.disk_end, |s| s.first_seq);
+        let end = core.segs.get(1).map_or(core.disk_end, |s| s.first_seq);
         let start = core.floor.max(front.first_seq);
         let msgs = end.saturating_sub(start) + core.mem.len() as u64;
         let bytes = front.len.saturating_sub(SEGMENT_HEADER_LEN) + core.mem_bytes;
@@ -1146,7 +1143,9 @@ impl Inner {
                     }
                 }
             }
-            self.st.bytes_read.fetch_add(sc.bytes_read, Ordering::Relaxed);
+            self.st
+                .bytes_read
+                .fetch_add(sc.bytes_read, Ordering::Relaxed);
             {
                 let mut core = lock(&self.core);
                 core.read_hint = Some((seg_first, resume));
