@@ -1108,19 +1108,30 @@ impl Inner {
                         expect = header.end_seq();
                         if expect > pos {
                             let mut seq = header.first_seq;
+                            let mut next = pos;
                             split_payload(&payload, header.count, |data| {
-                                if seq >= pos {
+                                if seq >= next && !full(&out, bytes) {
                                     bytes += data.len();
                                     out.push(Message { seq, data });
+                                    next = seq + 1;
                                 }
                                 seq += 1;
                             });
-                            pos = expect;
+                            pos = next;
                         }
-                        resume = IndexEntry {
-                            seq: expect,
-                            offset: sc.pos,
-                            ms: header.append_ms,
+                        resume = if pos >= expect {
+                            IndexEntry {
+                                seq: expect,
+                                offset: sc.pos,
+                                ms: header.append_ms,
+                            }
+                        } else {
+                            // Stopped inside this record: resume at its start.
+                            IndexEntry {
+                                seq: header.first_seq,
+                                offset,
+                                ms: header.append_ms,
+                            }
                         };
                     }
                     Scan::End => {

@@ -1,0 +1,301 @@
+//! Behaviour a user relies on, one test each.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{msg, small_config};
+use spillway_spool::{Durability, Spool, SpoolError, Tier, WhenFull};
+
+fn read_all(s: &Spool) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    loop {
+        let got = s.read(pos, 7, 1000).unwrap();
+        if got.is_empty() {
+            return out;
+        }
+        for m in got {
+            assert!(m.seq >= pos, "read went backwards");
+            pos = m.seq + 1;
+            out.push((m.seq, m.data.to_vec()));
+        }
+    }
+}
+
+#[test]
+fn memory_then_disk_keeps_fifo_and_returns_to_memory_after_drain() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(dir.path());
+    cfg.memory_limit = 100;
+    let (s, _) = Spool::open(cfg).unwrap();
+    let a = s.append(&[&msg(0, 60)]).unwrap();
+    assert_eq!(a.tier, Some(Tier::Memory));
+    let b = s.append(&[&msg(1, 60)]).unwrap();
+    assert_eq!(b.tier, Some(Tier::Disk), "memory full: goes to disk");
+    // Memory has room again only after the disk tier drains.
+    let c = s.append(&[&msg(2, 10)]).unwrap();
+    assert_eq!(c.tier, Some(Tier::Disk), "must stay on disk until drained");
+    let all = read_all(&s);
+    assert_eq!(all.iter().map(|m| m.0).collect::<Vec<_>>(), vec![0, 1, 2]);
+    assert_eq!(all[1].1, msg(1, 60));
+    s.ack(3).unwrap();
+    let d = s.append(&[&msg(3, 10)]).unwrap();
+    assert_eq!(d.tier, Some(Tier::Memory));
+    assert_eq!(d.first_seq, 3);
+    assert_eq!(read_all(&s), vec![(3, msg(3, 10))]);
+}
+
+#[test]
+fn memory_limit_zero_writes_everything_to_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = Spool::open(small_config(dir.path())).unwrap();
+    for i in 0..50 {
+        assert_eq!(s.append(&[&msg(i, 100)]).unwrap().tier, Some(Tier::Disk));
+    }
+    // Drop without close = crash of the process: all of it is on disk.
+    drop(s);
+    let (s, rep) = Spool::open(small_config(dir.path())).unwrap();
+    assert_eq!(rep.next_seq, 50);
+    assert_eq!(read_all(&s).len(), 50);
+}
+
+#[test]
+fn close_moves_memory_tier_to_disk_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(dir.path());
+    cfg.memory_limit = 1000;
+    let (s, _) = Spool::open(cfg.clone()).unwrap();
+    let batch: Vec<Vec<u8>> = (0..10).map(|i| msg(i, 100)).collect();
+    let refs: Vec<&[u8]> = batch.iter().map(|m| &m[..]).collect();
+    assert_eq!(s.append(&refs).unwrap().tier, Some(Tier::Memory));
+    // Overflow to disk, then a close must put memory before disk.
+    for i in 10..40 {
+        assert_eq!(s.append(&[&msg(i, 100)]).unwrap().tier, Some(Tier::Disk));
+    }
+    s.ack(2).unwrap();
+    s.close().unwrap();
+    let (s, rep) = Spool::open(cfg).unwrap();
+    assert_eq!((rep.ack_floor, rep.next_seq), (2, 40));
+    let all = read_all(&s);
+    assert_eq!(all.len(), 38);
+    for (i, (seq, data)) in all.iter().enumerate() {
+        assert_eq!(*seq, i as u64 + 2);
+        assert_eq!(data, &msg(*seq, 100));
+    }
+    assert!(spillway_spool::verify(dir.path(), |_, _| {}).unwrap().ok());
+}
+
+#[test]
+fn acked_segments_are_deleted_and_cursor_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let (s, _) = Spool::open(cfg.clone()).unwrap();
+    for i in 0..100 {
+        s.append(&[&msg(i, 200)]).unwrap();
+    }
+    let before = s.stats().segments;
+    assert!(before > 4, "tiny segments must roll over: {before}");
+    s.ack(60).unwrap();
+    let after = s.stats();
+    assert!(after.segments < before);
+    assert!(after.segments_deleted > 0);
+    assert_eq!(after.disk_msgs, 40);
+    assert_eq!(s.read(0, 1, 100).unwrap()[0].seq, 60, "read below floor clamps");
+    drop(s); // crash: cursor was persisted at segment deletion
+    let (s, rep) = Spool::open(cfg).unwrap();
+    assert!(rep.ack_floor >= 60 - 20, "floor {}", rep.ack_floor);
+    assert_eq!(s.read(0, 1000, 1 << 20).unwrap().last().unwrap().seq, 99);
+}
+
+#[test]
+fn read_respects_limits_and_returns_at_least_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = Spool::open(small_config(dir.path())).unwrap();
+    let big = vec![1u8; 3000];
+    s.append(&[&big, &big, &big]).unwrap();
+    assert_eq!(s.read(0, 10, 1).unwrap().len(), 1);
+    assert_eq!(s.read(0, 2, 1 << 20).unwrap().len(), 2);
+    assert_eq!(s.read(1, 10, 1 << 20).unwrap().len(), 2);
+    assert!(s.read(3, 10, 1 << 20).unwrap().is_empty());
+}
+
+#[test]
+fn too_large_and_empty_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(dir.path());
+    cfg.max_message = 10;
+    let (s, _) = Spool::open(cfg).unwrap();
+    let e = s.append(&[b"01234567890"]).unwrap_err();
+    assert!(matches!(e, SpoolError::TooLarge { size: 11, limit: 10 }));
+    assert_eq!(s.append(&[]).unwrap().accepted, 0);
+    assert_eq!(s.append(&[b""]).unwrap().first_seq, 0);
+    assert_eq!(s.read(0, 10, 10).unwrap()[0].data.len(), 0);
+}
+
+#[test]
+fn drop_newest_refuses_and_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(dir.path());
+    cfg.max_disk = 16 * 1024;
+    cfg.when_full = WhenFull::DropNewest;
+    let (s, _) = Spool::open(cfg).unwrap();
+    let mut refused = 0;
+    for i in 0..100 {
+        let o = s.append(&[&msg(i, 500)]).unwrap();
+        refused += o.dropped_newest;
+    }
+    let st = s.stats();
+    assert!(refused > 0);
+    assert_eq!(st.dropped_newest_msgs, refused as u64);
+    assert!(st.disk_bytes <= 16 * 1024, "{}", st.disk_bytes);
+    // What was accepted is a prefix, intact.
+    let all = read_all(&s);
+    assert_eq!(all.len() + refused, 100);
+    for (i, (seq, d)) in all.iter().enumerate() {
+        assert_eq!(*seq, i as u64);
+        assert_eq!(d, &msg(i as u64, 500));
+    }
+}
+
+#[test]
+fn drop_oldest_deletes_whole_segments_and_keeps_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(dir.path());
+    cfg.max_disk = 16 * 1024;
+    cfg.when_full = WhenFull::DropOldest;
+    let (s, _) = Spool::open(cfg).unwrap();
+    let mut dropped = 0;
+    for i in 0..100 {
+        let o = s.append(&[&msg(i, 500)]).unwrap();
+        assert_eq!(o.accepted, 1);
+        dropped += o.dropped_oldest_msgs;
+    }
+    let st = s.stats();
+    assert!(dropped > 0);
+    assert_eq!(st.dropped_oldest_msgs, dropped);
+    assert!(st.disk_bytes <= 16 * 1024);
+    let all = read_all(&s);
+    assert_eq!(all.last().unwrap().0, 99);
+    assert_eq!(all[0].0, dropped, "the floor moved past exactly the dropped messages");
+    assert_eq!(s.ack_floor(), dropped);
+}
+
+#[test]
+fn block_waits_for_acks_and_times_out_with_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(dir.path());
+    cfg.max_disk = 16 * 1024;
+    cfg.block_timeout = Some(Duration::from_millis(100));
+    let (s, _) = Spool::open(cfg).unwrap();
+    let mut i = 0;
+    let err = loop {
+        match s.append(&[&msg(i, 500)]) {
+            Ok(_) => i += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(err.is_full(), "{err}");
+    assert!(s.stats().blocked >= 1);
+    // A consumer acking from another thread unblocks a waiting appender.
+    let s2 = s.clone();
+    let consumer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(30));
+        let n = s2.next_seq();
+        s2.ack(n).unwrap();
+    });
+    let mut cfg_wait = s.append(&[&msg(i, 500)]);
+    if cfg_wait.is_err() {
+        // Timed out before the ack landed on a slow machine: retry once.
+        consumer.join().unwrap();
+        cfg_wait = s.append(&[&msg(i, 500)]);
+    } else {
+        consumer.join().unwrap();
+    }
+    assert_eq!(cfg_wait.unwrap().accepted, 1);
+}
+
+#[test]
+fn notify_fires_on_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = Spool::open(small_config(dir.path())).unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    s.set_notify(Box::new(move || {
+        h.fetch_add(1, Ordering::SeqCst);
+    }));
+    s.append(&[b"x"]).unwrap();
+    s.append(&[b"y", b"z"]).unwrap();
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn stats_report_depth_age_and_fsyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(dir.path());
+    cfg.memory_limit = 1 << 20;
+    let (s, _) = Spool::open(cfg).unwrap();
+    s.append(&[b"abc", b"de"]).unwrap();
+    let st = s.stats();
+    assert_eq!((st.mem_msgs, st.mem_bytes, st.disk_msgs), (2, 5, 0));
+    assert!(st.oldest_age.is_some());
+    s.sync().unwrap();
+    assert!(s.stats().oldest_age.unwrap() < Duration::from_secs(5));
+    s.ack(2).unwrap();
+    assert_eq!(s.stats().oldest_age, None);
+}
+
+#[test]
+fn interval_durability_syncs_on_tick() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(dir.path());
+    cfg.durability = Durability::Interval(Duration::from_millis(20));
+    let (s, _) = Spool::open(cfg).unwrap();
+    s.append(&[b"abc"]).unwrap();
+    let before = s.stats().fsyncs;
+    std::thread::sleep(Duration::from_millis(30));
+    s.tick().unwrap();
+    assert!(s.stats().fsyncs > before);
+}
+
+#[test]
+fn closed_handle_clones_get_closed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = Spool::open(small_config(dir.path())).unwrap();
+    let other = s.clone();
+    s.close().unwrap();
+    assert!(matches!(other.append(&[b"x"]), Err(SpoolError::Closed)));
+    assert!(matches!(other.read(0, 1, 1), Err(SpoolError::Closed)));
+}
+
+#[test]
+fn inspect_and_dump_see_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = Spool::open(small_config(dir.path())).unwrap();
+    for i in 0..30 {
+        s.append(&[&msg(i, 300)]).unwrap();
+    }
+    s.ack(5).unwrap();
+    s.close().unwrap();
+    let ins = spillway_spool::inspect(dir.path()).unwrap();
+    assert_eq!(ins.end_seq, Some(30));
+    assert_eq!(ins.cursor.map(|c| c.0), Some(5));
+    assert_eq!(ins.depth, 25);
+    let mut seen = Vec::new();
+    let n = spillway_spool::dump(dir.path(), Some(10), Some(4), |m| {
+        seen.push(m.seq);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(n, 4);
+    assert_eq!(seen, vec![10, 11, 12, 13]);
+    let mut first = None;
+    spillway_spool::dump(dir.path(), None, Some(1), |m| {
+        first = Some(m.seq);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(first, Some(5), "dump defaults to the cursor");
+}
