@@ -91,10 +91,11 @@ pub fn unacked_bytes(socket: BorrowedFd<'_>) -> io::Result<usize> {
     Ok(usize::try_from(value).unwrap_or(0))
 }
 
-/// Raises the soft limit on open files to the hard limit, so a proxy with
-/// many connections is not stopped by a conservative default. Returns the
+/// Raises the limit on open files, so a proxy with many connections is not
+/// stopped by a conservative default: first both limits to `want` (works
+/// with CAP_SYS_RESOURCE), else the soft limit to the hard one. Returns the
 /// new soft limit.
-pub fn raise_nofile_limit() -> io::Result<u64> {
+pub fn raise_nofile_limit(want: u64) -> io::Result<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -102,6 +103,16 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     // SAFETY: getrlimit writes into the live local `lim`.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } < 0 {
         return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_max < want {
+        let wanted = libc::rlimit {
+            rlim_cur: want,
+            rlim_max: want,
+        };
+        // SAFETY: setrlimit reads the live local `wanted`.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) } == 0 {
+            return Ok(want);
+        }
     }
     if lim.rlim_cur < lim.rlim_max {
         lim.rlim_cur = lim.rlim_max;

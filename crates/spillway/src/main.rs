@@ -163,7 +163,7 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: Config) -> ExitCode {
-    match spillway_net::sys::raise_nofile_limit() {
+    match spillway_net::sys::raise_nofile_limit(1 << 20) {
         Ok(n) => tracing::debug!(nofile = n, "open file limit"),
         Err(e) => warn!(error = %e, "cannot raise the open file limit"),
     }

@@ -184,16 +184,22 @@ pub struct StreamServer {
     balancer: Balancer,
     stats: Arc<RouteStats>,
     budget: Arc<SpillBudget>,
+    pipes: splice::PipePool,
 }
+
+/// Empty pipes kept for reuse per route; beyond this they are closed.
+const MAX_IDLE_PIPES: usize = 256;
 
 impl StreamServer {
     pub fn new(route: StreamRoute, budget: Arc<SpillBudget>) -> Self {
         let balancer = Balancer::new(route.balance, route.upstreams.len());
+        let pipes = splice::PipePool::new(route.buffer, MAX_IDLE_PIPES);
         StreamServer {
             route,
             balancer,
             stats: Arc::default(),
             budget,
+            pipes,
         }
     }
 
@@ -402,7 +408,7 @@ impl StreamServer {
                 };
                 spill::run(src, dst, self.route.buffer, Some(limits), progress, dir).await
             }
-            None => splice::run(src, dst, self.route.buffer, progress, dir).await,
+            None => splice::run(src, dst, &self.pipes, progress, dir).await,
         }
     }
 }
