@@ -1,5 +1,7 @@
 //! Behaviour a user relies on, one test each.
 
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -103,7 +105,11 @@ fn acked_segments_are_deleted_and_cursor_survives_reopen() {
     assert!(after.segments < before);
     assert!(after.segments_deleted > 0);
     assert_eq!(after.disk_msgs, 40);
-    assert_eq!(s.read(0, 1, 100).unwrap()[0].seq, 60, "read below floor clamps");
+    assert_eq!(
+        s.read(0, 1, 100).unwrap()[0].seq,
+        60,
+        "read below floor clamps"
+    );
     drop(s); // crash: cursor was persisted at segment deletion
     let (s, rep) = Spool::open(cfg).unwrap();
     assert!(rep.ack_floor >= 60 - 20, "floor {}", rep.ack_floor);
@@ -129,7 +135,13 @@ fn too_large_and_empty_batches() {
     cfg.max_message = 10;
     let (s, _) = Spool::open(cfg).unwrap();
     let e = s.append(&[b"01234567890"]).unwrap_err();
-    assert!(matches!(e, SpoolError::TooLarge { size: 11, limit: 10 }));
+    assert!(matches!(
+        e,
+        SpoolError::TooLarge {
+            size: 11,
+            limit: 10
+        }
+    ));
     assert_eq!(s.append(&[]).unwrap().accepted, 0);
     assert_eq!(s.append(&[b""]).unwrap().first_seq, 0);
     assert_eq!(s.read(0, 10, 10).unwrap()[0].data.len(), 0);
@@ -179,7 +191,10 @@ fn drop_oldest_deletes_whole_segments_and_keeps_newest() {
     assert!(st.disk_bytes <= 16 * 1024);
     let all = read_all(&s);
     assert_eq!(all.last().unwrap().0, 99);
-    assert_eq!(all[0].0, dropped, "the floor moved past exactly the dropped messages");
+    assert_eq!(
+        all[0].0, dropped,
+        "the floor moved past exactly the dropped messages"
+    );
     assert_eq!(s.ack_floor(), dropped);
 }
 

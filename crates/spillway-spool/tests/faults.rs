@@ -1,0 +1,152 @@
+//! Fault injection through the Fs seam, and concurrent group commit.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::{msg, small_config, SimFs};
+use spillway_spool::{Spool, SpoolError, WhenFull};
+
+#[test]
+fn short_writes_are_completed() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = SimFs::new();
+    fs.faults.short_writes.store(true, Ordering::SeqCst);
+    let (s, _) = Spool::open_with_fs(small_config(dir.path()), fs.clone()).unwrap();
+    for i in 0..40 {
+        s.append(&[&msg(i, 333), &msg(i, 20)]).unwrap();
+    }
+    drop(s);
+    let (s, rep) = Spool::open_with_fs(small_config(dir.path()), fs).unwrap();
+    assert_eq!(rep.truncated_bytes, 0);
+    let got = s.read(0, 1000, 1 << 20).unwrap();
+    assert_eq!(got.len(), 80);
+    assert_eq!(&got[2].data[..], &msg(1, 333)[..]);
+}
+
+#[test]
+fn enospc_is_a_full_disk_and_recovers_when_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = SimFs::new();
+    let mut cfg = small_config(dir.path());
+    cfg.block_timeout = Some(Duration::from_millis(60));
+    let (s, _) = Spool::open_with_fs(cfg.clone(), fs.clone()).unwrap();
+    for i in 0..5 {
+        s.append(&[&msg(i, 100)]).unwrap();
+    }
+    // Room for part of the next record only: the write is torn by ENOSPC.
+    fs.faults.space_left.store(50, Ordering::SeqCst);
+    let e = s.append(&[&msg(5, 100)]).unwrap_err();
+    assert!(matches!(e, SpoolError::Full { .. }), "{e}");
+    assert!(!s.stats().poisoned);
+    assert!(s.stats().enospc >= 1);
+    // Space comes back: appends work and the partial write left no trace.
+    fs.faults.space_left.store(-1, Ordering::SeqCst);
+    let o = s.append(&[&msg(5, 100)]).unwrap();
+    assert_eq!(o.first_seq, 5);
+    drop(s);
+    let (s, rep) = Spool::open_with_fs(cfg, fs).unwrap();
+    assert_eq!(rep.truncated_bytes, 0, "{rep}");
+    let got = s.read(0, 100, 1 << 20).unwrap();
+    assert_eq!(got.len(), 6);
+    assert_eq!(&got[5].data[..], &msg(5, 100)[..]);
+}
+
+#[test]
+fn enospc_under_drop_newest_refuses_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = SimFs::new();
+    let mut cfg = small_config(dir.path());
+    cfg.when_full = WhenFull::DropNewest;
+    let (s, _) = Spool::open_with_fs(cfg, fs.clone()).unwrap();
+    s.append(&[b"a"]).unwrap();
+    fs.faults.space_left.store(0, Ordering::SeqCst);
+    let o = s.append(&[b"b", b"c"]).unwrap();
+    assert_eq!((o.accepted, o.dropped_newest), (0, 2));
+    fs.faults.space_left.store(-1, Ordering::SeqCst);
+    assert_eq!(s.append(&[b"d"]).unwrap().first_seq, 1);
+}
+
+#[test]
+fn failed_fsync_poisons_the_spool() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = SimFs::new();
+    let (s, _) = Spool::open_with_fs(small_config(dir.path()), fs.clone()).unwrap();
+    s.append(&[b"ok"]).unwrap();
+    fs.faults.fail_fsync.store(true, Ordering::SeqCst);
+    let e = s.append(&[b"lost?"]).unwrap_err();
+    assert!(e.is_poisoned(), "{e}");
+    // Even with fsync working again, the handle stays poisoned.
+    fs.faults.fail_fsync.store(false, Ordering::SeqCst);
+    assert!(s.append(&[b"more"]).unwrap_err().is_poisoned());
+    assert!(s.sync().unwrap_err().is_poisoned());
+    assert!(s.stats().poisoned);
+    assert!(s.clone().close().unwrap_err().is_poisoned());
+    drop(s);
+    // Reopen recovers what is on disk.
+    let (s, _) = Spool::open_with_fs(small_config(dir.path()), fs).unwrap();
+    assert_eq!(&s.read(0, 10, 100).unwrap()[0].data[..], b"ok");
+}
+
+#[test]
+fn concurrent_appenders_under_always_get_contiguous_seqs_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(dir.path());
+    cfg.segment_size = 16 * 1024;
+    let (s, _) = Spool::open(cfg.clone()).unwrap();
+    let threads = 16;
+    let per = 40;
+    let mut handles = Vec::new();
+    for t in 0..threads {
+        let s = s.clone();
+        handles.push(std::thread::spawn(move || {
+            let mut got = Vec::new();
+            for i in 0..per {
+                let a = format!("t{t}-{i}-a");
+                let b = format!("t{t}-{i}-b");
+                let o = s.append(&[a.as_bytes(), b.as_bytes()]).unwrap();
+                got.push(o.first_seq);
+            }
+            got
+        }));
+    }
+    let mut seqs: Vec<u64> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    seqs.sort_unstable();
+    let expect: Vec<u64> = (0..threads * per).map(|i| i as u64 * 2).collect();
+    assert_eq!(seqs, expect, "distinct, contiguous batch seqs");
+    let st = s.stats();
+    assert!(
+        st.fsyncs < (threads * per) as u64,
+        "group commit shares fsyncs: {} for {} appends",
+        st.fsyncs,
+        threads * per
+    );
+    drop(s);
+    let (s, _) = Spool::open(cfg).unwrap();
+    let all = s.read(0, 100_000, 1 << 30).unwrap();
+    assert_eq!(all.len(), threads * per * 2);
+    let mut last_of_thread = vec![-1i64; threads];
+    for (i, m) in all.iter().enumerate() {
+        assert_eq!(m.seq, i as u64);
+        let text = std::str::from_utf8(&m.data).unwrap();
+        let mut parts = text.split('-');
+        let t: usize = parts.next().unwrap()[1..].parse().unwrap();
+        let n: i64 = parts.next().unwrap().parse().unwrap();
+        let half = parts.next().unwrap();
+        if half == "a" {
+            assert!(n > last_of_thread[t], "per-thread order kept");
+            last_of_thread[t] = n;
+            assert_eq!(
+                std::str::from_utf8(&all[i + 1].data).unwrap(),
+                format!("t{t}-{n}-b"),
+                "batch stays together"
+            );
+        }
+    }
+}
