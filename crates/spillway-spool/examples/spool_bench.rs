@@ -1,0 +1,270 @@
+//! One-command summary of spool performance:
+//! `cargo run --release -p spillway-spool --example spool_bench`
+//!
+//! Works in a temp dir on the project disk (`SPOOL_BENCH_DIR`, default
+//! `/work`), removed at the end. Each phase is time-bounded.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: panic = report
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use spillway_spool::{Durability, Spool, SpoolConfig, WhenFull};
+
+// Limits measured on this machine before the spool existed (issue 3).
+const SEQ_FDATASYNC_BPS: f64 = 2.0e9;
+
+fn config(dir: &Path, durability: Durability) -> SpoolConfig {
+    let mut c = SpoolConfig::new(dir);
+    c.memory_limit = 0;
+    c.durability = durability;
+    c.segment_size = 64 << 20;
+    c.max_message = 1 << 20;
+    c.when_full = WhenFull::Block;
+    c
+}
+
+struct Run {
+    msgs: u64,
+    bytes: u64,
+    disk_bytes: u64,
+    secs: f64,
+}
+
+/// Appends `batch`-message batches of `size`-byte messages for `dur` from
+/// `threads` threads, with a consumer thread acking everything as it goes
+/// (so segments get deleted, as in steady state). Ends with a sync, which
+/// is included in the time.
+fn append_run(
+    dir: &Path,
+    durability: Durability,
+    size: usize,
+    batch: usize,
+    threads: usize,
+    dur: Duration,
+    max_bytes: u64,
+) -> Run {
+    let (s, _) = Spool::open(config(dir, durability)).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let total = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let ticker = {
+        let s = s.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(20));
+                s.tick().unwrap();
+                // Consumer keeps up: everything older than ~1 s of data is
+                // acknowledged, so segments are deleted in steady state.
+                let n = s.next_seq();
+                s.ack(n.saturating_sub(1)).unwrap();
+            }
+        })
+    };
+    let mut hs = Vec::new();
+    for t in 0..threads {
+        let s = s.clone();
+        let stop = stop.clone();
+        let total = total.clone();
+        hs.push(std::thread::spawn(move || {
+            let payload: Vec<Vec<u8>> = (0..batch).map(|i| vec![(t + i) as u8; size]).collect();
+            let refs: Vec<&[u8]> = payload.iter().map(|v| &v[..]).collect();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                s.append(&refs).unwrap();
+                n += batch as u64;
+                if total.fetch_add((batch * size) as u64, Ordering::Relaxed) > max_bytes {
+                    break;
+                }
+            }
+            n
+        }));
+    }
+    while start.elapsed() < dur && total.load(Ordering::Relaxed) <= max_bytes {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let msgs: u64 = hs.into_iter().map(|h| h.join().unwrap()).sum();
+    s.sync().unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    ticker.join().unwrap();
+    let st = s.stats();
+    s.close().unwrap();
+    Run {
+        msgs,
+        bytes: msgs * size as u64,
+        disk_bytes: st.bytes_written,
+        secs,
+    }
+}
+
+fn fresh(root: &Path, name: &str) -> std::path::PathBuf {
+    let d = root.join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn main() {
+    let base = std::env::var("SPOOL_BENCH_DIR").unwrap_or_else(|_| "/work".into());
+    let tmp = tempfile::Builder::new()
+        .prefix("spool-bench-")
+        .tempdir_in(base)
+        .expect("temp dir on the project disk");
+    let root = tmp.path();
+    println!("spool_bench in {}", root.display());
+    println!("{:<58} {:>14} {:>10}", "measure", "value", "of limit");
+
+    let r = append_run(
+        &fresh(root, "a"),
+        Durability::Interval(Duration::from_millis(100)),
+        64,
+        1024,
+        1,
+        Duration::from_secs(3),
+        u64::MAX,
+    );
+    let mps = r.msgs as f64 / r.secs;
+    println!(
+        "{:<58} {:>12.2} M {:>9.0}%",
+        "append 64 B msgs/s, Interval(100ms), 1024 per batch",
+        mps / 1e6,
+        mps / 2e6 * 100.0
+    );
+    println!(
+        "{:<58} {:>12.0} MB/s",
+        "  same, payload MB/s",
+        r.bytes as f64 / r.secs / 1e6
+    );
+    println!(
+        "{:<58} {:>14.2}",
+        "disk bytes per 64 B message",
+        r.disk_bytes as f64 / r.msgs as f64
+    );
+
+    let r = append_run(
+        &fresh(root, "b"),
+        Durability::Interval(Duration::from_millis(100)),
+        64 * 1024,
+        1,
+        1,
+        Duration::from_secs(4),
+        8 << 30,
+    );
+    let bps = r.bytes as f64 / r.secs;
+    println!(
+        "{:<58} {:>10.0} MB/s {:>9.0}%",
+        "append 64 KiB msgs, Interval(100ms), 1 thread",
+        bps / 1e6,
+        bps / SEQ_FDATASYNC_BPS * 100.0
+    );
+
+    let r = append_run(
+        &fresh(root, "b2"),
+        Durability::Never,
+        1024,
+        64,
+        1,
+        Duration::from_secs(2),
+        4 << 30,
+    );
+    println!(
+        "{:<58} {:>10.0} MB/s",
+        "append 1 KiB msgs x64 per batch, Never",
+        r.bytes as f64 / r.secs / 1e6
+    );
+
+    let r = append_run(
+        &fresh(root, "c"),
+        Durability::Always,
+        1024,
+        64,
+        64,
+        Duration::from_secs(4),
+        8 << 30,
+    );
+    let bps = r.bytes as f64 / r.secs;
+    println!(
+        "{:<58} {:>10.0} MB/s {:>9.0}%",
+        "Always, 64 writer threads, 64 KiB (64 x 1 KiB) per append",
+        bps / 1e6,
+        bps / SEQ_FDATASYNC_BPS * 100.0
+    );
+    println!(
+        "{:<58} {:>12.0}/s",
+        "  appends acknowledged durable",
+        r.msgs as f64 / 64.0 / r.secs
+    );
+
+    let r = append_run(
+        &fresh(root, "c1"),
+        Durability::Always,
+        1024,
+        64,
+        1,
+        Duration::from_secs(2),
+        8 << 30,
+    );
+    println!(
+        "{:<58} {:>10.0} MB/s",
+        "Always, 1 writer thread, 64 KiB per append",
+        r.bytes as f64 / r.secs / 1e6
+    );
+
+    // 4 GiB spool: write with Never (fast), close, then time open + read.
+    let d = fresh(root, "big");
+    let t = Instant::now();
+    {
+        let (s, _) = Spool::open(config(&d, Durability::Never)).unwrap();
+        let payload: Vec<Vec<u8>> = (0..16).map(|i| vec![i as u8; 64 * 1024]).collect();
+        let refs: Vec<&[u8]> = payload.iter().map(|v| &v[..]).collect();
+        let mut written = 0u64;
+        while written < 4 << 30 && t.elapsed() < Duration::from_secs(60) {
+            s.append(&refs).unwrap();
+            written += 16 * 64 * 1024;
+        }
+        s.close().unwrap();
+        println!(
+            "{:<58} {:>12.2} s",
+            format!(
+                "  (generated {:.2} GiB spool in)",
+                written as f64 / (1u64 << 30) as f64
+            ),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    let mut best = Duration::MAX;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let (s, rep) = Spool::open(config(&d, Durability::Never)).unwrap();
+        let e = t.elapsed();
+        best = best.min(e);
+        assert_eq!(rep.truncated_bytes, 0);
+        drop(s);
+    }
+    println!(
+        "{:<58} {:>12.1} ms {:>8.0}%",
+        "recovery (open) of the 4 GiB spool, best of 3",
+        best.as_secs_f64() * 1e3,
+        best.as_secs_f64() / 0.2 * 100.0
+    );
+    let (s, _) = Spool::open(config(&d, Durability::Never)).unwrap();
+    let t = Instant::now();
+    let mut pos = 0;
+    let mut bytes = 0u64;
+    while t.elapsed() < Duration::from_secs(5) {
+        let got = s.read(pos, 1024, 4 << 20).unwrap();
+        let Some(last) = got.last() else { break };
+        pos = last.seq + 1;
+        bytes += got.iter().map(|m| m.data.len() as u64).sum::<u64>();
+    }
+    println!(
+        "{:<58} {:>10.0} MB/s",
+        "read-back 64 KiB messages (page cache warm)",
+        bytes as f64 / t.elapsed().as_secs_f64() / 1e6
+    );
+    drop(s);
+    println!("limits: sequential write + fdatasync 2.0 GB/s; goals: Interval >= 80% (64 KiB) and >= 2 M msgs/s (64 B); Always x64 >= 50%; recovery < 200 ms (100%)");
+}

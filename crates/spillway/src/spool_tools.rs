@@ -1,0 +1,157 @@
+//! `spillway spool inspect|verify|dump DIR`: offline tools for a person
+//! looking at a spool directory. Read-only; run them on a spool no process
+//! has open.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+
+fn fmt_age(created_ms: u64) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let secs = now.saturating_sub(created_ms) / 1000;
+    match secs {
+        0..=119 => format!("{secs}s ago"),
+        120..=7199 => format!("{}m ago", secs / 60),
+        _ => format!("{}h ago", secs / 3600),
+    }
+}
+
+/// Prints segments (first seq, size, age), cursor, oldest/newest sequence and
+/// depth. Scans only the last segment, so it is fast on any size of spool.
+pub fn inspect(dir: &Path) -> anyhow::Result<()> {
+    let ins = spillway_spool::inspect(dir)
+        .with_context(|| format!("inspecting spool {}", dir.display()))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "spool {}", ins.dir.display())?;
+    writeln!(
+        out,
+        "segments: {} ({} bytes)",
+        ins.segments.len(),
+        ins.disk_bytes
+    )?;
+    for s in &ins.segments {
+        let name = s
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let age = s.created_ms.map(fmt_age).unwrap_or_else(|| "-".into());
+        match &s.header_problem {
+            None => writeln!(
+                out,
+                "  {name}  first_seq={}  {} bytes  created {age}",
+                s.first_seq, s.bytes
+            )?,
+            Some(p) => writeln!(
+                out,
+                "  {name}  first_seq={}  {} bytes  BAD HEADER: {p}",
+                s.first_seq, s.bytes
+            )?,
+        }
+    }
+    match (ins.cursor, ins.cursor_problem) {
+        (Some((floor, next)), _) => writeln!(out, "cursor: ack_floor={floor} next_seq={next}")?,
+        (None, Some(p)) => writeln!(out, "cursor: damaged ({p})")?,
+        (None, None) => writeln!(out, "cursor: none")?,
+    }
+    match (ins.first_seq, ins.end_seq) {
+        (Some(first), Some(end)) if end > first => {
+            writeln!(out, "oldest seq: {first}  newest seq: {}", end - 1)?
+        }
+        _ => writeln!(out, "log: empty")?,
+    }
+    writeln!(
+        out,
+        "depth (unacknowledged messages on disk): {}",
+        ins.depth
+    )?;
+    if let Some((offset, bytes)) = ins.torn_tail {
+        writeln!(out, "torn tail: {bytes} bytes at offset {offset} of the last segment (the next open truncates it)")?;
+    }
+    if let Some(p) = &ins.tail_problem {
+        writeln!(out, "PROBLEM in the last segment: {p}")?;
+    }
+    Ok(())
+}
+
+/// Checks every record of every segment. Returns `Ok(false)` (and prints the
+/// first bad segment and offset) when the spool is damaged. Progress goes to
+/// stderr only when it is a terminal.
+pub fn verify(dir: &Path) -> anyhow::Result<bool> {
+    let tty = std::io::stderr().is_terminal();
+    let mut last = Instant::now();
+    let rep = spillway_spool::verify(dir, |done, total| {
+        if tty && (last.elapsed() >= Duration::from_millis(200) || done == total) {
+            last = Instant::now();
+            let pct = if total == 0 {
+                100.0
+            } else {
+                done as f64 * 100.0 / total as f64
+            };
+            eprint!("\rverifying: {pct:5.1}% ({done}/{total} bytes)");
+        }
+    })
+    .with_context(|| format!("verifying spool {}", dir.display()))?;
+    if tty {
+        eprintln!();
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "checked {} segments, {} records, {} messages, {} payload bytes",
+        rep.segments, rep.records, rep.messages, rep.bytes
+    )?;
+    if let (Some(first), Some(end)) = (rep.first_seq, rep.end_seq) {
+        writeln!(out, "sequence range: {first}..{end}")?;
+    }
+    if let Some((seg, offset, bytes)) = &rep.torn_tail {
+        writeln!(
+            out,
+            "torn tail: {} at offset {offset} ({bytes} bytes); expected after a crash, the next open truncates it",
+            seg.display()
+        )?;
+    }
+    match &rep.problem {
+        None => {
+            writeln!(out, "OK")?;
+            Ok(true)
+        }
+        Some(p) => {
+            writeln!(
+                out,
+                "CORRUPT: segment {} offset {}: {}",
+                p.segment.display(),
+                p.offset,
+                p.detail
+            )?;
+            Ok(false)
+        }
+    }
+}
+
+/// Writes the raw bytes of messages (from `from`, default the cursor's ack
+/// floor; at most `limit`) to stdout. A closed pipe (`| head`) ends quietly.
+pub fn dump(dir: &Path, from: Option<u64>, limit: Option<u64>) -> anyhow::Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let res = spillway_spool::dump(dir, from, limit, |m| out.write_all(&m.data));
+    let flushed = out.flush();
+    match res {
+        Ok(_) => {}
+        Err(spillway_spool::SpoolError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
+            return Ok(())
+        }
+        Err(e) => return Err(e).with_context(|| format!("dumping spool {}", dir.display())),
+    }
+    match flushed {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
