@@ -348,8 +348,10 @@ pub(crate) fn recover(
                 ack_floor: 0,
                 next_seq: 0,
             });
-            floor = c.ack_floor;
+            // An empty log: whatever was below next_seq (memory tier at a
+            // crash) is gone, so nothing is pending.
             next_seq = c.ack_floor.max(c.next_seq);
+            floor = next_seq;
             if cursor.is_some() {
                 report.cursor = CursorRecovery::Loaded { ack_floor: floor };
             }

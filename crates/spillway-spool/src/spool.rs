@@ -473,7 +473,7 @@ impl Spool {
         if core.closed {
             return Err(SpoolError::Closed);
         }
-        inner.persist_cursor(&mut core)
+        inner.persist_cursor_with(&mut core, true)
     }
 
     /// Registers the callback run (outside all locks) whenever new messages
@@ -535,7 +535,7 @@ impl Spool {
             let mut s = lock(&inner.sync);
             s.durable_lsn = s.durable_lsn.max(core.written_lsn);
         }
-        inner.persist_cursor(&mut core)
+        inner.persist_cursor_with(&mut core, true)
     }
 }
 
@@ -619,11 +619,17 @@ impl Inner {
     }
 
     fn persist_cursor(&self, core: &mut Core) -> Result<(), SpoolError> {
+        self.persist_cursor_with(core, self.fsync_enabled())
+    }
+
+    /// `durable` forces the fsyncs even under `Durability::Never` (for
+    /// `sync` and `close`, which promise durability whatever the policy).
+    fn persist_cursor_with(&self, core: &mut Core, durable: bool) -> Result<(), SpoolError> {
         let c = Cursor {
             ack_floor: core.floor,
             next_seq: core.next_seq,
         };
-        write_cursor(&*self.fs, &self.cfg.dir, c, self.fsync_enabled())?;
+        write_cursor(&*self.fs, &self.cfg.dir, c, durable)?;
         core.persisted = c;
         core.last_cursor_persist = Instant::now();
         Ok(())
