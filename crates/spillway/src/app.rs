@@ -3,20 +3,45 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::accept::bind;
 use crate::config::{Config, Route};
+use crate::endpoint::Endpoint;
+use crate::queue::QueueServer;
 use crate::stream::spill::SpillBudget;
 use crate::stream::StreamServer;
 
-/// Binds every route's listener (all or nothing), then serves until
-/// `shutdown` fires and every route has drained.
+enum Ready {
+    Stream(Arc<StreamServer>, TcpListener),
+    Queue(Arc<QueueServer>, Option<TcpListener>, Option<TcpListener>),
+}
+
+async fn bind_endpoint(
+    route: &str,
+    e: &Endpoint,
+    role: &str,
+) -> anyhow::Result<Option<TcpListener>> {
+    match e {
+        Endpoint::Listen(addr) => {
+            let l = bind(addr)
+                .await
+                .with_context(|| format!("route '{route}': cannot listen on {addr} ({role})"))?;
+            info!(route, role, listen = %l.local_addr()?, "queue {role} ready");
+            Ok(Some(l))
+        }
+        Endpoint::Connect(_) => Ok(None),
+    }
+}
+
+/// Opens every route (binds listeners, opens spools: all or nothing), then
+/// serves until `shutdown` fires and every route has drained.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let budget = Arc::new(SpillBudget::new(config.global.max_spill_total));
-    let mut bound = Vec::new();
+    let mut ready = Vec::new();
     for route in &config.routes {
         match route {
             Route::Stream(r) => {
@@ -26,17 +51,48 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 let local = listener.local_addr()?;
                 info!(route = %r.name, listen = %local, upstreams = ?r.upstreams, balance = %r.balance,
                       spill = r.spill.is_some(), "stream route ready");
-                bound.push((r.clone(), listener));
+                let server = Arc::new(StreamServer::new(r.clone(), Arc::clone(&budget)));
+                ready.push(Ready::Stream(server, listener));
+            }
+            Route::Queue(q) => {
+                let server =
+                    tokio::task::block_in_place(|| QueueServer::open(q.clone(), &shutdown))?;
+                let source = bind_endpoint(&q.name, &q.from, "source").await?;
+                let sink = bind_endpoint(&q.name, &q.to, "sink").await?;
+                info!(route = %q.name, from = %q.from, to = %q.to, framing = %q.framing,
+                      spool = %q.spool.display(), "queue route ready");
+                ready.push(Ready::Queue(server, source, sink));
             }
         }
     }
-    let mut tasks = JoinSet::new();
-    for (route, listener) in bound {
-        let server = Arc::new(StreamServer::new(route, Arc::clone(&budget)));
-        tasks.spawn(server.serve(listener, shutdown.clone(), config.global.drain_timeout));
+    let drain = config.global.drain_timeout;
+    let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
+    for r in ready {
+        match r {
+            Ready::Stream(server, listener) => {
+                let token = shutdown.clone();
+                tasks.spawn(async move {
+                    server.serve(listener, token, drain).await;
+                    Ok(())
+                });
+            }
+            Ready::Queue(server, source, sink) => {
+                tasks.spawn(server.serve(source, sink, drain));
+            }
+        }
     }
+    let mut first_error = None;
     while let Some(r) = tasks.join_next().await {
-        r.context("route task failed")?;
+        let r = r.context("route task panicked").and_then(|r| r);
+        if let Err(e) = r {
+            // One failed route stops the process: a supervisor restarts it
+            // and the spool is recovered from what reached the disk.
+            shutdown.cancel();
+            first_error.get_or_insert(e);
+        }
     }
-    Ok(())
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }

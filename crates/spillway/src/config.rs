@@ -22,7 +22,10 @@ use serde::Deserialize;
 use spillway_net::balance::Balance;
 use toml::Spanned;
 
-use crate::units::{ByteSize, HumanDuration};
+use crate::endpoint::Endpoint;
+use crate::units::{parse_duration, ByteSize, HumanDuration};
+use spillway_codec::Framing;
+use spillway_spool::{Durability, WhenFull};
 
 /// A config error with its position in the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +63,14 @@ pub mod defaults {
     pub const MAX_SPILL_PER_CONNECTION: u64 = 1 << 30;
     pub const MAX_SPILL_TOTAL: u64 = 8 << 30;
     pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const QUEUE_MEMORY: u64 = 64 << 20;
+    pub const MAX_MESSAGE: u64 = 1 << 20;
+    pub const SEGMENT_SIZE: u64 = 64 << 20;
+    /// Bytes of recently delivered messages re-sent to the next consumer
+    /// after a consumer resets (they may have been sitting unread in its
+    /// receive buffer): duplicates instead of loss.
+    pub const REDELIVER_ON_RESET: u64 = 256 << 10;
+    pub const FSYNC_INTERVAL: Duration = Duration::from_millis(100);
 }
 
 /// The whole validated configuration.
@@ -91,14 +102,106 @@ impl Default for Global {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Route {
     Stream(StreamRoute),
+    Queue(QueueRoute),
 }
 
 impl Route {
     pub fn name(&self) -> &str {
         match self {
             Route::Stream(r) => &r.name,
+            Route::Queue(r) => &r.name,
         }
     }
+}
+
+/// A store-and-forward route: framed messages from `from`, through the
+/// spool, to `to`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueRoute {
+    pub name: String,
+    pub from: Endpoint,
+    pub to: Endpoint,
+    pub spool: PathBuf,
+    pub framing: Framing,
+    /// Largest message, framing included.
+    pub max_message: u64,
+    /// Bytes held in the memory tier; 0 writes every message to disk first.
+    pub memory: u64,
+    /// Bound on the disk tier (0 = none).
+    pub max_disk: u64,
+    pub when_full: WhenFull,
+    pub fsync: Durability,
+    pub segment_size: u64,
+    pub redeliver_on_reset: u64,
+    pub connect_timeout: Duration,
+}
+
+impl QueueRoute {
+    pub fn new(
+        name: impl Into<String>,
+        from: Endpoint,
+        to: Endpoint,
+        spool: impl Into<PathBuf>,
+    ) -> Self {
+        QueueRoute {
+            name: name.into(),
+            from,
+            to,
+            spool: spool.into(),
+            framing: Framing::Lines,
+            max_message: defaults::MAX_MESSAGE,
+            memory: defaults::QUEUE_MEMORY,
+            max_disk: 0,
+            when_full: WhenFull::Block,
+            fsync: Durability::Interval(defaults::FSYNC_INTERVAL),
+            segment_size: defaults::SEGMENT_SIZE,
+            redeliver_on_reset: defaults::REDELIVER_ON_RESET,
+            connect_timeout: defaults::CONNECT_TIMEOUT,
+        }
+    }
+}
+
+/// `always`, `never` or a duration between fsyncs.
+pub fn parse_fsync(s: &str) -> Result<Durability, String> {
+    match s {
+        "always" => Ok(Durability::Always),
+        "never" => Ok(Durability::Never),
+        other => match parse_duration(other) {
+            Ok(d) if !d.is_zero() => Ok(Durability::Interval(d)),
+            Ok(_) => Err("fsync interval must be greater than zero (or use always)".into()),
+            Err(_) => Err(format!(
+                "invalid fsync '{other}': expected always, never or a duration like 100ms"
+            )),
+        },
+    }
+}
+
+pub fn parse_when_full(s: &str) -> Result<WhenFull, String> {
+    match s {
+        "block" => Ok(WhenFull::Block),
+        "drop-oldest" => Ok(WhenFull::DropOldest),
+        "drop-newest" => Ok(WhenFull::DropNewest),
+        other => Err(format!(
+            "invalid when_full '{other}': expected block, drop-oldest or drop-newest"
+        )),
+    }
+}
+
+/// Checks the parts of a queue route that do not depend on the syntax.
+pub fn validate_queue(r: &QueueRoute) -> Result<(), String> {
+    if r.max_message == 0 || r.max_message > u64::from(spillway_spool::MAX_MESSAGE_LIMIT) {
+        return Err(format!(
+            "max_message must be between 1 and {} bytes",
+            spillway_spool::MAX_MESSAGE_LIMIT
+        ));
+    }
+    if r.max_disk != 0 && r.max_disk < r.max_message * 4 {
+        return Err("max_disk must be 0 (unbounded) or at least 4 x max_message".into());
+    }
+    if r.segment_size < 4096 {
+        return Err("segment_size must be at least 4KiB".into());
+    }
+    Ok(())
 }
 
 /// A transparent L4 proxy route.
@@ -192,6 +295,18 @@ struct RawRoute {
     buffer: S<ByteSize>,
     spill_dir: S<String>,
     max_spill: S<ByteSize>,
+    // queue
+    from: S<String>,
+    to: S<String>,
+    spool: S<String>,
+    framing: S<String>,
+    max_message: S<ByteSize>,
+    memory: S<ByteSize>,
+    max_disk: S<ByteSize>,
+    when_full: S<String>,
+    fsync: S<String>,
+    segment_size: S<ByteSize>,
+    redeliver_on_reset: S<ByteSize>,
 }
 
 // ----------------------------------------------------------- convert ---
@@ -273,6 +388,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let mode = required(&src, &span, r.mode.clone(), "mode")?;
         let route = match mode.get_ref().as_str() {
             "stream" => Route::Stream(stream_route(&src, &span, name.into_inner(), r)?),
+            "queue" => Route::Queue(queue_route(&src, &span, name.into_inner(), r)?),
             other => {
                 return Err(src.error(
                     mode.span(),
@@ -321,12 +437,101 @@ pub fn check_host_port(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A key that belongs to the other mode is an error, not silently ignored.
+fn reject<T>(src: &Source<'_>, v: &S<T>, key: &str, mode: &str) -> Result<(), ConfigError> {
+    match v {
+        Some(v) => Err(src.error(
+            v.span(),
+            format!("key '{key}' is not valid in a {mode} route"),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn queue_route(
+    src: &Source<'_>,
+    table: &Range<usize>,
+    name: String,
+    r: RawRoute,
+) -> Result<QueueRoute, ConfigError> {
+    reject(src, &r.listen, "listen", "queue")?;
+    reject(src, &r.upstreams, "upstreams", "queue")?;
+    reject(src, &r.balance, "balance", "queue")?;
+    reject(src, &r.connect_tries, "connect_tries", "queue")?;
+    reject(src, &r.idle_timeout, "idle_timeout", "queue")?;
+    reject(src, &r.half_close_timeout, "half_close_timeout", "queue")?;
+    reject(src, &r.max_connections, "max_connections", "queue")?;
+    reject(src, &r.buffer, "buffer", "queue")?;
+    reject(src, &r.spill_dir, "spill_dir", "queue")?;
+    reject(src, &r.max_spill, "max_spill", "queue")?;
+    let endpoint = |v: Spanned<String>| -> Result<Endpoint, ConfigError> {
+        v.get_ref()
+            .parse()
+            .map_err(|m: String| src.error(v.span(), m))
+    };
+    let from = endpoint(required(src, table, r.from, "from")?)?;
+    let to = endpoint(required(src, table, r.to, "to")?)?;
+    let spool = required(src, table, r.spool, "spool")?;
+    let mut q = QueueRoute::new(name, from, to, spool.into_inner());
+    if let Some(f) = r.framing {
+        q.framing = f
+            .get_ref()
+            .parse()
+            .map_err(|e: spillway_codec::ParseFramingError| src.error(f.span(), e.to_string()))?;
+    }
+    if let Some(v) = &r.max_message {
+        q.max_message = v.get_ref().bytes();
+    }
+    if let Some(v) = &r.memory {
+        q.memory = v.get_ref().bytes();
+    }
+    if let Some(v) = &r.max_disk {
+        q.max_disk = v.get_ref().bytes();
+    }
+    if let Some(v) = &r.segment_size {
+        q.segment_size = v.get_ref().bytes();
+    }
+    if let Some(v) = &r.redeliver_on_reset {
+        q.redeliver_on_reset = v.get_ref().bytes();
+    }
+    if let Some(v) = r.when_full {
+        q.when_full = parse_when_full(v.get_ref()).map_err(|m| src.error(v.span(), m))?;
+    }
+    if let Some(v) = r.fsync {
+        q.fsync = parse_fsync(v.get_ref()).map_err(|m| src.error(v.span(), m))?;
+    }
+    if let Some(v) = r.connect_timeout {
+        q.connect_timeout = nonzero_duration(src, &v, "connect_timeout")?;
+    }
+    validate_queue(&q).map_err(|m| {
+        let span = r
+            .max_message
+            .as_ref()
+            .or(r.max_disk.as_ref())
+            .or(r.segment_size.as_ref())
+            .map_or(table.clone(), |v| v.span());
+        src.error(span, m)
+    })?;
+    Ok(q)
+}
+
 fn stream_route(
     src: &Source<'_>,
     table: &Range<usize>,
     name: String,
     r: RawRoute,
 ) -> Result<StreamRoute, ConfigError> {
+    reject(src, &r.from, "from", "stream")?;
+    reject(src, &r.to, "to", "stream")?;
+    reject(src, &r.spool, "spool", "stream")?;
+    reject(src, &r.framing, "framing", "stream")?;
+    reject(src, &r.max_message, "max_message", "stream")?;
+    reject(src, &r.memory, "memory", "stream")?;
+    reject(src, &r.max_disk, "max_disk", "stream")?;
+    reject(src, &r.when_full, "when_full", "stream")?;
+    reject(src, &r.fsync, "fsync", "stream")?;
+    reject(src, &r.segment_size, "segment_size", "stream")?;
+    reject(src, &r.redeliver_on_reset, "redeliver_on_reset", "stream")?;
     let listen = required(src, table, r.listen, "listen")?;
     let listen = host_port(src, &listen, "listen address")?;
     let ups = required(src, table, r.upstreams, "upstreams")?;
@@ -423,7 +628,9 @@ spill_dir = "/tmp"
 max_spill = "1GiB"
 "#)
         .expect("valid");
-        let Route::Stream(r) = &c.routes[0];
+        let Route::Stream(r) = &c.routes[0] else {
+            panic!("not a stream route");
+        };
         assert_eq!(r.balance, Balance::LeastConn);
         assert_eq!(r.idle_timeout, Duration::from_secs(30));
         assert_eq!(
@@ -451,6 +658,43 @@ max_spill = "1GiB"
         let e = p("[[route]\n").expect_err("syntax");
         assert_eq!(e.line, 1, "{e}");
         assert!(e.to_string().starts_with("t.toml:1:"), "{e}");
+    }
+
+    #[test]
+    fn queue_route() {
+        let c = p(r#"
+[[route]]
+name = "events"
+mode = "queue"
+from = "listen:127.0.0.1:7000"
+to = "connect:127.0.0.1:7001"
+spool = "/var/lib/spillway/events"
+framing = "len:u32be"
+memory = 0
+fsync = "always"
+when_full = "drop-oldest"
+max_disk = "10GiB"
+"#)
+        .expect("valid");
+        let Route::Queue(q) = &c.routes[0] else {
+            panic!("not a queue route");
+        };
+        assert_eq!(q.from, Endpoint::Listen("127.0.0.1:7000".into()));
+        assert_eq!(q.to, Endpoint::Connect("127.0.0.1:7001".into()));
+        assert_eq!(q.memory, 0);
+        assert_eq!(q.fsync, Durability::Always);
+        assert_eq!(q.when_full, WhenFull::DropOldest);
+        assert_eq!(q.framing.to_string(), "len:u32be");
+
+        let base = "[[route]]\nname = \"q\"\nmode = \"queue\"\nfrom = \"listen:127.0.0.1:1\"\nto = \"listen:127.0.0.1:2\"\nspool = \"/tmp/q\"\n";
+        let e = p(&format!("{base}fsync = \"sometimes\"\n")).expect_err("fsync");
+        assert_eq!((e.line, e.col), (7, 9), "{e}");
+        let e = p(&format!("{base}framing = \"len:u24\"\n")).expect_err("framing");
+        assert_eq!(e.line, 7, "{e}");
+        let e = p(&format!("{base}upstreams = [\"a:1\"]\n")).expect_err("stream key");
+        assert!(e.message.contains("not valid in a queue route"), "{e}");
+        let e = p(&base.replace("listen:127.0.0.1:1", "dial:127.0.0.1:1")).expect_err("endpoint");
+        assert_eq!((e.line, e.col), (4, 8), "{e}");
     }
 
     #[test]

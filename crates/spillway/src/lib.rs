@@ -8,6 +8,9 @@
 pub mod accept;
 pub mod app;
 pub mod config;
+pub mod endpoint;
 pub mod logging;
+pub mod queue;
+pub mod spool_tools;
 pub mod stream;
 pub mod units;

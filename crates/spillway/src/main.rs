@@ -6,10 +6,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use spillway::config::{self, Config, Global, Route, Spill, StreamRoute};
+use spillway::config::{self, Config, Global, QueueRoute, Route, Spill, StreamRoute};
+use spillway::endpoint::Endpoint;
 use spillway::logging::{self, LogFormat};
 use spillway::units::{parse_duration, ByteSize};
+use spillway_codec::Framing;
 use spillway_net::balance::Balance;
+use spillway_spool::{Durability, WhenFull};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -34,6 +37,13 @@ struct Cli {
 enum Command {
     /// Stream mode: proxy TCP connections to a pool of upstreams.
     Relay(RelayArgs),
+    /// Queue mode: store-and-forward framed messages through a durable spool.
+    Queue(QueueArgs),
+    /// Offline tools for a spool directory (do not run them on a spool in use).
+    Spool {
+        #[command(subcommand)]
+        command: SpoolCommand,
+    },
     /// Run every route of a TOML config file.
     Run {
         #[arg(long)]
@@ -85,6 +95,96 @@ struct RelayArgs {
 
 fn parse_balance(s: &str) -> Result<Balance, String> {
     s.parse()
+}
+
+#[derive(Subcommand)]
+enum SpoolCommand {
+    /// Segments, depth, cursor, oldest/newest sequence.
+    Inspect { dir: PathBuf },
+    /// Check every record; exit 1 naming the first bad segment and offset.
+    Verify { dir: PathBuf },
+    /// Write messages to stdout, as stored (framing included).
+    Dump {
+        dir: PathBuf,
+        /// First sequence number to dump (default: the consumer cursor).
+        #[arg(long)]
+        from: Option<u64>,
+        /// Stop after this many messages.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+}
+
+#[derive(clap::Args)]
+struct QueueArgs {
+    /// Where producers are: listen:HOST:PORT (they connect) or connect:HOST:PORT (we dial).
+    #[arg(long, value_parser = parse_endpoint)]
+    from: Endpoint,
+    /// Where consumers are: listen:HOST:PORT or connect:HOST:PORT.
+    #[arg(long, value_parser = parse_endpoint)]
+    to: Endpoint,
+    /// Spool directory (created if missing).
+    #[arg(long)]
+    spool: PathBuf,
+    /// lines, raw, len:u8, len:u16be, len:u16le, len:u32be, len:u32le, len:u64be.
+    #[arg(long, default_value = "lines", value_parser = parse_framing)]
+    framing: Framing,
+    /// Largest message, framing included.
+    #[arg(long, default_value = "1MiB")]
+    max_message: ByteSize,
+    /// Memory tier size; 0 writes every message to disk first.
+    #[arg(long, default_value = "64MiB")]
+    memory: ByteSize,
+    /// Bound on the disk tier (0 = unbounded).
+    #[arg(long, default_value = "0")]
+    max_disk: ByteSize,
+    #[arg(long, default_value = "block", value_parser = config::parse_when_full)]
+    when_full: WhenFull,
+    /// always, never, or the longest time between fsyncs (e.g. 100ms).
+    #[arg(long, default_value = "100ms", value_parser = config::parse_fsync)]
+    fsync: Durability,
+    #[arg(long, default_value = "64MiB")]
+    segment_size: ByteSize,
+    /// After a consumer reset, re-send this many bytes of recently delivered
+    /// messages (duplicates instead of loss).
+    #[arg(long, default_value = "256KiB")]
+    redeliver_on_reset: ByteSize,
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+}
+
+fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
+    s.parse()
+}
+
+fn parse_framing(s: &str) -> Result<Framing, String> {
+    s.parse()
+        .map_err(|e: spillway_codec::ParseFramingError| e.to_string())
+}
+
+impl QueueArgs {
+    fn into_config(self) -> Result<Config, String> {
+        let mut q = QueueRoute::new("queue", self.from, self.to, self.spool);
+        q.framing = self.framing;
+        q.max_message = self.max_message.bytes();
+        q.memory = self.memory.bytes();
+        q.max_disk = self.max_disk.bytes();
+        q.when_full = self.when_full;
+        q.fsync = self.fsync;
+        q.segment_size = self.segment_size.bytes();
+        q.redeliver_on_reset = self.redeliver_on_reset.bytes();
+        q.connect_timeout = self.connect_timeout;
+        config::validate_queue(&q)?;
+        Ok(Config {
+            global: Global {
+                drain_timeout: self.drain_timeout,
+                ..Global::default()
+            },
+            routes: vec![Route::Queue(q)],
+        })
+    }
 }
 
 impl RelayArgs {
@@ -143,6 +243,36 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("{e}");
                     return ExitCode::FAILURE;
+                }
+            };
+            logging::init(cli.log_format, &cli.log_level);
+            serve(parsed)
+        }
+        Command::Spool { command } => {
+            let r = match command {
+                SpoolCommand::Inspect { dir } => {
+                    spillway::spool_tools::inspect(&dir).map(|()| true)
+                }
+                SpoolCommand::Verify { dir } => spillway::spool_tools::verify(&dir),
+                SpoolCommand::Dump { dir, from, limit } => {
+                    spillway::spool_tools::dump(&dir, from, limit).map(|()| true)
+                }
+            };
+            match r {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Queue(args) => {
+            let parsed = match args.into_config() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
                 }
             };
             logging::init(cli.log_format, &cli.log_level);

@@ -1,0 +1,335 @@
+//! Queue mode: store-and-forward of framed messages between a source
+//! (producers) and a sink (consumers), through the spool.
+//!
+//! ```text
+//!  producers ──read──▶ Decoder ──batch──▶ Spool.append        (source.rs)
+//!                                            │ notify
+//!  consumers ◀──write── delivery tracking ◀── Dispatch.take    (sink.rs, dispatch.rs)
+//!                         │ SIOCOUTQ: acked by the consumer's TCP
+//!                         └──────────▶ Dispatch.delivered ──▶ Spool.ack
+//! ```
+//!
+//! The source never waits for the sink: producers are read as fast as they
+//! send, and only `when_full = block` at the disk bound pushes back. The
+//! spool's blocking calls (fsync, file reads, waiting for space) run under
+//! `block_in_place`, so they never stall other connections' tasks.
+
+mod dispatch;
+mod sink;
+mod source;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::Context;
+use spillway_codec::FrameErrorKind;
+use spillway_net::backoff::{Backoff, BackoffConfig};
+use spillway_spool::{Spool, SpoolConfig, SpoolError};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::accept::accept_loop;
+use crate::config::QueueRoute;
+use crate::endpoint::Endpoint;
+use crate::logging::RateLimited;
+use crate::stream::connect;
+pub use dispatch::Dispatch;
+
+/// Counters of one queue route, read by the admin endpoint.
+#[derive(Debug, Default)]
+pub struct QueueStats {
+    pub producers: AtomicUsize,
+    pub consumers: AtomicUsize,
+    pub messages_in: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub messages_delivered: AtomicU64,
+    pub bytes_delivered: AtomicU64,
+    /// Messages sent again after a consumer left or reset.
+    pub messages_redelivered: AtomicU64,
+    /// Refused at the disk bound (`when_full = drop-newest`).
+    pub dropped_newest: AtomicU64,
+    /// Deleted unread at the disk bound (`when_full = drop-oldest`).
+    pub dropped_oldest: AtomicU64,
+    /// Producer connections closed for a bad frame, by kind.
+    frame_errors: [AtomicU64; FRAME_ERROR_KINDS],
+    /// Producers that ended in the middle of a message.
+    pub partial_at_eof: AtomicU64,
+}
+
+const FRAME_ERROR_KINDS: usize = 4;
+
+fn frame_error_index(kind: FrameErrorKind) -> usize {
+    match kind {
+        FrameErrorKind::TooLarge => 0,
+        FrameErrorKind::Truncated => 1,
+        FrameErrorKind::NewlineInPayload => 2,
+        _ => 3,
+    }
+}
+
+impl QueueStats {
+    pub fn frame_errors(&self, kind: FrameErrorKind) -> u64 {
+        self.frame_errors[frame_error_index(kind)].load(Ordering::Relaxed)
+    }
+
+    fn count_frame_error(&self, kind: FrameErrorKind) {
+        self.frame_errors[frame_error_index(kind)].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A running queue route.
+pub struct QueueServer {
+    route: QueueRoute,
+    spool: Spool,
+    dispatch: Mutex<Dispatch>,
+    /// Woken when the spool has new messages or a consumer gave some back.
+    notify: Arc<Notify>,
+    stats: QueueStats,
+    next_consumer: AtomicU64,
+    /// Set when the spool failed (poisoned, I/O): the route stops.
+    failure: Mutex<Option<String>>,
+    stop: CancellationToken,
+}
+
+impl QueueServer {
+    /// Opens (and recovers) the route's spool.
+    pub fn open(route: QueueRoute, shutdown: &CancellationToken) -> anyhow::Result<Arc<Self>> {
+        let mut cfg = SpoolConfig::new(&route.spool);
+        cfg.memory_limit = route.memory;
+        cfg.max_disk = route.max_disk;
+        cfg.when_full = route.when_full;
+        cfg.durability = route.fsync;
+        cfg.segment_size = route.segment_size;
+        cfg.max_message = u32::try_from(route.max_message).unwrap_or(u32::MAX);
+        let (spool, report) = Spool::open(cfg).with_context(|| {
+            format!(
+                "route '{}': cannot open spool {}",
+                route.name,
+                route.spool.display()
+            )
+        })?;
+        info!(route = %route.name, spool = %route.spool.display(), "{report}");
+        let notify = Arc::new(Notify::new());
+        let n = Arc::clone(&notify);
+        spool.set_notify(Box::new(move || n.notify_waiters()));
+        let dispatch = Mutex::new(Dispatch::new(spool.ack_floor()));
+        Ok(Arc::new(QueueServer {
+            route,
+            spool,
+            dispatch,
+            notify,
+            stats: QueueStats::default(),
+            next_consumer: AtomicU64::new(1),
+            failure: Mutex::new(None),
+            stop: shutdown.child_token(),
+        }))
+    }
+
+    pub fn stats(&self) -> &QueueStats {
+        &self.stats
+    }
+
+    pub fn spool(&self) -> &Spool {
+        &self.spool
+    }
+
+    pub fn route(&self) -> &QueueRoute {
+        &self.route
+    }
+
+    fn dispatch(&self) -> MutexGuard<'_, Dispatch> {
+        // A panic while holding the lock cannot leave Dispatch half-updated
+        // in a way that loses messages (every method finishes its inserts
+        // before returning), so the poisoned state is usable.
+        self.dispatch.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The spool failed: log once, stop the route, make `serve` fail.
+    fn fail(&self, what: &str, e: &SpoolError) {
+        let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        if f.is_none() {
+            error!(route = %self.route.name, error = %e, "{what} failed; stopping the route");
+            *f = Some(format!("{what}: {e}"));
+        }
+        self.stop.cancel();
+    }
+
+    /// Serves until shutdown, then drains: sources stop reading, consumers
+    /// are closed at a message boundary, the memory tier goes to disk.
+    /// `source` / `sink` are the bound listeners of `listen:` endpoints.
+    pub async fn serve(
+        self: Arc<Self>,
+        source: Option<TcpListener>,
+        sink: Option<TcpListener>,
+        drain: Duration,
+    ) -> anyhow::Result<()> {
+        let name = self.route.name.clone();
+        let tracker = TaskTracker::new();
+        let stop = self.stop.clone();
+
+        // Source side.
+        let server = Arc::clone(&self);
+        match (&self.route.from, source) {
+            (Endpoint::Listen(_), Some(listener)) => {
+                let t = tracker.clone();
+                tracker.spawn(async move {
+                    let stop = server.stop.clone();
+                    accept_loop(&listener, &server.route.name, &stop, |a| {
+                        let s = Arc::clone(&server);
+                        t.spawn(async move { s.produce(a.stream, a.peer).await });
+                    })
+                    .await;
+                });
+            }
+            (Endpoint::Connect(addr), _) => {
+                let addr = addr.clone();
+                tracker.spawn(async move {
+                    let s = Arc::clone(&server);
+                    dial_loop(&server, &addr, "producer", move |stream, peer| {
+                        let s = Arc::clone(&s);
+                        async move { s.produce(stream, peer).await }
+                    })
+                    .await;
+                });
+            }
+            (Endpoint::Listen(a), None) => {
+                anyhow::bail!("route '{name}': no listener bound for {a}")
+            }
+        }
+
+        // Sink side.
+        let server = Arc::clone(&self);
+        match (&self.route.to, sink) {
+            (Endpoint::Listen(_), Some(listener)) => {
+                let t = tracker.clone();
+                tracker.spawn(async move {
+                    let stop = server.stop.clone();
+                    accept_loop(&listener, &server.route.name, &stop, |a| {
+                        let s = Arc::clone(&server);
+                        t.spawn(async move { s.consume(a.stream, a.peer).await });
+                    })
+                    .await;
+                });
+            }
+            (Endpoint::Connect(addr), _) => {
+                let addr = addr.clone();
+                tracker.spawn(async move {
+                    let s = Arc::clone(&server);
+                    dial_loop(&server, &addr, "consumer", move |stream, peer| {
+                        let s = Arc::clone(&s);
+                        async move { s.consume(stream, peer).await }
+                    })
+                    .await;
+                });
+            }
+            (Endpoint::Listen(a), None) => {
+                anyhow::bail!("route '{name}': no listener bound for {a}")
+            }
+        }
+
+        // Housekeeping: interval fsync, cursor persistence.
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if let Err(e) = tokio::task::block_in_place(|| self.spool.tick()) {
+                        self.fail("spool tick", &e);
+                    }
+                }
+                _ = stop.cancelled() => break,
+            }
+        }
+
+        tracker.close();
+        info!(route = %name, "draining queue route");
+        if tokio::time::timeout(drain + Duration::from_secs(1), tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(route = %name, "drain timeout: some connections did not finish");
+        }
+        let spool = self.spool.clone();
+        let closed = tokio::task::spawn_blocking(move || spool.close())
+            .await
+            .context("spool close task")?;
+        if let Err(e) = closed {
+            error!(route = %name, error = %e, "spool close failed");
+            return Err(anyhow::anyhow!("route '{name}': spool close failed: {e}"));
+        }
+        let st = self.spool.stats();
+        info!(route = %name, queued = st.next_seq.saturating_sub(st.ack_floor),
+              disk_bytes = st.disk_bytes, "queue route stopped; spool closed");
+        let failure = self
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        match failure {
+            Some(f) => Err(anyhow::anyhow!("route '{name}': {f}")),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Dials `addr` until the route stops: exponential backoff with full
+/// jitter between failed attempts, and after connections that ended before
+/// they had been healthy for a while (so a peer that accepts and closes at
+/// once is not hammered).
+async fn dial_loop<F, Fut>(server: &QueueServer, addr: &str, role: &'static str, mut on_conn: F)
+where
+    F: FnMut(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let route = &server.route;
+    let stop = &server.stop;
+    let mut backoff = Backoff::new(BackoffConfig::default());
+    let mut warn_limit = RateLimited::new(Duration::from_secs(10));
+    info!(route = %route.name, role, target = addr, "dialing");
+    loop {
+        let attempt = tokio::select! {
+            r = connect(addr, route.connect_timeout) => r,
+            _ = stop.cancelled() => return,
+        };
+        let delay = match attempt {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let started = Instant::now();
+                backoff.on_connected(started.into_std());
+                on_conn(stream, peer).await;
+                let ended = Instant::now();
+                backoff.on_disconnected(ended.into_std());
+                if backoff.attempts() == 0 && ended - started >= backoff.config().reset_after {
+                    None
+                } else {
+                    backoff.on_failure()
+                }
+            }
+            Err(e) => {
+                let d = backoff.on_failure();
+                if let Some(suppressed) = warn_limit.check() {
+                    warn!(route = %route.name, role, target = addr, error = %e,
+                          retry_in_ms = d.map_or(0, |d| d.as_millis() as u64), suppressed,
+                          "connect failed");
+                }
+                d
+            }
+        };
+        if stop.is_cancelled() {
+            return;
+        }
+        if let Some(d) = delay {
+            tokio::select! {
+                _ = tokio::time::sleep(d) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+}

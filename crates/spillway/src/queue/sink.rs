@@ -1,0 +1,371 @@
+//! The consumer side: write messages in FIFO order, and count a message as
+//! delivered only once the consumer's TCP stack acknowledged all its bytes
+//! (`written - SIOCOUTQ`), not when `write()` returned.
+//!
+//! Ends of a consumer connection:
+//! - **Half-close** (`shutdown(SHUT_WR)`, or a clean close): the message in
+//!   flight is finished, nothing more is sent, the relay half-closes, waits
+//!   until the consumer's TCP acknowledged everything, and closes. Messages
+//!   taken but not yet started go back to the front of the queue.
+//! - **Reset**: what was not known delivered goes back to the front, plus the
+//!   last `redeliver_on_reset` bytes of delivered messages (they may have been
+//!   unread in the consumer's receive buffer): duplicates instead of loss.
+//! - **Shutdown** of the relay: like a half-close, bounded by the drain timeout.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use spillway_spool::{Message, SpoolError};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::{debug, info};
+
+use super::QueueServer;
+
+/// Most bytes a consumer may hold written-but-unacknowledged (bounds what a
+/// disconnect sends again and what is held in memory per consumer).
+const WINDOW: u64 = 8 << 20;
+/// One take from the dispatcher.
+const BATCH_MSGS: usize = 8192;
+const BATCH_BYTES: usize = 512 << 10;
+/// While bytes are unacknowledged, how often SIOCOUTQ is polled.
+const ACK_POLL: Duration = Duration::from_millis(5);
+
+/// A message handed to the socket (or about to be): its sequence, and the
+/// connection's byte offset where it ends.
+struct Sent {
+    seq: u64,
+    end: u64,
+    data: Bytes,
+}
+
+impl Sent {
+    fn start(&self) -> u64 {
+        self.end - self.data.len() as u64
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ConsumerEnd {
+    /// The consumer half-closed; clean cut.
+    Eof,
+    Reset,
+    Shutdown,
+    SpoolFailed,
+}
+
+impl ConsumerEnd {
+    fn as_str(self) -> &'static str {
+        match self {
+            ConsumerEnd::Eof => "consumer_eof",
+            ConsumerEnd::Reset => "consumer_reset",
+            ConsumerEnd::Shutdown => "shutdown",
+            ConsumerEnd::SpoolFailed => "spool_failed",
+        }
+    }
+}
+
+/// Per-connection delivery state.
+struct Delivery {
+    id: u64,
+    inflight: VecDeque<Sent>,
+    /// Delivered messages kept for redelivery after a reset.
+    recent: VecDeque<Message>,
+    recent_bytes: u64,
+    /// Not yet handed to the socket: the tail of `inflight`'s bytes.
+    wbuf: BytesMut,
+    /// Byte offsets on this connection: queued >= written >= delivered.
+    queued: u64,
+    written: u64,
+    delivered: u64,
+    delivered_msgs: u64,
+}
+
+impl QueueServer {
+    pub(super) async fn consume(&self, stream: TcpStream, peer: SocketAddr) {
+        let id = self.next_consumer.fetch_add(1, Ordering::Relaxed);
+        self.stats.consumers.fetch_add(1, Ordering::Relaxed);
+        info!(route = %self.route.name, consumer = %peer, "consumer connected");
+        let mut d = Delivery {
+            id,
+            inflight: VecDeque::new(),
+            recent: VecDeque::new(),
+            recent_bytes: 0,
+            wbuf: BytesMut::new(),
+            queued: 0,
+            written: 0,
+            delivered: 0,
+            delivered_msgs: 0,
+        };
+        let end = self.deliver(&stream, peer, &mut d).await;
+        // Whatever is still not known delivered goes back to the queue.
+        let mut back: Vec<Message> = Vec::new();
+        if end == ConsumerEnd::Reset && self.route.redeliver_on_reset > 0 {
+            back.extend(d.recent.drain(..));
+        }
+        let redelivered = back.len() + d.inflight.len();
+        back.extend(d.inflight.drain(..).map(|s| Message {
+            seq: s.seq,
+            data: s.data,
+        }));
+        self.stats
+            .messages_redelivered
+            .fetch_add(redelivered as u64, Ordering::Relaxed);
+        let floor = self.dispatch().give_back(id, back);
+        if let Some(f) = floor {
+            self.ack(f);
+        }
+        if redelivered > 0 {
+            self.notify.notify_waiters();
+        }
+        self.stats.consumers.fetch_sub(1, Ordering::Relaxed);
+        info!(route = %self.route.name, consumer = %peer, reason = end.as_str(),
+              delivered = d.delivered_msgs, bytes = d.delivered, requeued = redelivered,
+              "consumer closed");
+    }
+
+    fn ack(&self, floor: u64) {
+        if let Err(e) = tokio::task::block_in_place(|| self.spool.ack(floor)) {
+            self.fail("ack", &e);
+        }
+    }
+
+    async fn deliver(&self, stream: &TcpStream, peer: SocketAddr, d: &mut Delivery) -> ConsumerEnd {
+        let mut cut: Option<ConsumerEnd> = None;
+        let mut peer_eof = false;
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+
+            // 1. Take more when everything taken so far is on the wire.
+            let mut progressed = false;
+            let room = d.queued - d.delivered < WINDOW;
+            if cut.is_none() && d.wbuf.is_empty() && room {
+                match self.refill(d) {
+                    Ok(n) => progressed = n > 0,
+                    Err(e) => {
+                        self.fail("read", &e);
+                        cut = Some(ConsumerEnd::SpoolFailed);
+                        self.cut_at_boundary(d);
+                    }
+                }
+            }
+
+            // 2. Write.
+            let mut write_blocked = false;
+            if !d.wbuf.is_empty() {
+                match stream.try_write(&d.wbuf) {
+                    Ok(n) => {
+                        d.written += n as u64;
+                        d.wbuf.advance(n);
+                        progressed = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => write_blocked = true,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        debug!(consumer = %peer, error = %e, "consumer write failed");
+                        return ConsumerEnd::Reset;
+                    }
+                }
+            }
+
+            // 3. What did the consumer's TCP acknowledge?
+            if d.written > d.delivered {
+                self.account(stream, d);
+            }
+
+            // 4. A cut finishes once the last message is on the wire.
+            if let Some(end) = cut {
+                if d.wbuf.is_empty() {
+                    return self.finish_cut(stream, d, end).await;
+                }
+            }
+
+            // 5. Wait for something to do; after progress only look (without
+            //    waiting) for a stop or the consumer's EOF, then go round again.
+            let want_data = !progressed
+                && cut.is_none()
+                && d.wbuf.is_empty()
+                && d.queued - d.delivered < WINDOW;
+            let unacked = !progressed && d.written > d.delivered;
+            tokio::select! {
+                biased;
+                _ = self.stop.cancelled(), if cut.is_none() => {
+                    cut = Some(ConsumerEnd::Shutdown);
+                    self.cut_at_boundary(d);
+                }
+                r = stream.readable(), if !peer_eof => {
+                    if let Err(e) = r {
+                        debug!(consumer = %peer, error = %e, "consumer readiness failed");
+                        return ConsumerEnd::Reset;
+                    }
+                    // Consumers send nothing; bytes that arrive are discarded.
+                    let mut sink = [0u8; 4096];
+                    match stream.try_read(&mut sink) {
+                        Ok(0) => {
+                            peer_eof = true;
+                            if cut.is_none() {
+                                cut = Some(ConsumerEnd::Eof);
+                                self.cut_at_boundary(d);
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+                        Err(e) => {
+                            debug!(consumer = %peer, error = %e, "consumer reset");
+                            return ConsumerEnd::Reset;
+                        }
+                    }
+                }
+                r = stream.writable(), if write_blocked => {
+                    if r.is_err() {
+                        return ConsumerEnd::Reset;
+                    }
+                }
+                _ = &mut notified, if want_data => {}
+                _ = tokio::time::sleep(ACK_POLL), if unacked => {}
+                _ = std::future::ready(()), if progressed => {}
+            }
+        }
+    }
+
+    /// Takes the next batch from the dispatcher into the write buffer;
+    /// returns how many messages it took.
+    fn refill(&self, d: &mut Delivery) -> Result<usize, SpoolError> {
+        let msgs = tokio::task::block_in_place(|| {
+            self.dispatch()
+                .take(&self.spool, d.id, BATCH_MSGS, BATCH_BYTES)
+        })?;
+        let n = msgs.len();
+        for m in msgs {
+            d.queued += m.data.len() as u64;
+            d.wbuf.extend_from_slice(&m.data);
+            d.inflight.push_back(Sent {
+                seq: m.seq,
+                end: d.queued,
+                data: m.data,
+            });
+        }
+        Ok(n)
+    }
+
+    /// Moves messages whose bytes the consumer's TCP acknowledged out of
+    /// flight, and acknowledges to the spool what no one needs any more.
+    fn account(&self, stream: &TcpStream, d: &mut Delivery) {
+        let unacked = match spillway_net::sys::unacked_bytes(stream.as_fd()) {
+            Ok(n) => n as u64,
+            // No answer: assume nothing more was delivered.
+            Err(_) => return,
+        };
+        let acked = d.written.saturating_sub(unacked);
+        if acked <= d.delivered {
+            return;
+        }
+        d.delivered = acked;
+        let mut moved = 0u64;
+        let mut bytes = 0u64;
+        while d.inflight.front().is_some_and(|s| s.end <= acked) {
+            let Some(s) = d.inflight.pop_front() else {
+                break;
+            };
+            moved += 1;
+            bytes += s.data.len() as u64;
+            if self.route.redeliver_on_reset > 0 {
+                d.recent_bytes += s.data.len() as u64;
+                d.recent.push_back(Message {
+                    seq: s.seq,
+                    data: s.data,
+                });
+                while d.recent_bytes > self.route.redeliver_on_reset {
+                    let Some(old) = d.recent.pop_front() else {
+                        break;
+                    };
+                    d.recent_bytes -= old.data.len() as u64;
+                }
+            }
+        }
+        if moved == 0 {
+            return;
+        }
+        d.delivered_msgs += moved;
+        self.stats
+            .messages_delivered
+            .fetch_add(moved, Ordering::Relaxed);
+        self.stats
+            .bytes_delivered
+            .fetch_add(bytes, Ordering::Relaxed);
+        let lowest = d.inflight.front().map(|s| s.seq);
+        let floor = self.dispatch().delivered(d.id, lowest);
+        if let Some(f) = floor {
+            self.ack(f);
+        }
+    }
+
+    /// Stops sending after the message in flight: the write buffer is cut
+    /// at the end of the partly written message (or at once if none is),
+    /// and messages not started go back to the front of the queue.
+    fn cut_at_boundary(&self, d: &mut Delivery) {
+        let written = d.written;
+        let keep_end = d
+            .inflight
+            .iter()
+            .find(|s| s.end > written)
+            .filter(|s| s.start() < written)
+            .map_or(written, |s| s.end);
+        d.wbuf.truncate((keep_end - written) as usize);
+        let mut back = Vec::new();
+        while d.inflight.back().is_some_and(|s| s.end > keep_end) {
+            if let Some(s) = d.inflight.pop_back() {
+                back.push(Message {
+                    seq: s.seq,
+                    data: s.data,
+                });
+            }
+        }
+        d.queued = keep_end;
+        if back.is_empty() {
+            return;
+        }
+        back.reverse();
+        let lowest = d.inflight.front().map(|s| s.seq);
+        let mut dispatch = self.dispatch();
+        dispatch.put_back(back);
+        let floor = dispatch.delivered(d.id, lowest);
+        drop(dispatch);
+        if let Some(f) = floor {
+            self.ack(f);
+        }
+        self.notify.notify_waiters();
+    }
+
+    /// Everything to send is on the wire: half-close, wait (bounded) until
+    /// the consumer's TCP acknowledged it all, account, close.
+    async fn finish_cut(
+        &self,
+        stream: &TcpStream,
+        d: &mut Delivery,
+        end: ConsumerEnd,
+    ) -> ConsumerEnd {
+        let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
+        let deadline = Instant::now() + self.drain_wait();
+        while d.written > d.delivered && Instant::now() < deadline {
+            self.account(stream, d);
+            if d.written <= d.delivered {
+                break;
+            }
+            tokio::time::sleep(ACK_POLL).await;
+        }
+        self.account(stream, d);
+        end
+    }
+
+    fn drain_wait(&self) -> Duration {
+        Duration::from_secs(30)
+    }
+}
