@@ -59,6 +59,11 @@ pub enum SpoolError {
     /// `max_disk`. Retrying will not help.
     #[error("message too large: {size} bytes, limit {limit}")]
     TooLarge { size: u64, limit: u64 },
+    /// Another process (or another open handle in this one) holds the spool
+    /// directory. Two writers would corrupt the log; stop the other one, or
+    /// use another directory.
+    #[error("spool directory {dir} is in use by another process")]
+    Locked { dir: PathBuf },
     /// The spool was closed (through this or another handle).
     #[error("spool is closed")]
     Closed,

@@ -97,5 +97,5 @@ pub use error::{FullReason, SpoolError};
 pub use format::MAX_MESSAGE_LIMIT;
 pub use inspect::{dump, inspect, verify, Inspection, SegmentInfo, VerifyProblem, VerifyReport};
 pub use recovery::{CursorRecovery, RecoveryReport};
-pub use spool::{AppendOutcome, Message, Spool, Tier};
+pub use spool::{is_locked, AppendOutcome, Message, Spool, Tier, LOCK_FILE};
 pub use stats::SpoolStats;

@@ -120,6 +120,9 @@ struct SyncState {
 type NotifyFn = Arc<dyn Fn() + Send + Sync>;
 
 struct Inner {
+    /// Exclusive lock on `LOCK` in the spool directory, held while any handle
+    /// lives: two processes appending to one log would corrupt it.
+    _lock: std::fs::File,
     cfg: SpoolConfig,
     fs: Arc<dyn Fs>,
     core: Mutex<Core>,
@@ -175,6 +178,41 @@ enum WriteResult {
     NoRoom(FullReason),
 }
 
+/// Name of the lock file in a spool directory.
+pub const LOCK_FILE: &str = "LOCK";
+
+/// Creates the directory if needed and takes the exclusive lock on it
+/// (released by the kernel when the process dies, so a crash never leaves
+/// a stale lock behind).
+fn lock_dir(dir: &std::path::Path) -> Result<std::fs::File, SpoolError> {
+    std::fs::create_dir_all(dir).map_err(|e| SpoolError::io("create dir", dir, e))?;
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| SpoolError::io("open lock file", &path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(SpoolError::Locked {
+            dir: dir.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(SpoolError::io("lock", &path, e)),
+    }
+}
+
+/// Whether another handle or process holds the spool in `dir` open.
+pub fn is_locked(dir: &std::path::Path) -> bool {
+    let Ok(file) = std::fs::File::open(dir.join(LOCK_FILE)) else {
+        return false;
+    };
+    matches!(
+        file.try_lock_shared(),
+        Err(std::fs::TryLockError::WouldBlock)
+    )
+}
+
 impl Spool {
     /// Opens (or creates) the spool in `config.dir`, recovering the log: only
     /// the last segment is scanned, a torn tail is truncated and reported.
@@ -200,9 +238,11 @@ impl Spool {
         if config.max_disk > 0 {
             config.segment_size = config.segment_size.min((config.max_disk / 4).max(4096));
         }
+        let lock = lock_dir(&config.dir)?;
         let st = Counters::default();
         let (core, report) = recover(&config, &*fs, &st)?;
         let inner = Inner {
+            _lock: lock,
             written: AtomicU64::new(core.written_lsn),
             sync: Mutex::new(SyncState {
                 durable_lsn: core.written_lsn,

@@ -8,6 +8,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 
+/// The tools read files a running relay may be changing: say so.
+fn warn_if_in_use(dir: &Path) {
+    if spillway_spool::is_locked(dir) {
+        eprintln!(
+            "warning: {} is in use by a running spillway; what follows may already be stale",
+            dir.display()
+        );
+    }
+}
+
 fn fmt_age(created_ms: u64) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -24,6 +34,7 @@ fn fmt_age(created_ms: u64) -> String {
 /// Prints segments (first seq, size, age), cursor, oldest/newest sequence and
 /// depth. Scans only the last segment, so it is fast on any size of spool.
 pub fn inspect(dir: &Path) -> anyhow::Result<()> {
+    warn_if_in_use(dir);
     let ins = spillway_spool::inspect(dir)
         .with_context(|| format!("inspecting spool {}", dir.display()))?;
     let mut out = std::io::stdout().lock();
@@ -83,6 +94,7 @@ pub fn inspect(dir: &Path) -> anyhow::Result<()> {
 /// first bad segment and offset) when the spool is damaged. Progress goes to
 /// stderr only when it is a terminal.
 pub fn verify(dir: &Path) -> anyhow::Result<bool> {
+    warn_if_in_use(dir);
     let tty = std::io::stderr().is_terminal();
     let mut last = Instant::now();
     let rep = spillway_spool::verify(dir, |done, total| {
@@ -137,6 +149,7 @@ pub fn verify(dir: &Path) -> anyhow::Result<bool> {
 /// Writes the raw bytes of messages (from `from`, default the cursor's ack
 /// floor; at most `limit`) to stdout. A closed pipe (`| head`) ends quietly.
 pub fn dump(dir: &Path, from: Option<u64>, limit: Option<u64>) -> anyhow::Result<()> {
+    warn_if_in_use(dir);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let res = spillway_spool::dump(dir, from, limit, |m| out.write_all(&m.data));
