@@ -185,3 +185,39 @@ pub fn write_config(dir: &Path, text: &str) -> PathBuf {
     f.write_all(text.as_bytes()).expect("write config");
     p
 }
+
+// ------------------------------------------------ queue-mode helpers ---
+
+impl Relay {
+    /// Waits (bounded by `limit`) until at least `count` log lines contain
+    /// `needle`; returns those lines.
+    pub fn wait_log_lines(&self, needle: &str, count: usize, limit: Duration) -> Vec<String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let text = self.log_text();
+            let hits: Vec<String> = text
+                .lines()
+                .filter(|l| l.contains(needle))
+                .map(str::to_string)
+                .collect();
+            if hits.len() >= count {
+                return hits;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "log had {} of {count} lines containing {needle:?} after {limit:?}:\n{text}",
+                    hits.len()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The value of `key=` in a line of space-separated `key=value` fields
+/// (tracing's format and the test peers' summaries); quotes are stripped.
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+        .map(|v| v.trim_matches('"'))
+}
