@@ -1,0 +1,165 @@
+//! The command line as a user meets it: example configs validate, the
+//! offline spool tools report on a real spool and fail loudly on a corrupt
+//! one, flags are checked before anything starts.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::bin;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("repo root")
+        .to_path_buf()
+}
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run spillway");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_example_config_validates() {
+    let dir = repo_root().join("examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("examples dir") {
+        let path = entry.expect("entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let (ok, out, err) = run(&["check", "--config", path.to_str().expect("utf8")]);
+        assert!(ok, "{}: {err}", path.display());
+        assert!(out.contains(": ok"), "{out}");
+        checked += 1;
+    }
+    assert!(checked >= 2, "expected the stream and queue examples");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read fixture") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+    }
+}
+
+#[test]
+fn spool_verify_names_the_bad_segment_and_offset() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let spool = tmp.path().join("spool");
+    copy_dir(
+        &repo_root().join("crates/spillway-spool/tests/fixtures/bad_crc_middle"),
+        &spool,
+    );
+    let (ok, out, err) = run(&["spool", "verify", spool.to_str().expect("utf8")]);
+    assert!(!ok, "verify passed a corrupt spool:\n{out}{err}");
+    let text = format!("{out}{err}");
+    assert!(text.contains(".seg"), "no segment named:\n{text}");
+    assert!(text.contains("offset"), "no offset:\n{text}");
+}
+
+#[test]
+fn spool_tools_on_a_queue_written_by_the_relay() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let spool = tmp.path().join("spool");
+    // Write a spool through the engine the relay uses, then look at it offline.
+    {
+        let (s, _) = spillway_spool::Spool::open(spillway_spool::SpoolConfig {
+            memory_limit: 0,
+            ..spillway_spool::SpoolConfig::new(&spool)
+        })
+        .expect("open");
+        let lines: Vec<Vec<u8>> = (0..100)
+            .map(|i| format!("line {i}\n").into_bytes())
+            .collect();
+        let refs: Vec<&[u8]> = lines.iter().map(|l| l.as_slice()).collect();
+        s.append(&refs).expect("append");
+        s.close().expect("close");
+    }
+    let dir = spool.to_str().expect("utf8");
+    let (ok, out, err) = run(&["spool", "inspect", dir]);
+    assert!(ok, "{err}");
+    assert!(out.contains("next_seq=100"), "{out}");
+    let (ok, out, err) = run(&["spool", "verify", dir]);
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = run(&["spool", "dump", dir, "--from", "10", "--limit", "3"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "line 10\nline 11\nline 12\n");
+}
+
+#[test]
+fn bad_flags_are_refused_before_starting() {
+    let (ok, _, err) = run(&[
+        "queue",
+        "--from",
+        "dial:127.0.0.1:1",
+        "--to",
+        "listen:127.0.0.1:2",
+        "--spool",
+        "/tmp/x",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("neither listen nor connect"), "{err}");
+    let (ok, _, err) = run(&[
+        "queue",
+        "--from",
+        "listen:127.0.0.1:1",
+        "--to",
+        "listen:127.0.0.1:2",
+        "--spool",
+        "/tmp/x",
+        "--framing",
+        "len:u24",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("len:u32be"),
+        "the error lists the valid framings: {err}"
+    );
+    let (ok, _, err) = run(&[
+        "queue",
+        "--from",
+        "listen:127.0.0.1:1",
+        "--to",
+        "listen:127.0.0.1:2",
+        "--spool",
+        "/tmp/x",
+        "--fsync",
+        "sometimes",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("always, never or a duration"), "{err}");
+    let (ok, _, err) = run(&["relay", "--listen", "127.0.0.1:1", "--to", "nohost"]);
+    assert!(!ok);
+    assert!(err.contains("HOST:PORT"), "{err}");
+}
+
+#[test]
+fn a_second_relay_on_the_same_spool_is_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let spool = tmp.path().join("spool");
+    let (_s, _) =
+        spillway_spool::Spool::open(spillway_spool::SpoolConfig::new(&spool)).expect("open");
+    let (ok, _, err) = run(&[
+        "queue",
+        "--from",
+        "listen:127.0.0.1:0",
+        "--to",
+        "listen:127.0.0.1:0",
+        "--spool",
+        spool.to_str().expect("utf8"),
+    ]);
+    assert!(!ok, "started on a locked spool");
+    assert!(err.contains("in use by another process"), "{err}");
+}
