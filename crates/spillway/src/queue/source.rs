@@ -82,8 +82,10 @@ impl QueueServer {
                     (true, ProducerEnd::Reset)
                 }
             };
-            match self.ingest(&mut decoder, &mut buf) {
-                Ok(n) => messages += n,
+            let (appended, result) = self.ingest(&mut decoder, &mut buf);
+            messages += appended;
+            match result {
+                Ok(()) => {}
                 Err(IngestError::Frame(e)) => {
                     self.stats.count_frame_error(e.kind());
                     warn!(route = %route, producer = %peer, offset = e.offset().unwrap_or(decoder.offset()),
@@ -111,8 +113,9 @@ impl QueueServer {
     }
 
     /// Appends every complete message in `buf` as one batch and drops them
-    /// from `buf`. On a bad frame, the messages before it are appended first.
-    fn ingest(&self, decoder: &mut Decoder, buf: &mut BytesMut) -> Result<u64, IngestError> {
+    /// from `buf`; returns how many were appended. On a bad frame, the
+    /// messages before it are appended first, then the error is returned.
+    fn ingest(&self, decoder: &mut Decoder, buf: &mut BytesMut) -> (u64, Result<(), IngestError>) {
         let mut slices: Vec<&[u8]> = Vec::new();
         let mut consumed = 0usize;
         let mut bad = None;
@@ -132,8 +135,10 @@ impl QueueServer {
         let n = slices.len() as u64;
         if n > 0 {
             let bytes: usize = consumed;
-            let outcome = tokio::task::block_in_place(|| self.spool.append(&slices))
-                .map_err(IngestError::Spool)?;
+            let outcome = match tokio::task::block_in_place(|| self.spool.append(&slices)) {
+                Ok(o) => o,
+                Err(e) => return (0, Err(IngestError::Spool(e))),
+            };
             if outcome.dropped_newest > 0 {
                 self.stats
                     .dropped_newest
@@ -153,8 +158,8 @@ impl QueueServer {
         }
         buf.advance(consumed);
         match bad {
-            Some(e) => Err(IngestError::Frame(e)),
-            None => Ok(n),
+            Some(e) => (n, Err(IngestError::Frame(e))),
+            None => (n, Ok(())),
         }
     }
 }
