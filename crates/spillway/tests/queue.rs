@@ -463,8 +463,40 @@ fn len_u32be_random_sizes_checksum() {
     // full send buffer: a 1 MiB message cannot be written into a 64 KiB send
     // buffer without waiting, whatever the reader; the give-up behaviour is
     // what the line tests cover.
+    // This one has the other endpoint kinds: the consumer is a server that
+    // the relay dials (--to connect:), and redials after each session.
+    let fmt = s(&[
+        "--framing",
+        "len32",
+        "--count",
+        "300",
+        "--seed",
+        "4242",
+        "--max-size",
+        "1048576",
+    ]);
+    let mut cargs = s(&[
+        "--listen",
+        "0",
+        "--read",
+        "300:65536",
+        "--sleep-us",
+        "200:1000",
+        "--leave",
+        "2000000:6000000",
+        "--away-ms",
+        "10:100",
+        "--timeout",
+        "90",
+    ]);
+    cargs.extend(fmt.clone());
+    let consumer = Peer::consumer(&cargs);
+    let cp = consumer.listening_port();
     let spool = tempfile::tempdir().expect("spool");
-    let (relay, pp, cp, _) = listen_listen(
+    let pp = free_port();
+    let mut relay = start_relay(&queue_args(
+        &format!("listen:127.0.0.1:{pp}"),
+        &format!("connect:127.0.0.1:{cp}"),
         spool.path(),
         &[
             "--framing",
@@ -474,7 +506,8 @@ fn len_u32be_random_sizes_checksum() {
             "--memory",
             "4MiB",
         ],
-    );
+    ));
+    relay.wait_listening(addr(pp));
     let fmt = s(&[
         "--framing",
         "len32",
@@ -493,24 +526,8 @@ fn len_u32be_random_sizes_checksum() {
         "--timeout",
         "90",
     ]);
-    pargs.extend(fmt.clone());
+    pargs.extend(fmt);
     let producer = Peer::producer(&pargs);
-    let mut cargs = s(&[
-        "--connect",
-        &format!("127.0.0.1:{cp}"),
-        "--read",
-        "300:65536",
-        "--sleep-us",
-        "200:1000",
-        "--leave",
-        "2000000:6000000",
-        "--away-ms",
-        "10:100",
-        "--timeout",
-        "90",
-    ]);
-    cargs.extend(fmt);
-    let consumer = Peer::consumer(&cargs);
     let p = producer.finish(Duration::from_secs(100));
     assert_eq!(p.code, Some(0), "{p}");
     assert_eq!(appended(&relay, 1, Duration::from_secs(20)), 300);
@@ -842,7 +859,7 @@ fn several_consumers_share_the_work() {
     );
     assert_eq!(all.len(), N, "every message once");
     assert!(all.iter().all(|&n| n < N as u64));
-    let _ = relay;
+    drop(relay); // kept running until every consumer was done
 }
 
 /// Line size in `several_consumers_share_the_work`.

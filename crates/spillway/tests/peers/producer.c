@@ -18,7 +18,8 @@
  *   --rate MSGS          send at most MSGS messages per second (0 = unpaced,
  *                        the default): a steady fast producer, paced every 1 ms.
  *   --on-eagain give-up|block   (default give-up) what a full send buffer means.
- *   --sndbuf BYTES       SO_SNDBUF (default 65536; the kernel doubles it).
+ *   --sndbuf BYTES       SO_SNDBUF (default 65536; the kernel doubles it; 0 =
+ *                        the kernel's autotuning, for a benchmark generator).
  *   --timeout SEC        bound on the whole run (default 120).
  *
  * THE scenario: the socket is non-blocking and, with --on-eagain give-up, the
@@ -225,7 +226,7 @@ static int open_socket(void) {
     } else {
         fd = socket(AF_INET, SOCK_STREAM, 0);
         if (fd < 0) die("socket");
-        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &opt.sndbuf, sizeof opt.sndbuf);
+        if (opt.sndbuf > 0) setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &opt.sndbuf, sizeof opt.sndbuf);
         sa.sin_port = htons((uint16_t)opt.port);
         if (inet_pton(AF_INET, opt.host, &sa.sin_addr) != 1) {
             fprintf(stderr, "producer: not an IPv4 literal: %s\n", opt.host);
@@ -233,7 +234,7 @@ static int open_socket(void) {
         }
         if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) die("connect");
     }
-    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &opt.sndbuf, sizeof opt.sndbuf);
+    if (opt.sndbuf > 0) setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &opt.sndbuf, sizeof opt.sndbuf);
     if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0) die("fcntl");
     return fd;
 }
