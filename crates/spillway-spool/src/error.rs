@@ -94,6 +94,20 @@ impl SpoolError {
     pub fn is_corrupt(&self) -> bool {
         matches!(self, SpoolError::Corrupt { .. })
     }
+    /// The spool as a whole cannot go on (poisoned, damaged, I/O failure,
+    /// closed): the owner should stop using it. The other errors concern
+    /// only the call that got them (too large, full).
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            SpoolError::Poisoned { .. }
+                | SpoolError::Corrupt { .. }
+                | SpoolError::Io { .. }
+                | SpoolError::Closed
+                | SpoolError::Config(_)
+                | SpoolError::Locked { .. }
+        )
+    }
     /// Worth retrying the same call later without changing anything.
     pub fn is_retryable(&self) -> bool {
         matches!(self, SpoolError::Full { .. })

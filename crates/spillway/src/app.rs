@@ -55,8 +55,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 ready.push(Ready::Stream(server, listener));
             }
             Route::Queue(q) => {
-                let server =
-                    tokio::task::block_in_place(|| QueueServer::open(q.clone(), &shutdown))?;
+                let server = tokio::task::block_in_place(|| {
+                    QueueServer::open(q.clone(), &shutdown, config.global.drain_timeout)
+                })?;
                 let source = bind_endpoint(&q.name, &q.from, "source").await?;
                 let sink = bind_endpoint(&q.name, &q.to, "sink").await?;
                 info!(route = %q.name, from = %q.from, to = %q.to, framing = %q.framing,
@@ -77,7 +78,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 });
             }
             Ready::Queue(server, source, sink) => {
-                tasks.spawn(server.serve(source, sink, drain));
+                tasks.spawn(server.serve(source, sink));
             }
         }
     }

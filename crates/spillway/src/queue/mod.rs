@@ -96,11 +96,19 @@ pub struct QueueServer {
     /// Set when the spool failed (poisoned, I/O): the route stops.
     failure: Mutex<Option<String>>,
     stop: CancellationToken,
+    /// How long a consumer being cut may take to acknowledge what it was sent.
+    drain: Duration,
+    /// Rate limit for "the disk tier is full" warnings.
+    blocked_warning: Mutex<RateLimited>,
 }
 
 impl QueueServer {
     /// Opens (and recovers) the route's spool.
-    pub fn open(route: QueueRoute, shutdown: &CancellationToken) -> anyhow::Result<Arc<Self>> {
+    pub fn open(
+        route: QueueRoute,
+        shutdown: &CancellationToken,
+        drain: Duration,
+    ) -> anyhow::Result<Arc<Self>> {
         let mut cfg = SpoolConfig::new(&route.spool);
         cfg.memory_limit = route.memory;
         cfg.max_disk = route.max_disk;
@@ -108,6 +116,9 @@ impl QueueServer {
         cfg.durability = route.fsync;
         cfg.segment_size = route.segment_size;
         cfg.max_message = u32::try_from(route.max_message).unwrap_or(u32::MAX);
+        // A blocked append comes back every second so the producer side can
+        // log the pushback and notice a shutdown; it then retries.
+        cfg.block_timeout = Some(Duration::from_secs(1));
         let (spool, report) = Spool::open(cfg).with_context(|| {
             format!(
                 "route '{}': cannot open spool {}",
@@ -129,6 +140,8 @@ impl QueueServer {
             next_consumer: AtomicU64::new(1),
             failure: Mutex::new(None),
             stop: shutdown.child_token(),
+            drain,
+            blocked_warning: Mutex::new(RateLimited::new(Duration::from_secs(10))),
         }))
     }
 
@@ -168,8 +181,8 @@ impl QueueServer {
         self: Arc<Self>,
         source: Option<TcpListener>,
         sink: Option<TcpListener>,
-        drain: Duration,
     ) -> anyhow::Result<()> {
+        let drain = self.drain;
         let name = self.route.name.clone();
         let tracker = TaskTracker::new();
         let stop = self.stop.clone();

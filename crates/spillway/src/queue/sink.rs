@@ -366,6 +366,6 @@ impl QueueServer {
     }
 
     fn drain_wait(&self) -> Duration {
-        Duration::from_secs(30)
+        self.drain
     }
 }

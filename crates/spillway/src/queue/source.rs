@@ -31,6 +31,8 @@ enum ProducerEnd {
     BadFrame,
     Shutdown,
     SpoolFailed,
+    /// The spool refused a batch for this producer alone (e.g. too large).
+    Refused,
 }
 
 impl ProducerEnd {
@@ -41,8 +43,17 @@ impl ProducerEnd {
             ProducerEnd::BadFrame => "bad_frame",
             ProducerEnd::Shutdown => "shutdown",
             ProducerEnd::SpoolFailed => "spool_failed",
+            ProducerEnd::Refused => "refused",
         }
     }
+}
+
+/// What one ingest did: messages queued, and messages refused at the disk
+/// bound (`when_full = drop-newest`).
+#[derive(Default)]
+struct Tally {
+    appended: u64,
+    dropped: u64,
 }
 
 enum IngestError {
@@ -58,6 +69,7 @@ impl QueueServer {
         let mut decoder = Decoder::new(self.route.framing, max);
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let mut messages = 0u64;
+        let mut dropped = 0u64;
         let end = loop {
             if buf.capacity() - buf.len() < READ_CHUNK / 4 {
                 buf.reserve(READ_CHUNK);
@@ -82,8 +94,9 @@ impl QueueServer {
                     (true, ProducerEnd::Reset)
                 }
             };
-            let (appended, result) = self.ingest(&mut decoder, &mut buf);
-            messages += appended;
+            let (tally, result) = self.ingest(&mut decoder, &mut buf);
+            messages += tally.appended;
+            dropped += tally.dropped;
             match result {
                 Ok(()) => {}
                 Err(IngestError::Frame(e)) => {
@@ -93,9 +106,14 @@ impl QueueServer {
                           "bad frame; closing this producer (every message before it was kept)");
                     break ProducerEnd::BadFrame;
                 }
-                Err(IngestError::Spool(e)) => {
+                Err(IngestError::Spool(e)) if e.is_fatal() => {
                     self.fail("append", &e);
                     break ProducerEnd::SpoolFailed;
+                }
+                Err(IngestError::Spool(e)) => {
+                    warn!(route = %route, producer = %peer, error = %e, kept = messages,
+                          "cannot queue this producer's messages; closing it");
+                    break ProducerEnd::Refused;
                 }
             }
             if at_end {
@@ -109,13 +127,17 @@ impl QueueServer {
             }
         };
         self.stats.producers.fetch_sub(1, Ordering::Relaxed);
-        info!(route = %route, producer = %peer, messages, reason = end.as_str(), "producer closed");
+        info!(route = %route, producer = %peer, messages, dropped, reason = end.as_str(), "producer closed");
     }
 
     /// Appends every complete message in `buf` as one batch and drops them
     /// from `buf`; returns how many were appended. On a bad frame, the
     /// messages before it are appended first, then the error is returned.
-    fn ingest(&self, decoder: &mut Decoder, buf: &mut BytesMut) -> (u64, Result<(), IngestError>) {
+    fn ingest(
+        &self,
+        decoder: &mut Decoder,
+        buf: &mut BytesMut,
+    ) -> (Tally, Result<(), IngestError>) {
         let mut slices: Vec<&[u8]> = Vec::new();
         let mut consumed = 0usize;
         let mut bad = None;
@@ -132,23 +154,47 @@ impl QueueServer {
                 }
             }
         }
-        let n = slices.len() as u64;
-        if n > 0 {
-            let bytes: usize = consumed;
-            let outcome = match tokio::task::block_in_place(|| self.spool.append(&slices)) {
+        let mut tally = Tally::default();
+        let batch_limit = self.batch_limit();
+        let mut rest: &[&[u8]] = &slices;
+        while !rest.is_empty() {
+            // The longest prefix within the batch limit (at least one message).
+            let mut take = 0;
+            let mut bytes = 0usize;
+            while take < rest.len() && (take == 0 || bytes + rest[take].len() <= batch_limit) {
+                bytes += rest[take].len();
+                take += 1;
+            }
+            let (batch, tail) = rest.split_at(take);
+            rest = tail;
+            let outcome = match self.append_waiting(batch) {
                 Ok(o) => o,
-                Err(e) => return (0, Err(IngestError::Spool(e))),
+                Err(e) => {
+                    // Messages of this read after the failed batch are not queued.
+                    buf.advance(consumed);
+                    return (tally, Err(IngestError::Spool(e)));
+                }
             };
             if outcome.dropped_newest > 0 {
                 self.stats
                     .dropped_newest
                     .fetch_add(outcome.dropped_newest as u64, Ordering::Relaxed);
+                let mut warn_limit = self
+                    .blocked_warning
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if let Some(suppressed) = warn_limit.check() {
+                    warn!(route = %self.route.name, dropped = outcome.dropped_newest, suppressed,
+                          "disk tier full: new messages dropped (when_full = drop-newest)");
+                }
             }
             if outcome.dropped_oldest_msgs > 0 {
                 self.stats
                     .dropped_oldest
                     .fetch_add(outcome.dropped_oldest_msgs, Ordering::Relaxed);
             }
+            tally.appended += outcome.accepted as u64;
+            tally.dropped += outcome.dropped_newest as u64;
             self.stats
                 .messages_in
                 .fetch_add(outcome.accepted as u64, Ordering::Relaxed);
@@ -158,9 +204,52 @@ impl QueueServer {
         }
         buf.advance(consumed);
         match bad {
-            Some(e) => (n, Err(IngestError::Frame(e))),
-            None => (n, Ok(())),
+            Some(e) => (tally, Err(IngestError::Frame(e))),
+            None => (tally, Ok(())),
         }
+    }
+}
+
+impl QueueServer {
+    /// Appends one batch; under `when_full = block` at the disk bound, waits
+    /// (the producer is not read meanwhile: the only pushback the source
+    /// ever sees), saying so every few seconds, until consumers free space
+    /// or the relay shuts down.
+    fn append_waiting(&self, batch: &[&[u8]]) -> Result<spillway_spool::AppendOutcome, SpoolError> {
+        let started = std::time::Instant::now();
+        loop {
+            match tokio::task::block_in_place(|| self.spool.append(batch)) {
+                Err(e) if e.is_full() => {
+                    let mut warn_limit = self
+                        .blocked_warning
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    if let Some(suppressed) = warn_limit.check() {
+                        warn!(route = %self.route.name, waited_ms = started.elapsed().as_millis() as u64,
+                              suppressed, reason = %e,
+                              "disk tier full: not reading producers until consumers free space (when_full = block)");
+                    }
+                    drop(warn_limit);
+                    if self.stop.is_cancelled() {
+                        return Err(e);
+                    }
+                }
+                r => return r,
+            }
+        }
+    }
+}
+
+impl QueueServer {
+    /// Largest append batch: one read's messages are split so that a batch
+    /// always fits the disk bound (a record is never split across segments).
+    fn batch_limit(&self) -> usize {
+        let max_disk = self.route.max_disk;
+        if max_disk == 0 {
+            return usize::MAX;
+        }
+        let limit = (max_disk / 8).max(self.route.max_message);
+        usize::try_from(limit).unwrap_or(usize::MAX)
     }
 }
 

@@ -1,0 +1,140 @@
+//! The disk bound in queue mode, end to end: `when_full = block` stops
+//! reading producers (logged) and loses nothing once consumers drain;
+//! `drop-newest` keeps the relay going and says what it refused.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::time::Duration;
+
+use common::*;
+
+fn lines(n: usize) -> Vec<u8> {
+    let mut v = Vec::new();
+    for i in 0..n {
+        v.extend_from_slice(format!("{i:08} {}\n", "x".repeat(100)).as_bytes());
+    }
+    v
+}
+
+/// Reads from the sink until `want` bytes arrived (or EOF), then leaves cleanly.
+fn consume(addr: &str, want: usize) -> Vec<u8> {
+    let mut c = TcpStream::connect(addr).expect("consumer");
+    c.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    while got.len() < want {
+        let n = c.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    c.shutdown(Shutdown::Write).expect("half-close");
+    loop {
+        let n = c.read(&mut buf).expect("read to EOF");
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
+#[test]
+fn block_at_the_disk_bound_waits_then_delivers_everything() {
+    let spool = tempfile::tempdir().expect("tempdir");
+    let (src, dst) = (free_port(), free_port());
+    let (src, dst) = (format!("127.0.0.1:{src}"), format!("127.0.0.1:{dst}"));
+    let mut relay = Relay::start(&[
+        "queue",
+        "--from",
+        &format!("listen:{src}"),
+        "--to",
+        &format!("listen:{dst}"),
+        "--spool",
+        spool.path().to_str().expect("utf8"),
+        "--memory",
+        "0",
+        "--max-message",
+        "4KiB",
+        "--max-disk",
+        "64KiB",
+        "--when-full",
+        "block",
+    ]);
+    relay.wait_listening(src.parse().expect("addr"));
+    relay.wait_listening(dst.parse().expect("addr"));
+    // 2 MiB of lines against a 64 KiB disk bound and no consumer.
+    let data = lines(20_000);
+    let producer = {
+        let data = data.clone();
+        let src = src.clone();
+        std::thread::spawn(move || {
+            let mut p = TcpStream::connect(&src).expect("producer");
+            p.write_all(&data).expect("producer write");
+            p.shutdown(Shutdown::Write).expect("shutdown");
+            let mut rest = Vec::new();
+            let _ = p.read_to_end(&mut rest);
+        })
+    };
+    relay.wait_log("disk tier full");
+    // Now a consumer: everything arrives, in order, once.
+    let got = consume(&dst, data.len());
+    producer.join().expect("producer");
+    assert_eq!(got.len(), data.len(), "bytes delivered");
+    assert!(got == data, "content or order differs");
+    relay.wait_log("messages=20000");
+}
+
+#[test]
+fn drop_newest_refuses_and_counts_but_keeps_what_fit() {
+    let spool = tempfile::tempdir().expect("tempdir");
+    let (src, dst) = (free_port(), free_port());
+    let (src, dst) = (format!("127.0.0.1:{src}"), format!("127.0.0.1:{dst}"));
+    let mut relay = Relay::start(&[
+        "queue",
+        "--from",
+        &format!("listen:{src}"),
+        "--to",
+        &format!("listen:{dst}"),
+        "--spool",
+        spool.path().to_str().expect("utf8"),
+        "--memory",
+        "0",
+        "--max-message",
+        "4KiB",
+        "--max-disk",
+        "64KiB",
+        "--when-full",
+        "drop-newest",
+    ]);
+    relay.wait_listening(src.parse().expect("addr"));
+    relay.wait_listening(dst.parse().expect("addr"));
+    let data = lines(20_000);
+    let mut p = TcpStream::connect(&src).expect("producer");
+    p.write_all(&data)
+        .expect("never blocked: the relay keeps reading");
+    p.shutdown(Shutdown::Write).expect("shutdown");
+    let log = relay.wait_log("producer closed");
+    assert!(log.contains("dropped"), "the refusal is logged:\n{log}");
+    let got = consume(&dst, 1);
+    assert!(
+        !got.is_empty() && got.len() < data.len(),
+        "some fit, not all: {}",
+        got.len()
+    );
+    // What was kept is a run of whole lines in order.
+    assert!(got.ends_with(b"\n"));
+    let mut last: i64 = -1;
+    for line in got.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let n: i64 = std::str::from_utf8(&line[..8])
+            .expect("utf8")
+            .parse()
+            .expect("number");
+        assert!(n > last, "order: {n} after {last}");
+        last = n;
+    }
+}
