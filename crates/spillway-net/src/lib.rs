@@ -7,4 +7,5 @@
 
 pub mod backoff;
 pub mod balance;
+pub mod dial;
 pub mod sys;

@@ -76,13 +76,19 @@ pub async fn accept_loop(
 /// Binds a listening socket with a deep backlog and SO_REUSEADDR, so a
 /// restarted relay can rebind at once and bursts of connects are not refused.
 pub async fn bind(addr: &str) -> io::Result<TcpListener> {
+    bind_with(addr, None).await
+}
+
+/// Like [`bind`], with a receive buffer size that accepted sockets inherit
+/// (set before `listen` so the advertised window scale allows it).
+pub async fn bind_with(addr: &str, recv_buffer: Option<usize>) -> io::Result<TcpListener> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr).await?.collect();
     let mut last = io::Error::new(
         io::ErrorKind::NotFound,
         format!("{addr} resolved to no address"),
     );
     for a in addrs {
-        match bind_one(a) {
+        match bind_one(a, recv_buffer) {
             Ok(l) => return Ok(l),
             Err(e) => last = e,
         }
@@ -90,13 +96,16 @@ pub async fn bind(addr: &str) -> io::Result<TcpListener> {
     Err(last)
 }
 
-fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {
+fn bind_one(addr: SocketAddr, recv_buffer: Option<usize>) -> io::Result<TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
         Some(socket2::Protocol::TCP),
     )?;
     socket.set_reuse_address(true)?;
+    if let Some(size) = recv_buffer {
+        socket.set_recv_buffer_size(size)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;

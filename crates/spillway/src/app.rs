@@ -8,7 +8,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::accept::bind;
+use crate::accept::{bind, bind_with};
 use crate::config::{Config, Route};
 use crate::endpoint::Endpoint;
 use crate::queue::QueueServer;
@@ -27,7 +27,11 @@ async fn bind_endpoint(
 ) -> anyhow::Result<Option<TcpListener>> {
     match e {
         Endpoint::Listen(addr) => {
-            let l = bind(addr)
+            // Producers get a deep receive buffer: it absorbs bursts while the
+            // relay is briefly starved of CPU, so a fragile producer never sees
+            // a full send buffer.
+            let rcvbuf = (role == "source").then_some(crate::queue::PRODUCER_RCVBUF);
+            let l = bind_with(addr, rcvbuf)
                 .await
                 .with_context(|| format!("route '{route}': cannot listen on {addr} ({role})"))?;
             info!(route, role, listen = %l.local_addr()?, "queue {role} ready");

@@ -27,6 +27,7 @@ use std::time::Duration;
 use anyhow::Context;
 use spillway_codec::FrameErrorKind;
 use spillway_net::backoff::{Backoff, BackoffConfig};
+use spillway_net::dial::{connect, DialOptions};
 use spillway_spool::{Spool, SpoolConfig, SpoolError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -39,8 +40,16 @@ use crate::accept::accept_loop;
 use crate::config::QueueRoute;
 use crate::endpoint::Endpoint;
 use crate::logging::RateLimited;
-use crate::stream::connect;
 pub use dispatch::Dispatch;
+
+/// Receive buffer of producer sockets (the kernel doubles it for its own
+/// bookkeeping): about a tenth of a second of a fast producer.
+pub const PRODUCER_RCVBUF: usize = 4 << 20;
+
+/// How often a changed consumer position is persisted. After a crash,
+/// deliveries since the last persist are sent again (duplicates, never loss);
+/// each persist is a small write, an fsync and a rename.
+const CURSOR_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Counters of one queue route, read by the admin endpoint.
 #[derive(Debug, Default)]
@@ -119,6 +128,7 @@ impl QueueServer {
         // A blocked append comes back every second so the producer side can
         // log the pushback and notice a shutdown; it then retries.
         cfg.block_timeout = Some(Duration::from_secs(1));
+        cfg.cursor_interval = CURSOR_INTERVAL;
         let (spool, report) = Spool::open(cfg).with_context(|| {
             format!(
                 "route '{}': cannot open spool {}",
@@ -305,15 +315,17 @@ where
     let stop = &server.stop;
     let mut backoff = Backoff::new(BackoffConfig::default());
     let mut warn_limit = RateLimited::new(Duration::from_secs(10));
+    let options = DialOptions {
+        recv_buffer: (role == "producer").then_some(PRODUCER_RCVBUF as u32),
+    };
     info!(route = %route.name, role, target = addr, "dialing");
     loop {
         let attempt = tokio::select! {
-            r = connect(addr, route.connect_timeout) => r,
+            r = connect(addr, route.connect_timeout, options) => r,
             _ = stop.cancelled() => return,
         };
         let delay = match attempt {
             Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
                 let started = Instant::now();
                 backoff.on_connected(started.into_std());
                 on_conn(stream, peer).await;

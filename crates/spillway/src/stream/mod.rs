@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use socket2::SockRef;
 use spillway_net::balance::{Balancer, Lease};
+use spillway_net::dial::{connect, DialOptions};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
@@ -323,11 +324,8 @@ impl StreamServer {
             let index = lease.index();
             tried.push(index);
             let target = &route.upstreams[index];
-            match connect(target, route.connect_timeout).await {
-                Ok((stream, addr)) => {
-                    let _ = stream.set_nodelay(true);
-                    return Some((stream, lease, addr));
-                }
+            match connect(target, route.connect_timeout, DialOptions::default()).await {
+                Ok((stream, addr)) => return Some((stream, lease, addr)),
                 Err(e) => {
                     self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
                     warn!(route = %route.name, client = %peer, upstream = %target, error = %e,
@@ -440,34 +438,5 @@ struct ActiveGuard(Arc<RouteStats>);
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Connects to `HOST:PORT` (an IP literal, or a name resolved now), trying
-/// each resolved address within one overall timeout.
-pub async fn connect(target: &str, timeout: Duration) -> io::Result<(TcpStream, SocketAddr)> {
-    let attempt = async {
-        let addrs: Vec<SocketAddr> = match target.parse::<SocketAddr>() {
-            Ok(a) => vec![a],
-            Err(_) => tokio::net::lookup_host(target).await?.collect(),
-        };
-        let mut last = io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("{target} resolved to no address"),
-        );
-        for addr in addrs {
-            match TcpStream::connect(addr).await {
-                Ok(s) => return Ok((s, addr)),
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
-    };
-    match tokio::time::timeout(timeout, attempt).await {
-        Ok(r) => r,
-        Err(_) => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("connect to {target} timed out after {timeout:?}"),
-        )),
     }
 }
