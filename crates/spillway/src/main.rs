@@ -75,9 +75,12 @@ struct RelayArgs {
     /// Spill bound for the whole process.
     #[arg(long, default_value = "8GiB")]
     max_spill_total: ByteSize,
-    /// In-memory buffer per direction.
+    /// User-space buffer per direction (spill mode and the copy fallback).
     #[arg(long, default_value = "64KiB")]
     buffer: ByteSize,
+    /// Kernel pipe per direction in splice mode (used only while bytes are in flight).
+    #[arg(long, default_value = "1MiB")]
+    pipe_size: ByteSize,
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     connect_timeout: Duration,
     /// Distinct upstreams tried per client connection.
@@ -204,6 +207,8 @@ impl RelayArgs {
         route.half_close_timeout = self.half_close_timeout;
         route.max_connections = self.max_connections;
         route.buffer = usize::try_from(self.buffer.bytes()).map_err(|_| "--buffer too large")?;
+        route.pipe_size =
+            usize::try_from(self.pipe_size.bytes()).map_err(|_| "--pipe-size too large")?;
         route.spill = self.spill_dir.map(|dir| Spill {
             dir,
             max_per_connection: self.max_spill.bytes(),

@@ -194,7 +194,7 @@ const MAX_IDLE_PIPES: usize = 256;
 impl StreamServer {
     pub fn new(route: StreamRoute, budget: Arc<SpillBudget>) -> Self {
         let balancer = Balancer::new(route.balance, route.upstreams.len());
-        let pipes = splice::PipePool::new(route.buffer, MAX_IDLE_PIPES);
+        let pipes = splice::PipePool::new(route.pipe_size, route.buffer, MAX_IDLE_PIPES);
         StreamServer {
             route,
             balancer,

@@ -31,15 +31,18 @@ use crate::logging::RateLimited;
 /// Empty pipes ready for reuse, all of one requested size.
 pub(crate) struct PipePool {
     size: usize,
+    /// User-space buffer of the copy fallback.
+    fallback_buffer: usize,
     max_idle: usize,
     idle: Mutex<Vec<(Pipe, usize)>>,
     warn: Mutex<RateLimited>,
 }
 
 impl PipePool {
-    pub(crate) fn new(size: usize, max_idle: usize) -> Self {
+    pub(crate) fn new(size: usize, fallback_buffer: usize, max_idle: usize) -> Self {
         PipePool {
             size,
+            fallback_buffer,
             max_idle,
             idle: Mutex::new(Vec::new()),
             warn: Mutex::new(RateLimited::new(std::time::Duration::from_secs(10))),
@@ -83,7 +86,8 @@ pub(crate) async fn run(
                     if let Some(suppressed) = pool.warn.lock().ok().and_then(|mut w| w.check()) {
                         warn!(error = %e, suppressed, "no pipe for splice; copying through user space");
                     }
-                    return super::spill::run(src, dst, pool.size, None, progress, dir).await;
+                    return super::spill::run(src, dst, pool.fallback_buffer, None, progress, dir)
+                        .await;
                 }
             }
         }
