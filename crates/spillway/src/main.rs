@@ -272,27 +272,21 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Queue(args) => {
-            let parsed = match args.into_config() {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            logging::init(cli.log_format, &cli.log_level);
-            serve(parsed)
+        Command::Queue(args) => start(args.into_config(), &cli.log_format, &cli.log_level),
+        Command::Relay(args) => start(args.into_config(), &cli.log_format, &cli.log_level),
+    }
+}
+
+/// Runs a configuration built from flags; a flag error exits 2 (usage).
+fn start(config: Result<Config, String>, format: &LogFormat, level: &str) -> ExitCode {
+    match config {
+        Ok(c) => {
+            logging::init(*format, level);
+            serve(c)
         }
-        Command::Relay(args) => {
-            let parsed = match args.into_config() {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            logging::init(cli.log_format, &cli.log_level);
-            serve(parsed)
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
         }
     }
 }

@@ -197,65 +197,10 @@ impl QueueServer {
         let tracker = TaskTracker::new();
         let stop = self.stop.clone();
 
-        // Source side.
-        let server = Arc::clone(&self);
-        match (&self.route.from, source) {
-            (Endpoint::Listen(_), Some(listener)) => {
-                let t = tracker.clone();
-                tracker.spawn(async move {
-                    let stop = server.stop.clone();
-                    accept_loop(&listener, &server.route.name, &stop, |a| {
-                        let s = Arc::clone(&server);
-                        t.spawn(async move { s.produce(a.stream, a.peer).await });
-                    })
-                    .await;
-                });
-            }
-            (Endpoint::Connect(addr), _) => {
-                let addr = addr.clone();
-                tracker.spawn(async move {
-                    let s = Arc::clone(&server);
-                    dial_loop(&server, &addr, "producer", move |stream, peer| {
-                        let s = Arc::clone(&s);
-                        async move { s.produce(stream, peer).await }
-                    })
-                    .await;
-                });
-            }
-            (Endpoint::Listen(a), None) => {
-                anyhow::bail!("route '{name}': no listener bound for {a}")
-            }
-        }
-
-        // Sink side.
-        let server = Arc::clone(&self);
-        match (&self.route.to, sink) {
-            (Endpoint::Listen(_), Some(listener)) => {
-                let t = tracker.clone();
-                tracker.spawn(async move {
-                    let stop = server.stop.clone();
-                    accept_loop(&listener, &server.route.name, &stop, |a| {
-                        let s = Arc::clone(&server);
-                        t.spawn(async move { s.consume(a.stream, a.peer).await });
-                    })
-                    .await;
-                });
-            }
-            (Endpoint::Connect(addr), _) => {
-                let addr = addr.clone();
-                tracker.spawn(async move {
-                    let s = Arc::clone(&server);
-                    dial_loop(&server, &addr, "consumer", move |stream, peer| {
-                        let s = Arc::clone(&s);
-                        async move { s.consume(stream, peer).await }
-                    })
-                    .await;
-                });
-            }
-            (Endpoint::Listen(a), None) => {
-                anyhow::bail!("route '{name}': no listener bound for {a}")
-            }
-        }
+        let from = self.route.from.clone();
+        let to = self.route.to.clone();
+        self.spawn_side(&tracker, &from, source, Role::Producer)?;
+        self.spawn_side(&tracker, &to, sink, Role::Consumer)?;
 
         // Housekeeping: interval fsync, cursor persistence.
         let mut tick = tokio::time::interval(Duration::from_millis(20));
@@ -302,11 +247,75 @@ impl QueueServer {
     }
 }
 
+/// Which end of the route a connection is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Producer,
+    Consumer,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Producer => "producer",
+            Role::Consumer => "consumer",
+        }
+    }
+}
+
+impl QueueServer {
+    /// Handles one connection of either end until it closes.
+    async fn handle(self: Arc<Self>, role: Role, stream: TcpStream, peer: SocketAddr) {
+        match role {
+            Role::Producer => self.produce(stream, peer).await,
+            Role::Consumer => self.consume(stream, peer).await,
+        }
+    }
+
+    /// Starts one end of the route: an accept loop on the bound listener of
+    /// a `listen:` endpoint, or a dial loop for a `connect:` one.
+    fn spawn_side(
+        self: &Arc<Self>,
+        tracker: &TaskTracker,
+        endpoint: &Endpoint,
+        listener: Option<TcpListener>,
+        role: Role,
+    ) -> anyhow::Result<()> {
+        let server = Arc::clone(self);
+        match (endpoint, listener) {
+            (Endpoint::Listen(_), Some(listener)) => {
+                let t = tracker.clone();
+                tracker.spawn(async move {
+                    let stop = server.stop.clone();
+                    accept_loop(&listener, &server.route.name, &stop, |a| {
+                        t.spawn(Arc::clone(&server).handle(role, a.stream, a.peer));
+                    })
+                    .await;
+                });
+            }
+            (Endpoint::Connect(addr), _) => {
+                let addr = addr.clone();
+                tracker.spawn(async move {
+                    let s = Arc::clone(&server);
+                    dial_loop(&server, &addr, role, move |stream, peer| {
+                        Arc::clone(&s).handle(role, stream, peer)
+                    })
+                    .await;
+                });
+            }
+            (Endpoint::Listen(a), None) => {
+                anyhow::bail!("route '{}': no listener bound for {a}", self.route.name)
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Dials `addr` until the route stops: exponential backoff with full
 /// jitter between failed attempts, and after connections that ended before
 /// they had been healthy for a while (so a peer that accepts and closes at
 /// once is not hammered).
-async fn dial_loop<F, Fut>(server: &QueueServer, addr: &str, role: &'static str, mut on_conn: F)
+async fn dial_loop<F, Fut>(server: &QueueServer, addr: &str, role: Role, mut on_conn: F)
 where
     F: FnMut(TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()>,
@@ -316,8 +325,9 @@ where
     let mut backoff = Backoff::new(BackoffConfig::default());
     let mut warn_limit = RateLimited::new(Duration::from_secs(10));
     let options = DialOptions {
-        recv_buffer: (role == "producer").then_some(PRODUCER_RCVBUF as u32),
+        recv_buffer: (role == Role::Producer).then_some(PRODUCER_RCVBUF as u32),
     };
+    let role = role.as_str();
     info!(route = %route.name, role, target = addr, "dialing");
     loop {
         let attempt = tokio::select! {
