@@ -361,6 +361,7 @@ const SLOW_READ: [&str; 4] = ["--read", "300:10240", "--sleep-us", "1000:4000"];
 
 #[test]
 fn producer_gives_up_without_spillway() {
+    let _serial = heavy();
     let mut pargs = s(&SCENARIO);
     pargs.extend(s(&["--listen", "0", "--rate", RATE, "--timeout", "60"]));
     let producer = Peer::producer(&pargs);
@@ -386,6 +387,7 @@ fn producer_gives_up_without_spillway() {
 
 #[test]
 fn slow_consumer_gets_every_line_once_in_order() {
+    let _serial = heavy();
     let spool = tempfile::tempdir().expect("spool");
     let mut pargs = s(&SCENARIO);
     pargs.extend(s(&["--listen", "0", "--rate", RATE, "--timeout", "90"]));
@@ -460,6 +462,7 @@ fn slow_consumer_gets_every_line_once_in_order() {
 
 #[test]
 fn len_u32be_random_sizes_checksum() {
+    let _serial = heavy();
     // 300 frames, log-uniform sizes up to 1 MiB with every 50th at exactly
     // 1 MiB (framing included): about 26 MB. The producer blocks (poll) on a
     // full send buffer: a 1 MiB message cannot be written into a 64 KiB send
@@ -552,6 +555,7 @@ fn len_u32be_random_sizes_checksum() {
 
 #[test]
 fn kill_minus_9_repeatedly_loses_nothing_durable() {
+    let _serial = heavy();
     const N: u64 = 200_000;
     let seed = std::env::var("SPILLWAY_TEST_SEED")
         .ok()
@@ -660,6 +664,7 @@ fn kill_minus_9_repeatedly_loses_nothing_durable() {
 
 #[test]
 fn sigterm_then_restart_resumes_exactly() {
+    let _serial = heavy();
     const N: u64 = 200_000;
     let spool = tempfile::tempdir().expect("spool");
     let extra = ["--framing", "lines", "--memory", "1MiB"];
@@ -740,6 +745,7 @@ fn sigterm_then_restart_resumes_exactly() {
 
 #[test]
 fn several_producers_interleave_at_message_boundaries() {
+    let _serial = heavy();
     const PRODUCERS: u64 = 4;
     const N: u64 = 50_000;
     const SIZE: usize = 40;
@@ -811,6 +817,7 @@ fn several_producers_interleave_at_message_boundaries() {
 
 #[test]
 fn several_consumers_share_the_work() {
+    let _serial = heavy();
     const N: usize = 60_000;
     let spool = tempfile::tempdir().expect("spool");
     let (relay, pp, cp, _) =
@@ -929,6 +936,7 @@ fn share_consumer(id: usize, port: u16, n: usize, total: &AtomicUsize) -> Vec<u6
 
 #[test]
 fn oversized_frame_closes_producer_keeps_prior_messages() {
+    let _serial = heavy();
     let spool = tempfile::tempdir().expect("spool");
     let (relay, pp, cp, _) = listen_listen(
         spool.path(),
@@ -981,6 +989,7 @@ fn oversized_frame_closes_producer_keeps_prior_messages() {
 
 #[test]
 fn partial_message_at_eof_is_not_delivered() {
+    let _serial = heavy();
     let spool = tempfile::tempdir().expect("spool");
     let (relay, pp, cp, _) = listen_listen(spool.path(), &["--framing", "lines"]);
     let mut p = TcpStream::connect(addr(pp)).expect("connect producer");

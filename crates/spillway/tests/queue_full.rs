@@ -138,3 +138,51 @@ fn drop_newest_refuses_and_counts_but_keeps_what_fit() {
         last = n;
     }
 }
+
+/// A backlog queued with no consumer, then drained by a fast one, several
+/// times: delivery must never stall when the write-ahead window empties
+/// while nothing new is being appended (regression: the consumer loop once
+/// waited for new appends after acknowledgements freed the window).
+#[test]
+fn backlog_drains_completely_to_a_fast_consumer() {
+    for round in 0..3 {
+        let spool = tempfile::tempdir().expect("tempdir");
+        let (src, dst) = (free_port(), free_port());
+        let (src, dst) = (format!("127.0.0.1:{src}"), format!("127.0.0.1:{dst}"));
+        let mut relay = Relay::start(&[
+            "queue",
+            "--from",
+            &format!("listen:{src}"),
+            "--to",
+            &format!("listen:{dst}"),
+            "--spool",
+            spool.path().to_str().expect("utf8"),
+        ]);
+        relay.wait_listening(src.parse().expect("addr"));
+        relay.wait_listening(dst.parse().expect("addr"));
+        let data = lines(200_000); // about 22 MB: many write-ahead windows
+        let mut p = TcpStream::connect(&src).expect("producer");
+        p.write_all(&data).expect("producer write");
+        p.shutdown(Shutdown::Write).expect("shutdown");
+        relay.wait_log("messages=200000");
+        // Fast consumer, bounded wait: a stall shows up as a read timeout.
+        let mut c = TcpStream::connect(&dst).expect("consumer");
+        c.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut got = Vec::with_capacity(data.len());
+        let mut buf = vec![0u8; 1 << 20];
+        while got.len() < data.len() {
+            match c.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => panic!(
+                    "round {round}: delivery stalled after {} of {} bytes: {e}",
+                    got.len(),
+                    data.len()
+                ),
+            }
+        }
+        assert_eq!(got.len(), data.len(), "round {round}");
+        assert!(got == data, "round {round}: content or order differs");
+    }
+}

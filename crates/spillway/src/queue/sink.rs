@@ -176,9 +176,12 @@ impl QueueServer {
                 }
             }
 
-            // 3. What did the consumer's TCP acknowledge?
-            if d.written > d.delivered {
-                self.account(stream, d);
+            // 3. What did the consumer's TCP acknowledge? An acknowledgement
+            //    frees window room, so it counts as progress: the next round
+            //    may take more (waiting for new appends instead would stall a
+            //    backlog that is already fully queued).
+            if d.written > d.delivered && self.account(stream, d) {
+                progressed = true;
             }
 
             // 4. A cut finishes once the last message is on the wire.
@@ -258,15 +261,16 @@ impl QueueServer {
 
     /// Moves messages whose bytes the consumer's TCP acknowledged out of
     /// flight, and acknowledges to the spool what no one needs any more.
-    fn account(&self, stream: &TcpStream, d: &mut Delivery) {
+    /// Returns whether anything more was acknowledged.
+    fn account(&self, stream: &TcpStream, d: &mut Delivery) -> bool {
         let unacked = match spillway_net::sys::unacked_bytes(stream.as_fd()) {
             Ok(n) => n as u64,
             // No answer: assume nothing more was delivered.
-            Err(_) => return,
+            Err(_) => return false,
         };
         let acked = d.written.saturating_sub(unacked);
         if acked <= d.delivered {
-            return;
+            return false;
         }
         d.delivered = acked;
         let mut moved = 0u64;
@@ -292,7 +296,7 @@ impl QueueServer {
             }
         }
         if moved == 0 {
-            return;
+            return true;
         }
         d.delivered_msgs += moved;
         self.stats
@@ -306,6 +310,7 @@ impl QueueServer {
         if let Some(f) = floor {
             self.ack(f);
         }
+        true
     }
 
     /// Stops sending after the message in flight: the write buffer is cut

@@ -221,3 +221,13 @@ pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
         .map(|v| v.trim_matches('"'))
 }
+
+/// Serializes CPU-heavy end-to-end tests within one test binary: on a
+/// 2-core machine, several relays plus their peers at once can starve a
+/// relay long enough for a deliberately fragile producer (one that gives up
+/// on the first EAGAIN) to give up, which would test the machine, not the
+/// relay.
+pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
