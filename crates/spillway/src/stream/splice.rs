@@ -1,7 +1,16 @@
-//! One direction of a proxied connection, moved by `splice(2)` through a
-//! kernel pipe: the bytes never enter user space. The pipe is the bounded
-//! buffer; when the destination is slow the pipe fills and we stop reading
-//! the source (backpressure).
+//! One direction of a proxied connection. Bulk bytes move by `splice(2)`
+//! through a kernel pipe and never enter user space; the pipe is the
+//! bounded buffer, and when the destination is slow it fills and we stop
+//! reading the source (backpressure).
+//!
+//! Small messages (request/response traffic) are cheaper copied: one
+//! `read` and one `write` through a small transient buffer, where a pipe
+//! costs three splices. A `read` shorter than asked means the socket's
+//! receive queue was empty at that moment (that is how TCP's recvmsg
+//! works), so readiness is cleared right there instead of paying a third
+//! syscall to see `EAGAIN`; tokio only clears readiness if no newer event
+//! arrived meanwhile, so no wake-up is lost. A read that fills the buffer
+//! means bulk: the rest of the burst goes through a pipe.
 //!
 //! Pipes are borrowed from a per-route pool only while bytes are in flight
 //! and given back as soon as one drains, so an idle connection holds no
@@ -19,6 +28,8 @@
 use std::io;
 use std::os::fd::AsFd;
 use std::sync::Mutex;
+
+use bytes::BytesMut;
 
 use spillway_net::sys::{splice, Pipe};
 use tokio::io::Interest;
@@ -66,6 +77,20 @@ impl PipePool {
     }
 }
 
+/// Copy-step buffer; a read that fills it switches the burst to splice.
+const COPY_CHUNK: usize = 16 << 10;
+
+/// How a burst of traffic ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Burst {
+    /// The source sent EOF; everything before it was written.
+    Eof,
+    /// The source is drained (its read readiness is cleared).
+    Drained,
+    /// A read filled the copy buffer: more is probably waiting.
+    Bulk,
+}
+
 pub(crate) async fn run(
     src: &TcpStream,
     dst: &TcpStream,
@@ -73,28 +98,95 @@ pub(crate) async fn run(
     progress: &Progress,
     dir: usize,
 ) -> Result<(), DirError> {
-    let mut pipe: Option<(Pipe, usize)> = None;
+    loop {
+        // Idle: hold no buffer and no pipe.
+        src.readable().await.map_err(DirError::Read)?;
+        match copy_burst(src, dst, progress, dir).await? {
+            Burst::Eof => return shutdown_write(dst),
+            Burst::Drained => continue,
+            Burst::Bulk => {}
+        }
+        let pipe = match pool.take() {
+            Ok(p) => p,
+            Err(e) => {
+                if let Some(suppressed) = pool.warn.lock().ok().and_then(|mut w| w.check()) {
+                    warn!(error = %e, suppressed, "no pipe for splice; copying through user space");
+                }
+                return super::spill::run(src, dst, pool.fallback_buffer, None, progress, dir)
+                    .await;
+            }
+        };
+        if splice_burst(src, dst, pool, pipe, progress, dir).await? == Burst::Eof {
+            return shutdown_write(dst);
+        }
+    }
+}
+
+/// Reads and writes through a small buffer until the source is drained,
+/// ends, or turns out to be a bulk transfer.
+async fn copy_burst(
+    src: &TcpStream,
+    dst: &TcpStream,
+    progress: &Progress,
+    dir: usize,
+) -> Result<Burst, DirError> {
+    let mut buf = BytesMut::with_capacity(COPY_CHUNK);
+    loop {
+        buf.clear();
+        let mut short = 0usize;
+        // A short read also clears readiness (see the module comment): the
+        // closure reports it as WouldBlock after keeping the bytes.
+        let r = src.try_io(Interest::READABLE, || match src.try_read_buf(&mut buf) {
+            Ok(n) if n > 0 && n < COPY_CHUNK => {
+                short = n;
+                Err(io::ErrorKind::WouldBlock.into())
+            }
+            other => other,
+        });
+        let (n, burst) = match r {
+            Ok(0) => return Ok(Burst::Eof),
+            Ok(n) => (n, Burst::Bulk),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => (short, Burst::Drained),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(DirError::Read(e)),
+        };
+        write_all(dst, &buf[..n]).await?;
+        progress.moved(dir, n);
+        return Ok(burst);
+    }
+}
+
+/// Writes all of `data`, waiting for the destination as needed.
+async fn write_all(dst: &TcpStream, data: &[u8]) -> Result<(), DirError> {
+    let mut off = 0;
+    while off < data.len() {
+        match dst.try_write(&data[off..]) {
+            Ok(n) => off += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                dst.writable().await.map_err(DirError::Write)?
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(DirError::Write(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Moves a bulk burst through `pipe` until the source is drained (the
+/// pipe, empty again, goes back to the pool) or ends.
+async fn splice_burst(
+    src: &TcpStream,
+    dst: &TcpStream,
+    pool: &PipePool,
+    pipe: (Pipe, usize),
+    progress: &Progress,
+    dir: usize,
+) -> Result<Burst, DirError> {
+    let (p, capacity) = &pipe;
+    let capacity = *capacity;
     let mut in_pipe = 0usize;
     let mut eof = false;
     loop {
-        if pipe.is_none() {
-            // Hold no pipe while there is nothing to move.
-            src.readable().await.map_err(DirError::Read)?;
-            match pool.take() {
-                Ok(p) => pipe = Some(p),
-                Err(e) => {
-                    if let Some(suppressed) = pool.warn.lock().ok().and_then(|mut w| w.check()) {
-                        warn!(error = %e, suppressed, "no pipe for splice; copying through user space");
-                    }
-                    return super::spill::run(src, dst, pool.fallback_buffer, None, progress, dir)
-                        .await;
-                }
-            }
-        }
-        let Some((p, capacity)) = pipe.as_ref() else {
-            continue;
-        };
-        let capacity = *capacity;
         let mut fill_blocked = false;
         let mut drain_blocked = false;
         if !eof && in_pipe < capacity {
@@ -127,15 +219,10 @@ pub(crate) async fn run(
             }
         }
         if in_pipe == 0 && (eof || fill_blocked) {
-            if let Some(p) = pipe.take() {
-                pool.give_back(p);
-            }
-            if eof {
-                return shutdown_write(dst);
-            }
-            // Read readiness was cleared by the EAGAIN above; the top of the
-            // loop waits for it again before taking a pipe.
-            continue;
+            // Empty: the pipe can serve another connection. (A pipe still
+            // holding bytes is never returned; on error it is closed.)
+            pool.give_back(pipe);
+            return Ok(if eof { Burst::Eof } else { Burst::Drained });
         }
         if in_pipe > 0 && drain_blocked {
             dst.writable().await.map_err(DirError::Write)?;
