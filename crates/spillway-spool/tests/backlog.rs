@@ -44,7 +44,11 @@ fn backlog_past_the_memory_tier_drains_completely() {
     let first = next;
     while next < first + total {
         let msgs = spool.read(next, 8192, 512 << 10).expect("read");
-        assert!(!msgs.is_empty(), "empty read at {next} of {}", first + total);
+        assert!(
+            !msgs.is_empty(),
+            "empty read at {next} of {}",
+            first + total
+        );
         for m in &msgs {
             assert_eq!(m.seq, next);
             assert_eq!(&m.data[..], &line(next - first)[..]);
