@@ -18,6 +18,22 @@ fn lines(n: usize) -> Vec<u8> {
     v
 }
 
+/// A queue relay from a fresh source port to a fresh sink port on a fresh
+/// spool, with `extra` flags; returns it once both ends listen.
+fn start_queue(extra: &[&str]) -> (Relay, String, String, tempfile::TempDir) {
+    let spool = tempfile::tempdir().expect("tempdir");
+    let src = format!("127.0.0.1:{}", free_port());
+    let dst = format!("127.0.0.1:{}", free_port());
+    let (from, to) = (format!("listen:{src}"), format!("listen:{dst}"));
+    let mut args = vec!["queue", "--from", &from, "--to", &to, "--spool"];
+    args.push(spool.path().to_str().expect("utf8"));
+    args.extend_from_slice(extra);
+    let mut relay = Relay::start(&args);
+    relay.wait_listening(src.parse().expect("addr"));
+    relay.wait_listening(dst.parse().expect("addr"));
+    (relay, src, dst, spool)
+}
+
 /// Reads from the sink until `want` bytes arrived (or EOF), then leaves cleanly.
 fn consume(addr: &str, want: usize) -> Vec<u8> {
     let mut c = TcpStream::connect(addr).expect("consumer");
@@ -45,17 +61,7 @@ fn consume(addr: &str, want: usize) -> Vec<u8> {
 
 #[test]
 fn block_at_the_disk_bound_waits_then_delivers_everything() {
-    let spool = tempfile::tempdir().expect("tempdir");
-    let (src, dst) = (free_port(), free_port());
-    let (src, dst) = (format!("127.0.0.1:{src}"), format!("127.0.0.1:{dst}"));
-    let mut relay = Relay::start(&[
-        "queue",
-        "--from",
-        &format!("listen:{src}"),
-        "--to",
-        &format!("listen:{dst}"),
-        "--spool",
-        spool.path().to_str().expect("utf8"),
+    let (relay, src, dst, _spool) = start_queue(&[
         "--memory",
         "0",
         "--max-message",
@@ -65,8 +71,6 @@ fn block_at_the_disk_bound_waits_then_delivers_everything() {
         "--when-full",
         "block",
     ]);
-    relay.wait_listening(src.parse().expect("addr"));
-    relay.wait_listening(dst.parse().expect("addr"));
     // 2 MiB of lines against a 64 KiB disk bound and no consumer.
     let data = lines(20_000);
     let producer = {
@@ -91,17 +95,7 @@ fn block_at_the_disk_bound_waits_then_delivers_everything() {
 
 #[test]
 fn drop_newest_refuses_and_counts_but_keeps_what_fit() {
-    let spool = tempfile::tempdir().expect("tempdir");
-    let (src, dst) = (free_port(), free_port());
-    let (src, dst) = (format!("127.0.0.1:{src}"), format!("127.0.0.1:{dst}"));
-    let mut relay = Relay::start(&[
-        "queue",
-        "--from",
-        &format!("listen:{src}"),
-        "--to",
-        &format!("listen:{dst}"),
-        "--spool",
-        spool.path().to_str().expect("utf8"),
+    let (relay, src, dst, _spool) = start_queue(&[
         "--memory",
         "0",
         "--max-message",
@@ -111,8 +105,6 @@ fn drop_newest_refuses_and_counts_but_keeps_what_fit() {
         "--when-full",
         "drop-newest",
     ]);
-    relay.wait_listening(src.parse().expect("addr"));
-    relay.wait_listening(dst.parse().expect("addr"));
     let data = lines(20_000);
     let mut p = TcpStream::connect(&src).expect("producer");
     p.write_all(&data)
@@ -146,20 +138,7 @@ fn drop_newest_refuses_and_counts_but_keeps_what_fit() {
 #[test]
 fn backlog_drains_completely_to_a_fast_consumer() {
     for round in 0..3 {
-        let spool = tempfile::tempdir().expect("tempdir");
-        let (src, dst) = (free_port(), free_port());
-        let (src, dst) = (format!("127.0.0.1:{src}"), format!("127.0.0.1:{dst}"));
-        let mut relay = Relay::start(&[
-            "queue",
-            "--from",
-            &format!("listen:{src}"),
-            "--to",
-            &format!("listen:{dst}"),
-            "--spool",
-            spool.path().to_str().expect("utf8"),
-        ]);
-        relay.wait_listening(src.parse().expect("addr"));
-        relay.wait_listening(dst.parse().expect("addr"));
+        let (relay, src, dst, _spool) = start_queue(&[]);
         let data = lines(200_000); // about 22 MB: many write-ahead windows
         let mut p = TcpStream::connect(&src).expect("producer");
         p.write_all(&data).expect("producer write");
