@@ -652,3 +652,83 @@ fn config_file_routes_run_and_sigterm_exits_zero() {
     relay.signal("TERM");
     assert_eq!(relay.wait_exit(Duration::from_secs(20)), Some(0));
 }
+
+/// Out of descriptors (EMFILE), the accept loop pauses and says so instead
+/// of spinning, and serves again once descriptors are free.
+#[test]
+fn accept_backs_off_on_emfile_and_recovers() {
+    let up = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let up_addr = up.local_addr().expect("addr");
+    // An echo upstream, a thread per connection.
+    std::thread::spawn(move || {
+        for mut s in up.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let listen = format!("127.0.0.1:{}", free_port());
+    // Room for only a few descriptors (the relay raises its soft limit to the
+    // hard one, so both are set).
+    let cmd = format!(
+        "ulimit -n 32 && exec {} relay --listen {listen} --to {up_addr}",
+        bin()
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("relay.log");
+    let mut child = std::process::Command::new("bash")
+        .args(["-c", &cmd])
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn");
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    for _ in 0..500 {
+        if read_log().contains("ready") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // 40 clients need about 80 descriptors in the relay: it runs out.
+    let clients: Vec<TcpStream> = (0..40)
+        .map(|_| TcpStream::connect(&listen).expect("connect (the kernel backlog accepts)"))
+        .collect();
+    for _ in 0..500 {
+        if read_log().contains("pausing accepts") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        read_log().contains("pausing accepts"),
+        "no EMFILE back-off logged:\n{}",
+        read_log()
+    );
+    // Free the descriptors, then a new client gets an echo through the relay.
+    drop(clients);
+    let mut echoed = false;
+    for _ in 0..50 {
+        if let Ok(mut c) = TcpStream::connect(&listen) {
+            c.set_read_timeout(Some(Duration::from_secs(2)))
+                .expect("timeout");
+            let mut got = [0u8; 4];
+            if c.write_all(b"ping").is_ok() && c.read_exact(&mut got).is_ok() && &got == b"ping" {
+                echoed = true;
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        echoed,
+        "the relay did not serve again after descriptors were freed:\n{}",
+        read_log()
+    );
+}
