@@ -175,7 +175,13 @@ impl QueueServer {
     }
 
     /// The spool failed: log once, stop the route, make `serve` fail.
+    /// A spool closed during shutdown (a connection outlived the drain
+    /// timeout) is the shutdown itself, not a failure.
     fn fail(&self, what: &str, e: &SpoolError) {
+        if self.stop.is_cancelled() && matches!(e, SpoolError::Closed) {
+            tracing::debug!(route = %self.route.name, "{what} after the spool closed at shutdown");
+            return;
+        }
         let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
         if f.is_none() {
             error!(route = %self.route.name, error = %e, "{what} failed; stopping the route");
