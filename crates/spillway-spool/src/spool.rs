@@ -563,18 +563,8 @@ impl Spool {
         if !core.mem.is_empty() {
             inner.flush_mem(&mut core)?;
         }
-        if core.active {
-            if let Some(seg) = core.segs.back() {
-                if let Some(f) = seg.file.clone() {
-                    let path = seg.path.clone();
-                    inner.timed_sync(&*f, &path)?;
-                }
-            }
-        }
-        {
-            let mut s = lock(&inner.sync);
-            s.durable_lsn = s.durable_lsn.max(core.written_lsn);
-        }
+        // Everything written becomes durable; a reopen starts a new segment.
+        inner.seal_active(&mut core)?;
         inner.persist_cursor_with(&mut core, true)
     }
 }
