@@ -732,3 +732,77 @@ fn accept_backs_off_on_emfile_and_recovers() {
         read_log()
     );
 }
+
+/// At the process-wide spill bound the relay falls back to backpressure:
+/// the bound holds at every sample, the transfer completes byte-exact, and
+/// the budget is fully given back afterwards.
+#[test]
+fn spill_bound_falls_back_to_backpressure_without_loss() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let spill_dir = tempfile::tempdir().expect("tempdir");
+    const TOTAL: usize = 16 << 20;
+    const BOUND: u64 = 256 << 10;
+    rt.block_on(async {
+        let up = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let up_addr = up.local_addr().expect("addr");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut route = StreamRoute::new("bounded", addr.to_string(), vec![up_addr.to_string()]);
+        route.spill = Some(Spill {
+            dir: spill_dir.path().to_path_buf(),
+            max_per_connection: 1 << 30,
+        });
+        let budget = Arc::new(SpillBudget::new(BOUND));
+        let server = Arc::new(StreamServer::new(route, Arc::clone(&budget)));
+        let token = CancellationToken::new();
+        tokio::spawn(Arc::clone(&server).serve(listener, token.clone(), Duration::from_secs(5)));
+        let data = pattern(TOTAL, 42);
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            let (mut s, _) = up.accept().await.expect("accept");
+            s.write_all(&sent).await.expect("upstream write");
+            s.shutdown().await.expect("shutdown");
+        });
+        let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut got = Vec::with_capacity(TOTAL);
+        let mut buf = vec![0u8; 32 << 10];
+        let mut peak = 0u64;
+        loop {
+            let n = c.read(&mut buf).await.expect("read");
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            peak = peak.max(budget.used());
+            // A slow reader, so the upstream side must spill or wait.
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        writer.await.expect("writer");
+        assert!(
+            got == data,
+            "bytes differ: got {} of {}",
+            got.len(),
+            data.len()
+        );
+        assert!(peak <= BOUND, "spill use {peak} exceeded the bound {BOUND}");
+        assert!(peak > 0, "the slow reader never made the relay spill");
+        assert!(
+            server
+                .stats()
+                .spilled_bytes
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0
+        );
+        drop(c);
+        wait_for(|| budget.used() == 0).await;
+        token.cancel();
+    });
+}
