@@ -258,12 +258,7 @@ async fn half_close_timer_bounds_a_lingering_direction() {
         r.half_close_timeout = Duration::from_millis(200);
     })
     .await;
-    let hold = tokio::spawn(async move {
-        let (s, _) = up.accept().await.expect("accept");
-        // Never answers and never closes.
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        drop(s);
-    });
+    let hold = silent_upstream(up);
     let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
     c.shutdown().await.expect("half-close");
     let mut rest = Vec::new();
@@ -288,11 +283,7 @@ async fn idle_connections_are_closed() {
         r.idle_timeout = Duration::from_millis(200);
     })
     .await;
-    let hold = tokio::spawn(async move {
-        let (s, _) = up.accept().await.expect("accept");
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        drop(s);
-    });
+    let hold = silent_upstream(up);
     let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let mut buf = [0u8; 16];
     let r = tokio::time::timeout(Duration::from_secs(20), c.read(&mut buf)).await;
@@ -391,6 +382,16 @@ async fn reset_by_upstream_is_propagated_to_client() {
     }
     assert_eq!(reasons(), vec![("upstream_reset", 1)], "read: {r:?}");
     token.cancel();
+}
+
+/// An upstream that accepts one connection and then neither answers nor
+/// closes (until aborted).
+fn silent_upstream(up: tokio::net::TcpListener) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let (s, _) = up.accept().await.expect("accept");
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(s);
+    })
 }
 
 async fn wait_for(cond: impl Fn() -> bool) {

@@ -102,10 +102,6 @@ impl Dispatch {
         }
     }
 
-    pub fn has_returned(&self) -> bool {
-        !self.returned.is_empty()
-    }
-
     /// The lowest sequence anyone still needs.
     pub fn floor(&self) -> u64 {
         let mut f = self.next_read;

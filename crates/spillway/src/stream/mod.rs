@@ -82,11 +82,9 @@ impl CloseReason {
         }
     }
 
+    /// Position in [`CloseReason::ALL`] (declaration order; a test checks).
     fn index(self) -> usize {
-        CloseReason::ALL
-            .iter()
-            .position(|r| *r == self)
-            .unwrap_or(0)
+        self as usize
     }
 }
 
@@ -438,5 +436,17 @@ struct ActiveGuard(Arc<RouteStats>);
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CloseReason;
+
+    #[test]
+    fn close_reason_index_matches_all() {
+        for (i, r) in CloseReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r}");
+        }
     }
 }
