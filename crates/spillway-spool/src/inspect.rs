@@ -403,12 +403,17 @@ pub fn dump(
             }
             let mut seq = h.first_seq;
             let mut stop = false;
+            let append_ms = h.append_ms;
             split_payload(payload, h.count, |data| {
                 if stop || seq < from.unwrap_or(0) {
                     seq += 1;
                     return;
                 }
-                if let Err(e) = each(&Message { seq, data }) {
+                if let Err(e) = each(&Message {
+                    seq,
+                    data,
+                    append_ms,
+                }) {
                     out_err = Some(e);
                     stop = true;
                 } else {

@@ -98,4 +98,4 @@ pub use format::MAX_MESSAGE_LIMIT;
 pub use inspect::{dump, inspect, verify, Inspection, SegmentInfo, VerifyProblem, VerifyReport};
 pub use recovery::{CursorRecovery, RecoveryReport};
 pub use spool::{is_locked, AppendOutcome, Message, Spool, Tier, LOCK_FILE};
-pub use stats::SpoolStats;
+pub use stats::{Histogram, HistogramSnapshot, SpoolStats, FSYNC_BUCKETS};

@@ -25,6 +25,9 @@ use crate::stats::{Counters, SpoolStats};
 pub struct Message {
     pub seq: u64,
     pub data: Bytes,
+    /// When the message was appended, in milliseconds since the Unix epoch
+    /// (the record's timestamp for the disk tier): for end-to-end latency.
+    pub append_ms: u64,
 }
 
 /// Where an accepted batch went.
@@ -1049,6 +1052,7 @@ impl Inner {
                         out.push(Message {
                             seq: pos,
                             data: m.data.clone(),
+                            append_ms: m.ms,
                         });
                         pos += 1;
                         i += 1;
@@ -1145,10 +1149,15 @@ impl Inner {
                         if expect > pos {
                             let mut seq = header.first_seq;
                             let mut next = pos;
+                            let append_ms = header.append_ms;
                             split_payload(&payload, header.count, |data| {
                                 if seq >= next && !full(&out, bytes) {
                                     bytes += data.len();
-                                    out.push(Message { seq, data });
+                                    out.push(Message {
+                                        seq,
+                                        data,
+                                        append_ms,
+                                    });
                                     next = seq + 1;
                                 }
                                 seq += 1;

@@ -18,7 +18,7 @@ pub struct Dispatch {
     /// Next sequence to read from the spool for a fresh dispatch.
     next_read: u64,
     /// Given back by consumers that left; sent before anything new.
-    returned: BTreeMap<u64, Bytes>,
+    returned: BTreeMap<u64, (Bytes, u64)>,
     /// Per consumer: the lowest sequence it holds undelivered.
     holders: HashMap<u64, u64>,
     /// Last floor passed to `Spool::ack`.
@@ -48,11 +48,15 @@ impl Dispatch {
         if !self.returned.is_empty() {
             let mut bytes = 0;
             while out.len() < max_msgs && (bytes < max_bytes || out.is_empty()) {
-                let Some((seq, data)) = self.returned.pop_first() else {
+                let Some((seq, (data, append_ms))) = self.returned.pop_first() else {
                     break;
                 };
                 bytes += data.len();
-                out.push(Message { seq, data });
+                out.push(Message {
+                    seq,
+                    data,
+                    append_ms,
+                });
             }
         } else {
             out = spool.read(self.next_read, max_msgs, max_bytes)?;
@@ -98,7 +102,7 @@ impl Dispatch {
     /// consumer reports what it still holds with [`Dispatch::delivered`].
     pub fn put_back(&mut self, msgs: impl IntoIterator<Item = Message>) {
         for m in msgs {
-            self.returned.insert(m.seq, m.data);
+            self.returned.insert(m.seq, (m.data, m.append_ms));
         }
     }
 

@@ -28,7 +28,7 @@ use anyhow::Context;
 use spillway_codec::FrameErrorKind;
 use spillway_net::backoff::{Backoff, BackoffConfig};
 use spillway_net::dial::{connect, DialOptions};
-use spillway_spool::{Spool, SpoolConfig, SpoolError};
+use spillway_spool::{Histogram, Spool, SpoolConfig, SpoolError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -51,9 +51,18 @@ pub const PRODUCER_RCVBUF: usize = 4 << 20;
 /// each persist is a small write, an fsync and a rename.
 const CURSOR_INTERVAL: Duration = Duration::from_millis(100);
 
+/// Bucket bounds (seconds) of [`QueueStats::delivery_latency`]. Append
+/// times have millisecond resolution.
+pub const DELIVERY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    300.0, 900.0, 3600.0,
+];
+
 /// Counters of one queue route, read by the admin endpoint.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct QueueStats {
+    /// Enqueue to delivered (acknowledged by the consumer's TCP), per message.
+    pub delivery_latency: Histogram,
     pub producers: AtomicUsize,
     pub consumers: AtomicUsize,
     pub messages_in: AtomicU64,
@@ -70,6 +79,25 @@ pub struct QueueStats {
     frame_errors: [AtomicU64; FRAME_ERROR_KINDS],
     /// Producers that ended in the middle of a message.
     pub partial_at_eof: AtomicU64,
+}
+
+impl Default for QueueStats {
+    fn default() -> Self {
+        QueueStats {
+            delivery_latency: Histogram::new(DELIVERY_BUCKETS),
+            producers: AtomicUsize::default(),
+            consumers: AtomicUsize::default(),
+            messages_in: AtomicU64::default(),
+            bytes_in: AtomicU64::default(),
+            messages_delivered: AtomicU64::default(),
+            bytes_delivered: AtomicU64::default(),
+            messages_redelivered: AtomicU64::default(),
+            dropped_newest: AtomicU64::default(),
+            dropped_oldest: AtomicU64::default(),
+            frame_errors: Default::default(),
+            partial_at_eof: AtomicU64::default(),
+        }
+    }
 }
 
 const FRAME_ERROR_KINDS: usize = 4;

@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use spillway_spool::{Message, SpoolError};
+use spillway_spool::{Histogram, Message, SpoolError};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, info};
@@ -43,6 +43,17 @@ struct Sent {
     seq: u64,
     end: u64,
     data: Bytes,
+    append_ms: u64,
+}
+
+impl From<Sent> for Message {
+    fn from(s: Sent) -> Message {
+        Message {
+            seq: s.seq,
+            data: s.data,
+            append_ms: s.append_ms,
+        }
+    }
 }
 
 impl Sent {
@@ -69,6 +80,53 @@ impl ConsumerEnd {
             ConsumerEnd::SpoolFailed => "spool_failed",
         }
     }
+}
+
+/// End-to-end latencies of one batch of deliveries, tallied locally and
+/// added to the shared histogram once. Messages of one record share their
+/// append time, so the bucket is looked up only when it changes.
+struct LatencyTally {
+    now_ms: u64,
+    counts: Vec<u64>,
+    sum_ms: u64,
+    last: Option<(u64, usize)>,
+}
+
+impl LatencyTally {
+    fn new(h: &Histogram) -> Self {
+        LatencyTally {
+            now_ms: unix_ms(),
+            counts: vec![0; h.buckets()],
+            sum_ms: 0,
+            last: None,
+        }
+    }
+
+    fn add_with(&mut self, h: &Histogram, append_ms: u64) {
+        let bucket = match self.last {
+            Some((ms, b)) if ms == append_ms => b,
+            _ => {
+                let age = Duration::from_millis(self.now_ms.saturating_sub(append_ms));
+                let b = h.bucket_of(age);
+                self.last = Some((append_ms, b));
+                b
+            }
+        };
+        self.counts[bucket] += 1;
+        self.sum_ms += self.now_ms.saturating_sub(append_ms);
+    }
+
+    fn record(self, h: &Histogram) {
+        if self.counts.iter().any(|&c| c > 0) {
+            h.record_counts(&self.counts, Duration::from_millis(self.sum_ms));
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Per-connection delivery state.
@@ -110,10 +168,7 @@ impl QueueServer {
             back.extend(d.recent.drain(..));
         }
         let redelivered = back.len() + d.inflight.len();
-        back.extend(d.inflight.drain(..).map(|s| Message {
-            seq: s.seq,
-            data: s.data,
-        }));
+        back.extend(d.inflight.drain(..).map(Message::from));
         self.stats
             .messages_redelivered
             .fetch_add(redelivered as u64, Ordering::Relaxed);
@@ -254,6 +309,7 @@ impl QueueServer {
                 seq: m.seq,
                 end: d.queued,
                 data: m.data,
+                append_ms: m.append_ms,
             });
         }
         Ok(n)
@@ -275,18 +331,17 @@ impl QueueServer {
         d.delivered = acked;
         let mut moved = 0u64;
         let mut bytes = 0u64;
+        let mut latency = LatencyTally::new(&self.stats.delivery_latency);
         while d.inflight.front().is_some_and(|s| s.end <= acked) {
             let Some(s) = d.inflight.pop_front() else {
                 break;
             };
             moved += 1;
             bytes += s.data.len() as u64;
+            latency.add_with(&self.stats.delivery_latency, s.append_ms);
             if self.route.redeliver_on_reset > 0 {
                 d.recent_bytes += s.data.len() as u64;
-                d.recent.push_back(Message {
-                    seq: s.seq,
-                    data: s.data,
-                });
+                d.recent.push_back(Message::from(s));
                 while d.recent_bytes > self.route.redeliver_on_reset {
                     let Some(old) = d.recent.pop_front() else {
                         break;
@@ -298,6 +353,7 @@ impl QueueServer {
         if moved == 0 {
             return true;
         }
+        latency.record(&self.stats.delivery_latency);
         d.delivered_msgs += moved;
         self.stats
             .messages_delivered
@@ -328,10 +384,7 @@ impl QueueServer {
         let mut back = Vec::new();
         while d.inflight.back().is_some_and(|s| s.end > keep_end) {
             if let Some(s) = d.inflight.pop_back() {
-                back.push(Message {
-                    seq: s.seq,
-                    data: s.data,
-                });
+                back.push(Message::from(s));
             }
         }
         d.queued = keep_end;
