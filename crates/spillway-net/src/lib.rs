@@ -9,3 +9,4 @@ pub mod backoff;
 pub mod balance;
 pub mod dial;
 pub mod sys;
+pub mod tls;
