@@ -18,6 +18,12 @@
 
 use std::time::{Duration, Instant};
 
+use crate::classify::ErrorClass;
+
+/// Shortest pause after a resource error (EMFILE, ENOMEM...): the same
+/// order as the accept loop's longest pause.
+pub const RESOURCE_FLOOR: Duration = Duration::from_secs(1);
+
 /// Tuning of a [`Backoff`]. Check it with [`BackoffConfig::validate`] (or
 /// build with [`Backoff::try_new`]) when it comes from a user.
 #[derive(Clone, Debug, PartialEq)]
@@ -176,6 +182,37 @@ impl Backoff {
         // beyond u64 nanoseconds (~584 years) is clamped.
         let ceiling = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
         Some(Duration::from_nanos(self.rng.u64(0..=ceiling)))
+    }
+
+    /// A connection attempt failed with an error of `class` (see
+    /// [`crate::classify`]): `None` once `max_attempts` is used up, else the
+    /// delay before the next attempt.
+    ///
+    /// - `Transient`: [`on_failure`](Self::on_failure), full jitter.
+    /// - `Persistent`: retrying soon cannot help, so wait long: uniform in
+    ///   `[cap/2, cap]` (jittered, so many relays that share a broken
+    ///   config do not retry in step). Never a tight loop.
+    /// - `Resource`: throttle: at least `min(cap, 1 s)`, up to the usual
+    ///   exponential ceiling, so a process out of descriptors is not
+    ///   asked to open more at `base` intervals.
+    pub fn on_classified_failure(&mut self, class: ErrorClass) -> Option<Duration> {
+        let jittered = self.on_failure()?;
+        let cap = self.config.cap;
+        let draw = |rng: &mut fastrand::Rng, lo: Duration, hi: Duration| {
+            let lo_ns = u64::try_from(lo.as_nanos()).unwrap_or(u64::MAX);
+            let hi_ns = u64::try_from(hi.as_nanos()).unwrap_or(u64::MAX).max(lo_ns);
+            Duration::from_nanos(rng.u64(lo_ns..=hi_ns))
+        };
+        Some(match class {
+            ErrorClass::Transient => jittered,
+            ErrorClass::Persistent => draw(&mut self.rng, cap / 2, cap),
+            ErrorClass::Resource => {
+                let floor = cap.min(RESOURCE_FLOOR);
+                // The ceiling of the attempt just counted.
+                let ceiling = self.config.ceiling(self.attempts.saturating_sub(1));
+                draw(&mut self.rng, floor, ceiling.max(floor))
+            }
+        })
     }
 
     /// A connection was established at `now`.
@@ -408,6 +445,59 @@ mod tests {
         tokio::time::advance(Duration::from_secs(11)).await;
         b.on_disconnected(tokio::time::Instant::now().into_std());
         assert_eq!(b.attempts(), 0);
+    }
+
+    #[test]
+    fn classified_failures() {
+        let c = config(100, 30_000);
+        let mut b = Backoff::with_seed(c.clone(), 5);
+        for _ in 0..200 {
+            let d = b
+                .on_classified_failure(ErrorClass::Persistent)
+                .expect("no limit");
+            assert!(
+                d >= Duration::from_secs(15) && d <= Duration::from_secs(30),
+                "{d:?}"
+            );
+        }
+        let mut b = Backoff::with_seed(c.clone(), 6);
+        for n in 0..40 {
+            let d = b
+                .on_classified_failure(ErrorClass::Resource)
+                .expect("no limit");
+            let hi = c.ceiling(n).max(RESOURCE_FLOOR);
+            assert!(d >= RESOURCE_FLOOR && d <= hi, "n={n} {d:?}");
+        }
+        let mut b = Backoff::with_seed(c.clone(), 7);
+        for n in 0..40 {
+            let d = b
+                .on_classified_failure(ErrorClass::Transient)
+                .expect("no limit");
+            assert!(d <= c.ceiling(n), "n={n} {d:?}");
+        }
+        // A cap below the floor wins over the floor.
+        let mut tiny = Backoff::with_seed(config(10, 50), 8);
+        for _ in 0..20 {
+            let d = tiny
+                .on_classified_failure(ErrorClass::Resource)
+                .expect("no limit");
+            assert!(d <= Duration::from_millis(50), "{d:?}");
+        }
+        // max_attempts applies to every class.
+        let mut limited = Backoff::with_seed(
+            BackoffConfig {
+                max_attempts: Some(2),
+                ..c
+            },
+            9,
+        );
+        assert!(limited
+            .on_classified_failure(ErrorClass::Persistent)
+            .is_some());
+        assert!(limited
+            .on_classified_failure(ErrorClass::Resource)
+            .is_some());
+        assert_eq!(limited.on_classified_failure(ErrorClass::Transient), None);
     }
 
     #[test]

@@ -24,7 +24,10 @@ pub async fn connect(
     let attempt = async {
         let addrs: Vec<SocketAddr> = match target.parse::<SocketAddr>() {
             Ok(a) => vec![a],
-            Err(_) => tokio::net::lookup_host(target).await?.collect(),
+            Err(_) => tokio::net::lookup_host(target)
+                .await
+                .map_err(|e| crate::classify::resolve_error(target, e))?
+                .collect(),
         };
         let mut last = io::Error::new(
             io::ErrorKind::NotFound,
@@ -91,5 +94,10 @@ mod tests {
         .await
         .expect_err("no such name");
         assert_ne!(err.kind(), io::ErrorKind::TimedOut);
+        // Without a resolver (sandbox) the lookup may fail "temporarily";
+        // either way it is recognised as a name resolution failure.
+        assert!(err
+            .get_ref()
+            .is_some_and(|e| e.is::<crate::classify::ResolveError>()));
     }
 }
