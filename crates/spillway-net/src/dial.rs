@@ -1,16 +1,68 @@
-//! Connecting to `HOST:PORT` with one overall timeout.
+//! Connecting to `HOST:PORT` with one overall timeout, and the liveness
+//! options (TCP keepalive, `TCP_USER_TIMEOUT`) every socket gets, dialed or
+//! accepted.
 
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use socket2::{SockRef, TcpKeepalive};
 use tokio::net::{TcpSocket, TcpStream};
+
+/// TCP keepalive probing: after `idle` without any segment from the peer,
+/// send a probe every `interval`; `count` unanswered probes reset the
+/// connection (reads and writes then fail with `ETIMEDOUT`). Detects a peer
+/// that vanished (power loss, pulled cable, NAT state dropped) on an idle
+/// connection, in about `idle + interval * count`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keepalive {
+    pub idle: Duration,
+    pub interval: Duration,
+    pub count: u32,
+}
+
+/// Liveness options for a connected socket.
+///
+/// With `user_timeout` set, Linux also uses it to end keepalive probing:
+/// the connection is dropped once probes have gone unanswered and nothing
+/// was received for `user_timeout` (then `count` no longer matters). It also
+/// bounds how long sent data may stay unacknowledged (retransmissions to a
+/// dead peer) and how long the peer may advertise a zero window, so a
+/// half-open peer with data in flight is detected too, where keepalive does
+/// not apply.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketOptions {
+    pub keepalive: Option<Keepalive>,
+    /// `TCP_USER_TIMEOUT`; `None` leaves the kernel default (retransmit
+    /// for about 15 minutes).
+    pub user_timeout: Option<Duration>,
+}
+
+impl SocketOptions {
+    /// Applies the options to `socket` (connected or not).
+    pub fn apply<S: std::os::fd::AsFd>(&self, socket: &S) -> io::Result<()> {
+        let s = SockRef::from(socket);
+        if let Some(k) = self.keepalive {
+            let params = TcpKeepalive::new()
+                .with_time(k.idle)
+                .with_interval(k.interval)
+                .with_retries(k.count);
+            s.set_tcp_keepalive(&params)?;
+        }
+        if let Some(t) = self.user_timeout {
+            s.set_tcp_user_timeout(Some(t))?;
+        }
+        Ok(())
+    }
+}
 
 /// Socket options applied before the connection is made.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DialOptions {
     /// `SO_RCVBUF`; set before connecting so the window scale allows it.
     pub recv_buffer: Option<u32>,
+    /// Keepalive and user timeout (they also bound the connect itself).
+    pub socket: SocketOptions,
 }
 
 /// Connects to `target` (an IP literal, or a name resolved now), trying
@@ -59,6 +111,7 @@ async fn connect_one(addr: SocketAddr, options: DialOptions) -> io::Result<TcpSt
     if let Some(size) = options.recv_buffer {
         socket.set_recv_buffer_size(size)?;
     }
+    options.socket.apply(&socket)?;
     let stream = socket.connect(addr).await?;
     stream.set_nodelay(true)?;
     Ok(stream)
@@ -74,13 +127,43 @@ mod tests {
             .await
             .expect("bind");
         let addr = l.local_addr().expect("addr").to_string();
+        let keepalive = Keepalive {
+            idle: Duration::from_secs(7),
+            interval: Duration::from_secs(3),
+            count: 4,
+        };
         let opts = DialOptions {
             recv_buffer: Some(1 << 20),
+            socket: SocketOptions {
+                keepalive: Some(keepalive),
+                user_timeout: Some(Duration::from_secs(11)),
+            },
         };
         let (s, _) = connect(&addr, Duration::from_secs(5), opts)
             .await
             .expect("connect");
         assert!(s.nodelay().expect("nodelay"));
+        let r = SockRef::from(&s);
+        assert!(r.keepalive().expect("keepalive"));
+        assert_eq!(r.tcp_keepalive_time().expect("idle"), keepalive.idle);
+        assert_eq!(
+            r.tcp_keepalive_interval().expect("intvl"),
+            keepalive.interval
+        );
+        assert_eq!(r.tcp_keepalive_retries().expect("cnt"), keepalive.count);
+        assert_eq!(
+            r.tcp_user_timeout().expect("user timeout"),
+            Some(Duration::from_secs(11))
+        );
+        // Accepted sockets get the same options through `apply`.
+        let (accepted, _) = l.accept().await.expect("accept");
+        opts.socket.apply(&accepted).expect("apply");
+        let a = SockRef::from(&accepted);
+        assert_eq!(a.tcp_keepalive_time().expect("idle"), keepalive.idle);
+        assert_eq!(
+            a.tcp_user_timeout().expect("user timeout"),
+            Some(Duration::from_secs(11))
+        );
         drop(l);
         let err = connect(&addr, Duration::from_secs(5), DialOptions::default())
             .await

@@ -16,4 +16,5 @@ pub mod health;
 pub mod limit;
 pub mod outlier;
 pub mod sys;
+pub mod timeout;
 pub mod tls;

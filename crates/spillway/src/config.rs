@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use spillway_net::balance::Balance;
+use spillway_net::dial::{Keepalive, SocketOptions};
 use toml::Spanned;
 
 use crate::endpoint::Endpoint;
@@ -75,6 +76,50 @@ pub mod defaults {
     /// receive buffer): duplicates instead of loss.
     pub const REDELIVER_ON_RESET: u64 = 256 << 10;
     pub const FSYNC_INTERVAL: Duration = Duration::from_millis(100);
+    /// Keepalive: an idle peer that vanished is detected in about
+    /// idle + interval * count (or at `TCP_USER_TIMEOUT`, whichever the
+    /// kernel reaches first once probes go unanswered).
+    pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+    pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+    pub const KEEPALIVE_COUNT: u32 = 3;
+    /// Longer than the write-stall timeout, so a peer that stops reading
+    /// is reported as a write stall (the kernel applies the user timeout to
+    /// a zero window too); a peer that stops acknowledging is cut here.
+    pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(90);
+    pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Queue producers: connected and silent this long means closed.
+    pub const READ_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+}
+
+/// Liveness of every connection a route accepts or dials: TCP options
+/// that detect a vanished peer, and the timeouts both modes enforce.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timeouts {
+    /// Keepalive and `TCP_USER_TIMEOUT`, set on accepted and dialed sockets.
+    pub socket: SocketOptions,
+    /// Bytes waiting to be written and none written (stream mode) or
+    /// acknowledged (queue consumers) for this long: the connection fails
+    /// with reason `write_stall`.
+    pub write_stall: Duration,
+    /// Close a connection this long after it was opened (off by default).
+    pub max_lifetime: Option<Duration>,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            socket: SocketOptions {
+                keepalive: Some(Keepalive {
+                    idle: defaults::KEEPALIVE_IDLE,
+                    interval: defaults::KEEPALIVE_INTERVAL,
+                    count: defaults::KEEPALIVE_COUNT,
+                }),
+                user_timeout: Some(defaults::TCP_USER_TIMEOUT),
+            },
+            write_stall: defaults::WRITE_STALL_TIMEOUT,
+            max_lifetime: None,
+        }
+    }
 }
 
 /// The whole validated configuration.
@@ -138,6 +183,9 @@ pub struct QueueRoute {
     pub segment_size: u64,
     pub redeliver_on_reset: u64,
     pub connect_timeout: Duration,
+    pub timeouts: Timeouts,
+    /// A producer that sends nothing for this long is closed (`None`: never).
+    pub read_idle_timeout: Option<Duration>,
 }
 
 impl QueueRoute {
@@ -161,6 +209,8 @@ impl QueueRoute {
             segment_size: defaults::SEGMENT_SIZE,
             redeliver_on_reset: defaults::REDELIVER_ON_RESET,
             connect_timeout: defaults::CONNECT_TIMEOUT,
+            timeouts: Timeouts::default(),
+            read_idle_timeout: Some(defaults::READ_IDLE_TIMEOUT),
         }
     }
 }
@@ -228,6 +278,7 @@ pub struct StreamRoute {
     /// Per-direction kernel pipe in splice mode (the default mode).
     pub pipe_size: usize,
     pub spill: Option<Spill>,
+    pub timeouts: Timeouts,
 }
 
 impl StreamRoute {
@@ -246,6 +297,7 @@ impl StreamRoute {
             buffer: defaults::BUFFER as usize,
             pipe_size: defaults::PIPE_SIZE as usize,
             spill: None,
+            timeouts: Timeouts::default(),
         }
     }
 }
@@ -315,6 +367,15 @@ struct RawRoute {
     fsync: S<String>,
     segment_size: S<ByteSize>,
     redeliver_on_reset: S<ByteSize>,
+    read_idle_timeout: S<HumanDuration>,
+    // both
+    tcp_keepalive: S<bool>,
+    tcp_keepalive_idle: S<HumanDuration>,
+    tcp_keepalive_interval: S<HumanDuration>,
+    tcp_keepalive_count: S<u32>,
+    tcp_user_timeout: S<HumanDuration>,
+    write_stall_timeout: S<HumanDuration>,
+    max_lifetime: S<HumanDuration>,
 }
 
 // ----------------------------------------------------------- convert ---
@@ -473,6 +534,7 @@ fn queue_route(
     reject(src, &r.pipe_size, "pipe_size", "queue")?;
     reject(src, &r.spill_dir, "spill_dir", "queue")?;
     reject(src, &r.max_spill, "max_spill", "queue")?;
+    let timeouts = timeouts(src, &r)?;
     let endpoint = |v: Spanned<String>| -> Result<Endpoint, ConfigError> {
         v.get_ref()
             .parse()
@@ -512,6 +574,10 @@ fn queue_route(
     if let Some(v) = r.connect_timeout {
         q.connect_timeout = nonzero_duration(src, &v, "connect_timeout")?;
     }
+    if let Some(v) = &r.read_idle_timeout {
+        q.read_idle_timeout = optional_duration(v);
+    }
+    q.timeouts = timeouts;
     validate_queue(&q).map_err(|m| {
         let span = r
             .max_message
@@ -541,6 +607,8 @@ fn stream_route(
     reject(src, &r.fsync, "fsync", "stream")?;
     reject(src, &r.segment_size, "segment_size", "stream")?;
     reject(src, &r.redeliver_on_reset, "redeliver_on_reset", "stream")?;
+    reject(src, &r.read_idle_timeout, "read_idle_timeout", "stream")?;
+    let timeouts = timeouts(src, &r)?;
     let listen = required(src, table, r.listen, "listen")?;
     let listen = host_port(src, &listen, "listen address")?;
     let ups = required(src, table, r.upstreams, "upstreams")?;
@@ -553,6 +621,7 @@ fn stream_route(
         upstreams.push(u.clone());
     }
     let mut route = StreamRoute::new(name, listen, upstreams);
+    route.timeouts = timeouts;
     if let Some(b) = r.balance {
         route.balance = b
             .get_ref()
@@ -609,6 +678,62 @@ fn stream_route(
         (None, None) => {}
     }
     Ok(route)
+}
+
+/// `"0s"` turns an optional timeout off.
+fn optional_duration(v: &Spanned<HumanDuration>) -> Option<Duration> {
+    Some(v.get_ref().0).filter(|d| !d.is_zero())
+}
+
+/// The keepalive / user-timeout / stall / lifetime keys of either mode.
+fn timeouts(src: &Source<'_>, r: &RawRoute) -> Result<Timeouts, ConfigError> {
+    let mut t = Timeouts::default();
+    // Keepalive times go to the kernel in whole seconds (1..=32767).
+    let keepalive_secs = |v: &Spanned<HumanDuration>, key: &str| {
+        let d = v.get_ref().0;
+        if d < Duration::from_secs(1) || d > Duration::from_secs(32767) || d.subsec_nanos() != 0 {
+            return Err(src.error(
+                v.span(),
+                format!("{key} must be a whole number of seconds between 1s and 32767s"),
+            ));
+        }
+        Ok(d)
+    };
+    let mut k = t.socket.keepalive.unwrap_or(Keepalive {
+        idle: defaults::KEEPALIVE_IDLE,
+        interval: defaults::KEEPALIVE_INTERVAL,
+        count: defaults::KEEPALIVE_COUNT,
+    });
+    if let Some(v) = &r.tcp_keepalive_idle {
+        k.idle = keepalive_secs(v, "tcp_keepalive_idle")?;
+    }
+    if let Some(v) = &r.tcp_keepalive_interval {
+        k.interval = keepalive_secs(v, "tcp_keepalive_interval")?;
+    }
+    if let Some(v) = &r.tcp_keepalive_count {
+        if !(1..=127).contains(v.get_ref()) {
+            return Err(src.error(v.span(), "tcp_keepalive_count must be between 1 and 127"));
+        }
+        k.count = *v.get_ref();
+    }
+    t.socket.keepalive = match &r.tcp_keepalive {
+        Some(v) if !*v.get_ref() => None,
+        _ => Some(k),
+    };
+    if let Some(v) = &r.tcp_user_timeout {
+        let d = v.get_ref().0;
+        if d.as_millis() > i32::MAX as u128 {
+            return Err(src.error(v.span(), "tcp_user_timeout is too large"));
+        }
+        t.socket.user_timeout = optional_duration(v);
+    }
+    if let Some(v) = &r.write_stall_timeout {
+        t.write_stall = nonzero_duration(src, v, "write_stall_timeout")?;
+    }
+    if let Some(v) = &r.max_lifetime {
+        t.max_lifetime = optional_duration(v);
+    }
+    Ok(t)
 }
 
 fn nonzero_duration(
@@ -711,6 +836,72 @@ max_disk = "10GiB"
         assert!(e.message.contains("not valid in a queue route"), "{e}");
         let e = p(&base.replace("listen:127.0.0.1:1", "dial:127.0.0.1:1")).expect_err("endpoint");
         assert_eq!((e.line, e.col), (4, 8), "{e}");
+    }
+
+    #[test]
+    fn timeouts_and_keepalive() {
+        let stream = "[[route]]\nname = \"a\"\nmode = \"stream\"\nlisten = \"127.0.0.1:1\"\nupstreams = [\"a:1\"]\n";
+        let queue = "[[route]]\nname = \"q\"\nmode = \"queue\"\nfrom = \"listen:127.0.0.1:1\"\nto = \"listen:127.0.0.1:2\"\nspool = \"/tmp/q\"\n";
+        // Defaults: keepalive on, user timeout above the stall timeout.
+        let c = p(stream).expect("valid");
+        let Route::Stream(r) = &c.routes[0] else {
+            panic!("not a stream route");
+        };
+        assert_eq!(r.timeouts, Timeouts::default());
+        let k = r
+            .timeouts
+            .socket
+            .keepalive
+            .expect("keepalive on by default");
+        assert_eq!(k.idle, defaults::KEEPALIVE_IDLE);
+        assert!(r.timeouts.socket.user_timeout > Some(r.timeouts.write_stall));
+        assert_eq!(r.timeouts.max_lifetime, None);
+
+        let c = p(&format!(
+            "{queue}tcp_keepalive_idle = \"2s\"\ntcp_keepalive_interval = \"1s\"\ntcp_keepalive_count = 2\ntcp_user_timeout = \"1500ms\"\nwrite_stall_timeout = \"1s\"\nmax_lifetime = \"1h\"\nread_idle_timeout = \"0s\"\n"
+        ))
+        .expect("valid");
+        let Route::Queue(q) = &c.routes[0] else {
+            panic!("not a queue route");
+        };
+        let k = q.timeouts.socket.keepalive.expect("keepalive");
+        assert_eq!(
+            (k.idle, k.interval, k.count),
+            (Duration::from_secs(2), Duration::from_secs(1), 2)
+        );
+        assert_eq!(
+            q.timeouts.socket.user_timeout,
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(q.timeouts.write_stall, Duration::from_secs(1));
+        assert_eq!(q.timeouts.max_lifetime, Some(Duration::from_secs(3600)));
+        assert_eq!(q.read_idle_timeout, None);
+        assert_eq!(
+            QueueRoute::new("x", q.from.clone(), q.to.clone(), "/x").read_idle_timeout,
+            Some(defaults::READ_IDLE_TIMEOUT)
+        );
+
+        let c = p(&format!(
+            "{stream}tcp_keepalive = false\ntcp_user_timeout = \"0s\"\n"
+        ))
+        .expect("valid");
+        let Route::Stream(r) = &c.routes[0] else {
+            panic!("not a stream route");
+        };
+        assert_eq!(r.timeouts.socket, SocketOptions::default());
+
+        // Bad values, each with its position.
+        let e = p(&format!("{stream}tcp_keepalive_idle = \"500ms\"\n")).expect_err("sub-second");
+        assert_eq!((e.line, e.col), (6, 22), "{e}");
+        assert!(e.message.contains("whole number of seconds"), "{e}");
+        let e = p(&format!("{stream}tcp_keepalive_count = 0\n")).expect_err("count");
+        assert_eq!(e.line, 6, "{e}");
+        let e = p(&format!("{queue}write_stall_timeout = \"0s\"\n")).expect_err("stall");
+        assert!(e.message.contains("greater than zero"), "{e}");
+        let e = p(&format!("{stream}read_idle_timeout = \"1s\"\n")).expect_err("queue key");
+        assert!(e.message.contains("not valid in a stream route"), "{e}");
+        let e = p(&format!("{stream}tcp_keepalive = \"yes\"\n")).expect_err("bool");
+        assert_eq!(e.line, 6, "{e}");
     }
 
     #[test]

@@ -404,6 +404,68 @@ async fn wait_for(cond: impl Fn() -> bool) {
     panic!("condition not reached within 10 s");
 }
 
+/// A client that connects and never reads, with an upstream that sends
+/// `total` bytes: the relay's write to the client stalls.
+async fn stalled_reader_case(spill: Option<&std::path::Path>) {
+    let up = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let up_addr = up.local_addr().expect("addr");
+    let dir = spill.map(|d| d.to_path_buf());
+    let (addr, token, server) = start_route(vec![up_addr.to_string()], |r| {
+        r.timeouts.write_stall = Duration::from_millis(500);
+        r.spill = dir.map(|dir| Spill {
+            dir,
+            max_per_connection: 1 << 30,
+        });
+    })
+    .await;
+    const TOTAL: usize = 48 << 20;
+    let writer = tokio::spawn(async move {
+        let (mut s, _) = up.accept().await.expect("accept");
+        let chunk = pattern(1 << 20, 9);
+        let mut sent = 0usize;
+        while sent < TOTAL {
+            if s.write_all(&chunk).await.is_err() {
+                return (sent, true);
+            }
+            sent += chunk.len();
+        }
+        // Hold the connection until the relay resets it.
+        let mut b = [0u8; 1];
+        let r = tokio::time::timeout(Duration::from_secs(20), s.read(&mut b)).await;
+        (sent, r.map(|r| r.is_err()).unwrap_or(false))
+    });
+    let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let stats = server.stats();
+    wait_for(|| stats.closed(spillway::stream::CloseReason::WriteStall) == 1).await;
+    let (sent, upstream_reset) = tokio::time::timeout(Duration::from_secs(20), writer)
+        .await
+        .expect("upstream done")
+        .expect("join");
+    assert!(upstream_reset, "the upstream was not reset after the stall");
+    if spill.is_some() {
+        // The fast side kept flowing into the spill file: it sent everything.
+        assert_eq!(sent, TOTAL, "upstream was held back despite spill");
+    } else {
+        assert!(sent < TOTAL, "backpressure should have held the upstream");
+    }
+    // The client, stalled, is reset too (never a clean EOF after a cut).
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(20), c.read_to_end(&mut rest)).await;
+    assert!(matches!(r, Ok(Err(_))), "client not reset: {r:?}");
+    assert_eq!(stats.closed(spillway::stream::CloseReason::WriteStall), 1);
+    token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_for_write_stall() {
+    let _heavy = heavy();
+    stalled_reader_case(None).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    stalled_reader_case(Some(dir.path())).await;
+}
+
 // --------------------------------------------------------- child process ---
 
 const BIG: usize = 200 << 20;

@@ -41,6 +41,8 @@ use crate::config::QueueRoute;
 use crate::endpoint::Endpoint;
 use crate::logging::RateLimited;
 pub use dispatch::Dispatch;
+pub use sink::ConsumerEnd;
+pub use source::ProducerEnd;
 
 /// Receive buffer of producer sockets (the kernel doubles it for its own
 /// bookkeeping): about a tenth of a second of a fast producer.
@@ -79,6 +81,10 @@ pub struct QueueStats {
     frame_errors: [AtomicU64; FRAME_ERROR_KINDS],
     /// Producers that ended in the middle of a message.
     pub partial_at_eof: AtomicU64,
+    /// Producer connections closed, by reason.
+    producer_closed: [AtomicU64; ProducerEnd::ALL.len()],
+    /// Consumer connections closed, by reason.
+    consumer_closed: [AtomicU64; ConsumerEnd::ALL.len()],
 }
 
 impl Default for QueueStats {
@@ -96,6 +102,8 @@ impl Default for QueueStats {
             dropped_oldest: AtomicU64::default(),
             frame_errors: Default::default(),
             partial_at_eof: AtomicU64::default(),
+            producer_closed: Default::default(),
+            consumer_closed: Default::default(),
         }
     }
 }
@@ -118,6 +126,22 @@ impl QueueStats {
 
     fn count_frame_error(&self, kind: FrameErrorKind) {
         self.frame_errors[frame_error_index(kind)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn producer_closed(&self, end: ProducerEnd) -> u64 {
+        self.producer_closed[end as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn consumer_closed(&self, end: ConsumerEnd) -> u64 {
+        self.consumer_closed[end as usize].load(Ordering::Relaxed)
+    }
+
+    fn count_producer_end(&self, end: ProducerEnd) {
+        self.producer_closed[end as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count_consumer_end(&self, end: ConsumerEnd) {
+        self.consumer_closed[end as usize].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -321,7 +345,14 @@ impl QueueServer {
                 let t = tracker.clone();
                 tracker.spawn(async move {
                     let stop = server.stop.clone();
+                    let mut warn_limit = RateLimited::new(Duration::from_secs(10));
                     accept_loop(&listener, &server.route.name, &stop, |a| {
+                        if let Err(e) = server.route.timeouts.socket.apply(&a.stream) {
+                            if let Some(suppressed) = warn_limit.check() {
+                                warn!(route = %server.route.name, peer = %a.peer, error = %e, suppressed,
+                                      "cannot set keepalive / user timeout");
+                            }
+                        }
                         t.spawn(Arc::clone(&server).handle(role, a.stream, a.peer));
                     })
                     .await;
@@ -360,6 +391,7 @@ where
     let mut warn_limit = RateLimited::new(Duration::from_secs(10));
     let options = DialOptions {
         recv_buffer: (role == Role::Producer).then_some(PRODUCER_RCVBUF as u32),
+        socket: route.timeouts.socket,
     };
     let role = role.as_str();
     info!(route = %route.name, role, target = addr, "dialing");

@@ -11,6 +11,14 @@
 //!   last `redeliver_on_reset` bytes of delivered messages (they may have been
 //!   unread in the consumer's receive buffer): duplicates instead of loss.
 //! - **Shutdown** of the relay: like a half-close, bounded by the drain timeout.
+//!   `max_lifetime` ends a consumer the same way.
+//! - **Write stall**: bytes are outstanding and the consumer's TCP neither
+//!   took (write) nor acknowledged any of them for `write_stall_timeout` (it
+//!   stopped reading, or vanished). The relay resets the connection and
+//!   treats it as a reset: everything not known delivered, plus the
+//!   `redeliver_on_reset` window, goes to the next consumer.
+//! - **Peer timeout**: keepalive or `TCP_USER_TIMEOUT` declared the consumer
+//!   gone (`ETIMEDOUT`); handled like a reset.
 
 use std::collections::VecDeque;
 use std::io;
@@ -20,9 +28,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use spillway_net::timeout::StallTimer;
 use spillway_spool::{Histogram, Message, SpoolError};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info};
 
 use super::QueueServer;
@@ -62,23 +71,61 @@ impl Sent {
     }
 }
 
+/// Why a consumer connection ended (logged and counted in `QueueStats`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ConsumerEnd {
+pub enum ConsumerEnd {
     /// The consumer half-closed; clean cut.
     Eof,
     Reset,
     Shutdown,
     SpoolFailed,
+    /// Outstanding bytes made no progress for `write_stall_timeout`.
+    WriteStall,
+    /// Keepalive or `TCP_USER_TIMEOUT` declared the consumer gone (ETIMEDOUT).
+    PeerTimeout,
+    /// The connection reached `max_lifetime`; clean cut.
+    MaxLifetime,
 }
 
 impl ConsumerEnd {
-    fn as_str(self) -> &'static str {
+    /// Every variant, in declaration order (the index of the counters).
+    pub const ALL: [ConsumerEnd; 7] = [
+        ConsumerEnd::Eof,
+        ConsumerEnd::Reset,
+        ConsumerEnd::Shutdown,
+        ConsumerEnd::SpoolFailed,
+        ConsumerEnd::WriteStall,
+        ConsumerEnd::PeerTimeout,
+        ConsumerEnd::MaxLifetime,
+    ];
+
+    pub fn as_str(self) -> &'static str {
         match self {
             ConsumerEnd::Eof => "consumer_eof",
             ConsumerEnd::Reset => "consumer_reset",
             ConsumerEnd::Shutdown => "shutdown",
             ConsumerEnd::SpoolFailed => "spool_failed",
+            ConsumerEnd::WriteStall => "write_stall",
+            ConsumerEnd::PeerTimeout => "peer_timeout",
+            ConsumerEnd::MaxLifetime => "max_lifetime",
         }
+    }
+
+    /// Ends where the consumer may have lost what its kernel acknowledged.
+    fn is_abortive(self) -> bool {
+        matches!(
+            self,
+            ConsumerEnd::Reset | ConsumerEnd::WriteStall | ConsumerEnd::PeerTimeout
+        )
+    }
+}
+
+/// A failed socket call: a keepalive / user timeout, or a reset.
+fn broken(e: &io::Error) -> ConsumerEnd {
+    if e.kind() == io::ErrorKind::TimedOut {
+        ConsumerEnd::PeerTimeout
+    } else {
+        ConsumerEnd::Reset
     }
 }
 
@@ -164,7 +211,13 @@ impl QueueServer {
         let end = self.deliver(&stream, peer, &mut d).await;
         // Whatever is still not known delivered goes back to the queue.
         let mut back: Vec<Message> = Vec::new();
-        if end == ConsumerEnd::Reset && self.route.redeliver_on_reset > 0 {
+        if end == ConsumerEnd::WriteStall {
+            // Abortive close: the consumer is not reading, a FIN would never
+            // be read and the kernel would hold the unsent bytes.
+            let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+        }
+        drop(stream);
+        if end.is_abortive() && self.route.redeliver_on_reset > 0 {
             back.extend(d.recent.drain(..));
         }
         let redelivered = back.len() + d.inflight.len();
@@ -180,6 +233,7 @@ impl QueueServer {
             self.notify.notify_waiters();
         }
         self.stats.consumers.fetch_sub(1, Ordering::Relaxed);
+        self.stats.count_consumer_end(end);
         info!(route = %self.route.name, consumer = %peer, reason = end.as_str(),
               delivered = d.delivered_msgs, bytes = d.delivered, requeued = redelivered,
               "consumer closed");
@@ -194,6 +248,8 @@ impl QueueServer {
     async fn deliver(&self, stream: &TcpStream, peer: SocketAddr, d: &mut Delivery) -> ConsumerEnd {
         let mut cut: Option<ConsumerEnd> = None;
         let mut peer_eof = false;
+        let mut stall = StallTimer::new(self.route.timeouts.write_stall);
+        let lifetime_end = self.route.timeouts.max_lifetime.map(|l| Instant::now() + l);
         loop {
             let notified = self.notify.notified();
             tokio::pin!(notified);
@@ -215,18 +271,20 @@ impl QueueServer {
 
             // 2. Write.
             let mut write_blocked = false;
+            let mut window_moved = false;
             if !d.wbuf.is_empty() {
                 match stream.try_write(&d.wbuf) {
                     Ok(n) => {
                         d.written += n as u64;
                         d.wbuf.advance(n);
                         progressed = true;
+                        window_moved = n > 0;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => write_blocked = true,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
                         debug!(consumer = %peer, error = %e, "consumer write failed");
-                        return ConsumerEnd::Reset;
+                        return broken(&e);
                     }
                 }
             }
@@ -237,6 +295,27 @@ impl QueueServer {
             //    backlog that is already fully queued).
             if d.written > d.delivered && self.account(stream, d) {
                 progressed = true;
+                window_moved = true;
+            }
+
+            // Write stall: bytes outstanding, none taken or acknowledged.
+            // (A cut in progress is bounded by the drain timeout instead.)
+            let now = Instant::now();
+            let outstanding = !d.wbuf.is_empty() || d.written > d.delivered;
+            if window_moved || !outstanding || cut.is_some() {
+                stall.progressed();
+            } else {
+                stall.blocked(now.into_std());
+                if stall.expired(now.into_std()) {
+                    debug!(consumer = %peer, unacked = d.written - d.delivered,
+                           unsent = d.wbuf.len(), "consumer write stalled");
+                    return ConsumerEnd::WriteStall;
+                }
+            }
+            if cut.is_none() && lifetime_end.is_some_and(|l| now >= l) {
+                cut = Some(ConsumerEnd::MaxLifetime);
+                self.cut_at_boundary(d);
+                continue;
             }
 
             // 4. A cut finishes once the last message is on the wire.
@@ -253,6 +332,10 @@ impl QueueServer {
                 && d.wbuf.is_empty()
                 && d.queued - d.delivered < WINDOW;
             let unacked = !progressed && d.written > d.delivered;
+            let stall_armed = stall.deadline().is_some();
+            let stall_at = stall.deadline().map_or(now, Instant::from_std);
+            let lifetime_armed = cut.is_none() && lifetime_end.is_some();
+            let lifetime_at = lifetime_end.unwrap_or(now);
             tokio::select! {
                 biased;
                 _ = self.stop.cancelled(), if cut.is_none() => {
@@ -262,7 +345,7 @@ impl QueueServer {
                 r = stream.readable(), if !peer_eof => {
                     if let Err(e) = r {
                         debug!(consumer = %peer, error = %e, "consumer readiness failed");
-                        return ConsumerEnd::Reset;
+                        return broken(&e);
                     }
                     // Consumers send nothing; bytes that arrive are discarded.
                     let mut sink = [0u8; 4096];
@@ -278,15 +361,17 @@ impl QueueServer {
                         Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
                         Err(e) => {
                             debug!(consumer = %peer, error = %e, "consumer reset");
-                            return ConsumerEnd::Reset;
+                            return broken(&e);
                         }
                     }
                 }
                 r = stream.writable(), if write_blocked => {
-                    if r.is_err() {
-                        return ConsumerEnd::Reset;
+                    if let Err(e) = r {
+                        return broken(&e);
                     }
                 }
+                _ = sleep_until(stall_at), if stall_armed => {}
+                _ = sleep_until(lifetime_at), if lifetime_armed => {}
                 _ = &mut notified, if want_data => {}
                 _ = tokio::time::sleep(ACK_POLL), if unacked => {}
                 _ = std::future::ready(()), if progressed => {}

@@ -5,6 +5,10 @@
 //! append per read, not per line. A bad frame closes that producer only,
 //! after everything before it was appended. A partial message at EOF or
 //! reset is never appended as if it were whole.
+//!
+//! A producer that sends nothing for `read_idle_timeout` (a slowloris that
+//! connects and never sends, or a peer that vanished) is closed, as is one
+//! past `max_lifetime`; what its socket already held is queued first.
 
 use std::io;
 use std::net::SocketAddr;
@@ -15,6 +19,7 @@ use spillway_codec::{Decoded, Decoder, FrameError};
 use spillway_spool::SpoolError;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
+use tokio::time::{sleep_until, Instant};
 use tracing::{info, warn};
 
 use super::QueueServer;
@@ -23,9 +28,9 @@ use super::QueueServer;
 /// per-message cost low for small messages.
 const READ_CHUNK: usize = 256 << 10;
 
-/// Why a producer connection ended.
+/// Why a producer connection ended (logged and counted in `QueueStats`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ProducerEnd {
+pub enum ProducerEnd {
     Eof,
     Reset,
     BadFrame,
@@ -33,10 +38,29 @@ enum ProducerEnd {
     SpoolFailed,
     /// The spool refused a batch for this producer alone (e.g. too large).
     Refused,
+    /// Nothing was received for `read_idle_timeout`.
+    ReadIdle,
+    /// Keepalive or `TCP_USER_TIMEOUT` declared the producer gone (ETIMEDOUT).
+    PeerTimeout,
+    /// The connection reached `max_lifetime`.
+    MaxLifetime,
 }
 
 impl ProducerEnd {
-    fn as_str(self) -> &'static str {
+    /// Every variant, in declaration order (the index of the counters).
+    pub const ALL: [ProducerEnd; 9] = [
+        ProducerEnd::Eof,
+        ProducerEnd::Reset,
+        ProducerEnd::BadFrame,
+        ProducerEnd::Shutdown,
+        ProducerEnd::SpoolFailed,
+        ProducerEnd::Refused,
+        ProducerEnd::ReadIdle,
+        ProducerEnd::PeerTimeout,
+        ProducerEnd::MaxLifetime,
+    ];
+
+    pub fn as_str(self) -> &'static str {
         match self {
             ProducerEnd::Eof => "eof",
             ProducerEnd::Reset => "reset",
@@ -44,6 +68,9 @@ impl ProducerEnd {
             ProducerEnd::Shutdown => "shutdown",
             ProducerEnd::SpoolFailed => "spool_failed",
             ProducerEnd::Refused => "refused",
+            ProducerEnd::ReadIdle => "read_idle",
+            ProducerEnd::PeerTimeout => "peer_timeout",
+            ProducerEnd::MaxLifetime => "max_lifetime",
         }
     }
 }
@@ -70,28 +97,43 @@ impl QueueServer {
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let mut messages = 0u64;
         let mut dropped = 0u64;
+        let read_idle = self.route.read_idle_timeout;
+        let lifetime_end = self.route.timeouts.max_lifetime.map(|d| Instant::now() + d);
+        let mut last_read = Instant::now();
         let end = loop {
             if buf.capacity() - buf.len() < READ_CHUNK / 4 {
                 buf.reserve(READ_CHUNK);
             }
+            let idle_end = read_idle.map(|d| last_read + d);
             let read = tokio::select! {
                 biased;
-                _ = self.stop.cancelled() => None,
-                r = stream.read_buf(&mut buf) => Some(r),
+                _ = self.stop.cancelled() => Err(ProducerEnd::Shutdown),
+                _ = sleep_until(lifetime_end.unwrap_or(last_read)), if lifetime_end.is_some() => {
+                    Err(ProducerEnd::MaxLifetime)
+                }
+                _ = sleep_until(idle_end.unwrap_or(last_read)), if idle_end.is_some() => {
+                    Err(ProducerEnd::ReadIdle)
+                }
+                r = stream.read_buf(&mut buf) => Ok(r),
             };
             let (at_end, end) = match read {
-                // Shutdown: keep what the kernel already accepted from this
-                // producer, then stop reading.
-                None => {
+                // Stopped by us: keep what the kernel already accepted from
+                // this producer, then stop reading.
+                Err(end) => {
                     drain_ready(&stream, &mut buf);
-                    (true, ProducerEnd::Shutdown)
+                    (true, end)
                 }
-                Some(Ok(0)) => (true, ProducerEnd::Eof),
-                Some(Ok(_)) => (false, ProducerEnd::Eof),
-                Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Some(Err(e)) => {
+                Ok(Ok(0)) => (true, ProducerEnd::Eof),
+                Ok(Ok(_)) => (false, ProducerEnd::Eof),
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(Err(e)) => {
+                    let end = if e.kind() == io::ErrorKind::TimedOut {
+                        ProducerEnd::PeerTimeout
+                    } else {
+                        ProducerEnd::Reset
+                    };
                     warn!(route = %route, producer = %peer, error = %e, "producer read failed");
-                    (true, ProducerEnd::Reset)
+                    (true, end)
                 }
             };
             let (tally, result) = self.ingest(&mut decoder, &mut buf);
@@ -116,6 +158,8 @@ impl QueueServer {
                     break ProducerEnd::Refused;
                 }
             }
+            // Time spent queueing (a blocked append) is not the producer's idleness.
+            last_read = Instant::now();
             if at_end {
                 if let Err(e) = decoder.finish(&buf) {
                     self.stats.partial_at_eof.fetch_add(1, Ordering::Relaxed);
@@ -127,6 +171,7 @@ impl QueueServer {
             }
         };
         self.stats.producers.fetch_sub(1, Ordering::Relaxed);
+        self.stats.count_producer_end(end);
         info!(route = %route, producer = %peer, messages, dropped, reason = end.as_str(), "producer closed");
     }
 

@@ -8,6 +8,14 @@
 //! fast side keeps flowing. EOF on one side becomes `shutdown(SHUT_WR)` on
 //! the other; the opposite direction keeps going until it ends too, bounded
 //! by the half-close timer. A reset on one side resets the other.
+//!
+//! Liveness: every client and upstream socket gets TCP keepalive and
+//! `TCP_USER_TIMEOUT` (a vanished peer fails with `ETIMEDOUT`: reason
+//! `peer_timeout`); a direction whose destination takes no byte for
+//! `write_stall_timeout` while bytes wait fails with `write_stall` (with
+//! spill, the source keeps flowing into the file meanwhile: the stall is
+//! about the destination only); `max_lifetime` bounds a connection's age.
+//! These failures reset both sides, like any broken connection.
 
 pub mod spill;
 mod splice;
@@ -22,6 +30,7 @@ use std::time::Duration;
 use socket2::SockRef;
 use spillway_net::balance::{Balancer, Lease};
 use spillway_net::dial::{connect, DialOptions};
+use spillway_net::timeout::StallTimer;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
@@ -51,10 +60,17 @@ pub enum CloseReason {
     Limit,
     /// The drain period after SIGTERM ran out.
     Shutdown,
+    /// A destination accepted no byte for `write_stall_timeout` while
+    /// bytes were waiting for it.
+    WriteStall,
+    /// Keepalive or `TCP_USER_TIMEOUT` declared a peer gone (ETIMEDOUT).
+    PeerTimeout,
+    /// The connection reached `max_lifetime`.
+    MaxLifetime,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 10] = [
+    pub const ALL: [CloseReason; 13] = [
         CloseReason::ClientEof,
         CloseReason::UpstreamEof,
         CloseReason::ClientReset,
@@ -65,6 +81,9 @@ impl CloseReason {
         CloseReason::NoUpstream,
         CloseReason::Limit,
         CloseReason::Shutdown,
+        CloseReason::WriteStall,
+        CloseReason::PeerTimeout,
+        CloseReason::MaxLifetime,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -79,6 +98,9 @@ impl CloseReason {
             CloseReason::NoUpstream => "no_upstream",
             CloseReason::Limit => "limit",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::WriteStall => "write_stall",
+            CloseReason::PeerTimeout => "peer_timeout",
+            CloseReason::MaxLifetime => "max_lifetime",
         }
     }
 
@@ -121,6 +143,41 @@ pub(crate) enum DirError {
     Read(io::Error),
     Write(io::Error),
     Local(io::Error),
+    /// The destination took no byte for the write-stall timeout.
+    WriteStall(Duration),
+}
+
+/// Waits until `dst` may take more bytes, at most until the stall timer
+/// (started now unless it runs already) expires.
+pub(crate) async fn writable_or_stall(
+    dst: &TcpStream,
+    stall: &mut StallTimer,
+) -> Result<(), DirError> {
+    let now = Instant::now();
+    stall.blocked(now.into_std());
+    let deadline = stall.deadline().map_or(now, Instant::from_std);
+    match tokio::time::timeout_at(deadline, dst.writable()).await {
+        Ok(r) => r.map_err(DirError::Write),
+        Err(_) => Err(DirError::WriteStall(
+            stall.stalled_for(Instant::now().into_std()),
+        )),
+    }
+}
+
+/// Which peer a close reason is about, for the log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    Client,
+    Upstream,
+}
+
+impl Side {
+    fn as_str(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Upstream => "upstream",
+        }
+    }
 }
 
 /// Live per-connection counters shared by the two directions and the
@@ -255,25 +312,36 @@ impl StreamServer {
         let _active = ActiveGuard(Arc::clone(stats));
         let route = &self.route;
         if active > route.max_connections {
-            self.log_close(peer, None, CloseReason::Limit, None, Duration::ZERO);
+            self.log_close(peer, None, CloseReason::Limit, None, None, Duration::ZERO);
             return;
         }
         let _ = client.set_nodelay(true);
+        if let Err(e) = route.timeouts.socket.apply(&client) {
+            debug!(route = %route.name, client = %peer, error = %e, "cannot set keepalive / user timeout");
+        }
         let start = Instant::now();
         let (upstream, lease, upstream_addr) = match self.connect_upstream(peer).await {
             Some(x) => x,
             None => {
-                self.log_close(peer, None, CloseReason::NoUpstream, None, start.elapsed());
+                self.log_close(
+                    peer,
+                    None,
+                    CloseReason::NoUpstream,
+                    None,
+                    None,
+                    start.elapsed(),
+                );
                 return;
             }
         };
         let progress = Progress::new(Arc::clone(stats));
-        let reason = self.relay(&client, &upstream, &progress, &hard_stop).await;
+        let (reason, side) = self.relay(&client, &upstream, &progress, &hard_stop).await;
         drop(lease);
         self.log_close(
             peer,
             Some(upstream_addr),
             reason,
+            side,
             Some(&progress),
             start.elapsed(),
         );
@@ -284,6 +352,7 @@ impl StreamServer {
         peer: SocketAddr,
         upstream: Option<SocketAddr>,
         reason: CloseReason,
+        side: Option<Side>,
         progress: Option<&Progress>,
         elapsed: Duration,
     ) {
@@ -303,6 +372,7 @@ impl StreamServer {
             client = %peer,
             upstream = %upstream,
             reason = %reason,
+            side = side.map_or("-", Side::as_str),
             bytes_in = up,
             bytes_out = down,
             spilled,
@@ -322,7 +392,11 @@ impl StreamServer {
             let index = lease.index();
             tried.push(index);
             let target = &route.upstreams[index];
-            match connect(target, route.connect_timeout, DialOptions::default()).await {
+            let options = DialOptions {
+                socket: route.timeouts.socket,
+                ..DialOptions::default()
+            };
+            match connect(target, route.connect_timeout, options).await {
                 Ok((stream, addr)) => return Some((stream, lease, addr)),
                 Err(e) => {
                     self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
@@ -340,8 +414,9 @@ impl StreamServer {
         upstream: &TcpStream,
         progress: &Progress,
         hard_stop: &CancellationToken,
-    ) -> CloseReason {
+    ) -> (CloseReason, Option<Side>) {
         let route = &self.route;
+        let lifetime_end = route.timeouts.max_lifetime.map(|d| progress.start + d);
         let c2u = self.direction(client, upstream, progress, CLIENT_TO_UPSTREAM);
         let u2c = self.direction(upstream, client, progress, UPSTREAM_TO_CLIENT);
         tokio::pin!(c2u, u2c);
@@ -358,14 +433,16 @@ impl StreamServer {
                 r = &mut c2u, if !c2u_done => {
                     c2u_done = true;
                     if let Err(e) = r {
-                        return fail(e, client, upstream, true);
+                        let (reason, side) = fail(e, client, upstream, true);
+                        return (reason, Some(side));
                     }
                     first_eof.get_or_insert((Instant::now(), CloseReason::ClientEof));
                 }
                 r = &mut u2c, if !u2c_done => {
                     u2c_done = true;
                     if let Err(e) = r {
-                        return fail(e, client, upstream, false);
+                        let (reason, side) = fail(e, client, upstream, false);
+                        return (reason, Some(side));
                     }
                     first_eof.get_or_insert((Instant::now(), CloseReason::UpstreamEof));
                 }
@@ -373,17 +450,23 @@ impl StreamServer {
                     let now = Instant::now();
                     if let Some((at, _)) = first_eof {
                         if now >= at + route.half_close_timeout {
-                            return CloseReason::HalfCloseTimeout;
+                            return (CloseReason::HalfCloseTimeout, None);
                         }
                     }
                     if now >= progress.last_activity() + route.idle_timeout {
-                        return CloseReason::IdleTimeout;
+                        return (CloseReason::IdleTimeout, None);
                     }
                 }
-                _ = hard_stop.cancelled() => return CloseReason::Shutdown,
+                _ = sleep_until(lifetime_end.unwrap_or(progress.start)), if lifetime_end.is_some() => {
+                    // Bytes may be in flight: reset, so neither peer takes
+                    // the cut for a complete stream.
+                    abort(client, upstream);
+                    return (CloseReason::MaxLifetime, None);
+                }
+                _ = hard_stop.cancelled() => return (CloseReason::Shutdown, None),
             }
             if c2u_done && u2c_done {
-                return first_eof.map_or(CloseReason::ClientEof, |(_, r)| r);
+                return (first_eof.map_or(CloseReason::ClientEof, |(_, r)| r), None);
             }
         }
     }
@@ -402,33 +485,75 @@ impl StreamServer {
                     max_per_connection: spill.max_per_connection,
                     budget: &self.budget,
                 };
-                spill::run(src, dst, self.route.buffer, Some(limits), progress, dir).await
+                let stall = StallTimer::new(self.route.timeouts.write_stall);
+                spill::run(
+                    src,
+                    dst,
+                    self.route.buffer,
+                    Some(limits),
+                    progress,
+                    dir,
+                    stall,
+                )
+                .await
             }
-            None => splice::run(src, dst, &self.pipes, progress, dir).await,
+            None => {
+                let stall = StallTimer::new(self.route.timeouts.write_stall);
+                splice::run(src, dst, &self.pipes, progress, dir, stall).await
+            }
         }
     }
 }
 
-/// Maps a direction's failure to a close reason and propagates a reset to
-/// the other side (SO_LINGER 0 makes the coming close send RST), so neither
-/// peer mistakes a broken stream for a complete one.
+/// Maps a direction's failure to a close reason and the peer it is about,
+/// and propagates a reset to the other side, so neither peer mistakes a
+/// broken stream for a complete one.
 fn fail(
     e: DirError,
     client: &TcpStream,
     upstream: &TcpStream,
     client_to_upstream: bool,
-) -> CloseReason {
+) -> (CloseReason, Side) {
     // For client->upstream, reads are on the client and writes on the upstream.
-    let (reason, err) = match (e, client_to_upstream) {
-        (DirError::Read(e), true) | (DirError::Write(e), false) => (CloseReason::ClientReset, e),
-        (DirError::Read(e), false) | (DirError::Write(e), true) => (CloseReason::UpstreamReset, e),
-        (DirError::Local(e), _) => (CloseReason::LocalError, e),
+    let (src, dst) = if client_to_upstream {
+        (Side::Client, Side::Upstream)
+    } else {
+        (Side::Upstream, Side::Client)
     };
-    debug!(error = %err, reason = %reason, "direction failed");
+    let reset = |side| match side {
+        Side::Client => CloseReason::ClientReset,
+        Side::Upstream => CloseReason::UpstreamReset,
+    };
+    let timed_out = |e: &io::Error| e.kind() == io::ErrorKind::TimedOut;
+    let (reason, side) = match &e {
+        DirError::Read(e) if timed_out(e) => (CloseReason::PeerTimeout, src),
+        DirError::Write(e) if timed_out(e) => (CloseReason::PeerTimeout, dst),
+        DirError::Read(_) => (reset(src), src),
+        DirError::Write(_) => (reset(dst), dst),
+        DirError::Local(_) => (CloseReason::LocalError, dst),
+        DirError::WriteStall(_) => (CloseReason::WriteStall, dst),
+    };
+    match &e {
+        DirError::WriteStall(d) => {
+            debug!(
+                side = side.as_str(),
+                stalled_ms = d.as_millis() as u64,
+                "write stalled"
+            )
+        }
+        DirError::Read(e) | DirError::Write(e) | DirError::Local(e) => {
+            debug!(error = %e, reason = %reason, "direction failed")
+        }
+    }
+    abort(client, upstream);
+    (reason, side)
+}
+
+/// SO_LINGER 0: the coming close sends RST to both peers.
+fn abort(client: &TcpStream, upstream: &TcpStream) {
     for s in [client, upstream] {
         let _ = SockRef::from(s).set_linger(Some(Duration::ZERO));
     }
-    reason
 }
 
 struct ActiveGuard(Arc<RouteStats>);

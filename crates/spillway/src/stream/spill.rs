@@ -22,10 +22,12 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use spillway_net::timeout::StallTimer;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tracing::warn;
 
-use super::{shutdown_write, DirError, Progress};
+use super::{shutdown_write, writable_or_stall, DirError, Progress};
 
 /// Process-wide bound on spill-file bytes.
 #[derive(Debug)]
@@ -117,6 +119,7 @@ pub(crate) async fn run(
     limits: Option<SpillLimits<'_>>,
     progress: &Progress,
     dir: usize,
+    mut stall: StallTimer,
 ) -> Result<(), DirError> {
     src.readable().await.map_err(DirError::Read)?;
     let mut mem = vec![0u8; buffer];
@@ -260,10 +263,21 @@ pub(crate) async fn run(
                     head += n;
                     moved = true;
                     progress.moved(dir, n);
+                    stall.progressed();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => write_blocked = true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(DirError::Write(e)),
+            }
+        }
+        if write_blocked {
+            // The source may keep flowing into the file (the loop goes round
+            // on reads alone), so the stall is checked here, not only while
+            // waiting.
+            let now = Instant::now().into_std();
+            stall.blocked(now);
+            if stall.expired(now) {
+                return Err(DirError::WriteStall(stall.stalled_for(now)));
             }
         }
 
@@ -283,11 +297,11 @@ pub(crate) async fn run(
             (true, true) => {
                 tokio::select! {
                     r = src.readable() => r.map_err(DirError::Read)?,
-                    w = dst.writable() => w.map_err(DirError::Write)?,
+                    w = writable_or_stall(dst, &mut stall) => w?,
                 }
             }
             (true, false) => src.readable().await.map_err(DirError::Read)?,
-            (false, true) => dst.writable().await.map_err(DirError::Write)?,
+            (false, true) => writable_or_stall(dst, &mut stall).await?,
             // Nothing to read into and nothing to write: only possible when the
             // buffer was just refilled or compacted; go round again.
             (false, false) => tokio::task::yield_now().await,

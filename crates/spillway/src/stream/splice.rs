@@ -32,11 +32,12 @@ use std::sync::Mutex;
 use bytes::BytesMut;
 
 use spillway_net::sys::{splice, Pipe};
+use spillway_net::timeout::StallTimer;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tracing::warn;
 
-use super::{shutdown_write, DirError, Progress};
+use super::{shutdown_write, writable_or_stall, DirError, Progress};
 use crate::logging::RateLimited;
 
 /// Empty pipes ready for reuse, all of one requested size.
@@ -97,11 +98,12 @@ pub(crate) async fn run(
     pool: &PipePool,
     progress: &Progress,
     dir: usize,
+    mut stall: StallTimer,
 ) -> Result<(), DirError> {
     loop {
         // Idle: hold no buffer and no pipe.
         src.readable().await.map_err(DirError::Read)?;
-        match copy_burst(src, dst, progress, dir).await? {
+        match copy_burst(src, dst, progress, dir, &mut stall).await? {
             Burst::Eof => return shutdown_write(dst),
             Burst::Drained => continue,
             Burst::Bulk => {}
@@ -112,11 +114,19 @@ pub(crate) async fn run(
                 if let Some(suppressed) = pool.warn.lock().ok().and_then(|mut w| w.check()) {
                     warn!(error = %e, suppressed, "no pipe for splice; copying through user space");
                 }
-                return super::spill::run(src, dst, pool.fallback_buffer, None, progress, dir)
-                    .await;
+                return super::spill::run(
+                    src,
+                    dst,
+                    pool.fallback_buffer,
+                    None,
+                    progress,
+                    dir,
+                    stall,
+                )
+                .await;
             }
         };
-        if splice_burst(src, dst, pool, pipe, progress, dir).await? == Burst::Eof {
+        if splice_burst(src, dst, pool, pipe, progress, dir, &mut stall).await? == Burst::Eof {
             return shutdown_write(dst);
         }
     }
@@ -129,6 +139,7 @@ async fn copy_burst(
     dst: &TcpStream,
     progress: &Progress,
     dir: usize,
+    stall: &mut StallTimer,
 ) -> Result<Burst, DirError> {
     let mut buf = BytesMut::with_capacity(COPY_CHUNK);
     loop {
@@ -150,20 +161,24 @@ async fn copy_burst(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(DirError::Read(e)),
         };
-        write_all(dst, &buf[..n]).await?;
+        write_all(dst, &buf[..n], stall).await?;
         progress.moved(dir, n);
         return Ok(burst);
     }
 }
 
-/// Writes all of `data`, waiting for the destination as needed.
-async fn write_all(dst: &TcpStream, data: &[u8]) -> Result<(), DirError> {
+/// Writes all of `data`, waiting for the destination as needed (at most
+/// the write-stall timeout without progress).
+async fn write_all(dst: &TcpStream, data: &[u8], stall: &mut StallTimer) -> Result<(), DirError> {
     let mut off = 0;
     while off < data.len() {
         match dst.try_write(&data[off..]) {
-            Ok(n) => off += n,
+            Ok(n) => {
+                off += n;
+                stall.progressed();
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                dst.writable().await.map_err(DirError::Write)?
+                writable_or_stall(dst, stall).await?
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(DirError::Write(e)),
@@ -181,6 +196,7 @@ async fn splice_burst(
     pipe: (Pipe, usize),
     progress: &Progress,
     dir: usize,
+    stall: &mut StallTimer,
 ) -> Result<Burst, DirError> {
     let (p, capacity) = &pipe;
     let capacity = *capacity;
@@ -212,6 +228,7 @@ async fn splice_burst(
                 Ok(n) => {
                     in_pipe -= n;
                     progress.moved(dir, n);
+                    stall.progressed();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => drain_blocked = true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -225,7 +242,7 @@ async fn splice_burst(
             return Ok(if eof { Burst::Eof } else { Burst::Drained });
         }
         if in_pipe > 0 && drain_blocked {
-            dst.writable().await.map_err(DirError::Write)?;
+            writable_or_stall(dst, stall).await?;
         }
     }
 }
