@@ -460,7 +460,6 @@ async fn stalled_reader_case(spill: Option<&std::path::Path>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_cut_for_write_stall() {
-    let _heavy = heavy();
     stalled_reader_case(None).await;
     let dir = tempfile::tempdir().expect("tempdir");
     stalled_reader_case(Some(dir.path())).await;
