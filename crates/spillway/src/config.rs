@@ -21,6 +21,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use spillway_net::balance::Balance;
 use spillway_net::dial::{Keepalive, SocketOptions};
+use spillway_net::tls::{ClientTlsConfig, ServerTlsConfig, SpkiPin};
 use toml::Spanned;
 
 use crate::endpoint::Endpoint;
@@ -186,6 +187,20 @@ pub struct QueueRoute {
     pub timeouts: Timeouts,
     /// A producer that sends nothing for this long is closed (`None`: never).
     pub read_idle_timeout: Option<Duration>,
+    /// TLS on the producer side: terminated on a `listen:` endpoint,
+    /// originated on a `connect:` one (`[route.from_tls]`).
+    pub from_tls: Option<EndpointTls>,
+    /// TLS on the consumer side (`[route.to_tls]`).
+    pub to_tls: Option<EndpointTls>,
+}
+
+/// TLS at one end of a queue route: which kind follows from the endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EndpointTls {
+    /// On a `listen:` endpoint: spillway is the TLS server.
+    Server(ServerTlsConfig),
+    /// On a `connect:` endpoint: spillway is the TLS client.
+    Client(ClientTlsConfig),
 }
 
 impl QueueRoute {
@@ -211,6 +226,8 @@ impl QueueRoute {
             connect_timeout: defaults::CONNECT_TIMEOUT,
             timeouts: Timeouts::default(),
             read_idle_timeout: Some(defaults::READ_IDLE_TIMEOUT),
+            from_tls: None,
+            to_tls: None,
         }
     }
 }
@@ -279,6 +296,10 @@ pub struct StreamRoute {
     pub pipe_size: usize,
     pub spill: Option<Spill>,
     pub timeouts: Timeouts,
+    /// Terminate TLS from clients (`[route.tls]`).
+    pub tls: Option<ServerTlsConfig>,
+    /// Originate TLS to the upstreams (`[route.upstream_tls]`).
+    pub upstream_tls: Option<ClientTlsConfig>,
 }
 
 impl StreamRoute {
@@ -298,6 +319,8 @@ impl StreamRoute {
             pipe_size: defaults::PIPE_SIZE as usize,
             spill: None,
             timeouts: Timeouts::default(),
+            tls: None,
+            upstream_tls: None,
         }
     }
 }
@@ -376,6 +399,28 @@ struct RawRoute {
     tcp_user_timeout: S<HumanDuration>,
     write_stall_timeout: S<HumanDuration>,
     max_lifetime: S<HumanDuration>,
+    // TLS: stream routes
+    tls: S<RawTls>,
+    upstream_tls: S<RawTls>,
+    // TLS: queue routes
+    from_tls: S<RawTls>,
+    to_tls: S<RawTls>,
+}
+
+/// One TLS table. Which keys are allowed depends on whether spillway is
+/// the server (`cert`, `key`, `client_ca`) or the client (`ca`,
+/// `server_name`, `pin_sha256`, `cert`, `key`, `insecure_skip_verify`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: S<String>,
+    key: S<String>,
+    client_ca: S<String>,
+    ca: S<String>,
+    server_name: S<String>,
+    pin_sha256: S<Vec<String>>,
+    insecure_skip_verify: S<bool>,
+    handshake_timeout: S<HumanDuration>,
 }
 
 // ----------------------------------------------------------- convert ---
@@ -535,6 +580,8 @@ fn queue_route(
     reject(src, &r.spill_dir, "spill_dir", "queue")?;
     reject(src, &r.max_spill, "max_spill", "queue")?;
     let timeouts = timeouts(src, &r)?;
+    reject(src, &r.tls, "tls", "queue")?;
+    reject(src, &r.upstream_tls, "upstream_tls", "queue")?;
     let endpoint = |v: Spanned<String>| -> Result<Endpoint, ConfigError> {
         v.get_ref()
             .parse()
@@ -587,6 +634,8 @@ fn queue_route(
             .map_or(table.clone(), |v| v.span());
         src.error(span, m)
     })?;
+    q.from_tls = endpoint_tls(src, r.from_tls, &q.from, "from_tls")?;
+    q.to_tls = endpoint_tls(src, r.to_tls, &q.to, "to_tls")?;
     Ok(q)
 }
 
@@ -609,6 +658,8 @@ fn stream_route(
     reject(src, &r.redeliver_on_reset, "redeliver_on_reset", "stream")?;
     reject(src, &r.read_idle_timeout, "read_idle_timeout", "stream")?;
     let timeouts = timeouts(src, &r)?;
+    reject(src, &r.from_tls, "from_tls", "stream")?;
+    reject(src, &r.to_tls, "to_tls", "stream")?;
     let listen = required(src, table, r.listen, "listen")?;
     let listen = host_port(src, &listen, "listen address")?;
     let ups = required(src, table, r.upstreams, "upstreams")?;
@@ -677,6 +728,12 @@ fn stream_route(
         }
         (None, None) => {}
     }
+    if let Some(t) = r.tls {
+        route.tls = Some(server_tls(src, t, "tls")?);
+    }
+    if let Some(t) = r.upstream_tls {
+        route.upstream_tls = Some(client_tls(src, t, "upstream_tls")?);
+    }
     Ok(route)
 }
 
@@ -734,6 +791,145 @@ fn timeouts(src: &Source<'_>, r: &RawRoute) -> Result<Timeouts, ConfigError> {
         t.max_lifetime = optional_duration(v);
     }
     Ok(t)
+}
+
+fn endpoint_tls(
+    src: &Source<'_>,
+    raw: S<RawTls>,
+    endpoint: &Endpoint,
+    table: &str,
+) -> Result<Option<EndpointTls>, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    Ok(Some(match endpoint {
+        Endpoint::Listen(_) => EndpointTls::Server(server_tls(src, raw, table)?),
+        Endpoint::Connect(_) => EndpointTls::Client(client_tls(src, raw, table)?),
+    }))
+}
+
+fn tls_reject<T>(
+    src: &Source<'_>,
+    v: &S<T>,
+    key: &str,
+    table: &str,
+    why: &str,
+) -> Result<(), ConfigError> {
+    match v {
+        Some(v) => Err(src.error(
+            v.span(),
+            format!("key '{key}' is not valid in [route.{table}]: {why}"),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn tls_path(v: S<String>) -> Option<PathBuf> {
+    v.map(|p| PathBuf::from(p.into_inner()))
+}
+
+fn handshake_timeout(src: &Source<'_>, v: &S<HumanDuration>) -> Result<Duration, ConfigError> {
+    match v {
+        Some(v) => nonzero_duration(src, v, "handshake_timeout"),
+        None => Ok(spillway_net::tls::DEFAULT_HANDSHAKE_TIMEOUT),
+    }
+}
+
+/// A table where spillway terminates TLS: `cert` and `key` required,
+/// `client_ca` turns on mTLS.
+fn server_tls(
+    src: &Source<'_>,
+    raw: Spanned<RawTls>,
+    table: &str,
+) -> Result<ServerTlsConfig, ConfigError> {
+    let span = raw.span();
+    let r = raw.into_inner();
+    let why = "spillway is the TLS server here (it accepts the connections)";
+    tls_reject(src, &r.ca, "ca", table, why)?;
+    tls_reject(src, &r.server_name, "server_name", table, why)?;
+    tls_reject(src, &r.pin_sha256, "pin_sha256", table, why)?;
+    tls_reject(
+        src,
+        &r.insecure_skip_verify,
+        "insecure_skip_verify",
+        table,
+        why,
+    )?;
+    let missing = |key: &str| {
+        src.error(
+            span.clone(),
+            format!("[route.{table}] is missing required key '{key}'"),
+        )
+    };
+    let cert = tls_path(r.cert).ok_or_else(|| missing("cert"))?;
+    let key = tls_path(r.key).ok_or_else(|| missing("key"))?;
+    let mut cfg = ServerTlsConfig::new(cert, key);
+    cfg.client_ca = tls_path(r.client_ca);
+    cfg.handshake_timeout = handshake_timeout(src, &r.handshake_timeout)?;
+    Ok(cfg)
+}
+
+/// A table where spillway originates TLS: verification on by default.
+fn client_tls(
+    src: &Source<'_>,
+    raw: Spanned<RawTls>,
+    table: &str,
+) -> Result<ClientTlsConfig, ConfigError> {
+    let span = raw.span();
+    let r = raw.into_inner();
+    tls_reject(
+        src,
+        &r.client_ca,
+        "client_ca",
+        table,
+        "spillway is the TLS client here (it dials); use 'ca' to verify the server",
+    )?;
+    let mut cfg = ClientTlsConfig {
+        handshake_timeout: handshake_timeout(src, &r.handshake_timeout)?,
+        ..ClientTlsConfig::default()
+    };
+    if let Some(n) = r.server_name {
+        if rustls_pki_types::ServerName::try_from(n.get_ref().as_str()).is_err() {
+            return Err(src.error(
+                n.span(),
+                format!(
+                    "invalid server_name '{}': expected a DNS name or an IP address",
+                    n.get_ref()
+                ),
+            ));
+        }
+        cfg.server_name = Some(n.into_inner());
+    }
+    if let Some(pins) = r.pin_sha256 {
+        for p in pins.get_ref() {
+            let pin: SpkiPin = p.parse().map_err(|m: String| src.error(pins.span(), m))?;
+            cfg.pin_sha256.push(pin);
+        }
+    }
+    if let Some(v) = &r.insecure_skip_verify {
+        cfg.insecure_skip_verify = *v.get_ref();
+        if cfg.insecure_skip_verify {
+            if let Some(ca) = &r.ca {
+                return Err(src.error(
+                    ca.span(),
+                    "'ca' has no effect with insecure_skip_verify = true; remove one of them",
+                ));
+            }
+        }
+    }
+    cfg.ca = tls_path(r.ca);
+    match (&r.cert, &r.key) {
+        (Some(_), None) | (None, Some(_)) => {
+            return Err(src.error(
+                span,
+                format!("[route.{table}]: a client certificate needs both 'cert' and 'key'"),
+            ))
+        }
+        _ => {}
+    }
+    cfg.cert = tls_path(r.cert);
+    cfg.key = tls_path(r.key);
+    Ok(cfg)
 }
 
 fn nonzero_duration(
@@ -902,6 +1098,105 @@ max_disk = "10GiB"
         assert!(e.message.contains("not valid in a stream route"), "{e}");
         let e = p(&format!("{stream}tcp_keepalive = \"yes\"\n")).expect_err("bool");
         assert_eq!(e.line, 6, "{e}");
+    }
+
+    #[test]
+    fn tls_tables() {
+        let pin = "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
+        let c = p(&format!(
+            r#"
+[[route]]
+name = "web"
+mode = "stream"
+listen = "127.0.0.1:7000"
+upstreams = ["backend.internal:8443"]
+[route.tls]
+cert = "/etc/spillway/server.pem"
+key = "/etc/spillway/server.key"
+client_ca = "/etc/spillway/clients.pem"
+[route.upstream_tls]
+ca = "/etc/spillway/ca.pem"
+server_name = "backend.example"
+pin_sha256 = ["{pin}"]
+handshake_timeout = "3s"
+
+[[route]]
+name = "q"
+mode = "queue"
+from = "listen:127.0.0.1:7001"
+to = "connect:127.0.0.1:7002"
+spool = "/tmp/q"
+[route.from_tls]
+cert = "s.pem"
+key = "s.key"
+[route.to_tls]
+insecure_skip_verify = true
+cert = "c.pem"
+key = "c.key"
+"#
+        ))
+        .expect("valid");
+        let Route::Stream(r) = &c.routes[0] else {
+            panic!("not a stream route");
+        };
+        let t = r.tls.as_ref().expect("tls");
+        assert_eq!(
+            t.client_ca.as_deref(),
+            Some(Path::new("/etc/spillway/clients.pem"))
+        );
+        assert_eq!(
+            t.handshake_timeout,
+            spillway_net::tls::DEFAULT_HANDSHAKE_TIMEOUT
+        );
+        let u = r.upstream_tls.as_ref().expect("upstream_tls");
+        assert_eq!(u.server_name.as_deref(), Some("backend.example"));
+        assert_eq!(u.pin_sha256.len(), 1);
+        assert_eq!(u.pin_sha256[0].to_string(), pin);
+        assert_eq!(u.handshake_timeout, Duration::from_secs(3));
+        assert!(!u.insecure_skip_verify);
+        let Route::Queue(q) = &c.routes[1] else {
+            panic!("not a queue route");
+        };
+        assert!(
+            matches!(&q.from_tls, Some(EndpointTls::Server(s)) if s.cert == Path::new("s.pem"))
+        );
+        assert!(
+            matches!(&q.to_tls, Some(EndpointTls::Client(c)) if c.insecure_skip_verify && c.key.is_some())
+        );
+
+        let stream = "[[route]]\nname = \"a\"\nmode = \"stream\"\nlisten = \"127.0.0.1:1\"\nupstreams = [\"a:1\"]\n";
+        let bad = |tail: &str| p(&format!("{stream}{tail}")).expect_err(tail);
+        let e = bad("[route.tls]\ncert = \"c\"\n");
+        assert!(e.message.contains("missing required key 'key'"), "{e}");
+        let e = bad("[route.tls]\ncert = \"c\"\nkey = \"k\"\nca = \"x\"\n");
+        assert_eq!(e.line, 9, "{e}");
+        assert!(e.message.contains("TLS server"), "{e}");
+        let e = bad("[route.upstream_tls]\nclient_ca = \"x\"\n");
+        assert!(e.message.contains("TLS client"), "{e}");
+        let e = bad("[route.upstream_tls]\npin_sha256 = [\"abc\"]\n");
+        assert!(e.message.contains("32 bytes"), "{e}");
+        let e = bad("[route.upstream_tls]\ncert = \"c\"\n");
+        assert!(e.message.contains("both 'cert' and 'key'"), "{e}");
+        let e = bad("[route.upstream_tls]\nca = \"c\"\ninsecure_skip_verify = true\n");
+        assert!(e.message.contains("no effect"), "{e}");
+        let e = bad("[route.upstream_tls]\nserver_name = \"not a name\"\n");
+        assert!(e.message.contains("invalid server_name"), "{e}");
+        let e = bad("[route.upstream_tls]\nhandshake_timeout = \"0s\"\n");
+        assert!(e.message.contains("greater than zero"), "{e}");
+        let e = bad("[route.tls]\ncert = \"c\"\nkey = \"k\"\nciphers = \"all\"\n");
+        assert_eq!((e.line, e.col), (9, 1), "{e}");
+        let e = bad("[route.from_tls]\ncert = \"c\"\nkey = \"k\"\n");
+        assert!(e.message.contains("not valid in a stream route"), "{e}");
+        // On a connect: endpoint the table is a client table.
+        let queue = "[[route]]\nname = \"q\"\nmode = \"queue\"\nfrom = \"connect:127.0.0.1:1\"\nto = \"listen:127.0.0.1:2\"\nspool = \"/tmp/q\"\n";
+        let e = p(&format!("{queue}[route.from_tls]\nclient_ca = \"x\"\n"))
+            .expect_err("client_ca on connect");
+        assert!(e.message.contains("from_tls"), "{e}");
+        let e = p(&format!("{queue}[route.to_tls]\nca = \"x\"\n")).expect_err("ca on listen");
+        assert!(e.message.contains("to_tls"), "{e}");
+        let e = p(&format!("{queue}[route.tls]\ncert = \"c\"\nkey = \"k\"\n"))
+            .expect_err("tls in queue");
+        assert!(e.message.contains("not valid in a queue route"), "{e}");
     }
 
     #[test]
