@@ -603,9 +603,11 @@ impl ServerCertVerifier for Verifier {
             let got = SpkiPin::of_certificate(end_entity)
                 .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
             if !self.pins.contains(&got) {
+                let want: Vec<String> = self.pins.iter().map(SpkiPin::to_string).collect();
                 return Err(rustls::Error::InvalidCertificate(CertificateError::Other(
                     OtherError(Arc::new(PinMismatch(format!(
-                        "the server's key has SPKI SHA-256 {got}, which is not in pin_sha256"
+                        "the server's key has SPKI SHA-256 {got}, which is not in pin_sha256 [{}]",
+                        want.join(", ")
                     )))),
                 )));
             }

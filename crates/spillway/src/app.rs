@@ -54,8 +54,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 })?;
                 let local = listener.local_addr()?;
                 info!(route = %r.name, listen = %local, upstreams = ?r.upstreams, balance = %r.balance,
-                      spill = r.spill.is_some(), "stream route ready");
-                let server = Arc::new(StreamServer::new(r.clone(), Arc::clone(&budget)));
+                      spill = r.spill.is_some(), tls = r.tls.is_some(),
+                      upstream_tls = r.upstream_tls.is_some(), "stream route ready");
+                let server = Arc::new(
+                    StreamServer::new(r.clone(), Arc::clone(&budget))
+                        .with_context(|| format!("route '{}': TLS", r.name))?,
+                );
                 ready.push(Ready::Stream(server, listener));
             }
             Route::Queue(q) => {

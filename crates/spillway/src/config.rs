@@ -734,6 +734,13 @@ fn stream_route(
     if let Some(t) = r.upstream_tls {
         route.upstream_tls = Some(client_tls(src, t, "upstream_tls")?);
     }
+    if route.spill.is_some() && (route.tls.is_some() || route.upstream_tls.is_some()) {
+        // TLS connections take the user-space copy path, which has no spill file.
+        return Err(src.error(
+            table.clone(),
+            "spill_dir is not supported together with TLS (tls / upstream_tls) yet",
+        ));
+    }
     Ok(route)
 }
 
@@ -1185,6 +1192,8 @@ key = "c.key"
         assert!(e.message.contains("greater than zero"), "{e}");
         let e = bad("[route.tls]\ncert = \"c\"\nkey = \"k\"\nciphers = \"all\"\n");
         assert_eq!((e.line, e.col), (9, 1), "{e}");
+        let e = bad("spill_dir = \"/tmp\"\n[route.tls]\ncert = \"c\"\nkey = \"k\"\n");
+        assert!(e.message.contains("spill_dir is not supported"), "{e}");
         let e = bad("[route.from_tls]\ncert = \"c\"\nkey = \"k\"\n");
         assert!(e.message.contains("not valid in a stream route"), "{e}");
         // On a connect: endpoint the table is a client table.

@@ -31,10 +31,8 @@ async fn start_route(
     let addr = listener.local_addr().expect("addr");
     let mut route = StreamRoute::new("test", addr.to_string(), upstreams);
     tweak(&mut route);
-    let server = Arc::new(StreamServer::new(
-        route,
-        Arc::new(SpillBudget::new(1 << 30)),
-    ));
+    let server =
+        Arc::new(StreamServer::new(route, Arc::new(SpillBudget::new(1 << 30))).expect("server"));
     let token = CancellationToken::new();
     tokio::spawn(Arc::clone(&server).serve(listener, token.clone(), Duration::from_secs(5)));
     (addr, token, server)
@@ -823,7 +821,7 @@ fn spill_bound_falls_back_to_backpressure_without_loss() {
             max_per_connection: 1 << 30,
         });
         let budget = Arc::new(SpillBudget::new(BOUND));
-        let server = Arc::new(StreamServer::new(route, Arc::clone(&budget)));
+        let server = Arc::new(StreamServer::new(route, Arc::clone(&budget)).expect("server"));
         let token = CancellationToken::new();
         tokio::spawn(Arc::clone(&server).serve(listener, token.clone(), Duration::from_secs(5)));
         let data = pattern(TOTAL, 42);

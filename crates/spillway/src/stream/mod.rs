@@ -17,20 +17,23 @@
 //! about the destination only); `max_lifetime` bounds a connection's age.
 //! These failures reset both sides, like any broken connection.
 
+mod io_copy;
 pub mod spill;
 mod splice;
 
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use socket2::SockRef;
 use spillway_net::balance::{Balancer, Lease};
 use spillway_net::dial::{connect, DialOptions};
 use spillway_net::timeout::StallTimer;
+use spillway_net::tls::{MaybeTls, TlsClient, TlsError, TlsServer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
@@ -39,6 +42,7 @@ use tracing::{debug, info, warn};
 
 use crate::accept::{accept_loop, Accepted};
 use crate::config::StreamRoute;
+use crate::logging::RateLimited;
 use spill::{SpillBudget, SpillLimits};
 
 /// Why a proxied connection ended. Logged once per connection and counted.
@@ -67,10 +71,13 @@ pub enum CloseReason {
     PeerTimeout,
     /// The connection reached `max_lifetime`.
     MaxLifetime,
+    /// The client's TLS handshake failed (not TLS at all, an untrusted or
+    /// missing client certificate, a timeout).
+    TlsHandshake,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 13] = [
+    pub const ALL: [CloseReason; 14] = [
         CloseReason::ClientEof,
         CloseReason::UpstreamEof,
         CloseReason::ClientReset,
@@ -84,6 +91,7 @@ impl CloseReason {
         CloseReason::WriteStall,
         CloseReason::PeerTimeout,
         CloseReason::MaxLifetime,
+        CloseReason::TlsHandshake,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -101,6 +109,7 @@ impl CloseReason {
             CloseReason::WriteStall => "write_stall",
             CloseReason::PeerTimeout => "peer_timeout",
             CloseReason::MaxLifetime => "max_lifetime",
+            CloseReason::TlsHandshake => "tls_handshake",
         }
     }
 
@@ -129,6 +138,12 @@ pub struct RouteStats {
     pub bytes: [AtomicU64; 2],
     pub spilled_bytes: AtomicU64,
     pub connect_failures: AtomicU64,
+    /// Client connections whose TLS handshake failed (also counted as
+    /// closed with [`CloseReason::TlsHandshake`]).
+    pub tls_handshake_failures: AtomicU64,
+    /// Upstream connections whose TLS handshake failed (also counted in
+    /// `connect_failures`).
+    pub upstream_tls_failures: AtomicU64,
 }
 
 impl RouteStats {
@@ -241,22 +256,81 @@ pub struct StreamServer {
     stats: Arc<RouteStats>,
     budget: Arc<SpillBudget>,
     pipes: splice::PipePool,
+    /// Loaded from the route's files; replaced by [`StreamServer::reload_tls`].
+    /// A connection clones what it needs at its start.
+    tls: RwLock<RouteTls>,
+    tls_warning: Mutex<RateLimited>,
+}
+
+/// The TLS state of a route, loaded from its files.
+#[derive(Clone, Debug, Default)]
+struct RouteTls {
+    server: Option<TlsServer>,
+    upstream: Option<TlsClient>,
+}
+
+impl RouteTls {
+    fn load(route: &StreamRoute) -> Result<Self, TlsError> {
+        Ok(RouteTls {
+            server: route.tls.as_ref().map(TlsServer::load).transpose()?,
+            upstream: route
+                .upstream_tls
+                .as_ref()
+                .map(TlsClient::load)
+                .transpose()?,
+        })
+    }
+}
+
+/// How the two directions of a connection ended.
+enum Ended {
+    Clean(CloseReason),
+    /// A direction failed; `true` when it was client->upstream.
+    Failed(DirError, bool),
+    /// `max_lifetime` ran out with the connection still open.
+    Lifetime,
 }
 
 /// Empty pipes kept for reuse per route; beyond this they are closed.
 const MAX_IDLE_PIPES: usize = 256;
 
 impl StreamServer {
-    pub fn new(route: StreamRoute, budget: Arc<SpillBudget>) -> Self {
+    /// Builds the route's state; reads its TLS files, if any (so a failure
+    /// names the file and what is wrong with it).
+    pub fn new(route: StreamRoute, budget: Arc<SpillBudget>) -> Result<Self, TlsError> {
         let balancer = Balancer::new(route.balance, route.upstreams.len());
         let pipes = splice::PipePool::new(route.pipe_size, route.buffer, MAX_IDLE_PIPES);
-        StreamServer {
+        let tls = RouteTls::load(&route)?;
+        Ok(StreamServer {
             route,
             balancer,
             stats: Arc::default(),
             budget,
             pipes,
-        }
+            tls: RwLock::new(tls),
+            tls_warning: Mutex::new(RateLimited::new(Duration::from_secs(5))),
+        })
+    }
+
+    /// Re-reads the route's certificate, key and CA files. New connections
+    /// use them; established ones keep what they started with. On error
+    /// the files in use stay in use.
+    pub fn reload_tls(&self) -> Result<(), TlsError> {
+        let fresh = RouteTls::load(&self.route)?;
+        *self.tls.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(())
+    }
+
+    fn current_tls(&self) -> RouteTls {
+        self.tls.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Peer-triggered TLS warnings are rate-limited.
+    fn tls_warn(&self) -> Option<u64> {
+        self.tls_warning
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .check()
     }
 
     pub fn stats(&self) -> &Arc<RouteStats> {
@@ -320,22 +394,54 @@ impl StreamServer {
             debug!(route = %route.name, client = %peer, error = %e, "cannot set keepalive / user timeout");
         }
         let start = Instant::now();
-        let (upstream, lease, upstream_addr) = match self.connect_upstream(peer).await {
-            Some(x) => x,
-            None => {
-                self.log_close(
-                    peer,
-                    None,
-                    CloseReason::NoUpstream,
-                    None,
-                    None,
-                    start.elapsed(),
-                );
-                return;
-            }
+        let tls = self.current_tls();
+        // The client's handshake comes first, so a client that does not
+        // speak TLS never costs an upstream connection.
+        let client = match &tls.server {
+            None => MaybeTls::Plain(client),
+            Some(server) => match server.accept(client).await {
+                Ok(s) => MaybeTls::from(s),
+                Err(e) => {
+                    stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+                    if let Some(suppressed) = self.tls_warn() {
+                        warn!(route = %route.name, client = %peer, kind = %e.as_label(), error = %e,
+                              suppressed, "TLS handshake with client failed");
+                    }
+                    self.log_close(
+                        peer,
+                        None,
+                        CloseReason::TlsHandshake,
+                        Some(Side::Client),
+                        None,
+                        start.elapsed(),
+                    );
+                    return;
+                }
+            },
         };
+        let (upstream, lease, upstream_addr) =
+            match self.connect_upstream(peer, tls.upstream.as_ref()).await {
+                Some(x) => x,
+                None => {
+                    self.log_close(
+                        peer,
+                        None,
+                        CloseReason::NoUpstream,
+                        None,
+                        None,
+                        start.elapsed(),
+                    );
+                    return;
+                }
+            };
         let progress = Progress::new(Arc::clone(stats));
-        let (reason, side) = self.relay(&client, &upstream, &progress, &hard_stop).await;
+        let (reason, side) = match (client, upstream) {
+            // Plain TCP both ways: the zero-copy path.
+            (MaybeTls::Plain(client), MaybeTls::Plain(upstream)) => {
+                self.relay(&client, &upstream, &progress, &hard_stop).await
+            }
+            (client, upstream) => self.relay_io(client, upstream, &progress, &hard_stop).await,
+        };
         drop(lease);
         self.log_close(
             peer,
@@ -382,8 +488,13 @@ impl StreamServer {
     }
 
     /// Tries up to `connect_tries` distinct upstreams, each bounded by the
-    /// connect timeout.
-    async fn connect_upstream(&self, peer: SocketAddr) -> Option<(TcpStream, Lease, SocketAddr)> {
+    /// connect timeout (and the TLS handshake timeout when the route
+    /// originates TLS).
+    async fn connect_upstream(
+        &self,
+        peer: SocketAddr,
+        tls: Option<&TlsClient>,
+    ) -> Option<(MaybeTls, Lease, SocketAddr)> {
         let route = &self.route;
         let tries = (route.connect_tries as usize).min(self.balancer.len());
         let mut tried: Vec<usize> = Vec::with_capacity(tries);
@@ -397,7 +508,25 @@ impl StreamServer {
                 ..DialOptions::default()
             };
             match connect(target, route.connect_timeout, options).await {
-                Ok((stream, addr)) => return Some((stream, lease, addr)),
+                Ok((stream, addr)) => match tls {
+                    None => return Some((MaybeTls::Plain(stream), lease, addr)),
+                    Some(tls) => match tls.connect(stream, target).await {
+                        Ok(s) => return Some((MaybeTls::from(s), lease, addr)),
+                        Err(e) => {
+                            self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                            self.stats
+                                .upstream_tls_failures
+                                .fetch_add(1, Ordering::Relaxed);
+                            // Every client retries, so a persistent failure
+                            // (a certificate) would repeat: rate-limited.
+                            if let Some(suppressed) = self.tls_warn() {
+                                warn!(route = %route.name, client = %peer, upstream = %target,
+                                      kind = %e.as_label(), persistent = e.is_persistent(),
+                                      error = %e, suppressed, "upstream TLS handshake failed");
+                            }
+                        }
+                    },
+                },
                 Err(e) => {
                     self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
                     warn!(route = %route.name, client = %peer, upstream = %target, error = %e,
@@ -415,10 +544,83 @@ impl StreamServer {
         progress: &Progress,
         hard_stop: &CancellationToken,
     ) -> (CloseReason, Option<Side>) {
-        let route = &self.route;
-        let lifetime_end = route.timeouts.max_lifetime.map(|d| progress.start + d);
         let c2u = self.direction(client, upstream, progress, CLIENT_TO_UPSTREAM);
         let u2c = self.direction(upstream, client, progress, UPSTREAM_TO_CLIENT);
+        match self.supervise(c2u, u2c, progress, hard_stop).await {
+            Ended::Clean(reason) => (reason, None),
+            Ended::Failed(e, client_to_upstream) => {
+                let (reason, side) = fail(e, client, upstream, client_to_upstream);
+                (reason, Some(side))
+            }
+            Ended::Lifetime => {
+                // Bytes may be in flight: reset, so neither peer takes the
+                // cut for a complete stream.
+                abort(client, upstream);
+                (CloseReason::MaxLifetime, None)
+            }
+        }
+    }
+
+    /// The user-space path, for connections where either side is TLS
+    /// (splice cannot move bytes that need encrypting): one bounded buffer
+    /// per direction, the same supervisor, timers and close reasons.
+    async fn relay_io(
+        &self,
+        client: MaybeTls,
+        upstream: MaybeTls,
+        progress: &Progress,
+        hard_stop: &CancellationToken,
+    ) -> (CloseReason, Option<Side>) {
+        let (mut cr, mut cw) = tokio::io::split(client);
+        let (mut ur, mut uw) = tokio::io::split(upstream);
+        let buffer = self.route.buffer;
+        let stall = self.route.timeouts.write_stall;
+        let ended = {
+            let c2u = io_copy::run(
+                &mut cr,
+                &mut uw,
+                buffer,
+                stall,
+                progress,
+                CLIENT_TO_UPSTREAM,
+            );
+            let u2c = io_copy::run(
+                &mut ur,
+                &mut cw,
+                buffer,
+                stall,
+                progress,
+                UPSTREAM_TO_CLIENT,
+            );
+            self.supervise(c2u, u2c, progress, hard_stop).await
+        };
+        // The halves are whole again, so a failure can still reset both sockets.
+        let client = cr.unsplit(cw);
+        let upstream = ur.unsplit(uw);
+        match ended {
+            Ended::Clean(reason) => (reason, None),
+            Ended::Failed(e, client_to_upstream) => {
+                let (reason, side) = fail(e, client.tcp(), upstream.tcp(), client_to_upstream);
+                (reason, Some(side))
+            }
+            Ended::Lifetime => {
+                abort(client.tcp(), upstream.tcp());
+                (CloseReason::MaxLifetime, None)
+            }
+        }
+    }
+
+    /// Runs both directions to their end, enforcing the idle, half-close
+    /// and lifetime timers and the hard stop.
+    async fn supervise(
+        &self,
+        c2u: impl Future<Output = Result<(), DirError>>,
+        u2c: impl Future<Output = Result<(), DirError>>,
+        progress: &Progress,
+        hard_stop: &CancellationToken,
+    ) -> Ended {
+        let route = &self.route;
+        let lifetime_end = route.timeouts.max_lifetime.map(|d| progress.start + d);
         tokio::pin!(c2u, u2c);
         let mut c2u_done = false;
         let mut u2c_done = false;
@@ -433,16 +635,14 @@ impl StreamServer {
                 r = &mut c2u, if !c2u_done => {
                     c2u_done = true;
                     if let Err(e) = r {
-                        let (reason, side) = fail(e, client, upstream, true);
-                        return (reason, Some(side));
+                        return Ended::Failed(e, true);
                     }
                     first_eof.get_or_insert((Instant::now(), CloseReason::ClientEof));
                 }
                 r = &mut u2c, if !u2c_done => {
                     u2c_done = true;
                     if let Err(e) = r {
-                        let (reason, side) = fail(e, client, upstream, false);
-                        return (reason, Some(side));
+                        return Ended::Failed(e, false);
                     }
                     first_eof.get_or_insert((Instant::now(), CloseReason::UpstreamEof));
                 }
@@ -450,23 +650,20 @@ impl StreamServer {
                     let now = Instant::now();
                     if let Some((at, _)) = first_eof {
                         if now >= at + route.half_close_timeout {
-                            return (CloseReason::HalfCloseTimeout, None);
+                            return Ended::Clean(CloseReason::HalfCloseTimeout);
                         }
                     }
                     if now >= progress.last_activity() + route.idle_timeout {
-                        return (CloseReason::IdleTimeout, None);
+                        return Ended::Clean(CloseReason::IdleTimeout);
                     }
                 }
                 _ = sleep_until(lifetime_end.unwrap_or(progress.start)), if lifetime_end.is_some() => {
-                    // Bytes may be in flight: reset, so neither peer takes
-                    // the cut for a complete stream.
-                    abort(client, upstream);
-                    return (CloseReason::MaxLifetime, None);
+                    return Ended::Lifetime;
                 }
-                _ = hard_stop.cancelled() => return (CloseReason::Shutdown, None),
+                _ = hard_stop.cancelled() => return Ended::Clean(CloseReason::Shutdown),
             }
             if c2u_done && u2c_done {
-                return (first_eof.map_or(CloseReason::ClientEof, |(_, r)| r), None);
+                return Ended::Clean(first_eof.map_or(CloseReason::ClientEof, |(_, r)| r));
             }
         }
     }

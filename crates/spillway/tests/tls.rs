@@ -1,0 +1,514 @@
+//! TLS end to end with the real binary: certificates are generated here
+//! (rcgen), nothing is committed. Stream mode terminating and originating,
+//! queue mode on both ends, mTLS, and each verification failure with the
+//! message an operator would read in the log.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use spillway_net::tls::{
+    ClientTlsConfig, MaybeTls, ServerTlsConfig, SpkiPin, TlsClient, TlsServer,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+// ------------------------------------------------------------------ PKI ---
+
+/// A CA, a server certificate (localhost, 127.0.0.1), a client
+/// certificate, and an unrelated second CA, as PEM files.
+struct Pki {
+    dir: tempfile::TempDir,
+    server_pin: String,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |name: &str, text: &str| {
+            std::fs::write(dir.path().join(name), text).expect("write pem")
+        };
+        let root = ca("spillway test ca");
+        let other = ca("someone else's ca");
+        let server_key = KeyPair::generate().expect("key");
+        let server = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("params")
+            .signed_by(&server_key, &root)
+            .expect("server cert");
+        let client_key = KeyPair::generate().expect("key");
+        let client = CertificateParams::new(vec!["client.test".to_string()])
+            .expect("params")
+            .signed_by(&client_key, &root)
+            .expect("client cert");
+        write("ca.pem", &root.pem());
+        write("other-ca.pem", &other.pem());
+        write("server.pem", &server.pem());
+        write("server.key", &server_key.serialize_pem());
+        write("client.pem", &client.pem());
+        write("client.key", &client_key.serialize_pem());
+        let server_pin = SpkiPin::of_certificate(server.der())
+            .expect("spki")
+            .to_string();
+        Pki { dir, server_pin }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A path for a TOML string.
+    fn p(&self, name: &str) -> String {
+        self.path(name).display().to_string()
+    }
+
+    fn server(&self) -> TlsServer {
+        TlsServer::load(&ServerTlsConfig::new(
+            self.path("server.pem"),
+            self.path("server.key"),
+        ))
+        .expect("tls server")
+    }
+
+    fn client(&self, with_cert: bool) -> TlsClient {
+        let mut cfg = ClientTlsConfig {
+            ca: Some(self.path("ca.pem")),
+            ..ClientTlsConfig::default()
+        };
+        if with_cert {
+            cfg.cert = Some(self.path("client.pem"));
+            cfg.key = Some(self.path("client.key"));
+        }
+        TlsClient::load(&cfg).expect("tls client")
+    }
+}
+
+fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("ca")
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn start_config(dir: &Path, text: &str, listen: &[u16]) -> Relay {
+    let path = write_config(dir, text);
+    let mut relay = Relay::start(&["run", "--config", path.to_str().expect("utf8")]);
+    for port in listen {
+        relay.wait_listening(local(*port));
+    }
+    relay
+}
+
+async fn tls_connect(client: &TlsClient, port: u16) -> std::io::Result<MaybeTls> {
+    let tcp = TcpStream::connect(local(port)).await?;
+    client
+        .connect(tcp, &format!("localhost:{port}"))
+        .await
+        .map(MaybeTls::from)
+        .map_err(std::io::Error::other)
+}
+
+/// Writes `data`, half-closes, and reads to EOF concurrently; returns
+/// what was read.
+async fn converse(stream: MaybeTls, data: Vec<u8>) -> std::io::Result<Vec<u8>> {
+    let (mut r, mut w) = tokio::io::split(stream);
+    let writer = async move {
+        for chunk in data.chunks(100_000) {
+            w.write_all(chunk).await?;
+        }
+        w.shutdown().await?;
+        Ok::<_, std::io::Error>(w)
+    };
+    let reader = async move {
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).await?;
+        Ok::<_, std::io::Error>(got)
+    };
+    let (w, got) = tokio::join!(writer, reader);
+    w?;
+    got
+}
+
+/// A TLS upstream that, per connection, reads to EOF (the client's
+/// half-close), then answers with `reply(received)` and closes. Sends what
+/// it received on the channel.
+async fn tls_upstream(
+    server: TlsServer,
+    reply: fn(&[u8]) -> Vec<u8>,
+) -> (u16, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = l.accept().await else {
+                return;
+            };
+            let server = server.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let Ok(s) = server.accept(tcp).await else {
+                    return;
+                };
+                let mut s = MaybeTls::from(s);
+                let mut got = Vec::new();
+                if s.read_to_end(&mut got).await.is_err() {
+                    return;
+                }
+                let answer = reply(&got);
+                let _ = tx.send(got);
+                for chunk in answer.chunks(100_000) {
+                    if s.write_all(chunk).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (port, rx)
+}
+
+fn reply_pattern(got: &[u8]) -> Vec<u8> {
+    pattern(3 << 20, got.len() as u64)
+}
+
+// --------------------------------------------------------------- stream ---
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_terminates_and_originates_tls_byte_exact_with_half_close() {
+    let _g = heavy();
+    let pki = Pki::new();
+    let (up_port, mut received) = tls_upstream(pki.server(), reply_pattern).await;
+    let listen = free_port();
+    let relay = start_config(
+        pki.dir.path(),
+        &format!(
+            r#"
+[[route]]
+name = "tls-both"
+mode = "stream"
+listen = "127.0.0.1:{listen}"
+upstreams = ["localhost:{up_port}"]
+[route.tls]
+cert = "{cert}"
+key = "{key}"
+[route.upstream_tls]
+ca = "{ca}"
+pin_sha256 = ["{pin}"]
+"#,
+            cert = pki.p("server.pem"),
+            key = pki.p("server.key"),
+            ca = pki.p("ca.pem"),
+            pin = pki.server_pin,
+        ),
+        &[listen],
+    );
+    let client = pki.client(false);
+    for (round, len) in [(1u64, 4 << 20), (2, 0), (3, 100_001)] {
+        let data = pattern(len, round);
+        let s = tls_connect(&client, listen).await.expect("tls to relay");
+        let back = converse(s, data.clone()).await.expect("converse");
+        let upstream_got = received.recv().await.expect("upstream saw the connection");
+        assert!(
+            upstream_got == data,
+            "round {round}: client->upstream bytes differ"
+        );
+        assert!(
+            back == reply_pattern(&data),
+            "round {round}: upstream->client bytes differ"
+        );
+    }
+    let lines = relay.wait_log_lines("connection closed", 3, Duration::from_secs(10));
+    for l in &lines {
+        assert_eq!(field(l, "reason"), Some("client_eof"), "{l}");
+    }
+    assert!(lines.iter().any(
+        |l| field(l, "bytes_in") == Some("4194304") && field(l, "bytes_out") == Some("3145728")
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_accepts_a_good_client_certificate_and_refuses_none() {
+    let pki = Pki::new();
+    // Plain upstream: TLS is terminated at the relay only.
+    let up = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let up_port = up.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = up.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                if s.read_to_end(&mut got).await.is_ok() {
+                    got.reverse();
+                    let _ = s.write_all(&got).await;
+                }
+            });
+        }
+    });
+    let listen = free_port();
+    let relay = start_config(
+        pki.dir.path(),
+        &format!(
+            r#"
+[[route]]
+name = "mtls"
+mode = "stream"
+listen = "127.0.0.1:{listen}"
+upstreams = ["127.0.0.1:{up_port}"]
+[route.tls]
+cert = "{cert}"
+key = "{key}"
+client_ca = "{ca}"
+"#,
+            cert = pki.p("server.pem"),
+            key = pki.p("server.key"),
+            ca = pki.p("ca.pem"),
+        ),
+        &[listen],
+    );
+    let s = tls_connect(&pki.client(true), listen)
+        .await
+        .expect("client with certificate");
+    let back = converse(s, b"hello mtls".to_vec()).await.expect("converse");
+    assert_eq!(back, b"sltm olleh");
+
+    // Without a certificate: TLS 1.3 lets the client finish its side; the
+    // refusal arrives on the first read.
+    let refused = match tls_connect(&pki.client(false), listen).await {
+        Err(_) => true,
+        Ok(s) => match converse(s, b"let me in".to_vec()).await {
+            Err(_) => true,
+            Ok(back) => back.is_empty(),
+        },
+    };
+    assert!(refused, "a client without a certificate got through");
+    let text = relay.wait_log("presented no certificate");
+    assert!(text.contains("reason=tls_handshake"), "{text}");
+    assert!(text.contains("TLS handshake with client failed"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_ca_hostname_and_pin_are_each_rejected_with_a_clear_log_line() {
+    let pki = Pki::new();
+    let (up_port, _received) = tls_upstream(pki.server(), reply_pattern).await;
+    let ports = [free_port(), free_port(), free_port()];
+    let route = |name: &str, port: u16, upstream: &str, table: &str| {
+        format!(
+            "[[route]]\nname = \"{name}\"\nmode = \"stream\"\nlisten = \"127.0.0.1:{port}\"\n\
+             upstreams = [\"{upstream}\"]\nconnect_tries = 1\n[route.upstream_tls]\n{table}\n"
+        )
+    };
+    let wrong_pin = SpkiPin::of_spki(b"not the server's key").to_string();
+    let config = [
+        route(
+            "wrong-ca",
+            ports[0],
+            &format!("localhost:{up_port}"),
+            &format!("ca = \"{}\"", pki.p("other-ca.pem")),
+        ),
+        route(
+            "wrong-name",
+            ports[1],
+            &format!("127.0.0.1:{up_port}"),
+            &format!(
+                "ca = \"{}\"\nserver_name = \"db.example.com\"",
+                pki.p("ca.pem")
+            ),
+        ),
+        route(
+            "wrong-pin",
+            ports[2],
+            &format!("localhost:{up_port}"),
+            &format!(
+                "ca = \"{}\"\npin_sha256 = [\"{wrong_pin}\"]",
+                pki.p("ca.pem")
+            ),
+        ),
+    ]
+    .join("\n");
+    let relay = start_config(pki.dir.path(), &config, &ports);
+    for port in ports {
+        let mut s = TcpStream::connect(local(port)).await.expect("connect");
+        let _ = s.write_all(b"hi").await;
+        let mut buf = Vec::new();
+        // The relay closes: no upstream could be used.
+        let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut buf)).await;
+        assert!(buf.is_empty());
+    }
+    let lines = relay.wait_log_lines("upstream TLS handshake failed", 3, Duration::from_secs(20));
+    let line = |route: &str| {
+        lines
+            .iter()
+            .find(|l| l.contains(&format!("route={route}")))
+            .unwrap_or_else(|| panic!("no line for {route}: {lines:?}"))
+            .clone()
+    };
+    let ca = line("wrong-ca");
+    assert!(
+        ca.contains("server certificate not trusted by CA file") && ca.contains("other-ca.pem"),
+        "{ca}"
+    );
+    assert!(ca.contains("persistent=true"), "{ca}");
+    let name = line("wrong-name");
+    assert!(
+        name.contains("hostname mismatch") && name.contains("db.example.com"),
+        "{name}"
+    );
+    let pin = line("wrong-pin");
+    assert!(
+        pin.contains("SPKI pin mismatch") && pin.contains(&wrong_pin),
+        "{pin}"
+    );
+    let closed = relay.wait_log_lines("connection closed", 3, Duration::from_secs(10));
+    assert!(
+        closed
+            .iter()
+            .all(|l| field(l, "reason") == Some("no_upstream")),
+        "{closed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_a_tls_port_is_closed_logged_and_the_relay_keeps_serving() {
+    let pki = Pki::new();
+    let (up_port, mut received) = tls_upstream(pki.server(), |got| got.to_vec()).await;
+    let listen = free_port();
+    let relay = start_config(
+        pki.dir.path(),
+        &format!(
+            r#"
+[[route]]
+name = "tls-in"
+mode = "stream"
+listen = "127.0.0.1:{listen}"
+upstreams = ["localhost:{up_port}"]
+[route.tls]
+cert = "{cert}"
+key = "{key}"
+handshake_timeout = "2s"
+[route.upstream_tls]
+ca = "{ca}"
+"#,
+            cert = pki.p("server.pem"),
+            key = pki.p("server.key"),
+            ca = pki.p("ca.pem"),
+        ),
+        &[listen],
+    );
+    // A plain-text client, random bytes, and a client that sends nothing.
+    let junk: [&[u8]; 2] = [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", &pattern(4096, 7)];
+    for j in junk {
+        let mut s = TcpStream::connect(local(listen)).await.expect("connect");
+        s.write_all(j).await.expect("write junk");
+        let mut buf = Vec::new();
+        let r = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut buf)).await;
+        assert!(r.is_ok(), "the relay did not close a garbage connection");
+        // At most a TLS alert comes back, never relayed data.
+        assert!(buf.len() < 64, "{} bytes came back", buf.len());
+    }
+    let mut silent = TcpStream::connect(local(listen)).await.expect("connect");
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(20), silent.read_to_end(&mut buf)).await;
+    assert!(r.is_ok(), "a silent client was not timed out");
+    let closed = relay.wait_log_lines("reason=tls_handshake", 3, Duration::from_secs(20));
+    assert_eq!(closed.len(), 3, "{closed:?}");
+    let text = relay.log_text();
+    assert!(text.contains("not a TLS handshake"), "{text}");
+    assert!(text.contains("kind=not_tls"), "{text}");
+    // Nothing reached the upstream, and the relay still serves TLS.
+    assert!(received.try_recv().is_err());
+    let s = tls_connect(&pki.client(false), listen)
+        .await
+        .expect("tls after garbage");
+    let back = converse(s, b"still here".to_vec()).await.expect("converse");
+    assert_eq!(back, b"still here");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_handshake_failures_are_counted() {
+    use spillway::config::StreamRoute;
+    use spillway::stream::spill::SpillBudget;
+    use spillway::stream::{CloseReason, StreamServer};
+    let pki = Pki::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let up = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let up_addr = up.local_addr().expect("addr").to_string();
+    let mut route = StreamRoute::new("count", format!("127.0.0.1:{port}"), vec![up_addr]);
+    route.tls = Some(ServerTlsConfig::new(
+        pki.path("server.pem"),
+        pki.path("server.key"),
+    ));
+    let server =
+        Arc::new(StreamServer::new(route, Arc::new(SpillBudget::new(1 << 20))).expect("server"));
+    let token = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(Arc::clone(&server).serve(listener, token.clone(), Duration::from_secs(1)));
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(local(port)).await.expect("connect");
+        s.write_all(b"\x00\x01garbage\r\n").await.expect("write");
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server.stats().closed(CloseReason::TlsHandshake) < 3
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(server.stats().closed(CloseReason::TlsHandshake), 3);
+    assert_eq!(
+        server
+            .stats()
+            .tls_handshake_failures
+            .load(std::sync::atomic::Ordering::Relaxed),
+        3
+    );
+    // No upstream connection was made for them.
+    assert_eq!(
+        server
+            .stats()
+            .accepted
+            .load(std::sync::atomic::Ordering::Relaxed),
+        3
+    );
+    drop(up);
+    token.cancel();
+}
+
+#[test]
+fn insecure_skip_verify_is_logged_loudly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listen = free_port();
+    let relay = start_config(
+        dir.path(),
+        &format!(
+            r#"
+[[route]]
+name = "lab"
+mode = "stream"
+listen = "127.0.0.1:{listen}"
+upstreams = ["127.0.0.1:9"]
+[route.upstream_tls]
+insecure_skip_verify = true
+"#
+        ),
+        &[listen],
+    );
+    let text = relay.wait_log("verification is DISABLED");
+    let line = text
+        .lines()
+        .find(|l| l.contains("verification is DISABLED"))
+        .expect("line");
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("tests only"), "{line}");
+}
