@@ -187,7 +187,6 @@ fn reply_pattern(got: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_terminates_and_originates_tls_byte_exact_with_half_close() {
-    let _g = heavy();
     let pki = Pki::new();
     let (up_port, mut received) = tls_upstream(pki.server(), reply_pattern).await;
     let listen = free_port();
