@@ -124,6 +124,19 @@ pub fn raise_nofile_limit(want: u64) -> io::Result<u64> {
     Ok(lim.rlim_cur)
 }
 
+/// `CLOCK_MONOTONIC` in microseconds: what systemd's `MONOTONIC_USEC`
+/// notification field wants (std's `Instant` does not expose its value).
+pub fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the live local `ts`; CLOCK_MONOTONIC
+    // always exists on Linux, so it cannot fail here.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1_000
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

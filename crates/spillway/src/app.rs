@@ -1,29 +1,346 @@
-//! Running a set of routes until shutdown.
+//! Running the routes of a configuration until shutdown, and reloading it.
+//!
+//! The supervisor owns one task per route. On start every route is bound
+//! and opened, all or nothing. On reload (SIGHUP) the new file is parsed and
+//! validated first (an invalid file changes nothing), then compared with
+//! the running routes by name:
+//! - **unchanged**: left alone; its connections never notice.
+//! - **changed stream route, same listener**: a new [`StreamServer`] is
+//!   swapped in; new connections use it, connections in flight finish on
+//!   the old one. Counters carry over.
+//! - **changed queue route, or a stream route with a new listener**: the old
+//!   route drains (like SIGTERM, for that route only) and the new one starts
+//!   once the old one has released its listeners and spool.
+//! - **removed**: drains. **added**: starts (after any route it collides
+//!   with, by address or spool directory, has let go).
+//!
+//! [`AppState`] is what the admin endpoint reads: the live routes, whether
+//! the process is ready, and the reload counters.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{error, info, warn};
 
 use crate::accept::{bind, bind_with};
-use crate::config::{Config, Route};
+use crate::config::{self, Config, QueueRoute, Route, StreamRoute};
 use crate::endpoint::Endpoint;
+use crate::notify;
 use crate::queue::QueueServer;
 use crate::stream::spill::SpillBudget;
 use crate::stream::StreamServer;
 
-enum Ready {
-    Stream(Arc<StreamServer>, TcpListener),
-    Queue(Arc<QueueServer>, Option<TcpListener>, Option<TcpListener>),
+/// Lifecycle of a live route, as `/status` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteState {
+    Serving,
+    /// Stopping: no new connections; those in flight finish.
+    Draining,
+}
+
+impl RouteState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteState::Serving => "serving",
+            RouteState::Draining => "draining",
+        }
+    }
+}
+
+/// Outcome of a reload, a metrics label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReloadResult {
+    Success,
+    /// The new file was rejected (the old configuration keeps running), or
+    /// a route of it could not start.
+    Failure,
+}
+
+impl ReloadResult {
+    pub const ALL: [ReloadResult; 2] = [ReloadResult::Success, ReloadResult::Failure];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadResult::Success => "success",
+            ReloadResult::Failure => "failure",
+        }
+    }
+}
+
+/// A route's server, for metrics and status.
+#[derive(Clone)]
+pub enum LiveKind {
+    /// The server new connections currently get.
+    Stream(watch::Receiver<Arc<StreamServer>>),
+    Queue(Arc<QueueServer>),
+}
+
+/// A route that is serving or draining.
+pub struct LiveRoute {
+    pub name: String,
+    pub kind: LiveKind,
+    /// Bound listeners: (role, address).
+    pub listeners: Vec<(&'static str, SocketAddr)>,
+    state: AtomicU8,
+}
+
+impl LiveRoute {
+    pub fn state(&self) -> RouteState {
+        match self.state.load(Ordering::Relaxed) {
+            0 => RouteState::Serving,
+            _ => RouteState::Draining,
+        }
+    }
+
+    fn set_draining(&self) {
+        self.state.store(1, Ordering::Relaxed);
+    }
+
+    pub fn mode(&self) -> &'static str {
+        match self.kind {
+            LiveKind::Stream(_) => "stream",
+            LiveKind::Queue(_) => "queue",
+        }
+    }
+}
+
+/// What the admin endpoint reads.
+pub struct AppState {
+    routes: Mutex<Vec<Arc<LiveRoute>>>,
+    /// Routes of the configuration that are not serving yet (starting, or
+    /// waiting for an old route to let go of an address or spool).
+    pending: AtomicUsize,
+    draining: AtomicBool,
+    reloads: [AtomicU64; 2],
+    last_reload_success: AtomicU64,
+    spill: Arc<SpillBudget>,
+    config_path: Option<PathBuf>,
+}
+
+impl AppState {
+    fn new(spill: Arc<SpillBudget>, config_path: Option<PathBuf>) -> Self {
+        AppState {
+            routes: Mutex::new(Vec::new()),
+            pending: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+            reloads: Default::default(),
+            last_reload_success: AtomicU64::new(0),
+            spill,
+            config_path,
+        }
+    }
+
+    /// A snapshot of the live routes (serving and draining), in start order.
+    pub fn routes(&self) -> Vec<Arc<LiveRoute>> {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Arc<LiveRoute>>> {
+        // The vector is replaced or pushed whole; a panic cannot leave it torn.
+        self.routes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ready: every configured route is serving, and not shutting down.
+    pub fn ready(&self) -> bool {
+        !self.draining() && self.pending.load(Ordering::Relaxed) == 0
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn reloads(&self, r: ReloadResult) -> u64 {
+        self.reloads[r as usize].load(Ordering::Relaxed)
+    }
+
+    /// Unix time of the last successful load (start or reload), seconds.
+    pub fn last_reload_success(&self) -> u64 {
+        self.last_reload_success.load(Ordering::Relaxed)
+    }
+
+    pub fn spill(&self) -> &SpillBudget {
+        &self.spill
+    }
+
+    pub fn config_path(&self) -> Option<&Path> {
+        self.config_path.as_deref()
+    }
+
+    fn count_reload(&self, r: ReloadResult) {
+        self.reloads[r as usize].fetch_add(1, Ordering::Relaxed);
+        if r == ReloadResult::Success {
+            self.mark_loaded();
+        }
+    }
+
+    fn mark_loaded(&self) {
+        self.last_reload_success
+            .store(unix_now(), Ordering::Relaxed);
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// How the process was started, for reloads and the admin endpoint.
+pub struct Options {
+    /// The config file, when there is one to reload on SIGHUP.
+    pub config_path: Option<PathBuf>,
+    /// A reload request per message (SIGHUP).
+    pub reload: mpsc::UnboundedReceiver<()>,
+}
+
+type RouteFuture = Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>;
+
+/// A route the supervisor runs.
+struct Running {
+    route: Route,
+    generation: u64,
+    stop: CancellationToken,
+    /// Fires when the route's listeners are closed.
+    unbound: CancellationToken,
+    /// Fires when the route's task has finished (spool closed).
+    done: CancellationToken,
+    live: Option<Arc<LiveRoute>>,
+    /// Stream routes: swaps in a new server.
+    swap: Option<watch::Sender<Arc<StreamServer>>>,
+}
+
+/// The supervisor's view of the process.
+struct Supervisor {
+    state: Arc<AppState>,
+    shutdown: CancellationToken,
+    drain: Duration,
+    config: Config,
+    running: HashMap<String, Running>,
+    /// Routes draining after a reload removed or replaced them.
+    retiring: Vec<Running>,
+    tasks: JoinSet<(String, u64, anyhow::Result<()>)>,
+    next_generation: u64,
+    first_error: Option<anyhow::Error>,
+}
+
+/// Opens every route (binds listeners, opens spools: all or nothing), then
+/// serves until `shutdown` fires and every route has drained, reloading the
+/// config file on each request in `options.reload`.
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    options: Options,
+) -> anyhow::Result<()> {
+    let budget = Arc::new(SpillBudget::new(config.global.max_spill_total));
+    let state = Arc::new(AppState::new(budget, options.config_path.clone()));
+    if let Some(addr) = &config.global.admin {
+        let listener = bind(addr)
+            .await
+            .with_context(|| format!("admin: cannot listen on {addr}"))?;
+        info!(listen = %listener.local_addr()?, "admin ready");
+        tokio::spawn(crate::admin::serve(listener, Arc::clone(&state)));
+    }
+    let mut sup = Supervisor {
+        state,
+        shutdown: shutdown.clone(),
+        drain: config.global.drain_timeout,
+        config: config.clone(),
+        running: HashMap::new(),
+        retiring: Vec::new(),
+        tasks: JoinSet::new(),
+        next_generation: 0,
+        first_error: None,
+    };
+    // All or nothing: a route that cannot start stops the others.
+    let mut started = Vec::new();
+    for route in &config.routes {
+        let stop = shutdown.child_token();
+        match start(route, &stop, &sup.state, sup.drain).await {
+            Ok(s) => started.push((route.clone(), stop, s)),
+            Err(e) => {
+                shutdown.cancel();
+                return Err(e);
+            }
+        }
+    }
+    for (route, stop, s) in started {
+        sup.launch(route, stop, s);
+    }
+    sup.state.mark_loaded();
+    notify::ready();
+    sup.run(options.reload).await
+}
+
+/// A started route: bound and open, not yet serving.
+struct Started {
+    live: Arc<LiveRoute>,
+    unbound: CancellationToken,
+    future: RouteFuture,
+    swap: Option<watch::Sender<Arc<StreamServer>>>,
+}
+
+async fn start(
+    route: &Route,
+    stop: &CancellationToken,
+    state: &AppState,
+    drain: Duration,
+) -> anyhow::Result<Started> {
+    match route {
+        Route::Stream(r) => start_stream(r, stop, state, drain).await,
+        Route::Queue(q) => start_queue(q, stop, drain).await,
+    }
+}
+
+async fn start_stream(
+    r: &StreamRoute,
+    stop: &CancellationToken,
+    state: &AppState,
+    drain: Duration,
+) -> anyhow::Result<Started> {
+    let listener = bind(&r.listen)
+        .await
+        .with_context(|| format!("route '{}': cannot listen on {}", r.name, r.listen))?;
+    let local = listener.local_addr()?;
+    let server = Arc::new(
+        StreamServer::new(r.clone(), Arc::clone(&state.spill))
+            .with_context(|| format!("route '{}': TLS", r.name))?,
+    );
+    info!(route = %r.name, listen = %local, upstreams = ?r.upstreams, balance = %r.balance,
+          spill = r.spill.is_some(), tls = r.tls.is_some(),
+          upstream_tls = r.upstream_tls.is_some(), "stream route ready");
+    let (tx, rx) = watch::channel(server);
+    let unbound = CancellationToken::new();
+    let future =
+        StreamServer::serve_current(rx.clone(), listener, stop.clone(), drain, unbound.clone());
+    Ok(Started {
+        live: Arc::new(LiveRoute {
+            name: r.name.clone(),
+            kind: LiveKind::Stream(rx),
+            listeners: vec![("client", local)],
+            state: AtomicU8::new(0),
+        }),
+        unbound,
+        future: Box::pin(async move {
+            future.await;
+            Ok(())
+        }),
+        swap: Some(tx),
+    })
 }
 
 async fn bind_endpoint(
     route: &str,
     e: &Endpoint,
-    role: &str,
+    role: &'static str,
 ) -> anyhow::Result<Option<TcpListener>> {
     match e {
         Endpoint::Listen(addr) => {
@@ -41,67 +358,328 @@ async fn bind_endpoint(
     }
 }
 
-/// Opens every route (binds listeners, opens spools: all or nothing), then
-/// serves until `shutdown` fires and every route has drained.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let budget = Arc::new(SpillBudget::new(config.global.max_spill_total));
-    let mut ready = Vec::new();
-    for route in &config.routes {
-        match route {
-            Route::Stream(r) => {
-                let listener = bind(&r.listen).await.with_context(|| {
-                    format!("route '{}': cannot listen on {}", r.name, r.listen)
-                })?;
-                let local = listener.local_addr()?;
-                info!(route = %r.name, listen = %local, upstreams = ?r.upstreams, balance = %r.balance,
-                      spill = r.spill.is_some(), tls = r.tls.is_some(),
-                      upstream_tls = r.upstream_tls.is_some(), "stream route ready");
-                let server = Arc::new(
-                    StreamServer::new(r.clone(), Arc::clone(&budget))
-                        .with_context(|| format!("route '{}': TLS", r.name))?,
-                );
-                ready.push(Ready::Stream(server, listener));
-            }
-            Route::Queue(q) => {
-                let server = tokio::task::block_in_place(|| {
-                    QueueServer::open(q.clone(), &shutdown, config.global.drain_timeout)
-                })?;
-                let source = bind_endpoint(&q.name, &q.from, "source").await?;
-                let sink = bind_endpoint(&q.name, &q.to, "sink").await?;
-                info!(route = %q.name, from = %q.from, to = %q.to, framing = %q.framing,
-                      spool = %q.spool.display(), "queue route ready");
-                ready.push(Ready::Queue(server, source, sink));
-            }
+async fn start_queue(
+    q: &QueueRoute,
+    stop: &CancellationToken,
+    drain: Duration,
+) -> anyhow::Result<Started> {
+    // Listeners first: if one cannot bind, the spool was never opened (and
+    // its lock never taken).
+    let source = bind_endpoint(&q.name, &q.from, "source").await?;
+    let sink = bind_endpoint(&q.name, &q.to, "sink").await?;
+    let mut listeners = Vec::new();
+    for (role, l) in [("source", &source), ("sink", &sink)] {
+        if let Some(l) = l {
+            listeners.push((role, l.local_addr()?));
         }
     }
-    let drain = config.global.drain_timeout;
-    let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
-    for r in ready {
-        match r {
-            Ready::Stream(server, listener) => {
-                let token = shutdown.clone();
-                tasks.spawn(async move {
-                    server.serve(listener, token, drain).await;
-                    Ok(())
-                });
+    let server = tokio::task::block_in_place(|| QueueServer::open(q.clone(), stop, drain))?;
+    info!(route = %q.name, from = %q.from, to = %q.to, framing = %q.framing,
+          spool = %q.spool.display(), "queue route ready");
+    Ok(Started {
+        live: Arc::new(LiveRoute {
+            name: q.name.clone(),
+            kind: LiveKind::Queue(Arc::clone(&server)),
+            listeners,
+            state: AtomicU8::new(0),
+        }),
+        // A queue route's listeners close when its task ends.
+        unbound: CancellationToken::new(),
+        future: Box::pin(server.serve(source, sink)),
+        swap: None,
+    })
+}
+
+/// Addresses a route listens on and the spool it owns: what a new route
+/// must not take while an old one still holds it.
+fn claims(route: &Route) -> Vec<String> {
+    match route {
+        Route::Stream(r) => vec![format!("listen {}", r.listen)],
+        Route::Queue(q) => {
+            let mut v = vec![format!("spool {}", q.spool.display())];
+            for e in [&q.from, &q.to] {
+                if let Endpoint::Listen(a) = e {
+                    v.push(format!("listen {a}"));
+                }
             }
-            Ready::Queue(server, source, sink) => {
-                tasks.spawn(server.serve(source, sink));
-            }
+            v
         }
     }
-    let mut first_error = None;
-    while let Some(r) = tasks.join_next().await {
-        let r = r.context("route task panicked").and_then(|r| r);
-        if let Err(e) = r {
+}
+
+impl Supervisor {
+    /// Registers a started route and spawns its task.
+    fn launch(&mut self, route: Route, stop: CancellationToken, s: Started) {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let name = route.name().to_string();
+        let done = CancellationToken::new();
+        let unbound = s.unbound.clone();
+        let (d, u, n) = (done.clone(), unbound.clone(), name.clone());
+        let future = s.future;
+        self.tasks.spawn(async move {
+            let r = future.await;
+            u.cancel();
+            d.cancel();
+            (n, generation, r)
+        });
+        self.state.lock().push(Arc::clone(&s.live));
+        self.running.insert(
+            name,
+            Running {
+                route,
+                generation,
+                stop,
+                unbound,
+                done,
+                live: Some(s.live),
+                swap: s.swap,
+            },
+        );
+    }
+
+    async fn run(mut self, mut reload: mpsc::UnboundedReceiver<()>) -> anyhow::Result<()> {
+        let mut reload_open = true;
+        loop {
+            if self.shutdown.is_cancelled() && self.tasks.is_empty() {
+                break;
+            }
+            tokio::select! {
+                Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    self.on_exit(joined);
+                }
+                msg = reload.recv(), if reload_open && !self.shutdown.is_cancelled() => {
+                    match msg {
+                        Some(()) => self.reload().await,
+                        None => reload_open = false,
+                    }
+                }
+                _ = self.shutdown.cancelled(), if !self.state.draining() => {
+                    self.state.draining.store(true, Ordering::Relaxed);
+                    notify::stopping();
+                    for r in self.state.routes() {
+                        r.set_draining();
+                    }
+                }
+            }
+        }
+        match self.first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn on_exit(
+        &mut self,
+        joined: Result<(String, u64, anyhow::Result<()>), tokio::task::JoinError>,
+    ) {
+        let (name, generation, result) = match joined {
+            Ok(x) => x,
+            Err(e) => (
+                String::new(),
+                u64::MAX,
+                Err(anyhow::anyhow!("route task panicked: {e}")),
+            ),
+        };
+        let mut finished = None;
+        if self
+            .running
+            .get(&name)
+            .is_some_and(|r| r.generation == generation)
+        {
+            finished = self.running.remove(&name);
+        } else if let Some(i) = self
+            .retiring
+            .iter()
+            .position(|r| r.route.name() == name && r.generation == generation)
+        {
+            finished = Some(self.retiring.swap_remove(i));
+        }
+        if let Some(live) = finished.and_then(|r| r.live) {
+            self.state.lock().retain(|l| !Arc::ptr_eq(l, &live));
+        }
+        if let Err(e) = result {
             // One failed route stops the process: a supervisor restarts it
             // and the spool is recovered from what reached the disk.
-            shutdown.cancel();
-            first_error.get_or_insert(e);
+            error!(route = %name, "{e:#}");
+            self.shutdown.cancel();
+            self.first_error.get_or_insert(e);
         }
     }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(()),
+
+    /// Re-reads the config file and applies the difference.
+    async fn reload(&mut self) {
+        let Some(path) = self.state.config_path.clone() else {
+            warn!("SIGHUP: no config file to reload (started from flags); ignored");
+            return;
+        };
+        notify::reloading();
+        info!(config = %path.display(), "reloading configuration");
+        let new = match config::load(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                error!(error = %e, "reload rejected; the running configuration is unchanged");
+                self.state.count_reload(ReloadResult::Failure);
+                notify::ready();
+                return;
+            }
+        };
+        self.warn_global_changes(&new);
+        self.drain = new.global.drain_timeout;
+        let result = self.apply(&new).await;
+        self.config = new;
+        self.state.count_reload(result);
+        notify::ready();
+    }
+
+    fn warn_global_changes(&self, new: &Config) {
+        let old = &self.config.global;
+        let g = &new.global;
+        if old.admin != g.admin {
+            warn!("admin listen address changed: takes effect on restart");
+        }
+        if old.max_spill_total != g.max_spill_total {
+            warn!("max_spill_total changed: takes effect on restart");
+        }
+    }
+
+    async fn apply(&mut self, new: &Config) -> ReloadResult {
+        let mut result = ReloadResult::Success;
+        let wanted: HashMap<&str, &Route> = new.routes.iter().map(|r| (r.name(), r)).collect();
+        let (mut added, mut removed, mut changed, mut swapped, mut unchanged) = (0, 0, 0, 0, 0);
+
+        // 1. Routes gone from the file drain.
+        let gone: Vec<String> = self
+            .running
+            .keys()
+            .filter(|n| !wanted.contains_key(n.as_str()))
+            .cloned()
+            .collect();
+        for name in gone {
+            removed += 1;
+            info!(route = %name, "route removed; draining");
+            self.retire(&name);
+        }
+
+        // 2. Changed routes: swap in place, or retire and restart.
+        let mut to_start: Vec<Route> = Vec::new();
+        for route in &new.routes {
+            let Some(running) = self.running.get(route.name()) else {
+                added += 1;
+                to_start.push(route.clone());
+                continue;
+            };
+            if running.route == *route {
+                unchanged += 1;
+                // Same settings; certificate files may still have been
+                // renewed: re-read them for new connections.
+                if let Some(swap) = &running.swap {
+                    if let Err(e) = swap.borrow().reload_tls() {
+                        error!(route = %route.name(), error = %e,
+                               "TLS files not reloaded; the ones in use stay in use");
+                        result = ReloadResult::Failure;
+                    }
+                }
+                continue;
+            }
+            match (&running.route, route, &running.swap) {
+                (Route::Stream(old), Route::Stream(r), Some(swap)) if old.listen == r.listen => {
+                    swapped += 1;
+                    let stats = Arc::clone(swap.borrow().stats());
+                    let server = match StreamServer::with_stats(
+                        r.clone(),
+                        Arc::clone(&self.state.spill),
+                        stats,
+                    ) {
+                        Ok(s) => Arc::new(s),
+                        Err(e) => {
+                            error!(route = %r.name, error = %e,
+                                   "route not changed: its TLS files cannot be loaded");
+                            result = ReloadResult::Failure;
+                            continue;
+                        }
+                    };
+                    let old_server = swap.send_replace(server);
+                    old_server.retire();
+                    info!(route = %r.name, upstreams = ?r.upstreams, "route settings changed; new connections use them");
+                    if let Some(running) = self.running.get_mut(route.name()) {
+                        running.route = route.clone();
+                    }
+                }
+                _ => {
+                    changed += 1;
+                    info!(route = %route.name(), "route changed; draining the old one and starting the new one");
+                    self.retire(route.name());
+                    to_start.push(route.clone());
+                }
+            }
+        }
+
+        // 3. New routes start once nothing retiring holds what they need.
+        for route in to_start {
+            let mine = claims(&route);
+            let waits: Vec<(CancellationToken, bool)> = self
+                .retiring
+                .iter()
+                .filter(|r| claims(&r.route).iter().any(|c| mine.contains(c)))
+                .map(|r| {
+                    // A spool is free only when the old route finished.
+                    let spool = matches!(r.route, Route::Queue(_));
+                    (
+                        if spool {
+                            r.done.clone()
+                        } else {
+                            r.unbound.clone()
+                        },
+                        spool,
+                    )
+                })
+                .collect();
+            for (token, spool) in waits {
+                self.state.pending.fetch_add(1, Ordering::Relaxed);
+                if spool {
+                    info!(route = %route.name(), "waiting for the old route to close its spool");
+                }
+                // Bounded: the old route's drain has its own timeout. Exits of
+                // other routes are picked up by the main loop afterwards.
+                tokio::select! {
+                    _ = token.cancelled() => {}
+                    _ = self.shutdown.cancelled() => {}
+                }
+                self.state.pending.fetch_sub(1, Ordering::Relaxed);
+            }
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+            let stop = self.shutdown.child_token();
+            match start(&route, &stop, &self.state, self.drain).await {
+                Ok(s) => self.launch(route, stop, s),
+                Err(e) => {
+                    error!(route = %route.name(), "{e:#}; the route is not running");
+                    result = ReloadResult::Failure;
+                }
+            }
+        }
+        info!(
+            added,
+            removed,
+            changed,
+            swapped,
+            unchanged,
+            result = result.as_str(),
+            "configuration reloaded"
+        );
+        result
+    }
+
+    /// Stops a running route: it drains in the background.
+    fn retire(&mut self, name: &str) {
+        if let Some(r) = self.running.remove(name) {
+            if let Some(live) = &r.live {
+                live.set_draining();
+            }
+            r.stop.cancel();
+            self.retiring.push(r);
+        }
     }
 }

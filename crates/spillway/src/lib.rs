@@ -6,10 +6,12 @@
 #![forbid(unsafe_code)]
 
 pub mod accept;
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod endpoint;
 pub mod logging;
+pub mod notify;
 pub mod queue;
 pub mod spool_tools;
 pub mod stream;

@@ -94,6 +94,9 @@ struct RelayArgs {
     max_connections: usize,
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     drain_timeout: Duration,
+    /// Serve /metrics, /healthz, /readyz and /status on ADDR (HOST:PORT).
+    #[arg(long)]
+    admin: Option<String>,
 }
 
 fn parse_balance(s: &str) -> Result<Balance, String> {
@@ -156,6 +159,9 @@ struct QueueArgs {
     connect_timeout: Duration,
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     drain_timeout: Duration,
+    /// Serve /metrics, /healthz, /readyz and /status on ADDR (HOST:PORT).
+    #[arg(long)]
+    admin: Option<String>,
 }
 
 fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
@@ -180,9 +186,13 @@ impl QueueArgs {
         q.redeliver_on_reset = self.redeliver_on_reset.bytes();
         q.connect_timeout = self.connect_timeout;
         config::validate_queue(&q)?;
+        if let Some(a) = &self.admin {
+            config::check_host_port(a).map_err(|e| format!("--admin: {e}"))?;
+        }
         Ok(Config {
             global: Global {
                 drain_timeout: self.drain_timeout,
+                admin: self.admin,
                 ..Global::default()
             },
             routes: vec![Route::Queue(q)],
@@ -195,6 +205,9 @@ impl RelayArgs {
         config::check_host_port(&self.listen).map_err(|e| format!("--listen: {e}"))?;
         for t in &self.to {
             config::check_host_port(t).map_err(|e| format!("--to: {e}"))?;
+        }
+        if let Some(a) = &self.admin {
+            config::check_host_port(a).map_err(|e| format!("--admin: {e}"))?;
         }
         if self.connect_tries == 0 {
             return Err("--connect-tries must be at least 1".into());
@@ -217,7 +230,7 @@ impl RelayArgs {
             global: Global {
                 max_spill_total: self.max_spill_total.bytes(),
                 drain_timeout: self.drain_timeout,
-                admin: None,
+                admin: self.admin,
             },
             routes: vec![Route::Stream(route)],
         })
@@ -251,7 +264,7 @@ fn main() -> ExitCode {
                 }
             };
             logging::init(cli.log_format, &cli.log_level);
-            serve(parsed)
+            serve(parsed, Some(config))
         }
         Command::Spool { command } => {
             let r = match command {
@@ -282,7 +295,7 @@ fn start(config: Result<Config, String>, format: &LogFormat, level: &str) -> Exi
     match config {
         Ok(c) => {
             logging::init(*format, level);
-            serve(c)
+            serve(c, None)
         }
         Err(e) => {
             eprintln!("error: {e}");
@@ -291,7 +304,7 @@ fn start(config: Result<Config, String>, format: &LogFormat, level: &str) -> Exi
     }
 }
 
-fn serve(config: Config) -> ExitCode {
+fn serve(config: Config, config_path: Option<PathBuf>) -> ExitCode {
     match spillway_net::sys::raise_nofile_limit(1 << 20) {
         Ok(n) => tracing::debug!(nofile = n, "open file limit"),
         Err(e) => warn!(error = %e, "cannot raise the open file limit"),
@@ -308,8 +321,13 @@ fn serve(config: Config) -> ExitCode {
     };
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(watch_signals(shutdown.clone()));
-        match spillway::app::run(config, shutdown).await {
+        let (reload_tx, reload) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(watch_signals(shutdown.clone(), reload_tx));
+        let options = spillway::app::Options {
+            config_path,
+            reload,
+        };
+        match spillway::app::run(config, shutdown, options).await {
             Ok(()) => {
                 info!("stopped");
                 ExitCode::SUCCESS
@@ -323,13 +341,18 @@ fn serve(config: Config) -> ExitCode {
 }
 
 /// First SIGTERM/SIGINT: graceful shutdown. Second: exit at once.
-async fn watch_signals(shutdown: CancellationToken) {
+/// SIGHUP: reload the config file.
+async fn watch_signals(
+    shutdown: CancellationToken,
+    reload: tokio::sync::mpsc::UnboundedSender<()>,
+) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (mut term, mut int) = match (
+    let (mut term, mut int, mut hup) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) {
-        (Ok(t), Ok(i)) => (t, i),
+        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
         _ => {
             error!("cannot install signal handlers");
             return;
@@ -340,6 +363,11 @@ async fn watch_signals(shutdown: CancellationToken) {
         let name = tokio::select! {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
+            _ = hup.recv() => {
+                info!(signal = "SIGHUP", "reload requested");
+                let _ = reload.send(());
+                continue;
+            }
         };
         seen += 1;
         if seen == 1 {

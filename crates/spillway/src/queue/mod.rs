@@ -67,6 +67,9 @@ pub struct QueueStats {
     pub delivery_latency: Histogram,
     pub producers: AtomicUsize,
     pub consumers: AtomicUsize,
+    /// Producer / consumer connections opened (accepted or dialed).
+    pub producers_total: AtomicU64,
+    pub consumers_total: AtomicU64,
     pub messages_in: AtomicU64,
     pub bytes_in: AtomicU64,
     pub messages_delivered: AtomicU64,
@@ -93,6 +96,8 @@ impl Default for QueueStats {
             delivery_latency: Histogram::new(DELIVERY_BUCKETS),
             producers: AtomicUsize::default(),
             consumers: AtomicUsize::default(),
+            producers_total: AtomicU64::default(),
+            consumers_total: AtomicU64::default(),
             messages_in: AtomicU64::default(),
             bytes_in: AtomicU64::default(),
             messages_delivered: AtomicU64::default(),

@@ -196,6 +196,7 @@ impl QueueServer {
     pub(super) async fn consume(&self, stream: TcpStream, peer: SocketAddr) {
         let id = self.next_consumer.fetch_add(1, Ordering::Relaxed);
         self.stats.consumers.fetch_add(1, Ordering::Relaxed);
+        self.stats.consumers_total.fetch_add(1, Ordering::Relaxed);
         info!(route = %self.route.name, consumer = %peer, "consumer connected");
         let mut d = Delivery {
             id,
@@ -511,5 +512,17 @@ impl QueueServer {
 
     fn drain_wait(&self) -> Duration {
         self.drain
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConsumerEnd;
+
+    #[test]
+    fn consumer_end_index_matches_all() {
+        for (i, e) in ConsumerEnd::ALL.iter().enumerate() {
+            assert_eq!(*e as usize, i, "{}", e.as_str());
+        }
     }
 }

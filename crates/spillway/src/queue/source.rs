@@ -91,6 +91,7 @@ enum IngestError {
 impl QueueServer {
     pub(super) async fn produce(&self, mut stream: TcpStream, peer: SocketAddr) {
         self.stats.producers.fetch_add(1, Ordering::Relaxed);
+        self.stats.producers_total.fetch_add(1, Ordering::Relaxed);
         let route = &self.route.name;
         let max = usize::try_from(self.route.max_message).unwrap_or(usize::MAX);
         let mut decoder = Decoder::new(self.route.framing, max);

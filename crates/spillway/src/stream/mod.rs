@@ -35,6 +35,7 @@ use spillway_net::dial::{connect, DialOptions};
 use spillway_net::timeout::StallTimer;
 use spillway_net::tls::{MaybeTls, TlsClient, TlsError, TlsServer};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -250,12 +251,20 @@ pub(crate) fn shutdown_write(s: &TcpStream) -> Result<(), DirError> {
 }
 
 /// Shared state of a running stream route.
+///
+/// A route's server can be replaced while the route keeps serving (a
+/// reload with changed settings on the same listener): new connections get
+/// the new server, connections in flight keep the one they started with.
+/// The replaced server is [`retired`](StreamServer::retire); anything
+/// running in the background on its behalf must stop when
+/// [`StreamServer::retired`] fires.
 pub struct StreamServer {
     route: StreamRoute,
     balancer: Balancer,
     stats: Arc<RouteStats>,
     budget: Arc<SpillBudget>,
     pipes: splice::PipePool,
+    retired: CancellationToken,
     /// Loaded from the route's files; replaced by [`StreamServer::reload_tls`].
     /// A connection clones what it needs at its start.
     tls: RwLock<RouteTls>,
@@ -298,15 +307,26 @@ impl StreamServer {
     /// Builds the route's state; reads its TLS files, if any (so a failure
     /// names the file and what is wrong with it).
     pub fn new(route: StreamRoute, budget: Arc<SpillBudget>) -> Result<Self, TlsError> {
+        Self::with_stats(route, budget, Arc::default())
+    }
+
+    /// A server that counts into existing `stats` (a replacement keeps the
+    /// route's counters going).
+    pub fn with_stats(
+        route: StreamRoute,
+        budget: Arc<SpillBudget>,
+        stats: Arc<RouteStats>,
+    ) -> Result<Self, TlsError> {
         let balancer = Balancer::new(route.balance, route.upstreams.len());
         let pipes = splice::PipePool::new(route.pipe_size, route.buffer, MAX_IDLE_PIPES);
         let tls = RouteTls::load(&route)?;
         Ok(StreamServer {
             route,
             balancer,
-            stats: Arc::default(),
+            stats,
             budget,
             pipes,
+            retired: CancellationToken::new(),
             tls: RwLock::new(tls),
             tls_warning: Mutex::new(RateLimited::new(Duration::from_secs(5))),
         })
@@ -333,6 +353,20 @@ impl StreamServer {
             .check()
     }
 
+    /// Marks this server replaced or stopped: no new connections will use it.
+    pub fn retire(&self) {
+        self.retired.cancel();
+    }
+
+    /// Fires once the server is retired.
+    pub fn retired(&self) -> &CancellationToken {
+        &self.retired
+    }
+
+    pub fn balancer(&self) -> &Balancer {
+        &self.balancer
+    }
+
     pub fn stats(&self) -> &Arc<RouteStats> {
         &self.stats
     }
@@ -349,11 +383,26 @@ impl StreamServer {
         shutdown: CancellationToken,
         drain: Duration,
     ) {
+        let (_current, rx) = watch::channel(self);
+        Self::serve_current(rx, listener, shutdown, drain, CancellationToken::new()).await
+    }
+
+    /// Accepts on `listener` until `shutdown` fires, each connection
+    /// handled by the server `current` holds at that moment; then closes
+    /// the listener (and fires `unbound`), and waits for the connections in
+    /// flight, at most `drain` long.
+    pub async fn serve_current(
+        current: watch::Receiver<Arc<StreamServer>>,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+        drain: Duration,
+        unbound: CancellationToken,
+    ) {
         let tracker = TaskTracker::new();
         let hard_stop = CancellationToken::new();
-        let name = self.route.name.clone();
+        let name = current.borrow().route.name.clone();
         accept_loop(&listener, &name, &shutdown, |accepted: Accepted| {
-            let server = Arc::clone(&self);
+            let server = Arc::clone(&*current.borrow());
             let hard_stop = hard_stop.clone();
             tracker.spawn(async move {
                 server
@@ -363,6 +412,8 @@ impl StreamServer {
         })
         .await;
         drop(listener);
+        unbound.cancel();
+        current.borrow().retire();
         tracker.close();
         if !tracker.is_empty() {
             info!(route = %name, connections = tracker.len(), drain_timeout = ?drain, "draining");

@@ -48,6 +48,10 @@ impl SpillBudget {
         self.used.load(Ordering::Relaxed)
     }
 
+    pub fn limit(&self) -> u64 {
+        self.max
+    }
+
     /// Reserves up to `want` bytes; returns how many were granted.
     fn reserve(&self, want: u64) -> u64 {
         let mut cur = self.used.load(Ordering::Relaxed);

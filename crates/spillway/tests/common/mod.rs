@@ -29,11 +29,17 @@ pub struct Relay {
 
 impl Relay {
     pub fn start(args: &[&str]) -> Relay {
+        Relay::start_with_env(args, &[])
+    }
+
+    /// Like [`Relay::start`], with extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Relay {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("relay.log");
         let file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(bin())
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -230,4 +236,41 @@ pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
     static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
     HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// ------------------------------------------------------ admin helpers ---
+
+/// `GET path` on the admin endpoint: (status code, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect admin");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: spillway\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let text = String::from_utf8(read_to_end(&mut s)).expect("utf-8 response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("header end");
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    (code, body.to_string())
+}
+
+/// Waits (bounded) until the admin endpoint answers `/healthz`.
+pub fn wait_admin(relay: &mut Relay, addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = relay.child.try_wait() {
+            panic!("spillway exited early ({status}):\n{}", relay.log_text());
+        }
+        if TcpStream::connect(addr).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("admin endpoint {addr} never came up:\n{}", relay.log_text());
 }

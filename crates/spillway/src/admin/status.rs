@@ -1,0 +1,93 @@
+//! `/status`: a JSON snapshot for people and scripts (`curl … | jq`).
+//! Metrics are the interface for monitoring; this is for looking.
+
+use std::sync::atomic::Ordering;
+
+use serde_json::{json, Value};
+
+use crate::app::{AppState, LiveKind, LiveRoute};
+use crate::stream::{CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT};
+
+pub fn render(state: &AppState) -> Value {
+    let routes: Vec<Value> = state.routes().iter().map(|r| route(r)).collect();
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "ready": state.ready(),
+        "draining": state.draining(),
+        "config": state.config_path().map(|p| p.display().to_string()),
+        "spill_bytes": state.spill().used(),
+        "routes": routes,
+    })
+}
+
+fn route(r: &LiveRoute) -> Value {
+    let listeners: Vec<Value> = r
+        .listeners
+        .iter()
+        .map(|(role, addr)| json!({"role": role, "address": addr.to_string()}))
+        .collect();
+    let mut v = json!({
+        "name": r.name,
+        "mode": r.mode(),
+        "state": r.state().as_str(),
+        "listeners": listeners,
+    });
+    let detail = match &r.kind {
+        LiveKind::Stream(rx) => {
+            let srv = rx.borrow().clone();
+            let st = srv.stats();
+            let upstreams: Vec<Value> = srv
+                .route()
+                .upstreams
+                .iter()
+                .enumerate()
+                .map(|(i, addr)| {
+                    let load = srv.balancer().load(i);
+                    json!({
+                        "address": addr,
+                        "active": load.map_or(0, |l| l.active()),
+                        "picked": load.map_or(0, |l| l.picked()),
+                    })
+                })
+                .collect();
+            json!({
+                "balance": srv.route().balance.to_string(),
+                "connections_active": st.active.load(Ordering::Relaxed),
+                "connections_total": st.accepted.load(Ordering::Relaxed),
+                "bytes_in": st.bytes[CLIENT_TO_UPSTREAM].load(Ordering::Relaxed),
+                "bytes_out": st.bytes[UPSTREAM_TO_CLIENT].load(Ordering::Relaxed),
+                "spilled_bytes": st.spilled_bytes.load(Ordering::Relaxed),
+                "upstreams": upstreams,
+            })
+        }
+        LiveKind::Queue(q) => {
+            let st = q.stats();
+            let sp = q.spool().stats();
+            json!({
+                "from": q.route().from.to_string(),
+                "to": q.route().to.to_string(),
+                "spool": q.route().spool.display().to_string(),
+                "producers": st.producers.load(Ordering::Relaxed),
+                "consumers": st.consumers.load(Ordering::Relaxed),
+                "messages_in": st.messages_in.load(Ordering::Relaxed),
+                "messages_delivered": st.messages_delivered.load(Ordering::Relaxed),
+                "depth": {
+                    "messages": sp.mem_msgs + sp.disk_msgs,
+                    "memory_messages": sp.mem_msgs,
+                    "memory_bytes": sp.mem_bytes,
+                    "disk_messages": sp.disk_msgs,
+                    "disk_bytes": sp.disk_bytes,
+                    "segments": sp.segments,
+                },
+                "oldest_age_seconds": sp.oldest_age.map(|d| d.as_secs_f64()),
+                "next_seq": sp.next_seq,
+                "ack_floor": sp.ack_floor,
+                "poisoned": sp.poisoned,
+            })
+        }
+    };
+    if let (Some(obj), Value::Object(d)) = (v.as_object_mut(), detail) {
+        obj.extend(d);
+    }
+    v
+}

@@ -1,0 +1,564 @@
+//! Operating spillway: the admin endpoint (metrics scraped from the real
+//! process and parsed), readiness during drain, SIGHUP reloads, systemd
+//! notifications. Real child processes and sockets on 127.0.0.1.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{free_port, http_get, pattern, wait_admin, write_config, Fnv, Relay};
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// An upstream that sends `id` then echoes everything back, one thread per
+/// connection, until the test ends.
+fn tagged_echo(id: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+    let a = l.local_addr().expect("addr");
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            thread::spawn(move || {
+                if !id.is_empty() && s.write_all(id.as_bytes()).is_err() {
+                    return;
+                }
+                let mut buf = vec![0u8; 64 << 10];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => {
+                            let _ = s.shutdown(Shutdown::Write);
+                            return;
+                        }
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    a
+}
+
+/// Connects through a route and reads the upstream's tag.
+fn tag_via(port: u16, len: usize) -> String {
+    let mut s = TcpStream::connect(addr(port)).expect("connect route");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut tag = vec![0u8; len];
+    s.read_exact(&mut tag).expect("tag");
+    String::from_utf8(tag).expect("utf-8 tag")
+}
+
+/// A parsed scrape: (metric name, sorted labels) -> value; histograms
+/// contribute their `_count` and `_sum` as separate names.
+struct Metrics {
+    values: HashMap<(String, Vec<(String, String)>), f64>,
+}
+
+impl Metrics {
+    fn scrape(admin: SocketAddr) -> Metrics {
+        let (code, body) = http_get(admin, "/metrics");
+        assert_eq!(code, 200, "{body}");
+        check_exposition(&body);
+        let parsed = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+            .expect("prometheus-parse accepts the exposition");
+        assert!(!parsed.samples.is_empty());
+        let mut values = HashMap::new();
+        for s in parsed.samples {
+            let mut labels: Vec<(String, String)> = s
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            labels.sort();
+            let v = match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                prometheus_parse::Value::Histogram(buckets) => {
+                    // Cumulative, ending with +Inf.
+                    let counts: Vec<f64> = buckets.iter().map(|b| b.count).collect();
+                    assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+                    let last = buckets.last().expect("buckets");
+                    assert!(last.less_than.is_infinite(), "{buckets:?}");
+                    last.count
+                }
+                prometheus_parse::Value::Summary(_) => panic!("no summaries expected"),
+            };
+            values.insert((s.metric, labels), v);
+        }
+        Metrics { values }
+    }
+
+    fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let mut l: Vec<(String, String)> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        l.sort();
+        self.values.get(&(name.to_string(), l)).copied()
+    }
+
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.get(name, labels).unwrap_or_else(|| {
+            let mut known: Vec<_> = self.values.keys().map(|k| &k.0).collect();
+            known.sort();
+            known.dedup();
+            panic!("no sample {name}{labels:?}; names: {known:?}")
+        })
+    }
+}
+
+/// Structural checks a lax parser would not make: every sample belongs to
+/// a declared family, names are `spillway_`, the exposition ends with EOF.
+fn check_exposition(body: &str) {
+    let mut families: Vec<(String, String)> = Vec::new();
+    for line in body.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, ty) = rest.split_once(' ').expect("TYPE name type");
+            assert!(name.starts_with("spillway_"), "{line}");
+            families.push((name.to_string(), ty.to_string()));
+            continue;
+        }
+        if line.starts_with('#') {
+            continue;
+        }
+        let name_end = line.find(['{', ' ']).expect("sample line");
+        let name = &line[..name_end];
+        let value = line.rsplit(' ').next().expect("value");
+        assert!(
+            value.parse::<f64>().is_ok() || value == "+Inf",
+            "bad value in {line}"
+        );
+        let (family, ty) = families.last().expect("sample before any TYPE");
+        let ok = match ty.as_str() {
+            "counter" => name == format!("{family}_total"),
+            "gauge" => name == family,
+            "histogram" => ["_bucket", "_sum", "_count"]
+                .iter()
+                .any(|s| name == format!("{family}{s}")),
+            other => panic!("unexpected type {other}"),
+        };
+        assert!(ok, "sample {name} does not belong to {ty} family {family}");
+    }
+    assert_eq!(body.lines().last(), Some("# EOF"));
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if cond() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[test]
+fn metrics_health_and_status_follow_the_traffic() {
+    let upstream = tagged_echo("");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (web, src, sink, admin) = (free_port(), free_port(), free_port(), free_port());
+    let spool = dir.path().join("spool");
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            r#"
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[[route]]
+name = "web"
+mode = "stream"
+listen = "127.0.0.1:{web}"
+upstreams = ["{upstream}"]
+
+[[route]]
+name = "q"
+mode = "queue"
+from = "listen:127.0.0.1:{src}"
+to = "listen:127.0.0.1:{sink}"
+spool = "{}"
+"#,
+            spool.display()
+        ),
+    );
+    let mut relay = Relay::start(&["run", "--config", cfg.to_str().expect("utf-8")]);
+    wait_admin(&mut relay, addr(admin));
+    relay.wait_listening(addr(web));
+    relay.wait_listening(addr(sink));
+
+    let before = Metrics::scrape(addr(admin));
+    assert_eq!(before.value("spillway_ready", &[]), 1.0);
+    let web_in = [("route", "web"), ("direction", "in")];
+    assert_eq!(before.value("spillway_bytes_total", &web_in), 0.0);
+    assert_eq!(
+        before.value("spillway_messages_in_total", &[("route", "q")]),
+        0.0
+    );
+    assert_eq!(http_get(addr(admin), "/healthz").0, 200);
+    assert_eq!(http_get(addr(admin), "/readyz").0, 200);
+    assert_eq!(http_get(addr(admin), "/nope").0, 404);
+
+    // Stream traffic: 100 KiB echoed.
+    let data = pattern(100 << 10, 7);
+    let mut c = TcpStream::connect(addr(web)).expect("connect web");
+    c.write_all(&data).expect("send");
+    c.shutdown(Shutdown::Write).expect("half-close");
+    let mut back = Vec::new();
+    c.read_to_end(&mut back).expect("echo");
+    assert_eq!(back, data);
+    drop(c);
+
+    // Queue traffic: 10 lines in, 10 delivered.
+    let mut p = TcpStream::connect(addr(src)).expect("producer");
+    for i in 0..10 {
+        writeln!(p, "message {i}").expect("produce");
+    }
+    drop(p);
+    let mut consumer = TcpStream::connect(addr(sink)).expect("consumer");
+    consumer
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while got.iter().filter(|&&b| b == b'\n').count() < 10 {
+        let n = consumer.read(&mut buf).expect("consume");
+        assert!(n > 0, "consumer got EOF early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    consumer.shutdown(Shutdown::Write).expect("leave");
+    let mut rest = Vec::new();
+    consumer.read_to_end(&mut rest).expect("drain");
+
+    let admin_addr = addr(admin);
+    wait_until("the counters to move", || {
+        let m = Metrics::scrape(admin_addr);
+        m.value("spillway_messages_delivered_total", &[("route", "q")]) == 10.0
+            && m.value(
+                "spillway_connections_closed_total",
+                &[("route", "web"), ("reason", "client_eof")],
+            ) == 1.0
+    });
+    let m = Metrics::scrape(admin_addr);
+    let len = data.len() as f64;
+    assert_eq!(m.value("spillway_bytes_total", &web_in), len);
+    assert_eq!(
+        m.value(
+            "spillway_bytes_total",
+            &[("route", "web"), ("direction", "out")]
+        ),
+        len
+    );
+    assert_eq!(
+        m.value(
+            "spillway_connections_total",
+            &[("route", "web"), ("role", "client")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m.value(
+            "spillway_connections_active",
+            &[("route", "web"), ("role", "client")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        m.value("spillway_messages_in_total", &[("route", "q")]),
+        10.0
+    );
+    assert_eq!(
+        m.value(
+            "spillway_bytes_total",
+            &[("route", "q"), ("direction", "in")]
+        ),
+        got.len() as f64
+    );
+    // One histogram observation per delivered message.
+    assert_eq!(
+        m.value("spillway_delivery_latency_seconds", &[("route", "q")]),
+        10.0
+    );
+    assert_eq!(
+        m.value(
+            "spillway_queue_depth_messages",
+            &[("route", "q"), ("tier", "memory")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        m.value(
+            "spillway_consumer_connections_closed_total",
+            &[("route", "q"), ("reason", "consumer_eof")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m.value(
+            "spillway_upstream_picks_total",
+            &[("route", "web"), ("upstream", &upstream.to_string())]
+        ),
+        1.0
+    );
+
+    let (code, body) = http_get(admin_addr, "/status");
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&body).expect("status is JSON");
+    assert_eq!(status["ready"], true);
+    let routes = status["routes"].as_array().expect("routes");
+    assert_eq!(routes.len(), 2);
+    let q = routes.iter().find(|r| r["name"] == "q").expect("route q");
+    assert_eq!(q["mode"], "queue");
+    assert_eq!(q["messages_delivered"], 10);
+    assert_eq!(q["depth"]["messages"], 0);
+    let w = routes
+        .iter()
+        .find(|r| r["name"] == "web")
+        .expect("route web");
+    assert_eq!(w["upstreams"][0]["address"], upstream.to_string());
+    assert_eq!(w["bytes_in"], data.len());
+}
+
+/// SIGTERM in the middle of a transfer: readiness goes false at once, the
+/// transfer completes byte-exact within the drain period, exit 0.
+#[test]
+fn sigterm_mid_transfer_finishes_it_and_exits_zero() {
+    const TOTAL: usize = 32 << 20;
+    let up = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let up_addr = up.local_addr().expect("addr");
+    let writer = thread::spawn(move || {
+        let (mut s, _) = up.accept().expect("accept");
+        let data = pattern(TOTAL, 3);
+        s.write_all(&data).expect("upstream write");
+        let mut h = Fnv::default();
+        h.update(&data);
+        h.0
+    });
+    let (port, admin) = (free_port(), free_port());
+    let mut relay = Relay::start(&[
+        "relay",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--to",
+        &up_addr.to_string(),
+        "--admin",
+        &format!("127.0.0.1:{admin}"),
+        "--drain-timeout",
+        "60s",
+    ]);
+    relay.wait_listening(addr(port));
+    wait_admin(&mut relay, addr(admin));
+    let mut c = TcpStream::connect(addr(port)).expect("client");
+    let mut buf = vec![0u8; 64 << 10];
+    let mut got = 0usize;
+    let mut h = Fnv::default();
+    // Read a little, slowly enough that most of the data is still to come.
+    while got < 1 << 20 {
+        let n = c.read(&mut buf).expect("read");
+        assert!(n > 0);
+        h.update(&buf[..n]);
+        got += n;
+    }
+    relay.signal("TERM");
+    relay.wait_log("shutting down");
+    let (code, body) = http_get(addr(admin), "/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("draining"), "{body}");
+    // New connections are refused once the listener is closed.
+    wait_until("the listener to close", || {
+        TcpStream::connect(addr(port)).is_err()
+    });
+    loop {
+        let n = c.read(&mut buf).expect("read during drain");
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        got += n;
+    }
+    assert_eq!(got, TOTAL);
+    assert_eq!(h.0, writer.join().expect("writer"));
+    // The client is done too; the connection ends and the drain with it.
+    drop(c);
+    assert_eq!(relay.wait_exit(Duration::from_secs(30)), Some(0));
+}
+
+fn stream_route(name: &str, port: u16, upstream: SocketAddr) -> String {
+    format!(
+        "[[route]]\nname = \"{name}\"\nmode = \"stream\"\nlisten = \"127.0.0.1:{port}\"\nupstreams = [\"{upstream}\"]\n\n"
+    )
+}
+
+/// SIGHUP adds a route, removes one, changes one's upstream, and a long
+/// connection on an unchanged route keeps flowing byte-exact throughout.
+/// A broken file afterwards is rejected with file:line:col and changes
+/// nothing.
+#[test]
+fn sighup_reload_applies_changes_without_dropping_connections() {
+    let echo = tagged_echo("");
+    let (one, two) = (tagged_echo("ONE"), tagged_echo("TWO"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (long, gone, changed, added, admin) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let admin_cfg = format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n");
+    let v1 = admin_cfg.clone()
+        + &stream_route("long", long, echo)
+        + &stream_route("gone", gone, one)
+        + &stream_route("changed", changed, one);
+    let cfg = write_config(dir.path(), &v1);
+    let mut relay = Relay::start(&["run", "--config", cfg.to_str().expect("utf-8")]);
+    for p in [long, gone, changed] {
+        relay.wait_listening(addr(p));
+    }
+    wait_admin(&mut relay, addr(admin));
+    assert_eq!(tag_via(changed, 3), "ONE");
+    assert_eq!(tag_via(gone, 3), "ONE");
+
+    // A long connection on "long": a writer thread streams a pattern while a
+    // reader checks the echo, until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let c = TcpStream::connect(addr(long)).expect("long connection");
+    let mut reader = c.try_clone().expect("clone");
+    let mut writer = c;
+    let stop_w = Arc::clone(&stop);
+    let sender = thread::spawn(move || {
+        let chunk = pattern(16 << 10, 11);
+        let mut sent = Fnv::default();
+        let mut n = 0usize;
+        while !stop_w.load(Ordering::Relaxed) {
+            writer.write_all(&chunk).expect("long write");
+            sent.update(&chunk);
+            n += chunk.len();
+            thread::sleep(Duration::from_millis(2));
+        }
+        writer.shutdown(Shutdown::Write).expect("half-close");
+        (n, sent.0)
+    });
+    let receiver = thread::spawn(move || {
+        let mut h = Fnv::default();
+        let mut n = 0usize;
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            match reader.read(&mut buf).expect("long read") {
+                0 => return (n, h.0),
+                k => {
+                    h.update(&buf[..k]);
+                    n += k;
+                }
+            }
+        }
+    });
+
+    // Reload: "gone" removed, "changed" now goes to TWO, "added" is new.
+    let v2 = admin_cfg.clone()
+        + &stream_route("long", long, echo)
+        + &stream_route("changed", changed, two)
+        + &stream_route("added", added, two);
+    write_config(dir.path(), &v2);
+    relay.signal("HUP");
+    relay.wait_log("configuration reloaded");
+    relay.wait_listening(addr(added));
+    assert_eq!(tag_via(added, 3), "TWO");
+    assert_eq!(tag_via(changed, 3), "TWO");
+    wait_until("the removed route's listener to close", || {
+        TcpStream::connect(addr(gone)).is_err()
+    });
+    let m = Metrics::scrape(addr(admin));
+    assert_eq!(
+        m.value("spillway_config_reloads_total", &[("result", "success")]),
+        1.0
+    );
+    assert!(m
+        .get(
+            "spillway_route_info",
+            &[("route", "gone"), ("mode", "stream"), ("state", "serving")]
+        )
+        .is_none());
+
+    // A broken file: rejected with its position, the old routes keep serving.
+    write_config(
+        dir.path(),
+        &(v2.clone() + "[[route]]\nname = \"bad\"\nmode = \"stream\"\nlisten = 12\n"),
+    );
+    relay.signal("HUP");
+    let log = relay.wait_log("reload rejected");
+    let cfg_name = cfg.display().to_string();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("reload rejected") && l.contains(&format!("{cfg_name}:"))),
+        "{log}"
+    );
+    assert_eq!(tag_via(added, 3), "TWO");
+    let m = Metrics::scrape(addr(admin));
+    assert_eq!(
+        m.value("spillway_config_reloads_total", &[("result", "failure")]),
+        1.0
+    );
+    assert_eq!(m.value("spillway_ready", &[]), 1.0);
+
+    // The long connection kept flowing through all of it.
+    thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    let (sent_n, sent_h) = sender.join().expect("sender");
+    let (got_n, got_h) = receiver.join().expect("receiver");
+    assert!(sent_n > 0);
+    assert_eq!((got_n, got_h), (sent_n, sent_h));
+    let log = relay.log_text();
+    assert!(
+        !log.lines().any(|l| l.contains("route=long")
+            && l.contains("connection closed")
+            && !l.contains("client_eof")),
+        "{log}"
+    );
+}
+
+/// Under systemd (`Type=notify`): READY=1 once serving, RELOADING=1 then
+/// READY=1 around a reload, STOPPING=1 at shutdown.
+#[test]
+fn sd_notify_reports_ready_reloading_and_stopping() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let port = free_port();
+    let cfg = write_config(dir.path(), &stream_route("r", port, tagged_echo("X")));
+    let mut relay = Relay::start_with_env(
+        &["run", "--config", cfg.to_str().expect("utf-8")],
+        &[("NOTIFY_SOCKET", sock_path.to_str().expect("utf-8"))],
+    );
+    let recv = |sock: &UnixDatagram| -> String {
+        let mut buf = [0u8; 512];
+        let n = sock.recv(&mut buf).expect("notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert!(recv(&sock).starts_with("READY=1"));
+    relay.wait_listening(addr(port));
+    relay.signal("HUP");
+    let reloading = recv(&sock);
+    assert!(reloading.starts_with("RELOADING=1"), "{reloading}");
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
+    assert!(recv(&sock).starts_with("READY=1"));
+    relay.signal("TERM");
+    assert!(recv(&sock).starts_with("STOPPING=1"));
+    assert_eq!(relay.wait_exit(Duration::from_secs(30)), Some(0));
+}
