@@ -322,7 +322,15 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> ExitCode {
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         let (reload_tx, reload) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(watch_signals(shutdown.clone(), reload_tx));
+        match watch_signals(shutdown.clone(), reload_tx) {
+            Ok(watch) => {
+                tokio::spawn(watch);
+            }
+            Err(e) => {
+                error!(error = %e, "cannot install signal handlers");
+                return ExitCode::FAILURE;
+            }
+        }
         let options = spillway::app::Options {
             config_path,
             reload,
@@ -341,41 +349,36 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> ExitCode {
 }
 
 /// First SIGTERM/SIGINT: graceful shutdown. Second: exit at once.
-/// SIGHUP: reload the config file.
-async fn watch_signals(
+/// SIGHUP: reload the config file. The handlers are installed before any
+/// route starts (a SIGHUP before that would kill the process by default).
+fn watch_signals(
     shutdown: CancellationToken,
     reload: tokio::sync::mpsc::UnboundedSender<()>,
-) {
+) -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (mut term, mut int, mut hup) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) {
-        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
-        _ => {
-            error!("cannot install signal handlers");
-            return;
-        }
-    };
-    let mut seen = 0;
-    loop {
-        let name = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-            _ = hup.recv() => {
-                info!(signal = "SIGHUP", "reload requested");
-                let _ = reload.send(());
-                continue;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    Ok(async move {
+        let mut seen = 0;
+        loop {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+                _ = hup.recv() => {
+                    info!(signal = "SIGHUP", "reload requested");
+                    let _ = reload.send(());
+                    continue;
+                }
+            };
+            seen += 1;
+            if seen == 1 {
+                info!(signal = name, "shutting down: no new connections, draining");
+                shutdown.cancel();
+            } else {
+                warn!(signal = name, "second signal: exiting now");
+                std::process::exit(130);
             }
-        };
-        seen += 1;
-        if seen == 1 {
-            info!(signal = name, "shutting down: no new connections, draining");
-            shutdown.cancel();
-        } else {
-            warn!(signal = name, "second signal: exiting now");
-            std::process::exit(130);
         }
-    }
+    })
 }
