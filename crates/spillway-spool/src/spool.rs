@@ -123,9 +123,11 @@ struct SyncState {
 type NotifyFn = Arc<dyn Fn() + Send + Sync>;
 
 struct Inner {
-    /// Exclusive lock on `LOCK` in the spool directory, held while any handle
-    /// lives: two processes appending to one log would corrupt it.
-    _lock: std::fs::File,
+    /// Exclusive lock on `LOCK` in the spool directory, held from open until
+    /// a successful `close` (or the last handle drops): two writers on one
+    /// log would corrupt it. Released at close so the same process can
+    /// reopen the directory (a reloaded route) while old handles linger.
+    dir_lock: Mutex<Option<std::fs::File>>,
     cfg: SpoolConfig,
     fs: Arc<dyn Fs>,
     core: Mutex<Core>,
@@ -245,7 +247,7 @@ impl Spool {
         let st = Counters::default();
         let (core, report) = recover(&config, &*fs, &st)?;
         let inner = Inner {
-            _lock: lock,
+            dir_lock: Mutex::new(Some(lock)),
             written: AtomicU64::new(core.written_lsn),
             sync: Mutex::new(SyncState {
                 durable_lsn: core.written_lsn,
@@ -568,7 +570,10 @@ impl Spool {
         }
         // Everything written becomes durable; a reopen starts a new segment.
         inner.seal_active(&mut core)?;
-        inner.persist_cursor_with(&mut core, true)
+        inner.persist_cursor_with(&mut core, true)?;
+        // Every later call sees `closed`: nothing writes here any more.
+        lock(&inner.dir_lock).take();
+        Ok(())
     }
 }
 

@@ -441,8 +441,11 @@ impl Supervisor {
     async fn run(mut self, mut reload: mpsc::UnboundedReceiver<()>) -> anyhow::Result<()> {
         let mut reload_open = true;
         loop {
-            if self.shutdown.is_cancelled() && self.tasks.is_empty() {
-                break;
+            if self.shutdown.is_cancelled() {
+                self.begin_drain();
+                if self.tasks.is_empty() {
+                    break;
+                }
             }
             tokio::select! {
                 Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
@@ -454,18 +457,23 @@ impl Supervisor {
                         None => reload_open = false,
                     }
                 }
-                _ = self.shutdown.cancelled(), if !self.state.draining() => {
-                    self.state.draining.store(true, Ordering::Relaxed);
-                    notify::stopping();
-                    for r in self.state.routes() {
-                        r.set_draining();
-                    }
-                }
+                _ = self.shutdown.cancelled(), if !self.state.draining() => self.begin_drain(),
             }
         }
         match self.first_error {
             Some(e) => Err(e),
             None => Ok(()),
+        }
+    }
+
+    /// Shutdown started: readiness goes false, systemd hears STOPPING=1.
+    fn begin_drain(&self) {
+        if self.state.draining.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        notify::stopping();
+        for r in self.state.routes() {
+            r.set_draining();
         }
     }
 

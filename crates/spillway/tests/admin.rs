@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{free_port, http_get, pattern, wait_admin, write_config, Fnv, Relay};
+use common::{free_port, free_ports, http_get, pattern, wait_admin, write_config, Fnv, Relay};
 
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
@@ -171,7 +171,7 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 fn metrics_health_and_status_follow_the_traffic() {
     let upstream = tagged_echo("");
     let dir = tempfile::tempdir().expect("tempdir");
-    let (web, src, sink, admin) = (free_port(), free_port(), free_port(), free_port());
+    let [web, src, sink, admin] = free_ports();
     let spool = dir.path().join("spool");
     let cfg = write_config(
         dir.path(),
@@ -348,7 +348,7 @@ fn sigterm_mid_transfer_finishes_it_and_exits_zero() {
         h.update(&data);
         h.0
     });
-    let (port, admin) = (free_port(), free_port());
+    let [port, admin] = free_ports();
     let mut relay = Relay::start(&[
         "relay",
         "--listen",
@@ -561,4 +561,106 @@ fn sd_notify_reports_ready_reloading_and_stopping() {
     relay.signal("TERM");
     assert!(recv(&sock).starts_with("STOPPING=1"));
     assert_eq!(relay.wait_exit(Duration::from_secs(30)), Some(0));
+}
+
+fn queue_route(name: &str, src: u16, sink: u16, spool: &std::path::Path, memory: &str) -> String {
+    format!(
+        "[[route]]\nname = \"{name}\"\nmode = \"queue\"\nfrom = \"listen:127.0.0.1:{src}\"\nto = \"listen:127.0.0.1:{sink}\"\nspool = \"{}\"\nmemory = \"{memory}\"\n\n",
+        spool.display()
+    )
+}
+
+/// A queue route changed by a reload drains, closes its spool (memory tier
+/// to disk), and the new route reopens the same spool: every queued message
+/// arrives once, in order.
+#[test]
+fn reloading_a_changed_queue_route_hands_the_spool_over() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().join("spool");
+    let [src, sink] = free_ports();
+    let cfg = write_config(dir.path(), &queue_route("q", src, sink, &spool, "64MiB"));
+    let mut relay = Relay::start(&["run", "--config", cfg.to_str().expect("utf-8")]);
+    relay.wait_listening(addr(sink));
+    let mut p = TcpStream::connect(addr(src)).expect("producer");
+    for i in 0..1000 {
+        writeln!(p, "before {i:04}").expect("produce");
+    }
+    drop(p);
+    relay.wait_log("producer closed");
+
+    // memory = 0 now: a changed route, restarted on the same spool.
+    write_config(dir.path(), &queue_route("q", src, sink, &spool, "0"));
+    relay.signal("HUP");
+    relay.wait_log("configuration reloaded");
+    relay.wait_log_lines("queue route ready", 2, Duration::from_secs(20));
+    let mut p = TcpStream::connect(addr(src)).expect("producer after reload");
+    for i in 0..1000 {
+        writeln!(p, "after {i:04}").expect("produce");
+    }
+    drop(p);
+
+    let mut c = TcpStream::connect(addr(sink)).expect("consumer");
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    while got.iter().filter(|&&b| b == b'\n').count() < 2000 {
+        let n = c.read(&mut buf).expect("consume");
+        assert!(n > 0, "EOF after {} bytes", got.len());
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8(got).expect("utf-8");
+    let want: Vec<String> = (0..1000)
+        .map(|i| format!("before {i:04}"))
+        .chain((0..1000).map(|i| format!("after {i:04}")))
+        .collect();
+    assert_eq!(text.lines().collect::<Vec<_>>(), want);
+    c.shutdown(Shutdown::Write).expect("leave");
+    relay.signal("TERM");
+    assert_eq!(relay.wait_exit(Duration::from_secs(30)), Some(0));
+}
+
+/// `--log-format json`: one JSON object per line; a connection's end is one
+/// line with its reason and byte counts as fields.
+#[test]
+fn json_logs_have_one_structured_line_per_connection() {
+    let upstream = tagged_echo("");
+    let port = free_port();
+    let mut relay = Relay::start(&[
+        "--log-format",
+        "json",
+        "relay",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--to",
+        &upstream.to_string(),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !relay.log_text().contains("stream route ready") {
+        assert!(Instant::now() < deadline, "{}", relay.log_text());
+        thread::sleep(Duration::from_millis(20));
+    }
+    let mut c = TcpStream::connect(addr(port)).expect("connect");
+    c.write_all(b"hello").expect("send");
+    c.shutdown(Shutdown::Write).expect("half-close");
+    let mut back = Vec::new();
+    c.read_to_end(&mut back).expect("echo");
+    assert_eq!(back, b"hello");
+    drop(c);
+    let log = relay.wait_log("connection closed");
+    let mut closed = Vec::new();
+    for line in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        if v["message"] == "connection closed" {
+            closed.push(v);
+        }
+    }
+    assert_eq!(closed.len(), 1, "{log}");
+    let v = &closed[0];
+    assert_eq!(v["reason"], "client_eof");
+    assert_eq!(v["bytes_in"], 5);
+    assert_eq!(v["bytes_out"], 5);
+    assert_eq!(v["route"], "relay");
+    assert_eq!(v["level"], "INFO");
 }

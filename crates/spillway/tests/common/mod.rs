@@ -19,6 +19,15 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("addr").port()
 }
 
+/// `N` distinct ports that were free a moment ago (all held while choosing,
+/// so two calls in a row cannot return the same port).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind :0"))
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().expect("addr").port())
+}
+
 /// A spillway child process; killed on drop. Its stderr goes to a file the
 /// test can read.
 pub struct Relay {
