@@ -626,7 +626,7 @@ fn reloading_a_changed_queue_route_hands_the_spool_over() {
 fn json_logs_have_one_structured_line_per_connection() {
     let upstream = tagged_echo("");
     let port = free_port();
-    let mut relay = Relay::start(&[
+    let relay = Relay::start(&[
         "--log-format",
         "json",
         "relay",
