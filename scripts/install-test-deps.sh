@@ -3,7 +3,7 @@
 # Python 3 and gcc: the Debian packages of the real peers the tests talk to.
 # Safe to run again; installs only what is missing.
 set -euo pipefail
-PKGS=(socat procps)
+PKGS=(socat procps systemd)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -163,3 +163,25 @@ fn a_second_relay_on_the_same_spool_is_refused() {
     assert!(!ok, "started on a locked spool");
     assert!(err.contains("in use by another process"), "{err}");
 }
+
+/// The shipped systemd unit is valid for systemd (`systemd-analyze verify`,
+/// installed by scripts/install-test-deps.sh), and starts the binary the
+/// way the CLI contract says.
+#[test]
+fn systemd_unit_verifies() {
+    let unit = std::fs::read_to_string(repo_root().join("examples/spillway.service"))
+        .expect("examples/spillway.service");
+    assert!(unit.contains("\nType=notify\n"), "sd_notify is implemented");
+    assert!(unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("spillway.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/spillway", bin())).expect("write unit");
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (run scripts/install-test-deps.sh)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.trim().is_empty(), "{stderr}");
+}
