@@ -265,6 +265,16 @@ impl TlsError {
         !self.is_persistent()
     }
 
+    /// The dialer's view ([`crate::classify`]): persistent failures back
+    /// off long, the rest with the usual jitter.
+    pub fn class(&self) -> crate::classify::ErrorClass {
+        if self.is_persistent() {
+            crate::classify::ErrorClass::Persistent
+        } else {
+            crate::classify::ErrorClass::Transient
+        }
+    }
+
     /// A short, stable label for metrics and log fields.
     pub fn as_label(&self) -> &'static str {
         match self {

@@ -375,7 +375,8 @@ async fn start_queue(
     }
     let server = tokio::task::block_in_place(|| QueueServer::open(q.clone(), stop, drain))?;
     info!(route = %q.name, from = %q.from, to = %q.to, framing = %q.framing,
-          spool = %q.spool.display(), "queue route ready");
+          spool = %q.spool.display(), from_tls = q.from_tls.is_some(),
+          to_tls = q.to_tls.is_some(), "queue route ready");
     Ok(Started {
         live: Arc::new(LiveRoute {
             name: q.name.clone(),
@@ -583,6 +584,13 @@ impl Supervisor {
                 // renewed: re-read them for new connections.
                 if let Some(swap) = &running.swap {
                     if let Err(e) = swap.borrow().reload_tls() {
+                        error!(route = %route.name(), error = %e,
+                               "TLS files not reloaded; the ones in use stay in use");
+                        result = ReloadResult::Failure;
+                    }
+                }
+                if let Some(LiveKind::Queue(q)) = running.live.as_ref().map(|l| &l.kind) {
+                    if let Err(e) = q.reload_tls() {
                         error!(route = %route.name(), error = %e,
                                "TLS files not reloaded; the ones in use stay in use");
                         result = ReloadResult::Failure;

@@ -511,3 +511,215 @@ insecure_skip_verify = true
     assert!(line.contains("WARN"), "{line}");
     assert!(line.contains("tests only"), "{line}");
 }
+
+// ---------------------------------------------------------------- queue ---
+
+fn numbered_lines(from: u64, to: u64) -> Vec<u8> {
+    let mut v = Vec::new();
+    for n in from..to {
+        v.extend_from_slice(format!("message {n:08}\n").as_bytes());
+    }
+    v
+}
+
+/// Reads from `s` until `got` holds at least `want` lines (bounded by `limit`).
+async fn read_lines(s: &mut MaybeTls, got: &mut Vec<u8>, want: usize, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut lines = got.iter().filter(|&&b| b == b'\n').count();
+    while lines < want {
+        let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("only {lines} of {want} lines"))
+            .expect("read");
+        assert!(n > 0, "closed early after {lines} lines");
+        lines += buf[..n].iter().filter(|&&b| b == b'\n').count();
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Leaves the way a consumer should: half-close (close_notify + FIN), then
+/// read what is still in flight to EOF.
+async fn leave(mut s: MaybeTls, got: &mut Vec<u8>) {
+    s.shutdown().await.expect("half-close");
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(got))
+        .await
+        .expect("EOF in time")
+        .expect("read to EOF");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_over_tls_listen_both_ends_delivers_every_message_once_in_order() {
+    let pki = Pki::new();
+    let spool = pki.path("spool");
+    let (pp, cp) = (free_port(), free_port());
+    let relay = start_config(
+        pki.dir.path(),
+        &format!(
+            r#"
+[[route]]
+name = "q"
+mode = "queue"
+from = "listen:127.0.0.1:{pp}"
+to = "listen:127.0.0.1:{cp}"
+spool = "{spool}"
+[route.from_tls]
+cert = "{cert}"
+key = "{key}"
+[route.to_tls]
+cert = "{cert}"
+key = "{key}"
+client_ca = "{ca}"
+"#,
+            spool = spool.display(),
+            cert = pki.p("server.pem"),
+            key = pki.p("server.key"),
+            ca = pki.p("ca.pem"),
+        ),
+        &[pp, cp],
+    );
+    const N: u64 = 1_000_000;
+    let mut producer = tls_connect(&pki.client(false), pp).await.expect("producer");
+    let data = numbered_lines(0, N);
+    for chunk in data.chunks(64 << 10) {
+        producer.write_all(chunk).await.expect("produce");
+    }
+    producer.shutdown().await.expect("producer close_notify");
+    let mut rest = Vec::new();
+    let _ = producer.read_to_end(&mut rest).await;
+    let closed = relay.wait_log_lines("producer closed", 1, Duration::from_secs(30));
+    assert_eq!(field(&closed[0], "messages"), Some("1000000"), "{closed:?}");
+
+    // A consumer without a certificate is refused.
+    let refused = match tls_connect(&pki.client(false), cp).await {
+        Err(_) => true,
+        Ok(mut s) => {
+            let mut b = Vec::new();
+            matches!(
+                tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut b)).await,
+                Ok(Err(_)) | Ok(Ok(0))
+            )
+        }
+    };
+    assert!(refused, "a consumer without a certificate was served");
+    relay.wait_log("presented no certificate");
+
+    // Two consumers in turn: the first leaves half way, the second takes
+    // the rest. Together: every message once, in order.
+    let client = pki.client(true);
+    let mut got = Vec::new();
+    let mut first = tls_connect(&client, cp).await.expect("consumer 1");
+    read_lines(&mut first, &mut got, 50_000, Duration::from_secs(60)).await;
+    leave(first, &mut got).await;
+    let first_lines = got.iter().filter(|&&b| b == b'\n').count() as u64;
+    assert!(first_lines < N, "the first consumer got everything");
+    eprintln!("first consumer: {first_lines} lines");
+    let mut second = tls_connect(&client, cp).await.expect("consumer 2");
+    read_lines(&mut second, &mut got, N as usize, Duration::from_secs(60)).await;
+    leave(second, &mut got).await;
+    assert_eq!(got.len(), data.len(), "duplicates or loss");
+    assert!(got == data, "messages out of order or altered");
+    let lines = relay.wait_log_lines("consumer closed", 2, Duration::from_secs(10));
+    let delivered: u64 = lines
+        .iter()
+        .map(|l| {
+            field(l, "delivered")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(delivered, N, "delivery accounting over TLS: {lines:?}");
+    assert!(
+        lines.iter().all(|l| field(l, "requeued") == Some("0")),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_dials_tls_producer_and_mtls_consumer() {
+    let pki = Pki::new();
+    const N: u64 = 100_000;
+    // The producer: a TLS server that pushes N lines on its first
+    // connection, then accepts (and holds) redials without sending.
+    let pl = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let pport = pl.local_addr().expect("addr").port();
+    let pserver = pki.server();
+    tokio::spawn(async move {
+        let mut first = true;
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = pl.accept().await {
+            let Ok(s) = pserver.accept(tcp).await else {
+                continue;
+            };
+            let mut s = MaybeTls::from(s);
+            if first {
+                first = false;
+                let data = numbered_lines(0, N);
+                for chunk in data.chunks(50_000) {
+                    s.write_all(chunk).await.expect("push");
+                }
+                let _ = s.shutdown().await;
+            }
+            held.push(s);
+        }
+    });
+    // The consumer: a TLS server that requires a client certificate.
+    let cl = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let cport = cl.local_addr().expect("addr").port();
+    let mut ccfg = ServerTlsConfig::new(pki.path("server.pem"), pki.path("server.key"));
+    ccfg.client_ca = Some(pki.path("ca.pem"));
+    let cserver = TlsServer::load(&ccfg).expect("mtls server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(
+        dir.path(),
+        &format!(
+            r#"
+[[route]]
+name = "dialer"
+mode = "queue"
+from = "connect:127.0.0.1:{pport}"
+to = "connect:127.0.0.1:{cport}"
+spool = "{spool}"
+[route.from_tls]
+ca = "{ca}"
+server_name = "localhost"
+[route.to_tls]
+ca = "{ca}"
+pin_sha256 = ["{pin}"]
+cert = "{ccert}"
+key = "{ckey}"
+"#,
+            spool = dir.path().join("spool").display(),
+            ca = pki.p("ca.pem"),
+            pin = pki.server_pin,
+            ccert = pki.p("client.pem"),
+            ckey = pki.p("client.key"),
+        ),
+    );
+    let relay = Relay::start(&["run", "--config", path.to_str().expect("utf8")]);
+    let (tcp, _) = tokio::time::timeout(Duration::from_secs(20), cl.accept())
+        .await
+        .expect("the relay dialed the consumer")
+        .expect("accept");
+    let mut s = MaybeTls::from(
+        cserver
+            .accept(tcp)
+            .await
+            .expect("client certificate accepted"),
+    );
+    let mut got = Vec::new();
+    read_lines(&mut s, &mut got, N as usize, Duration::from_secs(60)).await;
+    leave(s, &mut got).await;
+    assert!(
+        got == numbered_lines(0, N),
+        "{} bytes, not the {N} lines in order",
+        got.len()
+    );
+    let lines = relay.wait_log_lines("consumer closed", 1, Duration::from_secs(10));
+    assert_eq!(field(&lines[0], "delivered"), Some("100000"), "{lines:?}");
+    assert_eq!(
+        field(&lines[0], "reason"),
+        Some("consumer_eof"),
+        "{lines:?}"
+    );
+}

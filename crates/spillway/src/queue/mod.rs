@@ -17,17 +17,19 @@
 mod dispatch;
 mod sink;
 mod source;
+mod wire;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
 use spillway_codec::FrameErrorKind;
 use spillway_net::backoff::{Backoff, BackoffConfig};
 use spillway_net::dial::{connect, DialOptions};
+use spillway_net::tls::{MaybeTls, TlsClient, TlsError, TlsServer};
 use spillway_spool::{Histogram, Spool, SpoolConfig, SpoolError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -37,7 +39,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::accept::accept_loop;
-use crate::config::QueueRoute;
+use crate::config::{EndpointTls, QueueRoute};
 use crate::endpoint::Endpoint;
 use crate::logging::RateLimited;
 pub use dispatch::Dispatch;
@@ -88,6 +90,9 @@ pub struct QueueStats {
     producer_closed: [AtomicU64; ProducerEnd::ALL.len()],
     /// Consumer connections closed, by reason.
     consumer_closed: [AtomicU64; ConsumerEnd::ALL.len()],
+    /// Connections of either end whose TLS handshake failed (accepted
+    /// peers that are not TLS or not trusted, dialed peers we rejected).
+    pub tls_handshake_failures: AtomicU64,
 }
 
 impl Default for QueueStats {
@@ -109,6 +114,7 @@ impl Default for QueueStats {
             partial_at_eof: AtomicU64::default(),
             producer_closed: Default::default(),
             consumer_closed: Default::default(),
+            tls_handshake_failures: AtomicU64::default(),
         }
     }
 }
@@ -166,6 +172,46 @@ pub struct QueueServer {
     drain: Duration,
     /// Rate limit for "the disk tier is full" warnings.
     blocked_warning: Mutex<RateLimited>,
+    /// TLS of each end, loaded from the route's files; replaced by
+    /// [`QueueServer::reload_tls`]. A connection clones what it needs.
+    tls: RwLock<QueueTls>,
+    tls_warning: Mutex<RateLimited>,
+}
+
+/// TLS at one end, loaded.
+#[derive(Clone, Debug)]
+enum SideTls {
+    Server(TlsServer),
+    Client(TlsClient),
+}
+
+#[derive(Clone, Debug, Default)]
+struct QueueTls {
+    from: Option<SideTls>,
+    to: Option<SideTls>,
+}
+
+impl QueueTls {
+    fn load(route: &QueueRoute) -> Result<Self, TlsError> {
+        let side = |cfg: &Option<EndpointTls>| -> Result<Option<SideTls>, TlsError> {
+            Ok(match cfg {
+                None => None,
+                Some(EndpointTls::Server(c)) => Some(SideTls::Server(TlsServer::load(c)?)),
+                Some(EndpointTls::Client(c)) => Some(SideTls::Client(TlsClient::load(c)?)),
+            })
+        };
+        Ok(QueueTls {
+            from: side(&route.from_tls)?,
+            to: side(&route.to_tls)?,
+        })
+    }
+}
+
+/// A connection of either end after its handshake, if any.
+enum Conn {
+    Plain(TcpStream),
+    Server(tokio_rustls::server::TlsStream<TcpStream>),
+    Client(tokio_rustls::client::TlsStream<TcpStream>),
 }
 
 impl QueueServer {
@@ -175,6 +221,8 @@ impl QueueServer {
         shutdown: &CancellationToken,
         drain: Duration,
     ) -> anyhow::Result<Arc<Self>> {
+        // Certificates first: a bad file is reported before the spool is locked.
+        let tls = QueueTls::load(&route).with_context(|| format!("route '{}': TLS", route.name))?;
         let mut cfg = SpoolConfig::new(&route.spool);
         cfg.memory_limit = route.memory;
         cfg.max_disk = route.max_disk;
@@ -209,7 +257,44 @@ impl QueueServer {
             stop: shutdown.child_token(),
             drain,
             blocked_warning: Mutex::new(RateLimited::new(Duration::from_secs(10))),
+            tls: RwLock::new(tls),
+            tls_warning: Mutex::new(RateLimited::new(Duration::from_secs(5))),
         }))
+    }
+
+    /// Re-reads the route's certificate, key and CA files. New connections
+    /// (and the next redial) use them; established ones keep theirs. On
+    /// error the files in use stay in use.
+    pub fn reload_tls(&self) -> Result<(), TlsError> {
+        let fresh = QueueTls::load(&self.route)?;
+        *self.tls.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(())
+    }
+
+    fn side_tls(&self, role: Role) -> Option<SideTls> {
+        let tls = self.tls.read().unwrap_or_else(|e| e.into_inner());
+        match role {
+            Role::Producer => tls.from.clone(),
+            Role::Consumer => tls.to.clone(),
+        }
+    }
+
+    /// A failed handshake: counted, and logged (rate-limited: peers
+    /// control how often it happens).
+    fn tls_failed(&self, role: Role, peer: &str, e: &TlsError) {
+        self.stats
+            .tls_handshake_failures
+            .fetch_add(1, Ordering::Relaxed);
+        let suppressed = self
+            .tls_warning
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .check();
+        if let Some(suppressed) = suppressed {
+            warn!(route = %self.route.name, role = role.as_str(), peer, kind = %e.as_label(),
+                  persistent = e.is_persistent(), error = %e, suppressed,
+                  "TLS handshake failed; connection closed");
+        }
     }
 
     pub fn stats(&self) -> &QueueStats {
@@ -329,9 +414,45 @@ impl Role {
 impl QueueServer {
     /// Handles one connection of either end until it closes.
     async fn handle(self: Arc<Self>, role: Role, stream: TcpStream, peer: SocketAddr) {
+        let conn = match self.side_tls(role) {
+            Some(SideTls::Server(tls)) => match tls.accept(stream).await {
+                Ok(s) => Conn::Server(s),
+                Err(e) => {
+                    self.tls_failed(role, &peer.to_string(), &e);
+                    return;
+                }
+            },
+            _ => Conn::Plain(stream),
+        };
+        self.serve_conn(role, conn, peer).await
+    }
+
+    /// Runs a connection whose TLS handshake (if any) is done.
+    async fn serve_conn(self: Arc<Self>, role: Role, conn: Conn, peer: SocketAddr) {
         match role {
-            Role::Producer => self.produce(stream, peer).await,
-            Role::Consumer => self.consume(stream, peer).await,
+            Role::Producer => {
+                let stream = match conn {
+                    Conn::Plain(s) => MaybeTls::Plain(s),
+                    Conn::Server(s) => MaybeTls::from(s),
+                    Conn::Client(s) => MaybeTls::from(s),
+                };
+                self.produce(stream, peer).await
+            }
+            Role::Consumer => {
+                // The sink drives TLS by hand to count ciphertext (wire.rs).
+                let wire = match conn {
+                    Conn::Plain(s) => wire::Wire::plain(s),
+                    Conn::Server(s) => {
+                        let (tcp, c) = s.into_inner();
+                        wire::Wire::tls(tcp, c.into())
+                    }
+                    Conn::Client(s) => {
+                        let (tcp, c) = s.into_inner();
+                        wire::Wire::tls(tcp, c.into())
+                    }
+                };
+                self.consume(wire, peer).await
+            }
         }
     }
 
@@ -367,8 +488,8 @@ impl QueueServer {
                 let addr = addr.clone();
                 tracker.spawn(async move {
                     let s = Arc::clone(&server);
-                    dial_loop(&server, &addr, role, move |stream, peer| {
-                        Arc::clone(&s).handle(role, stream, peer)
+                    dial_loop(&server, &addr, role, move |conn, peer| {
+                        Arc::clone(&s).serve_conn(role, conn, peer)
                     })
                     .await;
                 });
@@ -381,13 +502,19 @@ impl QueueServer {
     }
 }
 
+/// A failed dial attempt.
+enum DialError {
+    Connect(std::io::Error),
+    Tls(TlsError),
+}
+
 /// Dials `addr` until the route stops: exponential backoff with full
 /// jitter between failed attempts, and after connections that ended before
 /// they had been healthy for a while (so a peer that accepts and closes at
 /// once is not hammered).
 async fn dial_loop<F, Fut>(server: &QueueServer, addr: &str, role: Role, mut on_conn: F)
 where
-    F: FnMut(TcpStream, SocketAddr) -> Fut,
+    F: FnMut(Conn, SocketAddr) -> Fut,
     Fut: Future<Output = ()>,
 {
     let route = &server.route;
@@ -398,12 +525,29 @@ where
         recv_buffer: (role == Role::Producer).then_some(PRODUCER_RCVBUF as u32),
         socket: route.timeouts.socket,
     };
+    let side = role;
     let role = role.as_str();
     info!(route = %route.name, role, target = addr, "dialing");
     loop {
         let attempt = tokio::select! {
             r = connect(addr, route.connect_timeout, options) => r,
             _ = stop.cancelled() => return,
+        };
+        // TLS, when the endpoint has it: the handshake is part of the
+        // attempt, and a rejected certificate backs off long (persistent).
+        let attempt = match (attempt, server.side_tls(side)) {
+            (Ok((stream, peer)), Some(SideTls::Client(tls))) => {
+                let handshake = tokio::select! {
+                    r = tls.connect(stream, addr) => r,
+                    _ = stop.cancelled() => return,
+                };
+                match handshake {
+                    Ok(s) => Ok((Conn::Client(s), peer)),
+                    Err(e) => Err(DialError::Tls(e)),
+                }
+            }
+            (Ok((stream, peer)), _) => Ok((Conn::Plain(stream), peer)),
+            (Err(e), _) => Err(DialError::Connect(e)),
         };
         let delay = match attempt {
             Ok((stream, peer)) => {
@@ -418,12 +562,26 @@ where
                     backoff.on_failure()
                 }
             }
-            Err(e) => {
+            Err(DialError::Connect(e)) => {
                 let d = backoff.on_failure();
                 if let Some(suppressed) = warn_limit.check() {
                     warn!(route = %route.name, role, target = addr, error = %e,
                           retry_in_ms = d.map_or(0, |d| d.as_millis() as u64), suppressed,
                           "connect failed");
+                }
+                d
+            }
+            Err(DialError::Tls(e)) => {
+                let d = backoff.on_classified_failure(e.class());
+                server
+                    .stats
+                    .tls_handshake_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) = warn_limit.check() {
+                    warn!(route = %route.name, role, target = addr, kind = %e.as_label(),
+                          persistent = e.is_persistent(), error = %e,
+                          retry_in_ms = d.map_or(0, |d| d.as_millis() as u64), suppressed,
+                          "TLS handshake failed");
                 }
                 d
             }

@@ -19,21 +19,24 @@
 //!   `redeliver_on_reset` window, goes to the next consumer.
 //! - **Peer timeout**: keepalive or `TCP_USER_TIMEOUT` declared the consumer
 //!   gone (`ETIMEDOUT`); handled like a reset.
+//!
+//! Over TLS the same accounting holds on ciphertext (see `wire.rs`): a
+//! message is delivered once the consumer's TCP acknowledged the TLS
+//! records that carry all of it.
 
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use spillway_net::timeout::StallTimer;
 use spillway_spool::{Histogram, Message, SpoolError};
-use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info};
 
+use super::wire::Wire;
 use super::QueueServer;
 
 /// Most bytes a consumer may hold written-but-unacknowledged: bounds what a
@@ -193,7 +196,7 @@ struct Delivery {
 }
 
 impl QueueServer {
-    pub(super) async fn consume(&self, stream: TcpStream, peer: SocketAddr) {
+    pub(super) async fn consume(&self, mut wire: Wire, peer: SocketAddr) {
         let id = self.next_consumer.fetch_add(1, Ordering::Relaxed);
         self.stats.consumers.fetch_add(1, Ordering::Relaxed);
         self.stats.consumers_total.fetch_add(1, Ordering::Relaxed);
@@ -209,15 +212,15 @@ impl QueueServer {
             delivered: 0,
             delivered_msgs: 0,
         };
-        let end = self.deliver(&stream, peer, &mut d).await;
+        let end = self.deliver(&mut wire, peer, &mut d).await;
         // Whatever is still not known delivered goes back to the queue.
         let mut back: Vec<Message> = Vec::new();
         if end == ConsumerEnd::WriteStall {
             // Abortive close: the consumer is not reading, a FIN would never
             // be read and the kernel would hold the unsent bytes.
-            let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+            let _ = socket2::SockRef::from(wire.tcp()).set_linger(Some(Duration::ZERO));
         }
-        drop(stream);
+        drop(wire);
         if end.is_abortive() && self.route.redeliver_on_reset > 0 {
             back.extend(d.recent.drain(..));
         }
@@ -246,7 +249,7 @@ impl QueueServer {
         }
     }
 
-    async fn deliver(&self, stream: &TcpStream, peer: SocketAddr, d: &mut Delivery) -> ConsumerEnd {
+    async fn deliver(&self, wire: &mut Wire, peer: SocketAddr, d: &mut Delivery) -> ConsumerEnd {
         let mut cut: Option<ConsumerEnd> = None;
         let mut peer_eof = false;
         let mut stall = StallTimer::new(self.route.timeouts.write_stall);
@@ -273,8 +276,8 @@ impl QueueServer {
             // 2. Write.
             let mut write_blocked = false;
             let mut window_moved = false;
-            if !d.wbuf.is_empty() {
-                match stream.try_write(&d.wbuf) {
+            if !d.wbuf.is_empty() || wire.pending() {
+                match wire.try_write(&d.wbuf) {
                     Ok(n) => {
                         d.written += n as u64;
                         d.wbuf.advance(n);
@@ -294,7 +297,7 @@ impl QueueServer {
             //    frees window room, so it counts as progress: the next round
             //    may take more (waiting for new appends instead would stall a
             //    backlog that is already fully queued).
-            if d.written > d.delivered && self.account(stream, d) {
+            if d.written > d.delivered && self.account(wire, d) {
                 progressed = true;
                 window_moved = true;
             }
@@ -322,7 +325,7 @@ impl QueueServer {
             // 4. A cut finishes once the last message is on the wire.
             if let Some(end) = cut {
                 if d.wbuf.is_empty() {
-                    return self.finish_cut(stream, d, end).await;
+                    return self.finish_cut(wire, d, end).await;
                 }
             }
 
@@ -337,36 +340,21 @@ impl QueueServer {
             let stall_at = stall.deadline().map_or(now, Instant::from_std);
             let lifetime_armed = cut.is_none() && lifetime_end.is_some();
             let lifetime_at = lifetime_end.unwrap_or(now);
+            let mut readable = false;
             tokio::select! {
                 biased;
                 _ = self.stop.cancelled(), if cut.is_none() => {
                     cut = Some(ConsumerEnd::Shutdown);
                     self.cut_at_boundary(d);
                 }
-                r = stream.readable(), if !peer_eof => {
+                r = wire.tcp().readable(), if !peer_eof => {
                     if let Err(e) = r {
                         debug!(consumer = %peer, error = %e, "consumer readiness failed");
                         return broken(&e);
                     }
-                    // Consumers send nothing; bytes that arrive are discarded.
-                    let mut sink = [0u8; 4096];
-                    match stream.try_read(&mut sink) {
-                        Ok(0) => {
-                            peer_eof = true;
-                            if cut.is_none() {
-                                cut = Some(ConsumerEnd::Eof);
-                                self.cut_at_boundary(d);
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
-                        Err(e) => {
-                            debug!(consumer = %peer, error = %e, "consumer reset");
-                            return broken(&e);
-                        }
-                    }
+                    readable = true;
                 }
-                r = stream.writable(), if write_blocked => {
+                r = wire.tcp().writable(), if write_blocked => {
                     if let Err(e) = r {
                         return broken(&e);
                     }
@@ -376,6 +364,23 @@ impl QueueServer {
                 _ = &mut notified, if want_data => {}
                 _ = tokio::time::sleep(ACK_POLL), if unacked => {}
                 _ = std::future::ready(()), if progressed => {}
+            }
+            if readable {
+                // Consumers send nothing; bytes that arrive are discarded.
+                match wire.read_discard() {
+                    Ok(true) => {
+                        peer_eof = true;
+                        if cut.is_none() {
+                            cut = Some(ConsumerEnd::Eof);
+                            self.cut_at_boundary(d);
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        debug!(consumer = %peer, error = %e, "consumer reset");
+                        return broken(&e);
+                    }
+                }
             }
         }
     }
@@ -404,13 +409,12 @@ impl QueueServer {
     /// Moves messages whose bytes the consumer's TCP acknowledged out of
     /// flight, and acknowledges to the spool what no one needs any more.
     /// Returns whether anything more was acknowledged.
-    fn account(&self, stream: &TcpStream, d: &mut Delivery) -> bool {
-        let unacked = match spillway_net::sys::unacked_bytes(stream.as_fd()) {
-            Ok(n) => n as u64,
+    fn account(&self, wire: &mut Wire, d: &mut Delivery) -> bool {
+        let acked = match wire.acked() {
+            Ok(n) => n.min(d.written),
             // No answer: assume nothing more was delivered.
             Err(_) => return false,
         };
-        let acked = d.written.saturating_sub(unacked);
         if acked <= d.delivered {
             return false;
         }
@@ -491,22 +495,17 @@ impl QueueServer {
 
     /// Everything to send is on the wire: half-close, wait (bounded) until
     /// the consumer's TCP acknowledged it all, account, close.
-    async fn finish_cut(
-        &self,
-        stream: &TcpStream,
-        d: &mut Delivery,
-        end: ConsumerEnd,
-    ) -> ConsumerEnd {
-        let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
+    async fn finish_cut(&self, wire: &mut Wire, d: &mut Delivery, end: ConsumerEnd) -> ConsumerEnd {
         let deadline = Instant::now() + self.drain_wait();
+        wire.shutdown_write(deadline).await;
         while d.written > d.delivered && Instant::now() < deadline {
-            self.account(stream, d);
+            self.account(wire, d);
             if d.written <= d.delivered {
                 break;
             }
             tokio::time::sleep(ACK_POLL).await;
         }
-        self.account(stream, d);
+        self.account(wire, d);
         end
     }
 

@@ -16,9 +16,9 @@ use std::sync::atomic::Ordering;
 
 use bytes::{Buf, BytesMut};
 use spillway_codec::{Decoded, Decoder, FrameError};
+use spillway_net::tls::MaybeTls;
 use spillway_spool::SpoolError;
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 use tracing::{info, warn};
 
@@ -89,7 +89,7 @@ enum IngestError {
 }
 
 impl QueueServer {
-    pub(super) async fn produce(&self, mut stream: TcpStream, peer: SocketAddr) {
+    pub(super) async fn produce(&self, mut stream: MaybeTls, peer: SocketAddr) {
         self.stats.producers.fetch_add(1, Ordering::Relaxed);
         self.stats.producers_total.fetch_add(1, Ordering::Relaxed);
         let route = &self.route.name;
@@ -121,7 +121,7 @@ impl QueueServer {
                 // Stopped by us: keep what the kernel already accepted from
                 // this producer, then stop reading.
                 Err(end) => {
-                    drain_ready(&stream, &mut buf);
+                    drain_ready(&mut stream, &mut buf).await;
                     (true, end)
                 }
                 Ok(Ok(0)) => (true, ProducerEnd::Eof),
@@ -301,12 +301,31 @@ impl QueueServer {
 
 /// Reads, without waiting, whatever the kernel already holds for this
 /// socket (bytes its TCP stack acknowledged to the producer).
-fn drain_ready(stream: &TcpStream, buf: &mut BytesMut) {
-    let mut chunk = vec![0u8; 64 << 10];
-    while let Ok(n) = stream.try_read(&mut chunk) {
-        if n == 0 {
-            return;
+async fn drain_ready(stream: &mut MaybeTls, buf: &mut BytesMut) {
+    match stream {
+        MaybeTls::Plain(tcp) => {
+            let mut chunk = vec![0u8; 64 << 10];
+            while let Ok(n) = tcp.try_read(&mut chunk) {
+                if n == 0 {
+                    return;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
         }
-        buf.extend_from_slice(&chunk[..n]);
+        // Through TLS: read while a read completes at once (records already
+        // received decrypt without waiting); stop at the first that would wait.
+        MaybeTls::Tls(_) => loop {
+            if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+                buf.reserve(READ_CHUNK);
+            }
+            let more = tokio::select! {
+                biased;
+                r = stream.read_buf(buf) => matches!(r, Ok(n) if n > 0),
+                _ = std::future::ready(()) => false,
+            };
+            if !more {
+                return;
+            }
+        },
     }
 }
