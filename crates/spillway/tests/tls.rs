@@ -382,10 +382,14 @@ async fn garbage_on_a_tls_port_is_closed_logged_and_the_relay_keeps_serving() {
     let pki = Pki::new();
     let (up_port, mut received) = tls_upstream(pki.server(), |got| got.to_vec()).await;
     let listen = free_port();
-    let relay = start_config(
+    let admin = local(free_port());
+    let mut relay = start_config(
         pki.dir.path(),
         &format!(
             r#"
+[admin]
+listen = "{admin}"
+
 [[route]]
 name = "tls-in"
 mode = "stream"
@@ -431,6 +435,21 @@ ca = "{ca}"
         .expect("tls after garbage");
     let back = converse(s, b"still here".to_vec()).await.expect("converse");
     assert_eq!(back, b"still here");
+    // Counted, and exported.
+    wait_admin(&mut relay, admin);
+    let (code, body) = tokio::task::spawn_blocking(move || http_get(admin, "/metrics"))
+        .await
+        .expect("scrape");
+    assert_eq!(code, 200);
+    let has = |needle: &str| body.lines().any(|l| l == needle);
+    assert!(
+        has(r#"spillway_tls_handshake_failures_total{route="tls-in",role="client"} 3"#),
+        "{body}"
+    );
+    assert!(
+        has(r#"spillway_connections_closed_total{route="tls-in",reason="tls_handshake"} 3"#),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -722,4 +741,104 @@ key = "{ckey}"
         Some("consumer_eof"),
         "{lines:?}"
     );
+}
+
+// --------------------------------------------------------------- reload ---
+
+/// An echo upstream that answers each chunk at once (a long-lived,
+/// interactive connection).
+async fn echo_upstream() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    port
+}
+
+async fn echo_once(s: &mut MaybeTls, msg: &[u8]) -> Vec<u8> {
+    s.write_all(msg).await.expect("write");
+    s.flush().await.expect("flush");
+    let mut back = vec![0u8; msg.len()];
+    tokio::time::timeout(Duration::from_secs(20), s.read_exact(&mut back))
+        .await
+        .expect("echo in time")
+        .expect("read echo");
+    back
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rereads_certificates_and_keeps_established_connections() {
+    let old = Pki::new();
+    let new = Pki::new();
+    let live = tempfile::tempdir().expect("tempdir");
+    let install = |pki: &Pki| {
+        for f in ["server.pem", "server.key"] {
+            std::fs::copy(pki.path(f), live.path().join(f)).expect("install cert");
+        }
+    };
+    install(&old);
+    let up = echo_upstream().await;
+    let listen = free_port();
+    let relay = start_config(
+        live.path(),
+        &format!(
+            r#"
+[[route]]
+name = "renewed"
+mode = "stream"
+listen = "127.0.0.1:{listen}"
+upstreams = ["127.0.0.1:{up}"]
+[route.tls]
+cert = "{cert}"
+key = "{key}"
+"#,
+            cert = live.path().join("server.pem").display(),
+            key = live.path().join("server.key").display(),
+        ),
+        &[listen],
+    );
+    let mut established = tls_connect(&old.client(false), listen)
+        .await
+        .expect("old certificate");
+    assert_eq!(echo_once(&mut established, b"before").await, b"before");
+
+    // Renew: new files, new CA, then SIGHUP.
+    install(&new);
+    relay.signal("HUP");
+    let reloaded = relay.wait_log_lines("configuration reloaded", 1, Duration::from_secs(20));
+    assert_eq!(
+        field(&reloaded[0], "result"),
+        Some("success"),
+        "{reloaded:?}"
+    );
+
+    let mut fresh = tls_connect(&new.client(false), listen)
+        .await
+        .expect("new connections get the new certificate");
+    assert_eq!(echo_once(&mut fresh, b"fresh").await, b"fresh");
+    assert!(
+        tls_connect(&old.client(false), listen).await.is_err(),
+        "the old certificate is still served"
+    );
+    // The connection made before the reload is untouched.
+    assert_eq!(echo_once(&mut established, b"after").await, b"after");
+
+    // A broken file on reload: an error naming it, the files in use stay.
+    std::fs::write(live.path().join("server.key"), "garbage\n").expect("break key");
+    relay.signal("HUP");
+    relay.wait_log_lines("configuration reloaded", 2, Duration::from_secs(20));
+    let text = relay.log_text();
+    assert!(text.contains("TLS files not reloaded"), "{text}");
+    assert!(text.contains("server.key"), "{text}");
+    let mut again = tls_connect(&new.client(false), listen)
+        .await
+        .expect("still the new certificate");
+    assert_eq!(echo_once(&mut again, b"again").await, b"again");
+    assert_eq!(echo_once(&mut established, b"still").await, b"still");
 }

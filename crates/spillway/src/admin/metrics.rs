@@ -46,6 +46,7 @@ impl fmt::Debug for RoutesCollector {
 #[derive(Clone, Copy)]
 enum Role {
     Client,
+    Upstream,
     Producer,
     Consumer,
 }
@@ -54,6 +55,7 @@ impl Role {
     fn as_str(self) -> &'static str {
         match self {
             Role::Client => "client",
+            Role::Upstream => "upstream",
             Role::Producer => "producer",
             Role::Consumer => "consumer",
         }
@@ -253,6 +255,7 @@ impl Families<'_> {
         self.connections(enc)?;
         self.bytes(enc)?;
         self.upstreams(enc)?;
+        self.tls(enc)?;
         self.messages(enc)?;
         self.spool(enc)
     }
@@ -449,6 +452,42 @@ impl Families<'_> {
                             m,
                             &vec![("route", route), ("upstream", up.as_str())],
                             picked,
+                        )?;
+                    }
+                }
+                Ok(())
+            },
+        )
+    }
+
+    fn tls(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        family(
+            enc,
+            "spillway_tls_handshake_failures",
+            "Failed TLS handshakes, by the peer's role (client and producer/consumer on listen: endpoints: not TLS, untrusted or missing certificate, timeout; upstream and dialed endpoints: a certificate we rejected, or a handshake error).",
+            MetricType::Counter,
+            |m| {
+                for (route, st, _) in self.streams() {
+                    for (role, v) in [
+                        (Role::Client, &st.tls_handshake_failures),
+                        (Role::Upstream, &st.upstream_tls_failures),
+                    ] {
+                        counter(
+                            m,
+                            &vec![("route", route), ("role", role.as_str())],
+                            v.load(Ordering::Relaxed),
+                        )?;
+                    }
+                }
+                for (route, q, _) in self.queues() {
+                    for (role, v) in [
+                        (Role::Producer, &q.producer_tls_failures),
+                        (Role::Consumer, &q.consumer_tls_failures),
+                    ] {
+                        counter(
+                            m,
+                            &vec![("route", route), ("role", role.as_str())],
+                            v.load(Ordering::Relaxed),
                         )?;
                     }
                 }

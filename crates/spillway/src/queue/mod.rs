@@ -90,9 +90,11 @@ pub struct QueueStats {
     producer_closed: [AtomicU64; ProducerEnd::ALL.len()],
     /// Consumer connections closed, by reason.
     consumer_closed: [AtomicU64; ConsumerEnd::ALL.len()],
-    /// Connections of either end whose TLS handshake failed (accepted
-    /// peers that are not TLS or not trusted, dialed peers we rejected).
-    pub tls_handshake_failures: AtomicU64,
+    /// Producer connections whose TLS handshake failed (accepted peers
+    /// that are not TLS or not trusted, dialed peers we rejected).
+    pub producer_tls_failures: AtomicU64,
+    /// The same for consumer connections.
+    pub consumer_tls_failures: AtomicU64,
 }
 
 impl Default for QueueStats {
@@ -114,7 +116,8 @@ impl Default for QueueStats {
             partial_at_eof: AtomicU64::default(),
             producer_closed: Default::default(),
             consumer_closed: Default::default(),
-            tls_handshake_failures: AtomicU64::default(),
+            producer_tls_failures: AtomicU64::default(),
+            consumer_tls_failures: AtomicU64::default(),
         }
     }
 }
@@ -271,6 +274,14 @@ impl QueueServer {
         Ok(())
     }
 
+    fn count_tls_failure(&self, role: Role) {
+        let counter = match role {
+            Role::Producer => &self.stats.producer_tls_failures,
+            Role::Consumer => &self.stats.consumer_tls_failures,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn side_tls(&self, role: Role) -> Option<SideTls> {
         let tls = self.tls.read().unwrap_or_else(|e| e.into_inner());
         match role {
@@ -282,9 +293,7 @@ impl QueueServer {
     /// A failed handshake: counted, and logged (rate-limited: peers
     /// control how often it happens).
     fn tls_failed(&self, role: Role, peer: &str, e: &TlsError) {
-        self.stats
-            .tls_handshake_failures
-            .fetch_add(1, Ordering::Relaxed);
+        self.count_tls_failure(role);
         let suppressed = self
             .tls_warning
             .lock()
@@ -573,10 +582,7 @@ where
             }
             Err(DialError::Tls(e)) => {
                 let d = backoff.on_classified_failure(e.class());
-                server
-                    .stats
-                    .tls_handshake_failures
-                    .fetch_add(1, Ordering::Relaxed);
+                server.count_tls_failure(side);
                 if let Some(suppressed) = warn_limit.check() {
                     warn!(route = %route.name, role, target = addr, kind = %e.as_label(),
                           persistent = e.is_persistent(), error = %e,
