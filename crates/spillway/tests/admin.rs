@@ -240,6 +240,18 @@ spool = "{}"
         assert!(n > 0, "consumer got EOF early");
         got.extend_from_slice(&buf[..n]);
     }
+    // While connected, the consumer is listed among the route's peers.
+    let (_, body) = http_get(addr(admin), "/status");
+    let status: serde_json::Value = serde_json::from_str(&body).expect("status is JSON");
+    let me = consumer.local_addr().expect("local addr").to_string();
+    let listed = status["routes"]
+        .as_array()
+        .expect("routes")
+        .iter()
+        .filter(|r| r["name"] == "q")
+        .flat_map(|r| r["peers"].as_array().cloned().unwrap_or_default())
+        .any(|p| p["role"] == "consumer" && p["address"] == me.as_str());
+    assert!(listed, "{status}");
     consumer.shutdown(Shutdown::Write).expect("leave");
     let mut rest = Vec::new();
     consumer.read_to_end(&mut rest).expect("drain");
@@ -325,6 +337,8 @@ spool = "{}"
     assert_eq!(q["mode"], "queue");
     assert_eq!(q["messages_delivered"], 10);
     assert_eq!(q["depth"]["messages"], 0);
+    // The consumer left and the producer is gone: no peers listed.
+    assert_eq!(q["peers"].as_array().map(Vec::len), Some(0), "{q}");
     let w = routes
         .iter()
         .find(|r| r["name"] == "web")

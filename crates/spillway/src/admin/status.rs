@@ -63,10 +63,16 @@ fn route(r: &LiveRoute) -> Value {
         LiveKind::Queue(q) => {
             let st = q.stats();
             let sp = q.spool().stats();
+            let peers: Vec<Value> = q
+                .peers()
+                .iter()
+                .map(|p| json!({"role": p.role, "address": p.addr.to_string(), "since": p.since}))
+                .collect();
             json!({
                 "from": q.route().from.to_string(),
                 "to": q.route().to.to_string(),
                 "spool": q.route().spool.display().to_string(),
+                "peers": peers,
                 "producers": st.producers.load(Ordering::Relaxed),
                 "consumers": st.consumers.load(Ordering::Relaxed),
                 "messages_in": st.messages_in.load(Ordering::Relaxed),

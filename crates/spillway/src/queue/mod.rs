@@ -19,6 +19,7 @@ mod sink;
 mod source;
 mod wire;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -179,6 +180,31 @@ pub struct QueueServer {
     /// [`QueueServer::reload_tls`]. A connection clones what it needs.
     tls: RwLock<QueueTls>,
     tls_warning: Mutex<RateLimited>,
+    /// Connected producers and consumers, for `/status`.
+    peers: Mutex<BTreeMap<u64, PeerInfo>>,
+    next_peer: AtomicU64,
+}
+
+/// A connected producer or consumer, as `/status` lists it.
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    /// `producer` or `consumer`.
+    pub role: &'static str,
+    pub addr: SocketAddr,
+    /// Unix time of the connection, seconds.
+    pub since: u64,
+}
+
+/// Removes a peer from the registry when its connection ends.
+struct PeerGuard<'a> {
+    server: &'a QueueServer,
+    id: u64,
+}
+
+impl Drop for PeerGuard<'_> {
+    fn drop(&mut self) {
+        self.server.peers_lock().remove(&self.id);
+    }
 }
 
 /// TLS at one end, loaded.
@@ -262,7 +288,35 @@ impl QueueServer {
             blocked_warning: Mutex::new(RateLimited::new(Duration::from_secs(10))),
             tls: RwLock::new(tls),
             tls_warning: Mutex::new(RateLimited::new(Duration::from_secs(5))),
+            peers: Mutex::new(BTreeMap::new()),
+            next_peer: AtomicU64::new(0),
         }))
+    }
+
+    /// The connected producers and consumers, oldest first.
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        self.peers_lock().values().cloned().collect()
+    }
+
+    fn peers_lock(&self) -> MutexGuard<'_, BTreeMap<u64, PeerInfo>> {
+        // Inserts and removes are single calls; a panic cannot tear the map.
+        self.peers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn register_peer(&self, role: Role, addr: SocketAddr) -> PeerGuard<'_> {
+        let id = self.next_peer.fetch_add(1, Ordering::Relaxed);
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.peers_lock().insert(
+            id,
+            PeerInfo {
+                role: role.as_str(),
+                addr,
+                since,
+            },
+        );
+        PeerGuard { server: self, id }
     }
 
     /// Re-reads the route's certificate, key and CA files. New connections
@@ -438,6 +492,7 @@ impl QueueServer {
 
     /// Runs a connection whose TLS handshake (if any) is done.
     async fn serve_conn(self: Arc<Self>, role: Role, conn: Conn, peer: SocketAddr) {
+        let _registered = self.register_peer(role, peer);
         match role {
             Role::Producer => {
                 let stream = match conn {
