@@ -125,6 +125,9 @@ pub fn classify(e: &io::Error) -> ErrorClass {
         if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
             return classify_tls(tls);
         }
+        if let Some(tls) = inner.downcast_ref::<crate::tls::TlsError>() {
+            return classify_tls_error(tls);
+        }
     }
     if let Some(errno) = e.raw_os_error() {
         match errno {
@@ -196,6 +199,17 @@ pub fn classify_tls(e: &rustls::Error) -> ErrorClass {
                 _ => ErrorClass::Transient,
             }
         }
+        _ => ErrorClass::Transient,
+    }
+}
+
+/// Classifies the TLS layer's own error ([`crate::tls::TlsError`], also
+/// found inside an `io::Error` by [`classify`]): its `is_persistent` decides,
+/// and a transport error inside it is classified like any other.
+pub fn classify_tls_error(e: &crate::tls::TlsError) -> ErrorClass {
+    match e {
+        crate::tls::TlsError::Io(io) => classify(io),
+        e if e.is_persistent() => ErrorClass::Persistent,
         _ => ErrorClass::Transient,
     }
 }
@@ -301,6 +315,15 @@ mod tests {
         let blip = wrap(rustls::Error::DecryptError);
         assert_eq!(classify(&blip), ErrorClass::Transient);
         // Not TLS at all on the other end: persistent.
+        let rejected = io::Error::new(
+            io::ErrorKind::InvalidData,
+            crate::tls::TlsError::CertificateRejected("unknown issuer".into()),
+        );
+        assert_eq!(classify(&rejected), ErrorClass::Persistent);
+        let slow = crate::tls::TlsError::Timeout(std::time::Duration::from_secs(1));
+        assert_eq!(classify_tls_error(&slow), ErrorClass::Transient);
+        let emfile = crate::tls::TlsError::Io(os(libc::EMFILE));
+        assert_eq!(classify_tls_error(&emfile), ErrorClass::Resource);
         let garbage = io::Error::new(io::ErrorKind::InvalidData, "not a TLS record");
         assert_eq!(classify(&garbage), ErrorClass::Persistent);
     }

@@ -4,7 +4,11 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use spillway_net::limit::{ConnLimits, ConnPermit, LimitKind};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -110,4 +114,65 @@ fn bind_one(addr: SocketAddr, recv_buffer: Option<usize>) -> io::Result<TcpListe
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
     TcpListener::from_std(socket.into())
+}
+
+/// Admission control of one route's listeners: the process-wide connection
+/// limit (shared by every route) and the route's per-client-IP limit. A
+/// connection over either is closed at once, counted by [`LimitKind`] and
+/// logged (rate-limited: a flood must not flood the log too).
+#[derive(Debug)]
+pub struct Gate {
+    route: String,
+    global: Option<Arc<ConnLimits>>,
+    per_ip: Option<Arc<ConnLimits>>,
+    rejected: [AtomicU64; 2],
+    warn: Mutex<RateLimited>,
+}
+
+/// An admitted connection's slots; released when dropped (hold it for the
+/// connection's life).
+#[derive(Debug)]
+pub struct Admitted {
+    _permits: Vec<ConnPermit>,
+}
+
+impl Gate {
+    /// `max_per_ip` bounds each client address on this route's listeners;
+    /// `global` is shared by all routes.
+    pub fn new(route: &str, global: Option<Arc<ConnLimits>>, max_per_ip: Option<usize>) -> Self {
+        Gate {
+            route: route.to_string(),
+            global,
+            per_ip: max_per_ip.map(|n| Arc::new(ConnLimits::new(usize::MAX, n))),
+            rejected: Default::default(),
+            warn: Mutex::new(RateLimited::new(Duration::from_secs(5))),
+        }
+    }
+
+    /// Connections of this route refused by `kind`.
+    pub fn rejected(&self, kind: LimitKind) -> u64 {
+        self.rejected[kind as usize].load(Ordering::Relaxed)
+    }
+
+    /// Admits a connection from `peer`, or logs and counts why not (the
+    /// caller then drops the socket: the client sees the connection closed
+    /// right after it was accepted).
+    pub fn admit(&self, peer: SocketAddr) -> Option<Admitted> {
+        let mut permits = Vec::with_capacity(2);
+        for limits in [&self.global, &self.per_ip].into_iter().flatten() {
+            match limits.try_acquire(peer.ip()) {
+                Ok(p) => permits.push(p),
+                Err(kind) => {
+                    self.rejected[kind as usize].fetch_add(1, Ordering::Relaxed);
+                    let check = self.warn.lock().unwrap_or_else(|e| e.into_inner()).check();
+                    if let Some(suppressed) = check {
+                        warn!(route = %self.route, client = %peer, reason = %kind, suppressed,
+                              "connection refused: limit reached");
+                    }
+                    return None;
+                }
+            }
+        }
+        Some(Admitted { _permits: permits })
+    }
 }

@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
+use spillway_net::limit::ConnLimits;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -123,6 +124,8 @@ pub struct AppState {
     reloads: [AtomicU64; 2],
     last_reload_success: AtomicU64,
     spill: Arc<SpillBudget>,
+    /// `global.max_connections`, shared by every route's listeners.
+    conn_limits: Option<Arc<ConnLimits>>,
     config_path: Option<PathBuf>,
 }
 
@@ -135,6 +138,7 @@ impl AppState {
             reloads: Default::default(),
             last_reload_success: AtomicU64::new(0),
             spill,
+            conn_limits: None,
             config_path,
         }
     }
@@ -241,7 +245,12 @@ pub async fn run(
     options: Options,
 ) -> anyhow::Result<()> {
     let budget = Arc::new(SpillBudget::new(config.global.max_spill_total));
-    let state = Arc::new(AppState::new(budget, options.config_path.clone()));
+    let mut state = AppState::new(budget, options.config_path.clone());
+    state.conn_limits = config
+        .global
+        .max_connections
+        .map(|n| Arc::new(ConnLimits::new(n, usize::MAX)));
+    let state = Arc::new(state);
     if let Some(addr) = &config.global.admin {
         let listener = bind(addr)
             .await
@@ -296,7 +305,7 @@ async fn start(
 ) -> anyhow::Result<Started> {
     match route {
         Route::Stream(r) => start_stream(r, stop, state, drain).await,
-        Route::Queue(q) => start_queue(q, stop, drain).await,
+        Route::Queue(q) => start_queue(q, stop, state, drain).await,
     }
 }
 
@@ -312,7 +321,8 @@ async fn start_stream(
     let local = listener.local_addr()?;
     let server = Arc::new(
         StreamServer::new(r.clone(), Arc::clone(&state.spill))
-            .with_context(|| format!("route '{}': TLS", r.name))?,
+            .with_context(|| format!("route '{}': TLS", r.name))?
+            .with_global_limits(state.conn_limits.clone()),
     );
     info!(route = %r.name, listen = %local, upstreams = ?r.upstreams, balance = %r.balance,
           spill = r.spill.is_some(), tls = r.tls.is_some(),
@@ -361,6 +371,7 @@ async fn bind_endpoint(
 async fn start_queue(
     q: &QueueRoute,
     stop: &CancellationToken,
+    state: &AppState,
     drain: Duration,
 ) -> anyhow::Result<Started> {
     // Listeners first: if one cannot bind, the spool was never opened (and
@@ -373,7 +384,9 @@ async fn start_queue(
             listeners.push((role, l.local_addr()?));
         }
     }
-    let server = tokio::task::block_in_place(|| QueueServer::open(q.clone(), stop, drain))?;
+    let server = tokio::task::block_in_place(|| {
+        QueueServer::open_with_limits(q.clone(), stop, drain, state.conn_limits.clone())
+    })?;
     info!(route = %q.name, from = %q.from, to = %q.to, framing = %q.framing,
           spool = %q.spool.display(), from_tls = q.from_tls.is_some(),
           to_tls = q.to_tls.is_some(), "queue route ready");
@@ -550,6 +563,9 @@ impl Supervisor {
         if old.max_spill_total != g.max_spill_total {
             warn!("max_spill_total changed: takes effect on restart");
         }
+        if old.max_connections != g.max_connections {
+            warn!("global max_connections changed: takes effect on restart");
+        }
     }
 
     async fn apply(&mut self, new: &Config) -> ReloadResult {
@@ -607,7 +623,7 @@ impl Supervisor {
                         Arc::clone(&self.state.spill),
                         stats,
                     ) {
-                        Ok(s) => Arc::new(s),
+                        Ok(s) => Arc::new(s.with_global_limits(self.state.conn_limits.clone())),
                         Err(e) => {
                             error!(route = %r.name, error = %e,
                                    "route not changed: its TLS files cannot be loaded");

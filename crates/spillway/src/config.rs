@@ -19,8 +19,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use spillway_net::backoff::BackoffConfig;
 use spillway_net::balance::Balance;
+use spillway_net::breaker::BreakerConfig;
 use spillway_net::dial::{Keepalive, SocketOptions};
+use spillway_net::health::{CheckKind, HealthCheckConfig};
+use spillway_net::outlier::OutlierConfig;
 use spillway_net::tls::{ClientTlsConfig, ServerTlsConfig, SpkiPin};
 use toml::Spanned;
 
@@ -137,6 +141,8 @@ pub struct Global {
     /// How long in-flight connections may finish after SIGTERM.
     pub drain_timeout: Duration,
     pub admin: Option<String>,
+    /// Bound on client connections across all listeners (None: unlimited).
+    pub max_connections: Option<usize>,
 }
 
 impl Default for Global {
@@ -145,6 +151,7 @@ impl Default for Global {
             max_spill_total: defaults::MAX_SPILL_TOTAL,
             drain_timeout: defaults::DRAIN_TIMEOUT,
             admin: None,
+            max_connections: None,
         }
     }
 }
@@ -187,6 +194,10 @@ pub struct QueueRoute {
     pub timeouts: Timeouts,
     /// A producer that sends nothing for this long is closed (`None`: never).
     pub read_idle_timeout: Option<Duration>,
+    /// Redial policy of `connect:` endpoints.
+    pub backoff: BackoffConfig,
+    /// Bound on connections per client address on `listen:` endpoints.
+    pub max_connections_per_ip: Option<usize>,
     /// TLS on the producer side: terminated on a `listen:` endpoint,
     /// originated on a `connect:` one (`[route.from_tls]`).
     pub from_tls: Option<EndpointTls>,
@@ -228,6 +239,8 @@ impl QueueRoute {
             read_idle_timeout: Some(defaults::READ_IDLE_TIMEOUT),
             from_tls: None,
             to_tls: None,
+            backoff: BackoffConfig::default(),
+            max_connections_per_ip: None,
         }
     }
 }
@@ -300,6 +313,14 @@ pub struct StreamRoute {
     pub tls: Option<ServerTlsConfig>,
     /// Originate TLS to the upstreams (`[route.upstream_tls]`).
     pub upstream_tls: Option<ClientTlsConfig>,
+    /// Active health checks of the upstreams (None: off).
+    pub health_check: Option<HealthCheckConfig>,
+    /// Passive ejection of upstreams whose connects keep failing.
+    pub outlier: OutlierConfig,
+    /// Per-upstream bounds on connections and connects in progress.
+    pub circuit_breaker: BreakerConfig,
+    /// Bound on connections per client address.
+    pub max_connections_per_ip: Option<usize>,
 }
 
 impl StreamRoute {
@@ -321,6 +342,10 @@ impl StreamRoute {
             timeouts: Timeouts::default(),
             tls: None,
             upstream_tls: None,
+            health_check: None,
+            outlier: OutlierConfig::default(),
+            circuit_breaker: BreakerConfig::default(),
+            max_connections_per_ip: None,
         }
     }
 }
@@ -350,6 +375,7 @@ struct RawConfig {
 struct RawGlobal {
     max_spill_total: Option<ByteSize>,
     drain_timeout: Option<HumanDuration>,
+    max_connections: S<u64>,
 }
 
 #[derive(Deserialize)]
@@ -399,6 +425,13 @@ struct RawRoute {
     tcp_user_timeout: S<HumanDuration>,
     write_stall_timeout: S<HumanDuration>,
     max_lifetime: S<HumanDuration>,
+    backoff: S<RawBackoff>,
+    // both (listeners)
+    max_connections_per_ip: S<u64>,
+    // stream: upstream health
+    health_check: S<RawHealthCheck>,
+    outlier: S<RawOutlier>,
+    circuit_breaker: S<RawBreaker>,
     // TLS: stream routes
     tls: S<RawTls>,
     upstream_tls: S<RawTls>,
@@ -421,6 +454,45 @@ struct RawTls {
     pin_sha256: S<Vec<String>>,
     insecure_skip_verify: S<bool>,
     handshake_timeout: S<HumanDuration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealthCheck {
+    kind: S<String>,
+    interval: S<HumanDuration>,
+    timeout: S<HumanDuration>,
+    rise: S<u32>,
+    fall: S<u32>,
+    jitter: S<HumanDuration>,
+    send: S<String>,
+    expect: S<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutlier {
+    consecutive_failures: S<u32>,
+    base_ejection_time: S<HumanDuration>,
+    max_ejection_time: S<HumanDuration>,
+    max_ejection_percent: S<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBreaker {
+    max_connections: S<u64>,
+    max_pending: S<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackoff {
+    base: S<HumanDuration>,
+    factor: S<f64>,
+    cap: S<HumanDuration>,
+    max_attempts: S<u32>,
+    reset_after: S<HumanDuration>,
 }
 
 // ----------------------------------------------------------- convert ---
@@ -481,6 +553,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         }
         if let Some(v) = g.drain_timeout {
             global.drain_timeout = v.0;
+        }
+        if let Some(v) = g.max_connections {
+            global.max_connections = Some(at_least_one(&src, &v, "max_connections")?);
         }
     }
     global.admin = raw.admin.map(|a| a.listen);
@@ -582,6 +657,9 @@ fn queue_route(
     let timeouts = timeouts(src, &r)?;
     reject(src, &r.tls, "tls", "queue")?;
     reject(src, &r.upstream_tls, "upstream_tls", "queue")?;
+    reject(src, &r.health_check, "health_check", "queue")?;
+    reject(src, &r.outlier, "outlier", "queue")?;
+    reject(src, &r.circuit_breaker, "circuit_breaker", "queue")?;
     let endpoint = |v: Spanned<String>| -> Result<Endpoint, ConfigError> {
         v.get_ref()
             .parse()
@@ -625,6 +703,12 @@ fn queue_route(
         q.read_idle_timeout = optional_duration(v);
     }
     q.timeouts = timeouts;
+    if let Some(v) = &r.backoff {
+        q.backoff = backoff(src, v)?;
+    }
+    if let Some(v) = &r.max_connections_per_ip {
+        q.max_connections_per_ip = Some(at_least_one(src, v, "max_connections_per_ip")?);
+    }
     validate_queue(&q).map_err(|m| {
         let span = r
             .max_message
@@ -660,6 +744,7 @@ fn stream_route(
     let timeouts = timeouts(src, &r)?;
     reject(src, &r.from_tls, "from_tls", "stream")?;
     reject(src, &r.to_tls, "to_tls", "stream")?;
+    reject(src, &r.backoff, "backoff", "stream")?;
     let listen = required(src, table, r.listen, "listen")?;
     let listen = host_port(src, &listen, "listen address")?;
     let ups = required(src, table, r.upstreams, "upstreams")?;
@@ -740,6 +825,18 @@ fn stream_route(
             table.clone(),
             "spill_dir is not supported together with TLS (tls / upstream_tls) yet",
         ));
+    }
+    if let Some(v) = &r.max_connections_per_ip {
+        route.max_connections_per_ip = Some(at_least_one(src, v, "max_connections_per_ip")?);
+    }
+    if let Some(v) = &r.health_check {
+        route.health_check = Some(health_check(src, v)?);
+    }
+    if let Some(v) = &r.outlier {
+        route.outlier = outlier(src, v)?;
+    }
+    if let Some(v) = &r.circuit_breaker {
+        route.circuit_breaker = breaker(src, v)?;
     }
     Ok(route)
 }
@@ -937,6 +1034,164 @@ fn client_tls(
     cfg.cert = tls_path(r.cert);
     cfg.key = tls_path(r.key);
     Ok(cfg)
+}
+
+fn at_least_one(src: &Source<'_>, v: &Spanned<u64>, key: &str) -> Result<usize, ConfigError> {
+    if *v.get_ref() == 0 {
+        return Err(src.error(v.span(), format!("{key} must be at least 1")));
+    }
+    Ok(usize::try_from(*v.get_ref()).unwrap_or(usize::MAX))
+}
+
+/// `[route.health_check]`: `kind = "connect"` (the default without
+/// `send`/`expect`) or `"send-expect"` (the default with them).
+fn health_check(
+    src: &Source<'_>,
+    t: &Spanned<RawHealthCheck>,
+) -> Result<HealthCheckConfig, ConfigError> {
+    let r = t.get_ref();
+    let mut c = HealthCheckConfig::default();
+    let has_payload = r.send.is_some() || r.expect.is_some();
+    let kind = match &r.kind {
+        Some(k) => k.get_ref().as_str(),
+        None if has_payload => "send-expect",
+        None => "connect",
+    };
+    c.kind = match kind {
+        "connect" => {
+            if let Some(v) = r.send.as_ref().or(r.expect.as_ref()) {
+                return Err(src.error(
+                    v.span(),
+                    "send/expect need kind = \"send-expect\" (a connect check sends nothing)",
+                ));
+            }
+            CheckKind::Connect
+        }
+        "send-expect" => CheckKind::SendExpect {
+            send: r
+                .send
+                .as_ref()
+                .map(|v| v.get_ref().as_bytes().to_vec())
+                .unwrap_or_default(),
+            expect: r
+                .expect
+                .as_ref()
+                .map(|v| v.get_ref().as_bytes().to_vec())
+                .unwrap_or_default(),
+        },
+        other => {
+            let span = r.kind.as_ref().map_or(t.span(), |k| k.span());
+            return Err(src.error(
+                span,
+                format!("unknown health check kind '{other}': expected connect or send-expect"),
+            ));
+        }
+    };
+    if let Some(v) = &r.interval {
+        c.interval = nonzero_duration(src, v, "interval")?;
+        // Keep the default jitter proportionate: a tenth of the interval.
+        c.jitter = c.interval / 10;
+    }
+    if let Some(v) = &r.timeout {
+        c.timeout = nonzero_duration(src, v, "timeout")?;
+    }
+    if let Some(v) = &r.jitter {
+        c.jitter = v.get_ref().0;
+    }
+    for (v, slot, key) in [
+        (&r.rise, &mut c.rise, "rise"),
+        (&r.fall, &mut c.fall, "fall"),
+    ] {
+        if let Some(v) = v {
+            if *v.get_ref() == 0 {
+                return Err(src.error(v.span(), format!("{key} must be at least 1")));
+            }
+            *slot = *v.get_ref();
+        }
+    }
+    c.validate().map_err(|e| {
+        src.error(
+            r.expect.as_ref().map_or(t.span(), |v| v.span()),
+            e.to_string(),
+        )
+    })?;
+    Ok(c)
+}
+
+/// `[route.outlier]`; `consecutive_failures = 0` turns ejection off.
+fn outlier(src: &Source<'_>, t: &Spanned<RawOutlier>) -> Result<OutlierConfig, ConfigError> {
+    let r = t.get_ref();
+    let mut c = OutlierConfig::default();
+    if let Some(v) = &r.consecutive_failures {
+        c.consecutive_failures = *v.get_ref();
+    }
+    if let Some(v) = &r.base_ejection_time {
+        c.base_ejection_time = nonzero_duration(src, v, "base_ejection_time")?;
+    }
+    if let Some(v) = &r.max_ejection_time {
+        c.max_ejection_time = nonzero_duration(src, v, "max_ejection_time")?;
+    }
+    if let Some(v) = &r.max_ejection_percent {
+        c.max_ejection_percent = u8::try_from(*v.get_ref())
+            .ok()
+            .filter(|p| *p <= 100)
+            .ok_or_else(|| src.error(v.span(), "max_ejection_percent must be between 0 and 100"))?;
+    }
+    c.validate().map_err(|e| {
+        let span = r.max_ejection_time.as_ref().map_or(t.span(), |v| v.span());
+        src.error(span, e.to_string())
+    })?;
+    Ok(c)
+}
+
+/// `[route.circuit_breaker]`.
+fn breaker(src: &Source<'_>, t: &Spanned<RawBreaker>) -> Result<BreakerConfig, ConfigError> {
+    let r = t.get_ref();
+    let mut c = BreakerConfig::default();
+    if let Some(v) = &r.max_connections {
+        c.max_connections = at_least_one(src, v, "max_connections")?;
+    }
+    if let Some(v) = &r.max_pending {
+        c.max_pending = at_least_one(src, v, "max_pending")?;
+    }
+    Ok(c)
+}
+
+/// `[route.backoff]` of a queue route's `connect:` endpoints.
+fn backoff(src: &Source<'_>, t: &Spanned<RawBackoff>) -> Result<BackoffConfig, ConfigError> {
+    let r = t.get_ref();
+    let mut c = BackoffConfig::default();
+    if let Some(v) = &r.base {
+        c.base = nonzero_duration(src, v, "base")?;
+    }
+    if let Some(v) = &r.cap {
+        c.cap = nonzero_duration(src, v, "cap")?;
+    }
+    if let Some(v) = &r.factor {
+        c.factor = *v.get_ref();
+    }
+    if let Some(v) = &r.max_attempts {
+        if *v.get_ref() == 0 {
+            return Err(src.error(
+                v.span(),
+                "max_attempts must be at least 1 (omit it to retry forever)",
+            ));
+        }
+        c.max_attempts = Some(*v.get_ref());
+    }
+    if let Some(v) = &r.reset_after {
+        c.reset_after = v.get_ref().0;
+    }
+    c.validate().map_err(|e| {
+        let span = match e {
+            spillway_net::backoff::BackoffError::InvalidFactor { .. } => {
+                r.factor.as_ref().map(|v| v.span())
+            }
+            _ => r.cap.as_ref().or(r.base.as_ref()).map(|v| v.span()),
+        };
+        src.error(span.unwrap_or(t.span()), e.to_string())
+    })?;
+    Ok(c)
 }
 
 fn nonzero_duration(
@@ -1206,6 +1461,164 @@ key = "c.key"
         let e = p(&format!("{queue}[route.tls]\ncert = \"c\"\nkey = \"k\"\n"))
             .expect_err("tls in queue");
         assert!(e.message.contains("not valid in a queue route"), "{e}");
+    }
+
+    #[test]
+    fn health_outlier_breaker_and_limits() {
+        let c = p(r#"
+[global]
+max_connections = 5000
+
+[[route]]
+name = "web"
+mode = "stream"
+listen = "127.0.0.1:7000"
+upstreams = ["127.0.0.1:8000", "127.0.0.1:8001"]
+max_connections_per_ip = 100
+
+[route.health_check]
+interval = "5s"
+timeout = "1s"
+rise = 3
+fall = 2
+send = "PING\r\n"
+expect = "+PONG"
+
+[route.outlier]
+consecutive_failures = 3
+base_ejection_time = "30s"
+max_ejection_time = "10m"
+max_ejection_percent = 34
+
+[route.circuit_breaker]
+max_connections = 200
+max_pending = 20
+
+[[route]]
+name = "q"
+mode = "queue"
+from = "listen:127.0.0.1:7100"
+to = "connect:127.0.0.1:7101"
+spool = "/tmp/q"
+max_connections_per_ip = 4
+
+[route.backoff]
+base = "50ms"
+factor = 3
+cap = "5s"
+max_attempts = 100
+reset_after = "2s"
+"#)
+        .expect("valid");
+        assert_eq!(c.global.max_connections, Some(5000));
+        let Route::Stream(r) = &c.routes[0] else {
+            panic!("not a stream route");
+        };
+        assert_eq!(r.max_connections_per_ip, Some(100));
+        let h = r.health_check.as_ref().expect("health check");
+        assert_eq!(
+            h.kind,
+            CheckKind::SendExpect {
+                send: b"PING\r\n".to_vec(),
+                expect: b"+PONG".to_vec()
+            }
+        );
+        assert_eq!((h.rise, h.fall), (3, 2));
+        assert_eq!(h.interval, Duration::from_secs(5));
+        assert_eq!(h.jitter, Duration::from_millis(500));
+        assert_eq!(r.outlier.consecutive_failures, 3);
+        assert_eq!(r.outlier.max_ejection_time, Duration::from_secs(600));
+        assert_eq!(r.outlier.max_ejection_percent, 34);
+        assert_eq!(r.circuit_breaker.max_connections, 200);
+        assert_eq!(r.circuit_breaker.max_pending, 20);
+        let Route::Queue(q) = &c.routes[1] else {
+            panic!("not a queue route");
+        };
+        assert_eq!(q.max_connections_per_ip, Some(4));
+        assert_eq!(q.backoff.base, Duration::from_millis(50));
+        assert_eq!(q.backoff.factor, 3.0);
+        assert_eq!(q.backoff.max_attempts, Some(100));
+        assert_eq!(q.backoff.reset_after, Duration::from_secs(2));
+
+        // Defaults: checks off, outlier detection on, no per-IP bound.
+        let d = p("[[route]]\nname = \"a\"\nmode = \"stream\"\nlisten = \"127.0.0.1:1\"\nupstreams = [\"a:1\"]\n")
+            .expect("valid");
+        let Route::Stream(r) = &d.routes[0] else {
+            panic!("not a stream route");
+        };
+        assert!(r.health_check.is_none());
+        assert_eq!(r.outlier, OutlierConfig::default());
+        assert_eq!(r.outlier.consecutive_failures, 5);
+        assert_eq!(r.max_connections_per_ip, None);
+        assert_eq!(d.global.max_connections, None);
+    }
+
+    #[test]
+    fn bad_health_values_name_their_position() {
+        let base = "[[route]]\nname = \"a\"\nmode = \"stream\"\nlisten = \"127.0.0.1:1\"\nupstreams = [\"a:1\"]\n";
+        let cases: &[(&str, usize, &str)] = &[
+            (
+                "[route.health_check]\nrise = 0\n",
+                7,
+                "rise must be at least 1",
+            ),
+            (
+                "[route.health_check]\ninterval = \"0s\"\n",
+                7,
+                "interval must be greater than zero",
+            ),
+            (
+                "[route.health_check]\nkind = \"http\"\n",
+                7,
+                "unknown health check kind",
+            ),
+            (
+                "[route.health_check]\nkind = \"connect\"\nsend = \"x\"\n",
+                8,
+                "send-expect",
+            ),
+            ("[route.health_check]\nintervl = \"1s\"\n", 7, "intervl"),
+            (
+                "[route.outlier]\nmax_ejection_percent = 150\n",
+                7,
+                "between 0 and 100",
+            ),
+            (
+                "[route.outlier]\nbase_ejection_time = \"1m\"\nmax_ejection_time = \"10s\"\n",
+                8,
+                "at least base",
+            ),
+            (
+                "[route.circuit_breaker]\nmax_pending = 0\n",
+                7,
+                "max_pending must be at least 1",
+            ),
+            ("max_connections_per_ip = 0\n", 6, "at least 1"),
+            (
+                "[route.backoff]\nbase = \"1s\"\n",
+                6,
+                "not valid in a stream route",
+            ),
+        ];
+        for (extra, line, needle) in cases {
+            let e = p(&format!("{base}{extra}")).expect_err(extra);
+            assert_eq!(e.line, *line, "{extra}: {e}");
+            assert!(e.message.contains(needle), "{extra}: {e}");
+        }
+        let q = "[[route]]\nname = \"q\"\nmode = \"queue\"\nfrom = \"listen:127.0.0.1:1\"\nto = \"connect:127.0.0.1:2\"\nspool = \"/tmp/q\"\n";
+        let e = p(&format!("{q}[route.backoff]\nfactor = 0.5\n")).expect_err("factor");
+        assert_eq!(e.line, 8, "{e}");
+        assert!(e.message.contains("factor"), "{e}");
+        let e = p(&format!(
+            "{q}[route.backoff]\nbase = \"10s\"\ncap = \"1s\"\n"
+        ))
+        .expect_err("cap");
+        assert_eq!(e.line, 9, "{e}");
+        let e =
+            p(&format!("{q}[route.outlier]\nconsecutive_failures = 1\n")).expect_err("stream only");
+        assert!(e.message.contains("not valid in a queue route"), "{e}");
+        let e = p(&format!("[global]\nmax_connections = 0\n{q}")).expect_err("global");
+        assert_eq!(e.line, 2, "{e}");
     }
 
     #[test]

@@ -231,6 +231,7 @@ impl RelayArgs {
                 max_spill_total: self.max_spill_total.bytes(),
                 drain_timeout: self.drain_timeout,
                 admin: self.admin,
+                ..Global::default()
             },
             routes: vec![Route::Stream(route)],
         })

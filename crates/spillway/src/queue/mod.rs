@@ -28,8 +28,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use spillway_codec::FrameErrorKind;
-use spillway_net::backoff::{Backoff, BackoffConfig};
+use spillway_net::backoff::Backoff;
+use spillway_net::classify::{classify, classify_tls_error, ClassCounts, ErrorClass};
 use spillway_net::dial::{connect, DialOptions};
+use spillway_net::limit::ConnLimits;
 use spillway_net::tls::{MaybeTls, TlsClient, TlsError, TlsServer};
 use spillway_spool::{Histogram, Spool, SpoolConfig, SpoolError};
 use tokio::net::{TcpListener, TcpStream};
@@ -39,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::accept::accept_loop;
+use crate::accept::{accept_loop, Gate};
 use crate::config::{EndpointTls, QueueRoute};
 use crate::endpoint::Endpoint;
 use crate::logging::RateLimited;
@@ -96,6 +98,16 @@ pub struct QueueStats {
     pub producer_tls_failures: AtomicU64,
     /// The same for consumer connections.
     pub consumer_tls_failures: AtomicU64,
+    /// Dialing of `connect:` endpoints, per [`Role`].
+    dial: [DialStats; 2],
+}
+
+/// Connect attempts of one `connect:` endpoint and their failures by class
+/// (a failed TLS handshake counts as a failed attempt).
+#[derive(Debug, Default)]
+pub struct DialStats {
+    pub attempts: AtomicU64,
+    pub failures: ClassCounts,
 }
 
 impl Default for QueueStats {
@@ -119,6 +131,7 @@ impl Default for QueueStats {
             consumer_closed: Default::default(),
             producer_tls_failures: AtomicU64::default(),
             consumer_tls_failures: AtomicU64::default(),
+            dial: Default::default(),
         }
     }
 }
@@ -135,6 +148,12 @@ fn frame_error_index(kind: FrameErrorKind) -> usize {
 }
 
 impl QueueStats {
+    /// Dial counters of the `connect:` endpoint of `role` (zero for a
+    /// `listen:` endpoint).
+    pub fn dial(&self, role: Role) -> &DialStats {
+        &self.dial[role as usize]
+    }
+
     pub fn frame_errors(&self, kind: FrameErrorKind) -> u64 {
         self.frame_errors[frame_error_index(kind)].load(Ordering::Relaxed)
     }
@@ -176,6 +195,8 @@ pub struct QueueServer {
     drain: Duration,
     /// Rate limit for "the disk tier is full" warnings.
     blocked_warning: Mutex<RateLimited>,
+    /// Connection limits of the `listen:` endpoints.
+    gate: Gate,
     /// TLS of each end, loaded from the route's files; replaced by
     /// [`QueueServer::reload_tls`]. A connection clones what it needs.
     tls: RwLock<QueueTls>,
@@ -250,6 +271,17 @@ impl QueueServer {
         shutdown: &CancellationToken,
         drain: Duration,
     ) -> anyhow::Result<Arc<Self>> {
+        Self::open_with_limits(route, shutdown, drain, None)
+    }
+
+    /// [`QueueServer::open`], with the route's listeners under the
+    /// process-wide connection limit `global`.
+    pub fn open_with_limits(
+        route: QueueRoute,
+        shutdown: &CancellationToken,
+        drain: Duration,
+        global: Option<Arc<ConnLimits>>,
+    ) -> anyhow::Result<Arc<Self>> {
         // Certificates first: a bad file is reported before the spool is locked.
         let tls = QueueTls::load(&route).with_context(|| format!("route '{}': TLS", route.name))?;
         let mut cfg = SpoolConfig::new(&route.spool);
@@ -275,6 +307,7 @@ impl QueueServer {
         let n = Arc::clone(&notify);
         spool.set_notify(Box::new(move || n.notify_waiters()));
         let dispatch = Mutex::new(Dispatch::new(spool.ack_floor()));
+        let gate = Gate::new(&route.name, global, route.max_connections_per_ip);
         Ok(Arc::new(QueueServer {
             route,
             spool,
@@ -290,6 +323,7 @@ impl QueueServer {
             tls_warning: Mutex::new(RateLimited::new(Duration::from_secs(5))),
             peers: Mutex::new(BTreeMap::new()),
             next_peer: AtomicU64::new(0),
+            gate,
         }))
     }
 
@@ -372,11 +406,24 @@ impl QueueServer {
         &self.route
     }
 
+    /// Admission control of the route's `listen:` endpoints.
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
     fn dispatch(&self) -> MutexGuard<'_, Dispatch> {
         // A panic while holding the lock cannot leave Dispatch half-updated
         // in a way that loses messages (every method finishes its inserts
         // before returning), so the poisoned state is usable.
         self.dispatch.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A dialer ran out of attempts: log, stop the route, make `serve` fail.
+    fn give_up(&self, msg: &str) {
+        error!(route = %self.route.name, "{msg}; stopping the route");
+        let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        f.get_or_insert_with(|| msg.to_string());
+        self.stop.cancel();
     }
 
     /// The spool failed: log once, stop the route, make `serve` fail.
@@ -460,13 +507,17 @@ impl QueueServer {
 
 /// Which end of the route a connection is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Role {
+pub enum Role {
+    /// The source side (`from`).
     Producer,
+    /// The sink side (`to`).
     Consumer,
 }
 
 impl Role {
-    fn as_str(self) -> &'static str {
+    pub const ALL: [Role; 2] = [Role::Producer, Role::Consumer];
+
+    pub fn as_str(self) -> &'static str {
         match self {
             Role::Producer => "producer",
             Role::Consumer => "consumer",
@@ -537,13 +588,20 @@ impl QueueServer {
                     let stop = server.stop.clone();
                     let mut warn_limit = RateLimited::new(Duration::from_secs(10));
                     accept_loop(&listener, &server.route.name, &stop, |a| {
+                        let Some(admitted) = server.gate.admit(a.peer) else {
+                            return;
+                        };
                         if let Err(e) = server.route.timeouts.socket.apply(&a.stream) {
                             if let Some(suppressed) = warn_limit.check() {
                                 warn!(route = %server.route.name, peer = %a.peer, error = %e, suppressed,
                                       "cannot set keepalive / user timeout");
                             }
                         }
-                        t.spawn(Arc::clone(&server).handle(role, a.stream, a.peer));
+                        let s = Arc::clone(&server);
+                        t.spawn(async move {
+                            s.handle(role, a.stream, a.peer).await;
+                            drop(admitted);
+                        });
                     })
                     .await;
                 });
@@ -574,8 +632,13 @@ enum DialError {
 
 /// Dials `addr` until the route stops: exponential backoff with full
 /// jitter between failed attempts, and after connections that ended before
-/// they had been healthy for a while (so a peer that accepts and closes at
-/// once is not hammered).
+/// they had been healthy for `reset_after` (so a peer that accepts and
+/// closes at once is not hammered). Errors (connect and TLS handshake) are
+/// classified: a persistent one (name does not resolve, certificate
+/// rejected) is logged once as an error and retried only after a long
+/// capped delay; a resource one (EMFILE...) is throttled; transient ones
+/// back off with jitter, warned rate-limited. With `max_attempts`, running
+/// out of attempts stops the route.
 async fn dial_loop<F, Fut>(server: &QueueServer, addr: &str, role: Role, mut on_conn: F)
 where
     F: FnMut(Conn, SocketAddr) -> Fut,
@@ -583,8 +646,11 @@ where
 {
     let route = &server.route;
     let stop = &server.stop;
-    let mut backoff = Backoff::new(BackoffConfig::default());
+    let stats = server.stats.dial(role);
+    let mut backoff = Backoff::new(route.backoff.clone());
     let mut warn_limit = RateLimited::new(Duration::from_secs(10));
+    // The persistent error last logged, so it is said once, not per retry.
+    let mut persistent: Option<String> = None;
     let options = DialOptions {
         recv_buffer: (role == Role::Producer).then_some(PRODUCER_RCVBUF as u32),
         socket: route.timeouts.socket,
@@ -593,6 +659,7 @@ where
     let role = role.as_str();
     info!(route = %route.name, role, target = addr, "dialing");
     loop {
+        stats.attempts.fetch_add(1, Ordering::Relaxed);
         let attempt = tokio::select! {
             r = connect(addr, route.connect_timeout, options) => r,
             _ = stop.cancelled() => return,
@@ -615,34 +682,48 @@ where
         };
         let delay = match attempt {
             Ok((stream, peer)) => {
+                if persistent.take().is_some() {
+                    info!(route = %route.name, role, target = addr,
+                          "connected again after a persistent error");
+                }
                 let started = Instant::now();
                 backoff.on_connected(started.into_std());
                 on_conn(stream, peer).await;
                 let ended = Instant::now();
                 backoff.on_disconnected(ended.into_std());
                 if backoff.attempts() == 0 && ended - started >= backoff.config().reset_after {
-                    None
+                    Some(Duration::ZERO)
                 } else {
                     backoff.on_failure()
                 }
             }
-            Err(DialError::Connect(e)) => {
-                let d = backoff.on_failure();
-                if let Some(suppressed) = warn_limit.check() {
-                    warn!(route = %route.name, role, target = addr, error = %e,
-                          retry_in_ms = d.map_or(0, |d| d.as_millis() as u64), suppressed,
-                          "connect failed");
-                }
-                d
-            }
-            Err(DialError::Tls(e)) => {
-                let d = backoff.on_classified_failure(e.class());
-                server.count_tls_failure(side);
-                if let Some(suppressed) = warn_limit.check() {
-                    warn!(route = %route.name, role, target = addr, kind = %e.as_label(),
-                          persistent = e.is_persistent(), error = %e,
-                          retry_in_ms = d.map_or(0, |d| d.as_millis() as u64), suppressed,
-                          "TLS handshake failed");
+            Err(failure) => {
+                let (class, what) = match &failure {
+                    DialError::Connect(e) => (classify(e), "connect failed"),
+                    DialError::Tls(e) => {
+                        server.count_tls_failure(side);
+                        (classify_tls_error(e), "TLS handshake failed")
+                    }
+                };
+                let error = match &failure {
+                    DialError::Connect(e) => e.to_string(),
+                    DialError::Tls(e) => e.to_string(),
+                };
+                stats.failures.add(class);
+                let d = backoff.on_classified_failure(class);
+                let retry_in_ms = d.map_or(0, |d| d.as_millis() as u64);
+                let attempts = backoff.attempts();
+                if class == ErrorClass::Persistent {
+                    if persistent.as_deref() != Some(error.as_str()) {
+                        error!(route = %route.name, role, target = addr, error = %error,
+                               class = %class, retry_in_ms, attempts,
+                               "{what}; retrying cannot help until this is fixed, \
+                                so retries are spaced out to the backoff cap");
+                        persistent = Some(error);
+                    }
+                } else if let Some(suppressed) = warn_limit.check() {
+                    warn!(route = %route.name, role, target = addr, error = %error,
+                          class = %class, retry_in_ms, attempts, suppressed, "{what}");
                 }
                 d
             }
@@ -650,7 +731,15 @@ where
         if stop.is_cancelled() {
             return;
         }
-        if let Some(d) = delay {
+        let Some(d) = delay else {
+            let msg = format!(
+                "gave up dialing {addr} ({role}) after {} consecutive failures (backoff.max_attempts)",
+                backoff.attempts()
+            );
+            server.give_up(&msg);
+            return;
+        };
+        if !d.is_zero() {
             tokio::select! {
                 _ = tokio::time::sleep(d) => {}
                 _ = stop.cancelled() => return,

@@ -20,6 +20,7 @@
 mod io_copy;
 pub mod spill;
 mod splice;
+pub mod upstream;
 
 use std::fmt;
 use std::future::Future;
@@ -31,7 +32,10 @@ use std::time::Duration;
 
 use socket2::SockRef;
 use spillway_net::balance::{Balancer, Lease};
+use spillway_net::breaker::Active;
 use spillway_net::dial::{connect, DialOptions};
+use spillway_net::health::{next_delay, probe};
+use spillway_net::limit::ConnLimits;
 use spillway_net::timeout::StallTimer;
 use spillway_net::tls::{MaybeTls, TlsClient, TlsError, TlsServer};
 use tokio::net::{TcpListener, TcpStream};
@@ -42,9 +46,11 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::accept::{accept_loop, Accepted};
+use crate::accept::{Admitted, Gate};
 use crate::config::StreamRoute;
 use crate::logging::RateLimited;
 use spill::{SpillBudget, SpillLimits};
+use upstream::{Pool, UpstreamStatus};
 
 /// Why a proxied connection ended. Logged once per connection and counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -75,10 +81,13 @@ pub enum CloseReason {
     /// The client's TLS handshake failed (not TLS at all, an untrusted or
     /// missing client certificate, a timeout).
     TlsHandshake,
+    /// Every upstream that could be tried was at its circuit breaker's
+    /// limit (max connections or max pending connects): refused at once.
+    CircuitOpen,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 14] = [
+    pub const ALL: [CloseReason; 15] = [
         CloseReason::ClientEof,
         CloseReason::UpstreamEof,
         CloseReason::ClientReset,
@@ -93,6 +102,7 @@ impl CloseReason {
         CloseReason::PeerTimeout,
         CloseReason::MaxLifetime,
         CloseReason::TlsHandshake,
+        CloseReason::CircuitOpen,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -111,6 +121,7 @@ impl CloseReason {
             CloseReason::PeerTimeout => "peer_timeout",
             CloseReason::MaxLifetime => "max_lifetime",
             CloseReason::TlsHandshake => "tls_handshake",
+            CloseReason::CircuitOpen => "circuit_open",
         }
     }
 
@@ -261,6 +272,10 @@ pub(crate) fn shutdown_write(s: &TcpStream) -> Result<(), DirError> {
 pub struct StreamServer {
     route: StreamRoute,
     balancer: Balancer,
+    /// Upstream health, ejection, breakers and their counters.
+    pool: Pool,
+    /// Listener limits (global and per client IP).
+    gate: Gate,
     stats: Arc<RouteStats>,
     budget: Arc<SpillBudget>,
     pipes: splice::PipePool,
@@ -320,9 +335,13 @@ impl StreamServer {
         let balancer = Balancer::new(route.balance, route.upstreams.len());
         let pipes = splice::PipePool::new(route.pipe_size, route.buffer, MAX_IDLE_PIPES);
         let tls = RouteTls::load(&route)?;
+        let pool = Pool::new(&route);
+        let gate = Gate::new(&route.name, None, route.max_connections_per_ip);
         Ok(StreamServer {
             route,
             balancer,
+            pool,
+            gate,
             stats,
             budget,
             pipes,
@@ -330,6 +349,30 @@ impl StreamServer {
             tls: RwLock::new(tls),
             tls_warning: Mutex::new(RateLimited::new(Duration::from_secs(5))),
         })
+    }
+
+    /// Puts the route under the process-wide connection limit (shared by
+    /// every route; `global.max_connections`).
+    pub fn with_global_limits(mut self, global: Option<Arc<ConnLimits>>) -> Self {
+        self.gate = Gate::new(&self.route.name, global, self.route.max_connections_per_ip);
+        self
+    }
+
+    /// Per-upstream state (health, ejection, breaker, connect counters), in
+    /// the order of the route's `upstreams`.
+    pub fn upstreams(&self) -> &[UpstreamStatus] {
+        self.pool.refresh(Instant::now().into_std());
+        self.pool.statuses()
+    }
+
+    /// Connections given to an upstream in panic mode (no upstream healthy).
+    pub fn panic_picks(&self) -> u64 {
+        self.pool.panics()
+    }
+
+    /// Admission control of the route's listener (limit rejections).
+    pub fn gate(&self) -> &Gate {
+        &self.gate
     }
 
     /// Re-reads the route's certificate, key and CA files. New connections
@@ -401,12 +444,16 @@ impl StreamServer {
         let tracker = TaskTracker::new();
         let hard_stop = CancellationToken::new();
         let name = current.borrow().route.name.clone();
+        let checks = Self::health_checks(current.clone(), shutdown.clone());
         accept_loop(&listener, &name, &shutdown, |accepted: Accepted| {
             let server = Arc::clone(&*current.borrow());
+            let Some(admitted) = server.gate.admit(accepted.peer) else {
+                return;
+            };
             let hard_stop = hard_stop.clone();
             tracker.spawn(async move {
                 server
-                    .handle(accepted.stream, accepted.peer, hard_stop)
+                    .handle(accepted.stream, accepted.peer, hard_stop, admitted)
                     .await
             });
         })
@@ -414,6 +461,7 @@ impl StreamServer {
         drop(listener);
         unbound.cancel();
         current.borrow().retire();
+        checks.abort();
         tracker.close();
         if !tracker.is_empty() {
             info!(route = %name, connections = tracker.len(), drain_timeout = ?drain, "draining");
@@ -425,11 +473,68 @@ impl StreamServer {
         }
     }
 
+    /// Runs the health checks of whichever server `current` holds: each
+    /// server's probes start when it becomes current and stop when it is
+    /// retired (replaced by a reload) or at shutdown.
+    fn health_checks(
+        mut current: watch::Receiver<Arc<StreamServer>>,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                let server = Arc::clone(&*current.borrow_and_update());
+                server.spawn_health_checks(&shutdown);
+                tokio::select! {
+                    r = current.changed() => if r.is_err() { return },
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        })
+    }
+
+    /// One probe loop per upstream when the route has health checks; they
+    /// stop when the server is retired or at shutdown.
+    fn spawn_health_checks(self: &Arc<Self>, shutdown: &CancellationToken) {
+        let Some(check) = self.route.health_check.clone() else {
+            return;
+        };
+        for (i, target) in self.route.upstreams.iter().enumerate() {
+            let server = Arc::clone(self);
+            let stop = shutdown.clone();
+            let retired = self.retired.clone();
+            let check = check.clone();
+            let target = target.clone();
+            tokio::spawn(async move {
+                let mut rng = fastrand::Rng::new();
+                // Start within one jitter window, not all at the same instant.
+                let jitter = u64::try_from(check.jitter.as_nanos()).unwrap_or(u64::MAX);
+                let mut delay = Duration::from_nanos(rng.u64(0..=jitter));
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.cancelled() => return,
+                        _ = retired.cancelled() => return,
+                    }
+                    let result = tokio::select! {
+                        r = probe(&target, &check.kind, check.timeout) => r,
+                        _ = stop.cancelled() => return,
+                        _ = retired.cancelled() => return,
+                    };
+                    server
+                        .pool
+                        .probe_result(i, &result, Instant::now().into_std());
+                    delay = next_delay(&check, &mut rng);
+                }
+            });
+        }
+    }
+
     async fn handle(
         self: Arc<Self>,
         client: TcpStream,
         peer: SocketAddr,
         hard_stop: CancellationToken,
+        _admitted: Admitted,
     ) {
         let stats = &self.stats;
         stats.accepted.fetch_add(1, Ordering::Relaxed);
@@ -470,18 +575,11 @@ impl StreamServer {
                 }
             },
         };
-        let (upstream, lease, upstream_addr) =
+        let (upstream, lease, slot, upstream_addr) =
             match self.connect_upstream(peer, tls.upstream.as_ref()).await {
-                Some(x) => x,
-                None => {
-                    self.log_close(
-                        peer,
-                        None,
-                        CloseReason::NoUpstream,
-                        None,
-                        None,
-                        start.elapsed(),
-                    );
+                Ok(x) => x,
+                Err(reason) => {
+                    self.log_close(peer, None, reason, None, None, start.elapsed());
                     return;
                 }
             };
@@ -493,7 +591,7 @@ impl StreamServer {
             }
             (client, upstream) => self.relay_io(client, upstream, &progress, &hard_stop).await,
         };
-        drop(lease);
+        drop((lease, slot));
         self.log_close(
             peer,
             Some(upstream_addr),
@@ -538,54 +636,96 @@ impl StreamServer {
         );
     }
 
-    /// Tries up to `connect_tries` distinct upstreams, each bounded by the
-    /// connect timeout (and the TLS handshake timeout when the route
-    /// originates TLS).
+    /// Tries up to `connect_tries` distinct eligible upstreams (healthy,
+    /// not ejected; all of them in panic mode), each bounded by the connect
+    /// timeout (and the TLS handshake timeout when the route originates
+    /// TLS) and admitted by its circuit breaker. Fails with `CircuitOpen`
+    /// when breakers refused every candidate and no connect was attempted,
+    /// `NoUpstream` otherwise. A failed TLS handshake counts as a failed
+    /// connect for outlier detection (classified through its `TlsError`).
     async fn connect_upstream(
         &self,
         peer: SocketAddr,
         tls: Option<&TlsClient>,
-    ) -> Option<(MaybeTls, Lease, SocketAddr)> {
+    ) -> Result<(MaybeTls, Lease, Active, SocketAddr), CloseReason> {
         let route = &self.route;
+        let eligible = self.pool.eligible(Instant::now().into_std());
+        let statuses = self.pool.statuses();
         let tries = (route.connect_tries as usize).min(self.balancer.len());
         let mut tried: Vec<usize> = Vec::with_capacity(tries);
-        for _ in 0..tries {
-            let lease = self.balancer.pick(|i| !tried.contains(&i))?;
+        let mut attempts = 0;
+        let mut refused = None;
+        while tried.len() < self.balancer.len() && attempts < tries {
+            // The breaker is asked after the pick (not as a filter), so
+            // that every refusal is counted against the upstream that made it.
+            let Some(lease) = self
+                .balancer
+                .pick(|i| eligible.get(i).copied().unwrap_or(false) && !tried.contains(&i))
+            else {
+                break;
+            };
             let index = lease.index();
             tried.push(index);
+            let pending = match statuses[index].breaker().try_pending() {
+                Ok(p) => p,
+                Err(kind) => {
+                    refused = Some(kind);
+                    continue;
+                }
+            };
+            attempts += 1;
             let target = &route.upstreams[index];
             let options = DialOptions {
                 socket: route.timeouts.socket,
                 ..DialOptions::default()
             };
-            match connect(target, route.connect_timeout, options).await {
-                Ok((stream, addr)) => match tls {
-                    None => return Some((MaybeTls::Plain(stream), lease, addr)),
-                    Some(tls) => match tls.connect(stream, target).await {
-                        Ok(s) => return Some((MaybeTls::from(s), lease, addr)),
-                        Err(e) => {
-                            self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-                            self.stats
-                                .upstream_tls_failures
-                                .fetch_add(1, Ordering::Relaxed);
-                            // Every client retries, so a persistent failure
-                            // (a certificate) would repeat: rate-limited.
-                            if let Some(suppressed) = self.tls_warn() {
-                                warn!(route = %route.name, client = %peer, upstream = %target,
-                                      kind = %e.as_label(), persistent = e.is_persistent(),
-                                      error = %e, suppressed, "upstream TLS handshake failed");
-                            }
-                        }
-                    },
-                },
+            let stream = match connect(target, route.connect_timeout, options).await {
+                Ok(s) => s,
                 Err(e) => {
+                    self.pool
+                        .connect_result(index, Err(&e), Instant::now().into_std());
                     self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
                     warn!(route = %route.name, client = %peer, upstream = %target, error = %e,
                           "upstream connect failed");
+                    continue;
                 }
-            }
+            };
+            let (stream, addr) = stream;
+            let slot = pending.established();
+            let stream = match tls {
+                None => MaybeTls::Plain(stream),
+                Some(tls) => match tls.connect(stream, target).await {
+                    Ok(s) => MaybeTls::from(s),
+                    Err(e) => {
+                        self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                        self.stats
+                            .upstream_tls_failures
+                            .fetch_add(1, Ordering::Relaxed);
+                        // Every client retries, so a persistent failure
+                        // (a certificate) would repeat: rate-limited.
+                        if let Some(suppressed) = self.tls_warn() {
+                            warn!(route = %route.name, client = %peer, upstream = %target,
+                                  kind = %e.as_label(), persistent = e.is_persistent(),
+                                  error = %e, suppressed, "upstream TLS handshake failed");
+                        }
+                        let e = io::Error::new(io::ErrorKind::InvalidData, e);
+                        self.pool
+                            .connect_result(index, Err(&e), Instant::now().into_std());
+                        continue;
+                    }
+                },
+            };
+            self.pool
+                .connect_result(index, Ok(()), Instant::now().into_std());
+            return Ok((stream, lease, slot, addr));
         }
-        None
+        match refused {
+            Some(limit) if attempts == 0 => {
+                debug!(route = %route.name, client = %peer, %limit, "circuit breakers refused");
+                Err(CloseReason::CircuitOpen)
+            }
+            _ => Err(CloseReason::NoUpstream),
+        }
     }
 
     async fn relay(

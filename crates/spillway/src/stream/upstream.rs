@@ -1,0 +1,247 @@
+//! The health of a stream route's upstreams: active check verdicts,
+//! passive outlier ejection, per-upstream circuit breakers and connect
+//! counters, with the status the admin endpoint exports.
+//!
+//! An upstream is *eligible* for new connections when its active checks
+//! say healthy (always, without checks) and it is not ejected. When no
+//! upstream is eligible the pool goes into *panic mode*, like Envoy below
+//! its panic threshold and HAProxy with every server down but still
+//! trying: every upstream is tried, because refusing everyone is certain
+//! failure while a check or an ejection may be wrong. Panic mode is logged
+//! (rate-limited) and counted.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use spillway_net::breaker::{Breaker, Overflow};
+use spillway_net::classify::{classify, ClassCounts, ErrorClass};
+use spillway_net::health::{ProbeError, Thresholds, Transition};
+use spillway_net::outlier::{OutlierDetector, Verdict};
+use tracing::{info, warn};
+
+use crate::config::StreamRoute;
+use crate::logging::RateLimited;
+
+/// Live state of one upstream, for /metrics and /status.
+#[derive(Debug)]
+pub struct UpstreamStatus {
+    address: String,
+    healthy: AtomicBool,
+    ejected: AtomicBool,
+    ejections: AtomicU64,
+    breaker: Arc<Breaker>,
+    connect_attempts: AtomicU64,
+    connect_failures: ClassCounts,
+}
+
+impl UpstreamStatus {
+    /// `HOST:PORT` as configured.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The active checks' verdict (always true without checks).
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Ejected by outlier detection right now.
+    pub fn is_ejected(&self) -> bool {
+        self.ejected.load(Ordering::Relaxed)
+    }
+
+    /// Times ejected since start.
+    pub fn ejections(&self) -> u64 {
+        self.ejections.load(Ordering::Relaxed)
+    }
+
+    /// Established connections to it.
+    pub fn active(&self) -> usize {
+        self.breaker.active()
+    }
+
+    /// Connects to it in progress.
+    pub fn pending(&self) -> usize {
+        self.breaker.pending()
+    }
+
+    /// Clients refused by its circuit breaker, by limit.
+    pub fn breaker_rejections(&self, kind: Overflow) -> u64 {
+        self.breaker.rejected(kind)
+    }
+
+    /// Connects attempted.
+    pub fn connect_attempts(&self) -> u64 {
+        self.connect_attempts.load(Ordering::Relaxed)
+    }
+
+    /// Connects failed, by class.
+    pub fn connect_failures(&self, class: ErrorClass) -> u64 {
+        self.connect_failures.get(class)
+    }
+
+    pub(crate) fn breaker(&self) -> &Arc<Breaker> {
+        &self.breaker
+    }
+}
+
+/// The pool's mutable policy state, behind one short-held lock.
+struct PolicyState {
+    outlier: OutlierDetector,
+    checks: Vec<Thresholds>,
+    panic_warn: RateLimited,
+}
+
+pub(crate) struct Pool {
+    route: String,
+    upstreams: Vec<UpstreamStatus>,
+    state: Mutex<PolicyState>,
+    /// Picks made in panic mode (no upstream eligible).
+    panics: AtomicU64,
+}
+
+impl Pool {
+    pub(crate) fn new(route: &StreamRoute) -> Self {
+        let n = route.upstreams.len();
+        let (rise, fall) = route
+            .health_check
+            .as_ref()
+            .map_or((1, 1), |h| (h.rise, h.fall));
+        Pool {
+            route: route.name.clone(),
+            upstreams: route
+                .upstreams
+                .iter()
+                .map(|a| UpstreamStatus {
+                    address: a.clone(),
+                    healthy: AtomicBool::new(true),
+                    ejected: AtomicBool::new(false),
+                    ejections: AtomicU64::new(0),
+                    breaker: Arc::new(Breaker::new(route.circuit_breaker)),
+                    connect_attempts: AtomicU64::new(0),
+                    connect_failures: ClassCounts::default(),
+                })
+                .collect(),
+            state: Mutex::new(PolicyState {
+                outlier: OutlierDetector::new(route.outlier.clone(), n),
+                checks: vec![Thresholds::new(rise, fall); n],
+                panic_warn: RateLimited::new(Duration::from_secs(5)),
+            }),
+            panics: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PolicyState> {
+        // Every update under the lock is a few plain assignments; a panic
+        // cannot leave it half-done in a way that matters.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn statuses(&self) -> &[UpstreamStatus] {
+        &self.upstreams
+    }
+
+    pub(crate) fn panics(&self) -> u64 {
+        self.panics.load(Ordering::Relaxed)
+    }
+
+    /// Ends ejections whose time is up (logged), so exported state is fresh.
+    pub(crate) fn refresh(&self, now: Instant) {
+        let mut st = self.lock();
+        self.expire(&mut st, now);
+    }
+
+    fn expire(&self, st: &mut PolicyState, now: Instant) {
+        for i in st.outlier.expire(now) {
+            self.upstreams[i].ejected.store(false, Ordering::Relaxed);
+            info!(route = %self.route, upstream = %self.upstreams[i].address,
+                  "upstream back in the pool: ejection time is up");
+        }
+    }
+
+    /// Which upstreams may get new connections at `now`. In panic mode (none
+    /// healthy and not ejected) every upstream is allowed, and it is logged.
+    pub(crate) fn eligible(&self, now: Instant) -> Vec<bool> {
+        let mut st = self.lock();
+        self.expire(&mut st, now);
+        let mask: Vec<bool> = (0..self.upstreams.len())
+            .map(|i| st.checks[i].is_healthy() && !st.outlier.is_ejected(i, now))
+            .collect();
+        if mask.iter().any(|&ok| ok) {
+            return mask;
+        }
+        self.panics.fetch_add(1, Ordering::Relaxed);
+        if let Some(suppressed) = st.panic_warn.check_at(now) {
+            warn!(route = %self.route, upstreams = self.upstreams.len(), suppressed,
+                  "no healthy upstream (all failing checks or ejected): panic mode, trying all");
+        }
+        vec![true; self.upstreams.len()]
+    }
+
+    /// Records a connect attempt to upstream `i` and its outcome.
+    pub(crate) fn connect_result(&self, i: usize, result: Result<(), &io::Error>, now: Instant) {
+        let Some(u) = self.upstreams.get(i) else {
+            return;
+        };
+        u.connect_attempts.fetch_add(1, Ordering::Relaxed);
+        let mut st = self.lock();
+        let e = match result {
+            Ok(()) => {
+                st.outlier.on_success(i);
+                return;
+            }
+            Err(e) => e,
+        };
+        u.connect_failures.add(classify(e));
+        match st.outlier.on_failure(i, now) {
+            Verdict::Kept => {}
+            Verdict::Ejected {
+                duration,
+                ejections,
+            } => {
+                u.ejected.store(true, Ordering::Relaxed);
+                u.ejections.fetch_add(1, Ordering::Relaxed);
+                warn!(route = %self.route, upstream = %u.address, error = %e,
+                      consecutive_failures = st.outlier.config().consecutive_failures,
+                      ejected_for_ms = duration.as_millis() as u64, ejections,
+                      "upstream ejected: consecutive connect failures");
+            }
+            Verdict::Refused { ejected, total } => {
+                warn!(route = %self.route, upstream = %u.address, error = %e, ejected, total,
+                      max_ejection_percent = st.outlier.config().max_ejection_percent,
+                      "upstream keeps failing but is not ejected: max_ejection_percent reached");
+            }
+        }
+    }
+
+    /// Feeds an active check result of upstream `i`.
+    pub(crate) fn probe_result(&self, i: usize, result: &Result<(), ProbeError>, now: Instant) {
+        let Some(u) = self.upstreams.get(i) else {
+            return;
+        };
+        let mut st = self.lock();
+        let passed = result.is_ok();
+        match st.checks[i].observe(passed) {
+            Some(Transition::BecameUnhealthy) => {
+                u.healthy.store(false, Ordering::Relaxed);
+                let error = result.as_ref().err().map(|e| e.to_string());
+                warn!(route = %self.route, upstream = %u.address, error = error.as_deref().unwrap_or("-"),
+                      "upstream failed its health checks: out of the pool");
+            }
+            Some(Transition::BecameHealthy) => {
+                u.healthy.store(true, Ordering::Relaxed);
+                info!(route = %self.route, upstream = %u.address,
+                      "upstream passed its health checks: back in the pool");
+            }
+            None => {}
+        }
+        // A passing check on a healthy upstream ends an ejection early.
+        if passed && st.checks[i].is_healthy() && st.outlier.uneject(i, now) {
+            u.ejected.store(false, Ordering::Relaxed);
+            info!(route = %self.route, upstream = %u.address,
+                  "upstream back in the pool: health check passed during its ejection");
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! Upstream health over real sockets on 127.0.0.1: outlier ejection and
+//! return after health checks, max-ejection-percent and panic mode, the
+//! per-upstream circuit breaker, per-IP and global connection limits, and
+//! the classified redial loop of a queue `connect:` endpoint.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use spillway::config::StreamRoute;
+use spillway::stream::spill::SpillBudget;
+use spillway::stream::{CloseReason, StreamServer};
+use spillway_net::breaker::Overflow;
+use spillway_net::classify::ErrorClass;
+use spillway_net::health::{CheckKind, HealthCheckConfig};
+use spillway_net::limit::{ConnLimits, LimitKind};
+use spillway_net::outlier::OutlierConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+async fn start(
+    upstreams: Vec<String>,
+    global: Option<Arc<ConnLimits>>,
+    tweak: impl FnOnce(&mut StreamRoute),
+) -> (SocketAddr, CancellationToken, Arc<StreamServer>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let mut route = StreamRoute::new("health", addr.to_string(), upstreams);
+    route.connect_timeout = Duration::from_secs(5);
+    tweak(&mut route);
+    let server = Arc::new(
+        StreamServer::new(route, Arc::new(SpillBudget::new(1 << 20)))
+            .expect("server")
+            .with_global_limits(global),
+    );
+    let token = CancellationToken::new();
+    tokio::spawn(Arc::clone(&server).serve(listener, token.clone(), Duration::from_secs(2)));
+    (addr, token, server)
+}
+
+/// An upstream that writes its one-byte `id` to each connection and closes.
+async fn banner(listener: TcpListener, id: u8) -> Arc<AtomicU64> {
+    let served = Arc::new(AtomicU64::new(0));
+    let s = Arc::clone(&served);
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = listener.accept().await {
+            s.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let _ = c.write_all(&[id]).await;
+            });
+        }
+    });
+    served
+}
+
+/// A port with nothing listening (refused), and its address.
+async fn dead_port() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    l.local_addr().expect("addr").to_string()
+}
+
+/// Connects through the relay and returns what the upstream said (empty
+/// when the relay closed the client without an upstream).
+async fn ask(relay: SocketAddr) -> Vec<u8> {
+    let mut c = TcpStream::connect(relay).await.expect("connect relay");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut out)).await;
+    out
+}
+
+async fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    for _ in 0..1000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn failing_upstream_is_ejected_gets_no_traffic_and_returns_after_checks() {
+    let a = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let b = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let (a_addr, b_addr) = (a.local_addr().expect("a"), b.local_addr().expect("b"));
+    banner(a, b'a').await;
+    banner(b, b'b').await;
+    let c_addr = dead_port().await;
+    let upstreams = vec![a_addr.to_string(), b_addr.to_string(), c_addr.clone()];
+    let (relay, _stop, server) = start(upstreams, None, |r| {
+        r.outlier = OutlierConfig {
+            consecutive_failures: 2,
+            // Long: only a passing health check can bring it back in this test.
+            base_ejection_time: Duration::from_secs(3600),
+            max_ejection_time: Duration::from_secs(3600),
+            max_ejection_percent: 50,
+        };
+        r.health_check = Some(HealthCheckConfig {
+            kind: CheckKind::Connect,
+            interval: Duration::from_millis(50),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 2,
+            jitter: Duration::from_millis(10),
+        });
+    })
+    .await;
+
+    // Every client is served (a failed connect moves on to the next
+    // upstream) until c has failed twice and is ejected.
+    for _ in 0..12 {
+        let got = ask(relay).await;
+        assert!(got == b"a" || got == b"b", "{got:?}");
+    }
+    let c = &server.upstreams()[2];
+    assert!(c.is_ejected(), "c not ejected");
+    assert_eq!(c.ejections(), 1);
+    assert_eq!(c.connect_failures(ErrorClass::Transient), 2);
+    assert_eq!(c.connect_attempts(), 2);
+
+    // While ejected, c gets no connect at all.
+    for _ in 0..12 {
+        let got = ask(relay).await;
+        assert!(got == b"a" || got == b"b", "{got:?}");
+    }
+    assert_eq!(server.upstreams()[2].connect_attempts(), 2);
+    // Its health checks fail too: unhealthy after `fall` probes.
+    wait_until("c unhealthy", || !server.upstreams()[2].is_healthy()).await;
+
+    // c comes back: after `rise` passing checks it is healthy, un-ejected,
+    // and gets traffic again.
+    let c_listener = TcpListener::bind(&c_addr).await.expect("rebind c");
+    banner(c_listener, b'c').await;
+    wait_until("c back", || {
+        let c = &server.upstreams()[2];
+        c.is_healthy() && !c.is_ejected()
+    })
+    .await;
+    let mut saw_c = 0;
+    for _ in 0..9 {
+        if ask(relay).await == b"c" {
+            saw_c += 1;
+        }
+    }
+    assert!(saw_c >= 2, "c served {saw_c} of 9 after returning");
+    assert_eq!(server.panic_picks(), 0);
+}
+
+#[tokio::test]
+async fn max_ejection_percent_holds_and_an_all_bad_pool_panics() {
+    let dead: Vec<String> = vec![dead_port().await, dead_port().await];
+    let (relay, _stop, server) = start(dead.clone(), None, |r| {
+        r.outlier = OutlierConfig {
+            consecutive_failures: 1,
+            base_ejection_time: Duration::from_secs(3600),
+            max_ejection_time: Duration::from_secs(3600),
+            max_ejection_percent: 50,
+        };
+    })
+    .await;
+    for _ in 0..6 {
+        assert!(ask(relay).await.is_empty());
+    }
+    let ejected = server.upstreams().iter().filter(|u| u.is_ejected()).count();
+    assert_eq!(ejected, 1, "50% of 2 upstreams");
+    // The one left in the pool is still tried.
+    let kept = server
+        .upstreams()
+        .iter()
+        .find(|u| !u.is_ejected())
+        .expect("one kept");
+    assert!(kept.connect_attempts() >= 4, "{}", kept.connect_attempts());
+    assert_eq!(server.panic_picks(), 0);
+    assert_eq!(server.stats().closed(CloseReason::NoUpstream), 6);
+
+    // At 100 % both go, and the pool is in panic mode: every upstream is
+    // tried rather than refusing everyone.
+    let (relay, _stop2, server) = start(dead, None, |r| {
+        r.outlier.consecutive_failures = 1;
+        r.outlier.max_ejection_percent = 100;
+    })
+    .await;
+    for _ in 0..4 {
+        assert!(ask(relay).await.is_empty());
+    }
+    assert!(server.upstreams().iter().all(|u| u.is_ejected()));
+    let before: u64 = server
+        .upstreams()
+        .iter()
+        .map(|u| u.connect_attempts())
+        .sum();
+    assert!(ask(relay).await.is_empty());
+    let after: u64 = server
+        .upstreams()
+        .iter()
+        .map(|u| u.connect_attempts())
+        .sum();
+    assert!(server.panic_picks() >= 1);
+    assert!(after > before, "panic mode still tries");
+}
+
+/// An upstream that holds each connection open, silent, until the client
+/// side ends it (EOF), then closes.
+async fn holder(listener: TcpListener) {
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut sink = Vec::new();
+                let _ = c.read_to_end(&mut sink).await;
+            });
+        }
+    });
+}
+
+#[tokio::test]
+async fn circuit_breaker_refuses_fast_over_max_connections() {
+    let up = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let up_addr = up.local_addr().expect("addr").to_string();
+    holder(up).await;
+    let (relay, _stop, server) = start(vec![up_addr], None, |r| {
+        r.circuit_breaker.max_connections = 2;
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(TcpStream::connect(relay).await.expect("connect"));
+    }
+    wait_until("2 active", || server.upstreams()[0].active() == 2).await;
+    // The third is closed at once: EOF, no upstream connect.
+    let mut c = TcpStream::connect(relay).await.expect("connect");
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+        .await
+        .expect("refused fast, not queued")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    wait_until("counted", || {
+        server.stats().closed(CloseReason::CircuitOpen) == 1
+    })
+    .await;
+    let u = &server.upstreams()[0];
+    assert_eq!(u.breaker_rejections(Overflow::Connections), 1);
+    assert_eq!(u.connect_attempts(), 2);
+    // A slot freed is a slot usable again.
+    drop(held.pop());
+    wait_until("1 active", || server.upstreams()[0].active() == 1).await;
+    let _again = TcpStream::connect(relay).await.expect("connect");
+    wait_until("2 active again", || server.upstreams()[0].active() == 2).await;
+    assert_eq!(server.stats().closed(CloseReason::CircuitOpen), 1);
+}
+
+#[tokio::test]
+async fn circuit_breaker_bounds_pending_connects() {
+    // An upstream whose accept queue is full: the kernel drops further
+    // SYNs, so the relay's connect stays pending (until connect_timeout).
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    sock.bind(&"127.0.0.1:0".parse::<SocketAddr>().expect("addr").into())
+        .expect("bind");
+    sock.listen(0).expect("listen");
+    let up_addr = sock.local_addr().expect("addr").as_socket().expect("inet");
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(up_addr)).await
+        {
+            fillers.push(s);
+        }
+    }
+    let (relay, _stop, server) = start(vec![up_addr.to_string()], None, |r| {
+        r.circuit_breaker.max_pending = 1;
+        r.connect_timeout = Duration::from_secs(20);
+    })
+    .await;
+    let _first = TcpStream::connect(relay).await.expect("connect");
+    wait_until("1 pending", || server.upstreams()[0].pending() == 1).await;
+    let mut second = TcpStream::connect(relay).await.expect("connect");
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(5), second.read(&mut buf))
+        .await
+        .expect("refused fast")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert_eq!(
+        server.upstreams()[0].breaker_rejections(Overflow::Pending),
+        1
+    );
+    wait_until("counted", || {
+        server.stats().closed(CloseReason::CircuitOpen) == 1
+    })
+    .await;
+    drop(sock);
+}
+
+/// Whether the relay closed `c` right after accepting it.
+async fn closed_at_once(c: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 1];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+/// Whether `c` is still open after a short while (the relay kept it).
+async fn still_open(c: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 1];
+    tokio::time::timeout(Duration::from_millis(300), c.read(&mut buf))
+        .await
+        .is_err()
+}
+
+#[tokio::test]
+async fn per_ip_and_global_limits_hold() {
+    let up = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let up_addr = up.local_addr().expect("addr").to_string();
+    holder(up).await;
+    let global = Arc::new(ConnLimits::new(3, usize::MAX));
+    let (relay_a, _s1, a) = start(vec![up_addr.clone()], Some(Arc::clone(&global)), |r| {
+        r.max_connections_per_ip = Some(2);
+    })
+    .await;
+    let (relay_b, _s2, b) = start(vec![up_addr], Some(Arc::clone(&global)), |_| {}).await;
+
+    let mut a1 = TcpStream::connect(relay_a).await.expect("a1");
+    let mut a2 = TcpStream::connect(relay_a).await.expect("a2");
+    assert!(still_open(&mut a1).await && still_open(&mut a2).await);
+    // A third from the same address on route a: closed at once.
+    let mut a3 = TcpStream::connect(relay_a).await.expect("a3");
+    assert!(closed_at_once(&mut a3).await);
+    assert_eq!(a.gate().rejected(LimitKind::PerIp), 1);
+    // Route b has no per-IP bound, but the global limit (3) is shared.
+    let mut b1 = TcpStream::connect(relay_b).await.expect("b1");
+    assert!(still_open(&mut b1).await);
+    let mut b2 = TcpStream::connect(relay_b).await.expect("b2");
+    assert!(closed_at_once(&mut b2).await);
+    assert_eq!(b.gate().rejected(LimitKind::Total), 1);
+    assert_eq!(global.active(), 3);
+    // Closing one frees a slot for the same client.
+    drop(a1);
+    wait_until("slot freed", || global.active() == 2).await;
+    let mut a4 = TcpStream::connect(relay_a).await.expect("a4");
+    assert!(still_open(&mut a4).await);
+    assert_eq!(a.gate().rejected(LimitKind::PerIp), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_dialer_classifies_and_does_not_hot_loop() {
+    use spillway::config::QueueRoute;
+    use spillway::endpoint::Endpoint;
+    use spillway::queue::{QueueServer, Role};
+    use spillway_net::classify::classify;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = "nonexistent.invalid:1";
+    // What this machine's resolver says about the name.
+    let expected = match spillway_net::dial::connect(
+        target,
+        Duration::from_secs(5),
+        spillway_net::dial::DialOptions::default(),
+    )
+    .await
+    {
+        Ok(_) => return, // a resolver that answers for .invalid: nothing to test
+        Err(e) => classify(&e),
+    };
+    let src = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let from = Endpoint::Listen(src.local_addr().expect("addr").to_string());
+    let mut route = QueueRoute::new(
+        "dial",
+        from,
+        Endpoint::Connect(target.into()),
+        dir.path().join("spool"),
+    );
+    route.backoff.base = Duration::from_millis(10);
+    route.backoff.cap = Duration::from_secs(30);
+    let stop = CancellationToken::new();
+    let server = QueueServer::open(route, &stop, Duration::from_secs(1)).expect("open");
+    let task = tokio::spawn(Arc::clone(&server).serve(Some(src), None));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let dial = server.stats().dial(Role::Consumer);
+    let attempts = dial.attempts.load(Ordering::Relaxed);
+    assert_eq!(dial.failures.total(), attempts);
+    assert!(dial.failures.get(expected) >= 1);
+    if expected == ErrorClass::Persistent {
+        // Persistent: the next try is at least cap/2 (15 s) away.
+        assert_eq!(attempts, 1, "no hot loop on a persistent error");
+    } else {
+        // Transient (resolver unavailable): backoff from 10 ms, so within
+        // 1.5 s at most about a dozen tries, not thousands.
+        assert!(attempts <= 20, "{attempts} attempts in 1.5 s");
+    }
+    assert_eq!(
+        server
+            .stats()
+            .dial(Role::Producer)
+            .attempts
+            .load(Ordering::Relaxed),
+        0
+    );
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+}
