@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{free_port, free_ports, http_get, wait_admin, write_config, Relay};
 use spillway::config::StreamRoute;
 use spillway::stream::spill::SpillBudget;
 use spillway::stream::{CloseReason, StreamServer};
@@ -403,4 +404,128 @@ async fn queue_dialer_classifies_and_does_not_hot_loop() {
     );
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+}
+
+/// The binary, configured from a file: per-upstream health, ejection,
+/// breaker and per-class connect errors, listener rejections and the queue
+/// dialer's errors show up in /metrics and /status.
+#[test]
+fn metrics_and_status_export_upstream_health() {
+    use std::io::{Read, Write};
+    let alive = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let alive_addr = alive.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for s in alive.incoming() {
+            let Ok(mut s) = s else { continue };
+            let _ = s.write_all(b"a");
+        }
+    });
+    let dead = format!("127.0.0.1:{}", free_port());
+    let [relay_port, admin_port, src_port] = free_ports::<3>();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            r#"[admin]
+listen = "127.0.0.1:{admin_port}"
+
+[[route]]
+name = "web"
+mode = "stream"
+listen = "127.0.0.1:{relay_port}"
+upstreams = ["{dead}", "{alive_addr}"]
+max_connections_per_ip = 2
+
+[route.outlier]
+consecutive_failures = 1
+base_ejection_time = "1h"
+max_ejection_time = "1h"
+
+[[route]]
+name = "q"
+mode = "queue"
+from = "listen:127.0.0.1:{src_port}"
+to = "connect:{dead}"
+spool = "{spool}"
+"#,
+            spool = dir.path().join("spool").display()
+        ),
+    );
+    let mut relay = Relay::start(&["run", "--config", cfg.to_str().expect("utf-8")]);
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("addr");
+    let relay_addr: SocketAddr = format!("127.0.0.1:{relay_port}").parse().expect("addr");
+    relay.wait_listening(relay_addr);
+    wait_admin(&mut relay, admin);
+    // Round robin: within two clients the dead upstream is tried, fails
+    // once and is ejected; every client is still served by the other.
+    for _ in 0..3 {
+        let mut c = std::net::TcpStream::connect(relay_addr).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut got = Vec::new();
+        let _ = c.read_to_end(&mut got);
+        assert_eq!(got, b"a");
+    }
+    // Three at once from one address: the third is refused (per-IP limit
+    // 2), once the clients above are gone.
+    std::thread::sleep(Duration::from_millis(300));
+    let _held = std::net::TcpStream::connect(relay_addr).expect("held");
+    let _held2 = std::net::TcpStream::connect(relay_addr).expect("held");
+    let mut second = std::net::TcpStream::connect(relay_addr).expect("second");
+    second
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let _ = second.read(&mut [0u8; 1]);
+    let up =
+        |name: &str, extra: &str| format!("{name}{{route=\"web\",upstream=\"{dead}\"{extra}}}");
+    let want = [
+        format!("{} 1", up("spillway_upstream_ejected", "")),
+        format!("{} 1", up("spillway_upstream_ejections_total", "")),
+        // No active checks configured: healthy as far as checks go.
+        format!("{} 1", up("spillway_upstream_healthy", "")),
+        format!(
+            "{} 1",
+            up(
+                "spillway_upstream_connect_errors_total",
+                ",class=\"transient\""
+            )
+        ),
+        "spillway_listener_rejections_total{route=\"web\",limit=\"max_connections_per_ip\"} 1"
+            .into(),
+        "spillway_connections_closed_total{route=\"web\",reason=\"circuit_open\"} 0".into(),
+    ];
+    let mut body = String::new();
+    for _ in 0..200 {
+        body = http_get(admin, "/metrics").1;
+        let dial = body.lines().any(|l| {
+            l.starts_with(
+                "spillway_dial_errors_total{route=\"q\",role=\"consumer\",class=\"transient\"}",
+            ) && !l.ends_with(" 0")
+        });
+        if dial && want.iter().all(|w| body.lines().any(|l| l == w)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for w in &want {
+        assert!(body.lines().any(|l| l == w), "missing {w}:\n{body}");
+    }
+    let (code, status) = http_get(admin, "/status");
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&status).expect("json");
+    let ups = v["routes"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["name"] == "web"))
+        .map(|r| r["upstreams"].clone())
+        .expect("web route");
+    assert_eq!(ups[0]["ejected"], true, "{status}");
+    assert_eq!(ups[0]["connect_failures"]["transient"], 1, "{status}");
+    assert_eq!(ups[1]["ejected"], false, "{status}");
+    assert!(
+        ups[1]["connect_attempts"].as_u64().unwrap_or(0) >= 2,
+        "{status}"
+    );
+    let log = relay.log_text();
+    assert!(log.contains("upstream ejected"), "{log}");
+    assert!(log.contains("limit reached"), "{log}");
 }

@@ -22,10 +22,13 @@ use spillway_codec::FrameErrorKind;
 use spillway_spool::{HistogramSnapshot, SpoolStats};
 
 use crate::app::{AppState, LiveKind, LiveRoute, ReloadResult};
-use crate::queue::{ConsumerEnd, ProducerEnd, QueueServer, QueueStats};
+use crate::queue::{self, ConsumerEnd, ProducerEnd, QueueServer, QueueStats};
 use crate::stream::{
     CloseReason, RouteStats, StreamServer, CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT,
 };
+use spillway_net::breaker::Overflow;
+use spillway_net::classify::ErrorClass;
+use spillway_net::limit::LimitKind;
 
 /// Registers the collector of the whole process in `registry`.
 pub fn register(registry: &mut Registry, state: Arc<AppState>) {
@@ -255,6 +258,7 @@ impl Families<'_> {
         self.connections(enc)?;
         self.bytes(enc)?;
         self.upstreams(enc)?;
+        self.health(enc)?;
         self.tls(enc)?;
         self.messages(enc)?;
         self.spool(enc)
@@ -453,6 +457,188 @@ impl Families<'_> {
                             &vec![("route", route), ("upstream", up.as_str())],
                             picked,
                         )?;
+                    }
+                }
+                Ok(())
+            },
+        )
+    }
+
+    fn queue_servers(&self) -> impl Iterator<Item = (&str, &QueueServer)> {
+        self.snaps.iter().filter_map(|s| match &s.kind {
+            SnapKind::Queue(q, _) => Some((s.live.name.as_str(), &**q)),
+            SnapKind::Stream(_) => None,
+        })
+    }
+
+    /// Upstream health (active checks, outlier ejection, circuit breakers),
+    /// listener limits and the queue dialers' classified failures.
+    fn health(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        type Up = crate::stream::upstream::UpstreamStatus;
+        let gauges: [(&str, &str, fn(&Up) -> u64); 3] = [
+            (
+                "spillway_upstream_healthy",
+                "1 when the upstream passes its active health checks (always 1 without checks).",
+                |u| u64::from(u.is_healthy()),
+            ),
+            (
+                "spillway_upstream_ejected",
+                "1 while outlier detection has the upstream ejected.",
+                |u| u64::from(u.is_ejected()),
+            ),
+            (
+                "spillway_upstream_pending_connects",
+                "Connects to the upstream in progress.",
+                |u| u.pending() as u64,
+            ),
+        ];
+        for (name, help, read) in gauges {
+            family(enc, name, help, MetricType::Gauge, |m| {
+                for (route, _, srv) in self.streams() {
+                    for u in srv.upstreams() {
+                        gauge(
+                            m,
+                            &vec![("route", route), ("upstream", u.address())],
+                            read(u),
+                        )?;
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        let counters: [(&str, &str, fn(&Up) -> u64); 2] = [
+            (
+                "spillway_upstream_ejections",
+                "Times outlier detection ejected the upstream (consecutive connect failures).",
+                |u| u.ejections(),
+            ),
+            (
+                "spillway_upstream_connect_attempts",
+                "Connects attempted to the upstream.",
+                |u| u.connect_attempts(),
+            ),
+        ];
+        for (name, help, read) in counters {
+            family(enc, name, help, MetricType::Counter, |m| {
+                for (route, _, srv) in self.streams() {
+                    for u in srv.upstreams() {
+                        counter(
+                            m,
+                            &vec![("route", route), ("upstream", u.address())],
+                            read(u),
+                        )?;
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        family(
+            enc,
+            "spillway_upstream_connect_errors",
+            "Failed connects to the upstream (TLS handshakes included), by class: transient, persistent, resource.",
+            MetricType::Counter,
+            |m| {
+                for (route, _, srv) in self.streams() {
+                    for u in srv.upstreams() {
+                        for c in ErrorClass::ALL {
+                            counter(
+                                m,
+                                &vec![("route", route), ("upstream", u.address()), ("class", c.as_str())],
+                                u.connect_failures(c),
+                            )?;
+                        }
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        family(
+            enc,
+            "spillway_upstream_breaker_rejections",
+            "Clients refused by the upstream's circuit breaker, by the limit reached.",
+            MetricType::Counter,
+            |m| {
+                for (route, _, srv) in self.streams() {
+                    for u in srv.upstreams() {
+                        for k in Overflow::ALL {
+                            counter(
+                                m,
+                                &vec![
+                                    ("route", route),
+                                    ("upstream", u.address()),
+                                    ("limit", k.as_str()),
+                                ],
+                                u.breaker_rejections(k),
+                            )?;
+                        }
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        family(
+            enc,
+            "spillway_upstream_panic_picks",
+            "Connections sent while no upstream was healthy and un-ejected (panic mode: all tried).",
+            MetricType::Counter,
+            |m| {
+                for (route, _, srv) in self.streams() {
+                    counter(m, &vec![("route", route)], srv.panic_picks())?;
+                }
+                Ok(())
+            },
+        )?;
+        family(
+            enc,
+            "spillway_listener_rejections",
+            "Connections closed right after accept by a listener limit (max_connections across routes, max_connections_per_ip).",
+            MetricType::Counter,
+            |m| {
+                let gates = self
+                    .streams()
+                    .map(|(route, _, srv)| (route, srv.gate()))
+                    .chain(self.queue_servers().map(|(route, q)| (route, q.gate())));
+                for (route, gate) in gates {
+                    for k in LimitKind::ALL {
+                        counter(m, &vec![("route", route), ("limit", k.as_str())], gate.rejected(k))?;
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        family(
+            enc,
+            "spillway_dial_attempts",
+            "Connects attempted by a queue route's connect: endpoint, by role.",
+            MetricType::Counter,
+            |m| {
+                for (route, q, _) in self.queues() {
+                    for role in queue::Role::ALL {
+                        counter(
+                            m,
+                            &vec![("route", route), ("role", role.as_str())],
+                            q.dial(role).attempts.load(Ordering::Relaxed),
+                        )?;
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        family(
+            enc,
+            "spillway_dial_errors",
+            "Failed connects (TLS handshakes included) of a queue route's connect: endpoint, by role and class.",
+            MetricType::Counter,
+            |m| {
+                for (route, q, _) in self.queues() {
+                    for role in queue::Role::ALL {
+                        for c in ErrorClass::ALL {
+                            counter(
+                                m,
+                                &vec![("route", route), ("role", role.as_str()), ("class", c.as_str())],
+                                q.dial(role).failures.get(c),
+                            )?;
+                        }
                     }
                 }
                 Ok(())

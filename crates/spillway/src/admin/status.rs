@@ -5,6 +5,9 @@ use std::sync::atomic::Ordering;
 
 use serde_json::{json, Value};
 
+use spillway_net::breaker::Overflow;
+use spillway_net::classify::ErrorClass;
+
 use crate::app::{AppState, LiveKind, LiveRoute};
 use crate::stream::{CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT};
 
@@ -37,16 +40,30 @@ fn route(r: &LiveRoute) -> Value {
             let srv = rx.borrow().clone();
             let st = srv.stats();
             let upstreams: Vec<Value> = srv
-                .route()
-                .upstreams
+                .upstreams()
                 .iter()
                 .enumerate()
-                .map(|(i, addr)| {
+                .map(|(i, u)| {
                     let load = srv.balancer().load(i);
+                    let failures: serde_json::Map<String, Value> = ErrorClass::ALL
+                        .iter()
+                        .map(|&c| (c.as_str().to_string(), json!(u.connect_failures(c))))
+                        .collect();
+                    let rejections: serde_json::Map<String, Value> = Overflow::ALL
+                        .iter()
+                        .map(|&k| (k.as_str().to_string(), json!(u.breaker_rejections(k))))
+                        .collect();
                     json!({
-                        "address": addr,
+                        "address": u.address(),
                         "active": load.map_or(0, |l| l.active()),
                         "picked": load.map_or(0, |l| l.picked()),
+                        "healthy": u.is_healthy(),
+                        "ejected": u.is_ejected(),
+                        "ejections": u.ejections(),
+                        "pending_connects": u.pending(),
+                        "connect_attempts": u.connect_attempts(),
+                        "connect_failures": failures,
+                        "breaker_rejections": rejections,
                     })
                 })
                 .collect();
