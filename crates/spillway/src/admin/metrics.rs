@@ -475,7 +475,7 @@ impl Families<'_> {
     /// listener limits and the queue dialers' classified failures.
     fn health(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
         type Up = crate::stream::upstream::UpstreamStatus;
-        let gauges: [(&str, &str, fn(&Up) -> u64); 3] = [
+        let gauges: [Simple<Up>; 3] = [
             (
                 "spillway_upstream_healthy",
                 "1 when the upstream passes its active health checks (always 1 without checks).",
@@ -506,7 +506,7 @@ impl Families<'_> {
                 Ok(())
             })?;
         }
-        let counters: [(&str, &str, fn(&Up) -> u64); 2] = [
+        let counters: [Simple<Up>; 2] = [
             (
                 "spillway_upstream_ejections",
                 "Times outlier detection ejected the upstream (consecutive connect failures).",
