@@ -638,7 +638,16 @@ client_ca = "{ca}"
     leave(second, &mut got).await;
     assert_eq!(got.len(), data.len(), "duplicates or loss");
     assert!(got == data, "messages out of order or altered");
-    let lines = relay.wait_log_lines("consumer closed", 2, Duration::from_secs(10));
+    let lines = relay.wait_log_lines("consumer closed", 3, Duration::from_secs(10));
+    let refused: Vec<&String> = lines
+        .iter()
+        .filter(|l| field(l, "reason") == Some("tls_handshake"))
+        .collect();
+    assert_eq!(refused.len(), 1, "{lines:?}");
+    let lines: Vec<&String> = lines
+        .iter()
+        .filter(|l| field(l, "reason") != Some("tls_handshake"))
+        .collect();
     let delivered: u64 = lines
         .iter()
         .map(|l| {
@@ -841,4 +850,199 @@ key = "{key}"
         .expect("still the new certificate");
     assert_eq!(echo_once(&mut again, b"again").await, b"again");
     assert_eq!(echo_once(&mut established, b"still").await, b"still");
+}
+
+// ---------------------------------------------------------- measurement ---
+
+/// An upstream that reads each connection to EOF, discarding, then closes.
+async fn discard_upstream(tls: Option<TlsServer>) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let mut s = match tls {
+                    Some(t) => match t.accept(tcp).await {
+                        Ok(s) => MaybeTls::from(s),
+                        Err(_) => return,
+                    },
+                    None => MaybeTls::Plain(tcp),
+                };
+                let mut buf = vec![0u8; 256 << 10];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+/// Sends `total` bytes and half-closes; returns MB/s until the far end closed.
+async fn push(mut s: MaybeTls, total: usize) -> f64 {
+    let chunk = vec![0x5au8; 256 << 10];
+    let start = std::time::Instant::now();
+    let mut sent = 0;
+    while sent < total {
+        s.write_all(&chunk).await.expect("push");
+        sent += chunk.len();
+    }
+    s.shutdown().await.expect("shutdown");
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest).await;
+    sent as f64 / start.elapsed().as_secs_f64() / 1e6
+}
+
+/// Not a test: prints throughput figures for the README. Run with
+/// `cargo test --release -p spillway --test tls -- --ignored --nocapture measure`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement, run by hand in release mode"]
+async fn measure_tls_throughput() {
+    let pki = Pki::new();
+    let plain_up = discard_upstream(None).await;
+    let tls_up = discard_upstream(Some(pki.server())).await;
+    let (p_plain, p_in, p_both) = (free_port(), free_port(), free_port());
+    let (q_plain_from, q_plain_to, q_tls_from, q_tls_to) =
+        (free_port(), free_port(), free_port(), free_port());
+    let tls = format!(
+        "cert = \"{}\"\nkey = \"{}\"\n",
+        pki.p("server.pem"),
+        pki.p("server.key")
+    );
+    let config = format!(
+        r#"
+[[route]]
+name = "plain"
+mode = "stream"
+listen = "127.0.0.1:{p_plain}"
+upstreams = ["127.0.0.1:{plain_up}"]
+
+[[route]]
+name = "tls-in"
+mode = "stream"
+listen = "127.0.0.1:{p_in}"
+upstreams = ["127.0.0.1:{plain_up}"]
+[route.tls]
+{tls}
+[[route]]
+name = "tls-both"
+mode = "stream"
+listen = "127.0.0.1:{p_both}"
+upstreams = ["localhost:{tls_up}"]
+[route.tls]
+{tls}[route.upstream_tls]
+ca = "{ca}"
+
+[[route]]
+name = "q-plain"
+mode = "queue"
+from = "listen:127.0.0.1:{q_plain_from}"
+to = "listen:127.0.0.1:{q_plain_to}"
+spool = "{spool1}"
+fsync = "never"
+
+[[route]]
+name = "q-tls"
+mode = "queue"
+from = "listen:127.0.0.1:{q_tls_from}"
+to = "listen:127.0.0.1:{q_tls_to}"
+spool = "{spool2}"
+fsync = "never"
+[route.from_tls]
+{tls}[route.to_tls]
+{tls}"#,
+        ca = pki.p("ca.pem"),
+        spool1 = pki.path("spool1").display(),
+        spool2 = pki.path("spool2").display(),
+    );
+    let _relay = start_config(
+        pki.dir.path(),
+        &config,
+        &[
+            p_plain,
+            p_in,
+            p_both,
+            q_plain_from,
+            q_plain_to,
+            q_tls_from,
+            q_tls_to,
+        ],
+    );
+    let client = pki.client(false);
+    const TOTAL: usize = 512 << 20;
+    for round in 0..3 {
+        let direct_plain = push(
+            MaybeTls::Plain(TcpStream::connect(local(plain_up)).await.expect("c")),
+            TOTAL,
+        )
+        .await;
+        let direct_tls = push(tls_connect(&client, tls_up).await.expect("c"), TOTAL).await;
+        let relay_plain = push(
+            MaybeTls::Plain(TcpStream::connect(local(p_plain)).await.expect("c")),
+            TOTAL,
+        )
+        .await;
+        let relay_in = push(tls_connect(&client, p_in).await.expect("c"), TOTAL).await;
+        let relay_both = push(tls_connect(&client, p_both).await.expect("c"), TOTAL).await;
+        println!(
+            "stream round {round}: MB/s direct plain {direct_plain:.0}, direct TLS {direct_tls:.0}, \
+             relay plain (splice) {relay_plain:.0}, relay TLS->plain {relay_in:.0}, relay TLS->TLS {relay_both:.0}"
+        );
+    }
+    // Queue: 1M lines of 64 bytes through each route, consumer connected first.
+    const LINES: u64 = 1_000_000;
+    let line = |n: u64| format!("{n:063}\n");
+    for round in 0..2 {
+        for (name, from, to, tls) in [
+            ("plain", q_plain_from, q_plain_to, false),
+            ("tls", q_tls_from, q_tls_to, true),
+        ] {
+            let mut consumer = if tls {
+                tls_connect(&client, to).await.expect("consumer")
+            } else {
+                MaybeTls::Plain(TcpStream::connect(local(to)).await.expect("consumer"))
+            };
+            let mut producer = if tls {
+                tls_connect(&client, from).await.expect("producer")
+            } else {
+                MaybeTls::Plain(TcpStream::connect(local(from)).await.expect("producer"))
+            };
+            let start = std::time::Instant::now();
+            let writer = tokio::spawn(async move {
+                let mut batch = String::new();
+                for n in 0..LINES {
+                    batch.push_str(&line(n));
+                    if batch.len() > (256 << 10) {
+                        producer.write_all(batch.as_bytes()).await.expect("produce");
+                        batch.clear();
+                    }
+                }
+                producer.write_all(batch.as_bytes()).await.expect("produce");
+                producer.shutdown().await.expect("close");
+                let mut rest = Vec::new();
+                let _ = producer.read_to_end(&mut rest).await;
+            });
+            let mut got = Vec::new();
+            read_lines(
+                &mut consumer,
+                &mut got,
+                LINES as usize,
+                Duration::from_secs(300),
+            )
+            .await;
+            let secs = start.elapsed().as_secs_f64();
+            writer.await.expect("writer");
+            leave(consumer, &mut got).await;
+            assert_eq!(got.len() as u64, LINES * 64);
+            println!(
+                "queue round {round} {name}: {LINES} x 64 B in {secs:.2} s = {:.0} k msg/s, {:.0} MB/s",
+                LINES as f64 / secs / 1e3,
+                (LINES * 64) as f64 / secs / 1e6
+            );
+        }
+    }
 }

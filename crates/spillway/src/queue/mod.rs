@@ -392,6 +392,9 @@ impl QueueServer {
                   persistent = e.is_persistent(), error = %e, suppressed,
                   "TLS handshake failed; connection closed");
         }
+        // The one line per connection end, as for every producer and consumer.
+        info!(route = %self.route.name, peer, reason = "tls_handshake",
+              "{} closed", role.as_str());
     }
 
     pub fn stats(&self) -> &QueueStats {
