@@ -1046,3 +1046,98 @@ fsync = "never"
         }
     }
 }
+
+// ------------------------------------------------- timers and backoff ---
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tls_connection_is_closed_by_idle_timeout() {
+    let pki = Pki::new();
+    let up = echo_upstream().await;
+    let listen = free_port();
+    let relay = start_config(
+        pki.dir.path(),
+        &format!(
+            r#"
+[[route]]
+name = "idle"
+mode = "stream"
+listen = "127.0.0.1:{listen}"
+upstreams = ["127.0.0.1:{up}"]
+idle_timeout = "1s"
+[route.tls]
+cert = "{cert}"
+key = "{key}"
+"#,
+            cert = pki.p("server.pem"),
+            key = pki.p("server.key"),
+        ),
+        &[listen],
+    );
+    let mut s = tls_connect(&pki.client(false), listen).await.expect("tls");
+    assert_eq!(echo_once(&mut s, b"hello").await, b"hello");
+    // Then silence: the relay closes the connection.
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut rest)).await;
+    assert!(r.is_ok(), "an idle TLS connection was not closed");
+    let lines = relay.wait_log_lines("connection closed", 1, Duration::from_secs(10));
+    assert_eq!(
+        field(&lines[0], "reason"),
+        Some("idle_timeout"),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_certificate_on_a_queue_dial_is_not_retried_in_a_loop() {
+    let pki = Pki::new();
+    // A TLS producer peer whose certificate the relay will not trust.
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    let server = pki.server();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let server = server.clone();
+            tokio::spawn(async move {
+                let _ = server.accept(tcp).await;
+            });
+        }
+    });
+    let sink = free_port();
+    let relay = start_config(
+        pki.dir.path(),
+        &format!(
+            r#"
+[[route]]
+name = "distrust"
+mode = "queue"
+from = "connect:127.0.0.1:{port}"
+to = "listen:127.0.0.1:{sink}"
+spool = "{spool}"
+[route.from_tls]
+ca = "{other}"
+server_name = "localhost"
+"#,
+            spool = pki.path("spool").display(),
+            other = pki.p("other-ca.pem"),
+        ),
+        &[sink],
+    );
+    let lines = relay.wait_log_lines("TLS handshake failed", 1, Duration::from_secs(20));
+    let l = &lines[0];
+    assert!(
+        l.contains("server certificate not trusted by CA file") && l.contains("other-ca.pem"),
+        "{l}"
+    );
+    assert_eq!(field(l, "class"), Some("persistent"), "{l}");
+    // A persistent failure waits at least half the backoff cap (15 s by
+    // default) before the next attempt: over the next few seconds, no redial.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let n = accepted.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        n, 1,
+        "the relay redialed {n} times after a rejected certificate"
+    );
+}

@@ -283,7 +283,10 @@ pub struct StreamServer {
     /// Loaded from the route's files; replaced by [`StreamServer::reload_tls`].
     /// A connection clones what it needs at its start.
     tls: RwLock<RouteTls>,
-    tls_warning: Mutex<RateLimited>,
+    /// Rate limits of TLS warnings: client handshakes, upstream handshakes
+    /// (separate, so a flood of bad clients does not hide an upstream's
+    /// certificate problem).
+    tls_warning: [Mutex<RateLimited>; 2],
 }
 
 /// The TLS state of a route, loaded from its files.
@@ -347,7 +350,10 @@ impl StreamServer {
             pipes,
             retired: CancellationToken::new(),
             tls: RwLock::new(tls),
-            tls_warning: Mutex::new(RateLimited::new(Duration::from_secs(5))),
+            tls_warning: [
+                Mutex::new(RateLimited::new(Duration::from_secs(5))),
+                Mutex::new(RateLimited::new(Duration::from_secs(5))),
+            ],
         })
     }
 
@@ -388,9 +394,13 @@ impl StreamServer {
         self.tls.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Peer-triggered TLS warnings are rate-limited.
-    fn tls_warn(&self) -> Option<u64> {
-        self.tls_warning
+    /// Peer-triggered TLS warnings are rate-limited, per side.
+    fn tls_warn(&self, side: Side) -> Option<u64> {
+        let i = match side {
+            Side::Client => 0,
+            Side::Upstream => 1,
+        };
+        self.tls_warning[i]
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .check()
@@ -559,7 +569,7 @@ impl StreamServer {
                 Ok(s) => MaybeTls::from(s),
                 Err(e) => {
                     stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
-                    if let Some(suppressed) = self.tls_warn() {
+                    if let Some(suppressed) = self.tls_warn(Side::Client) {
                         warn!(route = %route.name, client = %peer, kind = %e.as_label(), error = %e,
                               suppressed, "TLS handshake with client failed");
                     }
@@ -703,7 +713,7 @@ impl StreamServer {
                             .fetch_add(1, Ordering::Relaxed);
                         // Every client retries, so a persistent failure
                         // (a certificate) would repeat: rate-limited.
-                        if let Some(suppressed) = self.tls_warn() {
+                        if let Some(suppressed) = self.tls_warn(Side::Upstream) {
                             warn!(route = %route.name, client = %peer, upstream = %target,
                                   kind = %e.as_label(), persistent = e.is_persistent(),
                                   error = %e, suppressed, "upstream TLS handshake failed");
