@@ -529,3 +529,53 @@ spool = "{spool}"
     assert!(log.contains("upstream ejected"), "{log}");
     assert!(log.contains("limit reached"), "{log}");
 }
+
+/// A consumer endpoint that accepts and closes at once (a crash loop on
+/// the peer's side): every connection is short, so the dialer keeps
+/// backing off instead of redialing at once; a few attempts in a second
+/// and a half, not thousands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_dialer_backs_off_from_a_peer_that_closes_at_once() {
+    use spillway::config::QueueRoute;
+    use spillway::endpoint::Endpoint;
+    use spillway::queue::{QueueServer, Role};
+
+    let peer = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let peer_addr = peer.local_addr().expect("addr").to_string();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let a = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((c, _)) = peer.accept().await {
+            a.fetch_add(1, Ordering::Relaxed);
+            drop(c);
+        }
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let from = Endpoint::Listen(src.local_addr().expect("addr").to_string());
+    let mut route = QueueRoute::new(
+        "crashy",
+        from,
+        Endpoint::Connect(peer_addr),
+        dir.path().join("spool"),
+    );
+    route.backoff.base = Duration::from_millis(10);
+    let stop = CancellationToken::new();
+    let server = QueueServer::open(route, &stop, Duration::from_secs(1)).expect("open");
+    let task = tokio::spawn(Arc::clone(&server).serve(Some(src), None));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let attempts = server
+        .stats()
+        .dial(Role::Consumer)
+        .attempts
+        .load(Ordering::Relaxed);
+    let n = accepted.load(Ordering::Relaxed);
+    assert!(n >= 2, "the peer was dialed again ({n})");
+    // Full jitter from 10 ms doubling: the expected total wait of k tries
+    // is about 5 ms x 2^k, so 1.5 s allows roughly 8 to 10; 40 would mean
+    // the short connections were not backed off.
+    assert!(attempts <= 40, "{attempts} attempts in 1.5 s");
+    assert_eq!(server.stats().dial(Role::Consumer).failures.total(), 0);
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+}

@@ -194,7 +194,13 @@ impl Pool {
             }
             Err(e) => e,
         };
-        u.connect_failures.add(classify(e));
+        let class = classify(e);
+        u.connect_failures.add(class);
+        if class == ErrorClass::Resource {
+            // Out of descriptors or memory here says nothing about the
+            // upstream (Envoy keeps such local-origin errors apart too).
+            return;
+        }
         match st.outlier.on_failure(i, now) {
             Verdict::Kept => {}
             Verdict::Ejected {
@@ -243,5 +249,62 @@ impl Pool {
             info!(route = %self.route, upstream = %u.address,
                   "upstream back in the pool: health check passed during its ejection");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(consecutive: u32) -> Pool {
+        let mut route = StreamRoute::new("t", "127.0.0.1:1", vec!["a:1".into(), "b:1".into()]);
+        route.outlier.consecutive_failures = consecutive;
+        Pool::new(&route)
+    }
+
+    #[test]
+    fn local_resource_errors_do_not_eject_the_upstream() {
+        let p = pool(3);
+        let now = Instant::now();
+        let emfile = io::Error::from_raw_os_error(libc::EMFILE);
+        for _ in 0..10 {
+            p.connect_result(0, Err(&emfile), now);
+        }
+        let u = &p.statuses()[0];
+        assert!(!u.is_ejected());
+        assert_eq!(u.connect_failures(ErrorClass::Resource), 10);
+        assert_eq!(u.connect_attempts(), 10);
+        let refused = io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        for _ in 0..3 {
+            p.connect_result(0, Err(&refused), now);
+        }
+        assert!(p.statuses()[0].is_ejected());
+        assert_eq!(p.eligible(now), vec![false, true]);
+        // Ejection time is up: back, and logged by refresh.
+        p.refresh(now + Duration::from_secs(11));
+        assert!(!p.statuses()[0].is_ejected());
+    }
+
+    #[test]
+    fn panic_mode_when_nothing_is_eligible() {
+        let mut route = StreamRoute::new("t", "127.0.0.1:1", vec!["a:1".into()]);
+        route.health_check = Some(spillway_net::health::HealthCheckConfig {
+            fall: 1,
+            ..Default::default()
+        });
+        let p = Pool::new(&route);
+        let now = Instant::now();
+        let failed = Err(ProbeError::Timeout(Duration::from_secs(1)));
+        p.probe_result(0, &failed, now);
+        assert!(!p.statuses()[0].is_healthy());
+        assert_eq!(p.eligible(now), vec![true], "panic: try all");
+        assert_eq!(p.panics(), 1);
+        // rise = 2 passes bring it back.
+        p.probe_result(0, &Ok(()), now);
+        assert!(!p.statuses()[0].is_healthy());
+        p.probe_result(0, &Ok(()), now);
+        assert!(p.statuses()[0].is_healthy());
+        assert_eq!(p.eligible(now), vec![true]);
+        assert_eq!(p.panics(), 1);
     }
 }
