@@ -408,6 +408,41 @@ async fn reader(p: Pump, tx: mpsc::Sender<Item>, dir: Dir) -> End {
     }
 }
 
+/// Bandwidth pacing against a schedule (bytes since `start` at `rate`), not
+/// a sleep per write: timer granularity (1 ms) then averages out. Idle time
+/// is not saved up for a burst (the schedule restarts when behind by more
+/// than 50 ms), and a new rate restarts it.
+#[derive(Default)]
+struct Pacer {
+    start: Option<Instant>,
+    bytes: u64,
+    rate: u64,
+}
+
+impl Pacer {
+    async fn paced(&mut self, n: u64, rate: u64) {
+        let rate = rate.max(1);
+        let now = Instant::now();
+        let start = match self.start {
+            Some(s) if self.rate == rate => s,
+            _ => {
+                self.bytes = 0;
+                now
+            }
+        };
+        let due = |bytes: u64| start + Duration::from_secs_f64(bytes as f64 / rate as f64);
+        let (start, bytes) = if due(self.bytes) + Duration::from_millis(50) < now {
+            (now, 0)
+        } else {
+            (start, self.bytes)
+        };
+        self.start = Some(start);
+        self.rate = rate;
+        self.bytes = bytes + n;
+        sleep_until(start + Duration::from_secs_f64(self.bytes as f64 / rate as f64)).await;
+    }
+}
+
 /// A tiny deterministic generator for slice sizes.
 struct Rng(u64);
 
@@ -438,6 +473,7 @@ async fn writer(p: Pump, mut rx: mpsc::Receiver<Item>, dir: Dir) -> End {
     let toxics = shared.toxics.subscribe();
     let mut sent = 0u64;
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ dir as u64);
+    let mut pacer = Pacer::default();
     while let Some(item) = rx.recv().await {
         let (at, data) = match item {
             Item::Data(at, d) => (at, d),
@@ -477,7 +513,7 @@ async fn writer(p: Pump, mut rx: mpsc::Receiver<Item>, dir: Dir) -> End {
             shared.forwarded[dir as usize].fetch_add(piece as u64, Ordering::Relaxed);
             rest = &rest[piece..];
             if let Some(rate) = t.bandwidth {
-                sleep(Duration::from_secs_f64(piece as f64 / rate.max(1) as f64)).await;
+                pacer.paced(piece as u64, rate).await;
             }
         }
         if broken_at_end {
