@@ -579,3 +579,129 @@ async fn queue_dialer_backs_off_from_a_peer_that_closes_at_once() {
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
 }
+
+/// One client address opening hundreds of connections is held to its
+/// per-IP limit, each excess connection closed at once and counted, while
+/// a transfer from another address (127.0.0.2) that was already running
+/// completes byte-exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_from_one_address_is_shed_without_hurting_others() {
+    const FLOOD: usize = 300;
+    const LIMIT: usize = 20;
+    // An echo upstream that returns everything until the client's EOF.
+    let up = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let up_addr = up.local_addr().expect("addr").to_string();
+    tokio::spawn(async move {
+        while let Ok((c, _)) = up.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = c.into_split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    let (relay, _stop, server) = start(vec![up_addr], None, |r| {
+        r.max_connections_per_ip = Some(LIMIT);
+    })
+    .await;
+    // The victim, from another loopback address.
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.bind("127.0.0.2:0".parse().expect("addr"))
+        .expect("bind 127.0.0.2");
+    let victim = sock.connect(relay).await.expect("victim connect");
+    let data = common::pattern(4 << 20, 11);
+    let (mut vr, mut vw) = victim.into_split();
+    let payload = data.clone();
+    let writer = tokio::spawn(async move {
+        for chunk in payload.chunks(64 << 10) {
+            vw.write_all(chunk).await.expect("victim write");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        vw.shutdown().await.expect("shutdown");
+    });
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        vr.read_to_end(&mut got).await.expect("victim read");
+        got
+    });
+    // The flood, from 127.0.0.1, all held open.
+    let mut held = Vec::new();
+    for _ in 0..FLOOD {
+        if let Ok(c) = TcpStream::connect(relay).await {
+            held.push(c);
+        }
+    }
+    // Every excess connection was accepted and shed (the accept loop may
+    // trail the kernel's handshakes a little).
+    wait_until("flood shed", || {
+        server.gate().rejected(LimitKind::PerIp) == (FLOOD - LIMIT) as u64
+    })
+    .await;
+    let mut closed = 0;
+    for c in held.iter_mut() {
+        let mut b = [0u8; 1];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(50), c.read(&mut b)).await
+        {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, FLOOD - LIMIT, "all but {LIMIT} shed");
+    assert_eq!(
+        server.gate().rejected(LimitKind::PerIp),
+        (FLOOD - LIMIT) as u64
+    );
+    writer.await.expect("writer");
+    let got = reader.await.expect("reader");
+    assert!(
+        got == data,
+        "victim transfer not byte-exact ({} bytes)",
+        got.len()
+    );
+}
+
+/// Measurement, not a test (`--ignored --nocapture`, release build): what
+/// a dead upstream in a pool of three costs clients, with outlier detection
+/// (defaults) and without it, over sequential connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; run with --release -- --ignored --nocapture"]
+async fn measure_dead_upstream_cost_with_and_without_ejection() {
+    const CLIENTS: usize = 3000;
+    for consecutive in [5u32, 0] {
+        let a = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let b = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let ups = vec![
+            a.local_addr().expect("a").to_string(),
+            b.local_addr().expect("b").to_string(),
+            dead_port().await,
+        ];
+        banner(a, b'a').await;
+        banner(b, b'b').await;
+        let (relay, stop, server) = start(ups, None, |r| {
+            r.outlier.consecutive_failures = consecutive;
+        })
+        .await;
+        let mut lat = Vec::with_capacity(CLIENTS);
+        let t0 = std::time::Instant::now();
+        for _ in 0..CLIENTS {
+            let t = std::time::Instant::now();
+            let got = ask(relay).await;
+            lat.push(t.elapsed());
+            assert_eq!(got.len(), 1);
+        }
+        let total = t0.elapsed();
+        lat.sort();
+        let dead = &server.upstreams()[2];
+        println!(
+            "consecutive_failures={consecutive}: {CLIENTS} clients in {:.2} s ({:.0}/s), connects to the dead upstream {}, failed {}, p50 {:?} p99 {:?} max {:?}",
+            total.as_secs_f64(),
+            CLIENTS as f64 / total.as_secs_f64(),
+            dead.connect_attempts(),
+            dead.connect_failures(ErrorClass::Transient),
+            lat[CLIENTS / 2],
+            lat[CLIENTS * 99 / 100],
+            lat[CLIENTS - 1],
+        );
+        stop.cancel();
+    }
+}
