@@ -456,9 +456,25 @@ spool = "{spool}"
     let relay_addr: SocketAddr = format!("127.0.0.1:{relay_port}").parse().expect("addr");
     relay.wait_listening(relay_addr);
     wait_admin(&mut relay, admin);
+    // Waits until the relay has closed every client connection (so the
+    // per-IP count is back to zero whatever the machine's load).
+    let idle = || {
+        for _ in 0..400 {
+            let body = http_get(admin, "/metrics").1;
+            if body
+                .lines()
+                .any(|l| l == "spillway_connections_active{route=\"web\",role=\"client\"} 0")
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("client connections never closed");
+    };
     // Round robin: within two clients the dead upstream is tried, fails
     // once and is ejected; every client is still served by the other.
     for _ in 0..3 {
+        idle();
         let mut c = std::net::TcpStream::connect(relay_addr).expect("connect");
         c.set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
@@ -468,7 +484,7 @@ spool = "{spool}"
     }
     // Three at once from one address: the third is refused (per-IP limit
     // 2), once the clients above are gone.
-    std::thread::sleep(Duration::from_millis(300));
+    idle();
     let _held = std::net::TcpStream::connect(relay_addr).expect("held");
     let _held2 = std::net::TcpStream::connect(relay_addr).expect("held");
     let mut second = std::net::TcpStream::connect(relay_addr).expect("second");
