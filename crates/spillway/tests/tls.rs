@@ -1141,3 +1141,64 @@ server_name = "localhost"
         "the relay redialed {n} times after a rejected certificate"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_consumer_that_stops_reading_is_cut_and_the_next_gets_everything() {
+    let pki = Pki::new();
+    let (pp, cp) = (free_port(), free_port());
+    let tls = format!(
+        "cert = \"{}\"\nkey = \"{}\"\n",
+        pki.p("server.pem"),
+        pki.p("server.key")
+    );
+    let relay = start_config(
+        pki.dir.path(),
+        &format!(
+            r#"
+[[route]]
+name = "stall"
+mode = "queue"
+from = "listen:127.0.0.1:{pp}"
+to = "listen:127.0.0.1:{cp}"
+spool = "{spool}"
+write_stall_timeout = "1s"
+[route.from_tls]
+{tls}[route.to_tls]
+{tls}"#,
+            spool = pki.path("spool").display(),
+        ),
+        &[pp, cp],
+    );
+    const N: u64 = 300_000;
+    let data = numbered_lines(0, N);
+    let mut producer = tls_connect(&pki.client(false), pp).await.expect("producer");
+    for chunk in data.chunks(64 << 10) {
+        producer.write_all(chunk).await.expect("produce");
+    }
+    producer.shutdown().await.expect("close");
+    relay.wait_log_lines("producer closed", 1, Duration::from_secs(30));
+
+    // A consumer with a tiny receive buffer that never reads: its kernel
+    // holds almost nothing, so nearly everything stays unacknowledged.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let tcp = socket.connect(local(cp)).await.expect("connect");
+    let stalled = pki
+        .client(false)
+        .connect(tcp, &format!("localhost:{cp}"))
+        .await
+        .expect("handshake");
+    let cut = relay.wait_log_lines("consumer closed", 1, Duration::from_secs(30));
+    assert_eq!(field(&cut[0], "reason"), Some("write_stall"), "{cut:?}");
+    drop(stalled);
+
+    let mut next = tls_connect(&pki.client(false), cp).await.expect("consumer");
+    let mut got = Vec::new();
+    read_lines(&mut next, &mut got, N as usize, Duration::from_secs(60)).await;
+    leave(next, &mut got).await;
+    assert!(
+        got == data,
+        "{} bytes, not the {N} lines once in order",
+        got.len()
+    );
+}

@@ -282,7 +282,9 @@ impl QueueServer {
                         d.written += n as u64;
                         d.wbuf.advance(n);
                         progressed = true;
-                        window_moved = n > 0;
+                        // Over TLS, `Ok(0)` means queued ciphertext moved:
+                        // the consumer is taking bytes, not stalled.
+                        window_moved = true;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => write_blocked = true,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
