@@ -1202,3 +1202,18 @@ write_stall_timeout = "1s"
         got.len()
     );
 }
+
+#[test]
+fn the_tls_example_config_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tls.toml");
+    let out = std::process::Command::new(bin())
+        .args(["check", "--config", path.to_str().expect("utf8")])
+        .output()
+        .expect("run check");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
