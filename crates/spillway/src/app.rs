@@ -121,6 +121,9 @@ pub struct AppState {
     /// waiting for an old route to let go of an address or spool).
     pending: AtomicUsize,
     draining: AtomicBool,
+    /// The process-wide shutdown token: readiness turns false the moment a
+    /// signal cancels it, before the supervisor gets round to the drain.
+    shutdown: CancellationToken,
     reloads: [AtomicU64; 2],
     last_reload_success: AtomicU64,
     spill: Arc<SpillBudget>,
@@ -130,11 +133,16 @@ pub struct AppState {
 }
 
 impl AppState {
-    fn new(spill: Arc<SpillBudget>, config_path: Option<PathBuf>) -> Self {
+    fn new(
+        spill: Arc<SpillBudget>,
+        config_path: Option<PathBuf>,
+        shutdown: CancellationToken,
+    ) -> Self {
         AppState {
             routes: Mutex::new(Vec::new()),
             pending: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
+            shutdown,
             reloads: Default::default(),
             last_reload_success: AtomicU64::new(0),
             spill,
@@ -159,7 +167,7 @@ impl AppState {
     }
 
     pub fn draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
+        self.shutdown.is_cancelled() || self.draining.load(Ordering::Relaxed)
     }
 
     pub fn reloads(&self, r: ReloadResult) -> u64 {
@@ -245,7 +253,7 @@ pub async fn run(
     options: Options,
 ) -> anyhow::Result<()> {
     let budget = Arc::new(SpillBudget::new(config.global.max_spill_total));
-    let mut state = AppState::new(budget, options.config_path.clone());
+    let mut state = AppState::new(budget, options.config_path.clone(), shutdown.clone());
     state.conn_limits = config
         .global
         .max_connections
@@ -471,7 +479,7 @@ impl Supervisor {
                         None => reload_open = false,
                     }
                 }
-                _ = self.shutdown.cancelled(), if !self.state.draining() => self.begin_drain(),
+                _ = self.shutdown.cancelled(), if !self.state.draining.load(Ordering::Relaxed) => self.begin_drain(),
             }
         }
         match self.first_error {
