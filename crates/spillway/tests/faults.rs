@@ -569,6 +569,15 @@ fn check_delivery(conns: &[Vec<u64>], total: u64) -> u64 {
     dups
 }
 
+/// Duplicates after an abortive end are bounded by what the relay re-sends:
+/// the `redeliver_on_reset` window of delivered messages, plus messages in
+/// flight (at most the 2 MiB consumer window) that the peer had in fact
+/// received since the last acknowledgement poll.
+fn dups_within(dups: u64, redeliver_on_reset: usize) -> bool {
+    const CONSUMER_WINDOW: usize = 2 << 20;
+    dups as usize * LINE <= redeliver_on_reset + CONSUMER_WINDOW
+}
+
 #[test]
 fn queue_delivers_exactly_once_in_order_through_every_toxic() {
     let _heavy = heavy();
@@ -639,7 +648,7 @@ fn queue_consumer_reset_then_reconnect_loses_nothing() {
     assert!(!broken);
     let dups = check_delivery(&[first, second], N);
     // Duplicates only at the cut, at most the redelivery window.
-    assert!(dups as usize * LINE <= 2 << 20, "{dups} duplicates");
+    assert!(dups_within(dups, 2 << 20), "{dups} duplicates");
 }
 
 #[test]
@@ -676,7 +685,7 @@ fn queue_stalled_consumer_is_cut_and_its_messages_go_to_the_next() {
     let (second, broken) = consume(rig.sink, N - 1);
     assert!(!broken);
     let dups = check_delivery(&[first, second], N);
-    assert!(dups as usize * LINE <= 256 << 10, "{dups} duplicates");
+    assert!(dups_within(dups, 256 << 10), "{dups} duplicates");
 }
 
 #[test]
@@ -756,7 +765,7 @@ fn queue_unplugged_consumer_is_found_by_the_user_timeout() {
     let (second, broken) = consume(rig.sink, N - 1);
     assert!(!broken);
     let dups = check_delivery(&[first, second], N);
-    assert!(dups as usize * LINE <= 256 << 10, "{dups} duplicates");
+    assert!(dups_within(dups, 256 << 10), "{dups} duplicates");
 }
 
 #[test]
