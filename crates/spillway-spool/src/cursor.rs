@@ -11,7 +11,7 @@
 //! fsynced: a reader sees the old or the new cursor, never a torn one.
 //! DO NOT REORDER FIELDS.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::format::{le_u32, le_u64};
 use crate::fs::{read_full_at, write_all_at, Fs};
@@ -19,6 +19,10 @@ use crate::SpoolError;
 
 pub(crate) const CURSOR_FILE: &str = "cursor";
 pub(crate) const CURSOR_TMP: &str = "cursor.tmp";
+/// The temp file of the periodic persist, which runs without the spool's
+/// main lock (so appends never wait for its fsync) and must not clobber a
+/// concurrent locked write's temp file.
+pub(crate) const CURSOR_BG_TMP: &str = "cursor.bg.tmp";
 const MAGIC: [u8; 8] = *b"SPILLCUR";
 const LEN: usize = 32;
 
@@ -90,7 +94,24 @@ pub(crate) fn write_cursor(
     cursor: Cursor,
     durable: bool,
 ) -> Result<(), SpoolError> {
-    let tmp = dir.join(CURSOR_TMP);
+    let tmp = write_cursor_tmp(fs, dir, CURSOR_TMP, cursor, durable)?;
+    install_cursor(fs, dir, &tmp)?;
+    if durable {
+        sync_cursor_dir(fs, dir)?;
+    }
+    Ok(())
+}
+
+/// First step of a persist: the cursor in temp file `name`, fsynced when
+/// `durable`. Returns its path.
+pub(crate) fn write_cursor_tmp(
+    fs: &dyn Fs,
+    dir: &Path,
+    name: &str,
+    cursor: Cursor,
+    durable: bool,
+) -> Result<PathBuf, SpoolError> {
+    let tmp = dir.join(name);
     match fs.remove(&tmp) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -104,13 +125,18 @@ pub(crate) fn write_cursor(
         f.sync_data()
             .map_err(|e| SpoolError::io("fsync", &tmp, e))?;
     }
-    drop(f);
+    Ok(tmp)
+}
+
+/// Second step: the temp file replaces the cursor (atomic rename).
+pub(crate) fn install_cursor(fs: &dyn Fs, dir: &Path, tmp: &Path) -> Result<(), SpoolError> {
     let path = dir.join(CURSOR_FILE);
-    fs.rename(&tmp, &path)
-        .map_err(|e| SpoolError::io("rename", &path, e))?;
-    if durable {
-        fs.sync_dir(dir)
-            .map_err(|e| SpoolError::io("fsync dir", dir, e))?;
-    }
-    Ok(())
+    fs.rename(tmp, &path)
+        .map_err(|e| SpoolError::io("rename", &path, e))
+}
+
+/// Third step when durable: the rename reaches the disk.
+pub(crate) fn sync_cursor_dir(fs: &dyn Fs, dir: &Path) -> Result<(), SpoolError> {
+    fs.sync_dir(dir)
+        .map_err(|e| SpoolError::io("fsync dir", dir, e))
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::SpoolConfig;
-use crate::cursor::{read_cursor, write_cursor, Cursor, CURSOR_TMP};
+use crate::cursor::{read_cursor, write_cursor, Cursor, CURSOR_BG_TMP, CURSOR_TMP};
 use crate::format::{parse_segment_name, HeaderCheck, SegmentHeader, SEGMENT_HEADER_LEN};
 use crate::fs::{read_full_at, Fs, SegmentFile};
 use crate::scan::{valid_record_after, Scan, Scanner};
@@ -162,7 +162,9 @@ pub(crate) fn list_segments(
     for name in names {
         if let Some(seq) = parse_segment_name(&name) {
             segs.push((seq, dir.join(&name)));
-        } else if cleanup && (name.ends_with(".seg.tmp") || name == CURSOR_TMP) {
+        } else if cleanup
+            && (name.ends_with(".seg.tmp") || name == CURSOR_TMP || name == CURSOR_BG_TMP)
+        {
             let p = dir.join(&name);
             fs.remove(&p).map_err(|e| SpoolError::io("remove", &p, e))?;
             *removed_tmp += 1;

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use crate::config::{Durability, SpoolConfig, WhenFull};
-use crate::cursor::{write_cursor, Cursor};
+use crate::cursor::{
+    install_cursor, sync_cursor_dir, write_cursor, write_cursor_tmp, Cursor, CURSOR_BG_TMP,
+};
 use crate::error::{FullReason, SpoolError};
 use crate::format::{
     encode_batch, finalize, segment_file_name, split_payload, EncodedBatch, SegmentHeader,
@@ -128,6 +130,8 @@ struct Inner {
     /// log would corrupt it. Released at close so the same process can
     /// reopen the directory (a reloaded route) while old handles linger.
     dir_lock: Mutex<Option<std::fs::File>>,
+    /// Serializes the periodic cursor persist (see `persist_cursor_unlocked`).
+    cursor_io: Mutex<()>,
     cfg: SpoolConfig,
     fs: Arc<dyn Fs>,
     core: Mutex<Core>,
@@ -248,6 +252,7 @@ impl Spool {
         let (core, report) = recover(&config, &*fs, &st)?;
         let inner = Inner {
             dir_lock: Mutex::new(Some(lock)),
+            cursor_io: Mutex::new(()),
             written: AtomicU64::new(core.written_lsn),
             sync: Mutex::new(SyncState {
                 durable_lsn: core.written_lsn,
@@ -495,16 +500,22 @@ impl Spool {
         if let Durability::Interval(d) = inner.cfg.durability {
             inner.maybe_interval_sync(d)?;
         }
-        let mut core = lock(&inner.core);
-        if core.closed {
-            return Ok(());
+        let due = {
+            let core = lock(&inner.core);
+            if core.closed {
+                return Ok(());
+            }
+            (core.persisted.ack_floor != core.floor
+                && core.last_cursor_persist.elapsed() >= inner.cfg.cursor_interval)
+                .then_some(Cursor {
+                    ack_floor: core.floor,
+                    next_seq: core.next_seq,
+                })
+        };
+        match due {
+            Some(c) => inner.persist_cursor_unlocked(c),
+            None => Ok(()),
         }
-        if core.persisted.ack_floor != core.floor
-            && core.last_cursor_persist.elapsed() >= inner.cfg.cursor_interval
-        {
-            inner.persist_cursor(&mut core)?;
-        }
-        Ok(())
     }
 
     /// Forces everything written so far to disk (whatever the durability
@@ -658,6 +669,40 @@ impl Inner {
 
     fn persist_cursor(&self, core: &mut Core) -> Result<(), SpoolError> {
         self.persist_cursor_with(core, self.fsync_enabled())
+    }
+
+    /// The periodic persist: the temp file is written and fsynced without
+    /// the main lock, so appends and reads never wait for that fsync (under
+    /// I/O load one can take hundreds of milliseconds, long enough for a
+    /// producer's socket buffer to fill). Only the rename happens under the
+    /// lock, and only if no newer cursor was persisted meanwhile by a
+    /// locked path (segment deletion, `sync`, `close`), so the file never
+    /// goes backwards. The directory fsync follows, again without the lock.
+    fn persist_cursor_unlocked(&self, c: Cursor) -> Result<(), SpoolError> {
+        // One periodic persist at a time; a concurrent tick just skips.
+        let Ok(_one) = self.cursor_io.try_lock() else {
+            return Ok(());
+        };
+        let durable = self.fsync_enabled();
+        let dir = &self.cfg.dir;
+        let tmp = write_cursor_tmp(&*self.fs, dir, CURSOR_BG_TMP, c, durable)?;
+        {
+            let mut core = lock(&self.core);
+            let stale =
+                core.persisted.ack_floor > c.ack_floor || core.persisted.next_seq > c.next_seq;
+            if core.closed || stale {
+                drop(core);
+                let _ = self.fs.remove(&tmp);
+                return Ok(());
+            }
+            install_cursor(&*self.fs, dir, &tmp)?;
+            core.persisted = c;
+            core.last_cursor_persist = Instant::now();
+        }
+        if durable {
+            sync_cursor_dir(&*self.fs, dir)?;
+        }
+        Ok(())
     }
 
     /// `durable` forces the fsyncs even under `Durability::Never` (for
