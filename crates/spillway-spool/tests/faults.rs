@@ -150,3 +150,55 @@ fn concurrent_appenders_under_always_get_contiguous_seqs_in_order() {
         }
     }
 }
+
+/// The periodic cursor persist fsyncs without the spool's main lock: while
+/// that fsync hangs (a busy disk), appends and reads go on. Before, a
+/// producer stalled for the whole fsync.
+#[test]
+fn appends_do_not_wait_for_a_slow_cursor_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = SimFs::new();
+    let mut cfg = small_config(dir.path());
+    cfg.durability = spillway_spool::Durability::Interval(Duration::from_secs(3600));
+    cfg.cursor_interval = Duration::ZERO;
+    let (s, _) = Spool::open_with_fs(cfg.clone(), fs.clone()).unwrap();
+    for i in 0..10 {
+        s.append(&[&msg(i, 50)]).unwrap();
+    }
+    assert_eq!(s.read(0, 100, 1 << 20).unwrap().len(), 10);
+    s.ack(5).unwrap();
+
+    fs.faults.set_hold_cursor_fsync(true);
+    let ticker = {
+        let s = s.clone();
+        std::thread::spawn(move || s.tick())
+    };
+    // Bounded wait until the tick is stuck in the cursor's fsync.
+    let mut waited = 0;
+    while fs.faults.cursor_fsyncs_held.load(Ordering::SeqCst) == 0 {
+        assert!(waited < 1000, "the tick never reached the cursor fsync");
+        std::thread::sleep(Duration::from_millis(10));
+        waited += 1;
+    }
+    // Meanwhile a producer appends and a consumer reads.
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let s = s.clone();
+        std::thread::spawn(move || {
+            let r = s.append(&[&msg(10, 50)]).map(|o| o.first_seq);
+            let got = s.read(5, 100, 1 << 20).map(|v| v.len());
+            let _ = tx.send((r, got));
+        });
+    }
+    let done = rx.recv_timeout(Duration::from_secs(20));
+    fs.faults.set_hold_cursor_fsync(false);
+    let (appended, read) = done.expect("append blocked behind the cursor fsync");
+    assert_eq!(appended.unwrap(), 10);
+    assert_eq!(read.unwrap(), 6);
+    ticker.join().unwrap().unwrap();
+    s.close().unwrap();
+
+    let (s, rep) = Spool::open_with_fs(cfg, fs).unwrap();
+    assert_eq!(rep.ack_floor, 5, "{rep}");
+    assert_eq!(s.read(0, 100, 1 << 20).unwrap().len(), 6);
+}

@@ -7,7 +7,7 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use spillway_spool::fs::{Fs, SegmentFile, StdFs};
 use spillway_spool::{Durability, SpoolConfig, WhenFull};
@@ -21,6 +21,19 @@ pub struct Faults {
     /// fdatasync returns EIO.
     pub fail_fsync: AtomicBool,
     pub fsyncs: AtomicU64,
+    /// While true, fdatasync of cursor files blocks until it is set back
+    /// to false (a disk that takes its time); `cursor_fsyncs_held` counts
+    /// the calls waiting.
+    pub hold_cursor_fsync: (Mutex<bool>, Condvar),
+    pub cursor_fsyncs_held: AtomicU64,
+}
+
+impl Faults {
+    pub fn set_hold_cursor_fsync(&self, on: bool) {
+        let (lock, cv) = &self.hold_cursor_fsync;
+        *lock.lock().unwrap() = on;
+        cv.notify_all();
+    }
 }
 
 #[derive(Debug, Default)]
@@ -42,8 +55,15 @@ impl fmt::Debug for SimFs {
 #[derive(Debug)]
 struct SimFile {
     inner: Arc<dyn SegmentFile>,
+    is_cursor: bool,
     meta: Arc<Mutex<Meta>>,
     faults: Arc<Faults>,
+}
+
+fn is_cursor(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("cursor"))
 }
 
 fn enospc() -> io::Error {
@@ -77,6 +97,21 @@ impl SegmentFile for SimFile {
     }
     fn sync_data(&self) -> io::Result<()> {
         self.faults.fsyncs.fetch_add(1, Ordering::SeqCst);
+        if self.is_cursor {
+            let (lock, cv) = &self.faults.hold_cursor_fsync;
+            let mut held = lock.lock().unwrap();
+            if *held {
+                self.faults
+                    .cursor_fsyncs_held
+                    .fetch_add(1, Ordering::SeqCst);
+                while *held {
+                    held = cv.wait(held).unwrap();
+                }
+                self.faults
+                    .cursor_fsyncs_held
+                    .fetch_sub(1, Ordering::SeqCst);
+            }
+        }
         if self.faults.fail_fsync.load(Ordering::SeqCst) {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
@@ -160,6 +195,7 @@ impl Fs for SimFs {
             .insert(path.to_path_buf(), meta.clone());
         Ok(Arc::new(SimFile {
             inner,
+            is_cursor: is_cursor(path),
             meta,
             faults: self.faults.clone(),
         }))
@@ -170,6 +206,7 @@ impl Fs for SimFs {
         let meta = self.meta(path, len);
         Ok(Arc::new(SimFile {
             inner,
+            is_cursor: is_cursor(path),
             meta,
             faults: self.faults.clone(),
         }))
