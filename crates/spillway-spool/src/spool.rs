@@ -466,7 +466,10 @@ impl Spool {
         }
         let seg_size = inner.cfg.segment_size;
         let waiters = core.space_waiters > 0;
-        inner.remove_segments_while(&mut core, |core, i| {
+        // The unlinks happen under the lock; the directory fsync and the
+        // cursor persist after it, so a producer appending meanwhile does
+        // not wait for them (a crash in between only redelivers).
+        let removed = inner.unlink_segments_while(&mut core, |core, i| {
             let end = core.segs.get(i + 1).map_or(core.disk_end, |s| s.first_seq);
             if end > core.floor {
                 return false;
@@ -476,8 +479,16 @@ impl Spool {
             // it on every drain would cost two directory fsyncs each time.
             !is_active_last || waiters || core.segs[i].len >= seg_size / 8
         })?;
+        let cursor = Cursor {
+            ack_floor: core.floor,
+            next_seq: core.next_seq,
+        };
         drop(core);
         inner.space_cv.notify_all();
+        if removed > 0 {
+            inner.sync_dir()?;
+            inner.persist_cursor_unlocked(cursor)?;
+        }
         Ok(())
     }
 
@@ -955,6 +966,23 @@ impl Inner {
     fn remove_segments_while(
         &self,
         core: &mut Core,
+        pred: impl FnMut(&Core, usize) -> bool,
+    ) -> Result<usize, SpoolError> {
+        let removed = self.unlink_segments_while(core, pred)?;
+        if removed > 0 {
+            self.sync_dir()?;
+            self.persist_cursor(core)?;
+        }
+        Ok(removed)
+    }
+
+    /// The first half of [`Inner::remove_segments_while`]: unlinks the
+    /// segments and updates the state, without the directory fsync and the
+    /// cursor persist (the caller does those, possibly after releasing the
+    /// lock).
+    fn unlink_segments_while(
+        &self,
+        core: &mut Core,
         mut pred: impl FnMut(&Core, usize) -> bool,
     ) -> Result<usize, SpoolError> {
         let mut removed = 0;
@@ -983,8 +1011,6 @@ impl Inner {
                 core.disk_end = core.next_seq;
             }
             core.read_hint = None;
-            self.sync_dir()?;
-            self.persist_cursor(core)?;
         }
         Ok(removed)
     }
