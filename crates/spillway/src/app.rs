@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::Context;
 use spillway_net::limit::ConnLimits;
@@ -40,6 +40,7 @@ use crate::notify;
 use crate::queue::QueueServer;
 use crate::stream::spill::SpillBudget;
 use crate::stream::StreamServer;
+use crate::units::since_epoch;
 
 /// Lifecycle of a live route, as `/status` shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,10 +121,12 @@ pub struct AppState {
     /// Routes of the configuration that are not serving yet (starting, or
     /// waiting for an old route to let go of an address or spool).
     pending: AtomicUsize,
-    draining: AtomicBool,
-    /// The process-wide shutdown token: readiness turns false the moment a
-    /// signal cancels it, before the supervisor gets round to the drain.
+    /// The process-wide shutdown token: draining (and not ready) from the
+    /// moment a signal cancels it.
     shutdown: CancellationToken,
+    /// Set once the supervisor has marked the routes draining and told
+    /// systemd (`begin_drain` runs once).
+    drain_started: AtomicBool,
     reloads: [AtomicU64; 2],
     last_reload_success: AtomicU64,
     spill: Arc<SpillBudget>,
@@ -141,7 +144,7 @@ impl AppState {
         AppState {
             routes: Mutex::new(Vec::new()),
             pending: AtomicUsize::new(0),
-            draining: AtomicBool::new(false),
+            drain_started: AtomicBool::new(false),
             shutdown,
             reloads: Default::default(),
             last_reload_success: AtomicU64::new(0),
@@ -167,7 +170,7 @@ impl AppState {
     }
 
     pub fn draining(&self) -> bool {
-        self.shutdown.is_cancelled() || self.draining.load(Ordering::Relaxed)
+        self.shutdown.is_cancelled()
     }
 
     pub fn reloads(&self, r: ReloadResult) -> u64 {
@@ -196,14 +199,8 @@ impl AppState {
 
     fn mark_loaded(&self) {
         self.last_reload_success
-            .store(unix_now(), Ordering::Relaxed);
+            .store(since_epoch().as_secs(), Ordering::Relaxed);
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// How the process was started, for reloads and the admin endpoint.
@@ -479,7 +476,7 @@ impl Supervisor {
                         None => reload_open = false,
                     }
                 }
-                _ = self.shutdown.cancelled(), if !self.state.draining.load(Ordering::Relaxed) => self.begin_drain(),
+                _ = self.shutdown.cancelled(), if !self.state.drain_started.load(Ordering::Relaxed) => self.begin_drain(),
             }
         }
         match self.first_error {
@@ -490,7 +487,7 @@ impl Supervisor {
 
     /// Shutdown started: readiness goes false, systemd hears STOPPING=1.
     fn begin_drain(&self) {
-        if self.state.draining.swap(true, Ordering::Relaxed) {
+        if self.state.drain_started.swap(true, Ordering::Relaxed) {
             return;
         }
         notify::stopping();

@@ -4,7 +4,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
@@ -19,10 +19,7 @@ fn warn_if_in_use(dir: &Path) {
 }
 
 fn fmt_age(created_ms: u64) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let now = crate::units::since_epoch().as_millis() as u64;
     let secs = now.saturating_sub(created_ms) / 1000;
     match secs {
         0..=119 => format!("{secs}s ago"),

@@ -5,6 +5,14 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+/// Wall-clock time since the Unix epoch (zero if the clock is set before
+/// it): timestamps in metrics, `/status` and message ages.
+pub fn since_epoch() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
 /// A number of bytes. Parses `4096`, `64KiB`, `1.5GiB`, `10MB` (decimal
 /// units are powers of 1000, binary ones powers of 1024, `K`/`M`/`G`/`T`
 /// alone are binary).

@@ -339,9 +339,7 @@ impl QueueServer {
 
     fn register_peer(&self, role: Role, addr: SocketAddr) -> PeerGuard<'_> {
         let id = self.next_peer.fetch_add(1, Ordering::Relaxed);
-        let since = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let since = crate::units::since_epoch().as_secs();
         self.peers_lock().insert(
             id,
             PeerInfo {

@@ -145,7 +145,7 @@ struct LatencyTally {
 impl LatencyTally {
     fn new(h: &Histogram) -> Self {
         LatencyTally {
-            now_ms: unix_ms(),
+            now_ms: crate::units::since_epoch().as_millis() as u64,
             counts: vec![0; h.buckets()],
             sum_ms: 0,
             last: None,
@@ -171,12 +171,6 @@ impl LatencyTally {
             h.record_counts(&self.counts, Duration::from_millis(self.sum_ms));
         }
     }
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Per-connection delivery state.
