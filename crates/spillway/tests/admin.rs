@@ -678,3 +678,44 @@ fn json_logs_have_one_structured_line_per_connection() {
     assert_eq!(v["route"], "relay");
     assert_eq!(v["level"], "INFO");
 }
+
+/// A reload whose new route cannot start (its port is taken) counts as a
+/// failed reload and names the route; the routes that were running keep
+/// serving.
+#[test]
+fn reload_with_a_route_that_cannot_start_is_a_failure_the_rest_keeps_serving() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let [port, admin] = free_ports();
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_port = taken.local_addr().expect("addr").port();
+    let upstream = tagged_echo("UP");
+    let admin_cfg = format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n");
+    let cfg = write_config(
+        dir.path(),
+        &(admin_cfg.clone() + &stream_route("a", port, upstream)),
+    );
+    let mut relay = Relay::start(&["run", "--config", cfg.to_str().expect("utf-8")]);
+    relay.wait_listening(addr(port));
+    wait_admin(&mut relay, addr(admin));
+
+    write_config(
+        dir.path(),
+        &(admin_cfg
+            + &stream_route("a", port, upstream)
+            + &stream_route("b", taken_port, upstream)),
+    );
+    relay.signal("HUP");
+    let log = relay.wait_log("configuration reloaded");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("route=b") && l.contains("the route is not running")),
+        "{log}"
+    );
+    let m = Metrics::scrape(addr(admin));
+    assert_eq!(
+        m.value("spillway_config_reloads_total", &[("result", "failure")]),
+        1.0
+    );
+    assert_eq!(tag_via(port, 2), "UP");
+    drop(taken);
+}
