@@ -70,6 +70,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "format.h"
+
 #define BATCH_CAP (64u << 10) /* bytes formatted per send() attempt */
 
 enum framing { LINES, LEN32 };
@@ -90,56 +92,17 @@ static struct {
     int timeout_s;
 } opt = {-1, "", 0, 0, LINES, 0, "", 1u << 20, 1, 0, 0, 65536, 120};
 
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 static void die(const char *what) {
     fprintf(stderr, "producer: %s: %s\n", what, strerror(errno));
     exit(2);
 }
 
-/* splitmix64 finaliser: a well-mixed per-message seed from (seed, n) */
-static uint64_t mix(uint64_t seed, uint64_t n) {
-    uint64_t z = seed ^ (n + 0x9e3779b97f4a7c15ull) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    return z ? z : 1;
-}
-
-static uint64_t xorshift(uint64_t *x) {
-    *x ^= *x << 13;
-    *x ^= *x >> 7;
-    *x ^= *x << 17;
-    return *x;
-}
-
-/* len32 payload length of message n */
 static size_t payload_len(uint64_t n) {
-    size_t max = opt.max_size - 4;
-    if (opt.size) return opt.size - 4; /* --size with len32: fixed-size frames */
-    if (n % 50 == 49) return max;
-    uint64_t r = mix(opt.seed ^ 0x5eed, n);
-    unsigned bits = 3 + (unsigned)(r % 18); /* 2^3 .. 2^20 */
-    size_t len = 8 + (size_t)((r >> 8) % (1ull << bits));
-    return len > max ? max : len;
+    return fmt_payload_len(n, opt.size, opt.max_size, opt.seed);
 }
 
-/* formats message n at p (room for it guaranteed by the caller); returns its length */
 static size_t format_line(char *p, uint64_t n) {
-    size_t k = (size_t)sprintf(p, "%s%llu", opt.prefix, (unsigned long long)n);
-    if (opt.size == 0) {
-        p[k] = '\n';
-        return k + 1;
-    }
-    p[k++] = ' ';
-    size_t len = opt.size > k + 1 ? opt.size : k + 2;
-    for (; k < len - 1; k++) p[k] = (char)('a' + (n + k) % 26);
-    p[len - 1] = '\n';
-    return len;
+    return fmt_line(p, n, opt.prefix, opt.size);
 }
 
 static size_t frame_len(uint64_t n) {
@@ -147,17 +110,7 @@ static size_t frame_len(uint64_t n) {
 }
 
 static void format_frame(unsigned char *p, uint64_t n) {
-    size_t len = payload_len(n);
-    p[0] = (unsigned char)(len >> 24);
-    p[1] = (unsigned char)(len >> 16);
-    p[2] = (unsigned char)(len >> 8);
-    p[3] = (unsigned char)len;
-    for (int i = 0; i < 8; i++) p[4 + i] = (unsigned char)(n >> (56 - 8 * i));
-    uint64_t x = mix(opt.seed, n);
-    for (size_t j = 8; j < len; j += 8) { /* 8 bytes per step, little-endian */
-        uint64_t w = xorshift(&x);
-        for (size_t b = 0; b < 8 && j + b < len; b++) p[4 + j + b] = (unsigned char)(w >> (8 * b));
-    }
+    fmt_frame(p, n, opt.size, opt.max_size, opt.seed);
 }
 
 static void parse_args(int argc, char **argv) {
