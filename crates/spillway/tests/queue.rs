@@ -283,6 +283,46 @@ fn appended(relay: &Relay, producers: usize, limit: Duration) -> u64 {
 // ------------------------------------------------------- Rust-side peers ---
 
 /// The bytes of line `n` as producer.c formats it (`--prefix`, `--size`).
+/// Fills the queue: a blocking producer sends `fmt` (`n` lines) to the
+/// source port `pp`; returns (the producer's report) once the relay logged
+/// all of them appended.
+fn fill(relay: &Relay, pp: u16, fmt: &[String], n: u64) -> Finished {
+    let mut pargs = s(&[
+        "--connect",
+        &format!("127.0.0.1:{pp}"),
+        "--on-eagain",
+        "block",
+        "--timeout",
+        "60",
+    ]);
+    pargs.extend(fmt.iter().cloned());
+    let p = Peer::producer(&pargs).finish(Duration::from_secs(70));
+    assert_eq!(p.code, Some(0), "{p}");
+    assert_eq!(appended(relay, 1, Duration::from_secs(30)), n);
+    p
+}
+
+/// A slow consumer of the sink port `cp` that leaves and comes back now
+/// and then, and prints a progress line every 1000 messages.
+fn progress_consumer(cp: u16, fmt: Vec<String>, extra: &[&str]) -> Peer {
+    let mut cargs = s(&["--connect", &format!("127.0.0.1:{cp}")]);
+    cargs.extend(s(extra));
+    cargs.extend(s(&[
+        "--progress",
+        "1000",
+        "--read",
+        "300:10240",
+        "--sleep-us",
+        "500:2000",
+        "--leave",
+        "1000000:4000000",
+        "--timeout",
+        "100",
+    ]));
+    cargs.extend(fmt);
+    Peer::consumer(&cargs)
+}
+
 fn format_line(prefix: &str, n: u64, size: usize) -> Vec<u8> {
     let mut l = format!("{prefix}{n}").into_bytes();
     if size == 0 {
@@ -574,37 +614,9 @@ fn kill_minus_9_repeatedly_loses_nothing_durable() {
         &["--framing", "lines", "--memory", "0", "--fsync", "always"],
     );
     let fmt = s(&["--count", &N.to_string(), "--size", "64"]);
-    let mut pargs = s(&[
-        "--connect",
-        &format!("127.0.0.1:{pp}"),
-        "--on-eagain",
-        "block",
-        "--timeout",
-        "60",
-    ]);
-    pargs.extend(fmt.clone());
-    let p = Peer::producer(&pargs).finish(Duration::from_secs(70));
-    assert_eq!(p.code, Some(0), "{p}");
     // Under --fsync always, "producer closed" means all of it is durable.
-    assert_eq!(appended(&relay, 1, Duration::from_secs(30)), N);
-
-    let mut cargs = s(&[
-        "--connect",
-        &format!("127.0.0.1:{cp}"),
-        "--crash-ok",
-        "--progress",
-        "1000",
-        "--read",
-        "300:10240",
-        "--sleep-us",
-        "500:2000",
-        "--leave",
-        "1000000:4000000",
-        "--timeout",
-        "100",
-    ]);
-    cargs.extend(fmt);
-    let consumer = Peer::consumer(&cargs);
+    fill(&relay, pp, &fmt, N);
+    let consumer = progress_consumer(cp, fmt, &["--crash-ok"]);
     // Five kill points, at least 8% of N apart, between 5% and 90% of N.
     let mut points: Vec<u64> = Vec::new();
     while points.len() < 5 {
@@ -670,36 +682,9 @@ fn sigterm_then_restart_resumes_exactly() {
     let extra = ["--framing", "lines", "--memory", "1MiB"];
     let (mut relay, pp, cp, args) = listen_listen(spool.path(), &extra);
     let fmt = s(&["--count", &N.to_string(), "--size", "64"]);
-    let mut pargs = s(&[
-        "--connect",
-        &format!("127.0.0.1:{pp}"),
-        "--on-eagain",
-        "block",
-        "--timeout",
-        "60",
-    ]);
-    pargs.extend(fmt.clone());
-    let p = Peer::producer(&pargs).finish(Duration::from_secs(70));
-    assert_eq!(p.code, Some(0), "{p}");
-    assert_eq!(appended(&relay, 1, Duration::from_secs(30)), N);
-
+    let p = fill(&relay, pp, &fmt, N);
     // The consumer is connected and reading when each SIGTERM comes.
-    let mut cargs = s(&[
-        "--connect",
-        &format!("127.0.0.1:{cp}"),
-        "--progress",
-        "1000",
-        "--read",
-        "300:10240",
-        "--sleep-us",
-        "500:2000",
-        "--leave",
-        "1000000:4000000",
-        "--timeout",
-        "100",
-    ]);
-    cargs.extend(fmt);
-    let consumer = Peer::consumer(&cargs);
+    let consumer = progress_consumer(cp, fmt, &[]);
     for at in [N / 3, 2 * N / 3] {
         loop {
             let l = consumer.wait_line("progress ", Duration::from_secs(60));
