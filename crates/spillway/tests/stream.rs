@@ -114,10 +114,7 @@ fn relay_case(client: Script, upstream: Script, spill: bool) {
         .expect("runtime");
     let spill_dir = tempfile::tempdir().expect("tempdir");
     rt.block_on(async {
-        let up = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let up_addr = up.local_addr().expect("addr");
+        let (up, up_addr) = upstream_listener().await;
         let dir = spill_dir.path().to_path_buf();
         let (addr, token, _server) = start_route(vec![up_addr.to_string()], |r| {
             // Small buffers and pipes force many partial writes and, with
@@ -176,10 +173,7 @@ proptest! {
 #[tokio::test]
 async fn half_close_client_first_still_gets_whole_response() {
     for spill in [false, true] {
-        let up = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let up_addr = up.local_addr().expect("addr");
+        let (up, up_addr) = upstream_listener().await;
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path().to_path_buf();
         let (addr, token, _s) = start_route(vec![up_addr.to_string()], |r| {
@@ -220,10 +214,7 @@ async fn half_close_client_first_still_gets_whole_response() {
 
 #[tokio::test]
 async fn half_close_upstream_first_client_can_still_send() {
-    let up = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let up_addr = up.local_addr().expect("addr");
+    let (up, up_addr) = upstream_listener().await;
     let (addr, token, _s) = start_route(vec![up_addr.to_string()], |_| {}).await;
     let upload = pattern(3 << 20, 11);
     let server = tokio::spawn(async move {
@@ -248,10 +239,7 @@ async fn half_close_upstream_first_client_can_still_send() {
 
 #[tokio::test]
 async fn half_close_timer_bounds_a_lingering_direction() {
-    let up = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let up_addr = up.local_addr().expect("addr");
+    let (up, up_addr) = upstream_listener().await;
     let (addr, token, server) = start_route(vec![up_addr.to_string()], |r| {
         r.half_close_timeout = Duration::from_millis(200);
     })
@@ -273,10 +261,7 @@ async fn half_close_timer_bounds_a_lingering_direction() {
 
 #[tokio::test]
 async fn idle_connections_are_closed() {
-    let up = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let up_addr = up.local_addr().expect("addr");
+    let (up, up_addr) = upstream_listener().await;
     let (addr, token, server) = start_route(vec![up_addr.to_string()], |r| {
         r.idle_timeout = Duration::from_millis(200);
     })
@@ -297,10 +282,7 @@ async fn idle_connections_are_closed() {
 
 #[tokio::test]
 async fn connection_limit_refuses_the_excess() {
-    let up = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let up_addr = up.local_addr().expect("addr");
+    let (up, up_addr) = upstream_listener().await;
     let (addr, token, server) = start_route(vec![up_addr.to_string()], |r| {
         r.max_connections = 2;
     })
@@ -342,10 +324,7 @@ async fn connection_limit_refuses_the_excess() {
 
 #[tokio::test]
 async fn reset_by_upstream_is_propagated_to_client() {
-    let up = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let up_addr = up.local_addr().expect("addr");
+    let (up, up_addr) = upstream_listener().await;
     let (addr, token, server) = start_route(vec![up_addr.to_string()], |_| {}).await;
     let srv = tokio::spawn(async move {
         let (mut s, _) = up.accept().await.expect("accept");
@@ -382,6 +361,15 @@ async fn reset_by_upstream_is_propagated_to_client() {
     token.cancel();
 }
 
+/// A listener for a test upstream on 127.0.0.1:0, and its address.
+async fn upstream_listener() -> (tokio::net::TcpListener, SocketAddr) {
+    let up = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = up.local_addr().expect("addr");
+    (up, addr)
+}
+
 /// An upstream that accepts one connection and then neither answers nor
 /// closes (until aborted).
 fn silent_upstream(up: tokio::net::TcpListener) -> tokio::task::JoinHandle<()> {
@@ -405,10 +393,7 @@ async fn wait_for(cond: impl Fn() -> bool) {
 /// A client that connects and never reads, with an upstream that sends
 /// `total` bytes: the relay's write to the client stalls.
 async fn stalled_reader_case(spill: Option<&std::path::Path>) {
-    let up = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let up_addr = up.local_addr().expect("addr");
+    let (up, up_addr) = upstream_listener().await;
     let dir = spill.map(|d| d.to_path_buf());
     let (addr, token, server) = start_route(vec![up_addr.to_string()], |r| {
         r.timeouts.write_stall = Duration::from_millis(500);
@@ -807,10 +792,7 @@ fn spill_bound_falls_back_to_backpressure_without_loss() {
     const TOTAL: usize = 16 << 20;
     const BOUND: u64 = 256 << 10;
     rt.block_on(async {
-        let up = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let up_addr = up.local_addr().expect("addr");
+        let (up, up_addr) = upstream_listener().await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
