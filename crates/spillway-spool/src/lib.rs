@@ -89,6 +89,7 @@ pub mod fs;
 mod inspect;
 mod recovery;
 mod scan;
+pub mod sim;
 mod spool;
 mod stats;
 

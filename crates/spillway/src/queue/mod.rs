@@ -33,6 +33,7 @@ use spillway_net::classify::{classify, classify_tls_error, ClassCounts, ErrorCla
 use spillway_net::dial::{connect, DialOptions};
 use spillway_net::limit::ConnLimits;
 use spillway_net::tls::{MaybeTls, TlsClient, TlsError, TlsServer};
+use spillway_spool::fs::{Fs, StdFs};
 use spillway_spool::{Histogram, Spool, SpoolConfig, SpoolError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -282,6 +283,18 @@ impl QueueServer {
         drain: Duration,
         global: Option<Arc<ConnLimits>>,
     ) -> anyhow::Result<Arc<Self>> {
+        Self::open_on(route, shutdown, drain, global, Arc::new(StdFs))
+    }
+
+    /// [`QueueServer::open_with_limits`] with the spool on the file system
+    /// `fs` (the simulated disk of the route-level tests).
+    pub fn open_on(
+        route: QueueRoute,
+        shutdown: &CancellationToken,
+        drain: Duration,
+        global: Option<Arc<ConnLimits>>,
+        fs: Arc<dyn Fs>,
+    ) -> anyhow::Result<Arc<Self>> {
         // Certificates first: a bad file is reported before the spool is locked.
         let tls = QueueTls::load(&route).with_context(|| format!("route '{}': TLS", route.name))?;
         let mut cfg = SpoolConfig::new(&route.spool);
@@ -295,7 +308,7 @@ impl QueueServer {
         // log the pushback and notice a shutdown; it then retries.
         cfg.block_timeout = Some(Duration::from_secs(1));
         cfg.cursor_interval = CURSOR_INTERVAL;
-        let (spool, report) = Spool::open(cfg).with_context(|| {
+        let (spool, report) = Spool::open_with_fs(cfg, fs).with_context(|| {
             format!(
                 "route '{}': cannot open spool {}",
                 route.name,
