@@ -1,119 +1,296 @@
-//! Handing queued messages to consumers in FIFO order, and computing what
-//! may be acknowledged to the spool.
+//! Handing queued messages to consumers, and computing what may be
+//! acknowledged to the spool. A state machine with no I/O: the caller
+//! supplies spool reads as a function and reports what each consumer's TCP
+//! acknowledged as a byte offset of its connection.
 //!
-//! Messages go out in sequence order: first those a departed consumer gave
-//! back (lowest sequence first), then new ones read from the spool. Each
-//! consumer reports the lowest sequence it still holds undelivered; the
-//! spool's ack floor is the lowest sequence anyone still needs, so a
-//! message is acknowledged only once it and everything before it were
-//! delivered.
+//! Life of a consumer: [`Dispatch::join`], then rounds of
+//! [`Dispatch::take`] (messages are assigned to it and laid out on its
+//! connection's byte stream) and [`Dispatch::acked`] (its TCP acknowledged
+//! the stream up to an offset: the messages that end there are delivered);
+//! [`Dispatch::cut`] stops it after the message in flight (the rest goes
+//! back); [`Dispatch::leave`] gives back everything it still holds.
+//!
+//! Invariants (checked by the property test below against a model):
+//! - every message is held by at most one consumer;
+//! - messages given back go out again before anything new, lowest
+//!   sequence first;
+//! - the ack floor never passes a message that was not delivered: it is
+//!   the lowest sequence that is unread, given back, or held by any
+//!   consumer. A consumer's holdings are *not* sorted by sequence (messages
+//!   given back by another consumer are taken behind higher ones already in
+//!   flight), so its lowest is the least of its batches' fronts, not its
+//!   first message.
+//!
+//! Each consumer also keeps a redelivery window: the last `redeliver`
+//! bytes it delivered, which go back to the queue if it resets (its kernel
+//! acknowledged them, but they may have been unread in its receive
+//! buffer). The window lives in memory only: the floor does not wait for
+//! it, so queue depth and the spool mean "not yet delivered", and a restart
+//! does not bring those messages back (the documented `redeliver_on_reset`
+//! window of the guarantees).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use bytes::Bytes;
-use spillway_spool::{Message, Spool, SpoolError};
+use spillway_spool::Message;
+
+/// A consumer connection, as the dispatcher knows it.
+pub type ConsumerId = u64;
+
+/// A message assigned to a consumer: where it ends on the connection's
+/// byte stream.
+#[derive(Debug)]
+struct Held {
+    seq: u64,
+    end: u64,
+    data: Bytes,
+    append_ms: u64,
+}
+
+impl Held {
+    fn start(&self) -> u64 {
+        self.end - self.data.len() as u64
+    }
+
+    fn into_message(self) -> Message {
+        Message {
+            seq: self.seq,
+            data: self.data,
+            append_ms: self.append_ms,
+        }
+    }
+}
+
+/// What one consumer holds: its takes in stream order. Each take is
+/// ascending by sequence (a spool read, or given-back messages lowest
+/// first), so the lowest held sequence is the least front of a few takes.
+#[derive(Debug, Default)]
+struct Holding {
+    takes: VecDeque<VecDeque<Held>>,
+    /// Stream offset where the last assigned message ends.
+    end: u64,
+    /// The redelivery window: delivered messages, oldest first.
+    recent: VecDeque<Message>,
+    recent_bytes: u64,
+}
+
+impl Holding {
+    fn lowest(&self) -> Option<u64> {
+        self.takes
+            .iter()
+            .filter_map(|t| t.front().map(|h| h.seq))
+            .min()
+    }
+}
+
+/// Keeps `m` in a redelivery window of `limit` bytes.
+fn remember(recent: &mut VecDeque<Message>, bytes: &mut u64, m: Message, limit: u64) {
+    if limit == 0 {
+        return;
+    }
+    *bytes += m.data.len() as u64;
+    recent.push_back(m);
+    while *bytes > limit {
+        let Some(old) = recent.pop_front() else {
+            break;
+        };
+        *bytes -= old.data.len() as u64;
+    }
+}
 
 #[derive(Debug)]
 pub struct Dispatch {
     /// Next sequence to read from the spool for a fresh dispatch.
     next_read: u64,
-    /// Given back by consumers that left; sent before anything new.
-    returned: BTreeMap<u64, (Bytes, u64)>,
-    /// Per consumer: the lowest sequence it holds undelivered.
-    holders: HashMap<u64, u64>,
-    /// Last floor passed to `Spool::ack`.
+    /// Given back by consumers that were cut or left; sent before anything new.
+    returned: BTreeMap<u64, Message>,
+    consumers: HashMap<ConsumerId, Holding>,
+    next_id: ConsumerId,
+    /// Bytes of each consumer's redelivery window.
+    redeliver: u64,
+    /// Last floor reported (never goes down).
     acked: u64,
 }
 
 impl Dispatch {
-    pub fn new(start: u64) -> Self {
+    /// A dispatcher whose spool's ack floor is `start`, keeping the last
+    /// `redeliver` bytes each consumer delivered for redelivery if it
+    /// resets (`redeliver_on_reset`).
+    pub fn new(start: u64, redeliver: u64) -> Self {
         Dispatch {
             next_read: start,
             returned: BTreeMap::new(),
-            holders: HashMap::new(),
+            consumers: HashMap::new(),
+            next_id: 1,
+            redeliver,
             acked: start,
         }
     }
 
-    /// Up to `max_msgs` / about `max_bytes` of the next messages for
-    /// `consumer`, which then holds them until it reports delivery.
-    pub fn take(
+    /// A new consumer; it holds nothing yet.
+    pub fn join(&mut self) -> ConsumerId {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.consumers.insert(id, Holding::default());
+        id
+    }
+
+    /// Assigns up to `max_msgs` / about `max_bytes` (at least one message
+    /// when any is available) of the next messages to `consumer`, laid out
+    /// after everything it was given before. Given-back messages come
+    /// first; otherwise `read(from, max_msgs, max_bytes)` reads the spool.
+    /// Returns the messages to send, in order.
+    pub fn take<E>(
         &mut self,
-        spool: &Spool,
-        consumer: u64,
+        consumer: ConsumerId,
         max_msgs: usize,
         max_bytes: usize,
-    ) -> Result<Vec<Message>, SpoolError> {
+        read: impl FnOnce(u64, usize, usize) -> Result<Vec<Message>, E>,
+    ) -> Result<Vec<Message>, E> {
         let mut out = Vec::new();
-        if !self.returned.is_empty() {
-            let mut bytes = 0;
-            while out.len() < max_msgs && (bytes < max_bytes || out.is_empty()) {
-                let Some((seq, (data, append_ms))) = self.returned.pop_first() else {
-                    break;
-                };
-                bytes += data.len();
-                out.push(Message {
-                    seq,
-                    data,
-                    append_ms,
-                });
-            }
-        } else {
-            out = spool.read(self.next_read, max_msgs, max_bytes)?;
+        if !self.consumers.contains_key(&consumer) || max_msgs == 0 {
+            return Ok(out);
+        }
+        if self.returned.is_empty() {
+            out = read(self.next_read, max_msgs, max_bytes)?;
             if let Some(last) = out.last() {
                 // A read can start past `next_read` when drop-oldest deleted
                 // messages; continue after what was actually read.
-                self.next_read = last.seq + 1;
+                self.next_read = self.next_read.max(last.seq + 1);
+            }
+        } else {
+            let mut bytes = 0;
+            while out.len() < max_msgs && (bytes < max_bytes || out.is_empty()) {
+                let Some((_, m)) = self.returned.pop_first() else {
+                    break;
+                };
+                bytes += m.data.len();
+                out.push(m);
             }
         }
-        if let Some(first) = out.first() {
-            let lowest = self.holders.entry(consumer).or_insert(first.seq);
-            *lowest = (*lowest).min(first.seq);
+        if out.is_empty() {
+            return Ok(out);
         }
+        let Some(h) = self.consumers.get_mut(&consumer) else {
+            return Ok(out);
+        };
+        let mut take = VecDeque::with_capacity(out.len());
+        for m in &out {
+            h.end += m.data.len() as u64;
+            take.push_back(Held {
+                seq: m.seq,
+                end: h.end,
+                data: m.data.clone(),
+                append_ms: m.append_ms,
+            });
+        }
+        h.takes.push_back(take);
         Ok(out)
     }
 
-    /// `consumer` now holds nothing below `lowest` (None: nothing at all).
-    /// Returns the new ack floor when it moved.
-    pub fn delivered(&mut self, consumer: u64, lowest: Option<u64>) -> Option<u64> {
-        match lowest {
-            Some(l) => {
-                self.holders.insert(consumer, l);
-            }
-            None => {
-                self.holders.remove(&consumer);
-            }
-        }
-        self.advance()
-    }
-
-    /// `consumer` left: its undelivered messages go back to the front.
-    pub fn give_back(
+    /// `consumer`'s TCP acknowledged its stream up to `offset`: every
+    /// message ending there or before is delivered and passed to
+    /// `delivered`, in stream order. Returns the new ack floor if it moved.
+    pub fn acked(
         &mut self,
-        consumer: u64,
-        msgs: impl IntoIterator<Item = Message>,
+        consumer: ConsumerId,
+        offset: u64,
+        mut delivered: impl FnMut(&Message),
     ) -> Option<u64> {
-        self.holders.remove(&consumer);
-        self.put_back(msgs);
-        self.advance()
-    }
-
-    /// Messages a consumer took but will not send go back to the front; the
-    /// consumer reports what it still holds with [`Dispatch::delivered`].
-    pub fn put_back(&mut self, msgs: impl IntoIterator<Item = Message>) {
-        for m in msgs {
-            self.returned.insert(m.seq, (m.data, m.append_ms));
+        let h = self.consumers.get_mut(&consumer)?;
+        let mut moved = false;
+        while let Some(front) = h.takes.front_mut() {
+            while front.front().is_some_and(|m| m.end <= offset) {
+                if let Some(m) = front.pop_front() {
+                    moved = true;
+                    let m = m.into_message();
+                    delivered(&m);
+                    remember(&mut h.recent, &mut h.recent_bytes, m, self.redeliver);
+                }
+            }
+            if front.is_empty() {
+                h.takes.pop_front();
+            } else {
+                break;
+            }
+        }
+        if moved {
+            self.advance()
+        } else {
+            None
         }
     }
 
-    /// The lowest sequence anyone still needs.
+    /// Stops `consumer` after the message in flight at stream offset
+    /// `written` (what the socket took): messages that start at or after
+    /// the cut go back to the front of the queue. Returns the stream offset
+    /// where the consumer's stream now ends, and the new floor if it moved.
+    pub fn cut(&mut self, consumer: ConsumerId, written: u64) -> (u64, Option<u64>) {
+        let Some(h) = self.consumers.get_mut(&consumer) else {
+            return (written, None);
+        };
+        // The message that straddles `written`, if any, is finished.
+        let keep_end = h
+            .takes
+            .iter()
+            .flatten()
+            .find(|m| m.end > written)
+            .filter(|m| m.start() < written)
+            .map_or(written.min(h.end), |m| m.end);
+        let mut back = Vec::new();
+        while let Some(last) = h.takes.back_mut() {
+            while last.back().is_some_and(|m| m.end > keep_end) {
+                if let Some(m) = last.pop_back() {
+                    back.push(m);
+                }
+            }
+            if !last.is_empty() {
+                break;
+            }
+            h.takes.pop_back();
+        }
+        h.end = keep_end;
+        for m in back {
+            self.returned.insert(m.seq, m.into_message());
+        }
+        (keep_end, self.advance())
+    }
+
+    /// `consumer` is gone: everything it held goes back to the front, and
+    /// after an abortive end (a reset: it may have lost what its kernel
+    /// acknowledged) its redelivery window too. Returns the new floor if
+    /// it moved, and how many messages went back.
+    pub fn leave(&mut self, consumer: ConsumerId, abortive: bool) -> (Option<u64>, usize) {
+        let mut n = 0;
+        if let Some(h) = self.consumers.remove(&consumer) {
+            let again = abortive.then_some(h.recent).into_iter().flatten();
+            for m in again {
+                n += 1;
+                self.returned.insert(m.seq, m);
+            }
+            for m in h.takes.into_iter().flatten() {
+                n += 1;
+                self.returned.insert(m.seq, m.into_message());
+            }
+        }
+        (self.advance(), n)
+    }
+
+    /// Whether messages given back wait to be sent again.
+    pub fn has_returned(&self) -> bool {
+        !self.returned.is_empty()
+    }
+
+    /// The lowest sequence anyone still needs: unread, given back, or held.
     pub fn floor(&self) -> u64 {
         let mut f = self.next_read;
         if let Some((&s, _)) = self.returned.first_key_value() {
             f = f.min(s);
         }
-        if let Some(&h) = self.holders.values().min() {
-            f = f.min(h);
+        for h in self.consumers.values() {
+            if let Some(l) = h.lowest() {
+                f = f.min(l);
+            }
         }
         f
     }
@@ -131,45 +308,244 @@ impl Dispatch {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use spillway_spool::SpoolConfig;
+    use std::collections::{BTreeSet, HashMap};
 
-    fn spool_with(n: u64) -> (tempfile::TempDir, Spool) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (spool, _) = Spool::open(SpoolConfig::new(dir.path())).expect("open");
-        for i in 0..n {
-            spool
-                .append(&[format!("m{i}\n").as_bytes()])
-                .expect("append");
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A spool stand-in: messages `0..n`, message `i` is `len(i)` bytes.
+    fn spool(n: u64) -> impl Fn(u64, usize, usize) -> Result<Vec<Message>, ()> {
+        move |from, max_msgs, max_bytes| {
+            let mut out = Vec::new();
+            let mut bytes = 0;
+            let mut seq = from;
+            while seq < n && out.len() < max_msgs && (bytes < max_bytes || out.is_empty()) {
+                let data = Bytes::from(format!("m{seq}{}\n", "x".repeat((seq % 7) as usize)));
+                bytes += data.len();
+                out.push(Message {
+                    seq,
+                    data,
+                    append_ms: 0,
+                });
+                seq += 1;
+            }
+            Ok(out)
         }
-        (dir, spool)
+    }
+
+    fn seqs(v: &[Message]) -> Vec<u64> {
+        v.iter().map(|m| m.seq).collect()
+    }
+
+    fn stream_len(v: &[Message]) -> u64 {
+        v.iter().map(|m| m.data.len() as u64).sum()
     }
 
     #[test]
     fn floor_waits_for_the_slowest_holder() {
-        let (_d, spool) = spool_with(10);
-        let first = spool.ack_floor();
-        let mut d = Dispatch::new(first);
-        let a = d.take(&spool, 1, 3, usize::MAX).expect("take");
-        let b = d.take(&spool, 2, 3, usize::MAX).expect("take");
-        assert_eq!(
-            a.iter().map(|m| m.seq).collect::<Vec<_>>(),
-            vec![first, first + 1, first + 2]
-        );
-        assert_eq!(b[0].seq, first + 3);
+        let read = spool(10);
+        let mut d = Dispatch::new(0, 0);
+        let (a, b, c) = (d.join(), d.join(), d.join());
+        let ta = d.take(a, 3, usize::MAX, &read).expect("take");
+        let tb = d.take(b, 3, usize::MAX, &read).expect("take");
+        assert_eq!(seqs(&ta), vec![0, 1, 2]);
+        assert_eq!(seqs(&tb), vec![3, 4, 5]);
         // B delivered everything, A nothing: the floor stays at A's first.
-        assert_eq!(d.delivered(2, None), None);
-        assert_eq!(d.floor(), first);
+        assert_eq!(d.acked(b, stream_len(&tb), |_| {}), None);
+        assert_eq!(d.floor(), 0);
         // A delivers its first two.
-        assert_eq!(d.delivered(1, Some(first + 2)), Some(first + 2));
+        let two = stream_len(&ta[..2]);
+        assert_eq!(d.acked(a, two, |_| {}), Some(2));
         // A leaves with its last one undelivered: it comes back first.
-        let back = a.into_iter().skip(2);
-        assert_eq!(d.give_back(1, back), None);
-        let c = d.take(&spool, 3, 10, usize::MAX).expect("take");
-        assert_eq!(c.len(), 1);
-        assert_eq!(c[0].seq, first + 2);
-        let rest = d.take(&spool, 3, 10, usize::MAX).expect("take");
-        assert_eq!(rest[0].seq, first + 6);
-        assert_eq!(d.delivered(3, None), Some(first + 10));
+        assert_eq!(d.leave(a, false), (None, 1));
+        let tc = d.take(c, 10, usize::MAX, &read).expect("take");
+        assert_eq!(seqs(&tc), vec![2]);
+        let rest = d.take(c, 10, usize::MAX, &read).expect("take");
+        assert_eq!(seqs(&rest), vec![6, 7, 8, 9]);
+        let all = stream_len(&tc) + stream_len(&rest);
+        assert_eq!(d.acked(c, all, |_| {}), Some(10));
+    }
+
+    /// Defect 1 of the "never lose" issue: B holds 3..6, A resets with 0..3,
+    /// B takes them back behind its own. B's first message (3) is not its
+    /// lowest (0): delivering 3..6 must not move the floor past 0.
+    #[test]
+    fn floor_stays_below_given_back_messages_taken_behind_higher_ones() {
+        let read = spool(100);
+        let mut d = Dispatch::new(0, 0);
+        let (a, b) = (d.join(), d.join());
+        let ta = d.take(a, 3, usize::MAX, &read).expect("take");
+        let tb = d.take(b, 3, usize::MAX, &read).expect("take");
+        assert_eq!(seqs(&ta), vec![0, 1, 2]);
+        assert_eq!(d.leave(a, false), (None, 3));
+        let back = d.take(b, 10, usize::MAX, &read).expect("take");
+        assert_eq!(seqs(&back), vec![0, 1, 2]);
+        // B's TCP acknowledged 3 and 4: its first message held is now 5,
+        // its lowest is still 0.
+        let mut got = Vec::new();
+        let f = d.acked(b, stream_len(&tb[..2]), |m| got.push(m.seq));
+        assert_eq!(got, vec![3, 4]);
+        assert_eq!(f, None, "floor moved past 0, which B still holds");
+        assert_eq!(d.floor(), 0);
+        // Then the given-back ones: now everything below 6 is delivered.
+        assert_eq!(
+            d.acked(b, stream_len(&tb) + stream_len(&back), |_| {}),
+            Some(6)
+        );
+    }
+
+    #[test]
+    fn cut_finishes_the_message_in_flight_and_gives_back_the_rest() {
+        let read = spool(10);
+        let mut d = Dispatch::new(0, 0);
+        let (a, b) = (d.join(), d.join());
+        let t = d.take(a, 5, usize::MAX, &read).expect("take");
+        // The socket took the first message and one byte of the second.
+        let written = stream_len(&t[..1]) + 1;
+        let (keep_end, floor) = d.cut(a, written);
+        assert_eq!(keep_end, stream_len(&t[..2]));
+        assert_eq!(floor, None);
+        // 2, 3, 4 go to the next taker first.
+        assert_eq!(
+            seqs(&d.take(b, 10, usize::MAX, &read).expect("take")),
+            [2, 3, 4]
+        );
+        assert_eq!(d.acked(a, keep_end, |_| {}), Some(2), "B holds 2");
+        assert_eq!(d.leave(a, false), (None, 0));
+    }
+
+    /// An operation of the property test.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Join,
+        /// Consumer (index into the live ones), max messages.
+        Take(usize, usize),
+        /// Consumer, fraction (0..=100) of its unacknowledged bytes now acked.
+        Ack(usize, u8),
+        /// Consumer, fraction of its unwritten bytes the socket took.
+        Cut(usize, u8),
+        /// Consumer; whether its last delivered messages are redelivered.
+        Leave(usize, bool),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            1 => Just(Op::Join),
+            4 => (0..4usize, 1..6usize).prop_map(|(c, n)| Op::Take(c, n)),
+            4 => (0..4usize, 0..=100u8).prop_map(|(c, p)| Op::Ack(c, p)),
+            1 => (0..4usize, 0..=100u8).prop_map(|(c, p)| Op::Cut(c, p)),
+            1 => (0..4usize, any::<bool>()).prop_map(|(c, r)| Op::Leave(c, r)),
+        ]
+    }
+
+    /// The model of one consumer connection: its stream, in order.
+    #[derive(Default)]
+    struct Conn {
+        /// (seq, end offset) of every message assigned, in stream order.
+        stream: Vec<(u64, u64)>,
+        acked: u64,
+        cut: bool,
+        recent: std::collections::VecDeque<Message>,
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn dispatch_against_a_model(ops in proptest::collection::vec(op(), 1..80)) {
+            const N: u64 = 40;
+            let read = spool(N);
+            // A window of about three messages.
+            const WINDOW: u64 = 30;
+            let mut d = Dispatch::new(0, WINDOW);
+            let mut conns: Vec<(ConsumerId, Conn)> = Vec::new();
+            // Messages never delivered to anyone, and who holds each.
+            let mut undelivered: BTreeSet<u64> = (0..N).collect();
+            let mut holder: HashMap<u64, ConsumerId> = HashMap::new();
+            let mut floor = 0u64;
+            let mut given_back: BTreeSet<u64> = BTreeSet::new();
+            for op in ops {
+                match op {
+                    Op::Join => conns.push((d.join(), Conn::default())),
+                    Op::Take(c, n) => {
+                        let Some((id, conn)) = conns.get_mut(c) else { continue };
+                        if conn.cut { continue; }
+                        let got = d.take(*id, n, usize::MAX, &read).expect("model read");
+                        let lowest_back = given_back.first().copied();
+                        if let (Some(first), Some(lb)) = (got.first(), lowest_back) {
+                            // Given-back messages go out first, lowest first.
+                            prop_assert_eq!(first.seq, lb);
+                        }
+                        let mut end = conn.stream.last().map_or(0, |s| s.1);
+                        for m in &got {
+                            prop_assert!(!holder.contains_key(&m.seq),
+                                "message {} held twice", m.seq);
+                            holder.insert(m.seq, *id);
+                            given_back.remove(&m.seq);
+                            end += m.data.len() as u64;
+                            conn.stream.push((m.seq, end));
+                        }
+                    }
+                    Op::Ack(c, p) => {
+                        let Some((id, conn)) = conns.get_mut(c) else { continue };
+                        let end = conn.stream.last().map_or(0, |s| s.1);
+                        let to = conn.acked + (end - conn.acked) * u64::from(p) / 100;
+                        let mut got = Vec::new();
+                        if let Some(f) = d.acked(*id, to, |m| got.push(m.clone())) {
+                            prop_assert!(f > floor);
+                            floor = f;
+                        }
+                        let want: Vec<u64> = conn.stream.iter()
+                            .filter(|s| s.1 > conn.acked && s.1 <= to).map(|s| s.0).collect();
+                        prop_assert_eq!(seqs(&got), want);
+                        for m in got {
+                            undelivered.remove(&m.seq);
+                            holder.remove(&m.seq);
+                            conn.recent.push_back(m);
+                            while conn.recent.iter().map(|m| m.data.len() as u64).sum::<u64>() > WINDOW {
+                                conn.recent.pop_front();
+                            }
+                        }
+                        conn.acked = to;
+                    }
+                    Op::Cut(c, p) => {
+                        let Some((id, conn)) = conns.get_mut(c) else { continue };
+                        let end = conn.stream.last().map_or(0, |s| s.1);
+                        let written = conn.acked + (end - conn.acked) * u64::from(p) / 100;
+                        let (keep_end, f) = d.cut(*id, written);
+                        if let Some(f) = f { floor = f; }
+                        prop_assert!(keep_end >= written && keep_end <= end);
+                        // The kept stream ends at a message boundary.
+                        prop_assert!(keep_end == 0 || keep_end == written
+                            || conn.stream.iter().any(|s| s.1 == keep_end));
+                        for s in conn.stream.iter().filter(|s| s.1 > keep_end) {
+                            holder.remove(&s.0);
+                            given_back.insert(s.0);
+                        }
+                        conn.stream.retain(|s| s.1 <= keep_end);
+                        conn.cut = true;
+                    }
+                    Op::Leave(c, redeliver) => {
+                        if c >= conns.len() { continue; }
+                        let (id, conn) = conns.remove(c);
+                        if redeliver {
+                            given_back.extend(conn.recent.iter().map(|m| m.seq));
+                        }
+                        let (f, _) = d.leave(id, redeliver);
+                        if let Some(f) = f { floor = f; }
+                        for s in conn.stream.iter().filter(|s| s.1 > conn.acked) {
+                            holder.remove(&s.0);
+                            given_back.insert(s.0);
+                        }
+                    }
+                }
+                // The floor never passes a message nobody received.
+                if let Some(&lowest) = undelivered.first() {
+                    prop_assert!(floor <= lowest,
+                        "floor {} passed undelivered message {}", floor, lowest);
+                }
+            }
+        }
     }
 }

@@ -188,7 +188,6 @@ pub struct QueueServer {
     /// Woken when the spool has new messages or a consumer gave some back.
     notify: Arc<Notify>,
     stats: QueueStats,
-    next_consumer: AtomicU64,
     /// Set when the spool failed (poisoned, I/O): the route stops.
     failure: Mutex<Option<String>>,
     stop: CancellationToken,
@@ -319,7 +318,7 @@ impl QueueServer {
         let notify = Arc::new(Notify::new());
         let n = Arc::clone(&notify);
         spool.set_notify(Box::new(move || n.notify_waiters()));
-        let dispatch = Mutex::new(Dispatch::new(spool.ack_floor()));
+        let dispatch = Mutex::new(Dispatch::new(spool.ack_floor(), route.redeliver_on_reset));
         let gate = Gate::new(&route.name, global, route.max_connections_per_ip);
         Ok(Arc::new(QueueServer {
             route,
@@ -327,7 +326,6 @@ impl QueueServer {
             dispatch,
             notify,
             stats: QueueStats::default(),
-            next_consumer: AtomicU64::new(1),
             failure: Mutex::new(None),
             stop: shutdown.child_token(),
             drain,

@@ -24,15 +24,16 @@
 //! message is delivered once the consumer's TCP acknowledged the TLS
 //! records that carry all of it.
 
-use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use spillway_net::timeout::StallTimer;
-use spillway_spool::{Histogram, Message, SpoolError};
+use spillway_spool::{Histogram, SpoolError};
+
+use super::dispatch::ConsumerId;
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info};
 
@@ -48,31 +49,6 @@ const BATCH_MSGS: usize = 8192;
 const BATCH_BYTES: usize = 512 << 10;
 /// While bytes are unacknowledged, how often SIOCOUTQ is polled.
 const ACK_POLL: Duration = Duration::from_millis(5);
-
-/// A message handed to the socket (or about to be): its sequence, and the
-/// connection's byte offset where it ends.
-struct Sent {
-    seq: u64,
-    end: u64,
-    data: Bytes,
-    append_ms: u64,
-}
-
-impl From<Sent> for Message {
-    fn from(s: Sent) -> Message {
-        Message {
-            seq: s.seq,
-            data: s.data,
-            append_ms: s.append_ms,
-        }
-    }
-}
-
-impl Sent {
-    fn start(&self) -> u64 {
-        self.end - self.data.len() as u64
-    }
-}
 
 /// Why a consumer connection ended (logged and counted in `QueueStats`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,13 +149,10 @@ impl LatencyTally {
     }
 }
 
-/// Per-connection delivery state.
+/// Per-connection delivery state (which messages it holds is the
+/// dispatcher's business; see `dispatch.rs`).
 struct Delivery {
-    id: u64,
-    inflight: VecDeque<Sent>,
-    /// Delivered messages kept for redelivery after a reset.
-    recent: VecDeque<Message>,
-    recent_bytes: u64,
+    id: ConsumerId,
     /// Not yet handed to the socket: the tail of `inflight`'s bytes.
     wbuf: BytesMut,
     /// Byte offsets on this connection: queued >= written >= delivered.
@@ -191,15 +164,12 @@ struct Delivery {
 
 impl QueueServer {
     pub(super) async fn consume(&self, mut wire: Wire, peer: SocketAddr) {
-        let id = self.next_consumer.fetch_add(1, Ordering::Relaxed);
+        let id = self.dispatch().join();
         self.stats.consumers.fetch_add(1, Ordering::Relaxed);
         self.stats.consumers_total.fetch_add(1, Ordering::Relaxed);
         info!(route = %self.route.name, consumer = %peer, "consumer connected");
         let mut d = Delivery {
             id,
-            inflight: VecDeque::new(),
-            recent: VecDeque::new(),
-            recent_bytes: 0,
             wbuf: BytesMut::new(),
             queued: 0,
             written: 0,
@@ -208,22 +178,16 @@ impl QueueServer {
         };
         let end = self.deliver(&mut wire, peer, &mut d).await;
         // Whatever is still not known delivered goes back to the queue.
-        let mut back: Vec<Message> = Vec::new();
         if end == ConsumerEnd::WriteStall {
             // Abortive close: the consumer is not reading, a FIN would never
             // be read and the kernel would hold the unsent bytes.
             let _ = socket2::SockRef::from(wire.tcp()).set_linger(Some(Duration::ZERO));
         }
         drop(wire);
-        if end.is_abortive() && self.route.redeliver_on_reset > 0 {
-            back.extend(d.recent.drain(..));
-        }
-        let redelivered = back.len() + d.inflight.len();
-        back.extend(d.inflight.drain(..).map(Message::from));
+        let (floor, redelivered) = self.dispatch().leave(id, end.is_abortive());
         self.stats
             .messages_redelivered
             .fetch_add(redelivered as u64, Ordering::Relaxed);
-        let floor = self.dispatch().give_back(id, back);
         if let Some(f) = floor {
             self.ack(f);
         }
@@ -386,25 +350,21 @@ impl QueueServer {
     fn refill(&self, d: &mut Delivery) -> Result<usize, SpoolError> {
         let msgs = tokio::task::block_in_place(|| {
             self.dispatch()
-                .take(&self.spool, d.id, BATCH_MSGS, BATCH_BYTES)
+                .take(d.id, BATCH_MSGS, BATCH_BYTES, |from, n, bytes| {
+                    self.spool.read(from, n, bytes)
+                })
         })?;
-        let n = msgs.len();
-        for m in msgs {
+        for m in &msgs {
             d.queued += m.data.len() as u64;
             d.wbuf.extend_from_slice(&m.data);
-            d.inflight.push_back(Sent {
-                seq: m.seq,
-                end: d.queued,
-                data: m.data,
-                append_ms: m.append_ms,
-            });
         }
-        Ok(n)
+        Ok(msgs.len())
     }
 
-    /// Moves messages whose bytes the consumer's TCP acknowledged out of
-    /// flight, and acknowledges to the spool what no one needs any more.
-    /// Returns whether anything more was acknowledged.
+    /// Reports what the consumer's TCP acknowledged to the dispatcher,
+    /// which moves the messages that ends covers out of flight, and
+    /// acknowledges to the spool what no one needs any more. Returns
+    /// whether anything more was acknowledged.
     fn account(&self, wire: &mut Wire, d: &mut Delivery) -> bool {
         let acked = match wire.acked() {
             Ok(n) => n.min(d.written),
@@ -418,23 +378,13 @@ impl QueueServer {
         let mut moved = 0u64;
         let mut bytes = 0u64;
         let mut latency = LatencyTally::new(&self.stats.delivery_latency);
-        while d.inflight.front().is_some_and(|s| s.end <= acked) {
-            let Some(s) = d.inflight.pop_front() else {
-                break;
-            };
+        let floor = self.dispatch().acked(d.id, acked, |m| {
             moved += 1;
-            bytes += s.data.len() as u64;
-            latency.add_with(&self.stats.delivery_latency, s.append_ms);
-            if self.route.redeliver_on_reset > 0 {
-                d.recent_bytes += s.data.len() as u64;
-                d.recent.push_back(Message::from(s));
-                while d.recent_bytes > self.route.redeliver_on_reset {
-                    let Some(old) = d.recent.pop_front() else {
-                        break;
-                    };
-                    d.recent_bytes -= old.data.len() as u64;
-                }
-            }
+            bytes += m.data.len() as u64;
+            latency.add_with(&self.stats.delivery_latency, m.append_ms);
+        });
+        if let Some(f) = floor {
+            self.ack(f);
         }
         if moved == 0 {
             return true;
@@ -447,11 +397,6 @@ impl QueueServer {
         self.stats
             .bytes_delivered
             .fetch_add(bytes, Ordering::Relaxed);
-        let lowest = d.inflight.front().map(|s| s.seq);
-        let floor = self.dispatch().delivered(d.id, lowest);
-        if let Some(f) = floor {
-            self.ack(f);
-        }
         true
     }
 
@@ -459,34 +404,16 @@ impl QueueServer {
     /// at the end of the partly written message (or at once if none is),
     /// and messages not started go back to the front of the queue.
     fn cut_at_boundary(&self, d: &mut Delivery) {
-        let written = d.written;
-        let keep_end = d
-            .inflight
-            .iter()
-            .find(|s| s.end > written)
-            .filter(|s| s.start() < written)
-            .map_or(written, |s| s.end);
-        d.wbuf.truncate((keep_end - written) as usize);
-        let mut back = Vec::new();
-        while d.inflight.back().is_some_and(|s| s.end > keep_end) {
-            if let Some(s) = d.inflight.pop_back() {
-                back.push(Message::from(s));
-            }
-        }
+        let (keep_end, floor) = self.dispatch().cut(d.id, d.written);
+        d.wbuf.truncate((keep_end - d.written) as usize);
+        let gave_back = keep_end < d.queued;
         d.queued = keep_end;
-        if back.is_empty() {
-            return;
-        }
-        back.reverse();
-        let lowest = d.inflight.front().map(|s| s.seq);
-        let mut dispatch = self.dispatch();
-        dispatch.put_back(back);
-        let floor = dispatch.delivered(d.id, lowest);
-        drop(dispatch);
         if let Some(f) = floor {
             self.ack(f);
         }
-        self.notify.notify_waiters();
+        if gave_back {
+            self.notify.notify_waiters();
+        }
     }
 
     /// Everything to send is on the wire: half-close, wait (bounded) until

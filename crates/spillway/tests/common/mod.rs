@@ -9,8 +9,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The binary under test: this build's, or `SPILLWAY_TEST_BIN` (to show
+/// that a regression test fails on an older build).
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_spillway")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("SPILLWAY_TEST_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_spillway").to_string())
+    })
 }
 
 /// A port that was free a moment ago (bound then released).
