@@ -282,7 +282,6 @@ fn the_ack_floor_never_passes_messages_a_consumer_still_holds() {
 /// come back at once, not after the drain timeout: the next consumer gets
 /// it first, in order, with no gap.
 #[test]
-#[ignore = "defect not fixed yet"]
 fn a_reset_after_the_consumers_fin_gives_its_messages_back_at_once() {
     let _serial = heavy();
     const N: u64 = 100_000;
@@ -356,7 +355,6 @@ fn a_reset_after_the_consumers_fin_gives_its_messages_back_at_once() {
 /// consumer read again, and deleted segments the new route still needed:
 /// the next read failed (`No such file or directory`) and the relay exited 1.
 #[test]
-#[ignore = "defect not fixed yet"]
 fn a_reload_never_lets_the_old_route_touch_the_new_routes_spool() {
     let _serial = heavy();
     const N: u64 = 40_000;

@@ -191,6 +191,10 @@ pub struct QueueServer {
     /// Set when the spool failed (poisoned, I/O): the route stops.
     failure: Mutex<Option<String>>,
     stop: CancellationToken,
+    /// Ends every task of the route that outlived the drain, so that none
+    /// is left to touch the spool after `close` (a reloaded route reopens
+    /// the same directory at once).
+    kill: CancellationToken,
     /// How long a consumer being cut may take to acknowledge what it was sent.
     drain: Duration,
     /// Rate limit for "the disk tier is full" warnings.
@@ -328,6 +332,7 @@ impl QueueServer {
             stats: QueueStats::default(),
             failure: Mutex::new(None),
             stop: shutdown.child_token(),
+            kill: CancellationToken::new(),
             drain,
             blocked_warning: Mutex::new(RateLimited::new(Duration::from_secs(10))),
             tls: RwLock::new(tls),
@@ -492,7 +497,18 @@ impl QueueServer {
             .await
             .is_err()
         {
-            warn!(route = %name, "drain timeout: some connections did not finish");
+            warn!(route = %name, remaining = tracker.len(),
+                  "drain timeout: ending the connections that did not finish");
+            self.kill.cancel();
+            // They end at their next await point; a spool call in progress
+            // finishes first (a blocked append gives up within a second).
+            if tokio::time::timeout(Duration::from_secs(10), tracker.wait())
+                .await
+                .is_err()
+            {
+                error!(route = %name, remaining = tracker.len(),
+                       "connections still running after being ended; closing the spool anyway");
+            }
         }
         let spool = self.spool.clone();
         let closed = tokio::task::spawn_blocking(move || spool.close())
@@ -610,8 +626,12 @@ impl QueueServer {
                             }
                         }
                         let s = Arc::clone(&server);
+                        let kill = server.kill.clone();
                         t.spawn(async move {
-                            s.handle(role, a.stream, a.peer).await;
+                            tokio::select! {
+                                _ = s.handle(role, a.stream, a.peer) => {}
+                                _ = kill.cancelled() => {}
+                            }
                             drop(admitted);
                         });
                     })
@@ -622,10 +642,13 @@ impl QueueServer {
                 let addr = addr.clone();
                 tracker.spawn(async move {
                     let s = Arc::clone(&server);
-                    dial_loop(&server, &addr, role, move |conn, peer| {
-                        Arc::clone(&s).serve_conn(role, conn, peer)
-                    })
-                    .await;
+                    let kill = server.kill.clone();
+                    tokio::select! {
+                        _ = dial_loop(&server, &addr, role, move |conn, peer| {
+                            Arc::clone(&s).serve_conn(role, conn, peer)
+                        }) => {}
+                        _ = kill.cancelled() => {}
+                    }
                 });
             }
             (Endpoint::Listen(a), None) => {

@@ -209,6 +209,10 @@ impl QueueServer {
 
     async fn deliver(&self, wire: &mut Wire, peer: SocketAddr, d: &mut Delivery) -> ConsumerEnd {
         let mut cut: Option<ConsumerEnd> = None;
+        // A cut (any reason) must finish within the drain timeout: a
+        // consumer that does not take its last message is not waited for
+        // (its task must end before the route closes its spool).
+        let mut cut_deadline: Option<Instant> = None;
         let mut peer_eof = false;
         let mut stall = StallTimer::new(self.route.timeouts.write_stall);
         let lifetime_end = self.route.timeouts.max_lifetime.map(|l| Instant::now() + l);
@@ -216,6 +220,10 @@ impl QueueServer {
             let notified = self.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+
+            if cut.is_some() && cut_deadline.is_none() {
+                cut_deadline = Some(Instant::now() + self.drain_wait());
+            }
 
             // 1. Take more when everything taken so far is on the wire.
             let mut progressed = false;
@@ -276,6 +284,11 @@ impl QueueServer {
                     return ConsumerEnd::WriteStall;
                 }
             }
+            if cut_deadline.is_some_and(|c| now >= c) {
+                debug!(consumer = %peer, unsent = d.wbuf.len(),
+                       "consumer did not take its last message within the drain timeout");
+                return ConsumerEnd::WriteStall;
+            }
             if cut.is_none() && lifetime_end.is_some_and(|l| now >= l) {
                 cut = Some(ConsumerEnd::MaxLifetime);
                 self.cut_at_boundary(d);
@@ -285,7 +298,8 @@ impl QueueServer {
             // 4. A cut finishes once the last message is on the wire.
             if let Some(end) = cut {
                 if d.wbuf.is_empty() {
-                    return self.finish_cut(wire, d, end).await;
+                    let deadline = cut_deadline.unwrap_or_else(|| now + self.drain_wait());
+                    return self.finish_cut(wire, d, end, deadline).await;
                 }
             }
 
@@ -299,6 +313,7 @@ impl QueueServer {
             let stall_armed = stall.deadline().is_some();
             let stall_at = stall.deadline().map_or(now, Instant::from_std);
             let lifetime_armed = cut.is_none() && lifetime_end.is_some();
+            let cut_at = cut_deadline.unwrap_or(now);
             let lifetime_at = lifetime_end.unwrap_or(now);
             let mut readable = false;
             tokio::select! {
@@ -321,6 +336,7 @@ impl QueueServer {
                 }
                 _ = sleep_until(stall_at), if stall_armed => {}
                 _ = sleep_until(lifetime_at), if lifetime_armed => {}
+                _ = sleep_until(cut_at), if cut_deadline.is_some() => {}
                 _ = &mut notified, if want_data => {}
                 _ = tokio::time::sleep(ACK_POLL), if unacked => {}
                 _ = std::future::ready(()), if progressed => {}
@@ -416,20 +432,33 @@ impl QueueServer {
         }
     }
 
-    /// Everything to send is on the wire: half-close, wait (bounded) until
-    /// the consumer's TCP acknowledged it all, account, close.
-    async fn finish_cut(&self, wire: &mut Wire, d: &mut Delivery, end: ConsumerEnd) -> ConsumerEnd {
-        let deadline = Instant::now() + self.drain_wait();
+    /// Everything to send is on the wire: half-close, wait (until
+    /// `deadline`) until the consumer's TCP acknowledged it all, account,
+    /// close. A reset meanwhile (a consumer that sends RST after its FIN)
+    /// ends the wait at once: what it did not acknowledge goes back now,
+    /// not after the drain timeout.
+    async fn finish_cut(
+        &self,
+        wire: &mut Wire,
+        d: &mut Delivery,
+        end: ConsumerEnd,
+        deadline: Instant,
+    ) -> ConsumerEnd {
         wire.shutdown_write(deadline).await;
-        while d.written > d.delivered && Instant::now() < deadline {
+        loop {
             self.account(wire, d);
             if d.written <= d.delivered {
-                break;
+                return end;
+            }
+            if let Some(e) = wire.failure() {
+                debug!(error = %e, "consumer reset while finishing a cut");
+                return broken(&e);
+            }
+            if Instant::now() >= deadline {
+                return end;
             }
             tokio::time::sleep(ACK_POLL).await;
         }
-        self.account(wire, d);
-        end
     }
 
     fn drain_wait(&self) -> Duration {

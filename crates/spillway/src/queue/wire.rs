@@ -139,6 +139,15 @@ impl Wire {
         })
     }
 
+    /// A pending socket error (`SO_ERROR`): how a reset shows once reads
+    /// are no longer watched (after the consumer's FIN).
+    pub(super) fn failure(&self) -> Option<io::Error> {
+        match self.tcp.take_error() {
+            Ok(e) => e,
+            Err(e) => Some(e),
+        }
+    }
+
     /// Reads what the consumer sent and discards it (consumers send
     /// nothing we use). `Ok(true)`: the consumer ended its side (FIN, or a
     /// TLS close_notify). `WouldBlock` is `Ok(false)`.
