@@ -21,6 +21,13 @@ pub struct Faults {
     pub space_left: AtomicI64,
     /// fdatasync returns EIO.
     pub fail_fsync: AtomicBool,
+    /// Space freed by removing or truncating a file is not given back to
+    /// `space_left`: another writer on the same disk takes it at once.
+    pub freed_space_taken: AtomicBool,
+    /// Writes to cursor files (`cursor*`) fail with ENOSPC, whatever
+    /// `space_left` says: a disk that fills up exactly when the cursor is
+    /// persisted.
+    pub cursor_no_space: AtomicBool,
     pub fsyncs: AtomicU64,
     /// While true, fdatasync of cursor files blocks until it is set back
     /// to false (a disk that takes its time); `cursor_fsyncs_held` counts
@@ -30,6 +37,13 @@ pub struct Faults {
 }
 
 impl Faults {
+    /// Whether freed space returns to `space_left`: only under a budget,
+    /// and not when someone else takes it.
+    fn gives_back_space(&self) -> bool {
+        self.space_left.load(Ordering::SeqCst) >= 0
+            && !self.freed_space_taken.load(Ordering::SeqCst)
+    }
+
     pub fn set_hold_cursor_fsync(&self, on: bool) {
         let (lock, cv) = &self.hold_cursor_fsync;
         *lock.lock().unwrap_or_else(|e| e.into_inner()) = on;
@@ -76,6 +90,9 @@ impl SegmentFile for SimFile {
         self.inner.read_at(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
+        if self.is_cursor && self.faults.cursor_no_space.load(Ordering::SeqCst) {
+            return Err(enospc());
+        }
         let mut n = buf.len();
         if self.faults.short_writes.load(Ordering::SeqCst) && n > 1 {
             n = (n / 3).max(1);
@@ -118,13 +135,16 @@ impl SegmentFile for SimFile {
         }
         self.inner.sync_data()?;
         let len = self.inner.len()?;
-        self.meta.lock().unwrap_or_else(|e| e.into_inner()).synced_len = len;
+        self.meta
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .synced_len = len;
         Ok(())
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
         let old = self.inner.len()?;
         self.inner.set_len(len)?;
-        if len < old && self.faults.space_left.load(Ordering::SeqCst) >= 0 {
+        if len < old && self.faults.gives_back_space() {
             self.faults
                 .space_left
                 .fetch_add((old - len) as i64, Ordering::SeqCst);
@@ -216,8 +236,11 @@ impl Fs for SimFs {
     fn remove(&self, path: &Path) -> io::Result<()> {
         let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         StdFs.remove(path)?;
-        self.files.lock().unwrap_or_else(|e| e.into_inner()).remove(path);
-        if self.faults.space_left.load(Ordering::SeqCst) >= 0 {
+        self.files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(path);
+        if self.faults.gives_back_space() {
             self.faults
                 .space_left
                 .fetch_add(len as i64, Ordering::SeqCst);
