@@ -64,7 +64,9 @@ pub enum SpoolError {
     /// use another directory.
     #[error("spool directory {dir} is in use by another process")]
     Locked { dir: PathBuf },
-    /// The spool was closed (through this or another handle).
+    /// The spool was closed (through this or another handle). The call did
+    /// nothing: a closed handle never reads, writes or deletes, since a new
+    /// spool may own the directory by now.
     #[error("spool is closed")]
     Closed,
     /// The configuration is unusable (e.g. `max_message` above the format's

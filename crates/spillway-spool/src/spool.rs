@@ -449,9 +449,15 @@ impl Spool {
     /// `close`. After a crash, acknowledgements newer than the last persist
     /// are forgotten and those messages are delivered again: duplicates,
     /// never loss.
+    ///
+    /// `SpoolError::Closed` after [`close`](Spool::close): a closed handle
+    /// deletes nothing (another spool may own the directory by now).
     pub fn ack(&self, upto: u64) -> Result<(), SpoolError> {
         let inner = &*self.inner;
         let mut core = lock(&inner.core);
+        if core.closed {
+            return Err(SpoolError::Closed);
+        }
         let upto = upto.min(core.next_seq);
         if upto <= core.floor {
             return Ok(());
@@ -504,9 +510,10 @@ impl Spool {
 
     /// Housekeeping, called every 10-50 ms by the owner: fsync under
     /// `Durability::Interval` when due, persist a changed cursor every
-    /// `cursor_interval`.
+    /// `cursor_interval`. `SpoolError::Closed` after `close`.
     pub fn tick(&self) -> Result<(), SpoolError> {
         let inner = &*self.inner;
+        inner.check_open()?;
         inner.check_poison()?;
         if let Durability::Interval(d) = inner.cfg.durability {
             inner.maybe_interval_sync(d)?;
@@ -514,7 +521,7 @@ impl Spool {
         let due = {
             let core = lock(&inner.core);
             if core.closed {
-                return Ok(());
+                return Err(SpoolError::Closed);
             }
             (core.persisted.ack_floor != core.floor
                 && core.last_cursor_persist.elapsed() >= inner.cfg.cursor_interval)
@@ -531,8 +538,10 @@ impl Spool {
 
     /// Forces everything written so far to disk (whatever the durability
     /// policy) and persists the cursor. The memory tier stays in memory.
+    /// `SpoolError::Closed` after `close`.
     pub fn sync(&self) -> Result<(), SpoolError> {
         let inner = &*self.inner;
+        inner.check_open()?;
         inner.check_poison()?;
         let target = inner.written.load(Ordering::Acquire);
         inner.wait_durable(target)?;
@@ -577,9 +586,14 @@ impl Spool {
     /// Graceful close of the spool shared by all clones of this handle:
     /// writes the memory tier to disk, fsyncs, persists the cursor. After
     /// close and reopen nothing accepted is lost. Other clones get
-    /// `SpoolError::Closed` afterwards (blocked appenders wake up with it).
+    /// `SpoolError::Closed` afterwards (blocked appenders wake up with it)
+    /// from every call that reads, writes or deletes, so a lingering handle
+    /// cannot touch a directory that a newly opened spool owns.
     pub fn close(self) -> Result<(), SpoolError> {
         let inner = &*self.inner;
+        // A periodic cursor persist runs without the main lock; wait for one
+        // in flight, and make every later one see `closed` before it writes.
+        let _cursor_io = lock(&inner.cursor_io);
         let mut core = lock(&inner.core);
         if core.closed {
             return Ok(());
@@ -622,6 +636,13 @@ fn oldest_disk_ms(core: &Core) -> Option<u64> {
 }
 
 impl Inner {
+    fn check_open(&self) -> Result<(), SpoolError> {
+        if lock(&self.core).closed {
+            return Err(SpoolError::Closed);
+        }
+        Ok(())
+    }
+
     fn check_poison(&self) -> Result<(), SpoolError> {
         if self.poisoned.load(Ordering::Acquire) {
             let s = lock(&self.sync);
@@ -691,9 +712,17 @@ impl Inner {
     /// goes backwards. The directory fsync follows, again without the lock.
     fn persist_cursor_unlocked(&self, c: Cursor) -> Result<(), SpoolError> {
         // One periodic persist at a time; a concurrent tick just skips.
-        let Ok(_one) = self.cursor_io.try_lock() else {
-            return Ok(());
+        let _one = match self.cursor_io.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(()),
         };
+        // `close` sets `closed` while holding `cursor_io`: seen open here, the
+        // spool stays open until this persist is done. Once closed, the
+        // directory may belong to a newly opened spool: write nothing.
+        if lock(&self.core).closed {
+            return Ok(());
+        }
         let durable = self.fsync_enabled();
         let dir = &self.cfg.dir;
         let tmp = write_cursor_tmp(&*self.fs, dir, CURSOR_BG_TMP, c, durable)?;
