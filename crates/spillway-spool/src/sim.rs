@@ -171,7 +171,7 @@ impl SimFs {
     fn meta(&self, path: &Path, synced: u64) -> Arc<Mutex<Meta>> {
         self.files
             .lock()
-            .unwrap()
+            .unwrap_or_else(|e| e.into_inner())
             .entry(path.to_path_buf())
             .or_insert_with(|| Arc::new(Mutex::new(Meta { synced_len: synced })))
             .clone()
@@ -213,7 +213,7 @@ impl Fs for SimFs {
         let meta = Arc::new(Mutex::new(Meta::default()));
         self.files
             .lock()
-            .unwrap()
+            .unwrap_or_else(|e| e.into_inner())
             .insert(path.to_path_buf(), meta.clone());
         Ok(Arc::new(SimFile {
             inner,
