@@ -33,7 +33,16 @@
 //!   rename, fsync directory) when segments are deleted, every
 //!   `cursor_interval` via [`tick`](Spool::tick), on [`sync`](Spool::sync)
 //!   and on close. After a crash, messages acknowledged after the last
-//!   persist are delivered again: duplicates, never loss.
+//!   persist are delivered again: duplicates, never loss. A full disk
+//!   (`ENOSPC`/`EDQUOT`) while persisting the cursor is therefore not an
+//!   error anywhere (`tick`, `ack`, `sync`, `close`, open): the previous
+//!   cursor file stays, the failure is counted
+//!   (`SpoolStats::cursor_write_failures`, `cursor_dirty`) and `tick`
+//!   retries until a persist succeeds. Recovery reads a stale cursor
+//!   correctly: a floor below the first segment starts at that segment, and
+//!   over an empty log numbering resumes at the cursor's `next_seq` (numbers
+//!   of acknowledged messages may be handed out again). A failed fsync is
+//!   still an error.
 //! * After a crash, sequence numbers of messages that were lost (memory
 //!   tier, unsynced tail) can be reused by new messages.
 //!

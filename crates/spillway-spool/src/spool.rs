@@ -10,7 +10,8 @@ use bytes::Bytes;
 
 use crate::config::{Durability, SpoolConfig, WhenFull};
 use crate::cursor::{
-    install_cursor, sync_cursor_dir, write_cursor, write_cursor_tmp, Cursor, CURSOR_BG_TMP,
+    install_cursor, sync_cursor_dir, write_cursor, write_cursor_tmp, Cursor, CursorWrite,
+    CURSOR_BG_TMP,
 };
 use crate::error::{FullReason, SpoolError};
 use crate::format::{
@@ -108,10 +109,47 @@ pub(crate) struct Core {
     pub written_lsn: u64,
     /// (segment first seq, entry): where the last read stopped.
     pub read_hint: Option<(u64, IndexEntry)>,
+    /// The cursor in the cursor file (as far as this handle knows).
     pub persisted: Cursor,
     pub last_cursor_persist: Instant,
+    /// A cursor that a persist could not write (full disk) or skipped (one
+    /// was in flight): `tick` persists until a cursor at least this new is
+    /// in the file. `None` = the file is not behind what a persist owes.
+    pub cursor_owed: Option<Cursor>,
     pub closed: bool,
     pub space_waiters: usize,
+}
+
+impl Core {
+    pub(crate) fn cursor(&self) -> Cursor {
+        Cursor {
+            ack_floor: self.floor,
+            next_seq: self.next_seq,
+        }
+    }
+
+    /// `c` is in the cursor file now.
+    fn cursor_persisted(&mut self, c: Cursor) {
+        self.persisted = c;
+        self.last_cursor_persist = Instant::now();
+        if self
+            .cursor_owed
+            .is_some_and(|o| c.ack_floor >= o.ack_floor && c.next_seq >= o.next_seq)
+        {
+            self.cursor_owed = None;
+        }
+    }
+
+    /// `c` should be in the cursor file but is not.
+    pub(crate) fn owe_cursor(&mut self, c: Cursor) {
+        self.cursor_owed = Some(match self.cursor_owed {
+            Some(o) => Cursor {
+                ack_floor: o.ack_floor.max(c.ack_floor),
+                next_seq: o.next_seq.max(c.next_seq),
+            },
+            None => c,
+        });
+    }
 }
 
 #[derive(Debug)]
@@ -485,10 +523,7 @@ impl Spool {
             // it on every drain would cost two directory fsyncs each time.
             !is_active_last || waiters || core.segs[i].len >= seg_size / 8
         })?;
-        let cursor = Cursor {
-            ack_floor: core.floor,
-            next_seq: core.next_seq,
-        };
+        let cursor = core.cursor();
         drop(core);
         inner.space_cv.notify_all();
         if removed > 0 {
@@ -510,7 +545,12 @@ impl Spool {
 
     /// Housekeeping, called every 10-50 ms by the owner: fsync under
     /// `Durability::Interval` when due, persist a changed cursor every
-    /// `cursor_interval`. `SpoolError::Closed` after `close`.
+    /// `cursor_interval`, and retry at once a cursor persist that met a full
+    /// disk (`SpoolStats::cursor_dirty`). `SpoolError::Closed` after `close`.
+    ///
+    /// A full disk while persisting the cursor is not an error: it is
+    /// counted (`SpoolStats::cursor_write_failures`), the previous cursor
+    /// file stays, and the next tick tries again.
     pub fn tick(&self) -> Result<(), SpoolError> {
         let inner = &*self.inner;
         inner.check_open()?;
@@ -523,12 +563,9 @@ impl Spool {
             if core.closed {
                 return Err(SpoolError::Closed);
             }
-            (core.persisted.ack_floor != core.floor
-                && core.last_cursor_persist.elapsed() >= inner.cfg.cursor_interval)
-                .then_some(Cursor {
-                    ack_floor: core.floor,
-                    next_seq: core.next_seq,
-                })
+            let changed = core.persisted.ack_floor != core.floor
+                && core.last_cursor_persist.elapsed() >= inner.cfg.cursor_interval;
+            (changed || core.cursor_owed.is_some()).then(|| core.cursor())
         };
         match due {
             Some(c) => inner.persist_cursor_unlocked(c),
@@ -539,6 +576,11 @@ impl Spool {
     /// Forces everything written so far to disk (whatever the durability
     /// policy) and persists the cursor. The memory tier stays in memory.
     /// `SpoolError::Closed` after `close`.
+    ///
+    /// On a full disk the cursor file may stay behind (counted in
+    /// `SpoolStats::cursor_write_failures`, retried by `tick`); `sync` still
+    /// succeeds, since the data is durable and a stale cursor only means
+    /// redelivery after a crash.
     pub fn sync(&self) -> Result<(), SpoolError> {
         let inner = &*self.inner;
         inner.check_open()?;
@@ -571,6 +613,7 @@ impl Spool {
         s.segments = core.segs.len() as u64;
         s.next_seq = core.next_seq;
         s.ack_floor = core.floor;
+        s.cursor_dirty = core.cursor_owed.is_some();
         s.poisoned = inner.poisoned.load(Ordering::Relaxed);
         let oldest_ms = if let Some(m) = core.mem.front() {
             Some(m.ms)
@@ -585,7 +628,9 @@ impl Spool {
 
     /// Graceful close of the spool shared by all clones of this handle:
     /// writes the memory tier to disk, fsyncs, persists the cursor. After
-    /// close and reopen nothing accepted is lost. Other clones get
+    /// close and reopen nothing accepted is lost. A full disk when the
+    /// cursor is persisted does not fail the close (the older cursor file
+    /// stays: redelivery, not loss). Other clones get
     /// `SpoolError::Closed` afterwards (blocked appenders wake up with it)
     /// from every call that reads, writes or deletes, so a lingering handle
     /// cannot touch a directory that a newly opened spool owns.
@@ -715,7 +760,12 @@ impl Inner {
         let _one = match self.cursor_io.try_lock() {
             Ok(g) => g,
             Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return Ok(()),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                // The one in flight may be older than `c`: the next tick
+                // catches up.
+                lock(&self.core).owe_cursor(c);
+                return Ok(());
+            }
         };
         // `close` sets `closed` while holding `cursor_io`: seen open here, the
         // spool stays open until this persist is done. Once closed, the
@@ -725,7 +775,10 @@ impl Inner {
         }
         let durable = self.fsync_enabled();
         let dir = &self.cfg.dir;
-        let tmp = write_cursor_tmp(&*self.fs, dir, CURSOR_BG_TMP, c, durable)?;
+        let Some(tmp) = write_cursor_tmp(&*self.fs, dir, CURSOR_BG_TMP, c, durable)? else {
+            self.cursor_no_space(&mut lock(&self.core), c);
+            return Ok(());
+        };
         {
             let mut core = lock(&self.core);
             let stale =
@@ -735,9 +788,13 @@ impl Inner {
                 let _ = self.fs.remove(&tmp);
                 return Ok(());
             }
-            install_cursor(&*self.fs, dir, &tmp)?;
-            core.persisted = c;
-            core.last_cursor_persist = Instant::now();
+            match install_cursor(&*self.fs, dir, &tmp)? {
+                CursorWrite::Written => core.cursor_persisted(c),
+                CursorWrite::NoSpace => {
+                    self.cursor_no_space(&mut core, c);
+                    return Ok(());
+                }
+            }
         }
         if durable {
             sync_cursor_dir(&*self.fs, dir)?;
@@ -748,14 +805,24 @@ impl Inner {
     /// `durable` forces the fsyncs even under `Durability::Never` (for
     /// `sync` and `close`, which promise durability whatever the policy).
     fn persist_cursor_with(&self, core: &mut Core, durable: bool) -> Result<(), SpoolError> {
-        let c = Cursor {
-            ack_floor: core.floor,
-            next_seq: core.next_seq,
-        };
-        write_cursor(&*self.fs, &self.cfg.dir, c, durable)?;
-        core.persisted = c;
-        core.last_cursor_persist = Instant::now();
+        let c = core.cursor();
+        match write_cursor(&*self.fs, &self.cfg.dir, c, durable)? {
+            CursorWrite::Written => core.cursor_persisted(c),
+            CursorWrite::NoSpace => self.cursor_no_space(core, c),
+        }
         Ok(())
+    }
+
+    /// A cursor persist met a full disk. Not an error: the cursor file keeps
+    /// an older ack floor, which after a crash only redelivers (recovery
+    /// starts at the first segment that still exists when the floor is
+    /// below it), while failing would stop the route. Counted for the
+    /// owner to log and export; `tick` retries.
+    fn cursor_no_space(&self, core: &mut Core, c: Cursor) {
+        self.st
+            .cursor_write_failures
+            .fetch_add(1, Ordering::Relaxed);
+        core.owe_cursor(c);
     }
 
     fn push_mem(&self, core: &mut Core, batch: EncodedBatch) -> u64 {

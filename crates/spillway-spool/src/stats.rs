@@ -45,6 +45,13 @@ pub struct SpoolStats {
     /// Writes that hit ENOSPC/EDQUOT.
     pub enospc: u64,
     pub segments_deleted: u64,
+    /// Cursor persists that met a full disk (`ENOSPC`/`EDQUOT`). Each left
+    /// the previous cursor file in place: not an error, but after a crash
+    /// the acknowledgements since then are redelivered. Log it rate-limited.
+    pub cursor_write_failures: u64,
+    /// The cursor file is behind because a persist met a full disk; `tick`
+    /// retries until one succeeds.
+    pub cursor_dirty: bool,
     pub poisoned: bool,
 }
 
@@ -67,6 +74,7 @@ pub(crate) struct Counters {
     pub full_errors: AtomicU64,
     pub enospc: AtomicU64,
     pub segments_deleted: AtomicU64,
+    pub cursor_write_failures: AtomicU64,
 }
 
 impl Default for Counters {
@@ -89,6 +97,7 @@ impl Default for Counters {
             full_errors: AtomicU64::default(),
             enospc: AtomicU64::default(),
             segments_deleted: AtomicU64::default(),
+            cursor_write_failures: AtomicU64::default(),
         }
     }
 }
@@ -129,6 +138,7 @@ impl Counters {
             full_errors: self.full_errors.load(Relaxed),
             enospc: self.enospc.load(Relaxed),
             segments_deleted: self.segments_deleted.load(Relaxed),
+            cursor_write_failures: self.cursor_write_failures.load(Relaxed),
             ..SpoolStats::default()
         }
     }
