@@ -28,6 +28,57 @@ pub trait SegmentFile: Send + Sync + fmt::Debug {
     fn is_empty(&self) -> io::Result<bool> {
         Ok(self.len()? == 0)
     }
+    /// Grows the file to `len` bytes that really occupy disk space (unlike
+    /// `set_len`, which leaves a hole), for the spool's reserve file. May
+    /// fail part way, e.g. with `ENOSPC`; the file keeps what was
+    /// allocated (see `len`). Never shrinks the file.
+    ///
+    /// The default writes filler through `write_at` (this crate forbids the
+    /// `unsafe` that `fallocate` needs). The filler is pseudo-random, not
+    /// zeros: file systems that compress (ZFS, btrfs) store zero blocks as
+    /// holes, which would hold no space.
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        let mut pos = self.len()?;
+        if pos >= len {
+            return Ok(());
+        }
+        let filler = filler(
+            usize::try_from(len - pos)
+                .unwrap_or(usize::MAX)
+                .min(1 << 20),
+        );
+        while pos < len {
+            let n = usize::try_from(len - pos)
+                .unwrap_or(usize::MAX)
+                .min(filler.len());
+            match self.write_at(&filler[..n], pos) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "write returned 0 bytes",
+                    ))
+                }
+                Ok(k) => pos += k as u64,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `n` incompressible bytes (xorshift64).
+fn filler(n: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(n);
+    out
 }
 
 /// Directory-level operations of the spool.

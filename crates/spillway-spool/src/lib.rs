@@ -14,6 +14,27 @@
 //!   drains, so order is never broken between tiers (memory always holds the
 //!   older messages). `memory_limit = 0` puts every message on disk before
 //!   `append` returns. [`close`](Spool::close) writes the memory tier to disk.
+//! * **The memory tier's disk space is reserved.** The memory tier takes no
+//!   disk space while it fills, so a full disk would only show at close,
+//!   losing the whole tier on a graceful shutdown. So at open the spool
+//!   allocates a `reserve` file in its directory (real blocks: filler
+//!   bytes, not a sparse file), and the memory tier admits a batch only if
+//!   the segment `close` would write (segment header, record headers,
+//!   length varints, messages) still fits it; `memory_limit` is counted in
+//!   those bytes on disk. `close` deletes the reserve, then writes the
+//!   memory tier into the space it freed. The cost: an open spool holds
+//!   `memory_limit` bytes of disk beyond `max_disk` (which bounds the
+//!   segments only), and the first open writes them. If the disk cannot
+//!   hold the reserve at open, the memory tier shrinks to what could be
+//!   reserved (0: every message goes to disk), as reported in
+//!   [`RecoveryReport::memory_reserved`] and `SpoolStats::mem_reserved`;
+//!   `tick` tries to grow it every `reserve_retry` while the disk tier is
+//!   empty. A crash leaves the reserve behind and the next open reuses it.
+//!   Only another writer taking the freed space between the delete and the
+//!   write can still make `close` fail, and then
+//!   [`SpoolError::MemoryTierNotWritten`] says which messages were lost. On
+//!   copy-on-write file systems (btrfs, ZFS) freed space may show up late,
+//!   so the guarantee is weaker there.
 //! * **Durability** is per [`Durability`]: `Always` (group commit: appends
 //!   that arrive while an fdatasync runs share the next one), `Interval`,
 //!   `Never`. The memory tier is volatile under every policy. A failed fsync
@@ -50,7 +71,10 @@
 //!
 //! A spool directory holds segment files named by the sequence number of
 //! their first message, zero-padded to 20 digits
-//! (`00000000000000000042.seg`), and one `cursor` file. Segments are
+//! (`00000000000000000042.seg`), one `cursor` file, the `LOCK` file and,
+//! while the spool is open (or after a crash), the `reserve` file (filler
+//! bytes holding space for the memory tier; not part of the log, ignored by
+//! recovery, `inspect`, `verify` and `dump`). Segments are
 //! contiguous: each one ends where the next one's name begins, and records
 //! carry their own sequence numbers, so the log describes itself and no
 //! separately-synced write position exists.
@@ -97,6 +121,7 @@ mod format;
 pub mod fs;
 mod inspect;
 mod recovery;
+mod reserve;
 mod scan;
 pub mod sim;
 mod spool;

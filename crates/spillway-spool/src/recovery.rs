@@ -53,6 +53,12 @@ pub struct RecoveryReport {
     /// The updated cursor could not be written (full disk): the old cursor
     /// file stays, which the next open reads the same way; `tick` retries.
     pub cursor_write_failed: bool,
+    /// Disk space held for the memory tier (the reserve file), and what the
+    /// configuration asked for (`memory_limit`). Less means the disk was
+    /// full: the memory tier is that much smaller (0: every message goes to
+    /// disk) until `tick` manages to grow the reserve.
+    pub memory_reserved: u64,
+    pub memory_reserve_wanted: u64,
     pub cursor: CursorRecovery,
     pub ack_floor: u64,
     pub next_seq: u64,
@@ -95,6 +101,13 @@ impl fmt::Display for RecoveryReport {
                 f,
                 "; deleted {} acked segments",
                 self.deleted_acked_segments
+            )?;
+        }
+        if self.memory_reserved < self.memory_reserve_wanted {
+            write!(
+                f,
+                "; file system full: memory tier limited to {} of {} bytes (its reserve could not be allocated; retried)",
+                self.memory_reserved, self.memory_reserve_wanted
             )?;
         }
         if self.cursor_write_failed {
@@ -209,6 +222,8 @@ pub(crate) fn recover(
         removed_temp_files: removed_tmp,
         deleted_acked_segments: 0,
         cursor_write_failed: false,
+        memory_reserved: 0,
+        memory_reserve_wanted: 0,
         cursor: CursorRecovery::Missing,
         ack_floor: 0,
         next_seq: 0,
@@ -456,6 +471,9 @@ pub(crate) fn recover(
         mem: Default::default(),
         mem_first: next_seq,
         mem_bytes: 0,
+        mem_encoded: 0,
+        mem_capacity: 0,
+        reserve_retry_at: Instant::now(),
         segs: segs.into(),
         active,
         disk_end,

@@ -15,11 +15,12 @@ use crate::cursor::{
 };
 use crate::error::{FullReason, SpoolError};
 use crate::format::{
-    encode_batch, finalize, segment_file_name, split_payload, EncodedBatch, SegmentHeader,
-    MAX_MESSAGE_LIMIT, SEGMENT_HEADER_LEN,
+    encode_batch, finalize, segment_file_name, segment_size_bound, split_payload, varint_len,
+    EncodedBatch, SegmentHeader, MAX_MESSAGE_LIMIT, SEGMENT_HEADER_LEN,
 };
 use crate::fs::{is_no_space, write_all_at, Fs, SegmentFile, StdFs};
 use crate::recovery::{recover, RecoveryReport};
+use crate::reserve;
 use crate::scan::{Scan, Scanner};
 use crate::stats::{Counters, SpoolStats};
 
@@ -98,6 +99,14 @@ pub(crate) struct Core {
     pub mem: VecDeque<MemMsg>,
     pub mem_first: u64,
     pub mem_bytes: u64,
+    /// The memory tier's messages as `close` encodes them (length varints
+    /// + bytes), for the admission check against `mem_capacity`.
+    pub mem_encoded: u64,
+    /// Bytes of the reserve file: the largest segment the memory tier may
+    /// become (at most `memory_limit`; less when the disk was full).
+    pub mem_capacity: u64,
+    /// When `tick` may next try to grow a short reserve.
+    pub reserve_retry_at: Instant,
     /// Sorted by first seq; contiguous (each ends where the next begins).
     pub segs: VecDeque<Seg>,
     /// Whether `segs.back()` takes appends.
@@ -170,6 +179,9 @@ struct Inner {
     dir_lock: Mutex<Option<std::fs::File>>,
     /// Serializes the periodic cursor persist (see `persist_cursor_unlocked`).
     cursor_io: Mutex<()>,
+    /// Held while the reserve file is grown (by `tick`, without the main
+    /// lock) or deleted (by `close`).
+    reserve_io: Mutex<()>,
     cfg: SpoolConfig,
     fs: Arc<dyn Fs>,
     core: Mutex<Core>,
@@ -287,10 +299,17 @@ impl Spool {
         }
         let lock = lock_dir(&config.dir)?;
         let st = Counters::default();
-        let (core, report) = recover(&config, &*fs, &st)?;
+        let (mut core, mut report) = recover(&config, &*fs, &st)?;
+        // After recovery, which may have freed space by deleting acked
+        // segments.
+        core.mem_capacity = reserve::ensure(&*fs, &config.dir, config.memory_limit)?;
+        core.reserve_retry_at = Instant::now() + config.reserve_retry;
+        report.memory_reserved = core.mem_capacity;
+        report.memory_reserve_wanted = config.memory_limit;
         let inner = Inner {
             dir_lock: Mutex::new(Some(lock)),
             cursor_io: Mutex::new(()),
+            reserve_io: Mutex::new(()),
             written: AtomicU64::new(core.written_lsn),
             sync: Mutex::new(SyncState {
                 durable_lsn: core.written_lsn,
@@ -358,10 +377,14 @@ impl Spool {
                 return Err(SpoolError::Closed);
             }
             inner.check_poison()?;
-            let disk_pending = !core.segs.is_empty() && core.disk_end > core.floor;
-            if !disk_pending
+            // The memory tier takes the batch if, written out by `close`
+            // with everything already in it, it still fits the reserve.
+            if !disk_pending(&core)
                 && cfg.memory_limit > 0
-                && core.mem_bytes + batch.payload_bytes <= cfg.memory_limit
+                && segment_size_bound(
+                    core.mem_encoded + batch.encoded_payload(),
+                    (core.mem.len() + batch.msgs) as u64,
+                ) <= core.mem_capacity
             {
                 if !core.segs.is_empty() {
                     // Later disk records must continue the log's seqs, so a
@@ -506,6 +529,7 @@ impl Spool {
                 break;
             };
             core.mem_bytes -= m.data.len() as u64;
+            core.mem_encoded -= encoded_len(&m.data);
             core.mem_first += 1;
         }
         let seg_size = inner.cfg.segment_size;
@@ -567,10 +591,10 @@ impl Spool {
                 && core.last_cursor_persist.elapsed() >= inner.cfg.cursor_interval;
             (changed || core.cursor_owed.is_some()).then(|| core.cursor())
         };
-        match due {
-            Some(c) => inner.persist_cursor_unlocked(c),
-            None => Ok(()),
+        if let Some(c) = due {
+            inner.persist_cursor_unlocked(c)?;
         }
+        inner.maybe_grow_reserve()
     }
 
     /// Forces everything written so far to disk (whatever the durability
@@ -608,6 +632,7 @@ impl Spool {
         let mut s = inner.st.snapshot();
         s.mem_msgs = core.mem.len() as u64;
         s.mem_bytes = core.mem_bytes;
+        s.mem_reserved = core.mem_capacity;
         s.disk_msgs = disk_msgs(&core);
         s.disk_bytes = core.disk_bytes;
         s.segments = core.segs.len() as u64;
@@ -639,15 +664,38 @@ impl Spool {
         // A periodic cursor persist runs without the main lock; wait for one
         // in flight, and make every later one see `closed` before it writes.
         let _cursor_io = lock(&inner.cursor_io);
+        // Likewise a growth of the reserve: its open handle would keep the
+        // space taken after the unlink below.
+        let _reserve_io = lock(&inner.reserve_io);
         let mut core = lock(&inner.core);
         if core.closed {
             return Ok(());
         }
         core.closed = true;
         inner.space_cv.notify_all();
-        inner.check_poison()?;
         if !core.mem.is_empty() {
-            inner.flush_mem(&mut core)?;
+            let not_written = |core: &Core, source: SpoolError| SpoolError::MemoryTierNotWritten {
+                msgs: core.mem.len() as u64,
+                bytes: core.mem_bytes,
+                first_seq: core.mem_first,
+                source: Box::new(source),
+            };
+            if let Err(e) = inner.check_poison() {
+                return Err(not_written(&core, e));
+            }
+            // The reserve's space is what the memory tier is written into.
+            // Should the unlink fail, the write below may still find room;
+            // if it does not, the unlink's error is the cause to report.
+            let removed = reserve::remove(&*inner.fs, &inner.cfg.dir);
+            if let Err(e) = inner.flush_mem(&mut core) {
+                return Err(not_written(&core, removed.err().unwrap_or(e)));
+            }
+        } else {
+            inner.check_poison()?;
+            // A closed spool holds no reserve, and its space helps the
+            // cursor write below on a full disk. A reserve that cannot be
+            // removed is harmless: the next open reuses it, as after a crash.
+            let _ = reserve::remove(&*inner.fs, &inner.cfg.dir);
         }
         // Everything written becomes durable; a reopen starts a new segment.
         inner.seal_active(&mut core)?;
@@ -656,6 +704,18 @@ impl Spool {
         lock(&inner.dir_lock).take();
         Ok(())
     }
+}
+
+/// Whether the disk tier holds unacknowledged messages (then appends go to
+/// disk, to keep FIFO order across the tiers).
+fn disk_pending(core: &Core) -> bool {
+    !core.segs.is_empty() && core.disk_end > core.floor
+}
+
+/// Bytes a message takes in a record payload.
+fn encoded_len(data: &[u8]) -> u64 {
+    // Messages are at most `MAX_MESSAGE_LIMIT` (< u32::MAX) bytes.
+    (varint_len(data.len() as u32) + data.len()) as u64
 }
 
 fn disk_msgs(core: &Core) -> u64 {
@@ -709,6 +769,37 @@ impl Inner {
         drop(s);
         self.sync_cv.notify_all();
         SpoolError::Poisoned { cause }
+    }
+
+    /// Grows a reserve that open could not allocate in full, now and then
+    /// (`reserve_retry`) and only while the disk tier holds nothing pending:
+    /// only then does the memory tier take messages, and space the disk
+    /// tier is waiting for is not taken from it. The writes run without the
+    /// main lock (they can be `memory_limit` bytes).
+    fn maybe_grow_reserve(&self) -> Result<(), SpoolError> {
+        let target = self.cfg.memory_limit;
+        {
+            let mut core = lock(&self.core);
+            let now = Instant::now();
+            if core.closed
+                || core.mem_capacity >= target
+                || now < core.reserve_retry_at
+                || disk_pending(&core)
+            {
+                return Ok(());
+            }
+            core.reserve_retry_at = now + self.cfg.reserve_retry;
+        }
+        // `close` holds this while it deletes the reserve: skip, it is done.
+        let Ok(_grow) = self.reserve_io.try_lock() else {
+            return Ok(());
+        };
+        if lock(&self.core).closed {
+            return Ok(());
+        }
+        let got = reserve::ensure(&*self.fs, &self.cfg.dir, target)?;
+        lock(&self.core).mem_capacity = got;
+        Ok(())
     }
 
     fn fsync_enabled(&self) -> bool {
@@ -831,6 +922,7 @@ impl Inner {
             core.mem_first = first;
         }
         let ms = now_ms();
+        core.mem_encoded += batch.encoded_payload();
         let buf = batch.buf.freeze();
         for span in &batch.spans {
             let start = span.start + crate::format::RECORD_HEADER_LEN;
@@ -1124,6 +1216,7 @@ impl Inner {
         let bytes = front.len.saturating_sub(SEGMENT_HEADER_LEN) + core.mem_bytes;
         core.mem.clear();
         core.mem_bytes = 0;
+        core.mem_encoded = 0;
         core.floor = core.floor.max(end);
         let mut taken = false;
         self.remove_segments_while(core, |_, _| !std::mem::replace(&mut taken, true))?;
@@ -1152,9 +1245,14 @@ impl Inner {
             created_ms: oldest_ms,
         }
         .encode();
-        write_all_at(&*f, &header, 0).map_err(|(e, _)| SpoolError::io("write", &tmp, e))?;
-        write_all_at(&*f, &batch.buf, SEGMENT_HEADER_LEN)
-            .map_err(|(e, _)| SpoolError::io("write", &tmp, e))?;
+        let written = write_all_at(&*f, &header, 0)
+            .and_then(|()| write_all_at(&*f, &batch.buf, SEGMENT_HEADER_LEN));
+        if let Err((e, _)) = written {
+            // Give the space back; the log itself is untouched.
+            drop(f);
+            let _ = self.fs.remove(&tmp);
+            return Err(SpoolError::io("write", &tmp, e));
+        }
         self.timed_sync(&*f, &tmp)?;
         self.fs
             .rename(&tmp, &path)
@@ -1184,6 +1282,7 @@ impl Inner {
         self.st.bytes_written.fetch_add(len, Ordering::Relaxed);
         core.mem.clear();
         core.mem_bytes = 0;
+        core.mem_encoded = 0;
         Ok(())
     }
 

@@ -9,6 +9,10 @@ pub struct SpoolStats {
     /// Messages / message bytes in the memory tier.
     pub mem_msgs: u64,
     pub mem_bytes: u64,
+    /// Disk space held in reserve for the memory tier, which is also its
+    /// capacity (counted as bytes on disk). Below `memory_limit` when the
+    /// disk was too full to reserve it all.
+    pub mem_reserved: u64,
     /// Unacknowledged messages in the disk tier, and the tier's file bytes
     /// (what `max_disk` bounds; includes acked data in undeleted segments).
     pub disk_msgs: u64,
