@@ -232,6 +232,13 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Whether an append respects `max_disk` (see `Spool::append_past_quota`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quota {
+    Applies,
+    Ignored,
+}
+
 enum WriteResult {
     Written { first: u64, lsn: u64 },
     NoRoom(FullReason),
@@ -345,6 +352,27 @@ impl Spool {
     /// is accepted and, under `Durability::Always` in the disk tier, durable.
     /// The whole batch is accepted or none of it.
     pub fn append(&self, msgs: &[&[u8]]) -> Result<AppendOutcome, SpoolError> {
+        self.append_with(msgs, Quota::Applies)
+    }
+
+    /// Appends a batch that was already accepted from its producer (read
+    /// from the socket, so TCP acknowledged it) when shutdown interrupts an
+    /// append waiting at `max_disk` under `WhenFull::Block`. The quota is a
+    /// policy and these bytes are already promised, so the batch is written
+    /// even past `max_disk`, and never dropped or waited for: a physically
+    /// full file system still fails it at once with
+    /// `SpoolError::Full { reason: FullReason::NoSpace }` (then the caller
+    /// knows exactly which batch was lost). `when_full` does not apply.
+    /// Otherwise like [`append`](Spool::append): the memory tier takes the
+    /// batch if it would, `Durability::Always` waits for the fsync.
+    ///
+    /// Meant for that one batch per producer at shutdown: each call can
+    /// take the disk tier further past `max_disk`.
+    pub fn append_past_quota(&self, msgs: &[&[u8]]) -> Result<AppendOutcome, SpoolError> {
+        self.append_with(msgs, Quota::Ignored)
+    }
+
+    fn append_with(&self, msgs: &[&[u8]], quota: Quota) -> Result<AppendOutcome, SpoolError> {
         let inner = &*self.inner;
         let cfg = &inner.cfg;
         for m in msgs {
@@ -403,13 +431,16 @@ impl Spool {
                     None,
                 );
             }
-            if cfg.max_disk > 0 && need + SEGMENT_HEADER_LEN > cfg.max_disk {
+            if quota == Quota::Applies
+                && cfg.max_disk > 0
+                && need + SEGMENT_HEADER_LEN > cfg.max_disk
+            {
                 return Err(SpoolError::TooLarge {
                     size: need,
                     limit: cfg.max_disk - SEGMENT_HEADER_LEN,
                 });
             }
-            let reason = match inner.write_disk(&mut core, &mut batch)? {
+            let reason = match inner.write_disk(&mut core, &mut batch, quota)? {
                 WriteResult::Written { first, lsn } => {
                     break (
                         AppendOutcome {
@@ -426,6 +457,16 @@ impl Spool {
             };
             if reason == FullReason::NoSpace {
                 inner.st.enospc.fetch_add(1, Ordering::Relaxed);
+            }
+            if quota == Quota::Ignored {
+                // Only the file system says no here. A drained log still
+                // holds its active segment: free that and try once more.
+                if core.floor >= core.disk_end && !core.segs.is_empty() {
+                    inner.remove_segments_while(&mut core, |_, _| true)?;
+                    continue;
+                }
+                inner.st.full_errors.fetch_add(1, Ordering::Relaxed);
+                return Err(SpoolError::Full { reason });
             }
             let refuse = |core: &Core, dropped_oldest: u64| {
                 inner
@@ -1084,6 +1125,7 @@ impl Inner {
         &self,
         core: &mut Core,
         batch: &mut EncodedBatch,
+        quota: Quota,
     ) -> Result<WriteResult, SpoolError> {
         let need = batch.buf.len() as u64;
         let roll = match (core.active, core.segs.back()) {
@@ -1091,7 +1133,10 @@ impl Inner {
             _ => true,
         };
         let extra = need + if roll { SEGMENT_HEADER_LEN } else { 0 };
-        if self.cfg.max_disk > 0 && core.disk_bytes + extra > self.cfg.max_disk {
+        if quota == Quota::Applies
+            && self.cfg.max_disk > 0
+            && core.disk_bytes + extra > self.cfg.max_disk
+        {
             return Ok(WriteResult::NoRoom(FullReason::Quota));
         }
         if roll {

@@ -35,6 +35,10 @@ fn ack_on_a_closed_handle_is_refused_and_deletes_nothing() {
     assert!(matches!(old.ack(100), Err(SpoolError::Closed)));
     assert!(matches!(old.tick(), Err(SpoolError::Closed)));
     assert!(matches!(old.sync(), Err(SpoolError::Closed)));
+    assert!(matches!(
+        old.append_past_quota(&[b"late"]),
+        Err(SpoolError::Closed)
+    ));
     assert_eq!(
         spillway_spool::inspect(dir.path()).unwrap().segments.len(),
         segments_before,
