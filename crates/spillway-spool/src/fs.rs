@@ -33,38 +33,43 @@ pub trait SegmentFile: Send + Sync + fmt::Debug {
     /// fail part way, e.g. with `ENOSPC`; the file keeps what was
     /// allocated (see `len`). Never shrinks the file.
     ///
-    /// The default writes filler through `write_at` (this crate forbids the
-    /// `unsafe` that `fallocate` needs). The filler is pseudo-random, not
-    /// zeros: file systems that compress (ZFS, btrfs) store zero blocks as
-    /// holes, which would hold no space.
+    /// The default writes filler bytes ([`allocate_by_writing`]); [`StdFs`]
+    /// files use `fallocate(2)`.
     fn allocate(&self, len: u64) -> io::Result<()> {
-        let mut pos = self.len()?;
-        if pos >= len {
-            return Ok(());
-        }
-        let filler = filler(
-            usize::try_from(len - pos)
-                .unwrap_or(usize::MAX)
-                .min(1 << 20),
-        );
-        while pos < len {
-            let n = usize::try_from(len - pos)
-                .unwrap_or(usize::MAX)
-                .min(filler.len());
-            match self.write_at(&filler[..n], pos) {
-                Ok(0) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        "write returned 0 bytes",
-                    ))
-                }
-                Ok(k) => pos += k as u64,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        allocate_by_writing(self, len)
     }
+}
+
+/// [`SegmentFile::allocate`] by writing filler through `write_at`. The
+/// filler is pseudo-random, not zeros: file systems that compress (ZFS,
+/// btrfs) store zero blocks as holes, which would hold no space.
+pub fn allocate_by_writing<F: SegmentFile + ?Sized>(f: &F, len: u64) -> io::Result<()> {
+    let mut pos = f.len()?;
+    if pos >= len {
+        return Ok(());
+    }
+    let filler = filler(
+        usize::try_from(len - pos)
+            .unwrap_or(usize::MAX)
+            .min(1 << 20),
+    );
+    while pos < len {
+        let n = usize::try_from(len - pos)
+            .unwrap_or(usize::MAX)
+            .min(filler.len());
+        match f.write_at(&filler[..n], pos) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "write returned 0 bytes",
+                ))
+            }
+            Ok(k) => pos += k as u64,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// `n` incompressible bytes (xorshift64).
@@ -118,6 +123,26 @@ impl SegmentFile for StdFile {
     }
     fn len(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
+    }
+    /// `fallocate(2)`: the blocks are allocated without writing them (a
+    /// 64 MiB reserve takes milliseconds, not the hundreds of milliseconds
+    /// of writing it).
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        use rustix::fs::{fallocate, FallocateFlags};
+        use rustix::io::Errno;
+        let cur = self.len()?;
+        if cur >= len {
+            return Ok(());
+        }
+        match fallocate(&self.0, FallocateFlags::empty(), cur, len - cur) {
+            Ok(()) => Ok(()),
+            // Not supported by this file system (older ZFS, some FUSE
+            // file systems): write the bytes instead.
+            Err(e) if e == Errno::OPNOTSUPP || e == Errno::NOSYS => allocate_by_writing(self, len),
+            // fallocate is all or nothing; writing takes what there is.
+            Err(e) if e == Errno::NOSPC || e == Errno::DQUOT => allocate_by_writing(self, len),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

@@ -17,14 +17,15 @@
 //! * **The memory tier's disk space is reserved.** The memory tier takes no
 //!   disk space while it fills, so a full disk would only show at close,
 //!   losing the whole tier on a graceful shutdown. So at open the spool
-//!   allocates a `reserve` file in its directory (real blocks: filler
-//!   bytes, not a sparse file), and the memory tier admits a batch only if
+//!   allocates a `reserve` file in its directory (real blocks, with
+//!   `fallocate(2)` or by writing filler where that is not supported; not a
+//!   sparse file), and the memory tier admits a batch only if
 //!   the segment `close` would write (segment header, record headers,
 //!   length varints, messages) still fits it; `memory_limit` is counted in
 //!   those bytes on disk. `close` deletes the reserve, then writes the
 //!   memory tier into the space it freed. The cost: an open spool holds
 //!   `memory_limit` bytes of disk beyond `max_disk` (which bounds the
-//!   segments only), and the first open writes them. If the disk cannot
+//!   segments only). If the disk cannot
 //!   hold the reserve at open, the memory tier shrinks to what could be
 //!   reserved (0: every message goes to disk), as reported in
 //!   [`RecoveryReport::memory_reserved`] and `SpoolStats::mem_reserved`;
@@ -72,8 +73,8 @@
 //! A spool directory holds segment files named by the sequence number of
 //! their first message, zero-padded to 20 digits
 //! (`00000000000000000042.seg`), one `cursor` file, the `LOCK` file and,
-//! while the spool is open (or after a crash), the `reserve` file (filler
-//! bytes holding space for the memory tier; not part of the log, ignored by
+//! while the spool is open (or after a crash), the `reserve` file (blocks
+//! holding space for the memory tier, no data; not part of the log, ignored by
 //! recovery, `inspect`, `verify` and `dump`). Segments are
 //! contiguous: each one ends where the next one's name begins, and records
 //! carry their own sequence numbers, so the log describes itself and no

@@ -2,7 +2,8 @@
 //! the memory tier. `close` deletes it and writes the memory tier into the
 //! space it freed, so a graceful shutdown on a full disk loses nothing.
 //!
-//! The file holds no data (its bytes are filler) and is not part of the log:
+//! The file holds no data (allocated blocks, or filler bytes where
+//! `fallocate` is not supported) and is not part of the log:
 //! recovery, `inspect`, `verify` and `dump` only look at `*.seg` files. A
 //! crash leaves it behind; the next open reuses it.
 
@@ -20,9 +21,8 @@ pub(crate) const RESERVE_FILE: &str = "reserve";
 /// out of space (`ENOSPC`/`EDQUOT`, not an error: the memory tier shrinks to
 /// fit). Other I/O errors are errors.
 ///
-/// Not fsynced: the space is taken when the bytes are written (delayed
-/// allocation reserves it then), which is all a running spool needs; after
-/// a crash, open checks the length again.
+/// Not fsynced: the space is taken when it is allocated, which is all a
+/// running spool needs; after a crash, open checks the length again.
 pub(crate) fn ensure(fs: &dyn Fs, dir: &Path, target: u64) -> Result<u64, SpoolError> {
     let path = dir.join(RESERVE_FILE);
     if target == 0 {

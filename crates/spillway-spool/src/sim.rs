@@ -156,6 +156,25 @@ impl SegmentFile for SimFile {
     fn len(&self) -> io::Result<u64> {
         self.inner.len()
     }
+    /// Takes the growth from `space_left` like writes do: past the budget
+    /// the file grows by what is left, then ENOSPC.
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        let cur = self.inner.len()?;
+        if cur >= len {
+            return Ok(());
+        }
+        let want = (len - cur) as i64;
+        let left = self.faults.space_left.load(Ordering::SeqCst);
+        if left >= 0 && want > left {
+            self.faults.space_left.fetch_sub(left, Ordering::SeqCst);
+            self.inner.allocate(cur + left as u64)?;
+            return Err(enospc());
+        }
+        if left >= 0 {
+            self.faults.space_left.fetch_sub(want, Ordering::SeqCst);
+        }
+        self.inner.allocate(len)
+    }
 }
 
 impl SimFs {

@@ -146,6 +146,20 @@ fn the_reserve_is_allocated_at_open_and_released_at_close() {
     );
 }
 
+/// On the real file system the reserve occupies blocks: a sparse file
+/// would hold no space.
+#[test]
+fn the_reserve_holds_real_blocks() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (s, rep) = Spool::open(config(dir.path())).unwrap();
+    assert_eq!(rep.memory_reserved, MEMORY);
+    let md = std::fs::metadata(dir.path().join("reserve")).unwrap();
+    assert_eq!(md.len(), MEMORY);
+    assert!(md.blocks() * 512 >= MEMORY, "{} blocks", md.blocks());
+    s.close().unwrap();
+}
+
 /// A crash leaves the reserve behind; open reuses it (no new write), and
 /// the offline tools do not mistake it for part of the log.
 #[test]
