@@ -1,7 +1,8 @@
 //! Model test: random append / read / ack / tick / sync / close+reopen /
 //! crash (power cut through SimFs, optionally with garbage appended to the
-//! last segment) / a full disk for cursor writes, against a VecDeque model
-//! that tracks what a crash may lose.
+//! last segment) / a full disk for cursor writes / close on a full disk
+//! (the memory tier must reach the disk through its reserve), against a
+//! VecDeque model that tracks what a crash may lose.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
@@ -24,6 +25,9 @@ enum Op {
     Tick,
     Sync,
     CloseReopen,
+    /// Close with the disk full (SIGTERM on a full disk): the memory tier
+    /// goes into its reserve; the cursor may stay stale. Then reopen.
+    CloseOnFullDisk,
     Crash {
         keep_pct: u64,
         garbage: Vec<u8>,
@@ -41,6 +45,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Tick),
         1 => Just(Op::Sync),
         1 => Just(Op::CloseReopen),
+        1 => Just(Op::CloseOnFullDisk),
         2 => (0u64..=100, prop::collection::vec(any::<u8>(), 0..40))
             .prop_map(|(keep_pct, garbage)| Op::Crash { keep_pct, garbage }),
         1 => any::<bool>().prop_map(Op::CursorNoSpace),
@@ -106,6 +111,7 @@ fn run(cfg: SpoolConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
         pos: 0,
     };
     for op in ops {
+        let full_disk = matches!(op, Op::CloseOnFullDisk);
         match op {
             Op::Append(spec) => {
                 let msgs: Vec<Vec<u8>> = spec.iter().map(|&(n, b)| vec![b; n]).collect();
@@ -159,8 +165,13 @@ fn run(cfg: SpoolConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     e.durable = true;
                 }
             }
-            Op::CloseReopen => {
+            Op::CloseReopen | Op::CloseOnFullDisk => {
+                if full_disk {
+                    fs.faults.space_left.store(0, Ordering::SeqCst);
+                    cursor_faults = true;
+                }
                 s.close().expect("close");
+                fs.faults.space_left.store(-1, Ordering::SeqCst);
                 let (s2, rep) = Spool::open_with_fs(cfg.clone(), fs.clone()).expect("reopen");
                 s = s2;
                 prop_assert_eq!(rep.truncated_bytes, 0);
