@@ -53,8 +53,9 @@ pub struct SpoolStats {
     /// the previous cursor file in place: not an error, but after a crash
     /// the acknowledgements since then are redelivered. Log it rate-limited.
     pub cursor_write_failures: u64,
-    /// The cursor file is behind because a persist met a full disk; `tick`
-    /// retries until one succeeds.
+    /// The cursor file is behind what a persist owed it (one met a full
+    /// disk, or was skipped while another ran); `tick` persists at its next
+    /// call until one succeeds.
     pub cursor_dirty: bool,
     pub poisoned: bool,
 }
