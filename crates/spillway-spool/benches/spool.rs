@@ -1,6 +1,6 @@
 //! Criterion benches: append throughput (64 B, 1 KiB, 64 KiB messages under
-//! Never, Interval(100ms), Always; 64 KiB of messages per append), read-back
-//! throughput, and recovery (open) time. Kept short: `cargo bench -p
+//! Never, Interval(100ms), Always; 64 KiB of messages per append), appends
+//! to the memory tier, read-back throughput, and recovery (open) time. Kept short: `cargo bench -p
 //! spillway-spool`. For the one-screen summary with the 4 GiB recovery and 64
 //! concurrent writers, run the `spool_bench` example.
 
@@ -61,6 +61,34 @@ fn append(c: &mut Criterion) {
     g.finish();
 }
 
+/// The memory tier's hot path: append (admission check, copy into the
+/// tier) and ack (pop) with the disk tier empty.
+fn append_memory(c: &mut Criterion) {
+    let mut g = c.benchmark_group("append_memory");
+    g.measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(300))
+        .sample_size(10);
+    for size in [64usize, 1024] {
+        let per = 64 * 1024 / size;
+        let dir = bench_dir();
+        let mut config = cfg(dir.path(), Durability::Never);
+        config.memory_limit = 64 << 20;
+        let (s, _) = Spool::open(config).unwrap();
+        let msgs: Vec<Vec<u8>> = (0..per).map(|i| vec![i as u8; size]).collect();
+        let refs: Vec<&[u8]> = msgs.iter().map(|v| &v[..]).collect();
+        g.throughput(Throughput::Bytes((per * size) as u64));
+        g.bench_function(format!("{size}B"), |b| {
+            b.iter(|| {
+                s.append(&refs).unwrap();
+                let n = s.next_seq();
+                s.ack(n).unwrap();
+            })
+        });
+        s.close().unwrap();
+    }
+    g.finish();
+}
+
 fn read_back(c: &mut Criterion) {
     let dir = bench_dir();
     let (s, _) = Spool::open(cfg(dir.path(), Durability::Never)).unwrap();
@@ -112,5 +140,5 @@ fn recovery(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, append, read_back, recovery);
+criterion_group!(benches, append, append_memory, read_back, recovery);
 criterion_main!(benches);

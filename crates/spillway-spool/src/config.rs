@@ -43,8 +43,12 @@ pub struct SpoolConfig {
     /// Directory holding segments and the cursor file (created if missing).
     /// One spool per directory; two processes must not open the same one.
     pub dir: PathBuf,
-    /// Message bytes held in the memory tier. 0 = every message goes to disk
-    /// before `append` returns.
+    /// Size of the memory tier, counted as the bytes it takes on disk once
+    /// `close` writes it out as a segment (messages, their length varints,
+    /// record and segment headers): the spool holds a reserve file of this
+    /// size in `dir` while it is open, so that `close` can always write the
+    /// memory tier (see the crate docs). 0 = no memory tier, no reserve:
+    /// every message goes to disk before `append` returns.
     pub memory_limit: u64,
     /// Bound on the disk tier's file bytes (0 = unlimited). When set,
     /// `segment_size` is lowered to at most a quarter of it so that space can
@@ -65,12 +69,17 @@ pub struct SpoolConfig {
     /// How often `tick` persists a changed consumer cursor. Acknowledgements
     /// newer than the last persist are redelivered after a crash.
     pub cursor_interval: Duration,
+    /// When the reserve for the memory tier could not be allocated in full
+    /// (full disk), how often `tick` tries to grow it (only while the disk
+    /// tier holds nothing pending: that is when the memory tier is used,
+    /// and the disk tier never loses space to it).
+    pub reserve_retry: Duration,
 }
 
 impl SpoolConfig {
     /// Defaults: 64 MiB memory tier, unlimited disk, block when full,
     /// fsync every 100 ms, 64 MiB segments, 16 MiB messages, 1 s cursor
-    /// persistence.
+    /// persistence, 10 s between attempts to grow a short reserve.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         SpoolConfig {
             dir: dir.into(),
@@ -82,6 +91,7 @@ impl SpoolConfig {
             max_message: 16 << 20,
             block_timeout: None,
             cursor_interval: Duration::from_secs(1),
+            reserve_retry: Duration::from_secs(10),
         }
     }
 }

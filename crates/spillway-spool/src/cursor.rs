@@ -10,11 +10,17 @@
 //! Written to `cursor.tmp`, fsynced, renamed over `cursor`, directory
 //! fsynced: a reader sees the old or the new cursor, never a torn one.
 //! DO NOT REORDER FIELDS.
+//!
+//! A full disk (`ENOSPC`/`EDQUOT` creating, writing or renaming the temp
+//! file) is not an error: the temp file is removed, the previous cursor file
+//! stays as it was, and the caller learns [`CursorWrite::NoSpace`]. A stale
+//! cursor only means that acknowledgements newer than it are redelivered
+//! after a crash. A failed fsync is still an error.
 
 use std::path::{Path, PathBuf};
 
 use crate::format::{le_u32, le_u64};
-use crate::fs::{read_full_at, write_all_at, Fs};
+use crate::fs::{is_no_space, read_full_at, write_all_at, Fs};
 use crate::SpoolError;
 
 pub(crate) const CURSOR_FILE: &str = "cursor";
@@ -30,6 +36,16 @@ const LEN: usize = 32;
 pub(crate) struct Cursor {
     pub ack_floor: u64,
     pub next_seq: u64,
+}
+
+/// What a cursor write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub(crate) enum CursorWrite {
+    Written,
+    /// The file system is full: nothing changed on disk (the temp file was
+    /// removed), the previous cursor file is intact.
+    NoSpace,
 }
 
 fn crc(b: &[u8]) -> u32 {
@@ -93,46 +109,75 @@ pub(crate) fn write_cursor(
     dir: &Path,
     cursor: Cursor,
     durable: bool,
-) -> Result<(), SpoolError> {
-    let tmp = write_cursor_tmp(fs, dir, CURSOR_TMP, cursor, durable)?;
-    install_cursor(fs, dir, &tmp)?;
+) -> Result<CursorWrite, SpoolError> {
+    let Some(tmp) = write_cursor_tmp(fs, dir, CURSOR_TMP, cursor, durable)? else {
+        return Ok(CursorWrite::NoSpace);
+    };
+    if install_cursor(fs, dir, &tmp)? == CursorWrite::NoSpace {
+        return Ok(CursorWrite::NoSpace);
+    }
     if durable {
         sync_cursor_dir(fs, dir)?;
     }
-    Ok(())
+    Ok(CursorWrite::Written)
 }
 
 /// First step of a persist: the cursor in temp file `name`, fsynced when
-/// `durable`. Returns its path.
+/// `durable`. Returns its path, or `None` when the file system is full
+/// (then no temp file is left behind).
 pub(crate) fn write_cursor_tmp(
     fs: &dyn Fs,
     dir: &Path,
     name: &str,
     cursor: Cursor,
     durable: bool,
-) -> Result<PathBuf, SpoolError> {
+) -> Result<Option<PathBuf>, SpoolError> {
     let tmp = dir.join(name);
     match fs.remove(&tmp) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(SpoolError::io("remove", tmp, e)),
     }
-    let f = fs
-        .create(&tmp)
-        .map_err(|e| SpoolError::io("create", &tmp, e))?;
-    write_all_at(&*f, &cursor.encode(), 0).map_err(|(e, _)| SpoolError::io("write", &tmp, e))?;
+    let f = match fs.create(&tmp) {
+        Ok(f) => f,
+        Err(e) if is_no_space(&e) => return Ok(None),
+        Err(e) => return Err(SpoolError::io("create", &tmp, e)),
+    };
+    if let Err((e, _)) = write_all_at(&*f, &cursor.encode(), 0) {
+        drop(f);
+        // Best effort: a leftover temp file is also removed at the next open.
+        let _ = fs.remove(&tmp);
+        if is_no_space(&e) {
+            return Ok(None);
+        }
+        return Err(SpoolError::io("write", &tmp, e));
+    }
     if durable {
+        // Whatever its errno (ENOSPC included, on thin or network storage),
+        // a failed fsync is an error: written data may have been dropped.
         f.sync_data()
             .map_err(|e| SpoolError::io("fsync", &tmp, e))?;
     }
-    Ok(tmp)
+    Ok(Some(tmp))
 }
 
-/// Second step: the temp file replaces the cursor (atomic rename).
-pub(crate) fn install_cursor(fs: &dyn Fs, dir: &Path, tmp: &Path) -> Result<(), SpoolError> {
+/// Second step: the temp file replaces the cursor (atomic rename). A
+/// directory that needs a block it cannot get fails the rename with ENOSPC:
+/// then the temp file is removed and the old cursor stays.
+pub(crate) fn install_cursor(
+    fs: &dyn Fs,
+    dir: &Path,
+    tmp: &Path,
+) -> Result<CursorWrite, SpoolError> {
     let path = dir.join(CURSOR_FILE);
-    fs.rename(tmp, &path)
-        .map_err(|e| SpoolError::io("rename", &path, e))
+    match fs.rename(tmp, &path) {
+        Ok(()) => Ok(CursorWrite::Written),
+        Err(e) if is_no_space(&e) => {
+            let _ = fs.remove(tmp);
+            Ok(CursorWrite::NoSpace)
+        }
+        Err(e) => Err(SpoolError::io("rename", &path, e)),
+    }
 }
 
 /// Third step when durable: the rename reaches the disk.

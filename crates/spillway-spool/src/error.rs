@@ -64,13 +64,30 @@ pub enum SpoolError {
     /// use another directory.
     #[error("spool directory {dir} is in use by another process")]
     Locked { dir: PathBuf },
-    /// The spool was closed (through this or another handle).
+    /// The spool was closed (through this or another handle). The call did
+    /// nothing: a closed handle never reads, writes or deletes, since a new
+    /// spool may own the directory by now.
     #[error("spool is closed")]
     Closed,
     /// The configuration is unusable (e.g. `max_message` above the format's
     /// limit).
     #[error("invalid spool configuration: {0}")]
     Config(String),
+    /// `close` could not write the memory tier to disk: these messages
+    /// (`first_seq..first_seq + msgs`, `bytes` of message data) are lost
+    /// when the process exits. With the reserve this takes another writer
+    /// filling the space between its deletion and the write, or a failure
+    /// in `source`. The spool is closed; the log on disk is intact.
+    #[error(
+        "memory tier not written at close: {msgs} messages ({bytes} bytes) from seq {first_seq} lost: {source}"
+    )]
+    MemoryTierNotWritten {
+        msgs: u64,
+        bytes: u64,
+        first_seq: u64,
+        #[source]
+        source: Box<SpoolError>,
+    },
 }
 
 impl SpoolError {
@@ -88,7 +105,11 @@ impl SpoolError {
     }
     /// The handle is unusable for writing; reopen the spool.
     pub fn is_poisoned(&self) -> bool {
-        matches!(self, SpoolError::Poisoned { .. })
+        match self {
+            SpoolError::Poisoned { .. } => true,
+            SpoolError::MemoryTierNotWritten { source, .. } => source.is_poisoned(),
+            _ => false,
+        }
     }
     /// Stored data is damaged and needs an operator.
     pub fn is_corrupt(&self) -> bool {
@@ -106,6 +127,7 @@ impl SpoolError {
                 | SpoolError::Closed
                 | SpoolError::Config(_)
                 | SpoolError::Locked { .. }
+                | SpoolError::MemoryTierNotWritten { .. }
         )
     }
     /// Worth retrying the same call later without changing anything.

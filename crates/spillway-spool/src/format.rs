@@ -343,6 +343,34 @@ pub(crate) fn encode_batch<'a>(msgs: impl Iterator<Item = &'a [u8]> + Clone) -> 
     }
 }
 
+impl EncodedBatch {
+    /// Payload bytes on disk: the messages with their length varints,
+    /// without record headers.
+    pub fn encoded_payload(&self) -> u64 {
+        (self.buf.len() - self.spans.len() * RECORD_HEADER_LEN) as u64
+    }
+}
+
+/// An upper bound of the size of the segment that holds `msgs` messages
+/// whose encoded payload (length varints + bytes) is `payload` bytes, all
+/// encoded as one batch by [`encode_batch`] (what `close` does with the
+/// memory tier). Exact but for the number of records: `encode_batch` closes
+/// a record only when the next message would take it past
+/// `RECORD_TARGET`, so any two consecutive records together exceed
+/// `RECORD_TARGET`, hence `r <= 2 * ceil(payload / RECORD_TARGET) - 1`
+/// records (and never more than one per message).
+pub(crate) fn segment_size_bound(payload: u64, msgs: u64) -> u64 {
+    if msgs == 0 {
+        return SEGMENT_HEADER_LEN;
+    }
+    let records = msgs.min(
+        (2 * payload.div_ceil(RECORD_TARGET as u64))
+            .saturating_sub(1)
+            .max(1),
+    );
+    SEGMENT_HEADER_LEN + payload + records * RECORD_HEADER_LEN as u64
+}
+
 /// Fills in sequence numbers, time and CRC of every record of a batch.
 pub(crate) fn finalize(batch: &mut EncodedBatch, first_seq: u64, append_ms: u64) {
     let mut seq = first_seq;
@@ -421,6 +449,38 @@ mod tests {
         let b = encode_batch(msgs.iter().copied());
         assert!(b.spans.len() >= 2);
         assert_eq!(b.spans.iter().map(|s| s.count).sum::<u32>(), 8);
+    }
+
+    /// The memory tier's admission relies on this bound: what `close`
+    /// writes must fit the reserve.
+    #[test]
+    fn segment_size_bound_holds() {
+        use proptest::prelude::*;
+        let sizes = prop::collection::vec(
+            prop_oneof![
+                0usize..200,
+                0usize..(RECORD_TARGET + 10),
+                Just(RECORD_TARGET)
+            ],
+            1..40,
+        );
+        proptest!(ProptestConfig::with_cases(200), |(sizes in sizes)| {
+            let msgs: Vec<Vec<u8>> = sizes.iter().map(|&n| vec![7u8; n]).collect();
+            let b = encode_batch(msgs.iter().map(|m| &m[..]));
+            let actual = SEGMENT_HEADER_LEN + b.buf.len() as u64;
+            let bound = segment_size_bound(b.encoded_payload(), msgs.len() as u64);
+            prop_assert!(actual <= bound, "{} > {}", actual, bound);
+            // Tight: at most one extra record header per started MiB.
+            let slack = RECORD_HEADER_LEN as u64 * (b.encoded_payload() / RECORD_TARGET as u64 + 1);
+            prop_assert!(bound - actual <= slack, "bound {} actual {}", bound, actual);
+        });
+        // One record: the bound is exact.
+        let one: Vec<&[u8]> = vec![b"abc"; 3];
+        let b = encode_batch(one.iter().copied());
+        assert_eq!(
+            segment_size_bound(b.encoded_payload(), 3),
+            SEGMENT_HEADER_LEN + b.buf.len() as u64
+        );
     }
 
     #[test]

@@ -28,6 +28,62 @@ pub trait SegmentFile: Send + Sync + fmt::Debug {
     fn is_empty(&self) -> io::Result<bool> {
         Ok(self.len()? == 0)
     }
+    /// Grows the file to `len` bytes that really occupy disk space (unlike
+    /// `set_len`, which leaves a hole), for the spool's reserve file. May
+    /// fail part way, e.g. with `ENOSPC`; the file keeps what was
+    /// allocated (see `len`). Never shrinks the file.
+    ///
+    /// The default writes filler bytes ([`allocate_by_writing`]); [`StdFs`]
+    /// files use `fallocate(2)`.
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        allocate_by_writing(self, len)
+    }
+}
+
+/// [`SegmentFile::allocate`] by writing filler through `write_at`. The
+/// filler is pseudo-random, not zeros: file systems that compress (ZFS,
+/// btrfs) store zero blocks as holes, which would hold no space.
+pub fn allocate_by_writing<F: SegmentFile + ?Sized>(f: &F, len: u64) -> io::Result<()> {
+    let mut pos = f.len()?;
+    if pos >= len {
+        return Ok(());
+    }
+    let filler = filler(
+        usize::try_from(len - pos)
+            .unwrap_or(usize::MAX)
+            .min(1 << 20),
+    );
+    while pos < len {
+        let n = usize::try_from(len - pos)
+            .unwrap_or(usize::MAX)
+            .min(filler.len());
+        match f.write_at(&filler[..n], pos) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "write returned 0 bytes",
+                ))
+            }
+            Ok(k) => pos += k as u64,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// `n` incompressible bytes (xorshift64).
+fn filler(n: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(n);
+    out
 }
 
 /// Directory-level operations of the spool.
@@ -67,6 +123,26 @@ impl SegmentFile for StdFile {
     }
     fn len(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
+    }
+    /// `fallocate(2)`: the blocks are allocated without writing them (a
+    /// 64 MiB reserve takes milliseconds, not the hundreds of milliseconds
+    /// of writing it).
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        use rustix::fs::{fallocate, FallocateFlags};
+        use rustix::io::Errno;
+        let cur = self.len()?;
+        if cur >= len {
+            return Ok(());
+        }
+        match fallocate(&self.0, FallocateFlags::empty(), cur, len - cur) {
+            Ok(()) => Ok(()),
+            // Not supported by this file system (older ZFS, some FUSE
+            // file systems): write the bytes instead.
+            Err(e) if e == Errno::OPNOTSUPP || e == Errno::NOSYS => allocate_by_writing(self, len),
+            // fallocate is all or nothing; writing takes what there is.
+            Err(e) if e == Errno::NOSPC || e == Errno::DQUOT => allocate_by_writing(self, len),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

@@ -14,6 +14,28 @@
 //!   drains, so order is never broken between tiers (memory always holds the
 //!   older messages). `memory_limit = 0` puts every message on disk before
 //!   `append` returns. [`close`](Spool::close) writes the memory tier to disk.
+//! * **The memory tier's disk space is reserved.** The memory tier takes no
+//!   disk space while it fills, so a full disk would only show at close,
+//!   losing the whole tier on a graceful shutdown. So at open the spool
+//!   allocates a `reserve` file in its directory (real blocks, with
+//!   `fallocate(2)` or by writing filler where that is not supported; not a
+//!   sparse file), and the memory tier admits a batch only if
+//!   the segment `close` would write (segment header, record headers,
+//!   length varints, messages) still fits it; `memory_limit` is counted in
+//!   those bytes on disk. `close` deletes the reserve, then writes the
+//!   memory tier into the space it freed. The cost: an open spool holds
+//!   `memory_limit` bytes of disk beyond `max_disk` (which bounds the
+//!   segments only). If the disk cannot
+//!   hold the reserve at open, the memory tier shrinks to what could be
+//!   reserved (0: every message goes to disk), as reported in
+//!   [`RecoveryReport::memory_reserved`] and `SpoolStats::mem_reserved`;
+//!   `tick` tries to grow it every `reserve_retry` while the disk tier is
+//!   empty. A crash leaves the reserve behind and the next open reuses it.
+//!   Only another writer taking the freed space between the delete and the
+//!   write can still make `close` fail, and then
+//!   [`SpoolError::MemoryTierNotWritten`] says which messages were lost. On
+//!   copy-on-write file systems (btrfs, ZFS) freed space may show up late,
+//!   so the guarantee is weaker there.
 //! * **Durability** is per [`Durability`]: `Always` (group commit: appends
 //!   that arrive while an fdatasync runs share the next one), `Interval`,
 //!   `Never`. The memory tier is volatile under every policy. A failed fsync
@@ -33,7 +55,16 @@
 //!   rename, fsync directory) when segments are deleted, every
 //!   `cursor_interval` via [`tick`](Spool::tick), on [`sync`](Spool::sync)
 //!   and on close. After a crash, messages acknowledged after the last
-//!   persist are delivered again: duplicates, never loss.
+//!   persist are delivered again: duplicates, never loss. A full disk
+//!   (`ENOSPC`/`EDQUOT`) while persisting the cursor is therefore not an
+//!   error anywhere (`tick`, `ack`, `sync`, `close`, open): the previous
+//!   cursor file stays, the failure is counted
+//!   (`SpoolStats::cursor_write_failures`, `cursor_dirty`) and `tick`
+//!   retries until a persist succeeds. Recovery reads a stale cursor
+//!   correctly: a floor below the first segment starts at that segment, and
+//!   over an empty log numbering resumes at the cursor's `next_seq` (numbers
+//!   of acknowledged messages may be handed out again). A failed fsync is
+//!   still an error.
 //! * After a crash, sequence numbers of messages that were lost (memory
 //!   tier, unsynced tail) can be reused by new messages.
 //!
@@ -41,7 +72,10 @@
 //!
 //! A spool directory holds segment files named by the sequence number of
 //! their first message, zero-padded to 20 digits
-//! (`00000000000000000042.seg`), and one `cursor` file. Segments are
+//! (`00000000000000000042.seg`), one `cursor` file, the `LOCK` file and,
+//! while the spool is open (or after a crash), the `reserve` file (blocks
+//! holding space for the memory tier, no data; not part of the log, ignored by
+//! recovery, `inspect`, `verify` and `dump`). Segments are
 //! contiguous: each one ends where the next one's name begins, and records
 //! carry their own sequence numbers, so the log describes itself and no
 //! separately-synced write position exists.
@@ -88,6 +122,7 @@ mod format;
 pub mod fs;
 mod inspect;
 mod recovery;
+mod reserve;
 mod scan;
 pub mod sim;
 mod spool;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::SpoolConfig;
-use crate::cursor::{read_cursor, write_cursor, Cursor, CURSOR_BG_TMP, CURSOR_TMP};
+use crate::cursor::{read_cursor, write_cursor, Cursor, CursorWrite, CURSOR_BG_TMP, CURSOR_TMP};
 use crate::format::{parse_segment_name, HeaderCheck, SegmentHeader, SEGMENT_HEADER_LEN};
 use crate::fs::{read_full_at, Fs, SegmentFile};
 use crate::scan::{valid_record_after, Scan, Scanner};
@@ -50,6 +50,15 @@ pub struct RecoveryReport {
     pub removed_temp_files: usize,
     /// Fully acknowledged segments deleted at open.
     pub deleted_acked_segments: usize,
+    /// The updated cursor could not be written (full disk): the old cursor
+    /// file stays, which the next open reads the same way; `tick` retries.
+    pub cursor_write_failed: bool,
+    /// Disk space held for the memory tier (the reserve file), and what the
+    /// configuration asked for (`memory_limit`). Less means the disk was
+    /// full: the memory tier is that much smaller (0: every message goes to
+    /// disk) until `tick` manages to grow the reserve.
+    pub memory_reserved: u64,
+    pub memory_reserve_wanted: u64,
     pub cursor: CursorRecovery,
     pub ack_floor: u64,
     pub next_seq: u64,
@@ -92,6 +101,19 @@ impl fmt::Display for RecoveryReport {
                 f,
                 "; deleted {} acked segments",
                 self.deleted_acked_segments
+            )?;
+        }
+        if self.memory_reserved < self.memory_reserve_wanted {
+            write!(
+                f,
+                "; file system full: memory tier limited to {} of {} bytes (its reserve could not be allocated; retried)",
+                self.memory_reserved, self.memory_reserve_wanted
+            )?;
+        }
+        if self.cursor_write_failed {
+            write!(
+                f,
+                "; file system full: cursor not updated (the old one stays; retried)"
             )?;
         }
         match &self.cursor {
@@ -199,6 +221,9 @@ pub(crate) fn recover(
         removed_torn_segments: Vec::new(),
         removed_temp_files: removed_tmp,
         deleted_acked_segments: 0,
+        cursor_write_failed: false,
+        memory_reserved: 0,
+        memory_reserve_wanted: 0,
         cursor: CursorRecovery::Missing,
         ack_floor: 0,
         next_seq: 0,
@@ -413,12 +438,29 @@ pub(crate) fn recover(
         seg.file = Some(file);
     }
     let disk_bytes = segs.iter().map(|s| s.len).sum();
-    let persisted = Cursor {
+    let wanted = Cursor {
         ack_floor: floor,
         next_seq,
     };
-    if cursor != Some(persisted) && (cursor.is_some() || floor > 0 || next_seq > 0) {
-        write_cursor(fs, dir, persisted, durable)?;
+    let mut persisted = wanted;
+    let mut cursor_owed = None;
+    if cursor != Some(wanted)
+        && (cursor.is_some() || floor > 0 || next_seq > 0)
+        && write_cursor(fs, dir, wanted, durable)? == CursorWrite::NoSpace
+    {
+        // A full disk must not keep the spool from opening. The file keeps
+        // the cursor this recovery was computed from (or none), and the
+        // next open computes the same state from it: segments it says are
+        // acknowledged are already gone, a floor below the first segment
+        // starts at that segment, one beyond the log means it is consumed.
+        report.cursor_write_failed = true;
+        st.cursor_write_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        persisted = cursor.unwrap_or(Cursor {
+            ack_floor: 0,
+            next_seq: 0,
+        });
+        cursor_owed = Some(wanted);
     }
     report.ack_floor = floor;
     report.next_seq = next_seq;
@@ -429,6 +471,9 @@ pub(crate) fn recover(
         mem: Default::default(),
         mem_first: next_seq,
         mem_bytes: 0,
+        mem_encoded: 0,
+        mem_capacity: 0,
+        reserve_retry_at: Instant::now(),
         segs: segs.into(),
         active,
         disk_end,
@@ -437,6 +482,7 @@ pub(crate) fn recover(
         read_hint: None,
         persisted,
         last_cursor_persist: Instant::now(),
+        cursor_owed,
         closed: false,
         space_waiters: 0,
     };

@@ -21,6 +21,13 @@ pub struct Faults {
     pub space_left: AtomicI64,
     /// fdatasync returns EIO.
     pub fail_fsync: AtomicBool,
+    /// Space freed by removing or truncating a file is not given back to
+    /// `space_left`: another writer on the same disk takes it at once.
+    pub freed_space_taken: AtomicBool,
+    /// Writes to cursor files (`cursor*`) fail with ENOSPC, whatever
+    /// `space_left` says: a disk that fills up exactly when the cursor is
+    /// persisted.
+    pub cursor_no_space: AtomicBool,
     pub fsyncs: AtomicU64,
     /// While true, fdatasync of cursor files blocks until it is set back
     /// to false (a disk that takes its time); `cursor_fsyncs_held` counts
@@ -30,6 +37,13 @@ pub struct Faults {
 }
 
 impl Faults {
+    /// Whether freed space returns to `space_left`: only under a budget,
+    /// and not when someone else takes it.
+    fn gives_back_space(&self) -> bool {
+        self.space_left.load(Ordering::SeqCst) >= 0
+            && !self.freed_space_taken.load(Ordering::SeqCst)
+    }
+
     pub fn set_hold_cursor_fsync(&self, on: bool) {
         let (lock, cv) = &self.hold_cursor_fsync;
         *lock.lock().unwrap_or_else(|e| e.into_inner()) = on;
@@ -76,6 +90,9 @@ impl SegmentFile for SimFile {
         self.inner.read_at(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
+        if self.is_cursor && self.faults.cursor_no_space.load(Ordering::SeqCst) {
+            return Err(enospc());
+        }
         let mut n = buf.len();
         if self.faults.short_writes.load(Ordering::SeqCst) && n > 1 {
             n = (n / 3).max(1);
@@ -127,7 +144,7 @@ impl SegmentFile for SimFile {
     fn set_len(&self, len: u64) -> io::Result<()> {
         let old = self.inner.len()?;
         self.inner.set_len(len)?;
-        if len < old && self.faults.space_left.load(Ordering::SeqCst) >= 0 {
+        if len < old && self.faults.gives_back_space() {
             self.faults
                 .space_left
                 .fetch_add((old - len) as i64, Ordering::SeqCst);
@@ -138,6 +155,25 @@ impl SegmentFile for SimFile {
     }
     fn len(&self) -> io::Result<u64> {
         self.inner.len()
+    }
+    /// Takes the growth from `space_left` like writes do: past the budget
+    /// the file grows by what is left, then ENOSPC.
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        let cur = self.inner.len()?;
+        if cur >= len {
+            return Ok(());
+        }
+        let want = (len - cur) as i64;
+        let left = self.faults.space_left.load(Ordering::SeqCst);
+        if left >= 0 && want > left {
+            self.faults.space_left.fetch_sub(left, Ordering::SeqCst);
+            self.inner.allocate(cur + left as u64)?;
+            return Err(enospc());
+        }
+        if left >= 0 {
+            self.faults.space_left.fetch_sub(want, Ordering::SeqCst);
+        }
+        self.inner.allocate(len)
     }
 }
 
@@ -223,7 +259,7 @@ impl Fs for SimFs {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(path);
-        if self.faults.space_left.load(Ordering::SeqCst) >= 0 {
+        if self.faults.gives_back_space() {
             self.faults
                 .space_left
                 .fetch_add(len as i64, Ordering::SeqCst);

@@ -10,15 +10,17 @@ use bytes::Bytes;
 
 use crate::config::{Durability, SpoolConfig, WhenFull};
 use crate::cursor::{
-    install_cursor, sync_cursor_dir, write_cursor, write_cursor_tmp, Cursor, CURSOR_BG_TMP,
+    install_cursor, sync_cursor_dir, write_cursor, write_cursor_tmp, Cursor, CursorWrite,
+    CURSOR_BG_TMP,
 };
 use crate::error::{FullReason, SpoolError};
 use crate::format::{
-    encode_batch, finalize, segment_file_name, split_payload, EncodedBatch, SegmentHeader,
-    MAX_MESSAGE_LIMIT, SEGMENT_HEADER_LEN,
+    encode_batch, finalize, segment_file_name, segment_size_bound, split_payload, varint_len,
+    EncodedBatch, SegmentHeader, MAX_MESSAGE_LIMIT, SEGMENT_HEADER_LEN,
 };
 use crate::fs::{is_no_space, write_all_at, Fs, SegmentFile, StdFs};
 use crate::recovery::{recover, RecoveryReport};
+use crate::reserve;
 use crate::scan::{Scan, Scanner};
 use crate::stats::{Counters, SpoolStats};
 
@@ -97,6 +99,14 @@ pub(crate) struct Core {
     pub mem: VecDeque<MemMsg>,
     pub mem_first: u64,
     pub mem_bytes: u64,
+    /// The memory tier's messages as `close` encodes them (length varints
+    /// + bytes), for the admission check against `mem_capacity`.
+    pub mem_encoded: u64,
+    /// Bytes of the reserve file: the largest segment the memory tier may
+    /// become (at most `memory_limit`; less when the disk was full).
+    pub mem_capacity: u64,
+    /// When `tick` may next try to grow a short reserve.
+    pub reserve_retry_at: Instant,
     /// Sorted by first seq; contiguous (each ends where the next begins).
     pub segs: VecDeque<Seg>,
     /// Whether `segs.back()` takes appends.
@@ -108,10 +118,47 @@ pub(crate) struct Core {
     pub written_lsn: u64,
     /// (segment first seq, entry): where the last read stopped.
     pub read_hint: Option<(u64, IndexEntry)>,
+    /// The cursor in the cursor file (as far as this handle knows).
     pub persisted: Cursor,
     pub last_cursor_persist: Instant,
+    /// A cursor that a persist could not write (full disk) or skipped (one
+    /// was in flight): `tick` persists until a cursor at least this new is
+    /// in the file. `None` = the file is not behind what a persist owes.
+    pub cursor_owed: Option<Cursor>,
     pub closed: bool,
     pub space_waiters: usize,
+}
+
+impl Core {
+    pub(crate) fn cursor(&self) -> Cursor {
+        Cursor {
+            ack_floor: self.floor,
+            next_seq: self.next_seq,
+        }
+    }
+
+    /// `c` is in the cursor file now.
+    fn cursor_persisted(&mut self, c: Cursor) {
+        self.persisted = c;
+        self.last_cursor_persist = Instant::now();
+        if self
+            .cursor_owed
+            .is_some_and(|o| c.ack_floor >= o.ack_floor && c.next_seq >= o.next_seq)
+        {
+            self.cursor_owed = None;
+        }
+    }
+
+    /// `c` should be in the cursor file but is not.
+    pub(crate) fn owe_cursor(&mut self, c: Cursor) {
+        self.cursor_owed = Some(match self.cursor_owed {
+            Some(o) => Cursor {
+                ack_floor: o.ack_floor.max(c.ack_floor),
+                next_seq: o.next_seq.max(c.next_seq),
+            },
+            None => c,
+        });
+    }
 }
 
 #[derive(Debug)]
@@ -132,6 +179,9 @@ struct Inner {
     dir_lock: Mutex<Option<std::fs::File>>,
     /// Serializes the periodic cursor persist (see `persist_cursor_unlocked`).
     cursor_io: Mutex<()>,
+    /// Held while the reserve file is grown (by `tick`, without the main
+    /// lock) or deleted (by `close`).
+    reserve_io: Mutex<()>,
     cfg: SpoolConfig,
     fs: Arc<dyn Fs>,
     core: Mutex<Core>,
@@ -180,6 +230,13 @@ pub(crate) fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Whether an append respects `max_disk` (see `Spool::append_past_quota`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quota {
+    Applies,
+    Ignored,
 }
 
 enum WriteResult {
@@ -249,10 +306,17 @@ impl Spool {
         }
         let lock = lock_dir(&config.dir)?;
         let st = Counters::default();
-        let (core, report) = recover(&config, &*fs, &st)?;
+        let (mut core, mut report) = recover(&config, &*fs, &st)?;
+        // After recovery, which may have freed space by deleting acked
+        // segments.
+        core.mem_capacity = reserve::ensure(&*fs, &config.dir, config.memory_limit)?;
+        core.reserve_retry_at = Instant::now() + config.reserve_retry;
+        report.memory_reserved = core.mem_capacity;
+        report.memory_reserve_wanted = config.memory_limit;
         let inner = Inner {
             dir_lock: Mutex::new(Some(lock)),
             cursor_io: Mutex::new(()),
+            reserve_io: Mutex::new(()),
             written: AtomicU64::new(core.written_lsn),
             sync: Mutex::new(SyncState {
                 durable_lsn: core.written_lsn,
@@ -288,6 +352,27 @@ impl Spool {
     /// is accepted and, under `Durability::Always` in the disk tier, durable.
     /// The whole batch is accepted or none of it.
     pub fn append(&self, msgs: &[&[u8]]) -> Result<AppendOutcome, SpoolError> {
+        self.append_with(msgs, Quota::Applies)
+    }
+
+    /// Appends a batch that was already accepted from its producer (read
+    /// from the socket, so TCP acknowledged it) when shutdown interrupts an
+    /// append waiting at `max_disk` under `WhenFull::Block`. The quota is a
+    /// policy and these bytes are already promised, so the batch is written
+    /// even past `max_disk`, and never dropped or waited for: a physically
+    /// full file system still fails it at once with
+    /// `SpoolError::Full { reason: FullReason::NoSpace }` (then the caller
+    /// knows exactly which batch was lost). `when_full` does not apply.
+    /// Otherwise like [`append`](Spool::append): the memory tier takes the
+    /// batch if it would, `Durability::Always` waits for the fsync.
+    ///
+    /// Meant for that one batch per producer at shutdown: each call can
+    /// take the disk tier further past `max_disk`.
+    pub fn append_past_quota(&self, msgs: &[&[u8]]) -> Result<AppendOutcome, SpoolError> {
+        self.append_with(msgs, Quota::Ignored)
+    }
+
+    fn append_with(&self, msgs: &[&[u8]], quota: Quota) -> Result<AppendOutcome, SpoolError> {
         let inner = &*self.inner;
         let cfg = &inner.cfg;
         for m in msgs {
@@ -320,10 +405,14 @@ impl Spool {
                 return Err(SpoolError::Closed);
             }
             inner.check_poison()?;
-            let disk_pending = !core.segs.is_empty() && core.disk_end > core.floor;
-            if !disk_pending
+            // The memory tier takes the batch if, written out by `close`
+            // with everything already in it, it still fits the reserve.
+            if !disk_pending(&core)
                 && cfg.memory_limit > 0
-                && core.mem_bytes + batch.payload_bytes <= cfg.memory_limit
+                && segment_size_bound(
+                    core.mem_encoded + batch.encoded_payload(),
+                    (core.mem.len() + batch.msgs) as u64,
+                ) <= core.mem_capacity
             {
                 if !core.segs.is_empty() {
                     // Later disk records must continue the log's seqs, so a
@@ -342,13 +431,16 @@ impl Spool {
                     None,
                 );
             }
-            if cfg.max_disk > 0 && need + SEGMENT_HEADER_LEN > cfg.max_disk {
+            if quota == Quota::Applies
+                && cfg.max_disk > 0
+                && need + SEGMENT_HEADER_LEN > cfg.max_disk
+            {
                 return Err(SpoolError::TooLarge {
                     size: need,
                     limit: cfg.max_disk - SEGMENT_HEADER_LEN,
                 });
             }
-            let reason = match inner.write_disk(&mut core, &mut batch)? {
+            let reason = match inner.write_disk(&mut core, &mut batch, quota)? {
                 WriteResult::Written { first, lsn } => {
                     break (
                         AppendOutcome {
@@ -365,6 +457,16 @@ impl Spool {
             };
             if reason == FullReason::NoSpace {
                 inner.st.enospc.fetch_add(1, Ordering::Relaxed);
+            }
+            if quota == Quota::Ignored {
+                // Only the file system says no here. A drained log still
+                // holds its active segment: free that and try once more.
+                if core.floor >= core.disk_end && !core.segs.is_empty() {
+                    inner.remove_segments_while(&mut core, |_, _| true)?;
+                    continue;
+                }
+                inner.st.full_errors.fetch_add(1, Ordering::Relaxed);
+                return Err(SpoolError::Full { reason });
             }
             let refuse = |core: &Core, dropped_oldest: u64| {
                 inner
@@ -449,9 +551,15 @@ impl Spool {
     /// `close`. After a crash, acknowledgements newer than the last persist
     /// are forgotten and those messages are delivered again: duplicates,
     /// never loss.
+    ///
+    /// `SpoolError::Closed` after [`close`](Spool::close): a closed handle
+    /// deletes nothing (another spool may own the directory by now).
     pub fn ack(&self, upto: u64) -> Result<(), SpoolError> {
         let inner = &*self.inner;
         let mut core = lock(&inner.core);
+        if core.closed {
+            return Err(SpoolError::Closed);
+        }
         let upto = upto.min(core.next_seq);
         if upto <= core.floor {
             return Ok(());
@@ -462,6 +570,7 @@ impl Spool {
                 break;
             };
             core.mem_bytes -= m.data.len() as u64;
+            core.mem_encoded -= encoded_len(&m.data);
             core.mem_first += 1;
         }
         let seg_size = inner.cfg.segment_size;
@@ -479,10 +588,7 @@ impl Spool {
             // it on every drain would cost two directory fsyncs each time.
             !is_active_last || waiters || core.segs[i].len >= seg_size / 8
         })?;
-        let cursor = Cursor {
-            ack_floor: core.floor,
-            next_seq: core.next_seq,
-        };
+        let cursor = core.cursor();
         drop(core);
         inner.space_cv.notify_all();
         if removed > 0 {
@@ -504,9 +610,15 @@ impl Spool {
 
     /// Housekeeping, called every 10-50 ms by the owner: fsync under
     /// `Durability::Interval` when due, persist a changed cursor every
-    /// `cursor_interval`.
+    /// `cursor_interval`, and retry at once a cursor persist that met a full
+    /// disk (`SpoolStats::cursor_dirty`). `SpoolError::Closed` after `close`.
+    ///
+    /// A full disk while persisting the cursor is not an error: it is
+    /// counted (`SpoolStats::cursor_write_failures`), the previous cursor
+    /// file stays, and the next tick tries again.
     pub fn tick(&self) -> Result<(), SpoolError> {
         let inner = &*self.inner;
+        inner.check_open()?;
         inner.check_poison()?;
         if let Durability::Interval(d) = inner.cfg.durability {
             inner.maybe_interval_sync(d)?;
@@ -514,25 +626,29 @@ impl Spool {
         let due = {
             let core = lock(&inner.core);
             if core.closed {
-                return Ok(());
+                return Err(SpoolError::Closed);
             }
-            (core.persisted.ack_floor != core.floor
-                && core.last_cursor_persist.elapsed() >= inner.cfg.cursor_interval)
-                .then_some(Cursor {
-                    ack_floor: core.floor,
-                    next_seq: core.next_seq,
-                })
+            let changed = core.persisted.ack_floor != core.floor
+                && core.last_cursor_persist.elapsed() >= inner.cfg.cursor_interval;
+            (changed || core.cursor_owed.is_some()).then(|| core.cursor())
         };
-        match due {
-            Some(c) => inner.persist_cursor_unlocked(c),
-            None => Ok(()),
+        if let Some(c) = due {
+            inner.persist_cursor_unlocked(c)?;
         }
+        inner.maybe_grow_reserve()
     }
 
     /// Forces everything written so far to disk (whatever the durability
     /// policy) and persists the cursor. The memory tier stays in memory.
+    /// `SpoolError::Closed` after `close`.
+    ///
+    /// On a full disk the cursor file may stay behind (counted in
+    /// `SpoolStats::cursor_write_failures`, retried by `tick`); `sync` still
+    /// succeeds, since the data is durable and a stale cursor only means
+    /// redelivery after a crash.
     pub fn sync(&self) -> Result<(), SpoolError> {
         let inner = &*self.inner;
+        inner.check_open()?;
         inner.check_poison()?;
         let target = inner.written.load(Ordering::Acquire);
         inner.wait_durable(target)?;
@@ -557,11 +673,13 @@ impl Spool {
         let mut s = inner.st.snapshot();
         s.mem_msgs = core.mem.len() as u64;
         s.mem_bytes = core.mem_bytes;
+        s.mem_reserved = core.mem_capacity;
         s.disk_msgs = disk_msgs(&core);
         s.disk_bytes = core.disk_bytes;
         s.segments = core.segs.len() as u64;
         s.next_seq = core.next_seq;
         s.ack_floor = core.floor;
+        s.cursor_dirty = core.cursor_owed.is_some();
         s.poisoned = inner.poisoned.load(Ordering::Relaxed);
         let oldest_ms = if let Some(m) = core.mem.front() {
             Some(m.ms)
@@ -576,19 +694,49 @@ impl Spool {
 
     /// Graceful close of the spool shared by all clones of this handle:
     /// writes the memory tier to disk, fsyncs, persists the cursor. After
-    /// close and reopen nothing accepted is lost. Other clones get
-    /// `SpoolError::Closed` afterwards (blocked appenders wake up with it).
+    /// close and reopen nothing accepted is lost. A full disk when the
+    /// cursor is persisted does not fail the close (the older cursor file
+    /// stays: redelivery, not loss). Other clones get
+    /// `SpoolError::Closed` afterwards (blocked appenders wake up with it)
+    /// from every call that reads, writes or deletes, so a lingering handle
+    /// cannot touch a directory that a newly opened spool owns.
     pub fn close(self) -> Result<(), SpoolError> {
         let inner = &*self.inner;
+        // A periodic cursor persist runs without the main lock; wait for one
+        // in flight, and make every later one see `closed` before it writes.
+        let _cursor_io = lock(&inner.cursor_io);
+        // Likewise a growth of the reserve: its open handle would keep the
+        // space taken after the unlink below.
+        let _reserve_io = lock(&inner.reserve_io);
         let mut core = lock(&inner.core);
         if core.closed {
             return Ok(());
         }
         core.closed = true;
         inner.space_cv.notify_all();
-        inner.check_poison()?;
         if !core.mem.is_empty() {
-            inner.flush_mem(&mut core)?;
+            let not_written = |core: &Core, source: SpoolError| SpoolError::MemoryTierNotWritten {
+                msgs: core.mem.len() as u64,
+                bytes: core.mem_bytes,
+                first_seq: core.mem_first,
+                source: Box::new(source),
+            };
+            if let Err(e) = inner.check_poison() {
+                return Err(not_written(&core, e));
+            }
+            // The reserve's space is what the memory tier is written into.
+            // Should the unlink fail, the write below may still find room;
+            // if it does not, the unlink's error is the cause to report.
+            let removed = reserve::remove(&*inner.fs, &inner.cfg.dir);
+            if let Err(e) = inner.flush_mem(&mut core) {
+                return Err(not_written(&core, removed.err().unwrap_or(e)));
+            }
+        } else {
+            inner.check_poison()?;
+            // A closed spool holds no reserve, and its space helps the
+            // cursor write below on a full disk. A reserve that cannot be
+            // removed is harmless: the next open reuses it, as after a crash.
+            let _ = reserve::remove(&*inner.fs, &inner.cfg.dir);
         }
         // Everything written becomes durable; a reopen starts a new segment.
         inner.seal_active(&mut core)?;
@@ -597,6 +745,18 @@ impl Spool {
         lock(&inner.dir_lock).take();
         Ok(())
     }
+}
+
+/// Whether the disk tier holds unacknowledged messages (then appends go to
+/// disk, to keep FIFO order across the tiers).
+fn disk_pending(core: &Core) -> bool {
+    !core.segs.is_empty() && core.disk_end > core.floor
+}
+
+/// Bytes a message takes in a record payload.
+fn encoded_len(data: &[u8]) -> u64 {
+    // Messages are at most `MAX_MESSAGE_LIMIT` (< u32::MAX) bytes.
+    (varint_len(data.len() as u32) + data.len()) as u64
 }
 
 fn disk_msgs(core: &Core) -> u64 {
@@ -622,6 +782,13 @@ fn oldest_disk_ms(core: &Core) -> Option<u64> {
 }
 
 impl Inner {
+    fn check_open(&self) -> Result<(), SpoolError> {
+        if lock(&self.core).closed {
+            return Err(SpoolError::Closed);
+        }
+        Ok(())
+    }
+
     fn check_poison(&self) -> Result<(), SpoolError> {
         if self.poisoned.load(Ordering::Acquire) {
             let s = lock(&self.sync);
@@ -643,6 +810,37 @@ impl Inner {
         drop(s);
         self.sync_cv.notify_all();
         SpoolError::Poisoned { cause }
+    }
+
+    /// Grows a reserve that open could not allocate in full, now and then
+    /// (`reserve_retry`) and only while the disk tier holds nothing pending:
+    /// only then does the memory tier take messages, and space the disk
+    /// tier is waiting for is not taken from it. The writes run without the
+    /// main lock (they can be `memory_limit` bytes).
+    fn maybe_grow_reserve(&self) -> Result<(), SpoolError> {
+        let target = self.cfg.memory_limit;
+        {
+            let mut core = lock(&self.core);
+            let now = Instant::now();
+            if core.closed
+                || core.mem_capacity >= target
+                || now < core.reserve_retry_at
+                || disk_pending(&core)
+            {
+                return Ok(());
+            }
+            core.reserve_retry_at = now + self.cfg.reserve_retry;
+        }
+        // `close` holds this while it deletes the reserve: skip, it is done.
+        let Ok(_grow) = self.reserve_io.try_lock() else {
+            return Ok(());
+        };
+        if lock(&self.core).closed {
+            return Ok(());
+        }
+        let got = reserve::ensure(&*self.fs, &self.cfg.dir, target)?;
+        lock(&self.core).mem_capacity = got;
+        Ok(())
     }
 
     fn fsync_enabled(&self) -> bool {
@@ -691,12 +889,28 @@ impl Inner {
     /// goes backwards. The directory fsync follows, again without the lock.
     fn persist_cursor_unlocked(&self, c: Cursor) -> Result<(), SpoolError> {
         // One periodic persist at a time; a concurrent tick just skips.
-        let Ok(_one) = self.cursor_io.try_lock() else {
-            return Ok(());
+        let _one = match self.cursor_io.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                // The one in flight may be older than `c`: the next tick
+                // catches up.
+                lock(&self.core).owe_cursor(c);
+                return Ok(());
+            }
         };
+        // `close` sets `closed` while holding `cursor_io`: seen open here, the
+        // spool stays open until this persist is done. Once closed, the
+        // directory may belong to a newly opened spool: write nothing.
+        if lock(&self.core).closed {
+            return Ok(());
+        }
         let durable = self.fsync_enabled();
         let dir = &self.cfg.dir;
-        let tmp = write_cursor_tmp(&*self.fs, dir, CURSOR_BG_TMP, c, durable)?;
+        let Some(tmp) = write_cursor_tmp(&*self.fs, dir, CURSOR_BG_TMP, c, durable)? else {
+            self.cursor_no_space(&mut lock(&self.core), c);
+            return Ok(());
+        };
         {
             let mut core = lock(&self.core);
             let stale =
@@ -706,9 +920,13 @@ impl Inner {
                 let _ = self.fs.remove(&tmp);
                 return Ok(());
             }
-            install_cursor(&*self.fs, dir, &tmp)?;
-            core.persisted = c;
-            core.last_cursor_persist = Instant::now();
+            match install_cursor(&*self.fs, dir, &tmp)? {
+                CursorWrite::Written => core.cursor_persisted(c),
+                CursorWrite::NoSpace => {
+                    self.cursor_no_space(&mut core, c);
+                    return Ok(());
+                }
+            }
         }
         if durable {
             sync_cursor_dir(&*self.fs, dir)?;
@@ -719,14 +937,24 @@ impl Inner {
     /// `durable` forces the fsyncs even under `Durability::Never` (for
     /// `sync` and `close`, which promise durability whatever the policy).
     fn persist_cursor_with(&self, core: &mut Core, durable: bool) -> Result<(), SpoolError> {
-        let c = Cursor {
-            ack_floor: core.floor,
-            next_seq: core.next_seq,
-        };
-        write_cursor(&*self.fs, &self.cfg.dir, c, durable)?;
-        core.persisted = c;
-        core.last_cursor_persist = Instant::now();
+        let c = core.cursor();
+        match write_cursor(&*self.fs, &self.cfg.dir, c, durable)? {
+            CursorWrite::Written => core.cursor_persisted(c),
+            CursorWrite::NoSpace => self.cursor_no_space(core, c),
+        }
         Ok(())
+    }
+
+    /// A cursor persist met a full disk. Not an error: the cursor file keeps
+    /// an older ack floor, which after a crash only redelivers (recovery
+    /// starts at the first segment that still exists when the floor is
+    /// below it), while failing would stop the route. Counted for the
+    /// owner to log and export; `tick` retries.
+    fn cursor_no_space(&self, core: &mut Core, c: Cursor) {
+        self.st
+            .cursor_write_failures
+            .fetch_add(1, Ordering::Relaxed);
+        core.owe_cursor(c);
     }
 
     fn push_mem(&self, core: &mut Core, batch: EncodedBatch) -> u64 {
@@ -735,6 +963,7 @@ impl Inner {
             core.mem_first = first;
         }
         let ms = now_ms();
+        core.mem_encoded += batch.encoded_payload();
         let buf = batch.buf.freeze();
         for span in &batch.spans {
             let start = span.start + crate::format::RECORD_HEADER_LEN;
@@ -896,6 +1125,7 @@ impl Inner {
         &self,
         core: &mut Core,
         batch: &mut EncodedBatch,
+        quota: Quota,
     ) -> Result<WriteResult, SpoolError> {
         let need = batch.buf.len() as u64;
         let roll = match (core.active, core.segs.back()) {
@@ -903,7 +1133,10 @@ impl Inner {
             _ => true,
         };
         let extra = need + if roll { SEGMENT_HEADER_LEN } else { 0 };
-        if self.cfg.max_disk > 0 && core.disk_bytes + extra > self.cfg.max_disk {
+        if quota == Quota::Applies
+            && self.cfg.max_disk > 0
+            && core.disk_bytes + extra > self.cfg.max_disk
+        {
             return Ok(WriteResult::NoRoom(FullReason::Quota));
         }
         if roll {
@@ -1028,6 +1261,7 @@ impl Inner {
         let bytes = front.len.saturating_sub(SEGMENT_HEADER_LEN) + core.mem_bytes;
         core.mem.clear();
         core.mem_bytes = 0;
+        core.mem_encoded = 0;
         core.floor = core.floor.max(end);
         let mut taken = false;
         self.remove_segments_while(core, |_, _| !std::mem::replace(&mut taken, true))?;
@@ -1056,9 +1290,14 @@ impl Inner {
             created_ms: oldest_ms,
         }
         .encode();
-        write_all_at(&*f, &header, 0).map_err(|(e, _)| SpoolError::io("write", &tmp, e))?;
-        write_all_at(&*f, &batch.buf, SEGMENT_HEADER_LEN)
-            .map_err(|(e, _)| SpoolError::io("write", &tmp, e))?;
+        let written = write_all_at(&*f, &header, 0)
+            .and_then(|()| write_all_at(&*f, &batch.buf, SEGMENT_HEADER_LEN));
+        if let Err((e, _)) = written {
+            // Give the space back; the log itself is untouched.
+            drop(f);
+            let _ = self.fs.remove(&tmp);
+            return Err(SpoolError::io("write", &tmp, e));
+        }
         self.timed_sync(&*f, &tmp)?;
         self.fs
             .rename(&tmp, &path)
@@ -1088,6 +1327,7 @@ impl Inner {
         self.st.bytes_written.fetch_add(len, Ordering::Relaxed);
         core.mem.clear();
         core.mem_bytes = 0;
+        core.mem_encoded = 0;
         Ok(())
     }
 

@@ -9,6 +9,10 @@ pub struct SpoolStats {
     /// Messages / message bytes in the memory tier.
     pub mem_msgs: u64,
     pub mem_bytes: u64,
+    /// Disk space held in reserve for the memory tier, which is also its
+    /// capacity (counted as bytes on disk). Below `memory_limit` when the
+    /// disk was too full to reserve it all.
+    pub mem_reserved: u64,
     /// Unacknowledged messages in the disk tier, and the tier's file bytes
     /// (what `max_disk` bounds; includes acked data in undeleted segments).
     pub disk_msgs: u64,
@@ -45,6 +49,14 @@ pub struct SpoolStats {
     /// Writes that hit ENOSPC/EDQUOT.
     pub enospc: u64,
     pub segments_deleted: u64,
+    /// Cursor persists that met a full disk (`ENOSPC`/`EDQUOT`). Each left
+    /// the previous cursor file in place: not an error, but after a crash
+    /// the acknowledgements since then are redelivered. Log it rate-limited.
+    pub cursor_write_failures: u64,
+    /// The cursor file is behind what a persist owed it (one met a full
+    /// disk, or was skipped while another ran); `tick` persists at its next
+    /// call until one succeeds.
+    pub cursor_dirty: bool,
     pub poisoned: bool,
 }
 
@@ -67,6 +79,7 @@ pub(crate) struct Counters {
     pub full_errors: AtomicU64,
     pub enospc: AtomicU64,
     pub segments_deleted: AtomicU64,
+    pub cursor_write_failures: AtomicU64,
 }
 
 impl Default for Counters {
@@ -89,6 +102,7 @@ impl Default for Counters {
             full_errors: AtomicU64::default(),
             enospc: AtomicU64::default(),
             segments_deleted: AtomicU64::default(),
+            cursor_write_failures: AtomicU64::default(),
         }
     }
 }
@@ -129,6 +143,7 @@ impl Counters {
             full_errors: self.full_errors.load(Relaxed),
             enospc: self.enospc.load(Relaxed),
             segments_deleted: self.segments_deleted.load(Relaxed),
+            cursor_write_failures: self.cursor_write_failures.load(Relaxed),
             ..SpoolStats::default()
         }
     }

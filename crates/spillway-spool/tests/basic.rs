@@ -31,7 +31,9 @@ fn read_all(s: &Spool) -> Vec<(u64, Vec<u8>)> {
 fn memory_then_disk_keeps_fifo_and_returns_to_memory_after_drain() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = small_config(dir.path());
-    cfg.memory_limit = 100;
+    // The limit counts bytes on disk: a 60-byte message written out by
+    // close takes 32 (segment) + 28 (record) + 1 (length) + 60 = 121.
+    cfg.memory_limit = 150;
     let (s, _) = Spool::open(cfg).unwrap();
     let a = s.append(&[&msg(0, 60)]).unwrap();
     assert_eq!(a.tier, Some(Tier::Memory));
@@ -68,7 +70,8 @@ fn memory_limit_zero_writes_everything_to_disk() {
 fn close_moves_memory_tier_to_disk_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = small_config(dir.path());
-    cfg.memory_limit = 1000;
+    // Ten 100-byte messages on disk: 32 + 28 + 10 x 101 = 1070 bytes.
+    cfg.memory_limit = 1100;
     let (s, _) = Spool::open(cfg.clone()).unwrap();
     let batch: Vec<Vec<u8>> = (0..10).map(|i| msg(i, 100)).collect();
     let refs: Vec<&[u8]> = batch.iter().map(|m| &m[..]).collect();

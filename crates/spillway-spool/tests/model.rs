@@ -1,6 +1,8 @@
 //! Model test: random append / read / ack / tick / sync / close+reopen /
 //! crash (power cut through SimFs, optionally with garbage appended to the
-//! last segment) against a VecDeque model that tracks what a crash may lose.
+//! last segment) / a full disk for cursor writes / close on a full disk
+//! (the memory tier must reach the disk through its reserve), against a
+//! VecDeque model that tracks what a crash may lose.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
@@ -8,6 +10,7 @@ mod common;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use common::{small_config, SimFs};
@@ -22,7 +25,16 @@ enum Op {
     Tick,
     Sync,
     CloseReopen,
-    Crash { keep_pct: u64, garbage: Vec<u8> },
+    /// Close with the disk full (SIGTERM on a full disk): the memory tier
+    /// goes into its reserve; the cursor may stay stale. Then reopen.
+    CloseOnFullDisk,
+    Crash {
+        keep_pct: u64,
+        garbage: Vec<u8>,
+    },
+    /// Cursor writes fail with ENOSPC (true) or work again (false). Every
+    /// operation must still succeed; a stale cursor may redeliver.
+    CursorNoSpace(bool),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -33,8 +45,10 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Tick),
         1 => Just(Op::Sync),
         1 => Just(Op::CloseReopen),
+        1 => Just(Op::CloseOnFullDisk),
         2 => (0u64..=100, prop::collection::vec(any::<u8>(), 0..40))
             .prop_map(|(keep_pct, garbage)| Op::Crash { keep_pct, garbage }),
+        1 => any::<bool>().prop_map(Op::CursorNoSpace),
     ]
 }
 
@@ -86,6 +100,9 @@ fn run(cfg: SpoolConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let fs = SimFs::new();
     let always = cfg.durability == Durability::Always;
     let (mut s, _) = Spool::open_with_fs(cfg.clone(), fs.clone()).expect("open");
+    // Once a cursor write failed, a close no longer promises the exact ack
+    // floor: acknowledged messages may come back (duplicates, never loss).
+    let mut cursor_faults = false;
     let mut m = Model {
         entries: VecDeque::new(),
         history: BTreeMap::new(),
@@ -94,6 +111,7 @@ fn run(cfg: SpoolConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
         pos: 0,
     };
     for op in ops {
+        let full_disk = matches!(op, Op::CloseOnFullDisk);
         match op {
             Op::Append(spec) => {
                 let msgs: Vec<Vec<u8>> = spec.iter().map(|&(n, b)| vec![b; n]).collect();
@@ -147,21 +165,61 @@ fn run(cfg: SpoolConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     e.durable = true;
                 }
             }
-            Op::CloseReopen => {
+            Op::CloseReopen | Op::CloseOnFullDisk => {
+                if full_disk {
+                    fs.faults.space_left.store(0, Ordering::SeqCst);
+                    cursor_faults = true;
+                }
                 s.close().expect("close");
+                fs.faults.space_left.store(-1, Ordering::SeqCst);
                 let (s2, rep) = Spool::open_with_fs(cfg.clone(), fs.clone()).expect("reopen");
                 s = s2;
                 prop_assert_eq!(rep.truncated_bytes, 0);
-                prop_assert_eq!(s.next_seq(), m.next_seq);
-                prop_assert_eq!(s.ack_floor(), m.floor);
                 let want: Vec<(u64, Vec<u8>)> =
                     m.entries.iter().map(|e| (e.seq, e.data.clone())).collect();
-                prop_assert_eq!(read_all(&s), want);
+                let got = read_all(&s);
+                if !cursor_faults {
+                    prop_assert_eq!(s.next_seq(), m.next_seq);
+                    prop_assert_eq!(s.ack_floor(), m.floor);
+                    prop_assert_eq!(got, want);
+                } else {
+                    // A stale cursor: everything unacknowledged is there,
+                    // after a contiguous run of acknowledged messages.
+                    prop_assert!(s.ack_floor() <= m.floor);
+                    let redelivered = got.len() - want.len().min(got.len());
+                    prop_assert_eq!(&got[redelivered..], &want[..]);
+                    for (i, (seq, data)) in got[..redelivered].iter().enumerate() {
+                        prop_assert_eq!(*seq, s.ack_floor() + i as u64);
+                        prop_assert!(*seq < m.floor);
+                        prop_assert_eq!(m.history.get(seq), Some(data));
+                    }
+                    if want.is_empty() {
+                        // An empty log numbers from the stale cursor.
+                        prop_assert!(s.next_seq() <= m.next_seq);
+                    } else {
+                        prop_assert_eq!(s.next_seq(), m.next_seq);
+                    }
+                    m.entries = got
+                        .iter()
+                        .map(|(seq, data)| Entry {
+                            seq: *seq,
+                            data: data.clone(),
+                            tier: Tier::Disk,
+                            durable: true,
+                        })
+                        .collect();
+                    m.floor = s.ack_floor();
+                    m.next_seq = s.next_seq();
+                }
                 for e in m.entries.iter_mut() {
                     e.durable = true;
                     e.tier = Tier::Disk;
                 }
                 m.pos = m.floor;
+            }
+            Op::CursorNoSpace(on) => {
+                fs.faults.cursor_no_space.store(on, Ordering::SeqCst);
+                cursor_faults |= on;
             }
             Op::Crash { keep_pct, garbage } => {
                 drop(s);

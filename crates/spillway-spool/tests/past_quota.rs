@@ -1,0 +1,80 @@
+//! `Spool::append_past_quota`: a batch the producer side already read (TCP
+//! acknowledged it to the producer) is written at shutdown even past
+//! `max_disk`, which is a policy; a physically full disk is still `Full`.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::{msg, small_config, SimFs};
+use spillway_spool::{FullReason, Spool, SpoolError, Tier, WhenFull};
+
+#[test]
+fn batch_interrupted_at_the_quota_is_written_past_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(dir.path());
+    cfg.max_disk = 16 * 1024;
+    cfg.when_full = WhenFull::Block;
+    cfg.block_timeout = Some(Duration::from_millis(50));
+    let (s, _) = Spool::open(cfg.clone()).unwrap();
+    let mut i = 0;
+    let e = loop {
+        match s.append(&[&msg(i, 500)]) {
+            Ok(_) => i += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(
+            e,
+            SpoolError::Full {
+                reason: FullReason::Quota
+            }
+        ),
+        "{e}"
+    );
+    // Shutdown interrupted the wait: the batch goes in anyway.
+    let batch: Vec<Vec<u8>> = (i..i + 3).map(|j| msg(j, 500)).collect();
+    let refs: Vec<&[u8]> = batch.iter().map(|m| &m[..]).collect();
+    let o = s.append_past_quota(&refs).unwrap();
+    assert_eq!((o.first_seq, o.accepted, o.tier), (i, 3, Some(Tier::Disk)));
+    assert!(s.stats().disk_bytes > cfg.max_disk);
+    // The quota still holds for ordinary appends.
+    assert!(s.append(&[b"x"]).unwrap_err().is_full());
+    s.close().unwrap();
+    let (s, rep) = Spool::open(cfg).unwrap();
+    assert_eq!(rep.next_seq, i + 3);
+    let got = s.read(i, 10, 1 << 20).unwrap();
+    assert_eq!(got.len(), 3);
+    assert_eq!(&got[2].data[..], &msg(i + 2, 500)[..]);
+}
+
+#[test]
+fn past_quota_still_reports_a_full_disk_without_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = SimFs::new();
+    let mut cfg = small_config(dir.path());
+    cfg.when_full = WhenFull::Block;
+    cfg.block_timeout = None; // an ordinary append would wait forever
+    let (s, _) = Spool::open_with_fs(cfg, fs.clone()).unwrap();
+    s.append(&[b"before"]).unwrap();
+    fs.faults.space_left.store(0, Ordering::SeqCst);
+    let t = Instant::now();
+    let e = s.append_past_quota(&[&msg(1, 3000)]).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            SpoolError::Full {
+                reason: FullReason::NoSpace
+            }
+        ),
+        "{e}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "it must not block");
+    assert_eq!(s.next_seq(), 1, "nothing accepted");
+    fs.faults.space_left.store(-1, Ordering::SeqCst);
+    assert_eq!(s.append_past_quota(&[b"after"]).unwrap().first_seq, 1);
+}
