@@ -417,7 +417,6 @@ fn a_reload_never_lets_the_old_route_touch_the_new_routes_spool() {
 /// it. Everything the producer's TCP saw acknowledged reaches a consumer
 /// after the restart.
 #[test]
-#[ignore = "defect not fixed yet"]
 fn a_batch_waiting_at_the_disk_bound_is_kept_at_shutdown() {
     let _serial = heavy();
     let dir = tempfile::tempdir().expect("dir");

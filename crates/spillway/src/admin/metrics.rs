@@ -683,8 +683,9 @@ impl Families<'_> {
     }
 
     fn messages(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
-        let simple: [Simple<QueueStats>; 4] = [
+        let simple: [Simple<QueueStats>; 5] = [
             ("spillway_messages_in", "Messages read from producers and queued.", |q| q.messages_in.load(Ordering::Relaxed)),
+            ("spillway_messages_lost_unqueued", "Messages read from producers (acknowledged to them by TCP) that could not be queued: a failed spool, or a disk still physically full at the end of the drain.", |q| q.lost_unqueued.load(Ordering::Relaxed)),
             ("spillway_messages_delivered", "Messages acknowledged by a consumer's TCP stack.", |q| q.messages_delivered.load(Ordering::Relaxed)),
             ("spillway_messages_redelivered", "Messages sent again after a consumer left or reset.", |q| q.messages_redelivered.load(Ordering::Relaxed)),
             ("spillway_partial_messages_at_eof", "Producers that ended in the middle of a message (the partial message is not queued).", |q| q.partial_at_eof.load(Ordering::Relaxed)),
@@ -798,7 +799,12 @@ impl Families<'_> {
     }
 
     fn spool(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
-        let counters: [Simple<SpoolStats>; 6] = [
+        let counters: [Simple<SpoolStats>; 7] = [
+            (
+                "spillway_spool_cursor_write_failures",
+                "Consumer-position (cursor) writes refused by a full disk; the last saved position is kept and the write retried.",
+                |s| s.cursor_write_failures,
+            ),
             (
                 "spillway_spool_written_bytes",
                 "Bytes written to segment files.",
@@ -838,18 +844,24 @@ impl Families<'_> {
                 Ok(())
             })?;
         }
-        family(
-            enc,
-            "spillway_spool_segments",
-            "Segment files on disk.",
-            MetricType::Gauge,
-            |m| {
+        let gauges: [Simple<SpoolStats>; 2] = [
+            ("spillway_spool_segments", "Segment files on disk.", |s| {
+                s.segments
+            }),
+            (
+                "spillway_spool_memory_reserved_bytes",
+                "Disk space reserved for writing the memory tier out at shutdown: the memory tier's capacity (below `memory` when the disk was too full to reserve it all).",
+                |s| s.mem_reserved,
+            ),
+        ];
+        for (name, help, read) in gauges {
+            family(enc, name, help, MetricType::Gauge, |m| {
                 for (route, _, sp) in self.queues() {
-                    gauge(m, &vec![("route", route)], sp.segments)?;
+                    gauge(m, &vec![("route", route)], read(sp))?;
                 }
                 Ok(())
-            },
-        )?;
+            })?;
+        }
         family(
             enc,
             "spillway_spool_poisoned",

@@ -90,6 +90,10 @@ pub struct QueueStats {
     frame_errors: [AtomicU64; FRAME_ERROR_KINDS],
     /// Producers that ended in the middle of a message.
     pub partial_at_eof: AtomicU64,
+    /// Messages read from producers (acknowledged to them by TCP) that
+    /// could not be queued: a spool that failed, or a disk physically full
+    /// past the drain timeout at shutdown.
+    pub lost_unqueued: AtomicU64,
     /// Producer connections closed, by reason.
     producer_closed: [AtomicU64; ProducerEnd::ALL.len()],
     /// Consumer connections closed, by reason.
@@ -128,6 +132,7 @@ impl Default for QueueStats {
             dropped_oldest: AtomicU64::default(),
             frame_errors: Default::default(),
             partial_at_eof: AtomicU64::default(),
+            lost_unqueued: AtomicU64::default(),
             producer_closed: Default::default(),
             consumer_closed: Default::default(),
             producer_tls_failures: AtomicU64::default(),
@@ -318,7 +323,13 @@ impl QueueServer {
                 route.spool.display()
             )
         })?;
-        info!(route = %route.name, spool = %route.spool.display(), "{report}");
+        if report.memory_reserved < report.memory_reserve_wanted || report.cursor_write_failed {
+            // A full disk at start: the route runs, with a smaller memory
+            // tier (or a stale cursor: a few redeliveries after a crash).
+            warn!(route = %route.name, spool = %route.spool.display(), "{report}");
+        } else {
+            info!(route = %route.name, spool = %route.spool.display(), "{report}");
+        }
         let notify = Arc::new(Notify::new());
         let n = Arc::clone(&notify);
         spool.set_notify(Box::new(move || n.notify_waiters()));
@@ -480,11 +491,18 @@ impl QueueServer {
         // Housekeeping: interval fsync, cursor persistence.
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut full = FullDiskWatch::new();
+        let mut ticks = 0u32;
         loop {
             tokio::select! {
                 _ = tick.tick() => {
                     if let Err(e) = tokio::task::block_in_place(|| self.spool.tick()) {
                         self.fail("spool tick", &e);
+                    }
+                    ticks = ticks.wrapping_add(1);
+                    if ticks.is_multiple_of(50) {
+                        let wanted = self.spool.config().memory_limit;
+                        full.check(&name, &self.spool.stats(), wanted);
                     }
                 }
                 _ = stop.cancelled() => break,
@@ -529,6 +547,62 @@ impl QueueServer {
         match failure {
             Some(f) => Err(anyhow::anyhow!("route '{name}': {f}")),
             None => Ok(()),
+        }
+    }
+}
+
+/// Says (rate-limited) when the disk is too full for the spool's cursor
+/// or its memory-tier reserve. Neither stops the route: a stale cursor only
+/// means a few more redeliveries after a crash, a smaller reserve a smaller
+/// memory tier.
+struct FullDiskWatch {
+    cursor_failures: u64,
+    reserve_short: bool,
+    limit: RateLimited,
+}
+
+impl FullDiskWatch {
+    fn new() -> Self {
+        FullDiskWatch {
+            cursor_failures: 0,
+            reserve_short: false,
+            limit: RateLimited::new(Duration::from_secs(30)),
+        }
+    }
+
+    fn check(&mut self, route: &str, st: &spillway_spool::SpoolStats, wanted: u64) {
+        if st.cursor_write_failures > self.cursor_failures {
+            let failed = st.cursor_write_failures - self.cursor_failures;
+            self.cursor_failures = st.cursor_write_failures;
+            if let Some(suppressed) = self.limit.check() {
+                warn!(
+                    route,
+                    failed,
+                    total = st.cursor_write_failures,
+                    suppressed,
+                    "disk full: the consumer position could not be saved; the last saved one \
+                       is kept and the write retried (after a crash, a few more messages would be \
+                       delivered again)"
+                );
+            }
+        }
+        let short = st.mem_reserved < wanted;
+        if short != self.reserve_short {
+            self.reserve_short = short;
+            if short {
+                warn!(
+                    route,
+                    reserved = st.mem_reserved,
+                    wanted,
+                    "disk full: the memory tier is limited to the disk space reserved for it"
+                );
+            } else {
+                info!(
+                    route,
+                    reserved = st.mem_reserved,
+                    "memory tier reserve complete again"
+                );
+            }
         }
     }
 }

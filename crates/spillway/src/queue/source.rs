@@ -20,7 +20,7 @@ use spillway_net::tls::MaybeTls;
 use spillway_spool::SpoolError;
 use tokio::io::AsyncReadExt;
 use tokio::time::{sleep_until, Instant};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::QueueServer;
 
@@ -216,7 +216,15 @@ impl QueueServer {
             let outcome = match self.append_waiting(batch) {
                 Ok(o) => o,
                 Err(e) => {
-                    // Messages of this read after the failed batch are not queued.
+                    // Messages of this read after the failed batch are not
+                    // queued; their bytes were acknowledged by TCP, so say
+                    // exactly how many.
+                    let lost = batch.len() + rest.len();
+                    error!(route = %self.route.name, lost, error = %e,
+                           "messages read from a producer could not be queued and are lost");
+                    self.stats
+                        .lost_unqueued
+                        .fetch_add(lost as u64, Ordering::Relaxed);
                     buf.advance(consumed);
                     return (tally, Err(IngestError::Spool(e)));
                 }
@@ -261,10 +269,34 @@ impl QueueServer {
     /// (the producer is not read meanwhile: the only pushback the source
     /// ever sees), saying so every few seconds, until consumers free space
     /// or the relay shuts down.
+    ///
+    /// At shutdown the batch is already read from the socket, so TCP
+    /// acknowledged it to the producer: it is written past `max_disk` (a
+    /// policy, not a physical limit). On a physically full disk it is
+    /// retried until the drain timeout; only then does it fail.
     fn append_waiting(&self, batch: &[&[u8]]) -> Result<spillway_spool::AppendOutcome, SpoolError> {
         let started = std::time::Instant::now();
+        let mut give_up: Option<std::time::Instant> = None;
         loop {
-            match tokio::task::block_in_place(|| self.spool.append(batch)) {
+            let stopping = self.stop.is_cancelled();
+            let r = tokio::task::block_in_place(|| {
+                if stopping {
+                    self.spool.append_past_quota(batch)
+                } else {
+                    self.spool.append(batch)
+                }
+            });
+            match r {
+                Err(e) if e.is_full() && stopping => {
+                    let deadline = *give_up.get_or_insert_with(|| started + self.drain);
+                    if std::time::Instant::now() >= deadline {
+                        return Err(e);
+                    }
+                    // No one signals freed space: poll for it.
+                    tokio::task::block_in_place(|| {
+                        std::thread::sleep(std::time::Duration::from_millis(50))
+                    });
+                }
                 Err(e) if e.is_full() => {
                     let mut warn_limit = self
                         .blocked_warning
@@ -276,9 +308,6 @@ impl QueueServer {
                               "disk tier full: not reading producers until consumers free space (when_full = block)");
                     }
                     drop(warn_limit);
-                    if self.stop.is_cancelled() {
-                        return Err(e);
-                    }
                 }
                 r => return r,
             }
