@@ -13,6 +13,14 @@ pub fn since_epoch() -> Duration {
         .unwrap_or_default()
 }
 
+/// The largest size accepted anywhere (1024 TiB): far above any real
+/// limit, and low enough that sums of a few sizes cannot overflow `u64`.
+pub const MAX_SIZE: u64 = 1 << 50;
+
+/// The longest duration accepted anywhere (3650 days): deadlines computed
+/// as `now + duration` stay far from the end of the clock.
+pub const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
+
 /// A number of bytes. Parses `4096`, `64KiB`, `1.5GiB`, `10MB` (decimal
 /// units are powers of 1000, binary ones powers of 1024, `K`/`M`/`G`/`T`
 /// alone are binary).
@@ -58,8 +66,8 @@ impl FromStr for ByteSize {
             .parse()
             .map_err(|_| format!("invalid size '{s}': '{num}' is not a number"))?;
         let bytes = value * mult as f64;
-        if !bytes.is_finite() || bytes > u64::MAX as f64 {
-            return Err(format!("invalid size '{s}': too large"));
+        if !bytes.is_finite() || bytes > MAX_SIZE as f64 {
+            return Err(format!("invalid size '{s}': too large (at most 1024TiB)"));
         }
         Ok(ByteSize(bytes.round() as u64))
     }
@@ -91,11 +99,13 @@ impl<'de> serde::Deserialize<'de> for ByteSize {
                 f.write_str("a size like \"64MiB\" or a number of bytes")
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ByteSize, E> {
-                u64::try_from(v)
-                    .map(ByteSize)
-                    .map_err(|_| E::custom("a size cannot be negative"))
+                let v = u64::try_from(v).map_err(|_| E::custom("a size cannot be negative"))?;
+                self.visit_u64(v)
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                if v > MAX_SIZE {
+                    return Err(E::custom("size too large (at most 1024TiB)"));
+                }
                 Ok(ByteSize(v))
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ByteSize, E> {
@@ -151,8 +161,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
                 ))
             }
         };
-        total += Duration::try_from_secs_f64(secs)
-            .map_err(|_| format!("invalid duration '{s}': out of range"))?;
+        let too_long = || format!("invalid duration '{s}': too long (at most 3650d)");
+        let part = Duration::try_from_secs_f64(secs).map_err(|_| too_long())?;
+        total = total
+            .checked_add(part)
+            .filter(|t| *t <= MAX_DURATION)
+            .ok_or_else(too_long)?;
         rest = next;
     }
     Ok(total)
@@ -202,5 +216,30 @@ mod tests {
             .contains("unit is required"));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn huge_values_are_errors_not_panics() {
+        for d in [
+            "213503982334601d213503982334601d",
+            "200000000000000d",
+            "3651d",
+            "99999999999999999999999999999999999999999999999999999999999h",
+            "3000d3000d",
+        ] {
+            assert!(parse_duration(d).unwrap_err().contains("too long"), "{d}");
+        }
+        assert_eq!(parse_duration("3650d"), Ok(MAX_DURATION));
+        for b in [
+            "18446744073709551615",
+            "2000TiB",
+            "999999999999999999999999999999GiB",
+        ] {
+            assert!(
+                b.parse::<ByteSize>().unwrap_err().contains("too large"),
+                "{b}"
+            );
+        }
+        assert_eq!("1024TiB".parse::<ByteSize>(), Ok(ByteSize(MAX_SIZE)));
     }
 }

@@ -185,3 +185,44 @@ fn systemd_unit_verifies() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.trim().is_empty(), "{stderr}");
 }
+
+/// Durations and sizes a config file controls are capped at parse time:
+/// overflowing ones are `file:line:col` errors, not a panic (exit 101) in
+/// `check`, in a SIGHUP reload, or at the first connection (`now + d`).
+#[test]
+fn overflowing_durations_and_sizes_are_config_errors() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cases = [
+        (
+            "drain_timeout",
+            "\"213503982334601d213503982334601d\"",
+            "too long",
+        ),
+        ("max_lifetime", "\"200000000000000d\"", "too long"),
+        ("max_disk", "\"99999999TiB\"", "too large"),
+    ];
+    for (key, value, want) in cases {
+        let (global, route) = if key == "drain_timeout" {
+            (format!("[global]\n{key} = {value}\n"), String::new())
+        } else {
+            (String::new(), format!("{key} = {value}\n"))
+        };
+        let text = format!(
+            "{global}\n[[route]]\nname = \"q\"\nmode = \"queue\"\nfrom = \"listen:127.0.0.1:1\"\n\
+             to = \"listen:127.0.0.1:2\"\nspool = \"{}\"\n{route}",
+            tmp.path().join("spool").display()
+        );
+        let path = tmp.path().join("c.toml");
+        std::fs::write(&path, text).expect("write");
+        let out = Command::new(bin())
+            .args(["check", "--config", path.to_str().expect("utf8")])
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{key}: {err}");
+        assert!(
+            err.contains(want) && err.contains("c.toml:"),
+            "{key}: {err}"
+        );
+    }
+}
