@@ -8,9 +8,11 @@
 //! closes the new connection at once (and logs it, rate-limited): a
 //! listener under attack sheds the excess instead of queueing it.
 //!
-//! Addresses are counted as the kernel reports them, after mapping
-//! IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) back to IPv4, so a
-//! dual-stack listener counts a client once.
+//! Addresses are counted after mapping IPv4-mapped IPv6 addresses
+//! (`::ffff:a.b.c.d`) back to IPv4, so a dual-stack listener counts a
+//! client once. IPv6 addresses are counted by network prefix (a /64 by
+//! default): one host usually holds a whole /64, so keying on the full
+//! /128 would let a single client open unlimited connections.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -51,6 +53,8 @@ impl fmt::Display for LimitKind {
 pub struct ConnLimits {
     max_total: usize,
     max_per_ip: usize,
+    /// Leading bits of an IPv6 address that identify one client.
+    ipv6_prefix: u8,
     total: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     rejected: [AtomicU64; 2],
@@ -63,12 +67,25 @@ pub struct ConnPermit {
     ip: Option<IpAddr>,
 }
 
-fn canonical(ip: IpAddr) -> IpAddr {
+/// The per-client key of `ip`: IPv4 as is (IPv4-mapped IPv6 included),
+/// IPv6 cut to its first `prefix` bits.
+fn canonical(ip: IpAddr, prefix: u8) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u128::from(v6);
+                let keep = u32::from(prefix.min(128));
+                let mask = u128::MAX.checked_shl(128 - keep).unwrap_or(0);
+                IpAddr::V6((bits & mask).into())
+            }
+        },
         v4 => v4,
     }
 }
+
+/// The default IPv6 prefix of one client.
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
 
 impl ConnLimits {
     /// `usize::MAX` for either bound means unlimited; a per-IP bound of
@@ -77,10 +94,17 @@ impl ConnLimits {
         ConnLimits {
             max_total,
             max_per_ip,
+            ipv6_prefix: DEFAULT_IPV6_PREFIX,
             total: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
             rejected: Default::default(),
         }
+    }
+
+    /// Counts IPv6 clients by their first `prefix` bits (1 to 128).
+    pub fn with_ipv6_prefix(mut self, prefix: u8) -> Self {
+        self.ipv6_prefix = prefix.clamp(1, 128);
+        self
     }
 
     /// No limits at all.
@@ -95,7 +119,10 @@ impl ConnLimits {
 
     /// Open connections from `ip` (0 when per-IP counting is off).
     pub fn active_from(&self, ip: IpAddr) -> usize {
-        self.lock().get(&canonical(ip)).copied().unwrap_or(0)
+        self.lock()
+            .get(&canonical(ip, self.ipv6_prefix))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Connections refused by `kind` so far.
@@ -120,7 +147,7 @@ impl ConnLimits {
         }
         let mut tracked = None;
         if self.max_per_ip != usize::MAX {
-            let ip = canonical(ip);
+            let ip = canonical(ip, self.ipv6_prefix);
             let mut map = self.lock();
             let n = map.entry(ip).or_insert(0);
             if *n >= self.max_per_ip {
@@ -178,6 +205,29 @@ mod tests {
         drop(a1);
         let _a3 = l.try_acquire(ip("10.0.0.1")).expect("room again");
         assert_eq!(l.active(), 3);
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_prefix() {
+        let l = Arc::new(ConnLimits::new(usize::MAX, 2));
+        // Two addresses of one /64: one client.
+        let _a = l.try_acquire(ip("2001:db8:1:2::1")).expect("a");
+        let _b = l.try_acquire(ip("2001:db8:1:2:ffff::9")).expect("b");
+        assert_eq!(
+            l.try_acquire(ip("2001:db8:1:2:dead:beef:0:1")).map(|_| ()),
+            Err(LimitKind::PerIp),
+            "a third address of the same /64"
+        );
+        // Another /64 is another client.
+        let _c = l.try_acquire(ip("2001:db8:1:3::1")).expect("other /64");
+        // A /128 key when configured so.
+        let exact = Arc::new(ConnLimits::new(usize::MAX, 1).with_ipv6_prefix(128));
+        let _d = exact.try_acquire(ip("2001:db8::1")).expect("d");
+        let _e = exact
+            .try_acquire(ip("2001:db8::2"))
+            .expect("a different /128");
+        assert_eq!(canonical(ip("2001:db8::1"), 48), ip("2001:db8::"));
+        assert_eq!(canonical(ip("::ffff:10.0.0.1"), 64), ip("10.0.0.1"));
     }
 
     #[test]

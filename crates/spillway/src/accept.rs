@@ -137,13 +137,16 @@ pub struct Admitted {
 }
 
 impl Gate {
-    /// `max_per_ip` bounds each client address on this route's listeners;
-    /// `global` is shared by all routes.
-    pub fn new(route: &str, global: Option<Arc<ConnLimits>>, max_per_ip: Option<usize>) -> Self {
+    /// `per_ip` bounds each client on this route's listeners (an IPv4
+    /// address, or an IPv6 network of the given prefix length); `global`
+    /// is shared by all routes.
+    pub fn new(route: &str, global: Option<Arc<ConnLimits>>, per_ip: Option<(usize, u8)>) -> Self {
         Gate {
             route: route.to_string(),
             global,
-            per_ip: max_per_ip.map(|n| Arc::new(ConnLimits::new(usize::MAX, n))),
+            per_ip: per_ip.map(|(n, prefix)| {
+                Arc::new(ConnLimits::new(usize::MAX, n).with_ipv6_prefix(prefix))
+            }),
             rejected: Default::default(),
             warn: Mutex::new(RateLimited::new(Duration::from_secs(5))),
         }

@@ -198,6 +198,9 @@ pub struct QueueRoute {
     pub backoff: BackoffConfig,
     /// Bound on connections per client address on `listen:` endpoints.
     pub max_connections_per_ip: Option<usize>,
+    /// IPv6 clients are counted by this many leading bits (one host
+    /// usually holds a /64).
+    pub per_ip_ipv6_prefix: u8,
     /// TLS on the producer side: terminated on a `listen:` endpoint,
     /// originated on a `connect:` one (`[route.from_tls]`).
     pub from_tls: Option<EndpointTls>,
@@ -241,6 +244,7 @@ impl QueueRoute {
             to_tls: None,
             backoff: BackoffConfig::default(),
             max_connections_per_ip: None,
+            per_ip_ipv6_prefix: spillway_net::limit::DEFAULT_IPV6_PREFIX,
         }
     }
 }
@@ -321,6 +325,8 @@ pub struct StreamRoute {
     pub circuit_breaker: BreakerConfig,
     /// Bound on connections per client address.
     pub max_connections_per_ip: Option<usize>,
+    /// IPv6 clients are counted by this many leading bits.
+    pub per_ip_ipv6_prefix: u8,
 }
 
 impl StreamRoute {
@@ -346,6 +352,7 @@ impl StreamRoute {
             outlier: OutlierConfig::default(),
             circuit_breaker: BreakerConfig::default(),
             max_connections_per_ip: None,
+            per_ip_ipv6_prefix: spillway_net::limit::DEFAULT_IPV6_PREFIX,
         }
     }
 }
@@ -428,6 +435,7 @@ struct RawRoute {
     backoff: S<RawBackoff>,
     // both (listeners)
     max_connections_per_ip: S<u64>,
+    per_ip_ipv6_prefix: S<u64>,
     // stream: upstream health
     health_check: S<RawHealthCheck>,
     outlier: S<RawOutlier>,
@@ -709,6 +717,9 @@ fn queue_route(
     if let Some(v) = &r.max_connections_per_ip {
         q.max_connections_per_ip = Some(at_least_one(src, v, "max_connections_per_ip")?);
     }
+    if let Some(v) = &r.per_ip_ipv6_prefix {
+        q.per_ip_ipv6_prefix = ipv6_prefix(src, v)?;
+    }
     validate_queue(&q).map_err(|m| {
         let span = r
             .max_message
@@ -828,6 +839,9 @@ fn stream_route(
     }
     if let Some(v) = &r.max_connections_per_ip {
         route.max_connections_per_ip = Some(at_least_one(src, v, "max_connections_per_ip")?);
+    }
+    if let Some(v) = &r.per_ip_ipv6_prefix {
+        route.per_ip_ipv6_prefix = ipv6_prefix(src, v)?;
     }
     if let Some(v) = &r.health_check {
         route.health_check = Some(health_check(src, v)?);
@@ -1034,6 +1048,16 @@ fn client_tls(
     cfg.cert = tls_path(r.cert);
     cfg.key = tls_path(r.key);
     Ok(cfg)
+}
+
+fn ipv6_prefix(src: &Source<'_>, v: &Spanned<u64>) -> Result<u8, ConfigError> {
+    match u8::try_from(*v.get_ref()) {
+        Ok(p) if (1..=128).contains(&p) => Ok(p),
+        _ => Err(src.error(
+            v.span(),
+            "per_ip_ipv6_prefix must be between 1 and 128 (bits of an IPv6 address that name one client)",
+        )),
+    }
 }
 
 fn at_least_one(src: &Source<'_>, v: &Spanned<u64>, key: &str) -> Result<usize, ConfigError> {

@@ -334,7 +334,13 @@ impl QueueServer {
         let n = Arc::clone(&notify);
         spool.set_notify(Box::new(move || n.notify_waiters()));
         let dispatch = Mutex::new(Dispatch::new(spool.ack_floor(), route.redeliver_on_reset));
-        let gate = Gate::new(&route.name, global, route.max_connections_per_ip);
+        let gate = Gate::new(
+            &route.name,
+            global,
+            route
+                .max_connections_per_ip
+                .map(|n| (n, route.per_ip_ipv6_prefix)),
+        );
         Ok(Arc::new(QueueServer {
             route,
             spool,

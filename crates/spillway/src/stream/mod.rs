@@ -339,7 +339,13 @@ impl StreamServer {
         let pipes = splice::PipePool::new(route.pipe_size, route.buffer, MAX_IDLE_PIPES);
         let tls = RouteTls::load(&route)?;
         let pool = Pool::new(&route);
-        let gate = Gate::new(&route.name, None, route.max_connections_per_ip);
+        let gate = Gate::new(
+            &route.name,
+            None,
+            route
+                .max_connections_per_ip
+                .map(|n| (n, route.per_ip_ipv6_prefix)),
+        );
         Ok(StreamServer {
             route,
             balancer,
@@ -360,7 +366,11 @@ impl StreamServer {
     /// Puts the route under the process-wide connection limit (shared by
     /// every route; `global.max_connections`).
     pub fn with_global_limits(mut self, global: Option<Arc<ConnLimits>>) -> Self {
-        self.gate = Gate::new(&self.route.name, global, self.route.max_connections_per_ip);
+        let per_ip = self
+            .route
+            .max_connections_per_ip
+            .map(|n| (n, self.route.per_ip_ipv6_prefix));
+        self.gate = Gate::new(&self.route.name, global, per_ip);
         self
     }
 
