@@ -7,6 +7,7 @@ use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -146,9 +147,49 @@ impl SegmentFile for StdFile {
     }
 }
 
+/// Mode of the directories the spool creates: queued messages are
+/// private to the relay's user (the umask can only narrow it).
+pub const DIR_MODE: u32 = 0o700;
+/// Mode of the files the spool creates (segments, cursor, lock, reserve).
+pub const FILE_MODE: u32 = 0o600;
+
+/// Creates `dir` and its missing parents with [`DIR_MODE`]; an existing
+/// directory keeps its mode (see [`exposure`]).
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+}
+
+/// Whether other local users can read or enter the spool in `dir`: a
+/// description of the first exposed path (the directory or a file in it
+/// that is group- or world-accessible), or `None`.
+pub fn exposure(dir: &Path) -> Option<String> {
+    let md = std::fs::metadata(dir).ok()?;
+    let mode = md.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Some(format!(
+            "spool directory {} has mode {mode:03o}: other local users can read queued messages (chmod 700 it)",
+            dir.display()
+        ));
+    }
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let Ok(md) = entry.metadata() else { continue };
+        let mode = md.permissions().mode() & 0o777;
+        if md.is_file() && mode & 0o044 != 0 {
+            return Some(format!(
+                "spool file {} has mode {mode:03o}: readable by other local users (chmod 600 the spool's files)",
+                entry.path().display()
+            ));
+        }
+    }
+    None
+}
+
 impl Fs for StdFs {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        std::fs::create_dir_all(dir)
+        create_private_dir(dir)
     }
     fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
         let mut names = Vec::new();
@@ -165,6 +206,7 @@ impl Fs for StdFs {
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(FILE_MODE)
             .open(path)?;
         Ok(Arc::new(StdFile(f)))
     }

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use std::os::unix::fs::OpenOptionsExt;
+
 use bytes::Bytes;
 
 use crate::config::{Durability, SpoolConfig, WhenFull};
@@ -251,12 +253,13 @@ pub const LOCK_FILE: &str = "LOCK";
 /// (released by the kernel when the process dies, so a crash never leaves
 /// a stale lock behind).
 fn lock_dir(dir: &std::path::Path) -> Result<std::fs::File, SpoolError> {
-    std::fs::create_dir_all(dir).map_err(|e| SpoolError::io("create dir", dir, e))?;
+    crate::fs::create_private_dir(dir).map_err(|e| SpoolError::io("create dir", dir, e))?;
     let path = dir.join(LOCK_FILE);
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(crate::fs::FILE_MODE)
         .open(&path)
         .map_err(|e| SpoolError::io("open lock file", &path, e))?;
     match file.try_lock() {

@@ -317,3 +317,42 @@ fn inspect_and_dump_see_the_log() {
     .unwrap();
     assert_eq!(first, Some(5), "dump defaults to the cursor");
 }
+
+/// Queued messages are private to the relay's user: the spool directory is
+/// created 0700 and every file in it 0600 (whatever the umask allows), and
+/// an existing directory open to others is reported.
+#[test]
+fn spool_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("a").join("spool");
+    let mut cfg = common::small_config(&dir);
+    cfg.memory_limit = 4096;
+    let (spool, _) = Spool::open(cfg).expect("open");
+    for i in 0..200 {
+        spool.append(&[&common::msg(i, 100)]).expect("append");
+    }
+    spool.ack(10).expect("ack");
+    spool.sync().expect("sync");
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700, "spool directory");
+    let mut files = 0;
+    for e in std::fs::read_dir(&dir).expect("ls") {
+        let p = e.expect("entry").path();
+        assert_eq!(mode(&p), 0o600, "{}", p.display());
+        files += 1;
+    }
+    assert!(files >= 3, "segments, cursor and lock at least");
+    assert_eq!(spillway_spool::fs::exposure(&dir), None);
+    spool.close().expect("close");
+
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let w = spillway_spool::fs::exposure(&dir).expect("a 0755 spool is exposed");
+    assert!(w.contains("755"), "{w}");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let cursor = dir.join("cursor");
+    std::fs::set_permissions(&cursor, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let w = spillway_spool::fs::exposure(&dir).expect("a 0644 file is exposed");
+    assert!(w.contains("cursor"), "{w}");
+}

@@ -16,6 +16,9 @@ fn warn_if_in_use(dir: &Path) {
             dir.display()
         );
     }
+    if let Some(w) = spillway_spool::fs::exposure(dir) {
+        eprintln!("warning: {w}");
+    }
 }
 
 fn fmt_age(created_ms: u64) -> String {

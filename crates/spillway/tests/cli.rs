@@ -226,3 +226,23 @@ fn overflowing_durations_and_sizes_are_config_errors() {
         );
     }
 }
+
+/// An existing spool that other local users can read is reported by the
+/// offline tools (and at start, in the relay's log).
+#[test]
+fn spool_inspect_warns_about_a_readable_spool() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let spool = tmp.path().join("spool");
+    std::fs::create_dir(&spool).expect("mkdir");
+    std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let (ok, _, err) = run(&["spool", "inspect", spool.to_str().expect("utf8")]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("mode 755") && err.contains("other local users"),
+        "{err}"
+    );
+    std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let (ok, _, err) = run(&["spool", "inspect", spool.to_str().expect("utf8")]);
+    assert!(ok && !err.contains("warning"), "{err}");
+}

@@ -323,6 +323,9 @@ impl QueueServer {
                 route.spool.display()
             )
         })?;
+        if let Some(w) = spillway_spool::fs::exposure(&route.spool) {
+            warn!(route = %route.name, "{w}");
+        }
         if report.memory_reserved < report.memory_reserve_wanted || report.cursor_write_failed {
             // A full disk at start: the route runs, with a smaller memory
             // tier (or a stale cursor: a few redeliveries after a crash).
