@@ -246,3 +246,27 @@ fn spool_inspect_warns_about_a_readable_spool() {
     let (ok, _, err) = run(&["spool", "inspect", spool.to_str().expect("utf8")]);
     assert!(ok && !err.contains("warning"), "{err}");
 }
+
+/// The unit's sandboxing, as systemd rates it: at most 2.0 ("OK").
+#[test]
+fn systemd_unit_exposure_is_ok() {
+    let unit = repo_root().join("examples/spillway.service");
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(&unit)
+        .output()
+        .expect("systemd-analyze (run scripts/install-test-deps.sh)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("no exposure figure:\n{text}"));
+    let figure: f64 = line
+        .rsplit(':')
+        .next()
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unreadable figure: {line}"));
+    assert!(figure <= 2.0, "exposure {figure} (goal <= 2.0): {line}");
+    assert!(line.contains("OK"), "{line}");
+}
