@@ -5,7 +5,9 @@ use std::io;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::format::{check_record, le_u32, le_u64, RecordCheck, RecordHeader, RECORD_HEADER_LEN};
+use crate::format::{
+    check_record, le_u32, le_u64, RecordCheck, RecordHeader, MAX_RECORD_PAYLOAD, RECORD_HEADER_LEN,
+};
 use crate::fs::{read_full_at, SegmentFile};
 
 /// Bytes read from the file per refill when records are small.
@@ -98,10 +100,20 @@ impl<'a> Scanner<'a> {
     }
 }
 
+/// Bytes of CRC work [`valid_record_after`] may spend beyond four times
+/// the span it searches. An honest torn tail has few plausible headers
+/// (mostly zeros or old data); only a crafted file needs more.
+const SEARCH_CRC_BUDGET: u64 = 64 << 20;
+
 /// After a bad record at `bad`, looks for any valid record later in
 /// `[bad + 1, end)` whose sequence number could follow `min_seq`. Finding one
 /// means the damage is in the middle of the log (refuse), not a torn tail
 /// (truncate). Only runs on the corruption path, over the last segment.
+///
+/// Bounded whatever the file holds: it reads a window at a time (never the
+/// whole rest of a segment at once), and a file with more plausible headers
+/// than [`SEARCH_CRC_BUDGET`] can check is an `InvalidData` error, not an
+/// hour of CRCs at start-up.
 pub(crate) fn valid_record_after(
     file: &dyn SegmentFile,
     bad: u64,
@@ -112,31 +124,156 @@ pub(crate) fn valid_record_after(
     if start >= end {
         return Ok(None);
     }
-    let mut data = vec![0u8; (end - start) as usize];
-    let got = read_full_at(file, &mut data, start)?;
-    data.truncate(got);
-    let span = data.len() as u64;
-    for i in 0..data.len() {
-        let rest = &data[i..];
-        if rest.len() < RECORD_HEADER_LEN {
-            break;
+    let span = end - start;
+    let mut budget = SEARCH_CRC_BUDGET.saturating_add(span.saturating_mul(4));
+    // A window holds any record that starts in its first WINDOW_STEP bytes.
+    const WINDOW_STEP: u64 = 8 << 20;
+    let window_len = WINDOW_STEP + RECORD_HEADER_LEN as u64 + MAX_RECORD_PAYLOAD;
+    let mut data: Vec<u8> = Vec::new();
+    let mut win_start = start;
+    let mut win_end = start;
+    let mut pos = start;
+    while pos < end {
+        if pos >= win_start + WINDOW_STEP.min(win_end - win_start) || pos == win_end {
+            win_start = pos;
+            let want = window_len.min(end - pos);
+            data.resize(want as usize, 0);
+            let got = read_full_at(file, &mut data, pos)?;
+            data.truncate(got);
+            win_end = pos + got as u64;
+            if got == 0 {
+                break;
+            }
         }
-        let len = le_u32(&rest[0..4]) as usize;
+        let rest = &data[(pos - win_start) as usize..];
+        pos += 1;
+        if rest.len() < RECORD_HEADER_LEN {
+            if win_end >= end {
+                break;
+            }
+            continue;
+        }
+        let len = u64::from(le_u32(&rest[0..4]));
         let seq = le_u64(&rest[8..16]);
         let count = le_u32(&rest[16..20]);
         // Cheap plausibility before the CRC: a later record starts at or
         // after the expected seq, and cannot be further ahead than one
         // message per byte skipped.
         if count == 0
-            || len + RECORD_HEADER_LEN > rest.len()
+            || len > MAX_RECORD_PAYLOAD
+            || len + RECORD_HEADER_LEN as u64 > end - (pos - 1)
             || seq < min_seq
             || seq > min_seq.saturating_add(span)
         {
             continue;
         }
-        if let RecordCheck::Valid(_) = check_record(rest) {
-            return Ok(Some(start + i as u64));
+        let total = (RECORD_HEADER_LEN as u64 + len) as usize;
+        if rest.len() < total {
+            // Cannot happen: the window holds every record starting in its
+            // first WINDOW_STEP bytes, and the record ends before `end`.
+            continue;
+        }
+        budget = match budget.checked_sub(len) {
+            Some(b) => b,
+            None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "too many plausible record headers after the bad record at offset {bad} \
+                         to tell a torn tail from damage in the middle; refusing to guess"
+                    ),
+                ))
+            }
+        };
+        if let RecordCheck::Valid(_) = check_record(&rest[..total]) {
+            return Ok(Some(pos - 1));
         }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::format::{encode_batch, finalize};
+
+    /// A segment file in memory.
+    #[derive(Debug)]
+    struct MemFile(Mutex<Vec<u8>>);
+
+    impl SegmentFile for MemFile {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+            let data = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let start = (offset as usize).min(data.len());
+            let n = buf.len().min(data.len() - start);
+            buf[..n].copy_from_slice(&data[start..start + n]);
+            Ok(n)
+        }
+        fn write_at(&self, _: &[u8], _: u64) -> io::Result<usize> {
+            Err(io::ErrorKind::Unsupported.into())
+        }
+        fn sync_data(&self) -> io::Result<()> {
+            Ok(())
+        }
+        fn set_len(&self, _: u64) -> io::Result<()> {
+            Err(io::ErrorKind::Unsupported.into())
+        }
+        fn len(&self) -> io::Result<u64> {
+            Ok(self.0.lock().unwrap_or_else(|e| e.into_inner()).len() as u64)
+        }
+    }
+
+    fn record(seq: u64, payload: &[u8]) -> Vec<u8> {
+        let mut b = encode_batch([payload].into_iter());
+        finalize(&mut b, seq, 0);
+        b.buf.to_vec()
+    }
+
+    #[test]
+    fn a_valid_record_after_damage_is_found() {
+        let mut data = vec![0xAB; 1000];
+        let at = data.len() as u64;
+        data.extend(record(7, b"hello"));
+        let f = MemFile(Mutex::new(data));
+        let end = f.len().expect("len");
+        assert_eq!(valid_record_after(&f, 0, end, 5).expect("search"), Some(at));
+        // One that could not follow (a sequence below the expected one).
+        assert_eq!(valid_record_after(&f, 0, end, 8).expect("search"), None);
+    }
+
+    /// A crafted tail: a plausible header (1 MiB payload, a sequence that
+    /// could follow) every 64 bytes, each with a bad checksum. Checking
+    /// every one would be O(n * len) CRC work at start-up; the search gives
+    /// up with an error instead.
+    #[test]
+    fn a_crafted_tail_of_plausible_headers_is_refused_not_searched_forever() {
+        let len: u32 = 1 << 20;
+        let mut data = vec![0u8; 8 << 20];
+        for (i, chunk) in data.chunks_mut(64).enumerate() {
+            chunk[0..4].copy_from_slice(&len.to_le_bytes());
+            chunk[8..16].copy_from_slice(&(100 + i as u64).to_le_bytes());
+            chunk[16..20].copy_from_slice(&1u32.to_le_bytes());
+        }
+        let f = MemFile(Mutex::new(data));
+        let end = f.len().expect("len");
+        let t = std::time::Instant::now();
+        let err = valid_record_after(&f, 0, end, 100).expect_err("refused");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        // Not a timing assertion of the behaviour, a guard against hanging.
+        assert!(t.elapsed() < std::time::Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_record_whose_sequence_range_overflows_is_malformed() {
+        let r = record(u64::MAX, b"x");
+        assert!(
+            matches!(check_record(&r), RecordCheck::Malformed(_)),
+            "{:?}",
+            check_record(&r)
+        );
+        let ok = record(u64::MAX - 1, b"x");
+        assert!(matches!(check_record(&ok), RecordCheck::Valid(_)));
+    }
 }
