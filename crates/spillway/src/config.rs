@@ -277,6 +277,9 @@ pub fn parse_when_full(s: &str) -> Result<WhenFull, String> {
 
 /// Checks the parts of a queue route that do not depend on the syntax.
 pub fn validate_queue(r: &QueueRoute) -> Result<(), String> {
+    if r.connect_timeout.is_zero() {
+        return Err("connect_timeout must be greater than zero".into());
+    }
     if r.max_message == 0 || r.max_message > u64::from(spillway_spool::MAX_MESSAGE_LIMIT) {
         return Err(format!(
             "max_message must be between 1 and {} bytes",
@@ -288,6 +291,33 @@ pub fn validate_queue(r: &QueueRoute) -> Result<(), String> {
     }
     if r.segment_size < 4096 {
         return Err("segment_size must be at least 4KiB".into());
+    }
+    Ok(())
+}
+
+/// The range checks of a stream route, shared by both front ends (the
+/// config file reports them at the key with `file:line:col` first; the
+/// command line builds a route directly and relies on this).
+pub fn validate_stream(r: &StreamRoute) -> Result<(), String> {
+    if r.connect_tries == 0 {
+        return Err("connect_tries must be at least 1".into());
+    }
+    if r.max_connections == 0 {
+        return Err("max_connections must be at least 1".into());
+    }
+    for (key, v) in [("buffer", r.buffer), ("pipe_size", r.pipe_size)] {
+        if !(4096..=(64 << 20)).contains(&v) {
+            return Err(format!("{key} must be between 4KiB and 64MiB"));
+        }
+    }
+    for (key, d) in [
+        ("connect_timeout", r.connect_timeout),
+        ("idle_timeout", r.idle_timeout),
+        ("half_close_timeout", r.half_close_timeout),
+    ] {
+        if d.is_zero() {
+            return Err(format!("{key} must be greater than zero"));
+        }
     }
     Ok(())
 }
@@ -852,6 +882,7 @@ fn stream_route(
     if let Some(v) = &r.circuit_breaker {
         route.circuit_breaker = breaker(src, v)?;
     }
+    validate_stream(&route).map_err(|m| src.error(table.clone(), m))?;
     Ok(route)
 }
 

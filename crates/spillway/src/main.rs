@@ -185,7 +185,10 @@ impl QueueArgs {
         q.segment_size = self.segment_size.bytes();
         q.redeliver_on_reset = self.redeliver_on_reset.bytes();
         q.connect_timeout = self.connect_timeout;
-        config::validate_queue(&q)?;
+        config::validate_queue(&q).map_err(|e| format!("--{}", e.replace('_', "-")))?;
+        if self.drain_timeout.is_zero() {
+            return Err("--drain-timeout must be greater than zero".into());
+        }
         if let Some(a) = &self.admin {
             config::check_host_port(a).map_err(|e| format!("--admin: {e}"))?;
         }
@@ -209,9 +212,6 @@ impl RelayArgs {
         if let Some(a) = &self.admin {
             config::check_host_port(a).map_err(|e| format!("--admin: {e}"))?;
         }
-        if self.connect_tries == 0 {
-            return Err("--connect-tries must be at least 1".into());
-        }
         let mut route = StreamRoute::new("relay", self.listen, self.to);
         route.balance = self.balance;
         route.connect_timeout = self.connect_timeout;
@@ -226,6 +226,10 @@ impl RelayArgs {
             dir,
             max_per_connection: self.max_spill.bytes(),
         });
+        config::validate_stream(&route).map_err(|e| format!("--{}", e.replace('_', "-")))?;
+        if self.drain_timeout.is_zero() {
+            return Err("--drain-timeout must be greater than zero".into());
+        }
         Ok(Config {
             global: Global {
                 max_spill_total: self.max_spill_total.bytes(),

@@ -270,3 +270,84 @@ fn systemd_unit_exposure_is_ok() {
     assert!(figure <= 2.0, "exposure {figure} (goal <= 2.0): {line}");
     assert!(line.contains("OK"), "{line}");
 }
+
+/// The command line gets the same range checks as the config file: a
+/// route built from flags is validated once, like one from TOML (with
+/// `--buffer 0` the user-space copy read into an empty slice and took that
+/// for EOF).
+#[test]
+fn flags_get_the_config_files_range_checks() {
+    // A build that accepts the flags would start serving: bound the wait.
+    let relay = |extra: &[&str]| {
+        let mut a = vec!["relay", "--listen", "127.0.0.1:0", "--to", "127.0.0.1:2"];
+        a.extend_from_slice(extra);
+        let mut child = Command::new(bin())
+            .args(&a)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                break Some(s);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        (status.is_some_and(|s| s.success()) || status.is_none(), String::new(), err)
+    };
+    for (flag, value, want) in [
+        ("--buffer", "0", "--buffer must be between 4KiB and 64MiB"),
+        ("--buffer", "1GiB", "--buffer must be between"),
+        ("--pipe-size", "1", "--pipe-size must be between"),
+        ("--connect-tries", "0", "--connect-tries must be at least 1"),
+        (
+            "--max-connections",
+            "0",
+            "--max-connections must be at least 1",
+        ),
+        (
+            "--connect-timeout",
+            "0s",
+            "--connect-timeout must be greater than zero",
+        ),
+        (
+            "--idle-timeout",
+            "0s",
+            "--idle-timeout must be greater than zero",
+        ),
+        (
+            "--drain-timeout",
+            "0s",
+            "--drain-timeout must be greater than zero",
+        ),
+    ] {
+        let (ok, _, err) = relay(&[flag, value]);
+        assert!(!ok, "{flag} {value} was accepted");
+        assert!(err.contains(want), "{flag} {value}: {err}");
+    }
+    let (ok, _, err) = run(&[
+        "queue",
+        "--from",
+        "listen:127.0.0.1:1",
+        "--to",
+        "listen:127.0.0.1:2",
+        "--spool",
+        "/tmp/x",
+        "--connect-timeout",
+        "0s",
+    ]);
+    assert!(
+        !ok && err.contains("--connect-timeout must be greater than zero"),
+        "{err}"
+    );
+}
