@@ -303,7 +303,11 @@ fn flags_get_the_config_files_range_checks() {
         if let Some(mut e) = child.stderr.take() {
             let _ = std::io::Read::read_to_string(&mut e, &mut err);
         }
-        (status.is_some_and(|s| s.success()) || status.is_none(), String::new(), err)
+        (
+            status.is_some_and(|s| s.success()) || status.is_none(),
+            String::new(),
+            err,
+        )
     };
     for (flag, value, want) in [
         ("--buffer", "0", "--buffer must be between 4KiB and 64MiB"),
