@@ -37,7 +37,7 @@
 //! Usage: torture --bin BIN --spool DIR --work DIR [--seed N] [--duration SECS]
 //!        [--kills N] [--reloads N] [--terms N] [--tmpfs-size BYTES]
 //!        [--rate MSGS_PER_S_PER_PRODUCER] [--producers N] [--consumers N]
-//!        [--consumer-ends clean,reset,rstfin,stay]
+//!        [--consumer-ends clean,reset,rstfin,stay] [--memory BYTES,BYTES,...]
 //! Exit status: 0 clean, 1 on lost > 0, partial > 0 or unexpected exits > 0,
 //! 2 on a usage or set-up error. Relay logs, the timeline and the summary
 //! stay in the work directory.
@@ -113,6 +113,8 @@ struct Args {
     producers: u8,
     consumers: u8,
     consumer_ends: Vec<ConsumerEnd>,
+    /// `memory` values reloads and restarts choose from (bytes).
+    memory: Vec<u64>,
 }
 
 fn usage(msg: &str) -> ! {
@@ -120,7 +122,8 @@ fn usage(msg: &str) -> ! {
     eprintln!(
         "usage: torture --bin BIN --spool DIR --work DIR [--seed N] [--duration SECS] \
          [--kills N] [--reloads N] [--terms N] [--tmpfs-size BYTES] [--rate N] \
-         [--producers N] [--consumers N] [--consumer-ends clean,reset,rstfin,stay]"
+         [--producers N] [--consumers N] [--consumer-ends clean,reset,rstfin,stay] \
+         [--memory BYTES,...]"
     );
     std::process::exit(2)
 }
@@ -146,6 +149,7 @@ fn parse_args() -> Args {
             ConsumerEnd::RstAfterFin,
             ConsumerEnd::Stay,
         ],
+        memory: vec![0, 0, 256 * KIB, MIB, 4 * MIB, 8 * MIB],
     };
     let mut seed = None;
     let mut it = std::env::args().skip(1);
@@ -171,6 +175,15 @@ fn parse_args() -> Args {
             "--rate" => a.rate = num(&v).max(1),
             "--producers" => a.producers = num(&v).clamp(1, 9) as u8,
             "--consumers" => a.consumers = num(&v).clamp(1, 64) as u8,
+            "--memory" => {
+                a.memory = v
+                    .split(',')
+                    .map(|x| {
+                        x.parse()
+                            .unwrap_or_else(|_| usage(&format!("--memory: not a number: {x}")))
+                    })
+                    .collect();
+            }
             "--consumer-ends" => {
                 a.consumer_ends = v
                     .split(',')
@@ -978,7 +991,8 @@ fn size(n: u64) -> String {
     match n {
         0 => "0".into(),
         n if n % MIB == 0 => format!("{}MiB", n / MIB),
-        n if n % KIB == 0 => format!("{}KiB", n / KIB),
+        n if n % KIB == 0 && n < MIB => format!("{}KiB", n / KIB),
+        n if n >= MIB => format!("{:.1}MiB", n as f64 / MIB as f64),
         n => n.to_string(),
     }
 }
@@ -988,7 +1002,7 @@ impl RouteCfg {
         self.memory == 0 && self.fsync == "always"
     }
 
-    fn random(rng: &mut fastrand::Rng, disk: Option<u64>) -> RouteCfg {
+    fn random(rng: &mut fastrand::Rng, disk: Option<u64>, memory: &[u64]) -> RouteCfg {
         fn pick<T: Copy>(rng: &mut fastrand::Rng, v: &[T]) -> T {
             v[rng.usize(0..v.len())]
         }
@@ -999,7 +1013,7 @@ impl RouteCfg {
             None => pick(rng, &[8 * MIB, 12 * MIB]),
         };
         RouteCfg {
-            memory: pick(rng, &[0, 0, 256 * KIB, MIB, 4 * MIB, 8 * MIB]),
+            memory: pick(rng, memory),
             segment_size: pick(rng, &[64 * KIB, 256 * KIB, MIB, 4 * MIB]),
             redeliver: pick(rng, &[128 * KIB, 256 * KIB, MIB]),
             max_disk,
@@ -1256,6 +1270,8 @@ struct Sched {
     /// and how many of those then failed to start.
     readyz_early: u32,
     readyz_early_failed: u32,
+    /// Relay incarnation -> its entry in `unexpected`.
+    incident_of: HashMap<u32, usize>,
 }
 
 impl Sched {
@@ -1285,6 +1301,18 @@ impl Sched {
             let level = v.get("level").and_then(|x| x.as_str()).unwrap_or("");
             let msg = v.get("message").and_then(|x| x.as_str()).unwrap_or("");
             match level {
+                "ERROR" if msg.contains("stopping the route") => {
+                    self.error_count += 1;
+                    if self.error_lines.len() < 40 {
+                        self.error_lines.push(format!("relay-{inc:03}.log: {l}"));
+                    }
+                    let log = self.log_path(inc);
+                    self.record_unexpected(
+                        inc,
+                        &log,
+                        &format!("the route stopped on its own: {}", truncate(l, 300)),
+                    );
+                }
                 "ERROR" => {
                     self.error_count += 1;
                     if self.error_lines.len() < 40 {
@@ -1455,7 +1483,22 @@ impl Sched {
         true
     }
 
+    /// One incident per relay process: a route that stopped on its own and
+    /// the process's later non-zero exit are the same incident.
     fn record_unexpected(&mut self, inc: u32, log: &Path, what: &str) {
+        if let Some(&i) = self.incident_of.get(&inc) {
+            self.sh
+                .event(format!("UNEXPECTED (same incident): relay {inc}: {what}"));
+            if let Some(entry) = self.unexpected.get_mut(i) {
+                let _ = writeln!(
+                    entry,
+                    "  then, t={:.3}s: {what}",
+                    f64::from(self.sh.ms()) / 1000.0
+                );
+            }
+            return;
+        }
+        self.incident_of.insert(inc, self.unexpected.len());
         let tail = log_tail(log, 30);
         self.sh.event(format!(
             "UNEXPECTED: {what}; last log lines of {}:",
@@ -1739,7 +1782,7 @@ impl Sched {
 
     fn restart_after_term(&mut self) {
         if self.rng.bool() {
-            let cfg = RouteCfg::random(&mut self.rng, self.args.tmpfs_size);
+            let cfg = RouteCfg::random(&mut self.rng, self.args.tmpfs_size, &self.args.memory);
             if self.write_config(&cfg).is_ok() {
                 self.cur = cfg;
             }
@@ -1751,9 +1794,10 @@ impl Sched {
         match ev {
             Ev::Kill => self.kill9(),
             Ev::Reload => {
-                let mut cfg = RouteCfg::random(&mut self.rng, self.args.tmpfs_size);
+                let mut cfg =
+                    RouteCfg::random(&mut self.rng, self.args.tmpfs_size, &self.args.memory);
                 while cfg == self.cur {
-                    cfg = RouteCfg::random(&mut self.rng, self.args.tmpfs_size);
+                    cfg = RouteCfg::random(&mut self.rng, self.args.tmpfs_size, &self.args.memory);
                 }
                 if self.reload(cfg, "scheduled") {
                     self.counts.reloads += 1;
@@ -1972,7 +2016,7 @@ fn main() {
         timeline: Mutex::new(Vec::new()),
     });
     let mut rng = fastrand::Rng::with_seed(seed);
-    let first = RouteCfg::random(&mut rng, args.tmpfs_size);
+    let first = RouteCfg::random(&mut rng, args.tmpfs_size, &args.memory);
     eprintln!(
         "torture: seed {seed} (replay the schedule with --seed {seed}); duration {} s; \
          {} kill -9, {} reloads, {} SIGTERM; spool {} ({}); work {}",
@@ -2017,6 +2061,7 @@ fn main() {
         tmpfs_grown: 0,
         readyz_early: 0,
         readyz_early_failed: 0,
+        incident_of: HashMap::new(),
         args,
     };
     if let Err(e) = s.write_config(&first) {
@@ -2071,21 +2116,9 @@ fn main() {
 
     let begin = Instant::now();
     let mut flood_i = 0;
-    for (i, ev) in events.iter().enumerate() {
-        if s.broken || begin.elapsed() > chaos + reserve / 2 {
-            sh.event(format!(
-                "schedule stopped after {i} of {total} events ({})",
-                if s.broken {
-                    "relay broken"
-                } else {
-                    "time budget"
-                }
-            ));
-            break;
-        }
-        // At least 300 ms of traffic between two events.
-        let at = (begin + times[i]).max(Instant::now() + ms(300));
-        while Instant::now() < at {
+    // Traffic (and flood phases) until `at`, watching the relay.
+    let mut advance_to = |s: &mut Sched, at: Instant| {
+        while Instant::now() < at && !s.broken {
             let now = begin.elapsed();
             let want = floods
                 .get(flood_i)
@@ -2104,9 +2137,27 @@ fn main() {
             let step = (begin + now + ms(200)).min(at);
             s.idle_until(step);
         }
+    };
+    for (i, ev) in events.iter().enumerate() {
+        if s.broken || begin.elapsed() > chaos + reserve / 2 {
+            sh.event(format!(
+                "schedule stopped after {i} of {total} events ({})",
+                if s.broken {
+                    "relay broken"
+                } else {
+                    "time budget"
+                }
+            ));
+            break;
+        }
+        // At least 300 ms of traffic between two events.
+        let at = (begin + times[i]).max(Instant::now() + ms(300));
+        advance_to(&mut s, at);
         sh.event(format!("event {}/{total}: {ev:?}", i + 1));
         s.run_event(*ev);
     }
+    // The rest of the chaos window (all of it when nothing is scheduled).
+    advance_to(&mut s, begin + chaos);
     sh.flood.store(false, Relaxed);
     let chaos_ms = sh.ms();
 
@@ -2693,9 +2744,14 @@ fn report(
         &mut out,
         "disk",
         format!(
-            "max spool {} of {}; {} of {} samples within 512 KiB of full; ENOSPC (relay counter) {}; blocked appends {}",
+            "max spool {} of a {} tmpfs{}; {} of {} samples within 512 KiB of full; ENOSPC (relay counter) {}; \
+             blocked appends {}",
             size(s.disk.max_bytes),
-            s.args.tmpfs_size.map_or("no tmpfs".into(), size),
+            s.args.tmpfs_size.map_or("(none)".into(), size),
+            match (s.tmpfs_grown, s.tmpfs_now) {
+                (0, _) | (_, None) => String::new(),
+                (n, Some(now)) => format!(" (grown {n} times to {} to unwedge the relay)", size(now)),
+            },
             s.disk.full_samples,
             s.disk.samples,
             s.enospc,
