@@ -115,6 +115,8 @@ struct Args {
     consumer_ends: Vec<ConsumerEnd>,
     /// `memory` values reloads and restarts choose from (bytes).
     memory: Vec<u64>,
+    /// Dump the spool offline before each relay start (see `mark_spool`).
+    spool_marks: bool,
 }
 
 fn usage(msg: &str) -> ! {
@@ -150,6 +152,7 @@ fn parse_args() -> Args {
             ConsumerEnd::Stay,
         ],
         memory: vec![0, 0, 256 * KIB, MIB, 4 * MIB, 8 * MIB],
+        spool_marks: true,
     };
     let mut seed = None;
     let mut it = std::env::args().skip(1);
@@ -175,6 +178,7 @@ fn parse_args() -> Args {
             "--rate" => a.rate = num(&v).max(1),
             "--producers" => a.producers = num(&v).clamp(1, 9) as u8,
             "--consumers" => a.consumers = num(&v).clamp(1, 64) as u8,
+            "--spool-marks" => a.spool_marks = num(&v) != 0,
             "--memory" => {
                 a.memory = v
                     .split(',')
@@ -273,6 +277,9 @@ struct Slot {
     /// A consumer connection that reset with this message unread in its
     /// receive buffer (its kernel had acknowledged it).
     discarded_cc: u32,
+    /// The last relay incarnation at whose start this message was in the
+    /// spool (undelivered, from the cursor on), read offline between runs.
+    spool_inc: u32,
 }
 
 /// A producer connection.
@@ -1272,6 +1279,8 @@ struct Sched {
     readyz_early_failed: u32,
     /// Relay incarnation -> its entry in `unexpected`.
     incident_of: HashMap<u32, usize>,
+    /// Relay incarnation -> when it was spawned (ms).
+    inc_started: HashMap<u32, u32>,
 }
 
 impl Sched {
@@ -1333,12 +1342,46 @@ impl Sched {
         self.gen_causes.insert(gen, cause.to_string());
     }
 
+    /// Between two relay processes: which messages are in the spool (from
+    /// the cursor on), read with the offline `spool dump`. Marks them with
+    /// the incarnation about to start, so a message that later vanishes is
+    /// pinned to the incarnation that lost it.
+    fn mark_spool(&mut self, next_inc: u32) {
+        let Ok(out) = Command::new(&self.args.bin)
+            .args(["spool", "dump"])
+            .arg(&self.args.spool)
+            .stderr(Stdio::null())
+            .output()
+        else {
+            return;
+        };
+        let ids: Vec<(u8, u32, u32)> = out
+            .stdout
+            .split(|&b| b == b'\n')
+            .filter_map(parse_line)
+            .collect();
+        let mut conns = lock(&self.sh.conns);
+        for (p, c, s) in ids {
+            if let Some(pc) = conns.get_mut(&(p, c)) {
+                let i = s as usize;
+                if pc.slots.len() <= i {
+                    pc.slots.resize(i + 1, Slot::default());
+                }
+                pc.slots[i].spool_inc = next_inc;
+            }
+        }
+    }
+
     fn start_relay(&mut self, cause: &str) -> bool {
         let mut attempt = 0;
         while attempt < 3 {
             attempt += 1;
             let inc = self.sh.inc.load(Relaxed) + 1;
+            if self.args.spool_marks {
+                self.mark_spool(inc);
+            }
             self.sh.inc.store(inc, Relaxed);
+            self.inc_started.insert(inc, self.sh.ms());
             self.new_generation(cause);
             let log = self.log_path(inc);
             let spawned = std::fs::File::create(&log).and_then(|f| {
@@ -2062,6 +2105,7 @@ fn main() {
         readyz_early: 0,
         readyz_early_failed: 0,
         incident_of: HashMap::new(),
+        inc_started: HashMap::new(),
         args,
     };
     if let Err(e) = s.write_config(&first) {
@@ -2505,7 +2549,13 @@ fn report(
         if dcc != 0 {
             return match by_id.get(&dcc).and_then(|c| relay_close_of(&closes, c)) {
                 Some(rc) if matches!(rc.reason.as_str(), "consumer_reset" | "write_stall" | "peer_timeout") => {
-                    "unread in a consumer that reset; the relay saw the reset but did not re-send them"
+                    match by_id.get(&dcc).and_then(|c| s.inc_ended.get(&c.inc)) {
+                        Some(&killed) if killed >= rc.ms => {
+                            "unread in a consumer that reset; the relay saw the reset and queued them \
+                             again, then was killed (kill -9) before re-sending them (that queue is in memory only)"
+                        }
+                        _ => "unread in a consumer that reset; the relay saw the reset but did not re-send them",
+                    }
                 }
                 Some(_) => {
                     "unread in a consumer that reset while the relay was still finishing a clean cut \
@@ -2899,6 +2949,18 @@ fn report(
                     describe_cc(*dcc)
                 );
             }
+            let on_disk = (r.from..=r.to)
+                .filter_map(|i| pc.slots.get(i as usize))
+                .map(|x| x.spool_inc)
+                .max()
+                .unwrap_or(0);
+            if on_disk > 0 {
+                let _ = writeln!(
+                    out,
+                    "  - in the spool (undelivered) when relay {on_disk} started; not when the next relay started: \
+                     it left the disk during relay {on_disk}"
+                );
+            }
             let _ = writeln!(out, "  - before: {}", neighbour(r.from.checked_sub(1)));
             let _ = writeln!(out, "  - after: {}", neighbour(Some(r.to + 1)));
             let log = s.log_path(pc.inc);
@@ -2928,6 +2990,63 @@ fn report(
             "\nLost by relay incarnation, why accepted and producer end: {}\n",
             fmt_map(&by)
         );
+        // Lost messages that were on disk at some relay start and gone at
+        // the next: the incarnation that removed them, and what it went through.
+        let mut vanished: HashMap<u32, u64> = HashMap::new();
+        for (r, _, dcc) in &lost_ranges {
+            let cause = cause_of(r, *dcc);
+            if !(cause.contains("gone from the spool") || cause.contains("no cause identified")) {
+                continue;
+            }
+            let pc = &conns[&(r.p, r.c)];
+            for i in r.from..=r.to {
+                let inc = pc.slots.get(i as usize).map_or(0, |x| x.spool_inc);
+                if inc > 0 {
+                    *vanished.entry(inc).or_default() += 1;
+                }
+            }
+        }
+        if !vanished.is_empty() {
+            let _ = writeln!(
+                out,
+                "Lost messages never delivered that were in the spool when a relay started and gone when the \
+                 next one started (the offline dump between processes), by the relay that removed them:\n"
+            );
+            let mut v: Vec<_> = vanished.into_iter().collect();
+            v.sort_unstable();
+            for (inc, n) in v {
+                let (start, end) = (
+                    s.inc_started.get(&inc).copied().unwrap_or(0),
+                    s.inc_started.get(&(inc + 1)).copied().unwrap_or(u32::MAX),
+                );
+                let what: Vec<String> = timeline
+                    .iter()
+                    .filter(|(t, _)| *t >= start && *t < end)
+                    .map(|(_, e)| e)
+                    .filter(|e| {
+                        e.starts_with("SIGHUP")
+                            || e.starts_with("kill -9")
+                            || e.starts_with("SIGTERM")
+                            || e.starts_with("flood")
+                            || e.starts_with("UNEXPECTED")
+                            || e.starts_with("reload done")
+                    })
+                    .map(|e| truncate(e, 70))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "- relay {inc} ({}..{}): {n} messages; it went through: {}",
+                    fmt_s(start),
+                    if end == u32::MAX {
+                        "end".into()
+                    } else {
+                        fmt_s(end)
+                    },
+                    what.join(" / ")
+                );
+            }
+            let _ = writeln!(out);
+        }
     }
     if partial_total + partials.torn_tail_kill > 0 {
         let _ = writeln!(out, "**Partial / torn lines (first 20):**\n");
