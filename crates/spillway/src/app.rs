@@ -255,6 +255,9 @@ pub async fn run(
         .global
         .max_connections
         .map(|n| Arc::new(ConnLimits::new(n, usize::MAX)));
+    // Not ready until every route of the file serves: the admin endpoint
+    // answers from before the first route starts.
+    state.pending.store(config.routes.len(), Ordering::Relaxed);
     let state = Arc::new(state);
     if let Some(addr) = &config.global.admin {
         let listener = bind(addr)
@@ -289,6 +292,9 @@ pub async fn run(
     for (route, stop, s) in started {
         sup.launch(route, stop, s);
     }
+    sup.state
+        .pending
+        .fetch_sub(config.routes.len(), Ordering::Relaxed);
     sup.state.mark_loaded();
     notify::ready();
     sup.run(options.reload).await

@@ -178,10 +178,12 @@ impl QueueServer {
         };
         let end = self.deliver(&mut wire, peer, &mut d).await;
         // Whatever is still not known delivered goes back to the queue.
-        if end == ConsumerEnd::WriteStall {
-            // Abortive close: the consumer is not reading, a FIN would never
-            // be read and the kernel would hold the unsent bytes.
-            let _ = socket2::SockRef::from(wire.tcp()).set_linger(Some(Duration::ZERO));
+        // A write stall closes abortively (the consumer is not reading: a
+        // FIN would never be read and the kernel would hold the unsent
+        // bytes; a message may be half sent). Every other end is at a
+        // message boundary, or the consumer is gone already.
+        if end != ConsumerEnd::WriteStall {
+            wire.ends_cleanly();
         }
         drop(wire);
         let (floor, redelivered) = self.dispatch().leave(id, end.is_abortive());

@@ -29,6 +29,19 @@ pub(super) struct Wire {
     tls: Option<Tls>,
     /// Plaintext bytes accepted (plain: written to the socket).
     written: u64,
+    /// Set once the connection ends at a message boundary. A wire dropped
+    /// without it (a task ended at the drain deadline in the middle of a
+    /// message) resets the connection: the consumer must see a reset, not
+    /// a partial message followed by a clean EOF.
+    clean: bool,
+}
+
+impl Drop for Wire {
+    fn drop(&mut self) {
+        if !self.clean {
+            let _ = socket2::SockRef::from(&self.tcp).set_linger(Some(std::time::Duration::ZERO));
+        }
+    }
 }
 
 struct Tls {
@@ -71,6 +84,7 @@ impl Wire {
             tcp,
             tls: None,
             written: 0,
+            clean: false,
         }
     }
 
@@ -85,7 +99,13 @@ impl Wire {
                 marks: CiphertextMarks::default(),
             }),
             written: 0,
+            clean: false,
         }
+    }
+
+    /// The connection ends at a message boundary: close it normally.
+    pub(super) fn ends_cleanly(&mut self) {
+        self.clean = true;
     }
 
     pub(super) fn tcp(&self) -> &TcpStream {
