@@ -241,6 +241,23 @@ struct Supervisor {
     first_error: Option<anyhow::Error>,
 }
 
+/// The admin token: the file's content without surrounding whitespace.
+fn read_token(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("admin: cannot read token_file {}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        anyhow::bail!("admin: token_file {} is empty", path.display());
+    }
+    if token.bytes().any(|b| !b.is_ascii_graphic()) {
+        anyhow::bail!(
+            "admin: token_file {} holds spaces or control characters inside the token",
+            path.display()
+        );
+    }
+    Ok(token.to_string())
+}
+
 /// Opens every route (binds listeners, opens spools: all or nothing), then
 /// serves until `shutdown` fires and every route has drained, reloading the
 /// config file on each request in `options.reload`.
@@ -263,8 +280,19 @@ pub async fn run(
         let listener = bind(addr)
             .await
             .with_context(|| format!("admin: cannot listen on {addr}"))?;
-        info!(listen = %listener.local_addr()?, "admin ready");
-        tokio::spawn(crate::admin::serve(listener, Arc::clone(&state)));
+        let local = listener.local_addr()?;
+        let auth = match &config.global.admin_token_file {
+            Some(path) => crate::admin::Auth::bearer(&read_token(path)?),
+            None => crate::admin::Auth::open(),
+        };
+        if auth.is_open() && !local.ip().is_loopback() {
+            warn!(listen = %local,
+                  "the admin endpoint listens beyond this host without a token: anyone who \
+                   can reach it reads /metrics and /status (set [admin] token_file, or bind it \
+                   to 127.0.0.1)");
+        }
+        info!(listen = %local, token = !auth.is_open(), "admin ready");
+        tokio::spawn(crate::admin::serve(listener, Arc::clone(&state), auth));
     }
     let mut sup = Supervisor {
         state,

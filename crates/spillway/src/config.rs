@@ -141,6 +141,9 @@ pub struct Global {
     /// How long in-flight connections may finish after SIGTERM.
     pub drain_timeout: Duration,
     pub admin: Option<String>,
+    /// A file holding the bearer token that `/metrics` and `/status` of the
+    /// admin endpoint require (`None`: they are open).
+    pub admin_token_file: Option<PathBuf>,
     /// Bound on client connections across all listeners (None: unlimited).
     pub max_connections: Option<usize>,
 }
@@ -151,6 +154,7 @@ impl Default for Global {
             max_spill_total: defaults::MAX_SPILL_TOTAL,
             drain_timeout: defaults::DRAIN_TIMEOUT,
             admin: None,
+            admin_token_file: None,
             max_connections: None,
         }
     }
@@ -419,6 +423,7 @@ struct RawGlobal {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     listen: String,
+    token_file: Option<String>,
 }
 
 type S<T> = Option<Spanned<T>>;
@@ -596,7 +601,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             global.max_connections = Some(at_least_one(&src, &v, "max_connections")?);
         }
     }
-    global.admin = raw.admin.map(|a| a.listen);
+    if let Some(a) = raw.admin {
+        global.admin = Some(a.listen);
+        global.admin_token_file = a.token_file.map(PathBuf::from);
+    }
 
     let mut routes: Vec<Route> = Vec::new();
     for spanned in raw.route {

@@ -8,10 +8,13 @@
 //!   upstreams ([`status`]).
 //!
 //! It keeps answering while routes drain after SIGTERM (so `/readyz` says
-//! 503 and `/metrics` shows the drain), and stops with the process. Admin
-//! connections are few and short: their number and header read time are
-//! bounded so a stuck scraper cannot pile them up.
+//! 503 and `/metrics` shows the drain), and stops with the process. What a
+//! client can hold is bounded (see [`LIMITS`]), and the health probes have
+//! a lane of their own, so a stuck or hostile scraper cannot blind them.
+//! With `[admin] token_file`, `/metrics` and `/status` need
+//! `Authorization: Bearer <token>`; the probes stay open.
 
+mod guard;
 pub mod metrics;
 pub mod status;
 
@@ -26,6 +29,7 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
+use spillway_net::limit::ConnLimits;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
@@ -33,24 +37,164 @@ use tracing::{debug, warn};
 use crate::app::AppState;
 use crate::logging::RateLimited;
 
-/// Admin connections served at once; more wait in the accept queue.
-const MAX_ADMIN_CONNECTIONS: usize = 64;
-/// A client must send its request headers within this long.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Limits of the admin endpoint. It must keep answering `/healthz` and
+/// `/readyz` (an orchestrator restarts a relay whose liveness probe fails)
+/// whatever a scraper or an attacker does on `/metrics` and `/status`, so
+/// connections are sorted into two lanes by their first request line
+/// (peeked, not read) before any limit applies:
+/// - the **probe lane** (`GET`/`HEAD` of `/healthz` or `/readyz`): one
+///   request per connection, tiny answers, short timeouts, its own slots;
+/// - the **main lane** (everything else): bounded per client address and in
+///   total, pipelined requests bounded per connection, and a connection
+///   that stops reading its answers or sends nothing is closed.
+pub const LIMITS: AdminLimits = AdminLimits {
+    probe_slots: 256,
+    main_slots: 64,
+    main_per_ip: 8,
+    first_line_timeout: Duration::from_secs(2),
+    header_timeout: Duration::from_secs(5),
+    stall_timeout: Duration::from_secs(5),
+    idle_timeout: Duration::from_secs(15),
+    max_requests: 100,
+    max_lifetime: Duration::from_secs(120),
+};
+
+/// See [`LIMITS`].
+#[derive(Debug, Clone, Copy)]
+pub struct AdminLimits {
+    /// Probe-lane connections at once (over it: closed at once).
+    pub probe_slots: usize,
+    /// Main-lane connections at once, and per client address (over it: a
+    /// `503` and close).
+    pub main_slots: usize,
+    pub main_per_ip: usize,
+    /// Time to send the start of the request line.
+    pub first_line_timeout: Duration,
+    /// Time to send a request's headers.
+    pub header_timeout: Duration,
+    /// A read or write that makes no progress for this long ends the
+    /// connection (a client that pipelines requests and never reads).
+    pub stall_timeout: Duration,
+    /// A kept-alive connection with no request for this long is closed.
+    pub idle_timeout: Duration,
+    /// Requests per main-lane connection; the last answer says
+    /// `Connection: close`.
+    pub max_requests: u32,
+    /// Whatever it does, a connection lives at most this long.
+    pub max_lifetime: Duration,
+}
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// How the admin endpoint authenticates `/metrics` and `/status`.
+#[derive(Clone, Default)]
+pub struct Auth {
+    /// The bearer token (from `[admin] token_file`); `None`: open.
+    token: Option<Arc<[u8]>>,
+}
+
+impl Auth {
+    pub fn open() -> Self {
+        Auth::default()
+    }
+
+    pub fn bearer(token: &str) -> Self {
+        Auth {
+            token: Some(Arc::from(token.as_bytes())),
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.token.is_none()
+    }
+
+    fn allows(&self, req: &Request<Incoming>) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let Some(given) = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        else {
+            return false;
+        };
+        constant_time_eq(given, token)
+    }
+}
+
+/// Compares without an early exit, so the time taken does not tell how
+/// many leading bytes of a guess were right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Which lane a connection's first request line puts it in.
+fn is_probe(start: &[u8]) -> bool {
+    [
+        "GET /healthz",
+        "GET /readyz",
+        "HEAD /healthz",
+        "HEAD /readyz",
+    ]
+    .iter()
+    .any(|p| {
+        start.starts_with(p.as_bytes()) && matches!(start.get(p.len()), Some(b' ' | b'?' | b'/'))
+    })
+}
+
+/// Peeks (without consuming) until the start of the request line is in,
+/// the client stops, or `limit` passes.
+async fn peek_request_line(stream: &tokio::net::TcpStream, limit: Duration) -> Vec<u8> {
+    // Long enough for "HEAD /healthz " and "GET /metrics ".
+    const WANT: usize = 16;
+    let mut buf = vec![0u8; WANT];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            _ => 0,
+        };
+        // A short request ("GET / HTTP/1.0") can be whole below WANT bytes.
+        let line_end = buf[..n].contains(&b'\n');
+        if n == 0 || n >= WANT || line_end || tokio::time::Instant::now() >= deadline {
+            buf.truncate(n);
+            return buf;
+        }
+        // Part of the line is in: the rest is on its way (peek would
+        // return at once again, so wait a little instead).
+        tokio::time::sleep_until(
+            deadline.min(tokio::time::Instant::now() + Duration::from_millis(10)),
+        )
+        .await;
+    }
+}
+
 /// Serves the admin endpoint on `listener` until the process exits.
-pub async fn serve(listener: TcpListener, state: Arc<AppState>) {
+pub async fn serve(listener: TcpListener, state: Arc<AppState>, auth: Auth) {
+    serve_with(listener, state, auth, LIMITS).await
+}
+
+/// [`serve`] with other limits (tests).
+pub async fn serve_with(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    auth: Auth,
+    limits: AdminLimits,
+) {
     let mut registry = Registry::default();
     metrics::register(&mut registry, Arc::clone(&state));
     let registry = Arc::new(registry);
-    let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    let probe_slots = Arc::new(Semaphore::new(limits.probe_slots));
+    let main = Arc::new(ConnLimits::new(limits.main_slots, limits.main_per_ip));
     let mut warn_limit = RateLimited::new(Duration::from_secs(10));
+    let shed_warn = Arc::new(std::sync::Mutex::new(RateLimited::new(
+        Duration::from_secs(10),
+    )));
     loop {
-        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
-            return;
-        };
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
@@ -63,21 +207,94 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>) {
         };
         let state = Arc::clone(&state);
         let registry = Arc::clone(&registry);
+        let probe_slots = Arc::clone(&probe_slots);
+        let main = Arc::clone(&main);
+        let auth = auth.clone();
+        let shed_warn = Arc::clone(&shed_warn);
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let r = respond(&req, &state, &registry);
-                async move { Ok::<_, Infallible>(r) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
-                debug!(peer = %peer, error = %e, "admin connection ended with an error");
+            let stream = stream;
+            let start = peek_request_line(&stream, limits.first_line_timeout).await;
+            if start.is_empty() {
+                return;
             }
-            drop(permit);
+            if is_probe(&start) {
+                let Ok(_slot) = probe_slots.try_acquire_owned() else {
+                    return;
+                };
+                serve_conn(stream, peer, state, registry, auth, limits, false).await;
+                return;
+            }
+            match main.try_acquire(peer.ip()) {
+                Ok(_permit) => serve_conn(stream, peer, state, registry, auth, limits, true).await,
+                Err(kind) => {
+                    let check = shed_warn.lock().unwrap_or_else(|e| e.into_inner()).check();
+                    if let Some(suppressed) = check {
+                        warn!(client = %peer, limit = %kind, suppressed,
+                              "admin connection refused: too many at once");
+                    }
+                    // A short answer the socket takes at once, then a
+                    // half-close; the request is read (briefly, bounded) so
+                    // the close is not a reset that would destroy the answer.
+                    let _ = stream.try_write(
+                        b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 22\r\n\
+                          connection: close\r\n\r\ntoo many connections\r\n",
+                    );
+                    let _ = socket2::SockRef::from(&stream).shutdown(std::net::Shutdown::Write);
+                    let mut sink = [0u8; 4096];
+                    let mut left = 64 << 10;
+                    let until = tokio::time::Instant::now() + Duration::from_secs(1);
+                    while left > 0 {
+                        if tokio::time::timeout_at(until, stream.readable())
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                        match stream.try_read(&mut sink) {
+                            Ok(n) if n > 0 => left -= n.min(left),
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                            _ => break,
+                        }
+                    }
+                }
+            }
         });
+    }
+}
+
+/// One admin connection: hyper over a stream that fails a read or write
+/// stalled for `stall_timeout` (or idle for `idle_timeout`), with at most
+/// `max_requests` requests (`keep_alive` false: one) and `max_lifetime`.
+async fn serve_conn(
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    state: Arc<AppState>,
+    registry: Arc<Registry>,
+    auth: Auth,
+    limits: AdminLimits,
+    keep_alive: bool,
+) {
+    let served = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let service = hyper::service::service_fn(move |req| {
+        let n = served.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let mut r = respond(&req, &state, &registry, &auth);
+        if !keep_alive || n >= limits.max_requests {
+            r.headers_mut()
+                .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        async move { Ok::<_, Infallible>(r) }
+    });
+    let io = guard::Guarded::new(stream, limits.stall_timeout, limits.idle_timeout);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(keep_alive)
+        .max_buf_size(64 << 10)
+        .serve_connection(TokioIo::new(io), service);
+    match tokio::time::timeout(limits.max_lifetime, conn).await {
+        Ok(Err(e)) => debug!(peer = %peer, error = %e, "admin connection ended with an error"),
+        Err(_) => debug!(peer = %peer, "admin connection reached its lifetime"),
+        Ok(Ok(())) => {}
     }
 }
 
@@ -85,11 +302,24 @@ fn respond(
     req: &Request<Incoming>,
     state: &AppState,
     registry: &Registry,
+    auth: &Auth,
 ) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
     }
-    match req.uri().path() {
+    let path = req.uri().path();
+    if matches!(path, "/metrics" | "/status") && !auth.allows(req) {
+        let mut r = text(
+            StatusCode::UNAUTHORIZED,
+            "this endpoint needs Authorization: Bearer <token> ([admin] token_file)\n",
+        );
+        r.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"spillway\""),
+        );
+        return r;
+    }
+    match path {
         "/metrics" => {
             let mut body = String::with_capacity(16 << 10);
             match prometheus_client::encoding::text::encode(&mut body, registry) {

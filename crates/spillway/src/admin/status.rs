@@ -11,6 +11,9 @@ use spillway_net::classify::ErrorClass;
 use crate::app::{AppState, LiveKind, LiveRoute};
 use crate::stream::{CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT};
 
+/// Peers listed per queue route (the oldest); `peers_total` counts all.
+pub const MAX_PEERS_LISTED: usize = 100;
+
 pub fn render(state: &AppState) -> Value {
     let routes: Vec<Value> = state.routes().iter().map(|r| route(r)).collect();
     json!({
@@ -80,8 +83,8 @@ fn route(r: &LiveRoute) -> Value {
         LiveKind::Queue(q) => {
             let st = q.stats();
             let sp = q.spool().stats();
-            let peers: Vec<Value> = q
-                .peers()
+            let (page, peers_total) = q.peers_page(MAX_PEERS_LISTED);
+            let peers: Vec<Value> = page
                 .iter()
                 .map(|p| json!({"role": p.role, "address": p.addr.to_string(), "since": p.since}))
                 .collect();
@@ -90,6 +93,7 @@ fn route(r: &LiveRoute) -> Value {
                 "to": q.route().to.to_string(),
                 "spool": q.route().spool.display().to_string(),
                 "peers": peers,
+                "peers_total": peers_total,
                 "producers": st.producers.load(Ordering::Relaxed),
                 "consumers": st.consumers.load(Ordering::Relaxed),
                 "messages_in": st.messages_in.load(Ordering::Relaxed),

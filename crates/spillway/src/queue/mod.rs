@@ -363,9 +363,12 @@ impl QueueServer {
         }))
     }
 
-    /// The connected producers and consumers, oldest first.
-    pub fn peers(&self) -> Vec<PeerInfo> {
-        self.peers_lock().values().cloned().collect()
+    /// The `limit` oldest connected peers, and how many there are in all:
+    /// what `/status` shows, so one request costs O(limit), not
+    /// O(connections).
+    pub fn peers_page(&self, limit: usize) -> (Vec<PeerInfo>, usize) {
+        let peers = self.peers_lock();
+        (peers.values().take(limit).cloned().collect(), peers.len())
     }
 
     fn peers_lock(&self) -> MutexGuard<'_, BTreeMap<u64, PeerInfo>> {
