@@ -196,6 +196,12 @@ pub struct QueueServer {
     /// Set when the spool failed (poisoned, I/O): the route stops.
     failure: Mutex<Option<String>>,
     stop: CancellationToken,
+    /// Cuts the consumers: cancelled after `stop`, once the producers have
+    /// stored what they had read (or half the drain timeout passed), so
+    /// consumers keep freeing disk space meanwhile.
+    cut: CancellationToken,
+    /// When the drain began.
+    stopped_at: std::sync::OnceLock<Instant>,
     /// Ends every task of the route that outlived the drain, so that none
     /// is left to touch the spool after `close` (a reloaded route reopens
     /// the same directory at once).
@@ -352,6 +358,8 @@ impl QueueServer {
             stats: QueueStats::default(),
             failure: Mutex::new(None),
             stop: shutdown.child_token(),
+            cut: CancellationToken::new(),
+            stopped_at: std::sync::OnceLock::new(),
             kill: CancellationToken::new(),
             drain,
             blocked_warning: Mutex::new(RateLimited::new(Duration::from_secs(10))),
@@ -458,6 +466,26 @@ impl QueueServer {
         self.dispatch.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// What ends a side: `stop` for producers, `cut` (later) for consumers.
+    fn stop_token(&self, role: Role) -> &CancellationToken {
+        match role {
+            Role::Producer => &self.stop,
+            Role::Consumer => &self.cut,
+        }
+    }
+
+    /// The drain deadline of a connection being ended by shutdown: the
+    /// route's drain began at `stopped_at` (now, if not yet noted); the
+    /// producers get the first half, the consumers the rest (at least a
+    /// second, to finish the message in flight).
+    fn drain_deadline(&self, role: Role) -> Instant {
+        let at = *self.stopped_at.get_or_init(Instant::now);
+        match role {
+            Role::Producer => at + self.drain / 2,
+            Role::Consumer => (at + self.drain).max(Instant::now() + Duration::from_secs(1)),
+        }
+    }
+
     /// A dialer ran out of attempts: log, stop the route, make `serve` fail.
     fn give_up(&self, msg: &str) {
         error!(route = %self.route.name, "{msg}; stopping the route");
@@ -492,13 +520,14 @@ impl QueueServer {
     ) -> anyhow::Result<()> {
         let drain = self.drain;
         let name = self.route.name.clone();
-        let tracker = TaskTracker::new();
+        let producers = TaskTracker::new();
+        let consumers = TaskTracker::new();
         let stop = self.stop.clone();
 
         let from = self.route.from.clone();
         let to = self.route.to.clone();
-        self.spawn_side(&tracker, &from, source, Role::Producer)?;
-        self.spawn_side(&tracker, &to, sink, Role::Consumer)?;
+        self.spawn_side(&producers, &from, source, Role::Producer)?;
+        self.spawn_side(&consumers, &to, sink, Role::Consumer)?;
 
         // Housekeeping: interval fsync, cursor persistence.
         let mut tick = tokio::time::interval(Duration::from_millis(20));
@@ -521,22 +550,49 @@ impl QueueServer {
             }
         }
 
-        tracker.close();
+        // The drain, in two phases. First the producers: no new ones, and
+        // each stores what it already read (TCP acknowledged it) while the
+        // consumers keep delivering, which frees the space a blocked
+        // append may be waiting for. Then the consumers are cut at a
+        // message boundary.
+        let stopped_at = *self.stopped_at.get_or_init(Instant::now);
         info!(route = %name, "draining queue route");
-        if tokio::time::timeout(drain + Duration::from_secs(1), tracker.wait())
-            .await
-            .is_err()
-        {
-            warn!(route = %name, remaining = tracker.len(),
+        producers.close();
+        let phase1_end = stopped_at + drain / 2 + Duration::from_secs(1);
+        loop {
+            tokio::select! {
+                _ = producers.wait() => break,
+                _ = tokio::time::sleep_until(phase1_end) => break,
+                _ = tick.tick() => {
+                    if let Err(e) = tokio::task::block_in_place(|| self.spool.tick()) {
+                        self.fail("spool tick", &e);
+                    }
+                }
+            }
+        }
+        self.cut.cancel();
+        consumers.close();
+        let all_end = (stopped_at + drain).max(Instant::now() + Duration::from_secs(2))
+            + Duration::from_secs(1);
+        let both = async {
+            producers.wait().await;
+            consumers.wait().await;
+        };
+        if tokio::time::timeout_at(all_end, both).await.is_err() {
+            warn!(route = %name, producers = producers.len(), consumers = consumers.len(),
                   "drain timeout: ending the connections that did not finish");
             self.kill.cancel();
             // They end at their next await point; a spool call in progress
             // finishes first (a blocked append gives up within a second).
-            if tokio::time::timeout(Duration::from_secs(10), tracker.wait())
+            let both = async {
+                producers.wait().await;
+                consumers.wait().await;
+            };
+            if tokio::time::timeout(Duration::from_secs(10), both)
                 .await
                 .is_err()
             {
-                error!(route = %name, remaining = tracker.len(),
+                error!(route = %name, producers = producers.len(), consumers = consumers.len(),
                        "connections still running after being ended; closing the spool anyway");
             }
         }
@@ -699,7 +755,7 @@ impl QueueServer {
             (Endpoint::Listen(_), Some(listener)) => {
                 let t = tracker.clone();
                 tracker.spawn(async move {
-                    let stop = server.stop.clone();
+                    let stop = server.stop_token(role).clone();
                     let mut warn_limit = RateLimited::new(Duration::from_secs(10));
                     accept_loop(&listener, &server.route.name, &stop, |a| {
                         let Some(admitted) = server.gate.admit(a.peer) else {
@@ -766,7 +822,7 @@ where
     Fut: Future<Output = ()>,
 {
     let route = &server.route;
-    let stop = &server.stop;
+    let stop = server.stop_token(role);
     let stats = server.stats.dial(role);
     let mut backoff = Backoff::new(route.backoff.clone());
     let mut warn_limit = RateLimited::new(Duration::from_secs(10));

@@ -320,7 +320,8 @@ impl QueueServer {
             let mut readable = false;
             tokio::select! {
                 biased;
-                _ = self.stop.cancelled(), if cut.is_none() => {
+                _ = self.cut.cancelled(), if cut.is_none() => {
+                    cut_deadline = Some(self.drain_deadline(super::Role::Consumer));
                     cut = Some(ConsumerEnd::Shutdown);
                     self.cut_at_boundary(d);
                 }

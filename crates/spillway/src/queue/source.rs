@@ -288,7 +288,9 @@ impl QueueServer {
             });
             match r {
                 Err(e) if e.is_full() && stopping => {
-                    let deadline = *give_up.get_or_insert_with(|| started + self.drain);
+                    let deadline = *give_up.get_or_insert_with(|| {
+                        self.drain_deadline(super::Role::Producer).into_std()
+                    });
                     if std::time::Instant::now() >= deadline {
                         return Err(e);
                     }
