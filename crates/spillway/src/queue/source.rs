@@ -101,9 +101,29 @@ impl QueueServer {
         let read_idle = self.route.read_idle_timeout;
         let lifetime_end = self.route.timeouts.max_lifetime.map(|d| Instant::now() + d);
         let mut last_read = Instant::now();
+        // Once we end the connection (shutdown, idle, lifetime): the reason,
+        // and how much of what the kernel already accepted is still read.
+        let mut ending: Option<(ProducerEnd, usize)> = None;
         let end = loop {
             if buf.capacity() - buf.len() < READ_CHUNK / 4 {
                 buf.reserve(READ_CHUNK);
+            }
+            if let Some((end, left)) = ending.as_mut() {
+                // Keep what the kernel already accepted from this producer,
+                // a chunk at a time (each decoded and queued before the
+                // next), without waiting, and no more than its receive
+                // buffer held: a producer that keeps sending cannot keep
+                // the drain reading.
+                let n = drain_ready(&mut stream, &mut buf, (*left).min(READ_CHUNK)).await;
+                *left -= n.min(*left);
+                let (at_end, end) = (n == 0 || *left == 0, *end);
+                let mut tally = (messages, dropped);
+                let done = self.after_read(&mut decoder, &mut buf, peer, &mut tally, at_end, end);
+                (messages, dropped) = tally;
+                if let Some(done) = done {
+                    break done;
+                }
+                continue;
             }
             let idle_end = read_idle.map(|d| last_read + d);
             let read = tokio::select! {
@@ -118,11 +138,10 @@ impl QueueServer {
                 r = stream.read_buf(&mut buf) => Ok(r),
             };
             let (at_end, end) = match read {
-                // Stopped by us: keep what the kernel already accepted from
-                // this producer, then stop reading.
+                // Stopped by us: read what the kernel holds, then stop.
                 Err(end) => {
-                    drain_ready(&mut stream, &mut buf).await;
-                    (true, end)
+                    ending = Some((end, FINAL_READ));
+                    continue;
                 }
                 Ok(Ok(0)) => (true, ProducerEnd::Eof),
                 Ok(Ok(_)) => (false, ProducerEnd::Eof),
@@ -137,43 +156,67 @@ impl QueueServer {
                     (true, end)
                 }
             };
-            let (tally, result) = self.ingest(&mut decoder, &mut buf);
-            messages += tally.appended;
-            dropped += tally.dropped;
-            match result {
-                Ok(()) => {}
-                Err(IngestError::Frame(e)) => {
-                    self.stats.count_frame_error(e.kind());
-                    warn!(route = %route, producer = %peer, offset = e.offset().unwrap_or(decoder.offset()),
-                          kind = ?e.kind(), error = %e, kept = messages,
-                          "bad frame; closing this producer (every message before it was kept)");
-                    break ProducerEnd::BadFrame;
-                }
-                Err(IngestError::Spool(e)) if e.is_fatal() => {
-                    self.fail("append", &e);
-                    break ProducerEnd::SpoolFailed;
-                }
-                Err(IngestError::Spool(e)) => {
-                    warn!(route = %route, producer = %peer, error = %e, kept = messages,
-                          "cannot queue this producer's messages; closing it");
-                    break ProducerEnd::Refused;
-                }
+            let mut tally = (messages, dropped);
+            let done = self.after_read(&mut decoder, &mut buf, peer, &mut tally, at_end, end);
+            (messages, dropped) = tally;
+            if let Some(done) = done {
+                break done;
             }
             // Time spent queueing (a blocked append) is not the producer's idleness.
             last_read = Instant::now();
-            if at_end {
-                if let Err(e) = decoder.finish(&buf) {
-                    self.stats.partial_at_eof.fetch_add(1, Ordering::Relaxed);
-                    warn!(route = %route, producer = %peer, offset = decoder.offset(),
-                          partial_bytes = buf.len(), error = %e,
-                          "producer ended inside a message; the partial message is not queued");
-                }
-                break end;
-            }
         };
         self.stats.producers.fetch_sub(1, Ordering::Relaxed);
         self.stats.count_producer_end(end);
         info!(route = %route, producer = %peer, messages, dropped, reason = end.as_str(), "producer closed");
+    }
+
+    /// Queues the complete messages a read brought; returns how the
+    /// connection ends if it does (a bad frame, a spool error, or
+    /// `at_end`, which checks for a partial message left over).
+    /// `tally` is (messages queued, dropped) so far.
+    fn after_read(
+        &self,
+        decoder: &mut Decoder,
+        buf: &mut BytesMut,
+        peer: SocketAddr,
+        tally: &mut (u64, u64),
+        at_end: bool,
+        end: ProducerEnd,
+    ) -> Option<ProducerEnd> {
+        let route = &self.route.name;
+        let (t, result) = self.ingest(decoder, buf);
+        tally.0 += t.appended;
+        tally.1 += t.dropped;
+        let messages = tally.0;
+        match result {
+            Ok(()) => {}
+            Err(IngestError::Frame(e)) => {
+                self.stats.count_frame_error(e.kind());
+                warn!(route = %route, producer = %peer, offset = e.offset().unwrap_or(decoder.offset()),
+                      kind = ?e.kind(), error = %e, kept = messages,
+                      "bad frame; closing this producer (every message before it was kept)");
+                return Some(ProducerEnd::BadFrame);
+            }
+            Err(IngestError::Spool(e)) if e.is_fatal() => {
+                self.fail("append", &e);
+                return Some(ProducerEnd::SpoolFailed);
+            }
+            Err(IngestError::Spool(e)) => {
+                warn!(route = %route, producer = %peer, error = %e, kept = messages,
+                      "cannot queue this producer's messages; closing it");
+                return Some(ProducerEnd::Refused);
+            }
+        }
+        if !at_end {
+            return None;
+        }
+        if let Err(e) = decoder.finish(buf) {
+            self.stats.partial_at_eof.fetch_add(1, Ordering::Relaxed);
+            warn!(route = %route, producer = %peer, offset = decoder.offset(),
+                  partial_bytes = buf.len(), error = %e,
+                  "producer ended inside a message; the partial message is not queued");
+        }
+        Some(end)
     }
 
     /// Appends every complete message in `buf` as one batch and drops them
@@ -330,33 +373,45 @@ impl QueueServer {
     }
 }
 
-/// Reads, without waiting, whatever the kernel already holds for this
-/// socket (bytes its TCP stack acknowledged to the producer).
-async fn drain_ready(stream: &mut MaybeTls, buf: &mut BytesMut) {
+/// Most bytes read from a producer after we decided to end its
+/// connection: what its socket's receive buffer can hold (the kernel
+/// doubles `SO_RCVBUF`), so what TCP acknowledged before the end is kept,
+/// and a producer that keeps sending cannot keep the drain reading.
+const FINAL_READ: usize = 2 * super::PRODUCER_RCVBUF;
+
+/// Reads, without waiting, up to `limit` bytes the kernel already holds
+/// for this socket (bytes its TCP stack acknowledged to the producer);
+/// returns how many (0: nothing more, or EOF).
+async fn drain_ready(stream: &mut MaybeTls, buf: &mut BytesMut, limit: usize) -> usize {
+    let before = buf.len();
     match stream {
         MaybeTls::Plain(tcp) => {
-            let mut chunk = vec![0u8; 64 << 10];
-            while let Ok(n) = tcp.try_read(&mut chunk) {
-                if n == 0 {
-                    return;
+            let mut chunk = vec![0u8; limit.min(64 << 10)];
+            while buf.len() - before < limit {
+                let want = (limit - (buf.len() - before)).min(chunk.len());
+                match tcp.try_read(&mut chunk[..want]) {
+                    Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                    _ => break,
                 }
-                buf.extend_from_slice(&chunk[..n]);
             }
         }
         // Through TLS: read while a read completes at once (records already
         // received decrypt without waiting); stop at the first that would wait.
-        MaybeTls::Tls(_) => loop {
-            if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-                buf.reserve(READ_CHUNK);
+        MaybeTls::Tls(_) => {
+            while buf.len() - before < limit {
+                if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+                    buf.reserve(READ_CHUNK);
+                }
+                let more = tokio::select! {
+                    biased;
+                    r = stream.read_buf(buf) => matches!(r, Ok(n) if n > 0),
+                    _ = std::future::ready(()) => false,
+                };
+                if !more {
+                    break;
+                }
             }
-            let more = tokio::select! {
-                biased;
-                r = stream.read_buf(buf) => matches!(r, Ok(n) if n > 0),
-                _ = std::future::ready(()) => false,
-            };
-            if !more {
-                return;
-            }
-        },
+        }
     }
+    buf.len() - before
 }
