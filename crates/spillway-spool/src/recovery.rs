@@ -434,6 +434,18 @@ pub(crate) fn recover(
     if let (Some(seg), Some(file)) = (segs.last_mut(), last_file) {
         if seg.len < cfg.segment_size {
             active = true;
+        } else {
+            // A full last segment of a dead process is not appended to, so
+            // no seal will ever fsync it, and the next segment follows it:
+            // if its pages were never synced, a power cut would tear it in
+            // the middle of the log. Sync it now (the route-level model
+            // test found this: kill -9, restart, power cut).
+            file.sync_data()
+                .map_err(|e| SpoolError::io("fsync", &seg.path, e))?;
+            if durable {
+                fs.sync_dir(dir)
+                    .map_err(|e| SpoolError::io("fsync dir", dir, e))?;
+            }
         }
         seg.file = Some(file);
     }
