@@ -165,6 +165,16 @@ impl QueueServer {
             // Time spent queueing (a blocked append) is not the producer's idleness.
             last_read = Instant::now();
         };
+        if matches!(
+            end,
+            ProducerEnd::Refused | ProducerEnd::SpoolFailed | ProducerEnd::BadFrame
+        ) {
+            // Bytes this producer sent were not (all) queued: a reset tells
+            // it so, where a clean close would read as "all taken".
+            let _ =
+                socket2::SockRef::from(stream.tcp()).set_linger(Some(std::time::Duration::ZERO));
+        }
+        drop(stream);
         self.stats.producers.fetch_sub(1, Ordering::Relaxed);
         self.stats.count_producer_end(end);
         info!(route = %route, producer = %peer, messages, dropped, reason = end.as_str(), "producer closed");
