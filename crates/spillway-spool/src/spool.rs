@@ -468,6 +468,20 @@ impl Spool {
                     inner.remove_segments_while(&mut core, |_, _| true)?;
                     continue;
                 }
+                // The memory tier's reserve exists so that shutdown can
+                // write what it must. With the memory tier empty, nothing
+                // else needs it: a batch already taken from a producer may
+                // use that space. (`close` removes the reserve anyway; a
+                // reserve being grown right now is left alone.)
+                if reason == FullReason::NoSpace && core.mem.is_empty() && core.mem_capacity > 0 {
+                    if let Ok(_io) = inner.reserve_io.try_lock() {
+                        if reserve::remove(&*inner.fs, &inner.cfg.dir).is_ok() {
+                            core.mem_capacity = 0;
+                            core.reserve_retry_at = Instant::now() + Duration::from_secs(3600);
+                            continue;
+                        }
+                    }
+                }
                 inner.st.full_errors.fetch_add(1, Ordering::Relaxed);
                 return Err(SpoolError::Full { reason });
             }

@@ -78,3 +78,40 @@ fn past_quota_still_reports_a_full_disk_without_waiting() {
     fs.faults.space_left.store(-1, Ordering::SeqCst);
     assert_eq!(s.append_past_quota(&[b"after"]).unwrap().first_seq, 1);
 }
+
+/// On a physically full disk with the memory tier empty, the space
+/// reserved for the memory tier takes what shutdown must still write: a
+/// batch already read from a producer.
+#[test]
+fn past_quota_uses_the_memory_reserve_when_the_memory_tier_is_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = SimFs::new();
+    let mut cfg = small_config(dir.path());
+    cfg.memory_limit = 64 * 1024;
+    cfg.when_full = WhenFull::Block;
+    cfg.block_timeout = Some(Duration::from_millis(20));
+    let (s, _) = Spool::open_with_fs(cfg.clone(), fs.clone()).unwrap();
+    assert!(s.stats().mem_reserved > 0, "the reserve is allocated");
+    // Fill the memory tier and overflow to disk, drain the memory tier
+    // (acks), so the disk tier holds the rest and the memory tier is empty.
+    let mut i = 0;
+    while s.stats().disk_msgs == 0 {
+        s.append(&[&msg(i, 500)]).unwrap();
+        i += 1;
+    }
+    let first_disk = i - 1;
+    s.ack(first_disk).unwrap();
+    assert_eq!(s.stats().mem_msgs, 0);
+    // The file system fills up.
+    fs.faults.space_left.store(0, Ordering::SeqCst);
+    assert!(s.append(&[&msg(i, 500)]).unwrap_err().is_full());
+    let batch: Vec<Vec<u8>> = (i..i + 10).map(|j| msg(j, 500)).collect();
+    let refs: Vec<&[u8]> = batch.iter().map(|m| &m[..]).collect();
+    let o = s.append_past_quota(&refs).unwrap();
+    assert_eq!((o.first_seq, o.accepted), (i, 10));
+    s.close().unwrap();
+    fs.faults.space_left.store(-1, Ordering::SeqCst);
+    let (s, _) = Spool::open_with_fs(cfg, fs).unwrap();
+    let got = s.read(first_disk, 100, 1 << 20).unwrap();
+    assert_eq!(got.last().map(|m| m.seq), Some(i + 9));
+}
