@@ -118,7 +118,10 @@ impl SegmentFile for SimFile {
         }
         self.inner.sync_data()?;
         let len = self.inner.len()?;
-        self.meta.lock().unwrap_or_else(|e| e.into_inner()).synced_len = len;
+        self.meta
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .synced_len = len;
         Ok(())
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
@@ -151,7 +154,7 @@ impl SimFs {
     fn meta(&self, path: &Path, synced: u64) -> Arc<Mutex<Meta>> {
         self.files
             .lock()
-            .unwrap()
+            .unwrap_or_else(|e| e.into_inner())
             .entry(path.to_path_buf())
             .or_insert_with(|| Arc::new(Mutex::new(Meta { synced_len: synced })))
             .clone()
@@ -193,7 +196,7 @@ impl Fs for SimFs {
         let meta = Arc::new(Mutex::new(Meta::default()));
         self.files
             .lock()
-            .unwrap()
+            .unwrap_or_else(|e| e.into_inner())
             .insert(path.to_path_buf(), meta.clone());
         Ok(Arc::new(SimFile {
             inner,
@@ -216,7 +219,10 @@ impl Fs for SimFs {
     fn remove(&self, path: &Path) -> io::Result<()> {
         let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         StdFs.remove(path)?;
-        self.files.lock().unwrap_or_else(|e| e.into_inner()).remove(path);
+        self.files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(path);
         if self.faults.space_left.load(Ordering::SeqCst) >= 0 {
             self.faults
                 .space_left
