@@ -42,3 +42,18 @@ fn random_schedules() {
     let _g = serial();
     model::random_run(6);
 }
+
+#[test]
+fn regression_floor_jump() {
+    let _g = serial();
+    model::run_regression("floor_jump", model::regressions::floor_jump());
+}
+
+#[test]
+fn regression_old_task_acks_closed_spool() {
+    let _g = serial();
+    model::run_regression(
+        "old_task_acks_closed_spool",
+        model::regressions::old_task_acks_closed_spool(),
+    );
+}

@@ -634,23 +634,27 @@ fn duplicates(ctx: &Ctx<'_>, found: &mut Vec<Violation>) {
             else {
                 continue;
             };
-            let relay_requeued = ctx.cline(pc).is_some_and(|e| {
-                e.num("requeued").unwrap_or(0) > 0
-                    || matches!(
-                        e.get("reason"),
-                        Some("consumer_reset" | "write_stall" | "peer_timeout")
-                    )
-            });
+            let relay_requeued = |c: &ConsumerResult| {
+                ctx.cline(c).is_some_and(|e| {
+                    e.num("requeued").unwrap_or(0) > 0
+                        || matches!(
+                            e.get("reason"),
+                            Some("consumer_reset" | "write_stall" | "peer_timeout")
+                        )
+                })
+            };
             let spanned = |c: &ConsumerResult| {
                 ctx.end_between(c.connected_t, c.end_t.max(c.connected_t) + 1)
                     .is_some()
             };
-            // The earlier receiver gave it back; or one of the two was still
-            // open when its incarnation stopped (a connection that outlived
-            // the drain gets what was in flight to it late).
-            let blame = if pc.end.abortive() || relay_requeued || spanned(pc) {
+            // The earlier receiver gave it back, or was still open when its
+            // incarnation stopped (a connection that outlived the drain gets
+            // what was in flight to it late).
+            // Or the later receiver was reset by the relay after it had been
+            // sent the message: it reads what its kernel held after the RST.
+            let blame = if pc.end.abortive() || relay_requeued(pc) || spanned(pc) {
                 Some(prev.1)
-            } else if spanned(cc) {
+            } else if cc.end.abortive() || relay_requeued(cc) || spanned(cc) {
                 Some(cur.1)
             } else {
                 None

@@ -221,7 +221,6 @@ pub fn random_run(default_cases: u64) {
 
 /// Runs an explicit case (a regression) and panics with its report when
 /// it violates anything.
-#[allow(dead_code)] // used once regressions.rs has cases
 pub fn run_regression(name: &str, case: Case) {
     assert!(valid(&case), "{name}: the schedule breaks its own rules");
     let t = Instant::now();

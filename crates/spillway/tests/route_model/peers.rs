@@ -219,6 +219,13 @@ impl Shared {
     }
 }
 
+/// MSS of the schedule's consumers: an Ethernet path's, not loopback's
+/// 64 KiB. On loopback the relay's send buffer autotunes to megabytes
+/// (twice the initial window of 64 KiB segments), so it swallows a whole
+/// consumer window and a write never blocks mid-message; with a real MSS it
+/// is tens of KiB, as on a real network.
+const CONSUMER_MSS: u32 = 1460;
+
 fn connect_from(
     local: Ipv4Addr,
     to: SocketAddr,
@@ -231,6 +238,7 @@ fn connect_from(
             let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
             if let Some(size) = rcvbuf {
                 s.set_recv_buffer_size(size as usize)?;
+                s.set_tcp_mss(CONSUMER_MSS)?;
             }
             s.bind(&SocketAddr::V4(SocketAddrV4::new(local, 0)).into())?;
             s.connect_timeout(&to.into(), Duration::from_secs(2))?;

@@ -542,6 +542,7 @@ impl<'a> Runner<'a> {
             std::thread::sleep(Duration::from_millis(5));
         }
         if !inc.serve.is_finished() {
+            self.poll_consumers();
             let open: Vec<String> = inc
                 .server
                 .peers()
@@ -627,10 +628,19 @@ impl<'a> Runner<'a> {
             2 => PeerKey::C(idx),
             _ => return String::new(),
         };
-        match self.peer_op.get(&key) {
-            Some(op) => format!("({key:?}, op {op})"),
-            None => format!("({key:?}, final drain)"),
-        }
+        let from = match self.peer_op.get(&key) {
+            Some(op) => format!("op {op}"),
+            None => "final drain".to_string(),
+        };
+        let state = match key {
+            PeerKey::C(i) => match self.consumers.get(i as usize - 1) {
+                Some(Slot::Done(r)) => format!(", the test ended it: {:?}", r.end),
+                Some(Slot::Running(h)) if h.is_finished() => ", the test ended it".to_string(),
+                _ => ", still running".to_string(),
+            },
+            PeerKey::P(_) => String::new(),
+        };
+        format!("({key:?}, {from}{state})")
     }
 
     /// The process dies: every runtime goes, then the disk loses what a
