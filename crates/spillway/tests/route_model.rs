@@ -43,17 +43,23 @@ fn random_schedules() {
     model::random_run(6);
 }
 
-#[test]
-fn regression_floor_jump() {
-    let _g = serial();
-    model::run_regression("floor_jump", model::regressions::floor_jump());
+/// Defects found by this test, kept as explicit schedules (see
+/// `route_model/regressions.rs` for what each caught and how).
+macro_rules! regression {
+    ($($name:ident),* $(,)?) => {$(
+        #[test]
+        fn $name() {
+            let _g = serial();
+            model::run_regression(stringify!($name), model::regressions::$name());
+        }
+    )*};
 }
 
-#[test]
-fn regression_old_task_acks_closed_spool() {
-    let _g = serial();
-    model::run_regression(
-        "old_task_acks_closed_spool",
-        model::regressions::old_task_acks_closed_spool(),
-    );
-}
+regression!(
+    floor_jump,
+    enospc_cursor,
+    memory_tier_full_disk,
+    old_task_acks_closed_spool,
+    blocked_batch_at_shutdown,
+    rst_after_fin,
+);

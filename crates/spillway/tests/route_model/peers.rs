@@ -219,17 +219,11 @@ impl Shared {
     }
 }
 
-/// MSS of the schedule's consumers: an Ethernet path's, not loopback's
-/// 64 KiB. On loopback the relay's send buffer autotunes to megabytes
-/// (twice the initial window of 64 KiB segments), so it swallows a whole
-/// consumer window and a write never blocks mid-message; with a real MSS it
-/// is tens of KiB, as on a real network.
-const CONSUMER_MSS: u32 = 1460;
-
 fn connect_from(
     local: Ipv4Addr,
     to: SocketAddr,
     rcvbuf: Option<u32>,
+    mss: u32,
     sh: &Shared,
 ) -> Option<TcpStream> {
     let deadline = Instant::now() + CONNECT_FOR;
@@ -238,7 +232,9 @@ fn connect_from(
             let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
             if let Some(size) = rcvbuf {
                 s.set_recv_buffer_size(size as usize)?;
-                s.set_tcp_mss(CONSUMER_MSS)?;
+            }
+            if mss > 0 {
+                s.set_tcp_mss(mss)?;
             }
             s.bind(&SocketAddr::V4(SocketAddrV4::new(local, 0)).into())?;
             s.connect_timeout(&to.into(), Duration::from_secs(2))?;
@@ -344,7 +340,7 @@ pub fn run_producer(sh: Arc<Shared>, idx: u32, spec: Producer) -> ProducerResult
         sent: 0,
         end: ProducerEnd::NeverConnected,
     };
-    let Some(mut s) = connect_from(ip(1, idx), sh.source, None, &sh) else {
+    let Some(mut s) = connect_from(ip(1, idx), sh.source, None, 0, &sh) else {
         res.end_t = tick();
         return res;
     };
@@ -519,7 +515,7 @@ pub fn run_consumer(
         stalled_t: None,
     };
     let rcvbuf = until.is_none().then_some(spec.rcvbuf);
-    let Some(mut s) = connect_from(ip(2, idx), sh.sink, rcvbuf, &sh) else {
+    let Some(mut s) = connect_from(ip(2, idx), sh.sink, rcvbuf, spec.mss, &sh) else {
         res.end_t = tick();
         return res;
     };
@@ -638,7 +634,8 @@ pub fn run_consumer(
             CEnd::FinThenRst => {
                 res.giveback_t.get_or_insert(tick());
                 let _ = s.shutdown(Shutdown::Write);
-                std::thread::sleep(Duration::from_millis(u64::from(r.u32(0..30))));
+                // Long enough for the relay to have seen the FIN first.
+                std::thread::sleep(Duration::from_millis(u64::from(r.u32(20..100))));
                 res.unread_at_reset = unread(&s, &parser, sh.frame, sh.seed);
                 let _ = SockRef::from(&s).set_linger(Some(Duration::ZERO));
                 ConsumerEnd::FinThenRst

@@ -144,6 +144,9 @@ pub struct Outcome {
     /// delivered, so a restart sends those messages again.
     pub dirty: Vec<u64>,
     pub final_t: u64,
+    /// The case ended early (a hang, a held consumer, a route that would
+    /// not open): messages may be missing only because it did.
+    pub cut_short: bool,
     pub peer_op: HashMap<PeerKey, usize>,
     pub stats: String,
 }
@@ -466,9 +469,10 @@ impl<'a> Runner<'a> {
     }
 
     /// Consumers the test has ended that the current incarnation still
-    /// serves; waits (bounded) for the relay to let them go.
-    fn check_released(&mut self) {
-        let Some(inc) = &self.cur else { return };
+    /// serves; waits (bounded) for the relay to let them go. True when it
+    /// did not (a `Held` violation).
+    fn check_released(&mut self) -> bool {
+        let Some(inc) = &self.cur else { return false };
         let server = Arc::clone(&inc.server);
         let drain_ms = inc.info.cfg.drain_ms;
         let deadline = Instant::now() + RELEASE_GUARD;
@@ -495,7 +499,7 @@ impl<'a> Runner<'a> {
                 })
                 .collect();
             if held.is_empty() {
-                return;
+                return false;
             }
             if Instant::now() > deadline {
                 self.violation(
@@ -506,7 +510,7 @@ impl<'a> Runner<'a> {
                         drain_ms
                     ),
                 );
-                return;
+                return true;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -514,8 +518,11 @@ impl<'a> Runner<'a> {
 
     /// Graceful stop of the current incarnation: cancel, await `serve`.
     fn stop(&mut self, why: &str) {
-        if self.cur.as_ref().is_some_and(|i| !i.serve.is_finished()) {
-            self.check_released();
+        if self.cur.as_ref().is_some_and(|i| !i.serve.is_finished()) && self.check_released() {
+            // The stop would wait out the drain for the held consumer:
+            // reported; the case ends here.
+            self.kill(why);
+            return;
         }
         let Some(inc) = self.cur.take() else { return };
         let t = tick();
@@ -558,23 +565,8 @@ impl<'a> Runner<'a> {
                     open.join(", ")
                 ),
             );
-            // Killed, like a kill -9 of a process that would not stop.
-            self.crashes.push((tick(), false));
-            let Inc {
-                info,
-                rt,
-                server,
-                serve,
-                token,
-            } = inc;
-            drop(serve);
-            drop(server);
-            rt.shutdown_background();
-            self.kill_lingering();
-            token.cancel();
-            self.wait_unlocked();
-            self.record_end(&info, EndKind::Killed, t, None, notes);
-            self.dead = true;
+            self.cur = Some(inc);
+            self.kill_with(why, t, notes);
             return;
         }
         let Inc {
@@ -593,6 +585,34 @@ impl<'a> Runner<'a> {
         // keep running, as they do in the real process.
         self.lingering.push(rt);
         self.record_end(&info, kind, t, Some(result), notes);
+    }
+
+    /// Kills the process (like kill -9: the disk keeps what was written)
+    /// when the case cannot go on; it ends there.
+    fn kill(&mut self, why: &str) {
+        let t = tick();
+        self.kill_with(why, t, Vec::new());
+    }
+
+    fn kill_with(&mut self, why: &str, t: u64, mut notes: Vec<String>) {
+        let Some(inc) = self.cur.take() else { return };
+        notes.push(format!("{why}: the process was killed and the case ended"));
+        self.crashes.push((tick(), false));
+        let Inc {
+            info,
+            rt,
+            server,
+            serve,
+            token,
+        } = inc;
+        drop(serve);
+        drop(server);
+        rt.shutdown_background();
+        self.kill_lingering();
+        token.cancel();
+        self.wait_unlocked();
+        self.record_end(&info, EndKind::Killed, t, None, notes);
+        self.dead = true;
     }
 
     fn kill_lingering(&mut self) {
@@ -888,6 +908,7 @@ impl<'a> Runner<'a> {
             stops: std::mem::take(&mut self.stops),
             dirty: std::mem::take(&mut self.dirty),
             final_t,
+            cut_short: self.dead,
             peer_op: std::mem::take(&mut self.peer_op),
             stats: String::new(),
         };
@@ -908,6 +929,7 @@ impl<'a> Runner<'a> {
         }
         let final_spec = Consumer {
             rcvbuf: 0,
+            mss: 0,
             read_max: 65536,
             pause_ms: 0,
             life_ms: u32::MAX,
@@ -931,7 +953,10 @@ impl<'a> Runner<'a> {
         if verbose() {
             eprintln!("  peers joined");
         }
-        self.check_released();
+        if self.check_released() {
+            self.kill("final drain");
+            return;
+        }
         // The relay's producer tasks have all logged their end.
         if let Some(inc) = &self.cur {
             let server = Arc::clone(&inc.server);

@@ -114,6 +114,11 @@ impl Stall {
 pub struct Consumer {
     /// `SO_RCVBUF` set before connect.
     pub rcvbuf: u32,
+    /// `TCP_MAXSEG` set before connect (0: loopback's own, 64 KiB). With
+    /// an Ethernet-sized MSS the relay's send buffer is tens of KiB, as on
+    /// a real network, so its writes stop mid-message; with loopback's it
+    /// autotunes to megabytes and takes a whole consumer window.
+    pub mss: u32,
     /// Largest read; each read asks for a random size up to it.
     pub read_max: u32,
     /// Largest pause between reads (random up to it).
@@ -249,6 +254,7 @@ fn consumer(r: &mut Rng) -> Consumer {
     };
     Consumer {
         rcvbuf: r.u32(2048..=8192),
+        mss: pick(r, &[0, 1460]),
         read_max: pick(r, &[64, 512, 4096, 16384, 65536]),
         pause_ms: pick(r, &[0, 1, 5, 20]),
         life_ms,
