@@ -71,6 +71,8 @@ pub enum Kind {
     /// The relay kept serving a consumer the test had ended.
     Held,
     OpenFailed,
+    /// A closed spool (its `serve` had returned) changed the directory.
+    AfterClose,
     /// The spool could not be read offline between incarnations.
     SpoolDamaged,
     /// The relay dropped a batch it had read (`reason=refused`).

@@ -2,6 +2,7 @@
 
 pub mod capture;
 pub mod check;
+pub mod guard;
 pub mod peers;
 pub mod regressions;
 pub mod run;

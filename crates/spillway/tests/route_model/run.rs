@@ -8,6 +8,7 @@
 //! runtimes stay alive until the process dies (a crash) or the case ends.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::capture::{self, tick};
 use super::check::{self, Kind, Violation};
+use super::guard::GuardFs;
 use super::peers::{self, ConsumerResult, MsgId, Parsed, Parser, ProducerResult, Shared, Until};
 use super::schedule::{CEnd, Case, Cfg, Consumer, Frame, Fsync, Op, MAX_MESSAGE, WRITE_STALL_MS};
 
@@ -172,6 +174,8 @@ pub struct Runner<'a> {
     crashes: Vec<(u64, bool)>,
     stops: Vec<u64>,
     dirty: Vec<u64>,
+    /// Each incarnation's view of the disk.
+    guards: Vec<(usize, Arc<GuardFs>)>,
     op: usize,
     disk_limited: bool,
     /// Set once the case cannot go on (a hang, a route that will not open).
@@ -210,6 +214,7 @@ impl<'a> Runner<'a> {
             crashes: Vec::new(),
             stops: Vec::new(),
             dirty: Vec::new(),
+            guards: Vec::new(),
             op: 0,
             disk_limited: false,
             dead: false,
@@ -310,7 +315,9 @@ impl<'a> Runner<'a> {
         let route = self.queue_route(&cfg, src_addr, sink_addr);
         let token = CancellationToken::new();
         let drain = Duration::from_millis(u64::from(cfg.drain_ms));
-        let mut opened = QueueServer::open_on(route.clone(), &token, drain, None, self.fs.clone());
+        let guard = GuardFs::new(Arc::clone(&self.fs));
+        self.guards.push((self.incs, Arc::clone(&guard)));
+        let mut opened = QueueServer::open_on(route.clone(), &token, drain, None, guard.clone());
         if let Err(e) = &opened {
             let free = self.disk_limited;
             self.violation(
@@ -322,7 +329,7 @@ impl<'a> Runner<'a> {
             );
             if free {
                 self.free_disk();
-                opened = QueueServer::open_on(route, &token, drain, None, self.fs.clone());
+                opened = QueueServer::open_on(route, &token, drain, None, guard.clone());
             }
         }
         let server = match opened {
@@ -439,6 +446,9 @@ impl<'a> Runner<'a> {
                 );
             }
             _ => {}
+        }
+        if let Some((_, g)) = self.guards.iter().find(|(i, _)| *i == inc.idx) {
+            g.close();
         }
         if inc.fsync_fault || !matches!(result, Some(Ok(()))) {
             self.dirty.push(tick());
@@ -888,6 +898,29 @@ impl<'a> Runner<'a> {
             eprintln!("  final drain {:.1?}", t0.elapsed());
         }
         self.teardown();
+        for (inc, g) in std::mem::take(&mut self.guards) {
+            let touched = g.after_close();
+            if touched.is_empty() {
+                continue;
+            }
+            let end = self.ends.iter().find(|e| e.inc == inc);
+            let mut text = format!(
+                "the spool of incarnation {inc} changed the directory {} time(s) after it was closed ({}), from a task that outlived it; the next incarnation owned the directory by then:",
+                touched.len(),
+                end.map_or("at the end of the case".to_string(), |e| format!(
+                    "{:?} at op {}",
+                    e.kind, e.end_op
+                ))
+            );
+            for (t, what) in touched.iter().take(6) {
+                let _ = write!(text, "\n      t={t}: {what}");
+            }
+            self.violations.push(Violation {
+                kind: Kind::AfterClose,
+                op: end.map(|e| e.end_op),
+                text,
+            });
+        }
         let route = self.route.clone();
         let events = capture::route_events(&route);
         capture::forget(&route);
