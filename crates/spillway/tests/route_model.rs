@@ -62,4 +62,5 @@ regression!(
     old_task_acks_closed_spool,
     blocked_batch_at_shutdown,
     rst_after_fin,
+    unsynced_segment_trusted_after_failed_fsync,
 );

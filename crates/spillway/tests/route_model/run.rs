@@ -679,8 +679,8 @@ impl<'a> Runner<'a> {
         format!("({key:?}, {from}{state})")
     }
 
-    /// The process dies: every runtime goes, then the disk loses what a
-    /// power cut loses (or nothing: kill -9), then a new process starts.
+    /// The process dies: every runtime goes, then (power cut) the disk
+    /// loses what was never synced, then a new process starts.
     fn crash(&mut self, power_cut: bool, keep_pct: u8) {
         let Some(inc) = self.cur.take() else { return };
         assert!(
@@ -710,14 +710,14 @@ impl<'a> Runner<'a> {
         if self.dead {
             return;
         }
-        let keep = u64::from(keep_pct);
-        self.fs.crash(|unsynced| {
-            if power_cut {
-                unsynced * keep / 100
-            } else {
-                unsynced
-            }
-        });
+        // A kill -9 leaves the disk as it was: what was written and not
+        // synced stays in the page cache, unsynced, and a later power cut
+        // can still lose it. A power cut keeps what was synced plus
+        // `keep_pct` percent of each file's unsynced tail.
+        if power_cut {
+            let keep = u64::from(keep_pct);
+            self.fs.crash(|unsynced| unsynced * keep / 100);
+        }
         self.record_end(
             &info,
             EndKind::Crash {
@@ -1007,9 +1007,19 @@ impl<'a> Runner<'a> {
         }
         let sh = self.shared();
         let mut last = (sh.receipts.load(Ordering::SeqCst), Instant::now());
+        let ends_before = self.ends.len();
         loop {
             self.check_alive();
             if self.dead {
+                return;
+            }
+            if self.ends.len() > ends_before + 3 {
+                self.violation(
+                    Kind::Hang,
+                    "final drain: the route stopped by itself four times in a row; giving up"
+                        .into(),
+                );
+                self.kill("final drain");
                 return;
             }
             let Some(inc) = &self.cur else { return };

@@ -145,9 +145,11 @@ pub enum Op {
     /// Graceful stop, then a new route on the same spool and ports with
     /// these settings (the supervisor's reload of a changed queue route).
     Reload(Cfg),
-    /// The process vanishes; the disk keeps what was written (kill -9), or
-    /// only what was synced plus `keep_pct` percent of each file's
-    /// unsynced tail (power cut). Only under `Cfg::crash_safe`.
+    /// The process vanishes. kill -9: the disk is untouched (what was
+    /// written and not synced stays unsynced, so a later power cut can
+    /// still lose it); power cut: the disk keeps what was synced plus
+    /// `keep_pct` percent of each file's unsynced tail. Only under
+    /// `Cfg::crash_safe`.
     Crash {
         power_cut: bool,
         keep_pct: u8,
