@@ -7,6 +7,8 @@ pub mod peers;
 pub mod regressions;
 pub mod run;
 pub mod schedule;
+#[cfg(test)]
+mod selftest;
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
