@@ -37,10 +37,14 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Random cases in a default run: with the regressions, about a minute on
+/// a 2-core machine in a debug build once the known defects are fixed.
+const DEFAULT_CASES: u64 = 5;
+
 #[test]
 fn random_schedules() {
     let _g = serial();
-    model::random_run(6);
+    model::random_run(DEFAULT_CASES);
 }
 
 /// Defects found by this test, kept as explicit schedules (see

@@ -204,10 +204,20 @@ pub fn random_run(default_cases: u64) {
             if shrink_on {
                 let kind = out.violations[0].kind;
                 let small = shrink(&case, kind, 40);
-                let _ = writeln!(r, "  shrunk for {kind:?} to {} ops:", small.ops.len());
+                let _ = writeln!(
+                    r,
+                    "  shrunk for {kind:?} to {} ops (paste into regressions.rs):",
+                    small.ops.len()
+                );
+                let _ = writeln!(
+                    r,
+                    "    Case {{\n        seed: {},\n        frame: Frame::{:?},\n        cfg: {:?},\n        ops: vec![",
+                    small.seed, small.frame, small.cfg
+                );
                 for op in &small.ops {
-                    let _ = writeln!(r, "    {op:?},");
+                    let _ = writeln!(r, "            {op:?},");
                 }
+                let _ = writeln!(r, "        ],\n    }}");
             }
             eprintln!("{r}");
             failures.push(r);

@@ -176,6 +176,8 @@ pub struct Runner<'a> {
     dirty: Vec<u64>,
     /// Each incarnation's view of the disk.
     guards: Vec<(usize, Arc<GuardFs>)>,
+    /// When each ended consumer was first seen still served by the relay.
+    held_since: HashMap<SocketAddr, Instant>,
     op: usize,
     disk_limited: bool,
     /// Set once the case cannot go on (a hang, a route that will not open).
@@ -215,6 +217,7 @@ impl<'a> Runner<'a> {
             stops: Vec::new(),
             dirty: Vec::new(),
             guards: Vec::new(),
+            held_since: HashMap::new(),
             op: 0,
             disk_limited: false,
             dead: false,
@@ -485,48 +488,69 @@ impl<'a> Runner<'a> {
     }
 
     /// Consumers the test has ended that the current incarnation still
-    /// serves; waits (bounded) for the relay to let them go. True when it
-    /// did not (a `Held` violation).
-    fn check_released(&mut self) -> bool {
+    /// serves, each with when it was first seen so; a `Held` violation
+    /// (and true) once one has been held for `RELEASE_GUARD`. Does not wait.
+    fn held_too_long(&mut self) -> bool {
         let Some(inc) = &self.cur else { return false };
         let server = Arc::clone(&inc.server);
         let drain_ms = inc.info.cfg.drain_ms;
-        let deadline = Instant::now() + RELEASE_GUARD;
+        self.poll_consumers();
+        let ended: HashMap<SocketAddr, (u32, String)> = self
+            .consumers
+            .iter()
+            .filter_map(|s| match s {
+                Slot::Done(r) if r.end != peers::ConsumerEnd::Torn => {
+                    r.local.map(|a| (a, (r.idx, format!("{:?}", r.end))))
+                }
+                _ => None,
+            })
+            .collect();
+        let now = Instant::now();
+        let mut held = Vec::new();
+        let mut oldest = now;
+        for p in server.peers() {
+            let Some((i, e)) = ended.get(&p.addr) else {
+                continue;
+            };
+            let since = *self.held_since.entry(p.addr).or_insert(now);
+            oldest = oldest.min(since);
+            let op = self.peer_op.get(&PeerKey::C(*i)).copied().unwrap_or(0);
+            held.push(format!(
+                "consumer c{i} ({}, op {op}) which ended {e}",
+                p.addr
+            ));
+        }
+        if held.is_empty() || now - oldest < RELEASE_GUARD {
+            return false;
+        }
+        self.violation(
+            Kind::Held,
+            format!(
+                "{RELEASE_GUARD:?} after the test ended them, the relay still serves (and holds the messages of): {}; drain_timeout is {} ms",
+                held.join("; "),
+                drain_ms
+            ),
+        );
+        true
+    }
+
+    /// Waits (bounded) until the relay has let go of every consumer the
+    /// test ended. True when it did not (a `Held` violation).
+    fn check_released(&mut self) -> bool {
         loop {
-            self.poll_consumers();
-            let ended: HashMap<SocketAddr, (u32, String)> = self
-                .consumers
-                .iter()
-                .filter_map(|s| match s {
-                    Slot::Done(r) if r.end != peers::ConsumerEnd::Torn => {
-                        r.local.map(|a| (a, (r.idx, format!("{:?}", r.end))))
-                    }
-                    _ => None,
-                })
-                .collect();
-            let held: Vec<String> = server
-                .peers()
-                .into_iter()
-                .filter(|p| p.role == "consumer")
-                .filter_map(|p| ended.get(&p.addr).map(|(i, e)| (p.addr, *i, e.clone())))
-                .map(|(addr, i, e)| {
-                    let op = self.peer_op.get(&PeerKey::C(i)).copied().unwrap_or(0);
-                    format!("consumer c{i} ({addr}, op {op}) which ended {e}")
-                })
-                .collect();
-            if held.is_empty() {
-                return false;
-            }
-            if Instant::now() > deadline {
-                self.violation(
-                    Kind::Held,
-                    format!(
-                        "{RELEASE_GUARD:?} after the test ended them, the relay still serves (and holds the messages of): {}; drain_timeout is {} ms",
-                        held.join("; "),
-                        drain_ms
-                    ),
-                );
+            if self.held_too_long() {
                 return true;
+            }
+            let pending = self.cur.as_ref().is_some_and(|inc| {
+                inc.server.peers().iter().any(|p| {
+                    self.consumers.iter().any(|s| {
+                        matches!(s, Slot::Done(r) if r.local == Some(p.addr)
+                            && r.end != peers::ConsumerEnd::Torn)
+                    })
+                })
+            });
+            if !pending {
+                return false;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -873,6 +897,9 @@ impl<'a> Runner<'a> {
             for (i, op) in case.ops.iter().enumerate() {
                 self.op = i;
                 self.check_alive();
+                if !self.dead && self.held_too_long() {
+                    self.kill("held consumer");
+                }
                 if self.dead {
                     break;
                 }
@@ -979,9 +1006,26 @@ impl<'a> Runner<'a> {
         let leave = Arc::new(AtomicBool::new(false));
         let first_final = self.spawn_consumer(final_spec.clone(), Some(Until(Arc::clone(&leave))));
         let mut cur_final = first_final;
+        // Join the peers, watching for consumers the relay holds meanwhile
+        // (a held consumer keeps the floor, so at the disk bound producers
+        // wait for it: the join would wait out the drain).
         let deadline = Instant::now() + JOIN_GUARD;
-        let mut ok = Self::join_all(&mut self.producers, deadline);
-        ok &= Self::join_all(&mut self.consumers[..first_final as usize - 1], deadline);
+        let ok = loop {
+            let soon = Instant::now();
+            let p = Self::join_all(&mut self.producers, soon);
+            let c = Self::join_all(&mut self.consumers[..first_final as usize - 1], soon);
+            if p && c {
+                break true;
+            }
+            if self.held_too_long() {
+                self.kill("final drain");
+                return;
+            }
+            if Instant::now() > deadline {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
         if !ok {
             self.violation(
                 Kind::Hang,
