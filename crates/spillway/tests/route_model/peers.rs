@@ -487,8 +487,6 @@ pub struct ConsumerResult {
     /// relay to reset us.
     pub giveback_t: Option<u64>,
     pub end: ConsumerEnd,
-    /// The stall, if it happened (start t).
-    pub stalled_t: Option<u64>,
 }
 
 /// The final consumer reads until `leave` is set, then leaves cleanly.
@@ -512,7 +510,6 @@ pub fn run_consumer(
         unread_at_reset: Vec::new(),
         giveback_t: None,
         end: ConsumerEnd::NeverConnected,
-        stalled_t: None,
     };
     let rcvbuf = until.is_none().then_some(spec.rcvbuf);
     let Some(mut s) = connect_from(ip(2, idx), sh.sink, rcvbuf, spec.mss, &sh) else {
@@ -567,7 +564,6 @@ pub fn run_consumer(
             if start.elapsed() >= Duration::from_millis(u64::from(st.at_ms)) {
                 stalled = true;
                 let t = tick();
-                res.stalled_t = Some(t);
                 if st.is_long() {
                     res.giveback_t.get_or_insert(t);
                 }

@@ -72,9 +72,11 @@ pub struct IncEnd {
     pub first_op: usize,
     pub end_op: usize,
     pub kind: EndKind,
-    /// When it started, and when its end began (stop requested, crash).
+    /// When it started, when its end began (stop requested, crash), and
+    /// when the end was complete (`serve` returned, or the process died).
     pub start_t: u64,
     pub t: u64,
+    pub done_t: u64,
     /// `serve`'s result, when it returned.
     pub result: Option<Result<(), String>>,
     pub fsync_fault: bool,
@@ -474,6 +476,7 @@ impl<'a> Runner<'a> {
             kind,
             start_t: inc.start_t,
             t,
+            done_t: tick(),
             result,
             fsync_fault: inc.fsync_fault,
             snapshot,

@@ -109,7 +109,6 @@ impl Hist {
             unread_at_reset: Vec::new(),
             giveback_t,
             end,
-            stalled_t: None,
         });
         self.out.consumers.last_mut().expect("just pushed")
     }
