@@ -28,10 +28,12 @@
 //! - a message arrives twice only after the earlier receiver ended
 //!   abortively or the relay requeued its messages, after one of the two
 //!   receivers outlived a stop of its incarnation (it gets what was in
-//!   flight to it late), after a crash, or after an end that left the spool
+//!   flight to it late), after a crash, after an end that left the spool
 //!   not cleanly closed (a failed fsync: the cursor is older than what was
-//!   delivered); per connection blamed, at most `redeliver_on_reset` + the
-//!   in-flight bound + one message of them;
+//!   delivered), or after a restart that found it still in the spool (the
+//!   spool keeps one ack floor: a message delivered above a lower one still
+//!   held is sent again); per connection blamed, at most
+//!   `redeliver_on_reset` + the in-flight bound + one message of them;
 //! - under `when_full = block` the relay never drops a batch it read
 //!   (`reason=refused`), and a producer whose EOF it read had all its
 //!   messages accepted.
@@ -147,7 +149,13 @@ impl Ctx<'_> {
             ),
             None => "relay: no close line".into(),
         };
-        format!("{} [ended {:?}; {relay}]", self.cop(c), r.end)
+        format!(
+            "{} [t={}..{}, ended {:?}; {relay}]",
+            self.cop(c),
+            r.connected_t,
+            r.end_t,
+            r.end
+        )
     }
 
     /// A clock value, with the incarnation it fell in.
@@ -641,6 +649,18 @@ fn duplicates(ctx: &Ctx<'_>, found: &mut Vec<Violation>) {
         .max()
         .unwrap_or(0);
     let budget = redeliver + INFLIGHT_BOUND + MAX_MESSAGE;
+    // What each end left in the spool from its ack floor: a restart sends
+    // it again, delivered or not (one floor per spool: a message delivered
+    // above a lower one still held is sent again after a restart).
+    let pending: Vec<(u64, HashSet<MsgId>)> = ctx
+        .out
+        .ends
+        .iter()
+        .filter_map(|e| {
+            let s = e.snapshot.as_ref().ok()?;
+            Some((e.done_t, s.iter().copied().collect()))
+        })
+        .collect();
     let mut charged: HashMap<u32, u64> = HashMap::new();
     let mut unexplained: Vec<String> = Vec::new();
     for (id, list) in &ctx.receipts {
@@ -655,6 +675,9 @@ fn duplicates(ctx: &Ctx<'_>, found: &mut Vec<Violation>) {
             }
             if ctx.crash_between(prev.0, cur.0).is_some()
                 || ctx.out.dirty.iter().any(|&t| prev.0 < t && t < cur.0)
+                || pending
+                    .iter()
+                    .any(|(t, ids)| prev.0 < *t && *t < cur.0 && ids.contains(id))
             {
                 continue;
             }

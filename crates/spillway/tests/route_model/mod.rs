@@ -88,10 +88,13 @@ pub fn report(case: &Case, out: &Outcome, took: Duration) -> String {
         };
         let _ = writeln!(
             s,
-            "    #{} ops {}..{} {:?}: ended {:?}, serve {res}{}; {snap}",
+            "    #{} ops {}..{} t={}..{}..{} {:?}: ended {:?}, serve {res}{}; {snap}",
             e.inc,
             e.first_op,
             e.end_op,
+            e.start_t,
+            e.t,
+            e.done_t,
             e.cfg,
             e.kind,
             if e.fsync_fault {
