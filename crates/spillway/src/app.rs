@@ -121,6 +121,10 @@ pub struct AppState {
     /// Routes of the configuration that are not serving yet (starting, or
     /// waiting for an old route to let go of an address or spool).
     pending: AtomicUsize,
+    /// Routes of the configuration that failed to start at a reload (their
+    /// address or spool is taken, a file is missing): not ready until a
+    /// later reload starts or removes them.
+    down: Mutex<std::collections::BTreeSet<String>>,
     /// The process-wide shutdown token: draining (and not ready) from the
     /// moment a signal cancels it.
     shutdown: CancellationToken,
@@ -144,6 +148,7 @@ impl AppState {
         AppState {
             routes: Mutex::new(Vec::new()),
             pending: AtomicUsize::new(0),
+            down: Mutex::new(std::collections::BTreeSet::new()),
             drain_started: AtomicBool::new(false),
             shutdown,
             reloads: Default::default(),
@@ -166,7 +171,17 @@ impl AppState {
 
     /// Ready: every configured route is serving, and not shutting down.
     pub fn ready(&self) -> bool {
-        !self.draining() && self.pending.load(Ordering::Relaxed) == 0
+        !self.draining() && self.pending.load(Ordering::Relaxed) == 0 && self.down_lock().is_empty()
+    }
+
+    /// A configured route that is not running, if any (for `/readyz`).
+    pub fn first_down(&self) -> Option<String> {
+        self.down_lock().iter().next().cloned()
+    }
+
+    fn down_lock(&self) -> MutexGuard<'_, std::collections::BTreeSet<String>> {
+        // Single inserts and removes: a panic cannot tear the set.
+        self.down.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn draining(&self) -> bool {
@@ -443,13 +458,30 @@ async fn start_queue(
     })
 }
 
+/// One spelling per spool directory (`./spool/`, `spool` and a symlink to
+/// it are the same directory): the real path when it exists, else the path
+/// with `.` and repeated or trailing separators removed.
+fn spool_key(p: &Path) -> PathBuf {
+    if let Ok(real) = std::fs::canonicalize(p) {
+        return real;
+    }
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().map_or_else(|_| p.to_path_buf(), |d| d.join(p))
+    };
+    abs.components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect()
+}
+
 /// Addresses a route listens on and the spool it owns: what a new route
 /// must not take while an old one still holds it.
 fn claims(route: &Route) -> Vec<String> {
     match route {
         Route::Stream(r) => vec![format!("listen {}", r.listen)],
         Route::Queue(q) => {
-            let mut v = vec![format!("spool {}", q.spool.display())];
+            let mut v = vec![format!("spool {}", spool_key(&q.spool).display())];
             for e in [&q.from, &q.to] {
                 if let Endpoint::Listen(a) = e {
                     v.push(format!("listen {a}"));
@@ -622,6 +654,7 @@ impl Supervisor {
         for name in gone {
             removed += 1;
             info!(route = %name, "route removed; draining");
+            self.state.down_lock().remove(&name);
             self.retire(&name);
         }
 
@@ -724,9 +757,13 @@ impl Supervisor {
             }
             let stop = self.shutdown.child_token();
             match start(&route, &stop, &self.state, self.drain).await {
-                Ok(s) => self.launch(route, stop, s),
+                Ok(s) => {
+                    self.state.down_lock().remove(route.name());
+                    self.launch(route, stop, s);
+                }
                 Err(e) => {
                     error!(route = %route.name(), "{e:#}; the route is not running");
+                    self.state.down_lock().insert(route.name().to_string());
                     result = ReloadResult::Failure;
                 }
             }

@@ -336,6 +336,12 @@ fn respond(
                 text(StatusCode::OK, "ready\n")
             } else if state.draining() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready: draining\n")
+            } else if let Some(route) = state.first_down() {
+                with_type(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: route '{route}' is not running (see the log)\n"),
+                    "text/plain; charset=utf-8",
+                )
             } else {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
