@@ -193,6 +193,10 @@ struct Inner {
     notify: RwLock<Option<NotifyFn>>,
     poisoned: AtomicBool,
     written: AtomicU64,
+    /// Reported by the owner: everything below was delivered, though the
+    /// spool may keep some of it (`ack` waits for redelivery windows).
+    /// Only the numbers in `stats` use it.
+    delivered: AtomicU64,
     st: Counters,
 }
 
@@ -321,6 +325,7 @@ impl Spool {
             cursor_io: Mutex::new(()),
             reserve_io: Mutex::new(()),
             written: AtomicU64::new(core.written_lsn),
+            delivered: AtomicU64::new(core.floor),
             sync: Mutex::new(SyncState {
                 durable_lsn: core.written_lsn,
                 syncing: false,
@@ -615,6 +620,23 @@ impl Spool {
         Ok(())
     }
 
+    /// Everything below `upto` was delivered, even if some of it is kept
+    /// (not acknowledged yet) to be sent again should its consumer reset.
+    /// Only the depth and age in [`stats`](Spool::stats) use it: they count
+    /// what is waiting for delivery, not what is kept. It may go down (a
+    /// reset consumer's window is waiting again); the caller serializes.
+    pub fn mark_delivered(&self, upto: u64) {
+        self.inner.delivered.store(upto, Ordering::Relaxed);
+    }
+
+    /// Whether an append is waiting for space right now (`when_full =
+    /// block` at `max_disk` or on a full file system): the owner should
+    /// acknowledge everything it can, including what it keeps only for
+    /// redelivery.
+    pub fn space_wanted(&self) -> bool {
+        lock(&self.inner.core).space_waiters > 0
+    }
+
     /// Lowest unacknowledged sequence number still held.
     pub fn ack_floor(&self) -> u64 {
         lock(&self.inner.core).floor
@@ -688,20 +710,36 @@ impl Spool {
         let inner = &*self.inner;
         let core = lock(&inner.core);
         let mut s = inner.st.snapshot();
-        s.mem_msgs = core.mem.len() as u64;
-        s.mem_bytes = core.mem_bytes;
+        // Depth and age count from the delivered position; what the spool
+        // keeps below it (redelivery windows) is not waiting.
+        let from = inner
+            .delivered
+            .load(Ordering::Relaxed)
+            .clamp(core.floor, core.next_seq);
+        let skip = usize::try_from(from.saturating_sub(core.mem_first))
+            .unwrap_or(usize::MAX)
+            .min(core.mem.len());
+        let kept: u64 = core
+            .mem
+            .iter()
+            .take(skip)
+            .map(|m| m.data.len() as u64)
+            .sum();
+        s.mem_msgs = (core.mem.len() - skip) as u64;
+        s.mem_bytes = core.mem_bytes - kept;
         s.mem_reserved = core.mem_capacity;
-        s.disk_msgs = disk_msgs(&core);
+        s.disk_msgs = disk_msgs(&core, from);
         s.disk_bytes = core.disk_bytes;
         s.segments = core.segs.len() as u64;
         s.next_seq = core.next_seq;
-        s.ack_floor = core.floor;
+        s.ack_floor = from;
+        s.retain_floor = core.floor;
         s.cursor_dirty = core.cursor_owed.is_some();
         s.poisoned = inner.poisoned.load(Ordering::Relaxed);
-        let oldest_ms = if let Some(m) = core.mem.front() {
+        let oldest_ms = if let Some(m) = core.mem.get(skip) {
             Some(m.ms)
-        } else if disk_msgs(&core) > 0 {
-            oldest_disk_ms(&core)
+        } else if s.disk_msgs > 0 {
+            oldest_disk_ms(&core, from)
         } else {
             None
         };
@@ -776,22 +814,26 @@ fn encoded_len(data: &[u8]) -> u64 {
     (varint_len(data.len() as u32) + data.len()) as u64
 }
 
-fn disk_msgs(core: &Core) -> u64 {
+/// Messages on disk at or above `from` (at least the floor).
+fn disk_msgs(core: &Core, from: u64) -> u64 {
     match core.segs.front() {
-        Some(s) => core.disk_end.saturating_sub(core.floor.max(s.first_seq)),
+        Some(s) => core
+            .disk_end
+            .saturating_sub(from.max(core.floor).max(s.first_seq)),
         None => 0,
     }
 }
 
-/// Append time of (about) the oldest unacknowledged message on disk: the
-/// latest index sample at or below the floor, at most 1 MiB of log early.
-fn oldest_disk_ms(core: &Core) -> Option<u64> {
+/// Append time of (about) the oldest message on disk at or above `from`:
+/// the latest index sample at or below it, at most 1 MiB of log early.
+fn oldest_disk_ms(core: &Core, from: u64) -> Option<u64> {
+    let from = from.max(core.floor);
     let pos = core
         .segs
-        .partition_point(|s| s.first_seq <= core.floor)
+        .partition_point(|s| s.first_seq <= from)
         .saturating_sub(1);
     let seg = core.segs.get(pos)?;
-    let i = seg.index.partition_point(|e| e.seq <= core.floor);
+    let i = seg.index.partition_point(|e| e.seq <= from);
     Some(match i.checked_sub(1).and_then(|i| seg.index.get(i)) {
         Some(e) => e.ms,
         None => seg.created_ms,

@@ -19,7 +19,12 @@ pub struct SpoolStats {
     pub disk_bytes: u64,
     pub segments: u64,
     pub next_seq: u64,
+    /// Everything below was delivered (see `Spool::mark_delivered`); depth
+    /// and age count from here.
     pub ack_floor: u64,
+    /// Everything below was acknowledged and may be deleted; between the
+    /// two floors, delivered messages kept for redelivery.
+    pub retain_floor: u64,
     /// Age of the oldest unacknowledged message (for the disk tier, measured
     /// from a record at most about 1 MiB of log before it: an upper bound).
     pub oldest_age: Option<Duration>,

@@ -24,10 +24,18 @@
 //! Each consumer also keeps a redelivery window: the last `redeliver`
 //! bytes it delivered, which go back to the queue if it resets (its kernel
 //! acknowledged them, but they may have been unread in its receive
-//! buffer). The window lives in memory only: the floor does not wait for
-//! it, so queue depth and the spool mean "not yet delivered", and a restart
-//! does not bring those messages back (the documented `redeliver_on_reset`
-//! window of the guarantees).
+//! buffer). So there are two floors:
+//! - the **delivered floor** ([`Dispatch::delivered_floor`]): below it,
+//!   everything reached a consumer's TCP; queue depth counts from here;
+//! - the **retention floor** ([`Dispatch::floor`], what the spool is
+//!   acknowledged up to): it also waits for the windows of connected
+//!   consumers, so a window survives a relay restart or crash (re-sent from
+//!   the spool, as duplicates) instead of living in memory only. A consumer
+//!   that leaves cleanly drops its window, and the floor moves on. When the
+//!   disk is wanted (an append waits for space), the windows stop holding
+//!   the floor ([`Dispatch::release_windows`]): they are still re-sent on a
+//!   reset, from memory, but no longer kept on disk, so windows can never
+//!   wedge a full spool.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -64,37 +72,59 @@ impl Held {
 /// What one consumer holds: its takes in stream order. Each take is
 /// ascending by sequence (a spool read, or given-back messages lowest
 /// first), so the lowest held sequence is the least front of a few takes.
+/// The redelivery window is kept as ascending runs for the same reason.
 #[derive(Debug, Default)]
 struct Holding {
     takes: VecDeque<VecDeque<Held>>,
     /// Stream offset where the last assigned message ends.
     end: u64,
-    /// The redelivery window: delivered messages, oldest first.
-    recent: VecDeque<Message>,
+    /// The redelivery window: delivered messages, oldest first, in runs
+    /// of ascending sequence.
+    recent: VecDeque<VecDeque<Message>>,
     recent_bytes: u64,
 }
 
+/// The least front of a few ascending runs.
+fn least_front<T>(runs: &VecDeque<VecDeque<T>>, seq: impl Fn(&T) -> u64) -> Option<u64> {
+    runs.iter().filter_map(|r| r.front().map(&seq)).min()
+}
+
 impl Holding {
-    fn lowest(&self) -> Option<u64> {
-        self.takes
-            .iter()
-            .filter_map(|t| t.front().map(|h| h.seq))
-            .min()
+    /// The lowest sequence it holds undelivered.
+    fn lowest_held(&self) -> Option<u64> {
+        least_front(&self.takes, |h| h.seq)
+    }
+
+    /// The lowest sequence it holds undelivered or in its window.
+    fn lowest_kept(&self) -> Option<u64> {
+        let window = least_front(&self.recent, |m| m.seq);
+        match (self.lowest_held(), window) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 
 /// Keeps `m` in a redelivery window of `limit` bytes.
-fn remember(recent: &mut VecDeque<Message>, bytes: &mut u64, m: Message, limit: u64) {
+fn remember(recent: &mut VecDeque<VecDeque<Message>>, bytes: &mut u64, m: Message, limit: u64) {
     if limit == 0 {
         return;
     }
     *bytes += m.data.len() as u64;
-    recent.push_back(m);
+    match recent.back_mut() {
+        Some(run) if run.back().is_some_and(|b| b.seq < m.seq) => run.push_back(m),
+        _ => recent.push_back(VecDeque::from([m])),
+    }
     while *bytes > limit {
-        let Some(old) = recent.pop_front() else {
+        let Some(run) = recent.front_mut() else {
             break;
         };
-        *bytes -= old.data.len() as u64;
+        if let Some(old) = run.pop_front() {
+            *bytes -= old.data.len() as u64;
+        }
+        if run.is_empty() {
+            recent.pop_front();
+        }
     }
 }
 
@@ -108,6 +138,8 @@ pub struct Dispatch {
     next_id: ConsumerId,
     /// Bytes of each consumer's redelivery window.
     redeliver: u64,
+    /// Whether the windows hold the retention floor (see the module docs).
+    windows_pinned: bool,
     /// Last floor reported (never goes down).
     acked: u64,
 }
@@ -123,6 +155,7 @@ impl Dispatch {
             consumers: HashMap::new(),
             next_id: 1,
             redeliver,
+            windows_pinned: true,
             acked: start,
         }
     }
@@ -263,7 +296,7 @@ impl Dispatch {
     pub fn leave(&mut self, consumer: ConsumerId, abortive: bool) -> (Option<u64>, usize) {
         let mut n = 0;
         if let Some(h) = self.consumers.remove(&consumer) {
-            let again = abortive.then_some(h.recent).into_iter().flatten();
+            let again = abortive.then_some(h.recent).into_iter().flatten().flatten();
             for m in again {
                 n += 1;
                 self.returned.insert(m.seq, m);
@@ -281,14 +314,43 @@ impl Dispatch {
         !self.returned.is_empty()
     }
 
-    /// The lowest sequence anyone still needs: unread, given back, or held.
+    /// The retention floor: the lowest sequence anyone still needs
+    /// (unread, given back, held, or in a connected consumer's window).
     pub fn floor(&self) -> u64 {
+        if self.windows_pinned {
+            self.lowest_of(Holding::lowest_kept)
+        } else {
+            self.delivered_floor()
+        }
+    }
+
+    /// The spool needs the space: the windows stop holding the floor (they
+    /// stay in memory for a reset consumer) until [`Dispatch::pin_windows`].
+    /// Returns the new floor if it moved.
+    pub fn release_windows(&mut self) -> Option<u64> {
+        self.windows_pinned = false;
+        self.advance()
+    }
+
+    /// Space is no longer short: windows hold the floor again (from what
+    /// they hold now on; the floor never goes back).
+    pub fn pin_windows(&mut self) {
+        self.windows_pinned = true;
+    }
+
+    /// The delivered floor: the lowest sequence that is unread, given
+    /// back, or held undelivered (queue depth counts from here).
+    pub fn delivered_floor(&self) -> u64 {
+        self.lowest_of(Holding::lowest_held)
+    }
+
+    fn lowest_of(&self, consumer: impl Fn(&Holding) -> Option<u64>) -> u64 {
         let mut f = self.next_read;
         if let Some((&s, _)) = self.returned.first_key_value() {
             f = f.min(s);
         }
         for h in self.consumers.values() {
-            if let Some(l) = h.lowest() {
+            if let Some(l) = consumer(h) {
                 f = f.min(l);
             }
         }
@@ -427,6 +489,10 @@ mod tests {
         Cut(usize, u8),
         /// Consumer; whether its last delivered messages are redelivered.
         Leave(usize, bool),
+        /// The spool wants space: windows stop holding the floor.
+        Release,
+        /// Space is back: windows hold the floor again.
+        Pin,
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -436,6 +502,8 @@ mod tests {
             4 => (0..4usize, 0..=100u8).prop_map(|(c, p)| Op::Ack(c, p)),
             1 => (0..4usize, 0..=100u8).prop_map(|(c, p)| Op::Cut(c, p)),
             1 => (0..4usize, any::<bool>()).prop_map(|(c, r)| Op::Leave(c, r)),
+            1 => Just(Op::Release),
+            1 => Just(Op::Pin),
         ]
     }
 
@@ -447,6 +515,9 @@ mod tests {
         acked: u64,
         cut: bool,
         recent: std::collections::VecDeque<Message>,
+        /// Window messages delivered while windows were pinned (and not
+        /// released since): the floor must keep these.
+        pinned: BTreeSet<u64>,
     }
 
     proptest! {
@@ -465,6 +536,7 @@ mod tests {
             let mut holder: HashMap<u64, ConsumerId> = HashMap::new();
             let mut floor = 0u64;
             let mut given_back: BTreeSet<u64> = BTreeSet::new();
+            let mut pinned = true;
             for op in ops {
                 match op {
                     Op::Join => conns.push((d.join(), Conn::default())),
@@ -502,9 +574,16 @@ mod tests {
                         for m in got {
                             undelivered.remove(&m.seq);
                             holder.remove(&m.seq);
+                            // (A message the floor passed during a release
+                            // is gone from the spool: nothing can keep it.)
+                            if pinned && m.seq >= floor {
+                                conn.pinned.insert(m.seq);
+                            }
                             conn.recent.push_back(m);
                             while conn.recent.iter().map(|m| m.data.len() as u64).sum::<u64>() > WINDOW {
-                                conn.recent.pop_front();
+                                if let Some(old) = conn.recent.pop_front() {
+                                    conn.pinned.remove(&old.seq);
+                                }
                             }
                         }
                         conn.acked = to;
@@ -539,12 +618,38 @@ mod tests {
                             given_back.insert(s.0);
                         }
                     }
+                    Op::Release => {
+                        pinned = false;
+                        for (_, conn) in conns.iter_mut() {
+                            conn.pinned.clear();
+                        }
+                        if let Some(f) = d.release_windows() {
+                            prop_assert!(f > floor);
+                            floor = f;
+                        }
+                        prop_assert_eq!(floor.max(d.floor()), d.delivered_floor().max(floor));
+                    }
+                    Op::Pin => {
+                        pinned = true;
+                        d.pin_windows();
+                    }
                 }
-                // The floor never passes a message nobody received.
+                // Neither floor passes a message nobody received.
                 if let Some(&lowest) = undelivered.first() {
                     prop_assert!(floor <= lowest,
                         "floor {} passed undelivered message {}", floor, lowest);
+                    prop_assert!(d.delivered_floor() <= lowest,
+                        "delivered floor {} passed undelivered message {}",
+                        d.delivered_floor(), lowest);
                 }
+                // The retention floor keeps every connected consumer's
+                // window (re-sent from the spool after a restart).
+                for (_, conn) in &conns {
+                    if let Some(&w) = conn.pinned.first() {
+                        prop_assert!(floor <= w, "floor {} passed window message {}", floor, w);
+                    }
+                }
+                prop_assert!(d.floor() <= d.delivered_floor());
             }
         }
     }

@@ -466,6 +466,38 @@ impl QueueServer {
         self.dispatch.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Redelivery windows hold the spool's floor only while no append waits
+    /// for space: a full spool releases them at once (they stay in memory),
+    /// and they hold it again after five seconds without pressure.
+    fn watch_space(&self, windows: &mut Windows) {
+        let wanted = self.spool.space_wanted();
+        match (*windows, wanted) {
+            (Windows::Pinned, true) => {
+                *windows = Windows::Released { quiet_since: None };
+                let floor = self.dispatch().release_windows();
+                if let Some(f) = floor {
+                    self.ack(f);
+                }
+            }
+            (Windows::Released { .. }, true) => *windows = Windows::Released { quiet_since: None },
+            (Windows::Released { quiet_since: None }, false) => {
+                *windows = Windows::Released {
+                    quiet_since: Some(Instant::now()),
+                }
+            }
+            (
+                Windows::Released {
+                    quiet_since: Some(t),
+                },
+                false,
+            ) if t.elapsed() >= Duration::from_secs(5) => {
+                self.dispatch().pin_windows();
+                *windows = Windows::Pinned;
+            }
+            _ => {}
+        }
+    }
+
     /// What ends a side: `stop` for producers, `cut` (later) for consumers.
     fn stop_token(&self, role: Role) -> &CancellationToken {
         match role {
@@ -534,12 +566,14 @@ impl QueueServer {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut full = FullDiskWatch::new();
         let mut ticks = 0u32;
+        let mut windows = Windows::Pinned;
         loop {
             tokio::select! {
                 _ = tick.tick() => {
                     if let Err(e) = tokio::task::block_in_place(|| self.spool.tick()) {
                         self.fail("spool tick", &e);
                     }
+                    self.watch_space(&mut windows);
                     ticks = ticks.wrapping_add(1);
                     if ticks.is_multiple_of(50) {
                         let wanted = self.spool.config().memory_limit;
@@ -617,6 +651,17 @@ impl QueueServer {
             None => Ok(()),
         }
     }
+}
+
+/// Whether redelivery windows hold the spool's floor (see
+/// `QueueServer::watch_space`).
+#[derive(Clone, Copy)]
+enum Windows {
+    Pinned,
+    /// Released under pressure; since when no append waited for space.
+    Released {
+        quiet_since: Option<Instant>,
+    },
 }
 
 /// Says (rate-limited) when the disk is too full for the spool's cursor

@@ -186,7 +186,12 @@ impl QueueServer {
             wire.ends_cleanly();
         }
         drop(wire);
-        let (floor, redelivered) = self.dispatch().leave(id, end.is_abortive());
+        let (floor, redelivered) = {
+            let mut dispatch = self.dispatch();
+            let r = dispatch.leave(id, end.is_abortive());
+            self.spool.mark_delivered(dispatch.delivered_floor());
+            r
+        };
         self.stats
             .messages_redelivered
             .fetch_add(redelivered as u64, Ordering::Relaxed);
@@ -203,7 +208,7 @@ impl QueueServer {
               "consumer closed");
     }
 
-    fn ack(&self, floor: u64) {
+    pub(super) fn ack(&self, floor: u64) {
         if let Err(e) = tokio::task::block_in_place(|| self.spool.ack(floor)) {
             self.fail("ack", &e);
         }
@@ -397,11 +402,18 @@ impl QueueServer {
         let mut moved = 0u64;
         let mut bytes = 0u64;
         let mut latency = LatencyTally::new(&self.stats.delivery_latency);
-        let floor = self.dispatch().acked(d.id, acked, |m| {
-            moved += 1;
-            bytes += m.data.len() as u64;
-            latency.add_with(&self.stats.delivery_latency, m.append_ms);
-        });
+        let floor = {
+            let mut dispatch = self.dispatch();
+            let floor = dispatch.acked(d.id, acked, |m| {
+                moved += 1;
+                bytes += m.data.len() as u64;
+                latency.add_with(&self.stats.delivery_latency, m.append_ms);
+            });
+            if moved > 0 {
+                self.spool.mark_delivered(dispatch.delivered_floor());
+            }
+            floor
+        };
         if let Some(f) = floor {
             self.ack(f);
         }
