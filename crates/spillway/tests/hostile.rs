@@ -548,3 +548,89 @@ fn the_memory_tier_survives_sigterm_after_its_reserve_file_was_deleted() {
     );
     assert_eq!(terminate(&mut relay), Some(0));
 }
+
+/// README: at SIGTERM "producers are no longer read (what their sockets
+/// already held is queued)", and the drain is bounded by `drain_timeout`.
+/// The drain reads a producer's socket until a read would block, without a
+/// bound: a producer that keeps sending is read for as long as it outpaces
+/// the relay, past the drain timeout and the 10 s grace after it, into
+/// memory (GiBs of RSS: everything read is held in one buffer before it is
+/// appended); then the spool is closed under it and millions of lines read
+/// after the signal are "lost".
+#[test]
+fn sigterm_stops_reading_producers_that_keep_sending() {
+    let _serial = heavy();
+    let dir = tempfile::tempdir().expect("dir");
+    let spool = dir.path().join("spool");
+    let [pp, cp, ap] = free_ports();
+    let admin = format!("[admin]\nlisten = \"127.0.0.1:{ap}\"\n");
+    let text = std::fs::read_to_string(queue_config(
+        dir.path(),
+        pp,
+        cp,
+        &spool,
+        "1s",
+        "fsync = \"never\"",
+    ))
+    .expect("config");
+    let config = write_config(dir.path(), &format!("{admin}{text}"));
+    let mut relay = start(&config, pp, cp);
+    common::wait_admin(&mut relay, addr(ap));
+
+    // Producers that write as fast as they can, each at most 512 MiB (the
+    // relay may hold all of it in memory).
+    const PRODUCERS: usize = 4;
+    let chunk = Arc::new(lines(0, 10_000));
+    let stop = Arc::new(AtomicBool::new(false));
+    let floods: Vec<JoinHandle<()>> = (0..PRODUCERS)
+        .map(|_| {
+            let (chunk, stop) = (Arc::clone(&chunk), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr(pp)).expect("producer");
+                let give_up = Instant::now() + Duration::from_secs(60);
+                let mut sent = 0usize;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < give_up && sent < 512 << 20
+                {
+                    if s.write_all(&chunk).is_err() {
+                        return;
+                    }
+                    sent += chunk.len();
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let metric = |body: &str, name: &str| -> u64 {
+        body.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    };
+    let (_, body) = common::http_get(addr(ap), "/metrics");
+    let before = metric(&body, "spillway_messages_in_total");
+    let code = terminate(&mut relay);
+    stop.store(true, Ordering::Relaxed);
+    for f in floods {
+        f.join().expect("producer thread");
+    }
+    let log = relay.log_text();
+    let read_after = sum_field(&log, "producer closed", "messages").saturating_sub(before)
+        + sum_field(&log, "could not be queued", "lost");
+    // What two sockets can hold (4 MiB receive buffers, doubled by the
+    // kernel), with room to spare for the last reads before the signal.
+    let bound = (PRODUCERS * (32 << 20) / LINE) as u64;
+    assert!(
+        code == Some(0) && read_after <= bound,
+        "exit code {code:?}; {read_after} lines read from producers after SIGTERM \
+         (their sockets could hold about {} lines):\n{}",
+        (PRODUCERS * (8 << 20) / LINE),
+        log.lines()
+            .filter(|l| l.contains("producer closed")
+                || l.contains("lost")
+                || l.contains("drain")
+                || l.contains("still running"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
