@@ -634,3 +634,72 @@ fn sigterm_stops_reading_producers_that_keep_sending() {
             .join("\n")
     );
 }
+
+/// README, reload: "a changed queue route ... the new one starts as soon as
+/// the old one has released its addresses and spool". Whether the old route
+/// still holds the spool is decided by comparing the paths as strings, so a
+/// reload that moves the ports and writes the same spool directory another
+/// way (a trailing slash, `./`, a symlink) starts the new route while the
+/// old one is still draining: the spool is locked, the reload "fails", and
+/// the queue route is gone until the next reload. Meanwhile `/readyz` says
+/// 200 ("every configured route is serving") with no route at all.
+#[test]
+fn a_reload_that_respells_the_spool_path_still_waits_for_the_old_route() {
+    let _serial = heavy();
+    let dir = tempfile::tempdir().expect("dir");
+    let spool = dir.path().join("spool");
+    let [pp, cp, ap, pp2, cp2] = free_ports();
+    let write = |pp: u16, cp: u16, spool: &str| {
+        let text = std::fs::read_to_string(queue_config(
+            dir.path(),
+            pp,
+            cp,
+            Path::new(spool),
+            "3s",
+            "memory = \"1MiB\"",
+        ))
+        .expect("config");
+        write_config(
+            dir.path(),
+            &format!("[admin]\nlisten = \"127.0.0.1:{ap}\"\n{text}"),
+        )
+    };
+    let config = write(pp, cp, &spool.display().to_string());
+    let mut relay = start(&config, pp, cp);
+    let mut p = TcpStream::connect(addr(pp)).expect("producer");
+    p.write_all(&lines(0, 20_000)).expect("produce");
+    p.shutdown(Shutdown::Write).expect("FIN");
+    relay.wait_log("producer closed");
+    // A consumer that reads nothing keeps the old route draining for its
+    // drain timeout.
+    let stalled = {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        s.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        s.connect(&addr(cp).into()).expect("consumer");
+        TcpStream::from(s)
+    };
+    relay.wait_log("consumer connected");
+
+    write(pp2, cp2, &format!("{}/", spool.display()));
+    relay.signal("HUP");
+    relay.wait_log("configuration reloaded");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let serving = loop {
+        if TcpStream::connect(addr(pp2)).is_ok() {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (ready, _) = common::http_get(addr(ap), "/readyz");
+    drop(stalled);
+    assert!(
+        serving,
+        "the reloaded queue route never started (/readyz said {ready}):\n{}",
+        relay.log_text()
+    );
+    assert_eq!(terminate(&mut relay), Some(0));
+}
