@@ -133,5 +133,5 @@ pub use error::{FullReason, SpoolError};
 pub use format::MAX_MESSAGE_LIMIT;
 pub use inspect::{dump, inspect, verify, Inspection, SegmentInfo, VerifyProblem, VerifyReport};
 pub use recovery::{CursorRecovery, RecoveryReport};
-pub use spool::{is_locked, AppendOutcome, Message, Spool, Tier, LOCK_FILE};
+pub use spool::{is_locked, AppendOutcome, Message, Spool, Tier, Tunables, LOCK_FILE};
 pub use stats::{Histogram, HistogramSnapshot, SpoolStats, FSYNC_BUCKETS};

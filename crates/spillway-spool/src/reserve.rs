@@ -2,14 +2,21 @@
 //! the memory tier. `close` deletes it and writes the memory tier into the
 //! space it freed, so a graceful shutdown on a full disk loses nothing.
 //!
+//! The spool keeps the file open while it runs, so deleting it (the
+//! largest file in the directory, the first thing someone freeing space
+//! removes) does not give its space away: the space is freed when the
+//! spool drops the handle, at `close`. A truncated reserve is noticed at
+//! the next `tick` and grown back, or the memory tier shrinks to fit.
+//!
 //! The file holds no data (allocated blocks, or filler bytes where
 //! `fallocate` is not supported) and is not part of the log:
 //! recovery, `inspect`, `verify` and `dump` only look at `*.seg` files. A
 //! crash leaves it behind; the next open reuses it.
 
 use std::path::Path;
+use std::sync::Arc;
 
-use crate::fs::{is_no_space, Fs};
+use crate::fs::{is_no_space, Fs, SegmentFile};
 use crate::SpoolError;
 
 /// Name of the reserve file in a spool directory.
@@ -19,21 +26,26 @@ pub(crate) const RESERVE_FILE: &str = "reserve";
 /// earlier run, grows it, or truncates it; `target == 0` removes it.
 /// Returns the bytes it holds, less than `target` when the file system ran
 /// out of space (`ENOSPC`/`EDQUOT`, not an error: the memory tier shrinks to
-/// fit). Other I/O errors are errors.
+/// fit), and the open file, to be held while the spool runs. Other I/O
+/// errors are errors.
 ///
 /// Not fsynced: the space is taken when it is allocated, which is all a
 /// running spool needs; after a crash, open checks the length again.
-pub(crate) fn ensure(fs: &dyn Fs, dir: &Path, target: u64) -> Result<u64, SpoolError> {
+pub(crate) fn ensure(
+    fs: &dyn Fs,
+    dir: &Path,
+    target: u64,
+) -> Result<(u64, Option<Arc<dyn SegmentFile>>), SpoolError> {
     let path = dir.join(RESERVE_FILE);
     if target == 0 {
         remove(fs, dir)?;
-        return Ok(0);
+        return Ok((0, None));
     }
     let file = match fs.open(&path, true) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => match fs.create(&path) {
             Ok(f) => f,
-            Err(e) if is_no_space(&e) => return Ok(0),
+            Err(e) if is_no_space(&e) => return Ok((0, None)),
             Err(e) => return Err(SpoolError::io("create", &path, e)),
         },
         Err(e) => return Err(SpoolError::io("open", &path, e)),
@@ -42,16 +54,17 @@ pub(crate) fn ensure(fs: &dyn Fs, dir: &Path, target: u64) -> Result<u64, SpoolE
     if len > target {
         file.set_len(target)
             .map_err(|e| SpoolError::io("truncate", &path, e))?;
-        return Ok(target);
+        return Ok((target, Some(file)));
     }
-    match file.allocate(target) {
-        Ok(()) => Ok(target),
+    let held = match file.allocate(target) {
+        Ok(()) => target,
         Err(e) if is_no_space(&e) => file
             .len()
             .map(|n| n.min(target))
-            .map_err(|e| SpoolError::io("stat", &path, e)),
-        Err(e) => Err(SpoolError::io("allocate", &path, e)),
-    }
+            .map_err(|e| SpoolError::io("stat", &path, e))?,
+        Err(e) => return Err(SpoolError::io("allocate", &path, e)),
+    };
+    Ok((held, Some(file)))
 }
 
 /// Deletes the reserve (if any), giving its space back.

@@ -26,6 +26,39 @@ use crate::reserve;
 use crate::scan::{Scan, Scanner};
 use crate::stats::{Counters, SpoolStats};
 
+/// The settings a running spool takes without reopening
+/// ([`Spool::reconfigure`]); the rest of [`SpoolConfig`] is fixed at open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tunables {
+    pub memory_limit: u64,
+    pub max_disk: u64,
+    pub when_full: WhenFull,
+    pub durability: Durability,
+    pub segment_size: u64,
+}
+
+impl Tunables {
+    fn of(cfg: &SpoolConfig) -> Self {
+        Tunables {
+            memory_limit: cfg.memory_limit,
+            max_disk: cfg.max_disk,
+            when_full: cfg.when_full,
+            durability: cfg.durability,
+            segment_size: cfg.segment_size,
+        }
+    }
+
+    /// Segments at least 4 KiB, and at most a quarter of `max_disk`, so
+    /// space is freed in steps smaller than the bound.
+    fn normalized(mut self) -> Self {
+        self.segment_size = self.segment_size.max(4096);
+        if self.max_disk > 0 {
+            self.segment_size = self.segment_size.min((self.max_disk / 4).max(4096));
+        }
+        self
+    }
+}
+
 /// One message read back from the spool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
@@ -184,7 +217,11 @@ struct Inner {
     /// Held while the reserve file is grown (by `tick`, without the main
     /// lock) or deleted (by `close`).
     reserve_io: Mutex<()>,
+    /// The reserve, held open (see `reserve.rs`); dropped to free its space.
+    reserve_file: Mutex<Option<Arc<dyn SegmentFile>>>,
     cfg: SpoolConfig,
+    /// The settings `reconfigure` may change; read these, not `cfg`'s.
+    live: RwLock<Tunables>,
     fs: Arc<dyn Fs>,
     core: Mutex<Core>,
     space_cv: Condvar,
@@ -305,18 +342,15 @@ impl Spool {
                 config.max_message
             )));
         }
-        if config.segment_size < 4096 {
-            config.segment_size = 4096;
-        }
-        if config.max_disk > 0 {
-            config.segment_size = config.segment_size.min((config.max_disk / 4).max(4096));
-        }
+        let live = Tunables::of(&config).normalized();
+        config.segment_size = live.segment_size;
         let lock = lock_dir(&config.dir)?;
         let st = Counters::default();
         let (mut core, mut report) = recover(&config, &*fs, &st)?;
         // After recovery, which may have freed space by deleting acked
         // segments.
-        core.mem_capacity = reserve::ensure(&*fs, &config.dir, config.memory_limit)?;
+        let (held, reserve_file) = reserve::ensure(&*fs, &config.dir, config.memory_limit)?;
+        core.mem_capacity = held;
         core.reserve_retry_at = Instant::now() + config.reserve_retry;
         report.memory_reserved = core.mem_capacity;
         report.memory_reserve_wanted = config.memory_limit;
@@ -324,6 +358,7 @@ impl Spool {
             dir_lock: Mutex::new(Some(lock)),
             cursor_io: Mutex::new(()),
             reserve_io: Mutex::new(()),
+            reserve_file: Mutex::new(reserve_file),
             written: AtomicU64::new(core.written_lsn),
             delivered: AtomicU64::new(core.floor),
             sync: Mutex::new(SyncState {
@@ -333,6 +368,7 @@ impl Spool {
                 poison: None,
             }),
             core: Mutex::new(core),
+            live: RwLock::new(live),
             cfg: config,
             fs,
             space_cv: Condvar::new(),
@@ -349,9 +385,53 @@ impl Spool {
         ))
     }
 
-    /// The configuration in effect (after normalisation at open).
+    /// The configuration at open (after normalisation); the settings in
+    /// effect now are [`tunables`](Spool::tunables).
     pub fn config(&self) -> &SpoolConfig {
         &self.inner.cfg
+    }
+
+    /// The settings in effect now.
+    pub fn tunables(&self) -> Tunables {
+        self.inner.live()
+    }
+
+    /// Changes the settings of a running spool, for the next appends (a
+    /// reload that leaves the directory, framing and endpoints alone need
+    /// not close the spool, so nothing in flight is disturbed):
+    /// - `memory_limit`: the reserve is grown (by the next `tick`, as far
+    ///   as the disk allows) or shrunk, never below what the memory tier
+    ///   holds now;
+    /// - `max_disk`, `when_full`: the next append's admission; a lower
+    ///   `max_disk` than what is on disk only stops new disk appends;
+    /// - `durability`: the next appends and ticks;
+    /// - `segment_size`: the next roll.
+    pub fn reconfigure(&self, t: Tunables) -> Result<(), SpoolError> {
+        let inner = &*self.inner;
+        inner.check_open()?;
+        let t = t.normalized();
+        let _io = lock(&inner.reserve_io);
+        let mut core = lock(&inner.core);
+        *inner.live.write().unwrap_or_else(|e| e.into_inner()) = t;
+        if t.memory_limit < core.mem_capacity {
+            // Shrink, keeping room for what the memory tier holds.
+            let keep = if core.mem.is_empty() {
+                t.memory_limit
+            } else {
+                segment_size_bound(core.mem_encoded, core.mem.len() as u64).max(t.memory_limit)
+            };
+            if keep < core.mem_capacity {
+                let (held, file) = reserve::ensure(&*inner.fs, &inner.cfg.dir, keep)?;
+                *lock(&inner.reserve_file) = file;
+                core.mem_capacity = held;
+            }
+        } else {
+            // Grow at the next tick.
+            core.reserve_retry_at = Instant::now();
+        }
+        drop(core);
+        inner.space_cv.notify_all();
+        Ok(())
     }
 
     /// Appends a batch as consecutive sequence numbers; on disk the batch is
@@ -405,6 +485,7 @@ impl Spool {
         let mut batch = encode_batch(msgs.iter().copied());
         let need = batch.buf.len() as u64;
         let deadline = cfg.block_timeout.map(|t| Instant::now() + t);
+        let t = inner.live();
         let mut blocked = false;
         let mut dropped_oldest = 0u64;
         let mut core = lock(&inner.core);
@@ -416,7 +497,7 @@ impl Spool {
             // The memory tier takes the batch if, written out by `close`
             // with everything already in it, it still fits the reserve.
             if !disk_pending(&core)
-                && cfg.memory_limit > 0
+                && t.memory_limit > 0
                 && segment_size_bound(
                     core.mem_encoded + batch.encoded_payload(),
                     (core.mem.len() + batch.msgs) as u64,
@@ -439,13 +520,10 @@ impl Spool {
                     None,
                 );
             }
-            if quota == Quota::Applies
-                && cfg.max_disk > 0
-                && need + SEGMENT_HEADER_LEN > cfg.max_disk
-            {
+            if quota == Quota::Applies && t.max_disk > 0 && need + SEGMENT_HEADER_LEN > t.max_disk {
                 return Err(SpoolError::TooLarge {
                     size: need,
-                    limit: cfg.max_disk - SEGMENT_HEADER_LEN,
+                    limit: t.max_disk - SEGMENT_HEADER_LEN,
                 });
             }
             let reason = match inner.write_disk(&mut core, &mut batch, quota)? {
@@ -480,6 +558,7 @@ impl Spool {
                 // reserve being grown right now is left alone.)
                 if reason == FullReason::NoSpace && core.mem.is_empty() && core.mem_capacity > 0 {
                     if let Ok(_io) = inner.reserve_io.try_lock() {
+                        lock(&inner.reserve_file).take();
                         if reserve::remove(&*inner.fs, &inner.cfg.dir).is_ok() {
                             core.mem_capacity = 0;
                             core.reserve_retry_at = Instant::now() + Duration::from_secs(3600);
@@ -502,7 +581,7 @@ impl Spool {
                     tier: None,
                 }
             };
-            match cfg.when_full {
+            match t.when_full {
                 WhenFull::DropNewest => break (refuse(&core, dropped_oldest), None),
                 WhenFull::DropOldest => match inner.drop_oldest(&mut core)? {
                     Some(n) => dropped_oldest += n,
@@ -546,7 +625,7 @@ impl Spool {
             inner.notify();
         }
         if let Some(lsn) = lsn {
-            match cfg.durability {
+            match t.durability {
                 Durability::Always => inner.wait_durable(lsn)?,
                 Durability::Interval(d) => inner.maybe_interval_sync(d)?,
                 Durability::Never => {}
@@ -595,7 +674,7 @@ impl Spool {
             core.mem_encoded -= encoded_len(&m.data);
             core.mem_first += 1;
         }
-        let seg_size = inner.cfg.segment_size;
+        let seg_size = inner.live().segment_size;
         let waiters = core.space_waiters > 0;
         // The unlinks happen under the lock; the directory fsync and the
         // cursor persist after it, so a producer appending meanwhile does
@@ -659,7 +738,7 @@ impl Spool {
         let inner = &*self.inner;
         inner.check_open()?;
         inner.check_poison()?;
-        if let Durability::Interval(d) = inner.cfg.durability {
+        if let Durability::Interval(d) = inner.live().durability {
             inner.maybe_interval_sync(d)?;
         }
         let due = {
@@ -782,6 +861,7 @@ impl Spool {
             // The reserve's space is what the memory tier is written into.
             // Should the unlink fail, the write below may still find room;
             // if it does not, the unlink's error is the cause to report.
+            lock(&inner.reserve_file).take();
             let removed = reserve::remove(&*inner.fs, &inner.cfg.dir);
             if let Err(e) = inner.flush_mem(&mut core) {
                 return Err(not_written(&core, removed.err().unwrap_or(e)));
@@ -791,6 +871,7 @@ impl Spool {
             // A closed spool holds no reserve, and its space helps the
             // cursor write below on a full disk. A reserve that cannot be
             // removed is harmless: the next open reuses it, as after a crash.
+            lock(&inner.reserve_file).take();
             let _ = reserve::remove(&*inner.fs, &inner.cfg.dir);
         }
         // Everything written becomes durable; a reopen starts a new segment.
@@ -877,7 +958,17 @@ impl Inner {
     /// tier is waiting for is not taken from it. The writes run without the
     /// main lock (they can be `memory_limit` bytes).
     fn maybe_grow_reserve(&self) -> Result<(), SpoolError> {
-        let target = self.cfg.memory_limit;
+        let target = self.live().memory_limit;
+        // Someone truncated the reserve: the memory tier may only count on
+        // what is still there, and growing it back is due now.
+        let held = lock(&self.reserve_file).as_ref().map(|f| f.len());
+        if let Some(Ok(len)) = held {
+            let mut core = lock(&self.core);
+            if len < core.mem_capacity {
+                core.mem_capacity = len;
+                core.reserve_retry_at = Instant::now();
+            }
+        }
         {
             let mut core = lock(&self.core);
             let now = Instant::now();
@@ -897,13 +988,18 @@ impl Inner {
         if lock(&self.core).closed {
             return Ok(());
         }
-        let got = reserve::ensure(&*self.fs, &self.cfg.dir, target)?;
+        let (got, file) = reserve::ensure(&*self.fs, &self.cfg.dir, target)?;
+        *lock(&self.reserve_file) = file;
         lock(&self.core).mem_capacity = got;
         Ok(())
     }
 
+    fn live(&self) -> Tunables {
+        *self.live.read().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn fsync_enabled(&self) -> bool {
-        self.cfg.durability != Durability::Never
+        self.live().durability != Durability::Never
     }
 
     fn notify(&self) {
@@ -1188,13 +1284,15 @@ impl Inner {
     ) -> Result<WriteResult, SpoolError> {
         let need = batch.buf.len() as u64;
         let roll = match (core.active, core.segs.back()) {
-            (true, Some(s)) => s.len > SEGMENT_HEADER_LEN && s.len + need > self.cfg.segment_size,
+            (true, Some(s)) => {
+                s.len > SEGMENT_HEADER_LEN && s.len + need > self.live().segment_size
+            }
             _ => true,
         };
         let extra = need + if roll { SEGMENT_HEADER_LEN } else { 0 };
         if quota == Quota::Applies
-            && self.cfg.max_disk > 0
-            && core.disk_bytes + extra > self.cfg.max_disk
+            && self.live().max_disk > 0
+            && core.disk_bytes + extra > self.live().max_disk
         {
             return Ok(WriteResult::NoRoom(FullReason::Quota));
         }

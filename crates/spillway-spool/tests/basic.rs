@@ -356,3 +356,36 @@ fn spool_files_are_private() {
     let w = spillway_spool::fs::exposure(&dir).expect("a 0644 file is exposed");
     assert!(w.contains("cursor"), "{w}");
 }
+
+/// A running spool takes new settings without reopening: a raised
+/// `max_disk` lets a blocked producer go on; the memory tier's reserve
+/// follows `memory_limit` (shrunk at once, grown by `tick`).
+#[test]
+fn reconfigure_changes_a_running_spool() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cfg = common::small_config(tmp.path());
+    cfg.max_disk = 16 * 1024;
+    cfg.block_timeout = Some(std::time::Duration::from_millis(20));
+    cfg.reserve_retry = std::time::Duration::ZERO;
+    let (spool, _) = Spool::open(cfg).expect("open");
+    let mut i = 0;
+    while spool.append(&[&common::msg(i, 500)]).is_ok() {
+        i += 1;
+    }
+    let mut t = spool.tunables();
+    t.max_disk = 0;
+    spool.reconfigure(t).expect("reconfigure");
+    spool
+        .append(&[&common::msg(i, 500)])
+        .expect("room past the old bound");
+    // The memory tier: grown by tick once the disk tier drained.
+    spool.ack(i + 1).expect("ack");
+    t.memory_limit = 64 * 1024;
+    spool.reconfigure(t).expect("reconfigure");
+    spool.tick().expect("tick");
+    assert_eq!(spool.stats().mem_reserved, 64 * 1024);
+    t.memory_limit = 8 * 1024;
+    spool.reconfigure(t).expect("reconfigure");
+    assert_eq!(spool.stats().mem_reserved, 8 * 1024);
+    spool.close().expect("close");
+}

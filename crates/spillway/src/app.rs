@@ -710,6 +710,34 @@ impl Supervisor {
                         running.route = route.clone();
                     }
                 }
+                (Route::Queue(_), Route::Queue(q), None)
+                    if running.live.as_ref().is_some_and(
+                        |l| matches!(&l.kind, LiveKind::Queue(s) if s.can_reconfigure(q)),
+                    ) =>
+                {
+                    // Only tunables changed: apply them to the running route,
+                    // whose connections and spool stay as they are.
+                    let Some(LiveKind::Queue(server)) = running.live.as_ref().map(|l| &l.kind)
+                    else {
+                        continue;
+                    };
+                    let server = Arc::clone(server);
+                    match tokio::task::block_in_place(|| server.reconfigure(q.clone())) {
+                        Ok(()) => {
+                            swapped += 1;
+                            info!(route = %q.name, memory = q.memory, max_disk = q.max_disk,
+                                  fsync = ?q.fsync, segment_size = q.segment_size,
+                                  "queue route settings changed in place");
+                            if let Some(running) = self.running.get_mut(route.name()) {
+                                running.route = route.clone();
+                            }
+                        }
+                        Err(e) => {
+                            error!(route = %q.name, error = %e, "queue route settings not changed");
+                            result = ReloadResult::Failure;
+                        }
+                    }
+                }
                 _ => {
                     changed += 1;
                     info!(route = %route.name(), "route changed; draining the old one and starting the new one");

@@ -602,8 +602,10 @@ fn reloading_a_changed_queue_route_hands_the_spool_over() {
     drop(p);
     relay.wait_log("producer closed");
 
-    // memory = 0 now: a changed route, restarted on the same spool.
-    write_config(dir.path(), &queue_route("q", src, sink, &spool, "0"));
+    // memory = 0 and a new max_message (not a setting a running route
+    // takes in place): a changed route, restarted on the same spool.
+    let changed = queue_route("q", src, sink, &spool, "0") + "max_message = \"64KiB\"\n";
+    write_config(dir.path(), &changed);
     relay.signal("HUP");
     relay.wait_log("configuration reloaded");
     relay.wait_log_lines("queue route ready", 2, Duration::from_secs(20));

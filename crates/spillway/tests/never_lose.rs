@@ -369,7 +369,9 @@ fn a_reload_never_lets_the_old_route_touch_the_new_routes_spool() {
         pp,
         cp,
         &spool,
-        "memory = \"1MiB\"\nsegment_size = \"64KiB\"",
+        // max_message is not a setting a running route takes in place:
+        // the route is replaced (drained, its spool closed and reopened).
+        "memory = 0\nsegment_size = \"64KiB\"\nmax_message = \"64KiB\"",
     );
     relay.signal("HUP");
     relay.wait_log_lines("queue route ready", 2, Duration::from_secs(30));
@@ -524,4 +526,70 @@ fn a_reset_consumers_unread_lines_survive_a_restart_and_a_crash() {
         );
         stop(&mut relay);
     }
+}
+
+/// A reload that only changes a queue route's tunables (memory, disk
+/// bound, fsync, segment size, redelivery window) applies them to the
+/// running route: the producer and the consumer keep their connections,
+/// and every line arrives once, in order.
+#[test]
+fn a_reload_of_queue_settings_keeps_every_connection() {
+    let _serial = heavy();
+    const N: u64 = 10_000;
+    let dir = tempfile::tempdir().expect("dir");
+    let spool = dir.path().join("spool");
+    let [pp, cp] = free_ports();
+    let config = queue_config(dir.path(), pp, cp, &spool, "memory = \"1MiB\"");
+    let mut relay = start(&config, pp, cp);
+    let mut p = TcpStream::connect(addr(pp)).expect("producer");
+    let mut c = TcpStream::connect(addr(cp)).expect("consumer");
+    let send = |p: &mut TcpStream, from: u64, to: u64| {
+        let mut buf = Vec::new();
+        for n in from..to {
+            buf.extend_from_slice(&line(n));
+        }
+        p.write_all(&buf).expect("produce");
+    };
+    send(&mut p, 0, N);
+    queue_config(
+        dir.path(),
+        pp,
+        cp,
+        &spool,
+        "memory = 0\nfsync = \"always\"\nmax_disk = \"64MiB\"\nsegment_size = \"256KiB\"\nredeliver_on_reset = \"128KiB\"",
+    );
+    relay.signal("HUP");
+    relay.wait_log("queue route settings changed in place");
+    send(&mut p, N, 2 * N);
+    p.shutdown(Shutdown::Write).expect("FIN");
+    let closed = relay.wait_log_lines("producer closed", 1, Duration::from_secs(30));
+    assert_eq!(
+        field(&closed[0], "messages"),
+        Some("20000"),
+        "{}",
+        closed[0]
+    );
+    c.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    while got.len() < 2 * N as usize * LINE {
+        let n = c
+            .read(&mut buf)
+            .expect("the consumer's connection stays up");
+        assert!(n > 0, "the relay closed the consumer\n{}", relay.log_text());
+        got.extend_from_slice(&buf[..n]);
+    }
+    let seen = numbers(&got);
+    assert_eq!(
+        seen,
+        (0..2 * N).collect::<Vec<_>>(),
+        "every line once, in order"
+    );
+    assert!(
+        !relay.log_text().contains("consumer closed"),
+        "{}",
+        relay.log_text()
+    );
+    stop(&mut relay);
 }

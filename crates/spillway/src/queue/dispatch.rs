@@ -160,6 +160,12 @@ impl Dispatch {
         }
     }
 
+    /// A new size for every consumer's redelivery window (a reload); each
+    /// window adjusts as its consumer delivers more.
+    pub fn set_redeliver(&mut self, bytes: u64) {
+        self.redeliver = bytes;
+    }
+
     /// A new consumer; it holds nothing yet.
     pub fn join(&mut self) -> ConsumerId {
         let id = self.next_id;

@@ -187,7 +187,9 @@ impl QueueStats {
 
 /// A running queue route.
 pub struct QueueServer {
-    route: QueueRoute,
+    /// The route's settings; a reload of tunable settings swaps them in
+    /// place ([`QueueServer::reconfigure`]).
+    route: RwLock<Arc<QueueRoute>>,
     spool: Spool,
     dispatch: Mutex<Dispatch>,
     /// Woken when the spool has new messages or a consumer gave some back.
@@ -351,7 +353,7 @@ impl QueueServer {
                 .map(|n| (n, route.per_ip_ipv6_prefix)),
         );
         Ok(Arc::new(QueueServer {
-            route,
+            route: RwLock::new(Arc::new(route)),
             spool,
             dispatch,
             notify,
@@ -402,7 +404,7 @@ impl QueueServer {
     /// (and the next redial) use them; established ones keep theirs. On
     /// error the files in use stay in use.
     pub fn reload_tls(&self) -> Result<(), TlsError> {
-        let fresh = QueueTls::load(&self.route)?;
+        let fresh = QueueTls::load(&self.route())?;
         *self.tls.write().unwrap_or_else(|e| e.into_inner()) = fresh;
         Ok(())
     }
@@ -433,12 +435,12 @@ impl QueueServer {
             .unwrap_or_else(|e| e.into_inner())
             .check();
         if let Some(suppressed) = suppressed {
-            warn!(route = %self.route.name, role = role.as_str(), peer, kind = %e.as_label(),
+            warn!(route = %self.route().name, role = role.as_str(), peer, kind = %e.as_label(),
                   persistent = e.is_persistent(), error = %e, suppressed,
                   "TLS handshake failed; connection closed");
         }
         // The one line per connection end, as for every producer and consumer.
-        info!(route = %self.route.name, peer, reason = "tls_handshake",
+        info!(route = %self.route().name, peer, reason = "tls_handshake",
               "{} closed", role.as_str());
     }
 
@@ -450,8 +452,44 @@ impl QueueServer {
         &self.spool
     }
 
-    pub fn route(&self) -> &QueueRoute {
-        &self.route
+    /// Whether `new` can replace this route's settings in place: the same
+    /// endpoints, spool, framing, message limit, TLS and per-client limits;
+    /// only tunables differ (memory, disk bound, fsync, segment size,
+    /// redelivery window, timeouts, backoff).
+    pub fn can_reconfigure(&self, new: &QueueRoute) -> bool {
+        let old = self.route();
+        old.name == new.name
+            && old.from == new.from
+            && old.to == new.to
+            && old.spool == new.spool
+            && old.framing == new.framing
+            && old.max_message == new.max_message
+            && old.from_tls == new.from_tls
+            && old.to_tls == new.to_tls
+            && old.max_connections_per_ip == new.max_connections_per_ip
+            && old.per_ip_ipv6_prefix == new.per_ip_ipv6_prefix
+    }
+
+    /// Applies a reload's new tunables to the running route: nothing is
+    /// closed or reopened, so no producer, consumer or message in flight
+    /// is disturbed. New connections (and the next appends) use them.
+    pub fn reconfigure(&self, new: QueueRoute) -> Result<(), SpoolError> {
+        let t = spillway_spool::Tunables {
+            memory_limit: new.memory,
+            max_disk: new.max_disk,
+            when_full: new.when_full,
+            durability: new.fsync,
+            segment_size: new.segment_size,
+        };
+        self.spool.reconfigure(t)?;
+        self.dispatch().set_redeliver(new.redeliver_on_reset);
+        *self.route.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+        Ok(())
+    }
+
+    /// The route's settings now.
+    pub fn route(&self) -> Arc<QueueRoute> {
+        Arc::clone(&self.route.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Admission control of the route's `listen:` endpoints.
@@ -520,7 +558,7 @@ impl QueueServer {
 
     /// A dialer ran out of attempts: log, stop the route, make `serve` fail.
     fn give_up(&self, msg: &str) {
-        error!(route = %self.route.name, "{msg}; stopping the route");
+        error!(route = %self.route().name, "{msg}; stopping the route");
         let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
         f.get_or_insert_with(|| msg.to_string());
         self.stop.cancel();
@@ -531,12 +569,12 @@ impl QueueServer {
     /// timeout) is the shutdown itself, not a failure.
     fn fail(&self, what: &str, e: &SpoolError) {
         if self.stop.is_cancelled() && matches!(e, SpoolError::Closed) {
-            tracing::debug!(route = %self.route.name, "{what} after the spool closed at shutdown");
+            tracing::debug!(route = %self.route().name, "{what} after the spool closed at shutdown");
             return;
         }
         let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
         if f.is_none() {
-            error!(route = %self.route.name, error = %e, "{what} failed; stopping the route");
+            error!(route = %self.route().name, error = %e, "{what} failed; stopping the route");
             *f = Some(format!("{what}: {e}"));
         }
         self.stop.cancel();
@@ -551,13 +589,13 @@ impl QueueServer {
         sink: Option<TcpListener>,
     ) -> anyhow::Result<()> {
         let drain = self.drain;
-        let name = self.route.name.clone();
+        let name = self.route().name.clone();
         let producers = TaskTracker::new();
         let consumers = TaskTracker::new();
         let stop = self.stop.clone();
 
-        let from = self.route.from.clone();
-        let to = self.route.to.clone();
+        let from = self.route().from.clone();
+        let to = self.route().to.clone();
         self.spawn_side(&producers, &from, source, Role::Producer)?;
         self.spawn_side(&consumers, &to, sink, Role::Consumer)?;
 
@@ -802,13 +840,13 @@ impl QueueServer {
                 tracker.spawn(async move {
                     let stop = server.stop_token(role).clone();
                     let mut warn_limit = RateLimited::new(Duration::from_secs(10));
-                    accept_loop(&listener, &server.route.name, &stop, |a| {
+                    accept_loop(&listener, &server.route().name, &stop, |a| {
                         let Some(admitted) = server.gate.admit(a.peer) else {
                             return;
                         };
-                        if let Err(e) = server.route.timeouts.socket.apply(&a.stream) {
+                        if let Err(e) = server.route().timeouts.socket.apply(&a.stream) {
                             if let Some(suppressed) = warn_limit.check() {
-                                warn!(route = %server.route.name, peer = %a.peer, error = %e, suppressed,
+                                warn!(route = %server.route().name, peer = %a.peer, error = %e, suppressed,
                                       "cannot set keepalive / user timeout");
                             }
                         }
@@ -839,7 +877,7 @@ impl QueueServer {
                 });
             }
             (Endpoint::Listen(a), None) => {
-                anyhow::bail!("route '{}': no listener bound for {a}", self.route.name)
+                anyhow::bail!("route '{}': no listener bound for {a}", self.route().name)
             }
         }
         Ok(())
@@ -866,7 +904,7 @@ where
     F: FnMut(Conn, SocketAddr) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let route = &server.route;
+    let route = server.route();
     let stop = server.stop_token(role);
     let stats = server.stats.dial(role);
     let mut backoff = Backoff::new(route.backoff.clone());

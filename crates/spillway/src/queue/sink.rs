@@ -49,6 +49,12 @@ const BATCH_MSGS: usize = 8192;
 const BATCH_BYTES: usize = 512 << 10;
 /// While bytes are unacknowledged, how often SIOCOUTQ is polled.
 const ACK_POLL: Duration = Duration::from_millis(5);
+/// How long a finished cut waits for the consumer to acknowledge the
+/// relay's FIN (a reset instead means it did not read everything).
+const FIN_ACK_WAIT: Duration = Duration::from_secs(1);
+/// After a consumer's FIN, how long the relay waits for a reset behind it
+/// before it sends its own FIN.
+const FIN_GRACE: Duration = Duration::from_millis(100);
 
 /// Why a consumer connection ended (logged and counted in `QueueStats`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,7 +173,7 @@ impl QueueServer {
         let id = self.dispatch().join();
         self.stats.consumers.fetch_add(1, Ordering::Relaxed);
         self.stats.consumers_total.fetch_add(1, Ordering::Relaxed);
-        info!(route = %self.route.name, consumer = %peer, "consumer connected");
+        info!(route = %self.route().name, consumer = %peer, "consumer connected");
         let mut d = Delivery {
             id,
             wbuf: BytesMut::new(),
@@ -180,15 +186,22 @@ impl QueueServer {
         // Whatever is still not known delivered goes back to the queue.
         // A write stall closes abortively (the consumer is not reading: a
         // FIN would never be read and the kernel would hold the unsent
-        // bytes; a message may be half sent). Every other end is at a
-        // message boundary, or the consumer is gone already.
-        if end != ConsumerEnd::WriteStall {
+        // bytes; a message may be half sent). So does a cut whose last bytes
+        // were not all acknowledged by its deadline: they go to the next
+        // consumer, and a graceful close would still deliver them here
+        // (duplicates). Every other end is at a message boundary with
+        // everything acknowledged, or the consumer is gone already.
+        // A reset destroys what the consumer's kernel held unread (its TCP
+        // acknowledged it: delivered), so whenever we reset, the
+        // redelivery window goes back too, as for a consumer's own reset.
+        let clean = end != ConsumerEnd::WriteStall && d.written <= d.delivered;
+        if clean {
             wire.ends_cleanly();
         }
         drop(wire);
         let (floor, redelivered) = {
             let mut dispatch = self.dispatch();
-            let r = dispatch.leave(id, end.is_abortive());
+            let r = dispatch.leave(id, end.is_abortive() || !clean);
             self.spool.mark_delivered(dispatch.delivered_floor());
             r
         };
@@ -203,7 +216,7 @@ impl QueueServer {
         }
         self.stats.consumers.fetch_sub(1, Ordering::Relaxed);
         self.stats.count_consumer_end(end);
-        info!(route = %self.route.name, consumer = %peer, reason = end.as_str(),
+        info!(route = %self.route().name, consumer = %peer, reason = end.as_str(),
               delivered = d.delivered_msgs, bytes = d.delivered, requeued = redelivered,
               "consumer closed");
     }
@@ -221,14 +234,22 @@ impl QueueServer {
         // (its task must end before the route closes its spool).
         let mut cut_deadline: Option<Instant> = None;
         let mut peer_eof = false;
-        let mut stall = StallTimer::new(self.route.timeouts.write_stall);
-        let lifetime_end = self.route.timeouts.max_lifetime.map(|l| Instant::now() + l);
+        let mut stall = StallTimer::new(self.route().timeouts.write_stall);
+        let lifetime_end = self
+            .route()
+            .timeouts
+            .max_lifetime
+            .map(|l| Instant::now() + l);
         loop {
             let notified = self.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
 
-            if cut.is_some() && cut_deadline.is_none() {
+            // A cut we made (shutdown, lifetime, spool failure) has a
+            // deadline; a consumer's own clean leave (EOF) has none: it
+            // reads what it was sent at its pace, bounded by the write
+            // stall timer like any delivery.
+            if cut.is_some_and(|c| c != ConsumerEnd::Eof) && cut_deadline.is_none() {
                 cut_deadline = Some(Instant::now() + self.drain_wait());
             }
 
@@ -281,7 +302,7 @@ impl QueueServer {
             // (A cut in progress is bounded by the drain timeout instead.)
             let now = Instant::now();
             let outstanding = !d.wbuf.is_empty() || d.written > d.delivered;
-            if window_moved || !outstanding || cut.is_some() {
+            if window_moved || !outstanding || cut_deadline.is_some() {
                 stall.progressed();
             } else {
                 stall.blocked(now.into_std());
@@ -305,8 +326,7 @@ impl QueueServer {
             // 4. A cut finishes once the last message is on the wire.
             if let Some(end) = cut {
                 if d.wbuf.is_empty() {
-                    let deadline = cut_deadline.unwrap_or_else(|| now + self.drain_wait());
-                    return self.finish_cut(wire, d, end, deadline).await;
+                    return self.finish_cut(wire, d, end, cut_deadline).await;
                 }
             }
 
@@ -447,29 +467,86 @@ impl QueueServer {
         }
     }
 
-    /// Everything to send is on the wire: half-close, wait (until
-    /// `deadline`) until the consumer's TCP acknowledged it all, account,
-    /// close. A reset meanwhile (a consumer that sends RST after its FIN)
-    /// ends the wait at once: what it did not acknowledge goes back now,
-    /// not after the drain timeout.
+    /// Everything to send is on the wire: half-close, wait until the
+    /// consumer's TCP acknowledged it all (until `deadline`; without one,
+    /// for as long as it keeps acknowledging, up to `write_stall_timeout`
+    /// without progress), account, close. A reset meanwhile (a consumer
+    /// that sends RST after its FIN) ends the wait at once: what it did
+    /// not acknowledge goes back now, not after the drain timeout.
     async fn finish_cut(
         &self,
         wire: &mut Wire,
         d: &mut Delivery,
         end: ConsumerEnd,
-        deadline: Instant,
+        deadline: Option<Instant>,
     ) -> ConsumerEnd {
-        wire.shutdown_write(deadline).await;
-        loop {
-            self.account(wire, d);
-            if d.written <= d.delivered {
-                return end;
+        if end == ConsumerEnd::Eof {
+            // The consumer's own leave: before our FIN, a moment for a
+            // reset that may follow its FIN (a client that closes with
+            // unread data). Once our FIN is acknowledged, a later reset
+            // would find the connection gone and could not be seen.
+            let grace = Instant::now() + FIN_GRACE;
+            while Instant::now() < grace {
+                if let Some(e) = wire.failure() {
+                    debug!(error = %e, "consumer reset after its FIN");
+                    self.account(wire, d);
+                    return broken(&e);
+                }
+                tokio::time::sleep(ACK_POLL).await;
             }
+        }
+        let half_close_by = deadline.unwrap_or_else(|| Instant::now() + self.drain_wait());
+        wire.shutdown_write(half_close_by).await;
+        let mut stall = StallTimer::new(self.route().timeouts.write_stall);
+        loop {
+            let moved = self.account(wire, d);
+            // A reset first: one that came with (or right after) the last
+            // acknowledgement is still a reset, not a clean leave.
             if let Some(e) = wire.failure() {
                 debug!(error = %e, "consumer reset while finishing a cut");
                 return broken(&e);
             }
-            if Instant::now() >= deadline {
+            if d.written <= d.delivered {
+                return self.await_fin_ack(wire, end, deadline).await;
+            }
+            let now = Instant::now();
+            match deadline {
+                Some(at) if now >= at => return end,
+                Some(_) => {}
+                None => {
+                    if moved {
+                        stall.progressed();
+                    } else {
+                        stall.blocked(now.into_std());
+                        if stall.expired(now.into_std()) {
+                            return ConsumerEnd::WriteStall;
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(ACK_POLL).await;
+        }
+    }
+
+    /// Every message is acknowledged: before calling the leave clean, wait
+    /// (briefly) for the consumer's TCP to acknowledge our FIN too. A
+    /// consumer that half-closed and then closed with unread data sends a
+    /// reset right behind its FIN; that reset, not a clean leave, is what
+    /// it is (its kernel acknowledged messages it never read).
+    async fn await_fin_ack(
+        &self,
+        wire: &mut Wire,
+        end: ConsumerEnd,
+        deadline: Option<Instant>,
+    ) -> ConsumerEnd {
+        let until =
+            (Instant::now() + FIN_ACK_WAIT).min(deadline.unwrap_or(Instant::now() + FIN_ACK_WAIT));
+        loop {
+            if let Some(e) = wire.failure() {
+                debug!(error = %e, "consumer reset after its FIN");
+                return broken(&e);
+            }
+            if wire.all_acked() || Instant::now() >= until {
                 return end;
             }
             tokio::time::sleep(ACK_POLL).await;

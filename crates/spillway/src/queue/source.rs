@@ -92,14 +92,18 @@ impl QueueServer {
     pub(super) async fn produce(&self, mut stream: MaybeTls, peer: SocketAddr) {
         self.stats.producers.fetch_add(1, Ordering::Relaxed);
         self.stats.producers_total.fetch_add(1, Ordering::Relaxed);
-        let route = &self.route.name;
-        let max = usize::try_from(self.route.max_message).unwrap_or(usize::MAX);
-        let mut decoder = Decoder::new(self.route.framing, max);
+        let route = &self.route().name;
+        let max = usize::try_from(self.route().max_message).unwrap_or(usize::MAX);
+        let mut decoder = Decoder::new(self.route().framing, max);
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let mut messages = 0u64;
         let mut dropped = 0u64;
-        let read_idle = self.route.read_idle_timeout;
-        let lifetime_end = self.route.timeouts.max_lifetime.map(|d| Instant::now() + d);
+        let read_idle = self.route().read_idle_timeout;
+        let lifetime_end = self
+            .route()
+            .timeouts
+            .max_lifetime
+            .map(|d| Instant::now() + d);
         let mut last_read = Instant::now();
         // Once we end the connection (shutdown, idle, lifetime): the reason,
         // and how much of what the kernel already accepted is still read.
@@ -114,7 +118,13 @@ impl QueueServer {
                 // next), without waiting, and no more than its receive
                 // buffer held: a producer that keeps sending cannot keep
                 // the drain reading.
-                let n = drain_ready(&mut stream, &mut buf, (*left).min(READ_CHUNK)).await;
+                let mut n = drain_ready(&mut stream, &mut buf, (*left).min(READ_CHUNK)).await;
+                if n == 0 && *left > 0 {
+                    // Segments may still be on their way up to the window
+                    // we had offered (it can only close, see below).
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    n = drain_ready(&mut stream, &mut buf, (*left).min(READ_CHUNK)).await;
+                }
                 *left -= n.min(*left);
                 let (at_end, end) = (n == 0 || *left == 0, *end);
                 let mut tally = (messages, dropped);
@@ -138,8 +148,15 @@ impl QueueServer {
                 r = stream.read_buf(&mut buf) => Ok(r),
             };
             let (at_end, end) = match read {
-                // Stopped by us: read what the kernel holds, then stop.
+                // Stopped by us: read what the kernel holds, then stop. A
+                // tiny receive buffer first: TCP never takes back a window
+                // it offered, but as we read, it offers no more, so a
+                // producer that keeps sending stops at what it was allowed,
+                // and the drain reads everything TCP acknowledged to it
+                // (instead of a reset throwing away what arrived during the
+                // last append).
                 Err(end) => {
+                    let _ = socket2::SockRef::from(stream.tcp()).set_recv_buffer_size(1);
                     ending = Some((end, FINAL_READ));
                     continue;
                 }
@@ -165,6 +182,20 @@ impl QueueServer {
             // Time spent queueing (a blocked append) is not the producer's idleness.
             last_read = Instant::now();
         };
+        let refused = matches!(end, ProducerEnd::Refused | ProducerEnd::SpoolFailed);
+        if refused && (ending.is_some() || self.stop.is_cancelled()) {
+            let left = ending.map_or(FINAL_READ, |(_, left)| left);
+            let _ = socket2::SockRef::from(stream.tcp()).set_recv_buffer_size(1);
+            // Ending while the spool refuses: what the kernel still holds
+            // (TCP acknowledged it) is lost with this connection. Count it
+            // exactly, so the log and the metric say how much.
+            let lost = count_unread(&mut stream, &mut decoder, &mut buf, left).await;
+            if lost > 0 {
+                error!(route = %route, producer = %peer, lost,
+                       "messages the producer's socket still held could not be queued and are lost");
+                self.stats.lost_unqueued.fetch_add(lost, Ordering::Relaxed);
+            }
+        }
         if matches!(
             end,
             ProducerEnd::Refused | ProducerEnd::SpoolFailed | ProducerEnd::BadFrame
@@ -193,7 +224,7 @@ impl QueueServer {
         at_end: bool,
         end: ProducerEnd,
     ) -> Option<ProducerEnd> {
-        let route = &self.route.name;
+        let route = &self.route().name;
         let (t, result) = self.ingest(decoder, buf);
         tally.0 += t.appended;
         tally.1 += t.dropped;
@@ -273,7 +304,7 @@ impl QueueServer {
                     // queued; their bytes were acknowledged by TCP, so say
                     // exactly how many.
                     let lost = batch.len() + rest.len();
-                    error!(route = %self.route.name, lost, error = %e,
+                    error!(route = %self.route().name, lost, error = %e,
                            "messages read from a producer could not be queued and are lost");
                     self.stats
                         .lost_unqueued
@@ -291,7 +322,7 @@ impl QueueServer {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner());
                 if let Some(suppressed) = warn_limit.check() {
-                    warn!(route = %self.route.name, dropped = outcome.dropped_newest, suppressed,
+                    warn!(route = %self.route().name, dropped = outcome.dropped_newest, suppressed,
                           "disk tier full: new messages dropped (when_full = drop-newest)");
                 }
             }
@@ -358,7 +389,7 @@ impl QueueServer {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner());
                     if let Some(suppressed) = warn_limit.check() {
-                        warn!(route = %self.route.name, waited_ms = started.elapsed().as_millis() as u64,
+                        warn!(route = %self.route().name, waited_ms = started.elapsed().as_millis() as u64,
                               suppressed, reason = %e,
                               "disk tier full: not reading producers until consumers free space (when_full = block)");
                     }
@@ -374,12 +405,38 @@ impl QueueServer {
     /// Largest append batch: one read's messages are split so that a batch
     /// always fits the disk bound (a record is never split across segments).
     fn batch_limit(&self) -> usize {
-        let max_disk = self.route.max_disk;
+        let max_disk = self.route().max_disk;
         if max_disk == 0 {
             return usize::MAX;
         }
-        let limit = (max_disk / 8).max(self.route.max_message);
+        let limit = (max_disk / 8).max(self.route().max_message);
         usize::try_from(limit).unwrap_or(usize::MAX)
+    }
+}
+
+/// Reads (without waiting, at most `limit` bytes) what the kernel still
+/// holds for a producer whose messages can no longer be queued, and counts
+/// the complete messages in it (with those already in `buf`).
+async fn count_unread(
+    stream: &mut MaybeTls,
+    decoder: &mut Decoder,
+    buf: &mut BytesMut,
+    mut limit: usize,
+) -> u64 {
+    let mut count = 0u64;
+    loop {
+        while let Decoded::Frame(len) = decoder.decode(buf) {
+            count += 1;
+            buf.advance(len);
+        }
+        if limit == 0 {
+            return count;
+        }
+        let n = drain_ready(stream, buf, limit.min(READ_CHUNK)).await;
+        if n == 0 {
+            return count;
+        }
+        limit -= n.min(limit);
     }
 }
 

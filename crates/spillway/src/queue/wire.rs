@@ -159,6 +159,12 @@ impl Wire {
         })
     }
 
+    /// Whether the consumer's TCP acknowledged everything we sent,
+    /// including our FIN after `shutdown_write` (it counts as one byte).
+    pub(super) fn all_acked(&self) -> bool {
+        spillway_net::sys::unacked_bytes(self.tcp.as_fd()).is_ok_and(|n| n == 0)
+    }
+
     /// A pending socket error (`SO_ERROR`): how a reset shows once reads
     /// are no longer watched (after the consumer's FIN).
     pub(super) fn failure(&self) -> Option<io::Error> {
