@@ -15,7 +15,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,127 +24,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{field, free_ports, heavy, write_config, Relay};
-
-fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-/// Bytes per line (not a power of two, so socket reads rarely end at a
-/// line boundary).
-const LINE: usize = 100;
-
-/// Line `n`: its number, padded to `LINE` bytes.
-fn line(n: u64) -> Vec<u8> {
-    let mut l = format!("{n:010} ").into_bytes();
-    l.resize(LINE - 1, b'.');
-    l.push(b'\n');
-    l
-}
-
-fn lines(from: u64, to: u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(((to - from) as usize) * LINE);
-    for n in from..to {
-        v.extend_from_slice(&line(n));
-    }
-    v
-}
-
-/// The numbers of the complete lines in `bytes`; panics on a torn or
-/// malformed line (a consumer never gets a partial message).
-fn numbers(bytes: &[u8]) -> Vec<u64> {
-    let whole = bytes.len() - bytes.len() % LINE;
-    bytes[..whole]
-        .chunks(LINE)
-        .map(|l| {
-            assert!(
-                l[LINE - 1] == b'\n' && l[10] == b' ',
-                "torn line {:?}",
-                String::from_utf8_lossy(l)
-            );
-            std::str::from_utf8(&l[..10])
-                .expect("utf-8")
-                .parse()
-                .expect("line number")
-        })
-        .collect()
-}
-
-fn missing(seen: &BTreeSet<u64>, want: impl Iterator<Item = u64>) -> Vec<u64> {
-    want.filter(|i| !seen.contains(i)).collect()
-}
-
-fn queue_config(dir: &Path, pp: u16, cp: u16, spool: &Path, drain: &str, extra: &str) -> PathBuf {
-    write_config(
-        dir,
-        &format!(
-            r#"
-[global]
-drain_timeout = "{drain}"
-
-[[route]]
-name = "q"
-mode = "queue"
-from = "listen:127.0.0.1:{pp}"
-to = "listen:127.0.0.1:{cp}"
-spool = "{}"
-framing = "lines"
-{extra}
-"#,
-            spool.display()
-        ),
-    )
-}
-
-fn start(config: &Path, pp: u16, cp: u16) -> Relay {
-    let mut relay = Relay::start(&["run", "--config", &config.display().to_string()]);
-    relay.wait_listening(addr(pp));
-    relay.wait_listening(addr(cp));
-    relay
-}
-
-/// SIGTERM, and the exit code (bounded wait).
-fn terminate(relay: &mut Relay) -> Option<i32> {
-    relay.signal("TERM");
-    relay.wait_exit(Duration::from_secs(60))
-}
-
-/// A well-behaved consumer: reads until `want` distinct lines are known
-/// (`have` plus what it reads) or nothing arrives for a few seconds, then
-/// leaves cleanly (half-close, read to EOF). Returns what it received.
-fn drain(port: u16, have: &BTreeSet<u64>, want: usize, limit: Duration) -> Vec<u8> {
-    let mut s = TcpStream::connect(addr(port)).expect("connect consumer");
-    s.set_read_timeout(Some(Duration::from_millis(200)))
-        .expect("timeout");
-    let deadline = Instant::now() + limit;
-    let mut got = Vec::new();
-    let mut seen = have.clone();
-    let mut buf = vec![0u8; 64 << 10];
-    let mut quiet_since = Instant::now();
-    while seen.len() < want && Instant::now() < deadline {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                let done = got.len() - got.len() % LINE;
-                got.extend_from_slice(&buf[..n]);
-                let whole = got.len() - got.len() % LINE;
-                seen.extend(numbers(&got[done..whole]));
-                quiet_since = Instant::now();
-            }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                if quiet_since.elapsed() > Duration::from_secs(4) {
-                    break;
-                }
-            }
-            Err(e) => panic!("consumer read: {e}"),
-        }
-    }
-    let _ = s.shutdown(Shutdown::Write);
-    s.set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    let _ = s.read_to_end(&mut got);
-    got
-}
+use common::lines::{addr, drain, lines, missing, numbers, queue_config, start, terminate, LINE};
+use common::{field, free_ports, heavy, write_config};
 
 /// A producer that sends numbered lines from `first` as fast as the relay
 /// takes them, on a non-blocking socket, until told to stop or the relay

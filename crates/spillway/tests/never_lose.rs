@@ -11,59 +11,14 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsFd;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{field, free_ports, heavy, write_config, Relay};
-
-fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-/// Bytes per line: not a power of two, so that what a socket takes (often a
-/// round number of bytes) rarely ends at a line boundary.
-const LINE: usize = 100;
-
-/// Line `n`: its number, padded to `LINE` bytes.
-fn line(n: u64) -> Vec<u8> {
-    let mut l = format!("{n:010} ").into_bytes();
-    l.resize(LINE - 1, b'.');
-    l.push(b'\n');
-    l
-}
-
-/// The numbers of the complete lines in `bytes`; panics on a torn or
-/// malformed line (a consumer never gets a partial message).
-fn numbers(bytes: &[u8]) -> Vec<u64> {
-    let text = std::str::from_utf8(bytes).expect("utf-8");
-    let mut out = Vec::new();
-    for l in text.split_inclusive('\n') {
-        assert!(l.ends_with('\n') && l.len() == LINE, "torn line {l:?}");
-        out.push(l[..10].parse().expect("line number"));
-    }
-    out
-}
-
-/// A consumer socket with a small receive buffer, so that most of what the
-/// relay sends waits in the relay, not in this kernel.
-fn small_consumer(port: u16, rcvbuf: usize) -> TcpStream {
-    let s =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    s.set_recv_buffer_size(rcvbuf).expect("SO_RCVBUF");
-    s.connect(&addr(port).into()).expect("connect consumer");
-    s.into()
-}
-
-/// Resets a connection (`SO_LINGER 0` then close): the abortive close a
-/// crashing consumer's kernel sends.
-fn reset(s: TcpStream) {
-    socket2::SockRef::from(&s)
-        .set_linger(Some(Duration::ZERO))
-        .expect("linger");
-    drop(s);
-}
+use common::lines::{
+    addr, drain, line, missing, numbers, queue_config, reset, small_consumer, start, stop, LINE,
+};
+use common::{field, free_ports, heavy, Relay};
 
 /// Sends lines `from..to` on one connection and ends it cleanly; returns
 /// once the relay logged that producer closed (everything appended).
@@ -115,85 +70,6 @@ fn read_slowly(
     got
 }
 
-/// A well-behaved consumer: reads until `want` lines in total are known
-/// (`have` plus what it reads) or nothing arrives for a while, then leaves
-/// cleanly (half-close, read to EOF). Returns the bytes it received.
-fn drain(port: u16, have: &BTreeSet<u64>, want: u64, limit: Duration) -> Vec<u8> {
-    let mut s = TcpStream::connect(addr(port)).expect("connect consumer");
-    s.set_read_timeout(Some(Duration::from_millis(200)))
-        .expect("timeout");
-    let deadline = Instant::now() + limit;
-    let mut got = Vec::new();
-    let mut seen = have.clone();
-    let mut buf = vec![0u8; 64 << 10];
-    let mut quiet_since = Instant::now();
-    while (seen.len() as u64) < want && Instant::now() < deadline {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                got.extend_from_slice(&buf[..n]);
-                let whole = got.len() - got.len() % LINE;
-                seen.extend(numbers(&got[..whole]));
-                quiet_since = Instant::now();
-            }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                if quiet_since.elapsed() > Duration::from_secs(5) {
-                    break;
-                }
-            }
-            Err(e) => panic!("consumer read: {e}"),
-        }
-    }
-    let _ = s.shutdown(Shutdown::Write);
-    s.set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    let _ = s.read_to_end(&mut got);
-    got
-}
-
-fn missing(seen: &BTreeSet<u64>, n: u64) -> Vec<u64> {
-    (0..n).filter(|i| !seen.contains(i)).collect()
-}
-
-fn queue_config(dir: &Path, pp: u16, cp: u16, spool: &Path, extra: &str) -> std::path::PathBuf {
-    write_config(
-        dir,
-        &format!(
-            r#"
-[global]
-drain_timeout = "2s"
-
-[[route]]
-name = "q"
-mode = "queue"
-from = "listen:127.0.0.1:{pp}"
-to = "listen:127.0.0.1:{cp}"
-spool = "{}"
-framing = "lines"
-{extra}
-"#,
-            spool.display()
-        ),
-    )
-}
-
-fn start(config: &Path, pp: u16, cp: u16) -> Relay {
-    let mut relay = Relay::start(&["run", "--config", &config.display().to_string()]);
-    relay.wait_listening(addr(pp));
-    relay.wait_listening(addr(cp));
-    relay
-}
-
-fn stop(relay: &mut Relay) {
-    relay.signal("TERM");
-    assert_eq!(
-        relay.wait_exit(Duration::from_secs(30)),
-        Some(0),
-        "SIGTERM must exit 0:\n{}",
-        relay.log_text()
-    );
-}
-
 /// Defect 1. Two consumers hold messages; A resets, and what it held comes
 /// back to B *behind* higher sequences B already has in flight. The ack
 /// floor must not pass A's messages while B has not delivered them: after
@@ -207,7 +83,7 @@ fn the_ack_floor_never_passes_messages_a_consumer_still_holds() {
     let dir = tempfile::tempdir().expect("dir");
     let spool = dir.path().join("spool");
     let [pp, cp] = free_ports();
-    let config = queue_config(dir.path(), pp, cp, &spool, "memory = 0");
+    let config = queue_config(dir.path(), pp, cp, &spool, "2s", "memory = 0");
     let mut relay = start(&config, pp, cp);
     produce(&relay, pp, 0, N, 0);
 
@@ -253,11 +129,11 @@ fn the_ack_floor_never_passes_messages_a_consumer_still_holds() {
 
     let mut relay = start(&config, pp, cp);
     let mut seen: BTreeSet<u64> = seen_b.iter().copied().collect();
-    let rest = drain(cp, &seen, N, Duration::from_secs(60));
+    let rest = drain(cp, &seen, N as usize, Duration::from_secs(60));
     seen.extend(numbers(&rest));
     // Also what A's kernel had acknowledged but A never read: the
     // redelivery window is kept in the spool until it is sent again.
-    let lost = missing(&seen, N);
+    let lost = missing(&seen, 0..N);
     assert!(
         lost.is_empty(),
         "{} of {N} lines lost (first {:?}); B received {} lines from {:?}\n{}",
@@ -282,7 +158,7 @@ fn a_reset_after_the_consumers_fin_gives_its_messages_back_at_once() {
     let spool = dir.path().join("spool");
     let [pp, cp] = free_ports();
     // A long drain timeout: the old build held the messages that long.
-    let config = queue_config(dir.path(), pp, cp, &spool, "memory = \"64MiB\"");
+    let config = queue_config(dir.path(), pp, cp, &spool, "2s", "memory = \"64MiB\"");
     let text = std::fs::read_to_string(&config)
         .expect("config")
         .replace("drain_timeout = \"2s\"", "drain_timeout = \"60s\"");
@@ -355,7 +231,7 @@ fn a_reload_never_lets_the_old_route_touch_the_new_routes_spool() {
     let spool = dir.path().join("spool");
     let [pp, cp] = free_ports();
     let extra = "memory = 0\nsegment_size = \"64KiB\"";
-    let config = queue_config(dir.path(), pp, cp, &spool, extra);
+    let config = queue_config(dir.path(), pp, cp, &spool, "2s", extra);
     let mut relay = start(&config, pp, cp);
     produce(&relay, pp, 0, N, 0);
 
@@ -369,7 +245,7 @@ fn a_reload_never_lets_the_old_route_touch_the_new_routes_spool() {
         pp,
         cp,
         &spool,
-        // max_message is not a setting a running route takes in place:
+        "2s", // max_message is not a setting a running route takes in place:
         // the route is replaced (drained, its spool closed and reopened).
         "memory = 0\nsegment_size = \"64KiB\"\nmax_message = \"64KiB\"",
     );
@@ -389,12 +265,12 @@ fn a_reload_never_lets_the_old_route_touch_the_new_routes_spool() {
     got_x.truncate(got_x.len() - got_x.len() % LINE);
     let mut seen: BTreeSet<u64> = numbers(&got_x).into_iter().collect();
 
-    let rest = drain(cp, &seen, N, Duration::from_secs(60));
+    let rest = drain(cp, &seen, N as usize, Duration::from_secs(60));
     seen.extend(numbers(&rest));
     if let Ok(Some(status)) = relay.child.try_wait() {
         panic!("the relay exited ({status}):\n{}", relay.log_text());
     }
-    let lost = missing(&seen, N);
+    let lost = missing(&seen, 0..N);
     assert!(
         lost.is_empty(),
         "{} of {N} lines lost (first {:?})\n{}",
@@ -418,7 +294,7 @@ fn a_batch_waiting_at_the_disk_bound_is_kept_at_shutdown() {
     let spool = dir.path().join("spool");
     let [pp, cp] = free_ports();
     let extra = "memory = 0\nmax_disk = \"1MiB\"\nmax_message = \"4KiB\"\nwhen_full = \"block\"";
-    let config = queue_config(dir.path(), pp, cp, &spool, extra);
+    let config = queue_config(dir.path(), pp, cp, &spool, "2s", extra);
     let mut relay = start(&config, pp, cp);
 
     // Produce until the relay stops reading: the disk bound is reached and
@@ -461,10 +337,15 @@ fn a_batch_waiting_at_the_disk_bound_is_kept_at_shutdown() {
     stop(&mut relay);
     drop(p);
     let mut relay = start(&config, pp, cp);
-    let rest = drain(cp, &BTreeSet::new(), accepted, Duration::from_secs(60));
+    let rest = drain(
+        cp,
+        &BTreeSet::new(),
+        accepted as usize,
+        Duration::from_secs(60),
+    );
     let got = numbers(&rest);
     let seen: BTreeSet<u64> = got.iter().copied().collect();
-    let lost = missing(&seen, accepted);
+    let lost = missing(&seen, 0..accepted);
     assert!(
         lost.is_empty(),
         "{} of the {accepted} lines the relay's TCP acknowledged were lost (first {:?})\n{}",
@@ -489,7 +370,7 @@ fn a_reset_consumers_unread_lines_survive_a_restart_and_a_crash() {
         let spool = dir.path().join("spool");
         let [pp, cp] = free_ports();
         let extra = "memory = 0\nfsync = \"always\"";
-        let config = queue_config(dir.path(), pp, cp, &spool, extra);
+        let config = queue_config(dir.path(), pp, cp, &spool, "2s", extra);
         let mut relay = start(&config, pp, cp);
         produce(&relay, pp, 0, N, 0);
         // The consumer's kernel takes what it can; the consumer reads none.
@@ -515,9 +396,9 @@ fn a_reset_consumers_unread_lines_survive_a_restart_and_a_crash() {
             stop(&mut relay);
         }
         let mut relay = start(&config, pp, cp);
-        let got = drain(cp, &BTreeSet::new(), N, Duration::from_secs(60));
+        let got = drain(cp, &BTreeSet::new(), N as usize, Duration::from_secs(60));
         let seen: BTreeSet<u64> = numbers(&got).into_iter().collect();
-        let lost = missing(&seen, N);
+        let lost = missing(&seen, 0..N);
         assert!(
             lost.is_empty(),
             "after SIG{signal}: {} of {N} lines lost (first {:?}); the reset consumer's kernel had {delivered}",
@@ -539,7 +420,7 @@ fn a_reload_of_queue_settings_keeps_every_connection() {
     let dir = tempfile::tempdir().expect("dir");
     let spool = dir.path().join("spool");
     let [pp, cp] = free_ports();
-    let config = queue_config(dir.path(), pp, cp, &spool, "memory = \"1MiB\"");
+    let config = queue_config(dir.path(), pp, cp, &spool, "2s", "memory = \"1MiB\"");
     let mut relay = start(&config, pp, cp);
     let mut p = TcpStream::connect(addr(pp)).expect("producer");
     let mut c = TcpStream::connect(addr(cp)).expect("consumer");
@@ -551,12 +432,7 @@ fn a_reload_of_queue_settings_keeps_every_connection() {
         p.write_all(&buf).expect("produce");
     };
     send(&mut p, 0, N);
-    queue_config(
-        dir.path(),
-        pp,
-        cp,
-        &spool,
-        "memory = 0\nfsync = \"always\"\nmax_disk = \"64MiB\"\nsegment_size = \"256KiB\"\nredeliver_on_reset = \"128KiB\"",
+    queue_config(dir.path(), pp, cp, &spool, "2s", "memory = 0\nfsync = \"always\"\nmax_disk = \"64MiB\"\nsegment_size = \"256KiB\"\nredeliver_on_reset = \"128KiB\"",
     );
     relay.signal("HUP");
     relay.wait_log("queue route settings changed in place");

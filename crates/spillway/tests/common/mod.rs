@@ -2,6 +2,8 @@
 //! its log captured, free ports, and small socket utilities.
 #![allow(dead_code)]
 
+pub mod lines;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 
