@@ -108,6 +108,8 @@ impl QueueServer {
         // Once we end the connection (shutdown, idle, lifetime): the reason,
         // and how much of what the kernel already accepted is still read.
         let mut ending: Option<(ProducerEnd, usize)> = None;
+        // Whether the producer ended its side (its FIN was read).
+        let mut producer_eof = false;
         let end = loop {
             if buf.capacity() - buf.len() < READ_CHUNK / 4 {
                 buf.reserve(READ_CHUNK);
@@ -118,13 +120,15 @@ impl QueueServer {
                 // next), without waiting, and no more than its receive
                 // buffer held: a producer that keeps sending cannot keep
                 // the drain reading.
-                let mut n = drain_ready(&mut stream, &mut buf, (*left).min(READ_CHUNK)).await;
-                if n == 0 && *left > 0 {
+                let (mut n, mut eof) =
+                    drain_ready_eof(&mut stream, &mut buf, (*left).min(READ_CHUNK)).await;
+                if n == 0 && !eof && *left > 0 {
                     // Segments may still be on their way up to the window
                     // we had offered (it can only close, see below).
                     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                    n = drain_ready(&mut stream, &mut buf, (*left).min(READ_CHUNK)).await;
+                    (n, eof) = drain_ready_eof(&mut stream, &mut buf, (*left).min(READ_CHUNK)).await;
                 }
+                producer_eof |= eof;
                 *left -= n.min(*left);
                 let (at_end, end) = (n == 0 || *left == 0, *end);
                 let mut tally = (messages, dropped);
@@ -196,10 +200,17 @@ impl QueueServer {
                 self.stats.lost_unqueued.fetch_add(lost, Ordering::Relaxed);
             }
         }
-        if matches!(
-            end,
-            ProducerEnd::Refused | ProducerEnd::SpoolFailed | ProducerEnd::BadFrame
-        ) {
+        // Ended by us in the middle of its stream (shutdown, idle,
+        // lifetime) while it may still be sending: a reset tells it so. A
+        // FIN would let it finish its writes and read a clean EOF, as if
+        // everything it sent had been taken.
+        let cut_mid_stream = ending.is_some() && !producer_eof;
+        if cut_mid_stream
+            || matches!(
+                end,
+                ProducerEnd::Refused | ProducerEnd::SpoolFailed | ProducerEnd::BadFrame
+            )
+        {
             // Bytes this producer sent were not (all) queued: a reset tells
             // it so, where a clean close would read as "all taken".
             let _ =
@@ -450,15 +461,26 @@ const FINAL_READ: usize = 2 * super::PRODUCER_RCVBUF;
 /// for this socket (bytes its TCP stack acknowledged to the producer);
 /// returns how many (0: nothing more, or EOF).
 async fn drain_ready(stream: &mut MaybeTls, buf: &mut BytesMut, limit: usize) -> usize {
+    drain_ready_eof(stream, buf, limit).await.0
+}
+
+/// [`drain_ready`], and whether the producer's EOF was seen (over TLS,
+/// not told apart from "nothing more now").
+async fn drain_ready_eof(stream: &mut MaybeTls, buf: &mut BytesMut, limit: usize) -> (usize, bool) {
     let before = buf.len();
+    let mut eof = false;
     match stream {
         MaybeTls::Plain(tcp) => {
             let mut chunk = vec![0u8; limit.min(64 << 10)];
             while buf.len() - before < limit {
                 let want = (limit - (buf.len() - before)).min(chunk.len());
                 match tcp.try_read(&mut chunk[..want]) {
-                    Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-                    _ => break,
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    Err(_) => break,
                 }
             }
         }
@@ -480,5 +502,5 @@ async fn drain_ready(stream: &mut MaybeTls, buf: &mut BytesMut, limit: usize) ->
             }
         }
     }
-    buf.len() - before
+    (buf.len() - before, eof)
 }
