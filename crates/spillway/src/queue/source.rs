@@ -126,7 +126,8 @@ impl QueueServer {
                     // Segments may still be on their way up to the window
                     // we had offered (it can only close, see below).
                     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                    (n, eof) = drain_ready_eof(&mut stream, &mut buf, (*left).min(READ_CHUNK)).await;
+                    (n, eof) =
+                        drain_ready_eof(&mut stream, &mut buf, (*left).min(READ_CHUNK)).await;
                 }
                 producer_eof |= eof;
                 *left -= n.min(*left);
