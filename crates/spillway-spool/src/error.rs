@@ -73,6 +73,14 @@ pub enum SpoolError {
     /// limit).
     #[error("invalid spool configuration: {0}")]
     Config(String),
+    /// The batch's sequence numbers would run past `u64::MAX`. No spool
+    /// gets there by appending (2^64 messages); only a crafted or damaged
+    /// cursor or segment that still passes its checksum can number the log
+    /// this close to the end. Nothing was written; every later append fails
+    /// the same way (reads and acks still work). An operator must look at
+    /// the directory (`spillway spool inspect`).
+    #[error("sequence numbers exhausted: {msgs} messages cannot follow seq {next_seq}")]
+    SequenceExhausted { next_seq: u64, msgs: u64 },
     /// `close` could not write the memory tier to disk: these messages
     /// (`first_seq..first_seq + msgs`, `bytes` of message data) are lost
     /// when the process exits. With the reserve this takes another writer
@@ -116,8 +124,9 @@ impl SpoolError {
         matches!(self, SpoolError::Corrupt { .. })
     }
     /// The spool as a whole cannot go on (poisoned, damaged, I/O failure,
-    /// closed): the owner should stop using it. The other errors concern
-    /// only the call that got them (too large, full).
+    /// closed, sequence numbers exhausted): the owner should stop using it.
+    /// The other errors concern only the call that got them (too large,
+    /// full).
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,
@@ -128,6 +137,7 @@ impl SpoolError {
                 | SpoolError::Config(_)
                 | SpoolError::Locked { .. }
                 | SpoolError::MemoryTierNotWritten { .. }
+                | SpoolError::SequenceExhausted { .. }
         )
     }
     /// Worth retrying the same call later without changing anything.

@@ -95,9 +95,13 @@ fn header_of(file: &dyn SegmentFile, path: &Path) -> Result<(HeaderCheck, u64), 
 
 /// Summarises the spool in `dir` without changing it.
 pub fn inspect(dir: &Path) -> Result<Inspection, SpoolError> {
-    let fs = StdFs;
+    inspect_with_fs(&StdFs, dir)
+}
+
+/// [`inspect`] over a custom file system (tests, fuzzing).
+pub fn inspect_with_fs(fs: &dyn Fs, dir: &Path) -> Result<Inspection, SpoolError> {
     let mut tmp = 0;
-    let list = list_segments(&fs, dir, false, &mut tmp)?;
+    let list = list_segments(fs, dir, false, &mut tmp)?;
     let mut out = Inspection {
         dir: dir.to_path_buf(),
         segments: Vec::new(),
@@ -110,14 +114,14 @@ pub fn inspect(dir: &Path) -> Result<Inspection, SpoolError> {
         torn_tail: None,
         tail_problem: None,
     };
-    match read_cursor(&fs, dir)? {
+    match read_cursor(fs, dir)? {
         Some(Ok(c)) => out.cursor = Some((c.ack_floor, c.next_seq)),
         Some(Err(reason)) => out.cursor_problem = Some(reason),
         None => {}
     }
     let count = list.len();
     for (i, (seq, path)) in list.into_iter().enumerate() {
-        let file = open_read(&fs, &path)?;
+        let file = open_read(fs, &path)?;
         let (check, len) = header_of(&*file, &path)?;
         out.disk_bytes += len;
         let (created_ms, problem) = match &check {
@@ -315,8 +319,16 @@ fn walk(
 /// Checks every record of every segment. `progress(done, total)` reports
 /// bytes. Damage is reported in the result (`problem`), not as an error;
 /// errors are I/O failures.
-pub fn verify(dir: &Path, mut progress: impl FnMut(u64, u64)) -> Result<VerifyReport, SpoolError> {
-    let fs = StdFs;
+pub fn verify(dir: &Path, progress: impl FnMut(u64, u64)) -> Result<VerifyReport, SpoolError> {
+    verify_with_fs(&StdFs, dir, progress)
+}
+
+/// [`verify`] over a custom file system (tests, fuzzing).
+pub fn verify_with_fs(
+    fs: &dyn Fs,
+    dir: &Path,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<VerifyReport, SpoolError> {
     let mut rep = VerifyReport::default();
     let mut records = 0u64;
     let mut messages = 0u64;
@@ -325,7 +337,7 @@ pub fn verify(dir: &Path, mut progress: impl FnMut(u64, u64)) -> Result<VerifyRe
     let mut end: Option<u64> = None;
     let mut segments = 0u64;
     let res = walk(
-        &fs,
+        fs,
         dir,
         None,
         &mut progress,
@@ -376,12 +388,22 @@ pub fn dump(
     dir: &Path,
     from: Option<u64>,
     limit: Option<u64>,
+    each: impl FnMut(&Message) -> io::Result<()>,
+) -> Result<u64, SpoolError> {
+    dump_with_fs(&StdFs, dir, from, limit, each)
+}
+
+/// [`dump`] over a custom file system (tests, fuzzing).
+pub fn dump_with_fs(
+    fs: &dyn Fs,
+    dir: &Path,
+    from: Option<u64>,
+    limit: Option<u64>,
     mut each: impl FnMut(&Message) -> io::Result<()>,
 ) -> Result<u64, SpoolError> {
-    let fs = StdFs;
     let from = match from {
         Some(f) => Some(f),
-        None => match read_cursor(&fs, dir)? {
+        None => match read_cursor(fs, dir)? {
             Some(Ok(c)) => Some(c.ack_floor),
             _ => None,
         },
@@ -393,7 +415,7 @@ pub fn dump(
     }
     let mut out_err: Option<io::Error> = None;
     let res = walk(
-        &fs,
+        fs,
         dir,
         from,
         &mut |_, _| {},

@@ -121,6 +121,7 @@ mod error;
 mod format;
 pub mod fs;
 mod inspect;
+pub mod mem;
 mod recovery;
 mod reserve;
 mod scan;
@@ -131,7 +132,10 @@ mod stats;
 pub use config::{Durability, SpoolConfig, WhenFull};
 pub use error::{FullReason, SpoolError};
 pub use format::MAX_MESSAGE_LIMIT;
-pub use inspect::{dump, inspect, verify, Inspection, SegmentInfo, VerifyProblem, VerifyReport};
+pub use inspect::{
+    dump, dump_with_fs, inspect, inspect_with_fs, verify, verify_with_fs, Inspection, SegmentInfo,
+    VerifyProblem, VerifyReport,
+};
 pub use recovery::{CursorRecovery, RecoveryReport};
 pub use spool::{is_locked, AppendOutcome, Message, Spool, Tier, Tunables, LOCK_FILE};
 pub use stats::{Histogram, HistogramSnapshot, SpoolStats, FSYNC_BUCKETS};

@@ -494,6 +494,16 @@ impl Spool {
                 return Err(SpoolError::Closed);
             }
             inner.check_poison()?;
+            // Both tiers count `next_seq` up by the batch: a directory
+            // numbered at the end of the sequence space (a crafted cursor
+            // or segment) must not make that overflow (a panic in debug,
+            // wrapped numbers and a log that recovery cuts in release).
+            if core.next_seq.checked_add(batch.msgs as u64).is_none() {
+                return Err(SpoolError::SequenceExhausted {
+                    next_seq: core.next_seq,
+                    msgs: batch.msgs as u64,
+                });
+            }
             // The memory tier takes the batch if, written out by `close`
             // with everything already in it, it still fits the reserve.
             if !disk_pending(&core)
