@@ -137,16 +137,25 @@ pub struct Admitted {
 }
 
 impl Gate {
-    /// `per_ip` bounds each client on this route's listeners (an IPv4
+    /// `total` bounds the connections on this route's listeners (all
+    /// clients together; `usize::MAX`: none), `per_ip` each client (an IPv4
     /// address, or an IPv6 network of the given prefix length); `global`
     /// is shared by all routes.
-    pub fn new(route: &str, global: Option<Arc<ConnLimits>>, per_ip: Option<(usize, u8)>) -> Self {
+    pub fn new(
+        route: &str,
+        global: Option<Arc<ConnLimits>>,
+        total: usize,
+        per_ip: Option<(usize, u8)>,
+    ) -> Self {
+        let own = (total != usize::MAX || per_ip.is_some()).then(|| {
+            let (n, prefix) =
+                per_ip.unwrap_or((usize::MAX, spillway_net::limit::DEFAULT_IPV6_PREFIX));
+            Arc::new(ConnLimits::new(total, n).with_ipv6_prefix(prefix))
+        });
         Gate {
             route: route.to_string(),
             global,
-            per_ip: per_ip.map(|(n, prefix)| {
-                Arc::new(ConnLimits::new(usize::MAX, n).with_ipv6_prefix(prefix))
-            }),
+            per_ip: own,
             rejected: Default::default(),
             warn: Mutex::new(RateLimited::new(Duration::from_secs(5))),
         }

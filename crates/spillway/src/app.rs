@@ -136,6 +136,8 @@ pub struct AppState {
     spill: Arc<SpillBudget>,
     /// `global.max_connections`, shared by every route's listeners.
     conn_limits: Option<Arc<ConnLimits>>,
+    /// `global.peer_memory`, shared by every queue route.
+    peer_memory: Arc<crate::queue::MemoryBudget>,
     config_path: Option<PathBuf>,
 }
 
@@ -155,6 +157,9 @@ impl AppState {
             last_reload_success: AtomicU64::new(0),
             spill,
             conn_limits: None,
+            peer_memory: Arc::new(crate::queue::MemoryBudget::new(
+                crate::config::defaults::PEER_MEMORY,
+            )),
             config_path,
         }
     }
@@ -199,6 +204,10 @@ impl AppState {
 
     pub fn spill(&self) -> &SpillBudget {
         &self.spill
+    }
+
+    pub fn peer_memory(&self) -> &crate::queue::MemoryBudget {
+        &self.peer_memory
     }
 
     pub fn config_path(&self) -> Option<&Path> {
@@ -287,6 +296,7 @@ pub async fn run(
         .global
         .max_connections
         .map(|n| Arc::new(ConnLimits::new(n, usize::MAX)));
+    state.peer_memory = Arc::new(crate::queue::MemoryBudget::new(config.global.peer_memory));
     // Not ready until every route of the file serves: the admin endpoint
     // answers from before the first route starts.
     state.pending.store(config.routes.len(), Ordering::Relaxed);
@@ -439,7 +449,11 @@ async fn start_queue(
         }
     }
     let server = tokio::task::block_in_place(|| {
-        QueueServer::open_with_limits(q.clone(), stop, drain, state.conn_limits.clone())
+        let shared = crate::queue::Shared {
+            connections: state.conn_limits.clone(),
+            memory: Arc::clone(&state.peer_memory),
+        };
+        QueueServer::open_with_limits(q.clone(), stop, drain, shared)
     })?;
     info!(route = %q.name, from = %q.from, to = %q.to, framing = %q.framing,
           spool = %q.spool.display(), from_tls = q.from_tls.is_some(),
@@ -636,6 +650,11 @@ impl Supervisor {
         }
         if old.max_connections != g.max_connections {
             warn!("global max_connections changed: takes effect on restart");
+        }
+        if old.peer_memory != g.peer_memory {
+            // Applies at once: connections over it shrink as they drain.
+            self.state.peer_memory.set_limit(g.peer_memory);
+            info!(peer_memory = g.peer_memory, "global peer_memory changed");
         }
     }
 

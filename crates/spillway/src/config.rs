@@ -94,6 +94,16 @@ pub mod defaults {
     pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
     /// Queue producers: connected and silent this long means closed.
     pub const READ_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+    /// Connections on a queue route's listeners, producers and consumers
+    /// together.
+    pub const QUEUE_MAX_CONNECTIONS: usize = 1024;
+    /// What peers may make the relay hold, all queue routes together:
+    /// producers' read buffers and partial messages, consumers' windows.
+    pub const PEER_MEMORY: u64 = 64 << 20;
+    /// A producer holding a partial message must send at least this many
+    /// bytes per second on average (after [`MIN_RATE_GRACE`]).
+    pub const MIN_RATE: u64 = 1 << 10;
+    pub const MIN_RATE_GRACE: Duration = Duration::from_secs(10);
 }
 
 /// Liveness of every connection a route accepts or dials: TCP options
@@ -146,6 +156,9 @@ pub struct Global {
     pub admin_token_file: Option<PathBuf>,
     /// Bound on client connections across all listeners (None: unlimited).
     pub max_connections: Option<usize>,
+    /// Bound on the memory peers make queue routes hold (producers' read
+    /// buffers and partial messages, consumers' windows), all together.
+    pub peer_memory: u64,
 }
 
 impl Default for Global {
@@ -156,6 +169,7 @@ impl Default for Global {
             admin: None,
             admin_token_file: None,
             max_connections: None,
+            peer_memory: defaults::PEER_MEMORY,
         }
     }
 }
@@ -198,6 +212,14 @@ pub struct QueueRoute {
     pub timeouts: Timeouts,
     /// A producer that sends nothing for this long is closed (`None`: never).
     pub read_idle_timeout: Option<Duration>,
+    /// A producer holding a partial message must send at least this many
+    /// bytes per second on average once `min_rate_grace` has passed, or it
+    /// is closed (`slow_producer`); 0 turns the check off.
+    pub min_rate: u64,
+    pub min_rate_grace: Duration,
+    /// Bound on connections on the route's listeners (producers and
+    /// consumers together).
+    pub max_connections: usize,
     /// Redial policy of `connect:` endpoints.
     pub backoff: BackoffConfig,
     /// Bound on connections per client address on `listen:` endpoints.
@@ -244,6 +266,9 @@ impl QueueRoute {
             connect_timeout: defaults::CONNECT_TIMEOUT,
             timeouts: Timeouts::default(),
             read_idle_timeout: Some(defaults::READ_IDLE_TIMEOUT),
+            min_rate: defaults::MIN_RATE,
+            min_rate_grace: defaults::MIN_RATE_GRACE,
+            max_connections: defaults::QUEUE_MAX_CONNECTIONS,
             from_tls: None,
             to_tls: None,
             backoff: BackoffConfig::default(),
@@ -417,6 +442,7 @@ struct RawGlobal {
     max_spill_total: Option<ByteSize>,
     drain_timeout: Option<HumanDuration>,
     max_connections: S<u64>,
+    peer_memory: S<ByteSize>,
 }
 
 #[derive(Deserialize)]
@@ -459,6 +485,8 @@ struct RawRoute {
     segment_size: S<ByteSize>,
     redeliver_on_reset: S<ByteSize>,
     read_idle_timeout: S<HumanDuration>,
+    min_rate: S<ByteSize>,
+    min_rate_grace: S<HumanDuration>,
     // both
     tcp_keepalive: S<bool>,
     tcp_keepalive_idle: S<HumanDuration>,
@@ -600,6 +628,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         if let Some(v) = g.max_connections {
             global.max_connections = Some(at_least_one(&src, &v, "max_connections")?);
         }
+        if let Some(v) = g.peer_memory {
+            global.peer_memory = v.get_ref().bytes();
+            if global.peer_memory < (1 << 20) {
+                return Err(src.error(v.span(), "peer_memory must be at least 1MiB"));
+            }
+        }
     }
     if let Some(a) = raw.admin {
         global.admin = Some(a.listen);
@@ -623,7 +657,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let mode = required(&src, &span, r.mode.clone(), "mode")?;
         let route = match mode.get_ref().as_str() {
             "stream" => Route::Stream(stream_route(&src, &span, name.into_inner(), r)?),
-            "queue" => Route::Queue(queue_route(&src, &span, name.into_inner(), r)?),
+            "queue" => Route::Queue(queue_route(
+                &src,
+                &span,
+                name.into_inner(),
+                r,
+                global.peer_memory,
+            )?),
             other => {
                 return Err(src.error(
                     mode.span(),
@@ -688,6 +728,7 @@ fn queue_route(
     table: &Range<usize>,
     name: String,
     r: RawRoute,
+    peer_memory: u64,
 ) -> Result<QueueRoute, ConfigError> {
     reject(src, &r.listen, "listen", "queue")?;
     reject(src, &r.upstreams, "upstreams", "queue")?;
@@ -695,7 +736,6 @@ fn queue_route(
     reject(src, &r.connect_tries, "connect_tries", "queue")?;
     reject(src, &r.idle_timeout, "idle_timeout", "queue")?;
     reject(src, &r.half_close_timeout, "half_close_timeout", "queue")?;
-    reject(src, &r.max_connections, "max_connections", "queue")?;
     reject(src, &r.buffer, "buffer", "queue")?;
     reject(src, &r.pipe_size, "pipe_size", "queue")?;
     reject(src, &r.spill_dir, "spill_dir", "queue")?;
@@ -723,6 +763,15 @@ fn queue_route(
     }
     if let Some(v) = &r.max_message {
         q.max_message = v.get_ref().bytes();
+        if q.max_message > peer_memory {
+            return Err(src.error(
+                v.span(),
+                format!(
+                    "max_message ({} bytes) is larger than global peer_memory ({} bytes): such a message could never be read; raise peer_memory",
+                    q.max_message, peer_memory
+                ),
+            ));
+        }
     }
     if let Some(v) = &r.memory {
         q.memory = v.get_ref().bytes();
@@ -747,6 +796,18 @@ fn queue_route(
     }
     if let Some(v) = &r.read_idle_timeout {
         q.read_idle_timeout = optional_duration(v);
+    }
+    if let Some(v) = &r.min_rate {
+        q.min_rate = v.get_ref().bytes();
+    }
+    if let Some(v) = r.min_rate_grace {
+        q.min_rate_grace = nonzero_duration(src, &v, "min_rate_grace")?;
+    }
+    if let Some(v) = r.max_connections {
+        if *v.get_ref() == 0 {
+            return Err(src.error(v.span(), "max_connections must be at least 1"));
+        }
+        q.max_connections = usize::try_from(*v.get_ref()).unwrap_or(usize::MAX);
     }
     q.timeouts = timeouts;
     if let Some(v) = &r.backoff {
@@ -1274,6 +1335,41 @@ mod tests {
 
     fn p(text: &str) -> Result<Config, ConfigError> {
         parse(Path::new("t.toml"), text)
+    }
+
+    #[test]
+    fn peer_limits_of_queue_routes() {
+        let queue = "[[route]]\nname = \"q\"\nmode = \"queue\"\nfrom = \"listen:127.0.0.1:1\"\nto = \"listen:127.0.0.1:2\"\nspool = \"/s\"\n";
+        let c = p(queue).expect("defaults");
+        assert_eq!(c.global.peer_memory, defaults::PEER_MEMORY);
+        let Route::Queue(q) = &c.routes[0] else {
+            panic!("queue route")
+        };
+        assert_eq!(q.max_connections, defaults::QUEUE_MAX_CONNECTIONS);
+        assert_eq!(q.min_rate, defaults::MIN_RATE);
+        assert_eq!(q.min_rate_grace, defaults::MIN_RATE_GRACE);
+
+        let c = p(&format!(
+            "[global]\npeer_memory = \"512MiB\"\n{queue}max_connections = 10\nmin_rate = \"0\"\nmin_rate_grace = \"3s\"\nmax_message = \"256MiB\"\n"
+        ))
+        .expect("set");
+        assert_eq!(c.global.peer_memory, 512 << 20);
+        let Route::Queue(q) = &c.routes[0] else {
+            panic!("queue route")
+        };
+        assert_eq!((q.max_connections, q.min_rate), (10, 0));
+        assert_eq!(q.min_rate_grace, Duration::from_secs(3));
+
+        // A message larger than the budget could never be read.
+        let e = p(&format!("{queue}max_message = \"128MiB\"\n")).expect_err("over budget");
+        assert_eq!((e.line, e.col), (7, 15), "{e}");
+        assert!(e.message.contains("peer_memory"), "{e}");
+        let e = p(&format!("[global]\npeer_memory = \"64KiB\"\n{queue}")).expect_err("tiny");
+        assert_eq!(e.line, 2, "{e}");
+        let e = p(&format!("{queue}max_connections = 0\n")).expect_err("zero");
+        assert!(e.message.contains("at least 1"), "{e}");
+        let e = p(&format!("{queue}min_rate_grace = \"0s\"\n")).expect_err("zero grace");
+        assert!(e.message.contains("greater than zero"), "{e}");
     }
 
     #[test]

@@ -215,6 +215,27 @@ fn process_families(enc: &mut DescriptorEncoder, state: &AppState) -> fmt::Resul
         "Bound on spill-file bytes (max_spill_total).",
         MetricType::Gauge,
         |m| gauge0(m, state.spill().limit()),
+    )?;
+    family(
+        enc,
+        "spillway_peer_memory_bytes",
+        "Bytes queue routes hold for peers: producers' read buffers and partial messages, consumers' windows.",
+        MetricType::Gauge,
+        |m| gauge0(m, state.peer_memory().used()),
+    )?;
+    family(
+        enc,
+        "spillway_peer_memory_limit_bytes",
+        "Bound on peer memory (global peer_memory).",
+        MetricType::Gauge,
+        |m| gauge0(m, state.peer_memory().limit()),
+    )?;
+    family(
+        enc,
+        "spillway_peer_memory_refusals",
+        "Times a connection was refused more peer memory (a producer then waits unread, a consumer takes nothing more until acknowledgements come in).",
+        MetricType::Counter,
+        |m| counter0(m, state.peer_memory().refused()),
     )
 }
 
@@ -591,7 +612,7 @@ impl Families<'_> {
         family(
             enc,
             "spillway_listener_rejections",
-            "Connections closed right after accept by a listener limit (max_connections across routes, max_connections_per_ip).",
+            "Connections closed right after accept by a listener limit (global max_connections, a queue route's max_connections, max_connections_per_ip).",
             MetricType::Counter,
             |m| {
                 let gates = self
@@ -910,6 +931,10 @@ fn gauge(m: &mut MetricEncoder, labels: &Labels<'_>, v: u64) -> fmt::Result {
     // Gauges are exported as i64 where they fit (Prometheus reads floats).
     let v = i64::try_from(v).unwrap_or(i64::MAX);
     m.encode_family(labels)?.encode_gauge(&v)
+}
+
+fn counter0(m: &mut MetricEncoder, v: u64) -> fmt::Result {
+    m.encode_counter::<NoLabelSet, _, f64>(&v, None)
 }
 
 fn gauge0(m: &mut MetricEncoder, v: u64) -> fmt::Result {

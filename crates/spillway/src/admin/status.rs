@@ -22,6 +22,7 @@ pub fn render(state: &AppState) -> Value {
         "draining": state.draining(),
         "config": state.config_path().map(|p| p.display().to_string()),
         "spill_bytes": state.spill().used(),
+        "peer_memory_bytes": state.peer_memory().used(),
         "routes": routes,
     })
 }

@@ -15,6 +15,7 @@
 //! `block_in_place`, so they never stall other connections' tasks.
 
 mod dispatch;
+pub mod memory;
 mod sink;
 mod source;
 mod wire;
@@ -47,8 +48,27 @@ use crate::config::{EndpointTls, QueueRoute};
 use crate::endpoint::Endpoint;
 use crate::logging::RateLimited;
 pub use dispatch::Dispatch;
+pub use memory::MemoryBudget;
 pub use sink::ConsumerEnd;
 pub use source::ProducerEnd;
+
+/// What every queue route of the process shares: the connection limit
+/// across listeners (`global.max_connections`) and the peer memory budget
+/// (`global.peer_memory`).
+#[derive(Clone, Debug)]
+pub struct Shared {
+    pub connections: Option<Arc<ConnLimits>>,
+    pub memory: Arc<MemoryBudget>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            connections: None,
+            memory: Arc::new(MemoryBudget::new(crate::config::defaults::PEER_MEMORY)),
+        }
+    }
+}
 
 /// Receive buffer of producer sockets (the kernel doubles it for its own
 /// bookkeeping): about a tenth of a second of a fast producer.
@@ -214,6 +234,8 @@ pub struct QueueServer {
     blocked_warning: Mutex<RateLimited>,
     /// Connection limits of the `listen:` endpoints.
     gate: Gate,
+    /// The process-wide budget of peer memory (`global.peer_memory`).
+    memory: Arc<MemoryBudget>,
     /// TLS of each end, loaded from the route's files; replaced by
     /// [`QueueServer::reload_tls`]. A connection clones what it needs.
     tls: RwLock<QueueTls>,
@@ -288,18 +310,17 @@ impl QueueServer {
         shutdown: &CancellationToken,
         drain: Duration,
     ) -> anyhow::Result<Arc<Self>> {
-        Self::open_with_limits(route, shutdown, drain, None)
+        Self::open_with_limits(route, shutdown, drain, Shared::default())
     }
 
-    /// [`QueueServer::open`], with the route's listeners under the
-    /// process-wide connection limit `global`.
+    /// [`QueueServer::open`], under the process-wide limits `shared`.
     pub fn open_with_limits(
         route: QueueRoute,
         shutdown: &CancellationToken,
         drain: Duration,
-        global: Option<Arc<ConnLimits>>,
+        shared: Shared,
     ) -> anyhow::Result<Arc<Self>> {
-        Self::open_on(route, shutdown, drain, global, Arc::new(StdFs))
+        Self::open_on(route, shutdown, drain, shared, Arc::new(StdFs))
     }
 
     /// [`QueueServer::open_with_limits`] with the spool on the file system
@@ -308,7 +329,7 @@ impl QueueServer {
         route: QueueRoute,
         shutdown: &CancellationToken,
         drain: Duration,
-        global: Option<Arc<ConnLimits>>,
+        shared: Shared,
         fs: Arc<dyn Fs>,
     ) -> anyhow::Result<Arc<Self>> {
         // Certificates first: a bad file is reported before the spool is locked.
@@ -347,7 +368,8 @@ impl QueueServer {
         let dispatch = Mutex::new(Dispatch::new(spool.ack_floor(), route.redeliver_on_reset));
         let gate = Gate::new(
             &route.name,
-            global,
+            shared.connections,
+            route.max_connections,
             route
                 .max_connections_per_ip
                 .map(|n| (n, route.per_ip_ipv6_prefix)),
@@ -370,6 +392,7 @@ impl QueueServer {
             peers: Mutex::new(BTreeMap::new()),
             next_peer: AtomicU64::new(0),
             gate,
+            memory: shared.memory,
         }))
     }
 
@@ -466,6 +489,7 @@ impl QueueServer {
             && old.max_message == new.max_message
             && old.from_tls == new.from_tls
             && old.to_tls == new.to_tls
+            && old.max_connections == new.max_connections
             && old.max_connections_per_ip == new.max_connections_per_ip
             && old.per_ip_ipv6_prefix == new.per_ip_ipv6_prefix
     }

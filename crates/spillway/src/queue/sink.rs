@@ -166,6 +166,19 @@ struct Delivery {
     written: u64,
     delivered: u64,
     delivered_msgs: u64,
+    /// What this consumer makes the relay hold (its messages in flight,
+    /// its write buffer, its redelivery window), charged to the process's
+    /// peer memory budget.
+    charge: super::memory::Charge,
+}
+
+impl Delivery {
+    /// Bytes held for this consumer now: messages taken and not yet
+    /// acknowledged, the copy of them not yet written, and the redelivery
+    /// window (at most `redeliver` of what it delivered).
+    fn held(&self, redeliver: u64) -> u64 {
+        (self.queued - self.delivered) + self.wbuf.capacity() as u64 + self.delivered.min(redeliver)
+    }
 }
 
 impl QueueServer {
@@ -181,6 +194,7 @@ impl QueueServer {
             written: 0,
             delivered: 0,
             delivered_msgs: 0,
+            charge: self.memory.charge(),
         };
         let end = self.deliver(&mut wire, peer, &mut d).await;
         // Whatever is still not known delivered goes back to the queue.
@@ -256,8 +270,13 @@ impl QueueServer {
             // 1. Take more when everything taken so far is on the wire.
             let mut progressed = false;
             let room = d.queued - d.delivered < WINDOW;
-            if cut.is_none() && d.wbuf.is_empty() && room {
-                match self.refill(d) {
+            let take = if cut.is_none() && d.wbuf.is_empty() && room {
+                self.take_size(d)
+            } else {
+                0
+            };
+            if take > 0 {
+                match self.refill(d, take) {
                     Ok(n) => progressed = n > 0,
                     Err(e) => {
                         self.fail("read", &e);
@@ -391,10 +410,10 @@ impl QueueServer {
 
     /// Takes the next batch from the dispatcher into the write buffer;
     /// returns how many messages it took.
-    fn refill(&self, d: &mut Delivery) -> Result<usize, SpoolError> {
+    fn refill(&self, d: &mut Delivery, max_bytes: usize) -> Result<usize, SpoolError> {
         let msgs = tokio::task::block_in_place(|| {
             self.dispatch()
-                .take(d.id, BATCH_MSGS, BATCH_BYTES, |from, n, bytes| {
+                .take(d.id, BATCH_MSGS, max_bytes, |from, n, bytes| {
                     self.spool.read(from, n, bytes)
                 })
         })?;
@@ -402,7 +421,24 @@ impl QueueServer {
             d.queued += m.data.len() as u64;
             d.wbuf.extend_from_slice(&m.data);
         }
+        d.charge.set(d.held(self.route().redeliver_on_reset));
         Ok(msgs.len())
+    }
+
+    /// How many bytes the next take may bring (0: none now), within the
+    /// peer memory budget: a full batch while the budget allows it (held
+    /// twice: in flight and in the write buffer); past it, nothing while
+    /// earlier messages are unacknowledged (their acknowledgements free
+    /// memory), and a small take (at least one message) when none are.
+    fn take_size(&self, d: &mut Delivery) -> usize {
+        let held = d.held(self.route().redeliver_on_reset);
+        if d.charge.try_set(held + 2 * BATCH_BYTES as u64) {
+            return BATCH_BYTES;
+        }
+        if d.queued > d.delivered {
+            return 0;
+        }
+        (super::memory::MIN_HOLD / 2) as usize
     }
 
     /// Reports what the consumer's TCP acknowledged to the dispatcher,
@@ -442,6 +478,7 @@ impl QueueServer {
         }
         latency.record(&self.stats.delivery_latency);
         d.delivered_msgs += moved;
+        d.charge.set(d.held(self.route().redeliver_on_reset));
         self.stats
             .messages_delivered
             .fetch_add(moved, Ordering::Relaxed);

@@ -18,15 +18,29 @@ use bytes::{Buf, BytesMut};
 use spillway_codec::{Decoded, Decoder, FrameError};
 use spillway_net::tls::MaybeTls;
 use spillway_spool::SpoolError;
+use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::time::{sleep_until, Instant};
 use tracing::{error, info, warn};
 
+use super::memory::Charge;
 use super::QueueServer;
 
-/// Bytes asked of the socket per read. Large reads are what keep the
-/// per-message cost low for small messages.
+/// Most bytes asked of the socket per read. Large reads are what keep the
+/// per-message cost low for small messages; a producer's reads start at
+/// [`FIRST_READ`] and double while they fill the buffer.
 const READ_CHUNK: usize = 256 << 10;
+/// The read size of a new or slow producer (within the peer memory
+/// budget's minimum, so it is always granted).
+const FIRST_READ: usize = super::memory::MIN_HOLD as usize;
+
+/// A partial message being received: since when, and how many of its
+/// bytes arrived (the `min_rate` check).
+#[derive(Clone, Copy)]
+struct Partial {
+    since: Instant,
+    received: u64,
+}
 
 /// Why a producer connection ended (logged and counted in `QueueStats`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,11 +58,14 @@ pub enum ProducerEnd {
     PeerTimeout,
     /// The connection reached `max_lifetime`.
     MaxLifetime,
+    /// It held a partial message and sent less than `min_rate` bytes per
+    /// second (a slowloris that trickles a byte now and then).
+    SlowProducer,
 }
 
 impl ProducerEnd {
     /// Every variant, in declaration order (the index of the counters).
-    pub const ALL: [ProducerEnd; 9] = [
+    pub const ALL: [ProducerEnd; 10] = [
         ProducerEnd::Eof,
         ProducerEnd::Reset,
         ProducerEnd::BadFrame,
@@ -58,6 +75,7 @@ impl ProducerEnd {
         ProducerEnd::ReadIdle,
         ProducerEnd::PeerTimeout,
         ProducerEnd::MaxLifetime,
+        ProducerEnd::SlowProducer,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -71,6 +89,7 @@ impl ProducerEnd {
             ProducerEnd::ReadIdle => "read_idle",
             ProducerEnd::PeerTimeout => "peer_timeout",
             ProducerEnd::MaxLifetime => "max_lifetime",
+            ProducerEnd::SlowProducer => "slow_producer",
         }
     }
 }
@@ -95,7 +114,14 @@ impl QueueServer {
         let route = &self.route().name;
         let max = usize::try_from(self.route().max_message).unwrap_or(usize::MAX);
         let mut decoder = Decoder::new(self.route().framing, max);
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        // Peer memory: the buffer is charged to the process-wide budget;
+        // it grows past the minimum only while the budget allows.
+        let memory = std::sync::Arc::clone(&self.memory);
+        let mut charge = memory.producer_charge();
+        let mut chunk = FIRST_READ;
+        let mut buf = BytesMut::new();
+        let mut partial: Option<Partial> = None;
+        let mut last_n = 0usize;
         let mut messages = 0u64;
         let mut dropped = 0u64;
         let read_idle = self.route().read_idle_timeout;
@@ -111,9 +137,6 @@ impl QueueServer {
         // Whether the producer ended its side (its FIN was read).
         let mut producer_eof = false;
         let end = loop {
-            if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-                buf.reserve(READ_CHUNK);
-            }
             if let Some((end, left)) = ending.as_mut() {
                 // Keep what the kernel already accepted from this producer,
                 // a chunk at a time (each decoded and queued before the
@@ -130,6 +153,8 @@ impl QueueServer {
                         drain_ready_eof(&mut stream, &mut buf, (*left).min(READ_CHUNK)).await;
                 }
                 producer_eof |= eof;
+                // Bounded by FINAL_READ: charged as it is, not asked for.
+                charge.set(charge.held().max(buf.capacity() as u64));
                 *left -= n.min(*left);
                 let (at_end, end) = (n == 0 || *left == 0, *end);
                 let mut tally = (messages, dropped);
@@ -140,17 +165,36 @@ impl QueueServer {
                 }
                 continue;
             }
-            let idle_end = read_idle.map(|d| last_read + d);
+            // Room for the next read, within the peer memory budget. Refused
+            // more with no room left, this producer is not read (TCP pushes
+            // back) until memory is freed; its slow_producer clock runs on.
+            let mut paused = None;
+            if buf.capacity() - buf.len() < chunk / 4 && !grow(&mut buf, &mut charge, chunk) {
+                let waiter = memory.waiter();
+                if !grow(&mut buf, &mut charge, chunk) && buf.capacity() == buf.len() {
+                    paused = Some(waiter);
+                }
+            }
+            let idle_end = read_idle
+                .filter(|_| paused.is_none())
+                .map(|d| last_read + d);
+            let slow_end = self.slow_deadline(partial);
+            let spare = buf.capacity() - buf.len();
             let read = tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => Err(ProducerEnd::Shutdown),
                 _ = sleep_until(lifetime_end.unwrap_or(last_read)), if lifetime_end.is_some() => {
                     Err(ProducerEnd::MaxLifetime)
                 }
+                _ = sleep_until(slow_end.unwrap_or(last_read)), if slow_end.is_some() => {
+                    Err(ProducerEnd::SlowProducer)
+                }
                 _ = sleep_until(idle_end.unwrap_or(last_read)), if idle_end.is_some() => {
                     Err(ProducerEnd::ReadIdle)
                 }
-                r = stream.read_buf(&mut buf) => Ok(r),
+                _ = async { paused.take().expect("armed only when paused").wait().await },
+                    if paused.is_some() => continue,
+                r = stream.read_buf(&mut buf), if paused.is_none() => Ok(r),
             };
             let (at_end, end) = match read {
                 // Stopped by us: read what the kernel holds, then stop. A
@@ -166,7 +210,18 @@ impl QueueServer {
                     continue;
                 }
                 Ok(Ok(0)) => (true, ProducerEnd::Eof),
-                Ok(Ok(_)) => (false, ProducerEnd::Eof),
+                Ok(Ok(n)) => {
+                    last_n = n;
+                    // Reads that fill the buffer ask for more next time.
+                    if n >= spare {
+                        chunk = (chunk * 2).min(READ_CHUNK);
+                    }
+                    partial = partial.map(|p| Partial {
+                        received: p.received + n as u64,
+                        ..p
+                    });
+                    (false, ProducerEnd::Eof)
+                }
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Ok(Err(e)) => {
                     let end = if e.kind() == io::ErrorKind::TimedOut {
@@ -178,14 +233,39 @@ impl QueueServer {
                     (true, end)
                 }
             };
+            let queueing = Instant::now();
             let mut tally = (messages, dropped);
             let done = self.after_read(&mut decoder, &mut buf, peer, &mut tally, at_end, end);
             (messages, dropped) = tally;
             if let Some(done) = done {
                 break done;
             }
-            // Time spent queueing (a blocked append) is not the producer's idleness.
+            // Time spent queueing (a blocked append) is not the producer's
+            // idleness, nor slowness.
             last_read = Instant::now();
+            partial = match partial {
+                _ if buf.is_empty() => None,
+                None => Some(Partial {
+                    since: last_read,
+                    received: buf.len() as u64,
+                }),
+                Some(p) => Some(Partial {
+                    since: p.since + (last_read - queueing),
+                    ..p
+                }),
+            };
+            // A producer that trickles (small reads), or that grew past the
+            // budget for a message now complete, gives its large buffer back.
+            if (last_n < FIRST_READ / 4 || charge.in_lane())
+                && buf.len() <= FIRST_READ / 2
+                && charge.held() > FIRST_READ as u64
+            {
+                let mut small = BytesMut::with_capacity(FIRST_READ);
+                small.extend_from_slice(&buf);
+                buf = small;
+                chunk = FIRST_READ;
+                charge.set(buf.capacity() as u64);
+            }
         };
         let refused = matches!(end, ProducerEnd::Refused | ProducerEnd::SpoolFailed);
         if refused && (ending.is_some() || self.stop.is_cancelled()) {
@@ -414,6 +494,21 @@ impl QueueServer {
 }
 
 impl QueueServer {
+    /// When a producer holding `partial` falls below `min_rate`: the grace
+    /// period, plus a second per `min_rate` bytes received since the
+    /// partial message began (`None`: no partial message, or no check).
+    fn slow_deadline(&self, partial: Option<Partial>) -> Option<Instant> {
+        let p = partial?;
+        let route = self.route();
+        if route.min_rate == 0 {
+            return None;
+        }
+        let earned = Duration::from_millis(p.received.saturating_mul(1000) / route.min_rate);
+        p.since
+            .checked_add(route.min_rate_grace)?
+            .checked_add(earned.min(crate::units::MAX_DURATION))
+    }
+
     /// Largest append batch: one read's messages are split so that a batch
     /// always fits the disk bound (a record is never split across segments).
     fn batch_limit(&self) -> usize {
@@ -424,6 +519,23 @@ impl QueueServer {
         let limit = (max_disk / 8).max(self.route().max_message);
         usize::try_from(limit).unwrap_or(usize::MAX)
     }
+}
+
+/// Gives `buf` room for a read of `chunk` bytes in a new allocation of
+/// exactly the size charged to the peer memory budget (geometric, so a
+/// large partial message is copied O(1) times per byte); false, and
+/// nothing changed, when the budget refuses it. (`BytesMut::reserve` may
+/// allocate more than asked, which the budget would not see.)
+fn grow(buf: &mut BytesMut, charge: &mut Charge, chunk: usize) -> bool {
+    let len = buf.len();
+    let cap = (len + chunk).max(len.saturating_mul(2));
+    if !charge.try_set(cap as u64) {
+        return false;
+    }
+    let mut fresh = BytesMut::with_capacity(cap);
+    fresh.extend_from_slice(buf);
+    *buf = fresh;
+    true
 }
 
 /// Reads (without waiting, at most `limit` bytes) what the kernel still

@@ -339,9 +339,12 @@ impl StreamServer {
         let pipes = splice::PipePool::new(route.pipe_size, route.buffer, MAX_IDLE_PIPES);
         let tls = RouteTls::load(&route)?;
         let pool = Pool::new(&route);
+        // The route's total is checked after accept, with its own close
+        // reason (`limit`), so the gate carries only the per-client bound.
         let gate = Gate::new(
             &route.name,
             None,
+            usize::MAX,
             route
                 .max_connections_per_ip
                 .map(|n| (n, route.per_ip_ipv6_prefix)),
@@ -370,7 +373,7 @@ impl StreamServer {
             .route
             .max_connections_per_ip
             .map(|n| (n, self.route.per_ip_ipv6_prefix));
-        self.gate = Gate::new(&self.route.name, global, per_ip);
+        self.gate = Gate::new(&self.route.name, global, usize::MAX, per_ip);
         self
     }
 

@@ -322,7 +322,13 @@ impl<'a> Runner<'a> {
         let drain = Duration::from_millis(u64::from(cfg.drain_ms));
         let guard = GuardFs::new(Arc::clone(&self.fs));
         self.guards.push((self.incs, Arc::clone(&guard)));
-        let mut opened = QueueServer::open_on(route.clone(), &token, drain, None, guard.clone());
+        let mut opened = QueueServer::open_on(
+            route.clone(),
+            &token,
+            drain,
+            Default::default(),
+            guard.clone(),
+        );
         if let Err(e) = &opened {
             let free = self.disk_limited;
             self.violation(
@@ -334,7 +340,8 @@ impl<'a> Runner<'a> {
             );
             if free {
                 self.free_disk();
-                opened = QueueServer::open_on(route, &token, drain, None, guard.clone());
+                opened =
+                    QueueServer::open_on(route, &token, drain, Default::default(), guard.clone());
             }
         }
         let server = match opened {

@@ -1,0 +1,267 @@
+//! What a peer can make the relay hold: partial messages under one memory
+//! budget (`global.peer_memory`), a slowloris that trickles a partial
+//! message (`min_rate`, reason `slow_producer`), and a queue route's own
+//! connection limit (`max_connections`). Real child processes and sockets
+//! on 127.0.0.1.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::{free_ports, http_get, proc_status_kib, wait_admin, write_config, Relay};
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// A relay with one queue route `q` (lines) and an admin endpoint;
+/// `global` and `route` are extra keys. Returns (relay, producer port,
+/// consumer port, admin address).
+fn start(dir: &std::path::Path, global: &str, route: &str) -> (Relay, u16, u16, SocketAddr) {
+    let [src, sink, admin] = free_ports();
+    let config = write_config(
+        dir,
+        &format!(
+            r#"
+[global]
+{global}
+
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[[route]]
+name = "q"
+mode = "queue"
+from = "listen:127.0.0.1:{src}"
+to = "listen:127.0.0.1:{sink}"
+spool = "{}"
+framing = "lines"
+{route}
+"#,
+            dir.join("spool").display()
+        ),
+    );
+    let mut relay = Relay::start(&["run", "--config", &config.display().to_string()]);
+    wait_admin(&mut relay, addr(admin));
+    relay.wait_listening(addr(src));
+    relay.wait_listening(addr(sink));
+    (relay, src, sink, addr(admin))
+}
+
+/// The value of an unlabelled metric.
+fn metric(admin: SocketAddr, name: &str) -> Option<f64> {
+    let (code, body) = http_get(admin, "/metrics");
+    assert_eq!(code, 200);
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Reads from a consumer until `want` lines arrived (bounded); returns them.
+fn consume_lines(port: u16, want: usize, limit: Duration) -> Vec<String> {
+    let mut s = TcpStream::connect(addr(port)).expect("connect consumer");
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let deadline = Instant::now() + limit;
+    let mut got = Vec::new();
+    let mut lines = 0;
+    let mut buf = vec![0u8; 256 << 10];
+    while lines < want && Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                lines += buf[..n].iter().filter(|&&b| b == b'\n').count();
+                got.extend_from_slice(&buf[..n]);
+            }
+            Err(_) => {}
+        }
+    }
+    String::from_utf8_lossy(&got)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Whether the peer ended `s` (EOF or reset) within `limit`.
+fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; 64];
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+/// 200 producers each send 1 MiB - 2 bytes with no newline (a partial
+/// message the relay must keep until it ends): without a budget the relay
+/// holds all of it (200 MiB and more). Under `peer_memory = 16MiB` it
+/// stays within the budget plus the minimum per connection
+/// (16 KiB x 200), and it still serves: a small message from a new
+/// producer is queued and delivered while the 200 wait.
+#[test]
+fn partial_messages_of_200_producers_stay_within_the_peer_memory_budget() {
+    let _heavy = common::heavy();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut relay, src, sink, admin) = start(dir.path(), "peer_memory = \"16MiB\"", "");
+    let before = proc_status_kib(relay.pid(), "VmRSS:");
+
+    let mut first = TcpStream::connect(addr(src)).expect("producer");
+    first.write_all(b"before\n").expect("write");
+
+    let partial = vec![b'x'; (1 << 20) - 2];
+    let mut hogs = Vec::new();
+    for _ in 0..200 {
+        let mut s = TcpStream::connect(addr(src)).expect("connect hog");
+        s.set_write_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        // The relay's receive buffer (4 MiB) takes it whether or not the
+        // relay reads it.
+        s.write_all(&partial).expect("write partial message");
+        hogs.push(s);
+    }
+    // Let the relay read what the budget lets it read.
+    let mut used = 0.0;
+    for _ in 0..30 {
+        std::thread::sleep(Duration::from_millis(100));
+        used = metric(admin, "spillway_peer_memory_bytes").expect("peer memory metric");
+    }
+    let peak = relay.vm_hwm_kib();
+    let budget_kib = 16 << 10;
+    let minimums_kib = 200 * 16;
+    // Allocator and task overhead of 200 connections, and the admin's
+    // own buffers: measured at about 4 MiB; 12 MiB of slack.
+    let bound = before + budget_kib + minimums_kib + (2 << 10) + (12 << 10);
+    assert!(
+        peak <= bound,
+        "peak RSS {peak} KiB over the bound {bound} KiB (at start {before} KiB, peer memory {used} bytes)"
+    );
+    // The budget, a minimum per connection, and one message past the
+    // budget (grown geometrically: up to twice its size).
+    assert!(
+        used <= ((16 << 20) + 200 * (16 << 10) + (2 << 20)) as f64,
+        "peer memory {used} over the budget"
+    );
+    assert!(
+        metric(admin, "spillway_peer_memory_refusals_total").unwrap_or(0.0) > 0.0,
+        "the budget was never reached"
+    );
+
+    // Still serving: a new producer's small message goes through.
+    let mut late = TcpStream::connect(addr(src)).expect("late producer");
+    late.write_all(b"after\n").expect("write");
+    let got = consume_lines(sink, 2, Duration::from_secs(20));
+    assert_eq!(got, ["before", "after"], "{}", relay.log_text());
+
+    // The 200 end their messages: each completes and is queued.
+    for s in &mut hogs {
+        s.write_all(b"x\n").expect("finish message");
+    }
+    drop(hogs);
+    drop(first);
+    drop(late);
+    let got = consume_lines(sink, 200, Duration::from_secs(60));
+    assert_eq!(got.len(), 200, "{}", relay.log_text());
+    assert!(got.iter().all(|l| l.len() == (1 << 20) - 1));
+    relay.signal("TERM");
+    assert_eq!(relay.wait_exit(Duration::from_secs(30)), Some(0));
+}
+
+/// A producer that holds a partial message and sends a byte now and then
+/// (slowloris) is closed with reason `slow_producer`; what it completed
+/// before is queued. One that holds a partial message for a while but
+/// sends at the minimum rate on average is not.
+#[test]
+fn a_producer_that_trickles_a_partial_message_is_closed_as_slow_producer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut relay, src, sink, _admin) = start(
+        dir.path(),
+        "",
+        "min_rate = \"1KiB\"\nmin_rate_grace = \"1s\"",
+    );
+    let mut slow = TcpStream::connect(addr(src)).expect("producer");
+    slow.write_all(b"whole\npart").expect("write");
+
+    // Sends 8 KiB of a message, pauses (within 1 s + 8 s earned), ends it.
+    let mut honest = TcpStream::connect(addr(src)).expect("producer");
+    let mut big = vec![b'y'; 8 << 10];
+    honest.write_all(&big).expect("write");
+
+    let started = Instant::now();
+    let mut closed = false;
+    while started.elapsed() < Duration::from_secs(15) {
+        if slow.write_all(b"a").is_err() {
+            closed = true;
+            break;
+        }
+        if closed_within(&mut slow, Duration::from_millis(300)) {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the trickling producer was never closed");
+    let log = relay.wait_log("reason=\"slow_producer\"");
+    let line = log
+        .lines()
+        .find(|l| l.contains("reason=\"slow_producer\""))
+        .unwrap_or_default();
+    assert!(line.contains("messages=1"), "{line}");
+
+    big.clear();
+    big.extend_from_slice(b"y\n");
+    honest
+        .write_all(&big)
+        .expect("the honest producer is still open");
+    drop(honest);
+    let got = consume_lines(sink, 2, Duration::from_secs(20));
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0], "whole");
+    assert_eq!(got[1].len(), (8 << 10) + 1);
+    relay.signal("TERM");
+    assert_eq!(relay.wait_exit(Duration::from_secs(30)), Some(0));
+}
+
+/// A queue route bounds its connections (producers and consumers
+/// together): past `max_connections` a new one is closed at once and
+/// counted; those admitted keep working.
+#[test]
+fn a_queue_route_bounds_its_connections() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut relay, src, sink, admin) = start(dir.path(), "", "max_connections = 3");
+    let mut admitted: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(addr(src)).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut extra = TcpStream::connect(addr(sink)).expect("connect");
+    assert!(
+        closed_within(&mut extra, Duration::from_secs(5)),
+        "a fourth connection was kept"
+    );
+    let (_, body) = http_get(admin, "/metrics");
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("spillway_listener_rejections_total")
+                && l.contains("limit=\"max_connections\"")
+                && !l.ends_with(" 0")),
+        "{body}"
+    );
+    // The admitted ones still work; one leaving makes room.
+    admitted[0].write_all(b"hello\n").expect("write");
+    drop(admitted.remove(0));
+    std::thread::sleep(Duration::from_millis(300));
+    let got = consume_lines(sink, 1, Duration::from_secs(10));
+    assert_eq!(got, ["hello"], "{}", relay.log_text());
+    relay.signal("TERM");
+    assert_eq!(relay.wait_exit(Duration::from_secs(30)), Some(0));
+}
