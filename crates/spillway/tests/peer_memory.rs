@@ -180,8 +180,9 @@ fn partial_messages_of_200_producers_stay_within_the_peer_memory_budget() {
 
 /// A producer that holds a partial message and sends a byte now and then
 /// (slowloris) is closed with reason `slow_producer`; what it completed
-/// before is queued. One that holds a partial message for a while but
-/// sends at the minimum rate on average is not.
+/// before is queued. So is one that sent most of a message fast and then
+/// stopped (a burst does not buy time). One that holds a partial message
+/// for several periods but sends at the minimum rate is not closed.
 #[test]
 fn a_producer_that_trickles_a_partial_message_is_closed_as_slow_producer() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -192,42 +193,48 @@ fn a_producer_that_trickles_a_partial_message_is_closed_as_slow_producer() {
     );
     let mut slow = TcpStream::connect(addr(src)).expect("producer");
     slow.write_all(b"whole\npart").expect("write");
+    let mut burst = TcpStream::connect(addr(src)).expect("producer");
+    burst.write_all(&vec![b'z'; 100 << 10]).expect("write");
 
-    // Sends 8 KiB of a message, pauses (within 1 s + 8 s earned), ends it.
-    let mut honest = TcpStream::connect(addr(src)).expect("producer");
-    let mut big = vec![b'y'; 8 << 10];
-    honest.write_all(&big).expect("write");
+    // 2 KiB every 500 ms for 4 s (4 periods), then the end of the line.
+    let honest = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(addr(src)).expect("producer");
+        for _ in 0..8 {
+            s.write_all(&[b'y'; 2048])
+                .expect("the honest producer is open");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        s.write_all(b"\n").expect("the honest producer is open");
+        s
+    });
 
     let started = Instant::now();
     let mut closed = false;
     while started.elapsed() < Duration::from_secs(15) {
-        if slow.write_all(b"a").is_err() {
-            closed = true;
-            break;
-        }
-        if closed_within(&mut slow, Duration::from_millis(300)) {
+        if slow.write_all(b"a").is_err() || closed_within(&mut slow, Duration::from_millis(300)) {
             closed = true;
             break;
         }
     }
     assert!(closed, "the trickling producer was never closed");
+    assert!(
+        closed_within(&mut burst, Duration::from_secs(10)),
+        "the producer that stopped mid-message was never closed"
+    );
     let log = relay.wait_log("reason=\"slow_producer\"");
-    let line = log
+    let ends: Vec<&str> = log
         .lines()
-        .find(|l| l.contains("reason=\"slow_producer\""))
-        .unwrap_or_default();
-    assert!(line.contains("messages=1"), "{line}");
+        .filter(|l| l.contains("reason=\"slow_producer\""))
+        .collect();
+    assert_eq!(ends.len(), 2, "{log}");
+    assert!(ends.iter().any(|l| l.contains("messages=1")), "{log}");
 
-    big.clear();
-    big.extend_from_slice(b"y\n");
-    honest
-        .write_all(&big)
-        .expect("the honest producer is still open");
-    drop(honest);
+    let s = honest.join().expect("honest producer");
+    drop(s);
     let got = consume_lines(sink, 2, Duration::from_secs(20));
     assert_eq!(got.len(), 2, "{got:?}");
     assert_eq!(got[0], "whole");
-    assert_eq!(got[1].len(), (8 << 10) + 1);
+    assert_eq!(got[1].len(), 8 * 2048);
     relay.signal("TERM");
     assert_eq!(relay.wait_exit(Duration::from_secs(30)), Some(0));
 }

@@ -18,7 +18,6 @@ use bytes::{Buf, BytesMut};
 use spillway_codec::{Decoded, Decoder, FrameError};
 use spillway_net::tls::MaybeTls;
 use spillway_spool::SpoolError;
-use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::time::{sleep_until, Instant};
 use tracing::{error, info, warn};
@@ -34,8 +33,10 @@ const READ_CHUNK: usize = 256 << 10;
 /// budget's minimum, so it is always granted).
 const FIRST_READ: usize = super::memory::MIN_HOLD as usize;
 
-/// A partial message being received: since when, and how many of its
-/// bytes arrived (the `min_rate` check).
+/// A partial message being received, for the `min_rate` check: the start
+/// of the current period of `min_rate_grace`, and the bytes that arrived
+/// in it. Time the relay did not read this producer (its appends waited
+/// for disk space, or it waited for peer memory) is not counted.
 #[derive(Clone, Copy)]
 struct Partial {
     since: Instant,
@@ -58,8 +59,10 @@ pub enum ProducerEnd {
     PeerTimeout,
     /// The connection reached `max_lifetime`.
     MaxLifetime,
-    /// It held a partial message and sent less than `min_rate` bytes per
-    /// second (a slowloris that trickles a byte now and then).
+    /// It held a partial message and sent less than `min_rate` x
+    /// `min_rate_grace` bytes in a period of `min_rate_grace` (a slowloris
+    /// that trickles a byte now and then, or sent most of a message and
+    /// stopped).
     SlowProducer,
 }
 
@@ -178,8 +181,11 @@ impl QueueServer {
             let idle_end = read_idle
                 .filter(|_| paused.is_none())
                 .map(|d| last_read + d);
-            let slow_end = self.slow_deadline(partial);
+            let slow_end = partial
+                .filter(|_| paused.is_none())
+                .and_then(|p| self.slow_deadline(p));
             let spare = buf.capacity() - buf.len();
+            let waited_from = Instant::now();
             let read = tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => Err(ProducerEnd::Shutdown),
@@ -187,13 +193,24 @@ impl QueueServer {
                     Err(ProducerEnd::MaxLifetime)
                 }
                 _ = sleep_until(slow_end.unwrap_or(last_read)), if slow_end.is_some() => {
-                    Err(ProducerEnd::SlowProducer)
+                    // A period is over: enough bytes start the next one.
+                    match partial {
+                        Some(p) if self.fast_enough(p) => {
+                            partial = Some(Partial { since: Instant::now(), received: 0 });
+                            continue;
+                        }
+                        _ => Err(ProducerEnd::SlowProducer),
+                    }
                 }
                 _ = sleep_until(idle_end.unwrap_or(last_read)), if idle_end.is_some() => {
                     Err(ProducerEnd::ReadIdle)
                 }
                 _ = async { paused.take().expect("armed only when paused").wait().await },
-                    if paused.is_some() => continue,
+                    if paused.is_some() => {
+                    // Not read meanwhile: not the producer's slowness.
+                    partial = partial.map(|p| Partial { since: p.since + waited_from.elapsed(), ..p });
+                    continue;
+                }
                 r = stream.read_buf(&mut buf), if paused.is_none() => Ok(r),
             };
             let (at_end, end) = match read {
@@ -494,19 +511,21 @@ impl QueueServer {
 }
 
 impl QueueServer {
-    /// When a producer holding `partial` falls below `min_rate`: the grace
-    /// period, plus a second per `min_rate` bytes received since the
-    /// partial message began (`None`: no partial message, or no check).
-    fn slow_deadline(&self, partial: Option<Partial>) -> Option<Instant> {
-        let p = partial?;
+    /// When the current `min_rate` period of a producer holding a partial
+    /// message ends (`None`: the check is off).
+    fn slow_deadline(&self, p: Partial) -> Option<Instant> {
         let route = self.route();
         if route.min_rate == 0 {
             return None;
         }
-        let earned = Duration::from_millis(p.received.saturating_mul(1000) / route.min_rate);
-        p.since
-            .checked_add(route.min_rate_grace)?
-            .checked_add(earned.min(crate::units::MAX_DURATION))
+        p.since.checked_add(route.min_rate_grace)
+    }
+
+    /// Whether a period brought at least `min_rate` bytes per second.
+    fn fast_enough(&self, p: Partial) -> bool {
+        let route = self.route();
+        let want = u128::from(route.min_rate) * route.min_rate_grace.as_millis() / 1000;
+        u128::from(p.received) >= want
     }
 
     /// Largest append batch: one read's messages are split so that a batch
