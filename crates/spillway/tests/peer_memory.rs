@@ -221,13 +221,14 @@ fn a_producer_that_trickles_a_partial_message_is_closed_as_slow_producer() {
         closed_within(&mut burst, Duration::from_secs(10)),
         "the producer that stopped mid-message was never closed"
     );
-    let log = relay.wait_log("reason=\"slow_producer\"");
-    let ends: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("reason=\"slow_producer\""))
-        .collect();
-    assert_eq!(ends.len(), 2, "{log}");
-    assert!(ends.iter().any(|l| l.contains("messages=1")), "{log}");
+    // Both are logged (each right after its close).
+    let ends = relay.wait_log_lines("reason=\"slow_producer\"", 2, Duration::from_secs(20));
+    assert_eq!(ends.len(), 2, "{}", relay.log_text());
+    assert!(
+        ends.iter().any(|l| l.contains("messages=1")),
+        "{}",
+        relay.log_text()
+    );
 
     let s = honest.join().expect("honest producer");
     drop(s);
