@@ -13,7 +13,7 @@ use crate::cursor::read_cursor;
 use crate::format::{split_payload, HeaderCheck, RecordHeader, SegmentHeader, SEGMENT_HEADER_LEN};
 use crate::fs::{read_full_at, Fs, SegmentFile, StdFs};
 use crate::recovery::{header_problem, list_segments};
-use crate::scan::{valid_record_after, Scan, Scanner};
+use crate::scan::{gap_detail, Scan, SegmentReader};
 use crate::{Message, SpoolError};
 
 /// One segment file as seen by [`inspect`].
@@ -133,26 +133,26 @@ pub fn inspect_with_fs(fs: &dyn Fs, dir: &Path) -> Result<Inspection, SpoolError
             other => (None, Some(header_problem(other))),
         };
         if i + 1 == count && problem.is_none() {
-            let mut sc = Scanner::new(&*file, SEGMENT_HEADER_LEN, len);
-            let mut expect = seq;
+            let mut sc = SegmentReader::new(&*file, SEGMENT_HEADER_LEN, len, seq);
             loop {
                 match sc
                     .next_record()
                     .map_err(|e| SpoolError::io("read", &path, e))?
                 {
-                    Scan::Record { offset, header, .. } => {
-                        if header.first_seq != expect {
-                            out.tail_problem = Some(format!(
-                                "offset {offset}: record seq {} where {expect} was expected",
-                                header.first_seq
-                            ));
-                            break;
-                        }
-                        expect = header.end_seq();
+                    Scan::Record { .. } => {}
+                    Scan::Gap {
+                        offset,
+                        expected,
+                        found,
+                    } => {
+                        out.tail_problem =
+                            Some(format!("offset {offset}: {}", gap_detail(expected, found)));
+                        break;
                     }
                     Scan::End => break,
                     Scan::Bad { offset, check } => {
-                        let after = valid_record_after(&*file, offset, len, expect)
+                        let after = sc
+                            .valid_after(offset)
                             .map_err(|e| SpoolError::io("read", &path, e))?;
                         match after {
                             None => out.torn_tail = Some((offset, len - offset)),
@@ -166,7 +166,7 @@ pub fn inspect_with_fs(fs: &dyn Fs, dir: &Path) -> Result<Inspection, SpoolError
                     }
                 }
             }
-            out.end_seq = Some(expect);
+            out.end_seq = Some(sc.next_seq);
         }
         out.segments.push(SegmentInfo {
             path,
@@ -263,8 +263,7 @@ fn walk(
             }
         }
         on_segment();
-        let mut sc = Scanner::new(&**file, SEGMENT_HEADER_LEN, len);
-        let mut next = *seq;
+        let mut sc = SegmentReader::new(&**file, SEGMENT_HEADER_LEN, len, *seq);
         let mut last_pos = SEGMENT_HEADER_LEN;
         loop {
             let item = sc
@@ -275,28 +274,21 @@ fn walk(
             progress(done, total);
             match item {
                 Scan::Record {
-                    offset,
-                    header,
-                    payload,
+                    header, payload, ..
                 } => {
-                    if header.first_seq != next {
-                        return Err(corrupt(
-                            path,
-                            offset,
-                            format!(
-                                "record starts at seq {} where {next} was expected",
-                                header.first_seq
-                            ),
-                        ));
-                    }
-                    next = header.end_seq();
                     if on_record(&header, &payload)?.is_break() {
                         return Ok(WalkEnd::Stopped);
                     }
                 }
+                Scan::Gap {
+                    offset,
+                    expected,
+                    found,
+                } => return Err(corrupt(path, offset, gap_detail(expected, found))),
                 Scan::End => break,
                 Scan::Bad { offset, check } => {
-                    let after = valid_record_after(&**file, offset, len, next)
+                    let after = sc
+                        .valid_after(offset)
                         .map_err(|e| SpoolError::io("read", path, e))?;
                     if is_last && after.is_none() {
                         return Ok(WalkEnd::TornTail {
@@ -310,7 +302,7 @@ fn walk(
             }
         }
         done += len.saturating_sub(last_pos);
-        expect = Some(next);
+        expect = Some(sc.next_seq);
     }
     progress(total, total);
     Ok(WalkEnd::Done)

@@ -10,7 +10,7 @@ use crate::config::SpoolConfig;
 use crate::cursor::{read_cursor, write_cursor, Cursor, CursorWrite, CURSOR_BG_TMP, CURSOR_TMP};
 use crate::format::{parse_segment_name, HeaderCheck, SegmentHeader, SEGMENT_HEADER_LEN};
 use crate::fs::{read_full_at, Fs, SegmentFile};
-use crate::scan::{valid_record_after, Scan, Scanner};
+use crate::scan::{gap_detail, Scan, SegmentReader};
 use crate::spool::{Core, IndexEntry, Seg};
 use crate::stats::Counters;
 use crate::SpoolError;
@@ -298,37 +298,31 @@ pub(crate) fn recover(
     let mut disk_end = 0u64;
     if let (Some(seg), Some(file)) = (segs.last_mut(), last_file.as_ref()) {
         report.scanned_segment = Some(seg.path.clone());
-        let mut sc = Scanner::new(&**file, SEGMENT_HEADER_LEN, seg.len);
-        let mut expect = seg.first_seq;
+        let mut sc = SegmentReader::new(&**file, SEGMENT_HEADER_LEN, seg.len, seg.first_seq);
         loop {
             match sc
                 .next_record()
                 .map_err(|e| SpoolError::io("read", &seg.path, e))?
             {
                 Scan::Record { offset, header, .. } => {
-                    if header.first_seq != expect {
-                        return Err(corrupt(
-                            &seg.path,
-                            offset,
-                            format!(
-                                "record starts at seq {} where {expect} was expected",
-                                header.first_seq
-                            ),
-                        ));
-                    }
                     let last = seg.index.last().map_or(0, |e| e.offset);
                     if offset >= last + (1 << 20) {
                         seg.index.push(IndexEntry {
-                            seq: expect,
+                            seq: header.first_seq,
                             offset,
                             ms: header.append_ms,
                         });
                     }
-                    expect = header.end_seq();
                 }
+                Scan::Gap {
+                    offset,
+                    expected,
+                    found,
+                } => return Err(corrupt(&seg.path, offset, gap_detail(expected, found))),
                 Scan::End => break,
                 Scan::Bad { offset, check } => {
-                    if let Some(next) = valid_record_after(&**file, offset, seg.len, expect)
+                    if let Some(next) = sc
+                        .valid_after(offset)
                         .map_err(|e| SpoolError::io("read", &seg.path, e))?
                     {
                         return Err(corrupt(
@@ -357,7 +351,7 @@ pub(crate) fn recover(
             }
         }
         report.scanned_bytes = sc.bytes_read;
-        disk_end = expect;
+        disk_end = sc.next_seq;
     }
 
     let cursor = match read_cursor(fs, dir)? {

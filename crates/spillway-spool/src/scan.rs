@@ -1,5 +1,8 @@
-//! Sequential record scanning over a segment file, shared by recovery, the
-//! reader and the offline tools.
+//! Reading a segment's records in order, checking each record and the
+//! continuity of sequence numbers: the one loop recovery, the reader and
+//! the offline tools (`inspect`, `verify`, `dump`) share. Each step is a
+//! typed status (a record, the end, a bad record, a gap), and each caller
+//! decides what it means for it (truncate a torn tail, refuse, report).
 
 use std::io;
 
@@ -15,6 +18,7 @@ const CHUNK: usize = 1 << 20;
 
 #[derive(Debug)]
 pub(crate) enum Scan {
+    /// A valid record that continues the sequence.
     Record {
         offset: u64,
         header: RecordHeader,
@@ -22,11 +26,25 @@ pub(crate) enum Scan {
     },
     /// Exactly at the end of the scanned range.
     End,
-    /// The record at `offset` fails its check.
+    /// The record at `offset` fails its check: truncated (the range ends
+    /// before it does), corrupted (stored and computed checksums), or
+    /// malformed.
     Bad { offset: u64, check: RecordCheck },
+    /// The record at `offset` is valid but starts at sequence `found`
+    /// where `expected` continues the log: a gap or an overlap.
+    Gap {
+        offset: u64,
+        expected: u64,
+        found: u64,
+    },
 }
 
-pub(crate) struct Scanner<'a> {
+/// How a [`Scan::Gap`] is reported.
+pub(crate) fn gap_detail(expected: u64, found: u64) -> String {
+    format!("record starts at seq {found} where {expected} was expected")
+}
+
+pub(crate) struct SegmentReader<'a> {
     file: &'a dyn SegmentFile,
     /// Offset of the next record.
     pub pos: u64,
@@ -34,18 +52,30 @@ pub(crate) struct Scanner<'a> {
     buf: Bytes,
     buf_off: u64,
     pub bytes_read: u64,
+    /// The sequence number the next record must start with.
+    pub next_seq: u64,
 }
 
-impl<'a> Scanner<'a> {
-    pub fn new(file: &'a dyn SegmentFile, start: u64, end: u64) -> Self {
-        Scanner {
+impl<'a> SegmentReader<'a> {
+    /// Reads records in `[start, end)` of `file`, the first of which must
+    /// start at sequence `next_seq`.
+    pub fn new(file: &'a dyn SegmentFile, start: u64, end: u64, next_seq: u64) -> Self {
+        SegmentReader {
             file,
             pos: start,
             end,
             buf: Bytes::new(),
             buf_off: start,
             bytes_read: 0,
+            next_seq,
         }
+    }
+
+    /// After a [`Scan::Bad`] at `bad`: the offset of a later valid record
+    /// that could continue the log, if any. One means damage inside the
+    /// log; none, a torn tail.
+    pub fn valid_after(&self, bad: u64) -> io::Result<Option<u64>> {
+        valid_record_after(self.file, bad, self.end, self.next_seq)
     }
 
     fn ensure(&mut self, n: usize) -> io::Result<&[u8]> {
@@ -83,7 +113,13 @@ impl<'a> Scanner<'a> {
         }
         let rec = self.ensure(need)?;
         match check_record(rec) {
+            RecordCheck::Valid(header) if header.first_seq != self.next_seq => Ok(Scan::Gap {
+                offset,
+                expected: self.next_seq,
+                found: header.first_seq,
+            }),
             RecordCheck::Valid(header) => {
+                self.next_seq = header.end_seq();
                 let rel = (offset - self.buf_off) as usize;
                 let payload = self
                     .buf
@@ -229,6 +265,54 @@ mod tests {
         let mut b = encode_batch([payload].into_iter());
         finalize(&mut b, seq, 0);
         b.buf.to_vec()
+    }
+
+    #[test]
+    fn the_reader_reports_records_gaps_damage_and_the_end() {
+        let mut data = record(10, b"a\n");
+        data.extend(record(11, b"b\n"));
+        let gap_at = data.len() as u64;
+        data.extend(record(13, b"c\n"));
+        let file = MemFile(Mutex::new(data.clone()));
+        let mut r = SegmentReader::new(&file, 0, data.len() as u64, 10);
+        let mut seqs = Vec::new();
+        loop {
+            match r.next_record().expect("read") {
+                Scan::Record { header, .. } => seqs.push(header.first_seq),
+                Scan::Gap {
+                    offset,
+                    expected,
+                    found,
+                } => {
+                    assert_eq!((offset, expected, found), (gap_at, 12, 13));
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(seqs, [10, 11]);
+        assert_eq!(r.next_seq, 12);
+
+        // A torn last record: Bad (truncated) with nothing valid after it.
+        let cut = data.len() - 3;
+        let file = MemFile(Mutex::new(data[..cut].to_vec()));
+        let mut r = SegmentReader::new(&file, gap_at, cut as u64, 13);
+        match r.next_record().expect("read") {
+            Scan::Bad { offset, check } => {
+                assert_eq!(offset, gap_at);
+                assert!(matches!(check, RecordCheck::Truncated { .. }), "{check:?}");
+                assert_eq!(r.valid_after(offset).expect("search"), None);
+            }
+            other => panic!("{other:?}"),
+        }
+        let file = MemFile(Mutex::new(data.clone()));
+        let mut r = SegmentReader::new(&file, gap_at, data.len() as u64, 13);
+        assert!(matches!(
+            r.next_record().expect("read"),
+            Scan::Record { .. }
+        ));
+        assert!(matches!(r.next_record().expect("read"), Scan::End));
+        assert_eq!(r.next_seq, 14);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::format::{
 use crate::fs::{is_no_space, write_all_at, Fs, SegmentFile, StdFs};
 use crate::recovery::{recover, RecoveryReport};
 use crate::reserve;
-use crate::scan::{Scan, Scanner};
+use crate::scan::{gap_detail, Scan, SegmentReader};
 use crate::stats::{Counters, SpoolStats};
 
 /// The settings a running spool takes without reopening
@@ -1598,8 +1598,7 @@ impl Inner {
                 )
             };
             let (file, path, seg_first, start, end_off, seg_end_seq, next_first) = plan;
-            let mut sc = Scanner::new(&*file, start.offset, end_off);
-            let mut expect = start.seq;
+            let mut sc = SegmentReader::new(&*file, start.offset, end_off, start.seq);
             let mut resume = start;
             let corrupt = |offset: u64, detail: String| SpoolError::Corrupt {
                 segment: path.clone(),
@@ -1614,21 +1613,17 @@ impl Inner {
                     .next_record()
                     .map_err(|e| SpoolError::io("read", &path, e))?
                 {
+                    Scan::Gap {
+                        offset,
+                        expected,
+                        found,
+                    } => return Err(corrupt(offset, gap_detail(expected, found))),
                     Scan::Record {
                         offset,
                         header,
                         payload,
                     } => {
-                        if header.first_seq != expect {
-                            return Err(corrupt(
-                                offset,
-                                format!(
-                                    "record starts at seq {} where {expect} was expected",
-                                    header.first_seq
-                                ),
-                            ));
-                        }
-                        expect = header.end_seq();
+                        let expect = header.end_seq();
                         if expect > pos {
                             let mut seq = header.first_seq;
                             let mut next = pos;
@@ -1663,6 +1658,7 @@ impl Inner {
                         };
                     }
                     Scan::End => {
+                        let expect = sc.next_seq;
                         if expect != seg_end_seq {
                             let detail = match next_first {
                                 Some(n) => format!(
