@@ -1,0 +1,200 @@
+//! Reads: messages from the memory tier or the log, from a seek point of
+//! the sparse index.
+
+use super::*;
+
+impl Inner {
+    pub(super) fn read(
+        &self,
+        from: u64,
+        max_msgs: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Message>, SpoolError> {
+        let mut out: Vec<Message> = Vec::new();
+        let mut bytes = 0usize;
+        let mut pos = from;
+        let full = |out: &Vec<Message>, bytes: usize| {
+            out.len() >= max_msgs || (!out.is_empty() && bytes >= max_bytes)
+        };
+        if max_msgs == 0 {
+            return Ok(out);
+        }
+        loop {
+            // Plan under the lock; do the disk I/O outside it.
+            let plan = {
+                let mut core = lock(&self.core);
+                if core.closed {
+                    return Err(SpoolError::Closed);
+                }
+                pos = pos.max(core.floor);
+                if pos >= core.next_seq {
+                    break;
+                }
+                let mem_end = core.mem_first + core.mem.len() as u64;
+                if !core.mem.is_empty() && pos >= core.mem_first && pos < mem_end {
+                    let mut i = (pos - core.mem_first) as usize;
+                    while let Some(m) = core.mem.get(i) {
+                        if full(&out, bytes) {
+                            break;
+                        }
+                        bytes += m.data.len();
+                        out.push(Message {
+                            seq: pos,
+                            data: m.data.clone(),
+                            append_ms: m.ms,
+                        });
+                        pos += 1;
+                        i += 1;
+                    }
+                    if full(&out, bytes) {
+                        break;
+                    }
+                    continue;
+                }
+                let Some(front) = core.segs.front() else {
+                    break;
+                };
+                if pos < front.first_seq {
+                    // Only reachable if seqs between the floor and the log
+                    // are gone (lost memory tier after a crash is handled at
+                    // open); skip to what exists.
+                    pos = front.first_seq;
+                }
+                if pos >= core.disk_end {
+                    break;
+                }
+                let idx = core.segs.partition_point(|s| s.first_seq <= pos) - 1;
+                let next_first = core.segs.get(idx + 1).map(|s| s.first_seq);
+                let seg_end_seq = next_first.unwrap_or(core.disk_end);
+                let hint = core.read_hint;
+                let seg = &mut core.segs[idx];
+                let file = match &seg.file {
+                    Some(f) => f.clone(),
+                    None => {
+                        let f = self
+                            .fs
+                            .open(&seg.path, false)
+                            .map_err(|e| SpoolError::io("open", &seg.path, e))?;
+                        seg.file = Some(f.clone());
+                        f
+                    }
+                };
+                let mut start = IndexEntry {
+                    seq: seg.first_seq,
+                    offset: SEGMENT_HEADER_LEN,
+                    ms: 0,
+                };
+                let i = seg.index.partition_point(|e| e.seq <= pos);
+                if let Some(e) = i.checked_sub(1).and_then(|i| seg.index.get(i)) {
+                    start = *e;
+                }
+                if let Some((hs, h)) = hint {
+                    if hs == seg.first_seq && h.seq <= pos && h.seq >= start.seq {
+                        start = h;
+                    }
+                }
+                (
+                    file,
+                    seg.path.clone(),
+                    seg.first_seq,
+                    start,
+                    seg.len,
+                    seg_end_seq,
+                    next_first,
+                )
+            };
+            let (file, path, seg_first, start, end_off, seg_end_seq, next_first) = plan;
+            let mut sc = SegmentReader::new(&*file, start.offset, end_off, start.seq);
+            let mut resume = start;
+            let corrupt = |offset: u64, detail: String| SpoolError::Corrupt {
+                segment: path.clone(),
+                offset,
+                detail,
+            };
+            loop {
+                if full(&out, bytes) {
+                    break;
+                }
+                match sc
+                    .next_record()
+                    .map_err(|e| SpoolError::io("read", &path, e))?
+                {
+                    Scan::Gap {
+                        offset,
+                        expected,
+                        found,
+                    } => return Err(corrupt(offset, gap_detail(expected, found))),
+                    Scan::Record {
+                        offset,
+                        header,
+                        payload,
+                    } => {
+                        let expect = header.end_seq();
+                        if expect > pos {
+                            let mut seq = header.first_seq;
+                            let mut next = pos;
+                            let append_ms = header.append_ms;
+                            split_payload(&payload, header.count, |data| {
+                                if seq >= next && !full(&out, bytes) {
+                                    bytes += data.len();
+                                    out.push(Message {
+                                        seq,
+                                        data,
+                                        append_ms,
+                                    });
+                                    next = seq + 1;
+                                }
+                                seq += 1;
+                            });
+                            pos = next;
+                        }
+                        resume = if pos >= expect {
+                            IndexEntry {
+                                seq: expect,
+                                offset: sc.pos,
+                                ms: header.append_ms,
+                            }
+                        } else {
+                            // Stopped inside this record: resume at its start.
+                            IndexEntry {
+                                seq: header.first_seq,
+                                offset,
+                                ms: header.append_ms,
+                            }
+                        };
+                    }
+                    Scan::End => {
+                        let expect = sc.next_seq;
+                        if expect != seg_end_seq {
+                            let detail = match next_first {
+                                Some(n) => format!(
+                                    "segment ends at seq {expect} but the next segment starts at {n} (missing or truncated segment)"
+                                ),
+                                None => format!(
+                                    "segment ends at seq {expect}, the log should end at {seg_end_seq}"
+                                ),
+                            };
+                            return Err(corrupt(end_off, detail));
+                        }
+                        pos = pos.max(expect);
+                        break;
+                    }
+                    Scan::Bad { offset, check } => {
+                        return Err(corrupt(offset, format!("bad record: {check:?}")));
+                    }
+                }
+            }
+            self.st
+                .bytes_read
+                .fetch_add(sc.bytes_read, Ordering::Relaxed);
+            {
+                let mut core = lock(&self.core);
+                core.read_hint = Some((seg_first, resume));
+            }
+            if full(&out, bytes) {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,220 @@
+//! What the spool holds: the state behind the main lock (`Core`), the
+//! group-commit state, and the shared handle (`Inner`), with the small
+//! questions asked of them.
+
+use super::*;
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IndexEntry {
+    pub seq: u64,
+    pub offset: u64,
+    pub ms: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Seg {
+    pub first_seq: u64,
+    pub path: PathBuf,
+    /// Bytes of valid data (header + whole records).
+    pub len: u64,
+    pub created_ms: u64,
+    /// Opened lazily for reads of segments trusted at open.
+    pub file: Option<Arc<dyn SegmentFile>>,
+    /// Sparse (seq, offset, time) samples: seek points for reads and the
+    /// source of the oldest-message age.
+    pub index: Vec<IndexEntry>,
+}
+
+#[derive(Debug)]
+pub(crate) struct MemMsg {
+    pub data: Bytes,
+    pub ms: u64,
+}
+
+/// Everything behind the main lock.
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub next_seq: u64,
+    /// Lowest sequence number not yet acknowledged (or dropped).
+    pub floor: u64,
+    pub mem: VecDeque<MemMsg>,
+    pub mem_first: u64,
+    pub mem_bytes: u64,
+    /// The memory tier's messages as `close` encodes them (length varints
+    /// + bytes), for the admission check against `mem_capacity`.
+    pub mem_encoded: u64,
+    /// Bytes of the reserve file: the largest segment the memory tier may
+    /// become (at most `memory_limit`; less when the disk was full).
+    pub mem_capacity: u64,
+    /// When `tick` may next try to grow a short reserve.
+    pub reserve_retry_at: Instant,
+    /// Sorted by first seq; contiguous (each ends where the next begins).
+    pub segs: VecDeque<Seg>,
+    /// Whether `segs.back()` takes appends.
+    pub active: bool,
+    /// Sequence number after the last message in the log.
+    pub disk_end: u64,
+    pub disk_bytes: u64,
+    /// Total bytes ever written by this handle: the group-commit position.
+    pub written_lsn: u64,
+    /// (segment first seq, entry): where the last read stopped.
+    pub read_hint: Option<(u64, IndexEntry)>,
+    /// The cursor in the cursor file (as far as this handle knows).
+    pub persisted: Cursor,
+    pub last_cursor_persist: Instant,
+    /// A cursor that a persist could not write (full disk) or skipped (one
+    /// was in flight): `tick` persists until a cursor at least this new is
+    /// in the file. `None` = the file is not behind what a persist owes.
+    pub cursor_owed: Option<Cursor>,
+    pub closed: bool,
+    pub space_waiters: usize,
+}
+
+impl Core {
+    pub(crate) fn cursor(&self) -> Cursor {
+        Cursor {
+            ack_floor: self.floor,
+            next_seq: self.next_seq,
+        }
+    }
+
+    /// `c` is in the cursor file now.
+    pub(crate) fn cursor_persisted(&mut self, c: Cursor) {
+        self.persisted = c;
+        self.last_cursor_persist = Instant::now();
+        if self
+            .cursor_owed
+            .is_some_and(|o| c.ack_floor >= o.ack_floor && c.next_seq >= o.next_seq)
+        {
+            self.cursor_owed = None;
+        }
+    }
+
+    /// `c` should be in the cursor file but is not.
+    pub(crate) fn owe_cursor(&mut self, c: Cursor) {
+        self.cursor_owed = Some(match self.cursor_owed {
+            Some(o) => Cursor {
+                ack_floor: o.ack_floor.max(c.ack_floor),
+                next_seq: o.next_seq.max(c.next_seq),
+            },
+            None => c,
+        });
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct SyncState {
+    pub(crate) durable_lsn: u64,
+    pub(crate) syncing: bool,
+    pub(crate) last_sync: Instant,
+    pub(crate) poison: Option<String>,
+}
+
+pub(crate) type NotifyFn = Arc<dyn Fn() + Send + Sync>;
+
+pub(crate) struct Inner {
+    /// Exclusive lock on `LOCK` in the spool directory, held from open until
+    /// a successful `close` (or the last handle drops): two writers on one
+    /// log would corrupt it. Released at close so the same process can
+    /// reopen the directory (a reloaded route) while old handles linger.
+    pub(crate) dir_lock: Mutex<Option<std::fs::File>>,
+    /// Serializes the periodic cursor persist (see `persist_cursor_unlocked`).
+    pub(crate) cursor_io: Mutex<()>,
+    /// Held while the reserve file is grown (by `tick`, without the main
+    /// lock) or deleted (by `close`).
+    pub(crate) reserve_io: Mutex<()>,
+    /// The reserve, held open (see `reserve.rs`); dropped to free its space.
+    pub(crate) reserve_file: Mutex<Option<Arc<dyn SegmentFile>>>,
+    pub(crate) cfg: SpoolConfig,
+    /// The settings `reconfigure` may change; read these, not `cfg`'s.
+    pub(crate) live: RwLock<Tunables>,
+    pub(crate) fs: Arc<dyn Fs>,
+    pub(crate) core: Mutex<Core>,
+    pub(crate) space_cv: Condvar,
+    pub(crate) sync: Mutex<SyncState>,
+    pub(crate) sync_cv: Condvar,
+    pub(crate) notify: RwLock<Option<NotifyFn>>,
+    pub(crate) poisoned: AtomicBool,
+    pub(crate) written: AtomicU64,
+    /// Reported by the owner: everything below was delivered, though the
+    /// spool may keep some of it (`ack` waits for redelivery windows).
+    /// Only the numbers in `stats` use it.
+    pub(crate) delivered: AtomicU64,
+    pub(crate) st: Counters,
+}
+
+/// Whether the disk tier holds unacknowledged messages (then appends go to
+/// disk, to keep FIFO order across the tiers).
+pub(super) fn disk_pending(core: &Core) -> bool {
+    !core.segs.is_empty() && core.disk_end > core.floor
+}
+
+/// Bytes a message takes in a record payload.
+pub(super) fn encoded_len(data: &[u8]) -> u64 {
+    // Messages are at most `MAX_MESSAGE_LIMIT` (< u32::MAX) bytes.
+    (varint_len(data.len() as u32) + data.len()) as u64
+}
+
+/// Messages on disk at or above `from` (at least the floor).
+pub(super) fn disk_msgs(core: &Core, from: u64) -> u64 {
+    match core.segs.front() {
+        Some(s) => core
+            .disk_end
+            .saturating_sub(from.max(core.floor).max(s.first_seq)),
+        None => 0,
+    }
+}
+
+/// Append time of (about) the oldest message on disk at or above `from`:
+/// the latest index sample at or below it, at most 1 MiB of log early.
+pub(super) fn oldest_disk_ms(core: &Core, from: u64) -> Option<u64> {
+    let from = from.max(core.floor);
+    let pos = core
+        .segs
+        .partition_point(|s| s.first_seq <= from)
+        .saturating_sub(1);
+    let seg = core.segs.get(pos)?;
+    let i = seg.index.partition_point(|e| e.seq <= from);
+    Some(match i.checked_sub(1).and_then(|i| seg.index.get(i)) {
+        Some(e) => e.ms,
+        None => seg.created_ms,
+    })
+}
+
+impl Inner {
+    pub(super) fn check_open(&self) -> Result<(), SpoolError> {
+        if lock(&self.core).closed {
+            return Err(SpoolError::Closed);
+        }
+        Ok(())
+    }
+
+    pub(super) fn check_poison(&self) -> Result<(), SpoolError> {
+        if self.poisoned.load(Ordering::Acquire) {
+            let s = lock(&self.sync);
+            return Err(SpoolError::Poisoned {
+                cause: s.poison.clone().unwrap_or_default(),
+            });
+        }
+        Ok(())
+    }
+
+    pub(super) fn live(&self) -> Tunables {
+        *self.live.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn fsync_enabled(&self) -> bool {
+        self.live().durability != Durability::Never
+    }
+
+    pub(super) fn notify(&self) {
+        let f = self
+            .notify
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(f) = f {
+            f();
+        }
+    }
+}

@@ -1,0 +1,473 @@
+//! Appends: admission against the tiers and `max_disk`, the memory tier,
+//! segment writes, rolls (seal and create) and flushing the memory tier.
+
+use super::*;
+
+impl Spool {
+    pub(super) fn append_with(
+        &self,
+        msgs: &[&[u8]],
+        quota: Quota,
+    ) -> Result<AppendOutcome, SpoolError> {
+        let inner = &*self.inner;
+        let cfg = &inner.cfg;
+        for m in msgs {
+            if m.len() as u64 > u64::from(cfg.max_message) {
+                return Err(SpoolError::TooLarge {
+                    size: m.len() as u64,
+                    limit: u64::from(cfg.max_message),
+                });
+            }
+        }
+        inner.check_poison()?;
+        if msgs.is_empty() {
+            return Ok(AppendOutcome {
+                first_seq: self.next_seq(),
+                accepted: 0,
+                dropped_newest: 0,
+                dropped_oldest_msgs: 0,
+                tier: None,
+            });
+        }
+        // Encoding and the payload CRC happen before taking the lock.
+        let mut batch = encode_batch(msgs.iter().copied());
+        let need = batch.buf.len() as u64;
+        let deadline = cfg.block_timeout.map(|t| Instant::now() + t);
+        let t = inner.live();
+        let mut blocked = false;
+        let mut dropped_oldest = 0u64;
+        let mut core = lock(&inner.core);
+        let (outcome, lsn) = loop {
+            if core.closed {
+                return Err(SpoolError::Closed);
+            }
+            inner.check_poison()?;
+            // Both tiers count `next_seq` up by the batch: a directory
+            // numbered at the end of the sequence space (a crafted cursor
+            // or segment) must not make that overflow (a panic in debug,
+            // wrapped numbers and a log that recovery cuts in release).
+            if core.next_seq.checked_add(batch.msgs as u64).is_none() {
+                return Err(SpoolError::SequenceExhausted {
+                    next_seq: core.next_seq,
+                    msgs: batch.msgs as u64,
+                });
+            }
+            // The memory tier takes the batch if, written out by `close`
+            // with everything already in it, it still fits the reserve.
+            if !disk_pending(&core)
+                && t.memory_limit > 0
+                && segment_size_bound(
+                    core.mem_encoded + batch.encoded_payload(),
+                    (core.mem.len() + batch.msgs) as u64,
+                ) <= core.mem_capacity
+            {
+                if !core.segs.is_empty() {
+                    // Later disk records must continue the log's seqs, so a
+                    // drained log is removed before the memory tier resumes.
+                    inner.remove_segments_while(&mut core, |_, _| true)?;
+                }
+                let first = inner.push_mem(&mut core, batch);
+                break (
+                    AppendOutcome {
+                        first_seq: first,
+                        accepted: msgs.len(),
+                        dropped_newest: 0,
+                        dropped_oldest_msgs: dropped_oldest,
+                        tier: Some(Tier::Memory),
+                    },
+                    None,
+                );
+            }
+            if quota == Quota::Applies && t.max_disk > 0 && need + SEGMENT_HEADER_LEN > t.max_disk {
+                return Err(SpoolError::TooLarge {
+                    size: need,
+                    limit: t.max_disk - SEGMENT_HEADER_LEN,
+                });
+            }
+            let reason = match inner.write_disk(&mut core, &mut batch, quota)? {
+                WriteResult::Written { first, lsn } => {
+                    break (
+                        AppendOutcome {
+                            first_seq: first,
+                            accepted: msgs.len(),
+                            dropped_newest: 0,
+                            dropped_oldest_msgs: dropped_oldest,
+                            tier: Some(Tier::Disk),
+                        },
+                        Some(lsn),
+                    )
+                }
+                WriteResult::NoRoom(reason) => reason,
+            };
+            if reason == FullReason::NoSpace {
+                inner.st.enospc.fetch_add(1, Ordering::Relaxed);
+            }
+            if quota == Quota::Ignored {
+                // Only the file system says no here. A drained log still
+                // holds its active segment: free that and try once more.
+                if core.floor >= core.disk_end && !core.segs.is_empty() {
+                    inner.remove_segments_while(&mut core, |_, _| true)?;
+                    continue;
+                }
+                // The memory tier's reserve exists so that shutdown can
+                // write what it must. With the memory tier empty, nothing
+                // else needs it: a batch already taken from a producer may
+                // use that space. (`close` removes the reserve anyway; a
+                // reserve being grown right now is left alone.)
+                if reason == FullReason::NoSpace && core.mem.is_empty() && core.mem_capacity > 0 {
+                    if let Ok(_io) = inner.reserve_io.try_lock() {
+                        lock(&inner.reserve_file).take();
+                        if reserve::remove(&*inner.fs, &inner.cfg.dir).is_ok() {
+                            core.mem_capacity = 0;
+                            core.reserve_retry_at = Instant::now() + Duration::from_secs(3600);
+                            continue;
+                        }
+                    }
+                }
+                inner.st.full_errors.fetch_add(1, Ordering::Relaxed);
+                return Err(SpoolError::Full { reason });
+            }
+            let refuse = |core: &Core, dropped_oldest: u64| {
+                inner
+                    .st
+                    .add_dropped_newest(msgs.len() as u64, batch.payload_bytes);
+                AppendOutcome {
+                    first_seq: core.next_seq,
+                    accepted: 0,
+                    dropped_newest: msgs.len(),
+                    dropped_oldest_msgs: dropped_oldest,
+                    tier: None,
+                }
+            };
+            match t.when_full {
+                WhenFull::DropNewest => break (refuse(&core, dropped_oldest), None),
+                WhenFull::DropOldest => match inner.drop_oldest(&mut core)? {
+                    Some(n) => dropped_oldest += n,
+                    None => break (refuse(&core, dropped_oldest), None),
+                },
+                WhenFull::Block => {
+                    // A drained log still occupies its active segment.
+                    if core.floor >= core.disk_end && !core.segs.is_empty() {
+                        inner.remove_segments_while(&mut core, |_, _| true)?;
+                        continue;
+                    }
+                    if !blocked {
+                        blocked = true;
+                        inner.st.blocked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // ENOSPC is not signalled by anyone: poll for space.
+                    let mut wait = match reason {
+                        FullReason::NoSpace => Duration::from_millis(50),
+                        FullReason::Quota => Duration::from_secs(3600),
+                    };
+                    if let Some(d) = deadline {
+                        let now = Instant::now();
+                        if now >= d {
+                            inner.st.full_errors.fetch_add(1, Ordering::Relaxed);
+                            return Err(SpoolError::Full { reason });
+                        }
+                        wait = wait.min(d - now);
+                    }
+                    core.space_waiters += 1;
+                    core = inner
+                        .space_cv
+                        .wait_timeout(core, wait)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                    core.space_waiters -= 1;
+                }
+            }
+        };
+        drop(core);
+        if outcome.accepted > 0 {
+            inner.notify();
+        }
+        if let Some(lsn) = lsn {
+            match t.durability {
+                Durability::Always => inner.wait_durable(lsn)?,
+                Durability::Interval(d) => inner.maybe_interval_sync(d)?,
+                Durability::Never => {}
+            }
+        }
+        Ok(outcome)
+    }
+}
+
+impl Inner {
+    /// Grows a reserve that open could not allocate in full, now and then
+    /// (`reserve_retry`) and only while the disk tier holds nothing pending:
+    /// only then does the memory tier take messages, and space the disk
+    /// tier is waiting for is not taken from it. The writes run without the
+    /// main lock (they can be `memory_limit` bytes).
+    pub(super) fn maybe_grow_reserve(&self) -> Result<(), SpoolError> {
+        let target = self.live().memory_limit;
+        // Someone truncated the reserve: the memory tier may only count on
+        // what is still there, and growing it back is due now.
+        let held = lock(&self.reserve_file).as_ref().map(|f| f.len());
+        if let Some(Ok(len)) = held {
+            let mut core = lock(&self.core);
+            if len < core.mem_capacity {
+                core.mem_capacity = len;
+                core.reserve_retry_at = Instant::now();
+            }
+        }
+        {
+            let mut core = lock(&self.core);
+            let now = Instant::now();
+            if core.closed
+                || core.mem_capacity >= target
+                || now < core.reserve_retry_at
+                || disk_pending(&core)
+            {
+                return Ok(());
+            }
+            core.reserve_retry_at = now + self.cfg.reserve_retry;
+        }
+        // `close` holds this while it deletes the reserve: skip, it is done.
+        let Ok(_grow) = self.reserve_io.try_lock() else {
+            return Ok(());
+        };
+        if lock(&self.core).closed {
+            return Ok(());
+        }
+        let (got, file) = reserve::ensure(&*self.fs, &self.cfg.dir, target)?;
+        *lock(&self.reserve_file) = file;
+        lock(&self.core).mem_capacity = got;
+        Ok(())
+    }
+
+    pub(super) fn push_mem(&self, core: &mut Core, batch: EncodedBatch) -> u64 {
+        let first = core.next_seq;
+        if core.mem.is_empty() {
+            core.mem_first = first;
+        }
+        let ms = now_ms();
+        core.mem_encoded += batch.encoded_payload();
+        let buf = batch.buf.freeze();
+        for span in &batch.spans {
+            let start = span.start + crate::format::RECORD_HEADER_LEN;
+            let len = crate::format::le_u32(&buf[span.start..span.start + 4]) as usize;
+            let payload = buf.slice(start..start + len);
+            split_payload(&payload, span.count, |data| {
+                core.mem.push_back(MemMsg { data, ms });
+            });
+        }
+        core.mem_bytes += batch.payload_bytes;
+        core.next_seq += batch.msgs as u64;
+        first
+    }
+
+    /// Seals the active segment: fsync so that group commit
+    /// only ever has to sync the newest segment.
+    pub(super) fn seal_active(&self, core: &mut Core) -> Result<(), SpoolError> {
+        if !core.active {
+            return Ok(());
+        }
+        // Even under `Never`: once per segment is cheap, and it means only
+        // the last segment can ever have a torn tail, which is what lets
+        // open trust every other segment without reading it.
+        if let Some(seg) = core.segs.back() {
+            if let Some(f) = seg.file.clone() {
+                let path = seg.path.clone();
+                self.timed_sync(&*f, &path)?;
+            }
+        }
+        let mut s = lock(&self.sync);
+        s.durable_lsn = s.durable_lsn.max(core.written_lsn);
+        drop(s);
+        core.active = false;
+        Ok(())
+    }
+
+    /// Creates the segment whose first message will be `seq`; `Ok(false)` on
+    /// ENOSPC (nothing left behind).
+    pub(super) fn create_segment(&self, core: &mut Core, seq: u64) -> Result<bool, SpoolError> {
+        let path = self.cfg.dir.join(segment_file_name(seq));
+        let file = match self.fs.create(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                // A leftover of a failed earlier attempt holding no records.
+                self.fs
+                    .remove(&path)
+                    .map_err(|e| SpoolError::io("remove", &path, e))?;
+                self.fs
+                    .create(&path)
+                    .map_err(|e| SpoolError::io("create", &path, e))?
+            }
+            Err(e) if is_no_space(&e) => return Ok(false),
+            Err(e) => return Err(SpoolError::io("create", path, e)),
+        };
+        let created_ms = now_ms();
+        let header = SegmentHeader {
+            first_seq: seq,
+            created_ms,
+        }
+        .encode();
+        if let Err((e, _)) = write_all_at(&*file, &header, 0) {
+            drop(file);
+            let _ = self.fs.remove(&path);
+            if is_no_space(&e) {
+                return Ok(false);
+            }
+            return Err(SpoolError::io("write", path, e));
+        }
+        self.sync_dir()?;
+        core.segs.push_back(Seg {
+            first_seq: seq,
+            path,
+            len: SEGMENT_HEADER_LEN,
+            created_ms,
+            file: Some(file),
+            index: Vec::new(),
+        });
+        core.active = true;
+        core.disk_bytes += SEGMENT_HEADER_LEN;
+        core.written_lsn += SEGMENT_HEADER_LEN;
+        self.written.store(core.written_lsn, Ordering::Release);
+        self.st
+            .bytes_written
+            .fetch_add(SEGMENT_HEADER_LEN, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    pub(super) fn write_disk(
+        &self,
+        core: &mut Core,
+        batch: &mut EncodedBatch,
+        quota: Quota,
+    ) -> Result<WriteResult, SpoolError> {
+        let need = batch.buf.len() as u64;
+        let roll = match (core.active, core.segs.back()) {
+            (true, Some(s)) => {
+                s.len > SEGMENT_HEADER_LEN && s.len + need > self.live().segment_size
+            }
+            _ => true,
+        };
+        let extra = need + if roll { SEGMENT_HEADER_LEN } else { 0 };
+        if quota == Quota::Applies
+            && self.live().max_disk > 0
+            && core.disk_bytes + extra > self.live().max_disk
+        {
+            return Ok(WriteResult::NoRoom(FullReason::Quota));
+        }
+        if roll {
+            self.seal_active(core)?;
+            if !self.create_segment(core, core.next_seq)? {
+                return Ok(WriteResult::NoRoom(FullReason::NoSpace));
+            }
+        }
+        let first = core.next_seq;
+        let ms = now_ms();
+        finalize(batch, first, ms);
+        let Some(seg) = core.segs.back_mut() else {
+            return Err(SpoolError::Config("no active segment after roll".into()));
+        };
+        let Some(file) = seg.file.clone() else {
+            return Err(SpoolError::Config("active segment has no file".into()));
+        };
+        if let Err((e, written)) = write_all_at(&*file, &batch.buf, seg.len) {
+            if written > 0 || is_no_space(&e) {
+                // Take the partial record back so the log stays clean.
+                if let Err(te) = file.set_len(seg.len) {
+                    return Err(self.poison(format!(
+                        "truncate {} after failed write ({e}): {te}",
+                        seg.path.display()
+                    )));
+                }
+            }
+            if is_no_space(&e) {
+                return Ok(WriteResult::NoRoom(FullReason::NoSpace));
+            }
+            return Err(SpoolError::io("write", seg.path.clone(), e));
+        }
+        let offset = seg.len;
+        if seg
+            .index
+            .last()
+            .is_none_or(|e| offset >= e.offset + INDEX_EVERY)
+        {
+            seg.index.push(IndexEntry {
+                seq: first,
+                offset,
+                ms,
+            });
+        }
+        seg.len += need;
+        core.disk_bytes += need;
+        core.written_lsn += need;
+        core.next_seq += batch.msgs as u64;
+        core.disk_end = core.next_seq;
+        self.written.store(core.written_lsn, Ordering::Release);
+        self.st.bytes_written.fetch_add(need, Ordering::Relaxed);
+        Ok(WriteResult::Written {
+            first,
+            lsn: core.written_lsn,
+        })
+    }
+
+    /// Close: writes the memory tier as a complete segment named by its
+    /// first seq, via a temp file + rename so a crash cannot leave a torn
+    /// segment in the middle of the log.
+    pub(super) fn flush_mem(&self, core: &mut Core) -> Result<(), SpoolError> {
+        let first = core.mem_first;
+        let oldest_ms = core.mem.front().map_or_else(now_ms, |m| m.ms);
+        let mut batch = encode_batch_owned(&core.mem);
+        finalize(&mut batch, first, oldest_ms);
+        let name = segment_file_name(first);
+        let path = self.cfg.dir.join(&name);
+        let tmp = self.cfg.dir.join(format!("{name}.tmp"));
+        let _ = self.fs.remove(&tmp);
+        let f = self
+            .fs
+            .create(&tmp)
+            .map_err(|e| SpoolError::io("create", &tmp, e))?;
+        let header = SegmentHeader {
+            first_seq: first,
+            created_ms: oldest_ms,
+        }
+        .encode();
+        let written = write_all_at(&*f, &header, 0)
+            .and_then(|()| write_all_at(&*f, &batch.buf, SEGMENT_HEADER_LEN));
+        if let Err((e, _)) = written {
+            // Give the space back; the log itself is untouched.
+            drop(f);
+            let _ = self.fs.remove(&tmp);
+            return Err(SpoolError::io("write", &tmp, e));
+        }
+        self.timed_sync(&*f, &tmp)?;
+        self.fs
+            .rename(&tmp, &path)
+            .map_err(|e| SpoolError::io("rename", &path, e))?;
+        self.fs
+            .sync_dir(&self.cfg.dir)
+            .map_err(|e| self.poison(format!("fsync directory: {e}")))?;
+        let len = SEGMENT_HEADER_LEN + batch.buf.len() as u64;
+        let seg = Seg {
+            first_seq: first,
+            path,
+            len,
+            created_ms: oldest_ms,
+            file: Some(f),
+            index: vec![IndexEntry {
+                seq: first,
+                offset: SEGMENT_HEADER_LEN,
+                ms: oldest_ms,
+            }],
+        };
+        if core.segs.is_empty() {
+            core.active = false;
+            core.disk_end = core.next_seq;
+        }
+        core.segs.push_front(seg);
+        core.disk_bytes += len;
+        self.st.bytes_written.fetch_add(len, Ordering::Relaxed);
+        core.mem.clear();
+        core.mem_bytes = 0;
+        core.mem_encoded = 0;
+        Ok(())
+    }
+}
+
+pub(super) fn encode_batch_owned(mem: &VecDeque<MemMsg>) -> EncodedBatch {
+    encode_batch(mem.iter().map(|m| &m.data[..]))
+}
