@@ -2,7 +2,10 @@
 //! crash (power cut through SimFs, optionally with garbage appended to the
 //! last segment) / a full disk for cursor writes / close on a full disk
 //! (the memory tier must reach the disk through its reserve), against a
-//! VecDeque model that tracks what a crash may lose.
+//! VecDeque model that tracks what a crash may lose. Runs with and without
+//! a `max_disk` bound under each `when_full` policy (drop-newest refuses
+//! the batch, drop-oldest deletes the oldest segment and moves the floor,
+//! block refuses at once with a zero `block_timeout`).
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
@@ -15,7 +18,7 @@ use std::sync::Arc;
 
 use common::{small_config, SimFs};
 use proptest::prelude::*;
-use spillway_spool::{Durability, Spool, SpoolConfig, Tier};
+use spillway_spool::{Durability, Spool, SpoolConfig, SpoolError, Tier, WhenFull};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -98,6 +101,7 @@ fn last_segment(dir: &Path) -> Option<std::path::PathBuf> {
 
 fn run(cfg: SpoolConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let fs = SimFs::new();
+    let bounded = (cfg.max_disk > 0).then_some(cfg.when_full);
     let always = cfg.durability == Durability::Always;
     let (mut s, _) = Spool::open_with_fs(cfg.clone(), fs.clone()).expect("open");
     // Once a cursor write failed, a close no longer promises the exact ack
@@ -116,7 +120,33 @@ fn run(cfg: SpoolConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Append(spec) => {
                 let msgs: Vec<Vec<u8>> = spec.iter().map(|&(n, b)| vec![b; n]).collect();
                 let refs: Vec<&[u8]> = msgs.iter().map(|v| &v[..]).collect();
-                let o = s.append(&refs).expect("append");
+                let o = match s.append(&refs) {
+                    Ok(o) => o,
+                    // At the bound, `block` with a zero wait refuses the
+                    // batch whole; a batch larger than the bound is refused
+                    // under every policy.
+                    Err(SpoolError::Full { .. }) if bounded == Some(WhenFull::Block) => continue,
+                    Err(SpoolError::TooLarge { .. }) if bounded.is_some() => continue,
+                    Err(e) => return Err(TestCaseError::fail(format!("append: {e}"))),
+                };
+                if o.dropped_oldest_msgs > 0 {
+                    // The oldest segment went, unread: the floor moved past
+                    // exactly that many unacknowledged messages.
+                    prop_assert_eq!(bounded, Some(WhenFull::DropOldest));
+                    let floor = s.ack_floor();
+                    prop_assert!(floor > m.floor);
+                    let gone = m.entries.iter().take_while(|e| e.seq < floor).count() as u64;
+                    prop_assert_eq!(gone, o.dropped_oldest_msgs, "floor {} -> {}", m.floor, floor);
+                    m.entries.drain(..gone as usize);
+                    m.floor = floor;
+                    m.pos = m.pos.max(floor);
+                }
+                if o.accepted == 0 {
+                    prop_assert_eq!(bounded, Some(WhenFull::DropNewest));
+                    prop_assert_eq!(o.dropped_newest, msgs.len());
+                    prop_assert_eq!(s.next_seq(), m.next_seq);
+                    continue;
+                }
                 prop_assert_eq!(o.first_seq, m.next_seq);
                 prop_assert_eq!(o.accepted, msgs.len());
                 let tier = o.tier.expect("accepted batch has a tier");
@@ -286,7 +316,7 @@ fn run(cfg: SpoolConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn config_for(dir: &Path, always: bool, memory: bool) -> SpoolConfig {
+fn config_for(dir: &Path, always: bool, memory: bool, bound: Option<WhenFull>) -> SpoolConfig {
     let mut cfg = small_config(dir);
     cfg.durability = if always {
         Durability::Always
@@ -295,7 +325,23 @@ fn config_for(dir: &Path, always: bool, memory: bool) -> SpoolConfig {
     };
     cfg.memory_limit = if memory { 600 } else { 0 };
     cfg.cursor_interval = std::time::Duration::ZERO;
+    if let Some(w) = bound {
+        // Two 4 KiB segments' worth: the bound is reached within a few
+        // appends, and drop-oldest has whole segments to delete.
+        cfg.max_disk = 8192;
+        cfg.when_full = w;
+        cfg.block_timeout = Some(std::time::Duration::ZERO);
+    }
     cfg
+}
+
+fn bound() -> impl Strategy<Value = Option<WhenFull>> {
+    prop_oneof![
+        2 => Just(None),
+        1 => Just(Some(WhenFull::Block)),
+        1 => Just(Some(WhenFull::DropNewest)),
+        1 => Just(Some(WhenFull::DropOldest)),
+    ]
 }
 
 proptest! {
@@ -305,9 +351,10 @@ proptest! {
     fn spool_matches_model(
         always in any::<bool>(),
         memory in any::<bool>(),
+        bound in bound(),
         ops in prop::collection::vec(op(), 1..40),
     ) {
         let dir = tempfile::tempdir().unwrap();
-        run(config_for(dir.path(), always, memory), ops)?;
+        run(config_for(dir.path(), always, memory, bound), ops)?;
     }
 }
