@@ -136,7 +136,13 @@ fn run(cfg: SpoolConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     let floor = s.ack_floor();
                     prop_assert!(floor > m.floor);
                     let gone = m.entries.iter().take_while(|e| e.seq < floor).count() as u64;
-                    prop_assert_eq!(gone, o.dropped_oldest_msgs, "floor {} -> {}", m.floor, floor);
+                    prop_assert_eq!(
+                        gone,
+                        o.dropped_oldest_msgs,
+                        "floor {} -> {}",
+                        m.floor,
+                        floor
+                    );
                     m.entries.drain(..gone as usize);
                     m.floor = floor;
                     m.pos = m.pos.max(floor);
