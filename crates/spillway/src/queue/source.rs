@@ -271,9 +271,12 @@ impl QueueServer {
                     ..p
                 }),
             };
-            // A producer that trickles (small reads), or that grew past the
-            // budget for a message now complete, gives its large buffer back.
-            if (last_n < FIRST_READ / 4 || charge.in_lane())
+            // A producer that grew past the budget for a message now
+            // complete, or one that trickles (small reads) while memory is
+            // wanted, gives its large buffer back. (A fast producer keeps
+            // its buffer: allocating one per read costs more than it saves.)
+            let wanted = memory.used() > memory.limit() / 2;
+            if (charge.in_lane() || (wanted && last_n < FIRST_READ / 4))
                 && buf.len() <= FIRST_READ / 2
                 && charge.held() > FIRST_READ as u64
             {
@@ -547,6 +550,14 @@ impl QueueServer {
 /// allocate more than asked, which the budget would not see.)
 fn grow(buf: &mut BytesMut, charge: &mut Charge, chunk: usize) -> bool {
     let len = buf.len();
+    if len <= chunk && charge.held() >= (len + chunk) as u64 {
+        // The allocation already charged has room once what it holds moves
+        // to its front (`reserve` does that in place when the consumed
+        // prefix is at least as long as the rest): no new allocation.
+        buf.reserve(chunk);
+        charge.set(charge.held().max(buf.capacity() as u64));
+        return true;
+    }
     let cap = (len + chunk).max(len.saturating_mul(2));
     if !charge.try_set(cap as u64) {
         return false;
