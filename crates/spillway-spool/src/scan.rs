@@ -54,6 +54,8 @@ pub(crate) struct SegmentReader<'a> {
     pub bytes_read: u64,
     /// The sequence number the next record must start with.
     pub next_seq: u64,
+    /// Bytes read from the file per refill (at least the next record).
+    chunk: usize,
 }
 
 impl<'a> SegmentReader<'a> {
@@ -68,7 +70,15 @@ impl<'a> SegmentReader<'a> {
             buf_off: start,
             bytes_read: 0,
             next_seq,
+            chunk: CHUNK,
         }
+    }
+
+    /// Reads about `bytes` per refill (4 KiB to 1 MiB) instead of 1 MiB:
+    /// for reads that want little and hand out slices of what was read.
+    pub fn with_chunk(mut self, bytes: usize) -> Self {
+        self.chunk = bytes.clamp(4096, CHUNK);
+        self
     }
 
     /// After a [`Scan::Bad`] at `bad`: the offset of a later valid record
@@ -83,7 +93,7 @@ impl<'a> SegmentReader<'a> {
         let covered = self.pos >= self.buf_off && rel + n <= self.buf.len();
         if !covered {
             let remaining = self.end.saturating_sub(self.pos);
-            let size = (n.max(CHUNK) as u64).min(remaining) as usize;
+            let size = (n.max(self.chunk) as u64).min(remaining) as usize;
             let mut b = BytesMut::zeroed(size);
             let got = read_full_at(self.file, &mut b, self.pos)?;
             b.truncate(got);

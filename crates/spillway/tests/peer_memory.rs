@@ -273,3 +273,208 @@ fn a_queue_route_bounds_its_connections() {
     relay.signal("TERM");
     assert_eq!(relay.wait_exit(Duration::from_secs(30)), Some(0));
 }
+
+/// Lines from a producer that writes as fast as it can, each 100 bytes.
+fn numbered(from: usize, to: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity((to - from) * 100);
+    for i in from..to {
+        let line = format!("{i:09}");
+        out.extend_from_slice(line.as_bytes());
+        out.extend(std::iter::repeat_n(b'.', 90));
+        out.push(b'\n');
+    }
+    out
+}
+
+/// While partial messages hold the whole budget (and the lane), a
+/// producer of small lines that writes as fast as it can keeps flowing at
+/// the minimum read size: it was paused for good once its read size had
+/// doubled past what the budget allowed.
+#[test]
+fn small_lines_keep_flowing_while_partial_messages_hold_the_budget() {
+    let _heavy = common::heavy();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut relay, src, sink, admin) = start(
+        dir.path(),
+        "peer_memory = \"2MiB\"",
+        "max_message = \"1MiB\"\nmin_rate_grace = \"120s\"",
+    );
+    let mut hogs = Vec::new();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(addr(src)).expect("hog");
+        s.write_all(&vec![b'x'; (1 << 20) - 2]).expect("partial");
+        hogs.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(metric(admin, "spillway_peer_memory_refusals_total").unwrap_or(0.0) > 0.0);
+
+    const N: usize = 50_000;
+    let writer = std::thread::spawn(move || {
+        let mut p = TcpStream::connect(addr(src)).expect("producer");
+        p.write_all(&numbered(0, N)).expect("write lines");
+        p.shutdown(std::net::Shutdown::Write).expect("FIN");
+        let mut rest = Vec::new();
+        let _ = p.read_to_end(&mut rest);
+    });
+    let got = consume_lines(sink, N, Duration::from_secs(60));
+    writer.join().expect("writer");
+    assert_eq!(got.len(), N, "{}", relay.log_text());
+    for (i, l) in got.iter().enumerate() {
+        assert!(l.starts_with(&format!("{i:09}")), "line {i}: {l}");
+    }
+    drop(hogs);
+    relay.signal("TERM");
+    assert_eq!(relay.wait_exit(Duration::from_secs(30)), Some(0));
+}
+
+/// Producers that hold partial messages and trickle just above `min_rate`
+/// while the budget is spent (they are not read, so they hold memory and
+/// do not progress) are closed within a period or two, and so is one that
+/// keeps the lane; a client that sends a large message, and sends it again
+/// if it was reset, gets it through. They used to keep the budget, and an
+/// honest large message waited for as long as they stayed.
+#[test]
+fn partial_messages_that_hold_the_budget_are_shed() {
+    let _heavy = common::heavy();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut relay, src, sink, _admin) = start(
+        dir.path(),
+        "peer_memory = \"2MiB\"",
+        "max_message = \"1MiB\"\nmin_rate = \"1KiB\"\nmin_rate_grace = \"2s\"",
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut hogs = Vec::new();
+    for _ in 0..10 {
+        let stop = std::sync::Arc::clone(&stop);
+        hogs.push(std::thread::spawn(move || {
+            let Ok(mut s) = TcpStream::connect(addr(src)) else {
+                return;
+            };
+            if s.write_all(&vec![b'h'; 300 << 10]).is_err() {
+                return;
+            }
+            // 1200 bytes a second, a little over min_rate.
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if s.write_all(&[b'h'; 120]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+
+    // A well-behaved client: send, half-close, read to EOF; a reset means
+    // "not all taken": send again.
+    let message = {
+        let mut m = vec![b'm'; 256 << 10];
+        m.push(b'\n');
+        m
+    };
+    let started = Instant::now();
+    let mut delivered_clean = false;
+    while started.elapsed() < Duration::from_secs(40) {
+        let Ok(mut p) = TcpStream::connect(addr(src)) else {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        };
+        if p.write_all(&message).is_err() || p.shutdown(std::net::Shutdown::Write).is_err() {
+            continue;
+        }
+        let mut rest = Vec::new();
+        if p.read_to_end(&mut rest).is_ok() {
+            delivered_clean = true;
+            break;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        delivered_clean,
+        "the large message never got through:\n{}",
+        relay.log_text()
+    );
+    let got = consume_lines(sink, 1, Duration::from_secs(20));
+    assert_eq!(got.first().map(String::len), Some(256 << 10));
+    assert!(
+        relay.log_text().contains("reason=\"slow_producer\""),
+        "no hog was shed"
+    );
+    for h in hogs {
+        h.join().expect("hog");
+    }
+    relay.signal("TERM");
+    assert_eq!(relay.wait_exit(Duration::from_secs(30)), Some(0));
+}
+
+/// Many slow consumers of small messages read back from disk: each take
+/// used to hand out slices of a 1 MiB read buffer, so a consumer holding a
+/// few KiB in flight and in its redelivery window kept dozens of MiB alive
+/// (40 consumers: over a GB of RSS while the budget said 8 MiB). RSS now
+/// stays within the budget, a minimum per connection and allocator slack.
+#[test]
+fn slow_consumers_of_messages_read_from_disk_stay_within_the_budget() {
+    let _heavy = common::heavy();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut relay, src, sink, admin) = start(
+        dir.path(),
+        "peer_memory = \"8MiB\"",
+        "memory = \"1MiB\"\nwrite_stall_timeout = \"120s\"",
+    );
+    // 20 MB of 1 KiB lines, queued before any consumer comes.
+    const N: usize = 20_000;
+    let mut p = TcpStream::connect(addr(src)).expect("producer");
+    let mut data = Vec::with_capacity(N * 1024);
+    for i in 0..N {
+        data.extend_from_slice(format!("{i:09}").as_bytes());
+        data.extend(std::iter::repeat_n(b'.', 1014));
+        data.push(b'\n');
+    }
+    p.write_all(&data).expect("produce");
+    p.shutdown(std::net::Shutdown::Write).expect("FIN");
+    let mut rest = Vec::new();
+    let _ = p.read_to_end(&mut rest);
+    let before = proc_status_kib(relay.pid(), "VmRSS:");
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut consumers = Vec::new();
+    for _ in 0..40 {
+        let stop = std::sync::Arc::clone(&stop);
+        consumers.push(std::thread::spawn(move || {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                .expect("socket");
+            s.set_recv_buffer_size(4096).expect("rcvbuf");
+            s.connect(&addr(sink).into()).expect("connect consumer");
+            let mut s: TcpStream = s.into();
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .expect("timeout");
+            let mut buf = [0u8; 1024];
+            let mut got = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(n) = s.read(&mut buf) {
+                    got += n;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            got
+        }));
+    }
+    std::thread::sleep(Duration::from_secs(8));
+    let used = metric(admin, "spillway_peer_memory_bytes").unwrap_or(0.0);
+    let peak = relay.vm_hwm_kib();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let read: usize = consumers
+        .into_iter()
+        .map(|c| c.join().expect("consumer"))
+        .sum();
+    assert!(read > 0, "the consumers read nothing");
+    // Budget + 16 KiB x 41 connections + one message past it + each
+    // consumer's redelivery window (256 KiB, kept whatever the budget), and
+    // 24 MiB for the allocator's arenas.
+    let bound = before + (8 << 10) + 41 * 16 + 2048 + 40 * 256 + (24 << 10);
+    assert!(
+        peak <= bound,
+        "peak RSS {peak} KiB over the bound {bound} KiB (at start {before} KiB, peer memory {used} bytes)"
+    );
+    relay.signal("TERM");
+    assert_eq!(relay.wait_exit(Duration::from_secs(30)), Some(0));
+}

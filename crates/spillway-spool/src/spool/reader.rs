@@ -104,7 +104,11 @@ impl Inner {
                 )
             };
             let (file, path, seg_first, start, end_off, seg_end_seq, next_first) = plan;
-            let mut sc = SegmentReader::new(&*file, start.offset, end_off, start.seq);
+            // Read about what was asked for, not a fixed large chunk: the
+            // messages returned are slices of what was read.
+            let mut sc = SegmentReader::new(&*file, start.offset, end_off, start.seq)
+                .with_chunk(max_bytes.saturating_add(READ_SLACK));
+            let first_out = out.len();
             let mut resume = start;
             let corrupt = |offset: u64, detail: String| SpoolError::Corrupt {
                 segment: path.clone(),
@@ -184,6 +188,14 @@ impl Inner {
                     }
                 }
             }
+            // A message keeps the whole buffer it was sliced from alive for
+            // as long as a consumer holds it (in flight, in its redelivery
+            // window). When much more was read than is returned (a small
+            // take, a large record), the messages get a buffer of their own.
+            let taken: u64 = out[first_out..].iter().map(|m| m.data.len() as u64).sum();
+            if sc.bytes_read > 2 * taken + 4096 {
+                compact(&mut out[first_out..]);
+            }
             self.st
                 .bytes_read
                 .fetch_add(sc.bytes_read, Ordering::Relaxed);
@@ -196,5 +208,25 @@ impl Inner {
             }
         }
         Ok(out)
+    }
+}
+
+/// Bytes read past what a read asked for (a record that straddles the
+/// end, the next record's header).
+const READ_SLACK: usize = 64 << 10;
+
+/// Copies `msgs` into one allocation of exactly their size.
+fn compact(msgs: &mut [Message]) {
+    let total: usize = msgs.iter().map(|m| m.data.len()).sum();
+    let mut block = bytes::BytesMut::with_capacity(total);
+    for m in msgs.iter() {
+        block.extend_from_slice(&m.data);
+    }
+    let block = block.freeze();
+    let mut at = 0;
+    for m in msgs.iter_mut() {
+        let n = m.data.len();
+        m.data = block.slice(at..at + n);
+        at += n;
     }
 }

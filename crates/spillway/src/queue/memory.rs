@@ -15,14 +15,24 @@
 //! `max_connections` bound).
 //!
 //! Partial messages could spend the whole budget with none of them able
-//! to finish (each needs more to complete, none frees any): so one
-//! producer at a time may grow past the budget (the *lane*, taken by the
-//! first refused and given back when its buffer shrinks after its message
-//! completed). The bound is then the budget, plus one message
-//! (`max_message`, twice over for geometric growth), plus [`MIN_HOLD`] per
-//! connection. A producer paused here with a partial message keeps its
-//! `slow_producer` clock running (see `source.rs`), so a holder that never
-//! finishes its message cannot keep the lane or the budget forever.
+//! to finish (each needs more to complete, none frees any), and a single
+//! message can be larger than a consumer's minimum: so one connection at a
+//! time may grow past the budget (the *lane*, taken by the first that asks
+//! when refused, and given back when its charge shrinks: a producer's
+//! message completed, a consumer's acknowledgements came in). A producer
+//! holds it for one `min_rate_grace` at most. The bound is then the
+//! budget, plus one message (`max_message`, twice over for a producer's
+//! geometric growth), plus [`MIN_HOLD`] per connection, plus each
+//! consumer's redelivery window (charged, but kept whatever the budget:
+//! it is what a reset re-sends; a consumer's small take is always
+//! allowed too, so small messages keep flowing). A producer paused
+//! here keeps its `slow_producer` clock running (see `source.rs`), so
+//! holders that never finish their message cannot keep the budget.
+//!
+//! What is charged is what the relay allocated for the peer; the
+//! allocator's own overhead (per-thread arenas, fragmentation) comes on
+//! top, and the spool's reads hand out messages that do not keep larger
+//! read buffers alive (see `spool/reader.rs`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -87,16 +97,7 @@ impl MemoryBudget {
             budget: Arc::clone(self),
             held: 0,
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            may_lane: false,
         }
-    }
-
-    /// A charge that may take the lane past the limit (a producer, whose
-    /// partial message frees nothing until it completes).
-    pub fn producer_charge(self: &Arc<Self>) -> Charge {
-        let mut c = self.charge();
-        c.may_lane = true;
-        c
     }
 
     /// A registration for the next time some charge shrinks (or the limit
@@ -130,7 +131,6 @@ pub struct Charge {
     budget: Arc<MemoryBudget>,
     held: u64,
     id: u64,
-    may_lane: bool,
 }
 
 impl Charge {
@@ -166,14 +166,25 @@ impl Charge {
             return true;
         }
         self.budget.refused.fetch_add(1, Ordering::Relaxed);
+        false
+    }
+
+    /// [`Charge::try_set`], and when the budget refuses, past it if this
+    /// charge holds the lane or takes it (one connection at a time: one
+    /// whose message cannot complete or be sent otherwise).
+    pub fn try_set_or_lane(&mut self, bytes: u64) -> bool {
+        if self.try_set(bytes) {
+            return true;
+        }
         let lane = &self.budget.lane;
-        if self.may_lane
-            && (lane.load(Ordering::Relaxed) == self.id
-                || lane
-                    .compare_exchange(0, self.id, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok())
+        if lane.load(Ordering::Relaxed) == self.id
+            || lane
+                .compare_exchange(0, self.id, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
         {
-            self.budget.used.fetch_add(grow, Ordering::Relaxed);
+            self.budget
+                .used
+                .fetch_add(bytes - self.held, Ordering::Relaxed);
             self.held = bytes;
             return true;
         }
@@ -185,7 +196,8 @@ impl Charge {
         self.budget.lane.load(Ordering::Relaxed) == self.id
     }
 
-    fn leave_lane(&self) {
+    /// Gives the lane back, if this charge holds it.
+    pub fn leave_lane(&self) {
         if self
             .budget
             .lane
@@ -263,27 +275,26 @@ mod tests {
     #[test]
     fn one_producer_at_a_time_may_grow_past_the_limit() {
         let b = Arc::new(MemoryBudget::new(64 << 10));
-        let mut a = b.producer_charge();
-        let mut c = b.producer_charge();
+        let mut a = b.charge();
+        let mut c = b.charge();
         assert!(a.try_set(64 << 10));
         assert!(c.try_set(MIN_HOLD));
-        // The first refused takes the lane and keeps it while it grows.
-        assert!(c.try_set(MIN_HOLD * 2));
+        // A plain try never takes the lane.
+        assert!(!c.try_set(MIN_HOLD * 2));
+        assert!(!c.in_lane());
+        // The first refused that asks takes it and keeps it while it grows.
+        assert!(c.try_set_or_lane(MIN_HOLD * 2));
         assert!(c.in_lane());
-        assert!(c.try_set(1 << 20));
+        assert!(c.try_set_or_lane(1 << 20));
         // No one else meanwhile.
-        assert!(!a.try_set(128 << 10));
+        assert!(!a.try_set_or_lane(128 << 10));
         // Shrinking gives it back.
         c.set(MIN_HOLD);
         assert!(!c.in_lane());
-        assert!(a.try_set(128 << 10));
+        assert!(a.try_set_or_lane(128 << 10));
         assert!(a.in_lane());
         drop(a);
         assert_eq!(b.used(), MIN_HOLD);
-        // A consumer's charge never takes it.
-        let mut k = b.charge();
-        assert!(k.try_set(32 << 10));
-        assert!(!k.try_set(128 << 10));
     }
 
     #[tokio::test]

@@ -170,6 +170,9 @@ struct Delivery {
     /// its write buffer, its redelivery window), charged to the process's
     /// peer memory budget.
     charge: super::memory::Charge,
+    /// The last take was given back for want of peer memory: wait for some
+    /// to be freed before taking again.
+    starved: bool,
 }
 
 impl Delivery {
@@ -195,6 +198,7 @@ impl QueueServer {
             delivered: 0,
             delivered_msgs: 0,
             charge: self.memory.charge(),
+            starved: false,
         };
         let end = self.deliver(&mut wire, peer, &mut d).await;
         // Whatever is still not known delivered goes back to the queue.
@@ -355,6 +359,18 @@ impl QueueServer {
                 && cut.is_none()
                 && d.wbuf.is_empty()
                 && d.queued - d.delivered < WINDOW;
+            // Given back for want of memory: wait until some is freed (a
+            // short poll too, in case the free came before this wait).
+            let starved = want_data && d.starved;
+            let freed = async {
+                if starved {
+                    let w = self.memory.waiter();
+                    tokio::select! {
+                        _ = w.wait() => {}
+                        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    }
+                }
+            };
             let unacked = !progressed && d.written > d.delivered;
             let stall_armed = stall.deadline().is_some();
             let stall_at = stall.deadline().map_or(now, Instant::from_std);
@@ -384,7 +400,8 @@ impl QueueServer {
                 _ = sleep_until(stall_at), if stall_armed => {}
                 _ = sleep_until(lifetime_at), if lifetime_armed => {}
                 _ = sleep_until(cut_at), if cut_deadline.is_some() => {}
-                _ = &mut notified, if want_data => {}
+                _ = &mut notified, if want_data && !starved => {}
+                _ = freed, if starved => {}
                 _ = tokio::time::sleep(ACK_POLL), if unacked => {}
                 _ = std::future::ready(()), if progressed => {}
             }
@@ -417,11 +434,31 @@ impl QueueServer {
                     self.spool.read(from, n, bytes)
                 })
         })?;
+        let mut took = 0u64;
         for m in &msgs {
+            took += m.data.len() as u64;
             d.queued += m.data.len() as u64;
             d.wbuf.extend_from_slice(&m.data);
         }
-        d.charge.set(d.held(self.route().redeliver_on_reset));
+        let held = d.held(self.route().redeliver_on_reset);
+        // What was reserved covers the take, and a small take (the minimum
+        // every consumer may have in flight) is always allowed. A larger
+        // one (one message larger than the reservation) must fit the
+        // budget, or this consumer takes the lane (one connection at a time
+        // past the budget), or the take goes back to the queue until
+        // memory is freed.
+        if held > d.charge.held()
+            && took > super::memory::MIN_HOLD / 2
+            && !d.charge.try_set_or_lane(held)
+        {
+            self.cut_at_boundary(d);
+            d.wbuf = BytesMut::new();
+            d.charge.set(d.held(self.route().redeliver_on_reset));
+            d.starved = true;
+            return Ok(0);
+        }
+        d.charge.set(held);
+        d.starved = false;
         Ok(msgs.len())
     }
 
@@ -438,7 +475,7 @@ impl QueueServer {
         if d.queued > d.delivered {
             return 0;
         }
-        (super::memory::MIN_HOLD / 2) as usize
+        (super::memory::MIN_HOLD / 4) as usize
     }
 
     /// Reports what the consumer's TCP acknowledged to the dispatcher,

@@ -22,7 +22,7 @@ use tokio::io::AsyncReadExt;
 use tokio::time::{sleep_until, Instant};
 use tracing::{error, info, warn};
 
-use super::memory::Charge;
+use super::memory::{Charge, MIN_HOLD};
 use super::QueueServer;
 
 /// Most bytes asked of the socket per read. Large reads are what keep the
@@ -35,8 +35,8 @@ const FIRST_READ: usize = super::memory::MIN_HOLD as usize;
 
 /// A partial message being received, for the `min_rate` check: the start
 /// of the current period of `min_rate_grace`, and the bytes that arrived
-/// in it. Time the relay did not read this producer (its appends waited
-/// for disk space, or it waited for peer memory) is not counted.
+/// in it. Time its appends waited for disk space is not counted; time it
+/// waited for peer memory is (it holds memory and does not progress).
 #[derive(Clone, Copy)]
 struct Partial {
     since: Instant,
@@ -120,7 +120,10 @@ impl QueueServer {
         // Peer memory: the buffer is charged to the process-wide budget;
         // it grows past the minimum only while the budget allows.
         let memory = std::sync::Arc::clone(&self.memory);
-        let mut charge = memory.producer_charge();
+        let mut charge = memory.charge();
+        // Since when this producer holds the lane past the budget (it must
+        // finish its message within one `min_rate_grace`).
+        let mut lane_since: Option<Instant> = None;
         let mut chunk = FIRST_READ;
         let mut buf = BytesMut::new();
         let mut partial: Option<Partial> = None;
@@ -172,20 +175,30 @@ impl QueueServer {
             // more with no room left, this producer is not read (TCP pushes
             // back) until memory is freed; its slow_producer clock runs on.
             let mut paused = None;
-            if buf.capacity() - buf.len() < chunk / 4 && !grow(&mut buf, &mut charge, chunk) {
+            if buf.capacity() - buf.len() < chunk / 4 && !grow(&mut buf, &mut charge, &mut chunk) {
                 let waiter = memory.waiter();
-                if !grow(&mut buf, &mut charge, chunk) && buf.capacity() == buf.len() {
+                if !grow(&mut buf, &mut charge, &mut chunk) && buf.capacity() == buf.len() {
                     paused = Some(waiter);
                 }
             }
+            lane_since = match (charge.in_lane(), lane_since) {
+                (false, _) => None,
+                (true, None) => Some(Instant::now()),
+                (true, since) => since,
+            };
+            // A paused producer holds a partial message of more than the
+            // minimum and is not progressing: its clock runs (that is what
+            // frees a budget that partial messages hold), but not its idle
+            // timer.
             let idle_end = read_idle
                 .filter(|_| paused.is_none())
                 .map(|d| last_read + d);
-            let slow_end = partial
-                .filter(|_| paused.is_none())
-                .and_then(|p| self.slow_deadline(p));
+            let lane_end = lane_since.and_then(|t| t.checked_add(self.route().min_rate_grace));
+            let slow_end = match (partial.and_then(|p| self.slow_deadline(p)), lane_end) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let spare = buf.capacity() - buf.len();
-            let waited_from = Instant::now();
             let read = tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => Err(ProducerEnd::Shutdown),
@@ -193,24 +206,33 @@ impl QueueServer {
                     Err(ProducerEnd::MaxLifetime)
                 }
                 _ = sleep_until(slow_end.unwrap_or(last_read)), if slow_end.is_some() => {
-                    // A period is over: enough bytes start the next one.
+                    // A period is over: enough bytes start the next one. The
+                    // lane is held for one period at most.
+                    let overstay = lane_end.is_some_and(|t| Instant::now() >= t);
                     match partial {
+                        Some(_) if overstay => Err(ProducerEnd::SlowProducer),
                         Some(p) if self.fast_enough(p) => {
                             partial = Some(Partial { since: Instant::now(), received: 0 });
                             continue;
                         }
-                        _ => Err(ProducerEnd::SlowProducer),
+                        Some(_) => Err(ProducerEnd::SlowProducer),
+                        None => {
+                            // No partial message (the buffer is empty): a
+                            // lane holder gives its buffer back.
+                            if overstay && buf.is_empty() {
+                                buf = BytesMut::with_capacity(FIRST_READ);
+                                charge.set(FIRST_READ as u64);
+                            }
+                            charge.leave_lane();
+                            continue;
+                        }
                     }
                 }
                 _ = sleep_until(idle_end.unwrap_or(last_read)), if idle_end.is_some() => {
                     Err(ProducerEnd::ReadIdle)
                 }
                 _ = async { paused.take().expect("armed only when paused").wait().await },
-                    if paused.is_some() => {
-                    // Not read meanwhile: not the producer's slowness.
-                    partial = partial.map(|p| Partial { since: p.since + waited_from.elapsed(), ..p });
-                    continue;
-                }
+                    if paused.is_some() => continue,
                 r = stream.read_buf(&mut buf), if paused.is_none() => Ok(r),
             };
             let (at_end, end) = match read {
@@ -548,7 +570,8 @@ impl QueueServer {
 /// large partial message is copied O(1) times per byte); false, and
 /// nothing changed, when the budget refuses it. (`BytesMut::reserve` may
 /// allocate more than asked, which the budget would not see.)
-fn grow(buf: &mut BytesMut, charge: &mut Charge, chunk: usize) -> bool {
+fn grow(buf: &mut BytesMut, charge: &mut Charge, chunk_size: &mut usize) -> bool {
+    let chunk = *chunk_size;
     let len = buf.len();
     if len <= chunk && charge.held() >= (len + chunk) as u64 {
         // The allocation already charged has room once what it holds moves
@@ -559,9 +582,24 @@ fn grow(buf: &mut BytesMut, charge: &mut Charge, chunk: usize) -> bool {
         return true;
     }
     let cap = (len + chunk).max(len.saturating_mul(2));
-    if !charge.try_set(cap as u64) {
+    let min = MIN_HOLD as usize;
+    let cap = if charge.try_set(cap as u64) {
+        cap
+    } else if len < min {
+        // Refused: what every connection may hold is still there (small
+        // messages keep flowing at the minimum read size).
+        *chunk_size = FIRST_READ;
+        if buf.capacity() >= min {
+            return true;
+        }
+        charge.set(min as u64);
+        min
+    } else if charge.try_set_or_lane(cap as u64) {
+        // A partial message past the minimum: one producer at a time.
+        cap
+    } else {
         return false;
-    }
+    };
     let mut fresh = BytesMut::with_capacity(cap);
     fresh.extend_from_slice(buf);
     *buf = fresh;
