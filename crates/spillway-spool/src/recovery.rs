@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use crate::config::SpoolConfig;
 use crate::cursor::{read_cursor, write_cursor, Cursor, CursorWrite, CURSOR_BG_TMP, CURSOR_TMP};
-use crate::format::{parse_segment_name, HeaderCheck, SegmentHeader, SEGMENT_HEADER_LEN};
+use crate::format::{
+    parse_segment_name, segment_file_name, HeaderCheck, SegmentHeader, SEGMENT_HEADER_LEN,
+};
 use crate::fs::{read_full_at, Fs, SegmentFile};
 use crate::scan::{gap_detail, Scan, SegmentReader};
 use crate::spool::{Core, IndexEntry, Seg};
@@ -46,8 +48,12 @@ pub struct RecoveryReport {
     pub truncated_at: Option<(PathBuf, u64)>,
     /// Last segments whose creation was torn (no complete header): removed.
     pub removed_torn_segments: Vec<PathBuf>,
-    /// Leftover temp files (cursor, close-time segment) removed.
+    /// Leftover temp files (cursor, close-time segment, a spare segment
+    /// that did not continue the log) removed.
     pub removed_temp_files: usize,
+    /// A roll's new segment that a crash left under the spare's name, and
+    /// the name it was given (it continued the log).
+    pub adopted_spare: Option<PathBuf>,
     /// Fully acknowledged segments deleted at open.
     pub deleted_acked_segments: usize,
     /// The updated cursor could not be written (full disk): the old cursor
@@ -95,6 +101,9 @@ impl fmt::Display for RecoveryReport {
         }
         for p in &self.removed_torn_segments {
             write!(f, "; removed torn segment {}", p.display())?;
+        }
+        if let Some(p) = &self.adopted_spare {
+            write!(f, "; named the segment a roll left unnamed {}", p.display())?;
         }
         if self.deleted_acked_segments > 0 {
             write!(
@@ -196,7 +205,66 @@ pub(crate) fn list_segments(
     Ok(segs)
 }
 
+/// Name of the spare segment: created empty ahead of a roll, written from
+/// the roll on, renamed to its segment name once the segment before it is
+/// sealed (see `spool/writer.rs`).
+pub(crate) const SPARE_FILE: &str = "next.seg.spare";
+
+/// Recovers the log from the segment files, then the spare: one that
+/// continues the log exactly (a roll whose naming a crash interrupted) is
+/// renamed into it and recovery runs again with it as the last segment;
+/// any other (empty, torn, or following a log that lost its tail in a
+/// power cut, so its messages were never durable) is removed.
 pub(crate) fn recover(
+    cfg: &SpoolConfig,
+    fs: &dyn Fs,
+    st: &Counters,
+) -> Result<(Core, RecoveryReport), SpoolError> {
+    let (core, mut report) = recover_segments(cfg, fs, st)?;
+    let dir = &cfg.dir;
+    let spare = dir.join(SPARE_FILE);
+    let file = match fs.open(&spare, false) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((core, report)),
+        Err(e) => return Err(SpoolError::io("open", &spare, e)),
+    };
+    let (check, len) = read_header(&*file, &spare)?;
+    drop(file);
+    let continues = match check {
+        HeaderCheck::Valid(h) if len > SEGMENT_HEADER_LEN => {
+            // With no segment left, recovery of the spare alone applies the
+            // cursor (all of it acknowledged, part, or none).
+            (core.segs.is_empty() || h.first_seq == core.disk_end).then_some(h.first_seq)
+        }
+        _ => None,
+    };
+    let Some(first_seq) = continues else {
+        fs.remove(&spare)
+            .map_err(|e| SpoolError::io("remove", &spare, e))?;
+        report.removed_temp_files += 1;
+        return Ok((core, report));
+    };
+    drop(core);
+    let named = dir.join(segment_file_name(first_seq));
+    fs.rename(&spare, &named)
+        .map_err(|e| SpoolError::io("rename", &named, e))?;
+    fs.sync_dir(dir)
+        .map_err(|e| SpoolError::io("fsync dir", dir, e))?;
+    let first = report;
+    let (core, mut report) = recover_segments(cfg, fs, st)?;
+    report.adopted_spare = Some(named);
+    report.removed_temp_files += first.removed_temp_files;
+    report.deleted_acked_segments += first.deleted_acked_segments;
+    report.removed_torn_segments = first
+        .removed_torn_segments
+        .into_iter()
+        .chain(report.removed_torn_segments)
+        .collect();
+    report.elapsed += first.elapsed;
+    Ok((core, report))
+}
+
+fn recover_segments(
     cfg: &SpoolConfig,
     fs: &dyn Fs,
     st: &Counters,
@@ -220,6 +288,7 @@ pub(crate) fn recover(
         truncated_at: None,
         removed_torn_segments: Vec::new(),
         removed_temp_files: removed_tmp,
+        adopted_spare: None,
         deleted_acked_segments: 0,
         cursor_write_failed: false,
         memory_reserved: 0,
@@ -491,6 +560,9 @@ pub(crate) fn recover(
         cursor_owed,
         closed: false,
         space_waiters: 0,
+        spare: None,
+        roll: None,
+        doomed: Vec::new(),
     };
     Ok((core, report))
 }

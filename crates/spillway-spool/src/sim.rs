@@ -34,6 +34,39 @@ pub struct Faults {
     /// the calls waiting.
     pub hold_cursor_fsync: (Mutex<bool>, Condvar),
     pub cursor_fsyncs_held: AtomicU64,
+    /// `rename` fails with EIO (a roll cannot name its new segment).
+    pub fail_rename: AtomicBool,
+    /// Milliseconds every fsync (of a file or a directory), create and
+    /// remove sleeps before it runs: a disk that takes its time. 0 = none.
+    pub slow_ms: AtomicU64,
+    /// Progress counters a test bumps (appends and reads done); each slow
+    /// operation records how far they moved while it slept.
+    pub appends_done: AtomicU64,
+    pub reads_done: AtomicU64,
+    /// The slow operations so far (see `slow_ms`).
+    pub slow_ops: Mutex<Vec<SlowOp>>,
+}
+
+/// What kind of operation a [`SlowOp`] was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowKind {
+    /// fdatasync of a segment file (`*.seg`, or the spare).
+    SegmentSync,
+    /// fdatasync of any other file (cursor, temp files).
+    OtherSync,
+    DirSync,
+    Create,
+    Remove,
+}
+
+/// One slow operation, and the progress the test's counters made while
+/// it slept.
+#[derive(Debug, Clone)]
+pub struct SlowOp {
+    pub kind: SlowKind,
+    pub name: String,
+    pub appends_during: u64,
+    pub reads_during: u64,
 }
 
 impl Faults {
@@ -42,6 +75,29 @@ impl Faults {
     fn gives_back_space(&self) -> bool {
         self.space_left.load(Ordering::SeqCst) >= 0
             && !self.freed_space_taken.load(Ordering::SeqCst)
+    }
+
+    /// Sleeps `slow_ms` (if set), recording the progress made meanwhile.
+    fn slow(&self, kind: SlowKind, path: &Path) {
+        let ms = self.slow_ms.load(Ordering::SeqCst);
+        if ms == 0 {
+            return;
+        }
+        let a = self.appends_done.load(Ordering::SeqCst);
+        let r = self.reads_done.load(Ordering::SeqCst);
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+        let op = SlowOp {
+            kind,
+            name: path
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+            appends_during: self.appends_done.load(Ordering::SeqCst) - a,
+            reads_during: self.reads_done.load(Ordering::SeqCst) - r,
+        };
+        self.slow_ops
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(op);
     }
 
     pub fn set_hold_cursor_fsync(&self, on: bool) {
@@ -70,6 +126,9 @@ impl fmt::Debug for SimFs {
 #[derive(Debug)]
 struct SimFile {
     inner: Arc<dyn SegmentFile>,
+    /// The name it was opened or created with (a rename is not followed:
+    /// only used to label slow operations).
+    path: PathBuf,
     is_cursor: bool,
     meta: Arc<Mutex<Meta>>,
     faults: Arc<Faults>,
@@ -114,6 +173,16 @@ impl SegmentFile for SimFile {
         self.inner.write_at(&buf[..n], offset)
     }
     fn sync_data(&self) -> io::Result<()> {
+        let seg = self
+            .path
+            .extension()
+            .is_some_and(|e| e == "seg" || e == "spare");
+        let kind = if seg {
+            SlowKind::SegmentSync
+        } else {
+            SlowKind::OtherSync
+        };
+        self.faults.slow(kind, &self.path);
         self.faults.fsyncs.fetch_add(1, Ordering::SeqCst);
         if self.is_cursor {
             let (lock, cv) = &self.faults.hold_cursor_fsync;
@@ -225,6 +294,7 @@ impl Fs for SimFs {
         StdFs.list_dir(dir)
     }
     fn create(&self, path: &Path) -> io::Result<Arc<dyn SegmentFile>> {
+        self.faults.slow(SlowKind::Create, path);
         if self.faults.space_left.load(Ordering::SeqCst) == 0 {
             return Err(enospc());
         }
@@ -236,6 +306,7 @@ impl Fs for SimFs {
             .insert(path.to_path_buf(), meta.clone());
         Ok(Arc::new(SimFile {
             inner,
+            path: path.to_path_buf(),
             is_cursor: is_cursor(path),
             meta,
             faults: self.faults.clone(),
@@ -247,12 +318,14 @@ impl Fs for SimFs {
         let meta = self.meta(path, len);
         Ok(Arc::new(SimFile {
             inner,
+            path: path.to_path_buf(),
             is_cursor: is_cursor(path),
             meta,
             faults: self.faults.clone(),
         }))
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
+        self.faults.slow(SlowKind::Remove, path);
         let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         StdFs.remove(path)?;
         self.files
@@ -267,6 +340,9 @@ impl Fs for SimFs {
         Ok(())
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        if self.faults.fail_rename.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
         StdFs.rename(from, to)?;
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(m) = files.remove(from) {
@@ -275,6 +351,7 @@ impl Fs for SimFs {
         Ok(())
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.faults.slow(SlowKind::DirSync, dir);
         if self.faults.fail_fsync.load(Ordering::SeqCst) {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }

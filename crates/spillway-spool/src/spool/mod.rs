@@ -12,7 +12,7 @@ mod sync;
 mod writer;
 
 use state::{disk_msgs, disk_pending, encoded_len, oldest_disk_ms};
-pub(crate) use state::{Core, IndexEntry, Inner, MemMsg, Seg, SyncState};
+pub(crate) use state::{Core, IndexEntry, Inner, MemMsg, PendingRoll, Seg, SyncState};
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -158,8 +158,17 @@ enum Quota {
 }
 
 enum WriteResult {
-    Written { first: u64, lsn: u64 },
+    /// `rolled`: a new segment was started (its roll is to be finished).
+    Written {
+        first: u64,
+        lsn: u64,
+        rolled: bool,
+    },
     NoRoom(FullReason),
+    /// A roll is due and there is no spare segment file yet.
+    NeedSpare,
+    /// A roll is due and the previous one is not finished.
+    RollBusy,
 }
 
 /// Name of the lock file in a spool directory.
@@ -232,6 +241,8 @@ impl Spool {
         let inner = Inner {
             dir_lock: Mutex::new(Some(lock)),
             cursor_io: Mutex::new(()),
+            dir_io: Mutex::new(()),
+            spare_io: Mutex::new(()),
             reserve_io: Mutex::new(()),
             reserve_file: Mutex::new(reserve_file),
             written: AtomicU64::new(core.written_lsn),
@@ -377,10 +388,11 @@ impl Spool {
         }
         let seg_size = inner.live().segment_size;
         let waiters = core.space_waiters > 0;
-        // The unlinks happen under the lock; the directory fsync and the
-        // cursor persist after it, so a producer appending meanwhile does
-        // not wait for them (a crash in between only redelivers).
-        let removed = inner.unlink_segments_while(&mut core, |core, i| {
+        // The segments leave the log under the lock; the unlinks, the
+        // directory fsync and the cursor persist happen after it, so
+        // appenders and readers do not wait for them (a crash in between
+        // only redelivers).
+        let removed = inner.doom_segments_while(&mut core, |core, i| {
             let end = core.segs.get(i + 1).map_or(core.disk_end, |s| s.first_seq);
             if end > core.floor {
                 return false;
@@ -389,13 +401,11 @@ impl Spool {
             // Keep a small drained active segment: deleting and recreating
             // it on every drain would cost two directory fsyncs each time.
             !is_active_last || waiters || core.segs[i].len >= seg_size / 8
-        })?;
-        let cursor = core.cursor();
+        });
         drop(core);
         inner.space_cv.notify_all();
         if removed > 0 {
-            inner.sync_dir()?;
-            inner.persist_cursor_unlocked(cursor)?;
+            inner.finish_deletions()?;
         }
         Ok(())
     }
@@ -441,6 +451,27 @@ impl Spool {
         inner.check_poison()?;
         if let Durability::Interval(d) = inner.live().durability {
             inner.maybe_interval_sync(d)?;
+        }
+        // Backstops: a roll its appender did not finish, unlinks that
+        // failed; and the spare for the next roll, made ahead of it.
+        let (roll, doomed, spare_due) = {
+            let core = lock(&inner.core);
+            (
+                core.roll.is_some(),
+                !core.doomed.is_empty(),
+                core.active && core.spare.is_none() && core.roll.is_none(),
+            )
+        };
+        if roll {
+            inner.finish_roll()?;
+        }
+        if doomed {
+            inner.finish_deletions()?;
+        }
+        if spare_due {
+            // Best effort: on a full disk, or out of file descriptors, the
+            // roll that needs it tries again and reports what it meets.
+            let _ = inner.ensure_spare();
         }
         let due = {
             let core = lock(&inner.core);
@@ -543,11 +574,27 @@ impl Spool {
         // Likewise a growth of the reserve: its open handle would keep the
         // space taken after the unlink below.
         let _reserve_io = lock(&inner.reserve_io);
-        let mut core = lock(&inner.core);
+        // A roll's slow half and pending unlinks are done first (a roll can
+        // still begin meanwhile: then again); no spare is made meanwhile.
+        let dir_io = lock(&inner.dir_io);
+        let _spare_io = lock(&inner.spare_io);
+        let mut core = loop {
+            inner.finish_roll_locked(&dir_io)?;
+            // Best effort: the next open deletes acknowledged segments.
+            let _ = inner.unlink_doomed(&dir_io);
+            let core = lock(&inner.core);
+            if core.roll.is_none() || core.closed {
+                break core;
+            }
+        };
         if core.closed {
             return Ok(());
         }
         core.closed = true;
+        if let Some(spare) = core.spare.take() {
+            drop(spare);
+            let _ = inner.fs.remove(&inner.spare_path());
+        }
         inner.space_cv.notify_all();
         if !core.mem.is_empty() {
             let not_written = |core: &Core, source: SpoolError| SpoolError::MemoryTierNotWritten {

@@ -68,6 +68,28 @@ pub(crate) struct Core {
     pub cursor_owed: Option<Cursor>,
     pub closed: bool,
     pub space_waiters: usize,
+    /// An empty file created ahead of the next roll (without the lock, see
+    /// `writer.rs`): a roll only writes its header.
+    pub spare: Option<Arc<dyn SegmentFile>>,
+    /// A roll whose slow half (seal, name, directory fsync) is not done.
+    pub roll: Option<PendingRoll>,
+    /// Segments taken out of the log whose files are still to be unlinked
+    /// (without the lock, see `retention.rs`): first seq and path.
+    pub doomed: Vec<(u64, PathBuf)>,
+}
+
+/// The half of a roll that waits for the disk: the previous segment is
+/// fsynced (sealed), then the new one, written meanwhile under the spare's
+/// name, gets its own name, then the directory is fsynced. Until then
+/// nothing written to the new segment counts as durable.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingRoll {
+    /// The segment that was active before the roll, if one was.
+    pub sealed: Option<(Arc<dyn SegmentFile>, PathBuf)>,
+    /// The group-commit position at the end of that segment.
+    pub sealed_lsn: u64,
+    /// The new segment's first seq (its name).
+    pub first_seq: u64,
 }
 
 impl Core {
@@ -120,6 +142,13 @@ pub(crate) struct Inner {
     pub(crate) dir_lock: Mutex<Option<std::fs::File>>,
     /// Serializes the periodic cursor persist (see `persist_cursor_unlocked`).
     pub(crate) cursor_io: Mutex<()>,
+    /// Held while the slow half of a roll runs, and while doomed segments
+    /// are unlinked: a rename of the spare and an unlink of a doomed file
+    /// of the same name never race. Lock order: `cursor_io`, `reserve_io`,
+    /// `dir_io`, `spare_io`, `core`, `sync`.
+    pub(crate) dir_io: Mutex<()>,
+    /// Held while the spare is created.
+    pub(crate) spare_io: Mutex<()>,
     /// Held while the reserve file is grown (by `tick`, without the main
     /// lock) or deleted (by `close`).
     pub(crate) reserve_io: Mutex<()>,
@@ -201,6 +230,10 @@ impl Inner {
 
     pub(super) fn live(&self) -> Tunables {
         *self.live.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn spare_path(&self) -> PathBuf {
+        self.cfg.dir.join(crate::recovery::SPARE_FILE)
     }
 
     pub(super) fn fsync_enabled(&self) -> bool {

@@ -35,10 +35,6 @@ impl Inner {
             .map_err(|e| self.poison(format!("fsync directory {}: {e}", dir.display())))
     }
 
-    pub(super) fn persist_cursor(&self, core: &mut Core) -> Result<(), SpoolError> {
-        self.persist_cursor_with(core, self.fsync_enabled())
-    }
-
     /// The periodic persist: the temp file is written and fsynced without
     /// the main lock, so appends and reads never wait for that fsync (under
     /// I/O load one can take hundreds of milliseconds, long enough for a
@@ -150,15 +146,20 @@ impl Inner {
                     core.written_lsn,
                 )
             };
-            let res = match (file, path) {
-                (Some(f), Some(p)) => {
+            // A roll not finished yet: the segment before it is sealed and
+            // the new one named first (everything before `target` is in
+            // those two segments, or in segments sealed before).
+            let rolled = self.finish_roll().map_err(|e| e.to_string());
+            let res = match (rolled, file, path) {
+                (Err(e), _, _) => Err(e),
+                (Ok(()), Some(f), Some(p)) => {
                     let t = Instant::now();
                     let r = f.sync_data();
                     self.st.record_fsync(t.elapsed());
                     r.map_err(|e| format!("fsync {}: {e}", p.display()))
                 }
                 // Everything written before a roll was synced by the roll.
-                _ => Ok(()),
+                (Ok(()), _, _) => Ok(()),
             };
             if let Err(cause) = &res {
                 self.poisoned.store(true, Ordering::Release);

@@ -36,7 +36,21 @@ impl Spool {
         let t = inner.live();
         let mut blocked = false;
         let mut dropped_oldest = 0u64;
+        // This append rolled (the slow half of the roll is its to finish),
+        // or took segments out of the log (their unlinks are its to do).
+        let mut rolled = false;
+        let mut doomed = false;
+        // Work that waits for the disk is done with the main lock released:
+        // `unlocked!(expr)` drops the guard, evaluates, takes it back.
         let mut core = lock(&inner.core);
+        macro_rules! unlocked {
+            ($e:expr) => {{
+                drop(core);
+                let r = $e;
+                core = lock(&inner.core);
+                r
+            }};
+        }
         let (outcome, lsn) = loop {
             if core.closed {
                 return Err(SpoolError::Closed);
@@ -63,8 +77,14 @@ impl Spool {
             {
                 if !core.segs.is_empty() {
                     // Later disk records must continue the log's seqs, so a
-                    // drained log is removed before the memory tier resumes.
-                    inner.remove_segments_while(&mut core, |_, _| true)?;
+                    // drained log is removed before the memory tier resumes
+                    // (its files are unlinked after the lock is released).
+                    if core.roll.is_some() {
+                        unlocked!(inner.finish_roll())?;
+                        continue;
+                    }
+                    inner.doom_segments_while(&mut core, |_, _| true);
+                    doomed = true;
                 }
                 let first = inner.push_mem(&mut core, batch);
                 break (
@@ -85,7 +105,12 @@ impl Spool {
                 });
             }
             let reason = match inner.write_disk(&mut core, &mut batch, quota)? {
-                WriteResult::Written { first, lsn } => {
+                WriteResult::Written {
+                    first,
+                    lsn,
+                    rolled: r,
+                } => {
+                    rolled |= r;
                     break (
                         AppendOutcome {
                             first_seq: first,
@@ -95,20 +120,37 @@ impl Spool {
                             tier: Some(Tier::Disk),
                         },
                         Some(lsn),
-                    )
+                    );
+                }
+                WriteResult::RollBusy => {
+                    unlocked!(inner.finish_roll())?;
+                    continue;
+                }
+                WriteResult::NeedSpare => {
+                    if unlocked!(inner.ensure_spare())? {
+                        continue;
+                    }
+                    FullReason::NoSpace
                 }
                 WriteResult::NoRoom(reason) => reason,
             };
             if reason == FullReason::NoSpace {
                 inner.st.enospc.fetch_add(1, Ordering::Relaxed);
             }
-            if quota == Quota::Ignored {
-                // Only the file system says no here. A drained log still
-                // holds its active segment: free that and try once more.
-                if core.floor >= core.disk_end && !core.segs.is_empty() {
-                    inner.remove_segments_while(&mut core, |_, _| true)?;
-                    continue;
+            // A drained log still occupies its active segment: free it
+            // (the unlink, not only the accounting, when the file system
+            // is what is full) and try again.
+            let drained = core.floor >= core.disk_end && !core.segs.is_empty();
+            if drained && (quota == Quota::Ignored || t.when_full == WhenFull::Block) {
+                if core.roll.is_some() {
+                    unlocked!(inner.finish_roll())?;
+                } else {
+                    inner.doom_segments_while(&mut core, |_, _| true);
+                    unlocked!(inner.finish_deletions())?;
                 }
+                continue;
+            }
+            if quota == Quota::Ignored {
                 // The memory tier's reserve exists so that shutdown can
                 // write what it must. With the memory tier empty, nothing
                 // else needs it: a batch already taken from a producer may
@@ -141,16 +183,21 @@ impl Spool {
             };
             match t.when_full {
                 WhenFull::DropNewest => break (refuse(&core, dropped_oldest), None),
-                WhenFull::DropOldest => match inner.drop_oldest(&mut core)? {
-                    Some(n) => dropped_oldest += n,
-                    None => break (refuse(&core, dropped_oldest), None),
-                },
-                WhenFull::Block => {
-                    // A drained log still occupies its active segment.
-                    if core.floor >= core.disk_end && !core.segs.is_empty() {
-                        inner.remove_segments_while(&mut core, |_, _| true)?;
+                WhenFull::DropOldest => {
+                    if core.roll.is_some() && core.segs.len() == 1 {
+                        // The oldest segment is the newest, still unnamed.
+                        unlocked!(inner.finish_roll())?;
                         continue;
                     }
+                    match inner.drop_oldest(&mut core) {
+                        Some(n) => {
+                            dropped_oldest += n;
+                            unlocked!(inner.finish_deletions())?;
+                        }
+                        None => break (refuse(&core, dropped_oldest), None),
+                    }
+                }
+                WhenFull::Block => {
                     if !blocked {
                         blocked = true;
                         inner.st.blocked.fetch_add(1, Ordering::Relaxed);
@@ -181,6 +228,18 @@ impl Spool {
         drop(core);
         if outcome.accepted > 0 {
             inner.notify();
+        }
+        if doomed {
+            inner.finish_deletions()?;
+        }
+        if rolled {
+            // The slow half of the roll, then the next roll's spare, while
+            // other appenders write to the new segment. A failure poisons
+            // the spool: `Always` reports it below; otherwise the batch is
+            // written and the next append fails.
+            if inner.finish_roll().is_ok() {
+                let _ = inner.ensure_spare();
+            }
         }
         if let Some(lsn) = lsn {
             match t.durability {
@@ -257,15 +316,12 @@ impl Inner {
         first
     }
 
-    /// Seals the active segment: fsync so that group commit
-    /// only ever has to sync the newest segment.
+    /// Seals the active segment in place (at `close`): fsync so that only
+    /// the last segment can ever have a torn tail.
     pub(super) fn seal_active(&self, core: &mut Core) -> Result<(), SpoolError> {
         if !core.active {
             return Ok(());
         }
-        // Even under `Never`: once per segment is cheap, and it means only
-        // the last segment can ever have a torn tail, which is what lets
-        // open trust every other segment without reading it.
         if let Some(seg) = core.segs.back() {
             if let Some(f) = seg.file.clone() {
                 let path = seg.path.clone();
@@ -279,24 +335,59 @@ impl Inner {
         Ok(())
     }
 
-    /// Creates the segment whose first message will be `seq`; `Ok(false)` on
-    /// ENOSPC (nothing left behind).
-    pub(super) fn create_segment(&self, core: &mut Core, seq: u64) -> Result<bool, SpoolError> {
-        let path = self.cfg.dir.join(segment_file_name(seq));
+    /// Creates the spare segment file, if there is none, without the main
+    /// lock: an empty file that the next roll writes its header to. `false`
+    /// on ENOSPC. While a roll is not finished, the spare's name is the new
+    /// segment's: nothing is created (the caller finishes the roll first).
+    pub(super) fn ensure_spare(&self) -> Result<bool, SpoolError> {
+        let _one = lock(&self.spare_io);
+        {
+            let core = lock(&self.core);
+            if core.closed {
+                return Err(SpoolError::Closed);
+            }
+            if core.spare.is_some() || core.roll.is_some() {
+                return Ok(true);
+            }
+        }
+        let path = self.spare_path();
         let file = match self.fs.create(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                // A leftover of a failed earlier attempt holding no records.
+                // A leftover (no roll is pending, so nothing uses it).
                 self.fs
                     .remove(&path)
                     .map_err(|e| SpoolError::io("remove", &path, e))?;
-                self.fs
-                    .create(&path)
-                    .map_err(|e| SpoolError::io("create", &path, e))?
+                match self.fs.create(&path) {
+                    Ok(f) => f,
+                    Err(e) if is_no_space(&e) => return Ok(false),
+                    Err(e) => return Err(SpoolError::io("create", path, e)),
+                }
             }
             Err(e) if is_no_space(&e) => return Ok(false),
             Err(e) => return Err(SpoolError::io("create", path, e)),
         };
+        let mut core = lock(&self.core);
+        if core.closed {
+            drop(core);
+            drop(file);
+            let _ = self.fs.remove(&path);
+            return Err(SpoolError::Closed);
+        }
+        core.spare = Some(file);
+        Ok(true)
+    }
+
+    /// The fast half of a roll, under the main lock: the spare becomes the
+    /// active segment whose first message will be the next seq (its header
+    /// is written; nothing waits for the disk). The previous segment is
+    /// sealed and the new one named by `finish_roll`. `Ok(false)` on
+    /// ENOSPC (the spare stays, empty).
+    fn roll_to_spare(&self, core: &mut Core) -> Result<bool, SpoolError> {
+        let Some(file) = core.spare.take() else {
+            return Ok(false);
+        };
+        let seq = core.next_seq;
         let created_ms = now_ms();
         let header = SegmentHeader {
             first_seq: seq,
@@ -304,17 +395,28 @@ impl Inner {
         }
         .encode();
         if let Err((e, _)) = write_all_at(&*file, &header, 0) {
-            drop(file);
-            let _ = self.fs.remove(&path);
+            let _ = file.set_len(0);
+            core.spare = Some(file);
             if is_no_space(&e) {
                 return Ok(false);
             }
-            return Err(SpoolError::io("write", path, e));
+            return Err(SpoolError::io("write", self.spare_path(), e));
         }
-        self.sync_dir()?;
+        let sealed = if core.active {
+            core.segs
+                .back()
+                .and_then(|s| s.file.clone().map(|f| (f, s.path.clone())))
+        } else {
+            None
+        };
+        core.roll = Some(PendingRoll {
+            sealed,
+            sealed_lsn: core.written_lsn,
+            first_seq: seq,
+        });
         core.segs.push_back(Seg {
             first_seq: seq,
-            path,
+            path: self.cfg.dir.join(segment_file_name(seq)),
             len: SEGMENT_HEADER_LEN,
             created_ms,
             file: Some(file),
@@ -328,6 +430,44 @@ impl Inner {
             .bytes_written
             .fetch_add(SEGMENT_HEADER_LEN, Ordering::Relaxed);
         Ok(true)
+    }
+
+    /// The slow half of a pending roll, without the main lock: fsync the
+    /// segment before it (even under `Never`: once per segment is cheap,
+    /// and it means only the last named segment can ever have a torn
+    /// tail, which is what lets open trust every other segment without
+    /// reading it), rename the spare to the new segment's name, fsync the
+    /// directory. Appends go on into the new segment meanwhile; what they
+    /// write counts as durable only after this.
+    pub(super) fn finish_roll(&self) -> Result<(), SpoolError> {
+        let dir = lock(&self.dir_io);
+        self.finish_roll_locked(&dir)
+    }
+
+    pub(super) fn finish_roll_locked(&self, _dir: &MutexGuard<'_, ()>) -> Result<(), SpoolError> {
+        let Some(roll) = lock(&self.core).roll.clone() else {
+            return Ok(());
+        };
+        if let Some((f, path)) = &roll.sealed {
+            self.timed_sync(&**f, path)?;
+        }
+        {
+            let mut s = lock(&self.sync);
+            s.durable_lsn = s.durable_lsn.max(roll.sealed_lsn);
+        }
+        self.sync_cv.notify_all();
+        let spare = self.spare_path();
+        let named = self.cfg.dir.join(segment_file_name(roll.first_seq));
+        if let Err(e) = self.fs.rename(&spare, &named) {
+            return Err(self.poison(format!(
+                "rename {} to {}: {e}",
+                spare.display(),
+                named.display()
+            )));
+        }
+        self.sync_dir()?;
+        lock(&self.core).roll = None;
+        Ok(())
     }
 
     pub(super) fn write_disk(
@@ -351,8 +491,13 @@ impl Inner {
             return Ok(WriteResult::NoRoom(FullReason::Quota));
         }
         if roll {
-            self.seal_active(core)?;
-            if !self.create_segment(core, core.next_seq)? {
+            if core.roll.is_some() {
+                return Ok(WriteResult::RollBusy);
+            }
+            if core.spare.is_none() {
+                return Ok(WriteResult::NeedSpare);
+            }
+            if !self.roll_to_spare(core)? {
                 return Ok(WriteResult::NoRoom(FullReason::NoSpace));
             }
         }
@@ -402,6 +547,7 @@ impl Inner {
         Ok(WriteResult::Written {
             first,
             lsn: core.written_lsn,
+            rolled: roll,
         })
     }
 

@@ -1,0 +1,142 @@
+//! Nothing slow under the lock that appenders and readers wait on: on a
+//! disk where every fsync, create and remove takes 200 ms, appends and
+//! reads still complete while a segment roll (seal, spare creation, the
+//! new segment's name) or a deletion of acknowledged segments is in
+//! flight. The test counts operations done during each slow one; it
+//! asserts no timing.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{msg, SimFs};
+use spillway_spool::sim::SlowKind;
+use spillway_spool::{Durability, Spool, SpoolConfig, WhenFull};
+
+#[test]
+fn appends_and_reads_progress_while_rolls_and_deletions_wait_for_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = SimFs::new();
+    let mut cfg = SpoolConfig::new(dir.path());
+    cfg.segment_size = 4096;
+    cfg.memory_limit = 0;
+    // Fsyncs at rolls and deletions only (the interval sync never comes
+    // due), so every slow fsync is one the lock must not cover.
+    cfg.durability = Durability::Interval(Duration::from_secs(3600));
+    cfg.when_full = WhenFull::Block;
+    cfg.cursor_interval = Duration::from_secs(3600);
+    let (spool, _) = Spool::open_with_fs(cfg, fs.clone()).unwrap();
+    // The first segment exists before the disk turns slow.
+    spool.append(&[&msg(0, 100)]).unwrap();
+    fs.faults.slow_ms.store(200, Ordering::SeqCst);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for t in 0..2u64 {
+        let (s, f, stop) = (spool.clone(), fs.clone(), stop.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                s.append(&[&msg(t * 1_000_000 + i, 100)]).unwrap();
+                f.faults.appends_done.fetch_add(1, Ordering::SeqCst);
+                i += 1;
+            }
+        }));
+    }
+    // One reader acknowledges (which deletes segments); another only reads.
+    {
+        let (s, stop) = (spool.clone(), stop.clone());
+        threads.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let floor = s.ack_floor();
+                let got = s.read(floor, 20, 1 << 20).unwrap();
+                match got.last() {
+                    Some(m) => s.ack(m.seq + 1).unwrap(),
+                    None => std::thread::sleep(Duration::from_millis(1)),
+                }
+            }
+        }));
+    }
+    {
+        let (s, f, stop) = (spool.clone(), fs.clone(), stop.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut next = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let got = s.read(next, 5, 1 << 20).unwrap();
+                match got.last() {
+                    Some(m) => {
+                        next = m.seq + 1;
+                        f.faults.reads_done.fetch_add(1, Ordering::SeqCst);
+                    }
+                    None => std::thread::sleep(Duration::from_millis(1)),
+                }
+            }
+        }));
+    }
+
+    // Until every kind of slow operation was seen with progress, or a
+    // bounded time.
+    let kinds = [
+        SlowKind::SegmentSync,
+        SlowKind::DirSync,
+        SlowKind::Create,
+        SlowKind::Remove,
+    ];
+    let progressed = |k: SlowKind| {
+        let ops = fs.faults.slow_ops.lock().unwrap();
+        // Of segment files (not the cursor's temp files, say), except for
+        // directory fsyncs.
+        let of_kind: Vec<_> = ops
+            .iter()
+            .filter(|o| o.kind == k)
+            .filter(|o| k == SlowKind::DirSync || o.name.contains(".seg"))
+            .collect();
+        (
+            of_kind.len(),
+            // Each thread may count one operation it finished just before
+            // the slow one began: more than that is progress.
+            of_kind.iter().any(|o| o.appends_during > 2),
+            of_kind.iter().any(|o| o.reads_during > 1),
+        )
+    };
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(200));
+        if kinds.iter().all(|&k| {
+            let (_, a, r) = progressed(k);
+            a && r
+        }) {
+            break;
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    for t in threads {
+        t.join().unwrap();
+    }
+    fs.faults.slow_ms.store(0, Ordering::SeqCst);
+    let report: Vec<String> = kinds
+        .iter()
+        .map(|&k| {
+            let (n, a, r) = progressed(k);
+            format!("{k:?}: {n} ops, appends progressed {a}, reads progressed {r}")
+        })
+        .collect();
+    for &k in &kinds {
+        let (n, a, r) = progressed(k);
+        assert!(n > 0 && a && r, "{}", report.join("\n"));
+    }
+    // And nothing was lost on the way.
+    let floor = spool.ack_floor();
+    let next = spool.next_seq();
+    let mut at = floor;
+    while at < next {
+        let got = spool.read(at, 1000, 1 << 20).unwrap();
+        assert_eq!(got.first().map(|m| m.seq), Some(at));
+        at = got.last().unwrap().seq + 1;
+    }
+    spool.close().unwrap();
+}
