@@ -291,7 +291,7 @@ pub(crate) struct RecordSpan {
 
 /// A batch encoded as one or more records whose headers still lack the
 /// sequence number and time (filled in under the lock by `finalize`).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct EncodedBatch {
     pub buf: BytesMut,
     pub spans: Vec<RecordSpan>,

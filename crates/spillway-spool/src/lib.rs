@@ -143,5 +143,5 @@ pub use inspect::{
     VerifyProblem, VerifyReport,
 };
 pub use recovery::{CursorRecovery, RecoveryReport};
-pub use spool::{is_locked, AppendOutcome, Message, Spool, Tier, Tunables, LOCK_FILE};
+pub use spool::{is_locked, AppendOutcome, Batch, Message, Spool, Tier, Tunables, LOCK_FILE};
 pub use stats::{Histogram, HistogramSnapshot, SpoolStats, FSYNC_BUCKETS};

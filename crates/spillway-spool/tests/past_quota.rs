@@ -115,3 +115,49 @@ fn past_quota_uses_the_memory_reserve_when_the_memory_tier_is_empty() {
     let got = s.read(first_disk, 100, 1 << 20).unwrap();
     assert_eq!(got.last().map(|m| m.seq), Some(i + 9));
 }
+
+#[test]
+fn an_encoded_batch_is_offered_again_after_a_block_timeout_and_spent_once_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(dir.path());
+    cfg.max_disk = 16 * 1024;
+    cfg.when_full = WhenFull::Block;
+    cfg.block_timeout = Some(Duration::from_millis(50));
+    let (s, _) = Spool::open(cfg).unwrap();
+    let mut i = 0;
+    while s.append(&[&msg(i, 900)]).is_ok() {
+        i += 1;
+    }
+    let m1 = msg(1_000, 900);
+    let m2 = msg(1_001, 900);
+    let mut batch = s.encode(&[&m1, &m2]).unwrap();
+    assert_eq!(batch.len(), 2);
+    // Full: refused whole, and still there to offer again.
+    let e = s.append_batch(&mut batch).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            SpoolError::Full {
+                reason: FullReason::Quota
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(batch.len(), 2);
+    // Consumers free space: the same batch goes in, once.
+    s.ack(s.next_seq()).unwrap();
+    let o = s.append_batch(&mut batch).unwrap();
+    assert_eq!(o.accepted, 2);
+    assert!(batch.is_empty());
+    let again = s.append_batch(&mut batch).unwrap();
+    assert_eq!(again.accepted, 0);
+    let got = s.read(o.first_seq, 10, 1 << 20).unwrap();
+    let data: Vec<&[u8]> = got.iter().map(|m| &m.data[..]).collect();
+    assert_eq!(data, vec![&m1[..], &m2[..]]);
+    // Too large a message is refused at encoding.
+    let big = vec![b'x'; 64 * 1024 + 1];
+    assert!(matches!(
+        s.encode(&[&big]),
+        Err(SpoolError::TooLarge { .. })
+    ));
+}

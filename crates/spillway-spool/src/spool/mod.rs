@@ -83,6 +83,24 @@ pub struct Message {
     pub append_ms: u64,
 }
 
+/// A batch encoded once for [`Spool::append_batch`] (see
+/// [`Spool::encode`]).
+#[derive(Debug)]
+pub struct Batch {
+    enc: EncodedBatch,
+}
+
+impl Batch {
+    /// Messages in the batch (0 once it was accepted).
+    pub fn len(&self) -> usize {
+        self.enc.msgs
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.enc.msgs == 0
+    }
+}
+
 /// Where an accepted batch went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tier {

@@ -4,23 +4,56 @@
 use super::*;
 
 impl Spool {
+    /// Checks and encodes a batch (the payload CRCs included) without the
+    /// lock, for [`append_batch`](Spool::append_batch): an append that may
+    /// be retried (a `when_full = block` wait that timed out) encodes once.
+    pub fn encode(&self, msgs: &[&[u8]]) -> Result<Batch, SpoolError> {
+        let limit = u64::from(self.inner.cfg.max_message);
+        for m in msgs {
+            if m.len() as u64 > limit {
+                return Err(SpoolError::TooLarge {
+                    size: m.len() as u64,
+                    limit,
+                });
+            }
+        }
+        Ok(Batch {
+            enc: encode_batch(msgs.iter().copied()),
+        })
+    }
+
+    /// [`append`](Spool::append) of a batch [`encode`](Spool::encode)d
+    /// before. Once accepted it is spent (empty): appending it again
+    /// accepts nothing. Refused (full, an error) it can be appended again.
+    pub fn append_batch(&self, batch: &mut Batch) -> Result<AppendOutcome, SpoolError> {
+        self.append_encoded(&mut batch.enc, Quota::Applies)
+    }
+
+    /// [`append_past_quota`](Spool::append_past_quota) of an encoded batch.
+    pub fn append_batch_past_quota(&self, batch: &mut Batch) -> Result<AppendOutcome, SpoolError> {
+        self.append_encoded(&mut batch.enc, Quota::Ignored)
+    }
+
     pub(super) fn append_with(
         &self,
         msgs: &[&[u8]],
         quota: Quota,
     ) -> Result<AppendOutcome, SpoolError> {
+        self.inner.check_poison()?;
+        let mut batch = self.encode(msgs)?;
+        self.append_encoded(&mut batch.enc, quota)
+    }
+
+    fn append_encoded(
+        &self,
+        batch: &mut EncodedBatch,
+        quota: Quota,
+    ) -> Result<AppendOutcome, SpoolError> {
         let inner = &*self.inner;
         let cfg = &inner.cfg;
-        for m in msgs {
-            if m.len() as u64 > u64::from(cfg.max_message) {
-                return Err(SpoolError::TooLarge {
-                    size: m.len() as u64,
-                    limit: u64::from(cfg.max_message),
-                });
-            }
-        }
         inner.check_poison()?;
-        if msgs.is_empty() {
+        let msgs = batch.msgs;
+        if msgs == 0 {
             return Ok(AppendOutcome {
                 first_seq: self.next_seq(),
                 accepted: 0,
@@ -29,8 +62,6 @@ impl Spool {
                 tier: None,
             });
         }
-        // Encoding and the payload CRC happen before taking the lock.
-        let mut batch = encode_batch(msgs.iter().copied());
         let need = batch.buf.len() as u64;
         let deadline = cfg.block_timeout.map(|t| Instant::now() + t);
         let t = inner.live();
@@ -86,11 +117,11 @@ impl Spool {
                     inner.doom_segments_while(&mut core, |_, _| true);
                     doomed = true;
                 }
-                let first = inner.push_mem(&mut core, batch);
+                let first = inner.push_mem(&mut core, std::mem::take(batch));
                 break (
                     AppendOutcome {
                         first_seq: first,
-                        accepted: msgs.len(),
+                        accepted: msgs,
                         dropped_newest: 0,
                         dropped_oldest_msgs: dropped_oldest,
                         tier: Some(Tier::Memory),
@@ -104,7 +135,7 @@ impl Spool {
                     limit: t.max_disk - SEGMENT_HEADER_LEN,
                 });
             }
-            let reason = match inner.write_disk(&mut core, &mut batch, quota)? {
+            let reason = match inner.write_disk(&mut core, batch, quota)? {
                 WriteResult::Written {
                     first,
                     lsn,
@@ -114,7 +145,7 @@ impl Spool {
                     break (
                         AppendOutcome {
                             first_seq: first,
-                            accepted: msgs.len(),
+                            accepted: msgs,
                             dropped_newest: 0,
                             dropped_oldest_msgs: dropped_oldest,
                             tier: Some(Tier::Disk),
@@ -172,11 +203,11 @@ impl Spool {
             let refuse = |core: &Core, dropped_oldest: u64| {
                 inner
                     .st
-                    .add_dropped_newest(msgs.len() as u64, batch.payload_bytes);
+                    .add_dropped_newest(msgs as u64, batch.payload_bytes);
                 AppendOutcome {
                     first_seq: core.next_seq,
                     accepted: 0,
-                    dropped_newest: msgs.len(),
+                    dropped_newest: msgs,
                     dropped_oldest_msgs: dropped_oldest,
                     tier: None,
                 }
@@ -227,6 +258,8 @@ impl Spool {
         };
         drop(core);
         if outcome.accepted > 0 {
+            // Spent: appending it again accepts nothing.
+            *batch = EncodedBatch::default();
             inner.notify();
         }
         if doomed {

@@ -495,13 +495,15 @@ impl QueueServer {
     fn append_waiting(&self, batch: &[&[u8]]) -> Result<spillway_spool::AppendOutcome, SpoolError> {
         let started = std::time::Instant::now();
         let mut give_up: Option<std::time::Instant> = None;
+        // Encoded and checksummed once, however often it is offered.
+        let mut batch = self.spool.encode(batch)?;
         loop {
             let stopping = self.stop.is_cancelled();
             let r = tokio::task::block_in_place(|| {
                 if stopping {
-                    self.spool.append_past_quota(batch)
+                    self.spool.append_batch_past_quota(&mut batch)
                 } else {
-                    self.spool.append(batch)
+                    self.spool.append_batch(&mut batch)
                 }
             });
             match r {
