@@ -75,13 +75,15 @@
 //! (`00000000000000000042.seg`), one `cursor` file, the `LOCK` file and,
 //! while the spool is open (or after a crash), the `reserve` file (blocks
 //! holding space for the memory tier, no data; not part of the log, ignored by
-//! recovery, `inspect`, `verify` and `dump`), and usually `next.seg.spare`:
+//! recovery, `inspect`, `verify` and `dump`), and usually a spare, `next.0.seg.spare` or `next.1.seg.spare`:
 //! the next segment, created empty ahead of a roll. From a roll until the
 //! segment before it is sealed (fsynced), the new segment is written under
 //! that name, then renamed to its own; a crash in between leaves it
 //! there, and the next open renames it into the log if its header
 //! continues the last segment exactly, or removes it (the offline tools
-//! do not read it). Segments are
+//! do not read it). A roll with no unsealed segment before it names the
+//! new segment at once, so a spare with records always follows a named
+//! segment. Segments are
 //! contiguous: each one ends where the next one's name begins, and records
 //! carry their own sequence numbers, so the log describes itself and no
 //! separately-synced write position exists.

@@ -205,10 +205,12 @@ pub(crate) fn list_segments(
     Ok(segs)
 }
 
-/// Name of the spare segment: created empty ahead of a roll, written from
+/// Names of the spare segment: created empty ahead of a roll, written from
 /// the roll on, renamed to its segment name once the segment before it is
 /// sealed (see `spool/writer.rs`).
-pub(crate) const SPARE_FILE: &str = "next.seg.spare";
+/// Two names alternate, so that the next spare can be made while a roll
+/// is being finished.
+pub(crate) const SPARE_FILES: [&str; 2] = ["next.0.seg.spare", "next.1.seg.spare"];
 
 /// Recovers the log from the segment files, then the spare: one that
 /// continues the log exactly (a roll whose naming a crash interrupted) is
@@ -220,30 +222,53 @@ pub(crate) fn recover(
     fs: &dyn Fs,
     st: &Counters,
 ) -> Result<(Core, RecoveryReport), SpoolError> {
-    let (core, mut report) = recover_segments(cfg, fs, st)?;
+    let (core, mut report, scanned_end) = recover_segments(cfg, fs, st)?;
     let dir = &cfg.dir;
-    let spare = dir.join(SPARE_FILE);
-    let file = match fs.open(&spare, false) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((core, report)),
-        Err(e) => return Err(SpoolError::io("open", &spare, e)),
-    };
-    let (check, len) = read_header(&*file, &spare)?;
-    drop(file);
-    let continues = match check {
-        HeaderCheck::Valid(h) if len > SEGMENT_HEADER_LEN => {
-            // With no segment left, recovery of the spare alone applies the
-            // cursor (all of it acknowledged, part, or none).
-            (core.segs.is_empty() || h.first_seq == core.disk_end).then_some(h.first_seq)
+    // A spare holds records only between a roll and its end, and a roll
+    // with no segment before it names its segment at once: a spare with
+    // records always follows a named segment, which it must continue
+    // exactly (before acknowledged segments were deleted above). One
+    // that does not follows a segment a power cut shortened or removed:
+    // nothing in it was ever durable, and keeping it would keep later
+    // messages while earlier ones are gone. At most one continues; the
+    // others (empty, torn) are removed.
+    let mut adopt = None;
+    for name in SPARE_FILES {
+        let spare = dir.join(name);
+        let file = match fs.open(&spare, false) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(SpoolError::io("open", &spare, e)),
+        };
+        let (check, len) = read_header(&*file, &spare)?;
+        drop(file);
+        match check {
+            HeaderCheck::Valid(h)
+                if len > SEGMENT_HEADER_LEN
+                    && adopt.is_none()
+                    && scanned_end == Some(h.first_seq) =>
+            {
+                adopt = Some((spare, h.first_seq));
+            }
+            _ => {
+                fs.remove(&spare)
+                    .map_err(|e| SpoolError::io("remove", &spare, e))?;
+                report.removed_temp_files += 1;
+            }
         }
-        _ => None,
-    };
-    let Some(first_seq) = continues else {
-        fs.remove(&spare)
-            .map_err(|e| SpoolError::io("remove", &spare, e))?;
-        report.removed_temp_files += 1;
+    }
+    let Some((spare, first_seq)) = adopt else {
         return Ok((core, report));
     };
+    // The segment before it was never sealed (the roll did not finish):
+    // seal it now, before the spare's name makes it a middle segment
+    // that nothing would ever fsync.
+    if let Some(seg) = core.segs.back() {
+        if let Some(f) = &seg.file {
+            f.sync_data()
+                .map_err(|e| SpoolError::io("fsync", &seg.path, e))?;
+        }
+    }
     drop(core);
     let named = dir.join(segment_file_name(first_seq));
     fs.rename(&spare, &named)
@@ -251,7 +276,7 @@ pub(crate) fn recover(
     fs.sync_dir(dir)
         .map_err(|e| SpoolError::io("fsync dir", dir, e))?;
     let first = report;
-    let (core, mut report) = recover_segments(cfg, fs, st)?;
+    let (core, mut report, _) = recover_segments(cfg, fs, st)?;
     report.adopted_spare = Some(named);
     report.removed_temp_files += first.removed_temp_files;
     report.deleted_acked_segments += first.deleted_acked_segments;
@@ -264,11 +289,13 @@ pub(crate) fn recover(
     Ok((core, report))
 }
 
+/// Recovers the named segments; also returns where the log ended before
+/// acknowledged segments were deleted (`None`: no segment).
 fn recover_segments(
     cfg: &SpoolConfig,
     fs: &dyn Fs,
     st: &Counters,
-) -> Result<(Core, RecoveryReport), SpoolError> {
+) -> Result<(Core, RecoveryReport, Option<u64>), SpoolError> {
     let t0 = Instant::now();
     let dir = &cfg.dir;
     let durable = cfg.durability != crate::Durability::Never;
@@ -468,6 +495,7 @@ fn recover_segments(
         }
     }
 
+    let scanned_end = (!segs.is_empty()).then_some(disk_end);
     // Delete what is fully acknowledged.
     let mut start = 0;
     while start < segs.len() {
@@ -564,5 +592,5 @@ fn recover_segments(
         roll: None,
         doomed: Vec::new(),
     };
-    Ok((core, report))
+    Ok((core, report, scanned_end))
 }

@@ -11,7 +11,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{msg, small_config, SimFs};
+use common::{msg, small_config, spare_with_records, SimFs};
 use spillway_spool::{Durability, Spool, SpoolError};
 
 fn config(dir: &std::path::Path) -> spillway_spool::SpoolConfig {
@@ -47,14 +47,14 @@ fn a_crash_before_the_new_segment_is_named_keeps_what_was_written_to_it() {
     let (mut ok, e) = append_until_error(&s, 1);
     assert!(matches!(e, SpoolError::Poisoned { .. }), "{e}");
     ok.insert(0, msg(0, 100));
-    assert!(dir.path().join("next.seg.spare").exists());
+    assert!(spare_with_records(dir.path()));
     // kill -9: the page cache keeps everything written.
     drop(s);
     fs.crash(|unsynced| unsynced);
     fs.faults.fail_rename.store(false, Ordering::SeqCst);
     let (s, rep) = Spool::open_with_fs(config(dir.path()), fs.clone()).unwrap();
     assert!(rep.adopted_spare.is_some(), "{rep}");
-    assert!(!dir.path().join("next.seg.spare").exists());
+    assert!(!spare_with_records(dir.path()));
     let got = s.read(0, 100_000, 64 << 20).unwrap();
     let data: Vec<Vec<u8>> = got.iter().map(|m| m.data.to_vec()).collect();
     assert_eq!(data, ok);
@@ -84,7 +84,7 @@ fn a_power_cut_that_tore_the_segment_before_drops_the_unnamed_one() {
     fs.faults.fail_fsync.store(false, Ordering::SeqCst);
     let (s, rep) = Spool::open_with_fs(config(dir.path()), fs.clone()).unwrap();
     assert!(rep.adopted_spare.is_none(), "{rep}");
-    assert!(!dir.path().join("next.seg.spare").exists());
+    assert!(!spare_with_records(dir.path()));
     // What was durable is there, and the log is whole.
     let got = s.read(0, 100_000, 64 << 20).unwrap();
     assert_eq!(got.len(), 1);

@@ -31,7 +31,7 @@ fn appends_and_reads_progress_while_rolls_and_deletions_wait_for_the_disk() {
     cfg.cursor_interval = Duration::from_secs(3600);
     let (spool, _) = Spool::open_with_fs(cfg, fs.clone()).unwrap();
     // The first segment exists before the disk turns slow.
-    spool.append(&[&msg(0, 100)]).unwrap();
+    spool.append(&[&msg(0, 20)]).unwrap();
     fs.faults.slow_ms.store(200, Ordering::SeqCst);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -40,10 +40,14 @@ fn appends_and_reads_progress_while_rolls_and_deletions_wait_for_the_disk() {
         let (s, f, stop) = (spool.clone(), fs.clone(), stop.clone());
         threads.push(std::thread::spawn(move || {
             let mut i = 0;
+            // About 100 appends a second each, so a segment (about 80 of
+            // these records) takes longer to fill than one slow operation:
+            // the appends a roll's slow half must not stop are there.
             while !stop.load(Ordering::SeqCst) {
-                s.append(&[&msg(t * 1_000_000 + i, 100)]).unwrap();
+                s.append(&[&msg(t * 1_000_000 + i, 20)]).unwrap();
                 f.faults.appends_done.fetch_add(1, Ordering::SeqCst);
                 i += 1;
+                std::thread::sleep(Duration::from_millis(10));
             }
         }));
     }

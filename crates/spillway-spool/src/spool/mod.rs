@@ -477,7 +477,7 @@ impl Spool {
             (
                 core.roll.is_some(),
                 !core.doomed.is_empty(),
-                core.active && core.spare.is_none() && core.roll.is_none(),
+                core.active && core.spare.is_none(),
             )
         };
         if roll {
@@ -597,7 +597,15 @@ impl Spool {
         let dir_io = lock(&inner.dir_io);
         let _spare_io = lock(&inner.spare_io);
         let mut core = loop {
-            inner.finish_roll_locked(&dir_io)?;
+            if let Err(e) = inner.finish_roll_locked(&dir_io) {
+                // Poisoned: closed all the same (no handle may touch the
+                // directory any more); the next open recovers from what
+                // is on disk.
+                let mut core = lock(&inner.core);
+                core.closed = true;
+                inner.space_cv.notify_all();
+                return Err(e);
+            }
             // Best effort: the next open deletes acknowledged segments.
             let _ = inner.unlink_doomed(&dir_io);
             let core = lock(&inner.core);
@@ -609,9 +617,9 @@ impl Spool {
             return Ok(());
         }
         core.closed = true;
-        if let Some(spare) = core.spare.take() {
+        if let Some((spare, path)) = core.spare.take() {
             drop(spare);
-            let _ = inner.fs.remove(&inner.spare_path());
+            let _ = inner.fs.remove(&path);
         }
         inner.space_cv.notify_all();
         if !core.mem.is_empty() {

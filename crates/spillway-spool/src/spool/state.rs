@@ -70,7 +70,7 @@ pub(crate) struct Core {
     pub space_waiters: usize,
     /// An empty file created ahead of the next roll (without the lock, see
     /// `writer.rs`): a roll only writes its header.
-    pub spare: Option<Arc<dyn SegmentFile>>,
+    pub spare: Option<(Arc<dyn SegmentFile>, PathBuf)>,
     /// A roll whose slow half (seal, name, directory fsync) is not done.
     pub roll: Option<PendingRoll>,
     /// Segments taken out of the log whose files are still to be unlinked
@@ -84,12 +84,19 @@ pub(crate) struct Core {
 /// nothing written to the new segment counts as durable.
 #[derive(Debug, Clone)]
 pub(crate) struct PendingRoll {
-    /// The segment that was active before the roll, if one was.
-    pub sealed: Option<(Arc<dyn SegmentFile>, PathBuf)>,
+    /// The segment that was active before the roll, if one was (its
+    /// first seq, file and path). It stays in the log until the roll is
+    /// finished: a spare with records always follows a named segment.
+    pub sealed: Option<(u64, Arc<dyn SegmentFile>, PathBuf)>,
+    /// The new segment has its name already (there was nothing to seal:
+    /// only the directory fsync is left).
+    pub named: bool,
     /// The group-commit position at the end of that segment.
     pub sealed_lsn: u64,
     /// The new segment's first seq (its name).
     pub first_seq: u64,
+    /// The spare it was written as (its file's name until it is named).
+    pub spare: PathBuf,
 }
 
 impl Core {
@@ -232,8 +239,16 @@ impl Inner {
         *self.live.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(super) fn spare_path(&self) -> PathBuf {
-        self.cfg.dir.join(crate::recovery::SPARE_FILE)
+    /// Where the next spare is created: the spare name a pending roll's
+    /// segment does not have (two names alternate, so the next spare is
+    /// made while a roll is being finished).
+    pub(super) fn next_spare_path(&self, core: &Core) -> PathBuf {
+        let busy = core.roll.as_ref().map(|r| r.spare.clone());
+        crate::recovery::SPARE_FILES
+            .iter()
+            .map(|n| self.cfg.dir.join(n))
+            .find(|p| Some(p) != busy.as_ref())
+            .unwrap_or_else(|| self.cfg.dir.join(crate::recovery::SPARE_FILES[0]))
     }
 
     pub(super) fn fsync_enabled(&self) -> bool {

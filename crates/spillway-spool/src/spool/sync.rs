@@ -174,6 +174,12 @@ impl Inner {
             }
             s = lock(&self.sync);
             s.syncing = false;
+            if s.poison.is_some() {
+                // Another fsync failed meanwhile (a roll's seal): what it
+                // covered is not durable, and `target` may include it.
+                self.sync_cv.notify_all();
+                continue;
+            }
             s.durable_lsn = s.durable_lsn.max(target);
             s.last_sync = Instant::now();
             self.sync_cv.notify_all();

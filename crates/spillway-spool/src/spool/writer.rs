@@ -215,8 +215,8 @@ impl Spool {
             match t.when_full {
                 WhenFull::DropNewest => break (refuse(&core, dropped_oldest), None),
                 WhenFull::DropOldest => {
-                    if core.roll.is_some() && core.segs.len() == 1 {
-                        // The oldest segment is the newest, still unnamed.
+                    if core.roll.is_some() {
+                        // A roll's segments stay until it is finished.
                         unlocked!(inner.finish_roll())?;
                         continue;
                     }
@@ -270,9 +270,8 @@ impl Spool {
             // other appenders write to the new segment. A failure poisons
             // the spool: `Always` reports it below; otherwise the batch is
             // written and the next append fails.
-            if inner.finish_roll().is_ok() {
-                let _ = inner.ensure_spare();
-            }
+            let _ = inner.ensure_spare();
+            let _ = inner.finish_roll();
         }
         if let Some(lsn) = lsn {
             match t.durability {
@@ -379,15 +378,15 @@ impl Inner {
             if core.closed {
                 return Err(SpoolError::Closed);
             }
-            if core.spare.is_some() || core.roll.is_some() {
+            if core.spare.is_some() {
                 return Ok(true);
             }
         }
-        let path = self.spare_path();
+        let path = self.next_spare_path(&lock(&self.core));
         let file = match self.fs.create(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                // A leftover (no roll is pending, so nothing uses it).
+                // A leftover (the pending roll's spare has the other name).
                 self.fs
                     .remove(&path)
                     .map_err(|e| SpoolError::io("remove", &path, e))?;
@@ -407,7 +406,7 @@ impl Inner {
             let _ = self.fs.remove(&path);
             return Err(SpoolError::Closed);
         }
-        core.spare = Some(file);
+        core.spare = Some((file, path));
         Ok(true)
     }
 
@@ -417,7 +416,7 @@ impl Inner {
     /// sealed and the new one named by `finish_roll`. `Ok(false)` on
     /// ENOSPC (the spare stays, empty).
     fn roll_to_spare(&self, core: &mut Core) -> Result<bool, SpoolError> {
-        let Some(file) = core.spare.take() else {
+        let Some((file, spare)) = core.spare.take() else {
             return Ok(false);
         };
         let seq = core.next_seq;
@@ -429,27 +428,42 @@ impl Inner {
         .encode();
         if let Err((e, _)) = write_all_at(&*file, &header, 0) {
             let _ = file.set_len(0);
-            core.spare = Some(file);
+            core.spare = Some((file, spare.clone()));
             if is_no_space(&e) {
                 return Ok(false);
             }
-            return Err(SpoolError::io("write", self.spare_path(), e));
+            return Err(SpoolError::io("write", spare, e));
         }
         let sealed = if core.active {
             core.segs
                 .back()
-                .and_then(|s| s.file.clone().map(|f| (f, s.path.clone())))
+                .and_then(|s| s.file.clone().map(|f| (s.first_seq, f, s.path.clone())))
         } else {
             None
         };
+        let path = self.cfg.dir.join(segment_file_name(seq));
+        // Nothing to seal before it (the log is empty, or its last segment
+        // is sealed): it takes its name at once (a rename, no fsync), so a
+        // spare with records always follows a named segment (recovery
+        // relies on it). The directory fsync is left for `finish_roll`.
+        let named = sealed.is_none();
+        if named {
+            if let Err(e) = self.fs.rename(&spare, &path) {
+                let _ = file.set_len(0);
+                core.spare = Some((file, spare));
+                return Err(SpoolError::io("rename", path, e));
+            }
+        }
         core.roll = Some(PendingRoll {
             sealed,
+            named,
             sealed_lsn: core.written_lsn,
             first_seq: seq,
+            spare,
         });
         core.segs.push_back(Seg {
             first_seq: seq,
-            path: self.cfg.dir.join(segment_file_name(seq)),
+            path,
             len: SEGMENT_HEADER_LEN,
             created_ms,
             file: Some(file),
@@ -481,7 +495,11 @@ impl Inner {
         let Some(roll) = lock(&self.core).roll.clone() else {
             return Ok(());
         };
-        if let Some((f, path)) = &roll.sealed {
+        // After a failed fsync nothing is synced again: the kernel may
+        // have dropped the pages that failed, and a second fsync would
+        // "succeed" without them.
+        self.check_poison()?;
+        if let Some((_, f, path)) = &roll.sealed {
             self.timed_sync(&**f, path)?;
         }
         {
@@ -489,14 +507,16 @@ impl Inner {
             s.durable_lsn = s.durable_lsn.max(roll.sealed_lsn);
         }
         self.sync_cv.notify_all();
-        let spare = self.spare_path();
+        let spare = &roll.spare;
         let named = self.cfg.dir.join(segment_file_name(roll.first_seq));
-        if let Err(e) = self.fs.rename(&spare, &named) {
-            return Err(self.poison(format!(
-                "rename {} to {}: {e}",
-                spare.display(),
-                named.display()
-            )));
+        if !roll.named {
+            if let Err(e) = self.fs.rename(spare, &named) {
+                return Err(self.poison(format!(
+                    "rename {} to {}: {e}",
+                    spare.display(),
+                    named.display()
+                )));
+            }
         }
         self.sync_dir()?;
         lock(&self.core).roll = None;

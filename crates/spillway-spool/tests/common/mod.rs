@@ -27,3 +27,11 @@ pub fn msg(seq_tag: u64, len: usize) -> Vec<u8> {
     v.truncate(len.max(1));
     v
 }
+
+/// Whether a spare segment file (`next.*.seg.spare`) holds more than a
+/// header: a roll that did not finish.
+pub fn spare_with_records(dir: &Path) -> bool {
+    ["next.0.seg.spare", "next.1.seg.spare"]
+        .iter()
+        .any(|n| std::fs::metadata(dir.join(n)).is_ok_and(|m| m.len() > 32))
+}
