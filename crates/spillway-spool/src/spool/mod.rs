@@ -88,6 +88,8 @@ pub struct Message {
 #[derive(Debug)]
 pub struct Batch {
     enc: EncodedBatch,
+    /// Counted once in `SpoolStats::blocked` however often it is offered.
+    blocked_counted: bool,
 }
 
 impl Batch {
@@ -278,6 +280,7 @@ impl Spool {
             space_cv: Condvar::new(),
             sync_cv: Condvar::new(),
             notify: RwLock::new(None),
+            space_notify: RwLock::new(None),
             poisoned: AtomicBool::new(false),
             st,
         };
@@ -334,7 +337,7 @@ impl Spool {
             core.reserve_retry_at = Instant::now();
         }
         drop(core);
-        inner.space_cv.notify_all();
+        inner.space_freed();
         Ok(())
     }
 
@@ -421,7 +424,7 @@ impl Spool {
             !is_active_last || waiters || core.segs[i].len >= seg_size / 8
         });
         drop(core);
-        inner.space_cv.notify_all();
+        inner.space_freed();
         if removed > 0 {
             inner.finish_deletions()?;
         }
@@ -531,6 +534,19 @@ impl Spool {
     /// become readable. Replaces any previous one.
     pub fn set_notify(&self, f: Box<dyn Fn() + Send + Sync>) {
         let mut slot = self.inner.notify.write().unwrap_or_else(|e| e.into_inner());
+        *slot = Some(Arc::from(f));
+    }
+
+    /// Registers the callback run (outside all locks) whenever space may
+    /// have been freed (acknowledgements, a reload, close): for an owner
+    /// that waits for space itself (`try_append_batch`). A full file
+    /// system is not signalled: poll for it.
+    pub fn set_space_notify(&self, f: Box<dyn Fn() + Send + Sync>) {
+        let mut slot = self
+            .inner
+            .space_notify
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         *slot = Some(Arc::from(f));
     }
 

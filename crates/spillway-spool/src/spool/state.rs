@@ -170,6 +170,8 @@ pub(crate) struct Inner {
     pub(crate) sync: Mutex<SyncState>,
     pub(crate) sync_cv: Condvar,
     pub(crate) notify: RwLock<Option<NotifyFn>>,
+    /// Run when space may have been freed (see `Spool::set_space_notify`).
+    pub(crate) space_notify: RwLock<Option<NotifyFn>>,
     pub(crate) poisoned: AtomicBool,
     pub(crate) written: AtomicU64,
     /// Reported by the owner: everything below was delivered, though the
@@ -253,6 +255,20 @@ impl Inner {
 
     pub(super) fn fsync_enabled(&self) -> bool {
         self.live().durability != Durability::Never
+    }
+
+    /// Wakes appenders waiting for space: those blocked here, and the
+    /// owner's (`Spool::set_space_notify`).
+    pub(super) fn space_freed(&self) {
+        self.space_cv.notify_all();
+        let f = self
+            .space_notify
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(f) = f {
+            f();
+        }
     }
 
     pub(super) fn notify(&self) {

@@ -19,6 +19,7 @@ impl Spool {
         }
         Ok(Batch {
             enc: encode_batch(msgs.iter().copied()),
+            blocked_counted: false,
         })
     }
 
@@ -26,12 +27,42 @@ impl Spool {
     /// before. Once accepted it is spent (empty): appending it again
     /// accepts nothing. Refused (full, an error) it can be appended again.
     pub fn append_batch(&self, batch: &mut Batch) -> Result<AppendOutcome, SpoolError> {
-        self.append_encoded(&mut batch.enc, Quota::Applies)
+        Ok(self.append_encoded(batch, Quota::Applies, false)?.0)
     }
 
     /// [`append_past_quota`](Spool::append_past_quota) of an encoded batch.
     pub fn append_batch_past_quota(&self, batch: &mut Batch) -> Result<AppendOutcome, SpoolError> {
-        self.append_encoded(&mut batch.enc, Quota::Ignored)
+        Ok(self.append_encoded(batch, Quota::Ignored, false)?.0)
+    }
+
+    /// An append that never waits, for a caller that does its waiting
+    /// elsewhere (an async writer): not for space (under `when_full =
+    /// block` at the bound, or on a full disk, it returns
+    /// `SpoolError::Full` at once, counted as blocked once per batch and
+    /// not as an error; [`set_space_notify`](Spool::set_space_notify) says
+    /// when to try again), and not for the disk (under
+    /// `Durability::Always` it returns the position to pass to
+    /// [`wait_durable`](Spool::wait_durable); the interval fsync is left
+    /// to `tick`). `past_quota`: as
+    /// [`append_past_quota`](Spool::append_past_quota).
+    pub fn try_append_batch(
+        &self,
+        batch: &mut Batch,
+        past_quota: bool,
+    ) -> Result<(AppendOutcome, Option<u64>), SpoolError> {
+        let quota = if past_quota {
+            Quota::Ignored
+        } else {
+            Quota::Applies
+        };
+        self.append_encoded(batch, quota, true)
+    }
+
+    /// Returns once everything written up to `lsn` (from
+    /// [`try_append_batch`](Spool::try_append_batch)) is durable: one
+    /// fdatasync covers every append waiting meanwhile (group commit).
+    pub fn wait_durable(&self, lsn: u64) -> Result<(), SpoolError> {
+        self.inner.wait_durable(lsn)
     }
 
     pub(super) fn append_with(
@@ -41,26 +72,31 @@ impl Spool {
     ) -> Result<AppendOutcome, SpoolError> {
         self.inner.check_poison()?;
         let mut batch = self.encode(msgs)?;
-        self.append_encoded(&mut batch.enc, quota)
+        Ok(self.append_encoded(&mut batch, quota, false)?.0)
     }
 
+    /// `nowait`: see `try_append_batch`.
     fn append_encoded(
         &self,
-        batch: &mut EncodedBatch,
+        whole: &mut Batch,
         quota: Quota,
-    ) -> Result<AppendOutcome, SpoolError> {
+        nowait: bool,
+    ) -> Result<(AppendOutcome, Option<u64>), SpoolError> {
+        let batch = &mut whole.enc;
+        let counted = &mut whole.blocked_counted;
         let inner = &*self.inner;
         let cfg = &inner.cfg;
         inner.check_poison()?;
         let msgs = batch.msgs;
         if msgs == 0 {
-            return Ok(AppendOutcome {
+            let nothing = AppendOutcome {
                 first_seq: self.next_seq(),
                 accepted: 0,
                 dropped_newest: 0,
                 dropped_oldest_msgs: 0,
                 tier: None,
-            });
+            };
+            return Ok((nothing, None));
         }
         let need = batch.buf.len() as u64;
         let deadline = cfg.block_timeout.map(|t| Instant::now() + t);
@@ -229,9 +265,13 @@ impl Spool {
                     }
                 }
                 WhenFull::Block => {
-                    if !blocked {
+                    if !blocked && !*counted {
                         blocked = true;
+                        *counted = true;
                         inner.st.blocked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if nowait {
+                        return Err(SpoolError::Full { reason });
                     }
                     // ENOSPC is not signalled by anyone: poll for space.
                     let mut wait = match reason {
@@ -265,9 +305,10 @@ impl Spool {
         if doomed {
             inner.finish_deletions()?;
         }
-        if rolled {
-            // The slow half of the roll, then the next roll's spare, while
-            // other appenders write to the new segment. A failure poisons
+        if rolled && !nowait {
+            // The next roll's spare, then the slow half of this one, while
+            // other appenders write to the new segment (`nowait`: `tick`
+            // and the next group commit do both). A failure poisons
             // the spool: `Always` reports it below; otherwise the batch is
             // written and the next append fails.
             let _ = inner.ensure_spare();
@@ -275,12 +316,14 @@ impl Spool {
         }
         if let Some(lsn) = lsn {
             match t.durability {
+                Durability::Always if nowait => return Ok((outcome, Some(lsn))),
                 Durability::Always => inner.wait_durable(lsn)?,
+                Durability::Interval(_) if nowait => {}
                 Durability::Interval(d) => inner.maybe_interval_sync(d)?,
                 Durability::Never => {}
             }
         }
-        Ok(outcome)
+        Ok((outcome, None))
     }
 }
 

@@ -18,6 +18,7 @@ mod dispatch;
 pub mod memory;
 mod sink;
 mod source;
+mod spool_io;
 mod wire;
 
 use std::collections::BTreeMap;
@@ -211,6 +212,10 @@ pub struct QueueServer {
     /// place ([`QueueServer::reconfigure`]).
     route: RwLock<Arc<QueueRoute>>,
     spool: Spool,
+    /// The threads producers' appends run on.
+    io: spool_io::SpoolIo,
+    /// Producers waiting for space (`when_full = block`).
+    waiting_for_space: std::sync::atomic::AtomicUsize,
     dispatch: Mutex<Dispatch>,
     /// Woken when the spool has new messages or a consumer gave some back.
     notify: Arc<Notify>,
@@ -366,6 +371,8 @@ impl QueueServer {
         let n = Arc::clone(&notify);
         spool.set_notify(Box::new(move || n.notify_waiters()));
         let dispatch = Mutex::new(Dispatch::new(spool.ack_floor(), route.redeliver_on_reset));
+        let io = spool_io::SpoolIo::start(&spool, &route.name)
+            .with_context(|| format!("route '{}': spool threads", route.name))?;
         let gate = Gate::new(
             &route.name,
             shared.connections,
@@ -377,6 +384,8 @@ impl QueueServer {
         Ok(Arc::new(QueueServer {
             route: RwLock::new(Arc::new(route)),
             spool,
+            io,
+            waiting_for_space: std::sync::atomic::AtomicUsize::new(0),
             dispatch,
             notify,
             stats: QueueStats::default(),
@@ -532,7 +541,8 @@ impl QueueServer {
     /// for space: a full spool releases them at once (they stay in memory),
     /// and they hold it again after five seconds without pressure.
     fn watch_space(&self, windows: &mut Windows) {
-        let wanted = self.spool.space_wanted();
+        let wanted =
+            self.spool.space_wanted() || self.waiting_for_space.load(Ordering::Relaxed) > 0;
         match (*windows, wanted) {
             (Windows::Pinned, true) => {
                 *windows = Windows::Released { quiet_since: None };

@@ -164,7 +164,9 @@ impl QueueServer {
                 *left -= n.min(*left);
                 let (at_end, end) = (n == 0 || *left == 0, *end);
                 let mut tally = (messages, dropped);
-                let done = self.after_read(&mut decoder, &mut buf, peer, &mut tally, at_end, end);
+                let done = self
+                    .after_read(&mut decoder, &mut buf, peer, &mut tally, at_end, end)
+                    .await;
                 (messages, dropped) = tally;
                 if let Some(done) = done {
                     break done;
@@ -274,7 +276,9 @@ impl QueueServer {
             };
             let queueing = Instant::now();
             let mut tally = (messages, dropped);
-            let done = self.after_read(&mut decoder, &mut buf, peer, &mut tally, at_end, end);
+            let done = self
+                .after_read(&mut decoder, &mut buf, peer, &mut tally, at_end, end)
+                .await;
             (messages, dropped) = tally;
             if let Some(done) = done {
                 break done;
@@ -349,7 +353,7 @@ impl QueueServer {
     /// connection ends if it does (a bad frame, a spool error, or
     /// `at_end`, which checks for a partial message left over).
     /// `tally` is (messages queued, dropped) so far.
-    fn after_read(
+    async fn after_read(
         &self,
         decoder: &mut Decoder,
         buf: &mut BytesMut,
@@ -359,7 +363,7 @@ impl QueueServer {
         end: ProducerEnd,
     ) -> Option<ProducerEnd> {
         let route = &self.route().name;
-        let (t, result) = self.ingest(decoder, buf);
+        let (t, result) = self.ingest(decoder, buf).await;
         tally.0 += t.appended;
         tally.1 += t.dropped;
         let messages = tally.0;
@@ -397,7 +401,7 @@ impl QueueServer {
     /// Appends every complete message in `buf` as one batch and drops them
     /// from `buf`; returns how many were appended. On a bad frame, the
     /// messages before it are appended first, then the error is returned.
-    fn ingest(
+    async fn ingest(
         &self,
         decoder: &mut Decoder,
         buf: &mut BytesMut,
@@ -431,7 +435,7 @@ impl QueueServer {
             }
             let (batch, tail) = rest.split_at(take);
             rest = tail;
-            let outcome = match self.append_waiting(batch) {
+            let outcome = match self.append_waiting(batch).await {
                 Ok(o) => o,
                 Err(e) => {
                     // Messages of this read after the failed batch are not
@@ -492,20 +496,26 @@ impl QueueServer {
     /// acknowledged it to the producer: it is written past `max_disk` (a
     /// policy, not a physical limit). On a physically full disk it is
     /// retried until the drain timeout; only then does it fail.
-    fn append_waiting(&self, batch: &[&[u8]]) -> Result<spillway_spool::AppendOutcome, SpoolError> {
+    async fn append_waiting(
+        &self,
+        batch: &[&[u8]],
+    ) -> Result<spillway_spool::AppendOutcome, SpoolError> {
         let started = std::time::Instant::now();
         let mut give_up: Option<std::time::Instant> = None;
         // Encoded and checksummed once, however often it is offered.
         let mut batch = self.spool.encode(batch)?;
+        let mut waiting: Option<SpaceWait<'_>> = None;
         loop {
             let stopping = self.stop.is_cancelled();
-            let r = tokio::task::block_in_place(|| {
-                if stopping {
-                    self.spool.append_batch_past_quota(&mut batch)
-                } else {
-                    self.spool.append_batch(&mut batch)
-                }
-            });
+            // Registered before the attempt: a free in between is not missed.
+            let freed = self.io.space.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let (back, r) = self.io.append(batch, stopping).await;
+            let Some(back) = back else {
+                return r;
+            };
+            batch = back;
             match r {
                 Err(e) if e.is_full() && stopping => {
                     let deadline = *give_up.get_or_insert_with(|| {
@@ -514,26 +524,56 @@ impl QueueServer {
                     if std::time::Instant::now() >= deadline {
                         return Err(e);
                     }
-                    // No one signals freed space: poll for it.
-                    tokio::task::block_in_place(|| {
-                        std::thread::sleep(std::time::Duration::from_millis(50))
-                    });
+                    // No one signals freed space on a full file system.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
                 Err(e) if e.is_full() => {
-                    let mut warn_limit = self
+                    waiting.get_or_insert_with(|| SpaceWait::new(&self.waiting_for_space));
+                    let suppressed = self
                         .blocked_warning
                         .lock()
-                        .unwrap_or_else(|e| e.into_inner());
-                    if let Some(suppressed) = warn_limit.check() {
+                        .unwrap_or_else(|e| e.into_inner())
+                        .check();
+                    if let Some(suppressed) = suppressed {
                         warn!(route = %self.route().name, waited_ms = started.elapsed().as_millis() as u64,
                               suppressed, reason = %e,
                               "disk tier full: not reading producers until consumers free space (when_full = block)");
                     }
-                    drop(warn_limit);
+                    // Woken when consumers free space; a full file system
+                    // is polled; every second the warning and the stop
+                    // are looked at again.
+                    let poll = match e {
+                        SpoolError::Full {
+                            reason: spillway_spool::FullReason::NoSpace,
+                        } => std::time::Duration::from_millis(50),
+                        _ => std::time::Duration::from_secs(1),
+                    };
+                    tokio::select! {
+                        _ = &mut freed => {}
+                        _ = tokio::time::sleep(poll) => {}
+                        _ = self.stop.cancelled() => {}
+                    }
                 }
                 r => return r,
             }
         }
+    }
+}
+
+/// Counts a producer waiting for space while it lives (the owner then
+/// releases redelivery windows: see `QueueServer::watch_space`).
+struct SpaceWait<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> SpaceWait<'a> {
+    fn new(n: &'a std::sync::atomic::AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        SpaceWait(n)
+    }
+}
+
+impl Drop for SpaceWait<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
