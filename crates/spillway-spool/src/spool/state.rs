@@ -261,24 +261,18 @@ impl Inner {
     /// owner's (`Spool::set_space_notify`).
     pub(super) fn space_freed(&self) {
         self.space_cv.notify_all();
-        let f = self
-            .space_notify
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        if let Some(f) = f {
-            f();
-        }
+        call(&self.space_notify);
     }
 
     pub(super) fn notify(&self) {
-        let f = self
-            .notify
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        if let Some(f) = f {
-            f();
-        }
+        call(&self.notify);
+    }
+}
+
+/// Runs a registered callback, outside the slot's lock.
+fn call(slot: &RwLock<Option<NotifyFn>>) {
+    let f = slot.read().unwrap_or_else(|e| e.into_inner()).clone();
+    if let Some(f) = f {
+        f();
     }
 }
