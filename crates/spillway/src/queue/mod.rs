@@ -642,8 +642,9 @@ impl QueueServer {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    if let Err(e) = tokio::task::block_in_place(|| self.spool.tick()) {
-                        self.fail("spool tick", &e);
+                    // The spool's own tick runs on its maintenance thread.
+                    if let Some((what, e)) = self.io.take_failure() {
+                        self.fail(what, &e);
                     }
                     self.watch_space(&mut windows);
                     ticks = ticks.wrapping_add(1);
@@ -670,8 +671,8 @@ impl QueueServer {
                 _ = producers.wait() => break,
                 _ = tokio::time::sleep_until(phase1_end) => break,
                 _ = tick.tick() => {
-                    if let Err(e) = tokio::task::block_in_place(|| self.spool.tick()) {
-                        self.fail("spool tick", &e);
+                    if let Some((what, e)) = self.io.take_failure() {
+                        self.fail(what, &e);
                     }
                 }
             }
@@ -701,6 +702,12 @@ impl QueueServer {
                 error!(route = %name, producers = producers.len(), consumers = consumers.len(),
                        "connections still running after being ended; closing the spool anyway");
             }
+        }
+        // Every acknowledgement sent is in the spool before it closes (its
+        // cursor has them), and a failure among them is reported.
+        self.io.flush().await;
+        if let Some((what, e)) = self.io.take_failure() {
+            self.fail(what, &e);
         }
         let spool = self.spool.clone();
         let closed = tokio::task::spawn_blocking(move || spool.close())

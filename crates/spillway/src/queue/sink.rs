@@ -239,10 +239,11 @@ impl QueueServer {
               "consumer closed");
     }
 
+    /// Acknowledges everything below `floor` to the spool, on its
+    /// maintenance thread (a deletion's unlinks and fsyncs do not hold up
+    /// this consumer); a failure stops the route at the next tick.
     pub(super) fn ack(&self, floor: u64) {
-        if let Err(e) = tokio::task::block_in_place(|| self.spool.ack(floor)) {
-            self.fail("ack", &e);
-        }
+        self.io.ack(floor);
     }
 
     async fn deliver(&self, wire: &mut Wire, peer: SocketAddr, d: &mut Delivery) -> ConsumerEnd {

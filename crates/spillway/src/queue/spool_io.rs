@@ -11,10 +11,17 @@
 //! a full file system, which nobody signals) and offers the same encoded
 //! batch again.
 //!
+//! Acknowledgements and the housekeeping `tick` run on a third thread,
+//! *spool-maint*: an ack that deletes segments unlinks files, fsyncs the
+//! directory and persists the cursor, and a consumer's task does not wait
+//! for that (acks queued meanwhile are applied as one, the highest). Its
+//! failures are kept for the route to act on (`take_failure`).
+//!
 //! The threads end when the handle is dropped (the channels close).
 
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use spillway_spool::{AppendOutcome, Batch, Spool, SpoolError};
 use tokio::sync::{oneshot, Notify};
@@ -34,8 +41,20 @@ struct Commit {
     reply: Reply,
 }
 
+enum Maint {
+    Ack(u64),
+    /// Answered once every ack sent before it is applied.
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
+/// How often `tick` runs.
+const TICK: Duration = Duration::from_millis(20);
+
 pub(super) struct SpoolIo {
     writer: mpsc::Sender<Append>,
+    maint: Mutex<mpsc::Sender<Maint>>,
+    /// The first error of an ack or a tick, until the route takes it.
+    failure: Arc<Mutex<Option<(&'static str, SpoolError)>>>,
     /// Notified (`notify_waiters`) when the spool may have freed space.
     pub space: Arc<Notify>,
 }
@@ -55,7 +74,45 @@ impl SpoolIo {
         std::thread::Builder::new()
             .name(format!("spool-write:{route}"))
             .spawn(move || write_loop(&sp, &appends, &committer))?;
-        Ok(SpoolIo { writer, space })
+        let (maint, jobs) = mpsc::channel::<Maint>();
+        let failure = Arc::new(Mutex::new(None));
+        let (sp, f) = (spool.clone(), Arc::clone(&failure));
+        std::thread::Builder::new()
+            .name(format!("spool-maint:{route}"))
+            .spawn(move || maint_loop(&sp, &jobs, &f))?;
+        Ok(SpoolIo {
+            writer,
+            maint: Mutex::new(maint),
+            failure,
+            space,
+        })
+    }
+
+    /// Acknowledges everything below `floor` (on the maintenance thread).
+    pub fn ack(&self, floor: u64) {
+        let _ = self.sender().send(Maint::Ack(floor));
+    }
+
+    /// Returns once every ack sent before is applied (before `close`, so
+    /// the cursor it persists has them).
+    pub async fn flush(&self) {
+        let (done, wait) = std::sync::mpsc::channel();
+        if self.sender().send(Maint::Flush(done)).is_err() {
+            return;
+        }
+        let _ = tokio::task::spawn_blocking(move || wait.recv()).await;
+    }
+
+    /// The first failure of an ack or a tick since the last call.
+    pub fn take_failure(&self) -> Option<(&'static str, SpoolError)> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    fn sender(&self) -> mpsc::Sender<Maint> {
+        self.maint.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Appends `batch` (returned, spent or not, with the result): accepted,
@@ -123,6 +180,59 @@ fn commit_loop(spool: &Spool, commits: &mpsc::Receiver<Commit>) {
                 Err(_) => spool.wait_durable(c.lsn).map(|()| c.outcome),
             };
             let _ = c.reply.send((c.batch, r));
+        }
+    }
+}
+
+fn maint_loop(
+    spool: &Spool,
+    jobs: &mpsc::Receiver<Maint>,
+    failure: &Mutex<Option<(&'static str, SpoolError)>>,
+) {
+    let fail = |what: &'static str, e: SpoolError| {
+        let mut f = failure.lock().unwrap_or_else(|e| e.into_inner());
+        if f.is_none() {
+            *f = Some((what, e));
+        }
+    };
+    let mut next_tick = Instant::now() + TICK;
+    let mut closed = false;
+    loop {
+        let wait = next_tick.saturating_duration_since(Instant::now());
+        let first = match jobs.recv_timeout(wait) {
+            Ok(j) => Some(j),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
+        // Everything queued now: the highest ack is applied once.
+        let mut floor = None;
+        let mut flushes = Vec::new();
+        for job in first
+            .into_iter()
+            .chain(std::iter::from_fn(|| jobs.try_recv().ok()))
+        {
+            match job {
+                Maint::Ack(f) => floor = Some(floor.map_or(f, |g: u64| g.max(f))),
+                Maint::Flush(done) => flushes.push(done),
+            }
+        }
+        if let Some(f) = floor {
+            if let Err(e) = spool.ack(f) {
+                fail("ack", e);
+            }
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+        if Instant::now() >= next_tick {
+            next_tick = Instant::now() + TICK;
+            if !closed {
+                match spool.tick() {
+                    Ok(()) => {}
+                    Err(SpoolError::Closed) => closed = true,
+                    Err(e) => fail("spool tick", e),
+                }
+            }
         }
     }
 }
