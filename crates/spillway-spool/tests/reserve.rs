@@ -280,3 +280,34 @@ fn close_says_how_many_messages_it_could_not_write() {
         .collect();
     assert_eq!(leftovers, Vec::<String>::new(), "partial files are removed");
 }
+
+#[test]
+fn a_reload_to_memory_zero_writes_the_memory_tier_to_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = spillway_spool::SpoolConfig::new(dir.path());
+    cfg.memory_limit = 1 << 20;
+    cfg.segment_size = 64 << 10;
+    let (s, _) = spillway_spool::Spool::open(cfg.clone()).unwrap();
+    let msgs: Vec<Vec<u8>> = (0..100).map(|i| format!("m{i}").into_bytes()).collect();
+    for m in &msgs {
+        let o = s.append(&[m]).unwrap();
+        assert_eq!(o.tier, Some(spillway_spool::Tier::Memory));
+    }
+    s.ack(10).unwrap();
+    let mut t = s.tunables();
+    t.memory_limit = 0;
+    s.reconfigure(t).unwrap();
+    // New messages go to disk, after the old ones.
+    let o = s.append(&[b"late"]).unwrap();
+    assert_eq!(o.tier, Some(spillway_spool::Tier::Disk));
+    assert_eq!(o.first_seq, 100);
+    // kill -9: nothing the memory tier held is lost.
+    drop(s);
+    let (s, _) = spillway_spool::Spool::open(cfg).unwrap();
+    let got = s.read(0, 1000, 1 << 20).unwrap();
+    let data: Vec<&[u8]> = got.iter().map(|m| &m.data[..]).collect();
+    let mut want: Vec<&[u8]> = msgs[10..].iter().map(|m| &m[..]).collect();
+    want.push(b"late");
+    assert_eq!(data, want);
+    assert_eq!(got[0].seq, 10);
+}

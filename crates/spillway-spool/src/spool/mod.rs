@@ -307,8 +307,10 @@ impl Spool {
     /// reload that leaves the directory, framing and endpoints alone need
     /// not close the spool, so nothing in flight is disturbed):
     /// - `memory_limit`: the reserve is grown (by the next `tick`, as far
-    ///   as the disk allows) or shrunk, never below what the memory tier
-    ///   holds now;
+    ///   as the disk allows) or shrunk. A memory tier that holds more than
+    ///   the new limit is written to disk now (as `close` does), so that
+    ///   `memory = 0` means what it says from the reload on; if the disk
+    ///   refuses, it stays in memory and the reserve keeps its room;
     /// - `max_disk`, `when_full`: the next append's admission; a lower
     ///   `max_disk` than what is on disk only stops new disk appends;
     /// - `durability`: the next appends and ticks;
@@ -320,6 +322,18 @@ impl Spool {
         let _io = lock(&inner.reserve_io);
         let mut core = lock(&inner.core);
         *inner.live.write().unwrap_or_else(|e| e.into_inner()) = t;
+        if !core.mem.is_empty()
+            && segment_size_bound(core.mem_encoded, core.mem.len() as u64) > t.memory_limit
+        {
+            // Under the lock, like `close`: a reload is rare, and the tier
+            // must not change while it is written. A failed fsync poisons
+            // the spool (reported); a full disk leaves the tier in memory.
+            inner.check_poison()?;
+            match inner.flush_mem(&mut core) {
+                Ok(()) => core.read_hint = None,
+                Err(_) => inner.check_poison()?,
+            }
+        }
         if t.memory_limit < core.mem_capacity {
             // Shrink, keeping room for what the memory tier holds.
             let keep = if core.mem.is_empty() {
