@@ -33,9 +33,12 @@
 //!
 //! The suite (`scripts/test.sh`, CI) runs 5 schedules from a fixed base
 //! seed: random seeds find defects that are not fixed yet (one is open:
-//! seed 149468963 loses 10 messages of a consumer the relay reset for a
-//! write stall, then two reloads; it fails the same way on 195f638), and
-//! a suite that fails by the clock is no gate. Explore with
+//! seed 149468963 flags 10 messages of a consumer the relay reset for a
+//! write stall while a full disk had released the redelivery windows, then
+//! a replacing reload; it fails the same way on 195f638, and is most
+//! likely the documented released-window limit, which this checker
+//! excuses only for consumer-initiated resets), and a suite that fails by
+//! the clock is no gate. Explore with
 //! `ROUTE_MODEL_BASE_SEED=random`; commit what it finds as a named case in
 //! `regressions.rs` with its fix.
 //!
