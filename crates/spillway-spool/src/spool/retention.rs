@@ -27,11 +27,7 @@ impl Inner {
             // A roll's two segments stay until it is finished (the new
             // one may not have its name yet; the old one is what a spare
             // must follow at recovery).
-            let rolling = core.roll.as_ref().is_some_and(|r| {
-                r.first_seq == front.first_seq
-                    || r.sealed.as_ref().is_some_and(|s| s.0 == front.first_seq)
-            });
-            if rolling || !pred(core, 0) {
+            if core.in_roll(front.first_seq) || !pred(core, 0) {
                 break;
             }
             let Some(seg) = core.segs.pop_front() else {
@@ -121,10 +117,7 @@ impl Inner {
     /// `finish_deletions` frees its space.
     pub(super) fn drop_oldest(&self, core: &mut Core) -> Option<u64> {
         let front = core.segs.front()?;
-        if core.roll.as_ref().is_some_and(|r| {
-            r.first_seq == front.first_seq
-                || r.sealed.as_ref().is_some_and(|s| s.0 == front.first_seq)
-        }) {
+        if core.in_roll(front.first_seq) {
             return None;
         }
         let end = core.segs.get(1).map_or(core.disk_end, |s| s.first_seq);

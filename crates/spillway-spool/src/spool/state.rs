@@ -107,6 +107,14 @@ impl Core {
         }
     }
 
+    /// Whether the segment starting at `first_seq` is one of a pending
+    /// roll's two (they stay in the log until it is finished).
+    pub(crate) fn in_roll(&self, first_seq: u64) -> bool {
+        self.roll.as_ref().is_some_and(|r| {
+            r.first_seq == first_seq || r.sealed.as_ref().is_some_and(|s| s.0 == first_seq)
+        })
+    }
+
     /// `c` is in the cursor file now.
     pub(crate) fn cursor_persisted(&mut self, c: Cursor) {
         self.persisted = c;

@@ -30,11 +30,6 @@ impl Spool {
         Ok(self.append_encoded(batch, Quota::Applies, false)?.0)
     }
 
-    /// [`append_past_quota`](Spool::append_past_quota) of an encoded batch.
-    pub fn append_batch_past_quota(&self, batch: &mut Batch) -> Result<AppendOutcome, SpoolError> {
-        Ok(self.append_encoded(batch, Quota::Ignored, false)?.0)
-    }
-
     /// An append that never waits, for a caller that does its waiting
     /// elsewhere (an async writer): not for space (under `when_full =
     /// block` at the bound, or on a full disk, it returns
@@ -98,6 +93,14 @@ impl Spool {
             };
             return Ok((nothing, None));
         }
+        // The whole batch accepted, into `tier`.
+        let taken = |first_seq, dropped_oldest_msgs, tier| AppendOutcome {
+            first_seq,
+            accepted: msgs,
+            dropped_newest: 0,
+            dropped_oldest_msgs,
+            tier: Some(tier),
+        };
         let need = batch.buf.len() as u64;
         let deadline = cfg.block_timeout.map(|t| Instant::now() + t);
         let t = inner.live();
@@ -154,16 +157,7 @@ impl Spool {
                     doomed = true;
                 }
                 let first = inner.push_mem(&mut core, std::mem::take(batch));
-                break (
-                    AppendOutcome {
-                        first_seq: first,
-                        accepted: msgs,
-                        dropped_newest: 0,
-                        dropped_oldest_msgs: dropped_oldest,
-                        tier: Some(Tier::Memory),
-                    },
-                    None,
-                );
+                break (taken(first, dropped_oldest, Tier::Memory), None);
             }
             if quota == Quota::Applies && t.max_disk > 0 && need + SEGMENT_HEADER_LEN > t.max_disk {
                 return Err(SpoolError::TooLarge {
@@ -178,16 +172,7 @@ impl Spool {
                     rolled: r,
                 } => {
                     rolled |= r;
-                    break (
-                        AppendOutcome {
-                            first_seq: first,
-                            accepted: msgs,
-                            dropped_newest: 0,
-                            dropped_oldest_msgs: dropped_oldest,
-                            tier: Some(Tier::Disk),
-                        },
-                        Some(lsn),
-                    );
+                    break (taken(first, dropped_oldest, Tier::Disk), Some(lsn));
                 }
                 WriteResult::RollBusy => {
                     unlocked!(inner.finish_roll())?;

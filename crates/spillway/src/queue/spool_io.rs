@@ -44,7 +44,7 @@ struct Commit {
 enum Maint {
     Ack(u64),
     /// Answered once every ack sent before it is applied.
-    Flush(std::sync::mpsc::Sender<()>),
+    Flush(oneshot::Sender<()>),
 }
 
 /// How often `tick` runs.
@@ -52,7 +52,7 @@ const TICK: Duration = Duration::from_millis(20);
 
 pub(super) struct SpoolIo {
     writer: mpsc::Sender<Append>,
-    maint: Mutex<mpsc::Sender<Maint>>,
+    maint: mpsc::Sender<Maint>,
     /// The first error of an ack or a tick, until the route takes it.
     failure: Arc<Mutex<Option<(&'static str, SpoolError)>>>,
     /// Notified (`notify_waiters`) when the spool may have freed space.
@@ -82,7 +82,7 @@ impl SpoolIo {
             .spawn(move || maint_loop(&sp, &jobs, &f))?;
         Ok(SpoolIo {
             writer,
-            maint: Mutex::new(maint),
+            maint,
             failure,
             space,
         })
@@ -90,17 +90,16 @@ impl SpoolIo {
 
     /// Acknowledges everything below `floor` (on the maintenance thread).
     pub fn ack(&self, floor: u64) {
-        let _ = self.sender().send(Maint::Ack(floor));
+        let _ = self.maint.send(Maint::Ack(floor));
     }
 
     /// Returns once every ack sent before is applied (before `close`, so
     /// the cursor it persists has them).
     pub async fn flush(&self) {
-        let (done, wait) = std::sync::mpsc::channel();
-        if self.sender().send(Maint::Flush(done)).is_err() {
-            return;
+        let (done, wait) = oneshot::channel();
+        if self.maint.send(Maint::Flush(done)).is_ok() {
+            let _ = wait.await;
         }
-        let _ = tokio::task::spawn_blocking(move || wait.recv()).await;
     }
 
     /// The first failure of an ack or a tick since the last call.
@@ -109,10 +108,6 @@ impl SpoolIo {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
-    }
-
-    fn sender(&self) -> mpsc::Sender<Maint> {
-        self.maint.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Appends `batch` (returned, spent or not, with the result): accepted,
