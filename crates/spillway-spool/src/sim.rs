@@ -39,6 +39,9 @@ pub struct Faults {
     /// Milliseconds every fsync (of a file or a directory), create and
     /// remove sleeps before it runs: a disk that takes its time. 0 = none.
     pub slow_ms: AtomicU64,
+    /// Milliseconds every read of a segment file sleeps before it runs (a
+    /// read that misses the page cache on a busy disk). 0 = none.
+    pub slow_read_ms: AtomicU64,
     /// Progress counters a test bumps (appends and reads done); each slow
     /// operation records how far they moved while it slept.
     pub appends_done: AtomicU64,
@@ -57,10 +60,12 @@ pub enum SlowKind {
     DirSync,
     Create,
     Remove,
+    /// A read of a segment file (see `slow_read_ms`).
+    Read,
 }
 
 /// One slow operation, and the progress the test's counters made while
-/// it slept.
+/// it slept (from a quarter into the sleep on).
 #[derive(Debug, Clone)]
 pub struct SlowOp {
     pub kind: SlowKind,
@@ -77,15 +82,23 @@ impl Faults {
             && !self.freed_space_taken.load(Ordering::SeqCst)
     }
 
-    /// Sleeps `slow_ms` (if set), recording the progress made meanwhile.
+    /// Sleeps `slow_ms` (`slow_read_ms` for a read), if set, recording
+    /// the progress made meanwhile.
     fn slow(&self, kind: SlowKind, path: &Path) {
-        let ms = self.slow_ms.load(Ordering::SeqCst);
+        let ms = match kind {
+            SlowKind::Read => self.slow_read_ms.load(Ordering::SeqCst),
+            _ => self.slow_ms.load(Ordering::SeqCst),
+        };
         if ms == 0 {
             return;
         }
+        // Progress is counted from a quarter into the sleep: what a
+        // test's counters catch up with late (work finished just before
+        // the operation began) is not counted as made during it.
+        std::thread::sleep(std::time::Duration::from_millis(ms / 4));
         let a = self.appends_done.load(Ordering::SeqCst);
         let r = self.reads_done.load(Ordering::SeqCst);
-        std::thread::sleep(std::time::Duration::from_millis(ms));
+        std::thread::sleep(std::time::Duration::from_millis(ms - ms / 4));
         let op = SlowOp {
             kind,
             name: path
@@ -146,6 +159,9 @@ fn enospc() -> io::Error {
 
 impl SegmentFile for SimFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        if !self.is_cursor {
+            self.faults.slow(SlowKind::Read, &self.path);
+        }
         self.inner.read_at(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {

@@ -1,7 +1,9 @@
 //! Handing queued messages to consumers, and computing what may be
-//! acknowledged to the spool. A state machine with no I/O: the caller
-//! supplies spool reads as a function and reports what each consumer's TCP
-//! acknowledged as a byte offset of its connection.
+//! acknowledged to the spool. A state machine with no I/O: a reader (the
+//! route's `spool-read` thread, see `dispatcher.rs`) asks it what to read
+//! next ([`Dispatch::read_ahead`]) and supplies what it read
+//! ([`Dispatch::supply`]), ahead of the takes; the caller reports what
+//! each consumer's TCP acknowledged as a byte offset of its connection.
 //!
 //! Life of a consumer: [`Dispatch::join`], then rounds of
 //! [`Dispatch::take`] (messages are assigned to it and laid out on its
@@ -39,33 +41,22 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use bytes::Bytes;
 use spillway_spool::Message;
 
 /// A consumer connection, as the dispatcher knows it.
 pub type ConsumerId = u64;
 
-/// A message assigned to a consumer: where it ends on the connection's
-/// byte stream.
+/// A message assigned to a consumer, and where it ends on the
+/// connection's byte stream.
 #[derive(Debug)]
 struct Held {
-    seq: u64,
+    msg: Message,
     end: u64,
-    data: Bytes,
-    append_ms: u64,
 }
 
 impl Held {
     fn start(&self) -> u64 {
-        self.end - self.data.len() as u64
-    }
-
-    fn into_message(self) -> Message {
-        Message {
-            seq: self.seq,
-            data: self.data,
-            append_ms: self.append_ms,
-        }
+        self.end - self.msg.data.len() as u64
     }
 }
 
@@ -92,7 +83,7 @@ fn least_front<T>(runs: &VecDeque<VecDeque<T>>, seq: impl Fn(&T) -> u64) -> Opti
 impl Holding {
     /// The lowest sequence it holds undelivered.
     fn lowest_held(&self) -> Option<u64> {
-        least_front(&self.takes, |h| h.seq)
+        least_front(&self.takes, |h| h.msg.seq)
     }
 
     /// The lowest sequence it holds undelivered or in its window.
@@ -130,8 +121,12 @@ fn remember(recent: &mut VecDeque<VecDeque<Message>>, bytes: &mut u64, m: Messag
 
 #[derive(Debug)]
 pub struct Dispatch {
-    /// Next sequence to read from the spool for a fresh dispatch.
+    /// Next sequence to read from the spool (after what was read ahead).
     next_read: u64,
+    /// Read from the spool ahead of the takes, in sequence order; nobody
+    /// holds them yet.
+    ahead: VecDeque<Message>,
+    ahead_bytes: usize,
     /// Given back by consumers that were cut or left; sent before anything new.
     returned: BTreeMap<u64, Message>,
     consumers: HashMap<ConsumerId, Holding>,
@@ -151,6 +146,8 @@ impl Dispatch {
     pub fn new(start: u64, redeliver: u64) -> Self {
         Dispatch {
             next_read: start,
+            ahead: VecDeque::new(),
+            ahead_bytes: 0,
             returned: BTreeMap::new(),
             consumers: HashMap::new(),
             next_id: 1,
@@ -174,57 +171,81 @@ impl Dispatch {
         id
     }
 
+    /// What to read from the spool next, if what was read ahead is below
+    /// half of `max_msgs` / `max_bytes`: (from, messages, bytes).
+    pub fn read_ahead(&self, max_msgs: usize, max_bytes: usize) -> Option<(u64, usize, usize)> {
+        let low = self.ahead.len() <= max_msgs / 2 && self.ahead_bytes <= max_bytes / 2;
+        low.then(|| {
+            (
+                self.next_read,
+                max_msgs - self.ahead.len(),
+                max_bytes - self.ahead_bytes,
+            )
+        })
+    }
+
+    /// Messages read from the spool at [`Dispatch::read_ahead`]'s `from`,
+    /// in sequence order. A read can start past it when drop-oldest
+    /// deleted messages; reading continues after what was actually read.
+    pub fn supply(&mut self, msgs: Vec<Message>) {
+        for m in msgs {
+            if m.seq < self.next_read {
+                continue;
+            }
+            self.next_read = m.seq + 1;
+            self.ahead_bytes += m.data.len();
+            self.ahead.push_back(m);
+        }
+    }
+
     /// Assigns up to `max_msgs` / about `max_bytes` (at least one message
     /// when any is available) of the next messages to `consumer`, laid out
     /// after everything it was given before. Given-back messages come
-    /// first; otherwise `read(from, max_msgs, max_bytes)` reads the spool.
-    /// Returns the messages to send, in order.
-    pub fn take<E>(
+    /// first, then what was read ahead. Returns the messages to send, in
+    /// order (none: wait for the reader, or for messages given back).
+    pub fn take(
         &mut self,
         consumer: ConsumerId,
         max_msgs: usize,
         max_bytes: usize,
-        read: impl FnOnce(u64, usize, usize) -> Result<Vec<Message>, E>,
-    ) -> Result<Vec<Message>, E> {
+    ) -> Vec<Message> {
         let mut out = Vec::new();
         if !self.consumers.contains_key(&consumer) || max_msgs == 0 {
-            return Ok(out);
+            return out;
         }
-        if self.returned.is_empty() {
-            out = read(self.next_read, max_msgs, max_bytes)?;
-            if let Some(last) = out.last() {
-                // A read can start past `next_read` when drop-oldest deleted
-                // messages; continue after what was actually read.
-                self.next_read = self.next_read.max(last.seq + 1);
-            }
-        } else {
-            let mut bytes = 0;
-            while out.len() < max_msgs && (bytes < max_bytes || out.is_empty()) {
-                let Some((_, m)) = self.returned.pop_first() else {
-                    break;
-                };
-                bytes += m.data.len();
-                out.push(m);
-            }
+        let mut bytes = 0;
+        let from_ahead = self.returned.is_empty();
+        while out.len() < max_msgs && (bytes < max_bytes || out.is_empty()) {
+            let next = if from_ahead {
+                self.ahead.pop_front()
+            } else {
+                self.returned.pop_first().map(|(_, m)| m)
+            };
+            let Some(m) = next else {
+                break;
+            };
+            bytes += m.data.len();
+            out.push(m);
+        }
+        if from_ahead {
+            self.ahead_bytes -= bytes;
         }
         if out.is_empty() {
-            return Ok(out);
+            return out;
         }
         let Some(h) = self.consumers.get_mut(&consumer) else {
-            return Ok(out);
+            return out;
         };
         let mut take = VecDeque::with_capacity(out.len());
         for m in &out {
             h.end += m.data.len() as u64;
             take.push_back(Held {
-                seq: m.seq,
+                msg: m.clone(),
                 end: h.end,
-                data: m.data.clone(),
-                append_ms: m.append_ms,
             });
         }
         h.takes.push_back(take);
-        Ok(out)
+        out
     }
 
     /// `consumer`'s TCP acknowledged its stream up to `offset`: every
@@ -240,9 +261,8 @@ impl Dispatch {
         let mut moved = false;
         while let Some(front) = h.takes.front_mut() {
             while front.front().is_some_and(|m| m.end <= offset) {
-                if let Some(m) = front.pop_front() {
+                if let Some(Held { msg: m, .. }) = front.pop_front() {
                     moved = true;
-                    let m = m.into_message();
                     delivered(&m);
                     remember(&mut h.recent, &mut h.recent_bytes, m, self.redeliver);
                 }
@@ -289,8 +309,8 @@ impl Dispatch {
             h.takes.pop_back();
         }
         h.end = keep_end;
-        for m in back {
-            self.returned.insert(m.seq, m.into_message());
+        for Held { msg, .. } in back {
+            self.returned.insert(msg.seq, msg);
         }
         (keep_end, self.advance())
     }
@@ -307,9 +327,9 @@ impl Dispatch {
                 n += 1;
                 self.returned.insert(m.seq, m);
             }
-            for m in h.takes.into_iter().flatten() {
+            for Held { msg, .. } in h.takes.into_iter().flatten() {
                 n += 1;
-                self.returned.insert(m.seq, m.into_message());
+                self.returned.insert(msg.seq, msg);
             }
         }
         (self.advance(), n)
@@ -351,7 +371,7 @@ impl Dispatch {
     }
 
     fn lowest_of(&self, consumer: impl Fn(&Holding) -> Option<u64>) -> u64 {
-        let mut f = self.next_read;
+        let mut f = self.ahead.front().map_or(self.next_read, |m| m.seq);
         if let Some((&s, _)) = self.returned.first_key_value() {
             f = f.min(s);
         }
@@ -378,6 +398,7 @@ impl Dispatch {
 mod tests {
     use std::collections::{BTreeSet, HashMap};
 
+    use bytes::Bytes;
     use proptest::prelude::*;
 
     use super::*;
@@ -402,6 +423,29 @@ mod tests {
         }
     }
 
+    /// Reads ahead as the reader thread does (at most `msgs` messages
+    /// ahead), once.
+    fn read_once(
+        d: &mut Dispatch,
+        read: &impl Fn(u64, usize, usize) -> Result<Vec<Message>, ()>,
+        msgs: usize,
+    ) {
+        if let Some((from, n, b)) = d.read_ahead(msgs, usize::MAX) {
+            d.supply(read(from, n, b).expect("model read"));
+        }
+    }
+
+    /// Reads ahead everything there is, then takes.
+    fn take(
+        d: &mut Dispatch,
+        read: &impl Fn(u64, usize, usize) -> Result<Vec<Message>, ()>,
+        consumer: ConsumerId,
+        n: usize,
+    ) -> Vec<Message> {
+        read_once(d, read, 1 << 20);
+        d.take(consumer, n, usize::MAX)
+    }
+
     fn seqs(v: &[Message]) -> Vec<u64> {
         v.iter().map(|m| m.seq).collect()
     }
@@ -415,8 +459,8 @@ mod tests {
         let read = spool(10);
         let mut d = Dispatch::new(0, 0);
         let (a, b, c) = (d.join(), d.join(), d.join());
-        let ta = d.take(a, 3, usize::MAX, &read).expect("take");
-        let tb = d.take(b, 3, usize::MAX, &read).expect("take");
+        let ta = take(&mut d, &read, a, 3);
+        let tb = take(&mut d, &read, b, 3);
         assert_eq!(seqs(&ta), vec![0, 1, 2]);
         assert_eq!(seqs(&tb), vec![3, 4, 5]);
         // B delivered everything, A nothing: the floor stays at A's first.
@@ -427,9 +471,9 @@ mod tests {
         assert_eq!(d.acked(a, two, |_| {}), Some(2));
         // A leaves with its last one undelivered: it comes back first.
         assert_eq!(d.leave(a, false), (None, 1));
-        let tc = d.take(c, 10, usize::MAX, &read).expect("take");
+        let tc = take(&mut d, &read, c, 10);
         assert_eq!(seqs(&tc), vec![2]);
-        let rest = d.take(c, 10, usize::MAX, &read).expect("take");
+        let rest = take(&mut d, &read, c, 10);
         assert_eq!(seqs(&rest), vec![6, 7, 8, 9]);
         let all = stream_len(&tc) + stream_len(&rest);
         assert_eq!(d.acked(c, all, |_| {}), Some(10));
@@ -443,11 +487,11 @@ mod tests {
         let read = spool(100);
         let mut d = Dispatch::new(0, 0);
         let (a, b) = (d.join(), d.join());
-        let ta = d.take(a, 3, usize::MAX, &read).expect("take");
-        let tb = d.take(b, 3, usize::MAX, &read).expect("take");
+        let ta = take(&mut d, &read, a, 3);
+        let tb = take(&mut d, &read, b, 3);
         assert_eq!(seqs(&ta), vec![0, 1, 2]);
         assert_eq!(d.leave(a, false), (None, 3));
-        let back = d.take(b, 10, usize::MAX, &read).expect("take");
+        let back = take(&mut d, &read, b, 10);
         assert_eq!(seqs(&back), vec![0, 1, 2]);
         // B's TCP acknowledged 3 and 4: its first message held is now 5,
         // its lowest is still 0.
@@ -463,22 +507,40 @@ mod tests {
         );
     }
 
+    /// What was read ahead is unread (the floor stays below it); a read
+    /// that starts past `from` (drop-oldest deleted messages) moves the
+    /// next read after what it returned.
+    #[test]
+    fn read_ahead_is_unread_and_follows_a_read_that_skipped() {
+        let read = spool(100);
+        let mut d = Dispatch::new(0, 0);
+        let a = d.join();
+        assert_eq!(d.read_ahead(4, usize::MAX), Some((0, 4, usize::MAX)));
+        d.supply(read(5, 4, usize::MAX).expect("read"));
+        assert_eq!(d.read_ahead(4, usize::MAX), None, "four ahead: no read");
+        assert_eq!(d.floor(), 5);
+        assert_eq!(seqs(&d.take(a, 2, usize::MAX)), [5, 6]);
+        assert_eq!(d.floor(), 5, "a holds 5");
+        let (from, n, _) = d.read_ahead(4, usize::MAX).expect("half left: read");
+        assert_eq!((from, n), (9, 2));
+        // A message supplied twice (never expected) is not handed out twice.
+        d.supply(read(7, 3, usize::MAX).expect("read"));
+        assert_eq!(seqs(&d.take(a, 10, usize::MAX)), [7, 8, 9]);
+    }
+
     #[test]
     fn cut_finishes_the_message_in_flight_and_gives_back_the_rest() {
         let read = spool(10);
         let mut d = Dispatch::new(0, 0);
         let (a, b) = (d.join(), d.join());
-        let t = d.take(a, 5, usize::MAX, &read).expect("take");
+        let t = take(&mut d, &read, a, 5);
         // The socket took the first message and one byte of the second.
         let written = stream_len(&t[..1]) + 1;
         let (keep_end, floor) = d.cut(a, written);
         assert_eq!(keep_end, stream_len(&t[..2]));
         assert_eq!(floor, None);
         // 2, 3, 4 go to the next taker first.
-        assert_eq!(
-            seqs(&d.take(b, 10, usize::MAX, &read).expect("take")),
-            [2, 3, 4]
-        );
+        assert_eq!(seqs(&take(&mut d, &read, b, 10)), [2, 3, 4]);
         assert_eq!(d.acked(a, keep_end, |_| {}), Some(2), "B holds 2");
         assert_eq!(d.leave(a, false), (None, 0));
     }
@@ -487,6 +549,8 @@ mod tests {
     #[derive(Debug, Clone)]
     enum Op {
         Join,
+        /// The reader reads ahead, at most this many messages.
+        ReadAhead(usize),
         /// Consumer (index into the live ones), max messages.
         Take(usize, usize),
         /// Consumer, fraction (0..=100) of its unacknowledged bytes now acked.
@@ -504,6 +568,7 @@ mod tests {
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             1 => Just(Op::Join),
+            3 => (1..12usize).prop_map(Op::ReadAhead),
             4 => (0..4usize, 1..6usize).prop_map(|(c, n)| Op::Take(c, n)),
             4 => (0..4usize, 0..=100u8).prop_map(|(c, p)| Op::Ack(c, p)),
             1 => (0..4usize, 0..=100u8).prop_map(|(c, p)| Op::Cut(c, p)),
@@ -546,10 +611,11 @@ mod tests {
             for op in ops {
                 match op {
                     Op::Join => conns.push((d.join(), Conn::default())),
+                    Op::ReadAhead(n) => read_once(&mut d, &read, n),
                     Op::Take(c, n) => {
                         let Some((id, conn)) = conns.get_mut(c) else { continue };
                         if conn.cut { continue; }
-                        let got = d.take(*id, n, usize::MAX, &read).expect("model read");
+                        let got = d.take(*id, n, usize::MAX);
                         let lowest_back = given_back.first().copied();
                         if let (Some(first), Some(lb)) = (got.first(), lowest_back) {
                             // Given-back messages go out first, lowest first.

@@ -2,19 +2,22 @@
 //! (producers) and a sink (consumers), through the spool.
 //!
 //! ```text
-//!  producers ──read──▶ Decoder ──batch──▶ Spool.append        (source.rs)
-//!                                            │ notify
-//!  consumers ◀──write── delivery tracking ◀── Dispatch.take    (sink.rs, dispatch.rs)
+//!  producers ──read──▶ Decoder ──batch──▶ spool-write thread: Spool.append   (source.rs, spool_io.rs)
+//!                                            │ wake
+//!                          spool-read thread: Spool.read ──▶ Dispatch.supply (dispatcher.rs)
+//!                                                                │ notify
+//!  consumers ◀──writev── delivery tracking ◀── Dispatch.take ◀───┘           (sink.rs, dispatch.rs)
 //!                         │ SIOCOUTQ: acked by the consumer's TCP
-//!                         └──────────▶ Dispatch.delivered ──▶ Spool.ack
+//!                         └──▶ Dispatch.acked ──▶ spool-maint thread: Spool.ack
 //! ```
 //!
 //! The source never waits for the sink: producers are read as fast as they
-//! send, and only `when_full = block` at the disk bound pushes back. The
-//! spool's blocking calls (fsync, file reads, waiting for space) run under
-//! `block_in_place`, so they never stall other connections' tasks.
+//! send, and only `when_full = block` at the disk bound pushes back. Every
+//! spool call that can touch the disk (appends, fsync, reads, acks) runs
+//! on the route's own threads, so no tokio worker waits for the disk.
 
 mod dispatch;
+mod dispatcher;
 pub mod memory;
 mod sink;
 mod source;
@@ -216,9 +219,9 @@ pub struct QueueServer {
     io: spool_io::SpoolIo,
     /// Producers waiting for space (`when_full = block`).
     waiting_for_space: std::sync::atomic::AtomicUsize,
-    dispatch: Mutex<Dispatch>,
-    /// Woken when the spool has new messages or a consumer gave some back.
-    notify: Arc<Notify>,
+    /// Hands messages to consumers; reads the spool ahead of them on its
+    /// own thread, and acknowledges it.
+    dispatcher: dispatcher::Dispatcher,
     stats: QueueStats,
     /// Set when the spool failed (poisoned, I/O): the route stops.
     failure: Mutex<Option<String>>,
@@ -367,12 +370,16 @@ impl QueueServer {
         } else {
             info!(route = %route.name, spool = %route.spool.display(), "{report}");
         }
-        let notify = Arc::new(Notify::new());
-        let n = Arc::clone(&notify);
-        spool.set_notify(Box::new(move || n.notify_waiters()));
-        let dispatch = Mutex::new(Dispatch::new(spool.ack_floor(), route.redeliver_on_reset));
         let io = spool_io::SpoolIo::start(&spool, &route.name)
             .with_context(|| format!("route '{}': spool threads", route.name))?;
+        let dispatcher = dispatcher::Dispatcher::start(
+            &spool,
+            route.redeliver_on_reset,
+            io.acker(),
+            Arc::new(Notify::new()),
+            &route.name,
+        )
+        .with_context(|| format!("route '{}': spool reader thread", route.name))?;
         let gate = Gate::new(
             &route.name,
             shared.connections,
@@ -386,8 +393,7 @@ impl QueueServer {
             spool,
             io,
             waiting_for_space: std::sync::atomic::AtomicUsize::new(0),
-            dispatch,
-            notify,
+            dispatcher,
             stats: QueueStats::default(),
             failure: Mutex::new(None),
             stop: shutdown.child_token(),
@@ -515,7 +521,7 @@ impl QueueServer {
             segment_size: new.segment_size,
         };
         self.spool.reconfigure(t)?;
-        self.dispatch().set_redeliver(new.redeliver_on_reset);
+        self.dispatcher.set_redeliver(new.redeliver_on_reset);
         *self.route.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
         Ok(())
     }
@@ -530,13 +536,6 @@ impl QueueServer {
         &self.gate
     }
 
-    fn dispatch(&self) -> MutexGuard<'_, Dispatch> {
-        // A panic while holding the lock cannot leave Dispatch half-updated
-        // in a way that loses messages (every method finishes its inserts
-        // before returning), so the poisoned state is usable.
-        self.dispatch.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Redelivery windows hold the spool's floor only while no append waits
     /// for space: a full spool releases them at once (they stay in memory),
     /// and they hold it again after five seconds without pressure.
@@ -546,10 +545,7 @@ impl QueueServer {
         match (*windows, wanted) {
             (Windows::Pinned, true) => {
                 *windows = Windows::Released { quiet_since: None };
-                let floor = self.dispatch().release_windows();
-                if let Some(f) = floor {
-                    self.ack(f);
-                }
+                self.dispatcher.release_windows();
             }
             (Windows::Released { .. }, true) => *windows = Windows::Released { quiet_since: None },
             (Windows::Released { quiet_since: None }, false) => {
@@ -563,7 +559,7 @@ impl QueueServer {
                 },
                 false,
             ) if t.elapsed() >= Duration::from_secs(5) => {
-                self.dispatch().pin_windows();
+                self.dispatcher.pin_windows();
                 *windows = Windows::Pinned;
             }
             _ => {}
@@ -596,6 +592,14 @@ impl QueueServer {
         let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
         f.get_or_insert_with(|| msg.to_string());
         self.stop.cancel();
+    }
+
+    /// Whether the route stops because it failed.
+    fn failed(&self) -> bool {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
     }
 
     /// The spool failed: log once, stop the route, make `serve` fail.

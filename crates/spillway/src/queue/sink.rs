@@ -29,9 +29,11 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use std::collections::VecDeque;
+
+use bytes::{Buf, Bytes};
 use spillway_net::timeout::StallTimer;
-use spillway_spool::{Histogram, SpoolError};
+use spillway_spool::Histogram;
 
 use super::dispatch::ConsumerId;
 use tokio::time::{sleep_until, Instant};
@@ -159,8 +161,10 @@ impl LatencyTally {
 /// dispatcher's business; see `dispatch.rs`).
 struct Delivery {
     id: ConsumerId,
-    /// Not yet handed to the socket: the tail of `inflight`'s bytes.
-    wbuf: BytesMut,
+    /// Taken and not yet handed to the socket, in stream order (the front
+    /// may be partly written): the messages' own bytes, written from here
+    /// with vectored writes.
+    unsent: VecDeque<Bytes>,
     /// Byte offsets on this connection: queued >= written >= delivered.
     queued: u64,
     written: u64,
@@ -177,22 +181,58 @@ struct Delivery {
 
 impl Delivery {
     /// Bytes held for this consumer now: messages taken and not yet
-    /// acknowledged, the copy of them not yet written, and the redelivery
-    /// window (at most `redeliver` of what it delivered).
+    /// acknowledged, and the redelivery window (at most `redeliver` of
+    /// what it delivered).
     fn held(&self, redeliver: u64) -> u64 {
-        (self.queued - self.delivered) + self.wbuf.capacity() as u64 + self.delivered.min(redeliver)
+        (self.queued - self.delivered) + self.delivered.min(redeliver)
+    }
+
+    /// The socket took `n` more bytes.
+    fn wrote(&mut self, mut n: usize) {
+        self.written += n as u64;
+        while n > 0 {
+            let Some(front) = self.unsent.front_mut() else {
+                break;
+            };
+            if front.len() > n {
+                front.advance(n);
+                break;
+            }
+            n -= front.len();
+            self.unsent.pop_front();
+        }
+    }
+
+    /// Drops the unsent bytes past stream offset `end` (whole messages
+    /// from the back, given back to the queue).
+    fn truncate_to(&mut self, end: u64) {
+        let mut excess = self.queued.saturating_sub(end);
+        while excess > 0 {
+            let Some(back) = self.unsent.back_mut() else {
+                break;
+            };
+            let len = back.len() as u64;
+            if len <= excess {
+                excess -= len;
+                self.unsent.pop_back();
+            } else {
+                back.truncate((len - excess) as usize);
+                excess = 0;
+            }
+        }
+        self.queued = end;
     }
 }
 
 impl QueueServer {
     pub(super) async fn consume(&self, mut wire: Wire, peer: SocketAddr) {
-        let id = self.dispatch().join();
+        let id = self.dispatcher.join();
         self.stats.consumers.fetch_add(1, Ordering::Relaxed);
         self.stats.consumers_total.fetch_add(1, Ordering::Relaxed);
         info!(route = %self.route().name, consumer = %peer, "consumer connected");
         let mut d = Delivery {
             id,
-            wbuf: BytesMut::new(),
+            unsent: VecDeque::new(),
             queued: 0,
             written: 0,
             delivered: 0,
@@ -217,33 +257,15 @@ impl QueueServer {
             wire.ends_cleanly();
         }
         drop(wire);
-        let (floor, redelivered) = {
-            let mut dispatch = self.dispatch();
-            let r = dispatch.leave(id, end.is_abortive() || !clean);
-            self.spool.mark_delivered(dispatch.delivered_floor());
-            r
-        };
+        let redelivered = self.dispatcher.leave(id, end.is_abortive() || !clean);
         self.stats
             .messages_redelivered
             .fetch_add(redelivered as u64, Ordering::Relaxed);
-        if let Some(f) = floor {
-            self.ack(f);
-        }
-        if redelivered > 0 {
-            self.notify.notify_waiters();
-        }
         self.stats.consumers.fetch_sub(1, Ordering::Relaxed);
         self.stats.count_consumer_end(end);
         info!(route = %self.route().name, consumer = %peer, reason = end.as_str(),
               delivered = d.delivered_msgs, bytes = d.delivered, requeued = redelivered,
               "consumer closed");
-    }
-
-    /// Acknowledges everything below `floor` to the spool, on its
-    /// maintenance thread (a deletion's unlinks and fsyncs do not hold up
-    /// this consumer); a failure stops the route at the next tick.
-    pub(super) fn ack(&self, floor: u64) {
-        self.io.ack(floor);
     }
 
     async fn deliver(&self, wire: &mut Wire, peer: SocketAddr, d: &mut Delivery) -> ConsumerEnd {
@@ -260,7 +282,7 @@ impl QueueServer {
             .max_lifetime
             .map(|l| Instant::now() + l);
         loop {
-            let notified = self.notify.notified();
+            let notified = self.dispatcher.notify().notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
 
@@ -275,30 +297,22 @@ impl QueueServer {
             // 1. Take more when everything taken so far is on the wire.
             let mut progressed = false;
             let room = d.queued - d.delivered < WINDOW;
-            let take = if cut.is_none() && d.wbuf.is_empty() && room {
+            let take = if cut.is_none() && d.unsent.is_empty() && room {
                 self.take_size(d)
             } else {
                 0
             };
             if take > 0 {
-                match self.refill(d, take) {
-                    Ok(n) => progressed = n > 0,
-                    Err(e) => {
-                        self.fail("read", &e);
-                        cut = Some(ConsumerEnd::SpoolFailed);
-                        self.cut_at_boundary(d);
-                    }
-                }
+                progressed = self.refill(d, take) > 0;
             }
 
             // 2. Write.
             let mut write_blocked = false;
             let mut window_moved = false;
-            if !d.wbuf.is_empty() || wire.pending() {
-                match wire.try_write(&d.wbuf) {
+            if !d.unsent.is_empty() || wire.pending() {
+                match wire.try_write(&d.unsent) {
                     Ok(n) => {
-                        d.written += n as u64;
-                        d.wbuf.advance(n);
+                        d.wrote(n);
                         progressed = true;
                         // Over TLS, `Ok(0)` means queued ciphertext moved:
                         // the consumer is taking bytes, not stalled.
@@ -325,19 +339,19 @@ impl QueueServer {
             // Write stall: bytes outstanding, none taken or acknowledged.
             // (A cut in progress is bounded by the drain timeout instead.)
             let now = Instant::now();
-            let outstanding = !d.wbuf.is_empty() || d.written > d.delivered;
+            let outstanding = !d.unsent.is_empty() || d.written > d.delivered;
             if window_moved || !outstanding || cut_deadline.is_some() {
                 stall.progressed();
             } else {
                 stall.blocked(now.into_std());
                 if stall.expired(now.into_std()) {
                     debug!(consumer = %peer, unacked = d.written - d.delivered,
-                           unsent = d.wbuf.len(), "consumer write stalled");
+                           unsent = d.queued - d.written, "consumer write stalled");
                     return ConsumerEnd::WriteStall;
                 }
             }
             if cut_deadline.is_some_and(|c| now >= c) {
-                debug!(consumer = %peer, unsent = d.wbuf.len(),
+                debug!(consumer = %peer, unsent = d.queued - d.written,
                        "consumer did not take its last message within the drain timeout");
                 return ConsumerEnd::WriteStall;
             }
@@ -349,7 +363,7 @@ impl QueueServer {
 
             // 4. A cut finishes once the last message is on the wire.
             if let Some(end) = cut {
-                if d.wbuf.is_empty() {
+                if d.unsent.is_empty() {
                     return self.finish_cut(wire, d, end, cut_deadline).await;
                 }
             }
@@ -358,7 +372,7 @@ impl QueueServer {
             //    waiting) for a stop or the consumer's EOF, then go round again.
             let want_data = !progressed
                 && cut.is_none()
-                && d.wbuf.is_empty()
+                && d.unsent.is_empty()
                 && d.queued - d.delivered < WINDOW;
             // Given back for want of memory: wait until some is freed (a
             // short poll too, in case the free came before this wait).
@@ -383,7 +397,11 @@ impl QueueServer {
                 biased;
                 _ = self.cut.cancelled(), if cut.is_none() => {
                     cut_deadline = Some(self.drain_deadline(super::Role::Consumer));
-                    cut = Some(ConsumerEnd::Shutdown);
+                    cut = Some(if self.failed() {
+                        ConsumerEnd::SpoolFailed
+                    } else {
+                        ConsumerEnd::Shutdown
+                    });
                     self.cut_at_boundary(d);
                 }
                 r = wire.tcp().readable(), if !peer_eof => {
@@ -404,7 +422,12 @@ impl QueueServer {
                 _ = &mut notified, if want_data && !starved => {}
                 _ = freed, if starved => {}
                 _ = tokio::time::sleep(ACK_POLL), if unacked => {}
-                _ = std::future::ready(()), if progressed => {}
+                // After progress, yield once before the next round: the
+                // runtime polls the socket readiness it tracks (a reset,
+                // the consumer's FIN) meanwhile. A loop that always has
+                // something to write and goes round at once would not see
+                // them until it ran out of bytes to send.
+                _ = tokio::task::yield_now(), if progressed => {}
             }
             if readable {
                 // Consumers send nothing; bytes that arrive are discarded.
@@ -426,20 +449,17 @@ impl QueueServer {
         }
     }
 
-    /// Takes the next batch from the dispatcher into the write buffer;
-    /// returns how many messages it took.
-    fn refill(&self, d: &mut Delivery, max_bytes: usize) -> Result<usize, SpoolError> {
-        let msgs = tokio::task::block_in_place(|| {
-            self.dispatch()
-                .take(d.id, BATCH_MSGS, max_bytes, |from, n, bytes| {
-                    self.spool.read(from, n, bytes)
-                })
-        })?;
+    /// Takes the next batch from the dispatcher (what was read ahead or
+    /// given back; never waits for the disk); returns how many messages
+    /// it took.
+    fn refill(&self, d: &mut Delivery, max_bytes: usize) -> usize {
+        let msgs = self.dispatcher.take(d.id, BATCH_MSGS, max_bytes);
         let mut took = 0u64;
-        for m in &msgs {
+        let n = msgs.len();
+        for m in msgs {
             took += m.data.len() as u64;
             d.queued += m.data.len() as u64;
-            d.wbuf.extend_from_slice(&m.data);
+            d.unsent.push_back(m.data);
         }
         let held = d.held(self.route().redeliver_on_reset);
         // What was reserved covers the take, and a small take (the minimum
@@ -453,24 +473,24 @@ impl QueueServer {
             && !d.charge.try_set_or_lane(held)
         {
             self.cut_at_boundary(d);
-            d.wbuf = BytesMut::new();
+            d.unsent = VecDeque::new();
             d.charge.set(d.held(self.route().redeliver_on_reset));
             d.starved = true;
-            return Ok(0);
+            return 0;
         }
         d.charge.set(held);
         d.starved = false;
-        Ok(msgs.len())
+        n
     }
 
     /// How many bytes the next take may bring (0: none now), within the
-    /// peer memory budget: a full batch while the budget allows it (held
-    /// twice: in flight and in the write buffer); past it, nothing while
-    /// earlier messages are unacknowledged (their acknowledgements free
-    /// memory), and a small take (at least one message) when none are.
+    /// peer memory budget: a full batch while the budget allows it; past
+    /// it, nothing while earlier messages are unacknowledged (their
+    /// acknowledgements free memory), and a small take (at least one
+    /// message) when none are.
     fn take_size(&self, d: &mut Delivery) -> usize {
         let held = d.held(self.route().redeliver_on_reset);
-        if d.charge.try_set(held + 2 * BATCH_BYTES as u64) {
+        if d.charge.try_set(held + BATCH_BYTES as u64) {
             return BATCH_BYTES;
         }
         if d.queued > d.delivered {
@@ -496,21 +516,11 @@ impl QueueServer {
         let mut moved = 0u64;
         let mut bytes = 0u64;
         let mut latency = LatencyTally::new(&self.stats.delivery_latency);
-        let floor = {
-            let mut dispatch = self.dispatch();
-            let floor = dispatch.acked(d.id, acked, |m| {
-                moved += 1;
-                bytes += m.data.len() as u64;
-                latency.add_with(&self.stats.delivery_latency, m.append_ms);
-            });
-            if moved > 0 {
-                self.spool.mark_delivered(dispatch.delivered_floor());
-            }
-            floor
-        };
-        if let Some(f) = floor {
-            self.ack(f);
-        }
+        self.dispatcher.acked(d.id, acked, |m| {
+            moved += 1;
+            bytes += m.data.len() as u64;
+            latency.add_with(&self.stats.delivery_latency, m.append_ms);
+        });
         if moved == 0 {
             return true;
         }
@@ -526,20 +536,12 @@ impl QueueServer {
         true
     }
 
-    /// Stops sending after the message in flight: the write buffer is cut
+    /// Stops sending after the message in flight: what is unsent is cut
     /// at the end of the partly written message (or at once if none is),
     /// and messages not started go back to the front of the queue.
     fn cut_at_boundary(&self, d: &mut Delivery) {
-        let (keep_end, floor) = self.dispatch().cut(d.id, d.written);
-        d.wbuf.truncate((keep_end - d.written) as usize);
-        let gave_back = keep_end < d.queued;
-        d.queued = keep_end;
-        if let Some(f) = floor {
-            self.ack(f);
-        }
-        if gave_back {
-            self.notify.notify_waiters();
-        }
+        let keep_end = self.dispatcher.cut(d.id, d.written);
+        d.truncate_to(keep_end);
     }
 
     /// Everything to send is on the wire: half-close, wait until the

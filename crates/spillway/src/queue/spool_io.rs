@@ -52,11 +52,41 @@ const TICK: Duration = Duration::from_millis(20);
 
 pub(super) struct SpoolIo {
     writer: mpsc::Sender<Append>,
-    maint: mpsc::Sender<Maint>,
-    /// The first error of an ack or a tick, until the route takes it.
-    failure: Arc<Mutex<Option<(&'static str, SpoolError)>>>,
+    maint: Acker,
     /// Notified (`notify_waiters`) when the spool may have freed space.
     pub space: Arc<Notify>,
+}
+
+/// The first failure of the route's spool threads, until the route
+/// takes it.
+type Failure = Arc<Mutex<Option<(&'static str, SpoolError)>>>;
+
+/// Sends acknowledgements to the maintenance thread, and reports the
+/// failures of the other spool threads (the reader's) where the route
+/// looks for them.
+#[derive(Clone)]
+pub(super) struct Acker {
+    maint: mpsc::Sender<Maint>,
+    failure: Failure,
+}
+
+impl Acker {
+    /// Acknowledges everything below `floor` (on the maintenance thread).
+    pub fn ack(&self, floor: u64) {
+        let _ = self.maint.send(Maint::Ack(floor));
+    }
+
+    /// Keeps the first failure for the route (it stops at its next tick).
+    pub fn fail(&self, what: &'static str, e: SpoolError) {
+        record(&self.failure, what, e);
+    }
+}
+
+fn record(failure: &Failure, what: &'static str, e: SpoolError) {
+    let mut f = failure.lock().unwrap_or_else(|e| e.into_inner());
+    if f.is_none() {
+        *f = Some((what, e));
+    }
 }
 
 impl SpoolIo {
@@ -75,36 +105,41 @@ impl SpoolIo {
             .name(format!("spool-write:{route}"))
             .spawn(move || write_loop(&sp, &appends, &committer))?;
         let (maint, jobs) = mpsc::channel::<Maint>();
-        let failure = Arc::new(Mutex::new(None));
-        let (sp, f) = (spool.clone(), Arc::clone(&failure));
+        let maint = Acker {
+            maint,
+            failure: Arc::new(Mutex::new(None)),
+        };
+        // (The thread keeps the failure slot, not a sender: it ends when
+        // the last sender is dropped.)
+        let (sp, f) = (spool.clone(), Arc::clone(&maint.failure));
         std::thread::Builder::new()
             .name(format!("spool-maint:{route}"))
             .spawn(move || maint_loop(&sp, &jobs, &f))?;
         Ok(SpoolIo {
             writer,
             maint,
-            failure,
             space,
         })
     }
 
-    /// Acknowledges everything below `floor` (on the maintenance thread).
-    pub fn ack(&self, floor: u64) {
-        let _ = self.maint.send(Maint::Ack(floor));
+    /// A handle that acknowledges (for the dispatcher).
+    pub fn acker(&self) -> Acker {
+        self.maint.clone()
     }
 
     /// Returns once every ack sent before is applied (before `close`, so
     /// the cursor it persists has them).
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
-        if self.maint.send(Maint::Flush(done)).is_ok() {
+        if self.maint.maint.send(Maint::Flush(done)).is_ok() {
             let _ = wait.await;
         }
     }
 
-    /// The first failure of an ack or a tick since the last call.
+    /// The first failure of an ack, a tick or a read since the last call.
     pub fn take_failure(&self) -> Option<(&'static str, SpoolError)> {
-        self.failure
+        self.maint
+            .failure
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
@@ -179,17 +214,8 @@ fn commit_loop(spool: &Spool, commits: &mpsc::Receiver<Commit>) {
     }
 }
 
-fn maint_loop(
-    spool: &Spool,
-    jobs: &mpsc::Receiver<Maint>,
-    failure: &Mutex<Option<(&'static str, SpoolError)>>,
-) {
-    let fail = |what: &'static str, e: SpoolError| {
-        let mut f = failure.lock().unwrap_or_else(|e| e.into_inner());
-        if f.is_none() {
-            *f = Some((what, e));
-        }
-    };
+fn maint_loop(spool: &Spool, jobs: &mpsc::Receiver<Maint>, failure: &Failure) {
+    let fail = |what: &'static str, e: SpoolError| record(failure, what, e);
     let mut next_tick = Instant::now() + TICK;
     let mut closed = false;
     loop {

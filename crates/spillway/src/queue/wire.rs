@@ -12,9 +12,11 @@
 //! Bytes written by the handshake are not counted, so while they are
 //! unacknowledged the estimate is low, never high.
 
-use std::io::{self, Read, Write};
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::AsFd;
 
+use bytes::Bytes;
 use rustls::Connection;
 use spillway_net::tls::CiphertextMarks;
 use tokio::net::TcpStream;
@@ -23,6 +25,8 @@ use tokio::time::Instant;
 /// Plaintext rustls may hold encrypted but unsent per connection: bounds
 /// memory, and how much one round of the delivery loop writes.
 const TLS_BUFFER: usize = 256 << 10;
+/// Most messages one write hands to the socket (Linux's `IOV_MAX`).
+const MAX_IOV: usize = 1024;
 
 pub(super) struct Wire {
     tcp: TcpStream,
@@ -117,12 +121,15 @@ impl Wire {
         self.tls.as_ref().is_some_and(|t| t.conn.wants_write())
     }
 
-    /// Hands message bytes to the connection; `Ok(n)` plaintext bytes were
-    /// accepted (over TLS, `Ok(0)` when only queued ciphertext moved), and
-    /// `WouldBlock` when nothing could move.
-    pub(super) fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+    /// Hands message bytes to the connection, the messages in flight as
+    /// they are (one vectored write, no copy into a buffer of ours);
+    /// `Ok(n)` plaintext bytes were accepted (over TLS, `Ok(0)` when only
+    /// queued ciphertext moved), and `WouldBlock` when nothing could move.
+    pub(super) fn try_write(&mut self, bufs: &VecDeque<Bytes>) -> io::Result<usize> {
+        let mut slices = [IoSlice::new(&[]); MAX_IOV];
         let Some(t) = self.tls.as_mut() else {
-            let n = self.tcp.try_write(buf)?;
+            let k = fill_slices(bufs, 0, &mut slices);
+            let n = self.tcp.try_write_vectored(&slices[..k])?;
             self.written += n as u64;
             return Ok(n);
         };
@@ -134,10 +141,12 @@ impl Wire {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break true,
                 Err(e) => return Err(e),
             }
-            if accepted == buf.len() {
+            let k = fill_slices(bufs, accepted, &mut slices);
+            if k == 0 {
                 break false;
             }
-            let n = t.conn.writer().write(&buf[accepted..])?;
+            // One TLS record spans several messages (rustls gathers them).
+            let n = t.conn.writer().write_vectored(&slices[..k])?;
             if n == 0 {
                 break false;
             }
@@ -232,6 +241,29 @@ impl Wire {
         }
         let _ = socket2::SockRef::from(&self.tcp).shutdown(std::net::Shutdown::Write);
     }
+}
+
+/// Points `slices` at the bytes of `bufs` after the first `skip`; returns
+/// how many it filled.
+fn fill_slices<'a>(
+    bufs: &'a VecDeque<Bytes>,
+    mut skip: usize,
+    slices: &mut [IoSlice<'a>],
+) -> usize {
+    let mut k = 0;
+    for b in bufs {
+        if k == slices.len() {
+            break;
+        }
+        if skip >= b.len() {
+            skip -= b.len();
+            continue;
+        }
+        slices[k] = IoSlice::new(&b[skip..]);
+        skip = 0;
+        k += 1;
+    }
+    k
 }
 
 /// Writes queued ciphertext until none is left (then records a mark: all

@@ -56,8 +56,8 @@ impl Relay {
         let file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(bin())
             .args(args)
-            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(file))

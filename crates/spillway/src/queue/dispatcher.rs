@@ -1,0 +1,264 @@
+//! The dispatcher of a route: the [`Dispatch`] state machine, the thread
+//! that reads the spool ahead of it, and its acknowledgements to the
+//! spool. It owns the spool's read and ack; consumers' tasks only take
+//! messages, report what their TCP acknowledged, and cut or leave.
+//!
+//! The *spool-read* thread keeps up to [`AHEAD_BYTES`] / [`AHEAD_MSGS`]
+//! read ahead of the takes: from the memory tier (cheap clones) or from
+//! the log (file reads, which may miss the page cache). It reads without
+//! the dispatch lock, so a slow read holds up no take, ack or cut; it is
+//! woken by appends (the spool's notification) and by takes that leave
+//! less than half of it, and it wakes the consumers when it supplied
+//! more. A take never reads: it hands out what was read ahead (or given
+//! back), and a consumer with nothing to take waits for the wake.
+//!
+//! Acknowledgements go to the spool's maintenance thread (see
+//! `spool_io.rs`); the dispatcher's floor is the only one.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use spillway_spool::{Message, Spool, SpoolError};
+use tokio::sync::Notify;
+
+use super::dispatch::{ConsumerId, Dispatch};
+use super::spool_io::Acker;
+
+/// How much is read ahead of the takes at most (a read is made once
+/// less than half is left).
+pub(super) const AHEAD_BYTES: usize = 2 << 20;
+pub(super) const AHEAD_MSGS: usize = 32 << 10;
+
+/// How long the reader sleeps without a wake before it looks again (a
+/// safety net: every append and every take that wants more wakes it).
+const IDLE: Duration = Duration::from_millis(250);
+/// How long it waits after a failed read (the route stops meanwhile).
+const AFTER_FAILURE: Duration = Duration::from_millis(100);
+
+pub(super) struct Dispatcher {
+    state: Arc<Mutex<Dispatch>>,
+    wake: Arc<Wake>,
+    /// Consumers wait here for messages (read ahead, or given back).
+    notify: Arc<Notify>,
+    spool: Spool,
+    acker: Acker,
+}
+
+impl Drop for Dispatcher {
+    fn drop(&mut self) {
+        self.wake.stop();
+    }
+}
+
+/// Wakes the reader thread: a flag, so that a wake while it reads is not
+/// lost.
+#[derive(Default)]
+struct Wake {
+    state: Mutex<(bool, bool)>,
+    cv: Condvar,
+}
+
+impl Wake {
+    fn lock(&self) -> MutexGuard<'_, (bool, bool)> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wake(&self) {
+        let mut s = self.lock();
+        if !s.0 {
+            s.0 = true;
+            self.cv.notify_one();
+        }
+    }
+
+    fn stop(&self) {
+        self.lock().1 = true;
+        self.cv.notify_one();
+    }
+
+    /// Clears the flag; false once stopped.
+    fn clear(&self) -> bool {
+        let mut s = self.lock();
+        s.0 = false;
+        !s.1
+    }
+
+    /// Waits until woken (or `timeout`); false once stopped.
+    fn wait(&self, timeout: Duration) -> bool {
+        let s = self.lock();
+        let (s, _) = self
+            .cv
+            .wait_timeout_while(s, timeout, |s| !s.0 && !s.1)
+            .unwrap_or_else(|e| e.into_inner());
+        !s.1
+    }
+}
+
+impl Dispatcher {
+    /// Starts the reader thread of `spool`; consumers are woken on
+    /// `notify`. Replaces the spool's append notification (appends wake
+    /// the reader, which wakes the consumers).
+    pub fn start(
+        spool: &Spool,
+        redeliver: u64,
+        acker: Acker,
+        notify: Arc<Notify>,
+        route: &str,
+    ) -> std::io::Result<Dispatcher> {
+        let state = Arc::new(Mutex::new(Dispatch::new(spool.ack_floor(), redeliver)));
+        let wake = Arc::new(Wake::default());
+        let w = Arc::clone(&wake);
+        spool.set_notify(Box::new(move || w.wake()));
+        let (sp, st, w, n, a) = (
+            spool.clone(),
+            Arc::clone(&state),
+            Arc::clone(&wake),
+            Arc::clone(&notify),
+            acker.clone(),
+        );
+        std::thread::Builder::new()
+            .name(format!("spool-read:{route}"))
+            .spawn(move || read_loop(&sp, &st, &w, &n, &a))?;
+        Ok(Dispatcher {
+            state,
+            wake,
+            notify,
+            spool: spool.clone(),
+            acker,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Dispatch> {
+        lock(&self.state)
+    }
+
+    /// Consumers wait here for messages to take.
+    pub fn notify(&self) -> &Notify {
+        &self.notify
+    }
+
+    pub fn join(&self) -> ConsumerId {
+        self.lock().join()
+    }
+
+    /// Up to `max_msgs` / about `max_bytes` for `consumer` (see
+    /// [`Dispatch::take`]); never waits for the disk. None: wait on
+    /// [`Dispatcher::notify`].
+    pub fn take(&self, consumer: ConsumerId, max_msgs: usize, max_bytes: usize) -> Vec<Message> {
+        let (out, low) = {
+            let mut d = self.lock();
+            let out = d.take(consumer, max_msgs, max_bytes);
+            (out, d.read_ahead(AHEAD_MSGS, AHEAD_BYTES).is_some())
+        };
+        if low {
+            self.wake.wake();
+        }
+        out
+    }
+
+    /// `consumer`'s TCP acknowledged its stream up to `offset` (see
+    /// [`Dispatch::acked`]); the spool is acknowledged what no one needs.
+    pub fn acked(&self, consumer: ConsumerId, offset: u64, delivered: impl FnMut(&Message)) {
+        let floor = {
+            let mut d = self.lock();
+            let floor = d.acked(consumer, offset, delivered);
+            self.spool.mark_delivered(d.delivered_floor());
+            floor
+        };
+        self.ack(floor);
+    }
+
+    /// Stops `consumer` after the message in flight at `written` (see
+    /// [`Dispatch::cut`]); returns where its stream now ends.
+    pub fn cut(&self, consumer: ConsumerId, written: u64) -> u64 {
+        let (keep_end, floor, gave_back) = {
+            let mut d = self.lock();
+            let (keep_end, floor) = d.cut(consumer, written);
+            (keep_end, floor, d.has_returned())
+        };
+        self.ack(floor);
+        if gave_back {
+            self.notify.notify_waiters();
+        }
+        keep_end
+    }
+
+    /// `consumer` is gone (see [`Dispatch::leave`]); returns how many
+    /// messages went back to the queue.
+    pub fn leave(&self, consumer: ConsumerId, abortive: bool) -> usize {
+        let (floor, back) = {
+            let mut d = self.lock();
+            let r = d.leave(consumer, abortive);
+            self.spool.mark_delivered(d.delivered_floor());
+            r
+        };
+        self.ack(floor);
+        if back > 0 {
+            self.notify.notify_waiters();
+        }
+        back
+    }
+
+    /// The spool wants space: redelivery windows stop holding the floor.
+    pub fn release_windows(&self) {
+        let floor = self.lock().release_windows();
+        self.ack(floor);
+    }
+
+    /// Windows hold the floor again.
+    pub fn pin_windows(&self) {
+        self.lock().pin_windows();
+    }
+
+    pub fn set_redeliver(&self, bytes: u64) {
+        self.lock().set_redeliver(bytes);
+    }
+
+    fn ack(&self, floor: Option<u64>) {
+        if let Some(f) = floor {
+            self.acker.ack(f);
+        }
+    }
+}
+
+fn lock(state: &Mutex<Dispatch>) -> MutexGuard<'_, Dispatch> {
+    // A panic while holding the lock cannot leave Dispatch half-updated
+    // in a way that loses messages (every method finishes its inserts
+    // before returning), so the poisoned state is usable.
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The spool-read thread: keeps the dispatcher's read-ahead filled.
+fn read_loop(spool: &Spool, state: &Mutex<Dispatch>, wake: &Wake, notify: &Notify, acker: &Acker) {
+    loop {
+        if !wake.clear() {
+            return;
+        }
+        let want = lock(state).read_ahead(AHEAD_MSGS, AHEAD_BYTES);
+        let Some((from, msgs, bytes)) = want else {
+            if !wake.wait(IDLE) {
+                return;
+            }
+            continue;
+        };
+        match spool.read(from, msgs, bytes) {
+            Ok(got) if got.is_empty() => {
+                if !wake.wait(IDLE) {
+                    return;
+                }
+            }
+            Ok(got) => {
+                lock(state).supply(got);
+                notify.notify_waiters();
+            }
+            // The route closed its spool: nothing more to read.
+            Err(SpoolError::Closed) => return,
+            Err(e) => {
+                // The route stops at its next tick and cuts the consumers;
+                // until then, no re-read at every wake.
+                acker.fail("read", e);
+                std::thread::sleep(AFTER_FAILURE);
+            }
+        }
+    }
+}
