@@ -2,7 +2,12 @@
 //!
 //! Each read's complete messages are appended as one batch (one disk
 //! record when they go to disk), so a producer of small lines costs one
-//! append per read, not per line. A bad frame closes that producer only,
+//! append per read, not per line. Appends are pipelined one deep: a
+//! batch is handed to the spool's writer thread and the producer reads
+//! and decodes its next chunk while it is written; the next batch is
+//! offered once the previous one's answer is in (so batches stay in
+//! order, and a batch refused at the disk bound stops the producer before
+//! anything behind it is offered). A bad frame closes that producer only,
 //! after everything before it was appended. A partial message at EOF or
 //! reset is never appended as if it were whole.
 //!
@@ -10,14 +15,16 @@
 //! connects and never sends, or a peer that vanished) is closed, as is one
 //! past `max_lifetime`; what its socket already held is queued first.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 
 use bytes::{Buf, BytesMut};
 use spillway_codec::{Decoded, Decoder, FrameError};
 use spillway_net::tls::MaybeTls;
-use spillway_spool::SpoolError;
+use spillway_spool::{AppendOutcome, SpoolError};
 use tokio::io::AsyncReadExt;
 use tokio::time::{sleep_until, Instant};
 use tracing::{error, info, warn};
@@ -110,6 +117,14 @@ enum IngestError {
     Spool(SpoolError),
 }
 
+/// A batch handed to the spool whose answer is not in yet: how many
+/// messages and bytes it holds, and the answer to come.
+struct InFlight<'a> {
+    msgs: usize,
+    bytes: usize,
+    answer: Pin<Box<dyn Future<Output = Result<AppendOutcome, SpoolError>> + Send + 'a>>,
+}
+
 impl QueueServer {
     pub(super) async fn produce(&self, mut stream: MaybeTls, peer: SocketAddr) {
         self.stats.producers.fetch_add(1, Ordering::Relaxed);
@@ -142,6 +157,8 @@ impl QueueServer {
         let mut ending: Option<(ProducerEnd, usize)> = None;
         // Whether the producer ended its side (its FIN was read).
         let mut producer_eof = false;
+        // The last batch handed to the spool, until its answer is in.
+        let mut in_flight: Option<InFlight<'_>> = None;
         let end = loop {
             if let Some((end, left)) = ending.as_mut() {
                 // Keep what the kernel already accepted from this producer,
@@ -165,7 +182,14 @@ impl QueueServer {
                 let (at_end, end) = (n == 0 || *left == 0, *end);
                 let mut tally = (messages, dropped);
                 let done = self
-                    .after_read(&mut decoder, &mut buf, peer, &mut tally, at_end, end)
+                    .after_read(
+                        &mut decoder,
+                        &mut buf,
+                        peer,
+                        &mut tally,
+                        (at_end, end),
+                        &mut in_flight,
+                    )
                     .await;
                 (messages, dropped) = tally;
                 if let Some(done) = done {
@@ -235,6 +259,26 @@ impl QueueServer {
                 }
                 _ = async { paused.take().expect("armed only when paused").wait().await },
                     if paused.is_some() => continue,
+                // The batch in flight was answered while the producer sent
+                // nothing: its messages are counted now, not at the next read.
+                r = async {
+                    match in_flight.as_mut() {
+                        Some(f) => f.answer.as_mut().await,
+                        None => std::future::pending().await,
+                    }
+                }, if in_flight.is_some() => {
+                    let mut t = Tally::default();
+                    let settled = match in_flight.take() {
+                        Some(f) => self.appended(f.msgs, f.bytes, r, &mut t),
+                        None => Ok(()),
+                    };
+                    messages += t.appended;
+                    dropped += t.dropped;
+                    match settled {
+                        Ok(()) => continue,
+                        Err(e) => break self.refused(peer, &e, messages),
+                    }
+                }
                 r = stream.read_buf(&mut buf), if paused.is_none() => Ok(r),
             };
             let (at_end, end) = match read {
@@ -277,7 +321,14 @@ impl QueueServer {
             let queueing = Instant::now();
             let mut tally = (messages, dropped);
             let done = self
-                .after_read(&mut decoder, &mut buf, peer, &mut tally, at_end, end)
+                .after_read(
+                    &mut decoder,
+                    &mut buf,
+                    peer,
+                    &mut tally,
+                    (at_end, end),
+                    &mut in_flight,
+                )
                 .await;
             (messages, dropped) = tally;
             if let Some(done) = done {
@@ -351,19 +402,28 @@ impl QueueServer {
 
     /// Queues the complete messages a read brought; returns how the
     /// connection ends if it does (a bad frame, a spool error, or
-    /// `at_end`, which checks for a partial message left over).
-    /// `tally` is (messages queued, dropped) so far.
-    async fn after_read(
-        &self,
+    /// `at_end`, which checks for a partial message left over, once the
+    /// batch in flight is answered). `tally` is (messages queued, dropped)
+    /// so far.
+    async fn after_read<'a>(
+        &'a self,
         decoder: &mut Decoder,
         buf: &mut BytesMut,
         peer: SocketAddr,
         tally: &mut (u64, u64),
-        at_end: bool,
-        end: ProducerEnd,
+        (at_end, end): (bool, ProducerEnd),
+        in_flight: &mut Option<InFlight<'a>>,
     ) -> Option<ProducerEnd> {
         let route = &self.route().name;
-        let (t, result) = self.ingest(decoder, buf).await;
+        let mut t = Tally::default();
+        let mut result = self.ingest(decoder, buf, in_flight, &mut t).await;
+        if at_end && result.is_ok() {
+            // The connection's end is logged with every batch answered.
+            result = self
+                .settle(in_flight, &mut t)
+                .await
+                .map_err(IngestError::Spool);
+        }
         tally.0 += t.appended;
         tally.1 += t.dropped;
         let messages = tally.0;
@@ -376,15 +436,7 @@ impl QueueServer {
                       "bad frame; closing this producer (every message before it was kept)");
                 return Some(ProducerEnd::BadFrame);
             }
-            Err(IngestError::Spool(e)) if e.is_fatal() => {
-                self.fail("append", &e);
-                return Some(ProducerEnd::SpoolFailed);
-            }
-            Err(IngestError::Spool(e)) => {
-                warn!(route = %route, producer = %peer, error = %e, kept = messages,
-                      "cannot queue this producer's messages; closing it");
-                return Some(ProducerEnd::Refused);
-            }
+            Err(IngestError::Spool(e)) => return Some(self.refused(peer, &e, messages)),
         }
         if !at_end {
             return None;
@@ -398,14 +450,30 @@ impl QueueServer {
         Some(end)
     }
 
-    /// Appends every complete message in `buf` as one batch and drops them
-    /// from `buf`; returns how many were appended. On a bad frame, the
-    /// messages before it are appended first, then the error is returned.
-    async fn ingest(
-        &self,
+    /// How a producer ends when the spool refused its messages: a fatal
+    /// error stops the route; otherwise this producer alone is closed.
+    fn refused(&self, peer: SocketAddr, e: &SpoolError, messages: u64) -> ProducerEnd {
+        if e.is_fatal() {
+            self.fail("append", e);
+            return ProducerEnd::SpoolFailed;
+        }
+        warn!(route = %self.route().name, producer = %peer, error = %e, kept = messages,
+              "cannot queue this producer's messages; closing it");
+        ProducerEnd::Refused
+    }
+
+    /// Hands every complete message in `buf` to the spool, as batches, and
+    /// drops them from `buf`. The last batch stays in flight (answered by
+    /// the next call, [`QueueServer::settle`], or the producer loop); each
+    /// batch is offered once the one before it is answered. On a bad frame,
+    /// the messages before it are queued first, then the error is returned.
+    async fn ingest<'a>(
+        &'a self,
         decoder: &mut Decoder,
         buf: &mut BytesMut,
-    ) -> (Tally, Result<(), IngestError>) {
+        in_flight: &mut Option<InFlight<'a>>,
+        tally: &mut Tally,
+    ) -> Result<(), IngestError> {
         let mut slices: Vec<&[u8]> = Vec::new();
         let mut consumed = 0usize;
         let mut bad = None;
@@ -422,9 +490,9 @@ impl QueueServer {
                 }
             }
         }
-        let mut tally = Tally::default();
         let batch_limit = self.batch_limit();
         let mut rest: &[&[u8]] = &slices;
+        let mut failed = None;
         while !rest.is_empty() {
             // The longest prefix within the batch limit (at least one message).
             let mut take = 0;
@@ -434,55 +502,116 @@ impl QueueServer {
                 take += 1;
             }
             let (batch, tail) = rest.split_at(take);
-            rest = tail;
-            let outcome = match self.append_waiting(batch).await {
-                Ok(o) => o,
-                Err(e) => {
-                    // Messages of this read after the failed batch are not
-                    // queued; their bytes were acknowledged by TCP, so say
-                    // exactly how many.
-                    let lost = batch.len() + rest.len();
-                    error!(route = %self.route().name, lost, error = %e,
-                           "messages read from a producer could not be queued and are lost");
-                    self.stats
-                        .lost_unqueued
-                        .fetch_add(lost as u64, Ordering::Relaxed);
-                    buf.advance(consumed);
-                    return (tally, Err(IngestError::Spool(e)));
-                }
+            // Encoded and checksummed once, however often it is offered,
+            // while the batch before it is being written.
+            let encoded = self.spool.encode(batch);
+            // Batches go in order: the one in flight is answered first.
+            let offered = match self.settle(in_flight, tally).await {
+                Ok(()) => encoded,
+                Err(e) => Err(e),
             };
-            if outcome.dropped_newest > 0 {
-                self.stats
-                    .dropped_newest
-                    .fetch_add(outcome.dropped_newest as u64, Ordering::Relaxed);
-                let mut warn_limit = self
-                    .blocked_warning
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                if let Some(suppressed) = warn_limit.check() {
-                    warn!(route = %self.route().name, dropped = outcome.dropped_newest, suppressed,
-                          "disk tier full: new messages dropped (when_full = drop-newest)");
+            match offered {
+                Ok(encoded) => {
+                    rest = tail;
+                    *in_flight = Some(InFlight {
+                        msgs: batch.len(),
+                        bytes,
+                        answer: Box::pin(self.append_waiting(encoded)),
+                    });
+                }
+                Err(e) => {
+                    // The messages of this read not handed to the spool
+                    // are lost; their bytes were acknowledged by TCP, so
+                    // say exactly how many.
+                    self.lost(rest.len(), &e);
+                    failed = Some(e);
+                    break;
                 }
             }
-            if outcome.dropped_oldest_msgs > 0 {
-                self.stats
-                    .dropped_oldest
-                    .fetch_add(outcome.dropped_oldest_msgs, Ordering::Relaxed);
-            }
-            tally.appended += outcome.accepted as u64;
-            tally.dropped += outcome.dropped_newest as u64;
-            self.stats
-                .messages_in
-                .fetch_add(outcome.accepted as u64, Ordering::Relaxed);
-            self.stats
-                .bytes_in
-                .fetch_add(bytes as u64, Ordering::Relaxed);
         }
         buf.advance(consumed);
-        match bad {
-            Some(e) => (tally, Err(IngestError::Frame(e))),
-            None => (tally, Ok(())),
+        if let Some(e) = failed {
+            return Err(IngestError::Spool(e));
         }
+        if let Some(e) = bad {
+            // Everything before the bad frame is queued before it is said.
+            self.settle(in_flight, tally)
+                .await
+                .map_err(IngestError::Spool)?;
+            return Err(IngestError::Frame(e));
+        }
+        Ok(())
+    }
+
+    /// Waits for the answer to the batch in flight, if any, and counts it.
+    async fn settle(
+        &self,
+        in_flight: &mut Option<InFlight<'_>>,
+        tally: &mut Tally,
+    ) -> Result<(), SpoolError> {
+        let Some(f) = in_flight.take() else {
+            return Ok(());
+        };
+        let r = f.answer.await;
+        self.appended(f.msgs, f.bytes, r, tally)
+    }
+
+    /// Counts the answer to a batch of `msgs` messages and `bytes` bytes:
+    /// queued (some maybe dropped by policy), or lost with the error.
+    fn appended(
+        &self,
+        msgs: usize,
+        bytes: usize,
+        r: Result<AppendOutcome, SpoolError>,
+        tally: &mut Tally,
+    ) -> Result<(), SpoolError> {
+        let outcome = match r {
+            Ok(o) => o,
+            Err(e) => {
+                self.lost(msgs, &e);
+                return Err(e);
+            }
+        };
+        if outcome.dropped_newest > 0 {
+            self.stats
+                .dropped_newest
+                .fetch_add(outcome.dropped_newest as u64, Ordering::Relaxed);
+            let mut warn_limit = self
+                .blocked_warning
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(suppressed) = warn_limit.check() {
+                warn!(route = %self.route().name, dropped = outcome.dropped_newest, suppressed,
+                      "disk tier full: new messages dropped (when_full = drop-newest)");
+            }
+        }
+        if outcome.dropped_oldest_msgs > 0 {
+            self.stats
+                .dropped_oldest
+                .fetch_add(outcome.dropped_oldest_msgs, Ordering::Relaxed);
+        }
+        tally.appended += outcome.accepted as u64;
+        tally.dropped += outcome.dropped_newest as u64;
+        self.stats
+            .messages_in
+            .fetch_add(outcome.accepted as u64, Ordering::Relaxed);
+        self.stats
+            .bytes_in
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// `n` messages read from a producer (TCP acknowledged them) could not
+    /// be queued: logged and counted exactly.
+    fn lost(&self, n: usize, e: &SpoolError) {
+        if n == 0 {
+            return;
+        }
+        error!(route = %self.route().name, lost = n, error = %e,
+               "messages read from a producer could not be queued and are lost");
+        self.stats
+            .lost_unqueued
+            .fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
@@ -498,12 +627,11 @@ impl QueueServer {
     /// retried until the drain timeout; only then does it fail.
     async fn append_waiting(
         &self,
-        batch: &[&[u8]],
-    ) -> Result<spillway_spool::AppendOutcome, SpoolError> {
+        batch: spillway_spool::Batch,
+    ) -> Result<AppendOutcome, SpoolError> {
         let started = std::time::Instant::now();
         let mut give_up: Option<std::time::Instant> = None;
-        // Encoded and checksummed once, however often it is offered.
-        let mut batch = self.spool.encode(batch)?;
+        let mut batch = batch;
         let mut waiting: Option<SpaceWait<'_>> = None;
         loop {
             let stopping = self.stop.is_cancelled();
