@@ -32,13 +32,16 @@
 //! ```
 //!
 //! The suite (`scripts/test.sh`, CI) runs 5 schedules from a fixed base
-//! seed: random seeds find defects that are not fixed yet (one is open:
-//! seed 149468963 flags 10 messages of a consumer the relay reset for a
-//! write stall while a full disk had released the redelivery windows, then
-//! a replacing reload; it fails the same way on 195f638, and is most
-//! likely the documented released-window limit, which this checker
-//! excuses only for consumer-initiated resets), and a suite that fails by
-//! the clock is no gate. Explore with
+//! seed: random seeds find defects that are not fixed yet, and a suite
+//! that fails by the clock is no gate. (Seed 149468963 was open for a
+//! while: 10 messages of a consumer the relay reset for a write stall,
+//! while a full disk had released the redelivery windows, then a
+//! replacing reload. That is the documented limit "the window is kept in
+//! memory: a relay restart before it is re-sent does not bring it back";
+//! the checker excused it only for resets the consumer made, because a
+//! stalled consumer could not say what its kernel held when the relay
+//! reset it. It now peeks during a long stall, and relay-made resets
+//! count like its own.) Explore with
 //! `ROUTE_MODEL_BASE_SEED=random`; commit what it finds as a named case in
 //! `regressions.rs` with its fix.
 //!

@@ -442,7 +442,14 @@ fn lost(ctx: &Ctx<'_>, acc: &BTreeMap<u32, Accepted>, found: &mut Vec<Violation>
             None if ctx.crash_between(c.connected_t, ctx.out.final_t).is_some() => u64::MAX,
             None => 0,
         };
-        let saw_reset = line.is_some_and(|e| e.get("reason") == Some("consumer_reset"));
+        // The relay saw the reset, or made it (a write stall): either way
+        // it put the consumer's window back in the queue.
+        let saw_reset = line.is_some_and(|e| {
+            matches!(
+                e.get("reason"),
+                Some("consumer_reset" | "write_stall" | "peer_timeout")
+            )
+        });
         // An end (not the final stop) completed after the reset: the copy
         // went to an incarnation that stopped or died before sending it,
         // including one that was already stopping when the reset came.

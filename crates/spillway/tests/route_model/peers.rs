@@ -542,6 +542,9 @@ pub fn run_consumer(
     let start = Instant::now();
     let life = Duration::from_millis(u64::from(spec.life_ms));
     let mut stalled = false;
+    // Unread in the kernel at the end of a long stall, until the next
+    // successful read (see the stall below).
+    let mut stall_unread: Option<Vec<MsgId>> = None;
     let mut buf = vec![0u8; 64 << 10];
     // 1. Read for the consumer's life.
     let relay_end: Option<ConsumerEnd> = loop {
@@ -570,6 +573,15 @@ pub fn run_consumer(
                 let until = Instant::now() + Duration::from_millis(u64::from(st.ms));
                 while Instant::now() < until && !sh.aborted() {
                     std::thread::sleep(Duration::from_millis(20));
+                    // What the kernel holds unread, as long as it can be
+                    // seen: if the relay resets this consumer for the stall,
+                    // the reset throws it away (a stalled connection makes
+                    // no progress, so the last view is what was lost).
+                    if st.is_long() {
+                        if let Some(u) = peek_unread(&s, &parser, sh.frame, sh.seed) {
+                            stall_unread = Some(u);
+                        }
+                    }
                 }
                 continue;
             }
@@ -581,7 +593,10 @@ pub fn run_consumer(
         };
         match s.read(&mut buf[..want]) {
             Ok(0) => break Some(ConsumerEnd::RelayEof),
-            Ok(n) => take(&buf[..n], &mut parser, &mut res),
+            Ok(n) => {
+                stall_unread = None;
+                take(&buf[..n], &mut parser, &mut res);
+            }
             Err(e) if is_timeout(&e) => continue,
             Err(e) => break Some(ConsumerEnd::RelayReset(e.to_string())),
         }
@@ -638,6 +653,14 @@ pub fn run_consumer(
             }
         },
     };
+    // Reset by the relay during a long stall (a write stall), found at the
+    // first read or at the leave after it: what the kernel held unread was
+    // thrown away by the reset.
+    if matches!(res.end, ConsumerEnd::RelayReset(_)) {
+        if let Some(u) = stall_unread.take() {
+            res.unread_at_reset = u;
+        }
+    }
     res.leftover = parser.leftover().len();
     res.end_t = tick();
     drop(s);
@@ -646,18 +669,30 @@ pub fn run_consumer(
 
 /// The complete messages the kernel holds for us unread (peeked, not read).
 fn unread(s: &TcpStream, parser: &Parser, frame: Frame, seed: u64) -> Vec<MsgId> {
+    peek_unread(s, parser, frame, seed).unwrap_or_default()
+}
+
+/// [`unread`], or None when the socket cannot be peeked (it was reset).
+fn peek_unread(s: &TcpStream, parser: &Parser, frame: Frame, seed: u64) -> Option<Vec<MsgId>> {
     let mut buf = vec![0u8; 1 << 20];
     let _ = s.set_nonblocking(true);
-    let n = s.peek(&mut buf).unwrap_or(0);
+    let peeked = s.peek(&mut buf);
     let _ = s.set_nonblocking(false);
+    let n = match peeked {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(_) => return None,
+    };
     let mut p = Parser::new(frame, seed);
     let mut out = Vec::new();
     p.feed(parser.leftover(), &mut out);
     p.feed(&buf[..n], &mut out);
-    out.into_iter()
-        .filter_map(|x| match x {
-            Parsed::Msg(id, _) => Some(id),
-            Parsed::Malformed(_) => None,
-        })
-        .collect()
+    Some(
+        out.into_iter()
+            .filter_map(|x| match x {
+                Parsed::Msg(id, _) => Some(id),
+                Parsed::Malformed(_) => None,
+            })
+            .collect(),
+    )
 }
