@@ -144,3 +144,53 @@ fn appends_and_reads_progress_while_rolls_and_deletions_wait_for_the_disk() {
     }
     spool.close().unwrap();
 }
+
+/// A reload that lowers `memory` shrinks (here: removes) the memory tier's
+/// reserve file; the unlink waits for the disk without the lock appenders
+/// wait on.
+#[test]
+fn appends_progress_while_a_reload_removes_the_reserve() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = SimFs::new();
+    let mut cfg = SpoolConfig::new(dir.path());
+    cfg.memory_limit = 64 << 10;
+    cfg.durability = Durability::Interval(Duration::from_secs(3600));
+    cfg.cursor_interval = Duration::from_secs(3600);
+    let (spool, _) = Spool::open_with_fs(cfg, fs.clone()).unwrap();
+    assert!(dir.path().join("reserve").exists(), "no reserve at open");
+    // A message larger than the memory tier goes to disk; later appends go
+    // to disk too (order), so the memory tier stays empty and the reload
+    // has nothing to flush.
+    spool.append(&[&msg(0, 100_000)]).unwrap();
+    let mut t = spool.tunables();
+    fs.faults.slow_ms.store(200, Ordering::SeqCst);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let appender = {
+        let (s, f, stop) = (spool.clone(), fs.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut i = 1;
+            while !stop.load(Ordering::SeqCst) {
+                s.append(&[&msg(i, 20)]).unwrap();
+                f.faults.appends_done.fetch_add(1, Ordering::SeqCst);
+                i += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    t.memory_limit = 0;
+    spool.reconfigure(t).unwrap();
+    stop.store(true, Ordering::SeqCst);
+    appender.join().unwrap();
+    fs.faults.slow_ms.store(0, Ordering::SeqCst);
+    let ops = fs.faults.slow_ops.lock().unwrap().clone();
+    let removes: Vec<_> = ops
+        .iter()
+        .filter(|o| o.kind == SlowKind::Remove && o.name == "reserve")
+        .collect();
+    assert_eq!(removes.len(), 1, "{ops:?}");
+    assert!(removes[0].appends_during > 2, "{ops:?}");
+    assert!(!dir.path().join("reserve").exists());
+    spool.close().unwrap();
+}

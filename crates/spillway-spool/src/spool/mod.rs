@@ -334,23 +334,32 @@ impl Spool {
                 Err(_) => inner.check_poison()?,
             }
         }
+        let mut shrink = None;
         if t.memory_limit < core.mem_capacity {
-            // Shrink, keeping room for what the memory tier holds.
+            // Shrink, keeping room for what the memory tier holds. The
+            // memory tier counts on the smaller size at once; the file is
+            // truncated (or unlinked) after the lock is released.
             let keep = if core.mem.is_empty() {
                 t.memory_limit
             } else {
                 segment_size_bound(core.mem_encoded, core.mem.len() as u64).max(t.memory_limit)
             };
             if keep < core.mem_capacity {
-                let (held, file) = reserve::ensure(&*inner.fs, &inner.cfg.dir, keep)?;
-                *lock(&inner.reserve_file) = file;
-                core.mem_capacity = held;
+                core.mem_capacity = keep;
+                shrink = Some(keep);
             }
         } else {
             // Grow at the next tick.
             core.reserve_retry_at = Instant::now();
         }
         drop(core);
+        if let Some(keep) = shrink {
+            // (`reserve_io` is still held: no grow or close in between.)
+            let (held, file) = reserve::ensure(&*inner.fs, &inner.cfg.dir, keep)?;
+            *lock(&inner.reserve_file) = file;
+            let mut core = lock(&inner.core);
+            core.mem_capacity = core.mem_capacity.min(held);
+        }
         inner.space_freed();
         Ok(())
     }
