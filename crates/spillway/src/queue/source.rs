@@ -117,6 +117,16 @@ enum IngestError {
     Spool(SpoolError),
 }
 
+/// What a producer's connection has decoded and queued so far.
+struct Intake<'a> {
+    decoder: Decoder,
+    peer: SocketAddr,
+    /// Messages queued, and refused at the disk bound (drop-newest).
+    tally: Tally,
+    /// The last batch handed to the spool, until its answer is in.
+    in_flight: Option<InFlight<'a>>,
+}
+
 /// A batch handed to the spool whose answer is not in yet: how many
 /// messages and bytes it holds, and the answer to come.
 struct InFlight<'a> {
@@ -131,7 +141,12 @@ impl QueueServer {
         self.stats.producers_total.fetch_add(1, Ordering::Relaxed);
         let route = &self.route().name;
         let max = usize::try_from(self.route().max_message).unwrap_or(usize::MAX);
-        let mut decoder = Decoder::new(self.route().framing, max);
+        let mut intake = Intake {
+            decoder: Decoder::new(self.route().framing, max),
+            peer,
+            tally: Tally::default(),
+            in_flight: None,
+        };
         // Peer memory: the buffer is charged to the process-wide budget;
         // it grows past the minimum only while the budget allows.
         let memory = std::sync::Arc::clone(&self.memory);
@@ -143,8 +158,6 @@ impl QueueServer {
         let mut buf = BytesMut::new();
         let mut partial: Option<Partial> = None;
         let mut last_n = 0usize;
-        let mut messages = 0u64;
-        let mut dropped = 0u64;
         let read_idle = self.route().read_idle_timeout;
         let lifetime_end = self
             .route()
@@ -157,8 +170,6 @@ impl QueueServer {
         let mut ending: Option<(ProducerEnd, usize)> = None;
         // Whether the producer ended its side (its FIN was read).
         let mut producer_eof = false;
-        // The last batch handed to the spool, until its answer is in.
-        let mut in_flight: Option<InFlight<'_>> = None;
         let end = loop {
             if let Some((end, left)) = ending.as_mut() {
                 // Keep what the kernel already accepted from this producer,
@@ -180,19 +191,7 @@ impl QueueServer {
                 charge.set(charge.held().max(buf.capacity() as u64));
                 *left -= n.min(*left);
                 let (at_end, end) = (n == 0 || *left == 0, *end);
-                let mut tally = (messages, dropped);
-                let done = self
-                    .after_read(
-                        &mut decoder,
-                        &mut buf,
-                        peer,
-                        &mut tally,
-                        (at_end, end),
-                        &mut in_flight,
-                    )
-                    .await;
-                (messages, dropped) = tally;
-                if let Some(done) = done {
+                if let Some(done) = self.after_read(&mut intake, &mut buf, at_end, end).await {
                     break done;
                 }
                 continue;
@@ -262,21 +261,18 @@ impl QueueServer {
                 // The batch in flight was answered while the producer sent
                 // nothing: its messages are counted now, not at the next read.
                 r = async {
-                    match in_flight.as_mut() {
+                    match intake.in_flight.as_mut() {
                         Some(f) => f.answer.as_mut().await,
                         None => std::future::pending().await,
                     }
-                }, if in_flight.is_some() => {
-                    let mut t = Tally::default();
-                    let settled = match in_flight.take() {
-                        Some(f) => self.appended(f.msgs, f.bytes, r, &mut t),
+                }, if intake.in_flight.is_some() => {
+                    let settled = match intake.in_flight.take() {
+                        Some(f) => self.appended(f.msgs, f.bytes, r, &mut intake.tally),
                         None => Ok(()),
                     };
-                    messages += t.appended;
-                    dropped += t.dropped;
                     match settled {
                         Ok(()) => continue,
-                        Err(e) => break self.refused(peer, &e, messages),
+                        Err(e) => break self.refused(peer, &e, intake.tally.appended),
                     }
                 }
                 r = stream.read_buf(&mut buf), if paused.is_none() => Ok(r),
@@ -319,19 +315,7 @@ impl QueueServer {
                 }
             };
             let queueing = Instant::now();
-            let mut tally = (messages, dropped);
-            let done = self
-                .after_read(
-                    &mut decoder,
-                    &mut buf,
-                    peer,
-                    &mut tally,
-                    (at_end, end),
-                    &mut in_flight,
-                )
-                .await;
-            (messages, dropped) = tally;
-            if let Some(done) = done {
+            if let Some(done) = self.after_read(&mut intake, &mut buf, at_end, end).await {
                 break done;
             }
             // Time spent queueing (a blocked append) is not the producer's
@@ -371,7 +355,7 @@ impl QueueServer {
             // Ending while the spool refuses: what the kernel still holds
             // (TCP acknowledged it) is lost with this connection. Count it
             // exactly, so the log and the metric say how much.
-            let lost = count_unread(&mut stream, &mut decoder, &mut buf, left).await;
+            let lost = count_unread(&mut stream, &mut intake.decoder, &mut buf, left).await;
             if lost > 0 {
                 error!(route = %route, producer = %peer, lost,
                        "messages the producer's socket still held could not be queued and are lost");
@@ -397,36 +381,43 @@ impl QueueServer {
         drop(stream);
         self.stats.producers.fetch_sub(1, Ordering::Relaxed);
         self.stats.count_producer_end(end);
+        let Tally {
+            appended: messages,
+            dropped,
+        } = intake.tally;
         info!(route = %route, producer = %peer, messages, dropped, reason = end.as_str(), "producer closed");
     }
 
     /// Queues the complete messages a read brought; returns how the
     /// connection ends if it does (a bad frame, a spool error, or
     /// `at_end`, which checks for a partial message left over, once the
-    /// batch in flight is answered). `tally` is (messages queued, dropped)
-    /// so far.
+    /// batch in flight is answered).
     async fn after_read<'a>(
         &'a self,
-        decoder: &mut Decoder,
+        intake: &mut Intake<'a>,
         buf: &mut BytesMut,
-        peer: SocketAddr,
-        tally: &mut (u64, u64),
-        (at_end, end): (bool, ProducerEnd),
-        in_flight: &mut Option<InFlight<'a>>,
+        at_end: bool,
+        end: ProducerEnd,
     ) -> Option<ProducerEnd> {
         let route = &self.route().name;
-        let mut t = Tally::default();
-        let mut result = self.ingest(decoder, buf, in_flight, &mut t).await;
+        let peer = intake.peer;
+        let mut result = self
+            .ingest(
+                &mut intake.decoder,
+                buf,
+                &mut intake.in_flight,
+                &mut intake.tally,
+            )
+            .await;
         if at_end && result.is_ok() {
             // The connection's end is logged with every batch answered.
             result = self
-                .settle(in_flight, &mut t)
+                .settle(&mut intake.in_flight, &mut intake.tally)
                 .await
                 .map_err(IngestError::Spool);
         }
-        tally.0 += t.appended;
-        tally.1 += t.dropped;
-        let messages = tally.0;
+        let messages = intake.tally.appended;
+        let decoder = &mut intake.decoder;
         match result {
             Ok(()) => {}
             Err(IngestError::Frame(e)) => {
