@@ -448,13 +448,18 @@ async fn start_queue(
             listeners.push((role, l.local_addr()?));
         }
     }
-    let server = tokio::task::block_in_place(|| {
-        let shared = crate::queue::Shared {
-            connections: state.conn_limits.clone(),
-            memory: Arc::clone(&state.peer_memory),
-        };
-        QueueServer::open_with_limits(q.clone(), stop, drain, shared)
-    })?;
+    // Opening recovers the spool (reads its files): on a blocking thread,
+    // not a tokio worker.
+    let shared = crate::queue::Shared {
+        connections: state.conn_limits.clone(),
+        memory: Arc::clone(&state.peer_memory),
+    };
+    let (route, stop) = (q.clone(), stop.clone());
+    let server = tokio::task::spawn_blocking(move || {
+        QueueServer::open_with_limits(route, &stop, drain, shared)
+    })
+    .await
+    .context("spool open task")??;
     info!(route = %q.name, from = %q.from, to = %q.to, framing = %q.framing,
           spool = %q.spool.display(), from_tls = q.from_tls.is_some(),
           to_tls = q.to_tls.is_some(), "queue route ready");
@@ -741,7 +746,16 @@ impl Supervisor {
                         continue;
                     };
                     let server = Arc::clone(server);
-                    match tokio::task::block_in_place(|| server.reconfigure(q.clone())) {
+                    // (It may write the memory tier to disk: a blocking thread.)
+                    let (sv, nq) = (Arc::clone(&server), q.clone());
+                    let applied = tokio::task::spawn_blocking(move || sv.reconfigure(nq))
+                        .await
+                        .unwrap_or_else(|e| {
+                            Err(spillway_spool::SpoolError::Config(format!(
+                                "reconfigure task: {e}"
+                            )))
+                        });
+                    match applied {
                         Ok(()) => {
                             swapped += 1;
                             info!(route = %q.name, memory = q.memory, max_disk = q.max_disk,

@@ -467,5 +467,14 @@ fn a_reload_of_queue_settings_keeps_every_connection() {
         "{}",
         relay.log_text()
     );
+    // The memory tier is 0 now by choice: no "disk full" warning about the
+    // reserve it no longer wants (the watch runs every second; regression:
+    // it compared with the memory setting the route started with).
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        !relay.log_text().contains("disk full"),
+        "{}",
+        relay.log_text()
+    );
     stop(&mut relay);
 }

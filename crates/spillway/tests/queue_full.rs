@@ -1,6 +1,7 @@
 //! The disk bound in queue mode, end to end: `when_full = block` stops
 //! reading producers (logged) and loses nothing once consumers drain;
-//! `drop-newest` keeps the relay going and says what it refused.
+//! `drop-newest` keeps the relay going and says what it refused;
+//! `drop-oldest` delivers exactly what it did not count as dropped.
 
 mod common;
 
@@ -129,6 +130,52 @@ fn drop_newest_refuses_and_counts_but_keeps_what_fit() {
         assert!(n > last, "order: {n} after {last}");
         last = n;
     }
+}
+
+/// Drop-oldest with no consumer: what the relay counts as dropped is not
+/// delivered, and everything else is, in order (regression: messages read
+/// ahead for consumers before the spool dropped them were delivered and
+/// counted dropped too).
+#[test]
+fn drop_oldest_delivers_exactly_what_it_did_not_count_dropped() {
+    let admin = format!("127.0.0.1:{}", free_port());
+    let (mut relay, src, dst, _spool) = start_queue(&[
+        "--memory",
+        "0",
+        "--max-message",
+        "4KiB",
+        "--max-disk",
+        "64KiB",
+        "--when-full",
+        "drop-oldest",
+        "--admin",
+        &admin,
+    ]);
+    let admin = admin.parse().expect("addr");
+    wait_admin(&mut relay, admin);
+    const N: usize = 20_000;
+    let data = lines(N);
+    let line = data.len() / N;
+    let mut p = TcpStream::connect(&src).expect("producer");
+    p.write_all(&data)
+        .expect("never blocked: the relay keeps reading");
+    p.shutdown(Shutdown::Write).expect("shutdown");
+    relay.wait_log("producer closed");
+    let (_, metrics) = http_get(admin, "/metrics");
+    let dropped: usize = metrics
+        .lines()
+        .find(|l| l.starts_with("spillway_messages_dropped_total") && l.contains("drop_oldest"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no drop_oldest count:\n{metrics}"));
+    assert!(dropped > 0 && dropped < N, "dropped {dropped}");
+    let got = consume(&dst, (N - dropped) * line);
+    assert_eq!(
+        got.len() / line,
+        N - dropped,
+        "delivered + dropped != sent (dropped {dropped})"
+    );
+    assert!(got == data[dropped * line..], "not the newest, in order");
 }
 
 /// A backlog queued with no consumer, then drained by a fast one, several

@@ -198,6 +198,18 @@ impl Dispatch {
         }
     }
 
+    /// The spool dropped everything below `floor` (`when_full =
+    /// drop-oldest`): what was read ahead of it is dropped too (counted
+    /// dropped, so not delivered), and reading continues from there.
+    pub fn skip_to(&mut self, floor: u64) {
+        while self.ahead.front().is_some_and(|m| m.seq < floor) {
+            if let Some(m) = self.ahead.pop_front() {
+                self.ahead_bytes -= m.data.len();
+            }
+        }
+        self.next_read = self.next_read.max(floor);
+    }
+
     /// Assigns up to `max_msgs` / about `max_bytes` (at least one message
     /// when any is available) of the next messages to `consumer`, laid out
     /// after everything it was given before. Given-back messages come
@@ -526,6 +538,22 @@ mod tests {
         // A message supplied twice (never expected) is not handed out twice.
         d.supply(read(7, 3, usize::MAX).expect("read"));
         assert_eq!(seqs(&d.take(a, 10, usize::MAX)), [7, 8, 9]);
+    }
+
+    /// Messages read ahead that drop-oldest then deleted are not handed
+    /// out (they are counted dropped).
+    #[test]
+    fn read_ahead_below_a_dropped_floor_is_skipped() {
+        let read = spool(100);
+        let mut d = Dispatch::new(0, 0);
+        let a = d.join();
+        d.supply(read(0, 10, usize::MAX).expect("read"));
+        d.skip_to(6);
+        assert_eq!(seqs(&d.take(a, 2, usize::MAX)), [6, 7]);
+        d.skip_to(20);
+        assert_eq!(d.take(a, 10, usize::MAX).len(), 0);
+        assert_eq!(d.read_ahead(4, usize::MAX).map(|r| r.0), Some(20));
+        assert_eq!(d.floor(), 6, "a holds 6");
     }
 
     #[test]

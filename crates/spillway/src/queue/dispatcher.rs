@@ -145,8 +145,11 @@ impl Dispatcher {
     /// [`Dispatch::take`]); never waits for the disk. None: wait on
     /// [`Dispatcher::notify`].
     pub fn take(&self, consumer: ConsumerId, max_msgs: usize, max_bytes: usize) -> Vec<Message> {
+        // Under drop-oldest the spool's floor can pass what was read ahead.
+        let dropped_below = self.spool.ack_floor();
         let (out, low) = {
             let mut d = self.lock();
+            d.skip_to(dropped_below);
             let out = d.take(consumer, max_msgs, max_bytes);
             (out, d.read_ahead(AHEAD_MSGS, AHEAD_BYTES).is_some())
         };

@@ -653,7 +653,9 @@ impl QueueServer {
                     self.watch_space(&mut windows);
                     ticks = ticks.wrapping_add(1);
                     if ticks.is_multiple_of(50) {
-                        let wanted = self.spool.config().memory_limit;
+                        // What the memory tier may hold now (a reload
+                        // may have changed it).
+                        let wanted = self.spool.tunables().memory_limit;
                         full.check(&name, &self.spool.stats(), wanted);
                     }
                 }
