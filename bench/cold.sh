@@ -10,7 +10,9 @@
 # Usage: bench/cold.sh                 (~1-2 min)
 # Env:   SIZE_MIB (default 1024), FRAME bytes per frame incl. the 4-byte
 #        prefix (default 4096, the producer's largest), FSYNC (default 100ms),
-#        CARGO_TARGET_DIR is honoured. Writes under target/ (the project disk).
+#        CARGO_TARGET_DIR is honoured (built from this checkout); SPILLWAY_BIN
+#        measures a prebuilt binary instead (no build). Writes under target/
+#        (the project disk).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SIZE_MIB=${SIZE_MIB:-1024}
@@ -18,7 +20,7 @@ FRAME=${FRAME:-4096}
 FSYNC=${FSYNC:-100ms}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 [[ $TARGET == /* ]] || TARGET=$ROOT/$TARGET
-BIN=$TARGET/release/spillway
+BIN=${SPILLWAY_BIN:-$TARGET/release/spillway}
 COUNT=$((SIZE_MIB * 1048576 / FRAME))
 LP=${LP:-23411}
 TP=${TP:-23412}
@@ -26,7 +28,9 @@ TP=${TP:-23412}
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-(cd "$ROOT" && cargo build --release --quiet) || die "cargo build --release failed"
+if [[ -z ${SPILLWAY_BIN:-} ]]; then
+  (cd "$ROOT" && cargo build --release --quiet) || die "cargo build --release failed"
+fi
 mkdir -p "$ROOT/target"
 WORK=$(mktemp -d "$ROOT/target/cold-bench.XXXXXX")
 PIDS=()
@@ -119,7 +123,7 @@ RATE=$(awk -v s="$(grep -o 't_first_ns=[0-9]*' "$WORK/sink.out" | cut -d= -f2)" 
 
 echo "# spillway cold backlog drain, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo
-echo "- spillway $(git -C "$ROOT" describe --always --dirty), $COUNT frames of $FRAME B (len:u32be), --memory 0 --fsync $FSYNC; page cache before the drain: $state"
+echo "- spillway ${SPILLWAY_BIN:-$(git -C "$ROOT" describe --always --dirty)}, $COUNT frames of $FRAME B (len:u32be), --memory 0 --fsync $FSYNC; page cache before the drain: $state"
 echo
 echo "| measure | MB/s | ratio to dd iflag=direct |"
 echo "|---|---|---|"

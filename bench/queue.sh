@@ -29,7 +29,10 @@
 #                       stays in memory; the --memory 0 line below always measures disk)
 #        LEN_COUNT, LEN_ROUNDS   part 2 size (full 400000 x 2, quick 200000 x 1)
 #        SKIP_PEERS=1   only part 2;  KEEP_TMP=1 keep the temp dir
-#        CARGO_TARGET_DIR is honoured (the binary is $CARGO_TARGET_DIR/release/spillway).
+#        CARGO_TARGET_DIR is honoured (the binary is $CARGO_TARGET_DIR/release/spillway;
+#        it is built from THIS checkout, whatever the target dir held before).
+#        SPILLWAY_BIN   a prebuilt binary to measure instead (no build): for an A/B of
+#                       two commits, build each in its own worktree and pass its binary.
 # Output: markdown on stdout (also saved under RESULTS_DIR, default
 # ${TMPDIR:-/tmp}/spillway-bench-results); progress on stderr.
 # Process hygiene: every process is started in its own process group, stopped by
@@ -53,13 +56,15 @@ LEN_BASE_PORT=${LEN_BASE_PORT:-23500}
 RESULTS_DIR=${RESULTS_DIR:-${TMPDIR:-/tmp}/spillway-bench-results}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 [[ $TARGET == /* ]] || TARGET=$ROOT/$TARGET
-BIN=$TARGET/release/spillway
+BIN=${SPILLWAY_BIN:-$TARGET/release/spillway}
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-log "building release"
-(cd "$ROOT" && cargo build --release --quiet) || die "cargo build --release failed"
+if [[ -z ${SPILLWAY_BIN:-} ]]; then
+  log "building release"
+  (cd "$ROOT" && cargo build --release --quiet) || die "cargo build --release failed"
+fi
 [[ -x $BIN ]] || die "no $BIN"
 
 WORK=$(mktemp -d /tmp/spillway-queue-bench.XXXXXX)
@@ -250,7 +255,7 @@ ELAPSED=$(($(date +%s) - START))
 {
   echo "# spillway queue bench ($MODE), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo
-  echo "- spillway $(git -C "$ROOT" describe --always --dirty 2>/dev/null), release build, --fsync $FSYNC${MEMORY:+, --memory $MEMORY}; whole run ${ELAPSED}s"
+  echo "- spillway ${SPILLWAY_BIN:-$(git -C "$ROOT" describe --always --dirty 2>/dev/null)}, release build, --fsync $FSYNC${MEMORY:+, --memory $MEMORY}; whole run ${ELAPSED}s"
   echo "- host: $(nproc) CPUs, kernel $(uname -r); load average now: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo
   if [[ -f $WORK/peers.md ]]; then

@@ -669,7 +669,10 @@ impl QueueServer {
         // append may be waiting for. Then the consumers are cut at a
         // message boundary.
         let stopped_at = *self.stopped_at.get_or_init(Instant::now);
-        info!(route = %name, "draining queue route");
+        // How many messages were queued when the drain began: what the
+        // producers' final reads add is the difference.
+        let queued_before = self.stats.messages_in.load(Ordering::Relaxed);
+        info!(route = %name, messages_in = queued_before, "draining queue route");
         producers.close();
         let phase1_end = stopped_at + drain / 2 + Duration::from_secs(1);
         loop {
