@@ -402,6 +402,19 @@ impl Spool {
         self.inner.read(from, max_msgs, max_bytes)
     }
 
+    /// [`read`](Spool::read) when it needs no file: the messages from
+    /// `from` on that the memory tier holds (clones, under the lock), an
+    /// empty list when there is nothing at `from` yet, or None when `from`
+    /// is on disk (a file read: [`read`](Spool::read) it elsewhere).
+    pub fn read_memory(
+        &self,
+        from: u64,
+        max_msgs: usize,
+        max_bytes: usize,
+    ) -> Option<Vec<Message>> {
+        self.inner.read_memory(from, max_msgs, max_bytes)
+    }
+
     /// Marks everything below `upto` consumed. Fully consumed segments are
     /// deleted (and the cursor persisted then); otherwise the cursor is
     /// persisted lazily by `tick` every `cursor_interval`, by `sync` and by

@@ -198,6 +198,12 @@ impl Dispatch {
         }
     }
 
+    /// Whether a take now would find nothing (nothing given back, nothing
+    /// read ahead); then [`Dispatch::read_ahead`] says where to read.
+    pub fn is_dry(&self) -> bool {
+        self.returned.is_empty() && self.ahead.is_empty()
+    }
+
     /// The spool dropped everything below `floor` (`when_full =
     /// drop-oldest`): what was read ahead of it is dropped too (counted
     /// dropped, so not delivered), and reading continues from there.
@@ -222,42 +228,47 @@ impl Dispatch {
         max_bytes: usize,
     ) -> Vec<Message> {
         let mut out = Vec::new();
-        if !self.consumers.contains_key(&consumer) || max_msgs == 0 {
-            return out;
-        }
+        self.take_with(consumer, max_msgs, max_bytes, |m| out.push(m.clone()));
+        out
+    }
+
+    /// [`Dispatch::take`], handing each message to `each` in order (which
+    /// may copy its bytes, or clone it); returns how many.
+    pub fn take_with(
+        &mut self,
+        consumer: ConsumerId,
+        max_msgs: usize,
+        max_bytes: usize,
+        mut each: impl FnMut(&Message),
+    ) -> usize {
+        let Some(h) = self.consumers.get_mut(&consumer) else {
+            return 0;
+        };
         let mut bytes = 0;
         let from_ahead = self.returned.is_empty();
-        while out.len() < max_msgs && (bytes < max_bytes || out.is_empty()) {
+        let mut take = VecDeque::new();
+        while take.len() < max_msgs && (bytes < max_bytes || take.is_empty()) {
             let next = if from_ahead {
                 self.ahead.pop_front()
             } else {
                 self.returned.pop_first().map(|(_, m)| m)
             };
-            let Some(m) = next else {
+            let Some(msg) = next else {
                 break;
             };
-            bytes += m.data.len();
-            out.push(m);
+            bytes += msg.data.len();
+            h.end += msg.data.len() as u64;
+            each(&msg);
+            take.push_back(Held { msg, end: h.end });
         }
         if from_ahead {
             self.ahead_bytes -= bytes;
         }
-        if out.is_empty() {
-            return out;
+        let n = take.len();
+        if n > 0 {
+            h.takes.push_back(take);
         }
-        let Some(h) = self.consumers.get_mut(&consumer) else {
-            return out;
-        };
-        let mut take = VecDeque::with_capacity(out.len());
-        for m in &out {
-            h.end += m.data.len() as u64;
-            take.push_back(Held {
-                msg: m.clone(),
-                end: h.end,
-            });
-        }
-        h.takes.push_back(take);
-        out
+        n
     }
 
     /// `consumer`'s TCP acknowledged its stream up to `offset`: every

@@ -9,8 +9,11 @@
 //! the dispatch lock, so a slow read holds up no take, ack or cut; it is
 //! woken by appends (the spool's notification) and by takes that leave
 //! less than half of it, and it wakes the consumers when it supplied
-//! more. A take never reads: it hands out what was read ahead (or given
-//! back), and a consumer with nothing to take waits for the wake.
+//! more. A take never reads a file: it hands out what was read ahead (or
+//! given back); when there is none and the next messages are in the
+//! memory tier (live traffic), it clones them from there itself, saving
+//! the hand-off through the reader thread. A consumer with nothing to take
+//! waits for the wake.
 //!
 //! Acknowledgements go to the spool's maintenance thread (see
 //! `spool_io.rs`); the dispatcher's floor is the only one.
@@ -141,22 +144,39 @@ impl Dispatcher {
         self.lock().join()
     }
 
-    /// Up to `max_msgs` / about `max_bytes` for `consumer` (see
-    /// [`Dispatch::take`]); never waits for the disk. None: wait on
-    /// [`Dispatcher::notify`].
-    pub fn take(&self, consumer: ConsumerId, max_msgs: usize, max_bytes: usize) -> Vec<Message> {
+    /// Up to `max_msgs` / about `max_bytes` for `consumer`, each handed
+    /// to `each` in order (see [`Dispatch::take_with`]; `each` runs under
+    /// the dispatch lock: copy or clone, nothing slow); never waits for the
+    /// disk. Returns how many; none: wait on [`Dispatcher::notify`].
+    pub fn take(
+        &self,
+        consumer: ConsumerId,
+        max_msgs: usize,
+        max_bytes: usize,
+        each: impl FnMut(&Message),
+    ) -> usize {
         // Under drop-oldest the spool's floor can pass what was read ahead.
         let dropped_below = self.spool.ack_floor();
-        let (out, low) = {
+        let (n, low) = {
             let mut d = self.lock();
             d.skip_to(dropped_below);
-            let out = d.take(consumer, max_msgs, max_bytes);
-            (out, d.read_ahead(AHEAD_MSGS, AHEAD_BYTES).is_some())
+            if d.is_dry() {
+                // Live traffic is in the memory tier: cloned here at once
+                // instead of waiting for the reader thread (no file is
+                // read under this lock; a disk read stays the reader's).
+                if let Some((from, n, bytes)) = d.read_ahead(AHEAD_MSGS, AHEAD_BYTES) {
+                    if let Some(msgs) = self.spool.read_memory(from, n, bytes) {
+                        d.supply(msgs);
+                    }
+                }
+            }
+            let n = d.take_with(consumer, max_msgs, max_bytes, each);
+            (n, d.read_ahead(AHEAD_MSGS, AHEAD_BYTES).is_some())
         };
         if low {
             self.wake.wake();
         }
-        out
+        n
     }
 
     /// `consumer`'s TCP acknowledged its stream up to `offset` (see

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use std::collections::VecDeque;
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use spillway_net::timeout::StallTimer;
 use spillway_spool::Histogram;
 
@@ -49,6 +49,11 @@ const WINDOW: u64 = 2 << 20;
 /// One take from the dispatcher.
 const BATCH_MSGS: usize = 8192;
 const BATCH_BYTES: usize = 512 << 10;
+/// Messages shorter than this are copied into runs of up to [`RUN`]
+/// bytes before they are written; longer ones are written from their own
+/// buffers.
+const SMALL: usize = 512;
+const RUN: usize = 64 << 10;
 /// While bytes are unacknowledged, how often SIOCOUTQ is polled.
 const ACK_POLL: Duration = Duration::from_millis(5);
 /// How long a finished cut waits for the consumer to acknowledge the
@@ -181,10 +186,39 @@ struct Delivery {
 
 impl Delivery {
     /// Bytes held for this consumer now: messages taken and not yet
-    /// acknowledged, and the redelivery window (at most `redeliver` of
-    /// what it delivered).
+    /// acknowledged, what is not yet written (small messages are copied
+    /// into runs: counted as if all were), and the redelivery window (at
+    /// most `redeliver` of what it delivered).
     fn held(&self, redeliver: u64) -> u64 {
-        (self.queued - self.delivered) + self.delivered.min(redeliver)
+        (self.queued - self.delivered)
+            + (self.queued - self.written)
+            + self.delivered.min(redeliver)
+    }
+
+    /// Queues `m` to be written: a message of at least [`SMALL`] bytes as
+    /// it is (its own buffer is written), consecutive smaller ones copied
+    /// into one run, so that a vectored write carries a few long slices,
+    /// not a thousand 64-byte ones (which cost the kernel more than the
+    /// copy: measured in the notes of issue 11). `run` is the run being
+    /// filled; [`Delivery::end_run`] queues it.
+    fn push(&mut self, m: &spillway_spool::Message, run: &mut BytesMut) {
+        self.queued += m.data.len() as u64;
+        if m.data.len() >= SMALL {
+            self.end_run(run);
+            self.unsent.push_back(m.data.clone());
+            return;
+        }
+        if run.capacity() - run.len() < m.data.len() {
+            self.end_run(run);
+            run.reserve(RUN);
+        }
+        run.extend_from_slice(&m.data);
+    }
+
+    fn end_run(&mut self, run: &mut BytesMut) {
+        if !run.is_empty() {
+            self.unsent.push_back(run.split().freeze());
+        }
     }
 
     /// The socket took `n` more bytes.
@@ -453,14 +487,13 @@ impl QueueServer {
     /// given back; never waits for the disk); returns how many messages
     /// it took.
     fn refill(&self, d: &mut Delivery, max_bytes: usize) -> usize {
-        let msgs = self.dispatcher.take(d.id, BATCH_MSGS, max_bytes);
-        let mut took = 0u64;
-        let n = msgs.len();
-        for m in msgs {
-            took += m.data.len() as u64;
-            d.queued += m.data.len() as u64;
-            d.unsent.push_back(m.data);
-        }
+        let before = d.queued;
+        let mut run = BytesMut::new();
+        let n = self
+            .dispatcher
+            .take(d.id, BATCH_MSGS, max_bytes, |m| d.push(m, &mut run));
+        d.end_run(&mut run);
+        let took = d.queued - before;
         let held = d.held(self.route().redeliver_on_reset);
         // What was reserved covers the take, and a small take (the minimum
         // every consumer may have in flight) is always allowed. A larger
@@ -484,13 +517,14 @@ impl QueueServer {
     }
 
     /// How many bytes the next take may bring (0: none now), within the
-    /// peer memory budget: a full batch while the budget allows it; past
+    /// peer memory budget: a full batch while the budget allows it (held
+    /// twice: in flight, and unsent, maybe copied); past
     /// it, nothing while earlier messages are unacknowledged (their
     /// acknowledgements free memory), and a small take (at least one
     /// message) when none are.
     fn take_size(&self, d: &mut Delivery) -> usize {
         let held = d.held(self.route().redeliver_on_reset);
-        if d.charge.try_set(held + BATCH_BYTES as u64) {
+        if d.charge.try_set(held + 2 * BATCH_BYTES as u64) {
             return BATCH_BYTES;
         }
         if d.queued > d.delivered {
