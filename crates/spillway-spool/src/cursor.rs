@@ -98,7 +98,7 @@ pub(crate) fn read_cursor(
         Err(e) => return Err(SpoolError::io("open", path, e)),
     };
     let mut buf = [0u8; LEN + 1];
-    let n = read_full_at(&*f, &mut buf, 0).map_err(|e| SpoolError::io("read", &path, e))?;
+    let n = read_full_at(&*f, &mut buf, 0, false).map_err(|e| SpoolError::io("read", &path, e))?;
     Ok(Some(Cursor::decode(&buf[..n])))
 }
 

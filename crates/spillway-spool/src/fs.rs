@@ -17,6 +17,12 @@ use std::sync::Arc;
 pub trait SegmentFile: Send + Sync + fmt::Debug {
     /// Like `pread`: may return fewer bytes than asked; 0 at end of file.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+    /// [`read_at`](SegmentFile::read_at) only from what is cached in
+    /// memory (`preadv2` with `RWF_NOWAIT`): `WouldBlock` where it would
+    /// wait for the disk (and where the file cannot say, the default).
+    fn read_cached_at(&self, _buf: &mut [u8], _offset: u64) -> io::Result<usize> {
+        Err(io::ErrorKind::WouldBlock.into())
+    }
     /// Like `pwrite`: may write fewer bytes than given (a short write).
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize>;
     /// `fdatasync`: data and the size needed to read it back are durable.
@@ -112,6 +118,23 @@ struct StdFile(File);
 impl SegmentFile for StdFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         self.0.read_at(buf, offset)
+    }
+    fn read_cached_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        use rustix::io::{preadv2, Errno, ReadWriteFlags};
+        match preadv2(
+            &self.0,
+            &mut [io::IoSliceMut::new(buf)],
+            offset,
+            ReadWriteFlags::NOWAIT,
+        ) {
+            Ok(n) => Ok(n),
+            // Not cached, or a kernel or file system without RWF_NOWAIT:
+            // either way, leave it to a read that may wait.
+            Err(Errno::AGAIN | Errno::OPNOTSUPP | Errno::INVAL | Errno::NOSYS) => {
+                Err(io::ErrorKind::WouldBlock.into())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
         self.0.write_at(buf, offset)
@@ -255,10 +278,23 @@ pub(crate) fn write_all_at(
 }
 
 /// Reads until `buf` is full or end of file; returns the bytes read.
-pub(crate) fn read_full_at(f: &dyn SegmentFile, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+/// `cached`: only from memory ([`SegmentFile::read_cached_at`]), else
+/// `WouldBlock`.
+pub(crate) fn read_full_at(
+    f: &dyn SegmentFile,
+    buf: &mut [u8],
+    offset: u64,
+    cached: bool,
+) -> io::Result<usize> {
     let mut done = 0usize;
     while done < buf.len() {
-        match f.read_at(&mut buf[done..], offset + done as u64) {
+        let at = offset + done as u64;
+        let r = if cached {
+            f.read_cached_at(&mut buf[done..], at)
+        } else {
+            f.read_at(&mut buf[done..], at)
+        };
+        match r {
             Ok(0) => break,
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -89,7 +89,7 @@ fn open_read(fs: &dyn Fs, path: &Path) -> Result<std::sync::Arc<dyn SegmentFile>
 fn header_of(file: &dyn SegmentFile, path: &Path) -> Result<(HeaderCheck, u64), SpoolError> {
     let len = file.len().map_err(|e| SpoolError::io("stat", path, e))?;
     let mut buf = [0u8; SEGMENT_HEADER_LEN as usize];
-    let n = read_full_at(file, &mut buf, 0).map_err(|e| SpoolError::io("read", path, e))?;
+    let n = read_full_at(file, &mut buf, 0, false).map_err(|e| SpoolError::io("read", path, e))?;
     Ok((SegmentHeader::check(&buf[..n]), len))
 }
 

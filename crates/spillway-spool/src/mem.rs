@@ -105,6 +105,9 @@ impl MemFile {
 }
 
 impl SegmentFile for MemFile {
+    fn read_cached_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.read_at(buf, offset)
+    }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         let data = lock(&self.data);
         let Ok(start) = usize::try_from(offset) else {

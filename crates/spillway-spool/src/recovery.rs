@@ -160,7 +160,7 @@ fn read_header(
 ) -> Result<(HeaderCheck, u64), SpoolError> {
     let len = file.len().map_err(|e| SpoolError::io("stat", path, e))?;
     let mut buf = [0u8; SEGMENT_HEADER_LEN as usize];
-    let n = read_full_at(file, &mut buf, 0).map_err(|e| SpoolError::io("read", path, e))?;
+    let n = read_full_at(file, &mut buf, 0, false).map_err(|e| SpoolError::io("read", path, e))?;
     Ok((SegmentHeader::check(&buf[..n]), len))
 }
 

@@ -56,6 +56,8 @@ pub(crate) struct SegmentReader<'a> {
     pub next_seq: u64,
     /// Bytes read from the file per refill (at least the next record).
     chunk: usize,
+    /// Only read what the page cache holds (`WouldBlock` otherwise).
+    cached: bool,
 }
 
 impl<'a> SegmentReader<'a> {
@@ -71,7 +73,15 @@ impl<'a> SegmentReader<'a> {
             bytes_read: 0,
             next_seq,
             chunk: CHUNK,
+            cached: false,
         }
+    }
+
+    /// Reads only what the page cache holds: a refill that would wait for
+    /// the disk fails with `WouldBlock`.
+    pub fn cached_only(mut self, on: bool) -> Self {
+        self.cached = on;
+        self
     }
 
     /// Reads about `bytes` per refill (4 KiB to 1 MiB) instead of 1 MiB:
@@ -95,7 +105,7 @@ impl<'a> SegmentReader<'a> {
             let remaining = self.end.saturating_sub(self.pos);
             let size = (n.max(self.chunk) as u64).min(remaining) as usize;
             let mut b = BytesMut::zeroed(size);
-            let got = read_full_at(self.file, &mut b, self.pos)?;
+            let got = read_full_at(self.file, &mut b, self.pos, self.cached)?;
             b.truncate(got);
             self.bytes_read += got as u64;
             self.buf = b.freeze();
@@ -184,7 +194,7 @@ pub(crate) fn valid_record_after(
             win_start = pos;
             let want = window_len.min(end - pos);
             data.resize(want as usize, 0);
-            let got = read_full_at(file, &mut data, pos)?;
+            let got = read_full_at(file, &mut data, pos, false)?;
             data.truncate(got);
             win_end = pos + got as u64;
             if got == 0 {

@@ -164,6 +164,13 @@ impl SegmentFile for SimFile {
         }
         self.inner.read_at(buf, offset)
     }
+    fn read_cached_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        // A slow disk is one whose reads miss the cache.
+        if self.faults.slow_read_ms.load(Ordering::SeqCst) > 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        self.inner.read_cached_at(buf, offset)
+    }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
         if self.is_cursor && self.faults.cursor_no_space.load(Ordering::SeqCst) {
             return Err(enospc());

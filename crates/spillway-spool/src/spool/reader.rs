@@ -45,6 +45,21 @@ impl Inner {
         max_msgs: usize,
         max_bytes: usize,
     ) -> Result<Vec<Message>, SpoolError> {
+        Ok(self
+            .read_with(from, max_msgs, max_bytes, false)?
+            .unwrap_or_default())
+    }
+
+    /// `cached`: only from memory and the page cache; None when a file
+    /// read would wait for the disk (nothing is returned then, not even
+    /// what was read before it).
+    pub(super) fn read_with(
+        &self,
+        from: u64,
+        max_msgs: usize,
+        max_bytes: usize,
+        cached: bool,
+    ) -> Result<Option<Vec<Message>>, SpoolError> {
         let mut out: Vec<Message> = Vec::new();
         let mut bytes = 0usize;
         let mut pos = from;
@@ -52,7 +67,7 @@ impl Inner {
             out.len() >= max_msgs || (!out.is_empty() && bytes >= max_bytes)
         };
         if max_msgs == 0 {
-            return Ok(out);
+            return Ok(Some(out));
         }
         loop {
             // Plan under the lock; do the disk I/O outside it.
@@ -142,7 +157,8 @@ impl Inner {
             // Read about what was asked for, not a fixed large chunk: the
             // messages returned are slices of what was read.
             let mut sc = SegmentReader::new(&*file, start.offset, end_off, start.seq)
-                .with_chunk(max_bytes.saturating_add(READ_SLACK));
+                .with_chunk(max_bytes.saturating_add(READ_SLACK))
+                .cached_only(cached);
             let first_out = out.len();
             let mut resume = start;
             let corrupt = |offset: u64, detail: String| SpoolError::Corrupt {
@@ -154,10 +170,13 @@ impl Inner {
                 if full(&out, bytes) {
                     break;
                 }
-                match sc
-                    .next_record()
-                    .map_err(|e| SpoolError::io("read", &path, e))?
-                {
+                let next = match sc.next_record() {
+                    Err(e) if cached && e.kind() == std::io::ErrorKind::WouldBlock => {
+                        return Ok(None);
+                    }
+                    r => r.map_err(|e| SpoolError::io("read", &path, e))?,
+                };
+                match next {
                     Scan::Gap {
                         offset,
                         expected,
@@ -242,7 +261,7 @@ impl Inner {
                 break;
             }
         }
-        Ok(out)
+        Ok(Some(out))
     }
 }
 

@@ -127,6 +127,8 @@ pub struct Dispatch {
     /// holds them yet.
     ahead: VecDeque<Message>,
     ahead_bytes: usize,
+    /// A read from `next_read` is in progress (one reader at a time).
+    reading: bool,
     /// Given back by consumers that were cut or left; sent before anything new.
     returned: BTreeMap<u64, Message>,
     consumers: HashMap<ConsumerId, Holding>,
@@ -148,6 +150,7 @@ impl Dispatch {
             next_read: start,
             ahead: VecDeque::new(),
             ahead_bytes: 0,
+            reading: false,
             returned: BTreeMap::new(),
             consumers: HashMap::new(),
             next_id: 1,
@@ -184,10 +187,28 @@ impl Dispatch {
         })
     }
 
+    /// [`Dispatch::read_ahead`], claiming the read: until
+    /// [`Dispatch::supply`] or [`Dispatch::end_read`], nobody else is told
+    /// to read (two readers would read the same messages).
+    pub fn begin_read(&mut self, max_msgs: usize, max_bytes: usize) -> Option<(u64, usize, usize)> {
+        if self.reading {
+            return None;
+        }
+        let want = self.read_ahead(max_msgs, max_bytes);
+        self.reading = want.is_some();
+        want
+    }
+
+    /// The claimed read ended without supplying anything.
+    pub fn end_read(&mut self) {
+        self.reading = false;
+    }
+
     /// Messages read from the spool at [`Dispatch::read_ahead`]'s `from`,
     /// in sequence order. A read can start past it when drop-oldest
     /// deleted messages; reading continues after what was actually read.
     pub fn supply(&mut self, msgs: Vec<Message>) {
+        self.reading = false;
         for m in msgs {
             if m.seq < self.next_read {
                 continue;
@@ -453,7 +474,7 @@ mod tests {
         read: &impl Fn(u64, usize, usize) -> Result<Vec<Message>, ()>,
         msgs: usize,
     ) {
-        if let Some((from, n, b)) = d.read_ahead(msgs, usize::MAX) {
+        if let Some((from, n, b)) = d.begin_read(msgs, usize::MAX) {
             d.supply(read(from, n, b).expect("model read"));
         }
     }
@@ -549,6 +570,21 @@ mod tests {
         // A message supplied twice (never expected) is not handed out twice.
         d.supply(read(7, 3, usize::MAX).expect("read"));
         assert_eq!(seqs(&d.take(a, 10, usize::MAX)), [7, 8, 9]);
+    }
+
+    /// One read at a time: a claimed read is not handed to a second
+    /// reader until it is supplied or ended.
+    #[test]
+    fn a_claimed_read_is_not_claimed_twice() {
+        let read = spool(100);
+        let mut d = Dispatch::new(0, 0);
+        let (from, n, b) = d.begin_read(4, usize::MAX).expect("first claim");
+        assert_eq!(d.begin_read(4, usize::MAX), None, "claimed");
+        d.end_read();
+        assert_eq!(d.begin_read(4, usize::MAX), Some((from, n, b)));
+        d.supply(read(from, n, b).expect("read"));
+        assert_eq!(d.begin_read(4, usize::MAX), None, "four ahead");
+        assert!(!d.is_dry());
     }
 
     /// Messages read ahead that drop-oldest then deleted are not handed
