@@ -35,6 +35,23 @@ fn start_queue(extra: &[&str]) -> (Relay, String, String, tempfile::TempDir) {
     (relay, src, dst, spool)
 }
 
+/// [`start_queue`] with everything on disk (`--memory 0`), a 64 KiB disk
+/// bound and `--when-full policy`, plus `extra` flags.
+fn start_bounded(policy: &str, extra: &[&str]) -> (Relay, String, String, tempfile::TempDir) {
+    let mut args = vec![
+        "--memory",
+        "0",
+        "--max-message",
+        "4KiB",
+        "--max-disk",
+        "64KiB",
+        "--when-full",
+        policy,
+    ];
+    args.extend_from_slice(extra);
+    start_queue(&args)
+}
+
 /// Reads from the sink until `want` bytes arrived (or EOF), then leaves cleanly.
 fn consume(addr: &str, want: usize) -> Vec<u8> {
     let mut c = TcpStream::connect(addr).expect("consumer");
@@ -62,16 +79,7 @@ fn consume(addr: &str, want: usize) -> Vec<u8> {
 
 #[test]
 fn block_at_the_disk_bound_waits_then_delivers_everything() {
-    let (relay, src, dst, _spool) = start_queue(&[
-        "--memory",
-        "0",
-        "--max-message",
-        "4KiB",
-        "--max-disk",
-        "64KiB",
-        "--when-full",
-        "block",
-    ]);
+    let (relay, src, dst, _spool) = start_bounded("block", &[]);
     // 2 MiB of lines against a 64 KiB disk bound and no consumer.
     let data = lines(20_000);
     let producer = {
@@ -96,16 +104,7 @@ fn block_at_the_disk_bound_waits_then_delivers_everything() {
 
 #[test]
 fn drop_newest_refuses_and_counts_but_keeps_what_fit() {
-    let (relay, src, dst, _spool) = start_queue(&[
-        "--memory",
-        "0",
-        "--max-message",
-        "4KiB",
-        "--max-disk",
-        "64KiB",
-        "--when-full",
-        "drop-newest",
-    ]);
+    let (relay, src, dst, _spool) = start_bounded("drop-newest", &[]);
     let data = lines(20_000);
     let mut p = TcpStream::connect(&src).expect("producer");
     p.write_all(&data)
@@ -139,18 +138,7 @@ fn drop_newest_refuses_and_counts_but_keeps_what_fit() {
 #[test]
 fn drop_oldest_delivers_exactly_what_it_did_not_count_dropped() {
     let admin = format!("127.0.0.1:{}", free_port());
-    let (mut relay, src, dst, _spool) = start_queue(&[
-        "--memory",
-        "0",
-        "--max-message",
-        "4KiB",
-        "--max-disk",
-        "64KiB",
-        "--when-full",
-        "drop-oldest",
-        "--admin",
-        &admin,
-    ]);
+    let (mut relay, src, dst, _spool) = start_bounded("drop-oldest", &["--admin", &admin]);
     let admin = admin.parse().expect("addr");
     wait_admin(&mut relay, admin);
     const N: usize = 20_000;
