@@ -31,8 +31,7 @@ cleanup() {
 }
 trap cleanup EXIT
 cc -O2 -o "$WORK/producer" "$ROOT/crates/spillway/tests/peers/producer.c"
-sed -n '/^cat >"\$WORK\/sink.c" <<.EOF.$/,/^EOF$/p' "$ROOT/bench/cold.sh" | sed '1d;$d' >"$WORK/sink.c"
-cc -O2 -o "$WORK/sink" "$WORK/sink.c"
+cc -O2 -Wall -o "$WORK/sink" "$ROOT/bench/sink.c"
 LP=${LP:-24611}
 TP=${TP:-24612}
 cpu() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }

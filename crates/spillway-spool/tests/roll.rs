@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::{msg, small_config, spare_with_records, SimFs};
@@ -35,6 +35,17 @@ fn append_until_error(s: &Spool, from: u64) -> (Vec<Vec<u8>>, SpoolError) {
     unreachable!()
 }
 
+/// With the first message (`msg(0, 100)`) appended, turns `fault` on and
+/// appends until the roll it makes fails and poisons the spool; returns
+/// every message accepted, the first one included.
+fn poison_a_roll(s: &Spool, fault: &AtomicBool) -> Vec<Vec<u8>> {
+    fault.store(true, Ordering::SeqCst);
+    let (mut ok, e) = append_until_error(s, 1);
+    assert!(matches!(e, SpoolError::Poisoned { .. }), "{e}");
+    ok.insert(0, msg(0, 100));
+    ok
+}
+
 fn read_all(s: &Spool) -> Result<Vec<Vec<u8>>, SpoolError> {
     let mut out = Vec::new();
     let mut at = 0;
@@ -54,12 +65,9 @@ fn a_crash_before_the_new_segment_is_named_keeps_what_was_written_to_it() {
     let (s, _) = Spool::open_with_fs(config(dir.path()), fs.clone()).unwrap();
     // The first segment is named while renames work.
     s.append(&[&msg(0, 100)]).unwrap();
-    fs.faults.fail_rename.store(true, Ordering::SeqCst);
     // The append that rolls writes its batch to the spare, then cannot
     // name it: the spool is poisoned, the batch is in the spare.
-    let (mut ok, e) = append_until_error(&s, 1);
-    assert!(matches!(e, SpoolError::Poisoned { .. }), "{e}");
-    ok.insert(0, msg(0, 100));
+    let ok = poison_a_roll(&s, &fs.faults.fail_rename);
     assert!(spare_with_records(dir.path()));
     // kill -9: the page cache keeps everything written.
     drop(s);
@@ -68,9 +76,7 @@ fn a_crash_before_the_new_segment_is_named_keeps_what_was_written_to_it() {
     let (s, rep) = Spool::open_with_fs(config(dir.path()), fs.clone()).unwrap();
     assert!(rep.adopted_spare.is_some(), "{rep}");
     assert!(!spare_with_records(dir.path()));
-    let got = s.read(0, 100_000, 64 << 20).unwrap();
-    let data: Vec<Vec<u8>> = got.iter().map(|m| m.data.to_vec()).collect();
-    assert_eq!(data, ok);
+    assert_eq!(read_all(&s).unwrap(), ok);
     // And the log goes on from there.
     let o = s.append(&[&msg(99_999, 100)]).unwrap();
     assert_eq!(o.first_seq, ok.len() as u64);
@@ -88,9 +94,7 @@ fn a_power_cut_that_tore_the_segment_before_drops_the_unnamed_one() {
     s.sync().unwrap();
     // The seal's fsync fails: the segment before the roll was never made
     // durable, and the new one never named.
-    fs.faults.fail_fsync.store(true, Ordering::SeqCst);
-    let (_, e) = append_until_error(&s, 1);
-    assert!(matches!(e, SpoolError::Poisoned { .. }), "{e}");
+    poison_a_roll(&s, &fs.faults.fail_fsync);
     drop(s);
     // A power cut: what was not synced is gone.
     fs.crash(|_| 0);
@@ -124,9 +128,7 @@ fn under_always_an_append_into_a_new_segment_returns_once_the_roll_is_durable() 
     drop(s);
     fs.crash(|_| 0);
     let (s, _) = Spool::open_with_fs(small_config(dir.path()), fs.clone()).unwrap();
-    let got = s.read(0, 100_000, 64 << 20).unwrap();
-    let data: Vec<Vec<u8>> = got.iter().map(|m| m.data.to_vec()).collect();
-    assert_eq!(data, ok);
+    assert_eq!(read_all(&s).unwrap(), ok);
 }
 
 /// kill -9 between the fast half of a roll (the new segment written under
@@ -148,10 +150,7 @@ fn kill9_mid_roll_then_restart_then_sync_then_power_cut_keeps_a_prefix() {
     // More messages (not synced: Interval), then the roll whose seal fails:
     // the process state at that moment is what a kill -9 right after the
     // fast half of the roll leaves.
-    fs.faults.fail_fsync.store(true, Ordering::SeqCst);
-    let (mut ok, e) = append_until_error(&s, 1);
-    assert!(matches!(e, SpoolError::Poisoned { .. }), "{e}");
-    ok.insert(0, msg(0, 100));
+    let mut ok = poison_a_roll(&s, &fs.faults.fail_fsync);
     assert!(spare_with_records(dir.path()));
     // kill -9: nothing more runs; the page cache keeps everything (the
     // files are left as they are, unsynced data still unsynced).
@@ -209,10 +208,7 @@ fn power_cut_mid_roll_with_the_whole_previous_segment_lost_does_not_adopt_the_sp
     // but nothing in it is ever fsynced.
     s.append(&[&msg(0, 100)]).unwrap();
     // The next roll's seal fails: the new segment is in the spare.
-    fs.faults.fail_fsync.store(true, Ordering::SeqCst);
-    let (mut ok, e) = append_until_error(&s, 1);
-    assert!(matches!(e, SpoolError::Poisoned { .. }), "{e}");
-    ok.insert(0, msg(0, 100));
+    let ok = poison_a_roll(&s, &fs.faults.fail_fsync);
     assert!(spare_with_records(dir.path()));
     drop(s);
     fs.faults.fail_fsync.store(false, Ordering::SeqCst);
@@ -242,9 +238,7 @@ fn a_failed_close_with_a_pending_roll_still_closes_the_handles() {
     let fs = SimFs::new();
     let (s, _) = Spool::open_with_fs(config(dir.path()), fs.clone()).unwrap();
     s.append(&[&msg(0, 100)]).unwrap();
-    fs.faults.fail_fsync.store(true, Ordering::SeqCst);
-    let (ok, e) = append_until_error(&s, 1);
-    assert!(matches!(e, SpoolError::Poisoned { .. }), "{e}");
+    let ok = poison_a_roll(&s, &fs.faults.fail_fsync);
     let other = s.clone();
     let closed = s.close();
     assert!(closed.is_err(), "close of a poisoned spool reports it");

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{msg, SimFs};
+use common::{msg, small_config, SimFs};
 use spillway_spool::sim::SlowKind;
 use spillway_spool::{Durability, Spool, SpoolConfig, WhenFull};
 
@@ -193,4 +193,53 @@ fn appends_progress_while_a_reload_removes_the_reserve() {
     assert!(removes[0].appends_during > 2, "{ops:?}");
     assert!(!dir.path().join("reserve").exists());
     spool.close().unwrap();
+}
+
+/// `read_cached` (a consumer's own read, on a task that must not block)
+/// serves what needs no wait and answers None, at once, where a read
+/// would wait for the disk.
+#[test]
+fn a_cached_read_never_waits_for_a_slow_disk() {
+    let payloads: Vec<Vec<u8>> = (0..10).map(|i| msg(i, 100)).collect();
+    let slices: Vec<&[u8]> = payloads.iter().map(|m| &m[..]).collect();
+    let as_data = |got: Vec<spillway_spool::Message>| -> Vec<Vec<u8>> {
+        got.iter().map(|m| m.data.to_vec()).collect()
+    };
+
+    // Everything on a disk whose reads take 200 ms: None, without a read.
+    let dir = tempfile::tempdir().unwrap();
+    let fs = SimFs::new();
+    let mut cfg = small_config(dir.path());
+    cfg.memory_limit = 0;
+    let (spool, _) = Spool::open_with_fs(cfg, fs.clone()).unwrap();
+    spool.append(&slices).unwrap();
+    fs.faults.slow_read_ms.store(200, Ordering::SeqCst);
+    assert!(spool.read_cached(0, 100, 1 << 20).unwrap().is_none());
+    let ops = fs.faults.slow_ops.lock().unwrap().clone();
+    assert!(ops.iter().all(|o| o.kind != SlowKind::Read), "{ops:?}");
+    // The same read may wait: it does, and returns everything.
+    assert_eq!(as_data(spool.read(0, 100, 1 << 20).unwrap()), payloads);
+
+    // The memory tier needs no file, however slow the disk.
+    let dir = tempfile::tempdir().unwrap();
+    let fs = SimFs::new();
+    let mut cfg = small_config(dir.path());
+    cfg.memory_limit = 1 << 20;
+    let (spool, _) = Spool::open_with_fs(cfg, fs.clone()).unwrap();
+    spool.append(&slices).unwrap();
+    fs.faults.slow_read_ms.store(200, Ordering::SeqCst);
+    let got = spool
+        .read_cached(0, 100, 1 << 20)
+        .unwrap()
+        .expect("memory tier");
+    assert_eq!(as_data(got), payloads);
+
+    // Files whose every byte is in memory: the same as `read`.
+    let fs = spillway_spool::mem::MemFs::new();
+    let mut cfg = small_config(std::path::Path::new("/mem/spool"));
+    cfg.memory_limit = 0;
+    let (spool, _) = Spool::open_with_fs(cfg, fs).unwrap();
+    spool.append(&slices).unwrap();
+    let got = spool.read_cached(0, 100, 1 << 20).unwrap().expect("cached");
+    assert_eq!(as_data(got), payloads);
 }

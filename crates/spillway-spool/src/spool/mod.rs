@@ -402,9 +402,10 @@ impl Spool {
         self.inner.read(from, max_msgs, max_bytes)
     }
 
-    /// [`read`](Spool::read) from memory and the page cache only (file
-    /// reads with `RWF_NOWAIT`): None when it would wait for the disk, to
-    /// be read by a thread that may wait. For a caller that must not block.
+    /// [`read`](Spool::read) from the memory tier and the page cache only
+    /// (file reads with `RWF_NOWAIT`, and only of files already open): None
+    /// when it would wait for the disk, to be read by a thread that may
+    /// wait. For a caller that must not block.
     pub fn read_cached(
         &self,
         from: u64,
@@ -412,19 +413,6 @@ impl Spool {
         max_bytes: usize,
     ) -> Result<Option<Vec<Message>>, SpoolError> {
         self.inner.read_with(from, max_msgs, max_bytes, true)
-    }
-
-    /// [`read`](Spool::read) when it needs no file: the messages from
-    /// `from` on that the memory tier holds (clones, under the lock), an
-    /// empty list when there is nothing at `from` yet, or None when `from`
-    /// is on disk (a file read: [`read`](Spool::read) it elsewhere).
-    pub fn read_memory(
-        &self,
-        from: u64,
-        max_msgs: usize,
-        max_bytes: usize,
-    ) -> Option<Vec<Message>> {
-        self.inner.read_memory(from, max_msgs, max_bytes)
     }
 
     /// Marks everything below `upto` consumed. Fully consumed segments are

@@ -4,41 +4,6 @@
 use super::*;
 
 impl Inner {
-    pub(super) fn read_memory(
-        &self,
-        from: u64,
-        max_msgs: usize,
-        max_bytes: usize,
-    ) -> Option<Vec<Message>> {
-        let core = lock(&self.core);
-        if core.closed {
-            return None;
-        }
-        let pos = from.max(core.floor);
-        if pos >= core.next_seq {
-            return Some(Vec::new());
-        }
-        let mem_end = core.mem_first + core.mem.len() as u64;
-        if core.mem.is_empty() || pos < core.mem_first || pos >= mem_end {
-            return None;
-        }
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
-        let i = (pos - core.mem_first) as usize;
-        for (k, m) in core.mem.iter().skip(i).enumerate() {
-            if out.len() >= max_msgs || (!out.is_empty() && bytes >= max_bytes) {
-                break;
-            }
-            bytes += m.data.len();
-            out.push(Message {
-                seq: pos + k as u64,
-                data: m.data.clone(),
-                append_ms: m.ms,
-            });
-        }
-        Some(out)
-    }
-
     pub(super) fn read(
         &self,
         from: u64,
@@ -120,6 +85,8 @@ impl Inner {
                 let seg = &mut core.segs[idx];
                 let file = match &seg.file {
                     Some(f) => f.clone(),
+                    // Opening may wait for the disk too.
+                    None if cached => return Ok(None),
                     None => {
                         let f = self
                             .fs

@@ -1,8 +1,9 @@
 //! Handing queued messages to consumers, and computing what may be
 //! acknowledged to the spool. A state machine with no I/O: a reader (the
-//! route's `spool-read` thread, see `dispatcher.rs`) asks it what to read
-//! next ([`Dispatch::read_ahead`]) and supplies what it read
-//! ([`Dispatch::supply`]), ahead of the takes; the caller reports what
+//! route's `spool-read` thread, or a take that found nothing, see
+//! `dispatcher.rs`) claims the next read ([`Dispatch::begin_read`]) and
+//! supplies what it read ([`Dispatch::supply`]), ahead of the takes; the
+//! caller reports what
 //! each consumer's TCP acknowledged as a byte offset of its connection.
 //!
 //! Life of a consumer: [`Dispatch::join`], then rounds of
@@ -242,6 +243,7 @@ impl Dispatch {
     /// after everything it was given before. Given-back messages come
     /// first, then what was read ahead. Returns the messages to send, in
     /// order (none: wait for the reader, or for messages given back).
+    #[cfg(test)]
     pub fn take(
         &mut self,
         consumer: ConsumerId,

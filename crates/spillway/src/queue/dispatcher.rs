@@ -11,8 +11,9 @@
 //! less than half of it, and it wakes the consumers when it supplied
 //! more. A take never waits for the disk: it hands out what was read
 //! ahead (or given back); when there is none, it reads what needs no wait
-//! itself (the memory tier, or the page cache with `RWF_NOWAIT`), saving
-//! the hand-off through the reader thread. A consumer with nothing to take
+//! itself, without the dispatch lock (the memory tier, or the page cache
+//! with `RWF_NOWAIT`: [`Spool::read_cached`]), saving the hand-off through
+//! the reader thread. A consumer with nothing to take
 //! waits for the wake.
 //!
 //! Acknowledgements go to the spool's maintenance thread (see
@@ -168,27 +169,20 @@ impl Dispatcher {
             d.skip_to(dropped_below);
             if d.is_dry() {
                 // Nothing read ahead: what needs no wait for the disk is
-                // read here at once instead of through the reader thread
-                // (a hand-off that costs a context switch per step). Live
-                // traffic is in the memory tier (cloned under this lock);
-                // a backlog on disk is often in the page cache (read
-                // without the lock, RWF_NOWAIT). Anything else, and every
-                // error, stays the reader's.
+                // read here at once, without the lock, instead of through
+                // the reader thread (a hand-off that costs a context
+                // switch per step). Live traffic is in the memory tier; a
+                // backlog on disk is often in the page cache (RWF_NOWAIT).
+                // Anything else, and every error, stays the reader's.
                 if let Some((from, n, bytes)) = d.begin_read(AHEAD_MSGS, AHEAD_BYTES) {
-                    let bytes = bytes.min(READ_STEP);
-                    match self.spool.read_memory(from, n, bytes) {
-                        Some(msgs) => d.supply(msgs),
-                        None => {
-                            drop(d);
-                            let got = self.spool.read_cached(from, n, bytes);
-                            d = self.lock();
-                            match got {
-                                Ok(Some(msgs)) => d.supply(msgs),
-                                _ => {
-                                    d.end_read();
-                                    self.wake.wake();
-                                }
-                            }
+                    drop(d);
+                    let got = self.spool.read_cached(from, n, bytes.min(READ_STEP));
+                    d = self.lock();
+                    match got {
+                        Ok(Some(msgs)) => d.supply(msgs),
+                        _ => {
+                            d.end_read();
+                            self.wake.wake();
                         }
                     }
                 }
