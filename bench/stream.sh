@@ -11,13 +11,17 @@
 #                       is a measurable cost; set info to include it)
 #        IDLE_CONNS     connections for the idle-memory test (default 9000: each needs
 #                       2 descriptors in the relay, and the hard RLIMIT_NOFILE here is 20000)
+#        SPILLWAY_BIN   a prebuilt binary to measure instead (no build): for an A/B of
+#                       two builds on the same machine
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 MODE=${1:-full}
 PEERS_SCRIPT=${PEERS_SCRIPT:-$ROOT/../shared/bench/stream-peers.sh}
 [[ -x $PEERS_SCRIPT ]] || { echo "no $PEERS_SCRIPT" >&2; exit 2; }
-(cd "$ROOT" && cargo build --release --quiet)
-BIN=$ROOT/target/release/spillway
+if [[ -z ${SPILLWAY_BIN:-} ]]; then
+  (cd "$ROOT" && cargo build --release --quiet)
+fi
+BIN=${SPILLWAY_BIN:-$ROOT/target/release/spillway}
 LOG=${SPILLWAY_LOG:-warn}
 EXTRA_PROXY_NAME=spillway \
 EXTRA_PROXY_CMD="$BIN --log-level $LOG relay --listen 127.0.0.1:{listen} --to 127.0.0.1:{target}" \

@@ -13,13 +13,15 @@
 //!   memory, buffers or ephemeral ports. Retrying immediately makes it
 //!   worse; throttle.
 //!
-//! **TLS convention.** A TLS handshake failure reaches the dialer as an
-//! [`io::Error`] of kind [`io::ErrorKind::InvalidData`] whose inner error is
-//! a [`rustls::Error`] (this is what tokio-rustls returns). A rejected
-//! certificate (and the other configuration-level mismatches listed in
-//! [`classify_tls`]) is persistent; other TLS failures are transient. A bare
-//! `InvalidData` with no rustls error inside is a peer speaking a different
-//! protocol, which is persistent too.
+//! **TLS.** A dialer's TLS failure is a [`TlsError`](crate::tls::TlsError)
+//! and [`TlsError::class`](crate::tls::TlsError::class) is its class. Found
+//! inside an [`io::Error`] (tokio-rustls wraps a [`rustls::Error`] in one of
+//! kind `InvalidData`), either is classified by the same table
+//! ([`TlsError::from_rustls`](crate::tls::TlsError::from_rustls)): a
+//! rejected certificate, a peer that rejects ours, no protocol in common, or
+//! a peer that does not speak TLS is persistent; other TLS failures are
+//! transient. A bare `InvalidData` with no rustls error inside is a peer
+//! speaking a different protocol, which is persistent too.
 //!
 //! **Name resolution.** The dialer wraps a failed lookup in a
 //! [`ResolveError`] (see [`resolve_error`]): "no such name" is persistent,
@@ -123,10 +125,10 @@ pub fn classify(e: &io::Error) -> ErrorClass {
             };
         }
         if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
-            return classify_tls(tls);
+            return crate::tls::TlsError::from_rustls(tls).class();
         }
         if let Some(tls) = inner.downcast_ref::<crate::tls::TlsError>() {
-            return classify_tls_error(tls);
+            return tls.class();
         }
     }
     if let Some(errno) = e.raw_os_error() {
@@ -165,51 +167,6 @@ pub fn classify(e: &io::Error) -> ErrorClass {
         | K::AddrInUse => ErrorClass::Persistent,
         // Refused, reset, aborted, timed out, unreachable, unexpected EOF
         // and anything unknown: waiting may help, and backoff bounds the cost.
-        _ => ErrorClass::Transient,
-    }
-}
-
-/// Classifies a TLS failure: a certificate the peer presented and we
-/// rejected (or it rejected ours), or protocol versions and suites that do
-/// not overlap, will not fix themselves; anything else (a bad record, an
-/// alert in mid-handshake) may be a one-off.
-pub fn classify_tls(e: &rustls::Error) -> ErrorClass {
-    use rustls::Error as E;
-    match e {
-        E::InvalidCertificate(_)
-        | E::NoCertificatesPresented
-        | E::UnsupportedNameType
-        | E::InvalidCertRevocationList(_)
-        | E::PeerIncompatible(_)
-        | E::General(_) => ErrorClass::Persistent,
-        E::AlertReceived(alert) => {
-            use rustls::AlertDescription as A;
-            match alert {
-                A::BadCertificate
-                | A::UnsupportedCertificate
-                | A::CertificateRevoked
-                | A::CertificateExpired
-                | A::CertificateUnknown
-                | A::UnknownCA
-                | A::AccessDenied
-                | A::HandshakeFailure
-                | A::ProtocolVersion
-                | A::CertificateRequired
-                | A::UnrecognisedName => ErrorClass::Persistent,
-                _ => ErrorClass::Transient,
-            }
-        }
-        _ => ErrorClass::Transient,
-    }
-}
-
-/// Classifies the TLS layer's own error ([`crate::tls::TlsError`], also
-/// found inside an `io::Error` by [`classify`]): its `is_persistent` decides,
-/// and a transport error inside it is classified like any other.
-pub fn classify_tls_error(e: &crate::tls::TlsError) -> ErrorClass {
-    match e {
-        crate::tls::TlsError::Io(io) => classify(io),
-        e if e.is_persistent() => ErrorClass::Persistent,
         _ => ErrorClass::Transient,
     }
 }
@@ -321,9 +278,9 @@ mod tests {
         );
         assert_eq!(classify(&rejected), ErrorClass::Persistent);
         let slow = crate::tls::TlsError::Timeout(std::time::Duration::from_secs(1));
-        assert_eq!(classify_tls_error(&slow), ErrorClass::Transient);
+        assert_eq!(slow.class(), ErrorClass::Transient);
         let emfile = crate::tls::TlsError::Io(os(libc::EMFILE));
-        assert_eq!(classify_tls_error(&emfile), ErrorClass::Resource);
+        assert_eq!(emfile.class(), ErrorClass::Resource);
         let garbage = io::Error::new(io::ErrorKind::InvalidData, "not a TLS record");
         assert_eq!(classify(&garbage), ErrorClass::Persistent);
     }

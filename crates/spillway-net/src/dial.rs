@@ -1,6 +1,8 @@
 //! Connecting to `HOST:PORT` with one overall timeout, and the liveness
 //! options (TCP keepalive, `TCP_USER_TIMEOUT`) every socket gets, dialed or
-//! accepted.
+//! accepted. [`dial`] is the whole attempt of both modes, TCP and then TLS
+//! when the endpoint originates it, with one error type and one
+//! classification ([`DialError::class`]).
 
 use std::io;
 use std::net::SocketAddr;
@@ -8,6 +10,9 @@ use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::{TcpSocket, TcpStream};
+
+use crate::classify::{classify, ErrorClass};
+use crate::tls::{MaybeTls, TlsClient, TlsError};
 
 /// TCP keepalive probing: after `idle` without any segment from the peer,
 /// send a probe every `interval`; `count` unanswered probes reset the
@@ -99,6 +104,56 @@ pub async fn connect(
             io::ErrorKind::TimedOut,
             format!("connect to {target} timed out after {timeout:?}"),
         )),
+    }
+}
+
+/// A failed [`dial`]: the TCP connect (or the name lookup) or the TLS
+/// handshake after it.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error("{0}")]
+    Connect(#[source] io::Error),
+    #[error("{0}")]
+    Tls(#[source] TlsError),
+}
+
+impl DialError {
+    /// How to retry: the connect's error by [`classify`], the handshake's
+    /// by [`TlsError::class`] (one table for both modes).
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            DialError::Connect(e) => classify(e),
+            DialError::Tls(e) => e.class(),
+        }
+    }
+
+    /// The TLS handshake failed (the TCP connect had succeeded).
+    pub fn tls(&self) -> Option<&TlsError> {
+        match self {
+            DialError::Tls(e) => Some(e),
+            DialError::Connect(_) => None,
+        }
+    }
+}
+
+/// One dial attempt of `target`: [`connect`] within `timeout`, then, with
+/// `tls`, the client handshake within its own handshake timeout. Returns
+/// the connection and the address it reached.
+pub async fn dial(
+    target: &str,
+    timeout: Duration,
+    options: DialOptions,
+    tls: Option<&TlsClient>,
+) -> Result<(MaybeTls, SocketAddr), DialError> {
+    let (tcp, addr) = connect(target, timeout, options)
+        .await
+        .map_err(DialError::Connect)?;
+    match tls {
+        None => Ok((MaybeTls::Plain(tcp), addr)),
+        Some(tls) => match tls.connect(tcp, target).await {
+            Ok(s) => Ok((MaybeTls::from(s), addr)),
+            Err(e) => Err(DialError::Tls(e)),
+        },
     }
 }
 

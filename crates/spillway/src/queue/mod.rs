@@ -34,8 +34,8 @@ use std::time::Duration;
 use anyhow::Context;
 use spillway_codec::FrameErrorKind;
 use spillway_net::backoff::Backoff;
-use spillway_net::classify::{classify, classify_tls_error, ClassCounts, ErrorClass};
-use spillway_net::dial::{connect, DialOptions};
+use spillway_net::classify::{ClassCounts, ErrorClass};
+use spillway_net::dial::{dial, DialOptions};
 use spillway_net::limit::ConnLimits;
 use spillway_net::tls::{MaybeTls, TlsClient, TlsError, TlsServer};
 use spillway_spool::fs::{Fs, StdFs};
@@ -302,13 +302,6 @@ impl QueueTls {
             to: side(&route.to_tls)?,
         })
     }
-}
-
-/// A connection of either end after its handshake, if any.
-enum Conn {
-    Plain(TcpStream),
-    Server(tokio_rustls::server::TlsStream<TcpStream>),
-    Client(tokio_rustls::client::TlsStream<TcpStream>),
 }
 
 impl QueueServer {
@@ -833,41 +826,36 @@ impl QueueServer {
     async fn handle(self: Arc<Self>, role: Role, stream: TcpStream, peer: SocketAddr) {
         let conn = match self.side_tls(role) {
             Some(SideTls::Server(tls)) => match tls.accept(stream).await {
-                Ok(s) => Conn::Server(s),
+                Ok(s) => MaybeTls::from(s),
                 Err(e) => {
                     self.tls_failed(role, &peer.to_string(), &e);
                     return;
                 }
             },
-            _ => Conn::Plain(stream),
+            _ => MaybeTls::Plain(stream),
         };
         self.serve_conn(role, conn, peer).await
     }
 
     /// Runs a connection whose TLS handshake (if any) is done.
-    async fn serve_conn(self: Arc<Self>, role: Role, conn: Conn, peer: SocketAddr) {
+    async fn serve_conn(self: Arc<Self>, role: Role, conn: MaybeTls, peer: SocketAddr) {
         let _registered = self.register_peer(role, peer);
         match role {
-            Role::Producer => {
-                let stream = match conn {
-                    Conn::Plain(s) => MaybeTls::Plain(s),
-                    Conn::Server(s) => MaybeTls::from(s),
-                    Conn::Client(s) => MaybeTls::from(s),
-                };
-                self.produce(stream, peer).await
-            }
+            Role::Producer => self.produce(conn, peer).await,
             Role::Consumer => {
                 // The sink drives TLS by hand to count ciphertext (wire.rs).
                 let wire = match conn {
-                    Conn::Plain(s) => wire::Wire::plain(s),
-                    Conn::Server(s) => {
-                        let (tcp, c) = s.into_inner();
-                        wire::Wire::tls(tcp, c.into())
-                    }
-                    Conn::Client(s) => {
-                        let (tcp, c) = s.into_inner();
-                        wire::Wire::tls(tcp, c.into())
-                    }
+                    MaybeTls::Plain(s) => wire::Wire::plain(s),
+                    MaybeTls::Tls(s) => match *s {
+                        tokio_rustls::TlsStream::Server(s) => {
+                            let (tcp, c) = s.into_inner();
+                            wire::Wire::tls(tcp, c.into())
+                        }
+                        tokio_rustls::TlsStream::Client(s) => {
+                            let (tcp, c) = s.into_inner();
+                            wire::Wire::tls(tcp, c.into())
+                        }
+                    },
                 };
                 self.consume(wire, peer).await
             }
@@ -934,12 +922,6 @@ impl QueueServer {
     }
 }
 
-/// A failed dial attempt.
-enum DialError {
-    Connect(std::io::Error),
-    Tls(TlsError),
-}
-
 /// Dials `addr` until the route stops: exponential backoff with full
 /// jitter between failed attempts, and after connections that ended before
 /// they had been healthy for `reset_after` (so a peer that accepts and
@@ -951,7 +933,7 @@ enum DialError {
 /// out of attempts stops the route.
 async fn dial_loop<F, Fut>(server: &QueueServer, addr: &str, role: Role, mut on_conn: F)
 where
-    F: FnMut(Conn, SocketAddr) -> Fut,
+    F: FnMut(MaybeTls, SocketAddr) -> Fut,
     Fut: Future<Output = ()>,
 {
     let route = server.route();
@@ -970,25 +952,15 @@ where
     info!(route = %route.name, role, target = addr, "dialing");
     loop {
         stats.attempts.fetch_add(1, Ordering::Relaxed);
-        let attempt = tokio::select! {
-            r = connect(addr, route.connect_timeout, options) => r,
-            _ = stop.cancelled() => return,
-        };
         // TLS, when the endpoint has it: the handshake is part of the
         // attempt, and a rejected certificate backs off long (persistent).
-        let attempt = match (attempt, server.side_tls(side)) {
-            (Ok((stream, peer)), Some(SideTls::Client(tls))) => {
-                let handshake = tokio::select! {
-                    r = tls.connect(stream, addr) => r,
-                    _ = stop.cancelled() => return,
-                };
-                match handshake {
-                    Ok(s) => Ok((Conn::Client(s), peer)),
-                    Err(e) => Err(DialError::Tls(e)),
-                }
-            }
-            (Ok((stream, peer)), _) => Ok((Conn::Plain(stream), peer)),
-            (Err(e), _) => Err(DialError::Connect(e)),
+        let tls = match server.side_tls(side) {
+            Some(SideTls::Client(tls)) => Some(tls),
+            _ => None,
+        };
+        let attempt = tokio::select! {
+            r = dial(addr, route.connect_timeout, options, tls.as_ref()) => r,
+            _ = stop.cancelled() => return,
         };
         let delay = match attempt {
             Ok((stream, peer)) => {
@@ -1008,17 +980,15 @@ where
                 }
             }
             Err(failure) => {
-                let (class, what) = match &failure {
-                    DialError::Connect(e) => (classify(e), "connect failed"),
-                    DialError::Tls(e) => {
+                let what = match failure.tls() {
+                    None => "connect failed",
+                    Some(_) => {
                         server.count_tls_failure(side);
-                        (classify_tls_error(e), "TLS handshake failed")
+                        "TLS handshake failed"
                     }
                 };
-                let error = match &failure {
-                    DialError::Connect(e) => e.to_string(),
-                    DialError::Tls(e) => e.to_string(),
-                };
+                let class = failure.class();
+                let error = failure.to_string();
                 stats.failures.add(class);
                 let d = backoff.on_classified_failure(class);
                 let retry_in_ms = d.map_or(0, |d| d.as_millis() as u64);

@@ -33,7 +33,7 @@ use std::time::Duration;
 use socket2::SockRef;
 use spillway_net::balance::{Balancer, Lease};
 use spillway_net::breaker::Active;
-use spillway_net::dial::{connect, DialOptions};
+use spillway_net::dial::{dial, DialOptions};
 use spillway_net::health::{next_delay, probe};
 use spillway_net::limit::ConnLimits;
 use spillway_net::timeout::StallTimer;
@@ -665,7 +665,8 @@ impl StreamServer {
     /// TLS) and admitted by its circuit breaker. Fails with `CircuitOpen`
     /// when breakers refused every candidate and no connect was attempted,
     /// `NoUpstream` otherwise. A failed TLS handshake counts as a failed
-    /// connect for outlier detection (classified through its `TlsError`).
+    /// connect for outlier detection (classified by `DialError::class`); the
+    /// breaker counts the attempt as pending until the handshake is done.
     async fn connect_upstream(
         &self,
         peer: SocketAddr,
@@ -702,42 +703,35 @@ impl StreamServer {
                 socket: route.timeouts.socket,
                 ..DialOptions::default()
             };
-            let stream = match connect(target, route.connect_timeout, options).await {
+            let (stream, addr) = match dial(target, route.connect_timeout, options, tls).await {
                 Ok(s) => s,
                 Err(e) => {
                     self.pool
                         .connect_result(index, Err(&e), Instant::now().into_std());
                     self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-                    warn!(route = %route.name, client = %peer, upstream = %target, error = %e,
-                          "upstream connect failed");
+                    match e.tls() {
+                        None => {
+                            warn!(route = %route.name, client = %peer, upstream = %target,
+                                  error = %e, "upstream connect failed");
+                        }
+                        Some(tls_error) => {
+                            self.stats
+                                .upstream_tls_failures
+                                .fetch_add(1, Ordering::Relaxed);
+                            // Every client retries, so a persistent failure
+                            // (a certificate) would repeat: rate-limited.
+                            if let Some(suppressed) = self.tls_warn(Side::Upstream) {
+                                warn!(route = %route.name, client = %peer, upstream = %target,
+                                      kind = %tls_error.as_label(),
+                                      persistent = tls_error.is_persistent(),
+                                      error = %e, suppressed, "upstream TLS handshake failed");
+                            }
+                        }
+                    }
                     continue;
                 }
             };
-            let (stream, addr) = stream;
             let slot = pending.established();
-            let stream = match tls {
-                None => MaybeTls::Plain(stream),
-                Some(tls) => match tls.connect(stream, target).await {
-                    Ok(s) => MaybeTls::from(s),
-                    Err(e) => {
-                        self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-                        self.stats
-                            .upstream_tls_failures
-                            .fetch_add(1, Ordering::Relaxed);
-                        // Every client retries, so a persistent failure
-                        // (a certificate) would repeat: rate-limited.
-                        if let Some(suppressed) = self.tls_warn(Side::Upstream) {
-                            warn!(route = %route.name, client = %peer, upstream = %target,
-                                  kind = %e.as_label(), persistent = e.is_persistent(),
-                                  error = %e, suppressed, "upstream TLS handshake failed");
-                        }
-                        let e = io::Error::new(io::ErrorKind::InvalidData, e);
-                        self.pool
-                            .connect_result(index, Err(&e), Instant::now().into_std());
-                        continue;
-                    }
-                },
-            };
             self.pool
                 .connect_result(index, Ok(()), Instant::now().into_std());
             return Ok((stream, lease, slot, addr));

@@ -10,13 +10,13 @@
 //! failure while a check or an ejection may be wrong. Panic mode is logged
 //! (rate-limited) and counted.
 
-use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use spillway_net::breaker::{Breaker, Overflow};
-use spillway_net::classify::{classify, ClassCounts, ErrorClass};
+use spillway_net::classify::{ClassCounts, ErrorClass};
+use spillway_net::dial::DialError;
 use spillway_net::health::{ProbeError, Thresholds, Transition};
 use spillway_net::outlier::{OutlierDetector, Verdict};
 use tracing::{info, warn};
@@ -181,7 +181,7 @@ impl Pool {
     }
 
     /// Records a connect attempt to upstream `i` and its outcome.
-    pub(crate) fn connect_result(&self, i: usize, result: Result<(), &io::Error>, now: Instant) {
+    pub(crate) fn connect_result(&self, i: usize, result: Result<(), &DialError>, now: Instant) {
         let Some(u) = self.upstreams.get(i) else {
             return;
         };
@@ -194,7 +194,7 @@ impl Pool {
             }
             Err(e) => e,
         };
-        let class = classify(e);
+        let class = e.class();
         u.connect_failures.add(class);
         if class == ErrorClass::Resource {
             // Out of descriptors or memory here says nothing about the
@@ -266,7 +266,7 @@ mod tests {
     fn local_resource_errors_do_not_eject_the_upstream() {
         let p = pool(3);
         let now = Instant::now();
-        let emfile = io::Error::from_raw_os_error(libc::EMFILE);
+        let emfile = DialError::Connect(std::io::Error::from_raw_os_error(libc::EMFILE));
         for _ in 0..10 {
             p.connect_result(0, Err(&emfile), now);
         }
@@ -274,7 +274,7 @@ mod tests {
         assert!(!u.is_ejected());
         assert_eq!(u.connect_failures(ErrorClass::Resource), 10);
         assert_eq!(u.connect_attempts(), 10);
-        let refused = io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        let refused = DialError::Connect(std::io::Error::from_raw_os_error(libc::ECONNREFUSED));
         for _ in 0..3 {
             p.connect_result(0, Err(&refused), now);
         }
