@@ -4,7 +4,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -116,17 +116,41 @@ fn bind_one(addr: SocketAddr, recv_buffer: Option<usize>) -> io::Result<TcpListe
     TcpListener::from_std(socket.into())
 }
 
-/// Admission control of one route's listeners: the process-wide connection
-/// limit (shared by every route) and the route's per-client-IP limit. A
-/// connection over either is closed at once, counted by [`LimitKind`] and
-/// logged (rate-limited: a flood must not flood the log too).
+/// Admission control of one route's listeners, every connection limit in
+/// one place: the process-wide limit (shared by every route), the route's
+/// per-client-IP limit, and the route's total. A connection over the first
+/// two is closed at once, counted by [`LimitKind`] and logged
+/// (rate-limited: a flood must not flood the log too). Over the route's
+/// own counted total ([`Gate::with_route_total`], stream routes) it is
+/// refused with [`Refused::RouteTotal`], which the route reports as a
+/// closed connection with its own reason.
 #[derive(Debug)]
 pub struct Gate {
     route: String,
     global: Option<Arc<ConnLimits>>,
     per_ip: Option<Arc<ConnLimits>>,
+    total: Option<RouteTotal>,
     rejected: [AtomicU64; 2],
     warn: Mutex<RateLimited>,
+}
+
+/// A route's bound on its open connections, counted in a counter that
+/// outlives the gate (a reload's new gate goes on counting the connections
+/// the old one admitted).
+#[derive(Debug)]
+struct RouteTotal {
+    max: usize,
+    active: Arc<AtomicUsize>,
+}
+
+/// Why [`Gate::admit`] refused a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The process-wide or per-client limit: counted and logged by the gate.
+    Limit(LimitKind),
+    /// The route's own total ([`Gate::with_route_total`]): the caller
+    /// reports it.
+    RouteTotal,
 }
 
 /// An admitted connection's slots; released when dropped (hold it for the
@@ -134,6 +158,17 @@ pub struct Gate {
 #[derive(Debug)]
 pub struct Admitted {
     _permits: Vec<ConnPermit>,
+    _route: Option<RouteSlot>,
+}
+
+/// One connection counted in a route's total; uncounted on drop.
+#[derive(Debug)]
+struct RouteSlot(Arc<AtomicUsize>);
+
+impl Drop for RouteSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Gate {
@@ -156,9 +191,18 @@ impl Gate {
             route: route.to_string(),
             global,
             per_ip: own,
+            total: None,
             rejected: Default::default(),
             warn: Mutex::new(RateLimited::new(Duration::from_secs(5))),
         }
+    }
+
+    /// Bounds the route's open connections to `max`, counted in `active`
+    /// (every admitted connection, whatever the bound), checked after the
+    /// other limits.
+    pub fn with_route_total(mut self, max: usize, active: Arc<AtomicUsize>) -> Self {
+        self.total = Some(RouteTotal { max, active });
+        self
     }
 
     /// Connections of this route refused by `kind`.
@@ -166,10 +210,10 @@ impl Gate {
         self.rejected[kind as usize].load(Ordering::Relaxed)
     }
 
-    /// Admits a connection from `peer`, or logs and counts why not (the
-    /// caller then drops the socket: the client sees the connection closed
-    /// right after it was accepted).
-    pub fn admit(&self, peer: SocketAddr) -> Option<Admitted> {
+    /// Admits a connection from `peer`, or says why not (the caller then
+    /// drops the socket: the client sees the connection closed right after
+    /// it was accepted).
+    pub fn admit(&self, peer: SocketAddr) -> Result<Admitted, Refused> {
         let mut permits = Vec::with_capacity(2);
         for limits in [&self.global, &self.per_ip].into_iter().flatten() {
             match limits.try_acquire(peer.ip()) {
@@ -181,10 +225,61 @@ impl Gate {
                         warn!(route = %self.route, client = %peer, reason = %kind, suppressed,
                               "connection refused: limit reached");
                     }
-                    return None;
+                    return Err(Refused::Limit(kind));
                 }
             }
         }
-        Some(Admitted { _permits: permits })
+        let route = match &self.total {
+            None => None,
+            Some(t) => {
+                let slot = RouteSlot(Arc::clone(&t.active));
+                if t.active.fetch_add(1, Ordering::Relaxed) + 1 > t.max {
+                    return Err(Refused::RouteTotal);
+                }
+                Some(slot)
+            }
+        };
+        Ok(Admitted {
+            _permits: permits,
+            _route: route,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_route_total_is_checked_last_and_holds_across_a_new_gate() {
+        let peer: SocketAddr = "192.0.2.1:5000".parse().expect("addr");
+        let other: SocketAddr = "192.0.2.2:5000".parse().expect("addr");
+        let active = Arc::new(AtomicUsize::new(0));
+        let gate = Gate::new("r", None, usize::MAX, Some((2, 64)))
+            .with_route_total(3, Arc::clone(&active));
+        let a = gate.admit(peer).expect("first");
+        let b = gate.admit(peer).expect("second");
+        // The per-client bound refuses first, counted by the gate.
+        assert_eq!(
+            gate.admit(peer).map(drop),
+            Err(Refused::Limit(LimitKind::PerIp))
+        );
+        assert_eq!(gate.rejected(LimitKind::PerIp), 1);
+        let c = gate.admit(other).expect("third");
+        assert_eq!(active.load(Ordering::Relaxed), 3);
+        assert_eq!(gate.admit(other).map(drop), Err(Refused::RouteTotal));
+        assert_eq!(
+            active.load(Ordering::Relaxed),
+            3,
+            "a refusal is not counted"
+        );
+        // A reload's gate counts on from the same counter.
+        let reloaded =
+            Gate::new("r", None, usize::MAX, None).with_route_total(3, Arc::clone(&active));
+        assert_eq!(reloaded.admit(other).map(drop), Err(Refused::RouteTotal));
+        drop(a);
+        let d = reloaded.admit(other).expect("a slot was given back");
+        drop((b, c, d));
+        assert_eq!(active.load(Ordering::Relaxed), 0);
     }
 }

@@ -23,9 +23,7 @@ use spillway_spool::{HistogramSnapshot, SpoolStats};
 
 use crate::app::{AppState, LiveKind, LiveRoute, ReloadResult};
 use crate::queue::{self, ConsumerEnd, ProducerEnd, QueueServer, QueueStats};
-use crate::stream::{
-    CloseReason, RouteStats, StreamServer, CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT,
-};
+use crate::stream::{CloseReason, Direction as StreamDirection, RouteStats, StreamServer};
 use spillway_net::breaker::Overflow;
 use spillway_net::classify::ErrorClass;
 use spillway_net::limit::LimitKind;
@@ -401,8 +399,8 @@ impl Families<'_> {
     fn bytes(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
         family(enc, "spillway_bytes", "Payload bytes: in from clients/producers, out to clients/consumers (queue: delivered).", MetricType::Counter, |m| {
             for (route, st, _) in self.streams() {
-                counter(m, &vec![("route", route), ("direction", Direction::In.as_str())], st.bytes[CLIENT_TO_UPSTREAM].load(Ordering::Relaxed))?;
-                counter(m, &vec![("route", route), ("direction", Direction::Out.as_str())], st.bytes[UPSTREAM_TO_CLIENT].load(Ordering::Relaxed))?;
+                counter(m, &vec![("route", route), ("direction", Direction::In.as_str())], st.bytes(StreamDirection::ClientToUpstream))?;
+                counter(m, &vec![("route", route), ("direction", Direction::Out.as_str())], st.bytes(StreamDirection::UpstreamToClient))?;
             }
             for (route, q, _) in self.queues() {
                 counter(m, &vec![("route", route), ("direction", Direction::In.as_str())], q.bytes_in.load(Ordering::Relaxed))?;

@@ -9,7 +9,7 @@ use spillway_net::breaker::Overflow;
 use spillway_net::classify::ErrorClass;
 
 use crate::app::{AppState, LiveKind, LiveRoute};
-use crate::stream::{CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT};
+use crate::stream::Direction;
 
 /// Peers listed per queue route (the oldest); `peers_total` counts all.
 pub const MAX_PEERS_LISTED: usize = 100;
@@ -75,8 +75,8 @@ fn route(r: &LiveRoute) -> Value {
                 "balance": srv.route().balance.to_string(),
                 "connections_active": st.active.load(Ordering::Relaxed),
                 "connections_total": st.accepted.load(Ordering::Relaxed),
-                "bytes_in": st.bytes[CLIENT_TO_UPSTREAM].load(Ordering::Relaxed),
-                "bytes_out": st.bytes[UPSTREAM_TO_CLIENT].load(Ordering::Relaxed),
+                "bytes_in": st.bytes(Direction::ClientToUpstream),
+                "bytes_out": st.bytes(Direction::UpstreamToClient),
                 "spilled_bytes": st.spilled_bytes.load(Ordering::Relaxed),
                 "upstreams": upstreams,
             })

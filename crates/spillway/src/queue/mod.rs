@@ -879,7 +879,7 @@ impl QueueServer {
                     let stop = server.stop_token(role).clone();
                     let mut warn_limit = RateLimited::new(Duration::from_secs(10));
                     accept_loop(&listener, &server.route().name, &stop, |a| {
-                        let Some(admitted) = server.gate.admit(a.peer) else {
+                        let Ok(admitted) = server.gate.admit(a.peer) else {
                             return;
                         };
                         if let Err(e) = server.route().timeouts.socket.apply(&a.stream) {

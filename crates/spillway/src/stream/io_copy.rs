@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::{DirError, Progress};
+use super::direction::{DirError, Direction, Progress};
 
 pub(crate) async fn run<R, W>(
     src: &mut R,
@@ -32,7 +32,7 @@ pub(crate) async fn run<R, W>(
     buffer: usize,
     stall: Duration,
     progress: &Progress,
-    dir: usize,
+    dir: Direction,
 ) -> Result<(), DirError>
 where
     R: AsyncRead + Unpin,

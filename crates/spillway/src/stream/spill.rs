@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::warn;
 
-use super::{shutdown_write, writable_or_stall, DirError, Progress};
+use super::direction::{shutdown_write, writable_or_stall, DirError, Direction, Progress};
 
 /// Process-wide bound on spill-file bytes.
 #[derive(Debug)]
@@ -122,7 +122,7 @@ pub(crate) async fn run(
     buffer: usize,
     limits: Option<SpillLimits<'_>>,
     progress: &Progress,
-    dir: usize,
+    dir: Direction,
     mut stall: StallTimer,
 ) -> Result<(), DirError> {
     src.readable().await.map_err(DirError::Read)?;

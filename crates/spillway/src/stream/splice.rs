@@ -37,7 +37,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tracing::warn;
 
-use super::{shutdown_write, writable_or_stall, DirError, Progress};
+use super::direction::{shutdown_write, writable_or_stall, DirError, Direction, Progress};
 use crate::logging::RateLimited;
 
 /// Empty pipes ready for reuse, all of one requested size.
@@ -97,7 +97,7 @@ pub(crate) async fn run(
     dst: &TcpStream,
     pool: &PipePool,
     progress: &Progress,
-    dir: usize,
+    dir: Direction,
     mut stall: StallTimer,
 ) -> Result<(), DirError> {
     loop {
@@ -138,7 +138,7 @@ async fn copy_burst(
     src: &TcpStream,
     dst: &TcpStream,
     progress: &Progress,
-    dir: usize,
+    dir: Direction,
     stall: &mut StallTimer,
 ) -> Result<Burst, DirError> {
     let mut buf = BytesMut::with_capacity(COPY_CHUNK);
@@ -195,7 +195,7 @@ async fn splice_burst(
     pool: &PipePool,
     pipe: (Pipe, usize),
     progress: &Progress,
-    dir: usize,
+    dir: Direction,
     stall: &mut StallTimer,
 ) -> Result<Burst, DirError> {
     let (p, capacity) = &pipe;

@@ -1,6 +1,10 @@
-//! The health of a stream route's upstreams: active check verdicts,
-//! passive outlier ejection, per-upstream circuit breakers and connect
-//! counters, with the status the admin endpoint exports.
+//! A stream route's upstreams, as one type ([`Upstreams`], like pingora's
+//! `LoadBalancer`) that owns the whole loop of getting a connection: pick
+//! (the balancer, among eligible upstreams) → circuit breaker → dial (TCP,
+//! then TLS) → the outcome fed back to outlier detection; and the active
+//! health checks that decide eligibility. Its state: check verdicts,
+//! passive outlier ejection, per-upstream breakers and connect counters,
+//! with the status the admin endpoint exports.
 //!
 //! An upstream is *eligible* for new connections when its active checks
 //! say healthy (always, without checks) and it is not ejected. When no
@@ -10,19 +14,216 @@
 //! failure while a check or an ejection may be wrong. Panic mode is logged
 //! (rate-limited) and counted.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use spillway_net::breaker::{Breaker, Overflow};
+use spillway_net::balance::{Balancer, Lease};
+use spillway_net::breaker::{Active, Breaker, Overflow};
 use spillway_net::classify::{ClassCounts, ErrorClass};
-use spillway_net::dial::DialError;
-use spillway_net::health::{ProbeError, Thresholds, Transition};
+use spillway_net::dial::{dial, DialError, DialOptions};
+use spillway_net::health::{
+    next_delay, probe, HealthCheckConfig, ProbeError, Thresholds, Transition,
+};
 use spillway_net::outlier::{OutlierDetector, Verdict};
-use tracing::{info, warn};
+use spillway_net::tls::{MaybeTls, TlsClient};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
 
+use super::{CloseReason, RouteStats};
 use crate::config::StreamRoute;
 use crate::logging::RateLimited;
+
+/// The upstreams of one stream route: pick, breaker, dial and health.
+pub struct Upstreams {
+    route: String,
+    targets: Vec<String>,
+    balancer: Balancer,
+    pool: Pool,
+    connect_tries: u32,
+    connect_timeout: Duration,
+    dial_options: DialOptions,
+    health_check: Option<HealthCheckConfig>,
+    /// The route's counters (connect failures, upstream TLS failures).
+    stats: Arc<RouteStats>,
+    /// Upstream TLS failures are warned rate-limited: every client retries,
+    /// so a persistent one (a certificate) would repeat.
+    tls_warning: Mutex<RateLimited>,
+}
+
+/// An upstream connection and the slots it holds (the balancer's lease,
+/// the breaker's active slot); drop them with the connection.
+pub struct Connected {
+    pub stream: MaybeTls,
+    pub addr: SocketAddr,
+    pub lease: Lease,
+    pub slot: Active,
+}
+
+impl Upstreams {
+    pub fn new(route: &StreamRoute, stats: Arc<RouteStats>) -> Self {
+        Upstreams {
+            route: route.name.clone(),
+            targets: route.upstreams.clone(),
+            balancer: Balancer::new(route.balance, route.upstreams.len()),
+            pool: Pool::new(route),
+            connect_tries: route.connect_tries,
+            connect_timeout: route.connect_timeout,
+            dial_options: DialOptions {
+                socket: route.timeouts.socket,
+                ..DialOptions::default()
+            },
+            health_check: route.health_check.clone(),
+            stats,
+            tls_warning: Mutex::new(RateLimited::new(Duration::from_secs(5))),
+        }
+    }
+
+    /// Per-upstream state (health, ejection, breaker, connect counters), in
+    /// the order of the route's `upstreams`; ejections whose time is up are
+    /// ended first.
+    pub fn statuses(&self) -> &[UpstreamStatus] {
+        self.pool.refresh(Instant::now());
+        self.pool.statuses()
+    }
+
+    /// Connections given to an upstream in panic mode (no upstream healthy).
+    pub fn panic_picks(&self) -> u64 {
+        self.pool.panics()
+    }
+
+    pub fn balancer(&self) -> &Balancer {
+        &self.balancer
+    }
+
+    /// Tries up to `connect_tries` distinct eligible upstreams (healthy,
+    /// not ejected; all of them in panic mode), each bounded by the connect
+    /// timeout (and the TLS handshake timeout with `tls`) and admitted by
+    /// its circuit breaker. Fails with `CircuitOpen` when breakers refused
+    /// every candidate and no connect was attempted, `NoUpstream`
+    /// otherwise. A failed TLS handshake counts as a failed connect for
+    /// outlier detection (classified by `DialError::class`); the breaker
+    /// counts the attempt as pending until the handshake is done.
+    pub async fn connect(
+        &self,
+        client: SocketAddr,
+        tls: Option<&TlsClient>,
+    ) -> Result<Connected, CloseReason> {
+        let eligible = self.pool.eligible(Instant::now());
+        let statuses = self.pool.statuses();
+        let tries = (self.connect_tries as usize).min(self.balancer.len());
+        let mut tried: Vec<usize> = Vec::with_capacity(tries);
+        let mut attempts = 0;
+        let mut refused = None;
+        while tried.len() < self.balancer.len() && attempts < tries {
+            // The breaker is asked after the pick (not as a filter), so
+            // that every refusal is counted against the upstream that made it.
+            let Some(lease) = self
+                .balancer
+                .pick(|i| eligible.get(i).copied().unwrap_or(false) && !tried.contains(&i))
+            else {
+                break;
+            };
+            let index = lease.index();
+            tried.push(index);
+            let pending = match statuses[index].breaker().try_pending() {
+                Ok(p) => p,
+                Err(kind) => {
+                    refused = Some(kind);
+                    continue;
+                }
+            };
+            attempts += 1;
+            let target = &self.targets[index];
+            match dial(target, self.connect_timeout, self.dial_options, tls).await {
+                Ok((stream, addr)) => {
+                    let slot = pending.established();
+                    self.pool.connect_result(index, Ok(()), Instant::now());
+                    return Ok(Connected {
+                        stream,
+                        addr,
+                        lease,
+                        slot,
+                    });
+                }
+                Err(e) => {
+                    self.pool.connect_result(index, Err(&e), Instant::now());
+                    self.failed(client, target, &e);
+                }
+            }
+        }
+        match refused {
+            Some(limit) if attempts == 0 => {
+                debug!(route = %self.route, %client, %limit, "circuit breakers refused");
+                Err(CloseReason::CircuitOpen)
+            }
+            _ => Err(CloseReason::NoUpstream),
+        }
+    }
+
+    /// Counts and logs a failed dial of `target` for `client`.
+    fn failed(&self, client: SocketAddr, target: &str, e: &DialError) {
+        self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+        let Some(tls) = e.tls() else {
+            warn!(route = %self.route, %client, upstream = %target, error = %e,
+                  "upstream connect failed");
+            return;
+        };
+        self.stats
+            .upstream_tls_failures
+            .fetch_add(1, Ordering::Relaxed);
+        let check = self
+            .tls_warning
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .check();
+        if let Some(suppressed) = check {
+            warn!(route = %self.route, %client, upstream = %target,
+                  kind = %tls.as_label(), persistent = tls.is_persistent(),
+                  error = %e, suppressed, "upstream TLS handshake failed");
+        }
+    }
+
+    /// One probe loop per upstream when the route has health checks; they
+    /// stop at `stop` or when `retired` fires (the server was replaced).
+    pub fn spawn_health_checks(
+        self: &Arc<Self>,
+        stop: &CancellationToken,
+        retired: &CancellationToken,
+    ) {
+        let Some(check) = self.health_check.clone() else {
+            return;
+        };
+        for (i, target) in self.targets.iter().enumerate() {
+            let upstreams = Arc::clone(self);
+            let stop = stop.clone();
+            let retired = retired.clone();
+            let check = check.clone();
+            let target = target.clone();
+            tokio::spawn(async move {
+                let mut rng = fastrand::Rng::new();
+                // Start within one jitter window, not all at the same instant.
+                let jitter = u64::try_from(check.jitter.as_nanos()).unwrap_or(u64::MAX);
+                let mut delay = Duration::from_nanos(rng.u64(0..=jitter));
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.cancelled() => return,
+                        _ = retired.cancelled() => return,
+                    }
+                    let result = tokio::select! {
+                        r = probe(&target, &check.kind, check.timeout) => r,
+                        _ = stop.cancelled() => return,
+                        _ = retired.cancelled() => return,
+                    };
+                    upstreams.pool.probe_result(i, &result, Instant::now());
+                    delay = next_delay(&check, &mut rng);
+                }
+            });
+        }
+    }
+}
 
 /// Live state of one upstream, for /metrics and /status.
 #[derive(Debug)]
@@ -82,7 +283,7 @@ impl UpstreamStatus {
         self.connect_failures.get(class)
     }
 
-    pub(crate) fn breaker(&self) -> &Arc<Breaker> {
+    fn breaker(&self) -> &Arc<Breaker> {
         &self.breaker
     }
 }
@@ -94,7 +295,7 @@ struct PolicyState {
     panic_warn: RateLimited,
 }
 
-pub(crate) struct Pool {
+struct Pool {
     route: String,
     upstreams: Vec<UpstreamStatus>,
     state: Mutex<PolicyState>,
@@ -103,7 +304,7 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    pub(crate) fn new(route: &StreamRoute) -> Self {
+    fn new(route: &StreamRoute) -> Self {
         let n = route.upstreams.len();
         let (rise, fall) = route
             .health_check
@@ -139,16 +340,16 @@ impl Pool {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn statuses(&self) -> &[UpstreamStatus] {
+    fn statuses(&self) -> &[UpstreamStatus] {
         &self.upstreams
     }
 
-    pub(crate) fn panics(&self) -> u64 {
+    fn panics(&self) -> u64 {
         self.panics.load(Ordering::Relaxed)
     }
 
     /// Ends ejections whose time is up (logged), so exported state is fresh.
-    pub(crate) fn refresh(&self, now: Instant) {
+    fn refresh(&self, now: Instant) {
         let mut st = self.lock();
         self.expire(&mut st, now);
     }
@@ -163,7 +364,7 @@ impl Pool {
 
     /// Which upstreams may get new connections at `now`. In panic mode (none
     /// healthy and not ejected) every upstream is allowed, and it is logged.
-    pub(crate) fn eligible(&self, now: Instant) -> Vec<bool> {
+    fn eligible(&self, now: Instant) -> Vec<bool> {
         let mut st = self.lock();
         self.expire(&mut st, now);
         let mask: Vec<bool> = (0..self.upstreams.len())
@@ -181,7 +382,7 @@ impl Pool {
     }
 
     /// Records a connect attempt to upstream `i` and its outcome.
-    pub(crate) fn connect_result(&self, i: usize, result: Result<(), &DialError>, now: Instant) {
+    fn connect_result(&self, i: usize, result: Result<(), &DialError>, now: Instant) {
         let Some(u) = self.upstreams.get(i) else {
             return;
         };
@@ -223,7 +424,7 @@ impl Pool {
     }
 
     /// Feeds an active check result of upstream `i`.
-    pub(crate) fn probe_result(&self, i: usize, result: &Result<(), ProbeError>, now: Instant) {
+    fn probe_result(&self, i: usize, result: &Result<(), ProbeError>, now: Instant) {
         let Some(u) = self.upstreams.get(i) else {
             return;
         };
