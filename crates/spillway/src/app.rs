@@ -233,6 +233,8 @@ pub struct Options {
     pub config_path: Option<PathBuf>,
     /// A reload request per message (SIGHUP).
     pub reload: mpsc::UnboundedReceiver<()>,
+    /// Where to write the bound addresses once ready (`--ready-file`).
+    pub ready_file: Option<PathBuf>,
 }
 
 type RouteFuture = Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>;
@@ -263,6 +265,11 @@ struct Supervisor {
     tasks: JoinSet<(String, u64, anyhow::Result<()>)>,
     next_generation: u64,
     first_error: Option<anyhow::Error>,
+    /// `--ready-file`, and the admin endpoint's bound address it names.
+    ready_file: Option<PathBuf>,
+    admin: Option<SocketAddr>,
+    /// Reloads handled (applied or rejected), for the ready file.
+    reloads: u64,
 }
 
 /// The admin token: the file's content without surrounding whitespace.
@@ -301,11 +308,13 @@ pub async fn run(
     // answers from before the first route starts.
     state.pending.store(config.routes.len(), Ordering::Relaxed);
     let state = Arc::new(state);
+    let mut admin = None;
     if let Some(addr) = &config.global.admin {
         let listener = bind(addr)
             .await
             .with_context(|| format!("admin: cannot listen on {addr}"))?;
         let local = listener.local_addr()?;
+        admin = Some(local);
         let auth = match &config.global.admin_token_file {
             Some(path) => crate::admin::Auth::bearer(&read_token(path)?),
             None => crate::admin::Auth::open(),
@@ -329,6 +338,9 @@ pub async fn run(
         tasks: JoinSet::new(),
         next_generation: 0,
         first_error: None,
+        ready_file: options.ready_file.clone(),
+        admin,
+        reloads: 0,
     };
     // All or nothing: a route that cannot start stops the others.
     let mut started = Vec::new();
@@ -349,7 +361,7 @@ pub async fn run(
         .pending
         .fetch_sub(config.routes.len(), Ordering::Relaxed);
     sup.state.mark_loaded();
-    notify::ready();
+    sup.ready();
     sup.run(options.reload).await
 }
 
@@ -632,7 +644,8 @@ impl Supervisor {
             Err(e) => {
                 error!(error = %e, "reload rejected; the running configuration is unchanged");
                 self.state.count_reload(ReloadResult::Failure);
-                notify::ready();
+                self.reloads += 1;
+                self.ready();
                 return;
             }
         };
@@ -641,7 +654,19 @@ impl Supervisor {
         let result = self.apply(&new).await;
         self.config = new;
         self.state.count_reload(result);
+        self.reloads += 1;
+        self.ready();
+    }
+
+    /// Serving: tells systemd, and writes the ready file if asked to.
+    fn ready(&self) {
         notify::ready();
+        if let Some(path) = &self.ready_file {
+            let routes = self.state.routes();
+            if let Err(e) = crate::ready_file::write(path, self.admin, self.reloads, &routes) {
+                error!(path = %path.display(), error = %e, "cannot write the ready file");
+            }
+        }
     }
 
     fn warn_global_changes(&self, new: &Config) {

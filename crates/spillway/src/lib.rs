@@ -13,6 +13,7 @@ pub mod endpoint;
 pub mod logging;
 pub mod notify;
 pub mod queue;
+pub mod ready_file;
 pub mod spool_tools;
 pub mod stream;
 pub mod units;

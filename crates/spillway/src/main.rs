@@ -29,6 +29,11 @@ struct Cli {
     /// Log level or filter (RUST_LOG overrides).
     #[arg(long, global = true, default_value = "info")]
     log_level: String,
+    /// Once every route serves (and after each reload), write the bound
+    /// addresses (admin and each route's listeners) to PATH as JSON: start
+    /// on port 0 and read the ports from here.
+    #[arg(long, global = true, value_name = "PATH")]
+    ready_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -243,8 +248,14 @@ impl RelayArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
+    let Cli {
+        log_format,
+        log_level,
+        ready_file,
+        command,
+    } = Cli::parse();
+    let log = (log_format, log_level.as_str());
+    match command {
         Command::Check { config } => match config::load(&config) {
             Ok(c) => {
                 println!(
@@ -268,8 +279,8 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            logging::init(cli.log_format, &cli.log_level);
-            serve(parsed, Some(config))
+            logging::init(log_format, &log_level);
+            serve(parsed, Some(config), ready_file)
         }
         Command::Spool { command } => {
             let r = match command {
@@ -290,17 +301,21 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Queue(args) => start(args.into_config(), &cli.log_format, &cli.log_level),
-        Command::Relay(args) => start(args.into_config(), &cli.log_format, &cli.log_level),
+        Command::Queue(args) => start(args.into_config(), log, ready_file),
+        Command::Relay(args) => start(args.into_config(), log, ready_file),
     }
 }
 
 /// Runs a configuration built from flags; a flag error exits 2 (usage).
-fn start(config: Result<Config, String>, format: &LogFormat, level: &str) -> ExitCode {
+fn start(
+    config: Result<Config, String>,
+    (format, level): (LogFormat, &str),
+    ready_file: Option<PathBuf>,
+) -> ExitCode {
     match config {
         Ok(c) => {
-            logging::init(*format, level);
-            serve(c, None)
+            logging::init(format, level);
+            serve(c, None, ready_file)
         }
         Err(e) => {
             eprintln!("error: {e}");
@@ -309,7 +324,7 @@ fn start(config: Result<Config, String>, format: &LogFormat, level: &str) -> Exi
     }
 }
 
-fn serve(config: Config, config_path: Option<PathBuf>) -> ExitCode {
+fn serve(config: Config, config_path: Option<PathBuf>, ready_file: Option<PathBuf>) -> ExitCode {
     match spillway_net::sys::raise_nofile_limit(1 << 20) {
         Ok(n) => tracing::debug!(nofile = n, "open file limit"),
         Err(e) => warn!(error = %e, "cannot raise the open file limit"),
@@ -339,6 +354,7 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> ExitCode {
         let options = spillway::app::Options {
             config_path,
             reload,
+            ready_file,
         };
         match spillway::app::run(config, shutdown, options).await {
             Ok(()) => {
