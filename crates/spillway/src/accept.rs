@@ -32,7 +32,6 @@ pub fn is_resource_exhaustion(e: &io::Error) -> bool {
 
 pub async fn accept_loop(
     listener: &TcpListener,
-    route: &str,
     shutdown: &CancellationToken,
     mut on_accept: impl FnMut(Accepted),
 ) {
@@ -52,7 +51,7 @@ pub async fn accept_loop(
             }
             Err(e) if is_resource_exhaustion(&e) => {
                 if let Some(suppressed) = warn_limit.check() {
-                    warn!(route, error = %e, pause_ms = pause.as_millis() as u64, suppressed,
+                    warn!(error = %e, pause_ms = pause.as_millis() as u64, suppressed,
                           "accept failed: out of resources; pausing accepts");
                 }
                 tokio::select! {
@@ -69,7 +68,7 @@ pub async fn accept_loop(
                 ) => {}
             Err(e) => {
                 if let Some(suppressed) = warn_limit.check() {
-                    warn!(route, error = %e, suppressed, "accept failed");
+                    warn!(error = %e, suppressed, "accept failed");
                 }
                 tokio::time::sleep(MIN_PAUSE).await;
             }
@@ -126,7 +125,6 @@ fn bind_one(addr: SocketAddr, recv_buffer: Option<usize>) -> io::Result<TcpListe
 /// closed connection with its own reason.
 #[derive(Debug)]
 pub struct Gate {
-    route: String,
     global: Option<Arc<ConnLimits>>,
     per_ip: Option<Arc<ConnLimits>>,
     total: Option<RouteTotal>,
@@ -176,19 +174,13 @@ impl Gate {
     /// clients together; `usize::MAX`: none), `per_ip` each client (an IPv4
     /// address, or an IPv6 network of the given prefix length); `global`
     /// is shared by all routes.
-    pub fn new(
-        route: &str,
-        global: Option<Arc<ConnLimits>>,
-        total: usize,
-        per_ip: Option<(usize, u8)>,
-    ) -> Self {
+    pub fn new(global: Option<Arc<ConnLimits>>, total: usize, per_ip: Option<(usize, u8)>) -> Self {
         let own = (total != usize::MAX || per_ip.is_some()).then(|| {
             let (n, prefix) =
                 per_ip.unwrap_or((usize::MAX, spillway_net::limit::DEFAULT_IPV6_PREFIX));
             Arc::new(ConnLimits::new(total, n).with_ipv6_prefix(prefix))
         });
         Gate {
-            route: route.to_string(),
             global,
             per_ip: own,
             total: None,
@@ -222,7 +214,7 @@ impl Gate {
                     self.rejected[kind as usize].fetch_add(1, Ordering::Relaxed);
                     let check = self.warn.lock().unwrap_or_else(|e| e.into_inner()).check();
                     if let Some(suppressed) = check {
-                        warn!(route = %self.route, client = %peer, reason = %kind, suppressed,
+                        warn!(%peer, reason = %kind, suppressed,
                               "connection refused: limit reached");
                     }
                     return Err(Refused::Limit(kind));
@@ -255,8 +247,8 @@ mod tests {
         let peer: SocketAddr = "192.0.2.1:5000".parse().expect("addr");
         let other: SocketAddr = "192.0.2.2:5000".parse().expect("addr");
         let active = Arc::new(AtomicUsize::new(0));
-        let gate = Gate::new("r", None, usize::MAX, Some((2, 64)))
-            .with_route_total(3, Arc::clone(&active));
+        let gate =
+            Gate::new(None, usize::MAX, Some((2, 64))).with_route_total(3, Arc::clone(&active));
         let a = gate.admit(peer).expect("first");
         let b = gate.admit(peer).expect("second");
         // The per-client bound refuses first, counted by the gate.
@@ -274,8 +266,7 @@ mod tests {
             "a refusal is not counted"
         );
         // A reload's gate counts on from the same counter.
-        let reloaded =
-            Gate::new("r", None, usize::MAX, None).with_route_total(3, Arc::clone(&active));
+        let reloaded = Gate::new(None, usize::MAX, None).with_route_total(3, Arc::clone(&active));
         assert_eq!(reloaded.admit(other).map(drop), Err(Refused::RouteTotal));
         drop(a);
         let d = reloaded.admit(other).expect("a slot was given back");

@@ -1,8 +1,24 @@
 //! Log set-up and a small rate limiter for repeated warnings.
+//!
+//! Context comes from spans, not from fields repeated on every line: a
+//! route's tasks run in a `route` span (`route = NAME`), a connection's in
+//! a `conn` span (`route`, `peer`, `role`). The text format prints them
+//! before the message (`conn{route=q peer=10.0.0.1:5000 role=producer}:
+//! producer closed reason=eof`); the JSON format puts their fields on the
+//! line itself, next to the event's own, so every line of a connection
+//! carries `route`, `peer` and `role` as plain fields.
 
+use std::fmt;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -13,6 +29,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// The span of a route's tasks. At ERROR level so that it is on whenever
+/// any event is: a warning must not lose its route because `info` is off.
+pub fn route_span(name: &str) -> tracing::Span {
+    tracing::error_span!("route", route = %name)
+}
+
+/// The span of one connection (inside its route's span): who the peer is
+/// and what it is to the route (`client`, `producer`, `consumer`).
+pub fn conn_span(peer: std::net::SocketAddr, role: &'static str) -> tracing::Span {
+    tracing::error_span!("conn", peer = %peer, role = %role)
+}
+
 /// Installs the global subscriber. `RUST_LOG` overrides `level`.
 pub fn init(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
@@ -21,8 +49,96 @@ pub fn init(format: LogFormat, level: &str) {
         .with_writer(std::io::stderr)
         .with_target(false);
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Json => builder
+            .fmt_fields(JsonFields::new())
+            .event_format(FlatJson)
+            .init(),
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
+/// One JSON object per line: `timestamp`, `level`, `message`, then the
+/// fields of every span in scope and the event's own (a field of an inner
+/// span or of the event replaces an outer one of the same name).
+struct FlatJson;
+
+impl<S, N> FormatEvent<S, N> for FlatJson
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut line = Map::new();
+        let mut timestamp = String::new();
+        SystemTime.format_time(&mut Writer::new(&mut timestamp))?;
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                let extensions = span.extensions();
+                // JsonFields stores a span's fields as one JSON object.
+                let Some(fields) = extensions.get::<FormattedFields<N>>() else {
+                    continue;
+                };
+                if let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(fields) {
+                    line.extend(fields);
+                }
+            }
+        }
+        event.record(&mut JsonVisitor(&mut line));
+        // Time, level and message first, for a human reading the file.
+        write!(
+            writer,
+            "{{\"timestamp\":{},\"level\":{}",
+            Value::String(timestamp),
+            Value::String(event.metadata().level().as_str().into())
+        )?;
+        if let Some(message) = line.remove("message") {
+            write!(writer, ",\"message\":{message}")?;
+        }
+        for (key, value) in line {
+            write!(writer, ",{}:{value}", Value::String(key))?;
+        }
+        writeln!(writer, "}}")
+    }
+}
+
+/// Records an event's fields into a JSON object.
+struct JsonVisitor<'a>(&'a mut Map<String, Value>);
+
+impl Visit for JsonVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0
+            .insert(field.name().into(), Value::String(value.into()));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.0
+            .insert(field.name().into(), Value::String(value.to_string()));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0
+            .insert(field.name().into(), Value::String(format!("{value:?}")));
     }
 }
 

@@ -45,12 +45,12 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{error, info, warn, Instrument};
 
 use crate::accept::{accept_loop, Gate};
 use crate::config::{EndpointTls, QueueRoute};
 use crate::endpoint::Endpoint;
-use crate::logging::RateLimited;
+use crate::logging::{conn_span, route_span, RateLimited};
 pub use dispatch::Dispatch;
 pub use memory::MemoryBudget;
 pub use sink::ConsumerEnd;
@@ -374,7 +374,6 @@ impl QueueServer {
         )
         .with_context(|| format!("route '{}': spool reader thread", route.name))?;
         let gate = Gate::new(
-            &route.name,
             shared.connections,
             route.max_connections,
             route
@@ -458,7 +457,7 @@ impl QueueServer {
 
     /// A failed handshake: counted, and logged (rate-limited: peers
     /// control how often it happens).
-    fn tls_failed(&self, role: Role, peer: &str, e: &TlsError) {
+    fn tls_failed(&self, role: Role, e: &TlsError) {
         self.count_tls_failure(role);
         let suppressed = self
             .tls_warning
@@ -466,13 +465,12 @@ impl QueueServer {
             .unwrap_or_else(|e| e.into_inner())
             .check();
         if let Some(suppressed) = suppressed {
-            warn!(route = %self.route().name, role = role.as_str(), peer, kind = %e.as_label(),
+            warn!(kind = %e.as_label(),
                   persistent = e.is_persistent(), error = %e, suppressed,
                   "TLS handshake failed; connection closed");
         }
         // The one line per connection end, as for every producer and consumer.
-        info!(route = %self.route().name, peer, reason = "tls_handshake",
-              "{} closed", role.as_str());
+        info!(reason = "tls_handshake", "{} closed", role.as_str());
     }
 
     pub fn stats(&self) -> &QueueStats {
@@ -581,7 +579,7 @@ impl QueueServer {
 
     /// A dialer ran out of attempts: log, stop the route, make `serve` fail.
     fn give_up(&self, msg: &str) {
-        error!(route = %self.route().name, "{msg}; stopping the route");
+        error!("{msg}; stopping the route");
         let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
         f.get_or_insert_with(|| msg.to_string());
         self.stop.cancel();
@@ -600,12 +598,12 @@ impl QueueServer {
     /// timeout) is the shutdown itself, not a failure.
     fn fail(&self, what: &str, e: &SpoolError) {
         if self.stop.is_cancelled() && matches!(e, SpoolError::Closed) {
-            tracing::debug!(route = %self.route().name, "{what} after the spool closed at shutdown");
+            tracing::debug!("{what} after the spool closed at shutdown");
             return;
         }
         let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
         if f.is_none() {
-            error!(route = %self.route().name, error = %e, "{what} failed; stopping the route");
+            error!(error = %e, "{what} failed; stopping the route");
             *f = Some(format!("{what}: {e}"));
         }
         self.stop.cancel();
@@ -615,6 +613,15 @@ impl QueueServer {
     /// are closed at a message boundary, the memory tier goes to disk.
     /// `source` / `sink` are the bound listeners of `listen:` endpoints.
     pub async fn serve(
+        self: Arc<Self>,
+        source: Option<TcpListener>,
+        sink: Option<TcpListener>,
+    ) -> anyhow::Result<()> {
+        let span = route_span(&self.route().name);
+        self.serve_in_span(source, sink).instrument(span).await
+    }
+
+    async fn serve_in_span(
         self: Arc<Self>,
         source: Option<TcpListener>,
         sink: Option<TcpListener>,
@@ -665,7 +672,7 @@ impl QueueServer {
         // How many messages were queued when the drain began: what the
         // producers' final reads add is the difference.
         let queued_before = self.stats.messages_in.load(Ordering::Relaxed);
-        info!(route = %name, messages_in = queued_before, "draining queue route");
+        info!(messages_in = queued_before, "draining queue route");
         producers.close();
         let phase1_end = stopped_at + drain / 2 + Duration::from_secs(1);
         loop {
@@ -688,8 +695,11 @@ impl QueueServer {
             consumers.wait().await;
         };
         if tokio::time::timeout_at(all_end, both).await.is_err() {
-            warn!(route = %name, producers = producers.len(), consumers = consumers.len(),
-                  "drain timeout: ending the connections that did not finish");
+            warn!(
+                producers = producers.len(),
+                consumers = consumers.len(),
+                "drain timeout: ending the connections that did not finish"
+            );
             self.kill.cancel();
             // They end at their next await point; a spool call in progress
             // finishes first (a blocked append gives up within a second).
@@ -701,8 +711,11 @@ impl QueueServer {
                 .await
                 .is_err()
             {
-                error!(route = %name, producers = producers.len(), consumers = consumers.len(),
-                       "connections still running after being ended; closing the spool anyway");
+                error!(
+                    producers = producers.len(),
+                    consumers = consumers.len(),
+                    "connections still running after being ended; closing the spool anyway"
+                );
             }
         }
         // Every acknowledgement sent is in the spool before it closes (its
@@ -716,12 +729,15 @@ impl QueueServer {
             .await
             .context("spool close task")?;
         if let Err(e) = closed {
-            error!(route = %name, error = %e, "spool close failed");
+            error!(error = %e, "spool close failed");
             return Err(anyhow::anyhow!("route '{name}': spool close failed: {e}"));
         }
         let st = self.spool.stats();
-        info!(route = %name, queued = st.next_seq.saturating_sub(st.ack_floor),
-              disk_bytes = st.disk_bytes, "queue route stopped; spool closed");
+        info!(
+            queued = st.next_seq.saturating_sub(st.ack_floor),
+            disk_bytes = st.disk_bytes,
+            "queue route stopped; spool closed"
+        );
         let failure = self
             .failure
             .lock()
@@ -828,7 +844,7 @@ impl QueueServer {
             Some(SideTls::Server(tls)) => match tls.accept(stream).await {
                 Ok(s) => MaybeTls::from(s),
                 Err(e) => {
-                    self.tls_failed(role, &peer.to_string(), &e);
+                    self.tls_failed(role, &e);
                     return;
                 }
             },
@@ -841,7 +857,7 @@ impl QueueServer {
     async fn serve_conn(self: Arc<Self>, role: Role, conn: MaybeTls, peer: SocketAddr) {
         let _registered = self.register_peer(role, peer);
         match role {
-            Role::Producer => self.produce(conn, peer).await,
+            Role::Producer => self.produce(conn).await,
             Role::Consumer => {
                 // The sink drives TLS by hand to count ciphertext (wire.rs).
                 let wire = match conn {
@@ -857,7 +873,7 @@ impl QueueServer {
                         }
                     },
                 };
-                self.consume(wire, peer).await
+                self.consume(wire).await
             }
         }
     }
@@ -875,44 +891,56 @@ impl QueueServer {
         match (endpoint, listener) {
             (Endpoint::Listen(_), Some(listener)) => {
                 let t = tracker.clone();
-                tracker.spawn(async move {
-                    let stop = server.stop_token(role).clone();
-                    let mut warn_limit = RateLimited::new(Duration::from_secs(10));
-                    accept_loop(&listener, &server.route().name, &stop, |a| {
-                        let Ok(admitted) = server.gate.admit(a.peer) else {
-                            return;
-                        };
-                        if let Err(e) = server.route().timeouts.socket.apply(&a.stream) {
-                            if let Some(suppressed) = warn_limit.check() {
-                                warn!(route = %server.route().name, peer = %a.peer, error = %e, suppressed,
+                tracker.spawn(
+                    async move {
+                        let stop = server.stop_token(role).clone();
+                        let mut warn_limit = RateLimited::new(Duration::from_secs(10));
+                        accept_loop(&listener, &stop, |a| {
+                            let Ok(admitted) = server.gate.admit(a.peer) else {
+                                return;
+                            };
+                            if let Err(e) = server.route().timeouts.socket.apply(&a.stream) {
+                                if let Some(suppressed) = warn_limit.check() {
+                                    warn!(peer = %a.peer, error = %e, suppressed,
                                       "cannot set keepalive / user timeout");
+                                }
                             }
-                        }
-                        let s = Arc::clone(&server);
-                        let kill = server.kill.clone();
-                        t.spawn(async move {
-                            tokio::select! {
-                                _ = s.handle(role, a.stream, a.peer) => {}
-                                _ = kill.cancelled() => {}
-                            }
-                            drop(admitted);
-                        });
-                    })
-                    .await;
-                });
+                            let s = Arc::clone(&server);
+                            let kill = server.kill.clone();
+                            let span = conn_span(a.peer, role.as_str());
+                            t.spawn(
+                                async move {
+                                    tokio::select! {
+                                        _ = s.handle(role, a.stream, a.peer) => {}
+                                        _ = kill.cancelled() => {}
+                                    }
+                                    drop(admitted);
+                                }
+                                .instrument(span),
+                            );
+                        })
+                        .await;
+                    }
+                    .in_current_span(),
+                );
             }
             (Endpoint::Connect(addr), _) => {
                 let addr = addr.clone();
-                tracker.spawn(async move {
-                    let s = Arc::clone(&server);
-                    let kill = server.kill.clone();
-                    tokio::select! {
-                        _ = dial_loop(&server, &addr, role, move |conn, peer| {
-                            Arc::clone(&s).serve_conn(role, conn, peer)
-                        }) => {}
-                        _ = kill.cancelled() => {}
+                tracker.spawn(
+                    async move {
+                        let s = Arc::clone(&server);
+                        let kill = server.kill.clone();
+                        tokio::select! {
+                            _ = dial_loop(&server, &addr, role, move |conn, peer| {
+                                Arc::clone(&s)
+                                    .serve_conn(role, conn, peer)
+                                    .instrument(conn_span(peer, role.as_str()))
+                            }) => {}
+                            _ = kill.cancelled() => {}
+                        }
                     }
-                });
+                    .in_current_span(),
+                );
             }
             (Endpoint::Listen(a), None) => {
                 anyhow::bail!("route '{}': no listener bound for {a}", self.route().name)
@@ -949,7 +977,7 @@ where
     };
     let side = role;
     let role = role.as_str();
-    info!(route = %route.name, role, target = addr, "dialing");
+    info!(target = addr, "dialing");
     loop {
         stats.attempts.fetch_add(1, Ordering::Relaxed);
         // TLS, when the endpoint has it: the handshake is part of the
@@ -965,8 +993,11 @@ where
         let delay = match attempt {
             Ok((stream, peer)) => {
                 if persistent.take().is_some() {
-                    info!(route = %route.name, role, target = addr,
-                          "connected again after a persistent error");
+                    info!(
+                        role,
+                        target = addr,
+                        "connected again after a persistent error"
+                    );
                 }
                 let started = Instant::now();
                 backoff.on_connected(started.into_std());
@@ -995,14 +1026,14 @@ where
                 let attempts = backoff.attempts();
                 if class == ErrorClass::Persistent {
                     if persistent.as_deref() != Some(error.as_str()) {
-                        error!(route = %route.name, role, target = addr, error = %error,
+                        error!(target = addr, error = %error,
                                class = %class, retry_in_ms, attempts,
                                "{what}; retrying cannot help until this is fixed, \
                                 so retries are spaced out to the backoff cap");
                         persistent = Some(error);
                     }
                 } else if let Some(suppressed) = warn_limit.check() {
-                    warn!(route = %route.name, role, target = addr, error = %error,
+                    warn!(target = addr, error = %error,
                           class = %class, retry_in_ms, attempts, suppressed, "{what}");
                 }
                 d

@@ -25,7 +25,6 @@
 //! records that carry all of it.
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -259,11 +258,11 @@ impl Delivery {
 }
 
 impl QueueServer {
-    pub(super) async fn consume(&self, mut wire: Wire, peer: SocketAddr) {
+    pub(super) async fn consume(&self, mut wire: Wire) {
         let id = self.dispatcher.join();
         self.stats.consumers.fetch_add(1, Ordering::Relaxed);
         self.stats.consumers_total.fetch_add(1, Ordering::Relaxed);
-        info!(route = %self.route().name, consumer = %peer, "consumer connected");
+        info!("consumer connected");
         let mut d = Delivery {
             id,
             unsent: VecDeque::new(),
@@ -274,7 +273,7 @@ impl QueueServer {
             charge: self.memory.charge(),
             starved: false,
         };
-        let end = self.deliver(&mut wire, peer, &mut d).await;
+        let end = self.deliver(&mut wire, &mut d).await;
         // Whatever is still not known delivered goes back to the queue.
         // A write stall closes abortively (the consumer is not reading: a
         // FIN would never be read and the kernel would hold the unsent
@@ -297,12 +296,16 @@ impl QueueServer {
             .fetch_add(redelivered as u64, Ordering::Relaxed);
         self.stats.consumers.fetch_sub(1, Ordering::Relaxed);
         self.stats.count_consumer_end(end);
-        info!(route = %self.route().name, consumer = %peer, reason = end.as_str(),
-              delivered = d.delivered_msgs, bytes = d.delivered, requeued = redelivered,
-              "consumer closed");
+        info!(
+            reason = end.as_str(),
+            delivered = d.delivered_msgs,
+            bytes = d.delivered,
+            requeued = redelivered,
+            "consumer closed"
+        );
     }
 
-    async fn deliver(&self, wire: &mut Wire, peer: SocketAddr, d: &mut Delivery) -> ConsumerEnd {
+    async fn deliver(&self, wire: &mut Wire, d: &mut Delivery) -> ConsumerEnd {
         let mut cut: Option<ConsumerEnd> = None;
         // A cut (any reason) must finish within the drain timeout: a
         // consumer that does not take its last message is not waited for
@@ -355,7 +358,7 @@ impl QueueServer {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => write_blocked = true,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
-                        debug!(consumer = %peer, error = %e, "consumer write failed");
+                        debug!(error = %e, "consumer write failed");
                         return broken(&e);
                     }
                 }
@@ -379,14 +382,19 @@ impl QueueServer {
             } else {
                 stall.blocked(now.into_std());
                 if stall.expired(now.into_std()) {
-                    debug!(consumer = %peer, unacked = d.written - d.delivered,
-                           unsent = d.queued - d.written, "consumer write stalled");
+                    debug!(
+                        unacked = d.written - d.delivered,
+                        unsent = d.queued - d.written,
+                        "consumer write stalled"
+                    );
                     return ConsumerEnd::WriteStall;
                 }
             }
             if cut_deadline.is_some_and(|c| now >= c) {
-                debug!(consumer = %peer, unsent = d.queued - d.written,
-                       "consumer did not take its last message within the drain timeout");
+                debug!(
+                    unsent = d.queued - d.written,
+                    "consumer did not take its last message within the drain timeout"
+                );
                 return ConsumerEnd::WriteStall;
             }
             if cut.is_none() && lifetime_end.is_some_and(|l| now >= l) {
@@ -440,7 +448,7 @@ impl QueueServer {
                 }
                 r = wire.tcp().readable(), if !peer_eof => {
                     if let Err(e) = r {
-                        debug!(consumer = %peer, error = %e, "consumer readiness failed");
+                        debug!(error = %e, "consumer readiness failed");
                         return broken(&e);
                     }
                     readable = true;
@@ -475,7 +483,7 @@ impl QueueServer {
                     }
                     Ok(false) => {}
                     Err(e) => {
-                        debug!(consumer = %peer, error = %e, "consumer reset");
+                        debug!(error = %e, "consumer reset");
                         return broken(&e);
                     }
                 }

@@ -17,7 +17,6 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 
@@ -120,7 +119,6 @@ enum IngestError {
 /// What a producer's connection has decoded and queued so far.
 struct Intake<'a> {
     decoder: Decoder,
-    peer: SocketAddr,
     /// Messages queued, and refused at the disk bound (drop-newest).
     tally: Tally,
     /// The last batch handed to the spool, until its answer is in.
@@ -136,14 +134,12 @@ struct InFlight<'a> {
 }
 
 impl QueueServer {
-    pub(super) async fn produce(&self, mut stream: MaybeTls, peer: SocketAddr) {
+    pub(super) async fn produce(&self, mut stream: MaybeTls) {
         self.stats.producers.fetch_add(1, Ordering::Relaxed);
         self.stats.producers_total.fetch_add(1, Ordering::Relaxed);
-        let route = &self.route().name;
         let max = usize::try_from(self.route().max_message).unwrap_or(usize::MAX);
         let mut intake = Intake {
             decoder: Decoder::new(self.route().framing, max),
-            peer,
             tally: Tally::default(),
             in_flight: None,
         };
@@ -272,7 +268,7 @@ impl QueueServer {
                     };
                     match settled {
                         Ok(()) => continue,
-                        Err(e) => break self.refused(peer, &e, intake.tally.appended),
+                        Err(e) => break self.refused(&e, intake.tally.appended),
                     }
                 }
                 r = stream.read_buf(&mut buf), if paused.is_none() => Ok(r),
@@ -310,7 +306,7 @@ impl QueueServer {
                     } else {
                         ProducerEnd::Reset
                     };
-                    warn!(route = %route, producer = %peer, error = %e, "producer read failed");
+                    warn!(error = %e, "producer read failed");
                     (true, end)
                 }
             };
@@ -357,8 +353,10 @@ impl QueueServer {
             // exactly, so the log and the metric say how much.
             let lost = count_unread(&mut stream, &mut intake.decoder, &mut buf, left).await;
             if lost > 0 {
-                error!(route = %route, producer = %peer, lost,
-                       "messages the producer's socket still held could not be queued and are lost");
+                error!(
+                    lost,
+                    "messages the producer's socket still held could not be queued and are lost"
+                );
                 self.stats.lost_unqueued.fetch_add(lost, Ordering::Relaxed);
             }
         }
@@ -385,7 +383,7 @@ impl QueueServer {
             appended: messages,
             dropped,
         } = intake.tally;
-        info!(route = %route, producer = %peer, messages, dropped, reason = end.as_str(), "producer closed");
+        info!(messages, dropped, reason = end.as_str(), "producer closed");
     }
 
     /// Queues the complete messages a read brought; returns how the
@@ -399,8 +397,6 @@ impl QueueServer {
         at_end: bool,
         end: ProducerEnd,
     ) -> Option<ProducerEnd> {
-        let route = &self.route().name;
-        let peer = intake.peer;
         let mut result = self
             .ingest(
                 &mut intake.decoder,
@@ -422,19 +418,19 @@ impl QueueServer {
             Ok(()) => {}
             Err(IngestError::Frame(e)) => {
                 self.stats.count_frame_error(e.kind());
-                warn!(route = %route, producer = %peer, offset = e.offset().unwrap_or(decoder.offset()),
+                warn!(offset = e.offset().unwrap_or(decoder.offset()),
                       kind = ?e.kind(), error = %e, kept = messages,
                       "bad frame; closing this producer (every message before it was kept)");
                 return Some(ProducerEnd::BadFrame);
             }
-            Err(IngestError::Spool(e)) => return Some(self.refused(peer, &e, messages)),
+            Err(IngestError::Spool(e)) => return Some(self.refused(&e, messages)),
         }
         if !at_end {
             return None;
         }
         if let Err(e) = decoder.finish(buf) {
             self.stats.partial_at_eof.fetch_add(1, Ordering::Relaxed);
-            warn!(route = %route, producer = %peer, offset = decoder.offset(),
+            warn!(offset = decoder.offset(),
                   partial_bytes = buf.len(), error = %e,
                   "producer ended inside a message; the partial message is not queued");
         }
@@ -443,12 +439,12 @@ impl QueueServer {
 
     /// How a producer ends when the spool refused its messages: a fatal
     /// error stops the route; otherwise this producer alone is closed.
-    fn refused(&self, peer: SocketAddr, e: &SpoolError, messages: u64) -> ProducerEnd {
+    fn refused(&self, e: &SpoolError, messages: u64) -> ProducerEnd {
         if e.is_fatal() {
             self.fail("append", e);
             return ProducerEnd::SpoolFailed;
         }
-        warn!(route = %self.route().name, producer = %peer, error = %e, kept = messages,
+        warn!(error = %e, kept = messages,
               "cannot queue this producer's messages; closing it");
         ProducerEnd::Refused
     }
@@ -572,8 +568,10 @@ impl QueueServer {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
             if let Some(suppressed) = warn_limit.check() {
-                warn!(route = %self.route().name, dropped = outcome.dropped_newest, suppressed,
-                      "disk tier full: new messages dropped (when_full = drop-newest)");
+                warn!(
+                    dropped = outcome.dropped_newest,
+                    suppressed, "disk tier full: new messages dropped (when_full = drop-newest)"
+                );
             }
         }
         if outcome.dropped_oldest_msgs > 0 {
@@ -598,7 +596,7 @@ impl QueueServer {
         if n == 0 {
             return;
         }
-        error!(route = %self.route().name, lost = n, error = %e,
+        error!(lost = n, error = %e,
                "messages read from a producer could not be queued and are lost");
         self.stats
             .lost_unqueued
@@ -654,7 +652,7 @@ impl QueueServer {
                         .unwrap_or_else(|e| e.into_inner())
                         .check();
                     if let Some(suppressed) = suppressed {
-                        warn!(route = %self.route().name, waited_ms = started.elapsed().as_millis() as u64,
+                        warn!(waited_ms = started.elapsed().as_millis() as u64,
                               suppressed, reason = %e,
                               "disk tier full: not reading producers until consumers free space (when_full = block)");
                     }

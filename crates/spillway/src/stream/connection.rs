@@ -39,7 +39,6 @@ impl StreamServer {
     pub(super) async fn handle(
         self: Arc<Self>,
         client: TcpStream,
-        peer: SocketAddr,
         hard_stop: CancellationToken,
         _admitted: Admitted,
     ) {
@@ -48,7 +47,7 @@ impl StreamServer {
         let route = &self.route;
         let _ = client.set_nodelay(true);
         if let Err(e) = route.timeouts.socket.apply(&client) {
-            debug!(route = %route.name, client = %peer, error = %e, "cannot set keepalive / user timeout");
+            debug!(error = %e, "cannot set keepalive / user timeout");
         }
         let start = Instant::now();
         let tls = self.current_tls();
@@ -61,11 +60,10 @@ impl StreamServer {
                 Err(e) => {
                     stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
                     if let Some(suppressed) = self.client_tls_warn() {
-                        warn!(route = %route.name, client = %peer, kind = %e.as_label(), error = %e,
+                        warn!(kind = %e.as_label(), error = %e,
                               suppressed, "TLS handshake with client failed");
                     }
                     self.log_close(
-                        peer,
                         None,
                         CloseReason::TlsHandshake,
                         Some(Side::Client),
@@ -76,10 +74,10 @@ impl StreamServer {
                 }
             },
         };
-        let connected = match self.upstreams.connect(peer, tls.upstream.as_ref()).await {
+        let connected = match self.upstreams.connect(tls.upstream.as_ref()).await {
             Ok(c) => c,
             Err(reason) => {
-                self.log_close(peer, None, reason, None, None, start.elapsed());
+                self.log_close(None, reason, None, None, start.elapsed());
                 return;
             }
         };
@@ -99,7 +97,6 @@ impl StreamServer {
         };
         drop((lease, slot));
         self.log_close(
-            peer,
             Some(upstream_addr),
             reason,
             side,
@@ -110,7 +107,6 @@ impl StreamServer {
 
     fn log_close(
         &self,
-        peer: SocketAddr,
         upstream: Option<SocketAddr>,
         reason: CloseReason,
         side: Option<Side>,
@@ -129,8 +125,6 @@ impl StreamServer {
             .map(|u| u.to_string())
             .unwrap_or_else(|| "-".into());
         info!(
-            route = %self.route.name,
-            client = %peer,
             upstream = %upstream,
             reason = %reason,
             side = side.map_or("-", Side::as_str),
@@ -357,8 +351,8 @@ fn abort(client: &TcpStream, upstream: &TcpStream) {
 impl StreamServer {
     /// A connection over the route's `max_connections`: counted as accepted
     /// and closed with reason `limit` (the socket is dropped by the caller).
-    pub(super) fn over_route_limit(&self, peer: SocketAddr) {
+    pub(super) fn over_route_limit(&self) {
         self.stats.accepted.fetch_add(1, Ordering::Relaxed);
-        self.log_close(peer, None, CloseReason::Limit, None, None, Duration::ZERO);
+        self.log_close(None, CloseReason::Limit, None, None, Duration::ZERO);
     }
 }

@@ -36,11 +36,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 use crate::accept::{accept_loop, Accepted, Gate, Refused};
 use crate::config::StreamRoute;
-use crate::logging::RateLimited;
+use crate::logging::{conn_span, route_span, RateLimited};
 pub use direction::Direction;
 use spill::SpillBudget;
 use upstream::{UpstreamStatus, Upstreams};
@@ -248,7 +248,7 @@ impl StreamServer {
         let per_ip = route
             .max_connections_per_ip
             .map(|n| (n, route.per_ip_ipv6_prefix));
-        Gate::new(&route.name, global, usize::MAX, per_ip)
+        Gate::new(global, usize::MAX, per_ip)
             .with_route_total(route.max_connections, Arc::clone(&stats.active))
     }
 
@@ -341,26 +341,38 @@ impl StreamServer {
         drain: Duration,
         unbound: CancellationToken,
     ) {
+        let span = route_span(&current.borrow().route.name);
+        Self::serve_in_span(current, listener, shutdown, drain, unbound)
+            .instrument(span)
+            .await
+    }
+
+    async fn serve_in_span(
+        current: watch::Receiver<Arc<StreamServer>>,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+        drain: Duration,
+        unbound: CancellationToken,
+    ) {
         let tracker = TaskTracker::new();
         let hard_stop = CancellationToken::new();
-        let name = current.borrow().route.name.clone();
         let checks = Self::health_checks(current.clone(), shutdown.clone());
-        accept_loop(&listener, &name, &shutdown, |accepted: Accepted| {
+        accept_loop(&listener, &shutdown, |accepted: Accepted| {
             let server = Arc::clone(&*current.borrow());
             let admitted = match server.gate.admit(accepted.peer) {
                 Ok(a) => a,
                 Err(Refused::Limit(_)) => return,
                 Err(Refused::RouteTotal) => {
-                    server.over_route_limit(accepted.peer);
+                    conn_span(accepted.peer, "client").in_scope(|| server.over_route_limit());
                     return;
                 }
             };
             let hard_stop = hard_stop.clone();
-            tracker.spawn(async move {
-                server
-                    .handle(accepted.stream, accepted.peer, hard_stop, admitted)
-                    .await
-            });
+            let span = conn_span(accepted.peer, "client");
+            tracker.spawn(
+                async move { server.handle(accepted.stream, hard_stop, admitted).await }
+                    .instrument(span),
+            );
         })
         .await;
         drop(listener);
@@ -369,10 +381,13 @@ impl StreamServer {
         checks.abort();
         tracker.close();
         if !tracker.is_empty() {
-            info!(route = %name, connections = tracker.len(), drain_timeout = ?drain, "draining");
+            info!(connections = tracker.len(), drain_timeout = ?drain, "draining");
         }
         if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
-            warn!(route = %name, connections = tracker.len(), "drain timeout; closing remaining connections");
+            warn!(
+                connections = tracker.len(),
+                "drain timeout; closing remaining connections"
+            );
             hard_stop.cancel();
             tracker.wait().await;
         }
@@ -385,18 +400,21 @@ impl StreamServer {
         mut current: watch::Receiver<Arc<StreamServer>>,
         shutdown: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            loop {
-                let server = Arc::clone(&*current.borrow_and_update());
-                server
-                    .upstreams
-                    .spawn_health_checks(&shutdown, &server.retired);
-                tokio::select! {
-                    r = current.changed() => if r.is_err() { return },
-                    _ = shutdown.cancelled() => return,
+        tokio::spawn(
+            async move {
+                loop {
+                    let server = Arc::clone(&*current.borrow_and_update());
+                    server
+                        .upstreams
+                        .spawn_health_checks(&shutdown, &server.retired);
+                    tokio::select! {
+                        r = current.changed() => if r.is_err() { return },
+                        _ = shutdown.cancelled() => return,
+                    }
                 }
             }
-        })
+            .in_current_span(),
+        )
     }
 }
 

@@ -29,7 +29,7 @@ use spillway_net::health::{
 use spillway_net::outlier::{OutlierDetector, Verdict};
 use spillway_net::tls::{MaybeTls, TlsClient};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use super::{CloseReason, RouteStats};
 use crate::config::StreamRoute;
@@ -37,7 +37,6 @@ use crate::logging::RateLimited;
 
 /// The upstreams of one stream route: pick, breaker, dial and health.
 pub struct Upstreams {
-    route: String,
     targets: Vec<String>,
     balancer: Balancer,
     pool: Pool,
@@ -64,7 +63,6 @@ pub struct Connected {
 impl Upstreams {
     pub fn new(route: &StreamRoute, stats: Arc<RouteStats>) -> Self {
         Upstreams {
-            route: route.name.clone(),
             targets: route.upstreams.clone(),
             balancer: Balancer::new(route.balance, route.upstreams.len()),
             pool: Pool::new(route),
@@ -105,11 +103,7 @@ impl Upstreams {
     /// otherwise. A failed TLS handshake counts as a failed connect for
     /// outlier detection (classified by `DialError::class`); the breaker
     /// counts the attempt as pending until the handshake is done.
-    pub async fn connect(
-        &self,
-        client: SocketAddr,
-        tls: Option<&TlsClient>,
-    ) -> Result<Connected, CloseReason> {
+    pub async fn connect(&self, tls: Option<&TlsClient>) -> Result<Connected, CloseReason> {
         let eligible = self.pool.eligible(Instant::now());
         let statuses = self.pool.statuses();
         let tries = (self.connect_tries as usize).min(self.balancer.len());
@@ -149,24 +143,24 @@ impl Upstreams {
                 }
                 Err(e) => {
                     self.pool.connect_result(index, Err(&e), Instant::now());
-                    self.failed(client, target, &e);
+                    self.failed(target, &e);
                 }
             }
         }
         match refused {
             Some(limit) if attempts == 0 => {
-                debug!(route = %self.route, %client, %limit, "circuit breakers refused");
+                debug!(%limit, "circuit breakers refused");
                 Err(CloseReason::CircuitOpen)
             }
             _ => Err(CloseReason::NoUpstream),
         }
     }
 
-    /// Counts and logs a failed dial of `target` for `client`.
-    fn failed(&self, client: SocketAddr, target: &str, e: &DialError) {
+    /// Counts and logs a failed dial of `target`.
+    fn failed(&self, target: &str, e: &DialError) {
         self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
         let Some(tls) = e.tls() else {
-            warn!(route = %self.route, %client, upstream = %target, error = %e,
+            warn!(upstream = %target, error = %e,
                   "upstream connect failed");
             return;
         };
@@ -179,7 +173,7 @@ impl Upstreams {
             .unwrap_or_else(|e| e.into_inner())
             .check();
         if let Some(suppressed) = check {
-            warn!(route = %self.route, %client, upstream = %target,
+            warn!(upstream = %target,
                   kind = %tls.as_label(), persistent = tls.is_persistent(),
                   error = %e, suppressed, "upstream TLS handshake failed");
         }
@@ -201,26 +195,29 @@ impl Upstreams {
             let retired = retired.clone();
             let check = check.clone();
             let target = target.clone();
-            tokio::spawn(async move {
-                let mut rng = fastrand::Rng::new();
-                // Start within one jitter window, not all at the same instant.
-                let jitter = u64::try_from(check.jitter.as_nanos()).unwrap_or(u64::MAX);
-                let mut delay = Duration::from_nanos(rng.u64(0..=jitter));
-                loop {
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = stop.cancelled() => return,
-                        _ = retired.cancelled() => return,
+            tokio::spawn(
+                async move {
+                    let mut rng = fastrand::Rng::new();
+                    // Start within one jitter window, not all at the same instant.
+                    let jitter = u64::try_from(check.jitter.as_nanos()).unwrap_or(u64::MAX);
+                    let mut delay = Duration::from_nanos(rng.u64(0..=jitter));
+                    loop {
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = stop.cancelled() => return,
+                            _ = retired.cancelled() => return,
+                        }
+                        let result = tokio::select! {
+                            r = probe(&target, &check.kind, check.timeout) => r,
+                            _ = stop.cancelled() => return,
+                            _ = retired.cancelled() => return,
+                        };
+                        upstreams.pool.probe_result(i, &result, Instant::now());
+                        delay = next_delay(&check, &mut rng);
                     }
-                    let result = tokio::select! {
-                        r = probe(&target, &check.kind, check.timeout) => r,
-                        _ = stop.cancelled() => return,
-                        _ = retired.cancelled() => return,
-                    };
-                    upstreams.pool.probe_result(i, &result, Instant::now());
-                    delay = next_delay(&check, &mut rng);
                 }
-            });
+                .in_current_span(),
+            );
         }
     }
 }
@@ -296,7 +293,6 @@ struct PolicyState {
 }
 
 struct Pool {
-    route: String,
     upstreams: Vec<UpstreamStatus>,
     state: Mutex<PolicyState>,
     /// Picks made in panic mode (no upstream eligible).
@@ -311,7 +307,6 @@ impl Pool {
             .as_ref()
             .map_or((1, 1), |h| (h.rise, h.fall));
         Pool {
-            route: route.name.clone(),
             upstreams: route
                 .upstreams
                 .iter()
@@ -357,7 +352,7 @@ impl Pool {
     fn expire(&self, st: &mut PolicyState, now: Instant) {
         for i in st.outlier.expire(now) {
             self.upstreams[i].ejected.store(false, Ordering::Relaxed);
-            info!(route = %self.route, upstream = %self.upstreams[i].address,
+            info!(upstream = %self.upstreams[i].address,
                   "upstream back in the pool: ejection time is up");
         }
     }
@@ -375,8 +370,11 @@ impl Pool {
         }
         self.panics.fetch_add(1, Ordering::Relaxed);
         if let Some(suppressed) = st.panic_warn.check_at(now) {
-            warn!(route = %self.route, upstreams = self.upstreams.len(), suppressed,
-                  "no healthy upstream (all failing checks or ejected): panic mode, trying all");
+            warn!(
+                upstreams = self.upstreams.len(),
+                suppressed,
+                "no healthy upstream (all failing checks or ejected): panic mode, trying all"
+            );
         }
         vec![true; self.upstreams.len()]
     }
@@ -410,13 +408,13 @@ impl Pool {
             } => {
                 u.ejected.store(true, Ordering::Relaxed);
                 u.ejections.fetch_add(1, Ordering::Relaxed);
-                warn!(route = %self.route, upstream = %u.address, error = %e,
+                warn!(upstream = %u.address, error = %e,
                       consecutive_failures = st.outlier.config().consecutive_failures,
                       ejected_for_ms = duration.as_millis() as u64, ejections,
                       "upstream ejected: consecutive connect failures");
             }
             Verdict::Refused { ejected, total } => {
-                warn!(route = %self.route, upstream = %u.address, error = %e, ejected, total,
+                warn!(upstream = %u.address, error = %e, ejected, total,
                       max_ejection_percent = st.outlier.config().max_ejection_percent,
                       "upstream keeps failing but is not ejected: max_ejection_percent reached");
             }
@@ -434,12 +432,12 @@ impl Pool {
             Some(Transition::BecameUnhealthy) => {
                 u.healthy.store(false, Ordering::Relaxed);
                 let error = result.as_ref().err().map(|e| e.to_string());
-                warn!(route = %self.route, upstream = %u.address, error = error.as_deref().unwrap_or("-"),
+                warn!(upstream = %u.address, error = error.as_deref().unwrap_or("-"),
                       "upstream failed its health checks: out of the pool");
             }
             Some(Transition::BecameHealthy) => {
                 u.healthy.store(true, Ordering::Relaxed);
-                info!(route = %self.route, upstream = %u.address,
+                info!(upstream = %u.address,
                       "upstream passed its health checks: back in the pool");
             }
             None => {}
@@ -447,7 +445,7 @@ impl Pool {
         // A passing check on a healthy upstream ends an ejection early.
         if passed && st.checks[i].is_healthy() && st.outlier.uneject(i, now) {
             u.ejected.store(false, Ordering::Relaxed);
-            info!(route = %self.route, upstream = %u.address,
+            info!(upstream = %u.address,
                   "upstream back in the pool: health check passed during its ejection");
         }
     }
