@@ -15,17 +15,25 @@
 //! send, and only `when_full = block` at the disk bound pushes back. Every
 //! spool call that can touch the disk (appends, fsync, reads, acks) runs
 //! on the route's own threads, so no tokio worker waits for the disk.
+//!
+//! Where things live: this file holds the route's state (open, reload,
+//! stats, peers, failure); `conn.rs` the two ends (accept or dial loops,
+//! TLS, each connection's span); `serve.rs` the route's life (housekeeping,
+//! the two-phase drain, close); `source.rs` a producer, `sink.rs` a
+//! consumer; `dispatch.rs` and `dispatcher.rs` who gets which message;
+//! `spool_io.rs` the spool's write, commit and maintenance threads.
 
+mod conn;
 mod dispatch;
 mod dispatcher;
 pub mod memory;
+mod serve;
 mod sink;
 mod source;
 mod spool_io;
 mod wire;
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -33,24 +41,20 @@ use std::time::Duration;
 
 use anyhow::Context;
 use spillway_codec::FrameErrorKind;
-use spillway_net::backoff::Backoff;
-use spillway_net::classify::{ClassCounts, ErrorClass};
-use spillway_net::dial::{dial, DialOptions};
+use spillway_net::classify::ClassCounts;
 use spillway_net::limit::ConnLimits;
-use spillway_net::tls::{MaybeTls, TlsClient, TlsError, TlsServer};
+use spillway_net::tls::{TlsClient, TlsError, TlsServer};
 use spillway_spool::fs::{Fs, StdFs};
 use spillway_spool::{Histogram, Spool, SpoolConfig, SpoolError};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn, Instrument};
+use tracing::{error, info, warn};
 
-use crate::accept::{accept_loop, Gate};
+use crate::accept::Gate;
 use crate::config::{EndpointTls, QueueRoute};
-use crate::endpoint::Endpoint;
-use crate::logging::{conn_span, route_span, RateLimited};
+use crate::logging::RateLimited;
+pub use conn::Role;
 pub use dispatch::Dispatch;
 pub use memory::MemoryBudget;
 pub use sink::ConsumerEnd;
@@ -527,36 +531,6 @@ impl QueueServer {
         &self.gate
     }
 
-    /// Redelivery windows hold the spool's floor only while no append waits
-    /// for space: a full spool releases them at once (they stay in memory),
-    /// and they hold it again after five seconds without pressure.
-    fn watch_space(&self, windows: &mut Windows) {
-        let wanted =
-            self.spool.space_wanted() || self.waiting_for_space.load(Ordering::Relaxed) > 0;
-        match (*windows, wanted) {
-            (Windows::Pinned, true) => {
-                *windows = Windows::Released { quiet_since: None };
-                self.dispatcher.release_windows();
-            }
-            (Windows::Released { .. }, true) => *windows = Windows::Released { quiet_since: None },
-            (Windows::Released { quiet_since: None }, false) => {
-                *windows = Windows::Released {
-                    quiet_since: Some(Instant::now()),
-                }
-            }
-            (
-                Windows::Released {
-                    quiet_since: Some(t),
-                },
-                false,
-            ) if t.elapsed() >= Duration::from_secs(5) => {
-                self.dispatcher.pin_windows();
-                *windows = Windows::Pinned;
-            }
-            _ => {}
-        }
-    }
-
     /// What ends a side: `stop` for producers, `cut` (later) for consumers.
     fn stop_token(&self, role: Role) -> &CancellationToken {
         match role {
@@ -607,454 +581,5 @@ impl QueueServer {
             *f = Some(format!("{what}: {e}"));
         }
         self.stop.cancel();
-    }
-
-    /// Serves until shutdown, then drains: sources stop reading, consumers
-    /// are closed at a message boundary, the memory tier goes to disk.
-    /// `source` / `sink` are the bound listeners of `listen:` endpoints.
-    pub async fn serve(
-        self: Arc<Self>,
-        source: Option<TcpListener>,
-        sink: Option<TcpListener>,
-    ) -> anyhow::Result<()> {
-        let span = route_span(&self.route().name);
-        self.serve_in_span(source, sink).instrument(span).await
-    }
-
-    async fn serve_in_span(
-        self: Arc<Self>,
-        source: Option<TcpListener>,
-        sink: Option<TcpListener>,
-    ) -> anyhow::Result<()> {
-        let drain = self.drain;
-        let name = self.route().name.clone();
-        let producers = TaskTracker::new();
-        let consumers = TaskTracker::new();
-        let stop = self.stop.clone();
-
-        let from = self.route().from.clone();
-        let to = self.route().to.clone();
-        self.spawn_side(&producers, &from, source, Role::Producer)?;
-        self.spawn_side(&consumers, &to, sink, Role::Consumer)?;
-
-        // Housekeeping: interval fsync, cursor persistence.
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut full = FullDiskWatch::new();
-        let mut ticks = 0u32;
-        let mut windows = Windows::Pinned;
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    // The spool's own tick runs on its maintenance thread.
-                    if let Some((what, e)) = self.io.take_failure() {
-                        self.fail(what, &e);
-                    }
-                    self.watch_space(&mut windows);
-                    ticks = ticks.wrapping_add(1);
-                    if ticks.is_multiple_of(50) {
-                        // What the memory tier may hold now (a reload
-                        // may have changed it).
-                        let wanted = self.spool.tunables().memory_limit;
-                        full.check(&name, &self.spool.stats(), wanted);
-                    }
-                }
-                _ = stop.cancelled() => break,
-            }
-        }
-
-        // The drain, in two phases. First the producers: no new ones, and
-        // each stores what it already read (TCP acknowledged it) while the
-        // consumers keep delivering, which frees the space a blocked
-        // append may be waiting for. Then the consumers are cut at a
-        // message boundary.
-        let stopped_at = *self.stopped_at.get_or_init(Instant::now);
-        // How many messages were queued when the drain began: what the
-        // producers' final reads add is the difference.
-        let queued_before = self.stats.messages_in.load(Ordering::Relaxed);
-        info!(messages_in = queued_before, "draining queue route");
-        producers.close();
-        let phase1_end = stopped_at + drain / 2 + Duration::from_secs(1);
-        loop {
-            tokio::select! {
-                _ = producers.wait() => break,
-                _ = tokio::time::sleep_until(phase1_end) => break,
-                _ = tick.tick() => {
-                    if let Some((what, e)) = self.io.take_failure() {
-                        self.fail(what, &e);
-                    }
-                }
-            }
-        }
-        self.cut.cancel();
-        consumers.close();
-        let all_end = (stopped_at + drain).max(Instant::now() + Duration::from_secs(2))
-            + Duration::from_secs(1);
-        let both = async {
-            producers.wait().await;
-            consumers.wait().await;
-        };
-        if tokio::time::timeout_at(all_end, both).await.is_err() {
-            warn!(
-                producers = producers.len(),
-                consumers = consumers.len(),
-                "drain timeout: ending the connections that did not finish"
-            );
-            self.kill.cancel();
-            // They end at their next await point; a spool call in progress
-            // finishes first (a blocked append gives up within a second).
-            let both = async {
-                producers.wait().await;
-                consumers.wait().await;
-            };
-            if tokio::time::timeout(Duration::from_secs(10), both)
-                .await
-                .is_err()
-            {
-                error!(
-                    producers = producers.len(),
-                    consumers = consumers.len(),
-                    "connections still running after being ended; closing the spool anyway"
-                );
-            }
-        }
-        // Every acknowledgement sent is in the spool before it closes (its
-        // cursor has them), and a failure among them is reported.
-        self.io.flush().await;
-        if let Some((what, e)) = self.io.take_failure() {
-            self.fail(what, &e);
-        }
-        let spool = self.spool.clone();
-        let closed = tokio::task::spawn_blocking(move || spool.close())
-            .await
-            .context("spool close task")?;
-        if let Err(e) = closed {
-            error!(error = %e, "spool close failed");
-            return Err(anyhow::anyhow!("route '{name}': spool close failed: {e}"));
-        }
-        let st = self.spool.stats();
-        info!(
-            queued = st.next_seq.saturating_sub(st.ack_floor),
-            disk_bytes = st.disk_bytes,
-            "queue route stopped; spool closed"
-        );
-        let failure = self
-            .failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        match failure {
-            Some(f) => Err(anyhow::anyhow!("route '{name}': {f}")),
-            None => Ok(()),
-        }
-    }
-}
-
-/// Whether redelivery windows hold the spool's floor (see
-/// `QueueServer::watch_space`).
-#[derive(Clone, Copy)]
-enum Windows {
-    Pinned,
-    /// Released under pressure; since when no append waited for space.
-    Released {
-        quiet_since: Option<Instant>,
-    },
-}
-
-/// Says (rate-limited) when the disk is too full for the spool's cursor
-/// or its memory-tier reserve. Neither stops the route: a stale cursor only
-/// means a few more redeliveries after a crash, a smaller reserve a smaller
-/// memory tier.
-struct FullDiskWatch {
-    cursor_failures: u64,
-    reserve_short: bool,
-    limit: RateLimited,
-}
-
-impl FullDiskWatch {
-    fn new() -> Self {
-        FullDiskWatch {
-            cursor_failures: 0,
-            reserve_short: false,
-            limit: RateLimited::new(Duration::from_secs(30)),
-        }
-    }
-
-    fn check(&mut self, route: &str, st: &spillway_spool::SpoolStats, wanted: u64) {
-        if st.cursor_write_failures > self.cursor_failures {
-            let failed = st.cursor_write_failures - self.cursor_failures;
-            self.cursor_failures = st.cursor_write_failures;
-            if let Some(suppressed) = self.limit.check() {
-                warn!(
-                    route,
-                    failed,
-                    total = st.cursor_write_failures,
-                    suppressed,
-                    "disk full: the consumer position could not be saved; the last saved one \
-                       is kept and the write retried (after a crash, a few more messages would be \
-                       delivered again)"
-                );
-            }
-        }
-        let short = st.mem_reserved < wanted;
-        if short != self.reserve_short {
-            self.reserve_short = short;
-            if short {
-                warn!(
-                    route,
-                    reserved = st.mem_reserved,
-                    wanted,
-                    "disk full: the memory tier is limited to the disk space reserved for it"
-                );
-            } else {
-                info!(
-                    route,
-                    reserved = st.mem_reserved,
-                    "memory tier reserve complete again"
-                );
-            }
-        }
-    }
-}
-
-/// Which end of the route a connection is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    /// The source side (`from`).
-    Producer,
-    /// The sink side (`to`).
-    Consumer,
-}
-
-impl Role {
-    pub const ALL: [Role; 2] = [Role::Producer, Role::Consumer];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Producer => "producer",
-            Role::Consumer => "consumer",
-        }
-    }
-}
-
-impl QueueServer {
-    /// Handles one connection of either end until it closes.
-    async fn handle(self: Arc<Self>, role: Role, stream: TcpStream, peer: SocketAddr) {
-        let conn = match self.side_tls(role) {
-            Some(SideTls::Server(tls)) => match tls.accept(stream).await {
-                Ok(s) => MaybeTls::from(s),
-                Err(e) => {
-                    self.tls_failed(role, &e);
-                    return;
-                }
-            },
-            _ => MaybeTls::Plain(stream),
-        };
-        self.serve_conn(role, conn, peer).await
-    }
-
-    /// Runs a connection whose TLS handshake (if any) is done.
-    async fn serve_conn(self: Arc<Self>, role: Role, conn: MaybeTls, peer: SocketAddr) {
-        let _registered = self.register_peer(role, peer);
-        match role {
-            Role::Producer => self.produce(conn).await,
-            Role::Consumer => {
-                // The sink drives TLS by hand to count ciphertext (wire.rs).
-                let wire = match conn {
-                    MaybeTls::Plain(s) => wire::Wire::plain(s),
-                    MaybeTls::Tls(s) => match *s {
-                        tokio_rustls::TlsStream::Server(s) => {
-                            let (tcp, c) = s.into_inner();
-                            wire::Wire::tls(tcp, c.into())
-                        }
-                        tokio_rustls::TlsStream::Client(s) => {
-                            let (tcp, c) = s.into_inner();
-                            wire::Wire::tls(tcp, c.into())
-                        }
-                    },
-                };
-                self.consume(wire).await
-            }
-        }
-    }
-
-    /// Starts one end of the route: an accept loop on the bound listener of
-    /// a `listen:` endpoint, or a dial loop for a `connect:` one.
-    fn spawn_side(
-        self: &Arc<Self>,
-        tracker: &TaskTracker,
-        endpoint: &Endpoint,
-        listener: Option<TcpListener>,
-        role: Role,
-    ) -> anyhow::Result<()> {
-        let server = Arc::clone(self);
-        match (endpoint, listener) {
-            (Endpoint::Listen(_), Some(listener)) => {
-                let t = tracker.clone();
-                tracker.spawn(
-                    async move {
-                        let stop = server.stop_token(role).clone();
-                        let mut warn_limit = RateLimited::new(Duration::from_secs(10));
-                        accept_loop(&listener, &stop, |a| {
-                            let Ok(admitted) = server.gate.admit(a.peer) else {
-                                return;
-                            };
-                            if let Err(e) = server.route().timeouts.socket.apply(&a.stream) {
-                                if let Some(suppressed) = warn_limit.check() {
-                                    warn!(peer = %a.peer, error = %e, suppressed,
-                                      "cannot set keepalive / user timeout");
-                                }
-                            }
-                            let s = Arc::clone(&server);
-                            let kill = server.kill.clone();
-                            let span = conn_span(a.peer, role.as_str());
-                            t.spawn(
-                                async move {
-                                    tokio::select! {
-                                        _ = s.handle(role, a.stream, a.peer) => {}
-                                        _ = kill.cancelled() => {}
-                                    }
-                                    drop(admitted);
-                                }
-                                .instrument(span),
-                            );
-                        })
-                        .await;
-                    }
-                    .in_current_span(),
-                );
-            }
-            (Endpoint::Connect(addr), _) => {
-                let addr = addr.clone();
-                tracker.spawn(
-                    async move {
-                        let s = Arc::clone(&server);
-                        let kill = server.kill.clone();
-                        tokio::select! {
-                            _ = dial_loop(&server, &addr, role, move |conn, peer| {
-                                Arc::clone(&s)
-                                    .serve_conn(role, conn, peer)
-                                    .instrument(conn_span(peer, role.as_str()))
-                            }) => {}
-                            _ = kill.cancelled() => {}
-                        }
-                    }
-                    .in_current_span(),
-                );
-            }
-            (Endpoint::Listen(a), None) => {
-                anyhow::bail!("route '{}': no listener bound for {a}", self.route().name)
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Dials `addr` until the route stops: exponential backoff with full
-/// jitter between failed attempts, and after connections that ended before
-/// they had been healthy for `reset_after` (so a peer that accepts and
-/// closes at once is not hammered). Errors (connect and TLS handshake) are
-/// classified: a persistent one (name does not resolve, certificate
-/// rejected) is logged once as an error and retried only after a long
-/// capped delay; a resource one (EMFILE...) is throttled; transient ones
-/// back off with jitter, warned rate-limited. With `max_attempts`, running
-/// out of attempts stops the route.
-async fn dial_loop<F, Fut>(server: &QueueServer, addr: &str, role: Role, mut on_conn: F)
-where
-    F: FnMut(MaybeTls, SocketAddr) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let route = server.route();
-    let stop = server.stop_token(role);
-    let stats = server.stats.dial(role);
-    let mut backoff = Backoff::new(route.backoff.clone());
-    let mut warn_limit = RateLimited::new(Duration::from_secs(10));
-    // The persistent error last logged, so it is said once, not per retry.
-    let mut persistent: Option<String> = None;
-    let options = DialOptions {
-        recv_buffer: (role == Role::Producer).then_some(PRODUCER_RCVBUF as u32),
-        socket: route.timeouts.socket,
-    };
-    let side = role;
-    let role = role.as_str();
-    info!(target = addr, "dialing");
-    loop {
-        stats.attempts.fetch_add(1, Ordering::Relaxed);
-        // TLS, when the endpoint has it: the handshake is part of the
-        // attempt, and a rejected certificate backs off long (persistent).
-        let tls = match server.side_tls(side) {
-            Some(SideTls::Client(tls)) => Some(tls),
-            _ => None,
-        };
-        let attempt = tokio::select! {
-            r = dial(addr, route.connect_timeout, options, tls.as_ref()) => r,
-            _ = stop.cancelled() => return,
-        };
-        let delay = match attempt {
-            Ok((stream, peer)) => {
-                if persistent.take().is_some() {
-                    info!(
-                        role,
-                        target = addr,
-                        "connected again after a persistent error"
-                    );
-                }
-                let started = Instant::now();
-                backoff.on_connected(started.into_std());
-                on_conn(stream, peer).await;
-                let ended = Instant::now();
-                backoff.on_disconnected(ended.into_std());
-                if backoff.attempts() == 0 && ended - started >= backoff.config().reset_after {
-                    Some(Duration::ZERO)
-                } else {
-                    backoff.on_failure()
-                }
-            }
-            Err(failure) => {
-                let what = match failure.tls() {
-                    None => "connect failed",
-                    Some(_) => {
-                        server.count_tls_failure(side);
-                        "TLS handshake failed"
-                    }
-                };
-                let class = failure.class();
-                let error = failure.to_string();
-                stats.failures.add(class);
-                let d = backoff.on_classified_failure(class);
-                let retry_in_ms = d.map_or(0, |d| d.as_millis() as u64);
-                let attempts = backoff.attempts();
-                if class == ErrorClass::Persistent {
-                    if persistent.as_deref() != Some(error.as_str()) {
-                        error!(target = addr, error = %error,
-                               class = %class, retry_in_ms, attempts,
-                               "{what}; retrying cannot help until this is fixed, \
-                                so retries are spaced out to the backoff cap");
-                        persistent = Some(error);
-                    }
-                } else if let Some(suppressed) = warn_limit.check() {
-                    warn!(target = addr, error = %error,
-                          class = %class, retry_in_ms, attempts, suppressed, "{what}");
-                }
-                d
-            }
-        };
-        if stop.is_cancelled() {
-            return;
-        }
-        let Some(d) = delay else {
-            let msg = format!(
-                "gave up dialing {addr} ({role}) after {} consecutive failures (backoff.max_attempts)",
-                backoff.attempts()
-            );
-            server.give_up(&msg);
-            return;
-        };
-        if !d.is_zero() {
-            tokio::select! {
-                _ = tokio::time::sleep(d) => {}
-                _ = stop.cancelled() => return,
-            }
-        }
     }
 }
