@@ -37,6 +37,16 @@ pub enum WhenFull {
     DropNewest,
 }
 
+/// Default memory tier of [`SpoolConfig::new`]: 64 MiB.
+pub const DEFAULT_MEMORY_LIMIT: u64 = 64 << 20;
+/// Default segment size of [`SpoolConfig::new`]: 64 MiB.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
+/// Default largest message of [`SpoolConfig::new`]: 1 MiB.
+pub const DEFAULT_MAX_MESSAGE: u32 = 1 << 20;
+/// Default fsync interval of [`SpoolConfig::new`]
+/// (`Durability::Interval(DEFAULT_FSYNC_INTERVAL)`): 100 ms.
+pub const DEFAULT_FSYNC_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Spool settings. Build with [`SpoolConfig::new`] and adjust fields.
 #[derive(Debug, Clone)]
 pub struct SpoolConfig {
@@ -77,18 +87,19 @@ pub struct SpoolConfig {
 }
 
 impl SpoolConfig {
-    /// Defaults: 64 MiB memory tier, unlimited disk, block when full,
-    /// fsync every 100 ms, 64 MiB segments, 16 MiB messages, 1 s cursor
-    /// persistence, 10 s between attempts to grow a short reserve.
+    /// Defaults: a [`DEFAULT_MEMORY_LIMIT`] memory tier, unlimited disk,
+    /// block when full, fsync every [`DEFAULT_FSYNC_INTERVAL`],
+    /// [`DEFAULT_SEGMENT_SIZE`] segments, [`DEFAULT_MAX_MESSAGE`] messages,
+    /// 1 s cursor persistence, 10 s between attempts to grow a short reserve.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         SpoolConfig {
             dir: dir.into(),
-            memory_limit: 64 << 20,
+            memory_limit: DEFAULT_MEMORY_LIMIT,
             max_disk: 0,
             when_full: WhenFull::Block,
-            durability: Durability::Interval(Duration::from_millis(100)),
-            segment_size: 64 << 20,
-            max_message: 16 << 20,
+            durability: Durability::Interval(DEFAULT_FSYNC_INTERVAL),
+            segment_size: DEFAULT_SEGMENT_SIZE,
+            max_message: DEFAULT_MAX_MESSAGE,
             block_timeout: None,
             cursor_interval: Duration::from_secs(1),
             reserve_retry: Duration::from_secs(10),

@@ -137,7 +137,10 @@ pub mod sim;
 mod spool;
 mod stats;
 
-pub use config::{Durability, SpoolConfig, WhenFull};
+pub use config::{
+    Durability, SpoolConfig, WhenFull, DEFAULT_FSYNC_INTERVAL, DEFAULT_MAX_MESSAGE,
+    DEFAULT_MEMORY_LIMIT, DEFAULT_SEGMENT_SIZE,
+};
 pub use error::{FullReason, SpoolError};
 pub use format::MAX_MESSAGE_LIMIT;
 pub use inspect::{
