@@ -176,6 +176,34 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HumanDuration(pub Duration);
 
+impl FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_duration(s).map(HumanDuration)
+    }
+}
+
+/// In the largest unit that holds it exactly (`5s`, `10m`, `100ms`), so
+/// that it parses back to the same duration.
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ns = self.0.as_nanos();
+        for (unit, per) in [
+            ("d", 86_400_000_000_000u128),
+            ("h", 3_600_000_000_000),
+            ("m", 60_000_000_000),
+            ("s", 1_000_000_000),
+            ("ms", 1_000_000),
+            ("us", 1_000),
+        ] {
+            if ns >= per && ns.is_multiple_of(per) {
+                return write!(f, "{}{unit}", ns / per);
+            }
+        }
+        write!(f, "{ns}ns")
+    }
+}
+
 impl<'de> serde::Deserialize<'de> for HumanDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -216,6 +244,24 @@ mod tests {
             .contains("unit is required"));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn durations_print_in_a_form_that_parses_back() {
+        for (d, text) in [
+            (Duration::from_secs(5), "5s"),
+            (Duration::from_secs(60), "1m"),
+            (Duration::from_secs(90), "90s"),
+            (Duration::from_secs(600), "10m"),
+            (Duration::from_secs(7200), "2h"),
+            (Duration::from_secs(86_400), "1d"),
+            (Duration::from_millis(100), "100ms"),
+            (Duration::from_nanos(1500), "1500ns"),
+            (Duration::ZERO, "0ns"),
+        ] {
+            assert_eq!(HumanDuration(d).to_string(), text);
+            assert_eq!(text.parse::<HumanDuration>(), Ok(HumanDuration(d)));
+        }
     }
 
     #[test]
