@@ -1,0 +1,727 @@
+//! Raw → model: reads the file, deserializes it into the [`raw`](super::raw)
+//! structs and converts them into the validated [`model`](super::model),
+//! every error at its `file:line:col`.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use spillway_net::dial::Keepalive;
+
+use super::model::{
+    check_host_port, parse_fsync, parse_when_full, validate_queue, validate_stream, Config, Global,
+    QueueRoute, Route, Spill, StreamRoute, Timeouts,
+};
+use super::raw::{RawConfig, RawRoute, S};
+use super::{defaults, policy, tls};
+use crate::endpoint::Endpoint;
+use crate::units::HumanDuration;
+
+/// A config error with its position in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.path.display(),
+            self.line,
+            self.col,
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The text being converted, to turn spans into `file:line:col`.
+pub(super) struct Source<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    pub(super) fn error(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+        let (line, col) = line_col(self.text, span.start);
+        ConfigError {
+            path: self.path.to_path_buf(),
+            line,
+            col,
+            message: message.into(),
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let col = before
+        .get(line_start..)
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
+    (line, col)
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        path: path.to_path_buf(),
+        line: 0,
+        col: 0,
+        message: format!("cannot read config: {e}"),
+    })?;
+    parse(path, &text)
+}
+
+/// Validates config text; `path` is only used in messages.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let src = Source { path, text };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        src.error(span, e.message().trim().to_string())
+    })?;
+    let mut global = Global::default();
+    if let Some(g) = raw.global {
+        if let Some(v) = g.max_spill_total {
+            global.max_spill_total = v.bytes();
+        }
+        if let Some(v) = g.drain_timeout {
+            global.drain_timeout = v.0;
+        }
+        if let Some(v) = g.max_connections {
+            global.max_connections = Some(at_least_one(&src, &v, "max_connections")?);
+        }
+        if let Some(v) = g.peer_memory {
+            global.peer_memory = v.get_ref().bytes();
+            if global.peer_memory < (1 << 20) {
+                return Err(src.error(v.span(), "peer_memory must be at least 1MiB"));
+            }
+        }
+    }
+    if let Some(a) = raw.admin {
+        global.admin = Some(a.listen);
+        global.admin_token_file = a.token_file.map(PathBuf::from);
+    }
+
+    let mut routes: Vec<Route> = Vec::new();
+    for spanned in raw.route {
+        let span = spanned.span();
+        let r = spanned.into_inner();
+        let name = required(&src, &span, r.name.clone(), "name")?;
+        if name.get_ref().is_empty() {
+            return Err(src.error(name.span(), "route name must not be empty"));
+        }
+        if routes.iter().any(|x| x.name() == name.get_ref()) {
+            return Err(src.error(
+                name.span(),
+                format!("duplicate route name '{}'", name.get_ref()),
+            ));
+        }
+        let mode = required(&src, &span, r.mode.clone(), "mode")?;
+        let route = match mode.get_ref().as_str() {
+            "stream" => Route::Stream(stream_route(&src, &span, name.into_inner(), r)?),
+            "queue" => Route::Queue(queue_route(
+                &src,
+                &span,
+                name.into_inner(),
+                r,
+                global.peer_memory,
+            )?),
+            other => {
+                return Err(src.error(
+                    mode.span(),
+                    format!("unknown mode '{other}': expected \"stream\" or \"queue\""),
+                ))
+            }
+        };
+        routes.push(route);
+    }
+    if routes.is_empty() {
+        return Err(src.error(0..0, "no routes: add at least one [[route]] table"));
+    }
+    Ok(Config { global, routes })
+}
+
+fn required<T>(
+    src: &Source<'_>,
+    table: &Range<usize>,
+    v: S<T>,
+    key: &str,
+) -> Result<Spanned<T>, ConfigError> {
+    v.ok_or_else(|| {
+        src.error(
+            table.clone(),
+            format!("route is missing required key '{key}'"),
+        )
+    })
+}
+
+fn host_port(src: &Source<'_>, v: &Spanned<String>, what: &str) -> Result<String, ConfigError> {
+    check_host_port(v.get_ref())
+        .map(|()| v.get_ref().clone())
+        .map_err(|m| src.error(v.span(), format!("invalid {what}: {m}")))
+}
+
+/// A key that belongs to the other mode is an error, not silently ignored.
+fn reject<T>(src: &Source<'_>, v: &S<T>, key: &str, mode: &str) -> Result<(), ConfigError> {
+    match v {
+        Some(v) => Err(src.error(
+            v.span(),
+            format!("key '{key}' is not valid in a {mode} route"),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn queue_route(
+    src: &Source<'_>,
+    table: &Range<usize>,
+    name: String,
+    r: RawRoute,
+    peer_memory: u64,
+) -> Result<QueueRoute, ConfigError> {
+    reject(src, &r.listen, "listen", "queue")?;
+    reject(src, &r.upstreams, "upstreams", "queue")?;
+    reject(src, &r.balance, "balance", "queue")?;
+    reject(src, &r.connect_tries, "connect_tries", "queue")?;
+    reject(src, &r.idle_timeout, "idle_timeout", "queue")?;
+    reject(src, &r.half_close_timeout, "half_close_timeout", "queue")?;
+    reject(src, &r.buffer, "buffer", "queue")?;
+    reject(src, &r.pipe_size, "pipe_size", "queue")?;
+    reject(src, &r.spill_dir, "spill_dir", "queue")?;
+    reject(src, &r.max_spill, "max_spill", "queue")?;
+    let timeouts = timeouts(src, &r)?;
+    reject(src, &r.tls, "tls", "queue")?;
+    reject(src, &r.upstream_tls, "upstream_tls", "queue")?;
+    reject(src, &r.health_check, "health_check", "queue")?;
+    reject(src, &r.outlier, "outlier", "queue")?;
+    reject(src, &r.circuit_breaker, "circuit_breaker", "queue")?;
+    let endpoint = |v: Spanned<String>| -> Result<Endpoint, ConfigError> {
+        v.get_ref()
+            .parse()
+            .map_err(|m: String| src.error(v.span(), m))
+    };
+    let from = endpoint(required(src, table, r.from, "from")?)?;
+    let to = endpoint(required(src, table, r.to, "to")?)?;
+    let spool = required(src, table, r.spool, "spool")?;
+    let mut q = QueueRoute::new(name, from, to, spool.into_inner());
+    if let Some(f) = r.framing {
+        q.framing = f
+            .get_ref()
+            .parse()
+            .map_err(|e: spillway_codec::ParseFramingError| src.error(f.span(), e.to_string()))?;
+    }
+    if let Some(v) = &r.max_message {
+        q.max_message = v.get_ref().bytes();
+        if q.max_message > peer_memory {
+            return Err(src.error(
+                v.span(),
+                format!(
+                    "max_message ({} bytes) is larger than global peer_memory ({} bytes): such a message could never be read; raise peer_memory",
+                    q.max_message, peer_memory
+                ),
+            ));
+        }
+    }
+    if let Some(v) = &r.memory {
+        q.memory = v.get_ref().bytes();
+    }
+    if let Some(v) = &r.max_disk {
+        q.max_disk = v.get_ref().bytes();
+    }
+    if let Some(v) = &r.segment_size {
+        q.segment_size = v.get_ref().bytes();
+    }
+    if let Some(v) = &r.redeliver_on_reset {
+        q.redeliver_on_reset = v.get_ref().bytes();
+    }
+    if let Some(v) = r.when_full {
+        q.when_full = parse_when_full(v.get_ref()).map_err(|m| src.error(v.span(), m))?;
+    }
+    if let Some(v) = r.fsync {
+        q.fsync = parse_fsync(v.get_ref()).map_err(|m| src.error(v.span(), m))?;
+    }
+    if let Some(v) = r.connect_timeout {
+        q.connect_timeout = nonzero_duration(src, &v, "connect_timeout")?;
+    }
+    if let Some(v) = &r.read_idle_timeout {
+        q.read_idle_timeout = optional_duration(v);
+    }
+    if let Some(v) = &r.min_rate {
+        q.min_rate = v.get_ref().bytes();
+    }
+    if let Some(v) = r.min_rate_grace {
+        q.min_rate_grace = nonzero_duration(src, &v, "min_rate_grace")?;
+    }
+    if let Some(v) = r.max_connections {
+        if *v.get_ref() == 0 {
+            return Err(src.error(v.span(), "max_connections must be at least 1"));
+        }
+        q.max_connections = usize::try_from(*v.get_ref()).unwrap_or(usize::MAX);
+    }
+    q.timeouts = timeouts;
+    if let Some(v) = &r.backoff {
+        q.backoff = policy::backoff(src, v)?;
+    }
+    if let Some(v) = &r.max_connections_per_ip {
+        q.max_connections_per_ip = Some(at_least_one(src, v, "max_connections_per_ip")?);
+    }
+    if let Some(v) = &r.per_ip_ipv6_prefix {
+        q.per_ip_ipv6_prefix = ipv6_prefix(src, v)?;
+    }
+    validate_queue(&q).map_err(|m| {
+        let span = r
+            .max_message
+            .as_ref()
+            .or(r.max_disk.as_ref())
+            .or(r.segment_size.as_ref())
+            .map_or(table.clone(), |v| v.span());
+        src.error(span, m)
+    })?;
+    q.from_tls = tls::endpoint_tls(src, r.from_tls, &q.from, "from_tls")?;
+    q.to_tls = tls::endpoint_tls(src, r.to_tls, &q.to, "to_tls")?;
+    Ok(q)
+}
+
+fn stream_route(
+    src: &Source<'_>,
+    table: &Range<usize>,
+    name: String,
+    r: RawRoute,
+) -> Result<StreamRoute, ConfigError> {
+    reject(src, &r.from, "from", "stream")?;
+    reject(src, &r.to, "to", "stream")?;
+    reject(src, &r.spool, "spool", "stream")?;
+    reject(src, &r.framing, "framing", "stream")?;
+    reject(src, &r.max_message, "max_message", "stream")?;
+    reject(src, &r.memory, "memory", "stream")?;
+    reject(src, &r.max_disk, "max_disk", "stream")?;
+    reject(src, &r.when_full, "when_full", "stream")?;
+    reject(src, &r.fsync, "fsync", "stream")?;
+    reject(src, &r.segment_size, "segment_size", "stream")?;
+    reject(src, &r.redeliver_on_reset, "redeliver_on_reset", "stream")?;
+    reject(src, &r.read_idle_timeout, "read_idle_timeout", "stream")?;
+    let timeouts = timeouts(src, &r)?;
+    reject(src, &r.from_tls, "from_tls", "stream")?;
+    reject(src, &r.to_tls, "to_tls", "stream")?;
+    reject(src, &r.backoff, "backoff", "stream")?;
+    let listen = required(src, table, r.listen, "listen")?;
+    let listen = host_port(src, &listen, "listen address")?;
+    let ups = required(src, table, r.upstreams, "upstreams")?;
+    if ups.get_ref().is_empty() {
+        return Err(src.error(ups.span(), "a stream route needs at least one upstream"));
+    }
+    let mut upstreams = Vec::new();
+    for u in ups.get_ref() {
+        check_host_port(u).map_err(|m| src.error(ups.span(), format!("invalid upstream: {m}")))?;
+        upstreams.push(u.clone());
+    }
+    let mut route = StreamRoute::new(name, listen, upstreams);
+    route.timeouts = timeouts;
+    if let Some(b) = r.balance {
+        route.balance = b
+            .get_ref()
+            .parse()
+            .map_err(|m: String| src.error(b.span(), m))?;
+    }
+    if let Some(v) = r.connect_timeout {
+        route.connect_timeout = nonzero_duration(src, &v, "connect_timeout")?;
+    }
+    if let Some(v) = r.connect_tries {
+        if *v.get_ref() == 0 {
+            return Err(src.error(v.span(), "connect_tries must be at least 1"));
+        }
+        route.connect_tries = *v.get_ref();
+    }
+    if let Some(v) = r.idle_timeout {
+        route.idle_timeout = nonzero_duration(src, &v, "idle_timeout")?;
+    }
+    if let Some(v) = r.half_close_timeout {
+        route.half_close_timeout = nonzero_duration(src, &v, "half_close_timeout")?;
+    }
+    if let Some(v) = r.max_connections {
+        if *v.get_ref() == 0 {
+            return Err(src.error(v.span(), "max_connections must be at least 1"));
+        }
+        route.max_connections = usize::try_from(*v.get_ref()).unwrap_or(usize::MAX);
+    }
+    if let Some(v) = r.buffer {
+        let b = v.get_ref().bytes();
+        if !(4096..=(64 << 20)).contains(&b) {
+            return Err(src.error(v.span(), "buffer must be between 4KiB and 64MiB"));
+        }
+        route.buffer = b as usize;
+    }
+    if let Some(v) = r.pipe_size {
+        let b = v.get_ref().bytes();
+        if !(4096..=(64 << 20)).contains(&b) {
+            return Err(src.error(v.span(), "pipe_size must be between 4KiB and 64MiB"));
+        }
+        route.pipe_size = b as usize;
+    }
+    match (r.spill_dir, r.max_spill) {
+        (Some(dir), max) => {
+            route.spill = Some(Spill {
+                dir: PathBuf::from(dir.get_ref()),
+                max_per_connection: max
+                    .map(|m| m.get_ref().bytes())
+                    .unwrap_or(defaults::MAX_SPILL_PER_CONNECTION),
+            })
+        }
+        (None, Some(max)) => {
+            return Err(src.error(max.span(), "max_spill needs spill_dir"));
+        }
+        (None, None) => {}
+    }
+    if let Some(t) = r.tls {
+        route.tls = Some(tls::server_tls(src, t, "tls")?);
+    }
+    if let Some(t) = r.upstream_tls {
+        route.upstream_tls = Some(tls::client_tls(src, t, "upstream_tls")?);
+    }
+    if route.spill.is_some() && (route.tls.is_some() || route.upstream_tls.is_some()) {
+        // TLS connections take the user-space copy path, which has no spill file.
+        return Err(src.error(
+            table.clone(),
+            "spill_dir is not supported together with TLS (tls / upstream_tls) yet",
+        ));
+    }
+    if let Some(v) = &r.max_connections_per_ip {
+        route.max_connections_per_ip = Some(at_least_one(src, v, "max_connections_per_ip")?);
+    }
+    if let Some(v) = &r.per_ip_ipv6_prefix {
+        route.per_ip_ipv6_prefix = ipv6_prefix(src, v)?;
+    }
+    if let Some(v) = &r.health_check {
+        route.health_check = Some(policy::health_check(src, v)?);
+    }
+    if let Some(v) = &r.outlier {
+        route.outlier = policy::outlier(src, v)?;
+    }
+    if let Some(v) = &r.circuit_breaker {
+        route.circuit_breaker = policy::breaker(src, v)?;
+    }
+    validate_stream(&route).map_err(|m| src.error(table.clone(), m))?;
+    Ok(route)
+}
+
+/// `"0s"` turns an optional timeout off.
+fn optional_duration(v: &Spanned<HumanDuration>) -> Option<Duration> {
+    Some(v.get_ref().0).filter(|d| !d.is_zero())
+}
+
+/// The keepalive / user-timeout / stall / lifetime keys of either mode.
+fn timeouts(src: &Source<'_>, r: &RawRoute) -> Result<Timeouts, ConfigError> {
+    let mut t = Timeouts::default();
+    // Keepalive times go to the kernel in whole seconds (1..=32767).
+    let keepalive_secs = |v: &Spanned<HumanDuration>, key: &str| {
+        let d = v.get_ref().0;
+        if d < Duration::from_secs(1) || d > Duration::from_secs(32767) || d.subsec_nanos() != 0 {
+            return Err(src.error(
+                v.span(),
+                format!("{key} must be a whole number of seconds between 1s and 32767s"),
+            ));
+        }
+        Ok(d)
+    };
+    let mut k = t.socket.keepalive.unwrap_or(Keepalive {
+        idle: defaults::KEEPALIVE_IDLE,
+        interval: defaults::KEEPALIVE_INTERVAL,
+        count: defaults::KEEPALIVE_COUNT,
+    });
+    if let Some(v) = &r.tcp_keepalive_idle {
+        k.idle = keepalive_secs(v, "tcp_keepalive_idle")?;
+    }
+    if let Some(v) = &r.tcp_keepalive_interval {
+        k.interval = keepalive_secs(v, "tcp_keepalive_interval")?;
+    }
+    if let Some(v) = &r.tcp_keepalive_count {
+        if !(1..=127).contains(v.get_ref()) {
+            return Err(src.error(v.span(), "tcp_keepalive_count must be between 1 and 127"));
+        }
+        k.count = *v.get_ref();
+    }
+    t.socket.keepalive = match &r.tcp_keepalive {
+        Some(v) if !*v.get_ref() => None,
+        _ => Some(k),
+    };
+    if let Some(v) = &r.tcp_user_timeout {
+        let d = v.get_ref().0;
+        if d.as_millis() > i32::MAX as u128 {
+            return Err(src.error(v.span(), "tcp_user_timeout is too large"));
+        }
+        t.socket.user_timeout = optional_duration(v);
+    }
+    if let Some(v) = &r.write_stall_timeout {
+        t.write_stall = nonzero_duration(src, v, "write_stall_timeout")?;
+    }
+    if let Some(v) = &r.max_lifetime {
+        t.max_lifetime = optional_duration(v);
+    }
+    Ok(t)
+}
+
+fn ipv6_prefix(src: &Source<'_>, v: &Spanned<u64>) -> Result<u8, ConfigError> {
+    match u8::try_from(*v.get_ref()) {
+        Ok(p) if (1..=128).contains(&p) => Ok(p),
+        _ => Err(src.error(
+            v.span(),
+            "per_ip_ipv6_prefix must be between 1 and 128 (bits of an IPv6 address that name one client)",
+        )),
+    }
+}
+
+pub(super) fn at_least_one(
+    src: &Source<'_>,
+    v: &Spanned<u64>,
+    key: &str,
+) -> Result<usize, ConfigError> {
+    if *v.get_ref() == 0 {
+        return Err(src.error(v.span(), format!("{key} must be at least 1")));
+    }
+    Ok(usize::try_from(*v.get_ref()).unwrap_or(usize::MAX))
+}
+
+pub(super) fn nonzero_duration(
+    src: &Source<'_>,
+    v: &Spanned<HumanDuration>,
+    key: &str,
+) -> Result<Duration, ConfigError> {
+    if v.get_ref().0.is_zero() {
+        return Err(src.error(v.span(), format!("{key} must be greater than zero")));
+    }
+    Ok(v.get_ref().0)
+}
+
+#[cfg(test)]
+mod tests {
+    use spillway_net::balance::Balance;
+    use spillway_net::dial::SocketOptions;
+    use spillway_spool::{Durability, WhenFull};
+
+    use super::*;
+
+    fn p(text: &str) -> Result<Config, ConfigError> {
+        parse(Path::new("t.toml"), text)
+    }
+
+    #[test]
+    fn peer_limits_of_queue_routes() {
+        let queue = "[[route]]\nname = \"q\"\nmode = \"queue\"\nfrom = \"listen:127.0.0.1:1\"\nto = \"listen:127.0.0.1:2\"\nspool = \"/s\"\n";
+        let c = p(queue).expect("defaults");
+        assert_eq!(c.global.peer_memory, defaults::PEER_MEMORY);
+        let Route::Queue(q) = &c.routes[0] else {
+            panic!("queue route")
+        };
+        assert_eq!(q.max_connections, defaults::QUEUE_MAX_CONNECTIONS);
+        assert_eq!(q.min_rate, defaults::MIN_RATE);
+        assert_eq!(q.min_rate_grace, defaults::MIN_RATE_GRACE);
+
+        let c = p(&format!(
+            "[global]\npeer_memory = \"512MiB\"\n{queue}max_connections = 10\nmin_rate = \"0\"\nmin_rate_grace = \"3s\"\nmax_message = \"256MiB\"\n"
+        ))
+        .expect("set");
+        assert_eq!(c.global.peer_memory, 512 << 20);
+        let Route::Queue(q) = &c.routes[0] else {
+            panic!("queue route")
+        };
+        assert_eq!((q.max_connections, q.min_rate), (10, 0));
+        assert_eq!(q.min_rate_grace, Duration::from_secs(3));
+
+        // A message larger than the budget could never be read.
+        let e = p(&format!("{queue}max_message = \"128MiB\"\n")).expect_err("over budget");
+        assert_eq!((e.line, e.col), (7, 15), "{e}");
+        assert!(e.message.contains("peer_memory"), "{e}");
+        let e = p(&format!("[global]\npeer_memory = \"64KiB\"\n{queue}")).expect_err("tiny");
+        assert_eq!(e.line, 2, "{e}");
+        let e = p(&format!("{queue}max_connections = 0\n")).expect_err("zero");
+        assert!(e.message.contains("at least 1"), "{e}");
+        let e = p(&format!("{queue}min_rate_grace = \"0s\"\n")).expect_err("zero grace");
+        assert!(e.message.contains("greater than zero"), "{e}");
+    }
+
+    #[test]
+    fn minimal_stream_route() {
+        let c = p(r#"
+[[route]]
+name = "web"
+mode = "stream"
+listen = "127.0.0.1:7000"
+upstreams = ["127.0.0.1:8000", "localhost:8001"]
+balance = "least-conn"
+idle_timeout = "30s"
+spill_dir = "/tmp"
+max_spill = "1GiB"
+"#)
+        .expect("valid");
+        let Route::Stream(r) = &c.routes[0] else {
+            panic!("not a stream route");
+        };
+        assert_eq!(r.balance, Balance::LeastConn);
+        assert_eq!(r.idle_timeout, Duration::from_secs(30));
+        assert_eq!(
+            r.spill.as_ref().map(|s| s.max_per_connection),
+            Some(1 << 30)
+        );
+        assert_eq!(r.buffer, 64 << 10);
+    }
+
+    #[test]
+    fn errors_have_line_and_column() {
+        let e = p("[[route]]\nname = \"a\"\nmode = \"stream\"\nlisten = \"127.0.0.1:1\"\nupstreams = [\"x:1\"]\nbufer = \"1MiB\"\n")
+            .expect_err("unknown key");
+        assert_eq!((e.line, e.col), (6, 1), "{e}");
+        assert!(e.message.contains("bufer"), "{e}");
+
+        let e = p("[[route]]\nname = \"a\"\nmode = \"stream\"\nlisten = \"127.0.0.1:1\"\nupstreams = [\"x:1\"]\nbuffer = \"12XB\"\n")
+            .expect_err("bad size");
+        assert_eq!(e.line, 6, "{e}");
+        assert!(e.message.contains("unknown unit"), "{e}");
+
+        let e = p("[[route]]\nname = \"a\"\nmode = \"strem\"\n").expect_err("bad mode");
+        assert_eq!((e.line, e.col), (3, 8), "{e}");
+
+        let e = p("[[route]\n").expect_err("syntax");
+        assert_eq!(e.line, 1, "{e}");
+        assert!(e.to_string().starts_with("t.toml:1:"), "{e}");
+    }
+
+    #[test]
+    fn queue_route() {
+        let c = p(r#"
+[[route]]
+name = "events"
+mode = "queue"
+from = "listen:127.0.0.1:7000"
+to = "connect:127.0.0.1:7001"
+spool = "/var/lib/spillway/events"
+framing = "len:u32be"
+memory = 0
+fsync = "always"
+when_full = "drop-oldest"
+max_disk = "10GiB"
+"#)
+        .expect("valid");
+        let Route::Queue(q) = &c.routes[0] else {
+            panic!("not a queue route");
+        };
+        assert_eq!(q.from, Endpoint::Listen("127.0.0.1:7000".into()));
+        assert_eq!(q.to, Endpoint::Connect("127.0.0.1:7001".into()));
+        assert_eq!(q.memory, 0);
+        assert_eq!(q.fsync, Durability::Always);
+        assert_eq!(q.when_full, WhenFull::DropOldest);
+        assert_eq!(q.framing.to_string(), "len:u32be");
+
+        let base = "[[route]]\nname = \"q\"\nmode = \"queue\"\nfrom = \"listen:127.0.0.1:1\"\nto = \"listen:127.0.0.1:2\"\nspool = \"/tmp/q\"\n";
+        let e = p(&format!("{base}fsync = \"sometimes\"\n")).expect_err("fsync");
+        assert_eq!((e.line, e.col), (7, 9), "{e}");
+        let e = p(&format!("{base}framing = \"len:u24\"\n")).expect_err("framing");
+        assert_eq!(e.line, 7, "{e}");
+        let e = p(&format!("{base}upstreams = [\"a:1\"]\n")).expect_err("stream key");
+        assert!(e.message.contains("not valid in a queue route"), "{e}");
+        let e = p(&base.replace("listen:127.0.0.1:1", "dial:127.0.0.1:1")).expect_err("endpoint");
+        assert_eq!((e.line, e.col), (4, 8), "{e}");
+    }
+
+    #[test]
+    fn timeouts_and_keepalive() {
+        let stream = "[[route]]\nname = \"a\"\nmode = \"stream\"\nlisten = \"127.0.0.1:1\"\nupstreams = [\"a:1\"]\n";
+        let queue = "[[route]]\nname = \"q\"\nmode = \"queue\"\nfrom = \"listen:127.0.0.1:1\"\nto = \"listen:127.0.0.1:2\"\nspool = \"/tmp/q\"\n";
+        // Defaults: keepalive on, user timeout above the stall timeout.
+        let c = p(stream).expect("valid");
+        let Route::Stream(r) = &c.routes[0] else {
+            panic!("not a stream route");
+        };
+        assert_eq!(r.timeouts, Timeouts::default());
+        let k = r
+            .timeouts
+            .socket
+            .keepalive
+            .expect("keepalive on by default");
+        assert_eq!(k.idle, defaults::KEEPALIVE_IDLE);
+        assert!(r.timeouts.socket.user_timeout > Some(r.timeouts.write_stall));
+        assert_eq!(r.timeouts.max_lifetime, None);
+
+        let c = p(&format!(
+            "{queue}tcp_keepalive_idle = \"2s\"\ntcp_keepalive_interval = \"1s\"\ntcp_keepalive_count = 2\ntcp_user_timeout = \"1500ms\"\nwrite_stall_timeout = \"1s\"\nmax_lifetime = \"1h\"\nread_idle_timeout = \"0s\"\n"
+        ))
+        .expect("valid");
+        let Route::Queue(q) = &c.routes[0] else {
+            panic!("not a queue route");
+        };
+        let k = q.timeouts.socket.keepalive.expect("keepalive");
+        assert_eq!(
+            (k.idle, k.interval, k.count),
+            (Duration::from_secs(2), Duration::from_secs(1), 2)
+        );
+        assert_eq!(
+            q.timeouts.socket.user_timeout,
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(q.timeouts.write_stall, Duration::from_secs(1));
+        assert_eq!(q.timeouts.max_lifetime, Some(Duration::from_secs(3600)));
+        assert_eq!(q.read_idle_timeout, None);
+        assert_eq!(
+            QueueRoute::new("x", q.from.clone(), q.to.clone(), "/x").read_idle_timeout,
+            Some(defaults::READ_IDLE_TIMEOUT)
+        );
+
+        let c = p(&format!(
+            "{stream}tcp_keepalive = false\ntcp_user_timeout = \"0s\"\n"
+        ))
+        .expect("valid");
+        let Route::Stream(r) = &c.routes[0] else {
+            panic!("not a stream route");
+        };
+        assert_eq!(r.timeouts.socket, SocketOptions::default());
+
+        // Bad values, each with its position.
+        let e = p(&format!("{stream}tcp_keepalive_idle = \"500ms\"\n")).expect_err("sub-second");
+        assert_eq!((e.line, e.col), (6, 22), "{e}");
+        assert!(e.message.contains("whole number of seconds"), "{e}");
+        let e = p(&format!("{stream}tcp_keepalive_count = 0\n")).expect_err("count");
+        assert_eq!(e.line, 6, "{e}");
+        let e = p(&format!("{queue}write_stall_timeout = \"0s\"\n")).expect_err("stall");
+        assert!(e.message.contains("greater than zero"), "{e}");
+        let e = p(&format!("{stream}read_idle_timeout = \"1s\"\n")).expect_err("queue key");
+        assert!(e.message.contains("not valid in a stream route"), "{e}");
+        let e = p(&format!("{stream}tcp_keepalive = \"yes\"\n")).expect_err("bool");
+        assert_eq!(e.line, 6, "{e}");
+    }
+
+    #[test]
+    fn semantic_errors() {
+        let base = "[[route]]\nname = \"a\"\nmode = \"stream\"\nlisten = \"127.0.0.1:1\"\n";
+        let e = p(&format!("{base}upstreams = []\n")).expect_err("no upstream");
+        assert_eq!(e.line, 5);
+        let e = p(&format!("{base}upstreams = [\"nohost\"]\n")).expect_err("no port");
+        assert!(e.message.contains("HOST:PORT"));
+        let e = p(&format!(
+            "{base}upstreams = [\"a:1\"]\nmax_spill = \"1MiB\"\n"
+        ))
+        .expect_err("spill");
+        assert!(e.message.contains("spill_dir"));
+        let e = p("").expect_err("empty");
+        assert!(e.message.contains("no routes"));
+        let dup = format!(
+            "{base}upstreams = [\"a:1\"]\n{}",
+            base.replace("127.0.0.1:1", "127.0.0.1:2")
+        );
+        let e = p(&format!("{dup}upstreams = [\"a:1\"]\n")).expect_err("dup");
+        assert!(e.message.contains("duplicate"), "{e}");
+    }
+}

@@ -1,0 +1,33 @@
+//! The config file: TOML deserialized into raw structs (every key known,
+//! every value spanned), then converted into validated domain types. Every
+//! error names `file:line:col`.
+//!
+//! ```toml
+//! [global]
+//! max_spill_total = "4GiB"
+//!
+//! [[route]]
+//! name = "web"
+//! mode = "stream"
+//! listen = "127.0.0.1:7000"
+//! upstreams = ["127.0.0.1:8000", "127.0.0.1:8001"]
+//! ```
+//!
+//! One job per file: [`defaults`], [`model`] (the validated types, which the command line builds
+//! directly too), `raw` (the serde structs), `convert` (raw → model, with
+//! the error positions), `tls` (the TLS tables), `policy` (health checks,
+//! outlier ejection, circuit breakers, backoff).
+
+mod convert;
+pub mod defaults;
+pub mod model;
+mod policy;
+mod raw;
+mod tls;
+
+pub use convert::{load, parse, ConfigError};
+pub use model::{
+    check_host_port, parse_fsync, parse_when_full, validate_queue, validate_stream, Config, Global,
+    QueueRoute, Route, Spill, StreamRoute, Timeouts,
+};
+pub use tls::EndpointTls;

@@ -1,0 +1,344 @@
+//! The validated domain types of the configuration: what a route is once
+//! its keys have been read, checked and defaulted, whether it came from the
+//! config file or the command line. Also the few values both front ends
+//! parse (`fsync`, `when_full`, `HOST:PORT`) and the range checks both
+//! apply.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use spillway_codec::Framing;
+use spillway_net::backoff::BackoffConfig;
+use spillway_net::balance::Balance;
+use spillway_net::breaker::BreakerConfig;
+use spillway_net::dial::{Keepalive, SocketOptions};
+use spillway_net::health::HealthCheckConfig;
+use spillway_net::outlier::OutlierConfig;
+use spillway_net::tls::{ClientTlsConfig, ServerTlsConfig};
+use spillway_spool::{Durability, WhenFull};
+
+use super::defaults;
+use super::tls::EndpointTls;
+use crate::endpoint::Endpoint;
+use crate::units::parse_duration;
+
+/// Liveness of every connection a route accepts or dials: TCP options
+/// that detect a vanished peer, and the timeouts both modes enforce.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timeouts {
+    /// Keepalive and `TCP_USER_TIMEOUT`, set on accepted and dialed sockets.
+    pub socket: SocketOptions,
+    /// Bytes waiting to be written and none written (stream mode) or
+    /// acknowledged (queue consumers) for this long: the connection fails
+    /// with reason `write_stall`.
+    pub write_stall: Duration,
+    /// Close a connection this long after it was opened (off by default).
+    pub max_lifetime: Option<Duration>,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            socket: SocketOptions {
+                keepalive: Some(Keepalive {
+                    idle: defaults::KEEPALIVE_IDLE,
+                    interval: defaults::KEEPALIVE_INTERVAL,
+                    count: defaults::KEEPALIVE_COUNT,
+                }),
+                user_timeout: Some(defaults::TCP_USER_TIMEOUT),
+            },
+            write_stall: defaults::WRITE_STALL_TIMEOUT,
+            max_lifetime: None,
+        }
+    }
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub global: Global,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Global {
+    /// Bound on the bytes held in stream-mode spill files, all connections together.
+    pub max_spill_total: u64,
+    /// How long in-flight connections may finish after SIGTERM.
+    pub drain_timeout: Duration,
+    pub admin: Option<String>,
+    /// A file holding the bearer token that `/metrics` and `/status` of the
+    /// admin endpoint require (`None`: they are open).
+    pub admin_token_file: Option<PathBuf>,
+    /// Bound on client connections across all listeners (None: unlimited).
+    pub max_connections: Option<usize>,
+    /// Bound on the memory peers make queue routes hold (producers' read
+    /// buffers and partial messages, consumers' windows), all together.
+    pub peer_memory: u64,
+}
+
+impl Default for Global {
+    fn default() -> Self {
+        Global {
+            max_spill_total: defaults::MAX_SPILL_TOTAL,
+            drain_timeout: defaults::DRAIN_TIMEOUT,
+            admin: None,
+            admin_token_file: None,
+            max_connections: None,
+            peer_memory: defaults::PEER_MEMORY,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Route {
+    Stream(StreamRoute),
+    Queue(QueueRoute),
+}
+
+impl Route {
+    pub fn name(&self) -> &str {
+        match self {
+            Route::Stream(r) => &r.name,
+            Route::Queue(r) => &r.name,
+        }
+    }
+}
+
+/// A store-and-forward route: framed messages from `from`, through the
+/// spool, to `to`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueRoute {
+    pub name: String,
+    pub from: Endpoint,
+    pub to: Endpoint,
+    pub spool: PathBuf,
+    pub framing: Framing,
+    /// Largest message, framing included.
+    pub max_message: u64,
+    /// Bytes held in the memory tier; 0 writes every message to disk first.
+    pub memory: u64,
+    /// Bound on the disk tier (0 = none).
+    pub max_disk: u64,
+    pub when_full: WhenFull,
+    pub fsync: Durability,
+    pub segment_size: u64,
+    pub redeliver_on_reset: u64,
+    pub connect_timeout: Duration,
+    pub timeouts: Timeouts,
+    /// A producer that sends nothing for this long is closed (`None`: never).
+    pub read_idle_timeout: Option<Duration>,
+    /// A producer holding a partial message must send at least this many
+    /// bytes per second on average once `min_rate_grace` has passed, or it
+    /// is closed (`slow_producer`); 0 turns the check off.
+    pub min_rate: u64,
+    pub min_rate_grace: Duration,
+    /// Bound on connections on the route's listeners (producers and
+    /// consumers together).
+    pub max_connections: usize,
+    /// Redial policy of `connect:` endpoints.
+    pub backoff: BackoffConfig,
+    /// Bound on connections per client address on `listen:` endpoints.
+    pub max_connections_per_ip: Option<usize>,
+    /// IPv6 clients are counted by this many leading bits (one host
+    /// usually holds a /64).
+    pub per_ip_ipv6_prefix: u8,
+    /// TLS on the producer side: terminated on a `listen:` endpoint,
+    /// originated on a `connect:` one (`[route.from_tls]`).
+    pub from_tls: Option<EndpointTls>,
+    /// TLS on the consumer side (`[route.to_tls]`).
+    pub to_tls: Option<EndpointTls>,
+}
+
+impl QueueRoute {
+    pub fn new(
+        name: impl Into<String>,
+        from: Endpoint,
+        to: Endpoint,
+        spool: impl Into<PathBuf>,
+    ) -> Self {
+        QueueRoute {
+            name: name.into(),
+            from,
+            to,
+            spool: spool.into(),
+            framing: Framing::Lines,
+            max_message: defaults::MAX_MESSAGE,
+            memory: defaults::QUEUE_MEMORY,
+            max_disk: 0,
+            when_full: WhenFull::Block,
+            fsync: Durability::Interval(defaults::FSYNC_INTERVAL),
+            segment_size: defaults::SEGMENT_SIZE,
+            redeliver_on_reset: defaults::REDELIVER_ON_RESET,
+            connect_timeout: defaults::CONNECT_TIMEOUT,
+            timeouts: Timeouts::default(),
+            read_idle_timeout: Some(defaults::READ_IDLE_TIMEOUT),
+            min_rate: defaults::MIN_RATE,
+            min_rate_grace: defaults::MIN_RATE_GRACE,
+            max_connections: defaults::QUEUE_MAX_CONNECTIONS,
+            from_tls: None,
+            to_tls: None,
+            backoff: BackoffConfig::default(),
+            max_connections_per_ip: None,
+            per_ip_ipv6_prefix: spillway_net::limit::DEFAULT_IPV6_PREFIX,
+        }
+    }
+}
+
+/// `always`, `never` or a duration between fsyncs.
+pub fn parse_fsync(s: &str) -> Result<Durability, String> {
+    match s {
+        "always" => Ok(Durability::Always),
+        "never" => Ok(Durability::Never),
+        other => match parse_duration(other) {
+            Ok(d) if !d.is_zero() => Ok(Durability::Interval(d)),
+            Ok(_) => Err("fsync interval must be greater than zero (or use always)".into()),
+            Err(_) => Err(format!(
+                "invalid fsync '{other}': expected always, never or a duration like 100ms"
+            )),
+        },
+    }
+}
+
+pub fn parse_when_full(s: &str) -> Result<WhenFull, String> {
+    match s {
+        "block" => Ok(WhenFull::Block),
+        "drop-oldest" => Ok(WhenFull::DropOldest),
+        "drop-newest" => Ok(WhenFull::DropNewest),
+        other => Err(format!(
+            "invalid when_full '{other}': expected block, drop-oldest or drop-newest"
+        )),
+    }
+}
+
+/// `HOST:PORT` with a numeric port; IPv6 hosts in brackets.
+pub fn check_host_port(s: &str) -> Result<(), String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("'{s}' is not HOST:PORT"))?;
+    if host.is_empty() {
+        return Err(format!("'{s}' has no host"));
+    }
+    port.parse::<u16>()
+        .map_err(|_| format!("'{s}' has an invalid port '{port}'"))?;
+    Ok(())
+}
+
+/// Checks the parts of a queue route that do not depend on the syntax.
+pub fn validate_queue(r: &QueueRoute) -> Result<(), String> {
+    if r.connect_timeout.is_zero() {
+        return Err("connect_timeout must be greater than zero".into());
+    }
+    if r.max_message == 0 || r.max_message > u64::from(spillway_spool::MAX_MESSAGE_LIMIT) {
+        return Err(format!(
+            "max_message must be between 1 and {} bytes",
+            spillway_spool::MAX_MESSAGE_LIMIT
+        ));
+    }
+    if r.max_disk != 0 && r.max_disk < r.max_message * 4 {
+        return Err("max_disk must be 0 (unbounded) or at least 4 x max_message".into());
+    }
+    if r.segment_size < 4096 {
+        return Err("segment_size must be at least 4KiB".into());
+    }
+    Ok(())
+}
+
+/// The range checks of a stream route, shared by both front ends (the
+/// config file reports them at the key with `file:line:col` first; the
+/// command line builds a route directly and relies on this).
+pub fn validate_stream(r: &StreamRoute) -> Result<(), String> {
+    if r.connect_tries == 0 {
+        return Err("connect_tries must be at least 1".into());
+    }
+    if r.max_connections == 0 {
+        return Err("max_connections must be at least 1".into());
+    }
+    for (key, v) in [("buffer", r.buffer), ("pipe_size", r.pipe_size)] {
+        if !(4096..=(64 << 20)).contains(&v) {
+            return Err(format!("{key} must be between 4KiB and 64MiB"));
+        }
+    }
+    for (key, d) in [
+        ("connect_timeout", r.connect_timeout),
+        ("idle_timeout", r.idle_timeout),
+        ("half_close_timeout", r.half_close_timeout),
+    ] {
+        if d.is_zero() {
+            return Err(format!("{key} must be greater than zero"));
+        }
+    }
+    Ok(())
+}
+
+/// A transparent L4 proxy route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamRoute {
+    pub name: String,
+    pub listen: String,
+    pub upstreams: Vec<String>,
+    pub balance: Balance,
+    pub connect_timeout: Duration,
+    /// How many distinct upstreams one client connection may try.
+    pub connect_tries: u32,
+    /// Close a connection after this long with no byte moving either way.
+    pub idle_timeout: Duration,
+    /// Once one direction has ended, how long the other may still run.
+    pub half_close_timeout: Duration,
+    pub max_connections: usize,
+    /// Per-direction user-space buffer (spill mode, and the copy fallback).
+    pub buffer: usize,
+    /// Per-direction kernel pipe in splice mode (the default mode).
+    pub pipe_size: usize,
+    pub spill: Option<Spill>,
+    pub timeouts: Timeouts,
+    /// Terminate TLS from clients (`[route.tls]`).
+    pub tls: Option<ServerTlsConfig>,
+    /// Originate TLS to the upstreams (`[route.upstream_tls]`).
+    pub upstream_tls: Option<ClientTlsConfig>,
+    /// Active health checks of the upstreams (None: off).
+    pub health_check: Option<HealthCheckConfig>,
+    /// Passive ejection of upstreams whose connects keep failing.
+    pub outlier: OutlierConfig,
+    /// Per-upstream bounds on connections and connects in progress.
+    pub circuit_breaker: BreakerConfig,
+    /// Bound on connections per client address.
+    pub max_connections_per_ip: Option<usize>,
+    /// IPv6 clients are counted by this many leading bits.
+    pub per_ip_ipv6_prefix: u8,
+}
+
+impl StreamRoute {
+    /// A route with every knob at its default.
+    pub fn new(name: impl Into<String>, listen: impl Into<String>, upstreams: Vec<String>) -> Self {
+        StreamRoute {
+            name: name.into(),
+            listen: listen.into(),
+            upstreams,
+            balance: Balance::RoundRobin,
+            connect_timeout: defaults::CONNECT_TIMEOUT,
+            connect_tries: defaults::CONNECT_TRIES,
+            idle_timeout: defaults::IDLE_TIMEOUT,
+            half_close_timeout: defaults::HALF_CLOSE_TIMEOUT,
+            max_connections: defaults::MAX_CONNECTIONS,
+            buffer: defaults::BUFFER as usize,
+            pipe_size: defaults::PIPE_SIZE as usize,
+            spill: None,
+            timeouts: Timeouts::default(),
+            tls: None,
+            upstream_tls: None,
+            health_check: None,
+            outlier: OutlierConfig::default(),
+            circuit_breaker: BreakerConfig::default(),
+            max_connections_per_ip: None,
+            per_ip_ipv6_prefix: spillway_net::limit::DEFAULT_IPV6_PREFIX,
+        }
+    }
+}
+
+/// Stream-mode overflow to per-connection temporary files.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spill {
+    pub dir: PathBuf,
+    pub max_per_connection: u64,
+}
