@@ -3,16 +3,17 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use spillway::config::{self, Config, Global, QueueRoute, Route, Spill, StreamRoute};
+use spillway::config::{
+    self, defaults, Config, Fsync, Global, QueueRoute, Route, Spill, StreamRoute,
+};
 use spillway::endpoint::Endpoint;
 use spillway::logging::{self, LogFormat};
-use spillway::units::{parse_duration, ByteSize};
+use spillway::units::{ByteSize, HumanDuration};
 use spillway_codec::Framing;
 use spillway_net::balance::Balance;
-use spillway_spool::{Durability, WhenFull};
+use spillway_spool::WhenFull;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -69,36 +70,36 @@ struct RelayArgs {
     /// Upstream address (HOST:PORT); repeat for a pool.
     #[arg(long = "to", required = true)]
     to: Vec<String>,
-    #[arg(long, default_value = "round-robin", value_parser = parse_balance)]
+    #[arg(long, default_value_t = defaults::BALANCE, value_parser = parse_balance)]
     balance: Balance,
     /// Spill the overflow of slow directions to temporary files in DIR.
     #[arg(long)]
     spill_dir: Option<PathBuf>,
     /// Spill bound per connection.
-    #[arg(long, default_value = "1GiB")]
+    #[arg(long, default_value_t = ByteSize(defaults::MAX_SPILL_PER_CONNECTION))]
     max_spill: ByteSize,
     /// Spill bound for the whole process.
-    #[arg(long, default_value = "8GiB")]
+    #[arg(long, default_value_t = ByteSize(defaults::MAX_SPILL_TOTAL))]
     max_spill_total: ByteSize,
     /// User-space buffer per direction (spill mode and the copy fallback).
-    #[arg(long, default_value = "64KiB")]
+    #[arg(long, default_value_t = ByteSize(defaults::BUFFER))]
     buffer: ByteSize,
     /// Kernel pipe per direction in splice mode (used only while bytes are in flight).
-    #[arg(long, default_value = "1MiB")]
+    #[arg(long, default_value_t = ByteSize(defaults::PIPE_SIZE))]
     pipe_size: ByteSize,
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    connect_timeout: Duration,
+    #[arg(long, default_value_t = HumanDuration(defaults::CONNECT_TIMEOUT))]
+    connect_timeout: HumanDuration,
     /// Distinct upstreams tried per client connection.
-    #[arg(long, default_value_t = config::defaults::CONNECT_TRIES)]
+    #[arg(long, default_value_t = defaults::CONNECT_TRIES)]
     connect_tries: u32,
-    #[arg(long, default_value = "10m", value_parser = parse_duration)]
-    idle_timeout: Duration,
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
-    half_close_timeout: Duration,
-    #[arg(long, default_value_t = config::defaults::MAX_CONNECTIONS)]
+    #[arg(long, default_value_t = HumanDuration(defaults::IDLE_TIMEOUT))]
+    idle_timeout: HumanDuration,
+    #[arg(long, default_value_t = HumanDuration(defaults::HALF_CLOSE_TIMEOUT))]
+    half_close_timeout: HumanDuration,
+    #[arg(long, default_value_t = defaults::MAX_CONNECTIONS)]
     max_connections: usize,
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    drain_timeout: Duration,
+    #[arg(long, default_value_t = HumanDuration(defaults::DRAIN_TIMEOUT))]
+    drain_timeout: HumanDuration,
     /// Serve /metrics, /healthz, /readyz and /status on ADDR (HOST:PORT).
     #[arg(long)]
     admin: Option<String>,
@@ -138,32 +139,36 @@ struct QueueArgs {
     #[arg(long)]
     spool: PathBuf,
     /// lines, raw, len:u8, len:u16be, len:u16le, len:u32be, len:u32le, len:u64be.
-    #[arg(long, default_value = "lines", value_parser = parse_framing)]
+    #[arg(long, default_value_t = defaults::FRAMING, value_parser = parse_framing)]
     framing: Framing,
     /// Largest message, framing included.
-    #[arg(long, default_value = "1MiB")]
+    #[arg(long, default_value_t = ByteSize(defaults::MAX_MESSAGE))]
     max_message: ByteSize,
     /// Memory tier size; 0 writes every message to disk first.
-    #[arg(long, default_value = "64MiB")]
+    #[arg(long, default_value_t = ByteSize(defaults::QUEUE_MEMORY))]
     memory: ByteSize,
     /// Bound on the disk tier (0 = unbounded).
-    #[arg(long, default_value = "0")]
+    #[arg(long, default_value_t = ByteSize(defaults::MAX_DISK))]
     max_disk: ByteSize,
-    #[arg(long, default_value = "block", value_parser = config::parse_when_full)]
+    #[arg(
+        long,
+        default_value = config::when_full_name(defaults::WHEN_FULL),
+        value_parser = config::parse_when_full
+    )]
     when_full: WhenFull,
     /// always, never, or the longest time between fsyncs (e.g. 100ms).
-    #[arg(long, default_value = "100ms", value_parser = config::parse_fsync)]
-    fsync: Durability,
-    #[arg(long, default_value = "64MiB")]
+    #[arg(long, default_value_t = Fsync(defaults::FSYNC))]
+    fsync: Fsync,
+    #[arg(long, default_value_t = ByteSize(defaults::SEGMENT_SIZE))]
     segment_size: ByteSize,
     /// After a consumer reset, re-send this many bytes of recently delivered
     /// messages (duplicates instead of loss).
-    #[arg(long, default_value = "256KiB")]
+    #[arg(long, default_value_t = ByteSize(defaults::REDELIVER_ON_RESET))]
     redeliver_on_reset: ByteSize,
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    connect_timeout: Duration,
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    drain_timeout: Duration,
+    #[arg(long, default_value_t = HumanDuration(defaults::CONNECT_TIMEOUT))]
+    connect_timeout: HumanDuration,
+    #[arg(long, default_value_t = HumanDuration(defaults::DRAIN_TIMEOUT))]
+    drain_timeout: HumanDuration,
     /// Serve /metrics, /healthz, /readyz and /status on ADDR (HOST:PORT).
     #[arg(long)]
     admin: Option<String>,
@@ -186,12 +191,12 @@ impl QueueArgs {
         q.memory = self.memory.bytes();
         q.max_disk = self.max_disk.bytes();
         q.when_full = self.when_full;
-        q.fsync = self.fsync;
+        q.fsync = self.fsync.0;
         q.segment_size = self.segment_size.bytes();
         q.redeliver_on_reset = self.redeliver_on_reset.bytes();
-        q.connect_timeout = self.connect_timeout;
+        q.connect_timeout = self.connect_timeout.0;
         config::validate_queue(&q).map_err(|e| format!("--{}", e.replace('_', "-")))?;
-        if self.drain_timeout.is_zero() {
+        if self.drain_timeout.0.is_zero() {
             return Err("--drain-timeout must be greater than zero".into());
         }
         if let Some(a) = &self.admin {
@@ -199,7 +204,7 @@ impl QueueArgs {
         }
         Ok(Config {
             global: Global {
-                drain_timeout: self.drain_timeout,
+                drain_timeout: self.drain_timeout.0,
                 admin: self.admin,
                 ..Global::default()
             },
@@ -219,10 +224,10 @@ impl RelayArgs {
         }
         let mut route = StreamRoute::new("relay", self.listen, self.to);
         route.balance = self.balance;
-        route.connect_timeout = self.connect_timeout;
+        route.connect_timeout = self.connect_timeout.0;
         route.connect_tries = self.connect_tries;
-        route.idle_timeout = self.idle_timeout;
-        route.half_close_timeout = self.half_close_timeout;
+        route.idle_timeout = self.idle_timeout.0;
+        route.half_close_timeout = self.half_close_timeout.0;
         route.max_connections = self.max_connections;
         route.buffer = usize::try_from(self.buffer.bytes()).map_err(|_| "--buffer too large")?;
         route.pipe_size =
@@ -232,13 +237,13 @@ impl RelayArgs {
             max_per_connection: self.max_spill.bytes(),
         });
         config::validate_stream(&route).map_err(|e| format!("--{}", e.replace('_', "-")))?;
-        if self.drain_timeout.is_zero() {
+        if self.drain_timeout.0.is_zero() {
             return Err("--drain-timeout must be greater than zero".into());
         }
         Ok(Config {
             global: Global {
                 max_spill_total: self.max_spill_total.bytes(),
-                drain_timeout: self.drain_timeout,
+                drain_timeout: self.drain_timeout.0,
                 admin: self.admin,
                 ..Global::default()
             },
@@ -402,4 +407,72 @@ fn watch_signals(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use spillway_spool::Durability;
+
+    use super::*;
+
+    fn from_flags(args: &[&str]) -> Config {
+        let cli = Cli::try_parse_from(args).expect("flags");
+        match cli.command {
+            Command::Queue(a) => a.into_config(),
+            Command::Relay(a) => a.into_config(),
+            _ => Err("not a route command".into()),
+        }
+        .expect("valid flags")
+    }
+
+    /// A flag left out and a key left out mean the same thing: both front
+    /// ends take their defaults from `config::defaults`.
+    #[test]
+    fn flags_and_file_have_the_same_defaults() {
+        let flags = from_flags(&[
+            "spillway",
+            "queue",
+            "--from",
+            "listen:127.0.0.1:1",
+            "--to",
+            "connect:127.0.0.1:2",
+            "--spool",
+            "/tmp/q",
+        ]);
+        let file = config::parse(
+            Path::new("t.toml"),
+            "[[route]]\nname = \"queue\"\nmode = \"queue\"\nfrom = \"listen:127.0.0.1:1\"\nto = \"connect:127.0.0.1:2\"\nspool = \"/tmp/q\"\n",
+        )
+        .expect("valid file");
+        assert_eq!(flags, file);
+
+        let flags = from_flags(&[
+            "spillway",
+            "relay",
+            "--listen",
+            "127.0.0.1:1",
+            "--to",
+            "127.0.0.1:2",
+        ]);
+        let file = config::parse(
+            Path::new("t.toml"),
+            "[[route]]\nname = \"relay\"\nmode = \"stream\"\nlisten = \"127.0.0.1:1\"\nupstreams = [\"127.0.0.1:2\"]\n",
+        )
+        .expect("valid file");
+        assert_eq!(flags, file);
+    }
+
+    /// What `--help` shows as a default parses back to the default.
+    #[test]
+    fn fsync_and_when_full_defaults_print_as_they_parse() {
+        for d in [Durability::Always, Durability::Never, defaults::FSYNC] {
+            assert_eq!(Fsync(d).to_string().parse::<Fsync>(), Ok(Fsync(d)));
+        }
+        assert_eq!(Fsync(defaults::FSYNC).to_string(), "100ms");
+        for w in [WhenFull::Block, WhenFull::DropOldest, WhenFull::DropNewest] {
+            assert_eq!(config::parse_when_full(config::when_full_name(w)), Ok(w));
+        }
+    }
 }

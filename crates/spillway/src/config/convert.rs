@@ -9,11 +9,9 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use spillway_net::dial::Keepalive;
-
 use super::model::{
-    check_host_port, parse_fsync, parse_when_full, validate_queue, validate_stream, Config, Global,
-    QueueRoute, Route, Spill, StreamRoute, Timeouts,
+    check_buffer_size, check_host_port, parse_fsync, parse_when_full, validate_queue,
+    validate_stream, Config, Global, QueueRoute, Route, Spill, StreamRoute, Timeouts,
 };
 use super::raw::{RawConfig, RawRoute, S};
 use super::{defaults, policy, tls};
@@ -361,16 +359,12 @@ fn stream_route(
     }
     if let Some(v) = r.buffer {
         let b = v.get_ref().bytes();
-        if !(4096..=(64 << 20)).contains(&b) {
-            return Err(src.error(v.span(), "buffer must be between 4KiB and 64MiB"));
-        }
+        check_buffer_size("buffer", b).map_err(|m| src.error(v.span(), m))?;
         route.buffer = b as usize;
     }
     if let Some(v) = r.pipe_size {
         let b = v.get_ref().bytes();
-        if !(4096..=(64 << 20)).contains(&b) {
-            return Err(src.error(v.span(), "pipe_size must be between 4KiB and 64MiB"));
-        }
+        check_buffer_size("pipe_size", b).map_err(|m| src.error(v.span(), m))?;
         route.pipe_size = b as usize;
     }
     match (r.spill_dir, r.max_spill) {
@@ -438,11 +432,7 @@ fn timeouts(src: &Source<'_>, r: &RawRoute) -> Result<Timeouts, ConfigError> {
         }
         Ok(d)
     };
-    let mut k = t.socket.keepalive.unwrap_or(Keepalive {
-        idle: defaults::KEEPALIVE_IDLE,
-        interval: defaults::KEEPALIVE_INTERVAL,
-        count: defaults::KEEPALIVE_COUNT,
-    });
+    let mut k = t.socket.keepalive.unwrap_or(defaults::KEEPALIVE);
     if let Some(v) = &r.tcp_keepalive_idle {
         k.idle = keepalive_secs(v, "tcp_keepalive_idle")?;
     }

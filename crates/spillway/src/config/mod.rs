@@ -13,7 +13,8 @@
 //! upstreams = ["127.0.0.1:8000", "127.0.0.1:8001"]
 //! ```
 //!
-//! One job per file: [`defaults`], [`model`] (the validated types, which the command line builds
+//! One job per file: [`defaults`] (every default the CLI and the file
+//! share), [`model`] (the validated types, which the command line builds
 //! directly too), `raw` (the serde structs), `convert` (raw → model, with
 //! the error positions), `tls` (the TLS tables), `policy` (health checks,
 //! outlier ejection, circuit breakers, backoff).
@@ -27,7 +28,7 @@ mod tls;
 
 pub use convert::{load, parse, ConfigError};
 pub use model::{
-    check_host_port, parse_fsync, parse_when_full, validate_queue, validate_stream, Config, Global,
-    QueueRoute, Route, Spill, StreamRoute, Timeouts,
+    check_host_port, parse_fsync, parse_when_full, validate_queue, validate_stream, when_full_name,
+    Config, Fsync, Global, QueueRoute, Route, Spill, StreamRoute, Timeouts,
 };
 pub use tls::EndpointTls;

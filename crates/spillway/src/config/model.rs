@@ -1,9 +1,10 @@
 //! The validated domain types of the configuration: what a route is once
 //! its keys have been read, checked and defaulted, whether it came from the
-//! config file or the command line. Also the few values both front ends
-//! parse (`fsync`, `when_full`, `HOST:PORT`) and the range checks both
-//! apply.
+//! config file or the command line. Also the text forms of the few values
+//! both front ends parse (`fsync`, `when_full`, `HOST:PORT`) and the range
+//! checks both apply.
 
+use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use spillway_codec::Framing;
 use spillway_net::backoff::BackoffConfig;
 use spillway_net::balance::Balance;
 use spillway_net::breaker::BreakerConfig;
-use spillway_net::dial::{Keepalive, SocketOptions};
+use spillway_net::dial::SocketOptions;
 use spillway_net::health::HealthCheckConfig;
 use spillway_net::outlier::OutlierConfig;
 use spillway_net::tls::{ClientTlsConfig, ServerTlsConfig};
@@ -20,7 +21,7 @@ use spillway_spool::{Durability, WhenFull};
 use super::defaults;
 use super::tls::EndpointTls;
 use crate::endpoint::Endpoint;
-use crate::units::parse_duration;
+use crate::units::{parse_duration, HumanDuration};
 
 /// Liveness of every connection a route accepts or dials: TCP options
 /// that detect a vanished peer, and the timeouts both modes enforce.
@@ -40,11 +41,7 @@ impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
             socket: SocketOptions {
-                keepalive: Some(Keepalive {
-                    idle: defaults::KEEPALIVE_IDLE,
-                    interval: defaults::KEEPALIVE_INTERVAL,
-                    count: defaults::KEEPALIVE_COUNT,
-                }),
+                keepalive: Some(defaults::KEEPALIVE),
                 user_timeout: Some(defaults::TCP_USER_TIMEOUT),
             },
             write_stall: defaults::WRITE_STALL_TIMEOUT,
@@ -162,12 +159,12 @@ impl QueueRoute {
             from,
             to,
             spool: spool.into(),
-            framing: Framing::Lines,
+            framing: defaults::FRAMING,
             max_message: defaults::MAX_MESSAGE,
             memory: defaults::QUEUE_MEMORY,
-            max_disk: 0,
-            when_full: WhenFull::Block,
-            fsync: Durability::Interval(defaults::FSYNC_INTERVAL),
+            max_disk: defaults::MAX_DISK,
+            when_full: defaults::WHEN_FULL,
+            fsync: defaults::FSYNC,
             segment_size: defaults::SEGMENT_SIZE,
             redeliver_on_reset: defaults::REDELIVER_ON_RESET,
             connect_timeout: defaults::CONNECT_TIMEOUT,
@@ -200,6 +197,28 @@ pub fn parse_fsync(s: &str) -> Result<Durability, String> {
     }
 }
 
+/// The `fsync` setting as written: [`parse_fsync`] reads it, `Display`
+/// writes it back (the command line shows its default this way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fsync(pub Durability);
+
+impl std::str::FromStr for Fsync {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_fsync(s).map(Fsync)
+    }
+}
+
+impl fmt::Display for Fsync {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Durability::Always => f.write_str("always"),
+            Durability::Never => f.write_str("never"),
+            Durability::Interval(d) => HumanDuration(d).fmt(f),
+        }
+    }
+}
+
 pub fn parse_when_full(s: &str) -> Result<WhenFull, String> {
     match s {
         "block" => Ok(WhenFull::Block),
@@ -208,6 +227,15 @@ pub fn parse_when_full(s: &str) -> Result<WhenFull, String> {
         other => Err(format!(
             "invalid when_full '{other}': expected block, drop-oldest or drop-newest"
         )),
+    }
+}
+
+/// The word [`parse_when_full`] reads as `w`.
+pub const fn when_full_name(w: WhenFull) -> &'static str {
+    match w {
+        WhenFull::Block => "block",
+        WhenFull::DropOldest => "drop-oldest",
+        WhenFull::DropNewest => "drop-newest",
     }
 }
 
@@ -255,9 +283,7 @@ pub fn validate_stream(r: &StreamRoute) -> Result<(), String> {
         return Err("max_connections must be at least 1".into());
     }
     for (key, v) in [("buffer", r.buffer), ("pipe_size", r.pipe_size)] {
-        if !(4096..=(64 << 20)).contains(&v) {
-            return Err(format!("{key} must be between 4KiB and 64MiB"));
-        }
+        check_buffer_size(key, v as u64)?;
     }
     for (key, d) in [
         ("connect_timeout", r.connect_timeout),
@@ -267,6 +293,14 @@ pub fn validate_stream(r: &StreamRoute) -> Result<(), String> {
         if d.is_zero() {
             return Err(format!("{key} must be greater than zero"));
         }
+    }
+    Ok(())
+}
+
+/// The range of a stream route's `buffer` and `pipe_size`.
+pub(super) fn check_buffer_size(key: &str, bytes: u64) -> Result<(), String> {
+    if !(4096..=(64 << 20)).contains(&bytes) {
+        return Err(format!("{key} must be between 4KiB and 64MiB"));
     }
     Ok(())
 }
@@ -315,7 +349,7 @@ impl StreamRoute {
             name: name.into(),
             listen: listen.into(),
             upstreams,
-            balance: Balance::RoundRobin,
+            balance: defaults::BALANCE,
             connect_timeout: defaults::CONNECT_TIMEOUT,
             connect_tries: defaults::CONNECT_TRIES,
             idle_timeout: defaults::IDLE_TIMEOUT,

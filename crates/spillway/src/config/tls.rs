@@ -1,9 +1,9 @@
 //! The TLS tables of a route: `[route.tls]` and `[route.upstream_tls]` of
 //! a stream route, `[route.from_tls]` and `[route.to_tls]` of a queue route
-//! (server or client by the endpoint they sit on).
+//! (server or client by the endpoint they sit on). Their defaults
+//! (handshake timeout, verification on) are `spillway_net::tls`'s own.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use spillway_net::tls::{ClientTlsConfig, ServerTlsConfig, SpkiPin};
 use toml::Spanned;
@@ -11,7 +11,6 @@ use toml::Spanned;
 use super::convert::{nonzero_duration, ConfigError, Source};
 use super::raw::{RawTls, S};
 use crate::endpoint::Endpoint;
-use crate::units::HumanDuration;
 
 /// TLS at one end of a queue route: which kind follows from the endpoint.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,13 +56,6 @@ fn tls_path(v: S<String>) -> Option<PathBuf> {
     v.map(|p| PathBuf::from(p.into_inner()))
 }
 
-fn handshake_timeout(src: &Source<'_>, v: &S<HumanDuration>) -> Result<Duration, ConfigError> {
-    match v {
-        Some(v) => nonzero_duration(src, v, "handshake_timeout"),
-        None => Ok(spillway_net::tls::DEFAULT_HANDSHAKE_TIMEOUT),
-    }
-}
-
 /// A table where spillway terminates TLS: `cert` and `key` required,
 /// `client_ca` turns on mTLS.
 pub(super) fn server_tls(
@@ -94,7 +86,9 @@ pub(super) fn server_tls(
     let key = tls_path(r.key).ok_or_else(|| missing("key"))?;
     let mut cfg = ServerTlsConfig::new(cert, key);
     cfg.client_ca = tls_path(r.client_ca);
-    cfg.handshake_timeout = handshake_timeout(src, &r.handshake_timeout)?;
+    if let Some(v) = &r.handshake_timeout {
+        cfg.handshake_timeout = nonzero_duration(src, v, "handshake_timeout")?;
+    }
     Ok(cfg)
 }
 
@@ -113,10 +107,10 @@ pub(super) fn client_tls(
         table,
         "spillway is the TLS client here (it dials); use 'ca' to verify the server",
     )?;
-    let mut cfg = ClientTlsConfig {
-        handshake_timeout: handshake_timeout(src, &r.handshake_timeout)?,
-        ..ClientTlsConfig::default()
-    };
+    let mut cfg = ClientTlsConfig::default();
+    if let Some(v) = &r.handshake_timeout {
+        cfg.handshake_timeout = nonzero_duration(src, v, "handshake_timeout")?;
+    }
     if let Some(n) = r.server_name {
         if rustls_pki_types::ServerName::try_from(n.get_ref().as_str()).is_err() {
             return Err(src.error(
