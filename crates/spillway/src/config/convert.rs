@@ -13,7 +13,7 @@ use super::model::{
     check_buffer_size, check_host_port, parse_fsync, parse_when_full, validate_queue,
     validate_stream, Config, Global, QueueRoute, Route, Spill, StreamRoute, Timeouts,
 };
-use super::raw::{RawConfig, RawRoute, S};
+use super::raw::{BothKeys, QueueKeys, RawConfig, RawRoute, RouteKeys, StreamKeys, TimeoutKeys, S};
 use super::{defaults, policy, tls};
 use crate::endpoint::Endpoint;
 use crate::units::HumanDuration;
@@ -118,40 +118,70 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let mut routes: Vec<Route> = Vec::new();
     for spanned in raw.route {
         let span = spanned.span();
-        let r = spanned.into_inner();
-        let name = required(&src, &span, r.name.clone(), "name")?;
-        if name.get_ref().is_empty() {
-            return Err(src.error(name.span(), "route name must not be empty"));
-        }
-        if routes.iter().any(|x| x.name() == name.get_ref()) {
-            return Err(src.error(
-                name.span(),
-                format!("duplicate route name '{}'", name.get_ref()),
-            ));
-        }
-        let mode = required(&src, &span, r.mode.clone(), "mode")?;
-        let route = match mode.get_ref().as_str() {
-            "stream" => Route::Stream(stream_route(&src, &span, name.into_inner(), r)?),
-            "queue" => Route::Queue(queue_route(
-                &src,
-                &span,
-                name.into_inner(),
-                r,
-                global.peer_memory,
-            )?),
-            other => {
-                return Err(src.error(
-                    mode.span(),
-                    format!("unknown mode '{other}': expected \"stream\" or \"queue\""),
-                ))
-            }
-        };
+        let route = route(
+            &src,
+            &span,
+            spanned.into_inner(),
+            &routes,
+            global.peer_memory,
+        )?;
         routes.push(route);
     }
     if routes.is_empty() {
         return Err(src.error(0..0, "no routes: add at least one [[route]] table"));
     }
     Ok(Config { global, routes })
+}
+
+/// One `[[route]]` table, given the routes before it (names are unique).
+fn route(
+    src: &Source<'_>,
+    table: &Range<usize>,
+    raw: RawRoute,
+    before: &[Route],
+    peer_memory: u64,
+) -> Result<Route, ConfigError> {
+    let RouteKeys {
+        name,
+        mode,
+        stream,
+        queue,
+        both,
+    } = raw.into_keys();
+    let name = required(src, table, name, "name")?;
+    if name.get_ref().is_empty() {
+        return Err(src.error(name.span(), "route name must not be empty"));
+    }
+    if before.iter().any(|x| x.name() == name.get_ref()) {
+        return Err(src.error(
+            name.span(),
+            format!("duplicate route name '{}'", name.get_ref()),
+        ));
+    }
+    let mode = required(src, table, mode, "mode")?;
+    Ok(match mode.get_ref().as_str() {
+        "stream" => {
+            reject_queue_keys(src, queue)?;
+            Route::Stream(stream_route(src, table, name.into_inner(), stream, both)?)
+        }
+        "queue" => {
+            reject_stream_keys(src, stream)?;
+            Route::Queue(queue_route(
+                src,
+                table,
+                name.into_inner(),
+                queue,
+                both,
+                peer_memory,
+            )?)
+        }
+        other => {
+            return Err(src.error(
+                mode.span(),
+                format!("unknown mode '{other}': expected \"stream\" or \"queue\""),
+            ))
+        }
+    })
 }
 
 fn required<T>(
@@ -185,45 +215,137 @@ fn reject<T>(src: &Source<'_>, v: &S<T>, key: &str, mode: &str) -> Result<(), Co
     }
 }
 
+/// Every stream-only key is an error in a queue route.
+fn reject_stream_keys(src: &Source<'_>, keys: StreamKeys) -> Result<(), ConfigError> {
+    let mode = "queue";
+    let StreamKeys {
+        listen,
+        upstreams,
+        balance,
+        connect_tries,
+        idle_timeout,
+        half_close_timeout,
+        buffer,
+        pipe_size,
+        spill_dir,
+        max_spill,
+        tls,
+        upstream_tls,
+        health_check,
+        outlier,
+        circuit_breaker,
+    } = keys;
+    reject(src, &listen, "listen", mode)?;
+    reject(src, &upstreams, "upstreams", mode)?;
+    reject(src, &balance, "balance", mode)?;
+    reject(src, &connect_tries, "connect_tries", mode)?;
+    reject(src, &idle_timeout, "idle_timeout", mode)?;
+    reject(src, &half_close_timeout, "half_close_timeout", mode)?;
+    reject(src, &buffer, "buffer", mode)?;
+    reject(src, &pipe_size, "pipe_size", mode)?;
+    reject(src, &spill_dir, "spill_dir", mode)?;
+    reject(src, &max_spill, "max_spill", mode)?;
+    reject(src, &tls, "tls", mode)?;
+    reject(src, &upstream_tls, "upstream_tls", mode)?;
+    reject(src, &health_check, "health_check", mode)?;
+    reject(src, &outlier, "outlier", mode)?;
+    reject(src, &circuit_breaker, "circuit_breaker", mode)?;
+    Ok(())
+}
+
+/// Every queue-only key is an error in a stream route.
+fn reject_queue_keys(src: &Source<'_>, keys: QueueKeys) -> Result<(), ConfigError> {
+    let mode = "stream";
+    let QueueKeys {
+        from,
+        to,
+        spool,
+        framing,
+        max_message,
+        memory,
+        max_disk,
+        when_full,
+        fsync,
+        segment_size,
+        redeliver_on_reset,
+        read_idle_timeout,
+        min_rate,
+        min_rate_grace,
+        backoff,
+        from_tls,
+        to_tls,
+    } = keys;
+    reject(src, &from, "from", mode)?;
+    reject(src, &to, "to", mode)?;
+    reject(src, &spool, "spool", mode)?;
+    reject(src, &framing, "framing", mode)?;
+    reject(src, &max_message, "max_message", mode)?;
+    reject(src, &memory, "memory", mode)?;
+    reject(src, &max_disk, "max_disk", mode)?;
+    reject(src, &when_full, "when_full", mode)?;
+    reject(src, &fsync, "fsync", mode)?;
+    reject(src, &segment_size, "segment_size", mode)?;
+    reject(src, &redeliver_on_reset, "redeliver_on_reset", mode)?;
+    reject(src, &read_idle_timeout, "read_idle_timeout", mode)?;
+    reject(src, &min_rate, "min_rate", mode)?;
+    reject(src, &min_rate_grace, "min_rate_grace", mode)?;
+    reject(src, &backoff, "backoff", mode)?;
+    reject(src, &from_tls, "from_tls", mode)?;
+    reject(src, &to_tls, "to_tls", mode)?;
+    Ok(())
+}
+
 fn queue_route(
     src: &Source<'_>,
     table: &Range<usize>,
     name: String,
-    r: RawRoute,
+    keys: QueueKeys,
+    both: BothKeys,
     peer_memory: u64,
 ) -> Result<QueueRoute, ConfigError> {
-    reject(src, &r.listen, "listen", "queue")?;
-    reject(src, &r.upstreams, "upstreams", "queue")?;
-    reject(src, &r.balance, "balance", "queue")?;
-    reject(src, &r.connect_tries, "connect_tries", "queue")?;
-    reject(src, &r.idle_timeout, "idle_timeout", "queue")?;
-    reject(src, &r.half_close_timeout, "half_close_timeout", "queue")?;
-    reject(src, &r.buffer, "buffer", "queue")?;
-    reject(src, &r.pipe_size, "pipe_size", "queue")?;
-    reject(src, &r.spill_dir, "spill_dir", "queue")?;
-    reject(src, &r.max_spill, "max_spill", "queue")?;
-    let timeouts = timeouts(src, &r)?;
-    reject(src, &r.tls, "tls", "queue")?;
-    reject(src, &r.upstream_tls, "upstream_tls", "queue")?;
-    reject(src, &r.health_check, "health_check", "queue")?;
-    reject(src, &r.outlier, "outlier", "queue")?;
-    reject(src, &r.circuit_breaker, "circuit_breaker", "queue")?;
+    let QueueKeys {
+        from,
+        to,
+        spool,
+        framing,
+        max_message,
+        memory,
+        max_disk,
+        when_full,
+        fsync,
+        segment_size,
+        redeliver_on_reset,
+        read_idle_timeout,
+        min_rate,
+        min_rate_grace,
+        backoff,
+        from_tls,
+        to_tls,
+    } = keys;
+    let BothKeys {
+        connect_timeout,
+        max_connections,
+        max_connections_per_ip,
+        per_ip_ipv6_prefix,
+        timeouts: timeout_keys,
+    } = both;
+    let timeouts = timeouts(src, &timeout_keys)?;
     let endpoint = |v: Spanned<String>| -> Result<Endpoint, ConfigError> {
         v.get_ref()
             .parse()
             .map_err(|m: String| src.error(v.span(), m))
     };
-    let from = endpoint(required(src, table, r.from, "from")?)?;
-    let to = endpoint(required(src, table, r.to, "to")?)?;
-    let spool = required(src, table, r.spool, "spool")?;
+    let from = endpoint(required(src, table, from, "from")?)?;
+    let to = endpoint(required(src, table, to, "to")?)?;
+    let spool = required(src, table, spool, "spool")?;
     let mut q = QueueRoute::new(name, from, to, spool.into_inner());
-    if let Some(f) = r.framing {
+    if let Some(f) = framing {
         q.framing = f
             .get_ref()
             .parse()
             .map_err(|e: spillway_codec::ParseFramingError| src.error(f.span(), e.to_string()))?;
     }
-    if let Some(v) = &r.max_message {
+    if let Some(v) = &max_message {
         q.max_message = v.get_ref().bytes();
         if q.max_message > peer_memory {
             return Err(src.error(
@@ -235,63 +357,62 @@ fn queue_route(
             ));
         }
     }
-    if let Some(v) = &r.memory {
+    if let Some(v) = &memory {
         q.memory = v.get_ref().bytes();
     }
-    if let Some(v) = &r.max_disk {
+    if let Some(v) = &max_disk {
         q.max_disk = v.get_ref().bytes();
     }
-    if let Some(v) = &r.segment_size {
+    if let Some(v) = &segment_size {
         q.segment_size = v.get_ref().bytes();
     }
-    if let Some(v) = &r.redeliver_on_reset {
+    if let Some(v) = &redeliver_on_reset {
         q.redeliver_on_reset = v.get_ref().bytes();
     }
-    if let Some(v) = r.when_full {
+    if let Some(v) = when_full {
         q.when_full = parse_when_full(v.get_ref()).map_err(|m| src.error(v.span(), m))?;
     }
-    if let Some(v) = r.fsync {
+    if let Some(v) = fsync {
         q.fsync = parse_fsync(v.get_ref()).map_err(|m| src.error(v.span(), m))?;
     }
-    if let Some(v) = r.connect_timeout {
+    if let Some(v) = connect_timeout {
         q.connect_timeout = nonzero_duration(src, &v, "connect_timeout")?;
     }
-    if let Some(v) = &r.read_idle_timeout {
+    if let Some(v) = &read_idle_timeout {
         q.read_idle_timeout = optional_duration(v);
     }
-    if let Some(v) = &r.min_rate {
+    if let Some(v) = &min_rate {
         q.min_rate = v.get_ref().bytes();
     }
-    if let Some(v) = r.min_rate_grace {
+    if let Some(v) = min_rate_grace {
         q.min_rate_grace = nonzero_duration(src, &v, "min_rate_grace")?;
     }
-    if let Some(v) = r.max_connections {
+    if let Some(v) = max_connections {
         if *v.get_ref() == 0 {
             return Err(src.error(v.span(), "max_connections must be at least 1"));
         }
         q.max_connections = usize::try_from(*v.get_ref()).unwrap_or(usize::MAX);
     }
     q.timeouts = timeouts;
-    if let Some(v) = &r.backoff {
+    if let Some(v) = &backoff {
         q.backoff = policy::backoff(src, v)?;
     }
-    if let Some(v) = &r.max_connections_per_ip {
+    if let Some(v) = &max_connections_per_ip {
         q.max_connections_per_ip = Some(at_least_one(src, v, "max_connections_per_ip")?);
     }
-    if let Some(v) = &r.per_ip_ipv6_prefix {
+    if let Some(v) = &per_ip_ipv6_prefix {
         q.per_ip_ipv6_prefix = ipv6_prefix(src, v)?;
     }
     validate_queue(&q).map_err(|m| {
-        let span = r
-            .max_message
+        let span = max_message
             .as_ref()
-            .or(r.max_disk.as_ref())
-            .or(r.segment_size.as_ref())
+            .or(max_disk.as_ref())
+            .or(segment_size.as_ref())
             .map_or(table.clone(), |v| v.span());
         src.error(span, m)
     })?;
-    q.from_tls = tls::endpoint_tls(src, r.from_tls, &q.from, "from_tls")?;
-    q.to_tls = tls::endpoint_tls(src, r.to_tls, &q.to, "to_tls")?;
+    q.from_tls = tls::endpoint_tls(src, from_tls, &q.from, "from_tls")?;
+    q.to_tls = tls::endpoint_tls(src, to_tls, &q.to, "to_tls")?;
     Ok(q)
 }
 
@@ -299,27 +420,37 @@ fn stream_route(
     src: &Source<'_>,
     table: &Range<usize>,
     name: String,
-    r: RawRoute,
+    keys: StreamKeys,
+    both: BothKeys,
 ) -> Result<StreamRoute, ConfigError> {
-    reject(src, &r.from, "from", "stream")?;
-    reject(src, &r.to, "to", "stream")?;
-    reject(src, &r.spool, "spool", "stream")?;
-    reject(src, &r.framing, "framing", "stream")?;
-    reject(src, &r.max_message, "max_message", "stream")?;
-    reject(src, &r.memory, "memory", "stream")?;
-    reject(src, &r.max_disk, "max_disk", "stream")?;
-    reject(src, &r.when_full, "when_full", "stream")?;
-    reject(src, &r.fsync, "fsync", "stream")?;
-    reject(src, &r.segment_size, "segment_size", "stream")?;
-    reject(src, &r.redeliver_on_reset, "redeliver_on_reset", "stream")?;
-    reject(src, &r.read_idle_timeout, "read_idle_timeout", "stream")?;
-    let timeouts = timeouts(src, &r)?;
-    reject(src, &r.from_tls, "from_tls", "stream")?;
-    reject(src, &r.to_tls, "to_tls", "stream")?;
-    reject(src, &r.backoff, "backoff", "stream")?;
-    let listen = required(src, table, r.listen, "listen")?;
+    let StreamKeys {
+        listen,
+        upstreams,
+        balance,
+        connect_tries,
+        idle_timeout,
+        half_close_timeout,
+        buffer,
+        pipe_size,
+        spill_dir,
+        max_spill,
+        tls: server_tls,
+        upstream_tls,
+        health_check,
+        outlier,
+        circuit_breaker,
+    } = keys;
+    let BothKeys {
+        connect_timeout,
+        max_connections,
+        max_connections_per_ip,
+        per_ip_ipv6_prefix,
+        timeouts: timeout_keys,
+    } = both;
+    let timeouts = timeouts(src, &timeout_keys)?;
+    let listen = required(src, table, listen, "listen")?;
     let listen = host_port(src, &listen, "listen address")?;
-    let ups = required(src, table, r.upstreams, "upstreams")?;
+    let ups = required(src, table, upstreams, "upstreams")?;
     if ups.get_ref().is_empty() {
         return Err(src.error(ups.span(), "a stream route needs at least one upstream"));
     }
@@ -330,44 +461,44 @@ fn stream_route(
     }
     let mut route = StreamRoute::new(name, listen, upstreams);
     route.timeouts = timeouts;
-    if let Some(b) = r.balance {
+    if let Some(b) = balance {
         route.balance = b
             .get_ref()
             .parse()
             .map_err(|m: String| src.error(b.span(), m))?;
     }
-    if let Some(v) = r.connect_timeout {
+    if let Some(v) = connect_timeout {
         route.connect_timeout = nonzero_duration(src, &v, "connect_timeout")?;
     }
-    if let Some(v) = r.connect_tries {
+    if let Some(v) = connect_tries {
         if *v.get_ref() == 0 {
             return Err(src.error(v.span(), "connect_tries must be at least 1"));
         }
         route.connect_tries = *v.get_ref();
     }
-    if let Some(v) = r.idle_timeout {
+    if let Some(v) = idle_timeout {
         route.idle_timeout = nonzero_duration(src, &v, "idle_timeout")?;
     }
-    if let Some(v) = r.half_close_timeout {
+    if let Some(v) = half_close_timeout {
         route.half_close_timeout = nonzero_duration(src, &v, "half_close_timeout")?;
     }
-    if let Some(v) = r.max_connections {
+    if let Some(v) = max_connections {
         if *v.get_ref() == 0 {
             return Err(src.error(v.span(), "max_connections must be at least 1"));
         }
         route.max_connections = usize::try_from(*v.get_ref()).unwrap_or(usize::MAX);
     }
-    if let Some(v) = r.buffer {
+    if let Some(v) = buffer {
         let b = v.get_ref().bytes();
         check_buffer_size("buffer", b).map_err(|m| src.error(v.span(), m))?;
         route.buffer = b as usize;
     }
-    if let Some(v) = r.pipe_size {
+    if let Some(v) = pipe_size {
         let b = v.get_ref().bytes();
         check_buffer_size("pipe_size", b).map_err(|m| src.error(v.span(), m))?;
         route.pipe_size = b as usize;
     }
-    match (r.spill_dir, r.max_spill) {
+    match (spill_dir, max_spill) {
         (Some(dir), max) => {
             route.spill = Some(Spill {
                 dir: PathBuf::from(dir.get_ref()),
@@ -381,10 +512,10 @@ fn stream_route(
         }
         (None, None) => {}
     }
-    if let Some(t) = r.tls {
+    if let Some(t) = server_tls {
         route.tls = Some(tls::server_tls(src, t, "tls")?);
     }
-    if let Some(t) = r.upstream_tls {
+    if let Some(t) = upstream_tls {
         route.upstream_tls = Some(tls::client_tls(src, t, "upstream_tls")?);
     }
     if route.spill.is_some() && (route.tls.is_some() || route.upstream_tls.is_some()) {
@@ -394,19 +525,19 @@ fn stream_route(
             "spill_dir is not supported together with TLS (tls / upstream_tls) yet",
         ));
     }
-    if let Some(v) = &r.max_connections_per_ip {
+    if let Some(v) = &max_connections_per_ip {
         route.max_connections_per_ip = Some(at_least_one(src, v, "max_connections_per_ip")?);
     }
-    if let Some(v) = &r.per_ip_ipv6_prefix {
+    if let Some(v) = &per_ip_ipv6_prefix {
         route.per_ip_ipv6_prefix = ipv6_prefix(src, v)?;
     }
-    if let Some(v) = &r.health_check {
+    if let Some(v) = &health_check {
         route.health_check = Some(policy::health_check(src, v)?);
     }
-    if let Some(v) = &r.outlier {
+    if let Some(v) = &outlier {
         route.outlier = policy::outlier(src, v)?;
     }
-    if let Some(v) = &r.circuit_breaker {
+    if let Some(v) = &circuit_breaker {
         route.circuit_breaker = policy::breaker(src, v)?;
     }
     validate_stream(&route).map_err(|m| src.error(table.clone(), m))?;
@@ -419,7 +550,7 @@ fn optional_duration(v: &Spanned<HumanDuration>) -> Option<Duration> {
 }
 
 /// The keepalive / user-timeout / stall / lifetime keys of either mode.
-fn timeouts(src: &Source<'_>, r: &RawRoute) -> Result<Timeouts, ConfigError> {
+fn timeouts(src: &Source<'_>, r: &TimeoutKeys) -> Result<Timeouts, ConfigError> {
     let mut t = Timeouts::default();
     // Keepalive times go to the kernel in whole seconds (1..=32767).
     let keepalive_secs = |v: &Spanned<HumanDuration>, key: &str| {
@@ -691,6 +822,72 @@ max_disk = "10GiB"
         assert!(e.message.contains("not valid in a stream route"), "{e}");
         let e = p(&format!("{stream}tcp_keepalive = \"yes\"\n")).expect_err("bool");
         assert_eq!(e.line, 6, "{e}");
+    }
+
+    #[test]
+    fn every_key_of_one_mode_is_an_error_in_the_other() {
+        let stream = "[[route]]\nname = \"a\"\nmode = \"stream\"\nlisten = \"127.0.0.1:1\"\nupstreams = [\"a:1\"]\n";
+        let queue = "[[route]]\nname = \"q\"\nmode = \"queue\"\nfrom = \"listen:127.0.0.1:1\"\nto = \"listen:127.0.0.1:2\"\nspool = \"/tmp/q\"\n";
+        let queue_keys = [
+            "from = \"listen:127.0.0.1:3\"",
+            "to = \"listen:127.0.0.1:3\"",
+            "spool = \"/tmp/x\"",
+            "framing = \"raw\"",
+            "max_message = \"1KiB\"",
+            "memory = 0",
+            "max_disk = \"1GiB\"",
+            "when_full = \"block\"",
+            "fsync = \"always\"",
+            "segment_size = \"1MiB\"",
+            "redeliver_on_reset = 0",
+            "read_idle_timeout = \"1s\"",
+            "min_rate = 10",
+            "min_rate_grace = \"1s\"",
+            "backoff = { base = \"1s\" }",
+            "from_tls = { cert = \"c\", key = \"k\" }",
+            "to_tls = { cert = \"c\", key = \"k\" }",
+        ];
+        for key in queue_keys {
+            let e = p(&format!("{stream}{key}\n")).expect_err(key);
+            assert_eq!((e.line, e.col), (6, key.find('=').unwrap_or(0) + 3), "{e}");
+            let name = key.split(' ').next().unwrap_or_default();
+            assert!(
+                e.message
+                    .contains(&format!("key '{name}' is not valid in a stream route")),
+                "{e}"
+            );
+        }
+        let stream_keys = [
+            "listen = \"127.0.0.1:3\"",
+            "upstreams = [\"a:1\"]",
+            "balance = \"random\"",
+            "connect_tries = 2",
+            "idle_timeout = \"1s\"",
+            "half_close_timeout = \"1s\"",
+            "buffer = \"64KiB\"",
+            "pipe_size = \"64KiB\"",
+            "spill_dir = \"/tmp\"",
+            "max_spill = \"1MiB\"",
+            "tls = { cert = \"c\", key = \"k\" }",
+            "upstream_tls = { ca = \"c\" }",
+            "health_check = { rise = 1 }",
+            "outlier = { consecutive_failures = 1 }",
+            "circuit_breaker = { max_pending = 1 }",
+        ];
+        for key in stream_keys {
+            let e = p(&format!("{queue}{key}\n")).expect_err(key);
+            assert_eq!((e.line, e.col), (7, key.find('=').unwrap_or(0) + 3), "{e}");
+            let name = key.split(' ').next().unwrap_or_default();
+            assert!(
+                e.message
+                    .contains(&format!("key '{name}' is not valid in a queue route")),
+                "{e}"
+            );
+        }
+        // Keys of both modes are accepted in either.
+        let both = "connect_timeout = \"1s\"\nmax_connections = 5\nmax_connections_per_ip = 2\nper_ip_ipv6_prefix = 48\ntcp_keepalive = true\ntcp_keepalive_idle = \"5s\"\ntcp_keepalive_interval = \"5s\"\ntcp_keepalive_count = 2\ntcp_user_timeout = \"5s\"\nwrite_stall_timeout = \"5s\"\nmax_lifetime = \"1h\"\n";
+        p(&format!("{stream}{both}")).expect("stream");
+        p(&format!("{queue}{both}")).expect("queue");
     }
 
     #[test]

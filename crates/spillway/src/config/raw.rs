@@ -147,3 +147,183 @@ pub(super) struct RawBackoff {
     pub(super) max_attempts: S<u32>,
     pub(super) reset_after: S<HumanDuration>,
 }
+
+/// The keys of a `[[route]]` table sorted by the mode they belong to.
+pub(super) struct RouteKeys {
+    pub(super) name: S<String>,
+    pub(super) mode: S<String>,
+    pub(super) stream: StreamKeys,
+    pub(super) queue: QueueKeys,
+    pub(super) both: BothKeys,
+}
+
+/// Keys of a stream route only.
+pub(super) struct StreamKeys {
+    pub(super) listen: S<String>,
+    pub(super) upstreams: S<Vec<String>>,
+    pub(super) balance: S<String>,
+    pub(super) connect_tries: S<u32>,
+    pub(super) idle_timeout: S<HumanDuration>,
+    pub(super) half_close_timeout: S<HumanDuration>,
+    pub(super) buffer: S<ByteSize>,
+    pub(super) pipe_size: S<ByteSize>,
+    pub(super) spill_dir: S<String>,
+    pub(super) max_spill: S<ByteSize>,
+    pub(super) tls: S<RawTls>,
+    pub(super) upstream_tls: S<RawTls>,
+    pub(super) health_check: S<RawHealthCheck>,
+    pub(super) outlier: S<RawOutlier>,
+    pub(super) circuit_breaker: S<RawBreaker>,
+}
+
+/// Keys of a queue route only.
+pub(super) struct QueueKeys {
+    pub(super) from: S<String>,
+    pub(super) to: S<String>,
+    pub(super) spool: S<String>,
+    pub(super) framing: S<String>,
+    pub(super) max_message: S<ByteSize>,
+    pub(super) memory: S<ByteSize>,
+    pub(super) max_disk: S<ByteSize>,
+    pub(super) when_full: S<String>,
+    pub(super) fsync: S<String>,
+    pub(super) segment_size: S<ByteSize>,
+    pub(super) redeliver_on_reset: S<ByteSize>,
+    pub(super) read_idle_timeout: S<HumanDuration>,
+    pub(super) min_rate: S<ByteSize>,
+    pub(super) min_rate_grace: S<HumanDuration>,
+    pub(super) backoff: S<RawBackoff>,
+    pub(super) from_tls: S<RawTls>,
+    pub(super) to_tls: S<RawTls>,
+}
+
+/// Keys valid in a route of either mode.
+pub(super) struct BothKeys {
+    pub(super) connect_timeout: S<HumanDuration>,
+    pub(super) max_connections: S<u64>,
+    pub(super) max_connections_per_ip: S<u64>,
+    pub(super) per_ip_ipv6_prefix: S<u64>,
+    pub(super) timeouts: TimeoutKeys,
+}
+
+/// The liveness keys of either mode (become a `Timeouts`).
+pub(super) struct TimeoutKeys {
+    pub(super) tcp_keepalive: S<bool>,
+    pub(super) tcp_keepalive_idle: S<HumanDuration>,
+    pub(super) tcp_keepalive_interval: S<HumanDuration>,
+    pub(super) tcp_keepalive_count: S<u32>,
+    pub(super) tcp_user_timeout: S<HumanDuration>,
+    pub(super) write_stall_timeout: S<HumanDuration>,
+    pub(super) max_lifetime: S<HumanDuration>,
+}
+
+impl RawRoute {
+    /// Sorts every key into its mode. The destructuring names every field
+    /// (no `..`), so a key added to [`RawRoute`] does not compile until it
+    /// is placed in one mode, the other, or both; the converter of each
+    /// mode then rejects the other mode's keys.
+    pub(super) fn into_keys(self) -> RouteKeys {
+        let RawRoute {
+            name,
+            mode,
+            listen,
+            upstreams,
+            balance,
+            connect_timeout,
+            connect_tries,
+            idle_timeout,
+            half_close_timeout,
+            max_connections,
+            buffer,
+            pipe_size,
+            spill_dir,
+            max_spill,
+            from,
+            to,
+            spool,
+            framing,
+            max_message,
+            memory,
+            max_disk,
+            when_full,
+            fsync,
+            segment_size,
+            redeliver_on_reset,
+            read_idle_timeout,
+            min_rate,
+            min_rate_grace,
+            tcp_keepalive,
+            tcp_keepalive_idle,
+            tcp_keepalive_interval,
+            tcp_keepalive_count,
+            tcp_user_timeout,
+            write_stall_timeout,
+            max_lifetime,
+            backoff,
+            max_connections_per_ip,
+            per_ip_ipv6_prefix,
+            health_check,
+            outlier,
+            circuit_breaker,
+            tls,
+            upstream_tls,
+            from_tls,
+            to_tls,
+        } = self;
+        RouteKeys {
+            name,
+            mode,
+            stream: StreamKeys {
+                listen,
+                upstreams,
+                balance,
+                connect_tries,
+                idle_timeout,
+                half_close_timeout,
+                buffer,
+                pipe_size,
+                spill_dir,
+                max_spill,
+                tls,
+                upstream_tls,
+                health_check,
+                outlier,
+                circuit_breaker,
+            },
+            queue: QueueKeys {
+                from,
+                to,
+                spool,
+                framing,
+                max_message,
+                memory,
+                max_disk,
+                when_full,
+                fsync,
+                segment_size,
+                redeliver_on_reset,
+                read_idle_timeout,
+                min_rate,
+                min_rate_grace,
+                backoff,
+                from_tls,
+                to_tls,
+            },
+            both: BothKeys {
+                connect_timeout,
+                max_connections,
+                max_connections_per_ip,
+                per_ip_ipv6_prefix,
+                timeouts: TimeoutKeys {
+                    tcp_keepalive,
+                    tcp_keepalive_idle,
+                    tcp_keepalive_interval,
+                    tcp_keepalive_count,
+                    tcp_user_timeout,
+                    write_stall_timeout,
+                    max_lifetime,
+                },
+            },
+        }
+    }
+}

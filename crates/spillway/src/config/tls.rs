@@ -64,14 +64,24 @@ pub(super) fn server_tls(
     table: &str,
 ) -> Result<ServerTlsConfig, ConfigError> {
     let span = raw.span();
-    let r = raw.into_inner();
+    // Every key named: a new one must be placed (used or rejected) here.
+    let RawTls {
+        cert,
+        key,
+        client_ca,
+        ca,
+        server_name,
+        pin_sha256,
+        insecure_skip_verify,
+        handshake_timeout,
+    } = raw.into_inner();
     let why = "spillway is the TLS server here (it accepts the connections)";
-    tls_reject(src, &r.ca, "ca", table, why)?;
-    tls_reject(src, &r.server_name, "server_name", table, why)?;
-    tls_reject(src, &r.pin_sha256, "pin_sha256", table, why)?;
+    tls_reject(src, &ca, "ca", table, why)?;
+    tls_reject(src, &server_name, "server_name", table, why)?;
+    tls_reject(src, &pin_sha256, "pin_sha256", table, why)?;
     tls_reject(
         src,
-        &r.insecure_skip_verify,
+        &insecure_skip_verify,
         "insecure_skip_verify",
         table,
         why,
@@ -82,11 +92,11 @@ pub(super) fn server_tls(
             format!("[route.{table}] is missing required key '{key}'"),
         )
     };
-    let cert = tls_path(r.cert).ok_or_else(|| missing("cert"))?;
-    let key = tls_path(r.key).ok_or_else(|| missing("key"))?;
+    let cert = tls_path(cert).ok_or_else(|| missing("cert"))?;
+    let key = tls_path(key).ok_or_else(|| missing("key"))?;
     let mut cfg = ServerTlsConfig::new(cert, key);
-    cfg.client_ca = tls_path(r.client_ca);
-    if let Some(v) = &r.handshake_timeout {
+    cfg.client_ca = tls_path(client_ca);
+    if let Some(v) = &handshake_timeout {
         cfg.handshake_timeout = nonzero_duration(src, v, "handshake_timeout")?;
     }
     Ok(cfg)
@@ -99,19 +109,29 @@ pub(super) fn client_tls(
     table: &str,
 ) -> Result<ClientTlsConfig, ConfigError> {
     let span = raw.span();
-    let r = raw.into_inner();
+    // Every key named: a new one must be placed (used or rejected) here.
+    let RawTls {
+        cert,
+        key,
+        client_ca,
+        ca,
+        server_name,
+        pin_sha256,
+        insecure_skip_verify,
+        handshake_timeout,
+    } = raw.into_inner();
     tls_reject(
         src,
-        &r.client_ca,
+        &client_ca,
         "client_ca",
         table,
         "spillway is the TLS client here (it dials); use 'ca' to verify the server",
     )?;
     let mut cfg = ClientTlsConfig::default();
-    if let Some(v) = &r.handshake_timeout {
+    if let Some(v) = &handshake_timeout {
         cfg.handshake_timeout = nonzero_duration(src, v, "handshake_timeout")?;
     }
-    if let Some(n) = r.server_name {
+    if let Some(n) = server_name {
         if rustls_pki_types::ServerName::try_from(n.get_ref().as_str()).is_err() {
             return Err(src.error(
                 n.span(),
@@ -123,16 +143,16 @@ pub(super) fn client_tls(
         }
         cfg.server_name = Some(n.into_inner());
     }
-    if let Some(pins) = r.pin_sha256 {
+    if let Some(pins) = pin_sha256 {
         for p in pins.get_ref() {
             let pin: SpkiPin = p.parse().map_err(|m: String| src.error(pins.span(), m))?;
             cfg.pin_sha256.push(pin);
         }
     }
-    if let Some(v) = &r.insecure_skip_verify {
+    if let Some(v) = &insecure_skip_verify {
         cfg.insecure_skip_verify = *v.get_ref();
         if cfg.insecure_skip_verify {
-            if let Some(ca) = &r.ca {
+            if let Some(ca) = &ca {
                 return Err(src.error(
                     ca.span(),
                     "'ca' has no effect with insecure_skip_verify = true; remove one of them",
@@ -140,8 +160,8 @@ pub(super) fn client_tls(
             }
         }
     }
-    cfg.ca = tls_path(r.ca);
-    match (&r.cert, &r.key) {
+    cfg.ca = tls_path(ca);
+    match (&cert, &key) {
         (Some(_), None) | (None, Some(_)) => {
             return Err(src.error(
                 span,
@@ -150,8 +170,8 @@ pub(super) fn client_tls(
         }
         _ => {}
     }
-    cfg.cert = tls_path(r.cert);
-    cfg.key = tls_path(r.key);
+    cfg.cert = tls_path(cert);
+    cfg.key = tls_path(key);
     Ok(cfg)
 }
 
