@@ -15,15 +15,17 @@
 //!
 //! One job per file: [`defaults`] (every default the CLI and the file
 //! share), [`model`] (the validated types, which the command line builds
-//! directly too), `raw` (the serde structs), `convert` (raw → model, with
-//! the error positions), `tls` (the TLS tables), `policy` (health checks,
-//! outlier ejection, circuit breakers, backoff).
+//! directly too), `raw` (the serde structs), `convert` (raw → model: the
+//! error positions, `[global]`, shared helpers), `route` (one `[[route]]`
+//! table), `tls` (the TLS tables), `policy` (health checks, outlier
+//! ejection, circuit breakers, backoff).
 
 mod convert;
 pub mod defaults;
 pub mod model;
 mod policy;
 mod raw;
+mod route;
 mod tls;
 
 pub use convert::{load, parse, ConfigError};
