@@ -52,17 +52,26 @@ pub struct HealthCheckConfig {
     pub jitter: Duration,
 }
 
+impl HealthCheckConfig {
+    /// The jitter that goes with `interval` unless one is given: a tenth of
+    /// it, so probes spread out in proportion.
+    pub fn default_jitter(interval: Duration) -> Duration {
+        interval / 10
+    }
+}
+
 impl Default for HealthCheckConfig {
     /// HAProxy's defaults: 2 s interval, rise 2, fall 3; a 1 s timeout and
     /// 10 % jitter.
     fn default() -> Self {
+        let interval = Duration::from_secs(2);
         HealthCheckConfig {
             kind: CheckKind::Connect,
-            interval: Duration::from_secs(2),
+            interval,
             timeout: Duration::from_secs(1),
             rise: 2,
             fall: 3,
-            jitter: Duration::from_millis(200),
+            jitter: Self::default_jitter(interval),
         }
     }
 }

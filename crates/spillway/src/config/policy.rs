@@ -58,8 +58,8 @@ pub(super) fn health_check(
     };
     if let Some(v) = &r.interval {
         c.interval = nonzero_duration(src, v, "interval")?;
-        // Keep the default jitter proportionate: a tenth of the interval.
-        c.jitter = c.interval / 10;
+        // The default jitter follows the interval.
+        c.jitter = HealthCheckConfig::default_jitter(c.interval);
     }
     if let Some(v) = &r.timeout {
         c.timeout = nonzero_duration(src, v, "timeout")?;
