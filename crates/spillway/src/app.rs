@@ -663,7 +663,14 @@ impl Supervisor {
         notify::ready();
         if let Some(path) = &self.ready_file {
             let routes = self.state.routes();
-            if let Err(e) = crate::ready_file::write(path, self.admin, self.reloads, &routes) {
+            let serving = routes
+                .iter()
+                .filter(|r| r.state() == RouteState::Serving)
+                .map(|r| crate::ready_file::Bound {
+                    route: &r.name,
+                    listeners: &r.listeners,
+                });
+            if let Err(e) = crate::ready_file::write(path, self.admin, self.reloads, serving) {
                 error!(path = %path.display(), error = %e, "cannot write the ready file");
             }
         }

@@ -1,10 +1,23 @@
-//! `listen:HOST:PORT` or `connect:HOST:PORT`: which side opens the TCP
-//! connection at either end of a queue route.
+//! Addresses as the config and the command line write them: `HOST:PORT`
+//! ([`check_host_port`]), and `listen:HOST:PORT` or `connect:HOST:PORT`
+//! ([`Endpoint`]): which side opens the TCP connection at either end of a
+//! queue route.
 
 use std::fmt;
 use std::str::FromStr;
 
-use crate::config::check_host_port;
+/// `HOST:PORT` with a numeric port; IPv6 hosts in brackets.
+pub fn check_host_port(s: &str) -> Result<(), String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("'{s}' is not HOST:PORT"))?;
+    if host.is_empty() {
+        return Err(format!("'{s}' has no host"));
+    }
+    port.parse::<u16>()
+        .map_err(|_| format!("'{s}' has an invalid port '{port}'"))?;
+    Ok(())
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Endpoint {

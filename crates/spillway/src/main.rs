@@ -200,7 +200,7 @@ impl QueueArgs {
             return Err("--drain-timeout must be greater than zero".into());
         }
         if let Some(a) = &self.admin {
-            config::check_host_port(a).map_err(|e| format!("--admin: {e}"))?;
+            spillway::endpoint::check_host_port(a).map_err(|e| format!("--admin: {e}"))?;
         }
         Ok(Config {
             global: Global {
@@ -215,12 +215,12 @@ impl QueueArgs {
 
 impl RelayArgs {
     fn into_config(self) -> Result<Config, String> {
-        config::check_host_port(&self.listen).map_err(|e| format!("--listen: {e}"))?;
+        spillway::endpoint::check_host_port(&self.listen).map_err(|e| format!("--listen: {e}"))?;
         for t in &self.to {
-            config::check_host_port(t).map_err(|e| format!("--to: {e}"))?;
+            spillway::endpoint::check_host_port(t).map_err(|e| format!("--to: {e}"))?;
         }
         if let Some(a) = &self.admin {
-            config::check_host_port(a).map_err(|e| format!("--admin: {e}"))?;
+            spillway::endpoint::check_host_port(a).map_err(|e| format!("--admin: {e}"))?;
         }
         let mut route = StreamRoute::new("relay", self.listen, self.to);
         route.balance = self.balance;

@@ -15,27 +15,30 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
-use crate::app::{LiveRoute, RouteState};
+/// One serving route: its name and its bound listeners by role.
+pub struct Bound<'a> {
+    pub route: &'a str,
+    pub listeners: &'a [(&'static str, SocketAddr)],
+}
 
 /// Writes the ready file at `path` (a temp file next to it, renamed over it).
-pub fn write(
+pub fn write<'a>(
     path: &Path,
     admin: Option<SocketAddr>,
     reloads: u64,
-    routes: &[Arc<LiveRoute>],
+    routes: impl IntoIterator<Item = Bound<'a>>,
 ) -> std::io::Result<()> {
     let mut by_name = Map::new();
-    for r in routes.iter().filter(|r| r.state() == RouteState::Serving) {
+    for r in routes {
         let listeners: Map<String, Value> = r
             .listeners
             .iter()
             .map(|(role, addr)| ((*role).to_string(), Value::String(addr.to_string())))
             .collect();
-        by_name.insert(r.name.clone(), Value::Object(listeners));
+        by_name.insert(r.route.to_string(), Value::Object(listeners));
     }
     let doc = json!({
         "pid": std::process::id(),

@@ -30,7 +30,7 @@ mod tls;
 
 pub use convert::{load, parse, ConfigError};
 pub use model::{
-    check_host_port, parse_fsync, parse_when_full, validate_queue, validate_stream, when_full_name,
-    Config, Fsync, Global, QueueRoute, Route, Spill, StreamRoute, Timeouts,
+    parse_fsync, parse_when_full, validate_queue, validate_stream, when_full_name, Config, Fsync,
+    Global, QueueRoute, Route, Spill, StreamRoute, Timeouts,
 };
 pub use tls::EndpointTls;

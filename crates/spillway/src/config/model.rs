@@ -239,19 +239,6 @@ pub const fn when_full_name(w: WhenFull) -> &'static str {
     }
 }
 
-/// `HOST:PORT` with a numeric port; IPv6 hosts in brackets.
-pub fn check_host_port(s: &str) -> Result<(), String> {
-    let (host, port) = s
-        .rsplit_once(':')
-        .ok_or_else(|| format!("'{s}' is not HOST:PORT"))?;
-    if host.is_empty() {
-        return Err(format!("'{s}' has no host"));
-    }
-    port.parse::<u16>()
-        .map_err(|_| format!("'{s}' has an invalid port '{port}'"))?;
-    Ok(())
-}
-
 /// Checks the parts of a queue route that do not depend on the syntax.
 pub fn validate_queue(r: &QueueRoute) -> Result<(), String> {
     if r.connect_timeout.is_zero() {

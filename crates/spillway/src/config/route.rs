@@ -14,12 +14,12 @@ use super::convert::{
     Source,
 };
 use super::model::{
-    check_buffer_size, check_host_port, parse_fsync, parse_when_full, validate_queue,
-    validate_stream, QueueRoute, Route, Spill, StreamRoute, Timeouts,
+    check_buffer_size, parse_fsync, parse_when_full, validate_queue, validate_stream, QueueRoute,
+    Route, Spill, StreamRoute, Timeouts,
 };
 use super::raw::{BothKeys, QueueKeys, RawRoute, RouteKeys, StreamKeys, TimeoutKeys};
 use super::{defaults, policy, tls};
-use crate::endpoint::Endpoint;
+use crate::endpoint::{check_host_port, Endpoint};
 use crate::units::HumanDuration;
 
 /// One `[[route]]` table, given the routes before it (names are unique).
