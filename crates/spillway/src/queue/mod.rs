@@ -19,7 +19,8 @@
 //! Where things live: this file holds the route's state (open, reload,
 //! stats, peers, failure); `conn.rs` the two ends (accept or dial loops,
 //! TLS, each connection's span); `serve.rs` the route's life (housekeeping,
-//! the two-phase drain, close); `source.rs` a producer, `sink.rs` a
+//! the two-phase drain, close); `source.rs` a producer (`pushback.rs` its
+//! batches into the spool and the `when_full = block` wait), `sink.rs` a
 //! consumer; `dispatch.rs` and `dispatcher.rs` who gets which message;
 //! `spool_io.rs` the spool's write, commit and maintenance threads.
 
@@ -27,6 +28,7 @@ mod conn;
 mod dispatch;
 mod dispatcher;
 pub mod memory;
+mod pushback;
 mod serve;
 mod sink;
 mod source;
