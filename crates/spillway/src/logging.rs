@@ -181,6 +181,61 @@ impl RateLimited {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// What the JSON format writes for `emit`, one parsed object per line.
+    fn json_lines(emit: impl FnOnce()) -> Vec<Value> {
+        let out = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = Arc::clone(&out);
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || Capture(Arc::clone(&sink)))
+            .fmt_fields(JsonFields::new())
+            .event_format(FlatJson)
+            .finish();
+        tracing::subscriber::with_default(subscriber, emit);
+        let text = String::from_utf8(out.lock().expect("lock").clone()).expect("utf-8");
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    }
+
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn json_lines_carry_the_fields_of_their_spans() {
+        let peer: std::net::SocketAddr = "10.0.0.7:5000".parse().expect("addr");
+        let lines = json_lines(|| {
+            tracing::info!(pid = 1, "outside");
+            route_span("web").in_scope(|| {
+                conn_span(peer, "producer").in_scope(|| {
+                    tracing::warn!(bytes = 5u64, ok = true, "closed \"here\"");
+                })
+            });
+        });
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(lines[0]["message"], "outside");
+        assert_eq!(lines[0]["pid"], 1);
+        assert!(lines[0].get("route").is_none());
+        let l = &lines[1];
+        assert_eq!(l["level"], "WARN");
+        assert_eq!(l["message"], "closed \"here\"");
+        assert_eq!(l["route"], "web");
+        assert_eq!(l["peer"], "10.0.0.7:5000");
+        assert_eq!(l["role"], "producer");
+        assert_eq!(l["bytes"], 5);
+        assert_eq!(l["ok"], true);
+        assert!(l["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
+    }
 
     #[test]
     fn rate_limit_counts_what_it_holds_back() {
