@@ -63,30 +63,53 @@ pub enum FrameError {
     },
 }
 
-/// A label for each [`FrameError`] variant, for metrics and log fields.
-#[non_exhaustive]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum FrameErrorKind {
+/// Declares [`FrameErrorKind`] from one list, so that its variants,
+/// [`FrameErrorKind::ALL`] and [`FrameErrorKind::as_str`] cannot disagree: a
+/// per-kind counter sized and indexed by them counts a new kind under its
+/// own label, never under another's.
+macro_rules! frame_error_kinds {
+    ($($(#[$doc:meta])* $variant:ident => $label:literal,)+) => {
+        /// A label for each [`FrameError`] variant, for metrics and log fields.
+        #[non_exhaustive]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum FrameErrorKind {
+            $($(#[$doc])* $variant,)+
+        }
+
+        impl FrameErrorKind {
+            /// Every kind, in declaration order: [`FrameErrorKind::index`]
+            /// is the position in it.
+            pub const ALL: [FrameErrorKind; [$($label),+].len()] =
+                [$(FrameErrorKind::$variant),+];
+
+            /// A stable `snake_case` label: `too_large`, `truncated`,
+            /// `newline_in_payload`, `payload_too_long`.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(FrameErrorKind::$variant => $label,)+
+                }
+            }
+        }
+    };
+}
+
+frame_error_kinds! {
     /// [`FrameError::TooLarge`]
-    TooLarge,
+    TooLarge => "too_large",
     /// [`FrameError::Truncated`]
-    Truncated,
+    Truncated => "truncated",
     /// [`FrameError::NewlineInPayload`]
-    NewlineInPayload,
+    NewlineInPayload => "newline_in_payload",
     /// [`FrameError::PayloadTooLong`]
-    PayloadTooLong,
+    PayloadTooLong => "payload_too_long",
 }
 
 impl FrameErrorKind {
-    /// A stable `snake_case` label: `too_large`, `truncated`,
-    /// `newline_in_payload`, `payload_too_long`.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            FrameErrorKind::TooLarge => "too_large",
-            FrameErrorKind::Truncated => "truncated",
-            FrameErrorKind::NewlineInPayload => "newline_in_payload",
-            FrameErrorKind::PayloadTooLong => "payload_too_long",
-        }
+    /// Position in [`FrameErrorKind::ALL`] (a per-kind counter's index).
+    pub const fn index(self) -> usize {
+        // Fieldless and declared by the list that also builds ALL, in the
+        // same order (a test checks).
+        self as usize
     }
 }
 
@@ -164,6 +187,40 @@ mod tests {
         for (err, label) in cases {
             assert_eq!(err.kind().as_str(), label);
             assert_eq!(err.kind().to_string(), label);
+        }
+    }
+
+    #[test]
+    fn all_lists_every_kind_at_its_index() {
+        for (i, k) in FrameErrorKind::ALL.iter().enumerate() {
+            assert_eq!(k.index(), i, "{k}");
+        }
+        let labels: std::collections::HashSet<_> =
+            FrameErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(
+            labels.len(),
+            FrameErrorKind::ALL.len(),
+            "labels are distinct"
+        );
+        // Every variant FrameError::kind can return is in ALL.
+        for err in [
+            FrameError::TooLarge {
+                offset: 0,
+                size: 2,
+                max: 1,
+            },
+            FrameError::Truncated {
+                offset: 0,
+                have: 1,
+                need: None,
+            },
+            FrameError::NewlineInPayload { index: 0 },
+            FrameError::PayloadTooLong {
+                len: 256,
+                framing: Framing::Raw,
+            },
+        ] {
+            assert!(FrameErrorKind::ALL.contains(&err.kind()), "{err}");
         }
     }
 

@@ -29,7 +29,6 @@
 
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// How a connect failure should be retried. Labels for metrics come from
 /// [`ErrorClass::as_str`].
@@ -45,7 +44,7 @@ pub enum ErrorClass {
 }
 
 impl ErrorClass {
-    /// Every class, in declaration order (the index of [`ClassCounts`]).
+    /// Every class, in declaration order (the index of a per-class counter).
     pub const ALL: [ErrorClass; 3] = [
         ErrorClass::Transient,
         ErrorClass::Persistent,
@@ -171,27 +170,6 @@ pub fn classify(e: &io::Error) -> ErrorClass {
     }
 }
 
-/// One counter per [`ErrorClass`], for metrics (`class` label).
-#[derive(Debug, Default)]
-pub struct ClassCounts([AtomicU64; 3]);
-
-impl ClassCounts {
-    /// Counts one error of `class`.
-    pub fn add(&self, class: ErrorClass) {
-        self.0[class.index()].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Errors of `class` counted so far.
-    pub fn get(&self, class: ErrorClass) -> u64 {
-        self.0[class.index()].load(Ordering::Relaxed)
-    }
-
-    /// All classes together.
-    pub fn total(&self) -> u64 {
-        ErrorClass::ALL.iter().map(|&c| self.get(c)).sum()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,17 +261,5 @@ mod tests {
         assert_eq!(emfile.class(), ErrorClass::Resource);
         let garbage = io::Error::new(io::ErrorKind::InvalidData, "not a TLS record");
         assert_eq!(classify(&garbage), ErrorClass::Persistent);
-    }
-
-    #[test]
-    fn counts_by_class() {
-        let c = ClassCounts::default();
-        c.add(ErrorClass::Transient);
-        c.add(ErrorClass::Transient);
-        c.add(ErrorClass::Resource);
-        assert_eq!(c.get(ErrorClass::Transient), 2);
-        assert_eq!(c.get(ErrorClass::Persistent), 0);
-        assert_eq!(c.get(ErrorClass::Resource), 1);
-        assert_eq!(c.total(), 3);
     }
 }

@@ -33,6 +33,11 @@ impl LimitKind {
     /// Both kinds, in declaration order.
     pub const ALL: [LimitKind; 2] = [LimitKind::Total, LimitKind::PerIp];
 
+    /// Position in [`LimitKind::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The metric label.
     pub fn as_str(self) -> &'static str {
         match self {

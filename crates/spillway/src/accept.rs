@@ -4,7 +4,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +14,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::admin::metrics::Scrape;
+use crate::counters::EnumCounters;
 use crate::logging::RateLimited;
+use crate::route_metrics::LISTENER_REJECTIONS;
 
 pub struct Accepted {
     pub stream: TcpStream,
@@ -128,7 +131,7 @@ pub struct Gate {
     global: Option<Arc<ConnLimits>>,
     per_ip: Option<Arc<ConnLimits>>,
     total: Option<RouteTotal>,
-    rejected: [AtomicU64; 2],
+    rejected: EnumCounters<LimitKind>,
     warn: Mutex<RateLimited>,
 }
 
@@ -199,7 +202,18 @@ impl Gate {
 
     /// Connections of this route refused by `kind`.
     pub fn rejected(&self, kind: LimitKind) -> u64 {
-        self.rejected[kind as usize].load(Ordering::Relaxed)
+        self.rejected.get(kind)
+    }
+
+    /// Writes this route's `spillway_listener_rejections` series.
+    pub fn collect(&self, s: &mut Scrape, route: &str) {
+        for (kind, n) in self.rejected.iter() {
+            s.counter(
+                &LISTENER_REJECTIONS,
+                &[("route", route), ("limit", kind.as_str())],
+                n,
+            );
+        }
     }
 
     /// Admits a connection from `peer`, or says why not (the caller then
@@ -211,7 +225,7 @@ impl Gate {
             match limits.try_acquire(peer.ip()) {
                 Ok(p) => permits.push(p),
                 Err(kind) => {
-                    self.rejected[kind as usize].fetch_add(1, Ordering::Relaxed);
+                    self.rejected.add(kind);
                     let check = self.warn.lock().unwrap_or_else(|e| e.into_inner()).check();
                     if let Some(suppressed) = check {
                         warn!(%peer, reason = %kind, suppressed,

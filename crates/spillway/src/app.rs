@@ -14,15 +14,16 @@
 //! - **removed**: drains. **added**: starts (after any route it collides
 //!   with, by address or spool directory, has let go).
 //!
-//! [`AppState`] is what the admin endpoint reads: the live routes, whether
-//! the process is ready, and the reload counters.
+//! It keeps [`AppState`] (`state.rs`) up to date: the live routes,
+//! whether the process is ready, and the reload counters; and it builds
+//! the metrics registry the admin endpoint serves.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -34,196 +35,59 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::accept::{bind, bind_with};
+use crate::admin::metrics::{Family, Registry, Scrape, Source};
 use crate::config::{self, Config, QueueRoute, Route, StreamRoute};
 use crate::endpoint::Endpoint;
 use crate::notify;
 use crate::queue::QueueServer;
+use crate::state::{AppState, LiveKind, LiveRoute, ReloadResult, RouteState};
 use crate::stream::spill::SpillBudget;
 use crate::stream::StreamServer;
-use crate::units::since_epoch;
 
-/// Lifecycle of a live route, as `/status` shows it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RouteState {
-    Serving,
-    /// Stopping: no new connections; those in flight finish.
-    Draining,
+static ROUTE_INFO: Family = Family::gauge(
+    "spillway_route_info",
+    "Live routes (1 each), with their mode and state.",
+);
+
+/// Declares the families of the live routes (each route kind declares
+/// its own) and fills them at each scrape from the routes `state` holds
+/// then: routes come and go with reloads. Here, where the routes are
+/// started, so that neither the state nor the admin endpoint imports the
+/// route kinds' metrics.
+fn register_route_metrics(registry: &mut Registry, state: Arc<AppState>) {
+    registry.declare(&[&ROUTE_INFO]);
+    crate::stream::metrics::declare(registry);
+    crate::queue::metrics::declare(registry);
+    registry.register(Routes { state });
 }
 
-impl RouteState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RouteState::Serving => "serving",
-            RouteState::Draining => "draining",
+struct Routes {
+    state: Arc<AppState>,
+}
+
+impl Source for Routes {
+    fn collect(&self, s: &mut Scrape) {
+        let routes = self.state.routes();
+        for r in &routes {
+            let labels = [
+                ("route", r.name.as_str()),
+                ("mode", r.mode()),
+                ("state", r.state().as_str()),
+            ];
+            s.gauge(&ROUTE_INFO, &labels, 1);
         }
-    }
-}
-
-/// Outcome of a reload, a metrics label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReloadResult {
-    Success,
-    /// The new file was rejected (the old configuration keeps running), or
-    /// a route of it could not start.
-    Failure,
-}
-
-impl ReloadResult {
-    pub const ALL: [ReloadResult; 2] = [ReloadResult::Success, ReloadResult::Failure];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReloadResult::Success => "success",
-            ReloadResult::Failure => "failure",
+        // Stream routes, then queue routes, in start order.
+        for r in &routes {
+            if let LiveKind::Stream(rx) = &r.kind {
+                let srv = Arc::clone(&*rx.borrow());
+                crate::stream::metrics::collect(s, &r.name, &srv);
+            }
         }
-    }
-}
-
-/// A route's server, for metrics and status.
-#[derive(Clone)]
-pub enum LiveKind {
-    /// The server new connections currently get.
-    Stream(watch::Receiver<Arc<StreamServer>>),
-    Queue(Arc<QueueServer>),
-}
-
-/// A route that is serving or draining.
-pub struct LiveRoute {
-    pub name: String,
-    pub kind: LiveKind,
-    /// Bound listeners: (role, address).
-    pub listeners: Vec<(&'static str, SocketAddr)>,
-    state: AtomicU8,
-}
-
-impl LiveRoute {
-    pub fn state(&self) -> RouteState {
-        match self.state.load(Ordering::Relaxed) {
-            0 => RouteState::Serving,
-            _ => RouteState::Draining,
+        for r in &routes {
+            if let LiveKind::Queue(q) = &r.kind {
+                crate::queue::metrics::collect(s, &r.name, q);
+            }
         }
-    }
-
-    fn set_draining(&self) {
-        self.state.store(1, Ordering::Relaxed);
-    }
-
-    pub fn mode(&self) -> &'static str {
-        match self.kind {
-            LiveKind::Stream(_) => "stream",
-            LiveKind::Queue(_) => "queue",
-        }
-    }
-}
-
-/// What the admin endpoint reads.
-pub struct AppState {
-    routes: Mutex<Vec<Arc<LiveRoute>>>,
-    /// Routes of the configuration that are not serving yet (starting, or
-    /// waiting for an old route to let go of an address or spool).
-    pending: AtomicUsize,
-    /// Routes of the configuration that failed to start at a reload (their
-    /// address or spool is taken, a file is missing): not ready until a
-    /// later reload starts or removes them.
-    down: Mutex<std::collections::BTreeSet<String>>,
-    /// The process-wide shutdown token: draining (and not ready) from the
-    /// moment a signal cancels it.
-    shutdown: CancellationToken,
-    /// Set once the supervisor has marked the routes draining and told
-    /// systemd (`begin_drain` runs once).
-    drain_started: AtomicBool,
-    reloads: [AtomicU64; 2],
-    last_reload_success: AtomicU64,
-    spill: Arc<SpillBudget>,
-    /// `global.max_connections`, shared by every route's listeners.
-    conn_limits: Option<Arc<ConnLimits>>,
-    /// `global.peer_memory`, shared by every queue route.
-    peer_memory: Arc<crate::queue::MemoryBudget>,
-    config_path: Option<PathBuf>,
-}
-
-impl AppState {
-    fn new(
-        spill: Arc<SpillBudget>,
-        config_path: Option<PathBuf>,
-        shutdown: CancellationToken,
-    ) -> Self {
-        AppState {
-            routes: Mutex::new(Vec::new()),
-            pending: AtomicUsize::new(0),
-            down: Mutex::new(std::collections::BTreeSet::new()),
-            drain_started: AtomicBool::new(false),
-            shutdown,
-            reloads: Default::default(),
-            last_reload_success: AtomicU64::new(0),
-            spill,
-            conn_limits: None,
-            peer_memory: Arc::new(crate::queue::MemoryBudget::new(
-                crate::config::defaults::PEER_MEMORY,
-            )),
-            config_path,
-        }
-    }
-
-    /// A snapshot of the live routes (serving and draining), in start order.
-    pub fn routes(&self) -> Vec<Arc<LiveRoute>> {
-        self.lock().clone()
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Vec<Arc<LiveRoute>>> {
-        // The vector is replaced or pushed whole; a panic cannot leave it torn.
-        self.routes.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Ready: every configured route is serving, and not shutting down.
-    pub fn ready(&self) -> bool {
-        !self.draining() && self.pending.load(Ordering::Relaxed) == 0 && self.down_lock().is_empty()
-    }
-
-    /// A configured route that is not running, if any (for `/readyz`).
-    pub fn first_down(&self) -> Option<String> {
-        self.down_lock().iter().next().cloned()
-    }
-
-    fn down_lock(&self) -> MutexGuard<'_, std::collections::BTreeSet<String>> {
-        // Single inserts and removes: a panic cannot tear the set.
-        self.down.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn draining(&self) -> bool {
-        self.shutdown.is_cancelled()
-    }
-
-    pub fn reloads(&self, r: ReloadResult) -> u64 {
-        self.reloads[r as usize].load(Ordering::Relaxed)
-    }
-
-    /// Unix time of the last successful load (start or reload), seconds.
-    pub fn last_reload_success(&self) -> u64 {
-        self.last_reload_success.load(Ordering::Relaxed)
-    }
-
-    pub fn spill(&self) -> &SpillBudget {
-        &self.spill
-    }
-
-    pub fn peer_memory(&self) -> &crate::queue::MemoryBudget {
-        &self.peer_memory
-    }
-
-    pub fn config_path(&self) -> Option<&Path> {
-        self.config_path.as_deref()
-    }
-
-    fn count_reload(&self, r: ReloadResult) {
-        self.reloads[r as usize].fetch_add(1, Ordering::Relaxed);
-        if r == ReloadResult::Success {
-            self.mark_loaded();
-        }
-    }
-
-    fn mark_loaded(&self) {
-        self.last_reload_success
-            .store(since_epoch().as_secs(), Ordering::Relaxed);
     }
 }
 
@@ -309,6 +173,10 @@ pub async fn run(
     state.pending.store(config.routes.len(), Ordering::Relaxed);
     let state = Arc::new(state);
     let mut admin = None;
+    // The admin endpoint answers through the drain, and stops when this
+    // function returns, however it returns.
+    let admin_stop = CancellationToken::new();
+    let _stop_admin = admin_stop.clone().drop_guard();
     if let Some(addr) = &config.global.admin {
         let listener = bind(addr)
             .await
@@ -326,7 +194,16 @@ pub async fn run(
                    to 127.0.0.1)");
         }
         info!(listen = %local, token = !auth.is_open(), "admin ready");
-        tokio::spawn(crate::admin::serve(listener, Arc::clone(&state), auth));
+        let mut registry = Registry::default();
+        crate::admin::process::register(&mut registry, Arc::clone(&state));
+        register_route_metrics(&mut registry, Arc::clone(&state));
+        tokio::spawn(crate::admin::serve(
+            listener,
+            registry,
+            Arc::clone(&state),
+            auth,
+            admin_stop.clone().cancelled_owned(),
+        ));
     }
     let mut sup = Supervisor {
         state,
@@ -408,12 +285,11 @@ async fn start_stream(
     let future =
         StreamServer::serve_current(rx.clone(), listener, stop.clone(), drain, unbound.clone());
     Ok(Started {
-        live: Arc::new(LiveRoute {
-            name: r.name.clone(),
-            kind: LiveKind::Stream(rx),
-            listeners: vec![("client", local)],
-            state: AtomicU8::new(0),
-        }),
+        live: Arc::new(LiveRoute::new(
+            r.name.clone(),
+            LiveKind::Stream(rx),
+            vec![("client", local)],
+        )),
         unbound,
         future: Box::pin(async move {
             future.await;
@@ -476,12 +352,11 @@ async fn start_queue(
           spool = %q.spool.display(), from_tls = q.from_tls.is_some(),
           to_tls = q.to_tls.is_some(), "queue route ready");
     Ok(Started {
-        live: Arc::new(LiveRoute {
-            name: q.name.clone(),
-            kind: LiveKind::Queue(Arc::clone(&server)),
+        live: Arc::new(LiveRoute::new(
+            q.name.clone(),
+            LiveKind::Queue(Arc::clone(&server)),
             listeners,
-            state: AtomicU8::new(0),
-        }),
+        )),
         // A queue route's listeners close when its task ends.
         unbound: CancellationToken::new(),
         future: Box::pin(server.serve(source, sink)),

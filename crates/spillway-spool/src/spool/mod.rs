@@ -112,6 +112,19 @@ pub enum Tier {
     Disk,
 }
 
+impl Tier {
+    /// Both tiers, memory first (the order a batch tries them).
+    pub const ALL: [Tier; 2] = [Tier::Memory, Tier::Disk];
+
+    /// The `tier` label of the queue depth metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Memory => "memory",
+            Tier::Disk => "disk",
+        }
+    }
+}
+
 /// What `append` did with a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppendOutcome {

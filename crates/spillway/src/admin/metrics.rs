@@ -1,949 +1,285 @@
-//! `/metrics`: every route's counters, read at scrape time.
+//! `/metrics`: the registry the components fill. It imports nothing of
+//! the components, so each can use it; the process-wide families are in
+//! [`super::process`].
 //!
-//! The hot paths count into plain atomics on each route's stats
-//! ([`RouteStats`], [`QueueStats`], the spool's counters); this collector
-//! turns them into metric families when Prometheus scrapes, so serving
-//! traffic never touches a registry. Routes come and go with reloads: the
-//! collector walks whatever [`AppState`] holds at that moment. Label values
-//! other than route and upstream names come from enums.
+//! The hot paths count into plain atomics on each component's stats
+//! (a stream route's `RouteStats`, a queue route's `QueueStats`, the
+//! spool's counters); nothing on them touches a registry. Each component
+//! declares its metric families (a [`Family`]: name, help, type) in the
+//! [`Registry`] passed to it at start, and registers a [`Source`] that
+//! turns its atomics into series when Prometheus scrapes. Label values
+//! other than route and upstream names come from enums (`as_str()`).
 //!
-//! To add a metric: add a family in [`Families::write`] (one descriptor,
-//! then one series per route), document it in the README's metrics table.
+//! A family can be filled by several components (`spillway_connections`
+//! has stream clients and queue producers and consumers); the exposition
+//! wants all of a family's series under its one descriptor, so a scrape
+//! gathers the series per family ([`Scrape`]) and encodes them in the
+//! order the families were declared.
+//!
+//! To add a metric: declare a [`Family`] next to the counters it reads,
+//! add it to its component's `FAMILIES`, write its series in that
+//! component's `collect`, and document it in the README's metrics table.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
-use prometheus_client::registry::Registry;
-use spillway_codec::FrameErrorKind;
-use spillway_spool::{HistogramSnapshot, SpoolStats};
+use spillway_spool::HistogramSnapshot;
 
-use crate::app::{AppState, LiveKind, LiveRoute, ReloadResult};
-use crate::queue::{self, ConsumerEnd, ProducerEnd, QueueServer, QueueStats};
-use crate::stream::{CloseReason, Direction as StreamDirection, RouteStats, StreamServer};
-use spillway_net::breaker::Overflow;
-use spillway_net::classify::ErrorClass;
-use spillway_net::limit::LimitKind;
-
-/// Registers the collector of the whole process in `registry`.
-pub fn register(registry: &mut Registry, state: Arc<AppState>) {
-    registry.register_collector(Box::new(RoutesCollector { state }));
+/// A metric family: declared once, by the component whose counters fill
+/// it.
+#[derive(Debug)]
+pub struct Family {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub ty: MetricType,
 }
 
-struct RoutesCollector {
-    state: Arc<AppState>,
+impl Family {
+    pub const fn counter(name: &'static str, help: &'static str) -> Self {
+        Family {
+            name,
+            help,
+            ty: MetricType::Counter,
+        }
+    }
+
+    pub const fn gauge(name: &'static str, help: &'static str) -> Self {
+        Family {
+            name,
+            help,
+            ty: MetricType::Gauge,
+        }
+    }
+
+    pub const fn histogram(name: &'static str, help: &'static str) -> Self {
+        Family {
+            name,
+            help,
+            ty: MetricType::Histogram,
+        }
+    }
 }
 
-impl fmt::Debug for RoutesCollector {
+/// What a component adds to `/metrics` at each scrape.
+pub trait Source: Send + Sync + 'static {
+    /// Writes the current value of every series of the component's
+    /// families.
+    fn collect(&self, scrape: &mut Scrape);
+}
+
+/// The families of the process, in the order `/metrics` lists them, and
+/// the sources that fill them.
+#[derive(Default)]
+pub struct Registry {
+    families: Vec<&'static Family>,
+    sources: Vec<Box<dyn Source>>,
+}
+
+impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("RoutesCollector")
+        f.debug_struct("Registry")
+            .field("families", &self.families.len())
+            .field("sources", &self.sources.len())
+            .finish()
     }
 }
 
-/// Which side of a route a connection is on (a label).
-#[derive(Clone, Copy)]
-enum Role {
-    Client,
-    Upstream,
-    Producer,
-    Consumer,
-}
-
-impl Role {
-    fn as_str(self) -> &'static str {
-        match self {
-            Role::Client => "client",
-            Role::Upstream => "upstream",
-            Role::Producer => "producer",
-            Role::Consumer => "consumer",
-        }
-    }
-}
-
-/// Byte direction, HAProxy's convention: `in` from clients/producers,
-/// `out` to clients/consumers.
-#[derive(Clone, Copy)]
-enum Direction {
-    In,
-    Out,
-}
-
-impl Direction {
-    fn as_str(self) -> &'static str {
-        match self {
-            Direction::In => "in",
-            Direction::Out => "out",
-        }
-    }
-}
-
-#[derive(Clone, Copy)]
-enum Tier {
-    Memory,
-    Disk,
-}
-
-impl Tier {
-    fn as_str(self) -> &'static str {
-        match self {
-            Tier::Memory => "memory",
-            Tier::Disk => "disk",
-        }
-    }
-}
-
-/// Why queued messages were dropped (a label).
-#[derive(Clone, Copy)]
-enum DropReason {
-    /// `when_full = drop-newest`: refused at the disk bound.
-    DropNewest,
-    /// `when_full = drop-oldest`: deleted unread at the disk bound.
-    DropOldest,
-}
-
-impl DropReason {
-    fn as_str(self) -> &'static str {
-        match self {
-            DropReason::DropNewest => "drop_newest",
-            DropReason::DropOldest => "drop_oldest",
-        }
-    }
-}
-
-const FRAME_ERRORS: [FrameErrorKind; 4] = [
-    FrameErrorKind::TooLarge,
-    FrameErrorKind::Truncated,
-    FrameErrorKind::NewlineInPayload,
-    FrameErrorKind::PayloadTooLong,
-];
-
-type Labels<'a> = Vec<(&'static str, &'a str)>;
-
-/// A per-route counter family read straight from a stats struct:
-/// (name, help, reader).
-type Simple<T> = (&'static str, &'static str, fn(&T) -> u64);
-
-/// One scrape's view of a route.
-struct Snap<'a> {
-    live: &'a LiveRoute,
-    kind: SnapKind,
-}
-
-enum SnapKind {
-    Stream(Arc<StreamServer>),
-    Queue(Arc<QueueServer>, Box<SpoolStats>),
-}
-
-impl Collector for RoutesCollector {
-    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), fmt::Error> {
-        let routes = self.state.routes();
-        let snaps: Vec<Snap<'_>> = routes
-            .iter()
-            .map(|live| Snap {
-                live,
-                kind: match &live.kind {
-                    LiveKind::Stream(rx) => SnapKind::Stream(Arc::clone(&*rx.borrow())),
-                    // The spool snapshot takes its lock once per scrape.
-                    LiveKind::Queue(q) => {
-                        SnapKind::Queue(Arc::clone(q), Box::new(q.spool().stats()))
-                    }
-                },
-            })
-            .collect();
-        process_families(&mut enc, &self.state)?;
-        Families { snaps: &snaps }.write(&mut enc)
-    }
-}
-
-fn process_families(enc: &mut DescriptorEncoder, state: &AppState) -> fmt::Result {
-    let version = env!("CARGO_PKG_VERSION");
-    family(
-        enc,
-        "spillway_build_info",
-        "Build information (always 1).",
-        MetricType::Gauge,
-        |m| gauge(m, &vec![("version", version)], 1),
-    )?;
-    family(
-        enc,
-        "spillway_ready",
-        "1 when every configured route is serving and the process is not draining.",
-        MetricType::Gauge,
-        |m| gauge0(m, u64::from(state.ready())),
-    )?;
-    family(
-        enc,
-        "spillway_draining",
-        "1 once shutdown started (SIGTERM/SIGINT).",
-        MetricType::Gauge,
-        |m| gauge0(m, u64::from(state.draining())),
-    )?;
-    family(
-        enc,
-        "spillway_config_reloads",
-        "Config reloads (SIGHUP) by result.",
-        MetricType::Counter,
-        |m| {
-            for r in ReloadResult::ALL {
-                counter(m, &vec![("result", r.as_str())], state.reloads(r))?;
+impl Registry {
+    /// Declares `families`. A family that another component declared
+    /// already (one that both fill) keeps its place.
+    ///
+    /// # Panics
+    /// When a different family of the same name was declared: two
+    /// components would describe one metric differently.
+    pub fn declare(&mut self, families: &[&'static Family]) {
+        for &f in families {
+            match self.families.iter().find(|d| d.name == f.name) {
+                Some(d) => assert!(
+                    std::ptr::eq(*d, f),
+                    "metric family {} declared twice, differently",
+                    f.name
+                ),
+                None => self.families.push(f),
             }
-            Ok(())
-        },
-    )?;
-    family(
-        enc,
-        "spillway_config_last_reload_success_timestamp_seconds",
-        "Unix time of the last successful config load.",
-        MetricType::Gauge,
-        |m| gauge0(m, state.last_reload_success()),
-    )?;
-    family(
-        enc,
-        "spillway_spill_bytes",
-        "Bytes in stream-mode spill files, all connections.",
-        MetricType::Gauge,
-        |m| gauge0(m, state.spill().used()),
-    )?;
-    family(
-        enc,
-        "spillway_spill_limit_bytes",
-        "Bound on spill-file bytes (max_spill_total).",
-        MetricType::Gauge,
-        |m| gauge0(m, state.spill().limit()),
-    )?;
-    family(
-        enc,
-        "spillway_peer_memory_bytes",
-        "Bytes queue routes hold for peers: producers' read buffers and partial messages, consumers' windows.",
-        MetricType::Gauge,
-        |m| gauge0(m, state.peer_memory().used()),
-    )?;
-    family(
-        enc,
-        "spillway_peer_memory_limit_bytes",
-        "Bound on peer memory (global peer_memory).",
-        MetricType::Gauge,
-        |m| gauge0(m, state.peer_memory().limit()),
-    )?;
-    family(
-        enc,
-        "spillway_peer_memory_refusals",
-        "Times a connection was refused more peer memory (a producer then waits unread, a consumer takes nothing more until acknowledgements come in).",
-        MetricType::Counter,
-        |m| counter0(m, state.peer_memory().refused()),
-    )
+        }
+    }
+
+    /// Adds a source; its series go to families declared with
+    /// [`Registry::declare`].
+    pub fn register(&mut self, source: impl Source) {
+        self.sources.push(Box::new(source));
+    }
+
+    /// One scrape: every source's series, gathered per family.
+    fn scrape(&self) -> Scrape {
+        let mut scrape = Scrape {
+            index: HashMap::with_capacity(self.families.len()),
+            families: Vec::with_capacity(self.families.len()),
+        };
+        for &f in &self.families {
+            scrape.index.insert(f.name, scrape.families.len());
+            scrape.families.push((f, Vec::new()));
+        }
+        for s in &self.sources {
+            s.collect(&mut scrape);
+        }
+        scrape
+    }
 }
 
-struct Families<'a> {
-    snaps: &'a [Snap<'a>],
-}
-
-impl Families<'_> {
-    fn streams(&self) -> impl Iterator<Item = (&str, &RouteStats, &StreamServer)> {
-        self.snaps.iter().filter_map(|s| match &s.kind {
-            SnapKind::Stream(srv) => Some((s.live.name.as_str(), &**srv.stats(), &**srv)),
-            SnapKind::Queue(..) => None,
-        })
-    }
-
-    fn queues(&self) -> impl Iterator<Item = (&str, &QueueStats, &SpoolStats)> {
-        self.snaps.iter().filter_map(|s| match &s.kind {
-            SnapKind::Queue(q, sp) => Some((s.live.name.as_str(), q.stats(), &**sp)),
-            SnapKind::Stream(_) => None,
-        })
-    }
-
-    fn write(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
-        family(
-            enc,
-            "spillway_route_info",
-            "Live routes (1 each), with their mode and state.",
-            MetricType::Gauge,
-            |m| {
-                for s in self.snaps {
-                    let labels = vec![
-                        ("route", s.live.name.as_str()),
-                        ("mode", s.live.mode()),
-                        ("state", s.live.state().as_str()),
-                    ];
-                    gauge(m, &labels, 1)?;
-                }
-                Ok(())
-            },
-        )?;
-        self.connections(enc)?;
-        self.bytes(enc)?;
-        self.upstreams(enc)?;
-        self.health(enc)?;
-        self.tls(enc)?;
-        self.messages(enc)?;
-        self.spool(enc)
-    }
-
-    fn connections(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
-        family(
-            enc,
-            "spillway_connections",
-            "Connections opened (accepted or dialed), by role.",
-            MetricType::Counter,
-            |m| {
-                for (route, st, _) in self.streams() {
-                    counter(
-                        m,
-                        &vec![("route", route), ("role", Role::Client.as_str())],
-                        st.accepted.load(Ordering::Relaxed),
-                    )?;
-                }
-                for (route, q, _) in self.queues() {
-                    counter(
-                        m,
-                        &vec![("route", route), ("role", Role::Producer.as_str())],
-                        q.producers_total.load(Ordering::Relaxed),
-                    )?;
-                    counter(
-                        m,
-                        &vec![("route", route), ("role", Role::Consumer.as_str())],
-                        q.consumers_total.load(Ordering::Relaxed),
-                    )?;
-                }
-                Ok(())
-            },
-        )?;
-        family(
-            enc,
-            "spillway_connections_active",
-            "Connections open now, by role.",
-            MetricType::Gauge,
-            |m| {
-                for (route, st, _) in self.streams() {
-                    gauge(
-                        m,
-                        &vec![("route", route), ("role", Role::Client.as_str())],
-                        st.active.load(Ordering::Relaxed) as u64,
-                    )?;
-                }
-                for (route, q, _) in self.queues() {
-                    gauge(
-                        m,
-                        &vec![("route", route), ("role", Role::Producer.as_str())],
-                        q.producers.load(Ordering::Relaxed) as u64,
-                    )?;
-                    gauge(
-                        m,
-                        &vec![("route", route), ("role", Role::Consumer.as_str())],
-                        q.consumers.load(Ordering::Relaxed) as u64,
-                    )?;
-                }
-                Ok(())
-            },
-        )?;
-        family(
-            enc,
-            "spillway_connections_closed",
-            "Stream connections closed, by reason.",
-            MetricType::Counter,
-            |m| {
-                for (route, st, _) in self.streams() {
-                    for r in CloseReason::ALL {
-                        counter(
-                            m,
-                            &vec![("route", route), ("reason", r.as_str())],
-                            st.closed(r),
-                        )?;
-                    }
-                }
-                Ok(())
-            },
-        )?;
-        family(
-            enc,
-            "spillway_consumer_connections_closed",
-            "Queue consumer connections closed, by reason.",
-            MetricType::Counter,
-            |m| {
-                for (route, q, _) in self.queues() {
-                    for e in ConsumerEnd::ALL {
-                        counter(
-                            m,
-                            &vec![("route", route), ("reason", e.as_str())],
-                            q.consumer_closed(e),
-                        )?;
-                    }
-                }
-                Ok(())
-            },
-        )?;
-        family(
-            enc,
-            "spillway_producer_connections_closed",
-            "Queue producer connections closed, by reason.",
-            MetricType::Counter,
-            |m| {
-                for (route, q, _) in self.queues() {
-                    for e in ProducerEnd::ALL {
-                        counter(
-                            m,
-                            &vec![("route", route), ("reason", e.as_str())],
-                            q.producer_closed(e),
-                        )?;
-                    }
-                }
-                Ok(())
-            },
-        )
-    }
-
-    fn bytes(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
-        family(enc, "spillway_bytes", "Payload bytes: in from clients/producers, out to clients/consumers (queue: delivered).", MetricType::Counter, |m| {
-            for (route, st, _) in self.streams() {
-                counter(m, &vec![("route", route), ("direction", Direction::In.as_str())], st.bytes(StreamDirection::ClientToUpstream))?;
-                counter(m, &vec![("route", route), ("direction", Direction::Out.as_str())], st.bytes(StreamDirection::UpstreamToClient))?;
+impl Collector for Registry {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        for (family, series) in &self.scrape().families {
+            let mut m = enc.encode_descriptor(family.name, family.help, None, family.ty)?;
+            for s in series {
+                s.encode(&mut m)?;
             }
-            for (route, q, _) in self.queues() {
-                counter(m, &vec![("route", route), ("direction", Direction::In.as_str())], q.bytes_in.load(Ordering::Relaxed))?;
-                counter(m, &vec![("route", route), ("direction", Direction::Out.as_str())], q.bytes_delivered.load(Ordering::Relaxed))?;
+        }
+        Ok(())
+    }
+}
+
+/// The series of one scrape, per family. Sources write into it; the
+/// registry encodes it.
+pub struct Scrape {
+    index: HashMap<&'static str, usize>,
+    families: Vec<(&'static Family, Vec<Series>)>,
+}
+
+/// Label pairs of a series: fixed keys; values are route and upstream
+/// names or enum labels.
+pub type Labels<'a> = [(&'static str, &'a str)];
+
+struct Series {
+    labels: Vec<(&'static str, String)>,
+    value: Value,
+}
+
+enum Value {
+    Counter(u64),
+    Gauge(i64),
+    GaugeF(f64),
+    Histogram(HistogramSnapshot),
+}
+
+impl Series {
+    fn encode(&self, m: &mut MetricEncoder) -> fmt::Result {
+        // A series without labels is the family's only one: no `{}`.
+        if self.labels.is_empty() {
+            return self.value.encode(m);
+        }
+        self.value.encode(&mut m.encode_family(&self.labels)?)
+    }
+}
+
+impl Value {
+    fn encode(&self, m: &mut MetricEncoder) -> fmt::Result {
+        match self {
+            Value::Counter(v) => m.encode_counter::<NoLabelSet, _, f64>(v, None),
+            Value::Gauge(v) => m.encode_gauge(v),
+            Value::GaugeF(v) => m.encode_gauge(v),
+            Value::Histogram(h) => {
+                m.encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets, None)
             }
-            Ok(())
-        })?;
-        family(
-            enc,
-            "spillway_spilled_bytes",
-            "Stream bytes that went through a spill file.",
-            MetricType::Counter,
-            |m| {
-                for (route, st, _) in self.streams() {
-                    counter(
-                        m,
-                        &vec![("route", route)],
-                        st.spilled_bytes.load(Ordering::Relaxed),
-                    )?;
-                }
-                Ok(())
-            },
-        )
-    }
-
-    fn upstreams(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
-        family(
-            enc,
-            "spillway_upstream_connect_failures",
-            "Failed upstream connects (stream mode).",
-            MetricType::Counter,
-            |m| {
-                for (route, st, _) in self.streams() {
-                    counter(
-                        m,
-                        &vec![("route", route)],
-                        st.connect_failures.load(Ordering::Relaxed),
-                    )?;
-                }
-                Ok(())
-            },
-        )?;
-        family(
-            enc,
-            "spillway_upstream_connections_active",
-            "Connections open to each upstream.",
-            MetricType::Gauge,
-            |m| {
-                for (route, _, srv) in self.streams() {
-                    for (i, up) in srv.route().upstreams.iter().enumerate() {
-                        let active = srv.balancer().load(i).map_or(0, |l| l.active());
-                        gauge(
-                            m,
-                            &vec![("route", route), ("upstream", up.as_str())],
-                            active as u64,
-                        )?;
-                    }
-                }
-                Ok(())
-            },
-        )?;
-        family(
-            enc,
-            "spillway_upstream_picks",
-            "Times each upstream was picked for a connection.",
-            MetricType::Counter,
-            |m| {
-                for (route, _, srv) in self.streams() {
-                    for (i, up) in srv.route().upstreams.iter().enumerate() {
-                        let picked = srv.balancer().load(i).map_or(0, |l| l.picked());
-                        counter(
-                            m,
-                            &vec![("route", route), ("upstream", up.as_str())],
-                            picked,
-                        )?;
-                    }
-                }
-                Ok(())
-            },
-        )
-    }
-
-    fn queue_servers(&self) -> impl Iterator<Item = (&str, &QueueServer)> {
-        self.snaps.iter().filter_map(|s| match &s.kind {
-            SnapKind::Queue(q, _) => Some((s.live.name.as_str(), &**q)),
-            SnapKind::Stream(_) => None,
-        })
-    }
-
-    /// Upstream health (active checks, outlier ejection, circuit breakers),
-    /// listener limits and the queue dialers' classified failures.
-    fn health(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
-        type Up = crate::stream::upstream::UpstreamStatus;
-        let gauges: [Simple<Up>; 3] = [
-            (
-                "spillway_upstream_healthy",
-                "1 when the upstream passes its active health checks (always 1 without checks).",
-                |u| u64::from(u.is_healthy()),
-            ),
-            (
-                "spillway_upstream_ejected",
-                "1 while outlier detection has the upstream ejected.",
-                |u| u64::from(u.is_ejected()),
-            ),
-            (
-                "spillway_upstream_pending_connects",
-                "Connects to the upstream in progress.",
-                |u| u.pending() as u64,
-            ),
-        ];
-        for (name, help, read) in gauges {
-            family(enc, name, help, MetricType::Gauge, |m| {
-                for (route, _, srv) in self.streams() {
-                    for u in srv.upstreams() {
-                        gauge(
-                            m,
-                            &vec![("route", route), ("upstream", u.address())],
-                            read(u),
-                        )?;
-                    }
-                }
-                Ok(())
-            })?;
         }
-        let counters: [Simple<Up>; 2] = [
-            (
-                "spillway_upstream_ejections",
-                "Times outlier detection ejected the upstream (consecutive connect failures).",
-                |u| u.ejections(),
-            ),
-            (
-                "spillway_upstream_connect_attempts",
-                "Connects attempted to the upstream.",
-                |u| u.connect_attempts(),
-            ),
-        ];
-        for (name, help, read) in counters {
-            family(enc, name, help, MetricType::Counter, |m| {
-                for (route, _, srv) in self.streams() {
-                    for u in srv.upstreams() {
-                        counter(
-                            m,
-                            &vec![("route", route), ("upstream", u.address())],
-                            read(u),
-                        )?;
-                    }
-                }
-                Ok(())
-            })?;
-        }
-        family(
-            enc,
-            "spillway_upstream_connect_errors",
-            "Failed connects to the upstream (TLS handshakes included), by class: transient, persistent, resource.",
-            MetricType::Counter,
-            |m| {
-                for (route, _, srv) in self.streams() {
-                    for u in srv.upstreams() {
-                        for c in ErrorClass::ALL {
-                            counter(
-                                m,
-                                &vec![("route", route), ("upstream", u.address()), ("class", c.as_str())],
-                                u.connect_failures(c),
-                            )?;
-                        }
-                    }
-                }
-                Ok(())
-            },
-        )?;
-        family(
-            enc,
-            "spillway_upstream_breaker_rejections",
-            "Clients refused by the upstream's circuit breaker, by the limit reached.",
-            MetricType::Counter,
-            |m| {
-                for (route, _, srv) in self.streams() {
-                    for u in srv.upstreams() {
-                        for k in Overflow::ALL {
-                            counter(
-                                m,
-                                &vec![
-                                    ("route", route),
-                                    ("upstream", u.address()),
-                                    ("limit", k.as_str()),
-                                ],
-                                u.breaker_rejections(k),
-                            )?;
-                        }
-                    }
-                }
-                Ok(())
-            },
-        )?;
-        family(
-            enc,
-            "spillway_upstream_panic_picks",
-            "Connections sent while no upstream was healthy and un-ejected (panic mode: all tried).",
-            MetricType::Counter,
-            |m| {
-                for (route, _, srv) in self.streams() {
-                    counter(m, &vec![("route", route)], srv.panic_picks())?;
-                }
-                Ok(())
-            },
-        )?;
-        family(
-            enc,
-            "spillway_listener_rejections",
-            "Connections closed right after accept by a listener limit (global max_connections, a queue route's max_connections, max_connections_per_ip).",
-            MetricType::Counter,
-            |m| {
-                let gates = self
-                    .streams()
-                    .map(|(route, _, srv)| (route, srv.gate()))
-                    .chain(self.queue_servers().map(|(route, q)| (route, q.gate())));
-                for (route, gate) in gates {
-                    for k in LimitKind::ALL {
-                        counter(m, &vec![("route", route), ("limit", k.as_str())], gate.rejected(k))?;
-                    }
-                }
-                Ok(())
-            },
-        )?;
-        family(
-            enc,
-            "spillway_dial_attempts",
-            "Connects attempted by a queue route's connect: endpoint, by role.",
-            MetricType::Counter,
-            |m| {
-                for (route, q, _) in self.queues() {
-                    for role in queue::Role::ALL {
-                        counter(
-                            m,
-                            &vec![("route", route), ("role", role.as_str())],
-                            q.dial(role).attempts.load(Ordering::Relaxed),
-                        )?;
-                    }
-                }
-                Ok(())
-            },
-        )?;
-        family(
-            enc,
-            "spillway_dial_errors",
-            "Failed connects (TLS handshakes included) of a queue route's connect: endpoint, by role and class.",
-            MetricType::Counter,
-            |m| {
-                for (route, q, _) in self.queues() {
-                    for role in queue::Role::ALL {
-                        for c in ErrorClass::ALL {
-                            counter(
-                                m,
-                                &vec![("route", route), ("role", role.as_str()), ("class", c.as_str())],
-                                q.dial(role).failures.get(c),
-                            )?;
-                        }
-                    }
-                }
-                Ok(())
-            },
-        )
+    }
+}
+
+impl Scrape {
+    pub fn counter(&mut self, family: &'static Family, labels: &Labels<'_>, v: u64) {
+        self.push(family, MetricType::Counter, labels, Value::Counter(v));
     }
 
-    fn tls(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
-        family(
-            enc,
-            "spillway_tls_handshake_failures",
-            "Failed TLS handshakes, by the peer's role (client and producer/consumer on listen: endpoints: not TLS, untrusted or missing certificate, timeout; upstream and dialed endpoints: a certificate we rejected, or a handshake error).",
-            MetricType::Counter,
-            |m| {
-                for (route, st, _) in self.streams() {
-                    for (role, v) in [
-                        (Role::Client, &st.tls_handshake_failures),
-                        (Role::Upstream, &st.upstream_tls_failures),
-                    ] {
-                        counter(
-                            m,
-                            &vec![("route", route), ("role", role.as_str())],
-                            v.load(Ordering::Relaxed),
-                        )?;
-                    }
-                }
-                for (route, q, _) in self.queues() {
-                    for (role, v) in [
-                        (Role::Producer, &q.producer_tls_failures),
-                        (Role::Consumer, &q.consumer_tls_failures),
-                    ] {
-                        counter(
-                            m,
-                            &vec![("route", route), ("role", role.as_str())],
-                            v.load(Ordering::Relaxed),
-                        )?;
-                    }
-                }
-                Ok(())
-            },
-        )
+    pub fn gauge(&mut self, family: &'static Family, labels: &Labels<'_>, v: u64) {
+        // Gauges are exported as i64 where they fit (Prometheus reads floats).
+        let v = i64::try_from(v).unwrap_or(i64::MAX);
+        self.push(family, MetricType::Gauge, labels, Value::Gauge(v));
     }
 
-    fn messages(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
-        let simple: [Simple<QueueStats>; 5] = [
-            ("spillway_messages_in", "Messages read from producers and queued.", |q| q.messages_in.load(Ordering::Relaxed)),
-            ("spillway_messages_lost_unqueued", "Messages read from producers (acknowledged to them by TCP) that could not be queued: a failed spool, or a disk still physically full at the end of the drain.", |q| q.lost_unqueued.load(Ordering::Relaxed)),
-            ("spillway_messages_delivered", "Messages acknowledged by a consumer's TCP stack.", |q| q.messages_delivered.load(Ordering::Relaxed)),
-            ("spillway_messages_redelivered", "Messages sent again after a consumer left or reset.", |q| q.messages_redelivered.load(Ordering::Relaxed)),
-            ("spillway_partial_messages_at_eof", "Producers that ended in the middle of a message (the partial message is not queued).", |q| q.partial_at_eof.load(Ordering::Relaxed)),
-        ];
-        for (name, help, read) in simple {
-            family(enc, name, help, MetricType::Counter, |m| {
-                for (route, q, _) in self.queues() {
-                    counter(m, &vec![("route", route)], read(q))?;
-                }
-                Ok(())
-            })?;
-        }
-        family(
-            enc,
-            "spillway_messages_dropped",
-            "Messages dropped at the disk bound, by reason.",
-            MetricType::Counter,
-            |m| {
-                for (route, _, sp) in self.queues() {
-                    counter(
-                        m,
-                        &vec![
-                            ("route", route),
-                            ("reason", DropReason::DropNewest.as_str()),
-                        ],
-                        sp.dropped_newest_msgs,
-                    )?;
-                    counter(
-                        m,
-                        &vec![
-                            ("route", route),
-                            ("reason", DropReason::DropOldest.as_str()),
-                        ],
-                        sp.dropped_oldest_msgs,
-                    )?;
-                }
-                Ok(())
-            },
-        )?;
-        family(
-            enc,
-            "spillway_frame_errors",
-            "Producer connections closed for a bad frame, by kind.",
-            MetricType::Counter,
-            |m| {
-                for (route, q, _) in self.queues() {
-                    for k in FRAME_ERRORS {
-                        counter(
-                            m,
-                            &vec![("route", route), ("kind", k.as_str())],
-                            q.frame_errors(k),
-                        )?;
-                    }
-                }
-                Ok(())
-            },
-        )?;
-        family(
-            enc,
-            "spillway_queue_depth_messages",
-            "Messages queued, not yet delivered, by tier.",
-            MetricType::Gauge,
-            |m| {
-                for (route, _, sp) in self.queues() {
-                    gauge(
-                        m,
-                        &vec![("route", route), ("tier", Tier::Memory.as_str())],
-                        sp.mem_msgs,
-                    )?;
-                    gauge(
-                        m,
-                        &vec![("route", route), ("tier", Tier::Disk.as_str())],
-                        sp.disk_msgs,
-                    )?;
-                }
-                Ok(())
-            },
-        )?;
-        family(enc, "spillway_queue_depth_bytes", "Queue bytes by tier: memory = queued message bytes; disk = segment file bytes (includes delivered messages in segments not yet deleted).", MetricType::Gauge, |m| {
-            for (route, _, sp) in self.queues() {
-                gauge(m, &vec![("route", route), ("tier", Tier::Memory.as_str())], sp.mem_bytes)?;
-                gauge(m, &vec![("route", route), ("tier", Tier::Disk.as_str())], sp.disk_bytes)?;
+    pub fn gauge_f(&mut self, family: &'static Family, labels: &Labels<'_>, v: f64) {
+        self.push(family, MetricType::Gauge, labels, Value::GaugeF(v));
+    }
+
+    pub fn histogram(
+        &mut self,
+        family: &'static Family,
+        labels: &Labels<'_>,
+        h: HistogramSnapshot,
+    ) {
+        self.push(family, MetricType::Histogram, labels, Value::Histogram(h));
+    }
+
+    fn push(&mut self, family: &'static Family, ty: MetricType, labels: &Labels<'_>, value: Value) {
+        debug_assert!(
+            family.ty.as_str() == ty.as_str(),
+            "{}: a {} series in a {} family",
+            family.name,
+            ty.as_str(),
+            family.ty.as_str()
+        );
+        let i = match self.index.get(family.name) {
+            Some(&i) => i,
+            None => {
+                // A source wrote a family nobody declared: a bug the tests
+                // catch; in production the series still goes out, last.
+                debug_assert!(false, "metric family {} not declared", family.name);
+                self.index.insert(family.name, self.families.len());
+                self.families.push((family, Vec::new()));
+                self.families.len() - 1
             }
-            Ok(())
-        })?;
-        family(
-            enc,
-            "spillway_queue_oldest_message_age_seconds",
-            "Age of the oldest undelivered message (0 when empty).",
-            MetricType::Gauge,
-            |m| {
-                for (route, _, sp) in self.queues() {
-                    let age = sp.oldest_age.map_or(0.0, |d| d.as_secs_f64());
-                    gauge_f(m, &vec![("route", route)], age)?;
-                }
-                Ok(())
-            },
-        )?;
-        family(
-            enc,
-            "spillway_delivery_latency_seconds",
-            "Enqueue to delivered (acknowledged by the consumer's TCP), per message.",
-            MetricType::Histogram,
-            |m| {
-                for (route, q, _) in self.queues() {
-                    histogram(m, &vec![("route", route)], &q.delivery_latency.snapshot())?;
-                }
-                Ok(())
-            },
-        )
-    }
-
-    fn spool(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
-        let counters: [Simple<SpoolStats>; 7] = [
-            (
-                "spillway_spool_cursor_write_failures",
-                "Consumer-position (cursor) writes refused by a full disk; the last saved position is kept and the write retried.",
-                |s| s.cursor_write_failures,
-            ),
-            (
-                "spillway_spool_written_bytes",
-                "Bytes written to segment files.",
-                |s| s.bytes_written,
-            ),
-            (
-                "spillway_spool_read_bytes",
-                "Bytes read back from segment files.",
-                |s| s.bytes_read,
-            ),
-            (
-                "spillway_spool_blocked_appends",
-                "Appends that waited for space (when_full = block).",
-                |s| s.blocked,
-            ),
-            (
-                "spillway_spool_enospc",
-                "Segment writes that hit ENOSPC/EDQUOT.",
-                |s| s.enospc,
-            ),
-            (
-                "spillway_spool_truncated_bytes",
-                "Torn-tail bytes truncated by recovery at open.",
-                |s| s.truncated_bytes,
-            ),
-            (
-                "spillway_spool_segments_deleted",
-                "Fully delivered segments deleted.",
-                |s| s.segments_deleted,
-            ),
-        ];
-        for (name, help, read) in counters {
-            family(enc, name, help, MetricType::Counter, |m| {
-                for (route, _, sp) in self.queues() {
-                    counter(m, &vec![("route", route)], read(sp))?;
-                }
-                Ok(())
-            })?;
-        }
-        let gauges: [Simple<SpoolStats>; 2] = [
-            ("spillway_spool_segments", "Segment files on disk.", |s| {
-                s.segments
-            }),
-            (
-                "spillway_spool_memory_reserved_bytes",
-                "Disk space reserved for writing the memory tier out at shutdown: the memory tier's capacity (below `memory` when the disk was too full to reserve it all).",
-                |s| s.mem_reserved,
-            ),
-        ];
-        for (name, help, read) in gauges {
-            family(enc, name, help, MetricType::Gauge, |m| {
-                for (route, _, sp) in self.queues() {
-                    gauge(m, &vec![("route", route)], read(sp))?;
-                }
-                Ok(())
-            })?;
-        }
-        family(
-            enc,
-            "spillway_spool_poisoned",
-            "1 when the spool stopped after a failed fsync or write.",
-            MetricType::Gauge,
-            |m| {
-                for (route, _, sp) in self.queues() {
-                    gauge(m, &vec![("route", route)], u64::from(sp.poisoned))?;
-                }
-                Ok(())
-            },
-        )?;
-        family(
-            enc,
-            "spillway_spool_fsync_duration_seconds",
-            "Data fsync (fdatasync) latency.",
-            MetricType::Histogram,
-            |m| {
-                for (route, _, sp) in self.queues() {
-                    histogram(m, &vec![("route", route)], &sp.fsync_latency)?;
-                }
-                Ok(())
-            },
-        )
+        };
+        let labels = labels.iter().map(|&(k, v)| (k, v.to_string())).collect();
+        self.families[i].1.push(Series { labels, value });
     }
 }
 
-/// One metric family: a descriptor, then whatever series `series` writes.
-fn family(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    ty: MetricType,
-    series: impl FnOnce(&mut MetricEncoder) -> fmt::Result,
-) -> fmt::Result {
-    let mut m = enc.encode_descriptor(name, help, None, ty)?;
-    series(&mut m)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn counter(m: &mut MetricEncoder, labels: &Labels<'_>, v: u64) -> fmt::Result {
-    m.encode_family(labels)?
-        .encode_counter::<NoLabelSet, _, f64>(&v, None)
-}
+    static A: Family = Family::counter("a", "A.");
+    static B: Family = Family::gauge("b", "B.");
+    static A2: Family = Family::counter("a", "Another A.");
 
-fn gauge(m: &mut MetricEncoder, labels: &Labels<'_>, v: u64) -> fmt::Result {
-    // Gauges are exported as i64 where they fit (Prometheus reads floats).
-    let v = i64::try_from(v).unwrap_or(i64::MAX);
-    m.encode_family(labels)?.encode_gauge(&v)
-}
+    struct Fixed(&'static str);
 
-fn counter0(m: &mut MetricEncoder, v: u64) -> fmt::Result {
-    m.encode_counter::<NoLabelSet, _, f64>(&v, None)
-}
+    impl Source for Fixed {
+        fn collect(&self, s: &mut Scrape) {
+            s.counter(&A, &[("route", self.0)], 1);
+        }
+    }
 
-fn gauge0(m: &mut MetricEncoder, v: u64) -> fmt::Result {
-    m.encode_gauge(&i64::try_from(v).unwrap_or(i64::MAX))
-}
+    fn encode(r: Registry) -> String {
+        let mut prom = prometheus_client::registry::Registry::default();
+        prom.register_collector(Box::new(r));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &prom).expect("encode");
+        out
+    }
 
-fn gauge_f(m: &mut MetricEncoder, labels: &Labels<'_>, v: f64) -> fmt::Result {
-    m.encode_family(labels)?.encode_gauge(&v)
-}
+    #[test]
+    fn series_of_several_sources_stay_under_one_descriptor_in_declared_order() {
+        let mut r = Registry::default();
+        r.declare(&[&A, &B]);
+        r.register(Fixed("one"));
+        r.declare(&[&A]);
+        r.register(Fixed("two"));
+        let out = encode(r);
+        assert_eq!(
+            out,
+            "# HELP a A.\n# TYPE a counter\na_total{route=\"one\"} 1\na_total{route=\"two\"} 1\n\
+             # HELP b B.\n# TYPE b gauge\n# EOF\n"
+        );
+    }
 
-fn histogram(m: &mut MetricEncoder, labels: &Labels<'_>, h: &HistogramSnapshot) -> fmt::Result {
-    m.encode_family(labels)?
-        .encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets, None)
+    #[test]
+    #[should_panic(expected = "declared twice")]
+    fn one_name_cannot_describe_two_families() {
+        let mut r = Registry::default();
+        r.declare(&[&A]);
+        r.declare(&[&A2]);
+    }
 }

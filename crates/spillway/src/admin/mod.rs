@@ -16,9 +16,11 @@
 
 mod guard;
 pub mod metrics;
+pub mod process;
 pub mod status;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,8 +36,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
-use crate::app::AppState;
 use crate::logging::RateLimited;
+use crate::state::AppState;
 
 /// Limits of the admin endpoint. It must keep answering `/healthz` and
 /// `/readyz` (an orchestrator restarts a relay whose liveness probe fails)
@@ -173,21 +175,33 @@ async fn peek_request_line(stream: &tokio::net::TcpStream, limit: Duration) -> V
     }
 }
 
-/// Serves the admin endpoint on `listener` until the process exits.
-pub async fn serve(listener: TcpListener, state: Arc<AppState>, auth: Auth) {
-    serve_with(listener, state, auth, LIMITS).await
+/// Serves the admin endpoint on `listener` until `shutdown` completes:
+/// `/metrics` from `registry` (filled by the components), `/status` and
+/// the probes from `state`. Connections in flight when it returns end on
+/// their own limits.
+pub async fn serve(
+    listener: TcpListener,
+    registry: metrics::Registry,
+    state: Arc<AppState>,
+    auth: Auth,
+    shutdown: impl Future<Output = ()>,
+) {
+    serve_with(listener, registry, state, auth, LIMITS, shutdown).await
 }
 
 /// [`serve`] with other limits (tests).
 pub async fn serve_with(
     listener: TcpListener,
+    registry: metrics::Registry,
     state: Arc<AppState>,
     auth: Auth,
     limits: AdminLimits,
+    shutdown: impl Future<Output = ()>,
 ) {
-    let mut registry = Registry::default();
-    metrics::register(&mut registry, Arc::clone(&state));
-    let registry = Arc::new(registry);
+    let mut prometheus = Registry::default();
+    prometheus.register_collector(Box::new(registry));
+    let registry = Arc::new(prometheus);
+    let mut shutdown = std::pin::pin!(shutdown);
     let probe_slots = Arc::new(Semaphore::new(limits.probe_slots));
     let main = Arc::new(ConnLimits::new(limits.main_slots, limits.main_per_ip));
     let mut warn_limit = RateLimited::new(Duration::from_secs(10));
@@ -195,7 +209,11 @@ pub async fn serve_with(
         Duration::from_secs(10),
     )));
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            () = &mut shutdown => return,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 if let Some(suppressed) = warn_limit.check() {
@@ -371,4 +389,59 @@ fn with_type(code: StatusCode, body: String, content_type: &'static str) -> Resp
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        Ok(out)
+    }
+
+    /// CONVENTIONS 4: started on a bound `127.0.0.1:0` listener, it serves
+    /// what the registry's sources write, and it stops when the shutdown
+    /// future completes.
+    #[tokio::test]
+    async fn serves_the_registry_until_shutdown() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let state = Arc::new(AppState::for_tests());
+        let mut registry = metrics::Registry::default();
+        process::register(&mut registry, Arc::clone(&state));
+        crate::stream::metrics::declare(&mut registry);
+        crate::queue::metrics::declare(&mut registry);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, registry, state, Auth::open(), async {
+            let _ = stopped.await;
+        }));
+
+        let body = get(addr, "/metrics").await.expect("scrape");
+        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+        assert!(body.contains("spillway_build_info{version="), "{body}");
+        // Families of a route kind with no live route keep their descriptor.
+        assert!(
+            body.contains("# TYPE spillway_frame_errors counter"),
+            "{body}"
+        );
+        assert!(
+            body.contains("# TYPE spillway_connections counter"),
+            "{body}"
+        );
+
+        stop.send(()).expect("server still running");
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("serve returns on shutdown")
+            .expect("serve did not panic");
+        assert!(get(addr, "/healthz").await.is_err(), "listener closed");
+    }
 }

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use spillway_net::breaker::Overflow;
 use spillway_net::classify::ErrorClass;
 
-use crate::app::{AppState, LiveKind, LiveRoute};
+use crate::state::{AppState, LiveKind, LiveRoute};
 use crate::stream::Direction;
 
 /// Peers listed per queue route (the oldest); `peers_total` counts all.

@@ -40,6 +40,15 @@ impl Role {
             Role::Consumer => "consumer",
         }
     }
+
+    /// The `direction` label of the bytes this end moves: `in` from
+    /// producers, `out` (delivered) to consumers.
+    pub fn direction(self) -> &'static str {
+        match self {
+            Role::Producer => "in",
+            Role::Consumer => "out",
+        }
+    }
 }
 
 impl QueueServer {

@@ -28,11 +28,13 @@ mod conn;
 mod dispatch;
 mod dispatcher;
 pub mod memory;
+pub mod metrics;
 mod pushback;
 mod serve;
 mod sink;
 mod source;
 mod spool_io;
+pub mod spool_metrics;
 mod wire;
 
 use std::collections::BTreeMap;
@@ -43,7 +45,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use spillway_codec::FrameErrorKind;
-use spillway_net::classify::ClassCounts;
+use spillway_net::classify::ErrorClass;
 use spillway_net::limit::ConnLimits;
 use spillway_net::tls::{TlsClient, TlsError, TlsServer};
 use spillway_spool::fs::{Fs, StdFs};
@@ -55,6 +57,7 @@ use tracing::{error, info, warn};
 
 use crate::accept::Gate;
 use crate::config::{EndpointTls, QueueRoute};
+use crate::counters::{label, EnumCounters};
 use crate::logging::RateLimited;
 pub use conn::Role;
 pub use dispatch::Dispatch;
@@ -117,7 +120,7 @@ pub struct QueueStats {
     /// Deleted unread at the disk bound (`when_full = drop-oldest`).
     pub dropped_oldest: AtomicU64,
     /// Producer connections closed for a bad frame, by kind.
-    frame_errors: [AtomicU64; FRAME_ERROR_KINDS],
+    frame_errors: EnumCounters<FrameErrorKind>,
     /// Producers that ended in the middle of a message.
     pub partial_at_eof: AtomicU64,
     /// Messages read from producers (acknowledged to them by TCP) that
@@ -125,9 +128,9 @@ pub struct QueueStats {
     /// past the drain timeout at shutdown.
     pub lost_unqueued: AtomicU64,
     /// Producer connections closed, by reason.
-    producer_closed: [AtomicU64; ProducerEnd::ALL.len()],
+    producer_closed: EnumCounters<ProducerEnd>,
     /// Consumer connections closed, by reason.
-    consumer_closed: [AtomicU64; ConsumerEnd::ALL.len()],
+    consumer_closed: EnumCounters<ConsumerEnd>,
     /// Producer connections whose TLS handshake failed (accepted peers
     /// that are not TLS or not trusted, dialed peers we rejected).
     pub producer_tls_failures: AtomicU64,
@@ -142,7 +145,7 @@ pub struct QueueStats {
 #[derive(Debug, Default)]
 pub struct DialStats {
     pub attempts: AtomicU64,
-    pub failures: ClassCounts,
+    pub failures: EnumCounters<ErrorClass>,
 }
 
 impl Default for QueueStats {
@@ -172,17 +175,6 @@ impl Default for QueueStats {
     }
 }
 
-const FRAME_ERROR_KINDS: usize = 4;
-
-fn frame_error_index(kind: FrameErrorKind) -> usize {
-    match kind {
-        FrameErrorKind::TooLarge => 0,
-        FrameErrorKind::Truncated => 1,
-        FrameErrorKind::NewlineInPayload => 2,
-        _ => 3,
-    }
-}
-
 impl QueueStats {
     /// Dial counters of the `connect:` endpoint of `role` (zero for a
     /// `listen:` endpoint).
@@ -191,29 +183,31 @@ impl QueueStats {
     }
 
     pub fn frame_errors(&self, kind: FrameErrorKind) -> u64 {
-        self.frame_errors[frame_error_index(kind)].load(Ordering::Relaxed)
+        self.frame_errors.get(kind)
     }
 
     fn count_frame_error(&self, kind: FrameErrorKind) {
-        self.frame_errors[frame_error_index(kind)].fetch_add(1, Ordering::Relaxed);
+        self.frame_errors.add(kind);
     }
 
     pub fn producer_closed(&self, end: ProducerEnd) -> u64 {
-        self.producer_closed[end as usize].load(Ordering::Relaxed)
+        self.producer_closed.get(end)
     }
 
     pub fn consumer_closed(&self, end: ConsumerEnd) -> u64 {
-        self.consumer_closed[end as usize].load(Ordering::Relaxed)
+        self.consumer_closed.get(end)
     }
 
     fn count_producer_end(&self, end: ProducerEnd) {
-        self.producer_closed[end as usize].fetch_add(1, Ordering::Relaxed);
+        self.producer_closed.add(end);
     }
 
     fn count_consumer_end(&self, end: ConsumerEnd) {
-        self.consumer_closed[end as usize].fetch_add(1, Ordering::Relaxed);
+        self.consumer_closed.add(end);
     }
 }
+
+label!(ProducerEnd, ConsumerEnd);
 
 /// A running queue route.
 pub struct QueueServer {

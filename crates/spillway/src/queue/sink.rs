@@ -90,6 +90,11 @@ impl ConsumerEnd {
         ConsumerEnd::MaxLifetime,
     ];
 
+    /// Position in [`ConsumerEnd::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ConsumerEnd::Eof => "consumer_eof",

@@ -87,6 +87,11 @@ impl ProducerEnd {
         ProducerEnd::SlowProducer,
     ];
 
+    /// Position in [`ProducerEnd::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ProducerEnd::Eof => "eof",

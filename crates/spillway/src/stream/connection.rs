@@ -113,7 +113,7 @@ impl StreamServer {
         progress: Option<&Progress>,
         elapsed: Duration,
     ) {
-        self.stats.closed[reason.index()].fetch_add(1, Ordering::Relaxed);
+        self.stats.closed.add(reason);
         let (up, down, spilled) = progress.map_or((0, 0, 0), |p| {
             (
                 p.bytes(Direction::ClientToUpstream),

@@ -20,6 +20,7 @@
 mod connection;
 pub mod direction;
 mod io_copy;
+pub mod metrics;
 pub mod spill;
 mod splice;
 pub mod upstream;
@@ -40,6 +41,7 @@ use tracing::{info, warn, Instrument};
 
 use crate::accept::{accept_loop, Accepted, Gate, Refused};
 use crate::config::StreamRoute;
+use crate::counters::{label, EnumCounters};
 use crate::logging::{conn_span, route_span, RateLimited};
 pub use direction::Direction;
 use spill::SpillBudget;
@@ -119,7 +121,7 @@ impl CloseReason {
     }
 
     /// Position in [`CloseReason::ALL`] (declaration order; a test checks).
-    fn index(self) -> usize {
+    pub fn index(self) -> usize {
         self as usize
     }
 }
@@ -130,6 +132,8 @@ impl fmt::Display for CloseReason {
     }
 }
 
+label!(CloseReason);
+
 /// Counters of one stream route, read by the admin endpoint.
 #[derive(Debug, Default)]
 pub struct RouteStats {
@@ -137,7 +141,7 @@ pub struct RouteStats {
     /// Open connections (shared with the route's [`Gate`], which bounds it
     /// by `max_connections`).
     pub active: Arc<AtomicUsize>,
-    closed: [AtomicU64; CloseReason::ALL.len()],
+    closed: EnumCounters<CloseReason>,
     pub bytes: [AtomicU64; 2],
     pub spilled_bytes: AtomicU64,
     pub connect_failures: AtomicU64,
@@ -151,7 +155,7 @@ pub struct RouteStats {
 
 impl RouteStats {
     pub fn closed(&self, reason: CloseReason) -> u64 {
-        self.closed[reason.index()].load(Ordering::Relaxed)
+        self.closed.get(reason)
     }
 
     /// Bytes relayed in `dir` by every connection so far.

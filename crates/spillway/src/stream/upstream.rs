@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use spillway_net::balance::{Balancer, Lease};
 use spillway_net::breaker::{Active, Breaker, Overflow};
-use spillway_net::classify::{ClassCounts, ErrorClass};
+use spillway_net::classify::ErrorClass;
 use spillway_net::dial::{dial, DialError, DialOptions};
 use spillway_net::health::{
     next_delay, probe, HealthCheckConfig, ProbeError, Thresholds, Transition,
@@ -33,6 +33,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::{CloseReason, RouteStats};
 use crate::config::StreamRoute;
+use crate::counters::EnumCounters;
 use crate::logging::RateLimited;
 
 /// The upstreams of one stream route: pick, breaker, dial and health.
@@ -231,7 +232,7 @@ pub struct UpstreamStatus {
     ejections: AtomicU64,
     breaker: Arc<Breaker>,
     connect_attempts: AtomicU64,
-    connect_failures: ClassCounts,
+    connect_failures: EnumCounters<ErrorClass>,
 }
 
 impl UpstreamStatus {
@@ -317,7 +318,7 @@ impl Pool {
                     ejections: AtomicU64::new(0),
                     breaker: Arc::new(Breaker::new(route.circuit_breaker)),
                     connect_attempts: AtomicU64::new(0),
-                    connect_failures: ClassCounts::default(),
+                    connect_failures: EnumCounters::new(),
                 })
                 .collect(),
             state: Mutex::new(PolicyState {

@@ -1,0 +1,177 @@
+//! A queue route's metric families, read from its [`QueueStats`] at
+//! scrape time (the spool's own are in [`super::spool_metrics`]).
+
+use std::sync::atomic::Ordering;
+
+use super::{QueueServer, QueueStats, Role};
+use crate::admin::metrics::{Family, Registry, Scrape};
+use crate::route_metrics::{
+    BYTES, CONNECTIONS, CONNECTIONS_ACTIVE, LISTENER_REJECTIONS, TLS_HANDSHAKE_FAILURES,
+};
+
+static CONSUMER_CONNECTIONS_CLOSED: Family = Family::counter(
+    "spillway_consumer_connections_closed",
+    "Queue consumer connections closed, by reason.",
+);
+static PRODUCER_CONNECTIONS_CLOSED: Family = Family::counter(
+    "spillway_producer_connections_closed",
+    "Queue producer connections closed, by reason.",
+);
+static DIAL_ATTEMPTS: Family = Family::counter(
+    "spillway_dial_attempts",
+    "Connects attempted by a queue route's connect: endpoint, by role.",
+);
+static DIAL_ERRORS: Family = Family::counter(
+    "spillway_dial_errors",
+    "Failed connects (TLS handshakes included) of a queue route's connect: endpoint, by role and class.",
+);
+static MESSAGES_IN: Family = Family::counter(
+    "spillway_messages_in",
+    "Messages read from producers and queued.",
+);
+static MESSAGES_LOST_UNQUEUED: Family = Family::counter(
+    "spillway_messages_lost_unqueued",
+    "Messages read from producers (acknowledged to them by TCP) that could not be queued: a failed spool, or a disk still physically full at the end of the drain.",
+);
+static MESSAGES_DELIVERED: Family = Family::counter(
+    "spillway_messages_delivered",
+    "Messages acknowledged by a consumer's TCP stack.",
+);
+static MESSAGES_REDELIVERED: Family = Family::counter(
+    "spillway_messages_redelivered",
+    "Messages sent again after a consumer left or reset.",
+);
+static PARTIAL_MESSAGES_AT_EOF: Family = Family::counter(
+    "spillway_partial_messages_at_eof",
+    "Producers that ended in the middle of a message (the partial message is not queued).",
+);
+static FRAME_ERRORS: Family = Family::counter(
+    "spillway_frame_errors",
+    "Producer connections closed for a bad frame, by kind.",
+);
+static DELIVERY_LATENCY: Family = Family::histogram(
+    "spillway_delivery_latency_seconds",
+    "Enqueue to delivered (acknowledged by the consumer's TCP), per message.",
+);
+
+/// The families a queue route fills, in `/metrics` order (then the
+/// spool's).
+static FAMILIES: [&Family; 16] = [
+    &CONNECTIONS,
+    &CONNECTIONS_ACTIVE,
+    &CONSUMER_CONNECTIONS_CLOSED,
+    &PRODUCER_CONNECTIONS_CLOSED,
+    &BYTES,
+    &LISTENER_REJECTIONS,
+    &DIAL_ATTEMPTS,
+    &DIAL_ERRORS,
+    &TLS_HANDSHAKE_FAILURES,
+    &MESSAGES_IN,
+    &MESSAGES_LOST_UNQUEUED,
+    &MESSAGES_DELIVERED,
+    &MESSAGES_REDELIVERED,
+    &PARTIAL_MESSAGES_AT_EOF,
+    &FRAME_ERRORS,
+    &DELIVERY_LATENCY,
+];
+
+/// Declares the queue routes' families and their spools'.
+pub fn declare(registry: &mut Registry) {
+    registry.declare(&FAMILIES);
+    super::spool_metrics::declare(registry);
+}
+
+/// Writes the series of the queue route `route` and of its spool.
+pub fn collect(s: &mut Scrape, route: &str, q: &QueueServer) {
+    let st: &QueueStats = q.stats();
+    for role in Role::ALL {
+        let labels = [("route", route), ("role", role.as_str())];
+        let (total, open, tls) = match role {
+            Role::Producer => (
+                &st.producers_total,
+                &st.producers,
+                &st.producer_tls_failures,
+            ),
+            Role::Consumer => (
+                &st.consumers_total,
+                &st.consumers,
+                &st.consumer_tls_failures,
+            ),
+        };
+        s.counter(&CONNECTIONS, &labels, total.load(Ordering::Relaxed));
+        s.gauge(
+            &CONNECTIONS_ACTIVE,
+            &labels,
+            open.load(Ordering::Relaxed) as u64,
+        );
+        s.counter(
+            &TLS_HANDSHAKE_FAILURES,
+            &labels,
+            tls.load(Ordering::Relaxed),
+        );
+        let dial = st.dial(role);
+        s.counter(
+            &DIAL_ATTEMPTS,
+            &labels,
+            dial.attempts.load(Ordering::Relaxed),
+        );
+        for (class, n) in dial.failures.iter() {
+            s.counter(
+                &DIAL_ERRORS,
+                &[
+                    ("route", route),
+                    ("role", role.as_str()),
+                    ("class", class.as_str()),
+                ],
+                n,
+            );
+        }
+        let bytes = match role {
+            Role::Producer => &st.bytes_in,
+            Role::Consumer => &st.bytes_delivered,
+        };
+        s.counter(
+            &BYTES,
+            &[("route", route), ("direction", role.direction())],
+            bytes.load(Ordering::Relaxed),
+        );
+    }
+    for (end, n) in st.consumer_closed.iter() {
+        s.counter(
+            &CONSUMER_CONNECTIONS_CLOSED,
+            &[("route", route), ("reason", end.as_str())],
+            n,
+        );
+    }
+    for (end, n) in st.producer_closed.iter() {
+        s.counter(
+            &PRODUCER_CONNECTIONS_CLOSED,
+            &[("route", route), ("reason", end.as_str())],
+            n,
+        );
+    }
+    q.gate().collect(s, route);
+
+    let r = [("route", route)];
+    let simple: [(&'static Family, &std::sync::atomic::AtomicU64); 5] = [
+        (&MESSAGES_IN, &st.messages_in),
+        (&MESSAGES_LOST_UNQUEUED, &st.lost_unqueued),
+        (&MESSAGES_DELIVERED, &st.messages_delivered),
+        (&MESSAGES_REDELIVERED, &st.messages_redelivered),
+        (&PARTIAL_MESSAGES_AT_EOF, &st.partial_at_eof),
+    ];
+    for (family, v) in simple {
+        s.counter(family, &r, v.load(Ordering::Relaxed));
+    }
+    for (kind, n) in st.frame_errors.iter() {
+        s.counter(
+            &FRAME_ERRORS,
+            &[("route", route), ("kind", kind.as_str())],
+            n,
+        );
+    }
+    s.histogram(&DELIVERY_LATENCY, &r, st.delivery_latency.snapshot());
+
+    // The spool snapshot takes its lock once per scrape.
+    super::spool_metrics::collect(s, route, &q.spool().stats());
+}

@@ -1,0 +1,232 @@
+//! What the admin endpoint reads about the running process: the live
+//! routes (serving or draining), routes not serving yet, whether it is
+//! draining, and the reload counters. The supervisor ([`crate::app`])
+//! keeps it up to date; the admin endpoint only reads it, so neither
+//! imports the other.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use spillway_net::limit::ConnLimits;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::counters::{label, EnumCounters};
+use crate::queue::{MemoryBudget, QueueServer};
+use crate::stream::spill::SpillBudget;
+use crate::stream::StreamServer;
+use crate::units::since_epoch;
+
+/// Lifecycle of a live route, as `/status` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteState {
+    Serving,
+    /// Stopping: no new connections; those in flight finish.
+    Draining,
+}
+
+impl RouteState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteState::Serving => "serving",
+            RouteState::Draining => "draining",
+        }
+    }
+}
+
+/// Outcome of a reload, a metrics label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReloadResult {
+    Success,
+    /// The new file was rejected (the old configuration keeps running), or
+    /// a route of it could not start.
+    Failure,
+}
+
+impl ReloadResult {
+    pub const ALL: [ReloadResult; 2] = [ReloadResult::Success, ReloadResult::Failure];
+
+    /// Position in [`ReloadResult::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadResult::Success => "success",
+            ReloadResult::Failure => "failure",
+        }
+    }
+}
+
+label!(ReloadResult);
+
+/// A route's server, for metrics and status.
+#[derive(Clone)]
+pub enum LiveKind {
+    /// The server new connections currently get.
+    Stream(watch::Receiver<Arc<StreamServer>>),
+    Queue(Arc<QueueServer>),
+}
+
+/// A route that is serving or draining.
+pub struct LiveRoute {
+    pub name: String,
+    pub kind: LiveKind,
+    /// Bound listeners: (role, address).
+    pub listeners: Vec<(&'static str, SocketAddr)>,
+    state: AtomicU8,
+}
+
+impl LiveRoute {
+    /// A route that starts serving.
+    pub fn new(name: String, kind: LiveKind, listeners: Vec<(&'static str, SocketAddr)>) -> Self {
+        LiveRoute {
+            name,
+            kind,
+            listeners,
+            state: AtomicU8::new(0),
+        }
+    }
+
+    pub fn state(&self) -> RouteState {
+        match self.state.load(Ordering::Relaxed) {
+            0 => RouteState::Serving,
+            _ => RouteState::Draining,
+        }
+    }
+
+    pub(crate) fn set_draining(&self) {
+        self.state.store(1, Ordering::Relaxed);
+    }
+
+    pub fn mode(&self) -> &'static str {
+        match self.kind {
+            LiveKind::Stream(_) => "stream",
+            LiveKind::Queue(_) => "queue",
+        }
+    }
+}
+
+/// What the admin endpoint reads.
+pub struct AppState {
+    pub(crate) routes: Mutex<Vec<Arc<LiveRoute>>>,
+    /// Routes of the configuration that are not serving yet (starting, or
+    /// waiting for an old route to let go of an address or spool).
+    pub(crate) pending: AtomicUsize,
+    /// Routes of the configuration that failed to start at a reload (their
+    /// address or spool is taken, a file is missing): not ready until a
+    /// later reload starts or removes them.
+    pub(crate) down: Mutex<BTreeSet<String>>,
+    /// The process-wide shutdown token: draining (and not ready) from the
+    /// moment a signal cancels it.
+    pub(crate) shutdown: CancellationToken,
+    /// Set once the supervisor has marked the routes draining and told
+    /// systemd (`begin_drain` runs once).
+    pub(crate) drain_started: AtomicBool,
+    pub(crate) reloads: EnumCounters<ReloadResult>,
+    pub(crate) last_reload_success: AtomicU64,
+    pub(crate) spill: Arc<SpillBudget>,
+    /// `global.max_connections`, shared by every route's listeners.
+    pub(crate) conn_limits: Option<Arc<ConnLimits>>,
+    /// `global.peer_memory`, shared by every queue route.
+    pub(crate) peer_memory: Arc<MemoryBudget>,
+    pub(crate) config_path: Option<PathBuf>,
+}
+
+impl AppState {
+    pub(crate) fn new(
+        spill: Arc<SpillBudget>,
+        config_path: Option<PathBuf>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        AppState {
+            routes: Mutex::new(Vec::new()),
+            pending: AtomicUsize::new(0),
+            down: Mutex::new(BTreeSet::new()),
+            drain_started: AtomicBool::new(false),
+            shutdown,
+            reloads: Default::default(),
+            last_reload_success: AtomicU64::new(0),
+            spill,
+            conn_limits: None,
+            peer_memory: Arc::new(MemoryBudget::new(crate::config::defaults::PEER_MEMORY)),
+            config_path,
+        }
+    }
+
+    /// A state with no routes, for tests of the admin endpoint.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Self {
+        AppState::new(
+            Arc::new(SpillBudget::new(0)),
+            None,
+            CancellationToken::new(),
+        )
+    }
+
+    /// A snapshot of the live routes (serving and draining), in start order.
+    pub fn routes(&self) -> Vec<Arc<LiveRoute>> {
+        self.lock().clone()
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Vec<Arc<LiveRoute>>> {
+        // The vector is replaced or pushed whole; a panic cannot leave it torn.
+        self.routes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ready: every configured route is serving, and not shutting down.
+    pub fn ready(&self) -> bool {
+        !self.draining() && self.pending.load(Ordering::Relaxed) == 0 && self.down_lock().is_empty()
+    }
+
+    /// A configured route that is not running, if any (for `/readyz`).
+    pub fn first_down(&self) -> Option<String> {
+        self.down_lock().iter().next().cloned()
+    }
+
+    pub(crate) fn down_lock(&self) -> MutexGuard<'_, BTreeSet<String>> {
+        // Single inserts and removes: a panic cannot tear the set.
+        self.down.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn draining(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+
+    pub fn reloads(&self, r: ReloadResult) -> u64 {
+        self.reloads.get(r)
+    }
+
+    /// Unix time of the last successful load (start or reload), seconds.
+    pub fn last_reload_success(&self) -> u64 {
+        self.last_reload_success.load(Ordering::Relaxed)
+    }
+
+    pub fn spill(&self) -> &SpillBudget {
+        &self.spill
+    }
+
+    pub fn peer_memory(&self) -> &MemoryBudget {
+        &self.peer_memory
+    }
+
+    pub fn config_path(&self) -> Option<&Path> {
+        self.config_path.as_deref()
+    }
+
+    pub(crate) fn count_reload(&self, r: ReloadResult) {
+        self.reloads.add(r);
+        if r == ReloadResult::Success {
+            self.mark_loaded();
+        }
+    }
+
+    pub(crate) fn mark_loaded(&self) {
+        self.last_reload_success
+            .store(since_epoch().as_secs(), Ordering::Relaxed);
+    }
+}
