@@ -14,9 +14,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::admin::metrics::Scrape;
 use crate::counters::EnumCounters;
 use crate::logging::RateLimited;
+use crate::metrics::Scrape;
 use crate::route_metrics::LISTENER_REJECTIONS;
 
 pub struct Accepted {

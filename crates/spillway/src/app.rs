@@ -35,9 +35,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::accept::{bind, bind_with};
-use crate::admin::metrics::{Family, Registry, Scrape, Source};
 use crate::config::{self, Config, QueueRoute, Route, StreamRoute};
 use crate::endpoint::Endpoint;
+use crate::metrics::{Family, Registry, Scrape, Source};
 use crate::notify;
 use crate::queue::QueueServer;
 use crate::state::{AppState, LiveKind, LiveRoute, ReloadResult, RouteState};

@@ -12,6 +12,7 @@ pub mod config;
 pub mod counters;
 pub mod endpoint;
 pub mod logging;
+pub mod metrics;
 pub mod notify;
 pub mod queue;
 pub mod ready_file;

@@ -4,7 +4,7 @@
 //! enum (a stream's client and upstream sides, a queue's producer and
 //! consumer); declared here, once, so that both kinds describe them alike.
 
-use crate::admin::metrics::Family;
+use crate::metrics::Family;
 
 pub static CONNECTIONS: Family = Family::counter(
     "spillway_connections",

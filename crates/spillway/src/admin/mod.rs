@@ -15,7 +15,6 @@
 //! `Authorization: Bearer <token>`; the probes stay open.
 
 mod guard;
-pub mod metrics;
 pub mod process;
 pub mod status;
 
@@ -181,7 +180,7 @@ async fn peek_request_line(stream: &tokio::net::TcpStream, limit: Duration) -> V
 /// their own limits.
 pub async fn serve(
     listener: TcpListener,
-    registry: metrics::Registry,
+    registry: crate::metrics::Registry,
     state: Arc<AppState>,
     auth: Auth,
     shutdown: impl Future<Output = ()>,
@@ -192,7 +191,7 @@ pub async fn serve(
 /// [`serve`] with other limits (tests).
 pub async fn serve_with(
     listener: TcpListener,
-    registry: metrics::Registry,
+    registry: crate::metrics::Registry,
     state: Arc<AppState>,
     auth: Auth,
     limits: AdminLimits,
@@ -415,7 +414,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let state = Arc::new(AppState::for_tests());
-        let mut registry = metrics::Registry::default();
+        let mut registry = crate::metrics::Registry::default();
         process::register(&mut registry, Arc::clone(&state));
         crate::stream::metrics::declare(&mut registry);
         crate::queue::metrics::declare(&mut registry);

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::metrics::{Family, Registry, Scrape, Source};
+use crate::metrics::{Family, Registry, Scrape, Source};
 use crate::state::{AppState, ReloadResult};
 
 static BUILD_INFO: Family = Family::gauge("spillway_build_info", "Build information (always 1).");

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use super::{QueueServer, QueueStats, Role};
-use crate::admin::metrics::{Family, Registry, Scrape};
+use crate::metrics::{Family, Registry, Scrape};
 use crate::route_metrics::{
     BYTES, CONNECTIONS, CONNECTIONS_ACTIVE, LISTENER_REJECTIONS, TLS_HANDSHAKE_FAILURES,
 };

@@ -4,7 +4,7 @@
 
 use spillway_spool::{SpoolStats, Tier};
 
-use crate::admin::metrics::{Family, Registry, Scrape};
+use crate::metrics::{Family, Registry, Scrape};
 
 /// Why queued messages were dropped (a label): the `when_full` policy
 /// that dropped them at the disk bound.

@@ -9,7 +9,7 @@ use spillway_net::classify::ErrorClass;
 
 use super::direction::Side;
 use super::{Direction, RouteStats, StreamServer};
-use crate::admin::metrics::{Family, Registry, Scrape};
+use crate::metrics::{Family, Registry, Scrape};
 use crate::route_metrics::{
     BYTES, CONNECTIONS, CONNECTIONS_ACTIVE, LISTENER_REJECTIONS, TLS_HANDSHAKE_FAILURES,
 };

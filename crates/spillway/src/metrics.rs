@@ -1,6 +1,6 @@
 //! `/metrics`: the registry the components fill. It imports nothing of
 //! the components, so each can use it; the process-wide families are in
-//! [`super::process`].
+//! [`crate::admin::process`] (`admin/process.rs`).
 //!
 //! The hot paths count into plain atomics on each component's stats
 //! (a stream route's `RouteStats`, a queue route's `QueueStats`, the
