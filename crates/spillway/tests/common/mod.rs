@@ -1,5 +1,12 @@
 //! Helpers shared by the integration tests: a spillway child process with
-//! its log captured, free ports, and small socket utilities.
+//! its log captured and its bound addresses read from `--ready-file`, and
+//! small socket utilities.
+//!
+//! No test picks a port for the relay: every address the relay listens on
+//! is `127.0.0.1:0`, and the test reads the port the kernel chose from the
+//! ready file ([`Relay::addr`], [`Relay::admin`]). A port chosen by binding
+//! and releasing it could be taken by a test running in parallel before
+//! the relay binds it.
 #![allow(dead_code)]
 
 pub mod lines;
@@ -21,14 +28,15 @@ pub fn bin() -> &'static str {
     })
 }
 
-/// A port that was free a moment ago (bound then released).
+/// A port that was free a moment ago (bound then released). Racy: see
+/// [`Relay::start_ready`].
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind :0");
     l.local_addr().expect("addr").port()
 }
 
-/// `N` distinct ports that were free a moment ago (all held while choosing,
-/// so two calls in a row cannot return the same port).
+/// `N` distinct ports that were free a moment ago. Racy: see
+/// [`Relay::start_ready`].
 pub fn free_ports<const N: usize>() -> [u16; N] {
     let held: Vec<TcpListener> = (0..N)
         .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind :0"))
@@ -36,25 +44,68 @@ pub fn free_ports<const N: usize>() -> [u16; N] {
     std::array::from_fn(|i| held[i].local_addr().expect("addr").port())
 }
 
+/// An address where nothing listens, that stays so while the returned
+/// socket lives: a connection to it is refused. The socket is bound (not
+/// listening, and without `SO_REUSEADDR`), so no other test can take the
+/// port in the meantime, as it could take a port that was merely released.
+pub fn refused_addr() -> (socket2::Socket, SocketAddr) {
+    let s =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind :0");
+    let a = s
+        .local_addr()
+        .expect("addr")
+        .as_socket()
+        .expect("inet address");
+    (s, a)
+}
+
 /// A spillway child process; killed on drop. Its stderr goes to a file the
-/// test can read.
+/// test can read; it writes its bound addresses to a ready file
+/// (`--ready-file`) in the same temporary directory.
 pub struct Relay {
     pub child: Child,
     pub log: PathBuf,
+    /// The `--ready-file` the relay was started with.
+    pub ready_file: PathBuf,
     _dir: tempfile::TempDir,
 }
 
+/// How long a test waits for the relay to be ready or to handle a reload.
+const READY_LIMIT: Duration = Duration::from_secs(20);
+
 impl Relay {
+    /// Starts spillway with `args` (after `--ready-file`) and returns at
+    /// once: for a relay that is expected to fail, or a test that waits
+    /// for something else first. See [`Relay::start_ready`].
     pub fn start(args: &[&str]) -> Relay {
         Relay::start_with_env(args, &[])
+    }
+
+    /// Starts spillway with `args` and waits (bounded) until every route
+    /// serves, as the ready file says; then [`Relay::addr`] and
+    /// [`Relay::admin`] name the bound addresses.
+    pub fn start_ready(args: &[&str]) -> Relay {
+        Relay::start_ready_with_env(args, &[])
+    }
+
+    /// Like [`Relay::start_ready`], with extra environment variables.
+    pub fn start_ready_with_env(args: &[&str], env: &[(&str, &str)]) -> Relay {
+        let mut relay = Relay::start_with_env(args, env);
+        relay.wait_ready();
+        relay
     }
 
     /// Like [`Relay::start`], with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Relay {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("relay.log");
+        let ready_file = dir.path().join("ready.json");
         let file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(bin())
+            .arg("--ready-file")
+            .arg(&ready_file)
             .args(args)
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
@@ -66,8 +117,78 @@ impl Relay {
         Relay {
             child,
             log,
+            ready_file,
             _dir: dir,
         }
+    }
+
+    /// The ready file's content, if it has been written (it is replaced
+    /// atomically, so it is never seen half-written).
+    pub fn ready_doc(&self) -> Option<serde_json::Value> {
+        let text = std::fs::read_to_string(&self.ready_file).ok()?;
+        Some(serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!("ready file is not JSON ({e}): {text}");
+        }))
+    }
+
+    /// Waits (bounded) until the ready file shows a document `done` accepts;
+    /// panics with the log if the relay exits first.
+    fn wait_doc(&mut self, what: &str, done: impl Fn(&serde_json::Value) -> bool) {
+        let deadline = Instant::now() + READY_LIMIT;
+        loop {
+            if let Some(doc) = self.ready_doc() {
+                if done(&doc) {
+                    return;
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "spillway exited ({status}) before {what}:\n{}",
+                    self.log_text()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "spillway not {what} within {READY_LIMIT:?}; ready file: {:?}\n{}",
+                    self.ready_doc(),
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits (bounded) until every route serves (the ready file exists).
+    pub fn wait_ready(&mut self) {
+        self.wait_doc("ready", |_| true);
+    }
+
+    /// Waits (bounded) until the relay has handled at least `n` reloads
+    /// (applied or rejected), as the ready file counts them.
+    pub fn wait_reloads(&mut self, n: u64) {
+        self.wait_doc(&format!("done with reload {n}"), |doc| {
+            doc["reloads"].as_u64().expect("reloads") >= n
+        });
+    }
+
+    /// The address route `route` listens on for `role` ("client" for a
+    /// stream route, "source" or "sink" for a queue route), from the ready
+    /// file as it is now.
+    pub fn addr(&self, route: &str, role: &str) -> SocketAddr {
+        let doc = self.ready_doc().expect("the relay is not ready yet");
+        let a = doc["routes"][route][role].as_str().unwrap_or_else(|| {
+            panic!("route {route:?} has no {role:?} listener in the ready file: {doc}")
+        });
+        a.parse().expect("listener address")
+    }
+
+    /// The address the admin endpoint listens on, from the ready file.
+    pub fn admin(&self) -> SocketAddr {
+        let doc = self.ready_doc().expect("the relay is not ready yet");
+        let a = doc["admin"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no admin endpoint in the ready file: {doc}"));
+        a.parse().expect("admin address")
     }
 
     pub fn pid(&self) -> u32 {
@@ -78,9 +199,7 @@ impl Relay {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Waits (bounded) until the route on `addr` reports ready. A probe
-    /// connection would be proxied (and use up a test upstream's accept), so
-    /// this reads the log instead.
+    /// Waits (bounded) until the route on `addr` reports ready (in the log).
     pub fn wait_listening(&mut self, addr: SocketAddr) {
         let needle = format!("listen={addr}");
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -277,7 +396,7 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (code, body.to_string())
 }
 
-/// Waits (bounded) until the admin endpoint answers `/healthz`.
+/// Waits (bounded) until the admin endpoint accepts connections.
 pub fn wait_admin(relay: &mut Relay, addr: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
@@ -290,4 +409,69 @@ pub fn wait_admin(relay: &mut Relay, addr: SocketAddr) {
         std::thread::sleep(Duration::from_millis(20));
     }
     panic!("admin endpoint {addr} never came up:\n{}", relay.log_text());
+}
+
+/// The sum of the samples named `name` (as exposed: a counter's name ends
+/// in `_total`) whose labels include every pair of `labels`, in an
+/// OpenMetrics text exposition; `None` when no sample matches.
+pub fn metric_in(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut sum = None;
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
+        if n != name {
+            continue;
+        }
+        let have: Vec<(&str, &str)> = rest
+            .trim_end_matches('}')
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k, v.trim_matches('"')))
+            .collect();
+        if labels.iter().all(|l| have.contains(l)) {
+            let v: f64 = value.parse().expect("sample value");
+            *sum.get_or_insert(0.0) += v;
+        }
+    }
+    sum
+}
+
+/// [`metric_in`] on a scrape of the admin endpoint at `admin`.
+pub fn metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let (code, body) = http_get(admin, "/metrics");
+    assert_eq!(code, 200, "{body}");
+    metric_in(&body, name, labels)
+}
+
+impl Relay {
+    /// Waits (bounded) until the metric `name` with `labels` (summed, see
+    /// [`metric_in`]) satisfies `cond`, scraping the relay's admin
+    /// endpoint; returns the value. Panics with the log if the relay exits.
+    pub fn wait_metric(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        cond: impl Fn(f64) -> bool,
+    ) -> f64 {
+        let admin = self.admin();
+        let deadline = Instant::now() + READY_LIMIT;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("spillway exited ({status}):\n{}", self.log_text());
+            }
+            let last = metric(admin, name, labels);
+            if let Some(v) = last.filter(|v| cond(*v)) {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{name}{labels:?} is {last:?} after {READY_LIMIT:?}:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
