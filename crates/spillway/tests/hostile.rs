@@ -15,7 +15,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,8 +24,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::lines::{addr, drain, lines, missing, numbers, queue_config, start, terminate, LINE};
-use common::{field, free_ports, heavy, write_config};
+use common::lines::{
+    drain, lines, missing, numbers, queue_config, sink, source, start, terminate, wait_blocked,
+    wait_consumers, wait_consumers_closed, wait_producers_closed, LINE,
+};
+use common::{field, heavy, write_config};
 
 /// A producer that sends numbered lines from `first` as fast as the relay
 /// takes them, on a non-blocking socket, until told to stop or the relay
@@ -37,8 +40,8 @@ struct Producer {
 }
 
 impl Producer {
-    fn start(port: u16, first: u64) -> Producer {
-        let mut s = TcpStream::connect(addr(port)).expect("connect producer");
+    fn start(addr: SocketAddr, first: u64) -> Producer {
+        let mut s = TcpStream::connect(addr).expect("connect producer");
         s.set_nonblocking(true).expect("nonblocking");
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
@@ -90,8 +93,8 @@ impl Producer {
 
 /// Sends until the relay stops reading (its buffers and the disk are full);
 /// returns the producer's socket and the bytes it wrote.
-fn produce_until_pushback(port: u16, first: u64) -> (TcpStream, u64) {
-    let mut p = TcpStream::connect(addr(port)).expect("connect producer");
+fn produce_until_pushback(addr: SocketAddr, first: u64) -> (TcpStream, u64) {
+    let mut p = TcpStream::connect(addr).expect("connect producer");
     p.set_nonblocking(true).expect("nonblocking");
     let mut next = first;
     let mut written = 0u64;
@@ -190,17 +193,16 @@ fn a_reset_right_after_the_consumers_fin_is_not_taken_for_a_clean_leave() {
     const N: u64 = 500;
     let dir = tempfile::tempdir().expect("dir");
     let spool = dir.path().join("spool");
-    let [pp, cp] = free_ports();
-    let config = queue_config(dir.path(), pp, cp, &spool, "5s", "");
-    let mut relay = start(&config, pp, cp);
-    let mut p = TcpStream::connect(addr(pp)).expect("producer");
+    let config = queue_config(dir.path(), &spool, "5s", "");
+    let mut relay = start(&config);
+    let mut p = TcpStream::connect(source(&relay)).expect("producer");
     p.write_all(&lines(0, N)).expect("produce");
     p.shutdown(Shutdown::Write).expect("FIN");
-    relay.wait_log("producer closed");
+    wait_producers_closed(&mut relay, 1);
 
     // 50 KB: all of it fits the consumer's receive buffer, so its kernel
     // acknowledges everything while the application reads one line.
-    let mut c = TcpStream::connect(addr(cp)).expect("consumer");
+    let mut c = TcpStream::connect(sink(&relay)).expect("consumer");
     let mut first = vec![0u8; LINE];
     c.read_exact(&mut first).expect("first line");
     std::thread::sleep(Duration::from_millis(500));
@@ -209,18 +211,21 @@ fn a_reset_right_after_the_consumers_fin_is_not_taken_for_a_clean_leave() {
         .set_linger(Some(Duration::ZERO))
         .expect("linger");
     drop(c);
-    let closed = relay.wait_log_lines("consumer closed", 1, Duration::from_secs(10));
+    wait_consumers_closed(&mut relay, 1);
 
     let mut seen: BTreeSet<u64> = numbers(&first).into_iter().collect();
-    let rest = drain(cp, &seen, N as usize, Duration::from_secs(20));
+    let rest = drain(sink(&relay), &seen, N as usize, Duration::from_secs(20));
     seen.extend(numbers(&rest));
     let lost = missing(&seen, 0..N);
     assert!(
         lost.is_empty(),
-        "{} of {N} lines lost (first {:?}); the relay ended the reset consumer as: {}",
+        "{} of {N} lines lost (first {:?}); the relay ended the reset consumer as: {:?}",
         lost.len(),
         &lost[..lost.len().min(5)],
-        closed[0]
+        relay
+            .log_text()
+            .lines()
+            .find(|l| l.contains("consumer closed"))
     );
     assert_eq!(terminate(&mut relay), Some(0));
 }
@@ -239,22 +244,14 @@ fn sigterm_queues_everything_an_active_producer_had_sent() {
     let _serial = heavy();
     let dir = tempfile::tempdir().expect("dir");
     let spool = dir.path().join("spool");
-    let [pp, cp] = free_ports();
-    let config = queue_config(
-        dir.path(),
-        pp,
-        cp,
-        &spool,
-        "5s",
-        "memory = 0\nfsync = \"always\"",
-    );
+    let config = queue_config(dir.path(), &spool, "5s", "memory = 0\nfsync = \"always\"");
     // A few rounds: how much the kernel takes in while the last batch is
     // appended varies from run to run.
     let mut next = 0u64;
     let mut logs = String::new();
     for _ in 0..3 {
-        let mut relay = start(&config, pp, cp);
-        let producer = Producer::start(pp, next);
+        let mut relay = start(&config);
+        let producer = Producer::start(source(&relay), next);
         std::thread::sleep(Duration::from_millis(1500));
         assert_eq!(terminate(&mut relay), Some(0), "{}", relay.log_text());
         next = producer.finish();
@@ -263,9 +260,9 @@ fn sigterm_queues_everything_an_active_producer_had_sent() {
     let queued = sum_field(&logs, "producer closed", "messages");
     let counted_lost = sum_field(&logs, "could not be queued", "lost");
 
-    let mut relay = start(&config, pp, cp);
+    let mut relay = start(&config);
     let got = drain(
-        cp,
+        sink(&relay),
         &BTreeSet::new(),
         next as usize,
         Duration::from_secs(120),
@@ -304,12 +301,11 @@ fn space_freed_during_the_drain_keeps_what_a_blocked_producer_sent() {
     let filler = fs.fill("filler", 10 << 20);
     let spool = fs.path().join("spool");
     let dir = tempfile::tempdir().expect("dir");
-    let [pp, cp] = free_ports();
     let extra = "memory = 0\nwhen_full = \"block\"\nsegment_size = \"1MiB\"";
-    let config = queue_config(dir.path(), pp, cp, &spool, "5s", extra);
-    let mut relay = start(&config, pp, cp);
-    let (p, written) = produce_until_pushback(pp, 0);
-    relay.wait_log("disk tier full");
+    let config = queue_config(dir.path(), &spool, "5s", extra);
+    let mut relay = start(&config);
+    let (p, written) = produce_until_pushback(source(&relay), 0);
+    wait_blocked(&mut relay);
     // The disk has been full for longer than the drain timeout.
     std::thread::sleep(Duration::from_secs(6));
     let accepted = acked_lines(&p, 0, written);
@@ -326,9 +322,9 @@ fn space_freed_during_the_drain_keeps_what_a_blocked_producer_sent() {
     let log = relay.log_text();
     drop(p);
 
-    let mut relay = start(&config, pp, cp);
+    let mut relay = start(&config);
     let got = drain(
-        cp,
+        sink(&relay),
         &BTreeSet::new(),
         accepted as usize,
         Duration::from_secs(60),
@@ -360,21 +356,20 @@ fn lines_lost_on_a_disk_still_full_at_shutdown_are_all_counted() {
     fs.fill("filler", 10 << 20);
     let spool = fs.path().join("spool");
     let dir = tempfile::tempdir().expect("dir");
-    let [pp, cp] = free_ports();
     let extra = "memory = 0\nwhen_full = \"block\"\nsegment_size = \"1MiB\"";
-    let config = queue_config(dir.path(), pp, cp, &spool, "2s", extra);
-    let mut relay = start(&config, pp, cp);
-    let (p, written) = produce_until_pushback(pp, 0);
-    relay.wait_log("disk tier full");
+    let config = queue_config(dir.path(), &spool, "2s", extra);
+    let mut relay = start(&config);
+    let (p, written) = produce_until_pushback(source(&relay), 0);
+    wait_blocked(&mut relay);
     let accepted = acked_lines(&p, 0, written);
     assert_eq!(terminate(&mut relay), Some(0), "{}", relay.log_text());
     let log = relay.log_text();
     let counted = sum_field(&log, "could not be queued", "lost");
     drop(p);
 
-    let mut relay = start(&config, pp, cp);
+    let mut relay = start(&config);
     let got = drain(
-        cp,
+        sink(&relay),
         &BTreeSet::new(),
         accepted as usize,
         Duration::from_secs(60),
@@ -403,13 +398,12 @@ fn the_memory_tier_survives_sigterm_after_its_reserve_file_was_deleted() {
     };
     let spool = fs.path().join("spool");
     let dir = tempfile::tempdir().expect("dir");
-    let [pp, cp] = free_ports();
     let extra = "memory = \"2MiB\"\nwhen_full = \"block\"\nsegment_size = \"1MiB\"";
-    let config = queue_config(dir.path(), pp, cp, &spool, "2s", extra);
-    let mut relay = start(&config, pp, cp);
+    let config = queue_config(dir.path(), &spool, "2s", extra);
+    let mut relay = start(&config);
     // The first 20,000 lines (2 MB) fill the memory tier, the rest the disk.
-    let (p, _) = produce_until_pushback(pp, 0);
-    relay.wait_log("disk tier full");
+    let (p, _) = produce_until_pushback(source(&relay), 0);
+    wait_blocked(&mut relay);
     std::fs::remove_file(spool.join("reserve")).expect("delete the reserve");
     // The blocked producer goes on into the freed space until the disk is
     // full again.
@@ -418,8 +412,13 @@ fn the_memory_tier_survives_sigterm_after_its_reserve_file_was_deleted() {
     let log = relay.log_text();
     drop(p);
 
-    let mut relay = start(&config, pp, cp);
-    let got = drain(cp, &BTreeSet::new(), 20_000, Duration::from_secs(60));
+    let mut relay = start(&config);
+    let got = drain(
+        sink(&relay),
+        &BTreeSet::new(),
+        20_000,
+        Duration::from_secs(60),
+    );
     let seen: BTreeSet<u64> = numbers(&got).into_iter().collect();
     let lost = missing(&seen, 0..20_000);
     assert!(
@@ -443,20 +442,9 @@ fn sigterm_stops_reading_producers_that_keep_sending() {
     let _serial = heavy();
     let dir = tempfile::tempdir().expect("dir");
     let spool = dir.path().join("spool");
-    let [pp, cp, ap] = free_ports();
-    let admin = format!("[admin]\nlisten = \"127.0.0.1:{ap}\"\n");
-    let text = std::fs::read_to_string(queue_config(
-        dir.path(),
-        pp,
-        cp,
-        &spool,
-        "1s",
-        "fsync = \"never\"",
-    ))
-    .expect("config");
-    let config = write_config(dir.path(), &format!("{admin}{text}"));
-    let mut relay = start(&config, pp, cp);
-    common::wait_admin(&mut relay, addr(ap));
+    let config = queue_config(dir.path(), &spool, "1s", "fsync = \"never\"");
+    let mut relay = start(&config);
+    let (src, admin) = (source(&relay), relay.admin());
 
     // Producers that write as fast as they can, each at most 512 MiB (the
     // relay may hold all of it in memory).
@@ -467,7 +455,7 @@ fn sigterm_stops_reading_producers_that_keep_sending() {
         .map(|_| {
             let (chunk, stop) = (Arc::clone(&chunk), Arc::clone(&stop));
             std::thread::spawn(move || {
-                let mut s = TcpStream::connect(addr(pp)).expect("producer");
+                let mut s = TcpStream::connect(src).expect("producer");
                 let give_up = Instant::now() + Duration::from_secs(60);
                 let mut sent = 0usize;
                 while !stop.load(Ordering::Relaxed) && Instant::now() < give_up && sent < 512 << 20
@@ -481,15 +469,8 @@ fn sigterm_stops_reading_producers_that_keep_sending() {
         })
         .collect();
     std::thread::sleep(Duration::from_secs(1));
-    let metric = |body: &str, name: &str| -> u64 {
-        body.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .map_or(0, |v| v as u64)
-    };
-    let (_, body) = common::http_get(addr(ap), "/metrics");
-    assert!(metric(&body, "spillway_messages_in_total") > 0, "{body}");
+    let queued = common::metric(admin, "spillway_messages_in_total", &[("route", "q")]);
+    assert!(queued > Some(0.0), "{queued:?}");
     let code = terminate(&mut relay);
     stop.store(true, Ordering::Relaxed);
     for f in floods {
@@ -532,12 +513,12 @@ fn a_reload_that_respells_the_spool_path_still_waits_for_the_old_route() {
     let _serial = heavy();
     let dir = tempfile::tempdir().expect("dir");
     let spool = dir.path().join("spool");
-    let [pp, cp, ap, pp2, cp2] = free_ports();
-    let write = |pp: u16, cp: u16, spool: &str| {
+    // The reload moves the listeners to other addresses (127.0.0.2), so
+    // that only the spool, not an address, is what the new route shares
+    // with the old one.
+    let write = |host: &str, spool: &str| {
         let text = std::fs::read_to_string(queue_config(
             dir.path(),
-            pp,
-            cp,
             Path::new(spool),
             "3s",
             "memory = \"1MiB\"",
@@ -545,40 +526,35 @@ fn a_reload_that_respells_the_spool_path_still_waits_for_the_old_route() {
         .expect("config");
         write_config(
             dir.path(),
-            &format!("[admin]\nlisten = \"127.0.0.1:{ap}\"\n{text}"),
+            &text.replace("listen:127.0.0.1:0", &format!("listen:{host}:0")),
         )
     };
-    let config = write(pp, cp, &spool.display().to_string());
-    let mut relay = start(&config, pp, cp);
-    let mut p = TcpStream::connect(addr(pp)).expect("producer");
+    let config = write("127.0.0.1", &spool.display().to_string());
+    let mut relay = start(&config);
+    let mut p = TcpStream::connect(source(&relay)).expect("producer");
     p.write_all(&lines(0, 20_000)).expect("produce");
     p.shutdown(Shutdown::Write).expect("FIN");
-    relay.wait_log("producer closed");
+    wait_producers_closed(&mut relay, 1);
     // A consumer that reads nothing keeps the old route draining for its
     // drain timeout.
     let stalled = {
         let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
             .expect("socket");
         s.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-        s.connect(&addr(cp).into()).expect("consumer");
+        s.connect(&sink(&relay).into()).expect("consumer");
         TcpStream::from(s)
     };
-    relay.wait_log("consumer connected");
+    wait_consumers(&mut relay, 1);
 
-    write(pp2, cp2, &format!("{}/", spool.display()));
+    write("127.0.0.2", &format!("{}/", spool.display()));
     relay.signal("HUP");
-    relay.wait_log("configuration reloaded");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let serving = loop {
-        if TcpStream::connect(addr(pp2)).is_ok() {
-            break true;
-        }
-        if Instant::now() > deadline {
-            break false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let (ready, _) = common::http_get(addr(ap), "/readyz");
+    // Handled once the new route started or failed to.
+    relay.wait_reloads(1);
+    let doc = relay.ready_doc().expect("ready file");
+    let serving = doc["routes"]["q"]["source"]
+        .as_str()
+        .is_some_and(|a| TcpStream::connect(a).is_ok());
+    let (ready, _) = common::http_get(relay.admin(), "/readyz");
     drop(stalled);
     assert!(
         serving,
@@ -606,18 +582,17 @@ fn a_slow_consumer_that_leaves_cleanly_gets_no_duplicates() {
     const N: u64 = 100_000;
     let dir = tempfile::tempdir().expect("dir");
     let spool = dir.path().join("spool");
-    let [pp, cp] = free_ports();
-    let config = queue_config(dir.path(), pp, cp, &spool, "2s", "");
-    let mut relay = start(&config, pp, cp);
-    let mut p = TcpStream::connect(addr(pp)).expect("producer");
+    let config = queue_config(dir.path(), &spool, "2s", "");
+    let mut relay = start(&config);
+    let mut p = TcpStream::connect(source(&relay)).expect("producer");
     p.write_all(&lines(0, N)).expect("produce");
     p.shutdown(Shutdown::Write).expect("FIN");
-    relay.wait_log("producer closed");
+    wait_producers_closed(&mut relay, 1);
 
     let c =
         socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
     c.set_recv_buffer_size(16 << 10).expect("SO_RCVBUF");
-    c.connect(&addr(cp).into()).expect("consumer");
+    c.connect(&sink(&relay).into()).expect("consumer");
     let mut c = TcpStream::from(c);
     // The relay fills the socket; then the consumer leaves cleanly and
     // reads what it was sent to EOF, 4 KiB every 10 ms.
@@ -638,7 +613,7 @@ fn a_slow_consumer_that_leaves_cleanly_gets_no_duplicates() {
     }
     assert_eq!(first.len() % LINE, 0, "partial line at a clean end");
     let first: BTreeSet<u64> = numbers(&first).into_iter().collect();
-    let rest = drain(cp, &first, N as usize, Duration::from_secs(60));
+    let rest = drain(sink(&relay), &first, N as usize, Duration::from_secs(60));
     let second = numbers(&rest);
     let twice: Vec<u64> = second
         .iter()

@@ -16,14 +16,16 @@ use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use common::lines::{
-    addr, drain, line, missing, numbers, queue_config, reset, small_consumer, start, stop, LINE,
+    drain, line, missing, numbers, queue_config, reset, sink, small_consumer, source, start, stop,
+    wait_blocked, wait_consumers, wait_consumers_closed, LINE,
 };
-use common::{field, free_ports, heavy, Relay};
+use common::{field, heavy, Relay};
 
 /// Sends lines `from..to` on one connection and ends it cleanly; returns
-/// once the relay logged that producer closed (everything appended).
-fn produce(relay: &Relay, port: u16, from: u64, to: u64, closed_before: usize) {
-    let mut s = TcpStream::connect(addr(port)).expect("connect producer");
+/// once the relay logged that producer closed (everything appended), and
+/// checks the count of messages it logged.
+fn produce(relay: &Relay, from: u64, to: u64, closed_before: usize) {
+    let mut s = TcpStream::connect(source(relay)).expect("connect producer");
     let mut buf = Vec::with_capacity(((to - from) * LINE as u64) as usize);
     for n in from..to {
         buf.extend_from_slice(&line(n));
@@ -82,21 +84,20 @@ fn the_ack_floor_never_passes_messages_a_consumer_still_holds() {
     const N: u64 = 30_000;
     let dir = tempfile::tempdir().expect("dir");
     let spool = dir.path().join("spool");
-    let [pp, cp] = free_ports();
-    let config = queue_config(dir.path(), pp, cp, &spool, "2s", "memory = 0");
-    let mut relay = start(&config, pp, cp);
-    produce(&relay, pp, 0, N, 0);
+    let config = queue_config(dir.path(), &spool, "2s", "memory = 0");
+    let mut relay = start(&config);
+    produce(&relay, 0, N, 0);
 
     // A, then B connect and read nothing: each is handed batches, A the
     // first ones.
-    let a = small_consumer(cp, 2048);
-    relay.wait_log_lines("consumer connected", 1, Duration::from_secs(10));
+    let a = small_consumer(sink(&relay), 2048);
+    wait_consumers(&mut relay, 1);
     std::thread::sleep(Duration::from_millis(300));
-    let mut b = small_consumer(cp, 2048);
-    relay.wait_log_lines("consumer connected", 2, Duration::from_secs(10));
+    let mut b = small_consumer(sink(&relay), 2048);
+    wait_consumers(&mut relay, 2);
     std::thread::sleep(Duration::from_millis(300));
     reset(a);
-    relay.wait_log_lines("consumer closed", 1, Duration::from_secs(10));
+    wait_consumers_closed(&mut relay, 1);
     // B reads slowly through its own batch until the first of A's
     // given-back lines (lower numbers, sent behind B's own) arrives.
     let mut got_b = Vec::new();
@@ -127,9 +128,9 @@ fn the_ack_floor_never_passes_messages_a_consumer_still_holds() {
     drop(b);
     let seen_b = numbers(&got_b[..got_b.len() - got_b.len() % LINE]);
 
-    let mut relay = start(&config, pp, cp);
+    let mut relay = start(&config);
     let mut seen: BTreeSet<u64> = seen_b.iter().copied().collect();
-    let rest = drain(cp, &seen, N as usize, Duration::from_secs(60));
+    let rest = drain(sink(&relay), &seen, N as usize, Duration::from_secs(60));
     seen.extend(numbers(&rest));
     // Also what A's kernel had acknowledged but A never read: the
     // redelivery window is kept in the spool until it is sent again.
@@ -156,17 +157,16 @@ fn a_reset_after_the_consumers_fin_gives_its_messages_back_at_once() {
     const N: u64 = 100_000;
     let dir = tempfile::tempdir().expect("dir");
     let spool = dir.path().join("spool");
-    let [pp, cp] = free_ports();
     // A long drain timeout: the old build held the messages that long.
-    let config = queue_config(dir.path(), pp, cp, &spool, "2s", "memory = \"64MiB\"");
+    let config = queue_config(dir.path(), &spool, "2s", "memory = \"64MiB\"");
     let text = std::fs::read_to_string(&config)
         .expect("config")
         .replace("drain_timeout = \"2s\"", "drain_timeout = \"60s\"");
     std::fs::write(&config, text).expect("config");
-    let mut relay = start(&config, pp, cp);
-    produce(&relay, pp, 0, N, 0);
+    let mut relay = start(&config);
+    produce(&relay, 0, N, 0);
 
-    let mut c1 = small_consumer(cp, 4096);
+    let mut c1 = small_consumer(sink(&relay), 4096);
     let got = read_slowly(
         &mut c1,
         1000,
@@ -186,7 +186,7 @@ fn a_reset_after_the_consumers_fin_gives_its_messages_back_at_once() {
         closed[0]
     );
 
-    let mut c2 = TcpStream::connect(addr(cp)).expect("connect");
+    let mut c2 = TcpStream::connect(sink(&relay)).expect("connect");
     let got2 = read_slowly(
         &mut c2,
         64 << 10,
@@ -229,28 +229,27 @@ fn a_reload_never_lets_the_old_route_touch_the_new_routes_spool() {
     const N: u64 = 40_000;
     let dir = tempfile::tempdir().expect("dir");
     let spool = dir.path().join("spool");
-    let [pp, cp] = free_ports();
     let extra = "memory = 0\nsegment_size = \"64KiB\"";
-    let config = queue_config(dir.path(), pp, cp, &spool, "2s", extra);
-    let mut relay = start(&config, pp, cp);
-    produce(&relay, pp, 0, N, 0);
+    let config = queue_config(dir.path(), &spool, "2s", extra);
+    let mut relay = start(&config);
+    produce(&relay, 0, N, 0);
 
-    let mut x = small_consumer(cp, 2048);
-    relay.wait_log_lines("consumer connected", 1, Duration::from_secs(10));
+    let mut x = small_consumer(sink(&relay), 2048);
+    wait_consumers(&mut relay, 1);
     std::thread::sleep(Duration::from_millis(300));
     // Reload with a changed route: the old one drains, the new one opens
     // the same spool.
     queue_config(
         dir.path(),
-        pp,
-        cp,
         &spool,
         "2s", // max_message is not a setting a running route takes in place:
         // the route is replaced (drained, its spool closed and reopened).
         "memory = 0\nsegment_size = \"64KiB\"\nmax_message = \"64KiB\"",
     );
     relay.signal("HUP");
-    relay.wait_log_lines("queue route ready", 2, Duration::from_secs(30));
+    // Handled once the new route serves (the old one drained first); the
+    // consumer below connects to the new route's address.
+    relay.wait_reloads(1);
     // Now the old consumer reads everything it can, then leaves.
     let mut got_x = read_slowly(
         &mut x,
@@ -265,7 +264,7 @@ fn a_reload_never_lets_the_old_route_touch_the_new_routes_spool() {
     got_x.truncate(got_x.len() - got_x.len() % LINE);
     let mut seen: BTreeSet<u64> = numbers(&got_x).into_iter().collect();
 
-    let rest = drain(cp, &seen, N as usize, Duration::from_secs(60));
+    let rest = drain(sink(&relay), &seen, N as usize, Duration::from_secs(60));
     seen.extend(numbers(&rest));
     if let Ok(Some(status)) = relay.child.try_wait() {
         panic!("the relay exited ({status}):\n{}", relay.log_text());
@@ -292,14 +291,13 @@ fn a_batch_waiting_at_the_disk_bound_is_kept_at_shutdown() {
     let _serial = heavy();
     let dir = tempfile::tempdir().expect("dir");
     let spool = dir.path().join("spool");
-    let [pp, cp] = free_ports();
     let extra = "memory = 0\nmax_disk = \"1MiB\"\nmax_message = \"4KiB\"\nwhen_full = \"block\"";
-    let config = queue_config(dir.path(), pp, cp, &spool, "2s", extra);
-    let mut relay = start(&config, pp, cp);
+    let config = queue_config(dir.path(), &spool, "2s", extra);
+    let mut relay = start(&config);
 
     // Produce until the relay stops reading: the disk bound is reached and
     // every buffer on the way is full.
-    let mut p = TcpStream::connect(addr(pp)).expect("connect producer");
+    let mut p = TcpStream::connect(source(&relay)).expect("connect producer");
     p.set_nonblocking(true).expect("nonblocking");
     let mut sent = 0u64;
     let mut pending: Vec<u8> = Vec::new();
@@ -324,7 +322,7 @@ fn a_batch_waiting_at_the_disk_bound_is_kept_at_shutdown() {
             Err(e) => panic!("producer write: {e}"),
         }
     }
-    relay.wait_log("disk tier full");
+    wait_blocked(&mut relay);
     // Bytes the relay's TCP acknowledged: written minus still unacked.
     let written = sent * LINE as u64 - pending.len() as u64;
     let unacked = spillway_net::sys::unacked_bytes(p.as_fd()).expect("SIOCOUTQ") as u64;
@@ -336,9 +334,9 @@ fn a_batch_waiting_at_the_disk_bound_is_kept_at_shutdown() {
 
     stop(&mut relay);
     drop(p);
-    let mut relay = start(&config, pp, cp);
+    let mut relay = start(&config);
     let rest = drain(
-        cp,
+        sink(&relay),
         &BTreeSet::new(),
         accepted as usize,
         Duration::from_secs(60),
@@ -368,14 +366,13 @@ fn a_reset_consumers_unread_lines_survive_a_restart_and_a_crash() {
         const N: u64 = 5_000;
         let dir = tempfile::tempdir().expect("dir");
         let spool = dir.path().join("spool");
-        let [pp, cp] = free_ports();
         let extra = "memory = 0\nfsync = \"always\"";
-        let config = queue_config(dir.path(), pp, cp, &spool, "2s", extra);
-        let mut relay = start(&config, pp, cp);
-        produce(&relay, pp, 0, N, 0);
+        let config = queue_config(dir.path(), &spool, "2s", extra);
+        let mut relay = start(&config);
+        produce(&relay, 0, N, 0);
         // The consumer's kernel takes what it can; the consumer reads none.
-        let a = small_consumer(cp, 64 << 10);
-        relay.wait_log_lines("consumer connected", 1, Duration::from_secs(10));
+        let a = small_consumer(sink(&relay), 64 << 10);
+        wait_consumers(&mut relay, 1);
         std::thread::sleep(Duration::from_millis(500));
         reset(a);
         let closed = relay.wait_log_lines("consumer closed", 1, Duration::from_secs(10));
@@ -395,8 +392,13 @@ fn a_reset_consumers_unread_lines_survive_a_restart_and_a_crash() {
         } else {
             stop(&mut relay);
         }
-        let mut relay = start(&config, pp, cp);
-        let got = drain(cp, &BTreeSet::new(), N as usize, Duration::from_secs(60));
+        let mut relay = start(&config);
+        let got = drain(
+            sink(&relay),
+            &BTreeSet::new(),
+            N as usize,
+            Duration::from_secs(60),
+        );
         let seen: BTreeSet<u64> = numbers(&got).into_iter().collect();
         let lost = missing(&seen, 0..N);
         assert!(
@@ -419,11 +421,10 @@ fn a_reload_of_queue_settings_keeps_every_connection() {
     const N: u64 = 10_000;
     let dir = tempfile::tempdir().expect("dir");
     let spool = dir.path().join("spool");
-    let [pp, cp] = free_ports();
-    let config = queue_config(dir.path(), pp, cp, &spool, "2s", "memory = \"1MiB\"");
-    let mut relay = start(&config, pp, cp);
-    let mut p = TcpStream::connect(addr(pp)).expect("producer");
-    let mut c = TcpStream::connect(addr(cp)).expect("consumer");
+    let config = queue_config(dir.path(), &spool, "2s", "memory = \"1MiB\"");
+    let mut relay = start(&config);
+    let mut p = TcpStream::connect(source(&relay)).expect("producer");
+    let mut c = TcpStream::connect(sink(&relay)).expect("consumer");
     let send = |p: &mut TcpStream, from: u64, to: u64| {
         let mut buf = Vec::new();
         for n in from..to {
@@ -432,10 +433,17 @@ fn a_reload_of_queue_settings_keeps_every_connection() {
         p.write_all(&buf).expect("produce");
     };
     send(&mut p, 0, N);
-    queue_config(dir.path(), pp, cp, &spool, "2s", "memory = 0\nfsync = \"always\"\nmax_disk = \"64MiB\"\nsegment_size = \"256KiB\"\nredeliver_on_reset = \"128KiB\"",
+    queue_config(dir.path(), &spool, "2s", "memory = 0\nfsync = \"always\"\nmax_disk = \"64MiB\"\nsegment_size = \"256KiB\"\nredeliver_on_reset = \"128KiB\"",
     );
     relay.signal("HUP");
-    relay.wait_log("queue route settings changed in place");
+    relay.wait_reloads(1);
+    assert!(
+        relay
+            .log_text()
+            .contains("queue route settings changed in place"),
+        "{}",
+        relay.log_text()
+    );
     send(&mut p, N, 2 * N);
     p.shutdown(Shutdown::Write).expect("FIN");
     let closed = relay.wait_log_lines("producer closed", 1, Duration::from_secs(30));

@@ -11,10 +11,6 @@ use std::time::{Duration, Instant};
 
 use super::{write_config, Relay};
 
-pub fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
 /// Bytes per line: not a power of two, so that what a socket takes (often
 /// a round number of bytes) rarely ends at a line boundary.
 pub const LINE: usize = 100;
@@ -62,16 +58,11 @@ pub fn missing(seen: &BTreeSet<u64>, want: impl IntoIterator<Item = u64>) -> Vec
     want.into_iter().filter(|i| !seen.contains(i)).collect()
 }
 
-/// A config file with one queue route `q` (framing `lines`) from `pp` to
-/// `cp`, the given drain timeout, and `extra` route keys.
-pub fn queue_config(
-    dir: &Path,
-    pp: u16,
-    cp: u16,
-    spool: &Path,
-    drain: &str,
-    extra: &str,
-) -> PathBuf {
+/// A config file with one queue route `q` (framing `lines`) whose
+/// producers and consumers connect to ports the relay chooses (see
+/// [`source`] and [`sink`]), an admin endpoint (also on a port it chooses),
+/// the given drain timeout, and `extra` route keys.
+pub fn queue_config(dir: &Path, spool: &Path, drain: &str, extra: &str) -> PathBuf {
     write_config(
         dir,
         &format!(
@@ -79,11 +70,14 @@ pub fn queue_config(
 [global]
 drain_timeout = "{drain}"
 
+[admin]
+listen = "127.0.0.1:0"
+
 [[route]]
 name = "q"
 mode = "queue"
-from = "listen:127.0.0.1:{pp}"
-to = "listen:127.0.0.1:{cp}"
+from = "listen:127.0.0.1:0"
+to = "listen:127.0.0.1:0"
 spool = "{}"
 framing = "lines"
 {extra}
@@ -93,12 +87,58 @@ framing = "lines"
     )
 }
 
-/// `spillway run --config`, listening on both ports.
-pub fn start(config: &Path, pp: u16, cp: u16) -> Relay {
-    let mut relay = Relay::start(&["run", "--config", &config.display().to_string()]);
-    relay.wait_listening(addr(pp));
-    relay.wait_listening(addr(cp));
-    relay
+/// `spillway run --config`, once it serves.
+pub fn start(config: &Path) -> Relay {
+    Relay::start_ready(&["run", "--config", &config.display().to_string()])
+}
+
+/// Where route `q`'s producers connect (as the relay serves it now).
+pub fn source(relay: &Relay) -> SocketAddr {
+    relay.addr("q", "source")
+}
+
+/// Where route `q`'s consumers connect (as the relay serves it now).
+pub fn sink(relay: &Relay) -> SocketAddr {
+    relay.addr("q", "sink")
+}
+
+/// Waits (bounded) until route `q` has had `n` consumer connections in all.
+pub fn wait_consumers(relay: &mut Relay, n: u64) {
+    relay.wait_metric(
+        "spillway_connections_total",
+        &[("route", "q"), ("role", "consumer")],
+        |v| v >= n as f64,
+    );
+}
+
+/// Waits (bounded) until `n` of route `q`'s producer connections have
+/// closed (any reason; everything they sent that was queued is appended).
+pub fn wait_producers_closed(relay: &mut Relay, n: u64) {
+    relay.wait_metric(
+        "spillway_producer_connections_closed_total",
+        &[("route", "q")],
+        |v| v >= n as f64,
+    );
+}
+
+/// Waits (bounded) until route `q`'s disk tier has made an append wait
+/// for space (`when_full = block`: the relay stopped reading producers).
+pub fn wait_blocked(relay: &mut Relay) {
+    relay.wait_metric(
+        "spillway_spool_blocked_appends_total",
+        &[("route", "q")],
+        |v| v >= 1.0,
+    );
+}
+
+/// Waits (bounded) until `n` of route `q`'s consumer connections have
+/// closed (any reason).
+pub fn wait_consumers_closed(relay: &mut Relay, n: u64) {
+    relay.wait_metric(
+        "spillway_consumer_connections_closed_total",
+        &[("route", "q")],
+        |v| v >= n as f64,
+    );
 }
 
 /// SIGTERM, and the exit code (bounded wait).
@@ -119,11 +159,11 @@ pub fn stop(relay: &mut Relay) {
 
 /// A consumer socket with a small receive buffer, so that most of what the
 /// relay sends waits in the relay, not in this kernel.
-pub fn small_consumer(port: u16, rcvbuf: usize) -> TcpStream {
+pub fn small_consumer(addr: SocketAddr, rcvbuf: usize) -> TcpStream {
     let s =
         socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
     s.set_recv_buffer_size(rcvbuf).expect("SO_RCVBUF");
-    s.connect(&addr(port).into()).expect("connect consumer");
+    s.connect(&addr.into()).expect("connect consumer");
     s.into()
 }
 
@@ -139,8 +179,8 @@ pub fn reset(s: TcpStream) {
 /// A well-behaved consumer: reads until `want` distinct lines are known
 /// (`have` plus what it reads) or nothing arrives for a few seconds, then
 /// leaves cleanly (half-close, read to EOF). Returns what it received.
-pub fn drain(port: u16, have: &BTreeSet<u64>, want: usize, limit: Duration) -> Vec<u8> {
-    let mut s = TcpStream::connect(addr(port)).expect("connect consumer");
+pub fn drain(addr: SocketAddr, have: &BTreeSet<u64>, want: usize, limit: Duration) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).expect("connect consumer");
     s.set_read_timeout(Some(Duration::from_millis(200)))
         .expect("timeout");
     let deadline = Instant::now() + limit;
