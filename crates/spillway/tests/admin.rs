@@ -13,11 +13,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{free_port, free_ports, http_get, pattern, wait_admin, write_config, Fnv, Relay};
-
-fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
+use common::{http_get, pattern, write_config, Fnv, Relay};
 
 /// An upstream that sends `id` then echoes everything back, one thread per
 /// connection, until the test ends.
@@ -52,8 +48,8 @@ fn tagged_echo(id: &'static str) -> SocketAddr {
 }
 
 /// Connects through a route and reads the upstream's tag.
-fn tag_via(port: u16, len: usize) -> String {
-    let mut s = TcpStream::connect(addr(port)).expect("connect route");
+fn tag_via(addr: SocketAddr, len: usize) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect route");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     let mut tag = vec![0u8; len];
@@ -171,37 +167,39 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 fn metrics_health_and_status_follow_the_traffic() {
     let upstream = tagged_echo("");
     let dir = tempfile::tempdir().expect("tempdir");
-    let [web, src, sink, admin] = free_ports();
     let spool = dir.path().join("spool");
     let cfg = write_config(
         dir.path(),
         &format!(
             r#"
 [admin]
-listen = "127.0.0.1:{admin}"
+listen = "127.0.0.1:0"
 
 [[route]]
 name = "web"
 mode = "stream"
-listen = "127.0.0.1:{web}"
+listen = "127.0.0.1:0"
 upstreams = ["{upstream}"]
 
 [[route]]
 name = "q"
 mode = "queue"
-from = "listen:127.0.0.1:{src}"
-to = "listen:127.0.0.1:{sink}"
+from = "listen:127.0.0.1:0"
+to = "listen:127.0.0.1:0"
 spool = "{}"
 "#,
             spool.display()
         ),
     );
-    let mut relay = Relay::start(&["run", "--config", cfg.to_str().expect("utf-8")]);
-    wait_admin(&mut relay, addr(admin));
-    relay.wait_listening(addr(web));
-    relay.wait_listening(addr(sink));
+    let relay = Relay::start_ready(&["run", "--config", cfg.to_str().expect("utf-8")]);
+    let admin_addr = relay.admin();
+    let (web, src, sink) = (
+        relay.addr("web", "client"),
+        relay.addr("q", "source"),
+        relay.addr("q", "sink"),
+    );
 
-    let before = Metrics::scrape(addr(admin));
+    let before = Metrics::scrape(admin_addr);
     assert_eq!(before.value("spillway_ready", &[]), 1.0);
     let web_in = [("route", "web"), ("direction", "in")];
     assert_eq!(before.value("spillway_bytes_total", &web_in), 0.0);
@@ -209,13 +207,13 @@ spool = "{}"
         before.value("spillway_messages_in_total", &[("route", "q")]),
         0.0
     );
-    assert_eq!(http_get(addr(admin), "/healthz").0, 200);
-    assert_eq!(http_get(addr(admin), "/readyz").0, 200);
-    assert_eq!(http_get(addr(admin), "/nope").0, 404);
+    assert_eq!(http_get(admin_addr, "/healthz").0, 200);
+    assert_eq!(http_get(admin_addr, "/readyz").0, 200);
+    assert_eq!(http_get(admin_addr, "/nope").0, 404);
 
     // Stream traffic: 100 KiB echoed.
     let data = pattern(100 << 10, 7);
-    let mut c = TcpStream::connect(addr(web)).expect("connect web");
+    let mut c = TcpStream::connect(web).expect("connect web");
     c.write_all(&data).expect("send");
     c.shutdown(Shutdown::Write).expect("half-close");
     let mut back = Vec::new();
@@ -224,12 +222,12 @@ spool = "{}"
     drop(c);
 
     // Queue traffic: 10 lines in, 10 delivered.
-    let mut p = TcpStream::connect(addr(src)).expect("producer");
+    let mut p = TcpStream::connect(src).expect("producer");
     for i in 0..10 {
         writeln!(p, "message {i}").expect("produce");
     }
     drop(p);
-    let mut consumer = TcpStream::connect(addr(sink)).expect("consumer");
+    let mut consumer = TcpStream::connect(sink).expect("consumer");
     consumer
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
@@ -241,7 +239,7 @@ spool = "{}"
         got.extend_from_slice(&buf[..n]);
     }
     // While connected, the consumer is listed among the route's peers.
-    let (_, body) = http_get(addr(admin), "/status");
+    let (_, body) = http_get(admin_addr, "/status");
     let status: serde_json::Value = serde_json::from_str(&body).expect("status is JSON");
     let me = consumer.local_addr().expect("local addr").to_string();
     let listed = status["routes"]
@@ -256,7 +254,6 @@ spool = "{}"
     let mut rest = Vec::new();
     consumer.read_to_end(&mut rest).expect("drain");
 
-    let admin_addr = addr(admin);
     wait_until("the counters to move", || {
         let m = Metrics::scrape(admin_addr);
         m.value("spillway_messages_delivered_total", &[("route", "q")]) == 10.0
@@ -362,21 +359,19 @@ fn sigterm_mid_transfer_finishes_it_and_exits_zero() {
         h.update(&data);
         h.0
     });
-    let [port, admin] = free_ports();
-    let mut relay = Relay::start(&[
+    let mut relay = Relay::start_ready(&[
         "relay",
         "--listen",
-        &format!("127.0.0.1:{port}"),
+        "127.0.0.1:0",
         "--to",
         &up_addr.to_string(),
         "--admin",
-        &format!("127.0.0.1:{admin}"),
+        "127.0.0.1:0",
         "--drain-timeout",
         "60s",
     ]);
-    relay.wait_listening(addr(port));
-    wait_admin(&mut relay, addr(admin));
-    let mut c = TcpStream::connect(addr(port)).expect("client");
+    let (listen, admin) = (relay.addr("relay", "client"), relay.admin());
+    let mut c = TcpStream::connect(listen).expect("client");
     let mut buf = vec![0u8; 64 << 10];
     let mut got = 0usize;
     let mut h = Fnv::default();
@@ -388,13 +383,13 @@ fn sigterm_mid_transfer_finishes_it_and_exits_zero() {
         got += n;
     }
     relay.signal("TERM");
-    relay.wait_log("shutting down");
-    let (code, body) = http_get(addr(admin), "/readyz");
+    relay.wait_metric("spillway_draining", &[], |v| v == 1.0);
+    let (code, body) = http_get(admin, "/readyz");
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("draining"), "{body}");
     // New connections are refused once the listener is closed.
     wait_until("the listener to close", || {
-        TcpStream::connect(addr(port)).is_err()
+        TcpStream::connect(listen).is_err()
     });
     loop {
         let n = c.read(&mut buf).expect("read during drain");
@@ -411,11 +406,15 @@ fn sigterm_mid_transfer_finishes_it_and_exits_zero() {
     assert_eq!(relay.wait_exit(Duration::from_secs(30)), Some(0));
 }
 
-fn stream_route(name: &str, port: u16, upstream: SocketAddr) -> String {
+/// A stream route on a port the relay chooses.
+fn stream_route(name: &str, upstream: SocketAddr) -> String {
     format!(
-        "[[route]]\nname = \"{name}\"\nmode = \"stream\"\nlisten = \"127.0.0.1:{port}\"\nupstreams = [\"{upstream}\"]\n\n"
+        "[[route]]\nname = \"{name}\"\nmode = \"stream\"\nlisten = \"127.0.0.1:0\"\nupstreams = [\"{upstream}\"]\n\n"
     )
 }
+
+/// An admin endpoint on a port the relay chooses.
+const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n\n";
 
 /// SIGHUP adds a route, removes one, changes one's upstream, and a long
 /// connection on an unchanged route keeps flowing byte-exact throughout.
@@ -426,31 +425,21 @@ fn sighup_reload_applies_changes_without_dropping_connections() {
     let echo = tagged_echo("");
     let (one, two) = (tagged_echo("ONE"), tagged_echo("TWO"));
     let dir = tempfile::tempdir().expect("tempdir");
-    let (long, gone, changed, added, admin) = (
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-    );
-    let admin_cfg = format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n");
-    let v1 = admin_cfg.clone()
-        + &stream_route("long", long, echo)
-        + &stream_route("gone", gone, one)
-        + &stream_route("changed", changed, one);
+    let v1 = ADMIN.to_string()
+        + &stream_route("long", echo)
+        + &stream_route("gone", one)
+        + &stream_route("changed", one);
     let cfg = write_config(dir.path(), &v1);
-    let mut relay = Relay::start(&["run", "--config", cfg.to_str().expect("utf-8")]);
-    for p in [long, gone, changed] {
-        relay.wait_listening(addr(p));
-    }
-    wait_admin(&mut relay, addr(admin));
+    let mut relay = Relay::start_ready(&["run", "--config", cfg.to_str().expect("utf-8")]);
+    let admin = relay.admin();
+    let [long, gone, changed] = ["long", "gone", "changed"].map(|r| relay.addr(r, "client"));
     assert_eq!(tag_via(changed, 3), "ONE");
     assert_eq!(tag_via(gone, 3), "ONE");
 
     // A long connection on "long": a writer thread streams a pattern while a
     // reader checks the echo, until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
-    let c = TcpStream::connect(addr(long)).expect("long connection");
+    let c = TcpStream::connect(long).expect("long connection");
     let mut reader = c.try_clone().expect("clone");
     let mut writer = c;
     let stop_w = Arc::clone(&stop);
@@ -483,20 +472,22 @@ fn sighup_reload_applies_changes_without_dropping_connections() {
     });
 
     // Reload: "gone" removed, "changed" now goes to TWO, "added" is new.
-    let v2 = admin_cfg.clone()
-        + &stream_route("long", long, echo)
-        + &stream_route("changed", changed, two)
-        + &stream_route("added", added, two);
+    // ("changed" keeps its listen address, so its listener stays.)
+    let v2 = ADMIN.to_string()
+        + &stream_route("long", echo)
+        + &stream_route("changed", two)
+        + &stream_route("added", two);
     write_config(dir.path(), &v2);
     relay.signal("HUP");
-    relay.wait_log("configuration reloaded");
-    relay.wait_listening(addr(added));
+    relay.wait_reloads(1);
+    let added = relay.addr("added", "client");
+    assert_eq!(relay.addr("changed", "client"), changed);
     assert_eq!(tag_via(added, 3), "TWO");
     assert_eq!(tag_via(changed, 3), "TWO");
     wait_until("the removed route's listener to close", || {
-        TcpStream::connect(addr(gone)).is_err()
+        TcpStream::connect(gone).is_err()
     });
-    let m = Metrics::scrape(addr(admin));
+    let m = Metrics::scrape(admin);
     assert_eq!(
         m.value("spillway_config_reloads_total", &[("result", "success")]),
         1.0
@@ -514,7 +505,8 @@ fn sighup_reload_applies_changes_without_dropping_connections() {
         &(v2.clone() + "[[route]]\nname = \"bad\"\nmode = \"stream\"\nlisten = 12\n"),
     );
     relay.signal("HUP");
-    let log = relay.wait_log("reload rejected");
+    relay.wait_reloads(2);
+    let log = relay.log_text();
     let cfg_name = cfg.display().to_string();
     assert!(
         log.lines()
@@ -522,7 +514,7 @@ fn sighup_reload_applies_changes_without_dropping_connections() {
         "{log}"
     );
     assert_eq!(tag_via(added, 3), "TWO");
-    let m = Metrics::scrape(addr(admin));
+    let m = Metrics::scrape(admin);
     assert_eq!(
         m.value("spillway_config_reloads_total", &[("result", "failure")]),
         1.0
@@ -554,8 +546,7 @@ fn sd_notify_reports_ready_reloading_and_stopping() {
     let sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");
     sock.set_read_timeout(Some(Duration::from_secs(20)))
         .expect("timeout");
-    let port = free_port();
-    let cfg = write_config(dir.path(), &stream_route("r", port, tagged_echo("X")));
+    let cfg = write_config(dir.path(), &stream_route("r", tagged_echo("X")));
     let mut relay = Relay::start_with_env(
         &["run", "--config", cfg.to_str().expect("utf-8")],
         &[("NOTIFY_SOCKET", sock_path.to_str().expect("utf-8"))],
@@ -566,7 +557,7 @@ fn sd_notify_reports_ready_reloading_and_stopping() {
         String::from_utf8_lossy(&buf[..n]).into_owned()
     };
     assert!(recv(&sock).starts_with("READY=1"));
-    relay.wait_listening(addr(port));
+    relay.wait_ready();
     relay.signal("HUP");
     let reloading = recv(&sock);
     assert!(reloading.starts_with("RELOADING=1"), "{reloading}");
@@ -577,9 +568,10 @@ fn sd_notify_reports_ready_reloading_and_stopping() {
     assert_eq!(relay.wait_exit(Duration::from_secs(30)), Some(0));
 }
 
-fn queue_route(name: &str, src: u16, sink: u16, spool: &std::path::Path, memory: &str) -> String {
+/// A queue route whose listeners are on ports the relay chooses.
+fn queue_route(name: &str, spool: &std::path::Path, memory: &str) -> String {
     format!(
-        "[[route]]\nname = \"{name}\"\nmode = \"queue\"\nfrom = \"listen:127.0.0.1:{src}\"\nto = \"listen:127.0.0.1:{sink}\"\nspool = \"{}\"\nmemory = \"{memory}\"\n\n",
+        "[[route]]\nname = \"{name}\"\nmode = \"queue\"\nfrom = \"listen:127.0.0.1:0\"\nto = \"listen:127.0.0.1:0\"\nspool = \"{}\"\nmemory = \"{memory}\"\n\n",
         spool.display()
     )
 }
@@ -591,31 +583,45 @@ fn queue_route(name: &str, src: u16, sink: u16, spool: &std::path::Path, memory:
 fn reloading_a_changed_queue_route_hands_the_spool_over() {
     let dir = tempfile::tempdir().expect("tempdir");
     let spool = dir.path().join("spool");
-    let [src, sink] = free_ports();
-    let cfg = write_config(dir.path(), &queue_route("q", src, sink, &spool, "64MiB"));
-    let mut relay = Relay::start(&["run", "--config", cfg.to_str().expect("utf-8")]);
-    relay.wait_listening(addr(sink));
-    let mut p = TcpStream::connect(addr(src)).expect("producer");
+    let cfg = write_config(
+        dir.path(),
+        &(ADMIN.to_string() + &queue_route("q", &spool, "64MiB")),
+    );
+    let mut relay = Relay::start_ready(&["run", "--config", cfg.to_str().expect("utf-8")]);
+    let mut p = TcpStream::connect(relay.addr("q", "source")).expect("producer");
     for i in 0..1000 {
         writeln!(p, "before {i:04}").expect("produce");
     }
     drop(p);
-    relay.wait_log("producer closed");
+    relay.wait_metric(
+        "spillway_producer_connections_closed_total",
+        &[("route", "q")],
+        |v| v == 1.0,
+    );
 
     // memory = 0 and a new max_message (not a setting a running route
     // takes in place): a changed route, restarted on the same spool.
-    let changed = queue_route("q", src, sink, &spool, "0") + "max_message = \"64KiB\"\n";
-    write_config(dir.path(), &changed);
+    let changed = queue_route("q", &spool, "0") + "max_message = \"64KiB\"\n";
+    write_config(dir.path(), &(ADMIN.to_string() + &changed));
     relay.signal("HUP");
-    relay.wait_log("configuration reloaded");
-    relay.wait_log_lines("queue route ready", 2, Duration::from_secs(20));
-    let mut p = TcpStream::connect(addr(src)).expect("producer after reload");
+    // Handled once the new route serves, on new ports.
+    relay.wait_reloads(1);
+    assert_eq!(
+        relay
+            .log_text()
+            .matches("route changed; draining the old one")
+            .count(),
+        1,
+        "{}",
+        relay.log_text()
+    );
+    let mut p = TcpStream::connect(relay.addr("q", "source")).expect("producer after reload");
     for i in 0..1000 {
         writeln!(p, "after {i:04}").expect("produce");
     }
     drop(p);
 
-    let mut c = TcpStream::connect(addr(sink)).expect("consumer");
+    let mut c = TcpStream::connect(relay.addr("q", "sink")).expect("consumer");
     c.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     let mut got = Vec::new();
@@ -641,22 +647,16 @@ fn reloading_a_changed_queue_route_hands_the_spool_over() {
 #[test]
 fn json_logs_have_one_structured_line_per_connection() {
     let upstream = tagged_echo("");
-    let port = free_port();
-    let relay = Relay::start(&[
+    let relay = Relay::start_ready(&[
         "--log-format",
         "json",
         "relay",
         "--listen",
-        &format!("127.0.0.1:{port}"),
+        "127.0.0.1:0",
         "--to",
         &upstream.to_string(),
     ]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !relay.log_text().contains("stream route ready") {
-        assert!(Instant::now() < deadline, "{}", relay.log_text());
-        thread::sleep(Duration::from_millis(20));
-    }
-    let mut c = TcpStream::connect(addr(port)).expect("connect");
+    let mut c = TcpStream::connect(relay.addr("relay", "client")).expect("connect");
     c.write_all(b"hello").expect("send");
     c.shutdown(Shutdown::Write).expect("half-close");
     let mut back = Vec::new();
@@ -687,37 +687,36 @@ fn json_logs_have_one_structured_line_per_connection() {
 #[test]
 fn reload_with_a_route_that_cannot_start_is_a_failure_the_rest_keeps_serving() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let [port, admin] = free_ports();
+    // An address the test holds (bound, never released) for the whole test.
     let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let taken_port = taken.local_addr().expect("addr").port();
+    let taken_addr = taken.local_addr().expect("addr");
     let upstream = tagged_echo("UP");
-    let admin_cfg = format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n");
     let cfg = write_config(
         dir.path(),
-        &(admin_cfg.clone() + &stream_route("a", port, upstream)),
+        &(ADMIN.to_string() + &stream_route("a", upstream)),
     );
-    let mut relay = Relay::start(&["run", "--config", cfg.to_str().expect("utf-8")]);
-    relay.wait_listening(addr(port));
-    wait_admin(&mut relay, addr(admin));
+    let mut relay = Relay::start_ready(&["run", "--config", cfg.to_str().expect("utf-8")]);
+    let (a, admin) = (relay.addr("a", "client"), relay.admin());
 
     write_config(
         dir.path(),
-        &(admin_cfg
-            + &stream_route("a", port, upstream)
-            + &stream_route("b", taken_port, upstream)),
+        &(ADMIN.to_string()
+            + &stream_route("a", upstream)
+            + &stream_route("b", upstream).replace("127.0.0.1:0", &taken_addr.to_string())),
     );
     relay.signal("HUP");
-    let log = relay.wait_log("configuration reloaded");
+    relay.wait_reloads(1);
+    let log = relay.log_text();
     assert!(
         log.lines()
             .any(|l| l.contains("route=b") && l.contains("the route is not running")),
         "{log}"
     );
-    let m = Metrics::scrape(addr(admin));
+    let m = Metrics::scrape(admin);
     assert_eq!(
         m.value("spillway_config_reloads_total", &[("result", "failure")]),
         1.0
     );
-    assert_eq!(tag_via(port, 2), "UP");
+    assert_eq!(tag_via(a, 2), "UP");
     drop(taken);
 }

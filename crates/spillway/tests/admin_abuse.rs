@@ -10,36 +10,32 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{free_ports, wait_admin, write_config, Relay};
+use common::{write_config, Relay};
 
-fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-fn start(dir: &std::path::Path, admin: u16, extra_admin: &str) -> (Relay, u16, u16) {
-    let [src, sink] = free_ports();
+/// A relay with a queue route and an admin endpoint, all on ports it
+/// chooses: (relay, admin address, consumers' address).
+fn start(dir: &std::path::Path, extra_admin: &str) -> (Relay, SocketAddr, SocketAddr) {
     let config = write_config(
         dir,
         &format!(
             r#"
 [admin]
-listen = "127.0.0.1:{admin}"
+listen = "127.0.0.1:0"
 {extra_admin}
 
 [[route]]
 name = "q"
 mode = "queue"
-from = "listen:127.0.0.1:{src}"
-to = "listen:127.0.0.1:{sink}"
+from = "listen:127.0.0.1:0"
+to = "listen:127.0.0.1:0"
 spool = "{}"
 "#,
             dir.join("spool").display()
         ),
     );
-    let mut relay = Relay::start(&["run", "--config", &config.display().to_string()]);
-    wait_admin(&mut relay, addr(admin));
-    relay.wait_listening(addr(sink));
-    (relay, src, sink)
+    let relay = Relay::start_ready(&["run", "--config", &config.display().to_string()]);
+    let (admin, sink) = (relay.admin(), relay.addr("q", "sink"));
+    (relay, admin, sink)
 }
 
 /// One request with optional headers, from `local` (any 127.0.0.0/8
@@ -86,9 +82,7 @@ fn pinning_client(admin: SocketAddr, path: &str, n: usize) -> Option<TcpStream> 
 fn the_probes_answer_while_metrics_and_status_are_pinned() {
     let _serial = common::heavy();
     let dir = tempfile::tempdir().expect("dir");
-    let [admin] = free_ports();
-    let (mut relay, _, _) = start(dir.path(), admin, "");
-    let admin = addr(admin);
+    let (mut relay, admin, _) = start(dir.path(), "");
     let mut pins = Vec::new();
     for i in 0..100 {
         let path = if i % 2 == 0 { "/metrics" } else { "/status" };
@@ -129,9 +123,7 @@ fn the_probes_answer_while_metrics_and_status_are_pinned() {
 fn the_main_lane_is_bounded_per_client_address() {
     let _serial = common::heavy();
     let dir = tempfile::tempdir().expect("dir");
-    let [admin] = free_ports();
-    let (_relay, _, _) = start(dir.path(), admin, "");
-    let admin = addr(admin);
+    let (_relay, admin, _) = start(dir.path(), "");
     // Eight kept-alive connections, each answered once and left open.
     let mut held = Vec::new();
     for _ in 0..8 {
@@ -167,13 +159,7 @@ fn a_token_guards_metrics_and_status() {
     let dir = tempfile::tempdir().expect("dir");
     let token = dir.path().join("token");
     std::fs::write(&token, "s3cret-token-123\n").expect("token");
-    let [admin] = free_ports();
-    let (_relay, _, _) = start(
-        dir.path(),
-        admin,
-        &format!("token_file = \"{}\"", token.display()),
-    );
-    let admin = addr(admin);
+    let (_relay, admin, _) = start(dir.path(), &format!("token_file = \"{}\"", token.display()));
     for path in ["/metrics", "/status"] {
         assert_eq!(
             get(admin, [127, 0, 0, 1], path, "").map(|g| g.0),
@@ -208,13 +194,16 @@ fn a_token_guards_metrics_and_status() {
 fn status_lists_a_bounded_page_of_peers() {
     let _serial = common::heavy();
     let dir = tempfile::tempdir().expect("dir");
-    let [admin] = free_ports();
-    let (relay, _, sink) = start(dir.path(), admin, "");
+    let (mut relay, admin, sink) = start(dir.path(), "");
     let consumers: Vec<TcpStream> = (0..150)
-        .map(|_| TcpStream::connect(addr(sink)).expect("consumer"))
+        .map(|_| TcpStream::connect(sink).expect("consumer"))
         .collect();
-    relay.wait_log_lines("consumer connected", 150, Duration::from_secs(20));
-    let (code, body) = get(addr(admin), [127, 0, 0, 1], "/status", "").expect("status");
+    relay.wait_metric(
+        "spillway_connections_active",
+        &[("route", "q"), ("role", "consumer")],
+        |v| v >= 150.0,
+    );
+    let (code, body) = get(admin, [127, 0, 0, 1], "/status", "").expect("status");
     assert_eq!(code, 200);
     let v: serde_json::Value = serde_json::from_str(&body).expect("json");
     let q = &v["routes"][0];

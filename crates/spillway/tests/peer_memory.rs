@@ -10,17 +10,16 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{free_ports, http_get, proc_status_kib, wait_admin, write_config, Relay};
+use common::{http_get, proc_status_kib, write_config, Relay};
 
-fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-/// A relay with one queue route `q` (lines) and an admin endpoint;
-/// `global` and `route` are extra keys. Returns (relay, producer port,
-/// consumer port, admin address).
-fn start(dir: &std::path::Path, global: &str, route: &str) -> (Relay, u16, u16, SocketAddr) {
-    let [src, sink, admin] = free_ports();
+/// A relay with one queue route `q` (lines) and an admin endpoint, on
+/// ports it chooses; `global` and `route` are extra keys. Returns (relay,
+/// producer address, consumer address, admin address).
+fn start(
+    dir: &std::path::Path,
+    global: &str,
+    route: &str,
+) -> (Relay, SocketAddr, SocketAddr, SocketAddr) {
     let config = write_config(
         dir,
         &format!(
@@ -29,13 +28,13 @@ fn start(dir: &std::path::Path, global: &str, route: &str) -> (Relay, u16, u16, 
 {global}
 
 [admin]
-listen = "127.0.0.1:{admin}"
+listen = "127.0.0.1:0"
 
 [[route]]
 name = "q"
 mode = "queue"
-from = "listen:127.0.0.1:{src}"
-to = "listen:127.0.0.1:{sink}"
+from = "listen:127.0.0.1:0"
+to = "listen:127.0.0.1:0"
 spool = "{}"
 framing = "lines"
 {route}
@@ -43,11 +42,13 @@ framing = "lines"
             dir.join("spool").display()
         ),
     );
-    let mut relay = Relay::start(&["run", "--config", &config.display().to_string()]);
-    wait_admin(&mut relay, addr(admin));
-    relay.wait_listening(addr(src));
-    relay.wait_listening(addr(sink));
-    (relay, src, sink, addr(admin))
+    let relay = Relay::start_ready(&["run", "--config", &config.display().to_string()]);
+    let (src, sink, admin) = (
+        relay.addr("q", "source"),
+        relay.addr("q", "sink"),
+        relay.admin(),
+    );
+    (relay, src, sink, admin)
 }
 
 /// The value of an unlabelled metric.
@@ -59,8 +60,8 @@ fn metric(admin: SocketAddr, name: &str) -> Option<f64> {
 }
 
 /// Reads from a consumer until `want` lines arrived (bounded); returns them.
-fn consume_lines(port: u16, want: usize, limit: Duration) -> Vec<String> {
-    let mut s = TcpStream::connect(addr(port)).expect("connect consumer");
+fn consume_lines(addr: SocketAddr, want: usize, limit: Duration) -> Vec<String> {
+    let mut s = TcpStream::connect(addr).expect("connect consumer");
     s.set_read_timeout(Some(Duration::from_millis(200)))
         .expect("timeout");
     let deadline = Instant::now() + limit;
@@ -117,13 +118,13 @@ fn partial_messages_of_200_producers_stay_within_the_peer_memory_budget() {
     let (mut relay, src, sink, admin) = start(dir.path(), "peer_memory = \"16MiB\"", "");
     let before = proc_status_kib(relay.pid(), "VmRSS:");
 
-    let mut first = TcpStream::connect(addr(src)).expect("producer");
+    let mut first = TcpStream::connect(src).expect("producer");
     first.write_all(b"before\n").expect("write");
 
     let partial = vec![b'x'; (1 << 20) - 2];
     let mut hogs = Vec::new();
     for _ in 0..200 {
-        let mut s = TcpStream::connect(addr(src)).expect("connect hog");
+        let mut s = TcpStream::connect(src).expect("connect hog");
         s.set_write_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
         // The relay's receive buffer (4 MiB) takes it whether or not the
@@ -159,7 +160,7 @@ fn partial_messages_of_200_producers_stay_within_the_peer_memory_budget() {
     );
 
     // Still serving: a new producer's small message goes through.
-    let mut late = TcpStream::connect(addr(src)).expect("late producer");
+    let mut late = TcpStream::connect(src).expect("late producer");
     late.write_all(b"after\n").expect("write");
     let got = consume_lines(sink, 2, Duration::from_secs(20));
     assert_eq!(got, ["before", "after"], "{}", relay.log_text());
@@ -191,14 +192,14 @@ fn a_producer_that_trickles_a_partial_message_is_closed_as_slow_producer() {
         "",
         "min_rate = \"1KiB\"\nmin_rate_grace = \"1s\"",
     );
-    let mut slow = TcpStream::connect(addr(src)).expect("producer");
+    let mut slow = TcpStream::connect(src).expect("producer");
     slow.write_all(b"whole\npart").expect("write");
-    let mut burst = TcpStream::connect(addr(src)).expect("producer");
+    let mut burst = TcpStream::connect(src).expect("producer");
     burst.write_all(&vec![b'z'; 100 << 10]).expect("write");
 
     // 2 KiB every 500 ms for 4 s (4 periods), then the end of the line.
     let honest = std::thread::spawn(move || {
-        let mut s = TcpStream::connect(addr(src)).expect("producer");
+        let mut s = TcpStream::connect(src).expect("producer");
         for _ in 0..8 {
             s.write_all(&[b'y'; 2048])
                 .expect("the honest producer is open");
@@ -248,10 +249,10 @@ fn a_queue_route_bounds_its_connections() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut relay, src, sink, admin) = start(dir.path(), "", "max_connections = 3");
     let mut admitted: Vec<TcpStream> = (0..3)
-        .map(|_| TcpStream::connect(addr(src)).expect("connect"))
+        .map(|_| TcpStream::connect(src).expect("connect"))
         .collect();
     std::thread::sleep(Duration::from_millis(300));
-    let mut extra = TcpStream::connect(addr(sink)).expect("connect");
+    let mut extra = TcpStream::connect(sink).expect("connect");
     assert!(
         closed_within(&mut extra, Duration::from_secs(5)),
         "a fourth connection was kept"
@@ -301,7 +302,7 @@ fn small_lines_keep_flowing_while_partial_messages_hold_the_budget() {
     );
     let mut hogs = Vec::new();
     for _ in 0..3 {
-        let mut s = TcpStream::connect(addr(src)).expect("hog");
+        let mut s = TcpStream::connect(src).expect("hog");
         s.write_all(&vec![b'x'; (1 << 20) - 2]).expect("partial");
         hogs.push(s);
     }
@@ -310,7 +311,7 @@ fn small_lines_keep_flowing_while_partial_messages_hold_the_budget() {
 
     const N: usize = 50_000;
     let writer = std::thread::spawn(move || {
-        let mut p = TcpStream::connect(addr(src)).expect("producer");
+        let mut p = TcpStream::connect(src).expect("producer");
         p.write_all(&numbered(0, N)).expect("write lines");
         p.shutdown(std::net::Shutdown::Write).expect("FIN");
         let mut rest = Vec::new();
@@ -347,7 +348,7 @@ fn partial_messages_that_hold_the_budget_are_shed() {
     for _ in 0..10 {
         let stop = std::sync::Arc::clone(&stop);
         hogs.push(std::thread::spawn(move || {
-            let Ok(mut s) = TcpStream::connect(addr(src)) else {
+            let Ok(mut s) = TcpStream::connect(src) else {
                 return;
             };
             if s.write_all(&vec![b'h'; 300 << 10]).is_err() {
@@ -374,7 +375,7 @@ fn partial_messages_that_hold_the_budget_are_shed() {
     let started = Instant::now();
     let mut delivered_clean = false;
     while started.elapsed() < Duration::from_secs(40) {
-        let Ok(mut p) = TcpStream::connect(addr(src)) else {
+        let Ok(mut p) = TcpStream::connect(src) else {
             std::thread::sleep(Duration::from_millis(200));
             continue;
         };
@@ -422,7 +423,7 @@ fn slow_consumers_of_messages_read_from_disk_stay_within_the_budget() {
     );
     // 20 MB of 1 KiB lines, queued before any consumer comes.
     const N: usize = 20_000;
-    let mut p = TcpStream::connect(addr(src)).expect("producer");
+    let mut p = TcpStream::connect(src).expect("producer");
     let mut data = Vec::with_capacity(N * 1024);
     for i in 0..N {
         data.extend_from_slice(format!("{i:09}").as_bytes());
@@ -443,7 +444,7 @@ fn slow_consumers_of_messages_read_from_disk_stay_within_the_budget() {
             let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
                 .expect("socket");
             s.set_recv_buffer_size(4096).expect("rcvbuf");
-            s.connect(&addr(sink).into()).expect("connect consumer");
+            s.connect(&sink.into()).expect("connect consumer");
             let mut s: TcpStream = s.into();
             s.set_read_timeout(Some(Duration::from_millis(200)))
                 .expect("timeout");
