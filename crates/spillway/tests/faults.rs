@@ -28,17 +28,14 @@ use faultproxy::{Dir, FaultProxy, Options, Toxics};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-/// Starts `spillway run` on a config of one route; returns the relay and the
-/// directory holding the config (and spool).
+/// Starts `spillway run` on a config of one route and waits until it
+/// serves; returns the relay and the directory holding the config (and
+/// spool).
 fn run_relay(route: &str) -> (Relay, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let text = route.replace("@DIR@", &dir.path().display().to_string());
     let cfg = write_config(dir.path(), &text);
-    let relay = Relay::start(&["run", "--config", cfg.to_str().expect("utf-8 path")]);
+    let relay = Relay::start_ready(&["run", "--config", cfg.to_str().expect("utf-8 path")]);
     (relay, dir)
 }
 
@@ -142,9 +139,10 @@ fn silent_upstream() -> SocketAddr {
     a
 }
 
-fn stream_route(listen: SocketAddr, upstream: SocketAddr, extra: &str) -> String {
+/// Stream route `s`, on a port the relay chooses (`relay.addr("s", "client")`).
+fn stream_route(upstream: SocketAddr, extra: &str) -> String {
     format!(
-        "[[route]]\nname = \"s\"\nmode = \"stream\"\nlisten = \"{listen}\"\nupstreams = [\"{upstream}\"]\n{extra}\n"
+        "[[route]]\nname = \"s\"\nmode = \"stream\"\nlisten = \"127.0.0.1:0\"\nupstreams = [\"{upstream}\"]\n{extra}\n"
     )
 }
 
@@ -161,9 +159,8 @@ struct StreamRig {
 fn stream_rig(answer: Vec<u8>, extra: &str) -> StreamRig {
     let (up, upstream_rx) = conversation_upstream(answer);
     let back = FaultProxy::start(up);
-    let listen = addr(free_port());
-    let (mut relay, dir) = run_relay(&stream_route(listen, back.addr(), extra));
-    relay.wait_listening(listen);
+    let (relay, dir) = run_relay(&stream_route(back.addr(), extra));
+    let listen = relay.addr("s", "client");
     let front = FaultProxy::start(listen);
     StreamRig {
         relay,
@@ -370,14 +367,11 @@ fn stream_black_hole_is_a_logged_idle_timeout_and_a_dead_upstream_is_found_by_ke
     // timeout is far away), and the client is reset, not left hanging.
     let up = silent_upstream();
     let back = FaultProxy::start(up);
-    let listen = addr(free_port());
-    let (mut relay, _dir) = run_relay(&stream_route(
-        listen,
+    let (relay, _dir) = run_relay(&stream_route(
         back.addr(),
         "tcp_keepalive_idle = \"1s\"\ntcp_keepalive_interval = \"1s\"\ntcp_keepalive_count = 2\ntcp_user_timeout = \"0s\"",
     ));
-    relay.wait_listening(listen);
-    let mut c = TcpStream::connect(listen).expect("connect");
+    let mut c = TcpStream::connect(relay.addr("s", "client")).expect("connect");
     back.wait_connections(1, LIMIT);
     c.write_all(b"hello").expect("write");
     let deadline = Instant::now() + LIMIT;
@@ -459,9 +453,10 @@ fn stream_reader_that_stops_is_cut_for_write_stall_while_the_upstream_finishes()
 
 // ================================================================= queue ===
 
-fn queue_route(source: SocketAddr, sink: SocketAddr, extra: &str) -> String {
+/// Queue route `q`, on ports the relay chooses.
+fn queue_route(extra: &str) -> String {
     format!(
-        "[[route]]\nname = \"q\"\nmode = \"queue\"\nfrom = \"listen:{source}\"\nto = \"listen:{sink}\"\nspool = \"@DIR@/spool\"\n{extra}\n"
+        "[[route]]\nname = \"q\"\nmode = \"queue\"\nfrom = \"listen:127.0.0.1:0\"\nto = \"listen:127.0.0.1:0\"\nspool = \"@DIR@/spool\"\n{extra}\n"
     )
 }
 
@@ -473,11 +468,8 @@ struct QueueRig {
 }
 
 fn queue_rig(extra: &str) -> QueueRig {
-    let source = addr(free_port());
-    let sink = addr(free_port());
-    let (mut relay, dir) = run_relay(&queue_route(source, sink, extra));
-    relay.wait_listening(source);
-    relay.wait_listening(sink);
+    let (relay, dir) = run_relay(&queue_route(extra));
+    let (source, sink) = (relay.addr("q", "source"), relay.addr("q", "sink"));
     QueueRig {
         relay,
         _dir: dir,
@@ -773,10 +765,8 @@ fn max_lifetime_resets_a_stream_and_cuts_a_consumer_cleanly() {
     let _heavy = heavy();
     // Stream: an idle connection past its lifetime is reset on both sides.
     let up = silent_upstream();
-    let listen = addr(free_port());
-    let (mut relay, _dir) = run_relay(&stream_route(listen, up, "max_lifetime = \"1s\""));
-    relay.wait_listening(listen);
-    let mut c = TcpStream::connect(listen).expect("connect");
+    let (relay, _dir) = run_relay(&stream_route(up, "max_lifetime = \"1s\""));
+    let mut c = TcpStream::connect(relay.addr("s", "client")).expect("connect");
     c.set_read_timeout(Some(LIMIT)).expect("timeout");
     let mut b = [0u8; 1];
     let r = c.read(&mut b);

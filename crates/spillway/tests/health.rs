@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{free_port, free_ports, http_get, wait_admin, write_config, Relay};
+use common::{http_get, refused_addr, write_config, Relay};
 use spillway::config::StreamRoute;
 use spillway::stream::spill::SpillBudget;
 use spillway::stream::{CloseReason, StreamServer};
@@ -58,10 +58,11 @@ async fn banner(listener: TcpListener, id: u8) -> Arc<AtomicU64> {
     served
 }
 
-/// A port with nothing listening (refused), and its address.
-async fn dead_port() -> String {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    l.local_addr().expect("addr").to_string()
+/// A port with nothing listening (refused) while the socket lives, and its
+/// address.
+fn dead_port() -> (socket2::Socket, String) {
+    let (s, a) = refused_addr();
+    (s, a.to_string())
 }
 
 /// Connects through the relay and returns what the upstream said (empty
@@ -90,7 +91,7 @@ async fn failing_upstream_is_ejected_gets_no_traffic_and_returns_after_checks() 
     let (a_addr, b_addr) = (a.local_addr().expect("a"), b.local_addr().expect("b"));
     banner(a, b'a').await;
     banner(b, b'b').await;
-    let c_addr = dead_port().await;
+    let (c_sock, c_addr) = dead_port();
     let upstreams = vec![a_addr.to_string(), b_addr.to_string(), c_addr.clone()];
     let (relay, _stop, server) = start(upstreams, None, |r| {
         r.outlier = OutlierConfig {
@@ -134,7 +135,11 @@ async fn failing_upstream_is_ejected_gets_no_traffic_and_returns_after_checks() 
 
     // c comes back: after `rise` passing checks it is healthy, un-ejected,
     // and gets traffic again.
-    let c_listener = TcpListener::bind(&c_addr).await.expect("rebind c");
+    // (The socket that kept c's port has held it all along: it starts
+    // listening, no other process can have taken the port.)
+    c_sock.listen(128).expect("listen c");
+    c_sock.set_nonblocking(true).expect("nonblocking");
+    let c_listener = TcpListener::from_std(c_sock.into()).expect("c listener");
     banner(c_listener, b'c').await;
     wait_until("c back", || {
         let c = &server.upstreams()[2];
@@ -153,7 +158,8 @@ async fn failing_upstream_is_ejected_gets_no_traffic_and_returns_after_checks() 
 
 #[tokio::test]
 async fn max_ejection_percent_holds_and_an_all_bad_pool_panics() {
-    let dead: Vec<String> = vec![dead_port().await, dead_port().await];
+    let (_dead_socks, dead): (Vec<socket2::Socket>, Vec<String>) =
+        [dead_port(), dead_port()].into_iter().unzip();
     let (relay, _stop, server) = start(dead.clone(), None, |r| {
         r.outlier = OutlierConfig {
             consecutive_failures: 1,
@@ -420,19 +426,18 @@ fn metrics_and_status_export_upstream_health() {
             let _ = s.write_all(b"a");
         }
     });
-    let dead = format!("127.0.0.1:{}", free_port());
-    let [relay_port, admin_port, src_port] = free_ports::<3>();
+    let (_dead_sock, dead) = refused_addr();
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = write_config(
         dir.path(),
         &format!(
             r#"[admin]
-listen = "127.0.0.1:{admin_port}"
+listen = "127.0.0.1:0"
 
 [[route]]
 name = "web"
 mode = "stream"
-listen = "127.0.0.1:{relay_port}"
+listen = "127.0.0.1:0"
 upstreams = ["{dead}", "{alive_addr}"]
 max_connections_per_ip = 2
 
@@ -444,18 +449,15 @@ max_ejection_time = "1h"
 [[route]]
 name = "q"
 mode = "queue"
-from = "listen:127.0.0.1:{src_port}"
+from = "listen:127.0.0.1:0"
 to = "connect:{dead}"
 spool = "{spool}"
 "#,
             spool = dir.path().join("spool").display()
         ),
     );
-    let mut relay = Relay::start(&["run", "--config", cfg.to_str().expect("utf-8")]);
-    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("addr");
-    let relay_addr: SocketAddr = format!("127.0.0.1:{relay_port}").parse().expect("addr");
-    relay.wait_listening(relay_addr);
-    wait_admin(&mut relay, admin);
+    let relay = Relay::start_ready(&["run", "--config", cfg.to_str().expect("utf-8")]);
+    let (admin, relay_addr) = (relay.admin(), relay.addr("web", "client"));
     // Waits until the relay has closed every client connection (so the
     // per-IP count is back to zero whatever the machine's load).
     let idle = || {
@@ -686,10 +688,11 @@ async fn measure_dead_upstream_cost_with_and_without_ejection() {
     for consecutive in [5u32, 0] {
         let a = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let b = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (_dead_sock, dead_addr) = dead_port();
         let ups = vec![
             a.local_addr().expect("a").to_string(),
             b.local_addr().expect("b").to_string(),
-            dead_port().await,
+            dead_addr,
         ];
         banner(a, b'a').await;
         banner(b, b'b').await;

@@ -19,20 +19,34 @@ fn lines(n: usize) -> Vec<u8> {
     v
 }
 
-/// A queue relay from a fresh source port to a fresh sink port on a fresh
-/// spool, with `extra` flags; returns it once both ends listen.
+/// A queue relay (route `queue`) on a fresh spool, with `extra` flags, its
+/// source, sink and admin endpoint on ports it chooses; returns it once it
+/// serves, with the source and sink addresses.
 fn start_queue(extra: &[&str]) -> (Relay, String, String, tempfile::TempDir) {
     let spool = tempfile::tempdir().expect("tempdir");
-    let src = format!("127.0.0.1:{}", free_port());
-    let dst = format!("127.0.0.1:{}", free_port());
-    let (from, to) = (format!("listen:{src}"), format!("listen:{dst}"));
-    let mut args = vec!["queue", "--from", &from, "--to", &to, "--spool"];
+    let mut args = vec![
+        "queue",
+        "--from",
+        "listen:127.0.0.1:0",
+        "--to",
+        "listen:127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--spool",
+    ];
     args.push(spool.path().to_str().expect("utf8"));
     args.extend_from_slice(extra);
-    let mut relay = Relay::start(&args);
-    relay.wait_listening(src.parse().expect("addr"));
-    relay.wait_listening(dst.parse().expect("addr"));
+    let relay = Relay::start_ready(&args);
+    let src = relay.addr("queue", "source").to_string();
+    let dst = relay.addr("queue", "sink").to_string();
     (relay, src, dst, spool)
+}
+
+/// Waits (bounded) until `n` messages were queued in all.
+fn wait_queued(relay: &mut Relay, n: usize) {
+    relay.wait_metric("spillway_messages_in_total", &[("route", "queue")], |v| {
+        v >= n as f64
+    });
 }
 
 /// [`start_queue`] with everything on disk (`--memory 0`), a 64 KiB disk
@@ -137,10 +151,8 @@ fn drop_newest_refuses_and_counts_but_keeps_what_fit() {
 /// counted dropped too).
 #[test]
 fn drop_oldest_delivers_exactly_what_it_did_not_count_dropped() {
-    let admin = format!("127.0.0.1:{}", free_port());
-    let (mut relay, src, dst, _spool) = start_bounded("drop-oldest", &["--admin", &admin]);
-    let admin = admin.parse().expect("addr");
-    wait_admin(&mut relay, admin);
+    let (mut relay, src, dst, _spool) = start_bounded("drop-oldest", &[]);
+    let admin = relay.admin();
     const N: usize = 20_000;
     let data = lines(N);
     let line = data.len() / N;
@@ -148,7 +160,11 @@ fn drop_oldest_delivers_exactly_what_it_did_not_count_dropped() {
     p.write_all(&data)
         .expect("never blocked: the relay keeps reading");
     p.shutdown(Shutdown::Write).expect("shutdown");
-    relay.wait_log("producer closed");
+    relay.wait_metric(
+        "spillway_producer_connections_closed_total",
+        &[("route", "queue")],
+        |v| v >= 1.0,
+    );
     let (_, metrics) = http_get(admin, "/metrics");
     let dropped: usize = metrics
         .lines()
@@ -173,12 +189,12 @@ fn drop_oldest_delivers_exactly_what_it_did_not_count_dropped() {
 #[test]
 fn backlog_drains_completely_to_a_fast_consumer() {
     for round in 0..3 {
-        let (relay, src, dst, _spool) = start_queue(&[]);
+        let (mut relay, src, dst, _spool) = start_queue(&[]);
         let data = lines(200_000); // about 22 MB: many write-ahead windows
         let mut p = TcpStream::connect(&src).expect("producer");
         p.write_all(&data).expect("producer write");
         p.shutdown(Shutdown::Write).expect("shutdown");
-        relay.wait_log("messages=200000");
+        wait_queued(&mut relay, 200_000);
         // Fast consumer, bounded wait: a stall shows up as a read timeout.
         let mut c = TcpStream::connect(&dst).expect("consumer");
         c.set_read_timeout(Some(Duration::from_secs(10)))

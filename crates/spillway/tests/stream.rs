@@ -479,12 +479,10 @@ fn fast_writer(total: usize) -> (SocketAddr, std::thread::JoinHandle<u64>, Arc<A
 fn slow_reader_with_spill_lets_the_upstream_finish_first() {
     let spill = tempfile::tempdir().expect("tempdir");
     let (up_addr, writer, _) = fast_writer(BIG);
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut relay = Relay::start(&[
+    let relay = Relay::start_ready(&[
         "relay",
         "--listen",
-        &listen,
+        "127.0.0.1:0",
         "--to",
         &up_addr.to_string(),
         "--spill-dir",
@@ -492,8 +490,7 @@ fn slow_reader_with_spill_lets_the_upstream_finish_first() {
         "--max-spill",
         "1GiB",
     ]);
-    relay.wait_listening(listen.parse().expect("addr"));
-    let mut c = TcpStream::connect(&listen).expect("connect");
+    let mut c = TcpStream::connect(relay.addr("relay", "client")).expect("connect");
     c.set_read_timeout(Some(Duration::from_secs(60)))
         .expect("timeout");
     let received = Arc::new(AtomicU64::new(0));
@@ -539,12 +536,15 @@ fn slow_reader_with_spill_lets_the_upstream_finish_first() {
 #[test]
 fn without_spill_memory_stays_bounded() {
     let (up_addr, writer, _) = fast_writer(BIG);
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut relay = Relay::start(&["relay", "--listen", &listen, "--to", &up_addr.to_string()]);
-    relay.wait_listening(listen.parse().expect("addr"));
+    let relay = Relay::start_ready(&[
+        "relay",
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        &up_addr.to_string(),
+    ]);
     let before = relay.vm_hwm_kib();
-    let mut c = TcpStream::connect(&listen).expect("connect");
+    let mut c = TcpStream::connect(relay.addr("relay", "client")).expect("connect");
     c.set_read_timeout(Some(Duration::from_secs(60)))
         .expect("timeout");
     let mut buf = vec![0u8; 64 << 10];
@@ -578,8 +578,8 @@ fn without_spill_memory_stays_bounded() {
 fn dead_upstreams_in_the_pool_are_skipped() {
     let live = TcpListener::bind("127.0.0.1:0").expect("bind");
     let live_addr = live.local_addr().expect("addr");
-    let dead1 = format!("127.0.0.1:{}", free_port());
-    let dead2 = format!("127.0.0.1:{}", free_port());
+    let ((_d1, dead1), (_d2, dead2)) = (refused_addr(), refused_addr());
+    let (dead1, dead2) = (dead1.to_string(), dead2.to_string());
     let echo = std::thread::spawn(move || {
         for _ in 0..6 {
             let (mut s, _) = live.accept().expect("accept");
@@ -588,11 +588,10 @@ fn dead_upstreams_in_the_pool_are_skipped() {
             s.write_all(&v).expect("echo");
         }
     });
-    let listen = format!("127.0.0.1:{}", free_port());
-    let mut relay = Relay::start(&[
+    let relay = Relay::start_ready(&[
         "relay",
         "--listen",
-        &listen,
+        "127.0.0.1:0",
         "--to",
         &dead1,
         "--to",
@@ -600,9 +599,9 @@ fn dead_upstreams_in_the_pool_are_skipped() {
         "--to",
         &dead2,
     ]);
-    relay.wait_listening(listen.parse().expect("addr"));
+    let listen = relay.addr("relay", "client");
     for i in 0..6u8 {
-        let mut c = TcpStream::connect(&listen).expect("connect");
+        let mut c = TcpStream::connect(listen).expect("connect");
         c.write_all(&[i; 100]).expect("write");
         c.shutdown(Shutdown::Write).expect("shutdown");
         assert_eq!(read_to_end(&mut c), vec![i; 100], "connection {i} failed");
@@ -613,12 +612,18 @@ fn dead_upstreams_in_the_pool_are_skipped() {
 
 #[test]
 fn all_upstreams_dead_closes_the_client_with_a_reason() {
-    let listen = format!("127.0.0.1:{}", free_port());
-    let dead1 = format!("127.0.0.1:{}", free_port());
-    let dead2 = format!("127.0.0.1:{}", free_port());
-    let mut relay = Relay::start(&["relay", "--listen", &listen, "--to", &dead1, "--to", &dead2]);
-    relay.wait_listening(listen.parse().expect("addr"));
-    let mut c = TcpStream::connect(&listen).expect("connect");
+    let ((_d1, dead1), (_d2, dead2)) = (refused_addr(), refused_addr());
+    let (dead1, dead2) = (dead1.to_string(), dead2.to_string());
+    let relay = Relay::start_ready(&[
+        "relay",
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        &dead1,
+        "--to",
+        &dead2,
+    ]);
+    let mut c = TcpStream::connect(relay.addr("relay", "client")).expect("connect");
     c.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     let mut buf = [0u8; 8];
@@ -682,14 +687,12 @@ fn config_file_routes_run_and_sigterm_exits_zero() {
         s.write_all(&v).expect("echo");
     });
     let dir = tempfile::tempdir().expect("tempdir");
-    let listen = format!("127.0.0.1:{}", free_port());
     let path = write_config(
         dir.path(),
-        &format!("[[route]]\nname = \"web\"\nmode = \"stream\"\nlisten = \"{listen}\"\nupstreams = [\"{up_addr}\"]\nbalance = \"least-conn\"\n"),
+        &format!("[[route]]\nname = \"web\"\nmode = \"stream\"\nlisten = \"127.0.0.1:0\"\nupstreams = [\"{up_addr}\"]\nbalance = \"least-conn\"\n"),
     );
-    let mut relay = Relay::start(&["run", "--config", path.to_str().expect("utf8")]);
-    relay.wait_listening(listen.parse().expect("addr"));
-    let mut c = TcpStream::connect(&listen).expect("connect");
+    let mut relay = Relay::start_ready(&["run", "--config", path.to_str().expect("utf8")]);
+    let mut c = TcpStream::connect(relay.addr("web", "client")).expect("connect");
     c.write_all(b"through the config").expect("write");
     c.shutdown(Shutdown::Write).expect("shutdown");
     assert_eq!(read_to_end(&mut c), b"through the config");
@@ -717,14 +720,15 @@ fn accept_backs_off_on_emfile_and_recovers() {
             });
         }
     });
-    let listen = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ready = dir.path().join("ready.json");
     // Room for only a few descriptors (the relay raises its soft limit to the
     // hard one, so both are set).
     let cmd = format!(
-        "ulimit -n 32 && exec {} relay --listen {listen} --to {up_addr}",
-        bin()
+        "ulimit -n 32 && exec {} --ready-file {} relay --listen 127.0.0.1:0 --to {up_addr}",
+        bin(),
+        ready.display()
     );
-    let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("relay.log");
     let mut child = std::process::Command::new("bash")
         .args(["-c", &cmd])
@@ -733,15 +737,29 @@ fn accept_backs_off_on_emfile_and_recovers() {
         .spawn()
         .expect("spawn");
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
-    for _ in 0..500 {
-        if read_log().contains("ready") {
-            break;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let listen: SocketAddr = loop {
+        if let Ok(text) = std::fs::read_to_string(&ready) {
+            let doc: serde_json::Value = serde_json::from_str(&text).expect("ready file");
+            break doc["routes"]["relay"]["client"]
+                .as_str()
+                .expect("client address")
+                .parse()
+                .expect("address");
         }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("spillway exited ({status}):\n{}", read_log());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not ready:\n{}",
+            read_log()
+        );
         std::thread::sleep(Duration::from_millis(20));
-    }
+    };
     // 40 clients need about 80 descriptors in the relay: it runs out.
     let clients: Vec<TcpStream> = (0..40)
-        .map(|_| TcpStream::connect(&listen).expect("connect (the kernel backlog accepts)"))
+        .map(|_| TcpStream::connect(listen).expect("connect (the kernel backlog accepts)"))
         .collect();
     for _ in 0..500 {
         if read_log().contains("pausing accepts") {
@@ -758,7 +776,7 @@ fn accept_backs_off_on_emfile_and_recovers() {
     drop(clients);
     let mut echoed = false;
     for _ in 0..50 {
-        if let Ok(mut c) = TcpStream::connect(&listen) {
+        if let Ok(mut c) = TcpStream::connect(listen) {
             c.set_read_timeout(Some(Duration::from_secs(2)))
                 .expect("timeout");
             let mut got = [0u8; 4];
