@@ -231,10 +231,6 @@ fn s(parts: &[&str]) -> Vec<String> {
     parts.iter().map(|p| p.to_string()).collect()
 }
 
-fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
 // ------------------------------------------------------------- the relay ---
 
 /// `spillway queue` with the given endpoints and spool plus extra flags.
@@ -245,25 +241,32 @@ fn queue_args(from: &str, to: &str, spool: &Path, extra: &[&str]) -> Vec<String>
     a
 }
 
+/// Starts the relay and waits until it serves.
 fn start_relay(args: &[String]) -> Relay {
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    Relay::start(&refs)
+    Relay::start_ready(&refs)
 }
 
-/// A relay with `--from listen:` and `--to listen:` on fresh ports, started
-/// and listening on both. Returns (relay, producer port, consumer port, args).
-fn listen_listen(spool: &Path, extra: &[&str]) -> (Relay, u16, u16, Vec<String>) {
-    let (pp, cp) = (free_port(), free_port());
-    let args = queue_args(
-        &format!("listen:127.0.0.1:{pp}"),
-        &format!("listen:127.0.0.1:{cp}"),
+/// A relay with `--from listen:` and `--to listen:` on ports it chose,
+/// started and serving. Returns (relay, producer address, consumer address,
+/// the arguments that start it again on the same two addresses).
+///
+/// Restarting on the same addresses re-binds ports this relay had (the C
+/// consumer reconnects to the address it was given, across restarts): in
+/// the moment between the old relay's exit and the new one's bind, another
+/// process could take them. It is the only way to restart "the same" relay
+/// under a peer that knows one address; the tests that do it say so.
+fn listen_listen(spool: &Path, extra: &[&str]) -> (Relay, SocketAddr, SocketAddr, Vec<String>) {
+    let args = queue_args("listen:127.0.0.1:0", "listen:127.0.0.1:0", spool, extra);
+    let relay = start_relay(&args);
+    let (pp, cp) = (relay.addr("queue", "source"), relay.addr("queue", "sink"));
+    let again = queue_args(
+        &format!("listen:{pp}"),
+        &format!("listen:{cp}"),
         spool,
         extra,
     );
-    let mut relay = start_relay(&args);
-    relay.wait_listening(addr(pp));
-    relay.wait_listening(addr(cp));
-    (relay, pp, cp, args)
+    (relay, pp, cp, again)
 }
 
 /// Waits until the relay logged `producer closed` for `producers`
@@ -286,10 +289,10 @@ fn appended(relay: &Relay, producers: usize, limit: Duration) -> u64 {
 /// Fills the queue: a blocking producer sends `fmt` (`n` lines) to the
 /// source port `pp`; returns (the producer's report) once the relay logged
 /// all of them appended.
-fn fill(relay: &Relay, pp: u16, fmt: &[String], n: u64) -> Finished {
+fn fill(relay: &Relay, pp: SocketAddr, fmt: &[String], n: u64) -> Finished {
     let mut pargs = s(&[
         "--connect",
-        &format!("127.0.0.1:{pp}"),
+        &pp.to_string(),
         "--on-eagain",
         "block",
         "--timeout",
@@ -304,8 +307,8 @@ fn fill(relay: &Relay, pp: u16, fmt: &[String], n: u64) -> Finished {
 
 /// A slow consumer of the sink port `cp` that leaves and comes back now
 /// and then, and prints a progress line every 1000 messages.
-fn progress_consumer(cp: u16, fmt: Vec<String>, extra: &[&str]) -> Peer {
-    let mut cargs = s(&["--connect", &format!("127.0.0.1:{cp}")]);
+fn progress_consumer(cp: SocketAddr, fmt: Vec<String>, extra: &[&str]) -> Peer {
+    let mut cargs = s(&["--connect", &cp.to_string()]);
     cargs.extend(s(extra));
     cargs.extend(s(&[
         "--progress",
@@ -341,8 +344,8 @@ fn format_line(prefix: &str, n: u64, size: usize) -> Vec<u8> {
 /// Connects to the relay's consumer port, reads until `want` complete lines
 /// arrived, then leaves gracefully (half-close, read to EOF) and returns
 /// every byte received.
-fn consume_lines(relay: &Relay, port: u16, want: usize, limit: Duration) -> Vec<u8> {
-    let mut s = TcpStream::connect(addr(port)).expect("connect consumer");
+fn consume_lines(relay: &Relay, addr: SocketAddr, want: usize, limit: Duration) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).expect("connect consumer");
     s.set_read_timeout(Some(Duration::from_millis(200)))
         .expect("timeout");
     let deadline = Instant::now() + limit;
@@ -433,22 +436,21 @@ fn slow_consumer_gets_every_line_once_in_order() {
     pargs.extend(s(&["--listen", "0", "--rate", RATE, "--timeout", "90"]));
     let producer = Peer::producer(&pargs);
     let pport = producer.listening_port();
-    let cport = free_port();
     let args = queue_args(
         &format!("connect:127.0.0.1:{pport}"),
-        &format!("listen:127.0.0.1:{cport}"),
+        "listen:127.0.0.1:0",
         spool.path(),
         &["--framing", "lines", "--memory", "1MiB"],
     );
-    let mut relay = start_relay(&args);
-    relay.wait_listening(addr(cport));
+    let relay = start_relay(&args);
+    let cport = relay.addr("queue", "sink");
     // 24 MB in all. A session delivers its quota plus whatever the relay
     // had already written into its socket when the consumer half-closed (the
     // kernel's send buffer, which autotunes to MBs), so the quota is small.
     let mut cargs = s(&SCENARIO);
     cargs.extend(s(&[
         "--connect",
-        &format!("127.0.0.1:{cport}"),
+        &cport.to_string(),
         "--leave",
         "50000:250000",
         "--away-ms",
@@ -538,9 +540,8 @@ fn len_u32be_random_sizes_checksum() {
     let consumer = Peer::consumer(&cargs);
     let cp = consumer.listening_port();
     let spool = tempfile::tempdir().expect("spool");
-    let pp = free_port();
-    let mut relay = start_relay(&queue_args(
-        &format!("listen:127.0.0.1:{pp}"),
+    let relay = start_relay(&queue_args(
+        "listen:127.0.0.1:0",
         &format!("connect:127.0.0.1:{cp}"),
         spool.path(),
         &[
@@ -552,7 +553,7 @@ fn len_u32be_random_sizes_checksum() {
             "4MiB",
         ],
     ));
-    relay.wait_listening(addr(pp));
+    let pp = relay.addr("queue", "source");
     let fmt = s(&[
         "--framing",
         "len32",
@@ -565,7 +566,7 @@ fn len_u32be_random_sizes_checksum() {
     ]);
     let mut pargs = s(&[
         "--connect",
-        &format!("127.0.0.1:{pp}"),
+        &pp.to_string(),
         "--on-eagain",
         "block",
         "--timeout",
@@ -642,8 +643,8 @@ fn kill_minus_9_repeatedly_loses_nothing_durable() {
         relay.signal("KILL");
         relay.wait_exit(Duration::from_secs(10));
         kills += 1;
+        // The consumer reconnects to `cp`: the new relay re-binds it.
         relay = start_relay(&args);
-        relay.wait_listening(addr(cp));
     }
     let c = consumer.finish(Duration::from_secs(110));
     eprintln!("consumer after {kills} kills: {}", c.summary);
@@ -703,8 +704,8 @@ fn sigterm_then_restart_resumes_exactly() {
             "SIGTERM must exit 0:\n{}",
             relay.log_text()
         );
+        // The consumer reconnects to `cp`: the new relay re-binds it.
         relay = start_relay(&args);
-        relay.wait_listening(addr(cp));
     }
     let c = consumer.finish(Duration::from_secs(110));
     eprintln!("consumer: {}", c.summary);
@@ -741,7 +742,7 @@ fn several_producers_interleave_at_message_boundaries() {
         .map(|k| {
             Peer::producer(&s(&[
                 "--connect",
-                &format!("127.0.0.1:{pp}"),
+                &pp.to_string(),
                 "--count",
                 &N.to_string(),
                 "--size",
@@ -818,7 +819,7 @@ fn several_consumers_share_the_work() {
         .collect();
     let p = Peer::producer(&s(&[
         "--connect",
-        &format!("127.0.0.1:{pp}"),
+        &pp.to_string(),
         "--count",
         &N.to_string(),
         "--size",
@@ -862,11 +863,11 @@ const SIZE_SHARE: usize = 32;
 /// One of the work-sharing consumers: reads slowly, records the numbers of
 /// whole lines (each checked byte for byte), and once all consumers together
 /// have `n` lines, leaves gracefully and reads to EOF.
-fn share_consumer(id: usize, port: u16, n: usize, total: &AtomicUsize) -> Vec<u64> {
+fn share_consumer(id: usize, addr: SocketAddr, n: usize, total: &AtomicUsize) -> Vec<u64> {
     let sock =
         socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
     sock.set_recv_buffer_size(16 << 10).expect("rcvbuf");
-    sock.connect(&addr(port).into()).expect("connect consumer");
+    sock.connect(&addr.into()).expect("connect consumer");
     let mut s: TcpStream = sock.into();
     s.set_read_timeout(Some(Duration::from_millis(100)))
         .expect("timeout");
@@ -932,7 +933,7 @@ fn oversized_frame_closes_producer_keeps_prior_messages() {
         .collect();
     let mut bad = vec![b'x'; 999];
     bad.push(b'\n');
-    let mut p = TcpStream::connect(addr(pp)).expect("connect producer");
+    let mut p = TcpStream::connect(pp).expect("connect producer");
     let peer = p.local_addr().expect("local addr").to_string();
     p.write_all(&good).expect("good lines");
     // The relay may close while we write: what matters is what it kept.
@@ -977,7 +978,7 @@ fn partial_message_at_eof_is_not_delivered() {
     let _serial = heavy();
     let spool = tempfile::tempdir().expect("spool");
     let (relay, pp, cp, _) = listen_listen(spool.path(), &["--framing", "lines"]);
-    let mut p = TcpStream::connect(addr(pp)).expect("connect producer");
+    let mut p = TcpStream::connect(pp).expect("connect producer");
     p.write_all(b"one\ntwo\nthree\nfour without its newline")
         .expect("write");
     drop(p);

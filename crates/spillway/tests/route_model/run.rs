@@ -264,6 +264,12 @@ impl<'a> Runner<'a> {
 
     /// Starts an incarnation with `cfg` on the spool and (after the first)
     /// the same ports. False when the route cannot be started.
+    ///
+    /// The first incarnation binds port 0; later ones re-bind the ports the
+    /// first one got, because the model's peers (`Shared::source`/`sink`)
+    /// reconnect to the addresses they were given, across restarts. Between
+    /// one incarnation's close and the next one's bind another process could
+    /// take a port: the bind is retried for a while, then reported.
     fn start(&mut self, cfg: Cfg) -> bool {
         let deadline = Instant::now() + LOCK_GUARD;
         while spillway_spool::is_locked(&self.spool) {
