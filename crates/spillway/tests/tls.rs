@@ -100,13 +100,15 @@ fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-fn start_config(dir: &Path, text: &str, listen: &[u16]) -> Relay {
+/// `spillway run` on a config file with `text`, once it serves.
+fn start_config(dir: &Path, text: &str) -> Relay {
     let path = write_config(dir, text);
-    let mut relay = Relay::start(&["run", "--config", path.to_str().expect("utf8")]);
-    for port in listen {
-        relay.wait_listening(local(*port));
-    }
-    relay
+    Relay::start_ready(&["run", "--config", path.to_str().expect("utf8")])
+}
+
+/// The port stream route `route` listens on.
+fn client_port(relay: &Relay, route: &str) -> u16 {
+    relay.addr(route, "client").port()
 }
 
 async fn tls_connect(client: &TlsClient, port: u16) -> std::io::Result<MaybeTls> {
@@ -189,7 +191,6 @@ fn reply_pattern(got: &[u8]) -> Vec<u8> {
 async fn stream_terminates_and_originates_tls_byte_exact_with_half_close() {
     let pki = Pki::new();
     let (up_port, mut received) = tls_upstream(pki.server(), reply_pattern).await;
-    let listen = free_port();
     let relay = start_config(
         pki.dir.path(),
         &format!(
@@ -197,7 +198,7 @@ async fn stream_terminates_and_originates_tls_byte_exact_with_half_close() {
 [[route]]
 name = "tls-both"
 mode = "stream"
-listen = "127.0.0.1:{listen}"
+listen = "127.0.0.1:0"
 upstreams = ["localhost:{up_port}"]
 [route.tls]
 cert = "{cert}"
@@ -211,8 +212,8 @@ pin_sha256 = ["{pin}"]
             ca = pki.p("ca.pem"),
             pin = pki.server_pin,
         ),
-        &[listen],
     );
+    let listen = client_port(&relay, "tls-both");
     let client = pki.client(false);
     for (round, len) in [(1u64, 4 << 20), (2, 0), (3, 100_001)] {
         let data = pattern(len, round);
@@ -254,7 +255,6 @@ async fn mtls_accepts_a_good_client_certificate_and_refuses_none() {
             });
         }
     });
-    let listen = free_port();
     let relay = start_config(
         pki.dir.path(),
         &format!(
@@ -262,7 +262,7 @@ async fn mtls_accepts_a_good_client_certificate_and_refuses_none() {
 [[route]]
 name = "mtls"
 mode = "stream"
-listen = "127.0.0.1:{listen}"
+listen = "127.0.0.1:0"
 upstreams = ["127.0.0.1:{up_port}"]
 [route.tls]
 cert = "{cert}"
@@ -273,8 +273,8 @@ client_ca = "{ca}"
             key = pki.p("server.key"),
             ca = pki.p("ca.pem"),
         ),
-        &[listen],
     );
+    let listen = client_port(&relay, "mtls");
     let s = tls_connect(&pki.client(true), listen)
         .await
         .expect("client with certificate");
@@ -302,10 +302,9 @@ client_ca = "{ca}"
 async fn wrong_ca_hostname_and_pin_are_each_rejected_with_a_clear_log_line() {
     let pki = Pki::new();
     let (up_port, _received) = tls_upstream(pki.server(), reply_pattern).await;
-    let ports = [free_port(), free_port(), free_port()];
-    let route = |name: &str, port: u16, upstream: &str, table: &str| {
+    let route = |name: &str, upstream: &str, table: &str| {
         format!(
-            "[[route]]\nname = \"{name}\"\nmode = \"stream\"\nlisten = \"127.0.0.1:{port}\"\n\
+            "[[route]]\nname = \"{name}\"\nmode = \"stream\"\nlisten = \"127.0.0.1:0\"\n\
              upstreams = [\"{upstream}\"]\nconnect_tries = 1\n[route.upstream_tls]\n{table}\n"
         )
     };
@@ -313,13 +312,11 @@ async fn wrong_ca_hostname_and_pin_are_each_rejected_with_a_clear_log_line() {
     let config = [
         route(
             "wrong-ca",
-            ports[0],
             &format!("localhost:{up_port}"),
             &format!("ca = \"{}\"", pki.p("other-ca.pem")),
         ),
         route(
             "wrong-name",
-            ports[1],
             &format!("127.0.0.1:{up_port}"),
             &format!(
                 "ca = \"{}\"\nserver_name = \"db.example.com\"",
@@ -328,7 +325,6 @@ async fn wrong_ca_hostname_and_pin_are_each_rejected_with_a_clear_log_line() {
         ),
         route(
             "wrong-pin",
-            ports[2],
             &format!("localhost:{up_port}"),
             &format!(
                 "ca = \"{}\"\npin_sha256 = [\"{wrong_pin}\"]",
@@ -337,7 +333,8 @@ async fn wrong_ca_hostname_and_pin_are_each_rejected_with_a_clear_log_line() {
         ),
     ]
     .join("\n");
-    let relay = start_config(pki.dir.path(), &config, &ports);
+    let relay = start_config(pki.dir.path(), &config);
+    let ports = ["wrong-ca", "wrong-name", "wrong-pin"].map(|r| client_port(&relay, r));
     for port in ports {
         let mut s = TcpStream::connect(local(port)).await.expect("connect");
         let _ = s.write_all(b"hi").await;
@@ -383,19 +380,17 @@ async fn wrong_ca_hostname_and_pin_are_each_rejected_with_a_clear_log_line() {
 async fn garbage_on_a_tls_port_is_closed_logged_and_the_relay_keeps_serving() {
     let pki = Pki::new();
     let (up_port, mut received) = tls_upstream(pki.server(), |got| got.to_vec()).await;
-    let listen = free_port();
-    let admin = local(free_port());
-    let mut relay = start_config(
+    let relay = start_config(
         pki.dir.path(),
         &format!(
             r#"
 [admin]
-listen = "{admin}"
+listen = "127.0.0.1:0"
 
 [[route]]
 name = "tls-in"
 mode = "stream"
-listen = "127.0.0.1:{listen}"
+listen = "127.0.0.1:0"
 upstreams = ["localhost:{up_port}"]
 [route.tls]
 cert = "{cert}"
@@ -408,8 +403,8 @@ ca = "{ca}"
             key = pki.p("server.key"),
             ca = pki.p("ca.pem"),
         ),
-        &[listen],
     );
+    let listen = client_port(&relay, "tls-in");
     // A plain-text client, random bytes, and a client that sends nothing.
     let junk: [&[u8]; 2] = [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", &pattern(4096, 7)];
     for j in junk {
@@ -438,7 +433,7 @@ ca = "{ca}"
     let back = converse(s, b"still here".to_vec()).await.expect("converse");
     assert_eq!(back, b"still here");
     // Counted, and exported.
-    wait_admin(&mut relay, admin);
+    let admin = relay.admin();
     let (code, body) = tokio::task::spawn_blocking(move || http_get(admin, "/metrics"))
         .await
         .expect("scrape");
@@ -508,21 +503,17 @@ async fn tls_handshake_failures_are_counted() {
 #[test]
 fn insecure_skip_verify_is_logged_loudly() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let listen = free_port();
     let relay = start_config(
         dir.path(),
-        &format!(
-            r#"
+        r#"
 [[route]]
 name = "lab"
 mode = "stream"
-listen = "127.0.0.1:{listen}"
+listen = "127.0.0.1:0"
 upstreams = ["127.0.0.1:9"]
 [route.upstream_tls]
 insecure_skip_verify = true
-"#
-        ),
-        &[listen],
+"#,
     );
     let text = relay.wait_log("verification is DISABLED");
     let line = text
@@ -573,7 +564,6 @@ async fn leave(mut s: MaybeTls, got: &mut Vec<u8>) {
 async fn queue_over_tls_listen_both_ends_delivers_every_message_once_in_order() {
     let pki = Pki::new();
     let spool = pki.path("spool");
-    let (pp, cp) = (free_port(), free_port());
     let relay = start_config(
         pki.dir.path(),
         &format!(
@@ -581,8 +571,8 @@ async fn queue_over_tls_listen_both_ends_delivers_every_message_once_in_order() 
 [[route]]
 name = "q"
 mode = "queue"
-from = "listen:127.0.0.1:{pp}"
-to = "listen:127.0.0.1:{cp}"
+from = "listen:127.0.0.1:0"
+to = "listen:127.0.0.1:0"
 spool = "{spool}"
 [route.from_tls]
 cert = "{cert}"
@@ -597,7 +587,10 @@ client_ca = "{ca}"
             key = pki.p("server.key"),
             ca = pki.p("ca.pem"),
         ),
-        &[pp, cp],
+    );
+    let (pp, cp) = (
+        relay.addr("q", "source").port(),
+        relay.addr("q", "sink").port(),
     );
     const N: u64 = 1_000_000;
     let mut producer = tls_connect(&pki.client(false), pp).await.expect("producer");
@@ -726,7 +719,7 @@ key = "{ckey}"
             ckey = pki.p("client.key"),
         ),
     );
-    let relay = Relay::start(&["run", "--config", path.to_str().expect("utf8")]);
+    let relay = Relay::start_ready(&["run", "--config", path.to_str().expect("utf8")]);
     let (tcp, _) = tokio::time::timeout(Duration::from_secs(20), cl.accept())
         .await
         .expect("the relay dialed the consumer")
@@ -795,15 +788,14 @@ async fn sighup_rereads_certificates_and_keeps_established_connections() {
     };
     install(&old);
     let up = echo_upstream().await;
-    let listen = free_port();
-    let relay = start_config(
+    let mut relay = start_config(
         live.path(),
         &format!(
             r#"
 [[route]]
 name = "renewed"
 mode = "stream"
-listen = "127.0.0.1:{listen}"
+listen = "127.0.0.1:0"
 upstreams = ["127.0.0.1:{up}"]
 [route.tls]
 cert = "{cert}"
@@ -812,8 +804,8 @@ key = "{key}"
             cert = live.path().join("server.pem").display(),
             key = live.path().join("server.key").display(),
         ),
-        &[listen],
     );
+    let listen = client_port(&relay, "renewed");
     let mut established = tls_connect(&old.client(false), listen)
         .await
         .expect("old certificate");
@@ -822,12 +814,13 @@ key = "{key}"
     // Renew: new files, new CA, then SIGHUP.
     install(&new);
     relay.signal("HUP");
-    let reloaded = relay.wait_log_lines("configuration reloaded", 1, Duration::from_secs(20));
-    assert_eq!(
-        field(&reloaded[0], "result"),
-        Some("success"),
-        "{reloaded:?}"
-    );
+    relay.wait_reloads(1);
+    let log = relay.log_text();
+    let reloaded = log
+        .lines()
+        .find(|l| l.contains("configuration reloaded"))
+        .unwrap_or_else(|| panic!("no reload logged:\n{log}"));
+    assert_eq!(field(reloaded, "result"), Some("success"), "{reloaded}");
 
     let mut fresh = tls_connect(&new.client(false), listen)
         .await
@@ -843,7 +836,7 @@ key = "{key}"
     // A broken file on reload: an error naming it, the files in use stay.
     std::fs::write(live.path().join("server.key"), "garbage\n").expect("break key");
     relay.signal("HUP");
-    relay.wait_log_lines("configuration reloaded", 2, Duration::from_secs(20));
+    relay.wait_reloads(2);
     let text = relay.log_text();
     assert!(text.contains("TLS files not reloaded"), "{text}");
     assert!(text.contains("server.key"), "{text}");
@@ -907,9 +900,6 @@ async fn measure_tls_throughput() {
     let pki = Pki::new();
     let plain_up = discard_upstream(None).await;
     let tls_up = discard_upstream(Some(pki.server())).await;
-    let (p_plain, p_in, p_both) = (free_port(), free_port(), free_port());
-    let (q_plain_from, q_plain_to, q_tls_from, q_tls_to) =
-        (free_port(), free_port(), free_port(), free_port());
     let tls = format!(
         "cert = \"{}\"\nkey = \"{}\"\n",
         pki.p("server.pem"),
@@ -920,20 +910,20 @@ async fn measure_tls_throughput() {
 [[route]]
 name = "plain"
 mode = "stream"
-listen = "127.0.0.1:{p_plain}"
+listen = "127.0.0.1:0"
 upstreams = ["127.0.0.1:{plain_up}"]
 
 [[route]]
 name = "tls-in"
 mode = "stream"
-listen = "127.0.0.1:{p_in}"
+listen = "127.0.0.1:0"
 upstreams = ["127.0.0.1:{plain_up}"]
 [route.tls]
 {tls}
 [[route]]
 name = "tls-both"
 mode = "stream"
-listen = "127.0.0.1:{p_both}"
+listen = "127.0.0.1:0"
 upstreams = ["localhost:{tls_up}"]
 [route.tls]
 {tls}[route.upstream_tls]
@@ -942,16 +932,16 @@ ca = "{ca}"
 [[route]]
 name = "q-plain"
 mode = "queue"
-from = "listen:127.0.0.1:{q_plain_from}"
-to = "listen:127.0.0.1:{q_plain_to}"
+from = "listen:127.0.0.1:0"
+to = "listen:127.0.0.1:0"
 spool = "{spool1}"
 fsync = "never"
 
 [[route]]
 name = "q-tls"
 mode = "queue"
-from = "listen:127.0.0.1:{q_tls_from}"
-to = "listen:127.0.0.1:{q_tls_to}"
+from = "listen:127.0.0.1:0"
+to = "listen:127.0.0.1:0"
 spool = "{spool2}"
 fsync = "never"
 [route.from_tls]
@@ -961,19 +951,11 @@ fsync = "never"
         spool1 = pki.path("spool1").display(),
         spool2 = pki.path("spool2").display(),
     );
-    let _relay = start_config(
-        pki.dir.path(),
-        &config,
-        &[
-            p_plain,
-            p_in,
-            p_both,
-            q_plain_from,
-            q_plain_to,
-            q_tls_from,
-            q_tls_to,
-        ],
-    );
+    let relay = start_config(pki.dir.path(), &config);
+    let [p_plain, p_in, p_both] = ["plain", "tls-in", "tls-both"].map(|r| client_port(&relay, r));
+    let port = |route: &str, role: &str| relay.addr(route, role).port();
+    let (q_plain_from, q_plain_to) = (port("q-plain", "source"), port("q-plain", "sink"));
+    let (q_tls_from, q_tls_to) = (port("q-tls", "source"), port("q-tls", "sink"));
     let client = pki.client(false);
     const TOTAL: usize = 512 << 20;
     for round in 0..3 {
@@ -1055,7 +1037,6 @@ fsync = "never"
 async fn an_idle_tls_connection_is_closed_by_idle_timeout() {
     let pki = Pki::new();
     let up = echo_upstream().await;
-    let listen = free_port();
     let relay = start_config(
         pki.dir.path(),
         &format!(
@@ -1063,7 +1044,7 @@ async fn an_idle_tls_connection_is_closed_by_idle_timeout() {
 [[route]]
 name = "idle"
 mode = "stream"
-listen = "127.0.0.1:{listen}"
+listen = "127.0.0.1:0"
 upstreams = ["127.0.0.1:{up}"]
 idle_timeout = "1s"
 [route.tls]
@@ -1073,8 +1054,8 @@ key = "{key}"
             cert = pki.p("server.pem"),
             key = pki.p("server.key"),
         ),
-        &[listen],
     );
+    let listen = client_port(&relay, "idle");
     let mut s = tls_connect(&pki.client(false), listen).await.expect("tls");
     assert_eq!(echo_once(&mut s, b"hello").await, b"hello");
     // Then silence: the relay closes the connection.
@@ -1107,7 +1088,6 @@ async fn a_rejected_certificate_on_a_queue_dial_is_not_retried_in_a_loop() {
             });
         }
     });
-    let sink = free_port();
     let relay = start_config(
         pki.dir.path(),
         &format!(
@@ -1116,7 +1096,7 @@ async fn a_rejected_certificate_on_a_queue_dial_is_not_retried_in_a_loop() {
 name = "distrust"
 mode = "queue"
 from = "connect:127.0.0.1:{port}"
-to = "listen:127.0.0.1:{sink}"
+to = "listen:127.0.0.1:0"
 spool = "{spool}"
 [route.from_tls]
 ca = "{other}"
@@ -1125,7 +1105,6 @@ server_name = "localhost"
             spool = pki.path("spool").display(),
             other = pki.p("other-ca.pem"),
         ),
-        &[sink],
     );
     let lines = relay.wait_log_lines("TLS handshake failed", 1, Duration::from_secs(20));
     let l = &lines[0];
@@ -1147,21 +1126,23 @@ server_name = "localhost"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_consumer_that_stops_reading_is_cut_and_the_next_gets_everything() {
     let pki = Pki::new();
-    let (pp, cp) = (free_port(), free_port());
     let tls = format!(
         "cert = \"{}\"\nkey = \"{}\"\n",
         pki.p("server.pem"),
         pki.p("server.key")
     );
-    let relay = start_config(
+    let mut relay = start_config(
         pki.dir.path(),
         &format!(
             r#"
+[admin]
+listen = "127.0.0.1:0"
+
 [[route]]
 name = "stall"
 mode = "queue"
-from = "listen:127.0.0.1:{pp}"
-to = "listen:127.0.0.1:{cp}"
+from = "listen:127.0.0.1:0"
+to = "listen:127.0.0.1:0"
 spool = "{spool}"
 write_stall_timeout = "1s"
 [route.from_tls]
@@ -1169,7 +1150,10 @@ write_stall_timeout = "1s"
 {tls}"#,
             spool = pki.path("spool").display(),
         ),
-        &[pp, cp],
+    );
+    let (pp, cp) = (
+        relay.addr("stall", "source").port(),
+        relay.addr("stall", "sink").port(),
     );
     const N: u64 = 300_000;
     let data = numbered_lines(0, N);
@@ -1178,7 +1162,11 @@ write_stall_timeout = "1s"
         producer.write_all(chunk).await.expect("produce");
     }
     producer.shutdown().await.expect("close");
-    relay.wait_log_lines("producer closed", 1, Duration::from_secs(30));
+    relay.wait_metric(
+        "spillway_producer_connections_closed_total",
+        &[("route", "stall")],
+        |v| v >= 1.0,
+    );
 
     // A consumer with a tiny receive buffer that never reads: its kernel
     // holds almost nothing, so nearly everything stays unacknowledged.
