@@ -12,7 +12,7 @@
 pub mod lines;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -26,22 +26,6 @@ pub fn bin() -> &'static str {
         std::env::var("SPILLWAY_TEST_BIN")
             .unwrap_or_else(|_| env!("CARGO_BIN_EXE_spillway").to_string())
     })
-}
-
-/// A port that was free a moment ago (bound then released). Racy: see
-/// [`Relay::start_ready`].
-pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind :0");
-    l.local_addr().expect("addr").port()
-}
-
-/// `N` distinct ports that were free a moment ago. Racy: see
-/// [`Relay::start_ready`].
-pub fn free_ports<const N: usize>() -> [u16; N] {
-    let held: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind :0"))
-        .collect();
-    std::array::from_fn(|i| held[i].local_addr().expect("addr").port())
 }
 
 /// An address where nothing listens, that stays so while the returned
@@ -197,26 +181,6 @@ impl Relay {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits (bounded) until the route on `addr` reports ready (in the log).
-    pub fn wait_listening(&mut self, addr: SocketAddr) {
-        let needle = format!("listen={addr}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("spillway exited early ({status}):\n{}", self.log_text());
-            }
-            if self
-                .log_text()
-                .lines()
-                .any(|l| l.contains("ready") && l.contains(&needle))
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("spillway did not listen on {addr}:\n{}", self.log_text());
     }
 
     /// Waits (bounded) until the log contains `needle`.
@@ -394,21 +358,6 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .and_then(|c| c.parse().ok())
         .expect("status code");
     (code, body.to_string())
-}
-
-/// Waits (bounded) until the admin endpoint accepts connections.
-pub fn wait_admin(relay: &mut Relay, addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = relay.child.try_wait() {
-            panic!("spillway exited early ({status}):\n{}", relay.log_text());
-        }
-        if TcpStream::connect(addr).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("admin endpoint {addr} never came up:\n{}", relay.log_text());
 }
 
 /// The sum of the samples named `name` (as exposed: a counter's name ends
