@@ -355,3 +355,109 @@ fn flags_get_the_config_files_range_checks() {
         "{err}"
     );
 }
+
+/// `--ready-file PATH` (here after the subcommand: the flag is global):
+/// once every route serves, PATH names the process, the admin endpoint's
+/// and the route's bound addresses (both asked for on port 0), and the
+/// reloads handled; those addresses work; a SIGHUP is counted once handled.
+#[test]
+fn the_ready_file_names_working_addresses_and_counts_reloads() {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+    use std::time::{Duration, Instant};
+
+    // An upstream that echoes one connection back, prefixed.
+    let up = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+    let up_addr = up.local_addr().expect("addr");
+    let echo = std::thread::spawn(move || {
+        let (mut s, _) = up.accept().expect("accept");
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).expect("read");
+        s.write_all(b"echo:").expect("write");
+        s.write_all(&got).expect("write");
+    });
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = common::write_config(
+        tmp.path(),
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[route]]\nname = \"web\"\nmode = \"stream\"\n\
+             listen = \"127.0.0.1:0\"\nupstreams = [\"{up_addr}\"]\n"
+        ),
+    );
+    let ready = tmp.path().join("ready.json");
+    let log = tmp.path().join("relay.log");
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Killed(
+        Command::new(bin())
+            .args(["run", "--config", config.to_str().expect("utf8")])
+            .arg("--ready-file")
+            .arg(&ready)
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("spawn spillway"),
+    );
+    let child_pid = u64::from(child.0.id());
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    // The ready file as it is once `done` accepts it (bounded).
+    let mut wait_doc = |what: &str, done: &dyn Fn(&serde_json::Value) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&ready) {
+                let doc: serde_json::Value = serde_json::from_str(&text)
+                    .unwrap_or_else(|e| panic!("ready file is not JSON ({e}): {text}"));
+                if done(&doc) {
+                    return doc;
+                }
+            }
+            if let Ok(Some(status)) = child.0.try_wait() {
+                panic!("spillway exited ({status}) before {what}:\n{}", log_text());
+            }
+            assert!(Instant::now() < deadline, "not {what}:\n{}", log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let doc = wait_doc("ready", &|_| true);
+    let addr = |v: &serde_json::Value| -> SocketAddr {
+        v.as_str()
+            .unwrap_or_else(|| panic!("not an address: {v}"))
+            .parse()
+            .expect("address")
+    };
+    assert_eq!(doc["reloads"], 0, "{doc}");
+    let pid = doc["pid"].as_u64().expect("pid");
+    assert_eq!(pid, child_pid, "{doc}");
+    let admin = addr(&doc["admin"]);
+    let client = addr(&doc["routes"]["web"]["client"]);
+    assert_eq!(doc["routes"].as_object().map(|r| r.len()), Some(1), "{doc}");
+    assert!(admin.port() != 0 && client.port() != 0, "{doc}");
+
+    // The client address reaches the upstream, the admin address answers.
+    let mut c = TcpStream::connect(client).expect("connect the route");
+    c.write_all(b"through").expect("write");
+    c.shutdown(Shutdown::Write).expect("half-close");
+    let mut back = Vec::new();
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    c.read_to_end(&mut back).expect("read");
+    assert_eq!(back, b"echo:through");
+    echo.join().expect("upstream");
+    let (code, body) = common::http_get(admin, "/readyz");
+    assert_eq!(code, 200, "{body}");
+
+    // A reload (nothing changed) is counted once handled; the addresses stay.
+    let hup = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(hup.success());
+    let doc = wait_doc("done with the reload", &|d| d["reloads"] == 1);
+    assert_eq!(addr(&doc["admin"]), admin, "{doc}");
+    assert_eq!(addr(&doc["routes"]["web"]["client"]), client, "{doc}");
+    assert_eq!(doc["pid"], pid, "{doc}");
+}
