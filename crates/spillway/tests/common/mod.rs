@@ -19,7 +19,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The binary under test: this build's, or `SPILLWAY_TEST_BIN` (to show
-/// that a regression test fails on an older build).
+/// that a regression test fails on an older build). [`Relay`] passes
+/// `--ready-file`, so that build must know the flag (680ad68 and later).
 pub fn bin() -> &'static str {
     static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     BIN.get_or_init(|| {
