@@ -3,7 +3,8 @@
 # Python 3 and gcc: the Debian packages of the real peers the tests talk to.
 # Safe to run again; installs only what is missing.
 set -euo pipefail
-PKGS=(socat procps systemd)
+# chromium: the status page's browser test (tests/status_page.rs).
+PKGS=(socat procps systemd chromium)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

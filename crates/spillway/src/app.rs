@@ -204,6 +204,10 @@ pub async fn run(
             auth,
             admin_stop.clone().cancelled_owned(),
         ));
+        tokio::spawn(sample_history(
+            Arc::clone(&state),
+            admin_stop.clone().cancelled_owned(),
+        ));
     }
     let mut sup = Supervisor {
         state,
@@ -240,6 +244,22 @@ pub async fn run(
     sup.state.mark_loaded();
     sup.ready();
     sup.run(options.reload).await
+}
+
+/// Samples every live route's history once a second (for the status page
+/// and `/status/history`) until `stop` completes.
+async fn sample_history(state: Arc<AppState>, stop: impl std::future::Future<Output = ()>) {
+    let mut tick = tokio::time::interval(crate::history::INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                state.sample_history(std::time::Instant::now(), crate::history::unix_now());
+            }
+            _ = &mut stop => return,
+        }
+    }
 }
 
 /// A started route: bound and open, not yet serving.

@@ -60,6 +60,18 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Show a running relay's routes as a table (from its admin endpoint).
+    Status {
+        /// The admin endpoint (`[admin] listen`, `--admin`).
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        admin: String,
+        /// Refresh every second (in place on a terminal).
+        #[arg(long)]
+        watch: bool,
+        /// The admin token (`[admin] token_file`), when one is configured.
+        #[arg(long, value_name = "PATH")]
+        token_file: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -286,6 +298,27 @@ fn main() -> ExitCode {
             };
             logging::init(log_format, &log_level);
             serve(parsed, Some(config), ready_file)
+        }
+        Command::Status {
+            admin,
+            watch,
+            token_file,
+        } => {
+            let token = match token_file.map(std::fs::read_to_string).transpose() {
+                Ok(t) => t.map(|t| t.trim().to_string()),
+                Err(e) => {
+                    eprintln!("error: cannot read the token file: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let target = spillway::status_cli::Target { admin, token };
+            match spillway::status_cli::run(&target, watch) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Spool { command } => {
             let r = match command {

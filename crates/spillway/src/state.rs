@@ -15,9 +15,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::counters::{label, EnumCounters};
+use crate::history::{History, Reading, Sample};
 use crate::queue::{MemoryBudget, QueueServer};
 use crate::stream::spill::SpillBudget;
-use crate::stream::StreamServer;
+use crate::stream::{Direction, StreamServer};
 use crate::units::since_epoch;
 
 /// Lifecycle of a live route, as `/status` shows it.
@@ -109,6 +110,48 @@ impl LiveRoute {
             LiveKind::Queue(_) => "queue",
         }
     }
+
+    /// The route's counters now, for its history (`t`: unix seconds):
+    /// bytes in and out of a stream route, messages in and delivered of a
+    /// queue route.
+    pub fn reading(&self, t: u64) -> Reading {
+        let mut sample = Sample {
+            t,
+            ..Sample::default()
+        };
+        let (input, output) = match &self.kind {
+            LiveKind::Stream(rx) => {
+                let srv = rx.borrow().clone();
+                let st = srv.stats();
+                sample.connections =
+                    u32::try_from(st.active.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
+                (
+                    st.bytes(Direction::ClientToUpstream),
+                    st.bytes(Direction::UpstreamToClient),
+                )
+            }
+            LiveKind::Queue(q) => {
+                let st = q.stats();
+                let sp = q.spool().stats();
+                sample.depth_memory = sp.mem_msgs;
+                sample.depth_disk = sp.disk_msgs;
+                sample.disk_bytes = sp.disk_bytes;
+                sample.oldest_age = sp.oldest_age.map_or(0.0, |d| d.as_secs_f32());
+                let peers =
+                    st.producers.load(Ordering::Relaxed) + st.consumers.load(Ordering::Relaxed);
+                sample.connections = u32::try_from(peers).unwrap_or(u32::MAX);
+                (
+                    st.messages_in.load(Ordering::Relaxed),
+                    st.messages_delivered.load(Ordering::Relaxed),
+                )
+            }
+        };
+        Reading {
+            input,
+            output,
+            sample,
+        }
+    }
 }
 
 /// What the admin endpoint reads.
@@ -129,12 +172,17 @@ pub struct AppState {
     pub(crate) drain_started: AtomicBool,
     pub(crate) reloads: EnumCounters<ReloadResult>,
     pub(crate) last_reload_success: AtomicU64,
+    /// The last reload's result and when it was handled (unix seconds).
+    pub(crate) last_reload: Mutex<Option<(ReloadResult, u64)>>,
     pub(crate) spill: Arc<SpillBudget>,
     /// `global.max_connections`, shared by every route's listeners.
     pub(crate) conn_limits: Option<Arc<ConnLimits>>,
     /// `global.peer_memory`, shared by every queue route.
     pub(crate) peer_memory: Arc<MemoryBudget>,
     pub(crate) config_path: Option<PathBuf>,
+    /// The last 15 minutes of each route (sampled while the admin
+    /// endpoint runs).
+    pub(crate) history: Arc<History>,
 }
 
 impl AppState {
@@ -151,10 +199,12 @@ impl AppState {
             shutdown,
             reloads: Default::default(),
             last_reload_success: AtomicU64::new(0),
+            last_reload: Mutex::new(None),
             spill,
             conn_limits: None,
             peer_memory: Arc::new(MemoryBudget::new(crate::config::defaults::PEER_MEMORY)),
             config_path,
+            history: Arc::default(),
         }
     }
 
@@ -166,6 +216,25 @@ impl AppState {
             None,
             CancellationToken::new(),
         )
+    }
+
+    /// Each route's last 15 minutes.
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    /// Samples every live route once (the sampler calls it every second).
+    /// A route replaced by a reload has two live entries for a while: the
+    /// serving one is sampled.
+    pub fn sample_history(&self, now: std::time::Instant, t: u64) {
+        let routes = self.routes();
+        let mut readings: Vec<(String, Reading)> = Vec::with_capacity(routes.len());
+        for r in routes.iter().rev() {
+            if !readings.iter().any(|(n, _)| n == &r.name) {
+                readings.push((r.name.clone(), r.reading(t)));
+            }
+        }
+        self.history.sample(&readings, now);
     }
 
     /// A snapshot of the live routes (serving and draining), in start order.
@@ -202,6 +271,11 @@ impl AppState {
     }
 
     /// Unix time of the last successful load (start or reload), seconds.
+    /// The last reload's result and when it was handled, if any.
+    pub fn last_reload(&self) -> Option<(ReloadResult, u64)> {
+        *self.last_reload.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn last_reload_success(&self) -> u64 {
         self.last_reload_success.load(Ordering::Relaxed)
     }
@@ -220,6 +294,8 @@ impl AppState {
 
     pub(crate) fn count_reload(&self, r: ReloadResult) {
         self.reloads.add(r);
+        *self.last_reload.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((r, since_epoch().as_secs()));
         if r == ReloadResult::Success {
             self.mark_loaded();
         }

@@ -15,6 +15,7 @@
 //! `Authorization: Bearer <token>`; the probes stay open.
 
 mod guard;
+mod page;
 pub mod process;
 pub mod status;
 
@@ -325,7 +326,7 @@ fn respond(
         return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
     }
     let path = req.uri().path();
-    if matches!(path, "/metrics" | "/status") && !auth.allows(req) {
+    if matches!(path, "/metrics" | "/status" | "/status/history") && !auth.allows(req) {
         let mut r = text(
             StatusCode::UNAUTHORIZED,
             "this endpoint needs Authorization: Bearer <token> ([admin] token_file)\n",
@@ -371,11 +372,78 @@ fn respond(
             status::render(state).to_string() + "\n",
             "application/json",
         ),
+        "/status/history" => {
+            let query = req.uri().query().unwrap_or("");
+            let route = query_param(query, "route");
+            let since = match query_param(query, "since").map(|s| s.parse::<u64>()) {
+                None => 0,
+                Some(Ok(t)) => t,
+                Some(Err(_)) => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        "since must be unix seconds (an integer)\n",
+                    )
+                }
+            };
+            if let Some(r) = &route {
+                if !state.routes().iter().any(|l| &l.name == r) {
+                    return with_type(
+                        StatusCode::NOT_FOUND,
+                        format!("no route '{r}'\n"),
+                        "text/plain; charset=utf-8",
+                    );
+                }
+            }
+            with_type(
+                StatusCode::OK,
+                state.history().render(route.as_deref(), since).to_string() + "\n",
+                "application/json",
+            )
+        }
+        // The page holds no data (it fetches /status and /status/history,
+        // with the token when one is configured), so it is served to anyone.
+        "/" => with_type(
+            StatusCode::OK,
+            page::PAGE.to_string(),
+            "text/html; charset=utf-8",
+        ),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /metrics, /healthz, /readyz or /status\n",
+            "not found; try /, /metrics, /healthz, /readyz, /status or /status/history\n",
         ),
     }
+}
+
+/// The value of `key` in a query string, percent-decoded (`+` is a space).
+fn query_param(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == key).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn text(code: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use spillway_net::breaker::Overflow;
 use spillway_net::classify::ErrorClass;
 
-use crate::state::{AppState, LiveKind, LiveRoute};
+use crate::state::{AppState, LiveKind, LiveRoute, ReloadResult};
 use crate::stream::Direction;
 
 /// Peers listed per queue route (the oldest); `peers_total` counts all.
@@ -16,6 +16,14 @@ pub const MAX_PEERS_LISTED: usize = 100;
 
 pub fn render(state: &AppState) -> Value {
     let routes: Vec<Value> = state.routes().iter().map(|r| route(r)).collect();
+    let last = state.last_reload();
+    let reloads = json!({
+        "success": state.reloads(ReloadResult::Success),
+        "failure": state.reloads(ReloadResult::Failure),
+        "last_result": last.map(|(r, _)| r.as_str()),
+        "last_at": last.map(|(_, t)| t),
+        "last_success_at": Some(state.last_reload_success()).filter(|&t| t > 0),
+    });
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "ready": state.ready(),
@@ -23,6 +31,7 @@ pub fn render(state: &AppState) -> Value {
         "config": state.config_path().map(|p| p.display().to_string()),
         "spill_bytes": state.spill().used(),
         "peer_memory_bytes": state.peer_memory().used(),
+        "reloads": reloads,
         "routes": routes,
     })
 }
@@ -68,6 +77,7 @@ fn route(r: &LiveRoute) -> Value {
                         "connect_attempts": u.connect_attempts(),
                         "connect_failures": failures,
                         "breaker_rejections": rejections,
+                        "last_check": u.last_check(),
                     })
                 })
                 .collect();
@@ -79,6 +89,7 @@ fn route(r: &LiveRoute) -> Value {
                 "bytes_out": st.bytes(Direction::UpstreamToClient),
                 "spilled_bytes": st.spilled_bytes.load(Ordering::Relaxed),
                 "upstreams": upstreams,
+                "recent_closes": st.recent_closes.render(),
             })
         }
         LiveKind::Queue(q) => {
@@ -87,7 +98,14 @@ fn route(r: &LiveRoute) -> Value {
             let (page, peers_total) = q.peers_page(MAX_PEERS_LISTED);
             let peers: Vec<Value> = page
                 .iter()
-                .map(|p| json!({"role": p.role, "address": p.addr.to_string(), "since": p.since}))
+                .map(|p| {
+                    json!({
+                        "role": p.role,
+                        "address": p.addr.to_string(),
+                        "since": p.since,
+                        "bytes": p.bytes.load(Ordering::Relaxed),
+                    })
+                })
                 .collect();
             json!({
                 "from": q.route().from.to_string(),
@@ -95,6 +113,9 @@ fn route(r: &LiveRoute) -> Value {
                 "spool": q.route().spool.display().to_string(),
                 "peers": peers,
                 "peers_total": peers_total,
+                "max_disk": q.route().max_disk,
+                "blocked_producers": q.blocked_producers(),
+                "no_consumer_since": q.no_consumer_since(),
                 "producers": st.producers.load(Ordering::Relaxed),
                 "consumers": st.consumers.load(Ordering::Relaxed),
                 "messages_in": st.messages_in.load(Ordering::Relaxed),
@@ -111,6 +132,7 @@ fn route(r: &LiveRoute) -> Value {
                 "next_seq": sp.next_seq,
                 "ack_floor": sp.ack_floor,
                 "poisoned": sp.poisoned,
+                "recent_closes": st.recent_closes.render(),
             })
         }
     };

@@ -59,6 +59,9 @@ impl QueueServer {
                 Ok(s) => MaybeTls::from(s),
                 Err(e) => {
                     self.tls_failed(role, &e);
+                    self.stats
+                        .recent_closes
+                        .push(peer, role.as_str(), "tls_handshake");
                     return;
                 }
             },
@@ -69,9 +72,10 @@ impl QueueServer {
 
     /// Runs a connection whose TLS handshake (if any) is done.
     async fn serve_conn(self: Arc<Self>, role: Role, conn: MaybeTls, peer: SocketAddr) {
-        let _registered = self.register_peer(role, peer);
-        match role {
-            Role::Producer => self.produce(conn).await,
+        let registered = self.register_peer(role, peer);
+        let bytes = registered.bytes();
+        let reason = match role {
+            Role::Producer => self.produce(conn, bytes).await.as_str(),
             Role::Consumer => {
                 // The sink drives TLS by hand to count ciphertext (wire.rs).
                 let wire = match conn {
@@ -87,9 +91,10 @@ impl QueueServer {
                         }
                     },
                 };
-                self.consume(wire).await
+                self.consume(wire, bytes).await.as_str()
             }
-        }
+        };
+        self.stats.recent_closes.push(peer, role.as_str(), reason);
     }
 
     /// Starts one end of the route: an accept loop on the bound listener of

@@ -131,6 +131,8 @@ pub struct QueueStats {
     producer_closed: EnumCounters<ProducerEnd>,
     /// Consumer connections closed, by reason.
     consumer_closed: EnumCounters<ConsumerEnd>,
+    /// The last closes of either end, for the status page.
+    pub recent_closes: crate::history::Closes,
     /// Producer connections whose TLS handshake failed (accepted peers
     /// that are not TLS or not trusted, dialed peers we rejected).
     pub producer_tls_failures: AtomicU64,
@@ -168,6 +170,7 @@ impl Default for QueueStats {
             lost_unqueued: AtomicU64::default(),
             producer_closed: Default::default(),
             consumer_closed: Default::default(),
+            recent_closes: Default::default(),
             producer_tls_failures: AtomicU64::default(),
             consumer_tls_failures: AtomicU64::default(),
             dial: Default::default(),
@@ -251,6 +254,9 @@ pub struct QueueServer {
     /// Connected producers and consumers, for `/status`.
     peers: Mutex<BTreeMap<u64, PeerInfo>>,
     next_peer: AtomicU64,
+    /// Unix seconds since when no consumer is connected (kept while one
+    /// is, then reset when the last one leaves).
+    no_consumer_since: AtomicU64,
 }
 
 /// A connected producer or consumer, as `/status` lists it.
@@ -261,17 +267,35 @@ pub struct PeerInfo {
     pub addr: SocketAddr,
     /// Unix time of the connection, seconds.
     pub since: u64,
+    /// Bytes of messages this peer has moved: queued from a producer,
+    /// acknowledged by a consumer's TCP.
+    pub bytes: Arc<AtomicU64>,
 }
 
 /// Removes a peer from the registry when its connection ends.
 struct PeerGuard<'a> {
     server: &'a QueueServer,
     id: u64,
+    role: Role,
+    bytes: Arc<AtomicU64>,
+}
+
+impl PeerGuard<'_> {
+    /// The peer's byte counter, for its connection to count into.
+    fn bytes(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.bytes)
+    }
 }
 
 impl Drop for PeerGuard<'_> {
     fn drop(&mut self) {
-        self.server.peers_lock().remove(&self.id);
+        let mut peers = self.server.peers_lock();
+        peers.remove(&self.id);
+        if self.role == Role::Consumer && !peers.values().any(|p| p.role == Role::Consumer.as_str())
+        {
+            let now = crate::units::since_epoch().as_secs();
+            self.server.no_consumer_since.store(now, Ordering::Relaxed);
+        }
     }
 }
 
@@ -398,6 +422,7 @@ impl QueueServer {
             tls_warning: Mutex::new(RateLimited::new(Duration::from_secs(5))),
             peers: Mutex::new(BTreeMap::new()),
             next_peer: AtomicU64::new(0),
+            no_consumer_since: AtomicU64::new(crate::units::since_epoch().as_secs()),
             gate,
             memory: shared.memory,
         }))
@@ -419,15 +444,34 @@ impl QueueServer {
     fn register_peer(&self, role: Role, addr: SocketAddr) -> PeerGuard<'_> {
         let id = self.next_peer.fetch_add(1, Ordering::Relaxed);
         let since = crate::units::since_epoch().as_secs();
+        let bytes = Arc::new(AtomicU64::new(0));
         self.peers_lock().insert(
             id,
             PeerInfo {
                 role: role.as_str(),
                 addr,
                 since,
+                bytes: Arc::clone(&bytes),
             },
         );
-        PeerGuard { server: self, id }
+        PeerGuard {
+            server: self,
+            id,
+            role,
+            bytes,
+        }
+    }
+
+    /// Unix seconds since when no consumer has been connected, if none is.
+    pub fn no_consumer_since(&self) -> Option<u64> {
+        let peers = self.peers_lock();
+        let any = peers.values().any(|p| p.role == Role::Consumer.as_str());
+        (!any).then(|| self.no_consumer_since.load(Ordering::Relaxed))
+    }
+
+    /// Producers waiting for space right now (`when_full = block`).
+    pub fn blocked_producers(&self) -> usize {
+        self.waiting_for_space.load(Ordering::Relaxed)
     }
 
     /// Re-reads the route's certificate, key and CA files. New connections

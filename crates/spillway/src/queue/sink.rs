@@ -25,7 +25,8 @@
 //! records that carry all of it.
 
 use std::io;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use std::collections::VecDeque;
@@ -186,6 +187,8 @@ struct Delivery {
     /// The last take was given back for want of peer memory: wait for some
     /// to be freed before taking again.
     starved: bool,
+    /// This consumer's bytes acknowledged, as `/status` shows it.
+    peer_bytes: Arc<AtomicU64>,
 }
 
 impl Delivery {
@@ -263,7 +266,7 @@ impl Delivery {
 }
 
 impl QueueServer {
-    pub(super) async fn consume(&self, mut wire: Wire) {
+    pub(super) async fn consume(&self, mut wire: Wire, peer_bytes: Arc<AtomicU64>) -> ConsumerEnd {
         let id = self.dispatcher.join();
         self.stats.consumers.fetch_add(1, Ordering::Relaxed);
         self.stats.consumers_total.fetch_add(1, Ordering::Relaxed);
@@ -277,6 +280,7 @@ impl QueueServer {
             delivered_msgs: 0,
             charge: self.memory.charge(),
             starved: false,
+            peer_bytes,
         };
         let end = self.deliver(&mut wire, &mut d).await;
         // Whatever is still not known delivered goes back to the queue.
@@ -308,6 +312,7 @@ impl QueueServer {
             requeued = redelivered,
             "consumer closed"
         );
+        end
     }
 
     async fn deliver(&self, wire: &mut Wire, d: &mut Delivery) -> ConsumerEnd {
@@ -580,6 +585,7 @@ impl QueueServer {
         self.stats
             .bytes_delivered
             .fetch_add(bytes, Ordering::Relaxed);
+        d.peer_bytes.fetch_add(bytes, Ordering::Relaxed);
         true
     }
 

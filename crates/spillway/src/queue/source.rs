@@ -114,6 +114,8 @@ impl ProducerEnd {
 struct Tally {
     appended: u64,
     dropped: u64,
+    /// The producer's bytes queued, as `/status` shows it.
+    peer_bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 enum IngestError {
@@ -139,13 +141,20 @@ struct InFlight<'a> {
 }
 
 impl QueueServer {
-    pub(super) async fn produce(&self, mut stream: MaybeTls) {
+    pub(super) async fn produce(
+        &self,
+        mut stream: MaybeTls,
+        peer_bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    ) -> ProducerEnd {
         self.stats.producers.fetch_add(1, Ordering::Relaxed);
         self.stats.producers_total.fetch_add(1, Ordering::Relaxed);
         let max = usize::try_from(self.route().max_message).unwrap_or(usize::MAX);
         let mut intake = Intake {
             decoder: Decoder::new(self.route().framing, max),
-            tally: Tally::default(),
+            tally: Tally {
+                peer_bytes,
+                ..Tally::default()
+            },
             in_flight: None,
         };
         // Peer memory: the buffer is charged to the process-wide budget;
@@ -387,8 +396,10 @@ impl QueueServer {
         let Tally {
             appended: messages,
             dropped,
+            ..
         } = intake.tally;
         info!(messages, dropped, reason = end.as_str(), "producer closed");
+        end
     }
 
     /// Queues the complete messages a read brought; returns how the
@@ -592,6 +603,7 @@ impl QueueServer {
         self.stats
             .bytes_in
             .fetch_add(bytes as u64, Ordering::Relaxed);
+        tally.peer_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         Ok(())
     }
 

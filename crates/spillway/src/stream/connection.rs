@@ -39,6 +39,7 @@ impl StreamServer {
     pub(super) async fn handle(
         self: Arc<Self>,
         client: TcpStream,
+        peer: SocketAddr,
         hard_stop: CancellationToken,
         _admitted: Admitted,
     ) {
@@ -64,6 +65,7 @@ impl StreamServer {
                               suppressed, "TLS handshake with client failed");
                     }
                     self.log_close(
+                        peer,
                         None,
                         CloseReason::TlsHandshake,
                         Some(Side::Client),
@@ -77,7 +79,7 @@ impl StreamServer {
         let connected = match self.upstreams.connect(tls.upstream.as_ref()).await {
             Ok(c) => c,
             Err(reason) => {
-                self.log_close(None, reason, None, None, start.elapsed());
+                self.log_close(peer, None, reason, None, None, start.elapsed());
                 return;
             }
         };
@@ -97,6 +99,7 @@ impl StreamServer {
         };
         drop((lease, slot));
         self.log_close(
+            peer,
             Some(upstream_addr),
             reason,
             side,
@@ -107,6 +110,7 @@ impl StreamServer {
 
     fn log_close(
         &self,
+        peer: SocketAddr,
         upstream: Option<SocketAddr>,
         reason: CloseReason,
         side: Option<Side>,
@@ -114,6 +118,9 @@ impl StreamServer {
         elapsed: Duration,
     ) {
         self.stats.closed.add(reason);
+        self.stats
+            .recent_closes
+            .push(peer, Side::Client.as_str(), reason.as_str());
         let (up, down, spilled) = progress.map_or((0, 0, 0), |p| {
             (
                 p.bytes(Direction::ClientToUpstream),
@@ -351,8 +358,8 @@ fn abort(client: &TcpStream, upstream: &TcpStream) {
 impl StreamServer {
     /// A connection over the route's `max_connections`: counted as accepted
     /// and closed with reason `limit` (the socket is dropped by the caller).
-    pub(super) fn over_route_limit(&self) {
+    pub(super) fn over_route_limit(&self, peer: SocketAddr) {
         self.stats.accepted.fetch_add(1, Ordering::Relaxed);
-        self.log_close(None, CloseReason::Limit, None, None, Duration::ZERO);
+        self.log_close(peer, None, CloseReason::Limit, None, None, Duration::ZERO);
     }
 }

@@ -151,6 +151,8 @@ pub struct RouteStats {
     /// Upstream connections whose TLS handshake failed (also counted in
     /// `connect_failures`).
     pub upstream_tls_failures: AtomicU64,
+    /// The last closes, for the status page.
+    pub recent_closes: crate::history::Closes,
 }
 
 impl RouteStats {
@@ -367,15 +369,20 @@ impl StreamServer {
                 Ok(a) => a,
                 Err(Refused::Limit(_)) => return,
                 Err(Refused::RouteTotal) => {
-                    conn_span(accepted.peer, "client").in_scope(|| server.over_route_limit());
+                    conn_span(accepted.peer, "client")
+                        .in_scope(|| server.over_route_limit(accepted.peer));
                     return;
                 }
             };
             let hard_stop = hard_stop.clone();
             let span = conn_span(accepted.peer, "client");
             tracker.spawn(
-                async move { server.handle(accepted.stream, hard_stop, admitted).await }
-                    .instrument(span),
+                async move {
+                    server
+                        .handle(accepted.stream, accepted.peer, hard_stop, admitted)
+                        .await
+                }
+                .instrument(span),
             );
         })
         .await;

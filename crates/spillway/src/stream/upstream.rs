@@ -233,6 +233,8 @@ pub struct UpstreamStatus {
     breaker: Arc<Breaker>,
     connect_attempts: AtomicU64,
     connect_failures: EnumCounters<ErrorClass>,
+    /// The last active check: passed, or why it failed.
+    last_check: Mutex<Option<String>>,
 }
 
 impl UpstreamStatus {
@@ -254,6 +256,14 @@ impl UpstreamStatus {
     /// Times ejected since start.
     pub fn ejections(&self) -> u64 {
         self.ejections.load(Ordering::Relaxed)
+    }
+
+    /// The last active health check's result (`None` without checks).
+    pub fn last_check(&self) -> Option<String> {
+        self.last_check
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Established connections to it.
@@ -319,6 +329,7 @@ impl Pool {
                     breaker: Arc::new(Breaker::new(route.circuit_breaker)),
                     connect_attempts: AtomicU64::new(0),
                     connect_failures: EnumCounters::new(),
+                    last_check: Mutex::new(None),
                 })
                 .collect(),
             state: Mutex::new(PolicyState {
@@ -427,6 +438,10 @@ impl Pool {
         let Some(u) = self.upstreams.get(i) else {
             return;
         };
+        *u.last_check.lock().unwrap_or_else(|e| e.into_inner()) = Some(match result {
+            Ok(()) => "passed".to_string(),
+            Err(e) => format!("failed: {e}"),
+        });
         let mut st = self.lock();
         let passed = result.is_ok();
         match st.checks[i].observe(passed) {
