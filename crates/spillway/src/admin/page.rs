@@ -34,7 +34,9 @@ svg.spark polyline{fill:none;stroke-width:1.5;vector-effect:non-scaling-stroke}
 .bar.hi>div{background:var(--warn)}.bar.full>div{background:var(--bad)}
 table{width:100%;border-collapse:collapse;font-size:.85em;margin-top:.4em}
 th,td{text-align:left;padding:.2em .4em;border-bottom:1px solid var(--line)}
-td:first-child,td:last-child{overflow-wrap:anywhere}
+td:first-child{overflow-wrap:anywhere}
+td:last-child{overflow-wrap:break-word}
+@media (max-width:600px){table{font-size:.78em}}
 tr.healthy td:first-child{border-left:4px solid var(--ok)}
 tr.ejected td:first-child{border-left:4px solid var(--warn)}
 tr.down td:first-child{border-left:4px solid var(--bad)}
