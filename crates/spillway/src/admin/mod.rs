@@ -474,6 +474,85 @@ mod tests {
         Ok(out)
     }
 
+    async fn get_with(
+        addr: std::net::SocketAddr,
+        path: &str,
+        header: &str,
+    ) -> std::io::Result<String> {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: x\r\n{header}connection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        Ok(out)
+    }
+
+    /// The page holds no data and is served to anyone; its data, the
+    /// history, needs the token like /status; bad queries get a clear 4xx.
+    #[tokio::test]
+    async fn the_page_is_open_and_its_data_behind_the_token() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let state = Arc::new(AppState::for_tests());
+        let registry = crate::metrics::Registry::default();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            registry,
+            state,
+            Auth::bearer("s3cret"),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let page = get(addr, "/").await.expect("page");
+        assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+        assert!(
+            page.contains("text/html") && page.contains("<script>"),
+            "{page}"
+        );
+        for path in ["/status/history", "/status/history?route=x", "/status"] {
+            let r = get(addr, path).await.expect("history");
+            assert!(r.starts_with("HTTP/1.1 401"), "{path}: {r}");
+        }
+        let auth = "authorization: Bearer s3cret\r\n";
+        let r = get_with(addr, "/status/history", auth)
+            .await
+            .expect("history");
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        assert!(r.contains("\"samples_kept\":900"), "{r}");
+        let r = get_with(addr, "/status/history?since=yesterday", auth)
+            .await
+            .expect("bad since");
+        assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+        let r = get_with(addr, "/status/history?route=no%20such", auth)
+            .await
+            .expect("unknown route");
+        assert!(
+            r.starts_with("HTTP/1.1 404") && r.contains("no route 'no such'"),
+            "{r}"
+        );
+        stop.send(()).expect("server still running");
+        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    }
+
+    #[test]
+    fn query_parameters_are_percent_decoded() {
+        assert_eq!(
+            query_param("route=a%2Fb+c&since=5", "route").as_deref(),
+            Some("a/b c")
+        );
+        assert_eq!(
+            query_param("route=a%2Fb+c&since=5", "since").as_deref(),
+            Some("5")
+        );
+        assert_eq!(query_param("route=%zz%", "route").as_deref(), Some("%zz%"));
+        assert_eq!(query_param("", "route"), None);
+    }
+
     /// CONVENTIONS 4: started on a bound `127.0.0.1:0` listener, it serves
     /// what the registry's sources write, and it stops when the shutdown
     /// future completes.
