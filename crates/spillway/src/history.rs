@@ -183,9 +183,15 @@ pub fn unix_now() -> u64 {
 /// Connection closes a route keeps for the status page.
 pub const CLOSES_KEPT: usize = 50;
 
+/// Numbers every close of the process, so a reader asks for the ones after
+/// the last it saw (`/status/history?closes_after=ID`).
+static NEXT_CLOSE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// One connection's end.
 #[derive(Clone, Debug)]
 pub struct Close {
+    /// Increasing across the process.
+    pub id: u64,
     /// Unix seconds.
     pub at: u64,
     pub peer: std::net::SocketAddr,
@@ -205,6 +211,7 @@ impl Closes {
             q.pop_front();
         }
         q.push_back(Close {
+            id: NEXT_CLOSE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             at: unix_now(),
             peer,
             role,
@@ -221,12 +228,16 @@ impl Closes {
             .collect()
     }
 
-    /// As `/status` shows them.
-    pub fn render(&self) -> Value {
+    /// The closes numbered after `after`, as `/status/history` lists them.
+    pub fn render(&self, after: u64) -> Value {
         Value::Array(
             self.list()
                 .iter()
-                .map(|c| json!({"at": c.at, "peer": c.peer.to_string(), "role": c.role, "reason": c.reason}))
+                .filter(|c| c.id > after)
+                .map(|c| {
+                    json!({"id": c.id, "at": c.at, "peer": c.peer.to_string(),
+                           "role": c.role, "reason": c.reason})
+                })
                 .collect(),
         )
     }

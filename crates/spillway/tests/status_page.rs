@@ -205,6 +205,12 @@ fall = 1
         .unwrap_or_else(|| panic!("no row for {live}: {dom}"));
     assert!(live_row.contains(r#"data-state="healthy""#), "{live_row}");
     assert!(dom.contains(">live<"), "not shown live: {dom}");
+    // The proxied connection's close is listed, with its reason.
+    assert!(dom.contains("recent closes (1)"), "{dom}");
+    assert!(
+        dom.contains("client_eof") || dom.contains("upstream_eof"),
+        "{dom}"
+    );
     let errors = console_errors(&stderr);
     assert!(errors.is_empty(), "console errors: {errors:?}\n{stderr}");
     assert!(console_errors(&shot_err).is_empty(), "{shot_err}");

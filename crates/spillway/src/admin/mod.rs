@@ -31,6 +31,7 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
+use serde_json::Value;
 use spillway_net::limit::ConnLimits;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -394,11 +395,24 @@ fn respond(
                     );
                 }
             }
-            with_type(
-                StatusCode::OK,
-                state.history().render(route.as_deref(), since).to_string() + "\n",
-                "application/json",
-            )
+            let closes_after = match query_param(query, "closes_after").map(|s| s.parse::<u64>()) {
+                None => 0,
+                Some(Ok(id)) => id,
+                Some(Err(_)) => {
+                    return text(StatusCode::BAD_REQUEST, "closes_after must be an integer\n")
+                }
+            };
+            let mut doc = state.history().render(route.as_deref(), since);
+            // Each route's connection closes after `closes_after`, with its
+            // samples: the page asks for the new ones only.
+            if let Some(routes) = doc["routes"].as_object_mut() {
+                for r in state.routes() {
+                    if let Some(Value::Object(cols)) = routes.get_mut(&r.name) {
+                        cols.insert("closes".into(), status::closes_after(&r, closes_after));
+                    }
+                }
+            }
+            with_type(StatusCode::OK, doc.to_string() + "\n", "application/json")
         }
         // The page holds no data (it fetches /status and /status/history,
         // with the token when one is configured), so it is served to anyone.

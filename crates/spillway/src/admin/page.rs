@@ -54,7 +54,7 @@ details{margin-top:.4em}
 const WINDOW = 900;
 const token = (new URLSearchParams(location.hash.slice(1))).get("token");
 const headers = token ? {Authorization: "Bearer " + token} : {};
-let hist = {}, lastT = 0, connected = false;
+let hist = {}, closes = {}, lastT = 0, lastClose = 0, connected = false;
 const $ = id => document.getElementById(id);
 const esc = s => String(s).replace(/[&<>"']/g, c => ({"&":"&amp;","<":"&lt;",">":"&gt;",'"':"&quot;","'":"&#39;"}[c]));
 function num(x, unit) {
@@ -145,10 +145,10 @@ function routeCard(r, now) {
     }
     body += "</tbody></table>";
   }
-  const closes = r.recent_closes || [];
-  if (closes.length) {
-    body += "<details><summary>recent closes (" + closes.length + ")</summary><table><tbody>";
-    for (const c of closes.slice().reverse()) body += "<tr><td>" + age(now - c.at) + " ago</td><td>" + esc(c.peer) + "</td><td>" + esc(c.reason) + "</td></tr>";
+  const cl = closes[r.name] || [];
+  if (cl.length) {
+    body += "<details><summary>recent closes (" + cl.length + ")</summary><table><tbody>";
+    for (const c of cl.slice().reverse()) body += "<tr><td>" + age(now - c.at) + " ago</td><td>" + esc(c.peer) + "</td><td>" + esc(c.reason) + "</td></tr>";
     body += "</tbody></table></details>";
   }
   for (const t of trouble) html += '<span class="tag bad">' + esc(t) + "</span>";
@@ -156,8 +156,12 @@ function routeCard(r, now) {
 }
 function merge(h) {
   const now = h.now || 0;
-  if (h.full) { hist = {}; lastT = 0; }
+  if (h.full) { hist = {}; closes = {}; lastT = 0; lastClose = 0; }
   for (const [name, c] of Object.entries(h.routes || {})) {
+    const cl = c.closes || [];
+    delete c.closes;
+    closes[name] = (closes[name] || []).concat(cl).slice(-50);
+    for (const x of cl) if (x.id > lastClose) lastClose = x.id;
     const cur = hist[name] || (hist[name] = {});
     for (const [k, v] of Object.entries(c)) cur[k] = (cur[k] || []).concat(v);
     const keep = (cur.t || []).findIndex(t => t > now - WINDOW);
@@ -181,7 +185,7 @@ function setConn(ok, why) {
 }
 async function tick(full) {
   try {
-    const h = await get("/status/history" + (full ? "" : "?since=" + lastT));
+    const h = await get("/status/history" + (full ? "" : "?since=" + lastT + "&closes_after=" + lastClose));
     h.full = full;
     merge(h);
     const s = await get("/status");

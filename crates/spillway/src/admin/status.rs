@@ -14,6 +14,14 @@ use crate::stream::Direction;
 /// Peers listed per queue route (the oldest); `peers_total` counts all.
 pub const MAX_PEERS_LISTED: usize = 100;
 
+/// A route's closes numbered after `after`.
+pub fn closes_after(r: &LiveRoute, after: u64) -> Value {
+    match &r.kind {
+        LiveKind::Stream(rx) => rx.borrow().stats().recent_closes.render(after),
+        LiveKind::Queue(q) => q.stats().recent_closes.render(after),
+    }
+}
+
 pub fn render(state: &AppState) -> Value {
     let routes: Vec<Value> = state.routes().iter().map(|r| route(r)).collect();
     let last = state.last_reload();
@@ -89,7 +97,6 @@ fn route(r: &LiveRoute) -> Value {
                 "bytes_out": st.bytes(Direction::UpstreamToClient),
                 "spilled_bytes": st.spilled_bytes.load(Ordering::Relaxed),
                 "upstreams": upstreams,
-                "recent_closes": st.recent_closes.render(),
             })
         }
         LiveKind::Queue(q) => {
@@ -132,7 +139,6 @@ fn route(r: &LiveRoute) -> Value {
                 "next_seq": sp.next_seq,
                 "ack_floor": sp.ack_floor,
                 "poisoned": sp.poisoned,
-                "recent_closes": st.recent_closes.render(),
             })
         }
     };
