@@ -206,11 +206,13 @@ fall = 1
     assert!(live_row.contains(r#"data-state="healthy""#), "{live_row}");
     assert!(dom.contains(">live<"), "not shown live: {dom}");
     // The proxied connection's close is listed, with its reason.
+    let closes = json(admin, "/status/history?route=web");
+    let reason = closes["routes"]["web"]["closes"][0]["reason"]
+        .as_str()
+        .expect("a close of web")
+        .to_string();
     assert!(dom.contains("recent closes (1)"), "{dom}");
-    assert!(
-        dom.contains("client_eof") || dom.contains("upstream_eof"),
-        "{dom}"
-    );
+    assert!(dom.contains(&format!(">{reason}<")), "{reason}: {dom}");
     let errors = console_errors(&stderr);
     assert!(errors.is_empty(), "console errors: {errors:?}\n{stderr}");
     assert!(console_errors(&shot_err).is_empty(), "{shot_err}");
