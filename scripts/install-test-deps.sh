@@ -4,7 +4,7 @@
 # Safe to run again; installs only what is missing.
 set -euo pipefail
 # chromium: the status page's browser test (tests/status_page.rs).
-PKGS=(socat procps systemd chromium)
+PKGS=(socat procps systemd chromium fonts-liberation)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
