@@ -161,6 +161,10 @@ pub async fn run(
     shutdown: CancellationToken,
     options: Options,
 ) -> anyhow::Result<()> {
+    if let Some(path) = &options.ready_file {
+        crate::ready_file::check(path)
+            .with_context(|| format!("--ready-file {}: cannot write it", path.display()))?;
+    }
     let budget = Arc::new(SpillBudget::new(config.global.max_spill_total));
     let mut state = AppState::new(budget, options.config_path.clone(), shutdown.clone());
     state.conn_limits = config
@@ -243,7 +247,13 @@ pub async fn run(
         .fetch_sub(config.routes.len(), Ordering::Relaxed);
     sup.state.mark_loaded();
     sup.ready();
-    sup.run(options.reload).await
+    let ready_file = sup.ready_file.clone();
+    let result = sup.run(options.reload).await;
+    // Stopped: the addresses in the file are no longer served.
+    if let Some(path) = ready_file {
+        let _ = std::fs::remove_file(path);
+    }
+    result
 }
 
 /// Samples every live route's history once a second (for the status page

@@ -24,7 +24,29 @@ pub struct Bound<'a> {
     pub listeners: &'a [(&'static str, SocketAddr)],
 }
 
-/// Writes the ready file at `path` (a temp file next to it, renamed over it).
+/// Checks, before anything starts, that the ready file can be written at
+/// `path` (not a directory, in a directory that exists and is writable),
+/// so a supervisor never waits for a file that cannot appear.
+pub fn check(path: &Path) -> std::io::Result<()> {
+    if path.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "it is a directory",
+        ));
+    }
+    let tmp = temp_path(path);
+    std::fs::File::create(&tmp)?;
+    std::fs::remove_file(&tmp)
+}
+
+fn temp_path(path: &Path) -> std::path::PathBuf {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::path::PathBuf::from(tmp)
+}
+
+/// Writes the ready file at `path`: a temp file next to it, synced, then
+/// renamed over it (a reader sees the old file or the new one, whole).
 pub fn write<'a>(
     path: &Path,
     admin: Option<SocketAddr>,
@@ -46,9 +68,15 @@ pub fn write<'a>(
         "reloads": reloads,
         "routes": by_name,
     });
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    std::fs::write(&tmp, format!("{doc}\n"))?;
-    std::fs::rename(&tmp, path)
+    let tmp = temp_path(path);
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, format!("{doc}\n").as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }

@@ -223,17 +223,24 @@ impl AppState {
         &self.history
     }
 
-    /// Samples every live route once (the sampler calls it every second).
-    /// A route replaced by a reload has two live entries for a while: the
-    /// serving one is sampled.
+    /// Samples every live route once (the sampler calls it every second),
+    /// in the configuration's order (past the history's route cap, the
+    /// first routes keep theirs). A route replaced by a reload has two live
+    /// entries for a while: the serving one is sampled.
     pub fn sample_history(&self, now: std::time::Instant, t: u64) {
         let routes = self.routes();
-        let mut readings: Vec<(String, Reading)> = Vec::with_capacity(routes.len());
-        for r in routes.iter().rev() {
-            if !readings.iter().any(|(n, _)| n == &r.name) {
-                readings.push((r.name.clone(), r.reading(t)));
+        let mut chosen: Vec<&Arc<LiveRoute>> = Vec::with_capacity(routes.len());
+        for r in &routes {
+            match chosen.iter_mut().find(|c| c.name == r.name) {
+                Some(c) if r.state() == RouteState::Serving => *c = r,
+                Some(_) => {}
+                None => chosen.push(r),
             }
         }
+        let readings: Vec<(String, Reading)> = chosen
+            .into_iter()
+            .map(|r| (r.name.clone(), r.reading(t)))
+            .collect();
         self.history.sample(&readings, now);
     }
 

@@ -19,6 +19,16 @@ pub struct Target {
 }
 
 const TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_ANSWER: usize = 16 << 20;
+
+/// A string from the server, with control characters (escape sequences,
+/// newlines) shown as `?`: what a relay's config or a stranger's server
+/// says must not move the cursor or forge a row.
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
 
 /// `GET path` on the admin endpoint, as JSON.
 pub fn get_json(target: &Target, path: &str) -> Result<Value, String> {
@@ -44,11 +54,35 @@ pub fn get_json(target: &Target, path: &str) -> Result<Value, String> {
         target.admin
     );
     s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    // One deadline for the whole answer (a server that trickles bytes
+    // cannot hold the command), and a bound on its size.
+    let deadline = std::time::Instant::now() + TIMEOUT;
     let mut raw = Vec::new();
-    // The endpoint bounds its answers; this bounds what we read, too.
-    s.take(16 << 20)
-        .read_to_end(&mut raw)
-        .map_err(|e| format!("reading {path}: {e}"))?;
+    let mut buf = [0u8; 16 << 10];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(format!("{path}: no complete answer within {TIMEOUT:?}"));
+        }
+        s.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(format!("{path}: no complete answer within {TIMEOUT:?}"))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("reading {path}: {e}")),
+        }
+        if raw.len() > MAX_ANSWER {
+            return Err(format!("{path}: answer larger than {MAX_ANSWER} bytes"));
+        }
+    }
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text
         .split_once("\r\n\r\n")
@@ -145,13 +179,13 @@ pub fn render(status: &Value, history: &Value, colour: bool) -> String {
         "not ready"
     };
     let reload = match status["reloads"]["last_result"].as_str() {
-        Some(r) => format!("last reload {r}"),
+        Some(r) => format!("last reload {}", clean(r)),
         None => "no reload".into(),
     };
     let _ = writeln!(
         out,
         "spillway {}  {state}  {reload}",
-        status["version"].as_str().unwrap_or("?")
+        clean(status["version"].as_str().unwrap_or("?"))
     );
     let _ = writeln!(
         out,
@@ -159,9 +193,10 @@ pub fn render(status: &Value, history: &Value, colour: bool) -> String {
         "ROUTE", "MODE", "STATE", "IN/s", "OUT/s", "QUEUED mem/disk", "OLDEST", "CONNS"
     );
     for r in status["routes"].as_array().into_iter().flatten() {
-        let name = r["name"].as_str().unwrap_or("?");
+        let name = clean(r["name"].as_str().unwrap_or("?"));
+        let name = name.as_str();
         let mode = r["mode"].as_str().unwrap_or("?");
-        let (rin, rout) = latest_rates(history, name);
+        let (rin, rout) = latest_rates(history, r["name"].as_str().unwrap_or("?"));
         let (queued, oldest, conns) = if mode == "queue" {
             let d = &r["depth"];
             (
@@ -171,7 +206,10 @@ pub fn render(status: &Value, history: &Value, colour: bool) -> String {
                     human(d["disk_messages"].as_f64())
                 ),
                 age(r["oldest_age_seconds"].as_f64()),
-                r["producers"].as_u64().unwrap_or(0) + r["consumers"].as_u64().unwrap_or(0),
+                r["producers"]
+                    .as_u64()
+                    .unwrap_or(0)
+                    .saturating_add(r["consumers"].as_u64().unwrap_or(0)),
             )
         } else {
             (
@@ -190,8 +228,8 @@ pub fn render(status: &Value, history: &Value, colour: bool) -> String {
             out,
             "{:<16} {:<6} {:<8} {:>8} {:>8} {:>17} {:>7} {:>5}  {flag}",
             name,
-            mode,
-            r["state"].as_str().unwrap_or("?"),
+            clean(mode),
+            clean(r["state"].as_str().unwrap_or("?")),
             human(rin),
             human(rout),
             queued,
@@ -207,13 +245,15 @@ pub fn render(status: &Value, history: &Value, colour: bool) -> String {
                 "healthy"
             };
             let c = if st == "healthy" { green } else { red };
-            let errors: u64 = u["connect_failures"]
-                .as_object()
-                .map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
+            let errors: u64 = u["connect_failures"].as_object().map_or(0, |m| {
+                m.values()
+                    .filter_map(Value::as_u64)
+                    .fold(0u64, u64::saturating_add)
+            });
             let _ = writeln!(
                 out,
                 "  -> {:<28} {c}{:<8}{off} active {:<5} picks {:<8} connect errors {}",
-                u["address"].as_str().unwrap_or("?"),
+                clean(u["address"].as_str().unwrap_or("?")),
                 st,
                 u["active"].as_u64().unwrap_or(0),
                 u["picked"].as_u64().unwrap_or(0),
@@ -243,7 +283,10 @@ pub fn run(target: &Target, watch: bool) -> Result<(), String> {
             Err(e) => return Err(e),
         };
         if !watch {
-            print!("{text}");
+            // A closed pipe (`| head`) is not an error.
+            let _ = stdout
+                .write_all(text.as_bytes())
+                .and_then(|()| stdout.flush());
             return Ok(());
         }
         let written = if tty {
@@ -292,5 +335,10 @@ mod tests {
         assert!(web.contains("every upstream down"), "{web}");
         assert!(t.contains("10.0.0.1:80") && t.contains("down"), "{t}");
         assert!(render(&status, &history, true).contains("\x1b[31m"));
+        // What the server says cannot move the cursor or forge a row.
+        let mut evil = status.clone();
+        evil["routes"][0]["name"] = json!("x\x1b[2J\nfake 1 2 3");
+        let t = render(&evil, &history, false);
+        assert!(!t.contains('\x1b') && !t.contains("\nfake"), "{t}");
     }
 }

@@ -461,3 +461,50 @@ fn the_ready_file_names_working_addresses_and_counts_reloads() {
     assert_eq!(addr(&doc["routes"]["web"]["client"]), client, "{doc}");
     assert_eq!(doc["pid"], pid, "{doc}");
 }
+
+/// A ready file that cannot be written stops the start with a clear error
+/// (a supervisor would otherwise wait for it forever); a clean stop removes
+/// the file, whose addresses are no longer served.
+#[test]
+fn an_unwritable_ready_file_is_a_start_error_and_a_stop_removes_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for bad in [
+        dir.path().to_path_buf(),
+        dir.path().join("missing/ready.json"),
+    ] {
+        let out = Command::new(bin())
+            .arg("--ready-file")
+            .arg(&bad)
+            .args(["relay", "--listen", "127.0.0.1:0", "--to", "127.0.0.1:9"])
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(
+            err.contains("--ready-file") && err.contains("cannot write it"),
+            "{err}"
+        );
+    }
+    let file = dir.path().join("ready.json");
+    let mut child = Command::new(bin())
+        .arg("--ready-file")
+        .arg(&file)
+        .args(["relay", "--listen", "127.0.0.1:0", "--to", "127.0.0.1:9"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !file.exists() {
+        assert!(std::time::Instant::now() < deadline, "no ready file");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(term.success());
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status}");
+    assert!(!file.exists(), "the ready file outlived the relay");
+    assert!(!dir.path().join("ready.json.tmp").exists());
+}

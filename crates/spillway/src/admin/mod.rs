@@ -28,6 +28,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
@@ -111,14 +112,17 @@ impl Auth {
         self.token.is_none()
     }
 
-    fn allows(&self, req: &Request<Incoming>) -> bool {
+    fn allows(&self, req: &Parts) -> bool {
         let Some(token) = &self.token else {
             return true;
         };
+        // The scheme is case-insensitive (RFC 7235).
         let Some(given) = req
-            .headers()
+            .headers
             .get(hyper::header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .map(HeaderValue::as_bytes)
+            .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer "))
+            .map(|v| &v[7..])
         else {
             return false;
         };
@@ -294,14 +298,32 @@ async fn serve_conn(
     keep_alive: bool,
 ) {
     let served = Arc::new(std::sync::atomic::AtomicU32::new(0));
-    let service = hyper::service::service_fn(move |req| {
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let n = served.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        let mut r = respond(&req, &state, &registry, &auth);
-        if !keep_alive || n >= limits.max_requests {
-            r.headers_mut()
-                .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+        let (parts, _body) = req.into_parts();
+        let (state, registry, auth) = (Arc::clone(&state), Arc::clone(&registry), auth.clone());
+        async move {
+            // The answers built from every route (/metrics, /status, the
+            // history) are built on a blocking thread, one at a time, so
+            // that readers flooding them cannot take the workers that move
+            // the relay's bytes: they wait for each other instead.
+            let heavy = matches!(parts.uri.path(), "/metrics" | "/status" | "/status/history");
+            let mut r = if heavy {
+                let _one = render_slot().acquire().await;
+                tokio::task::spawn_blocking(move || respond(&parts, &state, &registry, &auth))
+                    .await
+                    .unwrap_or_else(|_| {
+                        text(StatusCode::INTERNAL_SERVER_ERROR, "rendering failed\n")
+                    })
+            } else {
+                respond(&parts, &state, &registry, &auth)
+            };
+            if !keep_alive || n >= limits.max_requests {
+                r.headers_mut()
+                    .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok::<_, Infallible>(r)
         }
-        async move { Ok::<_, Infallible>(r) }
     });
     let io = guard::Guarded::new(stream, limits.stall_timeout, limits.idle_timeout);
     let conn = hyper::server::conn::http1::Builder::new()
@@ -317,16 +339,22 @@ async fn serve_conn(
     }
 }
 
+/// One answer built from every route at a time (see `serve_conn`).
+fn render_slot() -> &'static tokio::sync::Semaphore {
+    static SLOT: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    SLOT.get_or_init(|| tokio::sync::Semaphore::new(1))
+}
+
 fn respond(
-    req: &Request<Incoming>,
+    req: &Parts,
     state: &AppState,
     registry: &Registry,
     auth: &Auth,
 ) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
+    if req.method != Method::GET && req.method != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
     }
-    let path = req.uri().path();
+    let path = req.uri.path();
     if matches!(path, "/metrics" | "/status" | "/status/history") && !auth.allows(req) {
         let mut r = text(
             StatusCode::UNAUTHORIZED,
@@ -374,7 +402,7 @@ fn respond(
             "application/json",
         ),
         "/status/history" => {
-            let query = req.uri().query().unwrap_or("");
+            let query = req.uri.query().unwrap_or("");
             let route = query_param(query, "route");
             let since = match query_param(query, "since").map(|s| s.parse::<u64>()) {
                 None => 0,
@@ -532,6 +560,13 @@ mod tests {
             let r = get(addr, path).await.expect("history");
             assert!(r.starts_with("HTTP/1.1 401"), "{path}: {r}");
         }
+        let lower = get_with(addr, "/status/history", "authorization: bearer s3cret\r\n")
+            .await
+            .expect("history");
+        assert!(
+            lower.starts_with("HTTP/1.1 200"),
+            "the scheme is case-insensitive: {lower}"
+        );
         let auth = "authorization: Bearer s3cret\r\n";
         let r = get_with(addr, "/status/history", auth)
             .await

@@ -54,7 +54,10 @@ details{margin-top:.4em}
 const WINDOW = 900;
 const token = (new URLSearchParams(location.hash.slice(1))).get("token");
 const headers = token ? {Authorization: "Bearer " + token} : {};
-let hist = {}, closes = {}, lastT = 0, lastClose = 0, connected = false;
+// Keyed by route name: no prototype, so a route named __proto__ or
+// constructor is a route like any other.
+const dict = () => Object.create(null);
+let hist = dict(), closes = dict(), lastT = 0, lastClose = 0, connected = false;
 const $ = id => document.getElementById(id);
 const esc = s => String(s).replace(/[&<>"']/g, c => ({"&":"&amp;","<":"&lt;",">":"&gt;",'"':"&quot;","'":"&#39;"}[c]));
 function num(x, unit) {
@@ -156,13 +159,13 @@ function routeCard(r, now) {
 }
 function merge(h) {
   const now = h.now || 0;
-  if (h.full) { hist = {}; closes = {}; lastT = 0; lastClose = 0; }
+  if (h.full) { hist = dict(); closes = dict(); lastT = 0; lastClose = 0; }
   for (const [name, c] of Object.entries(h.routes || {})) {
     const cl = c.closes || [];
     delete c.closes;
     closes[name] = (closes[name] || []).concat(cl).slice(-50);
     for (const x of cl) if (x.id > lastClose) lastClose = x.id;
-    const cur = hist[name] || (hist[name] = {});
+    const cur = hist[name] || (hist[name] = dict());
     for (const [k, v] of Object.entries(c)) cur[k] = (cur[k] || []).concat(v);
     const keep = (cur.t || []).findIndex(t => t > now - WINDOW);
     if (keep > 0) for (const k of Object.keys(cur)) cur[k] = cur[k].slice(keep);
