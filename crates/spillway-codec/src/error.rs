@@ -19,7 +19,7 @@ pub enum FrameError {
     /// prefix is read, before any payload is buffered. For `lines`, no
     /// newline was found within `max` bytes: `size` is the number of bytes
     /// scanned without finding one (the line is longer than that).
-    #[error("message at offset {offset} too large: {size} bytes, maximum is {max}")]
+    #[error("message at offset {offset} too large: {}, maximum is {max}", size_text(*size, *max))]
     TooLarge {
         /// Stream offset where the message starts.
         offset: u64,
@@ -76,7 +76,18 @@ macro_rules! frame_error_kinds {
             $($(#[$doc])* $variant,)+
         }
 
-        impl FrameErrorKind {
+        /// The size of a message over the limit as the error says it: exact for
+/// a length prefix; for a line, only that it has no newline within the
+/// limit, so it is longer than that.
+fn size_text(size: u64, max: u64) -> String {
+    if size > max {
+        format!("{size} bytes")
+    } else {
+        format!("more than {max} bytes (no newline within them)")
+    }
+}
+
+impl FrameErrorKind {
             /// Every kind, in declaration order: [`FrameErrorKind::index`]
             /// is the position in it.
             pub const ALL: [FrameErrorKind; [$($label),+].len()] =
@@ -245,5 +256,15 @@ mod tests {
             "message at offset 7 too large: 99 bytes, maximum is 50"
         );
         assert_eq!(err.offset(), Some(7));
+        // A line: no newline within the limit, so its size is not known.
+        let line = FrameError::TooLarge {
+            offset: 0,
+            size: 50,
+            max: 50,
+        };
+        assert_eq!(
+            line.to_string(),
+            "message at offset 0 too large: more than 50 bytes (no newline within them), maximum is 50"
+        );
     }
 }

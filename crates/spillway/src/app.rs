@@ -307,7 +307,7 @@ async fn start_stream(
             .with_context(|| format!("route '{}': TLS", r.name))?
             .with_global_limits(state.conn_limits.clone()),
     );
-    info!(route = %r.name, listen = %local, upstreams = ?r.upstreams, balance = %r.balance,
+    info!(route = %r.name, listen = %local, upstreams = %r.upstreams.join(","), balance = %r.balance,
           spill = r.spill.is_some(), tls = r.tls.is_some(),
           upstream_tls = r.upstream_tls.is_some(), "stream route ready");
     let (tx, rx) = watch::channel(server);
@@ -666,7 +666,7 @@ impl Supervisor {
                     };
                     let old_server = swap.send_replace(server);
                     old_server.retire();
-                    info!(route = %r.name, upstreams = ?r.upstreams, "route settings changed; new connections use them");
+                    info!(route = %r.name, upstreams = %r.upstreams.join(","), "route settings changed; new connections use them");
                     if let Some(running) = self.running.get_mut(route.name()) {
                         running.route = route.clone();
                     }
