@@ -1,6 +1,6 @@
 //! The admin endpoint (`--admin ADDR`, `[admin] listen`): plain HTTP/1.1.
 //!
-//! - `GET /metrics`: Prometheus / OpenMetrics text ([`metrics`]).
+//! - `GET /metrics`: Prometheus / OpenMetrics text ([`crate::metrics`]).
 //! - `GET /healthz`: 200 while the process runs.
 //! - `GET /readyz`: 200 when every configured route is serving and the
 //!   process is not draining; 503 otherwise (load balancers stop sending).

@@ -255,7 +255,7 @@ impl Dispatch {
         out
     }
 
-    /// [`Dispatch::take`], handing each message to `each` in order (which
+    /// `Dispatch::take` (test-only), handing each message to `each` in order (which
     /// may copy its bytes, or clone it); returns how many.
     pub fn take_with(
         &mut self,

@@ -1,6 +1,6 @@
 //! The two directions of a proxied connection, and what each one shares
-//! with the supervisor: how it failed ([`DirError`]), how far it got
-//! ([`Progress`]), and the waits every copy loop makes.
+//! with the supervisor: how it failed (`DirError`), how far it got
+//! (`Progress`), and the waits every copy loop makes.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
