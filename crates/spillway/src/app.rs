@@ -265,7 +265,7 @@ async fn sample_history(state: Arc<AppState>, stop: impl std::future::Future<Out
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                state.sample_history(std::time::Instant::now(), crate::history::unix_now());
+                state.sample_history(std::time::Instant::now(), crate::units::since_epoch().as_secs());
             }
             _ = &mut stop => return,
         }

@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -146,7 +146,7 @@ impl History {
         json!({
             "interval_seconds": INTERVAL.as_secs(),
             "samples_kept": SAMPLES,
-            "now": unix_now(),
+            "now": crate::units::since_epoch().as_secs(),
             "routes": routes,
         })
     }
@@ -171,13 +171,6 @@ fn columns(samples: &[Sample]) -> Value {
         "oldest_age": col(&|s| round(s.oldest_age)),
         "connections": col(&|s| json!(s.connections)),
     })
-}
-
-/// Wall-clock seconds since the epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Connection closes a route keeps for the status page.
@@ -212,7 +205,7 @@ impl Closes {
         }
         q.push_back(Close {
             id: NEXT_CLOSE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            at: unix_now(),
+            at: crate::units::since_epoch().as_secs(),
             peer,
             role,
             reason,

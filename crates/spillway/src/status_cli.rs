@@ -269,7 +269,7 @@ pub fn run(target: &Target, watch: bool) -> Result<(), String> {
     let tty = std::io::stdout().is_terminal();
     let mut stdout = std::io::stdout();
     loop {
-        let now = crate::history::unix_now();
+        let now = crate::units::since_epoch().as_secs();
         let fetched = get_json(target, "/status").and_then(|s| {
             let h = get_json(
                 target,
@@ -306,6 +306,30 @@ pub fn run(target: &Target, watch: bool) -> Result<(), String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A server that trickles its answer cannot hold the command: one
+    /// deadline covers the whole answer, not each read.
+    #[test]
+    fn a_trickling_server_meets_the_deadline() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let admin = l.local_addr().expect("addr").to_string();
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().expect("accept");
+            let _ = c.read(&mut [0u8; 1024]);
+            let _ = c.write_all(b"HTTP/1.1 200 OK\r\n");
+            // One byte every 300 ms for up to 20 s: each read succeeds.
+            for _ in 0..66 {
+                std::thread::sleep(Duration::from_millis(300));
+                if c.write_all(b"x").is_err() {
+                    return;
+                }
+            }
+        });
+        let target = Target { admin, token: None };
+        let e = get_json(&target, "/status").expect_err("a trickle is no answer");
+        assert!(e.contains("no complete answer within"), "{e}");
+        drop(server);
+    }
 
     #[test]
     fn the_table_has_a_row_per_route_and_marks_trouble_without_colour_over_a_pipe() {

@@ -13,39 +13,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{http_get, pattern, write_config, Fnv, Relay};
-
-/// An upstream that sends `id` then echoes everything back, one thread per
-/// connection, until the test ends.
-fn tagged_echo(id: &'static str) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
-    let a = l.local_addr().expect("addr");
-    thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            thread::spawn(move || {
-                if !id.is_empty() && s.write_all(id.as_bytes()).is_err() {
-                    return;
-                }
-                let mut buf = vec![0u8; 64 << 10];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => {
-                            let _ = s.shutdown(Shutdown::Write);
-                            return;
-                        }
-                        Ok(n) => {
-                            if s.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
-    a
-}
+use common::{http_get, pattern, tagged_echo, write_config, Fnv, Relay};
 
 /// Connects through a route and reads the upstream's tag.
 fn tag_via(addr: SocketAddr, len: usize) -> String {

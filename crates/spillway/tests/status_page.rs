@@ -11,13 +11,13 @@
 mod common;
 
 use std::io::Write;
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::path::Path;
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{http_get, refused_addr, write_config, Relay};
+use common::{http_get, refused_addr, tagged_echo, write_config, Relay};
 
 fn chromium() -> &'static str {
     for c in ["chromium", "chromium-browser"] {
@@ -66,22 +66,6 @@ fn console_errors(stderr: &str) -> Vec<&str> {
         .collect()
 }
 
-/// An upstream that answers each connection with what it read.
-fn echo_upstream() -> std::net::SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let a = l.local_addr().expect("addr");
-    thread::spawn(move || {
-        for c in l.incoming().flatten() {
-            thread::spawn(move || {
-                let mut c = c;
-                let mut r = c.try_clone().expect("clone");
-                let _ = std::io::copy(&mut r, &mut c);
-            });
-        }
-    });
-    a
-}
-
 fn json(admin: std::net::SocketAddr, path: &str) -> serde_json::Value {
     let (code, body) = http_get(admin, path);
     assert_eq!(code, 200, "{path}: {body}");
@@ -91,7 +75,7 @@ fn json(admin: std::net::SocketAddr, path: &str) -> serde_json::Value {
 #[test]
 fn the_status_page_renders_routes_depth_sparklines_and_a_down_upstream_in_chromium() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let live = echo_upstream();
+    let live = tagged_echo("");
     let (_held, dead) = refused_addr();
     let cfg = write_config(
         dir.path(),

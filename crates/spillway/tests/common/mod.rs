@@ -425,3 +425,35 @@ impl Relay {
         }
     }
 }
+
+/// An upstream that sends `id` then echoes everything back, one thread per
+/// connection, until the test ends.
+pub fn tagged_echo(id: &'static str) -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+    let a = l.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                if !id.is_empty() && s.write_all(id.as_bytes()).is_err() {
+                    return;
+                }
+                let mut buf = vec![0u8; 64 << 10];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => {
+                            let _ = s.shutdown(std::net::Shutdown::Write);
+                            return;
+                        }
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    a
+}
