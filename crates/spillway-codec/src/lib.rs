@@ -13,6 +13,9 @@
 //! producer's original bytes. Every framing has a maximum message size, which
 //! counts the whole message (prefix or newline included).
 //!
+//! The ack protocol of docs/protocol.md (handshake, frames in its text and
+//! binary encodings) has its own codec in [`proto`], on `bytes::BytesMut`.
+//!
 //! ```
 //! use spillway_codec::{Decoded, Decoder, Framing};
 //!
@@ -34,6 +37,7 @@ mod decode;
 mod encode;
 mod error;
 mod framing;
+pub mod proto;
 
 pub use decode::{Decoded, Decoder};
 pub use encode::{encode, payload};
