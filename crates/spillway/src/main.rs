@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use spillway::config::{
-    self, defaults, Config, Fsync, Global, QueueRoute, Route, Spill, StreamRoute,
+    self, defaults, Config, Fsync, Global, Protocol, QueueRoute, Route, Spill, StreamRoute,
 };
 use spillway::endpoint::Endpoint;
 use spillway::logging::{self, LogFormat};
@@ -136,7 +136,36 @@ enum SpoolCommand {
         /// Stop after this many messages.
         #[arg(long)]
         limit: Option<u64>,
+        /// The dead letters of the spool DIR (DIR/dead) instead, one JSON
+        /// object per line (seq, attempts, reason, text, message).
+        #[arg(long, conflicts_with = "from")]
+        dead: bool,
     },
+    /// Put dead letters (DIR/dead) back on the main queue of DIR, as new
+    /// messages, and remove them from the dead letters. The relay must be
+    /// stopped.
+    Requeue {
+        dir: PathBuf,
+        /// Only the dead letters whose original sequence is in A-B (or A).
+        #[arg(long, value_parser = parse_seq_range)]
+        seq: Option<(u64, u64)>,
+    },
+}
+
+fn parse_seq_range(s: &str) -> Result<(u64, u64), String> {
+    let num = |t: &str| {
+        t.trim()
+            .parse::<u64>()
+            .map_err(|_| format!("invalid sequence '{t}': expected a number"))
+    };
+    let (a, b) = match s.split_once('-') {
+        Some((a, b)) => (num(a)?, num(b)?),
+        None => (num(s)?, num(s)?),
+    };
+    if a > b {
+        return Err(format!("invalid range {s}: {a} is above {b}"));
+    }
+    Ok((a, b))
 }
 
 #[derive(clap::Args)]
@@ -177,6 +206,21 @@ struct QueueArgs {
     /// messages (duplicates instead of loss).
     #[arg(long, default_value_t = ByteSize(defaults::REDELIVER_ON_RESET))]
     redeliver_on_reset: ByteSize,
+    /// What producers speak: plain (bytes in the framing) or ack (the ack
+    /// protocol of docs/protocol.md, with confirms).
+    #[arg(long, default_value_t = Protocol::Plain)]
+    from_protocol: Protocol,
+    /// What consumers speak: plain (delivered = TCP-acknowledged) or ack
+    /// (delivered = acknowledged by the consumer).
+    #[arg(long, default_value_t = Protocol::Plain)]
+    to_protocol: Protocol,
+    /// Ack protocol: a consumer holding a message this long without an ack
+    /// or a PROG is reset, and its messages go to the next one.
+    #[arg(long, default_value_t = HumanDuration(defaults::ACK_TIMEOUT))]
+    ack_timeout: HumanDuration,
+    /// Ack protocol: deliveries after which a message is dead-lettered.
+    #[arg(long, default_value_t = defaults::MAX_DELIVERIES)]
+    max_deliveries: u32,
     #[arg(long, default_value_t = HumanDuration(defaults::CONNECT_TIMEOUT))]
     connect_timeout: HumanDuration,
     #[arg(long, default_value_t = HumanDuration(defaults::DRAIN_TIMEOUT))]
@@ -206,6 +250,10 @@ impl QueueArgs {
         q.fsync = self.fsync.0;
         q.segment_size = self.segment_size.bytes();
         q.redeliver_on_reset = self.redeliver_on_reset.bytes();
+        q.from_protocol = self.from_protocol;
+        q.to_protocol = self.to_protocol;
+        q.ack_timeout = self.ack_timeout.0;
+        q.max_deliveries = self.max_deliveries;
         q.connect_timeout = self.connect_timeout.0;
         config::validate_queue(&q).map_err(|e| format!("--{}", e.replace('_', "-")))?;
         if self.drain_timeout.0.is_zero() {
@@ -326,9 +374,20 @@ fn main() -> ExitCode {
                     spillway::spool_tools::inspect(&dir).map(|()| true)
                 }
                 SpoolCommand::Verify { dir } => spillway::spool_tools::verify(&dir),
-                SpoolCommand::Dump { dir, from, limit } => {
-                    spillway::spool_tools::dump(&dir, from, limit).map(|()| true)
-                }
+                SpoolCommand::Dump {
+                    dir,
+                    limit,
+                    dead: true,
+                    ..
+                } => spillway::spool_tools::dump_dead(&dir, limit).map(|()| true),
+                SpoolCommand::Dump {
+                    dir, from, limit, ..
+                } => spillway::spool_tools::dump(&dir, from, limit).map(|()| true),
+                SpoolCommand::Requeue { dir, seq } => spillway::spool_tools::requeue(&dir, seq)
+                    .map(|(back, kept)| {
+                        eprintln!("requeued {back} dead letters; {kept} kept");
+                        true
+                    }),
             };
             match r {
                 Ok(true) => ExitCode::SUCCESS,

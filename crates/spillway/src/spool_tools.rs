@@ -168,3 +168,124 @@ pub fn dump(dir: &Path, from: Option<u64>, limit: Option<u64>) -> anyhow::Result
         other => Ok(other?),
     }
 }
+
+/// Writes the dead letters of the spool `dir` (its `dead/` directory) to
+/// stdout, one JSON object per line: `seq`, `attempts`, `reason`,
+/// `text` (the TERM reason), `group`, `append_ms`, `dead_ms`, and the
+/// message as stored: `message` when it is UTF-8, else `message_hex`.
+pub fn dump_dead(dir: &Path, limit: Option<u64>) -> anyhow::Result<()> {
+    let dead = crate::queue::dead::dir_of(dir);
+    if !dead.is_dir() {
+        anyhow::bail!(
+            "{} has no dead letters ({} does not exist)",
+            dir.display(),
+            dead.display()
+        );
+    }
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let res = spillway_spool::dump(&dead, None, limit, |m| {
+        let line = dead_letter_json(m).map_err(std::io::Error::other)?;
+        writeln!(out, "{line}")
+    });
+    let flushed = out.flush();
+    match res {
+        Ok(_) => {}
+        Err(spillway_spool::SpoolError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
+            return Ok(())
+        }
+        Err(e) => return Err(e).with_context(|| format!("dumping {}", dead.display())),
+    }
+    match flushed {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+fn dead_letter_json(m: &spillway_spool::Message) -> Result<String, String> {
+    let d =
+        crate::queue::dead::decode(&m.data).map_err(|e| format!("dead letter {}: {e}", m.seq))?;
+    let mut v = serde_json::json!({
+        "seq": d.seq,
+        "attempts": d.attempts,
+        "reason": d.reason,
+        "text": String::from_utf8_lossy(&d.text),
+        "group": d.group,
+        "append_ms": d.append_ms,
+        "dead_ms": d.dead_ms,
+    });
+    match std::str::from_utf8(&d.message) {
+        Ok(s) => v["message"] = serde_json::Value::from(s),
+        Err(_) => {
+            let hex: String = d.message.iter().map(|b| format!("{b:02x}")).collect();
+            v["message_hex"] = serde_json::Value::from(hex);
+        }
+    }
+    Ok(v.to_string())
+}
+
+/// Appends the dead letters of the spool `dir` whose original sequence is
+/// in `seqs` (all when `None`) to the spool's main queue again, as new
+/// messages, and removes them from the dead-letter spool. The relay must
+/// be stopped (both spools are locked while open). Returns how many were
+/// requeued and how many were kept.
+///
+/// Order of the steps, so that a crash loses nothing: the requeued
+/// messages are appended to the main queue and synced; the dead letters
+/// kept are appended again to the dead-letter spool and synced; then the
+/// old records are acknowledged there. A crash in between leaves a
+/// requeued letter in both (a duplicate), never in neither.
+pub fn requeue(dir: &Path, seqs: Option<(u64, u64)>) -> anyhow::Result<(u64, u64)> {
+    use spillway_spool::{Durability, Spool, SpoolConfig};
+    let dead_dir = crate::queue::dead::dir_of(dir);
+    if !dead_dir.is_dir() {
+        anyhow::bail!("{} has no dead letters", dir.display());
+    }
+    let open = |d: &Path| {
+        let mut cfg = SpoolConfig::new(d);
+        cfg.memory_limit = 0;
+        cfg.durability = Durability::Always;
+        cfg.max_message = spillway_spool::MAX_MESSAGE_LIMIT;
+        Spool::open(cfg)
+            .map(|(s, _)| s)
+            .with_context(|| format!("opening spool {} (is the relay stopped?)", d.display()))
+    };
+    let dead = open(&dead_dir)?;
+    let main = open(dir)?;
+    let end = dead.stats().next_seq;
+    let mut from = dead.ack_floor();
+    let (mut back, mut keep) = (Vec::new(), Vec::new());
+    while from < end {
+        let msgs = dead.read(from, 4096, 8 << 20)?;
+        let Some(last) = msgs.last() else { break };
+        from = last.seq + 1;
+        for m in msgs {
+            let d = crate::queue::dead::decode(&m.data)
+                .map_err(|e| anyhow::anyhow!("dead letter {}: {e}", m.seq))?;
+            if seqs.is_none_or(|(a, b)| (a..=b).contains(&d.seq)) {
+                back.push(d.message);
+            } else {
+                keep.push(m.data);
+            }
+        }
+    }
+    for chunk in back.chunks(1024) {
+        let slices: Vec<&[u8]> = chunk.iter().map(|b| &b[..]).collect();
+        main.append(&slices)
+            .context("appending to the main queue")?;
+    }
+    if !back.is_empty() {
+        for chunk in keep.chunks(1024) {
+            let slices: Vec<&[u8]> = chunk.iter().map(|b| &b[..]).collect();
+            dead.append(&slices)
+                .context("rewriting the dead letters kept")?;
+        }
+        dead.ack(end)
+            .context("removing the requeued dead letters")?;
+    }
+    main.close().context("closing the main queue")?;
+    dead.close().context("closing the dead-letter spool")?;
+    Ok((back.len() as u64, keep.len() as u64))
+}

@@ -60,6 +60,11 @@ pub const FSYNC: Durability = Durability::Interval(FSYNC_INTERVAL);
 /// after a consumer resets (they may have been sitting unread in its
 /// receive buffer): duplicates instead of loss.
 pub const REDELIVER_ON_RESET: u64 = 256 << 10;
+/// Ack protocol: how long a consumer may hold a message without an ack or
+/// a PROG.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Ack protocol: deliveries after which a message is dead-lettered.
+pub const MAX_DELIVERIES: u32 = 5;
 /// Queue producers: connected and silent this long means closed.
 pub const READ_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Connections on a queue route's listeners, producers and consumers

@@ -31,6 +31,6 @@ mod tls;
 pub use convert::{load, parse, ConfigError};
 pub use model::{
     parse_fsync, parse_when_full, validate_queue, validate_stream, when_full_name, Config, Fsync,
-    Global, QueueRoute, Route, Spill, StreamRoute, Timeouts,
+    Global, Protocol, QueueRoute, Route, Spill, StreamRoute, Timeouts,
 };
 pub use tls::EndpointTls;

@@ -121,6 +121,15 @@ pub struct QueueRoute {
     pub fsync: Durability,
     pub segment_size: u64,
     pub redeliver_on_reset: u64,
+    /// What producers speak (`from_protocol`).
+    pub from_protocol: Protocol,
+    /// What consumers speak (`to_protocol`).
+    pub to_protocol: Protocol,
+    /// Ack protocol: an unacknowledged message older than this (without a
+    /// PROG) resets its consumer.
+    pub ack_timeout: Duration,
+    /// Ack protocol: deliveries after which a message is dead-lettered.
+    pub max_deliveries: u32,
     pub connect_timeout: Duration,
     pub timeouts: Timeouts,
     /// A producer that sends nothing for this long is closed (`None`: never).
@@ -167,6 +176,10 @@ impl QueueRoute {
             fsync: defaults::FSYNC,
             segment_size: defaults::SEGMENT_SIZE,
             redeliver_on_reset: defaults::REDELIVER_ON_RESET,
+            from_protocol: Protocol::Plain,
+            to_protocol: Protocol::Plain,
+            ack_timeout: defaults::ACK_TIMEOUT,
+            max_deliveries: defaults::MAX_DELIVERIES,
             connect_timeout: defaults::CONNECT_TIMEOUT,
             timeouts: Timeouts::default(),
             read_idle_timeout: Some(defaults::READ_IDLE_TIMEOUT),
@@ -179,6 +192,37 @@ impl QueueRoute {
             max_connections_per_ip: None,
             per_ip_ipv6_prefix: spillway_net::limit::DEFAULT_IPV6_PREFIX,
         }
+    }
+}
+
+/// What the peers of one side of a queue route speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// Bytes in the route's framing; TCP is the only acknowledgement.
+    #[default]
+    Plain,
+    /// The ack protocol of `docs/protocol.md`.
+    Ack,
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "plain" => Ok(Protocol::Plain),
+            "ack" => Ok(Protocol::Ack),
+            other => Err(format!("invalid protocol '{other}': expected plain or ack")),
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Plain => "plain",
+            Protocol::Ack => "ack",
+        })
     }
 }
 
@@ -255,6 +299,24 @@ pub fn validate_queue(r: &QueueRoute) -> Result<(), String> {
     }
     if r.segment_size < 4096 {
         return Err("segment_size must be at least 4KiB".into());
+    }
+    if r.ack_timeout.is_zero() {
+        return Err("ack_timeout must be greater than zero".into());
+    }
+    if !(1..=1000).contains(&r.max_deliveries) {
+        return Err("max_deliveries must be between 1 and 1000".into());
+    }
+    if r.from_protocol == Protocol::Ack {
+        return Err(
+            "from_protocol = \"ack\" (producer confirms) is not implemented yet; use \"plain\""
+                .into(),
+        );
+    }
+    if r.to_protocol == Protocol::Ack && !matches!(r.to, Endpoint::Listen(_)) {
+        return Err(
+            "to_protocol = \"ack\" needs a listen: endpoint (consumers connect and say hello)"
+                .into(),
+        );
     }
     Ok(())
 }

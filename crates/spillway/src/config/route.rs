@@ -132,6 +132,10 @@ fn reject_queue_keys(src: &Source<'_>, keys: QueueKeys) -> Result<(), ConfigErro
         fsync,
         segment_size,
         redeliver_on_reset,
+        from_protocol,
+        to_protocol,
+        ack_timeout,
+        max_deliveries,
         read_idle_timeout,
         min_rate,
         min_rate_grace,
@@ -150,6 +154,10 @@ fn reject_queue_keys(src: &Source<'_>, keys: QueueKeys) -> Result<(), ConfigErro
     reject(src, &fsync, "fsync", mode)?;
     reject(src, &segment_size, "segment_size", mode)?;
     reject(src, &redeliver_on_reset, "redeliver_on_reset", mode)?;
+    reject(src, &from_protocol, "from_protocol", mode)?;
+    reject(src, &to_protocol, "to_protocol", mode)?;
+    reject(src, &ack_timeout, "ack_timeout", mode)?;
+    reject(src, &max_deliveries, "max_deliveries", mode)?;
     reject(src, &read_idle_timeout, "read_idle_timeout", mode)?;
     reject(src, &min_rate, "min_rate", mode)?;
     reject(src, &min_rate_grace, "min_rate_grace", mode)?;
@@ -179,6 +187,10 @@ fn queue_route(
         fsync,
         segment_size,
         redeliver_on_reset,
+        from_protocol,
+        to_protocol,
+        ack_timeout,
+        max_deliveries,
         read_idle_timeout,
         min_rate,
         min_rate_grace,
@@ -232,6 +244,26 @@ fn queue_route(
     }
     if let Some(v) = &redeliver_on_reset {
         q.redeliver_on_reset = v.get_ref().bytes();
+    }
+    for (v, side) in [
+        (from_protocol, &mut q.from_protocol),
+        (to_protocol, &mut q.to_protocol),
+    ] {
+        if let Some(v) = v {
+            *side = v
+                .get_ref()
+                .parse()
+                .map_err(|m: String| src.error(v.span(), m))?;
+        }
+    }
+    if let Some(v) = ack_timeout {
+        q.ack_timeout = nonzero_duration(src, &v, "ack_timeout")?;
+    }
+    if let Some(v) = max_deliveries {
+        if !(1..=1000).contains(v.get_ref()) {
+            return Err(src.error(v.span(), "max_deliveries must be between 1 and 1000"));
+        }
+        q.max_deliveries = *v.get_ref();
     }
     if let Some(v) = when_full {
         q.when_full = parse_when_full(v.get_ref()).map_err(|m| src.error(v.span(), m))?;

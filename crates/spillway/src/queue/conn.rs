@@ -91,7 +91,11 @@ impl QueueServer {
                         }
                     },
                 };
-                self.consume(wire, bytes).await.as_str()
+                if self.route().to_protocol == crate::config::Protocol::Ack {
+                    self.consume_acking(wire, bytes).await.as_str()
+                } else {
+                    self.consume(wire, bytes).await.as_str()
+                }
             }
         };
         self.stats.recent_closes.push(peer, role.as_str(), reason);

@@ -19,13 +19,17 @@
 //! Acknowledgements go to the spool's maintenance thread (see
 //! `spool_io.rs`); the dispatcher's floor is the only one.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use spillway_spool::{Message, Spool, SpoolError};
 use tokio::sync::Notify;
 
-use super::dispatch::{ConsumerId, Dispatch};
+use spillway_spool::fs::Fs;
+
+use super::dead::DeadLetters;
+use super::dispatch::{AckOutcome, Bury, BuryReason, ConsumerId, Dispatch, NotHeld};
 use super::spool_io::Acker;
 
 /// How much is read ahead of the takes at most (a read is made once
@@ -52,6 +56,11 @@ pub(super) struct Dispatcher {
     notify: Arc<Notify>,
     spool: Spool,
     acker: Acker,
+    /// The dead-letter spool, once a consumer side speaks the ack protocol.
+    dead: Mutex<Option<DeadLetters>>,
+    /// Messages sent to the dead-letter spool: after `max_deliveries`, by
+    /// TERM.
+    buried: [AtomicU64; 2],
 }
 
 impl Drop for Dispatcher {
@@ -135,7 +144,76 @@ impl Dispatcher {
             notify,
             spool: spool.clone(),
             acker,
+            dead: Mutex::new(None),
+            buried: Default::default(),
         })
+    }
+
+    /// Opens the route's dead-letter spool (`<spool>/dead`) on `fs`, for
+    /// ack-protocol consumers; the main queue's floor passes a dead letter
+    /// once it is written there.
+    pub fn open_dead_letters(
+        &self,
+        main: &std::path::Path,
+        max_message: u32,
+        fs: Arc<dyn Fs>,
+        route: &str,
+    ) -> anyhow::Result<()> {
+        let (state, acker) = (Arc::clone(&self.state), self.acker.clone());
+        let written = Box::new(move |seqs: Vec<u64>| {
+            let floor = lock(&state).buried(seqs);
+            if let Some(f) = floor {
+                acker.ack(f);
+            }
+        });
+        let dead = DeadLetters::start(main, max_message, fs, route, written)?;
+        *self.dead.lock().unwrap_or_else(|e| e.into_inner()) = Some(dead);
+        Ok(())
+    }
+
+    /// Closes the dead-letter spool, if open (see [`DeadLetters::close`]).
+    pub fn close_dead_letters(&self) -> Result<(), SpoolError> {
+        let dead = self.dead.lock().unwrap_or_else(|e| e.into_inner()).take();
+        dead.map_or(Ok(()), DeadLetters::close)
+    }
+
+    /// Messages dead-lettered: (after `max_deliveries`, by TERM).
+    pub fn buried(&self) -> (u64, u64) {
+        (
+            self.buried[0].load(Ordering::Relaxed),
+            self.buried[1].load(Ordering::Relaxed),
+        )
+    }
+
+    /// Messages delivered to ack-protocol consumers, unacknowledged.
+    pub fn unacked_total(&self) -> u64 {
+        self.lock().unacked_total()
+    }
+
+    /// Messages in the dead-letter spool (0 without one).
+    pub fn dead_letters(&self) -> u64 {
+        let dead = self.dead.lock().unwrap_or_else(|e| e.into_inner());
+        dead.as_ref().map_or(0, DeadLetters::depth)
+    }
+
+    /// Hands what `d` buried to the dead-letter writer (with none open,
+    /// they stay below the floor: delivered again after a restart).
+    fn bury(&self, burials: Vec<Bury>) {
+        if burials.is_empty() {
+            return;
+        }
+        for b in &burials {
+            let i = usize::from(matches!(b.reason, BuryReason::Term(_)));
+            self.buried[i].fetch_add(1, Ordering::Relaxed);
+        }
+        let dead = self.dead.lock().unwrap_or_else(|e| e.into_inner());
+        match dead.as_ref() {
+            Some(w) => w.send(burials),
+            None => tracing::error!(
+                count = burials.len(),
+                "dead letters with no dead-letter spool open; kept in the queue"
+            ),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Dispatch> {
@@ -162,11 +240,24 @@ impl Dispatcher {
         max_bytes: usize,
         each: impl FnMut(&Message),
     ) -> usize {
+        self.take_by(|d| d.take_with(consumer, max_msgs, max_bytes, each))
+    }
+
+    /// What acking `consumer`'s window allows (see
+    /// [`Dispatch::take_acking`]), each handed to `each` with its attempt;
+    /// never waits for the disk.
+    pub fn take_acking(&self, consumer: ConsumerId, each: impl FnMut(&Message, u32)) -> usize {
+        self.take_by(|d| d.take_acking(consumer, each))
+    }
+
+    /// A take by `take`, with what is due and cheap to read made ready.
+    fn take_by(&self, take: impl FnOnce(&mut Dispatch) -> usize) -> usize {
         // Under drop-oldest the spool's floor can pass what was read ahead.
         let dropped_below = self.spool.ack_floor();
         let (n, low) = {
             let mut d = self.lock();
             d.skip_to(dropped_below);
+            d.release_due(std::time::Instant::now());
             if d.is_dry() {
                 // Nothing read ahead: what needs no wait for the disk is
                 // read here at once, without the lock, instead of through
@@ -187,7 +278,7 @@ impl Dispatcher {
                     }
                 }
             }
-            let n = d.take_with(consumer, max_msgs, max_bytes, each);
+            let n = take(&mut d);
             (n, d.read_ahead(AHEAD_MSGS, AHEAD_BYTES).is_some())
         };
         if low {
@@ -226,17 +317,92 @@ impl Dispatcher {
     /// `consumer` is gone (see [`Dispatch::leave`]); returns how many
     /// messages went back to the queue.
     pub fn leave(&self, consumer: ConsumerId, abortive: bool) -> usize {
-        let (floor, back) = {
+        let (floor, back, burials) = {
             let mut d = self.lock();
-            let r = d.leave(consumer, abortive);
+            let (floor, back) = d.leave(consumer, abortive);
             self.spool.mark_delivered(d.delivered_floor());
-            r
+            (floor, back, d.take_burials())
         };
+        self.bury(burials);
         self.ack(floor);
         if back > 0 {
             self.notify.notify_waiters();
         }
         back
+    }
+
+    /// A new ack-protocol consumer (see [`Dispatch::join_acking`]).
+    pub fn join_acking(&self, window: u32, window_bytes: u64) -> ConsumerId {
+        self.lock().join_acking(window, window_bytes)
+    }
+
+    pub fn set_window(&self, consumer: ConsumerId, window: u32, window_bytes: u64) {
+        self.lock().set_window(consumer, window, window_bytes);
+    }
+
+    pub fn set_max_deliveries(&self, n: u32) {
+        self.lock().set_max_deliveries(n);
+    }
+
+    /// Acking `consumer` acknowledged `seqs` (see [`Dispatch::settle`]);
+    /// returns how many named a message it did not hold.
+    pub fn settle(
+        &self,
+        consumer: ConsumerId,
+        seqs: impl IntoIterator<Item = u64>,
+        done: impl FnMut(&Message),
+    ) -> u64 {
+        let (floor, ignored) = {
+            let mut d = self.lock();
+            let r = d.settle(consumer, seqs, done);
+            self.spool.mark_delivered(d.delivered_floor());
+            r
+        };
+        self.ack(floor);
+        ignored
+    }
+
+    /// Acking `consumer` gave `seq` back (see [`Dispatch::nak`]); the
+    /// consumers are woken when it is due.
+    pub fn nak(
+        &self,
+        consumer: ConsumerId,
+        seq: u64,
+        delay: Duration,
+    ) -> Result<AckOutcome, NotHeld> {
+        let (r, burials) = {
+            let mut d = self.lock();
+            let r = d.nak(consumer, seq, delay, std::time::Instant::now());
+            (r, d.take_burials())
+        };
+        self.bury(burials);
+        if let Ok(AckOutcome::Delayed(at)) = &r {
+            let notify = Arc::clone(&self.notify);
+            let at = tokio::time::Instant::from_std(*at);
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    tokio::time::sleep_until(at).await;
+                    notify.notify_waiters();
+                });
+            }
+        }
+        r
+    }
+
+    /// Acking `consumer` refused `seq` (TERM): dead-lettered.
+    pub fn term(
+        &self,
+        consumer: ConsumerId,
+        seq: u64,
+        reason: bytes::Bytes,
+    ) -> Result<(), NotHeld> {
+        let (r, burials) = {
+            let mut d = self.lock();
+            let r = d.term(consumer, seq, reason);
+            (r, d.take_burials())
+        };
+        self.bury(burials);
+        r
     }
 
     /// The spool wants space: redelivery windows stop holding the floor.

@@ -54,9 +54,34 @@ static DELIVERY_LATENCY: Family = Family::histogram(
     "Enqueue to delivered (acknowledged by the consumer's TCP), per message.",
 );
 
+static ACK_TIMEOUTS: Family = Family::counter(
+    "spillway_ack_timeouts",
+    "Ack-protocol consumers reset for holding a message past ack_timeout.",
+);
+static ACKS_IGNORED: Family = Family::counter(
+    "spillway_acks_ignored",
+    "Ack-protocol acknowledgements that named no message the connection held.",
+);
+static NAKS: Family = Family::counter(
+    "spillway_naks",
+    "Messages an ack-protocol consumer gave back (NAK).",
+);
+static DEAD_LETTERS: Family = Family::counter(
+    "spillway_dead_letters",
+    "Messages sent to the dead-letter spool, by reason (max_deliveries, term).",
+);
+static DEAD_LETTER_MESSAGES: Family = Family::gauge(
+    "spillway_dead_letter_messages",
+    "Messages in the route's dead-letter spool.",
+);
+static UNACKED_MESSAGES: Family = Family::gauge(
+    "spillway_unacked_messages",
+    "Messages delivered to ack-protocol consumers and not yet acknowledged.",
+);
+
 /// The families a queue route fills, in `/metrics` order (then the
 /// spool's).
-static FAMILIES: [&Family; 16] = [
+static FAMILIES: [&Family; 22] = [
     &CONNECTIONS,
     &CONNECTIONS_ACTIVE,
     &CONSUMER_CONNECTIONS_CLOSED,
@@ -73,6 +98,12 @@ static FAMILIES: [&Family; 16] = [
     &PARTIAL_MESSAGES_AT_EOF,
     &FRAME_ERRORS,
     &DELIVERY_LATENCY,
+    &ACK_TIMEOUTS,
+    &ACKS_IGNORED,
+    &NAKS,
+    &DEAD_LETTERS,
+    &DEAD_LETTER_MESSAGES,
+    &UNACKED_MESSAGES,
 ];
 
 /// Declares the queue routes' families and their spools'.
@@ -171,6 +202,21 @@ pub fn collect(s: &mut Scrape, route: &str, q: &QueueServer) {
         );
     }
     s.histogram(&DELIVERY_LATENCY, &r, st.delivery_latency.snapshot());
+    if q.route().to_protocol == crate::config::Protocol::Ack {
+        for (family, v) in [
+            (&ACK_TIMEOUTS, &st.ack_timeouts),
+            (&ACKS_IGNORED, &st.acks_ignored),
+            (&NAKS, &st.naks),
+        ] {
+            s.counter(family, &r, v.load(Ordering::Relaxed));
+        }
+        let (max, term) = q.dispatcher.buried();
+        for (reason, n) in [("max_deliveries", max), ("term", term)] {
+            s.counter(&DEAD_LETTERS, &[("route", route), ("reason", reason)], n);
+        }
+        s.gauge(&DEAD_LETTER_MESSAGES, &r, q.dispatcher.dead_letters());
+        s.gauge(&UNACKED_MESSAGES, &r, q.dispatcher.unacked_total());
+    }
 
     // The spool snapshot takes its lock once per scrape.
     super::spool_metrics::collect(s, route, &q.spool().stats());

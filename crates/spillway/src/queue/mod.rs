@@ -24,7 +24,9 @@
 //! consumer; `dispatch.rs` and `dispatcher.rs` who gets which message;
 //! `spool_io.rs` the spool's write, commit and maintenance threads.
 
+mod ack_consumer;
 mod conn;
+pub mod dead;
 mod dispatch;
 mod dispatcher;
 pub mod memory;
@@ -140,6 +142,14 @@ pub struct QueueStats {
     pub consumer_tls_failures: AtomicU64,
     /// Dialing of `connect:` endpoints, per [`Role`].
     dial: [DialStats; 2],
+    /// Ack protocol: consumers reset for holding a message past
+    /// `ack_timeout`.
+    pub ack_timeouts: AtomicU64,
+    /// Ack protocol: ACK / ACKS frames (or seqs in them) that named no
+    /// message the connection held.
+    pub acks_ignored: AtomicU64,
+    /// Ack protocol: messages given back with NAK.
+    pub naks: AtomicU64,
 }
 
 /// Connect attempts of one `connect:` endpoint and their failures by class
@@ -174,6 +184,9 @@ impl Default for QueueStats {
             producer_tls_failures: AtomicU64::default(),
             consumer_tls_failures: AtomicU64::default(),
             dial: Default::default(),
+            ack_timeouts: AtomicU64::default(),
+            acks_ignored: AtomicU64::default(),
+            naks: AtomicU64::default(),
         }
     }
 }
@@ -370,7 +383,7 @@ impl QueueServer {
         // log the pushback and notice a shutdown; it then retries.
         cfg.block_timeout = Some(Duration::from_secs(1));
         cfg.cursor_interval = CURSOR_INTERVAL;
-        let (spool, report) = Spool::open_with_fs(cfg, fs).with_context(|| {
+        let (spool, report) = Spool::open_with_fs(cfg, Arc::clone(&fs)).with_context(|| {
             format!(
                 "route '{}': cannot open spool {}",
                 route.name,
@@ -397,6 +410,23 @@ impl QueueServer {
             &route.name,
         )
         .with_context(|| format!("route '{}': spool reader thread", route.name))?;
+        dispatcher.set_max_deliveries(route.max_deliveries);
+        if route.to_protocol == crate::config::Protocol::Ack {
+            dispatcher
+                .open_dead_letters(
+                    &route.spool,
+                    u32::try_from(route.max_message).unwrap_or(u32::MAX),
+                    Arc::clone(&fs),
+                    &route.name,
+                )
+                .with_context(|| {
+                    format!(
+                        "route '{}': cannot open the dead-letter spool {}",
+                        route.name,
+                        dead::dir_of(&route.spool).display()
+                    )
+                })?;
+        }
         let gate = Gate::new(
             shared.connections,
             route.max_connections,
@@ -536,6 +566,8 @@ impl QueueServer {
             && old.to == new.to
             && old.spool == new.spool
             && old.framing == new.framing
+            && old.from_protocol == new.from_protocol
+            && old.to_protocol == new.to_protocol
             && old.max_message == new.max_message
             && old.from_tls == new.from_tls
             && old.to_tls == new.to_tls
@@ -557,6 +589,7 @@ impl QueueServer {
         };
         self.spool.reconfigure(t)?;
         self.dispatcher.set_redeliver(new.redeliver_on_reset);
+        self.dispatcher.set_max_deliveries(new.max_deliveries);
         *self.route.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
         Ok(())
     }

@@ -161,6 +161,13 @@ impl QueueServer {
         if let Some((what, e)) = self.io.take_failure() {
             self.fail(what, &e);
         }
+        let dispatcher_dead = {
+            let server = Arc::clone(&self);
+            tokio::task::spawn_blocking(move || server.dispatcher.close_dead_letters())
+        };
+        if let Ok(Err(e)) = dispatcher_dead.await {
+            error!(error = %e, "dead-letter spool close failed");
+        }
         let spool = self.spool.clone();
         let closed = tokio::task::spawn_blocking(move || spool.close())
             .await

@@ -77,11 +77,15 @@ pub enum ConsumerEnd {
     PeerTimeout,
     /// The connection reached `max_lifetime`; clean cut.
     MaxLifetime,
+    /// Ack protocol: a message was held past `ack_timeout`; reset.
+    AckTimeout,
+    /// Ack protocol: the consumer broke the protocol (`ERR` sent).
+    ProtocolError,
 }
 
 impl ConsumerEnd {
     /// Every variant, in declaration order (the index of the counters).
-    pub const ALL: [ConsumerEnd; 7] = [
+    pub const ALL: [ConsumerEnd; 9] = [
         ConsumerEnd::Eof,
         ConsumerEnd::Reset,
         ConsumerEnd::Shutdown,
@@ -89,6 +93,8 @@ impl ConsumerEnd {
         ConsumerEnd::WriteStall,
         ConsumerEnd::PeerTimeout,
         ConsumerEnd::MaxLifetime,
+        ConsumerEnd::AckTimeout,
+        ConsumerEnd::ProtocolError,
     ];
 
     /// Position in [`ConsumerEnd::ALL`].
@@ -105,6 +111,8 @@ impl ConsumerEnd {
             ConsumerEnd::WriteStall => "write_stall",
             ConsumerEnd::PeerTimeout => "peer_timeout",
             ConsumerEnd::MaxLifetime => "max_lifetime",
+            ConsumerEnd::AckTimeout => "ack_timeout",
+            ConsumerEnd::ProtocolError => "protocol_error",
         }
     }
 
@@ -129,7 +137,7 @@ fn broken(e: &io::Error) -> ConsumerEnd {
 /// End-to-end latencies of one batch of deliveries, tallied locally and
 /// added to the shared histogram once. Messages of one record share their
 /// append time, so the bucket is looked up only when it changes.
-struct LatencyTally {
+pub(super) struct LatencyTally {
     now_ms: u64,
     counts: Vec<u64>,
     sum_ms: u64,
@@ -137,7 +145,7 @@ struct LatencyTally {
 }
 
 impl LatencyTally {
-    fn new(h: &Histogram) -> Self {
+    pub(super) fn new(h: &Histogram) -> Self {
         LatencyTally {
             now_ms: crate::units::since_epoch().as_millis() as u64,
             counts: vec![0; h.buckets()],
@@ -146,7 +154,7 @@ impl LatencyTally {
         }
     }
 
-    fn add_with(&mut self, h: &Histogram, append_ms: u64) {
+    pub(super) fn add_with(&mut self, h: &Histogram, append_ms: u64) {
         let bucket = match self.last {
             Some((ms, b)) if ms == append_ms => b,
             _ => {
@@ -160,7 +168,7 @@ impl LatencyTally {
         self.sum_ms += self.now_ms.saturating_sub(append_ms);
     }
 
-    fn record(self, h: &Histogram) {
+    pub(super) fn record(self, h: &Histogram) {
         if self.counts.iter().any(|&c| c > 0) {
             h.record_counts(&self.counts, Duration::from_millis(self.sum_ms));
         }

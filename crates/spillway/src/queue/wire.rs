@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::AsFd;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use rustls::Connection;
 use spillway_net::tls::CiphertextMarks;
 use tokio::net::TcpStream;
@@ -216,6 +216,46 @@ impl Wire {
                 // FIN without close_notify: the consumer left; what it
                 // acknowledged is accounted by SIOCOUTQ either way.
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(true),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reads what the consumer sent into `buf` (ack-protocol consumers
+    /// send frames): `Ok(0)` when it ended its side (FIN, or a TLS
+    /// close_notify), `WouldBlock` when nothing is there.
+    pub(super) fn try_read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        const CHUNK: usize = 16 << 10;
+        let Some(t) = self.tls.as_mut() else {
+            buf.reserve(CHUNK);
+            return self.tcp.try_read_buf(buf);
+        };
+        let tcp_eof = match t.conn.read_tls(&mut TryRead(&self.tcp)) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+            Err(e) => return Err(e),
+        };
+        t.conn
+            .process_new_packets()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let mut got = 0;
+        let mut chunk = [0u8; CHUNK];
+        loop {
+            match t.conn.reader().read(&mut chunk) {
+                Ok(0) => return Ok(got),
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    got += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return match (got, tcp_eof) {
+                        (0, true) => Ok(0),
+                        (0, false) => Err(io::ErrorKind::WouldBlock.into()),
+                        _ => Ok(got),
+                    };
+                }
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(got),
                 Err(e) => return Err(e),
             }
         }

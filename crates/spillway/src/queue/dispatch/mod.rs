@@ -40,7 +40,12 @@
 //!   reset, from memory, but no longer kept on disk, so windows can never
 //!   wedge a full spool.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::time::Instant;
+
+mod acking;
+
+pub use acking::{AckOutcome, Bury, BuryReason, NotHeld};
 
 use spillway_spool::Message;
 
@@ -53,11 +58,40 @@ pub type ConsumerId = u64;
 struct Held {
     msg: Message,
     end: u64,
+    /// Deliveries of this message before this one (ack-protocol attempts,
+    /// carried through a plain consumer that gives it back).
+    attempts: u32,
 }
 
 impl Held {
     fn start(&self) -> u64 {
         self.end - self.msg.data.len() as u64
+    }
+}
+
+/// Default of the route's `max_deliveries`.
+pub const DEFAULT_MAX_DELIVERIES: u32 = 5;
+
+/// A message given back (or delayed), waiting to go out again.
+#[derive(Debug)]
+struct Back {
+    msg: Message,
+    /// Deliveries so far (ack-protocol attempts; the next is one more).
+    attempts: u32,
+    /// Given back by an ack-protocol consumer that was lost while holding
+    /// it: it goes out alone, to a consumer that holds nothing else, so
+    /// that a message that kills its consumers charges attempts only to
+    /// itself (see `acking.rs`).
+    suspect: bool,
+}
+
+impl Back {
+    fn plain(msg: Message, attempts: u32) -> Self {
+        Back {
+            msg,
+            attempts,
+            suspect: false,
+        }
     }
 }
 
@@ -74,6 +108,8 @@ struct Holding {
     /// of ascending sequence.
     recent: VecDeque<VecDeque<Message>>,
     recent_bytes: u64,
+    /// An ack-protocol consumer's state (`None`: a plain consumer).
+    acking: Option<acking::AckHold>,
 }
 
 /// The least front of a few ascending runs.
@@ -82,8 +118,11 @@ fn least_front<T>(runs: &VecDeque<VecDeque<T>>, seq: impl Fn(&T) -> u64) -> Opti
 }
 
 impl Holding {
-    /// The lowest sequence it holds undelivered.
+    /// The lowest sequence it holds undelivered (or unacknowledged).
     fn lowest_held(&self) -> Option<u64> {
+        if let Some(a) = &self.acking {
+            return a.lowest();
+        }
         least_front(&self.takes, |h| h.msg.seq)
     }
 
@@ -131,7 +170,18 @@ pub struct Dispatch {
     /// A read from `next_read` is in progress (one reader at a time).
     reading: bool,
     /// Given back by consumers that were cut or left; sent before anything new.
-    returned: BTreeMap<u64, Message>,
+    returned: BTreeMap<u64, Back>,
+    /// Refused with a delay by ack-protocol consumers (NAK): held until due.
+    delayed: BTreeMap<u64, Back>,
+    /// When each delayed message is due.
+    due: BTreeSet<(Instant, u64)>,
+    /// On their way to the dead-letter spool: they hold the floor until
+    /// they are written there ([`Dispatch::buried`]).
+    dying: BTreeMap<u64, Message>,
+    /// Buried since the last [`Dispatch::take_burials`].
+    to_bury: Vec<Bury>,
+    /// Deliveries after which an ack-protocol message is dead-lettered.
+    max_deliveries: u32,
     consumers: HashMap<ConsumerId, Holding>,
     next_id: ConsumerId,
     /// Bytes of each consumer's redelivery window.
@@ -153,6 +203,11 @@ impl Dispatch {
             ahead_bytes: 0,
             reading: false,
             returned: BTreeMap::new(),
+            delayed: BTreeMap::new(),
+            due: BTreeSet::new(),
+            dying: BTreeMap::new(),
+            to_bury: Vec::new(),
+            max_deliveries: DEFAULT_MAX_DELIVERIES,
             consumers: HashMap::new(),
             next_id: 1,
             redeliver,
@@ -272,17 +327,21 @@ impl Dispatch {
         let mut take = VecDeque::new();
         while take.len() < max_msgs && (bytes < max_bytes || take.is_empty()) {
             let next = if from_ahead {
-                self.ahead.pop_front()
+                self.ahead.pop_front().map(|m| (m, 0))
             } else {
-                self.returned.pop_first().map(|(_, m)| m)
+                self.returned.pop_first().map(|(_, b)| (b.msg, b.attempts))
             };
-            let Some(msg) = next else {
+            let Some((msg, attempts)) = next else {
                 break;
             };
             bytes += msg.data.len();
             h.end += msg.data.len() as u64;
             each(&msg);
-            take.push_back(Held { msg, end: h.end });
+            take.push_back(Held {
+                msg,
+                end: h.end,
+                attempts,
+            });
         }
         if from_ahead {
             self.ahead_bytes -= bytes;
@@ -355,8 +414,8 @@ impl Dispatch {
             h.takes.pop_back();
         }
         h.end = keep_end;
-        for Held { msg, .. } in back {
-            self.returned.insert(msg.seq, msg);
+        for Held { msg, attempts, .. } in back {
+            self.returned.insert(msg.seq, Back::plain(msg, attempts));
         }
         (keep_end, self.advance())
     }
@@ -369,13 +428,16 @@ impl Dispatch {
         let mut n = 0;
         if let Some(h) = self.consumers.remove(&consumer) {
             let again = abortive.then_some(h.recent).into_iter().flatten().flatten();
+            if let Some(a) = h.acking {
+                return self.leave_acking(a);
+            }
             for m in again {
                 n += 1;
-                self.returned.insert(m.seq, m);
+                self.returned.insert(m.seq, Back::plain(m, 0));
             }
-            for Held { msg, .. } in h.takes.into_iter().flatten() {
+            for Held { msg, attempts, .. } in h.takes.into_iter().flatten() {
                 n += 1;
-                self.returned.insert(msg.seq, msg);
+                self.returned.insert(msg.seq, Back::plain(msg, attempts));
             }
         }
         (self.advance(), n)
@@ -418,8 +480,15 @@ impl Dispatch {
 
     fn lowest_of(&self, consumer: impl Fn(&Holding) -> Option<u64>) -> u64 {
         let mut f = self.ahead.front().map_or(self.next_read, |m| m.seq);
-        if let Some((&s, _)) = self.returned.first_key_value() {
-            f = f.min(s);
+        for first in [
+            self.returned.first_key_value().map(|(&s, _)| s),
+            self.delayed.first_key_value().map(|(&s, _)| s),
+            self.dying.first_key_value().map(|(&s, _)| s),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            f = f.min(first);
         }
         for h in self.consumers.values() {
             if let Some(l) = consumer(h) {

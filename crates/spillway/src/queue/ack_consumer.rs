@@ -1,0 +1,613 @@
+//! A consumer that speaks the ack protocol (`to_protocol = "ack"`; the
+//! wire is specified in `docs/protocol.md`, the codec is
+//! `spillway_codec::proto`).
+//!
+//! A message is delivered when the consumer acknowledges it, not when its
+//! TCP does: the dispatcher holds it for this connection until an ACK (or
+//! ACKS) names it; NAK gives it back with a delay, TERM dead-letters it.
+//! The connection ends:
+//! - **Clean close** (FIN, or a close after acknowledging everything):
+//!   what it still holds goes back.
+//! - **Reset**, **write stall**, **peer timeout**: the same; the consumer
+//!   is lost.
+//! - **Ack timeout**: a message held longer than `ack_timeout` since its
+//!   delivery or its last PROG. The relay resets the connection (a
+//!   consumer that holds one message that long is treated as lost: this
+//!   catches a black hole that reads and discards).
+//! - **Protocol error**: the relay sends `ERR <code> <text>` and closes.
+//! - **Shutdown** (drain): the relay sends `BYE`, sends nothing more, and
+//!   waits until the consumer acknowledged what it holds (or the drain
+//!   timeout), then closes.
+//!
+//! What a lost consumer held goes back as *suspects*, delivered one at a
+//! time (see `dispatch/acking.rs`).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use spillway_codec::proto::{self, Encoding, Frame, FrameDecoder, Hello, ProtoError, Welcome};
+use spillway_net::timeout::StallTimer;
+use tokio::time::{sleep_until, Instant};
+use tracing::{debug, info};
+
+use super::dispatch::{AckOutcome, ConsumerId};
+use super::sink::{ConsumerEnd, LatencyTally};
+use super::wire::Wire;
+use super::QueueServer;
+
+/// How long a consumer has to send its hello line.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// While the relay waits for the write of an error frame.
+const ERR_WAIT: Duration = Duration::from_secs(1);
+
+/// What this connection holds, in delivery order (the dispatcher keeps the
+/// messages; this is for cumulative ACKs and the ack timers).
+#[derive(Default)]
+struct Held {
+    /// Delivery number -> seq.
+    order: BTreeMap<u64, u64>,
+    /// Seq -> (delivery number, ack deadline).
+    by_seq: BTreeMap<u64, (u64, Instant)>,
+    deadlines: BTreeSet<(Instant, u64)>,
+    next: u64,
+}
+
+impl Held {
+    fn deliver(&mut self, seq: u64, deadline: Instant) {
+        self.next += 1;
+        self.order.insert(self.next, seq);
+        self.by_seq.insert(seq, (self.next, deadline));
+        self.deadlines.insert((deadline, seq));
+    }
+
+    fn remove(&mut self, seq: u64) -> bool {
+        let Some((n, at)) = self.by_seq.remove(&seq) else {
+            return false;
+        };
+        self.order.remove(&n);
+        self.deadlines.remove(&(at, seq));
+        true
+    }
+
+    /// ACK `seq`: it and everything delivered before it here.
+    fn cumulative(&mut self, seq: u64) -> Vec<u64> {
+        let Some(&(n, _)) = self.by_seq.get(&seq) else {
+            return Vec::new();
+        };
+        let seqs: Vec<u64> = self.order.range(..=n).map(|(_, &s)| s).collect();
+        for &s in &seqs {
+            self.remove(s);
+        }
+        seqs
+    }
+
+    /// ACKS: the held seqs in the ranges.
+    fn ranges(&mut self, ranges: &[(u64, u64)]) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        for &(a, b) in ranges {
+            seqs.extend(self.by_seq.range(a..=b).map(|(&s, _)| s));
+        }
+        for &s in &seqs {
+            self.remove(s);
+        }
+        seqs
+    }
+
+    fn touch(&mut self, seq: u64, deadline: Instant) -> bool {
+        let Some(e) = self.by_seq.get_mut(&seq) else {
+            return false;
+        };
+        self.deadlines.remove(&(e.1, seq));
+        e.1 = deadline;
+        self.deadlines.insert((deadline, seq));
+        true
+    }
+
+    fn first_deadline(&self) -> Option<Instant> {
+        self.deadlines.first().map(|&(at, _)| at)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_seq.is_empty()
+    }
+}
+
+/// One connection's state.
+struct Conn {
+    id: ConsumerId,
+    encoding: Encoding,
+    decoder: FrameDecoder,
+    inbuf: BytesMut,
+    /// Frames to write, in order (headers, bodies, trailers).
+    unsent: VecDeque<Bytes>,
+    held: Held,
+    delivered_msgs: u64,
+    peer_bytes: Arc<AtomicU64>,
+}
+
+impl Conn {
+    fn wrote(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.unsent.front_mut() else {
+                break;
+            };
+            if front.len() > n {
+                let _ = front.split_to(n);
+                break;
+            }
+            n -= front.len();
+            self.unsent.pop_front();
+        }
+    }
+
+    fn push_frame(&mut self, f: &Frame) {
+        let mut out = BytesMut::new();
+        proto::encode(f, self.encoding, &mut out);
+        self.unsent.push_back(out.freeze());
+    }
+}
+
+/// How a connection's loop ended.
+enum Stop {
+    End(ConsumerEnd),
+    /// A protocol error: `ERR` is sent, then the connection closes.
+    Error(ProtoError),
+}
+
+impl From<ConsumerEnd> for Stop {
+    fn from(e: ConsumerEnd) -> Self {
+        Stop::End(e)
+    }
+}
+
+fn broken(e: &io::Error) -> ConsumerEnd {
+    if e.kind() == io::ErrorKind::TimedOut {
+        ConsumerEnd::PeerTimeout
+    } else {
+        ConsumerEnd::Reset
+    }
+}
+
+impl QueueServer {
+    /// Serves one ack-protocol consumer until it ends.
+    pub(super) async fn consume_acking(
+        &self,
+        mut wire: Wire,
+        peer_bytes: Arc<AtomicU64>,
+    ) -> ConsumerEnd {
+        let hello = match self.hello(&mut wire).await {
+            Ok(h) => h,
+            Err(Stop::End(e)) => return e,
+            Err(Stop::Error(e)) => {
+                info!(code = e.code, error = %e.message, "consumer handshake refused");
+                self.send_and_close(&mut wire, Bytes::from(e.to_line()))
+                    .await;
+                return ConsumerEnd::ProtocolError;
+            }
+        };
+        let route = self.route();
+        let id = self
+            .dispatcher
+            .join_acking(hello.window, hello.window_bytes);
+        self.stats.consumers.fetch_add(1, Ordering::Relaxed);
+        self.stats.consumers_total.fetch_add(1, Ordering::Relaxed);
+        let welcome = Welcome {
+            session: format!("{id:x}"),
+            max_message: route.max_message,
+            ack_timeout_ms: route.ack_timeout.as_millis() as u64,
+            max_deliveries: route.max_deliveries,
+        };
+        let max_frame = route.max_message as usize + proto::FRAME_OVERHEAD;
+        let mut c = Conn {
+            id,
+            encoding: hello.encoding,
+            decoder: FrameDecoder::new(hello.encoding, max_frame),
+            inbuf: BytesMut::new(),
+            unsent: VecDeque::from([Bytes::from(welcome.to_line())]),
+            held: Held::default(),
+            delivered_msgs: 0,
+            peer_bytes,
+        };
+        info!(
+            window = hello.window,
+            window_bytes = hello.window_bytes,
+            encoding = ?hello.encoding,
+            "ack consumer connected"
+        );
+        let end = match self.serve_acking(&mut wire, &mut c).await {
+            Stop::End(e) => e,
+            Stop::Error(e) => {
+                debug!(code = e.code, error = %e.message, "consumer protocol error");
+                c.push_frame(&Frame::Err {
+                    code: e.code,
+                    text: e.message.clone(),
+                });
+                let rest: Vec<Bytes> = c.unsent.drain(..).collect();
+                let mut all = BytesMut::new();
+                for b in rest {
+                    all.extend_from_slice(&b);
+                }
+                self.send_and_close(&mut wire, all.freeze()).await;
+                ConsumerEnd::ProtocolError
+            }
+        };
+        if c.held.is_empty() && !matches!(end, ConsumerEnd::AckTimeout | ConsumerEnd::WriteStall) {
+            wire.ends_cleanly();
+        }
+        drop(wire);
+        let back = self.dispatcher.leave(id, true);
+        self.stats
+            .messages_redelivered
+            .fetch_add(back as u64, Ordering::Relaxed);
+        self.stats.consumers.fetch_sub(1, Ordering::Relaxed);
+        self.stats.count_consumer_end(end);
+        info!(
+            reason = end.as_str(),
+            acked = c.delivered_msgs,
+            requeued = back,
+            "consumer closed"
+        );
+        end
+    }
+
+    /// Reads and checks the hello line.
+    async fn hello(&self, wire: &mut Wire) -> Result<Hello, Stop> {
+        let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+        let mut buf = BytesMut::new();
+        loop {
+            match proto::hello_line(&buf) {
+                Ok(Some(n)) => {
+                    let line = buf.split_to(n);
+                    let hello = Hello::parse(&line[..n - 1]).map_err(Stop::Error)?;
+                    if hello.role != proto::Role::Consumer {
+                        return Err(Stop::Error(ProtoError::new(
+                            403,
+                            "this endpoint takes consumers (role=consumer); producers connect to the route's from endpoint",
+                        )));
+                    }
+                    if let Some(g) = &hello.group {
+                        return Err(Stop::Error(ProtoError::new(
+                            403,
+                            format!("undeclared group '{g}': this route declares no groups"),
+                        )));
+                    }
+                    if !buf.is_empty() {
+                        return Err(Stop::Error(ProtoError::new(
+                            400,
+                            "bytes after the hello line before the relay's answer",
+                        )));
+                    }
+                    return Ok(hello);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(Stop::Error(e)),
+            }
+            tokio::select! {
+                r = wire.tcp().readable() => {
+                    if let Err(e) = r {
+                        return Err(broken(&e).into());
+                    }
+                }
+                _ = sleep_until(deadline) => {
+                    return Err(Stop::Error(ProtoError::new(408, "no hello line within 10s")));
+                }
+                _ = self.cut.cancelled() => return Err(ConsumerEnd::Shutdown.into()),
+            }
+            match wire.try_read(&mut buf) {
+                Ok(0) => return Err(ConsumerEnd::Eof.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(broken(&e).into()),
+            }
+        }
+    }
+
+    /// Writes `bytes` (an error frame), half-closes, and gives the peer a
+    /// moment to read it.
+    async fn send_and_close(&self, wire: &mut Wire, bytes: Bytes) {
+        let until = Instant::now() + ERR_WAIT;
+        let mut q = VecDeque::from([bytes]);
+        while !q.is_empty() || wire.pending() {
+            match wire.try_write(&q) {
+                Ok(n) => {
+                    let mut n = n;
+                    while n > 0 {
+                        let Some(f) = q.front_mut() else { break };
+                        if f.len() > n {
+                            let _ = f.split_to(n);
+                            n = 0;
+                        } else {
+                            n -= f.len();
+                            q.pop_front();
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if tokio::time::timeout_at(until, wire.tcp().writable())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+        wire.ends_cleanly();
+        wire.shutdown_write(until).await;
+    }
+
+    async fn serve_acking(&self, wire: &mut Wire, c: &mut Conn) -> Stop {
+        let route = self.route();
+        let ack_timeout = route.ack_timeout;
+        let mut stall = StallTimer::new(route.timeouts.write_stall);
+        let lifetime_end = route.timeouts.max_lifetime.map(|l| Instant::now() + l);
+        let framing = route.framing;
+        // Draining (shutdown or lifetime): BYE sent, nothing more taken;
+        // ends once everything held is acknowledged, or at the deadline.
+        let mut draining: Option<(ConsumerEnd, Instant)> = None;
+        let mut peer_eof = false;
+        loop {
+            let notified = self.dispatcher.notify().notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let now = Instant::now();
+            let mut progressed = false;
+
+            // 1. Take what the window allows.
+            if draining.is_none() && !peer_eof {
+                let deadline = now + ack_timeout;
+                let encoding = c.encoding;
+                let mut header = BytesMut::new();
+                let mut frames: Vec<(u64, Bytes, Bytes)> = Vec::new();
+                let n = self.dispatcher.take_acking(c.id, |m, attempt| {
+                    let body = m.data.slice_ref(spillway_codec::payload(framing, &m.data));
+                    proto::msg_header(m.seq, attempt, body.len(), encoding, &mut header);
+                    frames.push((m.seq, header.split().freeze(), body));
+                });
+                if n > 0 {
+                    progressed = true;
+                    let trailer = proto::body_trailer(encoding);
+                    for (seq, h, body) in frames {
+                        c.held.deliver(seq, deadline);
+                        c.unsent.push_back(h);
+                        c.unsent.push_back(body);
+                        if !trailer.is_empty() {
+                            c.unsent.push_back(Bytes::from_static(trailer));
+                        }
+                    }
+                }
+            }
+
+            // 2. Write.
+            let mut write_blocked = false;
+            if !c.unsent.is_empty() || wire.pending() {
+                match wire.try_write(&c.unsent) {
+                    Ok(n) => {
+                        c.wrote(n);
+                        progressed = true;
+                        stall.progressed();
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => write_blocked = true,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        debug!(error = %e, "consumer write failed");
+                        return broken(&e).into();
+                    }
+                }
+            }
+            if c.unsent.is_empty() && !wire.pending() {
+                stall.progressed();
+            } else if write_blocked {
+                stall.blocked(now.into_std());
+                if stall.expired(now.into_std()) {
+                    return ConsumerEnd::WriteStall.into();
+                }
+            }
+
+            // 3. Read and apply frames.
+            if !peer_eof {
+                loop {
+                    match wire.try_read(&mut c.inbuf) {
+                        Ok(0) => {
+                            peer_eof = true;
+                            break;
+                        }
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            debug!(error = %e, "consumer reset");
+                            return broken(&e).into();
+                        }
+                    }
+                }
+                loop {
+                    match c.decoder.decode(&mut c.inbuf) {
+                        Ok(Some(f)) => {
+                            progressed = true;
+                            if let Err(e) = self.apply(c, f, ack_timeout) {
+                                return Stop::Error(e);
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => return Stop::Error(e),
+                    }
+                }
+            }
+
+            // 4. Ends.
+            let now = Instant::now();
+            if let Some(at) = c.held.first_deadline() {
+                if now >= at {
+                    self.stats.ack_timeouts.fetch_add(1, Ordering::Relaxed);
+                    info!(
+                        held = c.held.by_seq.len(),
+                        "consumer held a message past ack_timeout; resetting it"
+                    );
+                    return ConsumerEnd::AckTimeout.into();
+                }
+            }
+            if peer_eof {
+                // The consumer closed its side: nothing more can be
+                // acknowledged. Finish writing, then end.
+                if c.unsent.is_empty() && !wire.pending() {
+                    return ConsumerEnd::Eof.into();
+                }
+            }
+            if let Some((end, at)) = draining {
+                if c.held.is_empty() && c.unsent.is_empty() && !wire.pending() {
+                    return end.into();
+                }
+                if now >= at {
+                    return end.into();
+                }
+            }
+            if draining.is_none() && lifetime_end.is_some_and(|l| now >= l) {
+                draining = Some((ConsumerEnd::MaxLifetime, now + self.drain));
+                c.push_frame(&Frame::Bye);
+                continue;
+            }
+
+            // 5. Wait.
+            let want_data = !progressed && draining.is_none() && !peer_eof;
+            let ack_at = c.held.first_deadline().unwrap_or(now);
+            let stall_at = stall.deadline().map_or(now, Instant::from_std);
+            let drain_at = draining.map_or(now, |d| d.1);
+            let lifetime_armed = draining.is_none() && lifetime_end.is_some();
+            let lifetime_at = lifetime_end.unwrap_or(now);
+            tokio::select! {
+                biased;
+                _ = self.cut.cancelled(), if draining.is_none() => {
+                    let end = if self.failed() { ConsumerEnd::SpoolFailed } else { ConsumerEnd::Shutdown };
+                    draining = Some((end, self.drain_deadline(super::Role::Consumer)));
+                    c.push_frame(&Frame::Bye);
+                }
+                r = wire.tcp().readable(), if !peer_eof => {
+                    if let Err(e) = r {
+                        return broken(&e).into();
+                    }
+                }
+                r = wire.tcp().writable(), if write_blocked => {
+                    if let Err(e) = r {
+                        return broken(&e).into();
+                    }
+                }
+                _ = sleep_until(ack_at), if !c.held.is_empty() => {}
+                _ = sleep_until(stall_at), if stall.deadline().is_some() => {}
+                _ = sleep_until(drain_at), if draining.is_some() => {}
+                _ = sleep_until(lifetime_at), if lifetime_armed => {}
+                _ = &mut notified, if want_data => {}
+                _ = tokio::task::yield_now(), if progressed => {}
+            }
+        }
+    }
+
+    /// Applies one frame from the consumer.
+    fn apply(&self, c: &mut Conn, f: Frame, ack_timeout: Duration) -> Result<(), ProtoError> {
+        let not_held = |what: &str, seq: u64| {
+            ProtoError::new(
+                409,
+                format!("{what} {seq}: no such message is held by this connection"),
+            )
+        };
+        match f {
+            Frame::Ack { seq } => {
+                let seqs = c.held.cumulative(seq);
+                if seqs.is_empty() {
+                    self.stats.acks_ignored.fetch_add(1, Ordering::Relaxed);
+                }
+                self.settle_acked(c, seqs);
+            }
+            Frame::Acks { ranges } => {
+                let seqs = c.held.ranges(&ranges);
+                if seqs.is_empty() {
+                    self.stats.acks_ignored.fetch_add(1, Ordering::Relaxed);
+                }
+                self.settle_acked(c, seqs);
+            }
+            Frame::Nak { seq, delay_ms } => {
+                if !c.held.remove(seq) {
+                    return Err(not_held("NAK", seq));
+                }
+                match self
+                    .dispatcher
+                    .nak(c.id, seq, Duration::from_millis(delay_ms))
+                {
+                    Ok(AckOutcome::Delayed(_)) => {
+                        self.stats.naks.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(AckOutcome::Buried) => {
+                        self.stats.naks.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => return Err(not_held("NAK", seq)),
+                }
+            }
+            Frame::Term { seq, reason } => {
+                if !c.held.remove(seq) {
+                    return Err(not_held("TERM", seq));
+                }
+                self.dispatcher
+                    .term(c.id, seq, reason)
+                    .map_err(|_| not_held("TERM", seq))?;
+            }
+            Frame::Prog { seq } => {
+                if !c.held.touch(seq, Instant::now() + ack_timeout) {
+                    return Err(not_held("PROG", seq));
+                }
+            }
+            Frame::Win { msgs, bytes } => {
+                if msgs == 0 || msgs > proto::MAX_WINDOW || bytes == 0 {
+                    return Err(ProtoError::new(
+                        400,
+                        format!(
+                            "WIN {msgs} {bytes}: the window must be 1 to {} messages and at least 1 byte",
+                            proto::MAX_WINDOW
+                        ),
+                    ));
+                }
+                self.dispatcher.set_window(c.id, msgs, bytes);
+            }
+            other => {
+                return Err(ProtoError::new(
+                    400,
+                    format!("a consumer cannot send {}", other.verb()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn settle_acked(&self, c: &mut Conn, seqs: Vec<u64>) {
+        if seqs.is_empty() {
+            return;
+        }
+        let mut moved = 0u64;
+        let mut bytes = 0u64;
+        let h = &self.stats.delivery_latency;
+        let mut latency = LatencyTally::new(h);
+        let ignored = self.dispatcher.settle(c.id, seqs, |m| {
+            moved += 1;
+            bytes += m.data.len() as u64;
+            latency.add_with(h, m.append_ms);
+        });
+        latency.record(h);
+        if ignored > 0 {
+            self.stats
+                .acks_ignored
+                .fetch_add(ignored, Ordering::Relaxed);
+        }
+        c.delivered_msgs += moved;
+        self.stats
+            .messages_delivered
+            .fetch_add(moved, Ordering::Relaxed);
+        self.stats
+            .bytes_delivered
+            .fetch_add(bytes, Ordering::Relaxed);
+        c.peer_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,258 @@
+//! The dead-letter spool of a route whose consumers speak the ack
+//! protocol: `<spool>/dead/`, a spool of its own, written with an fsync
+//! per batch (dead letters are rare; each must be durable before the main
+//! queue's floor passes it).
+//!
+//! Each record holds one dead letter: a small header (its sequence in the
+//! main queue, how often it was delivered, why it died, when), then the
+//! message as it was stored (framing included), so that `spillway spool
+//! requeue` can append it to the main queue unchanged.
+//!
+//! Record layout, version 1 (integers little-endian):
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 4 | magic `SPDL` |
+//! | 4 | 1 | version (1) |
+//! | 5 | 8 | seq in the main queue |
+//! | 13 | 4 | attempts (deliveries) |
+//! | 17 | 8 | append time, ms since the Unix epoch |
+//! | 25 | 8 | time of death, ms since the Unix epoch |
+//! | 33 | 1 | reason: 1 max_deliveries, 2 term |
+//! | 34 | 2 | length G of the group name (empty: the default group) |
+//! | 36 | G | group name |
+//! | 36+G | 2 | length R of the TERM text |
+//! | 38+G | R | TERM text |
+//! | 38+G+R | rest | the message, as stored |
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use spillway_spool::fs::Fs;
+use spillway_spool::{Durability, Spool, SpoolConfig, SpoolError, WhenFull};
+use tracing::{error, warn};
+
+use super::dispatch::{Bury, BuryReason};
+
+const MAGIC: &[u8; 4] = b"SPDL";
+const VERSION: u8 = 1;
+/// After a failed write, how long before the same dead letters are tried
+/// again (they stay in memory, holding the main queue's floor).
+const RETRY: Duration = Duration::from_secs(1);
+/// Segments of the dead-letter spool.
+const SEGMENT: u64 = 16 << 20;
+
+/// The directory of a route's dead-letter spool.
+pub fn dir_of(spool: &Path) -> PathBuf {
+    spool.join("dead")
+}
+
+/// One dead letter, as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub seq: u64,
+    pub attempts: u32,
+    pub append_ms: u64,
+    pub dead_ms: u64,
+    /// `max_deliveries` or `term`.
+    pub reason: &'static str,
+    pub group: String,
+    /// The TERM text (empty otherwise).
+    pub text: Bytes,
+    /// The message as it was stored.
+    pub message: Bytes,
+}
+
+/// Encodes `b` as a dead-letter record.
+pub fn encode(b: &Bury, group: &str, dead_ms: u64) -> Vec<u8> {
+    let (kind, text): (u8, &[u8]) = match &b.reason {
+        BuryReason::MaxDeliveries => (1, b""),
+        BuryReason::Term(t) => (2, t),
+    };
+    let group = &group.as_bytes()[..group.len().min(u16::MAX as usize)];
+    let text = &text[..text.len().min(u16::MAX as usize)];
+    let mut out = Vec::with_capacity(38 + group.len() + text.len() + b.msg.data.len());
+    out.extend_from_slice(MAGIC);
+    out.push(VERSION);
+    out.extend_from_slice(&b.msg.seq.to_le_bytes());
+    out.extend_from_slice(&b.attempts.to_le_bytes());
+    out.extend_from_slice(&b.msg.append_ms.to_le_bytes());
+    out.extend_from_slice(&dead_ms.to_le_bytes());
+    out.push(kind);
+    out.extend_from_slice(&(group.len() as u16).to_le_bytes());
+    out.extend_from_slice(group);
+    out.extend_from_slice(&(text.len() as u16).to_le_bytes());
+    out.extend_from_slice(text);
+    out.extend_from_slice(&b.msg.data);
+    out
+}
+
+/// Decodes a dead-letter record (what [`encode`] wrote).
+pub fn decode(rec: &Bytes) -> Result<DeadLetter, String> {
+    fn take<'a>(b: &'a [u8], at: &mut usize, n: usize) -> Result<&'a [u8], String> {
+        let s = b
+            .get(*at..*at + n)
+            .ok_or_else(|| format!("dead-letter record truncated at byte {at}"))?;
+        *at += n;
+        Ok(s)
+    }
+    fn int<const N: usize>(b: &[u8], at: &mut usize) -> Result<[u8; N], String> {
+        let s = take(b, at, N)?;
+        let mut a = [0u8; N];
+        a.copy_from_slice(s);
+        Ok(a)
+    }
+    let b = &rec[..];
+    let mut at = 0;
+    if take(b, &mut at, 4)? != MAGIC {
+        return Err("not a dead-letter record (bad magic)".into());
+    }
+    let v = int::<1>(b, &mut at)?[0];
+    if v != VERSION {
+        return Err(format!("unsupported dead-letter record version {v}"));
+    }
+    let seq = u64::from_le_bytes(int(b, &mut at)?);
+    let attempts = u32::from_le_bytes(int(b, &mut at)?);
+    let append_ms = u64::from_le_bytes(int(b, &mut at)?);
+    let dead_ms = u64::from_le_bytes(int(b, &mut at)?);
+    let reason = match int::<1>(b, &mut at)?[0] {
+        1 => "max_deliveries",
+        2 => "term",
+        k => return Err(format!("unknown dead-letter reason {k}")),
+    };
+    let g = u16::from_le_bytes(int(b, &mut at)?) as usize;
+    let group = String::from_utf8_lossy(take(b, &mut at, g)?).into_owned();
+    let r = u16::from_le_bytes(int(b, &mut at)?) as usize;
+    let text_at = at;
+    take(b, &mut at, r)?;
+    Ok(DeadLetter {
+        seq,
+        attempts,
+        append_ms,
+        dead_ms,
+        reason,
+        group,
+        text: rec.slice(text_at..text_at + r),
+        message: rec.slice(at..),
+    })
+}
+
+/// The writer of a route's dead letters: a thread that appends what it is
+/// sent and reports each batch written.
+pub(super) struct DeadLetters {
+    tx: Option<mpsc::Sender<Vec<Bury>>>,
+    spool: Spool,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DeadLetters {
+    /// Opens (or creates) `<spool>/dead` on `fs` and starts the writer;
+    /// `written` is called with the sequences of each batch once it is
+    /// durable there.
+    pub fn start(
+        main: &Path,
+        max_message: u32,
+        fs: Arc<dyn Fs>,
+        route: &str,
+        written: Box<dyn Fn(Vec<u64>) + Send>,
+    ) -> anyhow::Result<DeadLetters> {
+        let mut cfg = SpoolConfig::new(dir_of(main));
+        cfg.memory_limit = 0;
+        cfg.durability = Durability::Always;
+        cfg.when_full = WhenFull::Block;
+        cfg.block_timeout = Some(RETRY);
+        cfg.segment_size = SEGMENT;
+        // The header and the TERM text travel with the message.
+        cfg.max_message = max_message.saturating_add(64 + 2 * u16::MAX as u32);
+        let (spool, _) = Spool::open_with_fs(cfg, fs)?;
+        let (tx, rx) = mpsc::channel::<Vec<Bury>>();
+        let sp = spool.clone();
+        let name = route.to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name(format!("spool-dead:{route}"))
+            .spawn(move || write_loop(&sp, &rx, &name, &st, &*written))?;
+        Ok(DeadLetters {
+            tx: Some(tx),
+            spool,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Writes what was queued (unless writes keep failing: what is not
+    /// written stays below the main queue's floor, delivered again after a
+    /// restart), then closes the dead-letter spool.
+    pub fn close(mut self) -> Result<(), SpoolError> {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            self.stop.store(true, Ordering::Relaxed);
+            let _ = t.join();
+        }
+        self.spool.clone().close()
+    }
+
+    /// Queues `burials` for the dead-letter spool.
+    pub fn send(&self, burials: Vec<Bury>) {
+        if let (false, Some(tx)) = (burials.is_empty(), &self.tx) {
+            // The writer only stops when the route drops this sender.
+            let _ = tx.send(burials);
+        }
+    }
+
+    /// Messages in the dead-letter spool.
+    pub fn depth(&self) -> u64 {
+        let st = self.spool.stats();
+        st.next_seq.saturating_sub(st.ack_floor)
+    }
+}
+
+impl Drop for DeadLetters {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn write_loop(
+    spool: &Spool,
+    rx: &mpsc::Receiver<Vec<Bury>>,
+    route: &str,
+    stop: &AtomicBool,
+    written: &dyn Fn(Vec<u64>),
+) {
+    while let Ok(mut batch) = rx.recv() {
+        while let Ok(more) = rx.try_recv() {
+            batch.extend(more);
+        }
+        let dead_ms = crate::units::since_epoch().as_millis() as u64;
+        let recs: Vec<Vec<u8>> = batch.iter().map(|b| encode(b, "", dead_ms)).collect();
+        let slices: Vec<&[u8]> = recs.iter().map(Vec::as_slice).collect();
+        loop {
+            match spool.append(&slices) {
+                Ok(_) => break,
+                Err(SpoolError::Closed) => return,
+                Err(SpoolError::Full { .. }) => {
+                    warn!(
+                        route,
+                        "dead-letter spool full; {} dead letters wait",
+                        batch.len()
+                    );
+                }
+                Err(e) => {
+                    error!(route, error = %e, "cannot write {} dead letters; retrying", batch.len());
+                    std::thread::sleep(RETRY);
+                }
+            }
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+        }
+        written(batch.iter().map(|b| b.msg.seq).collect());
+    }
+}

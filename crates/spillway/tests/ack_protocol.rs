@@ -1,0 +1,520 @@
+//! The ack protocol's consumer side (`--to-protocol ack`), end to end: a
+//! real relay, real sockets, and a consumer written from
+//! `docs/protocol.md` alone (the text encoding, by hand, not the relay's
+//! codec), as a stranger would write it.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{bin, metric, Relay};
+
+/// A text-encoding consumer.
+struct Consumer {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+    /// The relay's answer to the hello.
+    ok: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Msg {
+    seq: u64,
+    attempt: u32,
+    body: Vec<u8>,
+}
+
+/// What the relay sent next.
+#[derive(Debug, PartialEq)]
+enum Got {
+    Msg(Msg),
+    Bye,
+    Err(String),
+    /// Nothing within the wait.
+    Quiet,
+    /// The connection ended (EOF or reset).
+    Closed,
+}
+
+impl Consumer {
+    fn connect(addr: SocketAddr, options: &str) -> Consumer {
+        let line = format!("SPILLWAY 1 role=consumer encoding=text {options}");
+        let (c, ok) = Consumer::hello(addr, line.trim_end());
+        assert!(ok.starts_with("OK 1 "), "handshake refused: {ok}");
+        c
+    }
+
+    /// Sends `line` as the hello; returns the relay's answer line.
+    fn hello(addr: SocketAddr, line: &str) -> (Consumer, String) {
+        let w = TcpStream::connect(addr).expect("connect");
+        w.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout");
+        let mut c = Consumer {
+            r: BufReader::new(w.try_clone().expect("clone socket")),
+            w,
+            ok: String::new(),
+        };
+        c.send(line);
+        let mut ok = String::new();
+        c.r.read_line(&mut ok).expect("hello answer");
+        c.ok = ok.trim_end().to_string();
+        let ok = c.ok.clone();
+        (c, ok)
+    }
+
+    fn send(&mut self, line: &str) {
+        self.w
+            .write_all(format!("{line}\n").as_bytes())
+            .expect("send");
+    }
+
+    fn next(&mut self, wait: Duration) -> Got {
+        self.w.set_read_timeout(Some(wait)).expect("read timeout");
+        let mut line = String::new();
+        match self.r.read_line(&mut line) {
+            Ok(0) => return Got::Closed,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Got::Quiet
+            }
+            Err(_) => return Got::Closed,
+        }
+        let line = line.trim_end_matches('\n');
+        let mut f = line.split(' ');
+        match f.next() {
+            Some("MSG") => {
+                let seq = f
+                    .next()
+                    .expect("field of a MSG line")
+                    .parse()
+                    .expect("field of a MSG line");
+                let attempt = f
+                    .next()
+                    .expect("field of a MSG line")
+                    .parse()
+                    .expect("field of a MSG line");
+                let len: usize = f
+                    .next()
+                    .expect("field of a MSG line")
+                    .parse()
+                    .expect("field of a MSG line");
+                let mut body = vec![0; len + 1];
+                self.w
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .expect("ack test");
+                self.r.read_exact(&mut body).expect("body");
+                assert_eq!(body.pop(), Some(b'\n'), "a body is followed by a newline");
+                Got::Msg(Msg { seq, attempt, body })
+            }
+            Some("BYE") => Got::Bye,
+            Some("ERR") => Got::Err(line.to_string()),
+            _ => panic!("unexpected line from the relay: {line:?}"),
+        }
+    }
+
+    fn msg(&mut self) -> Msg {
+        match self.next(Duration::from_secs(10)) {
+            Got::Msg(m) => m,
+            other => panic!("expected a MSG, got {other:?}"),
+        }
+    }
+
+    /// Drops the connection with a reset (a crashed consumer).
+    fn crash(self) {
+        socket2::SockRef::from(&self.w)
+            .set_linger(Some(Duration::ZERO))
+            .expect("ack test");
+    }
+}
+
+fn relay(spool: &Path, extra: &[&str]) -> Relay {
+    let mut args = vec![
+        "queue",
+        "--from",
+        "listen:127.0.0.1:0",
+        "--to",
+        "listen:127.0.0.1:0",
+        "--to-protocol",
+        "ack",
+        "--spool",
+        spool.to_str().expect("UTF-8 path"),
+        "--admin",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    Relay::start_ready(&args)
+}
+
+fn produce(relay: &mut Relay, lines: impl IntoIterator<Item = String>) {
+    let mut p = TcpStream::connect(relay.addr("queue", "source")).expect("producer");
+    let mut n = 0;
+    for l in lines {
+        p.write_all(format!("{l}\n").as_bytes()).expect("write");
+        n += 1;
+    }
+    p.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    let mut sink = Vec::new();
+    let _ = p.read_to_end(&mut sink);
+    relay.wait_metric("spillway_messages_in_total", &[("route", "queue")], |x| {
+        x >= n as f64
+    });
+}
+
+fn body(m: &Msg) -> String {
+    String::from_utf8(m.body.clone()).expect("UTF-8")
+}
+
+#[test]
+fn messages_carry_seq_and_attempt_and_leave_the_queue_only_when_acknowledged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().join("spool");
+    let mut r = relay(&spool, &[]);
+    produce(&mut r, (0..100).map(|i| format!("m{i}")));
+    let mut c = Consumer::connect(r.addr("queue", "sink"), "window=10");
+    assert!(c.ok.contains("max_deliveries=5"), "{}", c.ok);
+    let mut got = Vec::new();
+    while got.len() < 100 {
+        let m = c.msg();
+        assert_eq!(m.attempt, 1);
+        got.push(m);
+        if got.len() % 10 == 0 {
+            // Cumulative: everything delivered up to this one.
+            c.send(&format!("ACK {}", got.last().expect("a message").seq));
+        }
+    }
+    let bodies: Vec<String> = got.iter().map(body).collect();
+    assert_eq!(
+        bodies,
+        (0..100).map(|i| format!("m{i}")).collect::<Vec<_>>()
+    );
+    r.wait_metric(
+        "spillway_messages_delivered_total",
+        &[("route", "queue")],
+        |x| x >= 100.0,
+    );
+    assert_eq!(
+        metric(
+            r.admin(),
+            "spillway_unacked_messages",
+            &[("route", "queue")]
+        ),
+        Some(0.0)
+    );
+    drop(c);
+    // Acknowledged means gone: a restart sends nothing again.
+    r.signal("TERM");
+    r.wait_exit(Duration::from_secs(20));
+    let r = relay(&spool, &[]);
+    let mut c = Consumer::connect(r.addr("queue", "sink"), "");
+    assert_eq!(c.next(Duration::from_millis(500)), Got::Quiet);
+}
+
+#[test]
+fn the_window_bounds_what_is_unacknowledged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut r = relay(&dir.path().join("spool"), &[]);
+    produce(&mut r, (0..20).map(|i| format!("m{i}")));
+    let mut c = Consumer::connect(r.addr("queue", "sink"), "window=3");
+    let first: Vec<Msg> = (0..3).map(|_| c.msg()).collect();
+    assert_eq!(
+        c.next(Duration::from_millis(300)),
+        Got::Quiet,
+        "window of 3"
+    );
+    // Selective acks free room.
+    c.send(&format!("ACKS {}-{}", first[1].seq, first[2].seq));
+    let more: Vec<Msg> = (0..2).map(|_| c.msg()).collect();
+    assert_eq!(body(&more[0]), "m3");
+    assert_eq!(c.next(Duration::from_millis(300)), Got::Quiet);
+    // WIN grows it.
+    c.send("WIN 10 1048576");
+    let m = c.msg();
+    assert_eq!(body(&m), "m5");
+}
+
+/// A consumer that dies holding messages loses none of them: they go to
+/// the next consumer with their attempt raised, one at a time (a poison
+/// message charges only itself), then new messages follow in order.
+#[test]
+fn a_crashed_consumers_messages_come_back_one_at_a_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut r = relay(&dir.path().join("spool"), &[]);
+    produce(&mut r, (0..10).map(|i| format!("m{i}")));
+    let mut a = Consumer::connect(r.addr("queue", "sink"), "window=4");
+    let held: Vec<Msg> = (0..4).map(|_| a.msg()).collect();
+    a.send(&format!("ACK {}", held[0].seq));
+    // The ack made room for one more: it holds m1..m4 when it dies.
+    assert_eq!(body(&a.msg()), "m4");
+    a.crash();
+    r.wait_metric(
+        "spillway_messages_redelivered_total",
+        &[("route", "queue")],
+        |x| x >= 4.0,
+    );
+    let mut b = Consumer::connect(r.addr("queue", "sink"), "window=4");
+    for want in ["m1", "m2", "m3", "m4"] {
+        let m = b.msg();
+        assert_eq!((body(&m).as_str(), m.attempt), (want, 2));
+        assert_eq!(
+            b.next(Duration::from_millis(300)),
+            Got::Quiet,
+            "a suspect goes out alone"
+        );
+        b.send(&format!("ACK {}", m.seq));
+    }
+    let rest: Vec<String> = (0..4).map(|_| body(&b.msg())).collect();
+    assert_eq!(rest, ["m5", "m6", "m7", "m8"]);
+}
+
+/// The black hole: a consumer that reads and never acknowledges. Its
+/// messages come back after `ack_timeout`, and the relay resets it.
+#[test]
+fn a_consumer_that_never_acknowledges_is_reset_at_the_ack_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut r = relay(&dir.path().join("spool"), &["--ack-timeout", "1s"]);
+    produce(&mut r, (0..5).map(|i| format!("m{i}")));
+    let mut hole = Consumer::connect(r.addr("queue", "sink"), "window=5");
+    let t0 = Instant::now();
+    for _ in 0..5 {
+        hole.msg();
+    }
+    assert_eq!(hole.next(Duration::from_secs(10)), Got::Closed);
+    assert!(t0.elapsed() >= Duration::from_millis(900));
+    r.wait_metric("spillway_ack_timeouts_total", &[("route", "queue")], |x| {
+        x >= 1.0
+    });
+    let mut c = Consumer::connect(r.addr("queue", "sink"), "window=5");
+    let m = c.msg();
+    assert_eq!((body(&m).as_str(), m.attempt), ("m0", 2));
+}
+
+/// PROG keeps a slow consumer's message alive past the ack timeout.
+#[test]
+fn progress_extends_the_ack_timer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut r = relay(&dir.path().join("spool"), &["--ack-timeout", "1s"]);
+    produce(&mut r, ["slow".to_string()]);
+    let mut c = Consumer::connect(r.addr("queue", "sink"), "");
+    let m = c.msg();
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(500));
+        c.send(&format!("PROG {}", m.seq));
+    }
+    c.send(&format!("ACK {}", m.seq));
+    r.wait_metric(
+        "spillway_messages_delivered_total",
+        &[("route", "queue")],
+        |x| x >= 1.0,
+    );
+    assert_eq!(
+        c.next(Duration::from_millis(300)),
+        Got::Quiet,
+        "still connected"
+    );
+}
+
+#[test]
+fn a_nak_redelivers_after_its_delay_with_the_next_attempt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut r = relay(&dir.path().join("spool"), &[]);
+    produce(&mut r, ["a".to_string(), "b".to_string()]);
+    let mut c = Consumer::connect(r.addr("queue", "sink"), "window=1");
+    let a = c.msg();
+    let t0 = Instant::now();
+    c.send(&format!("NAK {} 700", a.seq));
+    let b = c.msg();
+    assert_eq!(body(&b), "b");
+    c.send(&format!("ACK {}", b.seq));
+    let again = c.msg();
+    assert!(
+        t0.elapsed() >= Duration::from_millis(650),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(
+        (body(&again).as_str(), again.seq, again.attempt),
+        ("a", a.seq, 2)
+    );
+    r.wait_metric("spillway_naks_total", &[("route", "queue")], |x| x >= 1.0);
+}
+
+fn dump_dead(spool: &Path) -> Vec<serde_json::Value> {
+    let out = Command::new(bin())
+        .args(["spool", "dump", "--dead"])
+        .arg(spool)
+        .output()
+        .expect("spillway spool dump --dead");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("ack test")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
+}
+
+/// TERM dead-letters a message at once; max_deliveries does after that
+/// many lost consumers. Neither holds back the rest; `spool dump --dead`
+/// shows them; `spool requeue` puts them back.
+#[test]
+fn poison_messages_go_to_the_dead_letter_spool_and_can_be_requeued() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().join("spool");
+    let mut r = relay(&spool, &["--max-deliveries", "2"]);
+    produce(
+        &mut r,
+        ["bad-json", "poison", "ok1", "ok2"].map(String::from),
+    );
+    let mut c = Consumer::connect(r.addr("queue", "sink"), "window=1");
+    let m = c.msg();
+    assert_eq!(body(&m), "bad-json");
+    c.send(&format!("TERM {} cannot parse", m.seq));
+    let p = c.msg();
+    assert_eq!(body(&p), "poison");
+    c.crash();
+    r.wait_metric(
+        "spillway_messages_redelivered_total",
+        &[("route", "queue")],
+        |x| x >= 1.0,
+    );
+    // Attempt 2 of 2: the consumer dies again.
+    let mut c = Consumer::connect(r.addr("queue", "sink"), "window=1");
+    let p2 = c.msg();
+    assert_eq!((body(&p2).as_str(), p2.attempt), ("poison", 2));
+    c.crash();
+    r.wait_metric(
+        "spillway_dead_letters_total",
+        &[("route", "queue"), ("reason", "max_deliveries")],
+        |x| x >= 1.0,
+    );
+    let mut c = Consumer::connect(r.addr("queue", "sink"), "window=4");
+    let ok: Vec<(String, u32)> = (0..2)
+        .map(|_| c.msg())
+        .map(|m| (body(&m), m.attempt))
+        .collect();
+    assert_eq!(ok, [("ok1".into(), 1), ("ok2".into(), 1)]);
+    c.send(&format!("ACK {}", m.seq + 3));
+    r.wait_metric(
+        "spillway_dead_letters_total",
+        &[("route", "queue"), ("reason", "term")],
+        |x| x >= 1.0,
+    );
+    r.wait_metric(
+        "spillway_dead_letters_total",
+        &[("route", "queue"), ("reason", "max_deliveries")],
+        |x| x >= 1.0,
+    );
+    r.wait_metric(
+        "spillway_dead_letter_messages",
+        &[("route", "queue")],
+        |x| x >= 2.0,
+    );
+    drop(c);
+    r.signal("TERM");
+    r.wait_exit(Duration::from_secs(20));
+
+    let dead = dump_dead(&spool);
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert_eq!(dead[0]["reason"], "term");
+    assert_eq!(dead[0]["text"], "cannot parse");
+    assert_eq!(dead[0]["message"], "bad-json\n");
+    assert_eq!(dead[1]["reason"], "max_deliveries");
+    assert_eq!(dead[1]["attempts"], 2);
+    assert_eq!(dead[1]["message"], "poison\n");
+
+    let seq = dead[1]["seq"].as_u64().expect("seq number");
+    let out = Command::new(bin())
+        .args(["spool", "requeue", "--seq", &seq.to_string()])
+        .arg(&spool)
+        .output()
+        .expect("ack test");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dead = dump_dead(&spool);
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["message"], "bad-json\n");
+    let r = relay(&spool, &[]);
+    let mut c = Consumer::connect(r.addr("queue", "sink"), "");
+    let m = c.msg();
+    assert_eq!((body(&m).as_str(), m.attempt), ("poison", 1));
+    assert!(m.seq > seq, "requeued as a new message");
+}
+
+#[test]
+fn a_bad_hello_gets_a_specific_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = relay(&dir.path().join("spool"), &[]);
+    let addr = r.addr("queue", "sink");
+    for (hello, want) in [
+        ("SPILLWAY 1 role=consumer encoding=text windw=5", "ERR 400"),
+        ("SPILLWAY 2 role=consumer encoding=text", "ERR 401"),
+        ("SPILLWAY 1 role=producer encoding=text", "ERR 403"),
+        (
+            "SPILLWAY 1 role=consumer encoding=text group=billing",
+            "ERR 403",
+        ),
+        ("GET / HTTP/1.1", "ERR 400"),
+    ] {
+        let (mut c, answer) = Consumer::hello(addr, hello);
+        assert!(answer.starts_with(want), "{hello:?} -> {answer:?}");
+        assert_eq!(c.next(Duration::from_secs(5)), Got::Closed, "{hello:?}");
+    }
+    let (_, answer) = Consumer::hello(addr, "SPILLWAY 1 role=consumer encoding=text windw=5");
+    assert!(answer.contains("windw"), "names the option: {answer}");
+}
+
+/// A NAK of a message the connection does not hold is a protocol error:
+/// `ERR 409`, the connection closes, and what it held is redelivered.
+#[test]
+fn a_nak_of_a_message_not_held_is_a_protocol_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut r = relay(&dir.path().join("spool"), &[]);
+    produce(&mut r, ["x".to_string()]);
+    let mut c = Consumer::connect(r.addr("queue", "sink"), "");
+    let m = c.msg();
+    c.send(&format!("NAK {} 0", m.seq + 1000));
+    match c.next(Duration::from_secs(5)) {
+        Got::Err(e) => assert!(e.starts_with("ERR 409"), "{e}"),
+        other => panic!("expected ERR 409, got {other:?}"),
+    }
+    assert_eq!(c.next(Duration::from_secs(5)), Got::Closed);
+    let mut c = Consumer::connect(r.addr("queue", "sink"), "");
+    let again = c.msg();
+    assert_eq!((again.seq, again.attempt), (m.seq, 2));
+}
+
+/// SIGTERM: the consumer is told BYE, may still acknowledge what it holds,
+/// and nothing it acknowledged comes back after the restart.
+#[test]
+fn a_drain_says_bye_and_takes_the_last_acks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().join("spool");
+    let mut r = relay(&spool, &["--drain-timeout", "2s"]);
+    produce(&mut r, (0..3).map(|i| format!("m{i}")));
+    let mut c = Consumer::connect(r.addr("queue", "sink"), "window=3");
+    let held: Vec<Msg> = (0..3).map(|_| c.msg()).collect();
+    r.signal("TERM");
+    assert_eq!(c.next(Duration::from_secs(10)), Got::Bye);
+    c.send(&format!("ACK {}", held[1].seq));
+    assert_eq!(c.next(Duration::from_secs(20)), Got::Closed);
+    r.wait_exit(Duration::from_secs(20));
+    let r = relay(&spool, &[]);
+    let mut c = Consumer::connect(r.addr("queue", "sink"), "");
+    let m = c.msg();
+    assert_eq!(body(&m), "m2", "only the unacknowledged one comes back");
+}
