@@ -1,0 +1,188 @@
+"""The producer: send messages, learn which are durable.
+
+    with spillway.Producer("127.0.0.1:7000", name="app-7") as producer:
+        for body in bodies:
+            producer.send(body)
+        producer.flush(10)      # every message sent is durable now
+
+With confirms (the default) the relay answers `CONF n`: the connection's
+first n messages are durable. The producer keeps every message until it is
+confirmed; after a lost connection, the next send() (or reconnect())
+connects again and sends the unconfirmed ones again, in order.
+
+With a `name`, each message carries a producer sequence (pseq, from 1), and
+the relay enqueues a resent message only if it did not have it already
+(it answers DUP instead): each message is enqueued once. Without a name a
+resend may enqueue a message twice (at least once, never lost). Without
+confirms nothing is kept, and a lost connection may lose what was in
+flight, as with plain TCP.
+"""
+
+import collections
+import time
+
+from . import _wire
+from ._conn import Connection
+from .errors import ProtocolError
+
+POLL_EVERY = 64         # read the relay's CONFs after this many sends
+
+
+class Producer:
+    """A producer on the relay's `from` endpoint (`from_protocol = "ack"`)."""
+
+    def __init__(self, address, name=None, encoding="binary", confirms=True, timeout=None):
+        if name is not None and not _wire.NAME.match(name.encode("ascii", "replace")):
+            raise ValueError("name must be 1 to 64 of A-Z a-z 0-9 . _ -")
+        if encoding not in ("binary", "text"):
+            raise ValueError("encoding must be 'binary' or 'text', not %r" % (encoding,))
+        self._address = address
+        self._name = name
+        self._encoding = encoding
+        self._confirms = confirms
+        self._timeout = timeout
+        self._pseq = 0
+        # Sent on this connection and not confirmed: (pseq, body), in order.
+        self._unconfirmed = collections.deque()
+        self._conf = 0              # the connection's last CONF
+        self._since_poll = 0
+        self._conn = None
+        self.duplicates = 0         # DUPs: resent messages the relay already had
+        self.reconnects = 0
+        self._connect()
+
+    @property
+    def unconfirmed(self):
+        """How many messages sent are not confirmed yet."""
+        return len(self._unconfirmed)
+
+    @property
+    def last_pseq(self):
+        """The pseq of the last message sent (named producers)."""
+        return self._pseq
+
+    def _connect(self):
+        self._conn = Connection(self._address, "producer", self._encoding, [
+            ("confirms", "on" if self._confirms else "off"), ("name", self._name),
+        ], self._timeout)
+        self._conf = 0
+        self._since_poll = 0
+
+    def reconnect(self):
+        """Connects again and resends every unconfirmed message, in order."""
+        self._drop()
+        self._connect()
+        self.reconnects += 1
+        if self._unconfirmed:
+            enc = self._encoding
+            self._conn.send(b"".join(_wire.encode((_wire.PUB, pseq, body), enc)
+                                     for pseq, body in self._unconfirmed))
+
+    def _drop(self):
+        if self._conn is not None:
+            self._conn.sock.close()
+            self._conn = None
+
+    def send(self, body):
+        """Sends one message (bytes). After a lost connection, connects
+        again first, and resends what was not confirmed."""
+        body = bytes(body)
+        pseq = None
+        if self._name is not None:
+            self._pseq += 1
+            pseq = self._pseq
+        if self._confirms:
+            self._unconfirmed.append((pseq, body))
+        frame = _wire.encode((_wire.PUB, pseq, body), self._encoding)
+        if self._conn is None:
+            self.reconnect()            # sends it, when kept
+            if not self._confirms:
+                self._conn.send(frame)
+            return
+        try:
+            self._conn.send(frame)
+        except ConnectionError:
+            self.reconnect()
+            if not self._confirms:
+                self._conn.send(frame)
+            return
+        except TimeoutError:
+            self._drop()        # part of a frame may have gone
+            raise
+        self._since_poll += 1
+        if self._confirms and self._since_poll >= POLL_EVERY:
+            self._since_poll = 0
+            # Read the CONFs as they come, so they never fill the socket.
+            self._poll(0)
+
+    def _poll(self, wait_s):
+        """Reads and applies what the relay sent, waiting at most `wait_s`
+        for something to arrive."""
+        conn = self._conn
+        if not conn.readable(wait_s):
+            return
+        try:
+            alive = conn.read()
+        except ConnectionError:
+            self._drop()
+            raise
+        frame = conn.decoder.next()
+        while frame is not None:
+            self._apply(frame)
+            frame = conn.decoder.next()
+        if not alive:
+            self._drop()
+            raise ConnectionError("the relay closed the connection")
+
+    def _apply(self, frame):
+        kind = frame[0]
+        if kind == _wire.CONF:
+            n = frame[1]
+            for _ in range(min(n - self._conf, len(self._unconfirmed))):
+                self._unconfirmed.popleft()
+            self._conf = max(self._conf, n)
+        elif kind == _wire.DUP:
+            self.duplicates += 1
+        elif kind == _wire.ERR:
+            self._drop()
+            raise ProtocolError(frame[1], frame[2])
+        else:
+            self._drop()
+            raise _wire.malformed("a %s frame to a producer" % _wire.VERBS[kind].decode())
+
+    def flush(self, timeout_s=None):
+        """Returns once every message sent is confirmed (CONF); raises
+        TimeoutError after `timeout_s` seconds (None: no limit),
+        ProtocolError if the relay refuses them (say 507 full), and
+        ConnectionError if the connection is lost (reconnect() or the next
+        send() resends what was not confirmed). Without confirms, returns at
+        once."""
+        if not self._confirms:
+            return
+        if self._conn is None:
+            self.reconnect()
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while self._unconfirmed:
+            wait = 1.0 if deadline is None else deadline - time.monotonic()
+            if wait <= 0:
+                raise TimeoutError("%d messages not confirmed within %ss"
+                                   % (len(self._unconfirmed), timeout_s))
+            self._poll(wait)
+
+    def close(self):
+        """Half-closes and lets the relay read everything before closing
+        (it confirms what it can meanwhile). It does not wait for confirms:
+        call flush() for that."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close(self._apply_quietly)
+
+    def _apply_quietly(self, frame):
+        if frame[0] in (_wire.CONF, _wire.DUP):
+            self._apply(frame)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
