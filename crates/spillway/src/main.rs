@@ -185,9 +185,10 @@ struct QueueArgs {
     /// Largest message, framing included.
     #[arg(long, default_value_t = ByteSize(defaults::MAX_MESSAGE))]
     max_message: ByteSize,
-    /// Memory tier size; 0 writes every message to disk first.
-    #[arg(long, default_value_t = ByteSize(defaults::QUEUE_MEMORY))]
-    memory: ByteSize,
+    /// Memory tier size; 0 writes every message to disk first [default:
+    /// 64MiB; 0 with --from-protocol ack].
+    #[arg(long)]
+    memory: Option<ByteSize>,
     /// Bound on the disk tier (0 = unbounded).
     #[arg(long, default_value_t = ByteSize(defaults::MAX_DISK))]
     max_disk: ByteSize,
@@ -221,6 +222,11 @@ struct QueueArgs {
     /// Ack protocol: deliveries after which a message is dead-lettered.
     #[arg(long, default_value_t = defaults::MAX_DELIVERIES)]
     max_deliveries: u32,
+    /// Ack protocol: how long a producer name (and its last sequence) is
+    /// remembered after its last message, so that a resend is not queued
+    /// twice.
+    #[arg(long, default_value_t = HumanDuration(defaults::PRODUCER_MEMORY))]
+    producer_memory: HumanDuration,
     #[arg(long, default_value_t = HumanDuration(defaults::CONNECT_TIMEOUT))]
     connect_timeout: HumanDuration,
     #[arg(long, default_value_t = HumanDuration(defaults::DRAIN_TIMEOUT))]
@@ -244,7 +250,12 @@ impl QueueArgs {
         let mut q = QueueRoute::new("queue", self.from, self.to, self.spool);
         q.framing = self.framing;
         q.max_message = self.max_message.bytes();
-        q.memory = self.memory.bytes();
+        q.memory = match (self.memory, self.from_protocol) {
+            (Some(m), _) => m.bytes(),
+            (None, Protocol::Ack) => 0,
+            (None, Protocol::Plain) => defaults::QUEUE_MEMORY,
+        };
+        q.producer_memory = self.producer_memory.0;
         q.max_disk = self.max_disk.bytes();
         q.when_full = self.when_full;
         q.fsync = self.fsync.0;

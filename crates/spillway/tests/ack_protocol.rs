@@ -518,3 +518,226 @@ fn a_drain_says_bye_and_takes_the_last_acks() {
     let m = c.msg();
     assert_eq!(body(&m), "m2", "only the unacknowledged one comes back");
 }
+
+// ------------------------------------------------------------ producers ---
+
+/// A text-encoding producer.
+struct Producer {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+impl Producer {
+    fn connect(addr: SocketAddr, options: &str) -> (Producer, String) {
+        let w = TcpStream::connect(addr).expect("connect");
+        w.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout");
+        let mut p = Producer {
+            r: BufReader::new(w.try_clone().expect("clone socket")),
+            w,
+        };
+        let hello = format!("SPILLWAY 1 role=producer encoding=text {options}");
+        p.send(hello.trim_end().as_bytes());
+        let answer = p.line();
+        (p, answer)
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        let mut v = bytes.to_vec();
+        v.push(b'\n');
+        self.w.write_all(&v).expect("send");
+    }
+
+    fn publish(&mut self, pseq: Option<u64>, body: &str) {
+        let head = match pseq {
+            Some(p) => format!("PUB {p} {}\n", body.len()),
+            None => format!("PUB {}\n", body.len()),
+        };
+        self.w
+            .write_all(format!("{head}{body}\n").as_bytes())
+            .expect("publish");
+    }
+
+    /// The next line from the relay ("" at EOF).
+    fn line(&mut self) -> String {
+        let mut l = String::new();
+        let _ = self.r.read_line(&mut l);
+        l.trim_end().to_string()
+    }
+
+    /// Reads answers until `CONF n`; returns the DUPs seen on the way.
+    fn confirmed(&mut self, n: u64) -> Vec<u64> {
+        let mut dups = Vec::new();
+        loop {
+            let l = self.line();
+            if let Some(d) = l.strip_prefix("DUP ") {
+                dups.push(d.parse().expect("DUP pseq"));
+                continue;
+            }
+            let got: u64 = l
+                .strip_prefix("CONF ")
+                .unwrap_or_else(|| panic!("expected CONF, got {l:?}"))
+                .parse()
+                .expect("CONF n");
+            if got >= n {
+                return dups;
+            }
+        }
+    }
+}
+
+fn confirming_relay(spool: &Path, extra: &[&str]) -> Relay {
+    let mut args = vec!["--from-protocol", "ack"];
+    args.extend_from_slice(extra);
+    relay(spool, &args)
+}
+
+/// Drains the queue with an acking consumer: every body, in order.
+fn drain_all(r: &Relay, want: usize) -> Vec<String> {
+    let mut c = Consumer::connect(r.addr("queue", "sink"), "window=1000");
+    let mut got = Vec::new();
+    while got.len() < want {
+        match c.next(Duration::from_secs(5)) {
+            Got::Msg(m) => {
+                c.send(&format!("ACK {}", m.seq));
+                got.push(body(&m));
+            }
+            Got::Quiet => break,
+            other => panic!("draining: {other:?}"),
+        }
+    }
+    got
+}
+
+/// Confirmed means on disk: a SIGKILL right after the confirm loses
+/// none of it.
+#[test]
+fn confirmed_messages_survive_a_sigkill() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().join("spool");
+    let r = confirming_relay(&spool, &["--fsync", "100ms"]);
+    let (mut p, ok) = Producer::connect(r.addr("queue", "source"), "");
+    assert!(ok.starts_with("OK 1 "), "{ok}");
+    for i in 0..500 {
+        p.publish(None, &format!("m{i}"));
+    }
+    p.confirmed(500);
+    r.signal("KILL");
+    drop(r);
+    let r = confirming_relay(&spool, &[]);
+    let got = drain_all(&r, 500);
+    assert_eq!(got, (0..500).map(|i| format!("m{i}")).collect::<Vec<_>>());
+}
+
+/// A named producer that resends after a reconnect, and after a relay
+/// restart, enqueues each message once: the relay answers DUP.
+#[test]
+fn a_named_producers_resend_is_not_enqueued_twice() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().join("spool");
+    let mut r = confirming_relay(&spool, &[]);
+    let (mut p, _) = Producer::connect(r.addr("queue", "source"), "name=app-7");
+    for i in 1..=10 {
+        p.publish(Some(i), &format!("m{i}"));
+    }
+    assert!(p.confirmed(10).is_empty());
+    // The same name twice at once is refused.
+    let (_, busy) = Producer::connect(r.addr("queue", "source"), "name=app-7");
+    assert!(busy.starts_with("ERR 409"), "{busy}");
+    drop(p);
+    r.wait_log("producer closed");
+    let (mut p, _) = Producer::connect(r.addr("queue", "source"), "name=app-7");
+    for i in 6..=15 {
+        p.publish(Some(i), &format!("m{i}"));
+    }
+    assert_eq!(p.confirmed(10), (6..=10).collect::<Vec<_>>());
+    drop(p);
+    r.signal("KILL");
+    r.wait_exit(Duration::from_secs(10));
+    let r = confirming_relay(&spool, &[]);
+    let (mut p, _) = Producer::connect(r.addr("queue", "source"), "name=app-7");
+    for i in 14..=16 {
+        p.publish(Some(i), &format!("m{i}"));
+    }
+    assert_eq!(p.confirmed(3), [14, 15]);
+    let got = drain_all(&r, 16);
+    assert_eq!(got, (1..=16).map(|i| format!("m{i}")).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_producer_that_breaks_the_rules_gets_a_specific_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = confirming_relay(&dir.path().join("spool"), &[]);
+    let addr = r.addr("queue", "source");
+    // A newline cannot be stored in a lines route.
+    let (mut p, _) = Producer::connect(addr, "");
+    p.w.write_all(b"PUB 3\na\nb\n").expect("send");
+    let e = p.line();
+    assert!(e.starts_with("ERR 400") && e.contains("lines"), "{e}");
+    // A named producer's pseqs increase.
+    let (mut p, _) = Producer::connect(addr, "name=x");
+    p.publish(Some(5), "a");
+    p.publish(Some(5), "b");
+    p.confirmed(1);
+    let e = p.line();
+    assert!(e.starts_with("ERR 400") && e.contains("increase"), "{e}");
+    // A consumer's frame.
+    let (mut p, _) = Producer::connect(addr, "");
+    p.send(b"ACK 1");
+    let e = p.line();
+    assert!(e.starts_with("ERR 400"), "{e}");
+    // The consumer role on the producer side.
+    let (_, e) = Consumer::hello(addr, "SPILLWAY 1 role=consumer encoding=text");
+    assert!(e.starts_with("ERR 403"), "{e}");
+}
+
+/// With the queue at max_disk under drop-newest, a confirming producer is
+/// told (ERR 507), not silently dropped.
+#[test]
+fn a_full_queue_under_drop_newest_refuses_a_confirming_producer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = confirming_relay(
+        &dir.path().join("spool"),
+        &[
+            "--max-disk",
+            "64KiB",
+            "--max-message",
+            "4KiB",
+            "--when-full",
+            "drop-newest",
+        ],
+    );
+    let (mut p, _) = Producer::connect(r.addr("queue", "source"), "");
+    let body = "x".repeat(3000);
+    let mut n = 0u64;
+    let last = loop {
+        p.publish(None, &body);
+        n += 1;
+        let l = p.line();
+        if !l.starts_with("CONF ") || n > 1000 {
+            break l;
+        }
+    };
+    assert!(last.starts_with("ERR 507"), "{last} after {n}");
+    r.wait_log("producer closed");
+}
+
+#[test]
+fn confirming_producers_need_memory_zero() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(bin())
+        .args([
+            "queue",
+            "--from",
+            "listen:127.0.0.1:0",
+            "--to",
+            "listen:127.0.0.1:0",
+        ])
+        .args(["--from-protocol", "ack", "--memory", "1MiB", "--spool"])
+        .arg(dir.path().join("spool"))
+        .output()
+        .expect("run spillway");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("memory = 0"), "{err}");
+}

@@ -35,10 +35,11 @@ impl Spool {
     /// block` at the bound, or on a full disk, it returns
     /// `SpoolError::Full` at once, counted as blocked once per batch and
     /// not as an error; [`set_space_notify`](Spool::set_space_notify) says
-    /// when to try again), and not for the disk (under
-    /// `Durability::Always` it returns the position to pass to
-    /// [`wait_durable`](Spool::wait_durable); the interval fsync is left
-    /// to `tick`). `past_quota`: as
+    /// when to try again), and not for the disk: a batch written to the
+    /// disk tier comes back with its position, to pass to
+    /// [`wait_durable`](Spool::wait_durable) when it must be durable now
+    /// (always under `Durability::Always`; under an interval the caller
+    /// may leave the fsync to `tick`). `past_quota`: as
     /// [`append_past_quota`](Spool::append_past_quota).
     pub fn try_append_batch(
         &self,
@@ -301,9 +302,8 @@ impl Spool {
         }
         if let Some(lsn) = lsn {
             match t.durability {
-                Durability::Always if nowait => return Ok((outcome, Some(lsn))),
+                _ if nowait => return Ok((outcome, Some(lsn))),
                 Durability::Always => inner.wait_durable(lsn)?,
-                Durability::Interval(_) if nowait => {}
                 Durability::Interval(d) => inner.maybe_interval_sync(d)?,
                 Durability::Never => {}
             }

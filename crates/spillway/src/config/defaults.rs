@@ -65,6 +65,9 @@ pub const REDELIVER_ON_RESET: u64 = 256 << 10;
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Ack protocol: deliveries after which a message is dead-lettered.
 pub const MAX_DELIVERIES: u32 = 5;
+/// Ack protocol: how long a producer name is remembered after its last
+/// message.
+pub const PRODUCER_MEMORY: Duration = Duration::from_secs(24 * 3600);
 /// Queue producers: connected and silent this long means closed.
 pub const READ_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Connections on a queue route's listeners, producers and consumers

@@ -130,6 +130,9 @@ pub struct QueueRoute {
     pub ack_timeout: Duration,
     /// Ack protocol: deliveries after which a message is dead-lettered.
     pub max_deliveries: u32,
+    /// Ack protocol: how long a producer name is remembered after its last
+    /// message (for idempotent resends).
+    pub producer_memory: Duration,
     pub connect_timeout: Duration,
     pub timeouts: Timeouts,
     /// A producer that sends nothing for this long is closed (`None`: never).
@@ -180,6 +183,7 @@ impl QueueRoute {
             to_protocol: Protocol::Plain,
             ack_timeout: defaults::ACK_TIMEOUT,
             max_deliveries: defaults::MAX_DELIVERIES,
+            producer_memory: defaults::PRODUCER_MEMORY,
             connect_timeout: defaults::CONNECT_TIMEOUT,
             timeouts: Timeouts::default(),
             read_idle_timeout: Some(defaults::READ_IDLE_TIMEOUT),
@@ -306,9 +310,14 @@ pub fn validate_queue(r: &QueueRoute) -> Result<(), String> {
     if !(1..=1000).contains(&r.max_deliveries) {
         return Err("max_deliveries must be between 1 and 1000".into());
     }
-    if r.from_protocol == Protocol::Ack {
+    if r.from_protocol == Protocol::Ack && r.memory != 0 {
         return Err(
-            "from_protocol = \"ack\" (producer confirms) is not implemented yet; use \"plain\""
+            "from_protocol = \"ack\" needs memory = 0: a confirm means the message is on disk, and the memory tier is not".into(),
+        );
+    }
+    if r.from_protocol == Protocol::Ack && !matches!(r.from, Endpoint::Listen(_)) {
+        return Err(
+            "from_protocol = \"ack\" needs a listen: endpoint (producers connect and say hello)"
                 .into(),
         );
     }

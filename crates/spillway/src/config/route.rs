@@ -136,6 +136,7 @@ fn reject_queue_keys(src: &Source<'_>, keys: QueueKeys) -> Result<(), ConfigErro
         to_protocol,
         ack_timeout,
         max_deliveries,
+        producer_memory,
         read_idle_timeout,
         min_rate,
         min_rate_grace,
@@ -158,6 +159,7 @@ fn reject_queue_keys(src: &Source<'_>, keys: QueueKeys) -> Result<(), ConfigErro
     reject(src, &to_protocol, "to_protocol", mode)?;
     reject(src, &ack_timeout, "ack_timeout", mode)?;
     reject(src, &max_deliveries, "max_deliveries", mode)?;
+    reject(src, &producer_memory, "producer_memory", mode)?;
     reject(src, &read_idle_timeout, "read_idle_timeout", mode)?;
     reject(src, &min_rate, "min_rate", mode)?;
     reject(src, &min_rate_grace, "min_rate_grace", mode)?;
@@ -191,6 +193,7 @@ fn queue_route(
         to_protocol,
         ack_timeout,
         max_deliveries,
+        producer_memory,
         read_idle_timeout,
         min_rate,
         min_rate_grace,
@@ -258,6 +261,14 @@ fn queue_route(
     }
     if let Some(v) = ack_timeout {
         q.ack_timeout = nonzero_duration(src, &v, "ack_timeout")?;
+    }
+    if q.from_protocol == crate::config::Protocol::Ack && memory.is_none() {
+        // A confirm means on disk: no memory tier unless asked (and then
+        // refused, with the reason, by validate_queue).
+        q.memory = 0;
+    }
+    if let Some(v) = producer_memory {
+        q.producer_memory = nonzero_duration(src, &v, "producer_memory")?;
     }
     if let Some(v) = max_deliveries {
         if !(1..=1000).contains(v.get_ref()) {

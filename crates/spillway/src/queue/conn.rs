@@ -75,6 +75,9 @@ impl QueueServer {
         let registered = self.register_peer(role, peer);
         let bytes = registered.bytes();
         let reason = match role {
+            Role::Producer if self.route().from_protocol == crate::config::Protocol::Ack => {
+                self.produce_acking(conn, bytes).await.as_str()
+            }
             Role::Producer => self.produce(conn, bytes).await.as_str(),
             Role::Consumer => {
                 // The sink drives TLS by hand to count ciphertext (wire.rs).

@@ -25,12 +25,14 @@
 //! `spool_io.rs` the spool's write, commit and maintenance threads.
 
 mod ack_consumer;
+mod ack_producer;
 mod conn;
 pub mod dead;
 mod dispatch;
 mod dispatcher;
 pub mod memory;
 pub mod metrics;
+mod producers;
 mod pushback;
 mod serve;
 mod sink;
@@ -233,6 +235,9 @@ pub struct QueueServer {
     spool: Spool,
     /// The threads producers' appends run on.
     io: spool_io::SpoolIo,
+    /// Names of ack-protocol producers and their last pseq (only with
+    /// `from_protocol = "ack"`).
+    producer_names: Option<Arc<producers::Producers>>,
     /// Producers waiting for space (`when_full = block`).
     waiting_for_space: std::sync::atomic::AtomicUsize,
     /// Hands messages to consumers; reads the spool ahead of them on its
@@ -411,6 +416,20 @@ impl QueueServer {
         )
         .with_context(|| format!("route '{}': spool reader thread", route.name))?;
         dispatcher.set_max_deliveries(route.max_deliveries);
+        let producer_names = if route.from_protocol == crate::config::Protocol::Ack {
+            let p = producers::Producers::open(&route.spool, route.producer_memory).with_context(
+                || {
+                    format!(
+                        "route '{}': cannot open the producer table in {}",
+                        route.name,
+                        route.spool.display()
+                    )
+                },
+            )?;
+            Some(Arc::new(p))
+        } else {
+            None
+        };
         if route.to_protocol == crate::config::Protocol::Ack {
             dispatcher
                 .open_dead_letters(
@@ -439,6 +458,7 @@ impl QueueServer {
             spool,
             io,
             waiting_for_space: std::sync::atomic::AtomicUsize::new(0),
+            producer_names,
             dispatcher,
             stats: QueueStats::default(),
             failure: Mutex::new(None),

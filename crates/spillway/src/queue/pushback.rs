@@ -20,9 +20,14 @@ impl QueueServer {
     /// acknowledged it to the producer: it is written past `max_disk` (a
     /// policy, not a physical limit). On a physically full disk it is
     /// retried until the drain timeout; only then does it fail.
+    ///
+    /// `durable`: answer once the batch is durable as `fsync` says (under
+    /// an interval, by an fsync now, shared with every batch waiting for
+    /// one: a confirming producer's batch).
     pub(super) async fn append_waiting(
         &self,
         batch: spillway_spool::Batch,
+        durable: bool,
     ) -> Result<AppendOutcome, SpoolError> {
         let started = std::time::Instant::now();
         let mut give_up: Option<std::time::Instant> = None;
@@ -34,7 +39,7 @@ impl QueueServer {
             let freed = self.io.space.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            let (back, r) = self.io.append(batch, stopping).await;
+            let (back, r) = self.io.append(batch, stopping, durable).await;
             let Some(back) = back else {
                 return r;
             };

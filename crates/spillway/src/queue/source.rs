@@ -70,11 +70,13 @@ pub enum ProducerEnd {
     /// that trickles a byte now and then, or sent most of a message and
     /// stopped).
     SlowProducer,
+    /// Ack protocol: the producer broke the protocol (`ERR` sent).
+    ProtocolError,
 }
 
 impl ProducerEnd {
     /// Every variant, in declaration order (the index of the counters).
-    pub const ALL: [ProducerEnd; 10] = [
+    pub const ALL: [ProducerEnd; 11] = [
         ProducerEnd::Eof,
         ProducerEnd::Reset,
         ProducerEnd::BadFrame,
@@ -85,6 +87,7 @@ impl ProducerEnd {
         ProducerEnd::PeerTimeout,
         ProducerEnd::MaxLifetime,
         ProducerEnd::SlowProducer,
+        ProducerEnd::ProtocolError,
     ];
 
     /// Position in [`ProducerEnd::ALL`].
@@ -104,6 +107,7 @@ impl ProducerEnd {
             ProducerEnd::PeerTimeout => "peer_timeout",
             ProducerEnd::MaxLifetime => "max_lifetime",
             ProducerEnd::SlowProducer => "slow_producer",
+            ProducerEnd::ProtocolError => "protocol_error",
         }
     }
 }
@@ -519,7 +523,7 @@ impl QueueServer {
                     *in_flight = Some(InFlight {
                         msgs: batch.len(),
                         bytes,
-                        answer: Box::pin(self.append_waiting(encoded)),
+                        answer: Box::pin(self.append_waiting(encoded, false)),
                     });
                 }
                 Err(e) => {
@@ -609,7 +613,7 @@ impl QueueServer {
 
     /// `n` messages read from a producer (TCP acknowledged them) could not
     /// be queued: logged and counted exactly.
-    fn lost(&self, n: usize, e: &SpoolError) {
+    pub(super) fn lost(&self, n: usize, e: &SpoolError) {
         if n == 0 {
             return;
         }

@@ -23,7 +23,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use spillway_spool::{AppendOutcome, Batch, Spool, SpoolError};
+use spillway_spool::{AppendOutcome, Batch, Durability, Spool, SpoolError};
 use tokio::sync::{oneshot, Notify};
 
 type Reply = oneshot::Sender<(Batch, Result<AppendOutcome, SpoolError>)>;
@@ -31,6 +31,9 @@ type Reply = oneshot::Sender<(Batch, Result<AppendOutcome, SpoolError>)>;
 struct Append {
     batch: Batch,
     past_quota: bool,
+    /// Answer once the batch is durable as `fsync` says (an fsync under an
+    /// interval too): a producer waits for a confirm.
+    durable: bool,
     reply: Reply,
 }
 
@@ -152,11 +155,13 @@ impl SpoolIo {
         &self,
         batch: Batch,
         past_quota: bool,
+        durable: bool,
     ) -> (Option<Batch>, Result<AppendOutcome, SpoolError>) {
         let (reply, answer) = oneshot::channel();
         let job = Append {
             batch,
             past_quota,
+            durable,
             reply,
         };
         if let Err(mpsc::SendError(job)) = self.writer.send(job) {
@@ -173,8 +178,13 @@ impl SpoolIo {
 
 fn write_loop(spool: &Spool, appends: &mpsc::Receiver<Append>, committer: &mpsc::Sender<Commit>) {
     while let Ok(mut job) = appends.recv() {
+        let wait = |durable: bool| match spool.tunables().durability {
+            Durability::Always => true,
+            Durability::Interval(_) => durable,
+            Durability::Never => false,
+        };
         match spool.try_append_batch(&mut job.batch, job.past_quota) {
-            Ok((outcome, Some(lsn))) => {
+            Ok((outcome, Some(lsn))) if wait(job.durable) => {
                 let c = Commit {
                     lsn,
                     outcome,
@@ -185,7 +195,7 @@ fn write_loop(spool: &Spool, appends: &mpsc::Receiver<Append>, committer: &mpsc:
                     let _ = c.reply.send((c.batch, Err(SpoolError::Closed)));
                 }
             }
-            Ok((outcome, None)) => {
+            Ok((outcome, _)) => {
                 let _ = job.reply.send((job.batch, Ok(outcome)));
             }
             Err(e) => {

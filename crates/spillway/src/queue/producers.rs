@@ -1,0 +1,195 @@
+//! The names of ack-protocol producers and the highest producer sequence
+//! (`pseq`) each had enqueued, so that a producer that resends after a
+//! reconnect (or a relay restart) does not enqueue a message twice.
+//!
+//! Kept in `<spool>/producers`, a log of lines `name pseq unix_ms`,
+//! appended and fdatasynced before the relay confirms the messages it
+//! covers: every confirmed pseq is on disk. A message enqueued but not yet
+//! confirmed when the relay crashed may be enqueued again by its resend
+//! (a duplicate, never a loss). At open the log is read (the highest pseq
+//! per name wins; a torn last line is ignored), names silent for longer
+//! than `producer_memory` are forgotten, and the log is rewritten compact.
+//! It is compacted again when it holds many more lines than names.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+const FILE: &str = "producers";
+const TMP: &str = "producers.tmp";
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    pseq: u64,
+    last_ms: u64,
+    /// A connection of this name is open.
+    connected: bool,
+}
+
+struct State {
+    names: HashMap<String, Entry>,
+    log: File,
+    lines: usize,
+}
+
+pub(super) struct Producers {
+    dir: PathBuf,
+    memory: Duration,
+    state: Mutex<State>,
+}
+
+/// Another connection uses this name now.
+#[derive(Debug)]
+pub(super) struct InUse;
+
+fn now_ms() -> u64 {
+    crate::units::since_epoch().as_millis() as u64
+}
+
+impl Producers {
+    /// Reads (and compacts) the table of the spool directory `dir`,
+    /// forgetting names silent for longer than `memory`.
+    pub fn open(dir: &Path, memory: Duration) -> io::Result<Producers> {
+        let mut names = HashMap::new();
+        match std::fs::read(dir.join(FILE)) {
+            Ok(text) => {
+                for line in text.split(|&b| b == b'\n') {
+                    if let Some((name, pseq, ms)) = parse(line) {
+                        let e = names.entry(name).or_insert(Entry {
+                            pseq,
+                            last_ms: ms,
+                            connected: false,
+                        });
+                        e.pseq = e.pseq.max(pseq);
+                        e.last_ms = e.last_ms.max(ms);
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let horizon = now_ms().saturating_sub(memory.as_millis() as u64);
+        names.retain(|_, e: &mut Entry| e.last_ms >= horizon);
+        let log = rewrite(dir, &names)?;
+        let lines = names.len();
+        Ok(Producers {
+            dir: dir.to_path_buf(),
+            memory,
+            state: Mutex::new(State { names, log, lines }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes `name` for a connection; returns the highest pseq it had
+    /// enqueued (0: none). Refused while another connection holds it.
+    pub fn claim(&self, name: &str) -> Result<u64, InUse> {
+        let mut s = self.lock();
+        let e = s.names.entry(name.to_string()).or_insert(Entry {
+            pseq: 0,
+            last_ms: now_ms(),
+            connected: false,
+        });
+        if e.connected {
+            return Err(InUse);
+        }
+        e.connected = true;
+        Ok(e.pseq)
+    }
+
+    /// The connection of `name` ended.
+    pub fn release(&self, name: &str) {
+        if let Some(e) = self.lock().names.get_mut(name) {
+            e.connected = false;
+        }
+    }
+
+    /// `name` has enqueued everything up to `pseq`: recorded durably
+    /// (blocking: an fdatasync) before that is confirmed.
+    pub fn record(&self, name: &str, pseq: u64) -> io::Result<()> {
+        let mut s = self.lock();
+        let ms = now_ms();
+        if let Some(e) = s.names.get_mut(name) {
+            e.pseq = e.pseq.max(pseq);
+            e.last_ms = ms;
+        }
+        writeln!(s.log, "{name} {pseq} {ms}")?;
+        s.log.sync_data()?;
+        s.lines += 1;
+        if s.lines > 4 * s.names.len() + 10_000 {
+            let horizon = ms.saturating_sub(self.memory.as_millis() as u64);
+            s.names
+                .retain(|_, e: &mut Entry| e.connected || e.last_ms >= horizon);
+            let log = rewrite(&self.dir, &s.names)?;
+            s.log = log;
+            s.lines = s.names.len();
+        }
+        Ok(())
+    }
+}
+
+/// `name pseq ms`, or None for a torn or foreign line.
+fn parse(line: &[u8]) -> Option<(String, u64, u64)> {
+    let text = std::str::from_utf8(line).ok()?;
+    let mut f = text.split(' ');
+    let name = f.next()?;
+    let pseq = f.next()?.parse().ok()?;
+    let ms = f.next()?.parse().ok()?;
+    if f.next().is_some() || !spillway_codec::proto::is_valid_name(name.as_bytes()) {
+        return None;
+    }
+    Some((name.to_string(), pseq, ms))
+}
+
+/// Writes the table as a fresh log (temp file, fsync, rename, directory
+/// fsync) and opens it for appending.
+fn rewrite(dir: &Path, names: &HashMap<String, Entry>) -> io::Result<File> {
+    let tmp = dir.join(TMP);
+    let mut f = File::create(&tmp)?;
+    let mut text = String::new();
+    for (name, e) in names {
+        text.push_str(&format!("{name} {} {}\n", e.pseq, e.last_ms));
+    }
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(FILE))?;
+    File::open(dir)?.sync_all()?;
+    OpenOptions::new().append(true).open(dir.join(FILE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_survive_a_reopen_and_expire() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = Producers::open(dir.path(), Duration::from_secs(3600)).expect("open");
+        assert_eq!(p.claim("app-1").expect("free"), 0);
+        assert!(p.claim("app-1").is_err(), "in use");
+        p.record("app-1", 7).expect("record");
+        p.record("app-1", 9).expect("record");
+        p.release("app-1");
+        drop(p);
+        // A torn last line is ignored.
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(FILE))
+            .expect("log");
+        f.write_all(b"app-1 99").expect("torn");
+        drop(f);
+        let p = Producers::open(dir.path(), Duration::from_secs(3600)).expect("reopen");
+        assert_eq!(p.claim("app-1").expect("free"), 9);
+        drop(p);
+        let p = Producers::open(dir.path(), Duration::ZERO).expect("reopen");
+        std::thread::sleep(Duration::from_millis(5));
+        drop(p);
+        let p = Producers::open(dir.path(), Duration::ZERO).expect("reopen");
+        assert_eq!(p.claim("app-1").expect("free"), 0, "forgotten");
+    }
+}
