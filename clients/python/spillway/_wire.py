@@ -143,7 +143,7 @@ def encode(frame, encoding):
             return b"PUB %d %d\n%s\n" % (frame[1], len(frame[2]), frame[2])
         return b"PUB %d\n%s\n" % (len(frame[2]), frame[2])
     if kind == ACKS:
-        return b"ACKS %s\n" % b",".join(b"%d-%d" % r for r in frame[1])
+        return b"ACKS %s\n" % b",".join(b"%d-%d" % (a, b) for a, b in frame[1])
     if kind == TERM:
         reason = _text_field(frame[2], MAX_TERM_REASON)
         return b"TERM %d %s\n" % (frame[1], reason) if reason else b"TERM %d\n" % frame[1]

@@ -7,9 +7,10 @@
 
 A message leaves the queue when it is acknowledged. Acks are batched: each
 ack() adds its seq to a list of ranges (contiguous seqs coalesce), sent as
-one ACKS frame when the consumer is about to wait for the relay, when 64
-acks (or half the window) are pending, when the oldest pending ack is a
-few milliseconds old, or at flush() and close(). NAK, TERM and PROG go out
+one ACKS frame when the consumer is about to wait for the relay, when it holds
+no other message, when 64 acks (or half the window) are pending, when the
+oldest pending ack is a few milliseconds old (checked at each call), or at
+flush() and close(). NAK, TERM and PROG go out
 at once, after the acks pending before them.
 """
 
@@ -115,17 +116,20 @@ class Consumer:
             if self._ended or self._closed:
                 self._flush_quietly()
                 raise StopIteration
+            if self._decode():
+                continue
             # About to wait for the relay: it may be waiting for our acks.
             self.flush()
-            self._read()
+            if not self._conn.read():
+                self._ended = True
         return self._ready.popleft()
 
-    def _read(self):
-        if not self._conn.read():
-            self._ended = True
-            return
+    def _decode(self):
+        """Applies the whole frames read so far; whether there was one."""
         decoder = self._conn.decoder
         frame = decoder.next()
+        if frame is None:
+            return False
         while frame is not None:
             kind = frame[0]
             if kind == _wire.MSG:
@@ -142,6 +146,7 @@ class Consumer:
                 self._abort()
                 raise _wire.malformed("a %s frame to a consumer" % _wire.VERBS[kind].decode())
             frame = decoder.next()
+        return True
 
     # -- settling ------------------------------------------------------------
 
@@ -165,7 +170,8 @@ class Consumer:
         if not self._pending:
             self._pending_since = time.monotonic()
         self._pending += 1
-        if (self._pending >= self._batch or not self._ready
+        # Nothing else held: the caller may now wait or idle, so send it.
+        if (self._pending >= self._batch or not self._held
                 or time.monotonic() - self._pending_since >= ACK_DELAY_S):
             self.flush()
 

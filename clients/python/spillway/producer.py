@@ -7,8 +7,8 @@
 
 With confirms (the default) the relay answers `CONF n`: the connection's
 first n messages are durable. The producer keeps every message until it is
-confirmed; after a lost connection, the next send() (or reconnect())
-connects again and sends the unconfirmed ones again, in order.
+confirmed; after a lost connection, the next send(), flush() or
+reconnect() connects again and sends the unconfirmed ones again, in order.
 
 With a `name`, each message carries a producer sequence (pseq, from 1), and
 the relay enqueues a resent message only if it did not have it already
@@ -26,6 +26,7 @@ from ._conn import Connection
 from .errors import ProtocolError
 
 POLL_EVERY = 64         # read the relay's CONFs after this many sends
+NAME_BUSY_S = 5.0       # how long a reconnect waits for the name's old connection to go
 
 
 class Producer:
@@ -62,9 +63,21 @@ class Producer:
         return self._pseq
 
     def _connect(self):
-        self._conn = Connection(self._address, "producer", self._encoding, [
-            ("confirms", "on" if self._confirms else "off"), ("name", self._name),
-        ], self._timeout)
+        options = [("confirms", "on" if self._confirms else "off"), ("name", self._name)]
+        # The relay takes one connection per name: right after a reconnect
+        # it may not have seen the old one go yet (409). Try again briefly.
+        deadline = time.monotonic() + (self._timeout or NAME_BUSY_S)
+        pause = 0.02
+        while True:
+            try:
+                self._conn = Connection(self._address, "producer", self._encoding, options,
+                                        self._timeout)
+                break
+            except ProtocolError as e:
+                if e.code != 409 or self._name is None or time.monotonic() + pause > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 0.5)
         self._conf = 0
         self._since_poll = 0
 
@@ -151,23 +164,30 @@ class Producer:
             raise _wire.malformed("a %s frame to a producer" % _wire.VERBS[kind].decode())
 
     def flush(self, timeout_s=None):
-        """Returns once every message sent is confirmed (CONF); raises
-        TimeoutError after `timeout_s` seconds (None: no limit),
-        ProtocolError if the relay refuses them (say 507 full), and
-        ConnectionError if the connection is lost (reconnect() or the next
-        send() resends what was not confirmed). Without confirms, returns at
-        once."""
+        """Returns once every message sent is confirmed (CONF). A lost
+        connection is opened again, and the unconfirmed messages resent, as
+        often as needed until then. Raises TimeoutError after `timeout_s`
+        seconds (None: no limit), and ProtocolError if the relay refuses
+        (say 507 full, or 503 draining; see its `retryable`). Without
+        confirms, returns at once."""
         if not self._confirms:
             return
-        if self._conn is None:
-            self.reconnect()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        pause = 0.05
         while self._unconfirmed:
             wait = 1.0 if deadline is None else deadline - time.monotonic()
             if wait <= 0:
                 raise TimeoutError("%d messages not confirmed within %ss"
                                    % (len(self._unconfirmed), timeout_s))
-            self._poll(wait)
+            try:
+                if self._conn is None:
+                    self.reconnect()
+                self._poll(min(wait, 1.0))
+            except ConnectionError:
+                # Lost, or refused while the relay restarts: again, soon.
+                self._drop()
+                time.sleep(min(pause, max(wait, 0)))
+                pause = min(pause * 2, 1.0)
 
     def close(self):
         """Half-closes and lets the relay read everything before closing
