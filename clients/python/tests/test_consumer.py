@@ -95,6 +95,26 @@ class ConsumerTest(unittest.TestCase):
 
     # -- giving messages back --------------------------------------------------
 
+    def test_close_gives_back_what_is_held(self):
+        relay = Relay(self)
+        relay.produce(lines(5))
+        c = self.consumer(relay)
+        held = self.take(c, 5)
+        held[0].ack()
+        held[3].ack()
+        c.close()
+        back = []
+        with self.consumer(relay) as again:
+            # A lost consumer's messages come back one at a time: each is
+            # acked before the next is sent.
+            for _ in range(3):
+                m = next(again)
+                self.assertEqual(again.held, 1)
+                back.append((m.seq, m.attempt))
+                m.ack()
+        self.assertEqual(back, [(held[i].seq, 2) for i in (1, 2, 4)])
+        self.assert_all_acked(relay)
+
     def test_nak_with_delay_redelivers_with_attempt_2(self):
         relay = Relay(self)
         relay.produce([b"again"])
