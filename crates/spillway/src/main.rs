@@ -227,6 +227,10 @@ struct QueueArgs {
     /// twice.
     #[arg(long, default_value_t = HumanDuration(defaults::PRODUCER_MEMORY))]
     producer_memory: HumanDuration,
+    /// Ack protocol: a consumer group (repeat for more), each an
+    /// independent cursor over the queue; consumers name it in their hello.
+    #[arg(long = "group", value_name = "NAME")]
+    groups: Vec<String>,
     #[arg(long, default_value_t = HumanDuration(defaults::CONNECT_TIMEOUT))]
     connect_timeout: HumanDuration,
     #[arg(long, default_value_t = HumanDuration(defaults::DRAIN_TIMEOUT))]
@@ -256,6 +260,7 @@ impl QueueArgs {
             (None, Protocol::Plain) => defaults::QUEUE_MEMORY,
         };
         q.producer_memory = self.producer_memory.0;
+        q.groups = self.groups;
         q.max_disk = self.max_disk.bytes();
         q.when_full = self.when_full;
         q.fsync = self.fsync.0;

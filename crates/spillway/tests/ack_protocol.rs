@@ -741,3 +741,89 @@ fn confirming_producers_need_memory_zero() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("memory = 0"), "{err}");
 }
+
+// --------------------------------------------------------------- groups ---
+
+/// Takes `n` messages of a consumer, acknowledging each; returns bodies.
+fn take_acked(c: &mut Consumer, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            let m = c.msg();
+            c.send(&format!("ACK {}", m.seq));
+            body(&m)
+        })
+        .collect()
+}
+
+/// Each group is an independent cursor: every group gets every message;
+/// a group's floor survives a restart; the spool keeps what the slowest
+/// group still needs; an undeclared group is refused.
+#[test]
+fn each_group_gets_every_message_and_keeps_its_own_place() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().join("spool");
+    let groups = [
+        "--group",
+        "billing",
+        "--group",
+        "audit",
+        "--drain-timeout",
+        "2s",
+    ];
+    let mut r = relay(&spool, &groups);
+    produce(&mut r, (0..20).map(|i| format!("m{i}")));
+    let all: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+    let addr = r.addr("queue", "sink");
+    let mut billing = Consumer::connect(addr, "group=billing window=50");
+    assert_eq!(take_acked(&mut billing, 20), all);
+    let mut audit = Consumer::connect(addr, "group=audit window=50");
+    assert_eq!(take_acked(&mut audit, 10), all[..10]);
+    let mut default = Consumer::connect(addr, "window=50");
+    assert_eq!(take_acked(&mut default, 20), all);
+    r.wait_metric(
+        "spillway_group_lag_messages",
+        &[("route", "queue"), ("group", "audit")],
+        |x| x == 10.0,
+    );
+    r.wait_metric(
+        "spillway_group_lag_messages",
+        &[("route", "queue"), ("group", "billing")],
+        |x| x == 0.0,
+    );
+    let (_, refused) = Consumer::hello(addr, "SPILLWAY 1 role=consumer encoding=text group=ops");
+    assert!(
+        refused.starts_with("ERR 403") && refused.contains("billing"),
+        "{refused}"
+    );
+    drop((billing, audit, default));
+    r.signal("TERM");
+    r.wait_exit(Duration::from_secs(20));
+
+    let r = relay(&spool, &groups);
+    let addr = r.addr("queue", "sink");
+    let mut audit = Consumer::connect(addr, "group=audit window=50");
+    assert_eq!(take_acked(&mut audit, 10), all[10..]);
+    let mut billing = Consumer::connect(addr, "group=billing");
+    assert_eq!(billing.next(Duration::from_millis(500)), Got::Quiet);
+}
+
+/// A spool from before groups: a group declared later starts at the
+/// spool's cursor (what is still queued), not at its end.
+#[test]
+fn a_group_declared_later_starts_at_the_queue_floor() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().join("spool");
+    let mut r = relay(&spool, &[]);
+    produce(&mut r, (0..10).map(|i| format!("m{i}")));
+    let mut c = Consumer::connect(r.addr("queue", "sink"), "window=4");
+    assert_eq!(take_acked(&mut c, 4), ["m0", "m1", "m2", "m3"]);
+    drop(c);
+    r.signal("TERM");
+    r.wait_exit(Duration::from_secs(20));
+    let r = relay(&spool, &["--group", "late"]);
+    let mut late = Consumer::connect(r.addr("queue", "sink"), "group=late window=20");
+    let got = take_acked(&mut late, 6);
+    assert_eq!(got, (4..10).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    let mut default = Consumer::connect(r.addr("queue", "sink"), "window=20");
+    assert_eq!(body(&default.msg()), "m4");
+}

@@ -133,6 +133,9 @@ pub struct QueueRoute {
     /// Ack protocol: how long a producer name is remembered after its last
     /// message (for idempotent resends).
     pub producer_memory: Duration,
+    /// Ack protocol: named consumer groups, each an independent cursor
+    /// over the spool (the default group is unnamed).
+    pub groups: Vec<String>,
     pub connect_timeout: Duration,
     pub timeouts: Timeouts,
     /// A producer that sends nothing for this long is closed (`None`: never).
@@ -184,6 +187,7 @@ impl QueueRoute {
             ack_timeout: defaults::ACK_TIMEOUT,
             max_deliveries: defaults::MAX_DELIVERIES,
             producer_memory: defaults::PRODUCER_MEMORY,
+            groups: Vec::new(),
             connect_timeout: defaults::CONNECT_TIMEOUT,
             timeouts: Timeouts::default(),
             read_idle_timeout: Some(defaults::READ_IDLE_TIMEOUT),
@@ -320,6 +324,21 @@ pub fn validate_queue(r: &QueueRoute) -> Result<(), String> {
             "from_protocol = \"ack\" needs a listen: endpoint (producers connect and say hello)"
                 .into(),
         );
+    }
+    if !r.groups.is_empty() && r.to_protocol != Protocol::Ack {
+        return Err(
+            "groups need to_protocol = \"ack\" (a consumer names its group in its hello)".into(),
+        );
+    }
+    for (i, g) in r.groups.iter().enumerate() {
+        if !spillway_codec::proto::is_valid_name(g.as_bytes()) {
+            return Err(format!(
+                "invalid group name '{g}': 1 to 64 bytes of letters, digits, '.', '_' and '-'"
+            ));
+        }
+        if r.groups[..i].contains(g) {
+            return Err(format!("group '{g}' is declared twice"));
+        }
     }
     if r.to_protocol == Protocol::Ack && !matches!(r.to, Endpoint::Listen(_)) {
         return Err(

@@ -137,6 +137,7 @@ fn reject_queue_keys(src: &Source<'_>, keys: QueueKeys) -> Result<(), ConfigErro
         ack_timeout,
         max_deliveries,
         producer_memory,
+        groups,
         read_idle_timeout,
         min_rate,
         min_rate_grace,
@@ -160,6 +161,7 @@ fn reject_queue_keys(src: &Source<'_>, keys: QueueKeys) -> Result<(), ConfigErro
     reject(src, &ack_timeout, "ack_timeout", mode)?;
     reject(src, &max_deliveries, "max_deliveries", mode)?;
     reject(src, &producer_memory, "producer_memory", mode)?;
+    reject(src, &groups, "groups", mode)?;
     reject(src, &read_idle_timeout, "read_idle_timeout", mode)?;
     reject(src, &min_rate, "min_rate", mode)?;
     reject(src, &min_rate_grace, "min_rate_grace", mode)?;
@@ -194,6 +196,7 @@ fn queue_route(
         ack_timeout,
         max_deliveries,
         producer_memory,
+        groups,
         read_idle_timeout,
         min_rate,
         min_rate_grace,
@@ -266,6 +269,9 @@ fn queue_route(
         // A confirm means on disk: no memory tier unless asked (and then
         // refused, with the reason, by validate_queue).
         q.memory = 0;
+    }
+    if let Some(v) = groups {
+        q.groups = v.into_inner();
     }
     if let Some(v) = producer_memory {
         q.producer_memory = nonzero_duration(src, &v, "producer_memory")?;

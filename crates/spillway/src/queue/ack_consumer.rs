@@ -35,6 +35,7 @@ use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info};
 
 use super::dispatch::{AckOutcome, ConsumerId};
+use super::dispatcher::Dispatcher;
 use super::sink::{ConsumerEnd, LatencyTally};
 use super::wire::Wire;
 use super::QueueServer;
@@ -117,7 +118,9 @@ impl Held {
 }
 
 /// One connection's state.
-struct Conn {
+struct Conn<'a> {
+    /// Its group's dispatcher.
+    d: &'a Dispatcher,
     id: ConsumerId,
     encoding: Encoding,
     decoder: FrameDecoder,
@@ -129,7 +132,7 @@ struct Conn {
     peer_bytes: Arc<AtomicU64>,
 }
 
-impl Conn {
+impl Conn<'_> {
     fn wrote(&mut self, mut n: usize) {
         while n > 0 {
             let Some(front) = self.unsent.front_mut() else {
@@ -190,9 +193,11 @@ impl QueueServer {
             }
         };
         let route = self.route();
-        let id = self
-            .dispatcher
-            .join_acking(hello.window, hello.window_bytes);
+        let Some(d) = self.group(hello.group.as_deref()) else {
+            // Checked in the hello.
+            return ConsumerEnd::ProtocolError;
+        };
+        let id = d.join_acking(hello.window, hello.window_bytes);
         self.stats.consumers.fetch_add(1, Ordering::Relaxed);
         self.stats.consumers_total.fetch_add(1, Ordering::Relaxed);
         let welcome = Welcome {
@@ -203,6 +208,7 @@ impl QueueServer {
         };
         let max_frame = route.max_message as usize + proto::FRAME_OVERHEAD;
         let mut c = Conn {
+            d,
             id,
             encoding: hello.encoding,
             decoder: FrameDecoder::new(hello.encoding, max_frame),
@@ -239,7 +245,7 @@ impl QueueServer {
             wire.ends_cleanly();
         }
         drop(wire);
-        let back = self.dispatcher.leave(id, true);
+        let back = d.leave(id, true);
         self.stats
             .messages_redelivered
             .fetch_add(back as u64, Ordering::Relaxed);
@@ -270,10 +276,19 @@ impl QueueServer {
                         )));
                     }
                     if let Some(g) = &hello.group {
-                        return Err(Stop::Error(ProtoError::new(
-                            403,
-                            format!("undeclared group '{g}': this route declares no groups"),
-                        )));
+                        if self.group(Some(g)).is_none() {
+                            let declared = self.route().groups.join(", ");
+                            return Err(Stop::Error(ProtoError::new(
+                                403,
+                                if declared.is_empty() {
+                                    format!("undeclared group '{g}': this route declares no groups")
+                                } else {
+                                    format!(
+                                        "undeclared group '{g}': this route declares {declared}"
+                                    )
+                                },
+                            )));
+                        }
                     }
                     if !buf.is_empty() {
                         return Err(Stop::Error(ProtoError::new(
@@ -341,7 +356,7 @@ impl QueueServer {
         wire.shutdown_write(until).await;
     }
 
-    async fn serve_acking(&self, wire: &mut Wire, c: &mut Conn) -> Stop {
+    async fn serve_acking(&self, wire: &mut Wire, c: &mut Conn<'_>) -> Stop {
         let route = self.route();
         let ack_timeout = route.ack_timeout;
         let mut stall = StallTimer::new(route.timeouts.write_stall);
@@ -352,7 +367,7 @@ impl QueueServer {
         let mut draining: Option<(ConsumerEnd, Instant)> = None;
         let mut peer_eof = false;
         loop {
-            let notified = self.dispatcher.notify().notified();
+            let notified = c.d.notify().notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let now = Instant::now();
@@ -364,7 +379,7 @@ impl QueueServer {
                 let encoding = c.encoding;
                 let mut header = BytesMut::new();
                 let mut frames: Vec<(u64, Bytes, Bytes)> = Vec::new();
-                let n = self.dispatcher.take_acking(c.id, |m, attempt| {
+                let n = c.d.take_acking(c.id, |m, attempt| {
                     let body = m.data.slice_ref(spillway_codec::payload(framing, &m.data));
                     proto::msg_header(m.seq, attempt, body.len(), encoding, &mut header);
                     frames.push((m.seq, header.split().freeze(), body));
@@ -508,7 +523,7 @@ impl QueueServer {
     }
 
     /// Applies one frame from the consumer.
-    fn apply(&self, c: &mut Conn, f: Frame, ack_timeout: Duration) -> Result<(), ProtoError> {
+    fn apply(&self, c: &mut Conn<'_>, f: Frame, ack_timeout: Duration) -> Result<(), ProtoError> {
         let not_held = |what: &str, seq: u64| {
             ProtoError::new(
                 409,
@@ -534,10 +549,7 @@ impl QueueServer {
                 if !c.held.remove(seq) {
                     return Err(not_held("NAK", seq));
                 }
-                match self
-                    .dispatcher
-                    .nak(c.id, seq, Duration::from_millis(delay_ms))
-                {
+                match c.d.nak(c.id, seq, Duration::from_millis(delay_ms)) {
                     Ok(AckOutcome::Delayed(_)) => {
                         self.stats.naks.fetch_add(1, Ordering::Relaxed);
                     }
@@ -551,8 +563,7 @@ impl QueueServer {
                 if !c.held.remove(seq) {
                     return Err(not_held("TERM", seq));
                 }
-                self.dispatcher
-                    .term(c.id, seq, reason)
+                c.d.term(c.id, seq, reason)
                     .map_err(|_| not_held("TERM", seq))?;
             }
             Frame::Prog { seq } => {
@@ -570,7 +581,7 @@ impl QueueServer {
                         ),
                     ));
                 }
-                self.dispatcher.set_window(c.id, msgs, bytes);
+                c.d.set_window(c.id, msgs, bytes);
             }
             other => {
                 return Err(ProtoError::new(
@@ -582,7 +593,7 @@ impl QueueServer {
         Ok(())
     }
 
-    fn settle_acked(&self, c: &mut Conn, seqs: Vec<u64>) {
+    fn settle_acked(&self, c: &mut Conn<'_>, seqs: Vec<u64>) {
         if seqs.is_empty() {
             return;
         }
@@ -590,7 +601,7 @@ impl QueueServer {
         let mut bytes = 0u64;
         let h = &self.stats.delivery_latency;
         let mut latency = LatencyTally::new(h);
-        let ignored = self.dispatcher.settle(c.id, seqs, |m| {
+        let ignored = c.d.settle(c.id, seqs, |m| {
             moved += 1;
             bytes += m.data.len() as u64;
             latency.add_with(h, m.append_ms);

@@ -28,7 +28,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -141,25 +141,33 @@ pub fn decode(rec: &Bytes) -> Result<DeadLetter, String> {
     })
 }
 
+/// Called with the sequences of a batch once it is in the dead-letter
+/// spool.
+pub(super) type Written = Box<dyn FnOnce(Vec<u64>) + Send>;
+
+/// A batch of dead letters of one group.
+struct Job {
+    group: String,
+    burials: Vec<Bury>,
+    written: Written,
+}
+
 /// The writer of a route's dead letters: a thread that appends what it is
 /// sent and reports each batch written.
 pub(super) struct DeadLetters {
-    tx: Option<mpsc::Sender<Vec<Bury>>>,
+    tx: Mutex<Option<mpsc::Sender<Job>>>,
     spool: Spool,
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl DeadLetters {
-    /// Opens (or creates) `<spool>/dead` on `fs` and starts the writer;
-    /// `written` is called with the sequences of each batch once it is
-    /// durable there.
+    /// Opens (or creates) `<spool>/dead` on `fs` and starts the writer.
     pub fn start(
         main: &Path,
         max_message: u32,
         fs: Arc<dyn Fs>,
         route: &str,
-        written: Box<dyn Fn(Vec<u64>) + Send>,
     ) -> anyhow::Result<DeadLetters> {
         let mut cfg = SpoolConfig::new(dir_of(main));
         cfg.memory_limit = 0;
@@ -170,39 +178,47 @@ impl DeadLetters {
         // The header and the TERM text travel with the message.
         cfg.max_message = max_message.saturating_add(64 + 2 * u16::MAX as u32);
         let (spool, _) = Spool::open_with_fs(cfg, fs)?;
-        let (tx, rx) = mpsc::channel::<Vec<Bury>>();
+        let (tx, rx) = mpsc::channel::<Job>();
         let sp = spool.clone();
         let name = route.to_string();
         let stop = Arc::new(AtomicBool::new(false));
         let st = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name(format!("spool-dead:{route}"))
-            .spawn(move || write_loop(&sp, &rx, &name, &st, &*written))?;
+            .spawn(move || write_loop(&sp, &rx, &name, &st))?;
         Ok(DeadLetters {
-            tx: Some(tx),
+            tx: Mutex::new(Some(tx)),
             spool,
             stop,
-            thread: Some(thread),
+            thread: Mutex::new(Some(thread)),
         })
     }
 
     /// Writes what was queued (unless writes keep failing: what is not
     /// written stays below the main queue's floor, delivered again after a
     /// restart), then closes the dead-letter spool.
-    pub fn close(mut self) -> Result<(), SpoolError> {
-        self.tx = None;
-        if let Some(t) = self.thread.take() {
+    pub fn close(&self) -> Result<(), SpoolError> {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = thread {
             self.stop.store(true, Ordering::Relaxed);
             let _ = t.join();
         }
         self.spool.clone().close()
     }
 
-    /// Queues `burials` for the dead-letter spool.
-    pub fn send(&self, burials: Vec<Bury>) {
-        if let (false, Some(tx)) = (burials.is_empty(), &self.tx) {
-            // The writer only stops when the route drops this sender.
-            let _ = tx.send(burials);
+    /// Queues `burials` of `group` for the dead-letter spool; `written` is
+    /// called once they are durable there.
+    pub fn send(&self, group: &str, burials: Vec<Bury>, written: Written) {
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        if let (false, Some(tx)) = (burials.is_empty(), tx.as_ref()) {
+            // Refused only once closed: what it held stays below the main
+            // queue's floor, delivered again after a restart.
+            let _ = tx.send(Job {
+                group: group.to_string(),
+                burials,
+                written,
+            });
         }
     }
 
@@ -219,33 +235,28 @@ impl Drop for DeadLetters {
     }
 }
 
-fn write_loop(
-    spool: &Spool,
-    rx: &mpsc::Receiver<Vec<Bury>>,
-    route: &str,
-    stop: &AtomicBool,
-    written: &dyn Fn(Vec<u64>),
-) {
-    while let Ok(mut batch) = rx.recv() {
+fn write_loop(spool: &Spool, rx: &mpsc::Receiver<Job>, route: &str, stop: &AtomicBool) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
         while let Ok(more) = rx.try_recv() {
-            batch.extend(more);
+            jobs.push(more);
         }
         let dead_ms = crate::units::since_epoch().as_millis() as u64;
-        let recs: Vec<Vec<u8>> = batch.iter().map(|b| encode(b, "", dead_ms)).collect();
+        let recs: Vec<Vec<u8>> = jobs
+            .iter()
+            .flat_map(|j| j.burials.iter().map(|b| encode(b, &j.group, dead_ms)))
+            .collect();
+        let count = recs.len();
         let slices: Vec<&[u8]> = recs.iter().map(Vec::as_slice).collect();
         loop {
             match spool.append(&slices) {
                 Ok(_) => break,
                 Err(SpoolError::Closed) => return,
                 Err(SpoolError::Full { .. }) => {
-                    warn!(
-                        route,
-                        "dead-letter spool full; {} dead letters wait",
-                        batch.len()
-                    );
+                    warn!(route, "dead-letter spool full; {count} dead letters wait");
                 }
                 Err(e) => {
-                    error!(route, error = %e, "cannot write {} dead letters; retrying", batch.len());
+                    error!(route, error = %e, "cannot write {count} dead letters; retrying");
                     std::thread::sleep(RETRY);
                 }
             }
@@ -253,6 +264,8 @@ fn write_loop(
                 return;
             }
         }
-        written(batch.iter().map(|b| b.msg.seq).collect());
+        for j in jobs {
+            (j.written)(j.burials.iter().map(|b| b.msg.seq).collect());
+        }
     }
 }

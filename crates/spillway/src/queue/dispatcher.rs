@@ -26,10 +26,9 @@ use std::time::Duration;
 use spillway_spool::{Message, Spool, SpoolError};
 use tokio::sync::Notify;
 
-use spillway_spool::fs::Fs;
-
 use super::dead::DeadLetters;
 use super::dispatch::{AckOutcome, Bury, BuryReason, ConsumerId, Dispatch, NotHeld};
+use super::groups::Floors;
 use super::spool_io::Acker;
 
 /// How much is read ahead of the takes at most (a read is made once
@@ -55,9 +54,11 @@ pub(super) struct Dispatcher {
     /// Consumers wait here for messages (read ahead, or given back).
     notify: Arc<Notify>,
     spool: Spool,
-    acker: Acker,
-    /// The dead-letter spool, once a consumer side speaks the ack protocol.
-    dead: Mutex<Option<DeadLetters>>,
+    /// The route's group floors, and which group this is.
+    floors: Arc<Floors>,
+    group: usize,
+    /// The route's dead-letter spool (consumers speak the ack protocol).
+    dead: Option<Arc<DeadLetters>>,
     /// Messages sent to the dead-letter spool: after `max_deliveries`, by
     /// TERM.
     buried: [AtomicU64; 2],
@@ -114,20 +115,23 @@ impl Wake {
 }
 
 impl Dispatcher {
-    /// Starts the reader thread of `spool`; consumers are woken on
-    /// `notify`. Replaces the spool's append notification (appends wake
-    /// the reader, which wakes the consumers).
+    /// Starts the reader thread of group `group` of `spool`, from `start`;
+    /// consumers are woken on `notify`. The spool's appends must wake the
+    /// reader ([`Dispatcher::waker`]), which wakes the consumers.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         spool: &Spool,
+        start: u64,
         redeliver: u64,
         acker: Acker,
-        notify: Arc<Notify>,
+        floors: Arc<Floors>,
+        group: usize,
+        dead: Option<Arc<DeadLetters>>,
         route: &str,
     ) -> std::io::Result<Dispatcher> {
-        let state = Arc::new(Mutex::new(Dispatch::new(spool.ack_floor(), redeliver)));
+        let state = Arc::new(Mutex::new(Dispatch::new(start, redeliver)));
+        let notify = Arc::new(Notify::new());
         let wake = Arc::new(Wake::default());
-        let w = Arc::clone(&wake);
-        spool.set_notify(Box::new(move || w.wake()));
         let (sp, st, w, n, a) = (
             spool.clone(),
             Arc::clone(&state),
@@ -135,46 +139,39 @@ impl Dispatcher {
             Arc::clone(&notify),
             acker.clone(),
         );
+        let thread = match floors.names()[group].as_str() {
+            "" => format!("spool-read:{route}"),
+            g => format!("spool-read:{route}:{g}"),
+        };
         std::thread::Builder::new()
-            .name(format!("spool-read:{route}"))
+            .name(thread)
             .spawn(move || read_loop(&sp, &st, &w, &n, &a))?;
         Ok(Dispatcher {
             state,
             wake,
             notify,
             spool: spool.clone(),
-            acker,
-            dead: Mutex::new(None),
+            floors,
+            group,
+            dead,
             buried: Default::default(),
         })
     }
 
-    /// Opens the route's dead-letter spool (`<spool>/dead`) on `fs`, for
-    /// ack-protocol consumers; the main queue's floor passes a dead letter
-    /// once it is written there.
-    pub fn open_dead_letters(
-        &self,
-        main: &std::path::Path,
-        max_message: u32,
-        fs: Arc<dyn Fs>,
-        route: &str,
-    ) -> anyhow::Result<()> {
-        let (state, acker) = (Arc::clone(&self.state), self.acker.clone());
-        let written = Box::new(move |seqs: Vec<u64>| {
-            let floor = lock(&state).buried(seqs);
-            if let Some(f) = floor {
-                acker.ack(f);
-            }
-        });
-        let dead = DeadLetters::start(main, max_message, fs, route, written)?;
-        *self.dead.lock().unwrap_or_else(|e| e.into_inner()) = Some(dead);
-        Ok(())
+    /// What the spool's appends call: wakes this group's reader.
+    pub fn waker(&self) -> impl Fn() + Send + Sync + 'static {
+        let w = Arc::clone(&self.wake);
+        move || w.wake()
     }
 
-    /// Closes the dead-letter spool, if open (see [`DeadLetters::close`]).
-    pub fn close_dead_letters(&self) -> Result<(), SpoolError> {
-        let dead = self.dead.lock().unwrap_or_else(|e| e.into_inner()).take();
-        dead.map_or(Ok(()), DeadLetters::close)
+    /// This group's name ("" for the default group).
+    pub fn group_name(&self) -> &str {
+        &self.floors.names()[self.group]
+    }
+
+    /// Messages this group has not had delivered yet.
+    pub fn lag(&self) -> u64 {
+        self.floors.lag(self.group)
     }
 
     /// Messages dead-lettered: (after `max_deliveries`, by TERM).
@@ -190,12 +187,6 @@ impl Dispatcher {
         self.lock().unacked_total()
     }
 
-    /// Messages in the dead-letter spool (0 without one).
-    pub fn dead_letters(&self) -> u64 {
-        let dead = self.dead.lock().unwrap_or_else(|e| e.into_inner());
-        dead.as_ref().map_or(0, DeadLetters::depth)
-    }
-
     /// Hands what `d` buried to the dead-letter writer (with none open,
     /// they stay below the floor: delivered again after a restart).
     fn bury(&self, burials: Vec<Bury>) {
@@ -206,9 +197,20 @@ impl Dispatcher {
             let i = usize::from(matches!(b.reason, BuryReason::Term(_)));
             self.buried[i].fetch_add(1, Ordering::Relaxed);
         }
-        let dead = self.dead.lock().unwrap_or_else(|e| e.into_inner());
-        match dead.as_ref() {
-            Some(w) => w.send(burials),
+        match &self.dead {
+            Some(w) => {
+                let (state, floors, group) = (
+                    Arc::clone(&self.state),
+                    Arc::clone(&self.floors),
+                    self.group,
+                );
+                let written = Box::new(move |seqs: Vec<u64>| {
+                    if let Some(f) = lock(&state).buried(seqs) {
+                        floors.acked(group, f);
+                    }
+                });
+                w.send(self.group_name(), burials, written);
+            }
             None => tracing::error!(
                 count = burials.len(),
                 "dead letters with no dead-letter spool open; kept in the queue"
@@ -293,7 +295,7 @@ impl Dispatcher {
         let floor = {
             let mut d = self.lock();
             let floor = d.acked(consumer, offset, delivered);
-            self.spool.mark_delivered(d.delivered_floor());
+            self.floors.delivered(self.group, d.delivered_floor());
             floor
         };
         self.ack(floor);
@@ -320,7 +322,7 @@ impl Dispatcher {
         let (floor, back, burials) = {
             let mut d = self.lock();
             let (floor, back) = d.leave(consumer, abortive);
-            self.spool.mark_delivered(d.delivered_floor());
+            self.floors.delivered(self.group, d.delivered_floor());
             (floor, back, d.take_burials())
         };
         self.bury(burials);
@@ -355,7 +357,7 @@ impl Dispatcher {
         let (floor, ignored) = {
             let mut d = self.lock();
             let r = d.settle(consumer, seqs, done);
-            self.spool.mark_delivered(d.delivered_floor());
+            self.floors.delivered(self.group, d.delivered_floor());
             r
         };
         self.ack(floor);
@@ -422,7 +424,7 @@ impl Dispatcher {
 
     fn ack(&self, floor: Option<u64>) {
         if let Some(f) = floor {
-            self.acker.ack(f);
+            self.floors.acked(self.group, f);
         }
     }
 }

@@ -79,9 +79,14 @@ static UNACKED_MESSAGES: Family = Family::gauge(
     "Messages delivered to ack-protocol consumers and not yet acknowledged.",
 );
 
+static GROUP_LAG: Family = Family::gauge(
+    "spillway_group_lag_messages",
+    "Ack protocol: messages a consumer group has not had delivered yet (the default group is named default).",
+);
+
 /// The families a queue route fills, in `/metrics` order (then the
 /// spool's).
-static FAMILIES: [&Family; 22] = [
+static FAMILIES: [&Family; 23] = [
     &CONNECTIONS,
     &CONNECTIONS_ACTIVE,
     &CONSUMER_CONNECTIONS_CLOSED,
@@ -104,6 +109,7 @@ static FAMILIES: [&Family; 22] = [
     &DEAD_LETTERS,
     &DEAD_LETTER_MESSAGES,
     &UNACKED_MESSAGES,
+    &GROUP_LAG,
 ];
 
 /// Declares the queue routes' families and their spools'.
@@ -210,12 +216,24 @@ pub fn collect(s: &mut Scrape, route: &str, q: &QueueServer) {
         ] {
             s.counter(family, &r, v.load(Ordering::Relaxed));
         }
-        let (max, term) = q.dispatcher.buried();
+        let (mut max, mut term, mut unacked) = (0, 0, 0);
+        for d in q.dispatchers() {
+            let (m, t) = d.buried();
+            max += m;
+            term += t;
+            unacked += d.unacked_total();
+            let group = match d.group_name() {
+                "" => "default",
+                g => g,
+            };
+            s.gauge(&GROUP_LAG, &[("route", route), ("group", group)], d.lag());
+        }
         for (reason, n) in [("max_deliveries", max), ("term", term)] {
             s.counter(&DEAD_LETTERS, &[("route", route), ("reason", reason)], n);
         }
-        s.gauge(&DEAD_LETTER_MESSAGES, &r, q.dispatcher.dead_letters());
-        s.gauge(&UNACKED_MESSAGES, &r, q.dispatcher.unacked_total());
+        let depth = q.dead.as_ref().map_or(0, |d| d.depth());
+        s.gauge(&DEAD_LETTER_MESSAGES, &r, depth);
+        s.gauge(&UNACKED_MESSAGES, &r, unacked);
     }
 
     // The spool snapshot takes its lock once per scrape.

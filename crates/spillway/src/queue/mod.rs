@@ -30,6 +30,7 @@ mod conn;
 pub mod dead;
 mod dispatch;
 mod dispatcher;
+mod groups;
 pub mod memory;
 pub mod metrics;
 mod producers;
@@ -54,7 +55,6 @@ use spillway_net::limit::ConnLimits;
 use spillway_net::tls::{TlsClient, TlsError, TlsServer};
 use spillway_spool::fs::{Fs, StdFs};
 use spillway_spool::{Histogram, Spool, SpoolConfig, SpoolError};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -243,6 +243,12 @@ pub struct QueueServer {
     /// Hands messages to consumers; reads the spool ahead of them on its
     /// own thread, and acknowledges it.
     dispatcher: dispatcher::Dispatcher,
+    /// The named consumer groups' dispatchers (`groups`), in config order.
+    groups: Vec<dispatcher::Dispatcher>,
+    /// Every group's floor; the spool's is the lowest.
+    floors: Arc<groups::Floors>,
+    /// The dead-letter spool (`to_protocol = "ack"`).
+    dead: Option<Arc<dead::DeadLetters>>,
     stats: QueueStats,
     /// Set when the spool failed (poisoned, I/O): the route stops.
     failure: Mutex<Option<String>>,
@@ -407,15 +413,48 @@ impl QueueServer {
         }
         let io = spool_io::SpoolIo::start(&spool, &route.name)
             .with_context(|| format!("route '{}': spool threads", route.name))?;
-        let dispatcher = dispatcher::Dispatcher::start(
-            &spool,
-            route.redeliver_on_reset,
-            io.acker(),
-            Arc::new(Notify::new()),
-            &route.name,
-        )
-        .with_context(|| format!("route '{}': spool reader thread", route.name))?;
-        dispatcher.set_max_deliveries(route.max_deliveries);
+        let dead = if route.to_protocol == crate::config::Protocol::Ack {
+            let d = dead::DeadLetters::start(
+                &route.spool,
+                u32::try_from(route.max_message).unwrap_or(u32::MAX),
+                Arc::clone(&fs),
+                &route.name,
+            )
+            .with_context(|| {
+                format!(
+                    "route '{}': cannot open the dead-letter spool {}",
+                    route.name,
+                    dead::dir_of(&route.spool).display()
+                )
+            })?;
+            Some(Arc::new(d))
+        } else {
+            None
+        };
+        let (floors, starts) =
+            groups::Floors::open(&spool, &route.spool, &route.groups, io.acker());
+        let floors = Arc::new(floors);
+        let mut dispatchers = Vec::with_capacity(starts.len());
+        for (i, &start) in starts.iter().enumerate() {
+            let d = dispatcher::Dispatcher::start(
+                &spool,
+                start,
+                route.redeliver_on_reset,
+                io.acker(),
+                Arc::clone(&floors),
+                i,
+                dead.clone(),
+                &route.name,
+            )
+            .with_context(|| format!("route '{}': spool reader thread", route.name))?;
+            d.set_max_deliveries(route.max_deliveries);
+            dispatchers.push(d);
+        }
+        let wakers: Vec<_> = dispatchers.iter().map(|d| d.waker()).collect();
+        spool.set_notify(Box::new(move || wakers.iter().for_each(|w| w())));
+        let mut dispatchers = dispatchers.into_iter();
+        let dispatcher = dispatchers.next().context("the default group")?;
+        let groups: Vec<dispatcher::Dispatcher> = dispatchers.collect();
         let producer_names = if route.from_protocol == crate::config::Protocol::Ack {
             let p = producers::Producers::open(&route.spool, route.producer_memory).with_context(
                 || {
@@ -430,22 +469,6 @@ impl QueueServer {
         } else {
             None
         };
-        if route.to_protocol == crate::config::Protocol::Ack {
-            dispatcher
-                .open_dead_letters(
-                    &route.spool,
-                    u32::try_from(route.max_message).unwrap_or(u32::MAX),
-                    Arc::clone(&fs),
-                    &route.name,
-                )
-                .with_context(|| {
-                    format!(
-                        "route '{}': cannot open the dead-letter spool {}",
-                        route.name,
-                        dead::dir_of(&route.spool).display()
-                    )
-                })?;
-        }
         let gate = Gate::new(
             shared.connections,
             route.max_connections,
@@ -460,6 +483,9 @@ impl QueueServer {
             waiting_for_space: std::sync::atomic::AtomicUsize::new(0),
             producer_names,
             dispatcher,
+            groups,
+            floors,
+            dead,
             stats: QueueStats::default(),
             failure: Mutex::new(None),
             stop: shutdown.child_token(),
@@ -567,6 +593,19 @@ impl QueueServer {
         info!(reason = "tls_handshake", "{} closed", role.as_str());
     }
 
+    /// The dispatcher of every group, the default one first.
+    fn dispatchers(&self) -> impl Iterator<Item = &dispatcher::Dispatcher> {
+        std::iter::once(&self.dispatcher).chain(&self.groups)
+    }
+
+    /// The dispatcher of group `name` (`None`: the default group).
+    fn group(&self, name: Option<&str>) -> Option<&dispatcher::Dispatcher> {
+        match name {
+            None => Some(&self.dispatcher),
+            Some(n) => self.groups.iter().find(|d| d.group_name() == n),
+        }
+    }
+
     pub fn stats(&self) -> &QueueStats {
         &self.stats
     }
@@ -588,6 +627,7 @@ impl QueueServer {
             && old.framing == new.framing
             && old.from_protocol == new.from_protocol
             && old.to_protocol == new.to_protocol
+            && old.groups == new.groups
             && old.max_message == new.max_message
             && old.from_tls == new.from_tls
             && old.to_tls == new.to_tls
@@ -608,8 +648,10 @@ impl QueueServer {
             segment_size: new.segment_size,
         };
         self.spool.reconfigure(t)?;
-        self.dispatcher.set_redeliver(new.redeliver_on_reset);
-        self.dispatcher.set_max_deliveries(new.max_deliveries);
+        for d in self.dispatchers() {
+            d.set_redeliver(new.redeliver_on_reset);
+            d.set_max_deliveries(new.max_deliveries);
+        }
         *self.route.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
         Ok(())
     }

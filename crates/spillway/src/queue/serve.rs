@@ -25,7 +25,7 @@ impl QueueServer {
         match (*windows, wanted) {
             (Windows::Pinned, true) => {
                 *windows = Windows::Released { quiet_since: None };
-                self.dispatcher.release_windows();
+                self.dispatchers().for_each(|d| d.release_windows());
             }
             (Windows::Released { .. }, true) => *windows = Windows::Released { quiet_since: None },
             (Windows::Released { quiet_since: None }, false) => {
@@ -39,10 +39,32 @@ impl QueueServer {
                 },
                 false,
             ) if t.elapsed() >= Duration::from_secs(5) => {
-                self.dispatcher.pin_windows();
+                self.dispatchers().for_each(|d| d.pin_windows());
                 *windows = Windows::Pinned;
             }
             _ => {}
+        }
+    }
+
+    /// Writes the groups' floors (see `groups.rs`); a failure is logged
+    /// (the file keeps older floors: redeliveries, not loss).
+    async fn persist_floors(&self) {
+        if self.groups.is_empty() {
+            return;
+        }
+        let floors = Arc::clone(&self.floors);
+        match tokio::task::spawn_blocking(move || floors.persist()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let mut w = self
+                    .blocked_warning
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if let Some(suppressed) = w.check() {
+                    warn!(error = %e, suppressed, "cannot write the groups' floors; retrying");
+                }
+            }
+            Err(_) => {}
         }
     }
 
@@ -89,6 +111,9 @@ impl QueueServer {
                     }
                     self.watch_space(&mut windows);
                     ticks = ticks.wrapping_add(1);
+                    if !self.groups.is_empty() && ticks.is_multiple_of(5) {
+                        self.persist_floors().await;
+                    }
                     if ticks.is_multiple_of(50) {
                         // What the memory tier may hold now (a reload
                         // may have changed it).
@@ -161,13 +186,14 @@ impl QueueServer {
         if let Some((what, e)) = self.io.take_failure() {
             self.fail(what, &e);
         }
-        let dispatcher_dead = {
-            let server = Arc::clone(&self);
-            tokio::task::spawn_blocking(move || server.dispatcher.close_dead_letters())
-        };
-        if let Ok(Err(e)) = dispatcher_dead.await {
-            error!(error = %e, "dead-letter spool close failed");
+        // Dead letters still being written hold the floor: they are
+        // delivered again after a restart if this close stops them.
+        if let Some(dead) = self.dead.clone() {
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || dead.close()).await {
+                error!(error = %e, "dead-letter spool close failed");
+            }
         }
+        self.persist_floors().await;
         let spool = self.spool.clone();
         let closed = tokio::task::spawn_blocking(move || spool.close())
             .await
