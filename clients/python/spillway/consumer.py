@@ -157,6 +157,8 @@ class Consumer:
             if state == "acked" == msg.state:
                 return
             raise ValueError("%r was already settled" % (msg,))
+        if self._closed:
+            raise ValueError("the consumer is closed: the relay gave %r back to the queue" % (msg,))
         del self._held[msg.seq]
         msg.state = state
         if frame is not None:
@@ -176,7 +178,7 @@ class Consumer:
             self.flush()
 
     def _progress(self, msg):
-        if msg._consumer is not self or msg.state is not None:
+        if msg._consumer is not self or msg.state is not None or self._closed:
             raise ValueError("%r is not held by this consumer" % (msg,))
         self._send((_wire.PROG, msg.seq))
 

@@ -48,6 +48,7 @@ class Producer:
         self._conf = 0              # the connection's last CONF
         self._since_poll = 0
         self._conn = None
+        self._closed = False
         self.duplicates = 0         # DUPs: resent messages the relay already had
         self.reconnects = 0
         self._connect()
@@ -83,6 +84,8 @@ class Producer:
 
     def reconnect(self):
         """Connects again and resends every unconfirmed message, in order."""
+        if self._closed:
+            raise ValueError("the producer is closed")
         self._drop()
         self._connect()
         self.reconnects += 1
@@ -99,6 +102,8 @@ class Producer:
     def send(self, body):
         """Sends one message (bytes). After a lost connection, connects
         again first, and resends what was not confirmed."""
+        if self._closed:
+            raise ValueError("the producer is closed")
         body = bytes(body)
         pseq = None
         if self._name is not None:
@@ -193,6 +198,7 @@ class Producer:
         """Half-closes and lets the relay read everything before closing
         (it confirms what it can meanwhile). It does not wait for confirms:
         call flush() for that."""
+        self._closed = True
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close(self._apply_quietly)

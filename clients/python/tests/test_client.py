@@ -116,12 +116,13 @@ class ConsumerWire(unittest.TestCase):
         def script(peer, _):
             peer.hello()
             peer.sock.sendall(OK)
-            peer.send((MSG, 5, 1, b"a"), (MSG, 6, 1, b"b"), (MSG, 7, 2, b"c"), (MSG, 9, 1, b"d"))
+            peer.send((MSG, 5, 1, b"a"), (MSG, 6, 1, b"b"), (MSG, 7, 2, b"c"), (MSG, 9, 1, b"d"),
+                      (MSG, 10, 1, b"e"))
             relay.result["frames"] = peer.frames_until_eof()
 
         relay = FakeRelay(self, script, encoding="text")
         with spillway.Consumer(relay.address, encoding="text", group="g1", timeout=5) as c:
-            a, b, d, e = [next(c) for _ in range(4)]
+            a, b, d, e, f = [next(c) for _ in range(5)]
             self.assertEqual((a.seq, a.attempt, a.body), (5, 1, b"a"))
             self.assertEqual(d.attempt, 2)
             a.in_progress()
@@ -133,6 +134,9 @@ class ConsumerWire(unittest.TestCase):
                 with self.assertRaises(ValueError):
                     settle()
             e.ack()
+        e.ack()                             # still harmless
+        with self.assertRaises(ValueError):
+            f.ack()                         # closed: it went back to the queue
         relay.join()
         self.assertEqual(relay.result["frames"], [
             (PROG, 5), (ACKS, [(5, 5)]), (NAK, 6, 1500), (TERM, 7, b"no way"), (ACKS, [(9, 9)])])
@@ -336,6 +340,8 @@ class ProducerWire(unittest.TestCase):
         p.send(bytearray(b"b"))
         p.flush(1)                      # without confirms: at once
         p.close()
+        with self.assertRaises(ValueError):
+            p.send(b"c")                # closed stays closed
         relay.join()
         self.assertEqual(relay.result["hello"], b"SPILLWAY 1 role=producer encoding=binary confirms=off\n")
         self.assertEqual(relay.result["frames"], [(PUB, None, b"a"), (PUB, None, b"b")])

@@ -293,6 +293,11 @@ class ConsumerTest(unittest.TestCase):
             sys.stderr.write("[run %d: %d processed, %d again later] " % (i, len(runs[i]), len(again)))
             self.assertLessEqual(len(again), 2 * window,
                                  "run %d: %d processed again after its kill (%s)" % (i, len(again), say))
+            # Held at the kill: among the last the run processed, whose acks
+            # had not reached the relay yet.
+            last = {b for _, _, b in runs[i][-2 * window:]}
+            self.assertEqual([b for b in again if b not in last], [],
+                             "run %d: processed again, but long before its kill (%s)" % (i, say))
         # A redelivery keeps its seq and raises its attempt.
         first = {}
         for r in runs:
