@@ -79,7 +79,7 @@ pub const MAX_LINE: usize = 1024;
 /// What a frame may add to its body: a relay with `max_message` decodes with
 /// a `max_frame` of `max_message + FRAME_OVERHEAD`. Every MSG and PUB header
 /// fits it in either encoding (the longest, a text MSG with 20-digit
-/// numbers, takes 58 bytes with its trailing `\n`).
+/// numbers, takes 57 bytes, and 58 with the `\n` after the body).
 pub const FRAME_OVERHEAD: usize = 64;
 
 /// The most ranges in one ACKS.
