@@ -8,10 +8,17 @@
 //! - `len_u32be_1KiB`: 1 KiB payloads behind a 4-byte big-endian prefix.
 //! - `lines_64B_reads_16KiB`: the socket-loop pattern — the stream arrives
 //!   in 16 KiB reads into a buffer that keeps the partial tail.
+//! - `proto_msg_{text,binary}_{64B,1KiB}`: the ack protocol's MSG frames
+//!   (what a consumer decodes) with 64-byte and 1 KiB bodies, taken off one
+//!   `BytesMut` by `proto::FrameDecoder` (bodies split off, not copied).
+//!   The buffer is made outside the timing; the bytes figure counts the
+//!   whole stream, headers included.
 
 use std::hint::black_box;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use bytes::{Bytes, BytesMut};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use spillway_codec::proto::{self, Encoding, Frame, FrameDecoder};
 use spillway_codec::{encode, Decoded, Decoder, Framing, LenPrefix, DEFAULT_MAX_MESSAGE};
 
 fn stream(framing: Framing, payload_len: usize, count: usize) -> Vec<u8> {
@@ -93,5 +100,61 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+/// `count` MSG frames with `body_len`-byte bodies, as the relay writes them.
+fn msg_stream(encoding: Encoding, body_len: usize, count: usize) -> Vec<u8> {
+    let body = Bytes::from(
+        (0..body_len)
+            .map(|i| b'a' + (i % 26) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    let mut out = BytesMut::new();
+    for seq in 0..count as u64 {
+        let frame = Frame::Msg {
+            seq: 1_000_000 + seq,
+            attempt: 1,
+            body: body.clone(),
+        };
+        proto::encode(&frame, encoding, &mut out);
+    }
+    out.to_vec()
+}
+
+/// Decodes every frame of `buf`; returns the frame count.
+fn decode_proto(encoding: Encoding, mut buf: BytesMut) -> usize {
+    let max_frame = DEFAULT_MAX_MESSAGE + proto::FRAME_OVERHEAD;
+    let mut decoder = FrameDecoder::new(encoding, max_frame);
+    let mut count = 0;
+    while let Ok(Some(frame)) = decoder.decode(&mut buf) {
+        black_box(&frame);
+        count += 1;
+    }
+    assert!(buf.is_empty(), "the whole stream decodes");
+    count
+}
+
+fn bench_proto(c: &mut Criterion) {
+    for (encoding, enc_name) in [(Encoding::Text, "text"), (Encoding::Binary, "binary")] {
+        for (body_len, size_name, count) in [(64, "64B", 16 * 1024), (1024, "1KiB", 1024)] {
+            let data = msg_stream(encoding, body_len, count);
+            let name = format!("proto_msg_{enc_name}_{size_name}");
+            for (unit, throughput) in [
+                ("msgs", Throughput::Elements(count as u64)),
+                ("bytes", Throughput::Bytes(data.len() as u64)),
+            ] {
+                let mut group = c.benchmark_group(&name);
+                group.throughput(throughput);
+                group.bench_function(unit, |b| {
+                    b.iter_batched(
+                        || BytesMut::from(&data[..]),
+                        |buf| assert_eq!(decode_proto(encoding, buf), count),
+                        BatchSize::LargeInput,
+                    )
+                });
+                group.finish();
+            }
+        }
+    }
+}
+
+criterion_group!(benches, bench, bench_proto);
 criterion_main!(benches);

@@ -178,9 +178,10 @@ impl Frame {
     /// - ERR: text at most [`MAX_ERR_TEXT`] bytes, no control character;
     /// - PUB: `pseq` is not `Some(0)`; DUP: `pseq >= 1`.
     ///
-    /// Body sizes are the decoder's limit, not a rule of the frame. In text,
-    /// a frame's line must also fit [`MAX_LINE`](super::MAX_LINE) bytes,
-    /// which only an ACKS of many ranges can exceed.
+    /// Body sizes are the decoder's limit, not a rule of the frame. A valid
+    /// frame's text line always fits its limit
+    /// ([`MAX_LINE`](super::MAX_LINE), or
+    /// [`MAX_ACKS_LINE`](super::MAX_ACKS_LINE) for ACKS).
     pub fn validate(&self) -> Result<(), ProtoError> {
         match self {
             Frame::Msg { attempt: 0, .. } => Err(ProtoError::malformed(format!(

@@ -8,8 +8,8 @@
 use super::error::{shown, ProtoError};
 use super::frame::Frame;
 use super::{
-    decimal, text, Encoding, Role, DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES, MAX_NAME, MAX_WINDOW,
-    VERSION,
+    decimal, text, Encoding, Role, DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES, MAX_LINE, MAX_NAME,
+    MAX_WINDOW, VERSION,
 };
 
 /// The length of the first line of `buf`, its `\n` included: `Ok(Some(n))`
@@ -22,7 +22,7 @@ use super::{
 /// [`FrameDecoder`](super::FrameDecoder) of the chosen encoding: the bytes
 /// after the line may already be frames.
 pub fn hello_line(buf: &[u8]) -> Result<Option<usize>, ProtoError> {
-    text::line_end(buf, &mut 0)
+    text::line_end(buf, &mut 0, MAX_LINE)
 }
 
 /// Strips the line's `\n` if present, then a `\r` if present.

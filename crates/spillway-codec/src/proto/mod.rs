@@ -73,13 +73,18 @@ pub use hello::{hello_line, is_valid_name, Hello, Reply, Welcome};
 pub const VERSION: u32 = 1;
 
 /// The longest line, `\n` included: the handshake, the relay's reply, and a
-/// text frame's header line.
+/// text frame's header line, except an ACKS line ([`MAX_ACKS_LINE`]).
 pub const MAX_LINE: usize = 1024;
+
+/// The longest text ACKS line, `\n` included: `ACKS ` and
+/// [`MAX_ACK_RANGES`] ranges of 20-digit seqs (43,013 bytes), so a text
+/// ACKS holds as many ranges as a binary one.
+pub const MAX_ACKS_LINE: usize = 5 + MAX_ACK_RANGES * (20 + 1 + 20) + (MAX_ACK_RANGES - 1) + 1;
 
 /// What a frame may add to its body: a relay with `max_message` decodes with
 /// a `max_frame` of `max_message + FRAME_OVERHEAD`. Every MSG and PUB header
 /// fits it in either encoding (the longest, a text MSG with 20-digit
-/// numbers, takes 58 bytes with its trailing `\n`).
+/// numbers, takes 57 bytes, and 58 with the `\n` after the body).
 pub const FRAME_OVERHEAD: usize = 64;
 
 /// The most ranges in one ACKS.
@@ -194,9 +199,9 @@ pub(crate) fn decimal(raw: &[u8]) -> Option<u64> {
 /// awaited. MSG and PUB frames, whole on the wire (text: header line, body
 /// and `\n`; binary: the 4-byte length and what follows), are limited to
 /// `max_frame` (413 over it); every other frame has a fixed bound (a text
-/// line of [`MAX_LINE`] bytes; in binary an ACKS of [`MAX_ACK_RANGES`]
-/// ranges, 16,391 bytes, is the largest), so a small `max_message` never
-/// stops a consumer's acks.
+/// line of [`MAX_LINE`] bytes, or [`MAX_ACKS_LINE`] for ACKS; in binary an
+/// ACKS of [`MAX_ACK_RANGES`] ranges, 16,391 bytes, is the largest), so a
+/// small `max_message` never stops a consumer's acks.
 #[derive(Debug, Clone)]
 pub struct FrameDecoder {
     encoding: Encoding,

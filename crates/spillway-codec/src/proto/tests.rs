@@ -420,6 +420,75 @@ fn text_lines_are_at_most_1024_bytes() {
 }
 
 #[test]
+fn text_acks_lines_hold_as_many_ranges_as_binary() {
+    let widest = Frame::Acks {
+        ranges: vec![(u64::MAX - 1, u64::MAX); MAX_ACK_RANGES],
+    };
+    let line = enc(&widest, Encoding::Text);
+    assert_eq!(line.len(), MAX_ACKS_LINE);
+    assert_eq!(decode_one(Encoding::Text, &line), widest);
+    let (frames, end) = decode_in_steps(Encoding::Text, &line, 1);
+    assert_eq!((frames, end), (vec![widest], Ok(0)));
+    // One range more is refused while parsing.
+    let mut over = b"ACKS 0-0".to_vec();
+    over.extend(b",1-1".repeat(MAX_ACK_RANGES));
+    over.push(b'\n');
+    assert_400(
+        error_of(Encoding::Text, BIG, &over),
+        "ACKS of more than 1024 ranges",
+    );
+    // Its bound, then an error without waiting for a newline.
+    let mut long = b"ACKS ".to_vec();
+    long.resize(MAX_ACKS_LINE - 1, b'1');
+    assert_eq!(
+        decode_all(Encoding::Text, BIG, &long),
+        (vec![], Ok(MAX_ACKS_LINE - 1))
+    );
+    long.push(b'1');
+    assert_400(
+        error_of(Encoding::Text, BIG, &long),
+        "no newline within 43013 bytes (an ACKS line is at most 43013 bytes)",
+    );
+    // Only ACKS: another verb's line is refused at MAX_LINE, the same
+    // whether its first bytes arrived alone or not.
+    for prefix in [&b"ACK "[..], b"ACKSX", b"TERM 1 "] {
+        let mut line = prefix.to_vec();
+        line.resize(MAX_LINE, b'1');
+        assert_400(
+            error_of(Encoding::Text, BIG, &line),
+            "no newline within 1024 bytes (a line is at most 1024 bytes)",
+        );
+        let (_, end) = decode_in_steps(Encoding::Text, &line, 1);
+        assert_eq!(
+            end.map_err(|e| e.message),
+            Err(error_of(Encoding::Text, BIG, &line).message)
+        );
+    }
+}
+
+/// Decodes `bytes` arriving `step` bytes at a time.
+fn decode_in_steps(
+    encoding: Encoding,
+    bytes: &[u8],
+    step: usize,
+) -> (Vec<Frame>, Result<usize, ProtoError>) {
+    let mut d = FrameDecoder::new(encoding, BIG);
+    let mut buf = BytesMut::new();
+    let mut frames = Vec::new();
+    for chunk in bytes.chunks(step) {
+        buf.extend_from_slice(chunk);
+        loop {
+            match d.decode(&mut buf) {
+                Ok(Some(f)) => frames.push(f),
+                Ok(None) => break,
+                Err(e) => return (frames, Err(e)),
+            }
+        }
+    }
+    (frames, Ok(buf.len()))
+}
+
+#[test]
 fn text_numbers_are_plain_decimal() {
     for bad in [
         &b"ACK +1\n"[..],

@@ -1,14 +1,15 @@
 //! The text encoding: one header line per frame, ended by `\n`; MSG and PUB
 //! follow it with exactly `<len>` body bytes and a `\n`.
 //!
-//! Lines are at most [`MAX_LINE`] bytes, `\n` included. Fields are separated
-//! by single spaces; numbers are plain decimal (see [`decimal`]).
+//! Lines are at most [`MAX_LINE`] bytes, `\n` included, except ACKS lines
+//! ([`MAX_ACKS_LINE`]). Fields are separated by single spaces; numbers are
+//! plain decimal (see [`decimal`]).
 
 use bytes::{Buf, BufMut, BytesMut};
 
 use super::error::{err_text, shown, ProtoError};
 use super::frame::Frame;
-use super::{decimal, MAX_LINE, MAX_TERM_REASON};
+use super::{decimal, MAX_ACKS_LINE, MAX_ACK_RANGES, MAX_LINE, MAX_TERM_REASON};
 
 /// A parsed header line.
 enum Header {
@@ -35,7 +36,14 @@ pub(super) fn decode(
     max_frame: usize,
     scanned: &mut usize,
 ) -> Result<Option<Frame>, ProtoError> {
-    let Some(line_len) = line_end(buf, scanned)? else {
+    // Known from the line's first 5 bytes, which are in whenever the limit
+    // matters (at least MAX_LINE bytes): the same whatever the reads.
+    let max_line = if buf.starts_with(b"ACKS ") {
+        MAX_ACKS_LINE
+    } else {
+        MAX_LINE
+    };
+    let Some(line_len) = line_end(buf, scanned, max_line)? else {
         return Ok(None);
     };
     // The line without its '\n'.
@@ -81,16 +89,25 @@ pub(super) fn decode(
 }
 
 /// The length of the first line of `buf`, `\n` included; `None` if it is
-/// not complete; a 400 if no `\n` is within the first [`MAX_LINE`] bytes.
+/// not complete; a 400 if no `\n` is within the first `max_line` bytes.
 /// `scanned` is as for [`decode`]; a `buf` shorter than it (the caller broke
 /// the contract) is searched again from its start.
-pub(super) fn line_end(buf: &[u8], scanned: &mut usize) -> Result<Option<usize>, ProtoError> {
-    let window = buf.len().min(MAX_LINE);
+pub(super) fn line_end(
+    buf: &[u8],
+    scanned: &mut usize,
+    max_line: usize,
+) -> Result<Option<usize>, ProtoError> {
+    let window = buf.len().min(max_line);
     let start = if *scanned <= window { *scanned } else { 0 };
     match memchr::memchr(b'\n', &buf[start..window]) {
         Some(i) => Ok(Some(start + i + 1)),
-        None if buf.len() >= MAX_LINE => Err(ProtoError::malformed(format!(
-            "no newline within {MAX_LINE} bytes (a line is at most {MAX_LINE} bytes)"
+        None if buf.len() >= max_line => Err(ProtoError::malformed(format!(
+            "no newline within {max_line} bytes (a{} line is at most {max_line} bytes)",
+            if max_line == MAX_ACKS_LINE {
+                "n ACKS"
+            } else {
+                ""
+            }
         ))),
         None => {
             *scanned = window;
@@ -199,6 +216,13 @@ fn parse_header(line: &[u8]) -> Result<Header, ProtoError> {
             let [list] = fields(rest, "ACKS <a>-<b>[,<c>-<d>...]")?;
             let mut ranges = Vec::new();
             for range in list.split(|&b| b == b',') {
+                // Checked here, not only by validate, so a line of short
+                // ranges cannot make a vector of ten thousand.
+                if ranges.len() == MAX_ACK_RANGES {
+                    return Err(ProtoError::malformed(format!(
+                        "ACKS of more than {MAX_ACK_RANGES} ranges"
+                    )));
+                }
                 let Some(dash) = memchr::memchr(b'-', range) else {
                     return Err(bad_range(range));
                 };
