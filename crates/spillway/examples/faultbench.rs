@@ -445,6 +445,9 @@ struct Conn {
     s: TcpStream,
     carry: Vec<u8>,
     idle: Duration,
+    /// It speaks the ack protocol (text encoding): it acknowledges, after
+    /// each read, every message that read completed.
+    ack: bool,
 }
 
 impl Conn {
@@ -453,8 +456,38 @@ impl Conn {
             s: TcpStream::connect(a).expect("consumer connect"),
             carry: Vec::new(),
             idle: CONSUMER_IDLE,
+            ack: false,
         }
     }
+
+    /// A consumer of the ack protocol: the hello, then MSG frames whose
+    /// bodies are the lines without their newline, each followed by one
+    /// (so the tally reads them as lines), and the relay's OK line (which
+    /// it ignores).
+    fn connect_ack(a: SocketAddr) -> Conn {
+        let mut c = Conn::connect(a);
+        c.ack = true;
+        c.s.write_all(b"SPILLWAY 1 role=consumer encoding=text window=4096\n")
+            .expect("hello");
+        c
+    }
+
+    fn connect_as(a: SocketAddr, ack: bool) -> Conn {
+        if ack {
+            Conn::connect_ack(a)
+        } else {
+            Conn::connect(a)
+        }
+    }
+}
+
+/// The seq of the last `MSG` header in `text`.
+fn last_msg_seq(text: &[u8]) -> Option<u64> {
+    text.split(|b| *b == b'\n')
+        .filter_map(|l| l.strip_prefix(b"MSG "))
+        .filter_map(|l| l.split(|b| *b == b' ').next())
+        .filter_map(|n| std::str::from_utf8(n).ok()?.parse().ok())
+        .next_back()
 }
 
 impl Conn {
@@ -527,6 +560,13 @@ fn read_into(c: &mut Conn, tally: &mut Tally, n: u64, stop: impl Fn(&Tally) -> b
                 carry.extend_from_slice(&buf[..k]);
                 let end = carry.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
                 tally.add(&carry[..end]);
+                if c.ack {
+                    // A body is complete once its newline is in; its
+                    // header line then is too.
+                    if let Some(seq) = last_msg_seq(&carry[..end]) {
+                        let _ = s.write_all(format!("ACK {seq}\n").as_bytes());
+                    }
+                }
                 carry.drain(..end);
             }
         }
@@ -543,6 +583,7 @@ fn queue_case(bin: &Path, name: &str, n: u64, toxic: Toxics, cut: Cut, extra: &s
         "[[route]]\nname = \"q\"\nmode = \"queue\"\nfrom = \"listen:{source}\"\nto = \"listen:{sink}\"\nspool = \"@DIR@/spool\"\n{extra}\n"
     );
     let relay = Relay::start(bin, &route, &[source, sink]);
+    let ack = extra.contains("to_protocol = \"ack\"");
     let small = Options {
         socket_buffer: Some(64 << 10),
         queue: 4,
@@ -561,12 +602,12 @@ fn queue_case(bin: &Path, name: &str, n: u64, toxic: Toxics, cut: Cut, extra: &s
     let mut detect = None;
     match &cut {
         Cut::None => {
-            let mut s = Conn::connect(pout.addr());
+            let mut s = Conn::connect_as(pout.addr(), ack);
             read_into(&mut s, &mut tally, n, |_| false);
             s.leave(&mut tally);
         }
         Cut::Stall => {
-            let mut s = Conn::connect(pout.addr());
+            let mut s = Conn::connect_as(pout.addr(), ack);
             read_into(&mut s, &mut tally, n, |t| t.seen.len() as u64 >= n / 10);
             let stalled = Toxics {
                 stall: true,
@@ -584,27 +625,27 @@ fn queue_case(bin: &Path, name: &str, n: u64, toxic: Toxics, cut: Cut, extra: &s
         }
         Cut::ResetAfter(bytes) => {
             pout.update(Dir::Down, |t| t.reset_after = Some(*bytes));
-            let mut s = Conn::connect(pout.addr());
+            let mut s = Conn::connect_as(pout.addr(), ack);
             read_into(&mut s, &mut tally, n, |_| false);
             pout.clear();
-            let mut s = Conn::connect(pout.addr());
+            let mut s = Conn::connect_as(pout.addr(), ack);
             read_into(&mut s, &mut tally, n, |_| false);
             s.leave(&mut tally);
         }
         Cut::Blackhole => {
             pout.update(Dir::Down, |t| t.blackhole = true);
-            let mut s = Conn::connect(pout.addr());
+            let mut s = Conn::connect_as(pout.addr(), ack);
             let _ = s.s.set_read_timeout(Some(Duration::from_secs(1)));
             let mut b = [0u8; 1];
             let _ = s.s.read(&mut b);
             pout.reset_all();
             pout.clear();
-            let mut s = Conn::connect(pout.addr());
+            let mut s = Conn::connect_as(pout.addr(), ack);
             read_into(&mut s, &mut tally, n, |_| false);
             s.leave(&mut tally);
         }
         Cut::Unplug(after) => {
-            let mut s = Conn::connect(pout.addr());
+            let mut s = Conn::connect_as(pout.addr(), ack);
             read_into(&mut s, &mut tally, n, |t| t.seen.len() as u64 >= *after);
             pout.unplug_all();
             let at = Instant::now();
@@ -618,7 +659,7 @@ fn queue_case(bin: &Path, name: &str, n: u64, toxic: Toxics, cut: Cut, extra: &s
             } else if std::env::var_os("FAULTBENCH_DEBUG").is_some() {
                 eprintln!("{}", relay.log_text());
             }
-            let mut s = Conn::connect(sink);
+            let mut s = Conn::connect_as(sink, ack);
             read_into(&mut s, &mut tally, n, |_| false);
             s.leave(&mut tally);
         }
@@ -722,6 +763,14 @@ fn queue_cases(bin: &Path, quick: bool) -> Vec<Option<Row>> {
             t(),
             Cut::Blackhole,
             "",
+        ),
+        queue_case(
+            bin,
+            "ack protocol: consumer link a black hole 1 s, then reset",
+            n,
+            t(),
+            Cut::Blackhole,
+            "to_protocol = \"ack\"",
         ),
         queue_case(
             bin,
