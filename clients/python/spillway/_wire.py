@@ -37,6 +37,7 @@ VERBS = {
 TYPES = {verb: kind for kind, verb in VERBS.items()}
 
 MAX_LINE = 1024          # a text line, "\n" included; the handshake too
+MAX_ACKS_LINE = 43013    # but an ACKS line: 1,024 ranges of 20-digit seqs
 FRAME_OVERHEAD = 64      # a MSG or PUB frame is at most max_message + this
 MAX_ACK_RANGES = 1024
 MAX_TERM_REASON = 200
@@ -94,8 +95,17 @@ def parse_reply(line):
         key, eq, value = field.partition(b"=")
         if not eq or not key:
             raise malformed("field %r in its OK line" % field)
+        key = key.decode("ascii", "replace")
+        if key in reply:
+            raise malformed("%s twice in its OK line" % key)
         value = value.decode("ascii", "replace")
-        reply[key.decode("ascii", "replace")] = int(value) if value.isdigit() else value
+        reply[key] = int(value) if value.isdigit() else value
+    # Unknown keys are a later relay's additions; these four are always there.
+    for key in ("max_message", "ack_timeout_ms", "max_deliveries"):
+        if not isinstance(reply.get(key), int):
+            raise malformed("an OK line without a number for %s" % key)
+    if not NAME.match(str(reply.get("session", "")).encode("ascii", "replace")):
+        raise malformed("an OK line without a valid session")
     return reply
 
 
@@ -160,9 +170,14 @@ def encode(frame, encoding):
 # -- decoding ----------------------------------------------------------------
 
 def _number(raw, what):
-    if not raw.isdigit():
+    """A number as the protocol writes it: 0, or digits without a leading
+    zero, within a u64."""
+    if not raw.isdigit() or (raw[0] == 0x30 and len(raw) > 1) or len(raw) > 20:
         raise malformed("a bad %s %r" % (what, bytes(raw[:32])))
-    return int(raw)
+    n = int(raw)
+    if n >= 1 << 64:
+        raise malformed("a %s over 64 bits" % what)
+    return n
 
 
 def _text_frame(line):
@@ -281,10 +296,11 @@ class Decoder:
 
     def _text(self):
         buf, pos = self._buf, self._pos
-        nl = buf.find(b"\n", pos, pos + MAX_LINE)
+        limit = MAX_ACKS_LINE if buf.startswith(b"ACKS ", pos) else MAX_LINE
+        nl = buf.find(b"\n", pos, pos + limit)
         if nl < 0:
-            if len(buf) - pos >= MAX_LINE:
-                raise malformed("a line over %d bytes" % MAX_LINE)
+            if len(buf) - pos >= limit:
+                raise malformed("a line over %d bytes" % limit)
             return None
         frame = _text_frame(bytes(buf[pos:nl]))
         if frame[0] not in (MSG, PUB):

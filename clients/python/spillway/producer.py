@@ -81,6 +81,7 @@ class Producer:
                 pause = min(pause * 2, 0.5)
         self._conf = 0
         self._since_poll = 0
+        self.max_message = self._conn.welcome["max_message"]
 
     def reconnect(self):
         """Connects again and resends every unconfirmed message, in order."""
@@ -94,6 +95,15 @@ class Producer:
             self._conn.send(b"".join(_wire.encode((_wire.PUB, pseq, body), enc)
                                      for pseq, body in self._unconfirmed))
 
+    def drop_unconfirmed(self):
+        """Forgets the messages not confirmed yet, and returns their bodies:
+        for a message the route refuses (a 400 for a newline in a body of
+        a `lines` route, a 413), which every resend would send again."""
+        bodies = [body for _, body in self._unconfirmed]
+        self._unconfirmed.clear()
+        self._drop()            # the relay counts CONF per connection
+        return bodies
+
     def _drop(self):
         if self._conn is not None:
             self._conn.sock.close()
@@ -105,6 +115,9 @@ class Producer:
         if self._closed:
             raise ValueError("the producer is closed")
         body = bytes(body)
+        if len(body) > self.max_message:
+            raise ValueError("a body of %d bytes: the route takes at most %d"
+                             % (len(body), self.max_message))
         pseq = None
         if self._name is not None:
             self._pseq += 1

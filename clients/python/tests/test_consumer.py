@@ -93,6 +93,18 @@ class ConsumerTest(unittest.TestCase):
         c.close()
         self.assert_all_acked(relay)
 
+    def test_each_group_gets_every_message(self):
+        relay = Relay(self, args=["--group", "billing", "--group", "audit"])
+        produced = lines(20)
+        relay.produce(produced)
+        for group in ("billing", "audit", None):
+            with self.consumer(relay, group=group) as c:
+                got = self.take(c, 20)
+                for m in got:
+                    m.ack()
+            self.assertEqual([text(m) for m in got], produced, group)
+        self.assert_all_acked(relay)
+
     # -- giving messages back --------------------------------------------------
 
     def test_close_gives_back_what_is_held(self):

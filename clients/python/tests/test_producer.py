@@ -101,6 +101,24 @@ class ProducerTest(unittest.TestCase):
         got = self.consume(relay, 121)
         self.assertEqual([text(m) for m in got], [b"r-%03d" % i for i in range(120)] + [b"after"])
 
+    def test_a_body_the_route_cannot_take_is_refused_and_can_be_dropped(self):
+        relay = self.relay()
+        p = spillway.Producer(relay.source, name="app-3", timeout=WAIT_S)
+        self.addCleanup(p.close)
+        p.send(b"good-1")
+        p.flush(WAIT_S)
+        p.send(b"two\nlines")     # a lines route cannot frame it
+        with self.assertRaises(spillway.ProtocolError) as e:
+            p.flush(WAIT_S)
+        self.assertEqual(e.exception.code, 400, e.exception)
+        self.assertEqual(p.drop_unconfirmed(), [b"two\nlines"])
+        p.send(b"good-2")
+        p.flush(WAIT_S)
+        with self.assertRaises(ValueError):
+            p.send(b"x" * (p.max_message + 1))
+        got = self.consume(relay, 2)
+        self.assertEqual([text(m) for m in got], [b"good-1", b"good-2"])
+
     def test_a_consumer_endpoint_refuses_a_producer(self):
         relay = Relay(self)         # needs only the consumer side
         with self.assertRaises(spillway.ProtocolError) as e:

@@ -89,8 +89,12 @@ class GoldenBytes(unittest.TestCase):
         with self.assertRaises(ProtocolError) as e:
             _wire.parse_reply(b"OK 2 session=x")
         self.assertEqual(e.exception.code, 401)
-        with self.assertRaises(ProtocolError):
-            _wire.parse_reply(b"a\n")
+        for bad in (b"a\n", b"OK 1 session=s max_message=1 ack_timeout_ms=1",
+                    b"OK 1 session=s max_message=1 ack_timeout_ms=1 max_deliveries=5 max_message=2",
+                    b"OK 1 session=a/b max_message=1 ack_timeout_ms=1 max_deliveries=5"):
+            with self.assertRaises(ProtocolError, msg=bad) as e:
+                _wire.parse_reply(bad)
+            self.assertEqual(e.exception.code, 400)
 
 
 class RoundTrip(unittest.TestCase):
@@ -112,6 +116,14 @@ class RoundTrip(unittest.TestCase):
             self.assertEqual(d.buffered(), len(data) - 1)
             d.feed(data[-1:])
             self.assertEqual(d.next(), (MSG, 1, 1, b"abcdef"))
+
+    def test_a_text_acks_of_1024_long_ranges(self):
+        big = 2**64 - 1
+        frame = (ACKS, [(big - i, big - i) for i in range(1024)])
+        line = encode(frame, "text")
+        self.assertEqual(len(line), _wire.MAX_ACKS_LINE)     # the longest there is
+        frames, left = decode_all("text", line, 4096)
+        self.assertEqual((frames, left), ([frame], 0))
 
     def test_long_streams_keep_little_buffered(self):
         d = Decoder("binary")
@@ -143,6 +155,10 @@ class InvalidStreams(unittest.TestCase):
         self.bad("text", b"MSG 1 1 3\nabcd")                             # no newline after body
         self.bad("text", b"MSG 1 1 2000\n", 413, 1064)
         self.bad("text", b"x" * 1100)                                    # a line too long
+        self.bad("text", b"ACK 1" + b"1" * 1100)
+        self.bad("text", b"MSG 01 1 1\nx\n")                            # a leading zero
+        self.bad("text", b"CONF 18446744073709551616\n")                 # over 64 bits
+        self.bad("text", b"CONF -1\n")
 
 
 if __name__ == "__main__":
