@@ -655,7 +655,8 @@ fn a_named_producers_resend_is_not_enqueued_twice() {
     r.signal("KILL");
     r.wait_exit(Duration::from_secs(10));
     let r = confirming_relay(&spool, &[]);
-    let (mut p, _) = Producer::connect(r.addr("queue", "source"), "name=app-7");
+    let (mut p, ok) = Producer::connect(r.addr("queue", "source"), "name=app-7");
+    assert!(ok.ends_with(" last_pseq=15"), "where to resume: {ok}");
     for i in 14..=16 {
         p.publish(Some(i), &format!("m{i}"));
     }

@@ -479,3 +479,70 @@ fn slow_consumers_of_messages_read_from_disk_stay_within_the_budget() {
     relay.signal("TERM");
     assert_eq!(relay.wait_exit(Duration::from_secs(30)), Some(0));
 }
+
+/// Ack-protocol consumers with huge windows that never read nor
+/// acknowledge: what they hold is charged to the same budget, so the
+/// relay's peer memory stays bounded, and a well-behaved consumer still
+/// gets messages.
+#[test]
+fn ack_consumers_with_huge_windows_stay_within_the_peer_memory_budget() {
+    let _heavy = common::heavy();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_relay, src, sink, admin) = start(
+        dir.path(),
+        "peer_memory = \"4MiB\"",
+        "to_protocol = \"ack\"\nmemory = \"0\"",
+    );
+    let before = proc_status_kib(_relay.pid(), "VmRSS:");
+    let mut p = TcpStream::connect(src).expect("producer");
+    let line = format!("{}\n", "y".repeat(4095));
+    // 64 MiB queued: far more than the budget.
+    for _ in 0..16384 {
+        p.write_all(line.as_bytes()).expect("produce");
+    }
+    drop(p);
+    let mut hogs = Vec::new();
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(sink).expect("hog");
+        s.write_all(
+            b"SPILLWAY 1 role=consumer encoding=binary window=65536 window_bytes=1099511627776\n",
+        )
+        .expect("hello");
+        hogs.push(s);
+    }
+    let mut used = 0.0f64;
+    let mut peak = 0.0f64;
+    for _ in 0..30 {
+        std::thread::sleep(Duration::from_millis(100));
+        used = metric(admin, "spillway_peer_memory_bytes").expect("peer memory metric");
+        peak = peak.max(used);
+    }
+    // The budget, plus a minimum and one message per connection.
+    let bound = ((4 << 20) + 21 * ((16 << 10) + 8192)) as f64;
+    assert!(
+        peak <= bound,
+        "peer memory peaked at {peak} (bound {bound})"
+    );
+    assert!(used > 0.0);
+    // And the process: the budget, the read-ahead (2 MiB), allocator and
+    // task overhead; without the charge the hogs took all 64 MiB.
+    let rss = proc_status_kib(_relay.pid(), "VmRSS:");
+    assert!(
+        rss <= before + (24 << 10),
+        "RSS {rss} KiB (at start {before} KiB)"
+    );
+    // A consumer that reads and acknowledges still gets messages.
+    let mut c = TcpStream::connect(sink).expect("consumer");
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    c.write_all(b"SPILLWAY 1 role=consumer encoding=text window=4\n")
+        .expect("hello");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    while !String::from_utf8_lossy(&got).contains("MSG ") {
+        let n = c.read(&mut buf).expect("read");
+        assert!(n > 0, "closed");
+        got.extend_from_slice(&buf[..n]);
+    }
+    drop(hogs);
+}

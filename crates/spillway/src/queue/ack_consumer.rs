@@ -42,6 +42,9 @@ use super::QueueServer;
 
 /// How long a consumer has to send its hello line.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most bytes of messages one take may add (a take is also bounded by
+/// the window).
+const TAKE_BYTES: u64 = 512 << 10;
 /// While the relay waits for the write of an error frame.
 const ERR_WAIT: Duration = Duration::from_secs(1);
 
@@ -127,13 +130,23 @@ struct Conn<'a> {
     inbuf: BytesMut,
     /// Frames to write, in order (headers, bodies, trailers).
     unsent: VecDeque<Bytes>,
+    /// Bytes in `unsent`.
+    unsent_bytes: u64,
     held: Held,
     delivered_msgs: u64,
     peer_bytes: Arc<AtomicU64>,
+    /// What it holds, charged to the process's peer memory budget.
+    charge: super::memory::Charge,
 }
 
 impl Conn<'_> {
+    fn queue(&mut self, b: Bytes) {
+        self.unsent_bytes += b.len() as u64;
+        self.unsent.push_back(b);
+    }
+
     fn wrote(&mut self, mut n: usize) {
+        self.unsent_bytes -= (n as u64).min(self.unsent_bytes);
         while n > 0 {
             let Some(front) = self.unsent.front_mut() else {
                 break;
@@ -150,7 +163,7 @@ impl Conn<'_> {
     fn push_frame(&mut self, f: &Frame) {
         let mut out = BytesMut::new();
         proto::encode(f, self.encoding, &mut out);
-        self.unsent.push_back(out.freeze());
+        self.queue(out.freeze());
     }
 }
 
@@ -213,11 +226,14 @@ impl QueueServer {
             encoding: hello.encoding,
             decoder: FrameDecoder::new(hello.encoding, max_frame),
             inbuf: BytesMut::new(),
-            unsent: VecDeque::from([Bytes::from(welcome.to_line())]),
+            unsent: VecDeque::new(),
+            unsent_bytes: 0,
             held: Held::default(),
             delivered_msgs: 0,
             peer_bytes,
+            charge: self.memory.charge(),
         };
+        c.queue(Bytes::from(welcome.to_line()));
         info!(
             window = hello.window,
             window_bytes = hello.window_bytes,
@@ -373,13 +389,26 @@ impl QueueServer {
             let now = Instant::now();
             let mut progressed = false;
 
-            // 1. Take what the window allows.
+            // 1. Take what the window and the peer memory budget allow.
+            let mut starved = false;
             if draining.is_none() && !peer_eof {
                 let deadline = now + ack_timeout;
                 let encoding = c.encoding;
                 let mut header = BytesMut::new();
                 let mut frames: Vec<(u64, Bytes, Bytes)> = Vec::new();
-                let n = c.d.take_acking(c.id, |m, attempt| {
+                let held = self.charged(c);
+                // A message taken is held twice until it is written: in
+                // flight (unacknowledged) and unsent.
+                let budget = if c.charge.try_set(held + 2 * TAKE_BYTES) {
+                    TAKE_BYTES
+                } else if held == 0 {
+                    // One message is always allowed.
+                    1
+                } else {
+                    0
+                };
+                starved = budget == 0;
+                let n = c.d.take_acking(c.id, budget, |m, attempt| {
                     let body = m.data.slice_ref(spillway_codec::payload(framing, &m.data));
                     proto::msg_header(m.seq, attempt, body.len(), encoding, &mut header);
                     frames.push((m.seq, header.split().freeze(), body));
@@ -389,13 +418,15 @@ impl QueueServer {
                     let trailer = proto::body_trailer(encoding);
                     for (seq, h, body) in frames {
                         c.held.deliver(seq, deadline);
-                        c.unsent.push_back(h);
-                        c.unsent.push_back(body);
+                        c.queue(h);
+                        c.queue(body);
                         if !trailer.is_empty() {
-                            c.unsent.push_back(Bytes::from_static(trailer));
+                            c.queue(Bytes::from_static(trailer));
                         }
                     }
                 }
+                let held = self.charged(c);
+                c.charge.set(held);
             }
 
             // 2. Write.
@@ -490,6 +521,17 @@ impl QueueServer {
 
             // 5. Wait.
             let want_data = !progressed && draining.is_none() && !peer_eof;
+            // Refused memory: wait until some is freed (a short poll too,
+            // in case the free came before this wait).
+            let freed = async {
+                if want_data && starved {
+                    let w = self.memory.waiter();
+                    tokio::select! {
+                        _ = w.wait() => {}
+                        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    }
+                }
+            };
             let ack_at = c.held.first_deadline().unwrap_or(now);
             let stall_at = stall.deadline().map_or(now, Instant::from_std);
             let drain_at = draining.map_or(now, |d| d.1);
@@ -516,7 +558,8 @@ impl QueueServer {
                 _ = sleep_until(stall_at), if stall.deadline().is_some() => {}
                 _ = sleep_until(drain_at), if draining.is_some() => {}
                 _ = sleep_until(lifetime_at), if lifetime_armed => {}
-                _ = &mut notified, if want_data => {}
+                _ = &mut notified, if want_data && !starved => {}
+                _ = freed, if want_data && starved => {}
                 _ = tokio::task::yield_now(), if progressed => {}
             }
         }
@@ -593,6 +636,14 @@ impl QueueServer {
         Ok(())
     }
 
+    /// What this connection makes the relay hold: its unacknowledged
+    /// messages (kept for redelivery) and the frames not yet written
+    /// (headers, and the messages' own buffers, counted again).
+    fn charged(&self, c: &Conn<'_>) -> u64 {
+        let (_, unacked) = c.d.unacked(c.id);
+        unacked + c.unsent_bytes
+    }
+
     fn settle_acked(&self, c: &mut Conn<'_>, seqs: Vec<u64>) {
         if seqs.is_empty() {
             return;
@@ -613,6 +664,8 @@ impl QueueServer {
                 .fetch_add(ignored, Ordering::Relaxed);
         }
         c.delivered_msgs += moved;
+        let held = self.charged(c);
+        c.charge.set(held);
         self.stats
             .messages_delivered
             .fetch_add(moved, Ordering::Relaxed);

@@ -198,7 +198,14 @@ impl QueueServer {
             ack_timeout_ms: route.ack_timeout.as_millis() as u64,
             max_deliveries: route.max_deliveries,
         };
-        let sent = stream.write_all(welcome.to_line().as_bytes()).await;
+        let mut line = welcome.to_line();
+        if hello.name.is_some() {
+            // Where a restarted producer of this name resumes numbering
+            // (its first pseq must be above this, or it is a DUP).
+            line.truncate(line.len() - 1);
+            line.push_str(&format!(" last_pseq={enqueued}\n"));
+        }
+        let sent = stream.write_all(line.as_bytes()).await;
         if let Err(e) = sent {
             if let (Some(name), Some(p)) = (&hello.name, &self.producer_names) {
                 p.release(name);
@@ -227,6 +234,7 @@ impl QueueServer {
         let read_idle = route.read_idle_timeout;
         let mut last_read = Instant::now();
         let mut out = BytesMut::new();
+        let mut charge = self.memory.charge();
         loop {
             // Everything complete in the buffer, as one batch.
             let r = self.take_pubs(&mut decoder, buf, c, &mut out).await;
@@ -261,8 +269,18 @@ impl QueueServer {
                     };
                 }
             }
-            buf.reserve(READ_CHUNK.min(max_frame + 1024));
+            // The buffer is charged to the peer memory budget: refused,
+            // this producer is not read (TCP pushes back) until memory is
+            // freed; one that then sends nothing for read_idle_timeout is
+            // closed, which frees its partial frame.
+            let want = buf.len() + READ_CHUNK.min(max_frame + 1024);
+            let admitted = buf.capacity() >= want || charge.try_set_or_lane(want as u64);
+            if admitted {
+                buf.reserve(want - buf.len());
+                charge.set(buf.capacity() as u64);
+            }
             let idle_at = read_idle.map_or(last_read, |d| last_read + d);
+            let waiter = self.memory.waiter();
             let read = tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => {
@@ -271,7 +289,9 @@ impl QueueServer {
                     return ProducerEnd::Shutdown;
                 }
                 _ = sleep_until(idle_at), if read_idle.is_some() => return ProducerEnd::ReadIdle,
-                r = stream.read_buf(buf) => r,
+                _ = waiter.wait(), if !admitted => continue,
+                _ = tokio::time::sleep(Duration::from_millis(50)), if !admitted => continue,
+                r = stream.read_buf(buf), if admitted => r,
             };
             match read {
                 Ok(0) => {

@@ -248,8 +248,18 @@ impl Dispatcher {
     /// What acking `consumer`'s window allows (see
     /// [`Dispatch::take_acking`]), each handed to `each` with its attempt;
     /// never waits for the disk.
-    pub fn take_acking(&self, consumer: ConsumerId, each: impl FnMut(&Message, u32)) -> usize {
-        self.take_by(|d| d.take_acking(consumer, each))
+    pub fn take_acking(
+        &self,
+        consumer: ConsumerId,
+        max_bytes: u64,
+        each: impl FnMut(&Message, u32),
+    ) -> usize {
+        self.take_by(|d| d.take_acking(consumer, max_bytes, each))
+    }
+
+    /// Messages and bytes delivered to acking `consumer`, unacknowledged.
+    pub fn unacked(&self, consumer: ConsumerId) -> (usize, u64) {
+        self.lock().unacked(consumer)
     }
 
     /// A take by `take`, with what is due and cheap to read made ready.

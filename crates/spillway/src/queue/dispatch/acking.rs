@@ -188,11 +188,14 @@ impl Dispatch {
     }
 
     /// Hands the next messages to acking `consumer` within its window (see
-    /// the module docs), each to `each` with the attempt it is delivered
-    /// as; returns how many.
+    /// the module docs) and within `max_bytes` (the peer memory it may
+    /// use now; one message is always allowed to a consumer that holds
+    /// none), each to `each` with the attempt it is delivered as; returns
+    /// how many.
     pub fn take_acking(
         &mut self,
         consumer: ConsumerId,
+        max_bytes: u64,
         mut each: impl FnMut(&Message, u32),
     ) -> usize {
         let Some(a) = self
@@ -206,6 +209,7 @@ impl Dispatch {
             return 0;
         }
         let mut n = 0;
+        let mut taken = 0u64;
         // Given back first.
         while let Some(entry) = self.returned.first_entry() {
             let b = entry.get();
@@ -221,22 +225,24 @@ impl Dispatch {
                 a.alone = true;
                 return n + 1;
             }
-            if !a.room(2) {
+            if !a.room(2) || (taken >= max_bytes && !a.held.is_empty()) {
                 return n;
             }
             let b = entry.remove();
             let attempt = b.attempts.saturating_add(1);
+            taken += b.msg.data.len() as u64;
             each(&b.msg, attempt);
             a.insert(b.msg, attempt);
             n += 1;
         }
         // Then new messages.
         let mut bytes = 0;
-        while a.room(1) {
+        while a.room(1) && (taken < max_bytes || a.held.is_empty()) {
             let Some(m) = self.ahead.pop_front() else {
                 break;
             };
             bytes += m.data.len();
+            taken += m.data.len() as u64;
             each(&m, 1);
             a.insert(m, 1);
             n += 1;
@@ -368,7 +374,6 @@ impl Dispatch {
     }
 
     /// Messages delivered and unacknowledged to acking `consumer`.
-    #[cfg(test)]
     pub fn unacked(&self, consumer: ConsumerId) -> (usize, u64) {
         self.consumers
             .get(&consumer)
@@ -403,7 +408,7 @@ mod tests {
 
     fn take(d: &mut Dispatch, c: ConsumerId) -> Vec<(u64, u32)> {
         let mut out = Vec::new();
-        d.take_acking(c, |m, a| out.push((m.seq, a)));
+        d.take_acking(c, u64::MAX, |m, a| out.push((m.seq, a)));
         out
     }
 
@@ -579,7 +584,7 @@ mod tests {
                         d.release_due(now);
                         let was_empty = held.is_empty();
                         let mut got = Vec::new();
-                        d.take_acking(*id, |m, a| got.push((m.seq, a)));
+                        d.take_acking(*id, u64::MAX, |m, a| got.push((m.seq, a)));
                         for &(seq, a) in &got {
                             prop_assert!(!holder.contains_key(&seq), "{} held twice", seq);
                             prop_assert!(!acked.contains(&seq) && !dead.contains(&seq));
