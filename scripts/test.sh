@@ -12,3 +12,5 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test" >&2
 cargo test --workspace --all-targets
 cargo test --workspace --doc
+echo "== python client tests" >&2
+scripts/test-python.sh

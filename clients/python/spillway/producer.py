@@ -82,6 +82,11 @@ class Producer:
         self._conf = 0
         self._since_poll = 0
         self.max_message = self._conn.welcome["max_message"]
+        # A process that reuses a name resumes its numbering where the
+        # relay says the name stopped (else its first messages are DUPs).
+        last = self._conn.welcome.get("last_pseq")
+        if self._name is not None and isinstance(last, int):
+            self._pseq = max(self._pseq, last)
 
     def reconnect(self):
         """Connects again and resends every unconfirmed message, in order."""

@@ -1,8 +1,4 @@
-"""spillway.Producer against the real relay (`--from-protocol ack`).
-
-Skipped, with the relay's words, while the relay refuses that flag as not
-implemented yet.
-"""
+"""spillway.Producer against the real relay (`--from-protocol ack`)."""
 
 import re
 import time
@@ -100,6 +96,23 @@ class ProducerTest(unittest.TestCase):
         p.flush(WAIT_S)
         got = self.consume(relay, 121)
         self.assertEqual([text(m) for m in got], [b"r-%03d" % i for i in range(120)] + [b"after"])
+
+    def test_a_restarted_process_reusing_its_name_resumes_numbering(self):
+        relay = self.relay()
+        with spillway.Producer(relay.source, name="app-3", timeout=WAIT_S) as p:
+            for i in range(5):
+                p.send(b"s-%d" % i)
+            p.flush(WAIT_S)
+        # A new process, the same name: it must not start again at pseq 1
+        # (those would be answered DUP and dropped).
+        with spillway.Producer(relay.source, name="app-3", timeout=WAIT_S) as p:
+            self.assertEqual(p.last_pseq, 5)
+            for i in range(5, 8):
+                p.send(b"s-%d" % i)
+            p.flush(WAIT_S)
+            self.assertEqual(p.duplicates, 0)
+        got = self.consume(relay, 8)
+        self.assertEqual([text(m) for m in got], [b"s-%d" % i for i in range(8)])
 
     def test_a_body_the_route_cannot_take_is_refused_and_can_be_dropped(self):
         relay = self.relay()
