@@ -150,23 +150,7 @@ pub fn verify(dir: &Path) -> anyhow::Result<bool> {
 /// floor; at most `limit`) to stdout. A closed pipe (`| head`) ends quietly.
 pub fn dump(dir: &Path, from: Option<u64>, limit: Option<u64>) -> anyhow::Result<()> {
     warn_if_in_use(dir);
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    let res = spillway_spool::dump(dir, from, limit, |m| out.write_all(&m.data));
-    let flushed = out.flush();
-    match res {
-        Ok(_) => {}
-        Err(spillway_spool::SpoolError::Io { source, .. })
-            if source.kind() == std::io::ErrorKind::BrokenPipe =>
-        {
-            return Ok(())
-        }
-        Err(e) => return Err(e).with_context(|| format!("dumping spool {}", dir.display())),
-    }
-    match flushed {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => Ok(other?),
-    }
+    to_stdout(dir, from, limit, |out, m| out.write_all(&m.data))
 }
 
 /// Writes the dead letters of the spool `dir` (its `dead/` directory) to
@@ -182,12 +166,23 @@ pub fn dump_dead(dir: &Path, limit: Option<u64>) -> anyhow::Result<()> {
             dead.display()
         );
     }
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    let res = spillway_spool::dump(&dead, None, limit, |m| {
+    to_stdout(&dead, None, limit, |out, m| {
         let line = dead_letter_json(m).map_err(std::io::Error::other)?;
         writeln!(out, "{line}")
-    });
+    })
+}
+
+/// Writes each message of the spool `dir` (see [`spillway_spool::dump`])
+/// to stdout with `each`; a closed pipe ends quietly.
+fn to_stdout(
+    dir: &Path,
+    from: Option<u64>,
+    limit: Option<u64>,
+    mut each: impl FnMut(&mut dyn Write, &spillway_spool::Message) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let res = spillway_spool::dump(dir, from, limit, |m| each(&mut out, m));
     let flushed = out.flush();
     match res {
         Ok(_) => {}
@@ -196,7 +191,7 @@ pub fn dump_dead(dir: &Path, limit: Option<u64>) -> anyhow::Result<()> {
         {
             return Ok(())
         }
-        Err(e) => return Err(e).with_context(|| format!("dumping {}", dead.display())),
+        Err(e) => return Err(e).with_context(|| format!("dumping spool {}", dir.display())),
     }
     match flushed {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),

@@ -262,11 +262,7 @@ impl QueueServer {
         }
         drop(wire);
         let back = d.leave(id, true);
-        self.stats
-            .messages_redelivered
-            .fetch_add(back as u64, Ordering::Relaxed);
-        self.stats.consumers.fetch_sub(1, Ordering::Relaxed);
-        self.stats.count_consumer_end(end);
+        self.consumer_left(end, back);
         info!(
             reason = end.as_str(),
             acked = c.delivered_msgs,
@@ -666,12 +662,7 @@ impl QueueServer {
         c.delivered_msgs += moved;
         let held = self.charged(c);
         c.charge.set(held);
-        self.stats
-            .messages_delivered
-            .fetch_add(moved, Ordering::Relaxed);
-        self.stats
-            .bytes_delivered
-            .fetch_add(bytes, Ordering::Relaxed);
+        self.stats.count_delivered(moved, bytes);
         c.peer_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 }

@@ -415,18 +415,8 @@ impl QueueServer {
                     });
                 }
             };
-            self.stats
-                .messages_in
-                .fetch_add(outcome.accepted as u64, Ordering::Relaxed);
-            self.stats
-                .bytes_in
-                .fetch_add(bytes as u64, Ordering::Relaxed);
+            self.stats.count_queued(&outcome, bytes as u64);
             c.messages += outcome.accepted as u64;
-            if outcome.dropped_oldest_msgs > 0 {
-                self.stats
-                    .dropped_oldest
-                    .fetch_add(outcome.dropped_oldest_msgs, Ordering::Relaxed);
-            }
             if outcome.dropped_newest > 0 {
                 // Refused at the disk bound (drop-newest): a confirming
                 // producer must not believe it was kept.

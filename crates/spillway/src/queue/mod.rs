@@ -220,6 +220,23 @@ impl QueueStats {
         self.producer_closed.add(end);
     }
 
+    /// `msgs` messages of `bytes` bytes were delivered (acknowledged).
+    fn count_delivered(&self, msgs: u64, bytes: u64) {
+        self.messages_delivered.fetch_add(msgs, Ordering::Relaxed);
+        self.bytes_delivered.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// A batch of `bytes` bytes was appended with `outcome`.
+    fn count_queued(&self, outcome: &spillway_spool::AppendOutcome, bytes: u64) {
+        if outcome.dropped_oldest_msgs > 0 {
+            self.dropped_oldest
+                .fetch_add(outcome.dropped_oldest_msgs, Ordering::Relaxed);
+        }
+        self.messages_in
+            .fetch_add(outcome.accepted as u64, Ordering::Relaxed);
+        self.bytes_in.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     fn count_consumer_end(&self, end: ConsumerEnd) {
         self.consumer_closed.add(end);
     }

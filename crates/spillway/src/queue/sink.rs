@@ -308,11 +308,7 @@ impl QueueServer {
         }
         drop(wire);
         let redelivered = self.dispatcher.leave(id, end.is_abortive() || !clean);
-        self.stats
-            .messages_redelivered
-            .fetch_add(redelivered as u64, Ordering::Relaxed);
-        self.stats.consumers.fetch_sub(1, Ordering::Relaxed);
-        self.stats.count_consumer_end(end);
+        self.consumer_left(end, redelivered);
         info!(
             reason = end.as_str(),
             delivered = d.delivered_msgs,
@@ -321,6 +317,16 @@ impl QueueServer {
             "consumer closed"
         );
         end
+    }
+
+    /// Counts a consumer connection's end, which gave `requeued` messages
+    /// back to the queue.
+    pub(super) fn consumer_left(&self, end: ConsumerEnd, requeued: usize) {
+        self.stats
+            .messages_redelivered
+            .fetch_add(requeued as u64, Ordering::Relaxed);
+        self.stats.consumers.fetch_sub(1, Ordering::Relaxed);
+        self.stats.count_consumer_end(end);
     }
 
     async fn deliver(&self, wire: &mut Wire, d: &mut Delivery) -> ConsumerEnd {
@@ -587,12 +593,7 @@ impl QueueServer {
         latency.record(&self.stats.delivery_latency);
         d.delivered_msgs += moved;
         d.charge.set(d.held(self.route().redeliver_on_reset));
-        self.stats
-            .messages_delivered
-            .fetch_add(moved, Ordering::Relaxed);
-        self.stats
-            .bytes_delivered
-            .fetch_add(bytes, Ordering::Relaxed);
+        self.stats.count_delivered(moved, bytes);
         d.peer_bytes.fetch_add(bytes, Ordering::Relaxed);
         true
     }

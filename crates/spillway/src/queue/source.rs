@@ -594,19 +594,9 @@ impl QueueServer {
                 );
             }
         }
-        if outcome.dropped_oldest_msgs > 0 {
-            self.stats
-                .dropped_oldest
-                .fetch_add(outcome.dropped_oldest_msgs, Ordering::Relaxed);
-        }
         tally.appended += outcome.accepted as u64;
         tally.dropped += outcome.dropped_newest as u64;
-        self.stats
-            .messages_in
-            .fetch_add(outcome.accepted as u64, Ordering::Relaxed);
-        self.stats
-            .bytes_in
-            .fetch_add(bytes as u64, Ordering::Relaxed);
+        self.stats.count_queued(&outcome, bytes as u64);
         tally.peer_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         Ok(())
     }
