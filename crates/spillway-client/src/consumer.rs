@@ -489,6 +489,11 @@ impl Driver {
                     Err(e) => return Err(e.into()),
                 }
             }
+            if self.out.is_empty() && self.tracker.has_pending() {
+                // Acks that waited behind other frames: the socket takes
+                // more now.
+                continue;
+            }
             if self.bye && self.tracker.unsettled() == 0 && self.out.is_empty() {
                 // Drained: every delivery settled and written. The stream
                 // ends; the relay closes.
