@@ -587,3 +587,79 @@ async fn a_producer_to_a_dead_relay_fails_its_flush() {
     assert!(matches!(e, ClientError::Io(_)), "{e}");
     assert_eq!(p.unconfirmed(), 1, "kept for the next reconnect");
 }
+
+/// A named producer streaming when its relay is SIGKILLed, at a different
+/// moment each trial; after a restart it reconnects and flushes. Every
+/// confirmed message must be in the queue, and none twice.
+///
+/// Ignored: it fails on the relay as of 08ec028, in about one trial of
+/// 16. The relay appends a batch to the spool, waits for its fsync, and
+/// only then records the batch's last pseq in SPOOL/producers; a kill in
+/// between leaves the messages queued and the pseq unrecorded, so the
+/// resend is not answered DUP and is queued again (seen: 3,000 bodies
+/// twice, no DUP). Run it with `--ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails: the relay records a batch's pseq after appending it (a SIGKILL between duplicates the resend)"]
+async fn a_sigkill_mid_stream_never_queues_a_named_producers_message_twice() {
+    for trial in 0..20u64 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = dir.path().join("spool");
+        let mut relay = Relay::start(&spool, &[]);
+        let p = Producer::connect(
+            relay.source(),
+            ProducerOptions {
+                name: Some("streamer".into()),
+                ..ProducerOptions::default()
+            },
+        )
+        .await
+        .expect("producer");
+        let sender = async {
+            for i in 1..=400_000 {
+                if p.send(format!("m{i}")).await.is_err() {
+                    break;
+                }
+            }
+        };
+        let killer = async {
+            tokio::time::sleep(Duration::from_millis(40 + trial * 23)).await;
+            relay.signal("KILL");
+        };
+        tokio::join!(sender, killer);
+        relay.wait_exit();
+        let confirmed_before = p.confirmed();
+        let relay = Relay::start(&spool, &[]);
+        within(LIMIT, "reconnect", p.reconnect_to(relay.source()))
+            .await
+            .expect("reconnect");
+        within(LIMIT, "flush", p.flush()).await.expect("flush");
+        let remembered = relay
+            .log_text()
+            .lines()
+            .find(|l| l.contains("ack producer connected"))
+            .unwrap_or_default()
+            .to_string();
+        let confirmed = p.confirmed();
+        let mut c = Consumer::connect(relay.sink(), consumer_options(4096, Encoding::Binary))
+            .await
+            .expect("consumer");
+        let mut got: Vec<u64> = Vec::new();
+        while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(700), c.recv()).await {
+            let m = m.expect("message");
+            got.push(text(&m)[1..].parse().expect("m<i>"));
+            m.ack().expect("ack");
+        }
+        let mut seen = BTreeSet::new();
+        let twice: Vec<u64> = got.iter().copied().filter(|&i| !seen.insert(i)).collect();
+        assert!(
+            twice.is_empty(),
+            "trial {trial}: {} messages queued twice (m{} to m{}); confirmed before the \
+             kill: {confirmed_before}; DUPs on the resend: {}; the restarted relay: {remembered}",
+            twice.len(),
+            twice[0],
+            twice[twice.len() - 1],
+            p.duplicates()
+        );
+        assert_eq!(got, (1..=confirmed).collect::<Vec<_>>(), "trial {trial}");
+    }
+}
