@@ -592,14 +592,16 @@ async fn a_producer_to_a_dead_relay_fails_its_flush() {
 /// moment each trial; after a restart it reconnects and flushes. Every
 /// confirmed message must be in the queue, and none twice.
 ///
-/// Ignored: it fails on the relay as of 08ec028, in about one trial of
-/// 16. The relay appends a batch to the spool, waits for its fsync, and
-/// only then records the batch's last pseq in SPOOL/producers; a kill in
-/// between leaves the messages queued and the pseq unrecorded, so the
-/// resend is not answered DUP and is queued again (seen: 3,000 bodies
-/// twice, no DUP). Run it with `--ignored`.
+/// Ignored because it is slow (20 trials, about 100 s): run it with
+/// `--ignored`. It failed on the relay as of 08ec028 in about one trial
+/// of 16 (the batch's pseq was recorded only after the batch's fsync; a
+/// kill in between queued the resend again: 3,000 bodies twice, no DUP).
+/// Since the relay records the pseq right after the batch's write, with
+/// the spool sequence it ends at (see the relay's `queue/producers.rs`),
+/// it passed 5 runs of 20 trials in a row. A kill between those two
+/// writes can still duplicate a batch: the window is a syscall wide.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: the relay records a batch's pseq after appending it (a SIGKILL between duplicates the resend)"]
+#[ignore = "slow: 20 SIGKILL trials, about 100 s"]
 async fn a_sigkill_mid_stream_never_queues_a_named_producers_message_twice() {
     for trial in 0..20u64 {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -195,7 +195,7 @@ impl QueueServer {
         mut wire: Wire,
         peer_bytes: Arc<AtomicU64>,
     ) -> ConsumerEnd {
-        let hello = match self.hello(&mut wire).await {
+        let (hello, early) = match self.hello(&mut wire).await {
             Ok(h) => h,
             Err(Stop::End(e)) => return e,
             Err(Stop::Error(e)) => {
@@ -225,7 +225,7 @@ impl QueueServer {
             id,
             encoding: hello.encoding,
             decoder: FrameDecoder::new(hello.encoding, max_frame),
-            inbuf: BytesMut::new(),
+            inbuf: early,
             unsent: VecDeque::new(),
             unsent_bytes: 0,
             held: Held::default(),
@@ -273,7 +273,7 @@ impl QueueServer {
     }
 
     /// Reads and checks the hello line.
-    async fn hello(&self, wire: &mut Wire) -> Result<Hello, Stop> {
+    async fn hello(&self, wire: &mut Wire) -> Result<(Hello, BytesMut), Stop> {
         let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
         let mut buf = BytesMut::new();
         loop {
@@ -302,13 +302,9 @@ impl QueueServer {
                             )));
                         }
                     }
-                    if !buf.is_empty() {
-                        return Err(Stop::Error(ProtoError::new(
-                            400,
-                            "bytes after the hello line before the relay's answer",
-                        )));
-                    }
-                    return Ok(hello);
+                    // Frames sent right behind the hello (a client need
+                    // not wait for OK) are read as the connection's first.
+                    return Ok((hello, buf));
                 }
                 Ok(None) => {}
                 Err(e) => return Err(Stop::Error(e)),

@@ -28,7 +28,9 @@ use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn};
 
 use super::source::ProducerEnd;
+use super::spool_io::Written;
 use super::QueueServer;
+use spillway_spool::AppendOutcome;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most bytes read per round.
@@ -323,7 +325,8 @@ impl QueueServer {
         let route = self.route();
         let mut stored: Vec<u8> = Vec::new();
         let mut ends: Vec<usize> = Vec::new();
-        let mut batch_pseq = 0u64;
+        // The pseq of each message of the batch (named producers).
+        let mut pseqs: Vec<u64> = Vec::new();
         let mut dups: Vec<u64> = Vec::new();
         let mut bad = None;
         // How many PUBs this round answers: enqueued or DUP, in order.
@@ -377,7 +380,7 @@ impl QueueServer {
                 }
                 (Some(p), Some(_)) => {
                     c.last_pseq = p;
-                    batch_pseq = p;
+                    pseqs.push(p);
                 }
                 (None, None) => {}
             }
@@ -403,7 +406,25 @@ impl QueueServer {
                     format!("cannot queue this batch: {e}"),
                 ))
             })?;
-            let outcome = match self.append_waiting(encoded, c.confirms).await {
+            // A named producer's pseqs are recorded as soon as the batch
+            // is in the log (see producers.rs).
+            let written: Option<Written> = match (&c.name, &self.producer_names) {
+                (Some(name), Some(p)) if !pseqs.is_empty() => {
+                    let (p, name, pseqs) = (Arc::clone(p), name.clone(), pseqs.clone());
+                    Some(Arc::new(move |o: &AppendOutcome| {
+                        let k = o.accepted.min(pseqs.len());
+                        if k == 0 {
+                            return;
+                        }
+                        let last = o.first_seq + k as u64 - 1;
+                        if let Err(e) = p.record(&name, pseqs[k - 1], last) {
+                            warn!(error = %e, "cannot record a producer's sequence (a resend may be queued twice)");
+                        }
+                    }))
+                }
+                _ => None,
+            };
+            let outcome = match self.append_waiting(encoded, c.confirms, written).await {
                 Ok(o) => o,
                 Err(e) => {
                     self.lost(ends.len(), &e);
@@ -433,24 +454,8 @@ impl QueueServer {
                     "full: the queue is at max_disk and refuses new messages (when_full = drop-newest)",
                 )));
             }
-            if let (Some(name), Some(p)) = (&c.name, &self.producer_names) {
-                if batch_pseq > 0 {
-                    let p = Arc::clone(p);
-                    let name = name.clone();
-                    let recorded =
-                        tokio::task::spawn_blocking(move || p.record(&name, batch_pseq)).await;
-                    match recorded {
-                        Ok(Ok(())) => c.enqueued_pseq = batch_pseq,
-                        Ok(Err(e)) => {
-                            warn!(error = %e, "cannot record the producer's sequence; not confirming");
-                            return Err(Stop::Error(ProtoError::new(
-                                503,
-                                format!("cannot record producer sequences: {e}"),
-                            )));
-                        }
-                        Err(_) => return Err(Stop::End(ProducerEnd::SpoolFailed)),
-                    }
-                }
+            if let Some(&last) = pseqs.last() {
+                c.enqueued_pseq = last;
             }
         }
         if count > 0 {

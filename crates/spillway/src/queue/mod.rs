@@ -473,15 +473,15 @@ impl QueueServer {
         let dispatcher = dispatchers.next().context("the default group")?;
         let groups: Vec<dispatcher::Dispatcher> = dispatchers.collect();
         let producer_names = if route.from_protocol == crate::config::Protocol::Ack {
-            let p = producers::Producers::open(&route.spool, route.producer_memory).with_context(
-                || {
+            let p =
+                producers::Producers::open(&route.spool, route.producer_memory, spool.next_seq())
+                    .with_context(|| {
                     format!(
                         "route '{}': cannot open the producer table in {}",
                         route.name,
                         route.spool.display()
                     )
-                },
-            )?;
+                })?;
             Some(Arc::new(p))
         } else {
             None

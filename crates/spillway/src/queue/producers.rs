@@ -2,14 +2,21 @@
 //! (`pseq`) each had enqueued, so that a producer that resends after a
 //! reconnect (or a relay restart) does not enqueue a message twice.
 //!
-//! Kept in `<spool>/producers`, a log of lines `name pseq unix_ms`,
-//! appended and fdatasynced before the relay confirms the messages it
-//! covers: every confirmed pseq is on disk. A message enqueued but not yet
-//! confirmed when the relay crashed may be enqueued again by its resend
-//! (a duplicate, never a loss). At open the log is read (the highest pseq
-//! per name wins; a torn last line is ignored), names silent for longer
-//! than `producer_memory` are forgotten, and the log is rewritten compact.
-//! It is compacted again when it holds many more lines than names.
+//! Kept in `<spool>/producers`, a log of lines `name pseq seq unix_ms`:
+//! the name's messages up to `pseq` are in the spool, the last of them at
+//! sequence `seq`. A line is written as soon as its batch is in the log,
+//! on the spool's writer thread, before the batch's fsync (so a SIGKILL
+//! can hardly fall between the two writes), and it is not synced itself:
+//! at open, a line whose `seq` is not in the spool (a power cut lost the
+//! log's tail, or the batch never reached it) is ignored, so a line never
+//! makes a lost message look enqueued. What can still happen: a crash
+//! after a batch's write and before its line's leaves the line out, and
+//! the producer's resend of those unconfirmed messages enqueues them again
+//! (duplicates, never a loss). At open the log is read (the highest valid
+//! pseq per name wins; a torn last line is ignored), names silent for
+//! longer than `producer_memory` are forgotten, and the log is rewritten
+//! compact. It is compacted again when it holds many more lines than
+//! names.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -24,6 +31,9 @@ const TMP: &str = "producers.tmp";
 #[derive(Clone, Copy, Debug)]
 struct Entry {
     pseq: u64,
+    /// The spool sequence of the name's last message (what `rewrite`
+    /// writes; 0 for a name that has enqueued nothing).
+    seq: u64,
     last_ms: u64,
     /// A connection of this name is open.
     connected: bool,
@@ -50,19 +60,28 @@ fn now_ms() -> u64 {
 }
 
 impl Producers {
-    /// Reads (and compacts) the table of the spool directory `dir`,
-    /// forgetting names silent for longer than `memory`.
-    pub fn open(dir: &Path, memory: Duration) -> io::Result<Producers> {
+    /// Reads (and compacts) the table of the spool directory `dir` whose
+    /// log ends before `next_seq`, forgetting names silent for longer than
+    /// `memory`.
+    pub fn open(dir: &Path, memory: Duration, next_seq: u64) -> io::Result<Producers> {
         let mut names = HashMap::new();
         match std::fs::read(dir.join(FILE)) {
             Ok(text) => {
                 for line in text.split(|&b| b == b'\n') {
-                    if let Some((name, pseq, ms)) = parse(line) {
+                    let Some((name, pseq, seq, ms)) = parse(line) else {
+                        continue;
+                    };
+                    // Its batch is not in the log: not enqueued.
+                    if seq < next_seq {
                         let e = names.entry(name).or_insert(Entry {
                             pseq,
+                            seq,
                             last_ms: ms,
                             connected: false,
                         });
+                        if pseq >= e.pseq {
+                            e.seq = seq;
+                        }
                         e.pseq = e.pseq.max(pseq);
                         e.last_ms = e.last_ms.max(ms);
                     }
@@ -92,6 +111,7 @@ impl Producers {
         let mut s = self.lock();
         let e = s.names.entry(name.to_string()).or_insert(Entry {
             pseq: 0,
+            seq: 0,
             last_ms: now_ms(),
             connected: false,
         });
@@ -109,17 +129,20 @@ impl Producers {
         }
     }
 
-    /// `name` has enqueued everything up to `pseq`: recorded durably
-    /// (blocking: an fdatasync) before that is confirmed.
-    pub fn record(&self, name: &str, pseq: u64) -> io::Result<()> {
+    /// `name`'s messages up to `pseq` are in the spool's log, the last at
+    /// sequence `seq` (called on the writer thread, as soon as the batch
+    /// is written; a write, no fsync: see the module docs).
+    pub fn record(&self, name: &str, pseq: u64, seq: u64) -> io::Result<()> {
         let mut s = self.lock();
         let ms = now_ms();
         if let Some(e) = s.names.get_mut(name) {
+            if pseq >= e.pseq {
+                e.seq = seq;
+            }
             e.pseq = e.pseq.max(pseq);
             e.last_ms = ms;
         }
-        writeln!(s.log, "{name} {pseq} {ms}")?;
-        s.log.sync_data()?;
+        writeln!(s.log, "{name} {pseq} {seq} {ms}")?;
         s.lines += 1;
         if s.lines > 4 * s.names.len() + 10_000 {
             let horizon = ms.saturating_sub(self.memory.as_millis() as u64);
@@ -133,17 +156,18 @@ impl Producers {
     }
 }
 
-/// `name pseq ms`, or None for a torn or foreign line.
-fn parse(line: &[u8]) -> Option<(String, u64, u64)> {
+/// `name pseq seq ms`, or None for a torn or foreign line.
+fn parse(line: &[u8]) -> Option<(String, u64, u64, u64)> {
     let text = std::str::from_utf8(line).ok()?;
     let mut f = text.split(' ');
     let name = f.next()?;
     let pseq = f.next()?.parse().ok()?;
+    let seq = f.next()?.parse().ok()?;
     let ms = f.next()?.parse().ok()?;
     if f.next().is_some() || !spillway_codec::proto::is_valid_name(name.as_bytes()) {
         return None;
     }
-    Some((name.to_string(), pseq, ms))
+    Some((name.to_string(), pseq, seq, ms))
 }
 
 /// Writes the table as a fresh log (temp file, fsync, rename, directory
@@ -153,7 +177,9 @@ fn rewrite(dir: &Path, names: &HashMap<String, Entry>) -> io::Result<File> {
     let mut f = File::create(&tmp)?;
     let mut text = String::new();
     for (name, e) in names {
-        text.push_str(&format!("{name} {} {}\n", e.pseq, e.last_ms));
+        if e.pseq > 0 {
+            text.push_str(&format!("{name} {} {} {}\n", e.pseq, e.seq, e.last_ms));
+        }
     }
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
@@ -169,11 +195,12 @@ mod tests {
     #[test]
     fn names_survive_a_reopen_and_expire() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let p = Producers::open(dir.path(), Duration::from_secs(3600)).expect("open");
+        let hour = Duration::from_secs(3600);
+        let p = Producers::open(dir.path(), hour, 0).expect("open");
         assert_eq!(p.claim("app-1").expect("free"), 0);
         assert!(p.claim("app-1").is_err(), "in use");
-        p.record("app-1", 7).expect("record");
-        p.record("app-1", 9).expect("record");
+        p.record("app-1", 7, 100).expect("record");
+        p.record("app-1", 9, 102).expect("record");
         p.release("app-1");
         drop(p);
         // A torn last line is ignored.
@@ -181,15 +208,31 @@ mod tests {
             .append(true)
             .open(dir.path().join(FILE))
             .expect("log");
-        f.write_all(b"app-1 99").expect("torn");
+        f.write_all(b"app-1 99 200").expect("torn");
         drop(f);
-        let p = Producers::open(dir.path(), Duration::from_secs(3600)).expect("reopen");
+        let p = Producers::open(dir.path(), hour, 103).expect("reopen");
         assert_eq!(p.claim("app-1").expect("free"), 9);
         drop(p);
-        let p = Producers::open(dir.path(), Duration::ZERO).expect("reopen");
+        let p = Producers::open(dir.path(), Duration::ZERO, 103).expect("reopen");
         std::thread::sleep(Duration::from_millis(5));
         drop(p);
-        let p = Producers::open(dir.path(), Duration::ZERO).expect("reopen");
+        let p = Producers::open(dir.path(), Duration::ZERO, 103).expect("reopen");
         assert_eq!(p.claim("app-1").expect("free"), 0, "forgotten");
+    }
+
+    /// A line whose batch is not in the spool (a power cut lost the log's
+    /// tail) does not make those messages look enqueued.
+    #[test]
+    fn a_line_past_the_spools_end_is_ignored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hour = Duration::from_secs(3600);
+        let p = Producers::open(dir.path(), hour, 0).expect("open");
+        p.claim("app").expect("free");
+        p.record("app", 10, 49).expect("record");
+        p.record("app", 20, 59).expect("record");
+        drop(p);
+        // The log ends at 55: the second batch was lost.
+        let p = Producers::open(dir.path(), hour, 55).expect("reopen");
+        assert_eq!(p.claim("app").expect("free"), 10);
     }
 }

@@ -23,11 +23,13 @@ impl QueueServer {
     ///
     /// `durable`: answer once the batch is durable as `fsync` says (under
     /// an interval, by an fsync now, shared with every batch waiting for
-    /// one: a confirming producer's batch).
+    /// one: a confirming producer's batch). `written`: called once the
+    /// batch is in the log, before its fsync.
     pub(super) async fn append_waiting(
         &self,
         batch: spillway_spool::Batch,
         durable: bool,
+        written: Option<super::spool_io::Written>,
     ) -> Result<AppendOutcome, SpoolError> {
         let started = std::time::Instant::now();
         let mut give_up: Option<std::time::Instant> = None;
@@ -39,7 +41,10 @@ impl QueueServer {
             let freed = self.io.space.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            let (back, r) = self.io.append(batch, stopping, durable).await;
+            let (back, r) = self
+                .io
+                .append(batch, stopping, durable, written.clone())
+                .await;
             let Some(back) = back else {
                 return r;
             };

@@ -523,7 +523,7 @@ impl QueueServer {
                     *in_flight = Some(InFlight {
                         msgs: batch.len(),
                         bytes,
-                        answer: Box::pin(self.append_waiting(encoded, false)),
+                        answer: Box::pin(self.append_waiting(encoded, false, None)),
                     });
                 }
                 Err(e) => {

@@ -34,8 +34,14 @@ struct Append {
     /// Answer once the batch is durable as `fsync` says (an fsync under an
     /// interval too): a producer waits for a confirm.
     durable: bool,
+    /// Called on the writer thread as soon as the batch is written (before
+    /// its fsync): see `producers.rs`.
+    written: Option<Written>,
     reply: Reply,
 }
+
+/// What an append calls once its batch is in the log (not yet durable).
+pub(super) type Written = Arc<dyn Fn(&AppendOutcome) + Send + Sync>;
 
 struct Commit {
     lsn: u64,
@@ -156,12 +162,14 @@ impl SpoolIo {
         batch: Batch,
         past_quota: bool,
         durable: bool,
+        written: Option<Written>,
     ) -> (Option<Batch>, Result<AppendOutcome, SpoolError>) {
         let (reply, answer) = oneshot::channel();
         let job = Append {
             batch,
             past_quota,
             durable,
+            written,
             reply,
         };
         if let Err(mpsc::SendError(job)) = self.writer.send(job) {
@@ -183,7 +191,11 @@ fn write_loop(spool: &Spool, appends: &mpsc::Receiver<Append>, committer: &mpsc:
             Durability::Interval(_) => durable,
             Durability::Never => false,
         };
-        match spool.try_append_batch(&mut job.batch, job.past_quota) {
+        let r = spool.try_append_batch(&mut job.batch, job.past_quota);
+        if let (Ok((outcome, _)), Some(w)) = (&r, &job.written) {
+            w(outcome);
+        }
+        match r {
             Ok((outcome, Some(lsn))) if wait(job.durable) => {
                 let c = Commit {
                     lsn,
