@@ -97,12 +97,16 @@ class ConsumerTest(unittest.TestCase):
         relay = Relay(self, args=["--group", "billing", "--group", "audit"])
         produced = lines(20)
         relay.produce(produced)
-        for group in ("billing", "audit", None):
+        for group in ("billing", "audit"):
             with self.consumer(relay, group=group) as c:
                 got = self.take(c, 20)
                 for m in got:
                     m.ack()
             self.assertEqual([text(m) for m in got], produced, group)
+        # With groups there is no implicit default group: name one.
+        with self.assertRaises(spillway.ProtocolError) as e:
+            spillway.Consumer(relay.sink, timeout=WAIT_S)
+        self.assertEqual(e.exception.code, 403)
         self.assert_all_acked(relay)
 
     # -- giving messages back --------------------------------------------------

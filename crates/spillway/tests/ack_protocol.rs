@@ -758,7 +758,8 @@ fn take_acked(c: &mut Consumer, n: usize) -> Vec<String> {
 
 /// Each group is an independent cursor: every group gets every message;
 /// a group's floor survives a restart; the spool keeps what the slowest
-/// group still needs; an undeclared group is refused.
+/// group still needs; an undeclared group, and a consumer that names
+/// none, are refused.
 #[test]
 fn each_group_gets_every_message_and_keeps_its_own_place() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -779,8 +780,12 @@ fn each_group_gets_every_message_and_keeps_its_own_place() {
     assert_eq!(take_acked(&mut billing, 20), all);
     let mut audit = Consumer::connect(addr, "group=audit window=50");
     assert_eq!(take_acked(&mut audit, 10), all[..10]);
-    let mut default = Consumer::connect(addr, "window=50");
-    assert_eq!(take_acked(&mut default, 20), all);
+    // With groups, there is no implicit default group to hold the spool.
+    let (_, refused) = Consumer::hello(addr, "SPILLWAY 1 role=consumer encoding=text");
+    assert!(
+        refused.starts_with("ERR 403") && refused.contains("group="),
+        "{refused}"
+    );
     r.wait_metric(
         "spillway_group_lag_messages",
         &[("route", "queue"), ("group", "audit")],
@@ -796,7 +801,7 @@ fn each_group_gets_every_message_and_keeps_its_own_place() {
         refused.starts_with("ERR 403") && refused.contains("billing"),
         "{refused}"
     );
-    drop((billing, audit, default));
+    drop((billing, audit));
     r.signal("TERM");
     r.wait_exit(Duration::from_secs(20));
 
@@ -825,8 +830,6 @@ fn a_group_declared_later_starts_at_the_queue_floor() {
     let mut late = Consumer::connect(r.addr("queue", "sink"), "group=late window=20");
     let got = take_acked(&mut late, 6);
     assert_eq!(got, (4..10).map(|i| format!("m{i}")).collect::<Vec<_>>());
-    let mut default = Consumer::connect(r.addr("queue", "sink"), "window=20");
-    assert_eq!(body(&default.msg()), "m4");
 }
 
 // ----------------------------------------------------------- kill -9 ---
@@ -1028,5 +1031,48 @@ fn kill_minus_9_with_confirms_and_acks_loses_nothing() {
     assert!(
         dups as u64 <= kills * 5_000,
         "{dups} duplicates after {kills} kills"
+    );
+}
+
+/// A consumer on a slow link that acknowledges each message as soon as it
+/// has it is not reset: a message's ack timer starts when it reaches the
+/// consumer (its TCP acknowledged it), not when the relay queued it.
+#[test]
+fn a_slow_link_does_not_eat_the_ack_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut r = relay(&dir.path().join("spool"), &["--ack-timeout", "1s"]);
+    let body4k = "z".repeat(4000);
+    produce(&mut r, (0..150).map(|i| format!("{i:04}{body4k}")));
+    // A small receive buffer, read slowly: about 150 x 4 KB in 4 s.
+    let s =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    s.set_recv_buffer_size(4096).expect("rcvbuf");
+    s.connect(&r.addr("queue", "sink").into()).expect("connect");
+    let w: TcpStream = s.into();
+    let mut c = Consumer {
+        r: BufReader::with_capacity(1024, w.try_clone().expect("clone socket")),
+        w,
+        ok: String::new(),
+    };
+    c.send("SPILLWAY 1 role=consumer encoding=text window=150 window_bytes=10000000");
+    let mut ok = String::new();
+    c.r.read_line(&mut ok).expect("OK");
+    assert!(ok.starts_with("OK "), "{ok}");
+    for i in 0..150 {
+        let m = c.msg();
+        assert_eq!(
+            m.attempt, 1,
+            "message {i} came again: the consumer was reset"
+        );
+        c.send(&format!("ACK {}", m.seq));
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert_eq!(
+        metric(
+            r.admin(),
+            "spillway_ack_timeouts_total",
+            &[("route", "queue")]
+        ),
+        Some(0.0)
     );
 }

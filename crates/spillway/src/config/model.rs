@@ -330,6 +330,12 @@ pub fn validate_queue(r: &QueueRoute) -> Result<(), String> {
             "groups need to_protocol = \"ack\" (a consumer names its group in its hello)".into(),
         );
     }
+    if r.groups.len() > 64 {
+        return Err(format!(
+            "{} groups: at most 64 (each has its own reader thread and floor)",
+            r.groups.len()
+        ));
+    }
     for (i, g) in r.groups.iter().enumerate() {
         if !spillway_codec::proto::is_valid_name(g.as_bytes()) {
             return Err(format!(

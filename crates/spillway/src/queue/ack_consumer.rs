@@ -45,6 +45,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most bytes of messages one take may add (a take is also bounded by
 /// the window).
 const TAKE_BYTES: u64 = 512 << 10;
+/// While messages are on their way to the consumer, how often its TCP's
+/// acknowledgements are looked at (`SIOCOUTQ`).
+const REACH_POLL: Duration = Duration::from_millis(5);
 /// While the relay waits for the write of an error frame.
 const ERR_WAIT: Duration = Duration::from_secs(1);
 
@@ -54,18 +57,29 @@ const ERR_WAIT: Duration = Duration::from_secs(1);
 struct Held {
     /// Delivery number -> seq.
     order: BTreeMap<u64, u64>,
-    /// Seq -> (delivery number, ack deadline).
-    by_seq: BTreeMap<u64, (u64, Instant)>,
+    /// Seq -> (delivery number, ack deadline once it is written).
+    by_seq: BTreeMap<u64, (u64, Option<Instant>)>,
     deadlines: BTreeSet<(Instant, u64)>,
     next: u64,
 }
 
 impl Held {
-    fn deliver(&mut self, seq: u64, deadline: Instant) {
+    /// `seq` is queued for writing; its ack timer starts once it is written
+    /// ([`Held::start`]).
+    fn deliver(&mut self, seq: u64) {
         self.next += 1;
         self.order.insert(self.next, seq);
-        self.by_seq.insert(seq, (self.next, deadline));
-        self.deadlines.insert((deadline, seq));
+        self.by_seq.insert(seq, (self.next, None));
+    }
+
+    /// `seq` is written to the socket: its ack timer runs until `deadline`.
+    fn start(&mut self, seq: u64, deadline: Instant) {
+        if let Some(e) = self.by_seq.get_mut(&seq) {
+            if e.1.is_none() {
+                e.1 = Some(deadline);
+                self.deadlines.insert((deadline, seq));
+            }
+        }
     }
 
     fn remove(&mut self, seq: u64) -> bool {
@@ -73,7 +87,9 @@ impl Held {
             return false;
         };
         self.order.remove(&n);
-        self.deadlines.remove(&(at, seq));
+        if let Some(at) = at {
+            self.deadlines.remove(&(at, seq));
+        }
         true
     }
 
@@ -89,14 +105,17 @@ impl Held {
         seqs
     }
 
-    /// ACKS: the held seqs in the ranges.
+    /// ACKS: the held seqs in the ranges. Each range's are removed before
+    /// the next is looked at, so overlapping ranges cost nothing more (a
+    /// frame of 1,024 ranges of everything visits each held seq once).
     fn ranges(&mut self, ranges: &[(u64, u64)]) -> Vec<u64> {
         let mut seqs = Vec::new();
         for &(a, b) in ranges {
+            let from = seqs.len();
             seqs.extend(self.by_seq.range(a..=b).map(|(&s, _)| s));
-        }
-        for &s in &seqs {
-            self.remove(s);
+            for i in from..seqs.len() {
+                self.remove(seqs[i]);
+            }
         }
         seqs
     }
@@ -105,8 +124,10 @@ impl Held {
         let Some(e) = self.by_seq.get_mut(&seq) else {
             return false;
         };
-        self.deadlines.remove(&(e.1, seq));
-        e.1 = deadline;
+        if let Some(at) = e.1 {
+            self.deadlines.remove(&(at, seq));
+        }
+        e.1 = Some(deadline);
         self.deadlines.insert((deadline, seq));
         true
     }
@@ -132,6 +153,12 @@ struct Conn<'a> {
     unsent: VecDeque<Bytes>,
     /// Bytes in `unsent`.
     unsent_bytes: u64,
+    /// Bytes queued on this connection, and where each MSG that has not
+    /// yet reached the consumer ends: its ack timer starts once the
+    /// consumer's TCP acknowledged all of it (`SIOCOUTQ`), so neither a
+    /// slow link nor a full socket buffer eats its ack timeout.
+    queued: u64,
+    unreached: VecDeque<(u64, u64)>,
     held: Held,
     delivered_msgs: u64,
     peer_bytes: Arc<AtomicU64>,
@@ -142,7 +169,21 @@ struct Conn<'a> {
 impl Conn<'_> {
     fn queue(&mut self, b: Bytes) {
         self.unsent_bytes += b.len() as u64;
+        self.queued += b.len() as u64;
         self.unsent.push_back(b);
+    }
+
+    /// The consumer's TCP acknowledged the connection's bytes up to
+    /// `acked`: the messages that ends covers start their ack timers, due
+    /// at `deadline`.
+    fn reached(&mut self, acked: u64, deadline: Instant) {
+        while let Some(&(end, seq)) = self.unreached.front() {
+            if end > acked {
+                break;
+            }
+            self.unreached.pop_front();
+            self.held.start(seq, deadline);
+        }
     }
 
     fn wrote(&mut self, mut n: usize) {
@@ -228,6 +269,8 @@ impl QueueServer {
             inbuf: early,
             unsent: VecDeque::new(),
             unsent_bytes: 0,
+            queued: 0,
+            unreached: VecDeque::new(),
             held: Held::default(),
             delivered_msgs: 0,
             peer_bytes,
@@ -287,20 +330,22 @@ impl QueueServer {
                             "this endpoint takes consumers (role=consumer); producers connect to the route's from endpoint",
                         )));
                     }
-                    if let Some(g) = &hello.group {
-                        if self.group(Some(g)).is_none() {
-                            let declared = self.route().groups.join(", ");
-                            return Err(Stop::Error(ProtoError::new(
-                                403,
-                                if declared.is_empty() {
-                                    format!("undeclared group '{g}': this route declares no groups")
-                                } else {
-                                    format!(
-                                        "undeclared group '{g}': this route declares {declared}"
-                                    )
-                                },
-                            )));
-                        }
+                    if self.group(hello.group.as_deref()).is_none() {
+                        let declared = self.route().groups.join(", ");
+                        return Err(Stop::Error(ProtoError::new(
+                            403,
+                            match &hello.group {
+                                Some(g) if declared.is_empty() => format!(
+                                    "undeclared group '{g}': this route declares no groups"
+                                ),
+                                Some(g) => format!(
+                                    "undeclared group '{g}': this route declares {declared}"
+                                ),
+                                None => format!(
+                                    "this route has consumer groups: name one (group=) of {declared}"
+                                ),
+                            },
+                        )));
                     }
                     // Frames sent right behind the hello (a client need
                     // not wait for OK) are read as the connection's first.
@@ -384,7 +429,6 @@ impl QueueServer {
             // 1. Take what the window and the peer memory budget allow.
             let mut starved = false;
             if draining.is_none() && !peer_eof {
-                let deadline = now + ack_timeout;
                 let encoding = c.encoding;
                 let mut header = BytesMut::new();
                 let mut frames: Vec<(u64, Bytes, Bytes)> = Vec::new();
@@ -409,12 +453,13 @@ impl QueueServer {
                     progressed = true;
                     let trailer = proto::body_trailer(encoding);
                     for (seq, h, body) in frames {
-                        c.held.deliver(seq, deadline);
+                        c.held.deliver(seq);
                         c.queue(h);
                         c.queue(body);
                         if !trailer.is_empty() {
                             c.queue(Bytes::from_static(trailer));
                         }
+                        c.unreached.push_back((c.queued, seq));
                     }
                 }
                 let held = self.charged(c);
@@ -444,6 +489,13 @@ impl QueueServer {
                 stall.blocked(now.into_std());
                 if stall.expired(now.into_std()) {
                     return ConsumerEnd::WriteStall.into();
+                }
+            }
+
+            // What reached the consumer starts its ack timer.
+            if !c.unreached.is_empty() {
+                if let Ok(acked) = wire.acked() {
+                    c.reached(acked, Instant::now() + ack_timeout);
                 }
             }
 
@@ -546,7 +598,8 @@ impl QueueServer {
                         return broken(&e).into();
                     }
                 }
-                _ = sleep_until(ack_at), if !c.held.is_empty() => {}
+                _ = sleep_until(ack_at), if c.held.first_deadline().is_some() => {}
+                _ = tokio::time::sleep(REACH_POLL), if !c.unreached.is_empty() && !progressed => {}
                 _ = sleep_until(stall_at), if stall.deadline().is_some() => {}
                 _ = sleep_until(drain_at), if draining.is_some() => {}
                 _ = sleep_until(lifetime_at), if lifetime_armed => {}

@@ -132,9 +132,7 @@ impl QueueServer {
                     peer_bytes,
                 };
                 let end = self.serve_producer(&mut stream, &mut buf, &mut c).await;
-                if let (Some(name), Some(p)) = (&c.name, &self.producer_names) {
-                    p.release(name);
-                }
+                self.release_name(&mut c);
                 info!(
                     messages = c.messages,
                     duplicates = c.dups,
@@ -148,6 +146,13 @@ impl QueueServer {
         self.stats.producers.fetch_sub(1, Ordering::Relaxed);
         self.stats.count_producer_end(end);
         end
+    }
+
+    /// Gives the connection's producer name back (once).
+    fn release_name(&self, c: &mut Conn) {
+        if let (Some(name), Some(p)) = (c.name.take(), &self.producer_names) {
+            p.release(&name);
+        }
     }
 
     /// Reads and checks the hello, answers OK; returns it and, for a
@@ -253,6 +258,9 @@ impl QueueServer {
                 Err(Stop::End(e)) => return e,
                 Err(Stop::Error(e)) => {
                     debug!(code = e.code, error = %e.message, "producer protocol error");
+                    // The name is free before the client can hear the
+                    // error and reconnect (else its reconnect meets 409).
+                    self.release_name(c);
                     proto::encode(
                         &Frame::Err {
                             code: e.code,

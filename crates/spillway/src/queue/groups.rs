@@ -1,7 +1,10 @@
 //! Consumer groups: independent cursors over one spool (`groups = [...]`
 //! on a queue route). Each group has its own dispatcher (its own floor,
-//! read-ahead and consumers, who compete within it); plain consumers and
-//! ack-protocol consumers without `group=` are in the default group.
+//! read-ahead and consumers, who compete within it). A route without
+//! groups has one, the default group, which every consumer is in. A route
+//! with groups has only those: every consumer names its group (they all
+//! speak the ack protocol), and no implicit group nobody reads can hold
+//! the spool.
 //!
 //! The spool keeps one floor, its cursor: the lowest floor of all groups,
 //! so that a segment is deleted only once every group is past it. Each
@@ -9,8 +12,7 @@
 //! rename) every few ticks while it changes and at close:
 //!
 //! ```text
-//! spillway-groups 1
-//! <floor of the default group>
+//! spillway-groups 2
 //! billing <floor>
 //! audit <floor>
 //! ```
@@ -35,7 +37,7 @@ use super::spool_io::Acker;
 
 const FILE: &str = "groups";
 const TMP: &str = "groups.tmp";
-const MAGIC: &str = "spillway-groups 1";
+const MAGIC: &str = "spillway-groups 2";
 
 struct State {
     acked: Vec<u64>,
@@ -45,7 +47,8 @@ struct State {
     dirty: bool,
 }
 
-/// The floors of a route's groups (index 0: the default group).
+/// The floors of a route's groups: the named ones, or the default one
+/// (named "") on a route without groups.
 pub(super) struct Floors {
     names: Vec<String>,
     state: Mutex<State>,
@@ -55,14 +58,17 @@ pub(super) struct Floors {
 }
 
 impl Floors {
-    /// The floors of `groups` (the default group first, then the named
-    /// ones) over `spool`, from its groups file; returns each group's
-    /// starting floor too.
+    /// The floors of the groups `named` (none: the default group) over
+    /// `spool`, from its groups file; returns each group's starting floor
+    /// too.
     pub fn open(spool: &Spool, dir: &Path, named: &[String], acker: Acker) -> (Floors, Vec<u64>) {
         let cursor = spool.ack_floor();
         let end = spool.next_seq();
-        let mut names = vec![String::new()];
-        names.extend(named.iter().cloned());
+        let names = if named.is_empty() {
+            vec![String::new()]
+        } else {
+            named.to_vec()
+        };
         let saved = read(&dir.join(FILE));
         let mut starts = Vec::with_capacity(names.len());
         for name in &names {
@@ -147,8 +153,8 @@ impl Floors {
         if !dirty {
             return Ok(());
         }
-        let mut text = format!("{MAGIC}\n{}\n", floors[0]);
-        for (name, f) in self.names.iter().zip(&floors).skip(1) {
+        let mut text = format!("{MAGIC}\n");
+        for (name, f) in self.names.iter().zip(&floors) {
             text.push_str(&format!("{name} {f}\n"));
         }
         let tmp = self.dir.join(TMP);
@@ -167,8 +173,7 @@ impl Floors {
     }
 }
 
-/// The floors a groups file holds (the default group's under the name
-/// ""), or none if it is missing or not one.
+/// The floors a groups file holds, or none if it is missing or not one.
 fn read(path: &Path) -> Vec<(String, u64)> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Vec::new();
@@ -179,9 +184,6 @@ fn read(path: &Path) -> Vec<(String, u64)> {
         return Vec::new();
     }
     let mut out = Vec::new();
-    if let Some(Ok(f)) = lines.next().map(str::parse::<u64>) {
-        out.push((String::new(), f));
-    }
     for l in lines {
         if let Some((name, f)) = l.split_once(' ') {
             if let Ok(f) = f.parse() {

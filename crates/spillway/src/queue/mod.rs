@@ -259,8 +259,9 @@ pub struct QueueServer {
     waiting_for_space: std::sync::atomic::AtomicUsize,
     /// Hands messages to consumers; reads the spool ahead of them on its
     /// own thread, and acknowledges it.
+    /// The default group's dispatcher, or the first named group's.
     dispatcher: dispatcher::Dispatcher,
-    /// The named consumer groups' dispatchers (`groups`), in config order.
+    /// The other named groups' dispatchers (`groups`), in config order.
     groups: Vec<dispatcher::Dispatcher>,
     /// Every group's floor; the spool's is the lowest.
     floors: Arc<groups::Floors>,
@@ -615,11 +616,12 @@ impl QueueServer {
         std::iter::once(&self.dispatcher).chain(&self.groups)
     }
 
-    /// The dispatcher of group `name` (`None`: the default group).
+    /// The dispatcher of group `name`: on a route without groups, the
+    /// default group's (`None`); on one with groups, the named one's.
     fn group(&self, name: Option<&str>) -> Option<&dispatcher::Dispatcher> {
         match name {
-            None => Some(&self.dispatcher),
-            Some(n) => self.groups.iter().find(|d| d.group_name() == n),
+            None => self.route().groups.is_empty().then_some(&self.dispatcher),
+            Some(n) => self.dispatchers().find(|d| d.group_name() == n),
         }
     }
 

@@ -49,7 +49,7 @@ impl QueueServer {
     /// Writes the groups' floors (see `groups.rs`); a failure is logged
     /// (the file keeps older floors: redeliveries, not loss).
     async fn persist_floors(&self) {
-        if self.groups.is_empty() {
+        if self.route().groups.is_empty() {
             return;
         }
         let floors = Arc::clone(&self.floors);
@@ -111,7 +111,7 @@ impl QueueServer {
                     }
                     self.watch_space(&mut windows);
                     ticks = ticks.wrapping_add(1);
-                    if !self.groups.is_empty() && ticks.is_multiple_of(5) {
+                    if !self.route().groups.is_empty() && ticks.is_multiple_of(5) {
                         self.persist_floors().await;
                     }
                     if ticks.is_multiple_of(50) {

@@ -36,6 +36,9 @@ use super::{Back, ConsumerId, Dispatch, Holding};
 pub const NAK_BASE: Duration = Duration::from_millis(100);
 /// The longest delay the backoff imposes (a consumer may ask for more).
 pub const NAK_MAX: Duration = Duration::from_secs(60);
+/// The longest delay a consumer may ask for: a delayed message holds its
+/// group's floor, so it must come back within the relay's run.
+pub const NAK_ASK_MAX: Duration = Duration::from_secs(3600);
 
 /// What an acking consumer holds: delivered, not yet acknowledged.
 #[derive(Debug, Default)]
@@ -124,7 +127,7 @@ pub enum AckOutcome {
 pub fn nak_delay(asked: Duration, attempt: u32) -> Duration {
     let shift = attempt.saturating_sub(1).min(20);
     let backoff = NAK_BASE.saturating_mul(1 << shift).min(NAK_MAX);
-    asked.max(backoff)
+    asked.min(NAK_ASK_MAX).max(backoff)
 }
 
 impl Dispatch {
