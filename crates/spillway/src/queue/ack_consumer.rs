@@ -111,11 +111,11 @@ impl Held {
     fn ranges(&mut self, ranges: &[(u64, u64)]) -> Vec<u64> {
         let mut seqs = Vec::new();
         for &(a, b) in ranges {
-            let from = seqs.len();
-            seqs.extend(self.by_seq.range(a..=b).map(|(&s, _)| s));
-            for i in from..seqs.len() {
-                self.remove(seqs[i]);
+            let found: Vec<u64> = self.by_seq.range(a..=b).map(|(&s, _)| s).collect();
+            for &s in &found {
+                self.remove(s);
             }
+            seqs.extend(found);
         }
         seqs
     }
