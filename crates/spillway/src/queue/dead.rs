@@ -3,6 +3,12 @@
 //! per batch (dead letters are rare; each must be durable before the main
 //! queue's floor passes it).
 //!
+//! A dead letter holds its group's floor until it is written, and on a
+//! full disk only moving the floor frees space: so the dead-letter spool
+//! keeps a reserve file (`letters.reserve`, at least 4 MiB and one
+//! `max_message`), given up when a write meets a full disk, and made again
+//! once a write succeeds.
+//!
 //! Each record holds one dead letter: a small header (its sequence in the
 //! main queue, how often it was delivered, why it died, when), then the
 //! message as it was stored (framing included), so that `spillway spool
@@ -45,6 +51,8 @@ const VERSION: u8 = 1;
 const RETRY: Duration = Duration::from_secs(1);
 /// Segments of the dead-letter spool.
 const SEGMENT: u64 = 16 << 20;
+/// The dead-letter spool's reserve file.
+const RESERVE: &str = "letters.reserve";
 
 /// The directory of a route's dead-letter spool.
 pub fn dir_of(spool: &Path) -> PathBuf {
@@ -177,7 +185,13 @@ impl DeadLetters {
         cfg.segment_size = SEGMENT;
         // The header and the TERM text travel with the message.
         cfg.max_message = max_message.saturating_add(64 + 2 * u16::MAX as u32);
-        let (spool, _) = Spool::open_with_fs(cfg, fs)?;
+        let (spool, _) = Spool::open_with_fs(cfg, Arc::clone(&fs))?;
+        let reserve = Reserve {
+            fs,
+            path: dir_of(main).join(RESERVE),
+            len: (u64::from(max_message) + (64 << 10)).max(4 << 20),
+            held: false,
+        };
         let (tx, rx) = mpsc::channel::<Job>();
         let sp = spool.clone();
         let name = route.to_string();
@@ -185,7 +199,7 @@ impl DeadLetters {
         let st = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name(format!("spool-dead:{route}"))
-            .spawn(move || write_loop(&sp, &rx, &name, &st))?;
+            .spawn(move || write_loop(&sp, &rx, &name, &st, reserve))?;
         Ok(DeadLetters {
             tx: Mutex::new(Some(tx)),
             spool,
@@ -235,7 +249,50 @@ impl Drop for DeadLetters {
     }
 }
 
-fn write_loop(spool: &Spool, rx: &mpsc::Receiver<Job>, route: &str, stop: &AtomicBool) {
+/// The dead-letter spool's reserve file.
+struct Reserve {
+    fs: Arc<dyn Fs>,
+    path: PathBuf,
+    len: u64,
+    held: bool,
+}
+
+impl Reserve {
+    /// Makes the reserve, if it is not held (best effort: a full disk
+    /// leaves it for the next try).
+    fn make(&mut self) {
+        if self.held {
+            return;
+        }
+        let file = match self.fs.create(&self.path) {
+            Ok(f) => Ok(f),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                self.fs.open(&self.path, true)
+            }
+            Err(e) => Err(e),
+        };
+        self.held = file.and_then(|f| f.allocate(self.len)).is_ok();
+        if !self.held {
+            let _ = self.fs.remove(&self.path);
+        }
+    }
+
+    /// Gives the space back; whether there was any to give.
+    fn release(&mut self) -> bool {
+        let had = self.held;
+        self.held = false;
+        had && self.fs.remove(&self.path).is_ok()
+    }
+}
+
+fn write_loop(
+    spool: &Spool,
+    rx: &mpsc::Receiver<Job>,
+    route: &str,
+    stop: &AtomicBool,
+    mut reserve: Reserve,
+) {
+    reserve.make();
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while let Ok(more) = rx.try_recv() {
@@ -253,6 +310,10 @@ fn write_loop(spool: &Spool, rx: &mpsc::Receiver<Job>, route: &str, stop: &Atomi
                 Ok(_) => break,
                 Err(SpoolError::Closed) => return,
                 Err(SpoolError::Full { .. }) => {
+                    if reserve.release() {
+                        warn!(route, "disk full: the dead-letter reserve is given up for {count} dead letters");
+                        continue;
+                    }
                     warn!(route, "dead-letter spool full; {count} dead letters wait");
                 }
                 Err(e) => {
@@ -267,5 +328,6 @@ fn write_loop(spool: &Spool, rx: &mpsc::Receiver<Job>, route: &str, stop: &Atomi
         for j in jobs {
             (j.written)(j.burials.iter().map(|b| b.msg.seq).collect());
         }
+        reserve.make();
     }
 }
