@@ -546,3 +546,35 @@ fn ack_consumers_with_huge_windows_stay_within_the_peer_memory_budget() {
     }
     drop(hogs);
 }
+
+/// An ack-protocol producer that trickles a partial PUB is closed as
+/// slow_producer too (its buffer is charged to the same budget), while
+/// what it sent whole before is queued and confirmed.
+#[test]
+fn an_ack_producer_that_trickles_a_partial_frame_is_closed_as_slow_producer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut relay, src, _sink, _admin) = start(
+        dir.path(),
+        "",
+        "from_protocol = \"ack\"\nmemory = \"0\"\nmin_rate = \"1KiB\"\nmin_rate_grace = \"1s\"",
+    );
+    let mut slow = TcpStream::connect(src).expect("producer");
+    slow.write_all(b"SPILLWAY 1 role=producer encoding=text\nPUB 5\nwhole\nPUB 100000\npart")
+        .expect("write");
+    let started = Instant::now();
+    let mut closed = false;
+    while started.elapsed() < Duration::from_secs(15) {
+        if slow.write_all(b"a").is_err() || closed_within(&mut slow, Duration::from_millis(300)) {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the trickling producer was never closed");
+    let ends = relay.wait_log_lines("reason=\"slow_producer\"", 1, Duration::from_secs(20));
+    assert_eq!(ends.len(), 1, "{}", relay.log_text());
+    assert!(
+        relay.log_text().contains("messages=1"),
+        "{}",
+        relay.log_text()
+    );
+}

@@ -27,7 +27,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn};
 
-use super::source::ProducerEnd;
+use super::source::{Partial, ProducerEnd};
 use super::spool_io::Written;
 use super::QueueServer;
 use spillway_spool::AppendOutcome;
@@ -242,6 +242,7 @@ impl QueueServer {
         let mut last_read = Instant::now();
         let mut out = BytesMut::new();
         let mut charge = self.memory.charge();
+        let mut partial: Option<Partial> = None;
         loop {
             // Everything complete in the buffer, as one batch.
             let r = self.take_pubs(&mut decoder, buf, c, &mut out).await;
@@ -290,6 +291,18 @@ impl QueueServer {
                 charge.set(buf.capacity() as u64);
             }
             let idle_at = read_idle.map_or(last_read, |d| last_read + d);
+            // A partial frame must come in at `min_rate` (as a plain
+            // producer's partial message must): a slowloris holding its
+            // buffer is closed as slow_producer.
+            partial = match (partial, buf.is_empty()) {
+                (_, true) => None,
+                (None, false) => Some(Partial {
+                    since: Instant::now(),
+                    received: 0,
+                }),
+                (p, false) => p,
+            };
+            let slow_at = partial.and_then(|p| self.slow_deadline(p));
             let waiter = self.memory.waiter();
             let read = tokio::select! {
                 biased;
@@ -299,6 +312,18 @@ impl QueueServer {
                     return ProducerEnd::Shutdown;
                 }
                 _ = sleep_until(idle_at), if read_idle.is_some() => return ProducerEnd::ReadIdle,
+                _ = sleep_until(slow_at.unwrap_or(idle_at)), if slow_at.is_some() => {
+                    match partial {
+                        Some(p) if self.fast_enough(p) => {
+                            partial = Some(Partial { since: Instant::now(), received: 0 });
+                            continue;
+                        }
+                        _ => {
+                            warn!(partial_bytes = buf.len(), "producer too slow with a partial frame (min_rate); closing it");
+                            return ProducerEnd::SlowProducer;
+                        }
+                    }
+                }
                 _ = waiter.wait(), if !admitted => continue,
                 _ = tokio::time::sleep(Duration::from_millis(50)), if !admitted => continue,
                 r = stream.read_buf(buf), if admitted => r,
@@ -315,7 +340,12 @@ impl QueueServer {
                     let _ = stream.shutdown().await;
                     return ProducerEnd::Eof;
                 }
-                Ok(_) => last_read = Instant::now(),
+                Ok(n) => {
+                    last_read = Instant::now();
+                    if let Some(p) = partial.as_mut() {
+                        p.received += n as u64;
+                    }
+                }
                 Err(e) => return broken(&e),
             }
         }

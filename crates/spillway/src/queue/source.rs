@@ -44,9 +44,9 @@ const FIRST_READ: usize = super::memory::MIN_HOLD as usize;
 /// in it. Time its appends waited for disk space is not counted; time it
 /// waited for peer memory is (it holds memory and does not progress).
 #[derive(Clone, Copy)]
-struct Partial {
-    since: Instant,
-    received: u64,
+pub(super) struct Partial {
+    pub(super) since: Instant,
+    pub(super) received: u64,
 }
 
 /// Why a producer connection ended (logged and counted in `QueueStats`).
@@ -618,7 +618,7 @@ impl QueueServer {
 impl QueueServer {
     /// When the current `min_rate` period of a producer holding a partial
     /// message ends (`None`: the check is off).
-    fn slow_deadline(&self, p: Partial) -> Option<Instant> {
+    pub(super) fn slow_deadline(&self, p: Partial) -> Option<Instant> {
         let route = self.route();
         if route.min_rate == 0 {
             return None;
@@ -627,7 +627,7 @@ impl QueueServer {
     }
 
     /// Whether a period brought at least `min_rate` bytes per second.
-    fn fast_enough(&self, p: Partial) -> bool {
+    pub(super) fn fast_enough(&self, p: Partial) -> bool {
         let route = self.route();
         let want = u128::from(route.min_rate) * route.min_rate_grace.as_millis() / 1000;
         u128::from(p.received) >= want
