@@ -553,7 +553,7 @@ fn ack_consumers_with_huge_windows_stay_within_the_peer_memory_budget() {
 #[test]
 fn an_ack_producer_that_trickles_a_partial_frame_is_closed_as_slow_producer() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut relay, src, _sink, _admin) = start(
+    let (relay, src, _sink, _admin) = start(
         dir.path(),
         "",
         "from_protocol = \"ack\"\nmemory = \"0\"\nmin_rate = \"1KiB\"\nmin_rate_grace = \"1s\"",
