@@ -15,7 +15,13 @@
 //! spillway-groups 2
 //! billing <floor>
 //! audit <floor>
+//! crc32c <checksum of the lines above, hex>
 //! ```
+//!
+//! A file whose checksum does not match (a torn write, a disk error, a
+//! hand edit) is not trusted: every group starts at the cursor (what it
+//! delivered since is sent again), because a floor too high would skip
+//! messages.
 //!
 //! At open, a group's floor is what the file says, raised to the spool's
 //! cursor (below it nothing is left) and lowered to its end (a power cut
@@ -157,6 +163,8 @@ impl Floors {
         for (name, f) in self.names.iter().zip(&floors) {
             text.push_str(&format!("{name} {f}\n"));
         }
+        let sum = crc32c::crc32c(text.as_bytes());
+        text.push_str(&format!("crc32c {sum:08x}\n"));
         let tmp = self.dir.join(TMP);
         let r = (|| {
             let mut f = std::fs::File::create(&tmp)?;
@@ -178,7 +186,19 @@ fn read(path: &Path) -> Vec<(String, u64)> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Vec::new();
     };
-    let mut lines = text.lines();
+    let checked = text
+        .trim_end_matches('\n')
+        .rsplit_once('\n')
+        .and_then(|(body, last)| {
+            let sum = u32::from_str_radix(last.strip_prefix("crc32c ")?, 16).ok()?;
+            let body = format!("{body}\n");
+            (crc32c::crc32c(body.as_bytes()) == sum).then_some(body)
+        });
+    let Some(body) = checked else {
+        warn!(file = %path.display(), "groups file damaged (checksum); every group starts at the spool's cursor");
+        return Vec::new();
+    };
+    let mut lines = body.lines();
     if lines.next() != Some(MAGIC) {
         warn!(file = %path.display(), "not a groups file (or a newer version); every group starts at the spool's cursor");
         return Vec::new();
@@ -192,4 +212,34 @@ fn read(path: &Path) -> Vec<(String, u64)> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(lines: &str) -> String {
+        let text = format!("{MAGIC}\n{lines}");
+        format!("{text}crc32c {:08x}\n", crc32c::crc32c(text.as_bytes()))
+    }
+
+    #[test]
+    fn a_groups_file_is_read_only_when_its_checksum_matches() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(FILE);
+        std::fs::write(&path, file("billing 120\naudit 7\n")).expect("write");
+        assert_eq!(
+            read(&path),
+            [("billing".to_string(), 120), ("audit".to_string(), 7)]
+        );
+        // A floor changed by a disk error (or a hand) is not trusted.
+        let bad = file("billing 120\naudit 7\n").replace("120", "920");
+        std::fs::write(&path, bad).expect("write");
+        assert!(read(&path).is_empty());
+        // Torn: the checksum line is missing.
+        std::fs::write(&path, format!("{MAGIC}\nbilling 120\n")).expect("write");
+        assert!(read(&path).is_empty());
+        std::fs::write(&path, "").expect("write");
+        assert!(read(&path).is_empty());
+    }
 }
