@@ -2,7 +2,10 @@
 //! (`pseq`) each had enqueued, so that a producer that resends after a
 //! reconnect (or a relay restart) does not enqueue a message twice.
 //!
-//! Kept in `<spool>/producers`, a log of lines `name pseq seq unix_ms`:
+//! Kept in `<spool>/producers`, a log of lines `name pseq seq unix_ms
+//! crc` (the crc32c of the line before it, in hex: a damaged line is
+//! ignored, since a pseq raised by damage would answer DUP to new
+//! messages):
 //! the name's messages up to `pseq` are in the spool, the last of them at
 //! sequence `seq`. A line is written as soon as its batch is in the log,
 //! on the spool's writer thread, before the batch's fsync (so a SIGKILL
@@ -142,7 +145,7 @@ impl Producers {
             e.pseq = e.pseq.max(pseq);
             e.last_ms = ms;
         }
-        writeln!(s.log, "{name} {pseq} {seq} {ms}")?;
+        s.log.write_all(line(name, pseq, seq, ms).as_bytes())?;
         s.lines += 1;
         if s.lines > 4 * s.names.len() + 10_000 {
             let horizon = ms.saturating_sub(self.memory.as_millis() as u64);
@@ -156,10 +159,20 @@ impl Producers {
     }
 }
 
-/// `name pseq seq ms`, or None for a torn or foreign line.
+/// A line of the log, `\n` included.
+fn line(name: &str, pseq: u64, seq: u64, ms: u64) -> String {
+    let text = format!("{name} {pseq} {seq} {ms}");
+    format!("{text} {:08x}\n", crc32c::crc32c(text.as_bytes()))
+}
+
+/// `name pseq seq ms crc`, or None for a torn, damaged or foreign line.
 fn parse(line: &[u8]) -> Option<(String, u64, u64, u64)> {
     let text = std::str::from_utf8(line).ok()?;
-    let mut f = text.split(' ');
+    let (body, sum) = text.rsplit_once(' ')?;
+    if u32::from_str_radix(sum, 16).ok()? != crc32c::crc32c(body.as_bytes()) {
+        return None;
+    }
+    let mut f = body.split(' ');
     let name = f.next()?;
     let pseq = f.next()?.parse().ok()?;
     let seq = f.next()?.parse().ok()?;
@@ -178,7 +191,7 @@ fn rewrite(dir: &Path, names: &HashMap<String, Entry>) -> io::Result<File> {
     let mut text = String::new();
     for (name, e) in names {
         if e.pseq > 0 {
-            text.push_str(&format!("{name} {} {} {}\n", e.pseq, e.seq, e.last_ms));
+            text.push_str(&line(name, e.pseq, e.seq, e.last_ms));
         }
     }
     f.write_all(text.as_bytes())?;
@@ -209,6 +222,9 @@ mod tests {
             .open(dir.path().join(FILE))
             .expect("log");
         f.write_all(b"app-1 99 200").expect("torn");
+        // A damaged one too (its checksum does not match).
+        f.write_all(b"\napp-1 99 100 5 00000000\n")
+            .expect("damaged");
         drop(f);
         let p = Producers::open(dir.path(), hour, 103).expect("reopen");
         assert_eq!(p.claim("app-1").expect("free"), 9);
