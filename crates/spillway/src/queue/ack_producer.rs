@@ -489,7 +489,7 @@ impl QueueServer {
                 }
                 return Err(Stop::Error(ProtoError::new(
                     507,
-                    "full: the queue is at max_disk and refuses new messages (when_full = drop-newest)",
+                    "full: the queue is at its disk bound (max_disk, or a full file system) and refuses new messages (when_full = drop-newest)",
                 )));
             }
             if let Some(&last) = pseqs.last() {
