@@ -303,7 +303,7 @@ def lat(r):
     if (num(r, 'behind_ms') or 0) > 100:
         s += f" (producer {r['behind_ms']} ms behind)"
     return s
-print('| size | durability | measure | spillway ack | JetStream (WorkQueue) | spillway / JetStream | spillway plain-TCP | ack / plain | lost/dups (ack · JS · plain) |')
+print('| size | durability | measure | spillway ack | JetStream (WorkQueue) | spillway / JetStream (latency: p99 ratio, lower = spillway faster) | spillway plain-TCP | ack / plain | lost/dups (ack · JS · plain) |')
 print('|---|---|---|---|---|---|---|---|---|')
 for size, sname in (('64', '64 B'), ('1024', '1 KiB')):
     for dur in ('sync', 'interval'):
@@ -326,20 +326,22 @@ for size, sname in (('64', '64 B'), ('1024', '1 KiB')):
 print()
 print('JetStream with Limits retention (acks do not delete messages; same server settings), and the servers\' CPU during the consume phase:')
 print()
-print('| size | durability | JS Limits publish msgs/s | JS Limits consume msgs/s | spillway ack consume / JS Limits | lost/dups | server CPU µs/msg: spillway ack · plain · JS WorkQueue · JS Limits |')
-print('|---|---|---|---|---|---|---|')
+print('| size | durability | JS Limits publish msgs/s | JS Limits consume msgs/s | spillway ack consume / JS Limits | lost/dups | server CPU µs/msg: spillway ack · plain · JS WorkQueue · JS Limits | client CPU µs/msg, same order |')
+print('|---|---|---|---|---|---|---|---|')
 for size, sname in (('64', '64 B'), ('1024', '1 KiB')):
     for dur in ('sync', 'interval'):
         lp, lc = get(size, dur, 'js-limits', 'publish'), get(size, dur, 'js-limits', 'consume')
         sp_c = get(size, dur, 'spillway', 'consume')
         a = num(sp_c, 'msgs_s') if ok(sp_c) else None
         b = num(lc, 'msgs_s') if ok(lc) else None
-        def cpu(r):
-            if not ok(r) or num(r, 'server_cpu_s') is None: return '–'
+        def cpu(r, k):
+            if not ok(r) or num(r, k) is None: return '–'
             n = num(r, 'distinct') or 0
-            return f"{num(r, 'server_cpu_s') * 1e6 / n:.2f}" if n else '–'
-        cpus = ' · '.join(cpu(get(size, dur, s, 'consume')) for s in ('spillway', 'plain', 'js-workqueue', 'js-limits'))
-        print(f"| {sname} | {dur} | {rate(lp)} | {rate(lc)} | {ratio(a, b)} | {loss(lc)} | {cpus} |")
+            return f"{num(r, k) * 1e6 / n:.2f}" if n else '–'
+        cons = [get(size, dur, s, 'consume') for s in ('spillway', 'plain', 'js-workqueue', 'js-limits')]
+        scpu = ' · '.join(cpu(r, 'server_cpu_s') for r in cons)
+        ccpu = ' · '.join(cpu(r, 'client_cpu_s') for r in cons)
+        print(f"| {sname} | {dur} | {rate(lp)} | {rate(lc)} | {ratio(a, b)} | {loss(lc)} | {scpu} | {ccpu} |")
 bad = [r for r in rows if r.get('status') != 'ok']
 for r in rows:
     for k in ('server_ack_pending', 'server_pending'):

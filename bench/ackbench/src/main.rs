@@ -582,6 +582,21 @@ async fn js_server_state(s: &mut stream::Stream, c: &mut consumer::PullConsumer)
     }
 }
 
+/// This process's user+system CPU seconds (/proc/self/stat; 0 elsewhere).
+fn cpu_s() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name;
+    // 100 ticks a second on Linux.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 // ---------------------------------------------------------------- main
 
 async fn run(cfg: Cfg) -> Res<String> {
@@ -651,8 +666,9 @@ fn main() {
         .build()
         .expect("tokio runtime");
     let head = format!("system={} phase={} size={}", cfg.system, cfg.phase, cfg.size);
+    let c0 = cpu_s();
     match rt.block_on(run(cfg)) {
-        Ok(line) => println!("result {head} status=ok {line}"),
+        Ok(line) => println!("result {head} status=ok {line} client_cpu_s={:.2}", cpu_s() - c0),
         Err(e) => {
             println!("result {head} status=error error={:?}", e.to_string());
             std::process::exit(1);
