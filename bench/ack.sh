@@ -37,10 +37,11 @@
 #   the sync live rate is LIVE_SYNC_RATE (it cannot take 20,000/s); spillway's sync
 #   live is also run at LIVE_RATE.
 #
-# Figures: see the commit that added this file / the issue; produced by
+# Figures: README.md, "Acked delivery against NATS JetStream" (two runs of
 #   CARGO_TARGET_DIR=/work/target-bench bench/ack.sh full
+# at 94fd7ee, 2026-12-05; ~2 min each when the disk is quiet).
 #
-# Usage: bench/ack.sh [full|quick]   (full ~4-6 min on 2 cores, quick ~2 min)
+# Usage: bench/ack.sh [full|quick]   (full 2-4 min on 2 cores, longer when fsyncs are slow; quick ~1 min)
 # Env:   COUNT_64, COUNT_1K       spillway (and JetStream interval) messages per run
 #                                 (full 1,000,000 / 300,000; quick 300,000 / 100,000)
 #        JS_SYNC_COUNT            JetStream messages under sync_interval: always (20,000)
