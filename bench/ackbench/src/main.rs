@@ -83,18 +83,37 @@ struct Cfg {
 
 fn parse_args() -> Res<Cfg> {
     let mut args = std::env::args().skip(1);
-    let system = args.next().ok_or("usage: ackbench spillway|jetstream PHASE [--opt value]...")?;
-    let phase = args.next().ok_or("missing PHASE: publish|consume|live|plain")?;
+    let system = args
+        .next()
+        .ok_or("usage: ackbench spillway|jetstream PHASE [--opt value]...")?;
+    let phase = args
+        .next()
+        .ok_or("missing PHASE: publish|consume|live|plain")?;
     let mut kv: HashMap<String, String> = HashMap::new();
     while let Some(k) = args.next() {
-        let k = k.strip_prefix("--").ok_or(format!("expected --option, got {k}"))?.to_string();
+        let k = k
+            .strip_prefix("--")
+            .ok_or(format!("expected --option, got {k}"))?
+            .to_string();
         let v = args.next().ok_or(format!("--{k} needs a value"))?;
         kv.insert(k, v);
     }
     let get = |k: &str, d: &str| kv.get(k).cloned().unwrap_or_else(|| d.to_string());
     let known = [
-        "pub", "sub", "nats", "size", "count", "inflight", "window", "batch", "rate", "secs",
-        "framing", "retention", "idle-secs", "dump",
+        "pub",
+        "sub",
+        "nats",
+        "size",
+        "count",
+        "inflight",
+        "window",
+        "batch",
+        "rate",
+        "secs",
+        "framing",
+        "retention",
+        "idle-secs",
+        "dump",
     ];
     if let Some(k) = kv.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(format!("unknown option --{k}").into());
@@ -256,7 +275,13 @@ impl Tally {
 /// Sends ids `0..count`, at `rate` msgs/s if given (then the ids due are
 /// sent in a burst each millisecond tick), through `send`. Returns how far
 /// the sender fell behind its schedule at worst.
-async fn paced<F, Fut>(count: u64, rate: Option<u64>, start: Instant, size: usize, mut send: F) -> Res<Duration>
+async fn paced<F, Fut>(
+    count: u64,
+    rate: Option<u64>,
+    start: Instant,
+    size: usize,
+    mut send: F,
+) -> Res<Duration>
 where
     F: FnMut(u64, Bytes) -> Fut,
     Fut: std::future::Future<Output = Res<()>>,
@@ -298,10 +323,13 @@ async fn spillway_produce(cfg: &Cfg, count: u64, rate: Option<u64>, start: Insta
     // At most inflight/FLUSH_EVERY flushes outstanding: one awaited by the
     // waiter, the rest in the channel.
     let slots = (cfg.inflight / FLUSH_EVERY).max(2) as usize - 1;
-    let (tx, mut rx) = mpsc::channel::<tokio::task::JoinHandle<Result<(), spillway_client::ClientError>>>(slots);
+    let (tx, mut rx) =
+        mpsc::channel::<tokio::task::JoinHandle<Result<(), spillway_client::ClientError>>>(slots);
     let waiter = tokio::spawn(async move {
         while let Some(h) = rx.recv().await {
-            h.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+            h.await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
         }
         Ok::<(), String>(())
     });
@@ -457,7 +485,12 @@ async fn js_connect(cfg: &Cfg, inflight: usize) -> Res<(async_nats::Client, jets
     Ok((client, js))
 }
 
-async fn js_stream(cfg: &Cfg, js: &jetstream::Context, name: &str, subject: &str) -> Res<stream::Stream> {
+async fn js_stream(
+    cfg: &Cfg,
+    js: &jetstream::Context,
+    name: &str,
+    subject: &str,
+) -> Res<stream::Stream> {
     let retention = match cfg.retention.as_str() {
         "workqueue" => stream::RetentionPolicy::WorkQueue,
         "limits" => stream::RetentionPolicy::Limits,
@@ -476,26 +509,33 @@ async fn js_stream(cfg: &Cfg, js: &jetstream::Context, name: &str, subject: &str
 }
 
 async fn js_consumer(cfg: &Cfg, s: &stream::Stream) -> Res<consumer::PullConsumer> {
-    Ok(s
-        .get_or_create_consumer(
-            DURABLE,
-            consumer::pull::Config {
-                durable_name: Some(DURABLE.to_string()),
-                ack_policy: consumer::AckPolicy::Explicit,
-                deliver_policy: consumer::DeliverPolicy::All,
-                ack_wait: Duration::from_secs(30),
-                max_ack_pending: i64::from(cfg.window),
-                ..Default::default()
-            },
-        )
-        .await?)
+    Ok(s.get_or_create_consumer(
+        DURABLE,
+        consumer::pull::Config {
+            durable_name: Some(DURABLE.to_string()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            deliver_policy: consumer::DeliverPolicy::All,
+            ack_wait: Duration::from_secs(30),
+            max_ack_pending: i64::from(cfg.window),
+            ..Default::default()
+        },
+    )
+    .await?)
 }
 
-async fn js_produce(cfg: &Cfg, js: &jetstream::Context, subject: &'static str, count: u64, rate: Option<u64>, start: Instant) -> Res<String> {
+async fn js_produce(
+    cfg: &Cfg,
+    js: &jetstream::Context,
+    subject: &'static str,
+    count: u64,
+    rate: Option<u64>,
+    start: Instant,
+) -> Res<String> {
     let t0 = Instant::now();
     // At most `inflight` PubAck futures outstanding: one awaited by the
     // waiter, the rest in the channel.
-    let (tx, mut rx) = mpsc::channel::<jetstream::context::PublishAckFuture>((cfg.inflight as usize).max(2) - 1);
+    let (tx, mut rx) =
+        mpsc::channel::<jetstream::context::PublishAckFuture>((cfg.inflight as usize).max(2) - 1);
     let waiter = tokio::spawn(async move {
         let (mut n, mut dup) = (0u64, 0u64);
         while let Some(f) = rx.recv().await {
@@ -525,10 +565,20 @@ async fn js_produce(cfg: &Cfg, js: &jetstream::Context, subject: &'static str, c
     ))
 }
 
-async fn js_consume(cfg: &Cfg, client: &async_nats::Client, c: &consumer::PullConsumer, count: u64, start: Option<Instant>) -> Res<(String, Tally)> {
+async fn js_consume(
+    cfg: &Cfg,
+    client: &async_nats::Client,
+    c: &consumer::PullConsumer,
+    count: u64,
+    start: Option<Instant>,
+) -> Res<(String, Tally)> {
     let mut tally = Tally::new(count);
     let t0 = Instant::now();
-    let mut msgs = c.stream().max_messages_per_batch(cfg.batch).messages().await?;
+    let mut msgs = c
+        .stream()
+        .max_messages_per_batch(cfg.batch)
+        .messages()
+        .await?;
     let mut why = "done";
     while !tally.done() {
         match tokio::time::timeout(cfg.idle, msgs.next()).await {
@@ -618,7 +668,13 @@ async fn run(cfg: Cfg) -> Res<String> {
             let p = spillway_produce(&cfg, live_count, Some(cfg.rate), start).await?;
             let (line, mut t) = c.await??;
             t.dump(&cfg.dump)?;
-            Ok(format!("rate={} secs_planned={} pub[{p}] sub[{line}] {} {}", cfg.rate, cfg.secs, t.fields(), t.latency_fields()))
+            Ok(format!(
+                "rate={} secs_planned={} pub[{p}] sub[{line}] {} {}",
+                cfg.rate,
+                cfg.secs,
+                t.fields(),
+                t.latency_fields()
+            ))
         }
         ("spillway", "plain") => spillway_plain(&cfg).await,
         ("jetstream", "publish") => {
@@ -647,7 +703,13 @@ async fn run(cfg: Cfg) -> Res<String> {
             let (line, mut t) = h.await??;
             t.dump(&cfg.dump)?;
             let server = js_server_state(&mut s, &mut c).await?;
-            Ok(format!("rate={} secs_planned={} pub[{p}] sub[{line}] {} {} {server}", cfg.rate, cfg.secs, t.fields(), t.latency_fields()))
+            Ok(format!(
+                "rate={} secs_planned={} pub[{p}] sub[{line}] {} {} {server}",
+                cfg.rate,
+                cfg.secs,
+                t.fields(),
+                t.latency_fields()
+            ))
         }
         (s, p) => Err(format!("unknown system/phase {s} {p}").into()),
     }
@@ -665,10 +727,16 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let head = format!("system={} phase={} size={}", cfg.system, cfg.phase, cfg.size);
+    let head = format!(
+        "system={} phase={} size={}",
+        cfg.system, cfg.phase, cfg.size
+    );
     let c0 = cpu_s();
     match rt.block_on(run(cfg)) {
-        Ok(line) => println!("result {head} status=ok {line} client_cpu_s={:.2}", cpu_s() - c0),
+        Ok(line) => println!(
+            "result {head} status=ok {line} client_cpu_s={:.2}",
+            cpu_s() - c0
+        ),
         Err(e) => {
             println!("result {head} status=error error={:?}", e.to_string());
             std::process::exit(1);
