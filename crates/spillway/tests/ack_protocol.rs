@@ -230,6 +230,26 @@ fn the_window_bounds_what_is_unacknowledged() {
         Got::Quiet,
         "window of 3"
     );
+    // /status shows what each consumer holds unacknowledged, and the
+    // group's lag.
+    let (code, status) = common::http_get(r.admin(), "/status");
+    assert_eq!(code, 200);
+    let doc: serde_json::Value = serde_json::from_str(&status).expect("JSON");
+    let q = doc["routes"]
+        .as_array()
+        .expect("routes")
+        .iter()
+        .find(|r| r["name"] == "queue")
+        .expect("route queue");
+    let consumer = q["peers"]
+        .as_array()
+        .expect("peers")
+        .iter()
+        .find(|p| p["role"] == "consumer")
+        .expect("the consumer");
+    assert_eq!(consumer["unacked"], 3, "{q}");
+    assert_eq!(q["groups"][0]["name"], "default", "{q}");
+    assert_eq!(q["groups"][0]["lag"], 20, "{q}");
     // Selective acks free room.
     c.send(&format!("ACKS {}-{}", first[1].seq, first[2].seq));
     let more: Vec<Msg> = (0..2).map(|_| c.msg()).collect();

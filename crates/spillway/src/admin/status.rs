@@ -111,6 +111,7 @@ fn route(r: &LiveRoute) -> Value {
                         "address": p.addr.to_string(),
                         "since": p.since,
                         "bytes": p.bytes.load(Ordering::Relaxed),
+                        "unacked": p.unacked.load(Ordering::Relaxed),
                     })
                 })
                 .collect();
@@ -120,6 +121,11 @@ fn route(r: &LiveRoute) -> Value {
                 "spool": q.route().spool.display().to_string(),
                 "peers": peers,
                 "peers_total": peers_total,
+                "groups": q
+                    .group_lags()
+                    .into_iter()
+                    .map(|(name, lag)| json!({ "name": name, "lag": lag }))
+                    .collect::<Vec<Value>>(),
                 "max_disk": q.route().max_disk,
                 "blocked_producers": q.blocked_producers(),
                 "no_consumer_since": q.no_consumer_since(),

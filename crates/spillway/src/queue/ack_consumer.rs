@@ -240,6 +240,8 @@ struct Conn<'a> {
     peer_bytes: Arc<AtomicU64>,
     /// What it holds, charged to the process's peer memory budget.
     charge: super::memory::Charge,
+    /// Its unacknowledged messages, as `/status` shows them.
+    peer_unacked: Arc<AtomicU64>,
 }
 
 impl Conn<'_> {
@@ -311,6 +313,7 @@ impl QueueServer {
         &self,
         mut wire: Wire,
         peer_bytes: Arc<AtomicU64>,
+        peer_unacked: Arc<AtomicU64>,
     ) -> ConsumerEnd {
         let (hello, early) = match self.hello(&mut wire).await {
             Ok(h) => h,
@@ -351,6 +354,7 @@ impl QueueServer {
             delivered_msgs: 0,
             peer_bytes,
             charge: self.memory.charge(),
+            peer_unacked,
         };
         c.queue(Bytes::from(welcome.to_line()));
         info!(
@@ -761,7 +765,8 @@ impl QueueServer {
     /// messages (kept for redelivery) and the frames not yet written
     /// (headers, and the messages' own buffers, counted again).
     fn charged(&self, c: &Conn<'_>) -> u64 {
-        let (_, unacked) = c.d.unacked(c.id);
+        let (msgs, unacked) = c.d.unacked(c.id);
+        c.peer_unacked.store(msgs as u64, Ordering::Relaxed);
         unacked + c.unsent_bytes
     }
 

@@ -95,7 +95,8 @@ impl QueueServer {
                     },
                 };
                 if self.route().to_protocol == crate::config::Protocol::Ack {
-                    self.consume_acking(wire, bytes).await.as_str()
+                    let unacked = registered.unacked();
+                    self.consume_acking(wire, bytes, unacked).await.as_str()
                 } else {
                     self.consume(wire, bytes).await.as_str()
                 }

@@ -312,6 +312,9 @@ pub struct PeerInfo {
     /// Bytes of messages this peer has moved: queued from a producer,
     /// acknowledged by a consumer's TCP.
     pub bytes: Arc<AtomicU64>,
+    /// Messages delivered to this consumer and not acknowledged yet (ack
+    /// protocol; 0 otherwise).
+    pub unacked: Arc<AtomicU64>,
 }
 
 /// Removes a peer from the registry when its connection ends.
@@ -320,12 +323,18 @@ struct PeerGuard<'a> {
     id: u64,
     role: Role,
     bytes: Arc<AtomicU64>,
+    unacked: Arc<AtomicU64>,
 }
 
 impl PeerGuard<'_> {
     /// The peer's byte counter, for its connection to count into.
     fn bytes(&self) -> Arc<AtomicU64> {
         Arc::clone(&self.bytes)
+    }
+
+    /// The peer's count of unacknowledged messages (ack consumers).
+    fn unacked(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.unacked)
     }
 }
 
@@ -539,6 +548,7 @@ impl QueueServer {
         let id = self.next_peer.fetch_add(1, Ordering::Relaxed);
         let since = crate::units::since_epoch().as_secs();
         let bytes = Arc::new(AtomicU64::new(0));
+        let unacked = Arc::new(AtomicU64::new(0));
         self.peers_lock().insert(
             id,
             PeerInfo {
@@ -546,6 +556,7 @@ impl QueueServer {
                 addr,
                 since,
                 bytes: Arc::clone(&bytes),
+                unacked: Arc::clone(&unacked),
             },
         );
         PeerGuard {
@@ -553,6 +564,7 @@ impl QueueServer {
             id,
             role,
             bytes,
+            unacked,
         }
     }
 
@@ -609,6 +621,20 @@ impl QueueServer {
         }
         // The one line per connection end, as for every producer and consumer.
         info!(reason = "tls_handshake", "{} closed", role.as_str());
+    }
+
+    /// Each consumer group's name ("default" on a route without groups)
+    /// and lag (messages it has not had delivered yet), for `/status`.
+    pub fn group_lags(&self) -> Vec<(String, u64)> {
+        self.dispatchers()
+            .map(|d| {
+                let name = match d.group_name() {
+                    "" => "default",
+                    g => g,
+                };
+                (name.to_string(), d.lag())
+            })
+            .collect()
     }
 
     /// The dispatcher of every group, the default one first.
