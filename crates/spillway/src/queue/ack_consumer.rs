@@ -23,7 +23,6 @@
 //! time (see `dispatch/acking.rs`).
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::BuildHasherDefault;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -37,6 +36,7 @@ use tracing::{debug, info};
 
 use super::dispatch::{AckOutcome, ConsumerId};
 use super::dispatcher::Dispatcher;
+use super::seqhash::SeqBuild;
 use super::sink::{ConsumerEnd, LatencyTally};
 use super::wire::Wire;
 use super::QueueServer;
@@ -52,28 +52,6 @@ const REACH_POLL: Duration = Duration::from_millis(5);
 /// While the relay waits for the write of an error frame.
 const ERR_WAIT: Duration = Duration::from_secs(1);
 
-/// Hashes a sequence number (a `u64` key the relay chose, not a peer): one
-/// multiplication (Fibonacci hashing), where SipHash cost 4% of the
-/// relay's CPU per acknowledged message.
-#[derive(Default)]
-struct SeqHasher(u64);
-
-impl std::hash::Hasher for SeqHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
 /// What this connection holds, in delivery order (the dispatcher keeps the
 /// messages; this is for cumulative ACKs and the ack timers).
 ///
@@ -88,7 +66,7 @@ struct Held {
     /// longer held (or was delivered again since) are stale.
     order: VecDeque<(u64, u64)>,
     /// Seq -> (delivery number, ack deadline once it reached the consumer).
-    by_seq: HashMap<u64, (u64, Option<Instant>), BuildHasherDefault<SeqHasher>>,
+    by_seq: HashMap<u64, (u64, Option<Instant>), SeqBuild>,
     /// (deadline, seq) in the order timers started (deadlines never
     /// decrease); stale when the seq is gone or its deadline moved (PROG).
     deadlines: VecDeque<(Instant, u64)>,

@@ -35,6 +35,7 @@ pub mod memory;
 pub mod metrics;
 mod producers;
 mod pushback;
+mod seqhash;
 mod serve;
 mod sink;
 mod source;
