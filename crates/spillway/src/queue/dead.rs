@@ -43,6 +43,7 @@ use spillway_spool::{Durability, Spool, SpoolConfig, SpoolError, WhenFull};
 use tracing::{error, warn};
 
 use super::dispatch::{Bury, BuryReason};
+use super::spool_io::Acker;
 
 const MAGIC: &[u8; 4] = b"SPDL";
 const VERSION: u8 = 1;
@@ -170,12 +171,15 @@ pub(super) struct DeadLetters {
 }
 
 impl DeadLetters {
-    /// Opens (or creates) `<spool>/dead` on `fs` and starts the writer.
+    /// Opens (or creates) `<spool>/dead` on `fs` and starts the writer; a
+    /// write that fails for good (an I/O error, a failed fsync) is
+    /// reported to the route through `acker`, which stops it.
     pub fn start(
         main: &Path,
         max_message: u32,
         fs: Arc<dyn Fs>,
         route: &str,
+        acker: Acker,
     ) -> anyhow::Result<DeadLetters> {
         let mut cfg = SpoolConfig::new(dir_of(main));
         cfg.memory_limit = 0;
@@ -199,7 +203,7 @@ impl DeadLetters {
         let st = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name(format!("spool-dead:{route}"))
-            .spawn(move || write_loop(&sp, &rx, &name, &st, reserve))?;
+            .spawn(move || write_loop(&sp, &rx, &name, &st, reserve, &acker))?;
         Ok(DeadLetters {
             tx: Mutex::new(Some(tx)),
             spool,
@@ -291,6 +295,7 @@ fn write_loop(
     route: &str,
     stop: &AtomicBool,
     mut reserve: Reserve,
+    acker: &Acker,
 ) {
     reserve.make();
     while let Ok(first) = rx.recv() {
@@ -317,8 +322,13 @@ fn write_loop(
                     warn!(route, "dead-letter spool full; {count} dead letters wait");
                 }
                 Err(e) => {
-                    error!(route, error = %e, "cannot write {count} dead letters; retrying");
-                    std::thread::sleep(RETRY);
+                    // A failed fsync poisons the spool: retrying would
+                    // hold the dead letters (and their group's floor)
+                    // forever, telling no one. The route stops instead,
+                    // and a restart delivers them again.
+                    error!(route, error = %e, "cannot write {count} dead letters; stopping the route");
+                    acker.fail("dead-letter append", e);
+                    return;
                 }
             }
             if stop.load(Ordering::Relaxed) {

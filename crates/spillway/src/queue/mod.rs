@@ -447,6 +447,7 @@ impl QueueServer {
                 u32::try_from(route.max_message).unwrap_or(u32::MAX),
                 Arc::clone(&fs),
                 &route.name,
+                io.acker(),
             )
             .with_context(|| {
                 format!(

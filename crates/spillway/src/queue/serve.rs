@@ -180,18 +180,20 @@ impl QueueServer {
                 );
             }
         }
+        // Dead letters still being written hold the floor: they are
+        // delivered again after a restart if this close stops them. Closed
+        // first, so that the floor they free is in the acks flushed below.
+        if let Some(dead) = self.dead.clone() {
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || dead.close()).await {
+                // Reported like the main spool's close: the route fails.
+                self.fail("dead-letter spool close", &e);
+            }
+        }
         // Every acknowledgement sent is in the spool before it closes (its
         // cursor has them), and a failure among them is reported.
         self.io.flush().await;
         if let Some((what, e)) = self.io.take_failure() {
             self.fail(what, &e);
-        }
-        // Dead letters still being written hold the floor: they are
-        // delivered again after a restart if this close stops them.
-        if let Some(dead) = self.dead.clone() {
-            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || dead.close()).await {
-                error!(error = %e, "dead-letter spool close failed");
-            }
         }
         self.persist_floors().await;
         let spool = self.spool.clone();
