@@ -252,3 +252,29 @@ fn producer_side_promises() {
     h.consumer(1, &[0, 1], ConsumerEnd::Left);
     assert_eq!(h.kinds(), vec![Kind::Accounting]);
 }
+
+/// The relay's context is in spans (`spillway::logging::route_span`,
+/// `conn_span`), not on its events: the capture must see it, or every
+/// `producer closed` line is dropped and the checker judges nothing
+/// accepted (it did, unnoticed, from the change to spans until this test).
+#[test]
+fn the_capture_sees_the_relays_span_fields() {
+    use super::capture;
+    capture::install();
+    let route = "rm-selftest-capture";
+    let peer = addr(1, 7);
+    {
+        let _r = spillway::logging::route_span(route).entered();
+        let _c = spillway::logging::conn_span(peer, "producer").entered();
+        tracing::info!(messages = 3u64, reason = "eof", "producer closed");
+    }
+    let events = capture::route_events(route);
+    capture::forget(route);
+    let line = events
+        .iter()
+        .find(|e| e.message == "producer closed")
+        .expect("the producer closed line is captured");
+    assert_eq!(line.get("producer"), Some(peer.to_string().as_str()));
+    assert_eq!(line.num("messages"), Some(3));
+    assert_eq!(line.get("reason"), Some("eof"));
+}
