@@ -105,6 +105,7 @@ pub fn floor_jump() -> Case {
     ]);
     Case {
         seed: 1,
+        ack: None,
         frame: Frame::Lines,
         cfg: c,
         ops,
@@ -124,6 +125,7 @@ pub fn enospc_cursor() -> Case {
     let c = cfg(0, 256 << 10, 0, Never, 1000);
     Case {
         seed: 3,
+        ack: None,
         frame: Frame::Len32,
         cfg: c,
         ops: vec![
@@ -149,6 +151,7 @@ pub fn memory_tier_full_disk() -> Case {
     let c = cfg(256 << 10, 16 << 10, 0, EveryMs(50), 1000);
     Case {
         seed: 4,
+        ack: None,
         frame: Frame::Lines,
         cfg: c.clone(),
         ops: vec![
@@ -171,6 +174,7 @@ pub fn blocked_batch_at_shutdown() -> Case {
     let c = cfg(0, 16 << 10, 96 << 10, Never, 1000);
     Case {
         seed: 5,
+        ack: None,
         frame: Frame::Len32,
         cfg: c.clone(),
         ops: vec![
@@ -195,6 +199,7 @@ pub fn rst_after_fin() -> Case {
     let c = cfg(0, 16 << 10, 0, Never, 30_000);
     Case {
         seed: 6,
+        ack: None,
         frame: Frame::Lines,
         cfg: c,
         ops: vec![
@@ -219,6 +224,7 @@ pub fn old_task_acks_closed_spool() -> Case {
     let c = cfg(0, 4096, 0, Always, 1000);
     Case {
         seed: 2,
+        ack: None,
         frame: Frame::Lines,
         cfg: c.clone(),
         ops: vec![
@@ -273,6 +279,7 @@ pub fn unsynced_segment_trusted_after_failed_fsync() -> Case {
     };
     Case {
         seed: 7,
+        ack: None,
         frame: Frame::Lines,
         cfg: never,
         ops: vec![
