@@ -481,11 +481,16 @@ fn lost(ctx: &Ctx<'_>, acc: &BTreeMap<u32, Accepted>, found: &mut Vec<Violation>
         // An end (not the final stop) completed after the reset: the copy
         // went to an incarnation that stopped or died before sending it,
         // including one that was already stopping when the reset came.
+        // The reset is when the relay logged the close (it requeues
+        // first), if that came before the consumer's thread ended: a
+        // consumer the relay reset for a write stall finds out only when
+        // its stall is over, possibly after a restart.
+        let reset_t = line.map_or(c.end_t, |e| e.t.min(c.end_t));
         let later_end = ctx
             .out
             .ends
             .iter()
-            .any(|e| e.done_t > c.end_t && e.t < ctx.out.final_t);
+            .any(|e| e.done_t > reset_t && e.t < ctx.out.final_t);
         if saw_reset && !later_end {
             continue;
         }

@@ -172,6 +172,33 @@ fn unread_at_a_reset_is_excused_only_as_documented() {
     h.consumer(1, &[0], ConsumerEnd::FinThenRst).unread_at_reset = vec![MsgId { conn: 1, seq: 1 }];
     h.relay_closed(1, "consumer_eof", 1, 0);
     assert_eq!(h.kinds(), vec![Kind::Lost]);
+    // The relay reset a stalled consumer (its window went back, in memory)
+    // and then stopped, before the consumer's stall was over: documented
+    // (the window is not kept across a restart). The reset is when the
+    // relay logged it, not when the consumer found out.
+    let mut h = Hist::new(2, 2, "eof");
+    h.consumer(1, &[0], ConsumerEnd::RelayReset("reset".into()))
+        .unread_at_reset = vec![MsgId { conn: 1, seq: 1 }];
+    h.relay_closed(1, "write_stall", 2, 5);
+    let stop = h.tick();
+    h.out.ends.push(super::run::IncEnd {
+        inc: 0,
+        cfg: generate(1).cfg,
+        first_op: 0,
+        end_op: 1,
+        kind: super::run::EndKind::Graceful,
+        start_t: 1,
+        t: stop,
+        done_t: stop + 1,
+        result: Some(Ok(())),
+        fsync_fault: false,
+        snapshot: Ok(Vec::new()),
+        notes: Vec::new(),
+    });
+    h.t += 1;
+    let found_out = h.tick();
+    h.out.consumers[0].end_t = found_out;
+    assert_eq!(h.kinds(), vec![]);
 }
 
 #[test]
