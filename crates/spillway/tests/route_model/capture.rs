@@ -4,6 +4,13 @@
 //! warning and error of the route under test, stamped with the shared
 //! event clock so they can be ordered against what the peers saw.
 //!
+//! The relay puts its context in spans, not on each event: a route's tasks
+//! run in a `route` span (`route`), a connection's in a `conn` span
+//! (`peer`, `role`). The layer keeps each span's fields and gives an event
+//! those of every span in scope (as the relay's JSON log does), with the
+//! connection's `peer` also under its role's name (`producer=` or
+//! `consumer=`), which is how the checker looks connections up.
+//!
 //! `ROUTE_MODEL_LOG=1` also prints the relay's log to stderr.
 
 use std::collections::{BTreeMap, HashMap};
@@ -12,8 +19,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
 /// One clock for everything that happens in a case (receipts, peer
@@ -100,14 +109,54 @@ fn events() -> &'static Mutex<HashMap<String, Vec<LogEvent>>> {
 
 struct Capture;
 
-impl<S: Subscriber> Layer<S> for Capture {
-    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+/// The fields of a span, kept in its extensions.
+struct SpanFields(BTreeMap<String, String>);
+
+impl<S> Layer<S> for Capture
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        let mut f = Fields::default();
+        attrs.record(&mut f);
+        span.extensions_mut().insert(SpanFields(f.fields));
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        let mut f = Fields::default();
+        values.record(&mut f);
+        let mut ext = span.extensions_mut();
+        match ext.get_mut::<SpanFields>() {
+            Some(SpanFields(map)) => map.extend(f.fields),
+            None => ext.insert(SpanFields(f.fields)),
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let level = *event.metadata().level();
         if level > Level::INFO {
             return;
         }
         let mut f = Fields::default();
+        // The fields of the spans in scope, outermost first; the event's
+        // own replace them.
+        if let Some(scope) = ctx.event_scope(event) {
+            for span in scope.from_root() {
+                if let Some(SpanFields(map)) = span.extensions().get::<SpanFields>() {
+                    f.fields
+                        .extend(map.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
+            }
+        }
         event.record(&mut f);
+        if let (Some(peer), Some(role)) = (f.fields.get("peer"), f.fields.get("role")) {
+            if role == "producer" || role == "consumer" {
+                let (k, v) = (role.clone(), peer.clone());
+                f.fields.entry(k).or_insert(v);
+            }
+        }
         let Some(route) = f.fields.get("route").cloned() else {
             return;
         };

@@ -83,6 +83,18 @@ pub enum Kind {
     ShortEof,
     /// The relay's count of accepted messages contradicts what arrived.
     Accounting,
+    /// Ack protocol: a message delivered to a group with an attempt number
+    /// that does not rise, or over `max_deliveries`.
+    Attempts,
+    /// Ack protocol: a dead letter that breaks its rules (attempts, reason,
+    /// group, a TERM nobody sent).
+    DeadLetter,
+    /// Ack protocol: the relay refused a well-formed peer (ERR), or sent a
+    /// frame that makes no sense (a CONF going back, a DUP of nothing).
+    Protocol,
+    /// Ack protocol: a consumer held a message far past `ack_timeout` and
+    /// was not reset.
+    AckTimeout,
 }
 
 #[derive(Clone, Debug)]
@@ -93,21 +105,21 @@ pub struct Violation {
     pub text: String,
 }
 
-fn v(kind: Kind, op: Option<usize>, text: String) -> Violation {
+pub(super) fn v(kind: Kind, op: Option<usize>, text: String) -> Violation {
     Violation { kind, op, text }
 }
 
 /// Accepted message count of each producer connection, and why.
-struct Accepted {
+pub(super) struct Accepted {
     pub count: u32,
     pub basis: String,
 }
 
-struct Ctx<'a> {
-    case: &'a Case,
-    out: &'a Outcome,
-    producers: HashMap<u32, &'a ProducerResult>,
-    consumers: HashMap<u32, &'a ConsumerResult>,
+pub(super) struct Ctx<'a> {
+    pub case: &'a Case,
+    pub out: &'a Outcome,
+    pub producers: HashMap<u32, &'a ProducerResult>,
+    pub consumers: HashMap<u32, &'a ConsumerResult>,
     plines: HashMap<String, &'a LogEvent>,
     clines: HashMap<String, &'a LogEvent>,
     /// Incarnations that logged messages read from a producer and lost
@@ -121,21 +133,21 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn pop(&self, p: u32) -> String {
+    pub fn pop(&self, p: u32) -> String {
         match self.out.peer_op.get(&PeerKey::P(p)) {
             Some(op) => format!("p{p} (op {op})"),
             None => format!("p{p}"),
         }
     }
 
-    fn cop(&self, c: u32) -> String {
+    pub fn cop(&self, c: u32) -> String {
         match self.out.peer_op.get(&PeerKey::C(c)) {
             Some(op) => format!("c{c} (op {op})"),
             None => format!("c{c} (final drain)"),
         }
     }
 
-    fn cline(&self, c: &ConsumerResult) -> Option<&LogEvent> {
+    pub fn cline(&self, c: &ConsumerResult) -> Option<&LogEvent> {
         c.local
             .and_then(|a| self.clines.get(&a.to_string()).copied())
     }
@@ -163,7 +175,7 @@ impl Ctx<'_> {
     }
 
     /// A clock value, with the incarnation it fell in.
-    fn when(&self, t: u64) -> String {
+    pub fn when(&self, t: u64) -> String {
         match self.out.ends.iter().find(|e| e.start_t <= t && t <= e.t) {
             Some(e) => format!("t={t} (incarnation {})", e.inc),
             None => {
@@ -173,7 +185,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn crash_between(&self, a: u64, b: u64) -> Option<u64> {
+    pub fn crash_between(&self, a: u64, b: u64) -> Option<u64> {
         self.out
             .crashes
             .iter()
@@ -181,7 +193,7 @@ impl Ctx<'_> {
             .find(|&t| a < t && t < b)
     }
 
-    fn end_between(&self, a: u64, b: u64) -> Option<u64> {
+    pub fn end_between(&self, a: u64, b: u64) -> Option<u64> {
         self.ends_t.iter().copied().find(|&t| a < t && t < b)
     }
 }
@@ -248,25 +260,41 @@ pub fn check(case: &Case, out: &mut Outcome) {
                     .or_default()
                     .push((r.t, c.idx, r.len));
             }
+            // An acking consumer's MSGs count as received for what the
+            // relay says it accepted of plain producers.
+            for r in c.ack.iter().flat_map(|a| &a.receipts) {
+                ctx.receipts
+                    .entry(r.id)
+                    .or_default()
+                    .push((r.t, c.idx, r.len));
+            }
         }
         for list in ctx.receipts.values_mut() {
             list.sort();
         }
         let accepted = accepted(&ctx, &mut found);
-        let excused = lost(&ctx, &accepted, &mut found);
-        stats = stats_line(&ctx, &accepted, excused);
-        integrity(&ctx, &mut found);
-        fifo(&ctx, &mut found);
-        duplicates(&ctx, &mut found);
+        if case.ack.is_some() {
+            // The ack protocol's own promises (check_ack.rs); the plain
+            // consumers' rules (TCP delivery, redelivery windows, FIFO
+            // across a stream) do not apply to acking consumers.
+            stats = super::check_ack::check(&ctx, &accepted, &mut found);
+        } else {
+            let excused = lost(&ctx, &accepted, &mut found);
+            stats = stats_line(&ctx, &accepted, excused);
+            integrity(&ctx, &mut found);
+            fifo(&ctx, &mut found);
+            duplicates(&ctx, &mut found);
+        }
     }
     out.violations.extend(found);
     out.stats = stats;
 }
 
-/// What the relay accepted of each producer connection.
+/// What the relay accepted of each plain producer connection (confirming
+/// producers are judged by their CONFs, in check_ack.rs).
 fn accepted(ctx: &Ctx<'_>, found: &mut Vec<Violation>) -> BTreeMap<u32, Accepted> {
     let mut acc = BTreeMap::new();
-    for p in ctx.out.producers.iter() {
+    for p in ctx.out.producers.iter().filter(|p| p.ack.is_none()) {
         let op = ctx.out.peer_op.get(&PeerKey::P(p.idx)).copied();
         let Some(addr) = p.local else {
             acc.insert(
@@ -400,7 +428,7 @@ fn accepted(ctx: &Ctx<'_>, found: &mut Vec<Violation>) -> BTreeMap<u32, Accepted
     acc
 }
 
-fn ranges(seqs: &[u32]) -> Vec<(u32, u32)> {
+pub(super) fn ranges(seqs: &[u32]) -> Vec<(u32, u32)> {
     let mut out: Vec<(u32, u32)> = Vec::new();
     for &s in seqs {
         match out.last_mut() {
@@ -453,11 +481,16 @@ fn lost(ctx: &Ctx<'_>, acc: &BTreeMap<u32, Accepted>, found: &mut Vec<Violation>
         // An end (not the final stop) completed after the reset: the copy
         // went to an incarnation that stopped or died before sending it,
         // including one that was already stopping when the reset came.
+        // The reset is when the relay logged the close (it requeues
+        // first), if that came before the consumer's thread ended: a
+        // consumer the relay reset for a write stall finds out only when
+        // its stall is over, possibly after a restart.
+        let reset_t = line.map_or(c.end_t, |e| e.t.min(c.end_t));
         let later_end = ctx
             .out
             .ends
             .iter()
-            .any(|e| e.done_t > c.end_t && e.t < ctx.out.final_t);
+            .any(|e| e.done_t > reset_t && e.t < ctx.out.final_t);
         if saw_reset && !later_end {
             continue;
         }

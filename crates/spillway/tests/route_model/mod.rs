@@ -2,8 +2,10 @@
 
 pub mod capture;
 pub mod check;
+pub mod check_ack;
 pub mod guard;
 pub mod peers;
+pub mod peers_ack;
 pub mod regressions;
 pub mod run;
 pub mod schedule;
@@ -23,17 +25,26 @@ pub fn run_case(case: &Case) -> Outcome {
 }
 
 /// Whether the schedule keeps its own rules (crashes only under crash-safe
-/// settings, failed fsyncs only without a memory tier); the shrinker only
-/// tries schedules that do.
+/// settings, failed fsyncs only without a memory tier; confirming
+/// producers only in ack cases that have them, with no memory tier ever;
+/// acking consumers only in ack cases, plain ones only in plain cases);
+/// the shrinker only tries schedules that do.
 pub fn valid(case: &Case) -> bool {
-    case.ops.iter().enumerate().all(|(i, op)| {
-        let cfg = cfg_after(case, i);
-        match op {
-            Op::Crash { .. } => cfg.crash_safe(),
-            Op::FailFsync => cfg.memory == 0,
-            _ => true,
-        }
-    })
+    let from_ack = case.ack.as_ref().is_some_and(|a| a.from_ack);
+    (!from_ack || case.cfg.memory == 0)
+        && case.ops.iter().enumerate().all(|(i, op)| {
+            let cfg = cfg_after(case, i);
+            match op {
+                Op::Crash { .. } => cfg.crash_safe(),
+                Op::FailFsync => cfg.memory == 0,
+                Op::Reload(c) => !from_ack || c.memory == 0,
+                Op::Produce(_) => !from_ack,
+                Op::AckProduce(_) => from_ack,
+                Op::Consume(_) => case.ack.is_none(),
+                Op::AckConsume(a) => case.ack.as_ref().is_some_and(|c| a.group <= c.groups),
+                _ => true,
+            }
+        })
 }
 
 /// Everything needed to understand a failure: seed, settings, the ops (as
@@ -42,32 +53,37 @@ pub fn report(case: &Case, out: &Outcome, took: Duration) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "route model: seed {} — {} violation(s) in {:.1?}",
+        "route model: seed {}{} — {} violation(s) in {:.1?}",
         case.seed,
+        if case.ack.is_some() { " (ack)" } else { "" },
         out.violations.len(),
         took
     );
     let _ = writeln!(
         s,
-        "  replay: ROUTE_MODEL_SEED={} cargo test -p spillway --test route_model random_schedules -- --nocapture",
-        case.seed
+        "  replay: ROUTE_MODEL_SEED={} {}cargo test -p spillway --test route_model random_schedules -- --nocapture",
+        case.seed,
+        if case.ack.is_some() { "ROUTE_MODEL_ACK=only " } else { "ROUTE_MODEL_ACK=0 " }
     );
     let _ = writeln!(
         s,
         "  framing {:?}; initial settings {:?}",
         case.frame, case.cfg
     );
+    if let Some(a) = &case.ack {
+        let _ = writeln!(s, "  ack protocol: {a:?}");
+    }
     let _ = writeln!(s, "  {}", out.stats);
     let _ = writeln!(s, "  ops:");
     let mut p = 0;
     let mut c = 0;
     for (i, op) in case.ops.iter().enumerate() {
         let tag = match op {
-            Op::Produce(_) => {
+            Op::Produce(_) | Op::AckProduce(_) => {
                 p += 1;
                 format!("  // p{p}")
             }
-            Op::Consume(_) => {
+            Op::Consume(_) | Op::AckConsume(_) => {
                 c += 1;
                 format!("  // c{c}")
             }
@@ -192,15 +208,31 @@ pub fn random_run(default_cases: u64) {
         }
     };
     let shrink_on = env_u64("ROUTE_MODEL_SHRINK").unwrap_or(0) > 0;
+    // Each seed's plain case, then its ack variant if it has one.
+    let (plain, ack) = match std::env::var("ROUTE_MODEL_ACK").as_deref() {
+        Ok("only") => (false, true),
+        Ok("0" | "no") => (true, false),
+        _ => (true, true),
+    };
     let mut failures = Vec::new();
     let started = Instant::now();
-    for seed in seeds {
-        let case = schedule::generate(seed);
+    let cases = seeds.into_iter().flat_map(|seed| {
+        let p = plain.then(|| schedule::generate(seed));
+        let a = if ack {
+            schedule::generate_ack(seed)
+        } else {
+            None
+        };
+        p.into_iter().chain(a)
+    });
+    for case in cases {
+        let seed = case.seed;
         let t = Instant::now();
         let out = run_case(&case);
         let took = t.elapsed();
         eprintln!(
-            "route model: seed {seed}: {} ops, {:.1?}, {} — {}",
+            "route model: seed {seed}{}: {} ops, {:.1?}, {} — {}",
+            if case.ack.is_some() { " (ack)" } else { "" },
             case.ops.len(),
             took,
             out.stats,
@@ -222,8 +254,8 @@ pub fn random_run(default_cases: u64) {
                 );
                 let _ = writeln!(
                     r,
-                    "    Case {{\n        seed: {},\n        frame: Frame::{:?},\n        cfg: {:?},\n        ops: vec![",
-                    small.seed, small.frame, small.cfg
+                    "    Case {{\n        seed: {},\n        frame: Frame::{:?},\n        cfg: {:?},\n        ack: {:?},\n        ops: vec![",
+                    small.seed, small.frame, small.cfg, small.ack
                 );
                 for op in &small.ops {
                     let _ = writeln!(r, "            {op:?},");

@@ -45,7 +45,7 @@ impl std::fmt::Display for MsgId {
     }
 }
 
-fn mix(mut x: u64) -> u64 {
+pub fn mix(mut x: u64) -> u64 {
     // splitmix64 finalizer
     x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -60,6 +60,32 @@ fn pad_bytes(seed: u64, id: MsgId, len: usize, out: &mut Vec<u8>) {
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1_442_695_040_888_963_407);
         out.push(b'a' + ((x >> 33) % 26) as u8);
+    }
+}
+
+/// The body of message `id` with `pad` bytes of padding, without any
+/// framing (what an ack-protocol producer PUBs and a consumer gets in MSG).
+pub fn body(seed: u64, id: MsgId, pad: usize, out: &mut Vec<u8>) {
+    out.extend_from_slice(format!("m{}.{}.{}|", id.conn, id.seq, pad).as_bytes());
+    pad_bytes(seed, id, pad, out);
+}
+
+/// Checks a body made by [`body`]: the message it is, or what is wrong.
+pub fn check_body(seed: u64, b: &[u8]) -> Result<MsgId, String> {
+    match parse_header(b) {
+        Some((id, pad, hlen)) if b.len() == hlen + pad => {
+            let mut want = Vec::with_capacity(pad);
+            pad_bytes(seed, id, pad, &mut want);
+            if b[hlen..] == want[..] {
+                Ok(id)
+            } else {
+                Err(format!(
+                    "{id}: padding differs from what was sent: {:?}",
+                    preview(b)
+                ))
+            }
+        }
+        _ => Err(format!("not a whole message: {:?}", preview(b))),
     }
 }
 
@@ -202,6 +228,9 @@ fn preview(b: &[u8]) -> String {
 
 /// What every peer thread of a case shares.
 pub struct Shared {
+    /// The incarnation now serving (set before it accepts anything): an
+    /// ack-protocol peer notes which one answered its hello.
+    pub inc: std::sync::atomic::AtomicUsize,
     pub seed: u64,
     pub frame: Frame,
     pub source: SocketAddr,
@@ -214,12 +243,12 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn aborted(&self) -> bool {
+    pub fn aborted(&self) -> bool {
         self.abort.load(Ordering::SeqCst)
     }
 }
 
-fn connect_from(
+pub fn connect_from(
     local: Ipv4Addr,
     to: SocketAddr,
     rcvbuf: Option<u32>,
@@ -248,11 +277,11 @@ fn connect_from(
     None
 }
 
-fn ip(kind: u8, idx: u32) -> Ipv4Addr {
+pub fn ip(kind: u8, idx: u32) -> Ipv4Addr {
     Ipv4Addr::new(127, kind, (idx >> 8) as u8, idx as u8)
 }
 
-fn is_timeout(e: &io::Error) -> bool {
+pub fn is_timeout(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
@@ -314,9 +343,11 @@ pub struct ProducerResult {
     /// Messages whose every byte the kernel took from us.
     pub sent: u32,
     pub end: ProducerEnd,
+    /// A confirming producer's connections (ack cases with `from_ack`).
+    pub ack: Option<super::peers_ack::AckProdLog>,
 }
 
-fn pad_len(r: &mut Rng, pad: Pad) -> usize {
+pub fn pad_len(r: &mut Rng, pad: Pad) -> usize {
     let big = (MAX_MESSAGE as usize) - 64;
     match pad {
         Pad::Small => r.usize(0..200),
@@ -339,6 +370,7 @@ pub fn run_producer(sh: Arc<Shared>, idx: u32, spec: Producer) -> ProducerResult
         total: spec.msgs,
         sent: 0,
         end: ProducerEnd::NeverConnected,
+        ack: None,
     };
     let Some(mut s) = connect_from(ip(1, idx), sh.source, None, 0, &sh) else {
         res.end_t = tick();
@@ -454,6 +486,8 @@ pub enum ConsumerEnd {
     FinThenRst,
     /// The case was torn down while the consumer ran.
     Torn,
+    /// The relay answered with ERR (ack protocol), then closed.
+    RelayErr(String),
 }
 
 impl ConsumerEnd {
@@ -487,6 +521,8 @@ pub struct ConsumerResult {
     /// relay to reset us.
     pub giveback_t: Option<u64>,
     pub end: ConsumerEnd,
+    /// An acking consumer's history (ack cases).
+    pub ack: Option<super::peers_ack::AckLog>,
 }
 
 /// The final consumer reads until `leave` is set, then leaves cleanly.
@@ -510,6 +546,7 @@ pub fn run_consumer(
         unread_at_reset: Vec::new(),
         giveback_t: None,
         end: ConsumerEnd::NeverConnected,
+        ack: None,
     };
     let rcvbuf = until.is_none().then_some(spec.rcvbuf);
     let Some(mut s) = connect_from(ip(2, idx), sh.sink, rcvbuf, spec.mss, &sh) else {

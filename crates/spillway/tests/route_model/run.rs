@@ -29,7 +29,10 @@ use super::capture::{self, tick};
 use super::check::{self, Kind, Violation};
 use super::guard::GuardFs;
 use super::peers::{self, ConsumerResult, MsgId, Parsed, Parser, ProducerResult, Shared, Until};
-use super::schedule::{CEnd, Case, Cfg, Consumer, Frame, Fsync, Op, MAX_MESSAGE, WRITE_STALL_MS};
+use super::peers_ack;
+use super::schedule::{
+    AckConsumer, CEnd, Case, Cfg, Consumer, Frame, Fsync, Op, MAX_MESSAGE, WRITE_STALL_MS,
+};
 
 /// Hang guard of a graceful stop (a stop normally takes well under a
 /// second; a stalled consumer can hold it a few seconds).
@@ -136,6 +139,18 @@ pub enum PeerKey {
     C(u32),
 }
 
+/// A record of the dead-letter spool, read offline at the end of an ack
+/// case.
+#[derive(Clone, Debug)]
+pub struct DeadRec {
+    pub seq: u64,
+    pub attempts: u32,
+    pub reason: String,
+    pub group: String,
+    /// The message it holds, or why it is not a whole one.
+    pub id: Result<MsgId, String>,
+}
+
 /// Everything a case leaves for the checker.
 pub struct Outcome {
     pub violations: Vec<Violation>,
@@ -155,6 +170,8 @@ pub struct Outcome {
     pub cut_short: bool,
     pub peer_op: HashMap<PeerKey, usize>,
     pub stats: String,
+    /// Ack cases: the dead-letter spool at the end.
+    pub dead: Option<Result<Vec<DeadRec>, String>>,
 }
 
 pub struct Runner<'a> {
@@ -258,6 +275,16 @@ impl<'a> Runner<'a> {
         r.redeliver_on_reset = cfg.redeliver;
         r.timeouts.write_stall = Duration::from_millis(WRITE_STALL_MS);
         r.read_idle_timeout = None;
+        if let Some(a) = &self.case.ack {
+            use spillway::config::Protocol;
+            r.to_protocol = Protocol::Ack;
+            if a.from_ack {
+                r.from_protocol = Protocol::Ack;
+            }
+            r.groups = a.group_names().into_iter().skip(1).collect();
+            r.ack_timeout = Duration::from_millis(u64::from(a.ack_timeout_ms));
+            r.max_deliveries = a.max_deliveries;
+        }
         spillway::config::validate_queue(&r).expect("the schedule builds valid routes");
         r
     }
@@ -364,6 +391,9 @@ impl<'a> Runner<'a> {
                 return false;
             }
         };
+        if let Some(sh) = &self.shared {
+            sh.inc.store(self.incs, Ordering::SeqCst);
+        }
         let serve = rt.spawn(Arc::clone(&server).serve(Some(src), Some(sink)));
         self.cur = Some(Inc {
             info: IncInfo {
@@ -839,6 +869,20 @@ impl<'a> Runner<'a> {
         idx
     }
 
+    fn spawn_ack_consumer(&mut self, spec: AckConsumer, until: Option<Until>) -> u32 {
+        let idx = self.consumers.len() as u32 + 1;
+        let sh = self.shared();
+        let timeout = Duration::from_millis(u64::from(
+            self.case.ack.as_ref().map_or(1000, |a| a.ack_timeout_ms),
+        ));
+        let h = std::thread::Builder::new()
+            .name(format!("rm-c{idx}"))
+            .spawn(move || peers_ack::run_ack_consumer(sh, idx, spec, until, timeout))
+            .expect("spawn consumer");
+        self.consumers.push(Slot::Running(h));
+        idx
+    }
+
     fn apply(&mut self, op: &Op) {
         match op {
             Op::Produce(spec) => {
@@ -856,6 +900,22 @@ impl<'a> Runner<'a> {
                 let idx = self.consumers.len() as u32 + 1;
                 self.peer_op.insert(PeerKey::C(idx), self.op);
                 self.spawn_consumer(spec.clone(), None);
+            }
+            Op::AckProduce(spec) => {
+                let idx = self.producers.len() as u32 + 1;
+                self.peer_op.insert(PeerKey::P(idx), self.op);
+                let sh = self.shared();
+                let spec = spec.clone();
+                let h = std::thread::Builder::new()
+                    .name(format!("rm-p{idx}"))
+                    .spawn(move || peers_ack::run_ack_producer(sh, idx, spec))
+                    .expect("spawn producer");
+                self.producers.push(Slot::Running(h));
+            }
+            Op::AckConsume(spec) => {
+                let idx = self.consumers.len() as u32 + 1;
+                self.peer_op.insert(PeerKey::C(idx), self.op);
+                self.spawn_ack_consumer(spec.clone(), None);
             }
             Op::Sleep { ms } => std::thread::sleep(Duration::from_millis(u64::from(*ms))),
             Op::DiskFull { budget } => {
@@ -903,6 +963,7 @@ impl<'a> Runner<'a> {
         if self.start(case.cfg.clone()) {
             let (source, sink) = self.addrs.expect("bound");
             self.shared = Some(Arc::new(Shared {
+                inc: std::sync::atomic::AtomicUsize::new(0),
                 seed: case.seed,
                 frame: case.frame,
                 source,
@@ -995,9 +1056,43 @@ impl<'a> Runner<'a> {
             cut_short: self.dead,
             peer_op: std::mem::take(&mut self.peer_op),
             stats: String::new(),
+            dead: self.case.ack.is_some().then(|| self.dead_letters()),
         };
         check::check(case, &mut out);
         out
+    }
+
+    /// The dead-letter spool, read offline (every incarnation is closed).
+    fn dead_letters(&self) -> Result<Vec<DeadRec>, String> {
+        let dir = spillway::queue::dead::dir_of(&self.spool);
+        if !dir.exists() {
+            return Ok(Vec::new());
+        }
+        let (frame, seed) = (self.case.frame, self.case.seed);
+        let mut out = Vec::new();
+        spillway_spool::dump(&dir, None, None, |m| {
+            let d = spillway::queue::dead::decode(&m.data).map_err(std::io::Error::other)?;
+            let mut p = Parser::new(frame, seed);
+            let mut parsed = Vec::new();
+            p.feed(&d.message, &mut parsed);
+            let id = match (parsed.as_slice(), p.leftover().is_empty()) {
+                ([Parsed::Msg(id, _)], true) => Ok(*id),
+                _ => Err(format!(
+                    "the dead letter does not hold one whole message ({} bytes)",
+                    d.message.len()
+                )),
+            };
+            out.push(DeadRec {
+                seq: d.seq,
+                attempts: d.attempts,
+                reason: d.reason.to_string(),
+                group: d.group.clone(),
+                id,
+            });
+            Ok(())
+        })
+        .map_err(|e| e.to_string())?;
+        Ok(out)
     }
 
     /// The end of a case: faults cleared, every peer finished, then a
@@ -1021,8 +1116,22 @@ impl<'a> Runner<'a> {
             end: CEnd::Leave,
         };
         let leave = Arc::new(AtomicBool::new(false));
-        let first_final = self.spawn_consumer(final_spec.clone(), Some(Until(Arc::clone(&leave))));
-        let mut cur_final = first_final;
+        // Ack cases: a well-behaved acking consumer per group.
+        let ack_groups: Vec<u8> = match &self.case.ack {
+            Some(a) => (0..=a.groups).collect(),
+            None => Vec::new(),
+        };
+        let first_final = self.consumers.len() as u32 + 1;
+        let mut finals: Vec<(Option<u8>, u32)> = Vec::new();
+        if ack_groups.is_empty() {
+            let i = self.spawn_consumer(final_spec.clone(), Some(Until(Arc::clone(&leave))));
+            finals.push((None, i));
+        }
+        for &g in &ack_groups {
+            let i = self
+                .spawn_ack_consumer(peers_ack::well_behaved(g), Some(Until(Arc::clone(&leave))));
+            finals.push((Some(g), i));
+        }
         // Join the peers, watching for consumers the relay holds meanwhile
         // (a held consumer keeps the floor, so at the disk bound producers
         // wait for it: the join would wait out the drain).
@@ -1085,13 +1194,25 @@ impl<'a> Runner<'a> {
             }
             let Some(inc) = &self.cur else { return };
             let server = Arc::clone(&inc.server);
-            // A final consumer cut by a restart is replaced.
-            if self.consumers[cur_final as usize - 1].poll().is_some() {
-                cur_final =
-                    self.spawn_consumer(final_spec.clone(), Some(Until(Arc::clone(&leave))));
+            // A final consumer cut by a restart (or reset) is replaced.
+            for f in &mut finals {
+                if self.consumers[f.1 as usize - 1].poll().is_none() {
+                    continue;
+                }
+                let until = Some(Until(Arc::clone(&leave)));
+                f.1 = match f.0 {
+                    None => self.spawn_consumer(final_spec.clone(), until),
+                    Some(g) => self.spawn_ack_consumer(peers_ack::well_behaved(g), until),
+                };
             }
             let st = server.spool().stats();
             let empty = st.next_seq == st.ack_floor;
+            // Acking consumers: the spool is empty once every group has
+            // acknowledged or dead-lettered everything (each group's floor
+            // holds it, and a dead letter's until it is written).
+            if empty && !ack_groups.is_empty() {
+                break;
+            }
             let n = sh.receipts.load(Ordering::SeqCst);
             if n != last.0 {
                 last = (n, Instant::now());

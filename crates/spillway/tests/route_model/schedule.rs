@@ -128,12 +128,137 @@ pub struct Consumer {
     pub end: CEnd,
 }
 
+/// The ack protocol on a route (issue 15; `docs/protocol.md`), fixed for
+/// the whole case: consumers always speak it (`to_protocol = "ack"`: the
+/// sink takes nothing else), producers when `from_ack`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AckCfg {
+    /// `from_protocol = "ack"`: confirming producers, and `memory = 0` in
+    /// every setting of the case (the config refuses anything else).
+    pub from_ack: bool,
+    /// Named groups besides the default one (`g1`, `g2`): every message
+    /// must be acknowledged or dead-lettered in each.
+    pub groups: u8,
+    /// Short, so that a black hole is reset within the case.
+    pub ack_timeout_ms: u32,
+    pub max_deliveries: u32,
+}
+
+impl AckCfg {
+    /// The groups' names, the default group ("") first.
+    pub fn group_names(&self) -> Vec<String> {
+        std::iter::once(String::new())
+            .chain((1..=self.groups).map(|i| format!("g{i}")))
+            .collect()
+    }
+}
+
+/// The encoding an ack-protocol peer chose in its hello.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Enc {
+    Text,
+    Binary,
+}
+
+/// How an acking consumer acknowledges what it decided to acknowledge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckStyle {
+    /// `ACK <last>`: it and everything delivered before it.
+    Cumulative,
+    /// `ACKS a-b,c-d`: exact runs of what it holds.
+    Ranges,
+    /// One or the other at each flush.
+    Mixed,
+}
+
+/// How an acking consumer's connection ends after its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AEnd {
+    /// Acknowledges what it holds, half-closes, reads to the relay's EOF.
+    Settle,
+    /// Half-closes holding what it has not acknowledged (a clean close
+    /// with messages held: they go back).
+    Abandon,
+    /// Resets holding what it has not acknowledged (a crash).
+    Crash,
+}
+
+/// A consumer speaking the ack protocol. What it does with each message
+/// follows from the message (poison and crasher predicates on the body,
+/// see `peers_ack.rs`) and its own seeded dice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AckConsumer {
+    pub enc: Enc,
+    /// 0: the default group; i: `g<i>`.
+    pub group: u8,
+    /// `window=`, messages (1..=64).
+    pub window: u32,
+    /// `SO_RCVBUF` before connect (0: the kernel's).
+    pub rcvbuf: u32,
+    pub life_ms: u32,
+    pub style: AckStyle,
+    /// It acknowledges once this many messages wait (or the relay goes
+    /// quiet).
+    pub every: u32,
+    /// Sleeps this long before each acknowledgement, reading nothing (a
+    /// slow worker; over `ack_timeout` it is reset unless it sends PROG).
+    pub work_ms: u32,
+    /// Sends PROG for what it holds every third of `ack_timeout` while it
+    /// works.
+    pub prog: bool,
+    /// Percent of messages it gives back with NAK, asking up to `nak_ms`.
+    pub nak_pct: u8,
+    pub nak_ms: u32,
+    /// Resets at once when it receives a crasher message.
+    pub crasher: bool,
+    /// Never acknowledges anything (the relay's ack timeout must reset it).
+    pub black_hole: bool,
+    /// Sends WIN with a new window halfway through its life.
+    pub win: Option<u32>,
+    pub end: AEnd,
+}
+
+/// How a confirming producer ends once everything it sent is confirmed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum APEnd {
+    /// Half-closes and reads to the relay's EOF.
+    Done,
+    /// Resets right after its last PUB, confirmed or not (a crash: what
+    /// was not confirmed may or may not be queued).
+    Vanish,
+    /// Stays connected and idle this long, then closes cleanly.
+    Linger { ms: u32 },
+}
+
+/// A producer speaking the ack protocol with confirms: it resends what
+/// was not confirmed after any end of its connection (its own resets
+/// included), named (`name=p<idx>`, pseq = message number + 1) or not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AckProducer {
+    pub msgs: u32,
+    pub burst: u32,
+    pub pause_ms: u32,
+    pub pad: Pad,
+    pub enc: Enc,
+    pub named: bool,
+    /// Resets its connection after this many PUBs on it, then reconnects
+    /// and resends everything unconfirmed (a producer that crashes and
+    /// restarts).
+    pub reset_every: Option<u32>,
+    pub end: APEnd,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     /// A new producer connection (runs on its own thread).
     Produce(Producer),
     /// A new consumer connection (runs on its own thread).
     Consume(Consumer),
+    /// A confirming producer (ack cases with `from_ack`; its own thread,
+    /// reconnecting as long as something is unconfirmed).
+    AckProduce(AckProducer),
+    /// An acking consumer (ack cases; its own thread, one connection).
+    AckConsume(AckConsumer),
     Sleep {
         ms: u32,
     },
@@ -165,6 +290,8 @@ pub struct Case {
     pub seed: u64,
     pub frame: Frame,
     pub cfg: Cfg,
+    /// The ack protocol, or a plain route (`None`).
+    pub ack: Option<AckCfg>,
     pub ops: Vec<Op>,
 }
 
@@ -323,7 +450,138 @@ pub fn generate(seed: u64) -> Case {
         seed,
         frame,
         cfg: initial,
+        ack: None,
         ops,
+    }
+}
+
+/// The ack-protocol variant of the case of `seed`, for half of the seeds
+/// (drawn from a generator of its own: the plain case of every seed is
+/// what it was before the ack protocol existed, and still runs).
+pub fn generate_ack(seed: u64) -> Option<Case> {
+    let mut ra = Rng::with_seed(seed ^ ACK_SALT);
+    (ra.u8(0..100) < ACK_PCT).then(|| ackify(generate(seed), &mut ra))
+}
+
+/// Salt of the ack variant's generator.
+const ACK_SALT: u64 = 0x6163_6b73_616c_7431;
+/// Percent of seeds that have an ack variant.
+const ACK_PCT: u8 = 50;
+
+/// Messages a producer of the `from_ack` cases sends at most: every batch
+/// is confirmed after its fsync, so big plain counts would only slow the
+/// case.
+const ACK_MSGS_MAX: u32 = 1200;
+
+/// The ack-protocol version of a plain case: the same skeleton (settings,
+/// sleeps, disk faults, reloads, crashes, failed fsyncs, in the same
+/// places), with acking consumers in place of the plain ones and, with
+/// `from_ack`, confirming producers in place of the plain ones (and
+/// `memory = 0` everywhere).
+fn ackify(mut case: Case, r: &mut Rng) -> Case {
+    let ack = AckCfg {
+        from_ack: r.bool(),
+        groups: match r.u8(0..10) {
+            0..=5 => 0,
+            6..=8 => 1,
+            _ => 2,
+        },
+        ack_timeout_ms: pick(r, &[300, 600, 1000]),
+        max_deliveries: pick(r, &[2, 3, 5]),
+    };
+    if ack.from_ack {
+        case.cfg.memory = 0;
+    }
+    for op in &mut case.ops {
+        match op {
+            Op::Consume(c) => *op = Op::AckConsume(ack_consumer(r, &ack, c.life_ms)),
+            Op::Produce(p) if ack.from_ack => *op = Op::AckProduce(ack_producer(r, p)),
+            Op::Reload(c) if ack.from_ack => c.memory = 0,
+            _ => {}
+        }
+    }
+    case.ack = Some(ack);
+    case
+}
+
+fn enc(r: &mut Rng) -> Enc {
+    if r.bool() {
+        Enc::Text
+    } else {
+        Enc::Binary
+    }
+}
+
+fn ack_consumer(r: &mut Rng, ack: &AckCfg, life_ms: u32) -> AckConsumer {
+    let any = r.u32(1..=64);
+    let window = pick(r, &[1, 2, 4, 8, 16, 32, 64, any]);
+    let timeout = ack.ack_timeout_ms;
+    let mut c = AckConsumer {
+        enc: enc(r),
+        group: r.u8(0..=ack.groups),
+        window,
+        rcvbuf: if r.u8(0..10) < 3 {
+            r.u32(2048..=8192)
+        } else {
+            0
+        },
+        life_ms,
+        style: pick(
+            r,
+            &[AckStyle::Cumulative, AckStyle::Ranges, AckStyle::Mixed],
+        ),
+        every: r.u32(1..=window),
+        work_ms: 0,
+        prog: false,
+        nak_pct: 0,
+        nak_ms: 0,
+        crasher: false,
+        black_hole: false,
+        win: (r.u8(0..10) < 2).then(|| r.u32(1..=64)),
+        end: match r.u8(0..10) {
+            0..=3 => AEnd::Settle,
+            4..=5 => AEnd::Abandon,
+            _ => AEnd::Crash,
+        },
+    };
+    match r.u8(0..10) {
+        // Well-behaved, prompt; a few NAKs.
+        0..=3 => {
+            c.nak_pct = pick(r, &[0, 0, 5]);
+            c.nak_ms = r.u32(0..200);
+        }
+        // Slow: acknowledges late, with or without PROG.
+        4..=5 => {
+            c.work_ms = r.u32(timeout / 4..=timeout * 2);
+            c.prog = r.bool();
+        }
+        // A black hole.
+        6 => c.black_hole = true,
+        // Killed by crasher messages.
+        7 => c.crasher = true,
+        // Gives many back.
+        _ => {
+            c.nak_pct = r.u8(20..=60);
+            c.nak_ms = r.u32(0..300);
+        }
+    }
+    c
+}
+
+fn ack_producer(r: &mut Rng, p: &Producer) -> AckProducer {
+    AckProducer {
+        msgs: p.msgs.min(ACK_MSGS_MAX),
+        burst: p.burst,
+        pause_ms: p.pause_ms,
+        pad: p.pad,
+        enc: enc(r),
+        named: r.u8(0..10) < 7,
+        reset_every: (r.u8(0..10) < 3).then(|| r.u32(20..400)),
+        end: match p.end {
+            PEnd::Close => APEnd::Done,
+            PEnd::Abort => APEnd::Vanish,
+            PEnd::Idle { ms } => APEnd::Linger { ms },
+        },
     }
 }
 
