@@ -145,11 +145,13 @@ pub struct AckCfg {
 }
 
 impl AckCfg {
-    /// The groups' names, the default group ("") first.
+    /// The groups' names: the default group ("") alone, or the named
+    /// ones (a route with groups has no default group).
     pub fn group_names(&self) -> Vec<String> {
-        std::iter::once(String::new())
-            .chain((1..=self.groups).map(|i| format!("g{i}")))
-            .collect()
+        if self.groups == 0 {
+            return vec![String::new()];
+        }
+        (1..=self.groups).map(|i| format!("g{i}")).collect()
     }
 }
 
