@@ -18,14 +18,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use spillway::config::{Protocol, QueueRoute};
-use spillway::endpoint::Endpoint;
-use spillway::queue::QueueServer;
+mod common;
+
+use spillway::config::Protocol;
 use spillway_spool::sim::SimFs;
 use spillway_spool::{Durability, WhenFull};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 
 const N: usize = 3000;
 
@@ -33,34 +32,26 @@ const N: usize = 3000;
 async fn a_term_on_a_full_disk_does_not_wedge_the_route() {
     let dir = tempfile::tempdir().unwrap();
     let fs = SimFs::new();
-    let src = spillway::accept::bind_with("127.0.0.1:0", None)
-        .await
-        .unwrap();
-    let sink = spillway::accept::bind_with("127.0.0.1:0", None)
-        .await
-        .unwrap();
-    let (src_addr, sink_addr) = (src.local_addr().unwrap(), sink.local_addr().unwrap());
-    let mut route = QueueRoute::new(
-        "q",
-        Endpoint::Listen(src_addr.to_string()),
-        Endpoint::Listen(sink_addr.to_string()),
-        dir.path().join("spool"),
-    );
-    route.memory = 0;
-    route.when_full = WhenFull::Block;
-    route.segment_size = 64 << 10;
-    route.fsync = Durability::Never;
-    route.to_protocol = Protocol::Ack;
-    let token = CancellationToken::new();
-    let server = QueueServer::open_on(
-        route,
-        &token,
-        Duration::from_secs(5),
-        Default::default(),
-        fs.clone(),
-    )
-    .unwrap();
-    let serve = tokio::spawn(Arc::clone(&server).serve(Some(src), Some(sink)));
+    let relay = common::inproc::start(dir.path(), fs.clone(), |route| {
+        route.memory = 0;
+        route.when_full = WhenFull::Block;
+        route.segment_size = 64 << 10;
+        route.fsync = Durability::Never;
+        route.to_protocol = Protocol::Ack;
+    })
+    .await;
+    let (server, src_addr, sink_addr) = (Arc::clone(&relay.server), relay.source, relay.sink);
+    // The dead-letter spool's reserve is made by its writer thread at
+    // start: in place before the disk gets a budget.
+    let reserve = dir.path().join("spool/dead/letters.reserve");
+    let t0 = Instant::now();
+    while std::fs::metadata(&reserve).map_or(0, |m| m.len()) < 4 << 20 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no dead-letter reserve"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // From now on the disk holds 1 MiB more: the producer's 3 MB fill it.
     fs.faults.space_left.store(1 << 20, Ordering::SeqCst);
 
@@ -134,6 +125,6 @@ async fn a_term_on_a_full_disk_does_not_wedge_the_route() {
     }
     producer.await.unwrap();
     assert_eq!(server.stats().messages_in.load(Ordering::SeqCst), N as u64);
-    token.cancel();
-    serve.await.unwrap().unwrap();
+    relay.token.cancel();
+    relay.serve.await.unwrap().unwrap();
 }

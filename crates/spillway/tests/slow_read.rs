@@ -14,14 +14,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use spillway::config::QueueRoute;
-use spillway::endpoint::Endpoint;
-use spillway::queue::QueueServer;
+mod common;
+
 use spillway_spool::sim::{SimFs, SlowKind};
 use spillway_spool::Durability;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 
 const N: usize = 40_000;
 
@@ -66,32 +64,14 @@ async fn consume(
 async fn consumers_deliver_while_a_spool_read_waits_for_the_disk() {
     let dir = tempfile::tempdir().unwrap();
     let fs = SimFs::new();
-    let src = spillway::accept::bind_with("127.0.0.1:0", None)
-        .await
-        .unwrap();
-    let sink = spillway::accept::bind_with("127.0.0.1:0", None)
-        .await
-        .unwrap();
-    let (src_addr, sink_addr) = (src.local_addr().unwrap(), sink.local_addr().unwrap());
-    let mut route = QueueRoute::new(
-        "q",
-        Endpoint::Listen(src_addr.to_string()),
-        Endpoint::Listen(sink_addr.to_string()),
-        dir.path().join("spool"),
-    );
-    // Everything on disk: every delivery is read from a segment.
-    route.memory = 0;
-    route.fsync = Durability::Interval(Duration::from_secs(3600));
-    let token = CancellationToken::new();
-    let server = QueueServer::open_on(
-        route,
-        &token,
-        Duration::from_secs(5),
-        Default::default(),
-        fs.clone(),
-    )
-    .unwrap();
-    let serve = tokio::spawn(Arc::clone(&server).serve(Some(src), Some(sink)));
+    let relay = common::inproc::start(dir.path(), fs.clone(), |route| {
+        // Everything on disk: every delivery is read from a segment.
+        route.memory = 0;
+        route.fsync = Durability::Interval(Duration::from_secs(3600));
+    })
+    .await;
+    let (server, src_addr, sink_addr) = (Arc::clone(&relay.server), relay.source, relay.sink);
+    let (token, serve) = (relay.token, relay.serve);
 
     // Every segment read takes 200 ms from now on.
     fs.faults.slow_read_ms.store(200, Ordering::SeqCst);

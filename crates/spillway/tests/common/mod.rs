@@ -9,6 +9,7 @@
 //! the relay binds it.
 #![allow(dead_code)]
 
+pub mod inproc;
 pub mod lines;
 
 use std::io::{Read, Write};

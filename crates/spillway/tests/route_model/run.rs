@@ -892,18 +892,26 @@ impl<'a> Runner<'a> {
         idx
     }
 
+    /// Starts producer thread number `idx` (the next), running `run`.
+    fn spawn_producer(
+        &mut self,
+        run: impl FnOnce(Arc<Shared>, u32) -> ProducerResult + Send + 'static,
+    ) {
+        let idx = self.producers.len() as u32 + 1;
+        self.peer_op.insert(PeerKey::P(idx), self.op);
+        let sh = self.shared();
+        let h = std::thread::Builder::new()
+            .name(format!("rm-p{idx}"))
+            .spawn(move || run(sh, idx))
+            .expect("spawn producer");
+        self.producers.push(Slot::Running(h));
+    }
+
     fn apply(&mut self, op: &Op) {
         match op {
             Op::Produce(spec) => {
-                let idx = self.producers.len() as u32 + 1;
-                self.peer_op.insert(PeerKey::P(idx), self.op);
-                let sh = self.shared();
                 let spec = spec.clone();
-                let h = std::thread::Builder::new()
-                    .name(format!("rm-p{idx}"))
-                    .spawn(move || peers::run_producer(sh, idx, spec))
-                    .expect("spawn producer");
-                self.producers.push(Slot::Running(h));
+                self.spawn_producer(move |sh, idx| peers::run_producer(sh, idx, spec));
             }
             Op::Consume(spec) => {
                 let idx = self.consumers.len() as u32 + 1;
@@ -911,15 +919,8 @@ impl<'a> Runner<'a> {
                 self.spawn_consumer(spec.clone(), None);
             }
             Op::AckProduce(spec) => {
-                let idx = self.producers.len() as u32 + 1;
-                self.peer_op.insert(PeerKey::P(idx), self.op);
-                let sh = self.shared();
                 let spec = spec.clone();
-                let h = std::thread::Builder::new()
-                    .name(format!("rm-p{idx}"))
-                    .spawn(move || peers_ack::run_ack_producer(sh, idx, spec))
-                    .expect("spawn producer");
-                self.producers.push(Slot::Running(h));
+                self.spawn_producer(move |sh, idx| peers_ack::run_ack_producer(sh, idx, spec));
             }
             Op::AckConsume(spec) => {
                 let idx = self.consumers.len() as u32 + 1;
