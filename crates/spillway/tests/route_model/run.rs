@@ -281,11 +281,7 @@ impl<'a> Runner<'a> {
             if a.from_ack {
                 r.from_protocol = Protocol::Ack;
             }
-            r.groups = a
-                .group_names()
-                .into_iter()
-                .filter(|g| !g.is_empty())
-                .collect();
+            r.groups = a.group_names().into_iter().skip(1).collect();
             r.ack_timeout = Duration::from_millis(u64::from(a.ack_timeout_ms));
             r.max_deliveries = a.max_deliveries;
         }
@@ -873,13 +869,8 @@ impl<'a> Runner<'a> {
         idx
     }
 
-    fn spawn_ack_consumer(&mut self, mut spec: AckConsumer, until: Option<Until>) -> u32 {
+    fn spawn_ack_consumer(&mut self, spec: AckConsumer, until: Option<Until>) -> u32 {
         let idx = self.consumers.len() as u32 + 1;
-        // A route with groups has no default group: a schedule's group 0
-        // (drawn before that rule) joins the first named one.
-        if self.case.ack.as_ref().is_some_and(|a| a.groups > 0) {
-            spec.group = spec.group.max(1);
-        }
         let sh = self.shared();
         let timeout = Duration::from_millis(u64::from(
             self.case.ack.as_ref().map_or(1000, |a| a.ack_timeout_ms),
@@ -1128,8 +1119,7 @@ impl<'a> Runner<'a> {
         let leave = Arc::new(AtomicBool::new(false));
         // Ack cases: a well-behaved acking consumer per group.
         let ack_groups: Vec<u8> = match &self.case.ack {
-            Some(a) if a.groups > 0 => (1..=a.groups).collect(),
-            Some(_) => vec![0],
+            Some(a) => (0..=a.groups).collect(),
             None => Vec::new(),
         };
         let first_final = self.consumers.len() as u32 + 1;

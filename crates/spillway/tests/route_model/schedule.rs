@@ -145,13 +145,11 @@ pub struct AckCfg {
 }
 
 impl AckCfg {
-    /// The groups' names: the default group ("") alone, or the named
-    /// ones (a route with groups has no default group).
+    /// The groups' names, the default group ("") first.
     pub fn group_names(&self) -> Vec<String> {
-        if self.groups == 0 {
-            return vec![String::new()];
-        }
-        (1..=self.groups).map(|i| format!("g{i}")).collect()
+        std::iter::once(String::new())
+            .chain((1..=self.groups).map(|i| format!("g{i}")))
+            .collect()
     }
 }
 
