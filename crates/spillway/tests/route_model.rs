@@ -139,15 +139,5 @@ regression!(
     blocked_batch_at_shutdown,
     rst_after_fin,
     unsynced_segment_trusted_after_failed_fsync,
+    dead_letter_fsync_failure_ignored,
 );
-
-/// Open defect (see `regressions::dead_letter_fsync_failure_ignored`).
-#[test]
-#[ignore = "defect: a failed fsync of the dead-letter spool is only logged: dead.rs write_loop retries the poisoned spool forever while the route serves on, and serve.rs ignores DeadLetters::close's error"]
-fn dead_letter_fsync_failure_ignored() {
-    let _g = serial();
-    model::run_regression(
-        "dead_letter_fsync_failure_ignored",
-        model::regressions::dead_letter_fsync_failure_ignored(),
-    );
-}

@@ -323,11 +323,9 @@ pub fn unsynced_segment_trusted_after_failed_fsync() -> Case {
 /// failed fsync and its writer retried it 2 times while the route served
 /// on` (relay: `ERROR cannot write 1 dead letters; retrying error=spool
 /// poisoned by an earlier failure: fsync .../spool/dead/00000000000000000000.seg:
-/// Input/output error`). Ignored until fixed: the writer must fail the
-/// route on an error that is not Full or Closed (as the main spool's
-/// threads do through `Acker::fail`, so that the supervisor restarts it and
-/// the dead letters, still below the floor, are buried again), and a
-/// failed `DeadLetters::close` must make `serve` fail.
+/// Input/output error`). Fixed by 297b58c: a dead-letter append that fails
+/// for good stops the route (a restart buries the letters again, still
+/// below the floor), and a failed close of the dead-letter spool fails it.
 pub fn dead_letter_fsync_failure_ignored() -> Case {
     let c = cfg(0, 4096, 96 << 10, Always, 1000);
     Case {
