@@ -26,9 +26,9 @@
 //! also have an *ack variant* (`schedule::generate_ack`): the same
 //! skeleton (settings, sleeps, disk faults, reloads, crashes, failed
 //! fsyncs) on a route with `to_protocol = "ack"`, a short `ack_timeout`
-//! (300 ms to 1 s), `max_deliveries` 2, 3 or 5, sometimes one or two named
-//! groups besides the default one, and in half of them `from_protocol =
-//! "ack"` with `memory = 0` throughout. Its consumers speak the protocol
+//! (300 ms to 1 s), `max_deliveries` 2, 3 or 5, the default group or one
+//! or two named groups (then only those: every consumer names one), and
+//! in half of them `from_protocol = "ack"` with `memory = 0` throughout. Its consumers speak the protocol
 //! (`route_model/peers_ack.rs`; text or binary, windows 1 to 64): prompt,
 //! late (with or without PROG), cumulative ACK or exact ACKS runs, NAK
 //! with a delay, TERM of poison messages, crashers that reset on a crasher
@@ -139,15 +139,5 @@ regression!(
     blocked_batch_at_shutdown,
     rst_after_fin,
     unsynced_segment_trusted_after_failed_fsync,
+    dead_letter_fsync_failure_ignored,
 );
-
-/// Open defect (see `regressions::dead_letter_fsync_failure_ignored`).
-#[test]
-#[ignore = "defect: a failed fsync of the dead-letter spool is only logged (dead.rs write_loop retries forever, serve.rs ignores DeadLetters::close's error): serve returns Ok"]
-fn dead_letter_fsync_failure_ignored() {
-    let _g = serial();
-    model::run_regression(
-        "dead_letter_fsync_failure_ignored",
-        model::regressions::dead_letter_fsync_failure_ignored(),
-    );
-}

@@ -50,6 +50,10 @@
 //!   reason `term` was TERMed by a consumer of its group that had it;
 //! - a black hole (holds, never acknowledges) is reset by the relay's ack
 //!   timeout;
+//! - a dead-letter spool poisoned by a failed fsync is not retried while
+//!   the route serves on (read from the relay's log: a second "cannot
+//!   write N dead letters" on a poisoned spool in one incarnation), the
+//!   dead-letter side of `FsyncIgnored`;
 //! - the relay never answers a well-formed peer with ERR (but 409 to a
 //!   producer name still connected, and 503 when the spool cannot queue),
 //!   nor sends a frame that makes no sense.
@@ -353,6 +357,42 @@ pub(super) fn check(
             last1 = Some(r.seq);
         }
     }
+    // A failed fsync poisons a spool for good: the dead-letter spool's too.
+    // Its writer must not retry a poisoned spool while the route serves on
+    // (the dead letters it holds pin their group's floor forever); a
+    // second retry in one incarnation means it did.
+    let mut poisoned: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    for e in &out.events {
+        let dead_write = e.level == tracing::Level::ERROR
+            && e.message.starts_with("cannot write")
+            && e.message.contains("dead letters")
+            && e.get("error").is_some_and(|x| x.contains("poisoned"));
+        if !dead_write {
+            continue;
+        }
+        let inc = out
+            .ends
+            .iter()
+            .rev()
+            .find(|x| x.start_t <= e.t)
+            .map_or(usize::MAX, |x| x.inc);
+        poisoned.entry(inc).or_default().push(e.line());
+    }
+    for (inc, lines) in poisoned {
+        if lines.len() < 2 {
+            continue;
+        }
+        found.push(v(
+            Kind::FsyncIgnored,
+            None,
+            format!(
+                "incarnation {inc}: the dead-letter spool was poisoned by a failed fsync and its writer retried it {} times while the route served on:\n      relay: {}",
+                lines.len(),
+                lines[0]
+            ),
+        ));
+    }
+
     // Producers' manners.
     for p in &out.producers {
         let Some(log) = &p.ack else { continue };

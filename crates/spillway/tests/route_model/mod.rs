@@ -41,7 +41,10 @@ pub fn valid(case: &Case) -> bool {
                 Op::Produce(_) => !from_ack,
                 Op::AckProduce(_) => from_ack,
                 Op::Consume(_) => case.ack.is_none(),
-                Op::AckConsume(a) => case.ack.as_ref().is_some_and(|c| a.group <= c.groups),
+                Op::AckConsume(a) => case
+                    .ack
+                    .as_ref()
+                    .is_some_and(|c| c.group_numbers().contains(&a.group)),
                 _ => true,
             }
         })

@@ -302,31 +302,30 @@ pub fn unsynced_segment_trusted_after_failed_fsync() -> Case {
 
 /// Found by this test (the ack variant of random seed 6509584, shrunk from
 /// 22 ops to 7, then a consumer that gives everything back during the
-/// fault instead of the shrunk case's first one gone by then, which made
-/// it fail every time): a failed fdatasync of the dead-letter spool is
-/// only logged, so `serve` returns Ok. Messages wait in the spool; the
-/// disk fills (budget 0: the main spool writes nothing, so it attempts no
-/// fdatasync, and its cursor write fails with ENOSPC, which it tolerates);
-/// an acking consumer NAKs everything (max_deliveries buries it) and TERMs
-/// poison, so dead letters wait for a disk that refuses them ("dead-letter
-/// spool full; 1 dead letters wait"), while fdatasync fails. At the stop
-/// the dead-letter spool's close fails (its fdatasync) and serve.rs logs
-/// "dead-letter spool close failed" and returns Ok, where a failure of the
-/// main spool's close makes it fail. (The same schedule without the full
-/// disk shows the worse half, in the log only: the dead-letter append's
-/// fdatasync fails, and dead.rs `write_loop` logs "cannot write 1 dead
-/// letters; retrying" every second on a poisoned spool that cannot
-/// recover, and tells no one: the route keeps serving with its dead
-/// letters pinning their group's floor until something else stops it.)
+/// fault in place of the shrunk case's first one, gone by then): a failed
+/// fdatasync of the dead-letter spool is only logged. Messages wait in the
+/// spool; the disk fills (budget 0: the main spool writes nothing, so it
+/// attempts no fdatasync); an acking consumer NAKs everything
+/// (max_deliveries buries it) and TERMs poison; fdatasync fails. The
+/// dead-letter writer gives up its reserve, writes, and its fdatasync
+/// fails: the dead-letter spool is poisoned for good, and dead.rs
+/// `write_loop` logs "cannot write 1 dead letters; retrying" every second
+/// and tells no one. The route serves on, the dead letters pinning their
+/// group's floor (the queue can only grow), until the test stops it; and
+/// at a stop, serve.rs only logs "dead-letter spool close failed" and
+/// returns Ok if nothing else failed.
 ///
-/// Caught on main: `[FsyncIgnored] (op 7) incarnation 2 returned Ok
-/// although an fdatasync failed while it ran`; the relay: `ERROR
-/// dead-letter spool close failed error=spool poisoned by an earlier
-/// failure: fsync .../spool/dead/00000000000000000000.seg: Input/output
-/// error (os error 5)`. Ignored until fixed (see the report of issue 15's
-/// model: the writer must fail the route on an error that is not Full,
-/// as the main spool's threads do, and a failed close must make `serve`
-/// fail).
+/// Caught on the base of the ack model (9263f44, before the dead-letter
+/// reserve): `[FsyncIgnored] (op 7) incarnation 2 returned Ok although an
+/// fdatasync failed while it ran` (the close half: there the full disk
+/// kept the writer from writing at all). On main with the reserve (65f6855):
+/// `[FsyncIgnored] incarnation 1: the dead-letter spool was poisoned by a
+/// failed fsync and its writer retried it 2 times while the route served
+/// on` (relay: `ERROR cannot write 1 dead letters; retrying error=spool
+/// poisoned by an earlier failure: fsync .../spool/dead/00000000000000000000.seg:
+/// Input/output error`). Fixed by 297b58c: a dead-letter append that fails
+/// for good stops the route (a restart buries the letters again, still
+/// below the floor), and a failed close of the dead-letter spool fails it.
 pub fn dead_letter_fsync_failure_ignored() -> Case {
     let c = cfg(0, 4096, 96 << 10, Always, 1000);
     Case {

@@ -281,7 +281,11 @@ impl<'a> Runner<'a> {
             if a.from_ack {
                 r.from_protocol = Protocol::Ack;
             }
-            r.groups = a.group_names().into_iter().skip(1).collect();
+            r.groups = a
+                .group_names()
+                .into_iter()
+                .filter(|g| !g.is_empty())
+                .collect();
             r.ack_timeout = Duration::from_millis(u64::from(a.ack_timeout_ms));
             r.max_deliveries = a.max_deliveries;
         }
@@ -1119,7 +1123,7 @@ impl<'a> Runner<'a> {
         let leave = Arc::new(AtomicBool::new(false));
         // Ack cases: a well-behaved acking consumer per group.
         let ack_groups: Vec<u8> = match &self.case.ack {
-            Some(a) => (0..=a.groups).collect(),
+            Some(a) => a.group_numbers(),
             None => Vec::new(),
         };
         let first_final = self.consumers.len() as u32 + 1;

@@ -136,7 +136,8 @@ pub struct AckCfg {
     /// `from_protocol = "ack"`: confirming producers, and `memory = 0` in
     /// every setting of the case (the config refuses anything else).
     pub from_ack: bool,
-    /// Named groups besides the default one (`g1`, `g2`): every message
+    /// Named groups (`g1`, `g2`); none: the default group. A route with
+    /// groups has only those (every consumer names one): every message
     /// must be acknowledged or dead-lettered in each.
     pub groups: u8,
     /// Short, so that a black hole is reset within the case.
@@ -145,11 +146,21 @@ pub struct AckCfg {
 }
 
 impl AckCfg {
-    /// The groups' names, the default group ("") first.
+    /// The groups' names: the default group ("") alone, or the named ones.
     pub fn group_names(&self) -> Vec<String> {
-        std::iter::once(String::new())
-            .chain((1..=self.groups).map(|i| format!("g{i}")))
-            .collect()
+        if self.groups == 0 {
+            return vec![String::new()];
+        }
+        (1..=self.groups).map(|i| format!("g{i}")).collect()
+    }
+
+    /// The groups as `AckConsumer::group` numbers them.
+    pub fn group_numbers(&self) -> Vec<u8> {
+        if self.groups == 0 {
+            vec![0]
+        } else {
+            (1..=self.groups).collect()
+        }
     }
 }
 
@@ -189,7 +200,7 @@ pub enum AEnd {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AckConsumer {
     pub enc: Enc,
-    /// 0: the default group; i: `g<i>`.
+    /// 0: the default group (a route without groups); i: `g<i>`.
     pub group: u8,
     /// `window=`, messages (1..=64).
     pub window: u32,
@@ -518,7 +529,11 @@ fn ack_consumer(r: &mut Rng, ack: &AckCfg, life_ms: u32) -> AckConsumer {
     let timeout = ack.ack_timeout_ms;
     let mut c = AckConsumer {
         enc: enc(r),
-        group: r.u8(0..=ack.groups),
+        group: if ack.groups == 0 {
+            0
+        } else {
+            r.u8(1..=ack.groups)
+        },
         window,
         rcvbuf: if r.u8(0..10) < 3 {
             r.u32(2048..=8192)

@@ -706,6 +706,37 @@ mod ack {
     }
 
     #[test]
+    fn a_poisoned_dead_letter_spool_must_not_be_retried() {
+        let poisoned = |h: &mut AHist| {
+            let t = h.tick();
+            h.out.events.push(LogEvent {
+                t,
+                inc: None,
+                level: Level::ERROR,
+                message: "cannot write 1 dead letters; retrying".into(),
+                fields: [
+                    ("route".to_string(), "rm".to_string()),
+                    (
+                        "error".to_string(),
+                        "spool poisoned by an earlier failure: fsync dead/0.seg: EIO".to_string(),
+                    ),
+                ]
+                .into_iter()
+                .collect::<BTreeMap<_, _>>(),
+            });
+        };
+        let mut h = AHist::new(1, 1, true);
+        h.consumer(1, &[(0, 0, 1)], vec![ack(&[0])], ConsumerEnd::Left, Some(1));
+        poisoned(&mut h);
+        assert_eq!(h.kinds(), vec![], "once: the route may be failing");
+        let mut h = AHist::new(1, 1, true);
+        h.consumer(1, &[(0, 0, 1)], vec![ack(&[0])], ConsumerEnd::Left, Some(1));
+        poisoned(&mut h);
+        poisoned(&mut h);
+        assert_eq!(h.kinds(), vec![Kind::FsyncIgnored]);
+    }
+
+    #[test]
     fn a_black_hole_must_be_reset_and_errors_are_reported() {
         let mut h = AHist::new(1, 1, true);
         h.consumer(1, &[(0, 0, 1)], vec![], ConsumerEnd::Left, Some(0))
