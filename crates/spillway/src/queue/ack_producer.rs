@@ -465,7 +465,13 @@ impl QueueServer {
             let outcome = match self.append_waiting(encoded, c.confirms, written).await {
                 Ok(o) => o,
                 Err(e) => {
-                    self.lost(ends.len(), &e);
+                    if c.confirms {
+                        // Never confirmed: the producer sends them again.
+                        warn!(count = ends.len(), error = %e,
+                              "cannot queue a confirming producer's messages; not confirmed, it resends them");
+                    } else {
+                        self.lost(ends.len(), &e);
+                    }
                     return Err(if e.is_fatal() {
                         self.fail("append", &e);
                         Stop::End(ProducerEnd::SpoolFailed)
