@@ -10,10 +10,15 @@
 //!   what it still holds goes back.
 //! - **Reset**, **write stall**, **peer timeout**: the same; the consumer
 //!   is lost.
-//! - **Ack timeout**: a message held longer than `ack_timeout` since its
-//!   delivery or its last PROG. The relay resets the connection (a
-//!   consumer that holds one message that long is treated as lost: this
-//!   catches a black hole that reads and discards).
+//! - **Ack timeout**: a message held longer than `ack_timeout` since it
+//!   reached the consumer (its TCP acknowledged all of it: a slow link or
+//!   a full socket buffer does not count) or since its last PROG. The
+//!   relay resets the connection (a consumer that holds one message that
+//!   long is treated as lost: this catches a black hole that reads and
+//!   discards).
+//! - **Memory**: what it holds (unacknowledged, and frames not yet
+//!   written) is charged to the peer memory budget; refused, it is sent
+//!   nothing more until acknowledgements free some.
 //! - **Protocol error**: the relay sends `ERR <code> <text>` and closes.
 //! - **Shutdown** (drain): the relay sends `BYE`, sends nothing more, and
 //!   waits until the consumer acknowledged what it holds (or the drain
