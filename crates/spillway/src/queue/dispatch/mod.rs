@@ -282,13 +282,30 @@ impl Dispatch {
     }
 
     /// The spool dropped everything below `floor` (`when_full =
-    /// drop-oldest`): what was read ahead of it is dropped too (counted
-    /// dropped, so not delivered), and reading continues from there.
+    /// drop-oldest`): what was read ahead of it, given back or delayed
+    /// below it is dropped too (counted dropped, so not delivered), and
+    /// reading continues from there. (The floor never passes those
+    /// otherwise: they hold it.)
     pub fn skip_to(&mut self, floor: u64) {
         while self.ahead.front().is_some_and(|m| m.seq < floor) {
             if let Some(m) = self.ahead.pop_front() {
                 self.ahead_bytes -= m.data.len();
             }
+        }
+        if self
+            .returned
+            .first_key_value()
+            .is_some_and(|(&s, _)| s < floor)
+        {
+            self.returned = self.returned.split_off(&floor);
+        }
+        if self
+            .delayed
+            .first_key_value()
+            .is_some_and(|(&s, _)| s < floor)
+        {
+            // Their due times go stale (`release_due` skips them).
+            self.delayed = self.delayed.split_off(&floor);
         }
         self.next_read = self.next_read.max(floor);
     }
@@ -656,6 +673,19 @@ mod tests {
         d.supply(read(from, n, b).expect("read"));
         assert_eq!(d.begin_read(4, usize::MAX), None, "four ahead");
         assert!(!d.is_dry());
+    }
+
+    /// Messages given back that drop-oldest then deleted are not handed
+    /// out either.
+    #[test]
+    fn given_back_below_a_dropped_floor_is_skipped() {
+        let read = spool(100);
+        let mut d = Dispatch::new(0, 0);
+        let (a, b) = (d.join(), d.join());
+        assert_eq!(seqs(&take(&mut d, &read, a, 5)), [0, 1, 2, 3, 4]);
+        assert_eq!(d.leave(a, false), (None, 5));
+        d.skip_to(3);
+        assert_eq!(seqs(&d.take(b, 10, usize::MAX))[..2], [3, 4]);
     }
 
     /// Messages read ahead that drop-oldest then deleted are not handed
