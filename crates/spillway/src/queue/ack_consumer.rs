@@ -42,12 +42,11 @@ use tracing::{debug, info};
 use super::dispatch::{AckOutcome, ConsumerId};
 use super::dispatcher::Dispatcher;
 use super::seqhash::SeqBuild;
-use super::sink::{ConsumerEnd, LatencyTally};
+use super::sink::{broken, ConsumerEnd, LatencyTally};
 use super::wire::Wire;
 use super::QueueServer;
 
-/// How long a consumer has to send its hello line.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use super::HANDSHAKE_TIMEOUT;
 /// Most bytes of messages one take may add (a take is also bounded by
 /// the window).
 const TAKE_BYTES: u64 = 512 << 10;
@@ -247,19 +246,9 @@ impl Conn<'_> {
         }
     }
 
-    fn wrote(&mut self, mut n: usize) {
+    fn wrote(&mut self, n: usize) {
         self.unsent_bytes -= (n as u64).min(self.unsent_bytes);
-        while n > 0 {
-            let Some(front) = self.unsent.front_mut() else {
-                break;
-            };
-            if front.len() > n {
-                let _ = front.split_to(n);
-                break;
-            }
-            n -= front.len();
-            self.unsent.pop_front();
-        }
+        super::wire::advance(&mut self.unsent, n);
     }
 
     fn push_frame(&mut self, f: &Frame) {
@@ -282,14 +271,6 @@ impl From<ConsumerEnd> for Stop {
     }
 }
 
-fn broken(e: &io::Error) -> ConsumerEnd {
-    if e.kind() == io::ErrorKind::TimedOut {
-        ConsumerEnd::PeerTimeout
-    } else {
-        ConsumerEnd::Reset
-    }
-}
-
 impl QueueServer {
     /// Serves one ack-protocol consumer until it ends.
     pub(super) async fn consume_acking(
@@ -303,7 +284,7 @@ impl QueueServer {
             Err(Stop::End(e)) => return e,
             Err(Stop::Error(e)) => {
                 info!(code = e.code, error = %e.message, "consumer handshake refused");
-                self.send_and_close(&mut wire, Bytes::from(e.to_line()))
+                self.send_and_close(&mut wire, VecDeque::from([Bytes::from(e.to_line())]))
                     .await;
                 return ConsumerEnd::ProtocolError;
             }
@@ -354,12 +335,8 @@ impl QueueServer {
                     code: e.code,
                     text: e.message.clone(),
                 });
-                let rest: Vec<Bytes> = c.unsent.drain(..).collect();
-                let mut all = BytesMut::new();
-                for b in rest {
-                    all.extend_from_slice(&b);
-                }
-                self.send_and_close(&mut wire, all.freeze()).await;
+                self.send_and_close(&mut wire, std::mem::take(&mut c.unsent))
+                    .await;
                 ConsumerEnd::ProtocolError
             }
         };
@@ -424,7 +401,7 @@ impl QueueServer {
                     }
                 }
                 _ = sleep_until(deadline) => {
-                    return Err(Stop::Error(ProtoError::new(408, "no hello line within 10s")));
+                    return Err(Stop::Error(ProtoError::handshake_timeout(HANDSHAKE_TIMEOUT)));
                 }
                 _ = self.cut.cancelled() => return Err(ConsumerEnd::Shutdown.into()),
             }
@@ -437,26 +414,13 @@ impl QueueServer {
         }
     }
 
-    /// Writes `bytes` (an error frame), half-closes, and gives the peer a
-    /// moment to read it.
-    async fn send_and_close(&self, wire: &mut Wire, bytes: Bytes) {
+    /// Writes what is left to send (ending with an error frame),
+    /// half-closes, and gives the peer a moment to read it.
+    async fn send_and_close(&self, wire: &mut Wire, mut q: VecDeque<Bytes>) {
         let until = Instant::now() + ERR_WAIT;
-        let mut q = VecDeque::from([bytes]);
         while !q.is_empty() || wire.pending() {
             match wire.try_write(&q) {
-                Ok(n) => {
-                    let mut n = n;
-                    while n > 0 {
-                        let Some(f) = q.front_mut() else { break };
-                        if f.len() > n {
-                            let _ = f.split_to(n);
-                            n = 0;
-                        } else {
-                            n -= f.len();
-                            q.pop_front();
-                        }
-                    }
-                }
+                Ok(n) => super::wire::advance(&mut q, n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if tokio::time::timeout_at(until, wire.tcp().writable())
                         .await

@@ -32,7 +32,7 @@ use super::spool_io::Written;
 use super::QueueServer;
 use spillway_spool::AppendOutcome;
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use super::HANDSHAKE_TIMEOUT;
 /// Most bytes read per round.
 const READ_CHUNK: usize = 256 << 10;
 
@@ -171,7 +171,7 @@ impl QueueServer {
             let read = tokio::select! {
                 r = stream.read_buf(buf) => r,
                 _ = sleep_until(deadline) => {
-                    return Err(Stop::Error(ProtoError::new(408, "no hello line within 10s")));
+                    return Err(Stop::Error(ProtoError::handshake_timeout(HANDSHAKE_TIMEOUT)));
                 }
                 _ = self.stop.cancelled() => return Err(ProducerEnd::Shutdown.into()),
             };

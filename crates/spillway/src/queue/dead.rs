@@ -341,3 +341,78 @@ fn write_loop(
         reserve.make();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use spillway_spool::Message;
+
+    use super::*;
+
+    fn letter(reason: BuryReason) -> Bury {
+        Bury {
+            msg: Message {
+                seq: 42,
+                data: Bytes::from_static(b"body\n"),
+                append_ms: 7,
+            },
+            attempts: 3,
+            reason,
+        }
+    }
+
+    #[test]
+    fn a_record_reads_back_as_written() {
+        let rec = Bytes::from(encode(
+            &letter(BuryReason::Term(Bytes::from_static(b"bad"))),
+            "g1",
+            9,
+        ));
+        let d = decode(&rec).expect("decode");
+        assert_eq!(
+            (
+                d.seq,
+                d.attempts,
+                d.append_ms,
+                d.dead_ms,
+                d.reason,
+                d.group.as_str()
+            ),
+            (42, 3, 7, 9, "term", "g1")
+        );
+        assert_eq!((&d.text[..], &d.message[..]), (&b"bad"[..], &b"body\n"[..]));
+        let rec = Bytes::from(encode(&letter(BuryReason::MaxDeliveries), "", 9));
+        let d = decode(&rec).expect("decode");
+        assert_eq!(
+            (d.reason, d.group.as_str(), d.text.len()),
+            ("max_deliveries", "", 0)
+        );
+    }
+
+    #[test]
+    fn a_damaged_record_is_an_error_not_a_panic() {
+        let rec = encode(
+            &letter(BuryReason::Term(Bytes::from_static(b"bad"))),
+            "g1",
+            9,
+        );
+        for cut in 0..38 {
+            let e = decode(&Bytes::copy_from_slice(&rec[..cut])).expect_err("truncated");
+            assert!(!e.is_empty());
+        }
+        let mut bad = rec.clone();
+        bad[0] = b'X';
+        assert!(decode(&Bytes::from(bad))
+            .expect_err("magic")
+            .contains("magic"));
+        let mut bad = rec.clone();
+        bad[4] = 2;
+        assert!(decode(&Bytes::from(bad))
+            .expect_err("version")
+            .contains("version 2"));
+        let mut bad = rec;
+        bad[33] = 9;
+        assert!(decode(&Bytes::from(bad))
+            .expect_err("reason")
+            .contains("reason 9"));
+    }
+}

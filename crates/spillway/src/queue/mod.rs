@@ -24,6 +24,9 @@
 //! consumer; `dispatch.rs` and `dispatcher.rs` who gets which message;
 //! `spool_io.rs` the spool's write, commit and maintenance threads.
 
+/// How long an ack-protocol peer has to send its hello line (`408`).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 mod ack_consumer;
 mod ack_producer;
 mod conn;

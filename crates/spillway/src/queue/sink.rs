@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use std::collections::VecDeque;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use spillway_net::timeout::StallTimer;
 use spillway_spool::Histogram;
 
@@ -126,7 +126,7 @@ impl ConsumerEnd {
 }
 
 /// A failed socket call: a keepalive / user timeout, or a reset.
-fn broken(e: &io::Error) -> ConsumerEnd {
+pub(super) fn broken(e: &io::Error) -> ConsumerEnd {
     if e.kind() == io::ErrorKind::TimedOut {
         ConsumerEnd::PeerTimeout
     } else {
@@ -237,19 +237,9 @@ impl Delivery {
     }
 
     /// The socket took `n` more bytes.
-    fn wrote(&mut self, mut n: usize) {
+    fn wrote(&mut self, n: usize) {
         self.written += n as u64;
-        while n > 0 {
-            let Some(front) = self.unsent.front_mut() else {
-                break;
-            };
-            if front.len() > n {
-                front.advance(n);
-                break;
-            }
-            n -= front.len();
-            self.unsent.pop_front();
-        }
+        super::wire::advance(&mut self.unsent, n);
     }
 
     /// Drops the unsent bytes past stream offset `end` (whole messages

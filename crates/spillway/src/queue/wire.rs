@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::AsFd;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use rustls::Connection;
 use spillway_net::tls::CiphertextMarks;
 use tokio::net::TcpStream;
@@ -280,6 +280,21 @@ impl Wire {
             }
         }
         let _ = socket2::SockRef::from(&self.tcp).shutdown(std::net::Shutdown::Write);
+    }
+}
+
+/// Drops the first `n` bytes of `bufs` (what a write took).
+pub(super) fn advance(bufs: &mut VecDeque<Bytes>, mut n: usize) {
+    while n > 0 {
+        let Some(front) = bufs.front_mut() else {
+            break;
+        };
+        if front.len() > n {
+            front.advance(n);
+            break;
+        }
+        n -= front.len();
+        bufs.pop_front();
     }
 }
 
