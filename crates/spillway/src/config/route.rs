@@ -513,7 +513,7 @@ mod tests {
     use spillway_spool::{Durability, WhenFull};
 
     use super::*;
-    use crate::config::{parse, Config};
+    use crate::config::{parse, Config, Protocol};
 
     fn p(text: &str) -> Result<Config, ConfigError> {
         parse(Path::new("t.toml"), text)
@@ -615,6 +615,67 @@ max_disk = "10GiB"
         assert!(e.message.contains("not valid in a queue route"), "{e}");
         let e = p(&base.replace("listen:127.0.0.1:1", "dial:127.0.0.1:1")).expect_err("endpoint");
         assert_eq!((e.line, e.col), (4, 8), "{e}");
+    }
+
+    /// The ack protocol's keys: what they default to, and every refusal
+    /// names the key and why.
+    #[test]
+    fn ack_protocol_keys() {
+        let base = "[[route]]\nname = \"q\"\nmode = \"queue\"\nfrom = \"listen:127.0.0.1:1\"\nto = \"listen:127.0.0.1:2\"\nspool = \"/tmp/q\"\n";
+        let c = p(&format!(
+            "{base}from_protocol = \"ack\"\nto_protocol = \"ack\"\ngroups = [\"billing\", \"audit\"]\nack_timeout = \"5s\"\nmax_deliveries = 3\n"
+        ))
+        .expect("valid");
+        let Route::Queue(q) = &c.routes[0] else {
+            panic!("not a queue route");
+        };
+        assert_eq!(
+            (q.from_protocol, q.to_protocol),
+            (Protocol::Ack, Protocol::Ack)
+        );
+        assert_eq!(q.memory, 0, "confirms default to no memory tier");
+        assert_eq!(q.groups, ["billing", "audit"]);
+        assert_eq!(
+            (q.ack_timeout, q.max_deliveries),
+            (Duration::from_secs(5), 3)
+        );
+        for (extra, says) in [
+            ("to_protocol = \"acks\"\n", "expected plain or ack"),
+            (
+                "to_protocol = \"ack\"\nmax_deliveries = 0\n",
+                "between 1 and 1000",
+            ),
+            (
+                "to_protocol = \"ack\"\nack_timeout = \"0s\"\n",
+                "ack_timeout",
+            ),
+            ("groups = [\"a\"]\n", "groups need to_protocol"),
+            (
+                "to_protocol = \"ack\"\ngroups = [\"a\", \"a\"]\n",
+                "declared twice",
+            ),
+            (
+                "to_protocol = \"ack\"\ngroups = [\"a b\"]\n",
+                "invalid group name",
+            ),
+            (
+                "from_protocol = \"ack\"\nmemory = \"1MiB\"\n",
+                "needs memory = 0",
+            ),
+        ] {
+            let e = p(&format!("{base}{extra}")).expect_err(extra);
+            assert!(e.message.contains(says), "{extra}: {e}");
+        }
+        let many: Vec<String> = (0..65).map(|i| format!("\"g{i}\"")).collect();
+        let e = p(&format!(
+            "{base}to_protocol = \"ack\"\ngroups = [{}]\n",
+            many.join(",")
+        ))
+        .expect_err("65 groups");
+        assert!(e.message.contains("at most 64"), "{e}");
+        let dial = base.replace("to = \"listen:", "to = \"connect:");
+        let e = p(&format!("{dial}to_protocol = \"ack\"\n")).expect_err("connect");
+        assert!(e.message.contains("needs a listen: endpoint"), "{e}");
     }
 
     #[test]
