@@ -50,6 +50,10 @@ use super::HANDSHAKE_TIMEOUT;
 /// Most bytes of messages one take may add (a take is also bounded by
 /// the window).
 const TAKE_BYTES: u64 = 512 << 10;
+/// MSG frames with bodies shorter than this are copied into runs of up to
+/// [`RUN`] bytes (see `Conn::take`).
+const SMALL: usize = 512;
+const RUN: usize = 64 << 10;
 /// While messages are on their way to the consumer, how often its TCP's
 /// acknowledgements are looked at (`SIOCOUTQ`).
 const REACH_POLL: Duration = Duration::from_millis(5);
@@ -217,6 +221,8 @@ struct Conn<'a> {
     /// slow link nor a full socket buffer eats its ack timeout.
     queued: u64,
     unreached: VecDeque<(u64, u64)>,
+    /// Where small frames are copied together (see [`Conn::take`]).
+    run: BytesMut,
     held: Held,
     delivered_msgs: u64,
     peer_bytes: Arc<AtomicU64>,
@@ -249,6 +255,65 @@ impl Conn<'_> {
     fn wrote(&mut self, n: usize) {
         self.unsent_bytes -= (n as u64).min(self.unsent_bytes);
         super::wire::advance(&mut self.unsent, n);
+    }
+
+    /// Takes what `budget` bytes allow and queues their MSG frames. A
+    /// frame with a body of at least [`SMALL`] bytes is written from the
+    /// message's own buffer (its header from the run buffer); smaller
+    /// frames, header and body, are copied into one run of up to [`RUN`]
+    /// bytes, so that a vectored write carries a few long slices instead
+    /// of two or three per 64-byte message (as the plain sink does; the
+    /// per-slice cost and a header allocation per message were a quarter
+    /// of the relay's CPU per acknowledged 64 B message).
+    fn take(&mut self, budget: u64, framing: spillway_codec::Framing) -> usize {
+        let encoding = self.encoding;
+        let trailer = proto::body_trailer(encoding);
+        let Conn {
+            d,
+            id,
+            unsent,
+            unsent_bytes,
+            queued,
+            unreached,
+            run,
+            held,
+            ..
+        } = self;
+        let end_run = |run: &mut BytesMut, unsent: &mut VecDeque<Bytes>| {
+            if !run.is_empty() {
+                unsent.push_back(run.split().freeze());
+            }
+        };
+        let n = d.take_acking(*id, budget, |m, attempt| {
+            let body = spillway_codec::payload(framing, &m.data);
+            let before = run.len();
+            let len;
+            if body.len() >= SMALL {
+                end_run(run, unsent);
+                proto::msg_header(m.seq, attempt, body.len(), encoding, run);
+                len = run.len() + body.len() + trailer.len();
+                end_run(run, unsent);
+                unsent.push_back(m.data.slice_ref(body));
+                if !trailer.is_empty() {
+                    unsent.push_back(Bytes::from_static(trailer));
+                }
+            } else {
+                if run.capacity() - run.len() < body.len() + proto::FRAME_OVERHEAD {
+                    end_run(run, unsent);
+                    run.reserve(RUN);
+                }
+                proto::msg_header(m.seq, attempt, body.len(), encoding, run);
+                run.extend_from_slice(body);
+                run.extend_from_slice(trailer);
+                len = run.len() - before;
+            }
+            *queued += len as u64;
+            *unsent_bytes += len as u64;
+            held.deliver(m.seq);
+            unreached.push_back((*queued, m.seq));
+        });
+        end_run(run, unsent);
+        n
     }
 
     fn push_frame(&mut self, f: &Frame) {
@@ -314,6 +379,7 @@ impl QueueServer {
             unsent_bytes: 0,
             queued: 0,
             unreached: VecDeque::new(),
+            run: BytesMut::new(),
             held: Held::default(),
             delivered_msgs: 0,
             peer_bytes,
@@ -456,9 +522,6 @@ impl QueueServer {
             // 1. Take what the window and the peer memory budget allow.
             let mut starved = false;
             if draining.is_none() && !peer_eof {
-                let encoding = c.encoding;
-                let mut header = BytesMut::new();
-                let mut frames: Vec<(u64, Bytes, Bytes)> = Vec::new();
                 let held = self.charged(c);
                 // A message taken is held twice until it is written: in
                 // flight (unacknowledged) and unsent.
@@ -471,23 +534,8 @@ impl QueueServer {
                     0
                 };
                 starved = budget == 0;
-                let n = c.d.take_acking(c.id, budget, |m, attempt| {
-                    let body = m.data.slice_ref(spillway_codec::payload(framing, &m.data));
-                    proto::msg_header(m.seq, attempt, body.len(), encoding, &mut header);
-                    frames.push((m.seq, header.split().freeze(), body));
-                });
-                if n > 0 {
+                if c.take(budget, framing) > 0 {
                     progressed = true;
-                    let trailer = proto::body_trailer(encoding);
-                    for (seq, h, body) in frames {
-                        c.held.deliver(seq);
-                        c.queue(h);
-                        c.queue(body);
-                        if !trailer.is_empty() {
-                            c.queue(Bytes::from_static(trailer));
-                        }
-                        c.unreached.push_back((c.queued, seq));
-                    }
                 }
                 let held = self.charged(c);
                 c.charge.set(held);
