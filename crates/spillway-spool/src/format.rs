@@ -233,19 +233,32 @@ fn payload_frames(payload: &[u8], count: u32) -> bool {
 /// Splits a validated payload (as a shared buffer) into its messages without
 /// copying. Only call on payloads that passed `check_record`.
 pub(crate) fn split_payload(payload: &Bytes, count: u32, mut each: impl FnMut(Bytes)) {
+    split_payload_while(payload, count, |m| {
+        each(m);
+        true
+    });
+}
+
+/// [`split_payload`] until `each` answers false (for a message it did not
+/// take). Returns how many messages it took and the offset after them: the
+/// rest of the payload starts there.
+pub(crate) fn split_payload_while(
+    payload: &Bytes,
+    count: u32,
+    mut each: impl FnMut(Bytes) -> bool,
+) -> (u32, usize) {
     let mut pos = 0usize;
-    for _ in 0..count {
+    for i in 0..count {
         let Some((n, used)) = read_varint(&payload[pos..]) else {
-            return;
+            return (i, pos);
         };
-        pos += used;
-        let end = pos + n as usize;
-        if end > payload.len() {
-            return;
+        let end = pos + used + n as usize;
+        if end > payload.len() || !each(payload.slice(pos + used..end)) {
+            return (i, pos);
         }
-        each(payload.slice(pos..end));
         pos = end;
     }
+    (count, pos)
 }
 
 pub(crate) fn read_varint(b: &[u8]) -> Option<(u32, usize)> {

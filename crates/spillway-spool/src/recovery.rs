@@ -583,6 +583,7 @@ fn recover_segments(
         disk_bytes,
         written_lsn: 0,
         read_hint: None,
+        read_tail: None,
         persisted,
         last_cursor_persist: Instant::now(),
         cursor_owed,

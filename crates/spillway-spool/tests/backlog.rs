@@ -60,3 +60,67 @@ fn backlog_past_the_memory_tier_drains_completely() {
     ticker.join().expect("ticker");
     spool.close().expect("close");
 }
+
+/// A producer's batch is one record, often larger than a read: reads that
+/// stop inside it continue from what the last read kept of it instead of
+/// reading and checking the whole record again. Every message comes back
+/// once, in order, whatever the read sizes, including reads that start
+/// behind or ahead of where the last one stopped; and the record is read
+/// from the file about once, not once per read.
+#[test]
+fn reads_inside_one_large_record_read_it_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = SpoolConfig::new(dir.path());
+    cfg.memory_limit = 0;
+    cfg.durability = Durability::Never;
+    let (spool, _) = Spool::open(cfg).expect("open");
+    let msg = |i: u64| format!("m{i:06}-{}", "y".repeat((i % 50) as usize)).into_bytes();
+    let total = 4000u64;
+    let batch: Vec<Vec<u8>> = (0..total).map(msg).collect();
+    let refs: Vec<&[u8]> = batch.iter().map(|m| m.as_slice()).collect();
+    spool.append(&refs).expect("append one record");
+    let record: u64 = batch.iter().map(|m| m.len() as u64 + 2).sum();
+    let before = spool.stats().bytes_read;
+
+    let mut next = 0;
+    let mut sizes = [7usize, 1, 100, 33, 500].iter().cycle();
+    while next < total {
+        let n = *sizes.next().expect("cycle");
+        let got = spool.read(next, n, usize::MAX).expect("read");
+        assert_eq!(
+            got.len() as u64,
+            n.min((total - next) as usize) as u64,
+            "at {next}"
+        );
+        for m in &got {
+            assert_eq!(m.seq, next);
+            assert_eq!(m.data[..], msg(next)[..]);
+            next += 1;
+        }
+    }
+    let read = spool.stats().bytes_read - before;
+    assert!(
+        read < 2 * record + (128 << 10),
+        "{read} bytes read for a record of {record}"
+    );
+
+    // Behind and ahead of the last stop: still exact.
+    assert_eq!(spool.read(10, 3, usize::MAX).expect("read")[0].seq, 10);
+    let mid = spool.read(2000, 5, usize::MAX).expect("read");
+    assert_eq!(
+        mid.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [2000, 2001, 2002, 2003, 2004]
+    );
+    let behind = spool.read(1500, 2, usize::MAX).expect("read");
+    assert_eq!(
+        behind.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [1500, 1501]
+    );
+    assert_eq!(behind[1].data[..], msg(1501)[..]);
+    let on = spool.read(2005, 3, usize::MAX).expect("read");
+    assert_eq!(
+        on.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [2005, 2006, 2007]
+    );
+    assert_eq!(on[2].data[..], msg(2007)[..]);
+}

@@ -12,7 +12,7 @@ mod sync;
 mod writer;
 
 use state::{disk_msgs, disk_pending, encoded_len, oldest_disk_ms};
-pub(crate) use state::{Core, IndexEntry, Inner, MemMsg, PendingRoll, Seg, SyncState};
+pub(crate) use state::{Core, IndexEntry, Inner, MemMsg, PendingRoll, ReadTail, Seg, SyncState};
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -31,8 +31,9 @@ use crate::cursor::{
 };
 use crate::error::{FullReason, SpoolError};
 use crate::format::{
-    encode_batch, finalize, segment_file_name, segment_size_bound, split_payload, varint_len,
-    EncodedBatch, SegmentHeader, MAX_MESSAGE_LIMIT, SEGMENT_HEADER_LEN,
+    encode_batch, finalize, segment_file_name, segment_size_bound, split_payload,
+    split_payload_while, varint_len, EncodedBatch, SegmentHeader, MAX_MESSAGE_LIMIT,
+    SEGMENT_HEADER_LEN,
 };
 use crate::fs::{is_no_space, write_all_at, Fs, SegmentFile, StdFs};
 use crate::recovery::{recover, RecoveryReport};
@@ -343,7 +344,10 @@ impl Spool {
             // the spool (reported); a full disk leaves the tier in memory.
             inner.check_poison()?;
             match inner.flush_mem(&mut core) {
-                Ok(()) => core.read_hint = None,
+                Ok(()) => {
+                    core.read_hint = None;
+                    core.read_tail = None;
+                }
                 Err(_) => inner.check_poison()?,
             }
         }

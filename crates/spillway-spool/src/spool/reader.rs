@@ -79,6 +79,44 @@ impl Inner {
                     break;
                 }
                 let idx = core.segs.partition_point(|s| s.first_seq <= pos) - 1;
+                // The rest of the record the last read stopped inside: no
+                // I/O, no checksum again.
+                let seg_first = core.segs[idx].first_seq;
+                if let Some(t) = core
+                    .read_tail
+                    .take_if(|t| t.seg_first == seg_first && (t.first..t.end()).contains(&pos))
+                {
+                    let mut seq = t.first;
+                    let (took, at) = split_payload_while(&t.rest, t.count, |data| {
+                        if seq < pos {
+                            seq += 1;
+                            return true;
+                        }
+                        if full(&out, bytes) {
+                            return false;
+                        }
+                        bytes += data.len();
+                        out.push(Message {
+                            seq,
+                            data,
+                            append_ms: t.append_ms,
+                        });
+                        seq += 1;
+                        true
+                    });
+                    if took < t.count {
+                        core.read_tail = Some(ReadTail {
+                            first: t.first + u64::from(took),
+                            count: t.count - took,
+                            rest: t.rest.slice(at..),
+                            ..t
+                        });
+                        break;
+                    }
+                    pos = t.end();
+                    core.read_hint = Some((t.seg_first, t.next));
+                    continue;
+                }
                 let next_first = core.segs.get(idx + 1).map(|s| s.first_seq);
                 let seg_end_seq = next_first.unwrap_or(core.disk_end);
                 let hint = core.read_hint;
@@ -128,6 +166,7 @@ impl Inner {
                 .cached_only(cached);
             let first_out = out.len();
             let mut resume = start;
+            let mut tail = None;
             let corrupt = |offset: u64, detail: String| SpoolError::Corrupt {
                 segment: path.clone(),
                 offset,
@@ -157,21 +196,39 @@ impl Inner {
                         let expect = header.end_seq();
                         if expect > pos {
                             let mut seq = header.first_seq;
-                            let mut next = pos;
                             let append_ms = header.append_ms;
-                            split_payload(&payload, header.count, |data| {
-                                if seq >= next && !full(&out, bytes) {
-                                    bytes += data.len();
-                                    out.push(Message {
-                                        seq,
-                                        data,
-                                        append_ms,
-                                    });
-                                    next = seq + 1;
+                            let (took, at) = split_payload_while(&payload, header.count, |data| {
+                                if seq < pos {
+                                    seq += 1;
+                                    return true;
                                 }
+                                if full(&out, bytes) {
+                                    return false;
+                                }
+                                bytes += data.len();
+                                out.push(Message {
+                                    seq,
+                                    data,
+                                    append_ms,
+                                });
                                 seq += 1;
+                                true
                             });
-                            pos = next;
+                            pos = pos.max(seq);
+                            if took < header.count {
+                                tail = Some(ReadTail {
+                                    seg_first: 0,
+                                    first: seq,
+                                    count: header.count - took,
+                                    rest: payload.slice(at..),
+                                    append_ms,
+                                    next: IndexEntry {
+                                        seq: expect,
+                                        offset: sc.pos,
+                                        ms: append_ms,
+                                    },
+                                });
+                            }
                         }
                         resume = if pos >= expect {
                             IndexEntry {
@@ -223,6 +280,7 @@ impl Inner {
             {
                 let mut core = lock(&self.core);
                 core.read_hint = Some((seg_first, resume));
+                core.read_tail = tail.map(|t| ReadTail { seg_first, ..t });
             }
             if full(&out, bytes) {
                 break;

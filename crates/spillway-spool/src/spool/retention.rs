@@ -45,6 +45,7 @@ impl Inner {
                 core.disk_end = core.next_seq;
             }
             core.read_hint = None;
+            core.read_tail = None;
         }
         removed
     }

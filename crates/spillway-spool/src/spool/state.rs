@@ -59,6 +59,11 @@ pub(crate) struct Core {
     pub written_lsn: u64,
     /// (segment first seq, entry): where the last read stopped.
     pub read_hint: Option<(u64, IndexEntry)>,
+    /// The rest of the record the last read stopped inside: the next read
+    /// starts from it instead of reading and checking the whole record
+    /// again (a producer's batch is one record, often larger than a read).
+    /// Cleared with `read_hint`.
+    pub read_tail: Option<ReadTail>,
     /// The cursor in the cursor file (as far as this handle knows).
     pub persisted: Cursor,
     pub last_cursor_persist: Instant,
@@ -282,5 +287,27 @@ fn call(slot: &RwLock<Option<NotifyFn>>) {
     let f = slot.read().unwrap_or_else(|e| e.into_inner()).clone();
     if let Some(f) = f {
         f();
+    }
+}
+
+/// What is left of a record a read stopped inside (see `Core::read_tail`).
+#[derive(Debug)]
+pub(crate) struct ReadTail {
+    /// The first seq of the segment it is in.
+    pub seg_first: u64,
+    /// The seq of the first message in `rest`.
+    pub first: u64,
+    /// Messages in `rest`.
+    pub count: u32,
+    /// The record's messages from `first` on, as its payload encodes them.
+    pub rest: Bytes,
+    pub append_ms: u64,
+    /// Where the record after it starts.
+    pub next: IndexEntry,
+}
+
+impl ReadTail {
+    pub fn end(&self) -> u64 {
+        self.first + u64::from(self.count)
     }
 }
