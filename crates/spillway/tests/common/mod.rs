@@ -11,6 +11,7 @@
 
 pub mod inproc;
 pub mod lines;
+pub mod nats;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
