@@ -97,3 +97,18 @@ pub const KEEPALIVE: Keepalive = Keepalive {
 /// a zero window too); a peer that stops acknowledging is cut here.
 pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(90);
 pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+// --------------------------------------------- queue routes: JetStream ---
+
+pub const JS_REPLICAS: usize = 3;
+/// Bytes of messages per JetStream message: large enough that a publish
+/// (a Raft round and, under `sync_interval: always`, an fsync on each
+/// replica) carries many messages; small enough that a redelivered batch
+/// is cheap and a relay's held batches stay a few MiB.
+pub const JS_BATCH_BYTES: u64 = 256 << 10;
+pub const JS_MAX_INFLIGHT: usize = 8;
+pub const JS_ACK_WAIT: Duration = Duration::from_secs(30);
+pub const JS_MAX_PENDING: usize = 64;
+/// Longer than JetStream's 2 minutes: a relay restarted within it resends
+/// what it had in flight without storing it twice.
+pub const JS_DUPLICATE_WINDOW: Duration = Duration::from_secs(30 * 60);

@@ -160,6 +160,82 @@ pub struct QueueRoute {
     pub from_tls: Option<EndpointTls>,
     /// TLS on the consumer side (`[route.to_tls]`).
     pub to_tls: Option<EndpointTls>,
+    /// The queue lives on NATS JetStream (`[route.jetstream]`): the local
+    /// spool is then a write-behind buffer of what producers sent, and
+    /// consumers are served from the stream.
+    pub jetstream: Option<JetStream>,
+}
+
+/// A queue route's JetStream backend (`[route.jetstream]`; docs/jetstream.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JetStream {
+    /// `nats://` or `tls://` URLs of the cluster's servers (at least one).
+    pub servers: Vec<String>,
+    /// The stream (created if missing, checked if present).
+    pub stream: String,
+    /// The subject this route publishes to and reads (default
+    /// `spillway.<route name>`); the stream is created with it.
+    pub subject: String,
+    /// Replicas of the stream (default 3; 1 to 5).
+    pub replicas: usize,
+    /// The durable pull consumer relays read through (default
+    /// `spillway-<route name>`). Relays sharing it compete for batches.
+    pub consumer: String,
+    pub auth: JetStreamAuth,
+    /// CA bundle to trust for `tls://` servers (PEM); `None`: the system's.
+    pub tls_ca: Option<PathBuf>,
+    /// A client certificate and key (PEM) for servers that ask for one.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Most bytes of messages in one JetStream message (a batch; default
+    /// 256 KiB). A message larger than this travels alone.
+    pub batch_bytes: u64,
+    /// Batches published and not yet acknowledged by the cluster
+    /// (default 8).
+    pub max_inflight: usize,
+    /// The durable consumer's AckWait (default 30 s): a batch held this
+    /// long without an ack or progress by a relay that died is delivered
+    /// again.
+    pub ack_wait: Duration,
+    /// Batches a relay holds from the stream at once (the durable's
+    /// MaxAckPending; default 64).
+    pub max_pending: usize,
+    /// The stream's duplicate window (default 30 min): a batch published
+    /// again within it (a retry, a restart) is stored once.
+    pub duplicate_window: Duration,
+}
+
+/// How the relay authenticates to the cluster: at most one method.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum JetStreamAuth {
+    #[default]
+    None,
+    /// A `.creds` file (JWT and NKey seed).
+    Credentials(PathBuf),
+    UserPassword(String, String),
+    Token(String),
+}
+
+impl JetStream {
+    /// The defaults for route `route` with `servers` and `stream`.
+    pub fn new(route: &str, servers: Vec<String>, stream: impl Into<String>) -> Self {
+        JetStream {
+            servers,
+            stream: stream.into(),
+            subject: format!("spillway.{route}"),
+            replicas: defaults::JS_REPLICAS,
+            consumer: format!("spillway-{route}"),
+            auth: JetStreamAuth::None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            batch_bytes: defaults::JS_BATCH_BYTES,
+            max_inflight: defaults::JS_MAX_INFLIGHT,
+            ack_wait: defaults::JS_ACK_WAIT,
+            max_pending: defaults::JS_MAX_PENDING,
+            duplicate_window: defaults::JS_DUPLICATE_WINDOW,
+        }
+    }
 }
 
 impl QueueRoute {
@@ -199,6 +275,7 @@ impl QueueRoute {
             backoff: BackoffConfig::default(),
             max_connections_per_ip: None,
             per_ip_ipv6_prefix: spillway_net::limit::DEFAULT_IPV6_PREFIX,
+            jetstream: None,
         }
     }
 }
