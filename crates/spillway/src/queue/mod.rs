@@ -34,6 +34,7 @@ pub mod dead;
 mod dispatch;
 mod dispatcher;
 mod groups;
+pub mod jetstream;
 pub mod memory;
 pub mod metrics;
 mod producers;
@@ -271,6 +272,9 @@ pub struct QueueServer {
     floors: Arc<groups::Floors>,
     /// The dead-letter spool (`to_protocol = "ack"`).
     dead: Option<Arc<dead::DeadLetters>>,
+    /// The JetStream backend (`[route.jetstream]`): the publisher's view of
+    /// the spool, and the inbox consumers are served from.
+    jetstream: Option<jetstream::Backend>,
     stats: QueueStats,
     /// Set when the spool failed (poisoned, I/O): the route stops.
     failure: Mutex<Option<String>>,
@@ -444,13 +448,53 @@ impl QueueServer {
         }
         let io = spool_io::SpoolIo::start(&spool, &route.name)
             .with_context(|| format!("route '{}': spool threads", route.name))?;
+        // With a JetStream backend, the spool is the producers' write-behind
+        // buffer, read by the publisher alone; consumers are served from
+        // the inbox (see jetstream/mod.rs). Otherwise consumers read the spool.
+        let (backend, cons_spool, cons_io) = match &route.jetstream {
+            None => (None, spool.clone(), None),
+            Some(cfg) => {
+                let ctx = || format!("route '{}': jetstream", route.name);
+                let spool_id = jetstream::spool_id(&route.spool).with_context(ctx)?;
+                let inbox =
+                    jetstream::open_inbox(&route.spool, cfg, route.max_message, Arc::clone(&fs))
+                        .with_context(ctx)?;
+                let inbox_io = spool_io::SpoolIo::start(&inbox, &format!("{}-in", route.name))
+                    .with_context(ctx)?;
+                let (floors, starts) = groups::Floors::open(&spool, &route.spool, &[], io.acker());
+                let outbox = dispatcher::Dispatcher::start(
+                    &spool,
+                    starts[0],
+                    0,
+                    io.acker(),
+                    Arc::new(floors),
+                    0,
+                    None,
+                    &route.name,
+                )
+                .with_context(ctx)?;
+                let wake = outbox.waker();
+                spool.set_notify(Box::new(wake));
+                let inbox_acker = inbox_io.acker();
+                let b = jetstream::Backend {
+                    cfg: cfg.clone(),
+                    spool_id,
+                    outbox,
+                    inbox: inbox.clone(),
+                    inbox_io,
+                    stats: jetstream::JsStats::default(),
+                };
+                (Some(b), inbox, Some(inbox_acker))
+            }
+        };
+        let cons_acker = cons_io.unwrap_or_else(|| io.acker());
         let dead = if route.to_protocol == crate::config::Protocol::Ack {
             let d = dead::DeadLetters::start(
                 &route.spool,
                 u32::try_from(route.max_message).unwrap_or(u32::MAX),
                 Arc::clone(&fs),
                 &route.name,
-                io.acker(),
+                cons_acker.clone(),
             )
             .with_context(|| {
                 format!(
@@ -463,16 +507,20 @@ impl QueueServer {
         } else {
             None
         };
+        let floors_dir = match &route.jetstream {
+            Some(_) => jetstream::inbox_dir(&route.spool),
+            None => route.spool.clone(),
+        };
         let (floors, starts) =
-            groups::Floors::open(&spool, &route.spool, &route.groups, io.acker());
+            groups::Floors::open(&cons_spool, &floors_dir, &route.groups, cons_acker.clone());
         let floors = Arc::new(floors);
         let mut dispatchers = Vec::with_capacity(starts.len());
         for (i, &start) in starts.iter().enumerate() {
             let d = dispatcher::Dispatcher::start(
-                &spool,
+                &cons_spool,
                 start,
                 route.redeliver_on_reset,
-                io.acker(),
+                cons_acker.clone(),
                 Arc::clone(&floors),
                 i,
                 dead.clone(),
@@ -483,7 +531,7 @@ impl QueueServer {
             dispatchers.push(d);
         }
         let wakers: Vec<_> = dispatchers.iter().map(|d| d.waker()).collect();
-        spool.set_notify(Box::new(move || wakers.iter().for_each(|w| w())));
+        cons_spool.set_notify(Box::new(move || wakers.iter().for_each(|w| w())));
         let mut dispatchers = dispatchers.into_iter();
         let dispatcher = dispatchers.next().context("the default group")?;
         let groups: Vec<dispatcher::Dispatcher> = dispatchers.collect();
@@ -518,6 +566,7 @@ impl QueueServer {
             groups,
             floors,
             dead,
+            jetstream: backend,
             stats: QueueStats::default(),
             failure: Mutex::new(None),
             stop: shutdown.child_token(),
@@ -760,6 +809,11 @@ impl QueueServer {
             tracing::debug!("{what} after the spool closed at shutdown");
             return;
         }
+        self.fail_with(what, e);
+    }
+
+    /// Stops the route for `e` (the first failure is the one reported).
+    fn fail_with(&self, what: &str, e: &dyn std::fmt::Display) {
         let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
         if f.is_none() {
             error!(error = %e, "{what} failed; stopping the route");

@@ -95,6 +95,21 @@ impl QueueServer {
         let to = self.route().to.clone();
         self.spawn_side(&producers, &from, source, Role::Producer)?;
         self.spawn_side(&consumers, &to, sink, Role::Consumer)?;
+        // The JetStream backend stops with the route: what the publisher
+        // had in flight is published again after a restart (same message
+        // ids), what the puller held is delivered again by the cluster.
+        let backend = self.jetstream.is_some().then(|| {
+            let me = Arc::clone(&self);
+            let stop = self.stop.clone();
+            tokio::spawn(async move {
+                let Some(b) = &me.jetstream else { return };
+                let max_disk = me.route().max_disk;
+                let name = me.route().name.clone();
+                if let Err(e) = b.run(&name, max_disk, &me.stats.consumers, stop).await {
+                    me.fail_with("jetstream", &format!("{e:#}"));
+                }
+            })
+        });
 
         // Housekeeping: interval fsync, cursor persistence.
         let mut tick = tokio::time::interval(Duration::from_millis(20));
@@ -196,6 +211,15 @@ impl QueueServer {
             self.fail(what, &e);
         }
         self.persist_floors().await;
+        if let Some(task) = backend {
+            let _ = task.await;
+        }
+        if let Some(b) = &self.jetstream {
+            // What it holds is not acknowledged to the cluster: emptied at
+            // the next start.
+            let inbox = b.inbox.clone();
+            let _ = tokio::task::spawn_blocking(move || inbox.close()).await;
+        }
         let spool = self.spool.clone();
         let closed = tokio::task::spawn_blocking(move || spool.close())
             .await

@@ -1,0 +1,260 @@
+//! The relay's side of the cluster: one connection per route, the stream
+//! and the durable consumer made if missing and checked if present. A
+//! stream or consumer that exists with other settings is an error that
+//! names every difference: the relay never changes what it did not make
+//! (another relay, or an operator, may rely on it).
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use async_nats::jetstream::context::{ConsumerInfoErrorKind, GetStreamErrorKind};
+use async_nats::jetstream::ErrorCode;
+use async_nats::jetstream::{self, consumer, stream};
+
+use crate::config::model::{JetStream, JetStreamAuth};
+
+/// Connects (in the background: the first connect is retried too, so a
+/// route starts while the cluster is down) and returns the JetStream
+/// context. Reconnects forever, with the client's backoff.
+pub async fn connect(cfg: &JetStream, route: &str) -> anyhow::Result<jetstream::Context> {
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(format!("spillway/{route}"))
+        .connection_timeout(Duration::from_secs(5))
+        .ping_interval(Duration::from_secs(10))
+        .max_reconnects(None)
+        .retry_on_initial_connect();
+    opts = match &cfg.auth {
+        JetStreamAuth::None => opts,
+        JetStreamAuth::Credentials(p) => opts
+            .credentials_file(p)
+            .await
+            .with_context(|| format!("jetstream credentials {}", p.display()))?,
+        JetStreamAuth::UserPassword(u, p) => opts.user_and_password(u.clone(), p.clone()),
+        JetStreamAuth::Token(t) => opts.token(t.clone()),
+    };
+    if let Some(ca) = &cfg.tls_ca {
+        opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(c), Some(k)) = (&cfg.tls_cert, &cfg.tls_key) {
+        opts = opts.add_client_certificate(c.clone(), k.clone());
+    }
+    let client = opts
+        .connect(cfg.servers.clone())
+        .await
+        .context("jetstream connect")?;
+    Ok(jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .build(client))
+}
+
+/// The stream this route needs.
+pub fn stream_config(cfg: &JetStream, max_disk: u64) -> stream::Config {
+    stream::Config {
+        name: cfg.stream.clone(),
+        subjects: vec![cfg.subject.clone()],
+        // An acknowledged batch leaves the stream, as a delivered message
+        // leaves the local spool.
+        retention: stream::RetentionPolicy::WorkQueue,
+        num_replicas: cfg.replicas,
+        storage: stream::StorageType::File,
+        // At the size bound a publish is refused (the batch stays in the
+        // local spool, whose `when_full` applies); `Old` would drop
+        // accepted batches silently.
+        discard: stream::DiscardPolicy::New,
+        max_bytes: if max_disk == 0 {
+            -1
+        } else {
+            i64::try_from(max_disk).unwrap_or(i64::MAX)
+        },
+        duplicate_window: cfg.duplicate_window,
+        ..Default::default()
+    }
+}
+
+/// The durable pull consumer this route reads through.
+pub fn consumer_config(cfg: &JetStream) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(cfg.consumer.clone()),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: cfg.ack_wait,
+        // Never given up on: a batch is delivered until it is acknowledged.
+        max_deliver: -1,
+        filter_subject: cfg.subject.clone(),
+        max_ack_pending: i64::try_from(cfg.max_pending).unwrap_or(i64::MAX),
+        deliver_policy: consumer::DeliverPolicy::All,
+        ..Default::default()
+    }
+}
+
+/// What differs between an existing stream and what the route needs (the
+/// fields the relay depends on; the server fills in the others).
+pub fn stream_mismatch(have: &stream::Config, want: &stream::Config) -> Vec<String> {
+    let mut d = Vec::new();
+    if have.retention != want.retention {
+        d.push(format!(
+            "retention is {:?}, want {:?}",
+            have.retention, want.retention
+        ));
+    }
+    if have.num_replicas.max(1) != want.num_replicas {
+        d.push(format!(
+            "replicas is {}, want {}",
+            have.num_replicas.max(1),
+            want.num_replicas
+        ));
+    }
+    if have.storage != want.storage {
+        d.push(format!(
+            "storage is {:?}, want {:?}",
+            have.storage, want.storage
+        ));
+    }
+    if !want.subjects.iter().all(|s| have.subjects.contains(s)) {
+        d.push(format!(
+            "subjects are {:?}, want them to include {:?}",
+            have.subjects, want.subjects
+        ));
+    }
+    if have.max_bytes > 0 && have.discard != stream::DiscardPolicy::New {
+        d.push(format!(
+            "discard is {:?} with max_bytes {}: accepted batches would be dropped at the bound; want New",
+            have.discard, have.max_bytes
+        ));
+    }
+    if have.duplicate_window < want.duplicate_window {
+        d.push(format!(
+            "duplicate_window is {:?}, want at least {:?}",
+            have.duplicate_window, want.duplicate_window
+        ));
+    }
+    if matches!(have.persist_mode, Some(stream::PersistenceMode::Async)) {
+        d.push("persist_mode is async: a publish is acknowledged before it is stored".into());
+    }
+    d
+}
+
+/// What differs between an existing durable consumer and the route's.
+pub fn consumer_mismatch(have: &consumer::Config, want: &consumer::pull::Config) -> Vec<String> {
+    let mut d = Vec::new();
+    if have.ack_policy != want.ack_policy {
+        d.push(format!(
+            "ack_policy is {:?}, want {:?}",
+            have.ack_policy, want.ack_policy
+        ));
+    }
+    if have.deliver_subject.is_some() {
+        d.push("it is a push consumer, want a pull consumer".into());
+    }
+    let filters: Vec<&String> = if have.filter_subject.is_empty() {
+        have.filter_subjects.iter().collect()
+    } else {
+        vec![&have.filter_subject]
+    };
+    if !filters.is_empty() && filters != [&want.filter_subject] {
+        d.push(format!(
+            "filter is {filters:?}, want {:?}",
+            want.filter_subject
+        ));
+    }
+    if have.max_deliver > 0 {
+        d.push(format!(
+            "max_deliver is {}: a batch would be dropped after that many deliveries; want unlimited (-1)",
+            have.max_deliver
+        ));
+    }
+    if have.ack_wait != want.ack_wait {
+        d.push(format!(
+            "ack_wait is {:?}, want {:?}",
+            have.ack_wait, want.ack_wait
+        ));
+    }
+    if have.max_ack_pending != want.max_ack_pending {
+        d.push(format!(
+            "max_ack_pending is {}, want {}",
+            have.max_ack_pending, want.max_ack_pending
+        ));
+    }
+    d
+}
+
+/// Why the stream or consumer cannot be used: a setup error (the route
+/// stops) or the cluster not answering yet (retried).
+#[derive(Debug)]
+pub enum Setup {
+    Mismatch(anyhow::Error),
+    Unavailable(anyhow::Error),
+}
+
+/// Makes or checks the stream and the durable consumer.
+pub async fn ensure(
+    js: &jetstream::Context,
+    cfg: &JetStream,
+    max_disk: u64,
+) -> Result<consumer::PullConsumer, Setup> {
+    let want = stream_config(cfg, max_disk);
+    let stream = match js.get_stream(&cfg.stream).await {
+        Ok(s) => s,
+        Err(e)
+            if matches!(e.kind(), GetStreamErrorKind::JetStream(j)
+                if j.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            match js.create_stream(want.clone()).await {
+                Ok(s) => s,
+                // Made by another relay meanwhile: checked below.
+                Err(_) => js
+                    .get_stream(&cfg.stream)
+                    .await
+                    .map_err(|e| Setup::Unavailable(anyhow!("stream {}: {e}", cfg.stream)))?,
+            }
+        }
+        Err(e) => return Err(Setup::Unavailable(anyhow!("stream {}: {e}", cfg.stream))),
+    };
+    let diff = stream_mismatch(&stream.cached_info().config, &want);
+    if !diff.is_empty() {
+        return Err(Setup::Mismatch(anyhow!(
+            "stream {} exists with other settings: {}",
+            cfg.stream,
+            diff.join("; ")
+        )));
+    }
+    let want_c = consumer_config(cfg);
+    let info = match stream.consumer_info(&cfg.consumer).await {
+        Ok(i) => i,
+        Err(e)
+            if matches!(e.kind(), ConsumerInfoErrorKind::NotFound)
+                || matches!(e.kind(), ConsumerInfoErrorKind::JetStream(j)
+                    if j.error_code() == ErrorCode::CONSUMER_NOT_FOUND) =>
+        {
+            match stream.create_consumer_strict(want_c.clone()).await {
+                Ok(mut c) => c
+                    .info()
+                    .await
+                    .map_err(|e| Setup::Unavailable(anyhow!("consumer {}: {e}", cfg.consumer)))?
+                    .clone(),
+                Err(_) => stream
+                    .consumer_info(&cfg.consumer)
+                    .await
+                    .map_err(|e| Setup::Unavailable(anyhow!("consumer {}: {e}", cfg.consumer)))?,
+            }
+        }
+        Err(e) => {
+            return Err(Setup::Unavailable(anyhow!(
+                "consumer {}: {e}",
+                cfg.consumer
+            )))
+        }
+    };
+    let diff = consumer_mismatch(&info.config, &want_c);
+    if !diff.is_empty() {
+        return Err(Setup::Mismatch(anyhow!(
+            "consumer {} of stream {} exists with other settings: {}",
+            cfg.consumer,
+            cfg.stream,
+            diff.join("; ")
+        )));
+    }
+    stream
+        .get_consumer(&cfg.consumer)
+        .await
+        .map_err(|e| Setup::Unavailable(anyhow!("consumer {}: {e}", cfg.consumer)))
+}

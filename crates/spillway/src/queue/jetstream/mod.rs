@@ -1,0 +1,182 @@
+//! Queue routes on NATS JetStream (`[route.jetstream]`; docs/jetstream.md).
+//!
+//! ```text
+//!  producers ─▶ spool (write-behind, on disk) ─▶ outbox dispatcher ─▶ publisher ─▶ stream
+//!  stream ─▶ durable pull consumer ─▶ puller ─▶ inbox (memory) ─▶ dispatchers ─▶ consumers
+//!                     ▲ ack once the inbox floor passed the batch   │
+//!                     └──────────────────────────────────────────────┘
+//! ```
+//!
+//! The route's spool is where producers' messages go, as with a local
+//! queue; it releases them once the cluster stored them (`publisher.rs`).
+//! Consumers, plain or ack protocol, are served by the usual dispatchers,
+//! over the *inbox*: what this relay pulled from the stream and has not
+//! delivered yet (`puller.rs`). Producers never wait for the cluster: while
+//! it is away the spool absorbs what they send, up to `max_disk`.
+
+pub(super) mod batch;
+mod cluster;
+mod publisher;
+mod puller;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use spillway_spool::fs::Fs;
+use spillway_spool::{Spool, SpoolConfig};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::dispatcher::Dispatcher;
+use super::spool_io::SpoolIo;
+use crate::config::model::JetStream;
+
+pub use cluster::{consumer_mismatch, stream_mismatch};
+
+/// Counters of a route's JetStream backend.
+#[derive(Debug, Default)]
+pub struct JsStats {
+    /// Batches and messages the cluster acknowledged (stored).
+    pub batches_out: AtomicU64,
+    pub messages_out: AtomicU64,
+    /// Publishes the cluster answered as repeats (stored before).
+    pub duplicates: AtomicU64,
+    /// Publishes that failed (timeout, lost connection) and were retried.
+    pub failures: AtomicU64,
+    pub retries: AtomicU64,
+    /// Messages queued from the stream for consumers.
+    pub messages_in: AtomicU64,
+    /// Batches acknowledged to the stream (all their messages delivered).
+    pub batches_in_acked: AtomicU64,
+    /// Batches whose messages were all queued already (dropped).
+    pub duplicates_in: AtomicU64,
+    /// Batches that came behind a later batch of the same spool.
+    pub reordered: AtomicU64,
+    /// Stream messages that are not spillway batches (terminated).
+    pub bad_batches: AtomicU64,
+}
+
+/// The route's JetStream side: what the publisher and the puller use.
+pub(super) struct Backend {
+    pub cfg: JetStream,
+    pub spool_id: u64,
+    /// The publisher's view of the route's spool.
+    pub outbox: Dispatcher,
+    /// Where consumers are served from.
+    pub inbox: Spool,
+    pub inbox_io: SpoolIo,
+    pub stats: JsStats,
+}
+
+/// The spool's id for message ids (`batch.rs`): made once, kept in the
+/// spool directory.
+pub(super) fn spool_id(dir: &Path) -> anyhow::Result<u64> {
+    let path = dir.join("jetstream.id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) => u64::from_str_radix(s.trim(), 16)
+            .with_context(|| format!("{}: not a spool id", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = fastrand::u64(1..)
+                ^ u64::from(std::process::id()).rotate_left(32)
+                ^ crate::units::since_epoch().as_nanos() as u64;
+            let tmp = dir.join("jetstream.id.tmp");
+            std::fs::write(&tmp, format!("{id:016x}\n"))
+                .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .and_then(|()| std::fs::File::open(dir)?.sync_all())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(id)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// The inbox's directory (emptied at every start).
+pub(super) fn inbox_dir(spool: &Path) -> PathBuf {
+    spool.join("jetstream-inbox")
+}
+
+/// Opens an empty inbox for `route`: memory for `max_pending` batches,
+/// disk behind it only if consumers fall that far behind.
+pub(super) fn open_inbox(
+    spool: &Path,
+    cfg: &JetStream,
+    max_message: u64,
+    fs: Arc<dyn Fs>,
+) -> anyhow::Result<Spool> {
+    let dir = inbox_dir(spool);
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot empty {}", dir.display())),
+    }
+    let mut c = SpoolConfig::new(&dir);
+    c.memory_limit = (cfg.max_pending as u64).saturating_mul(cfg.batch_bytes + 4096) + (1 << 20);
+    c.max_disk = 0;
+    c.durability = spillway_spool::Durability::Never;
+    c.max_message = u32::try_from(max_message).unwrap_or(u32::MAX);
+    c.block_timeout = Some(Duration::from_secs(1));
+    let (inbox, _) = Spool::open_with_fs(c, fs)
+        .with_context(|| format!("cannot open the inbox {}", dir.display()))?;
+    Ok(inbox)
+}
+
+impl Backend {
+    /// Connects, makes or checks the stream and the durable consumer, and
+    /// runs the publisher and the puller until `stop`. A stream or
+    /// consumer with other settings is an error (the route stops); a
+    /// cluster that does not answer is waited for.
+    pub async fn run(
+        &self,
+        route: &str,
+        max_disk: u64,
+        consumers: &std::sync::atomic::AtomicUsize,
+        stop: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let js = tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            r = cluster::connect(&self.cfg, route) => r?,
+        };
+        let mut wait = Duration::from_millis(200);
+        let consumer = loop {
+            match cluster::ensure(&js, &self.cfg, max_disk).await {
+                Ok(c) => break c,
+                Err(cluster::Setup::Mismatch(e)) => return Err(e),
+                Err(cluster::Setup::Unavailable(e)) => {
+                    warn!(error = %e, "jetstream not available yet; producers' messages wait in the spool");
+                    tokio::select! {
+                        () = stop.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        info!(stream = %self.cfg.stream, consumer = %self.cfg.consumer, subject = %self.cfg.subject, "jetstream ready");
+        let publisher = publisher::Publisher {
+            js: js.clone(),
+            route,
+            subject: &self.cfg.subject,
+            spool_id: self.spool_id,
+            batch_bytes: usize::try_from(self.cfg.batch_bytes).unwrap_or(usize::MAX),
+            max_inflight: self.cfg.max_inflight,
+            outbox: &self.outbox,
+            stats: &self.stats,
+        };
+        let puller = puller::Puller {
+            consumer,
+            inbox: &self.inbox,
+            inbox_io: &self.inbox_io,
+            max_pending: self.cfg.max_pending,
+            batch_bytes: usize::try_from(self.cfg.batch_bytes).unwrap_or(usize::MAX),
+            ack_wait: self.cfg.ack_wait,
+            stats: &self.stats,
+            consumers,
+        };
+        tokio::join!(publisher.run(stop.clone()), puller.run(stop));
+        Ok(())
+    }
+}

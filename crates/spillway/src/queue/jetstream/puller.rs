@@ -1,0 +1,336 @@
+//! Reading side: batches from the durable consumer into the inbox, the
+//! local queue the route's consumers (plain or ack protocol) are served
+//! from, and a batch acknowledged to the cluster only once every message
+//! of it has been delivered: the inbox's floor, which moves only on what
+//! plain consumers' TCP acknowledged or ack-protocol consumers acked,
+//! has passed its last message. Until then the relay tells the cluster
+//! it is still working on it (`+WPI`, every third of AckWait), from this
+//! task's timer, not from the delivery path, so a healthy slow consumer
+//! never makes AckWait fire.
+//!
+//! The inbox is memory first and is emptied at start: what it held was
+//! not acknowledged to the cluster, which delivers it again (to this
+//! relay, or to another one sharing the durable consumer).
+//!
+//! Repeats are dropped by the seqs this relay already queued, per
+//! producing spool: a batch published twice (a retry past the duplicate
+//! window, a batch cut differently after a restart) is queued once.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::message::{AckKind, Acker};
+use futures_util::StreamExt;
+use spillway_spool::Spool;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::batch::{self, BatchId};
+use super::JsStats;
+use crate::queue::spool_io::SpoolIo;
+
+/// How often the inbox floor is looked at while batches are held.
+const FLOOR_POLL: Duration = Duration::from_millis(10);
+
+/// A batch queued in the inbox, not yet acknowledged to the cluster.
+struct Held {
+    /// The inbox seq after its last message.
+    end: u64,
+    stream_seq: u64,
+    acker: Acker,
+}
+
+pub(crate) struct Puller<'a> {
+    pub consumer: PullConsumer,
+    pub inbox: &'a Spool,
+    pub inbox_io: &'a SpoolIo,
+    pub max_pending: usize,
+    pub batch_bytes: usize,
+    pub ack_wait: Duration,
+    pub stats: &'a JsStats,
+    /// Consumers connected to the route.
+    pub consumers: &'a std::sync::atomic::AtomicUsize,
+}
+
+/// Seqs already queued, per producing spool: ranges `start -> end`,
+/// merged, at most [`MAX_RANGES`] per spool (the oldest forgotten).
+#[derive(Default)]
+struct Seen(HashMap<u64, BTreeMap<u64, u64>>);
+
+const MAX_RANGES: usize = 4096;
+
+impl Seen {
+    /// The parts of `id`'s seqs not queued yet, as index ranges into the batch.
+    fn unseen(&self, id: &BatchId) -> Vec<(usize, usize)> {
+        let Some(r) = self.0.get(&id.spool) else {
+            return vec![(0, id.count as usize)];
+        };
+        let mut out = Vec::new();
+        let mut at = id.first;
+        let end = id.end();
+        // Ranges that may overlap [first, end).
+        let start_key = r
+            .range(..=id.first)
+            .next_back()
+            .map_or(id.first, |(&s, _)| s);
+        for (&s, &e) in r.range(start_key..end) {
+            if e <= at {
+                continue;
+            }
+            if s > at {
+                out.push(((at - id.first) as usize, (s.min(end) - id.first) as usize));
+            }
+            at = at.max(e);
+            if at >= end {
+                break;
+            }
+        }
+        if at < end {
+            out.push(((at - id.first) as usize, id.count as usize));
+        }
+        out
+    }
+
+    fn add(&mut self, spool: u64, mut start: u64, mut end: u64) {
+        let r = self.0.entry(spool).or_default();
+        // Merge with neighbours and overlaps.
+        let keys: Vec<u64> = r
+            .range(..=end)
+            .rev()
+            .take_while(|&(_, &e)| e >= start)
+            .map(|(&s, _)| s)
+            .collect();
+        for k in keys {
+            let e = r.remove(&k).unwrap_or(k);
+            start = start.min(k);
+            end = end.max(e);
+        }
+        r.insert(start, end);
+        while r.len() > MAX_RANGES {
+            r.pop_first();
+        }
+    }
+}
+
+impl Puller<'_> {
+    pub async fn run(self, stop: CancellationToken) {
+        let mut held: VecDeque<Held> = VecDeque::new();
+        let mut held_seqs: HashSet<u64> = HashSet::new();
+        let mut seen = Seen::default();
+        let mut highest: HashMap<u64, u64> = HashMap::new();
+        let mut progress =
+            tokio::time::interval((self.ack_wait / 3).max(Duration::from_millis(100)));
+        progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut poll = tokio::time::interval(FLOOR_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut backoff = Duration::from_millis(100);
+        // Batches a relay held when it died are delivered again only after
+        // AckWait; pulled before that, newer batches would overtake them.
+        // So a puller that finds some waits that long first (a relay that
+        // stopped cleanly gave its batches back: none are found).
+        let mut retry_at = tokio::time::Instant::now();
+        let mut consumer = self.consumer.clone();
+        match consumer.info().await {
+            Ok(i) if i.num_ack_pending > 0 => {
+                info!(
+                    batches = i.num_ack_pending,
+                    wait = ?self.ack_wait,
+                    "batches held by a relay that stopped uncleanly; waiting for them to come back before pulling"
+                );
+                retry_at += self.ack_wait;
+            }
+            _ => {}
+        }
+        let mut messages: Option<async_nats::jetstream::consumer::pull::Stream> = None;
+        loop {
+            // Pull only while consumers are connected here: batches pulled
+            // by a relay nobody reads from would wait for its consumers
+            // while other relays' consumers could have them.
+            let wanted = self.consumers.load(Ordering::Relaxed) > 0;
+            if !wanted {
+                messages = None;
+            } else if messages.is_none() && tokio::time::Instant::now() >= retry_at {
+                match self
+                    .consumer
+                    .stream()
+                    .max_messages_per_batch(self.max_pending)
+                    .max_bytes_per_batch(self.max_pending.saturating_mul(self.batch_bytes + 4096))
+                    .heartbeat(Duration::from_secs(5))
+                    .expires(Duration::from_secs(30))
+                    .messages()
+                    .await
+                {
+                    Ok(m) => messages = Some(m),
+                    Err(e) => {
+                        debug!(error = %e, "jetstream pull failed; retrying");
+                        retry_at = tokio::time::Instant::now() + backoff;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => {
+                    // Given back at once, in order, so that the next puller
+                    // (this relay restarted, or another) gets them before
+                    // anything newer instead of after AckWait.
+                    for h in &held {
+                        let _ = h.acker.ack_with(AckKind::Nak(None)).await;
+                    }
+                    return;
+                }
+                _ = poll.tick() => {
+                    let floor = self.inbox.ack_floor();
+                    while held.front().is_some_and(|h| h.end <= floor) {
+                        let h = held.pop_front().expect("front");
+                        held_seqs.remove(&h.stream_seq);
+                        // A lost ack comes back as a redelivery, whose seqs
+                        // were queued: acknowledged then.
+                        if let Err(e) = h.acker.ack().await {
+                            debug!(error = %e, "jetstream ack failed");
+                        }
+                        self.stats.batches_in_acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                _ = progress.tick(), if !held.is_empty() => {
+                    for h in &held {
+                        let _ = h.acker.ack_with(AckKind::Progress).await;
+                    }
+                }
+                m = async { messages.as_mut().expect("guarded").next().await }, if messages.is_some() => {
+                    let m = match m {
+                        Some(Ok(m)) => m,
+                        Some(Err(e)) => {
+                            debug!(error = %e, "jetstream pull error");
+                            continue;
+                        }
+                        None => {
+                            messages = None;
+                            continue;
+                        }
+                    };
+                    backoff = Duration::from_millis(100);
+                    let stream_seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+                    let (msg, acker) = m.split();
+                    if held_seqs.contains(&stream_seq) {
+                        // Delivered again while still held here: the held
+                        // copy is acknowledged once delivered.
+                        continue;
+                    }
+                    let get = |k: &str| {
+                        msg.headers
+                            .as_ref()
+                            .and_then(|h| h.get(k))
+                            .map(|v| v.as_str().to_string())
+                    };
+                    let parsed = BatchId::from_headers(get)
+                        .ok_or_else(|| batch::BadBatch("missing spillway headers".into()))
+                        .and_then(|id| Ok((id, batch::split(&msg.payload, id.count)?)));
+                    let (id, msgs) = match parsed {
+                        Ok(p) => p,
+                        Err(e) => {
+                            warn!(stream_seq, error = %e, "not a spillway batch; terminated");
+                            self.stats.bad_batches.fetch_add(1, Ordering::Relaxed);
+                            let _ = acker.ack_with(AckKind::Term).await;
+                            continue;
+                        }
+                    };
+                    let parts = seen.unseen(&id);
+                    if parts.is_empty() {
+                        self.stats.duplicates_in.fetch_add(1, Ordering::Relaxed);
+                        let _ = acker.ack().await;
+                        continue;
+                    }
+                    let top = highest.entry(id.spool).or_insert(0);
+                    if id.first < *top {
+                        self.stats.reordered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    *top = (*top).max(id.end());
+                    let slices: Vec<&[u8]> = parts
+                        .iter()
+                        .flat_map(|&(a, b)| msgs[a..b].iter().map(|m| &m[..]))
+                        .collect();
+                    let Some(end) = self.queue(&slices, &stop).await else {
+                        return;
+                    };
+                    for &(a, b) in &parts {
+                        seen.add(id.spool, id.first + a as u64, id.first + b as u64);
+                    }
+                    self.stats
+                        .messages_in
+                        .fetch_add(slices.len() as u64, Ordering::Relaxed);
+                    held_seqs.insert(stream_seq);
+                    held.push_back(Held {
+                        end,
+                        stream_seq,
+                        acker,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Appends to the inbox; returns the inbox seq after the batch, or
+    /// `None` at shutdown or if the inbox failed.
+    async fn queue(&self, msgs: &[&[u8]], stop: &CancellationToken) -> Option<u64> {
+        let mut batch = match self.inbox.encode(msgs) {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(error = %e, "cannot queue a batch from the stream");
+                return None;
+            }
+        };
+        loop {
+            let (back, r) = self.inbox_io.append(batch, false, false, None).await;
+            match r {
+                // The puller is the inbox's only writer.
+                Ok(o) if o.accepted > 0 => return Some(self.inbox.next_seq()),
+                Ok(_) | Err(spillway_spool::SpoolError::Full { .. }) => {
+                    batch = back?;
+                    tokio::select! {
+                        () = stop.cancelled() => return None,
+                        () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "the inbox failed");
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(first: u64, count: u32) -> BatchId {
+        BatchId {
+            spool: 7,
+            first,
+            count,
+        }
+    }
+
+    #[test]
+    fn seen_seqs_are_dropped_and_gaps_kept() {
+        let mut s = Seen::default();
+        assert_eq!(s.unseen(&id(10, 5)), [(0, 5)]);
+        s.add(7, 10, 15);
+        assert!(s.unseen(&id(10, 5)).is_empty(), "a repeat");
+        assert!(s.unseen(&id(11, 2)).is_empty(), "inside");
+        assert_eq!(s.unseen(&id(12, 6)), [(3, 6)], "overlapping the end");
+        s.add(7, 20, 25);
+        assert_eq!(s.unseen(&id(8, 20)), [(0, 2), (7, 12), (17, 20)]);
+        s.add(7, 15, 20);
+        assert_eq!(s.0[&7].len(), 1, "merged: {:?}", s.0[&7]);
+        assert!(s.unseen(&id(10, 15)).is_empty());
+        let other = BatchId {
+            spool: 8,
+            ..id(10, 5)
+        };
+        assert_eq!(s.unseen(&other), [(0, 5)], "another spool");
+    }
+}

@@ -1,0 +1,277 @@
+//! Queue routes on NATS JetStream (issue 16), against real nats-server
+//! processes (`scripts/install-test-deps.sh` installs them): producers →
+//! relay A → the cluster → relay B → a consumer, with the relays run in
+//! process so that each can be stopped and opened again on its spool.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::lines::{line, lines, numbers, LINE};
+use common::nats::{NatsCluster, NatsConn};
+use spillway::config::model::JetStream;
+use spillway::config::QueueRoute;
+use spillway::endpoint::Endpoint;
+use spillway::queue::QueueServer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A relay with one JetStream route, in process.
+struct Relay {
+    serve: JoinHandle<anyhow::Result<()>>,
+    source: SocketAddr,
+    sink: SocketAddr,
+    token: CancellationToken,
+}
+
+async fn relay(spool: &std::path::Path, set: impl FnOnce(&mut QueueRoute)) -> Relay {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("SPILLWAY_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+    let src = spillway::accept::bind_with("127.0.0.1:0", None)
+        .await
+        .expect("bind source");
+    let snk = spillway::accept::bind_with("127.0.0.1:0", None)
+        .await
+        .expect("bind sink");
+    let (source, sink) = (
+        src.local_addr().expect("addr"),
+        snk.local_addr().expect("addr"),
+    );
+    let mut route = QueueRoute::new(
+        "q",
+        Endpoint::Listen(source.to_string()),
+        Endpoint::Listen(sink.to_string()),
+        spool,
+    );
+    route.fsync = spillway_spool::Durability::Interval(Duration::from_millis(20));
+    set(&mut route);
+    let token = CancellationToken::new();
+    let server =
+        QueueServer::open_with_limits(route, &token, Duration::from_secs(5), Default::default())
+            .expect("open the route");
+    let serve = tokio::spawn(Arc::clone(&server).serve(Some(src), Some(snk)));
+    Relay {
+        serve,
+        source,
+        sink,
+        token,
+    }
+}
+
+impl Relay {
+    async fn stop(self) -> anyhow::Result<()> {
+        self.token.cancel();
+        self.serve.await.expect("serve task")
+    }
+}
+
+fn js(cluster: &NatsCluster, stream: &str) -> JetStream {
+    let mut j = JetStream::new("q", cluster.client_urls(), stream);
+    j.replicas = cluster.len();
+    // Small batches: a few hundred per test, so that failures land
+    // between batches as well as inside them.
+    j.batch_bytes = 16 << 10;
+    j.ack_wait = Duration::from_secs(5);
+    j
+}
+
+/// Reads lines from `sink` until `want` distinct numbers arrived (or the
+/// deadline): every number received, in arrival order.
+async fn consume(sink: SocketAddr, want: u64, deadline: Duration) -> Vec<u64> {
+    let end = Instant::now() + deadline;
+    let mut got = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut buf = Vec::new();
+    let mut s = TcpStream::connect(sink).await.expect("connect consumer");
+    let mut chunk = vec![0u8; 64 << 10];
+    while (seen.len() as u64) < want && Instant::now() < end {
+        match tokio::time::timeout(Duration::from_millis(500), s.read(&mut chunk)).await {
+            Ok(Ok(0)) => {
+                s = TcpStream::connect(sink).await.expect("reconnect consumer");
+            }
+            Ok(Ok(n)) => {
+                buf.extend_from_slice(&chunk[..n]);
+                let whole = buf.len() - buf.len() % LINE;
+                for n in numbers(&buf[..whole]) {
+                    got.push(n);
+                    seen.insert(n);
+                }
+                buf.drain(..whole);
+            }
+            Ok(Err(_)) | Err(_) => {}
+        }
+    }
+    got
+}
+
+async fn produce(source: SocketAddr, from: u64, to: u64) {
+    let mut p = TcpStream::connect(source).await.expect("connect producer");
+    p.write_all(&lines(from, to)).await.expect("send");
+    p.shutdown().await.expect("close");
+    let mut rest = Vec::new();
+    let _ = p.read_to_end(&mut rest).await;
+}
+
+/// Every number of `0..n` arrived, and first arrivals are in order.
+fn check(got: &[u64], n: u64) {
+    let mut seen = BTreeSet::new();
+    let mut firsts = Vec::new();
+    for &g in got {
+        if seen.insert(g) {
+            firsts.push(g);
+        }
+    }
+    let missing: Vec<u64> = (0..n).filter(|i| !seen.contains(i)).take(20).collect();
+    assert!(missing.is_empty(), "lost {missing:?} (first 20)");
+    let out_of_order: Vec<_> = firsts.windows(2).filter(|w| w[1] < w[0]).take(5).collect();
+    assert!(
+        out_of_order.is_empty(),
+        "first deliveries out of order: {out_of_order:?}"
+    );
+}
+
+fn stream_messages(cluster: &NatsCluster, stream: &str) -> u64 {
+    for node in cluster.running() {
+        if let Ok(mut c) = NatsConn::connect(&cluster.url(node)) {
+            if let Ok(v) = c.stream_info(stream) {
+                return v["state"]["messages"].as_u64().unwrap_or(u64::MAX);
+            }
+        }
+    }
+    u64::MAX
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producers_to_relay_a_to_jetstream_to_relay_b_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = NatsCluster::start(&dir.path().join("nats"), 1);
+    cluster.wait_ready(Duration::from_secs(60));
+    let cfg = js(&cluster, "Q1");
+    let a = relay(&dir.path().join("a"), |r| r.jetstream = Some(cfg.clone())).await;
+    let b = relay(&dir.path().join("b"), |r| r.jetstream = Some(cfg.clone())).await;
+    let n = 20_000;
+    let consumer = tokio::spawn(consume(b.sink, n, Duration::from_secs(60)));
+    produce(a.source, 0, n).await;
+    let got = consumer.await.expect("consumer");
+    check(&got, n);
+    // Every batch acknowledged: the work-queue stream is empty.
+    let end = Instant::now() + Duration::from_secs(20);
+    while stream_messages(&cluster, "Q1") != 0 && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        stream_messages(&cluster, "Q1"),
+        0,
+        "batches left unacknowledged"
+    );
+    a.stop().await.expect("relay a");
+    b.stop().await.expect("relay b");
+}
+
+/// The cluster is down when producers send: the relay takes everything
+/// into its spool, and delivers it once the cluster is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producers_never_wait_for_an_absent_cluster() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = NatsCluster::start(&dir.path().join("nats"), 1);
+    cluster.wait_ready(Duration::from_secs(60));
+    let cfg = js(&cluster, "Q2");
+    cluster.kill9(0);
+    let a = relay(&dir.path().join("a"), |r| r.jetstream = Some(cfg.clone())).await;
+    let n = 10_000;
+    let t = Instant::now();
+    produce(a.source, 0, n).await;
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "the producer waited for the cluster"
+    );
+    cluster.restart(0);
+    cluster.wait_ready(Duration::from_secs(60));
+    let b = relay(&dir.path().join("b"), |r| r.jetstream = Some(cfg.clone())).await;
+    let got = consume(b.sink, n, Duration::from_secs(60)).await;
+    check(&got, n);
+    a.stop().await.expect("relay a");
+    b.stop().await.expect("relay b");
+}
+
+/// A stream that exists with other settings stops the route at start,
+/// with every difference named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mismatched_stream_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = NatsCluster::start(&dir.path().join("nats"), 1);
+    cluster.wait_ready(Duration::from_secs(60));
+    let mut c = NatsConn::connect(&cluster.url(0)).expect("connect");
+    c.create_stream(&serde_json::json!({
+        "name": "Q3", "subjects": ["spillway.q"], "retention": "limits",
+        "storage": "file", "num_replicas": 1
+    }))
+    .expect("create stream");
+    let cfg = js(&cluster, "Q3");
+    let a = relay(&dir.path().join("a"), |r| r.jetstream = Some(cfg.clone())).await;
+    let r = tokio::time::timeout(Duration::from_secs(30), a.serve)
+        .await
+        .expect("the route stops by itself")
+        .expect("serve task");
+    let e = format!("{:#}", r.expect_err("a mismatch is an error"));
+    assert!(e.contains("stream Q3 exists with other settings"), "{e}");
+    assert!(e.contains("retention is Limits, want WorkQueue"), "{e}");
+    drop(a.token);
+}
+
+/// Three nodes, R3: the stream's leader is SIGKILLed mid-flow and comes
+/// back; each relay is stopped and opened again on its spool mid-flow.
+/// Nothing is lost and first deliveries stay in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_kill_and_relay_restarts_lose_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = NatsCluster::start(&dir.path().join("nats"), 3);
+    cluster.wait_ready(Duration::from_secs(60));
+    cluster.assert_sync_always();
+    let cfg = js(&cluster, "Q4");
+    let (sa, sb) = (dir.path().join("a"), dir.path().join("b"));
+    let mut a = relay(&sa, |r| r.jetstream = Some(cfg.clone())).await;
+    let b = relay(&sb, |r| r.jetstream = Some(cfg.clone())).await;
+    let n = 40_000u64;
+    let step = n / 4;
+    produce(a.source, 0, step).await;
+    // Wait for the stream to exist and have a leader, then kill it.
+    let leader = cluster.wait_stream_leader("Q4", Duration::from_secs(60), |_| true);
+    produce(a.source, step, 2 * step).await;
+    cluster.kill9(leader);
+    produce(a.source, 2 * step, 3 * step).await;
+    // Relay A restarts on its spool.
+    a.stop().await.expect("relay a");
+    a = relay(&sa, |r| r.jetstream = Some(cfg.clone())).await;
+    cluster.restart(leader);
+    produce(a.source, 3 * step, n).await;
+    // Relay B restarts mid-delivery.
+    let got1 = consume(b.sink, n / 3, Duration::from_secs(60)).await;
+    b.stop().await.expect("relay b");
+    let b = relay(&sb, |r| r.jetstream = Some(cfg.clone())).await;
+    let got2 = consume(b.sink, n, Duration::from_secs(120)).await;
+    // What B delivered before its restart may come again (it was not
+    // acknowledged to the cluster); across both, nothing is missing.
+    let mut all = got1.clone();
+    all.extend(&got2);
+    let seen: BTreeSet<u64> = all.iter().copied().collect();
+    let missing: Vec<u64> = (0..n).filter(|i| !seen.contains(i)).take(20).collect();
+    assert!(missing.is_empty(), "lost {missing:?}");
+    // First deliveries (a message's first arrival at all) in order.
+    let firsts: Vec<u64> = {
+        let mut s = BTreeSet::new();
+        all.iter().copied().filter(|g| s.insert(*g)).collect()
+    };
+    let bad: Vec<_> = firsts.windows(2).filter(|w| w[1] < w[0]).take(5).collect();
+    assert!(bad.is_empty(), "first deliveries out of order: {bad:?}");
+    let _ = line(0);
+    a.stop().await.expect("relay a");
+    b.stop().await.expect("relay b");
+}
