@@ -87,6 +87,10 @@ impl Default for Global {
     }
 }
 
+// A queue route is larger than a stream route (by its JetStream table
+// among others); a config holds a handful of routes, built once per load
+// or reload, so boxing one variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Route {
     Stream(StreamRoute),
