@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use spillway::config::{
-    self, defaults, Config, Fsync, Global, Protocol, QueueRoute, Route, Spill, StreamRoute,
+    self, defaults, model, Config, Fsync, Global, JetStream, JetStreamAuth, Protocol, QueueRoute,
+    Route, Spill, StreamRoute,
 };
 use spillway::endpoint::Endpoint;
 use spillway::logging::{self, LogFormat};
@@ -39,6 +40,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Stream mode: proxy TCP connections to a pool of upstreams.
@@ -182,9 +185,10 @@ struct QueueArgs {
     /// lines, raw, len:u8, len:u16be, len:u16le, len:u32be, len:u32le, len:u64be.
     #[arg(long, default_value_t = defaults::FRAMING, value_parser = parse_framing)]
     framing: Framing,
-    /// Largest message, framing included.
-    #[arg(long, default_value_t = ByteSize(defaults::MAX_MESSAGE))]
-    max_message: ByteSize,
+    /// Largest message, framing included [default: 1MiB; 1016KiB with
+    /// --jetstream, the most one JetStream message carries].
+    #[arg(long)]
+    max_message: Option<ByteSize>,
     /// Memory tier size; 0 writes every message to disk first [default:
     /// 64MiB; 0 with --from-protocol ack].
     #[arg(long)]
@@ -231,6 +235,32 @@ struct QueueArgs {
     /// independent cursor over the queue; consumers name it in their hello.
     #[arg(long = "group", value_name = "NAME")]
     groups: Vec<String>,
+    /// Keep the queue in NATS JetStream (the backend is being built: see
+    /// docs/jetstream.md): a server, nats://HOST:PORT (or tls://, ws://,
+    /// wss://); repeat, or separate with commas. Needs --jetstream-stream.
+    #[arg(
+        long = "jetstream",
+        value_name = "URL",
+        value_delimiter = ',',
+        requires = "jetstream_stream"
+    )]
+    jetstream: Vec<String>,
+    /// JetStream: the stream (created if missing).
+    #[arg(long, value_name = "NAME", requires = "jetstream")]
+    jetstream_stream: Option<String>,
+    /// JetStream: the subject published to [default: spillway.queue].
+    #[arg(long, value_name = "SUBJECT", requires = "jetstream")]
+    jetstream_subject: Option<String>,
+    /// JetStream: replicas of the stream, 1 to 5 [default: 3].
+    #[arg(long, value_name = "N", requires = "jetstream")]
+    jetstream_replicas: Option<u64>,
+    /// JetStream: the durable consumer relays read through [default:
+    /// spillway-queue].
+    #[arg(long, value_name = "NAME", requires = "jetstream")]
+    jetstream_consumer: Option<String>,
+    /// JetStream: a .creds file (JWT and NKey seed) to authenticate with.
+    #[arg(long, value_name = "FILE", requires = "jetstream")]
+    jetstream_creds: Option<PathBuf>,
     #[arg(long, default_value_t = HumanDuration(defaults::CONNECT_TIMEOUT))]
     connect_timeout: HumanDuration,
     #[arg(long, default_value_t = HumanDuration(defaults::DRAIN_TIMEOUT))]
@@ -250,10 +280,16 @@ fn parse_framing(s: &str) -> Result<Framing, String> {
 }
 
 impl QueueArgs {
-    fn into_config(self) -> Result<Config, String> {
+    fn into_config(mut self) -> Result<Config, String> {
+        let jetstream = self.jetstream("queue")?;
         let mut q = QueueRoute::new("queue", self.from, self.to, self.spool);
         q.framing = self.framing;
-        q.max_message = self.max_message.bytes();
+        q.max_message = match (self.max_message, &jetstream) {
+            (Some(m), _) => m.bytes(),
+            (None, Some(_)) => defaults::JS_MAX_MESSAGE,
+            (None, None) => defaults::MAX_MESSAGE,
+        };
+        q.jetstream = jetstream;
         q.memory = match (self.memory, self.from_protocol) {
             (Some(m), _) => m.bytes(),
             (None, Protocol::Ack) => 0,
@@ -286,6 +322,39 @@ impl QueueArgs {
             },
             routes: vec![Route::Queue(q)],
         })
+    }
+}
+
+impl QueueArgs {
+    /// The `--jetstream*` flags of route `route`, each checked as the
+    /// config file checks its key.
+    fn jetstream(&mut self, route: &str) -> Result<Option<JetStream>, String> {
+        // clap makes --jetstream and --jetstream-stream come together, and
+        // the other --jetstream-* flags need them.
+        let Some(stream) = self.jetstream_stream.take() else {
+            return Ok(None);
+        };
+        for s in &self.jetstream {
+            model::check_jetstream_server("--jetstream", s)?;
+        }
+        model::check_jetstream_name("--jetstream-stream", &stream)?;
+        let mut js = JetStream::new(route, std::mem::take(&mut self.jetstream), stream);
+        if let Some(v) = self.jetstream_subject.take() {
+            model::check_jetstream_subject("--jetstream-subject", &v)?;
+            js.subject = v;
+        }
+        if let Some(v) = self.jetstream_replicas {
+            js.replicas =
+                model::check_jetstream_count("--jetstream-replicas", v, model::JS_REPLICAS_RANGE)?;
+        }
+        if let Some(v) = self.jetstream_consumer.take() {
+            model::check_jetstream_name("--jetstream-consumer", &v)?;
+            js.consumer = v;
+        }
+        if let Some(v) = self.jetstream_creds.take() {
+            js.auth = JetStreamAuth::Credentials(v);
+        }
+        Ok(Some(js))
     }
 }
 
@@ -570,6 +639,158 @@ mod tests {
         )
         .expect("valid file");
         assert_eq!(flags, file);
+    }
+
+    /// The `--jetstream*` flags build what the same `[route.jetstream]`
+    /// keys build, `max_message` default included.
+    #[test]
+    fn jetstream_flags_and_file_agree() {
+        let queue = [
+            "spillway",
+            "queue",
+            "--from",
+            "listen:127.0.0.1:1",
+            "--to",
+            "connect:127.0.0.1:2",
+            "--spool",
+            "/tmp/q",
+        ];
+        let file = "[[route]]\nname = \"queue\"\nmode = \"queue\"\nfrom = \"listen:127.0.0.1:1\"\nto = \"connect:127.0.0.1:2\"\nspool = \"/tmp/q\"\n";
+        let flags = from_flags(
+            &[
+                &queue[..],
+                &[
+                    "--jetstream",
+                    "nats://a:4222,tls://b:4222",
+                    "--jetstream",
+                    "nats://c:4222",
+                    "--jetstream-stream",
+                    "EVENTS",
+                ],
+            ]
+            .concat(),
+        );
+        let from_file = config::parse(
+            Path::new("t.toml"),
+            &format!("{file}[route.jetstream]\nservers = [\"nats://a:4222\", \"tls://b:4222\", \"nats://c:4222\"]\nstream = \"EVENTS\"\n"),
+        )
+        .expect("valid file");
+        assert_eq!(flags, from_file);
+        let Route::Queue(q) = &flags.routes[0] else {
+            panic!("queue route")
+        };
+        assert_eq!(q.max_message, defaults::JS_MAX_MESSAGE);
+
+        let flags = from_flags(
+            &[
+                &queue[..],
+                &[
+                    "--jetstream",
+                    "nats://a:4222",
+                    "--jetstream-stream",
+                    "EVENTS",
+                    "--jetstream-subject",
+                    "acme.events",
+                    "--jetstream-replicas",
+                    "1",
+                    "--jetstream-consumer",
+                    "relays",
+                    "--jetstream-creds",
+                    "/etc/nats.creds",
+                    "--max-message",
+                    "64KiB",
+                ],
+            ]
+            .concat(),
+        );
+        let from_file = config::parse(
+            Path::new("t.toml"),
+            &format!("{file}max_message = \"64KiB\"\n[route.jetstream]\nservers = [\"nats://a:4222\"]\nstream = \"EVENTS\"\nsubject = \"acme.events\"\nreplicas = 1\nconsumer = \"relays\"\ncredentials = \"/etc/nats.creds\"\n"),
+        )
+        .expect("valid file");
+        assert_eq!(flags, from_file);
+    }
+
+    /// Each refusal names the flag, with the file's reason.
+    #[test]
+    fn jetstream_flags_are_checked_like_the_keys() {
+        let queue = [
+            "spillway",
+            "queue",
+            "--from",
+            "listen:127.0.0.1:1",
+            "--to",
+            "listen:127.0.0.1:2",
+            "--spool",
+            "/tmp/q",
+            "--jetstream",
+            "nats://a:4222",
+            "--jetstream-stream",
+            "EVENTS",
+        ];
+        for (extra, says) in [
+            (
+                &["--jetstream", "http://b:1"][..],
+                "--jetstream 'http://b:1': scheme",
+            ),
+            (
+                &["--jetstream", "nats://b"],
+                "--jetstream 'nats://b' needs HOST:PORT",
+            ),
+            (
+                &["--jetstream-subject", "a.*"],
+                "--jetstream-subject 'a.*' is not a valid subject",
+            ),
+            (
+                &["--jetstream-replicas", "7"],
+                "--jetstream-replicas must be between 1 and 5",
+            ),
+            (
+                &["--jetstream-consumer", "a.b"],
+                "--jetstream-consumer 'a.b' is not a valid JetStream name",
+            ),
+            (
+                &["--max-message", "1MiB"],
+                "--max-message must be at most 1016KiB on a jetstream route",
+            ),
+            (
+                &["--to-protocol", "ack", "--group", "billing"],
+                "--groups are not supported on a jetstream route yet",
+            ),
+        ] {
+            let cli = Cli::try_parse_from([&queue[..], extra].concat()).expect("flags parse");
+            let Command::Queue(a) = cli.command else {
+                panic!("queue")
+            };
+            let e = a.into_config().expect_err(says);
+            assert!(e.contains(says), "{extra:?}: {e}");
+        }
+        let mut stream_name = queue;
+        stream_name[11] = "a b";
+        let Command::Queue(a) = Cli::try_parse_from(stream_name).expect("parse").command else {
+            panic!("queue")
+        };
+        let e = a.into_config().expect_err("name");
+        assert!(
+            e.contains("--jetstream-stream 'a b' is not a valid JetStream name"),
+            "{e}"
+        );
+        // Each of --jetstream and --jetstream-stream needs the other; the
+        // other --jetstream-* flags need them.
+        for (without, named) in [
+            (&queue[..10], "--jetstream-stream"),
+            (
+                &[&queue[..8], &queue[10..]].concat()[..],
+                "--jetstream <URL>",
+            ),
+            (
+                &[&queue[..8], &["--jetstream-replicas", "1"]].concat()[..],
+                "--jetstream <URL>",
+            ),
+        ] {
+            let e = Cli::try_parse_from(without).err().expect("refused by clap");
+            assert!(e.to_string().contains(named), "{without:?}: {e}");
+        }
     }
 
     /// What `--help` shows as a default parses back to the default.

@@ -29,6 +29,35 @@ fn run(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Runs flags that should be refused: a build that accepts them would start
+/// serving, so the wait is bounded (still running after 10 s counts as
+/// accepted). Returns whether they were accepted, and stderr.
+fn run_refused(args: &[&str]) -> (bool, String) {
+    let mut child = Command::new(bin())
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break Some(s);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    (status.is_none_or(|s| s.success()), err)
+}
+
 #[test]
 fn every_example_config_validates() {
     let dir = repo_root().join("examples");
@@ -277,37 +306,10 @@ fn systemd_unit_exposure_is_ok() {
 /// for EOF).
 #[test]
 fn flags_get_the_config_files_range_checks() {
-    // A build that accepts the flags would start serving: bound the wait.
     let relay = |extra: &[&str]| {
         let mut a = vec!["relay", "--listen", "127.0.0.1:0", "--to", "127.0.0.1:2"];
         a.extend_from_slice(extra);
-        let mut child = Command::new(bin())
-            .args(&a)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let status = loop {
-            if let Some(s) = child.try_wait().expect("wait") {
-                break Some(s);
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        };
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut e, &mut err);
-        }
-        (
-            status.is_some_and(|s| s.success()) || status.is_none(),
-            String::new(),
-            err,
-        )
+        run_refused(&a)
     };
     for (flag, value, want) in [
         ("--buffer", "0", "--buffer must be between 4KiB and 64MiB"),
@@ -335,7 +337,7 @@ fn flags_get_the_config_files_range_checks() {
             "--drain-timeout must be greater than zero",
         ),
     ] {
-        let (ok, _, err) = relay(&[flag, value]);
+        let (ok, err) = relay(&[flag, value]);
         assert!(!ok, "{flag} {value} was accepted");
         assert!(err.contains(want), "{flag} {value}: {err}");
     }
@@ -354,6 +356,50 @@ fn flags_get_the_config_files_range_checks() {
         !ok && err.contains("--connect-timeout must be greater than zero"),
         "{err}"
     );
+}
+
+/// `--jetstream` and `--jetstream-stream` come together, and each flag is
+/// checked as its `[route.jetstream]` key is, before anything starts.
+#[test]
+fn jetstream_flags_are_refused_before_starting() {
+    let queue = [
+        "queue",
+        "--from",
+        "listen:127.0.0.1:0",
+        "--to",
+        "listen:127.0.0.1:0",
+        "--spool",
+        "/nonexistent/spillway-cli-test",
+    ];
+    for (extra, want) in [
+        (
+            &["--jetstream", "nats://127.0.0.1:4222"][..],
+            "--jetstream-stream <NAME>",
+        ),
+        (&["--jetstream-stream", "EVENTS"], "--jetstream <URL>"),
+        (
+            &[
+                "--jetstream",
+                "127.0.0.1:4222",
+                "--jetstream-stream",
+                "EVENTS",
+            ],
+            "--jetstream '127.0.0.1:4222' is not a NATS URL",
+        ),
+        (
+            &[
+                "--jetstream",
+                "nats://127.0.0.1:4222",
+                "--jetstream-stream",
+                "my.events",
+            ],
+            "--jetstream-stream 'my.events' is not a valid JetStream name",
+        ),
+    ] {
+        let (accepted, err) = run_refused(&[&queue[..], extra].concat());
+        assert!(!accepted, "{extra:?} was accepted");
+        assert!(err.contains(want), "{extra:?}: {err}");
+    }
 }
 
 /// `--ready-file PATH` (here after the subcommand: the flag is global):

@@ -101,6 +101,10 @@ pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 // --------------------------------------------- queue routes: JetStream ---
 
 pub const JS_REPLICAS: usize = 3;
+/// `max_message` of a jetstream route: the largest a JetStream message
+/// carries alone ([`model::JS_MAX_MESSAGE`](super::model::JS_MAX_MESSAGE));
+/// the spool's 1 MiB default does not fit.
+pub const JS_MAX_MESSAGE: u64 = super::model::JS_MAX_MESSAGE;
 /// Bytes of messages per JetStream message: large enough that a publish
 /// (a Raft round and, under `sync_interval: always`, an fsync on each
 /// replica) carries many messages; small enough that a redelivered batch

@@ -18,10 +18,12 @@
 //! directly too), `raw` (the serde structs), `convert` (raw → model: the
 //! error positions, `[global]`, shared helpers), `route` (one `[[route]]`
 //! table), `tls` (the TLS tables), `policy` (health checks, outlier
-//! ejection, circuit breakers, backoff).
+//! ejection, circuit breakers, backoff), `jetstream` (`[route.jetstream]`;
+//! its checks, shared with the command line, are in [`model`]).
 
 mod convert;
 pub mod defaults;
+mod jetstream;
 pub mod model;
 mod policy;
 mod raw;
@@ -31,6 +33,6 @@ mod tls;
 pub use convert::{load, parse, ConfigError};
 pub use model::{
     parse_fsync, parse_when_full, validate_queue, validate_stream, when_full_name, Config, Fsync,
-    Global, Protocol, QueueRoute, Route, Spill, StreamRoute, Timeouts,
+    Global, JetStream, JetStreamAuth, Protocol, QueueRoute, Route, Spill, StreamRoute, Timeouts,
 };
 pub use tls::EndpointTls;

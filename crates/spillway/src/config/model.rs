@@ -5,6 +5,7 @@
 //! checks both apply.
 
 use std::fmt;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ use spillway_spool::{Durability, WhenFull};
 use super::defaults;
 use super::tls::EndpointTls;
 use crate::endpoint::Endpoint;
-use crate::units::{parse_duration, HumanDuration};
+use crate::units::{parse_duration, ByteSize, HumanDuration};
 
 /// Liveness of every connection a route accepts or dials: TCP options
 /// that detect a vanished peer, and the timeouts both modes enforce.
@@ -87,6 +88,10 @@ impl Default for Global {
     }
 }
 
+// A queue route is larger than a stream route (by its JetStream table
+// among others); a config holds a handful of routes, built once per load
+// or reload, so boxing one variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Route {
     Stream(StreamRoute),
@@ -169,43 +174,51 @@ pub struct QueueRoute {
 /// A queue route's JetStream backend (`[route.jetstream]`; docs/jetstream.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JetStream {
-    /// `nats://` or `tls://` URLs of the cluster's servers (at least one).
+    /// `nats://`, `tls://`, `ws://` or `wss://` URLs of the cluster's
+    /// servers, each with its `HOST:PORT` and no user or password in it
+    /// (at least one; [`check_jetstream_server`]).
     pub servers: Vec<String>,
-    /// The stream (created if missing, checked if present).
+    /// The stream (created if missing, checked if present;
+    /// [`check_jetstream_name`]).
     pub stream: String,
     /// The subject this route publishes to and reads (default
-    /// `spillway.<route name>`); the stream is created with it.
+    /// `spillway.<route name>`); the stream is created with it
+    /// ([`check_jetstream_subject`]).
     pub subject: String,
-    /// Replicas of the stream (default 3; 1 to 5).
+    /// Replicas of the stream (default 3; [`JS_REPLICAS_RANGE`]).
     pub replicas: usize,
     /// The durable pull consumer relays read through (default
-    /// `spillway-<route name>`). Relays sharing it compete for batches.
+    /// `spillway-<route name>`). Relays sharing it compete for batches
+    /// ([`check_jetstream_name`]).
     pub consumer: String,
     pub auth: JetStreamAuth,
     /// CA bundle to trust for `tls://` servers (PEM); `None`: the system's.
     pub tls_ca: Option<PathBuf>,
-    /// A client certificate and key (PEM) for servers that ask for one.
+    /// A client certificate and key (PEM) for servers that ask for one
+    /// (both or neither).
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     /// Most bytes of messages in one JetStream message (a batch; default
-    /// 256 KiB). A message larger than this travels alone.
+    /// 256 KiB; [`JS_BATCH_BYTES_RANGE`]). A message larger than this
+    /// travels alone.
     pub batch_bytes: u64,
     /// Batches published and not yet acknowledged by the cluster
-    /// (default 8).
+    /// (default 8; [`JS_MAX_INFLIGHT_RANGE`]).
     pub max_inflight: usize,
     /// The durable consumer's AckWait (default 30 s): a batch held this
     /// long without an ack or progress by a relay that died is delivered
-    /// again.
+    /// again. At least 1 s.
     pub ack_wait: Duration,
     /// Batches a relay holds from the stream at once (the durable's
-    /// MaxAckPending; default 64).
+    /// MaxAckPending; default 64; [`JS_MAX_PENDING_RANGE`]).
     pub max_pending: usize,
     /// The stream's duplicate window (default 30 min): a batch published
-    /// again within it (a retry, a restart) is stored once.
+    /// again within it (a retry, a restart) is stored once. At least 1 s.
     pub duplicate_window: Duration,
 }
 
-/// How the relay authenticates to the cluster: at most one method.
+/// How the relay authenticates to the cluster: at most one method (the
+/// config file refuses two; a URL may not carry a user either).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum JetStreamAuth {
     #[default]
@@ -236,6 +249,175 @@ impl JetStream {
             duplicate_window: defaults::JS_DUPLICATE_WINDOW,
         }
     }
+}
+
+// The checks of `[route.jetstream]`, shared by both front ends: the
+// config file applies each at its key (`file:line:col`), the command line
+// at its flag; `key` names the one or the other in the message.
+
+/// A NATS server's default `max_payload`: the most one JetStream message
+/// holds, headers included.
+pub const JS_MAX_PAYLOAD: u64 = 1 << 20;
+/// `batch_bytes`: at least 4 KiB; at most [`JS_MAX_PAYLOAD`] less 4 KiB of
+/// headers.
+pub const JS_BATCH_BYTES_RANGE: RangeInclusive<u64> = (4 << 10)..=JS_MAX_PAYLOAD - (4 << 10);
+/// The largest `max_message` of a jetstream route (and its default): a
+/// message larger than `batch_bytes` travels alone in one JetStream
+/// message, so it must fit [`JS_MAX_PAYLOAD`] with room for headers.
+pub const JS_MAX_MESSAGE: u64 = JS_MAX_PAYLOAD - (8 << 10);
+/// `replicas`: JetStream's own bounds.
+pub const JS_REPLICAS_RANGE: RangeInclusive<u64> = 1..=5;
+pub const JS_MAX_INFLIGHT_RANGE: RangeInclusive<u64> = 1..=1024;
+pub const JS_MAX_PENDING_RANGE: RangeInclusive<u64> = 1..=10_000;
+/// `ack_wait` and `duplicate_window`: JetStream counts them in seconds.
+pub const JS_MIN_WAIT: Duration = Duration::from_secs(1);
+
+/// One entry of `servers`: `nats://`, `tls://`, `ws://` or `wss://`, then
+/// `HOST:PORT` (a path only for the WebSocket schemes). A user or password
+/// in the URL is refused, not echoed: auth has its own keys, one method.
+pub fn check_jetstream_server(key: &str, url: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(format!(
+            "{key} '{url}' is not a NATS URL: expected nats://HOST:PORT (or tls://, ws://, wss://)"
+        ));
+    };
+    let websocket = match scheme {
+        "nats" | "tls" => false,
+        "ws" | "wss" => true,
+        other => {
+            return Err(format!(
+                "{key} '{url}': scheme '{other}://' is not one of nats://, tls://, ws://, wss://"
+            ))
+        }
+    };
+    let (authority, path) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+    if authority.contains('@') {
+        return Err(format!(
+            "{key} has a user or password in its URL: use credentials, user and password, or token instead"
+        ));
+    }
+    crate::endpoint::check_host_port(authority)
+        .map_err(|m| format!("{key} '{url}' needs HOST:PORT after {scheme}://: {m}"))?;
+    if !websocket && !path.is_empty() && path != "/" {
+        return Err(format!(
+            "{key} '{url}': a {scheme}:// URL is {scheme}://HOST:PORT, with no path"
+        ));
+    }
+    // What the client will parse when it connects: catch the rest (a
+    // space in the host, a bad IPv6 literal) here rather than at start.
+    url.parse::<async_nats::ServerAddr>()
+        .map_err(|e| format!("{key} '{url}' is not a valid NATS URL: {e}"))?;
+    Ok(())
+}
+
+/// A stream or consumer name. JetStream names become subjects and file
+/// names on the servers: no spaces, `.`, `*`, `>` or path separators.
+pub fn check_jetstream_name(key: &str, name: &str) -> Result<(), String> {
+    let valid = (1..=255).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !valid {
+        return Err(format!(
+            "{key} '{name}' is not a valid JetStream name: 1 to 255 letters, digits, '_' and '-' (no spaces, '.', '*', '>' or path separators)"
+        ));
+    }
+    Ok(())
+}
+
+/// The subject the route publishes to: tokens separated by `.`, none
+/// empty, no whitespace, and no wildcard (one publishes to one subject).
+pub fn check_jetstream_subject(key: &str, subject: &str) -> Result<(), String> {
+    let why = if subject.split('.').any(str::is_empty) {
+        "a token is empty (tokens are separated by single '.', like spillway.events)"
+    } else if subject.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        "it contains whitespace or a control character"
+    } else if subject.contains(['*', '>']) {
+        "it contains a wildcard ('*' or '>'): the route publishes to one subject"
+    } else {
+        return Ok(());
+    };
+    Err(format!("{key} '{subject}' is not a valid subject: {why}"))
+}
+
+/// `replicas`, `max_inflight`, `max_pending`: a count within `range`.
+pub fn check_jetstream_count(
+    key: &str,
+    v: u64,
+    range: RangeInclusive<u64>,
+) -> Result<usize, String> {
+    if !range.contains(&v) {
+        return Err(format!(
+            "{key} must be between {} and {}",
+            range.start(),
+            range.end()
+        ));
+    }
+    // Within a range whose end fits usize on every target (at most 10,000).
+    Ok(usize::try_from(v).unwrap_or(usize::MAX))
+}
+
+pub fn check_jetstream_batch_bytes(key: &str, v: u64) -> Result<(), String> {
+    if !JS_BATCH_BYTES_RANGE.contains(&v) {
+        return Err(format!(
+            "{key} must be between {} and {}: a batch and its headers fit one JetStream message (the server's max payload, {} by default)",
+            ByteSize(*JS_BATCH_BYTES_RANGE.start()),
+            ByteSize(*JS_BATCH_BYTES_RANGE.end()),
+            ByteSize(JS_MAX_PAYLOAD),
+        ));
+    }
+    Ok(())
+}
+
+/// `ack_wait`, `duplicate_window`.
+pub fn check_jetstream_wait(key: &str, d: Duration) -> Result<(), String> {
+    if d < JS_MIN_WAIT {
+        return Err(format!("{key} must be at least 1s"));
+    }
+    Ok(())
+}
+
+/// `max_message` of a jetstream route.
+pub fn check_jetstream_max_message(key: &str, v: u64) -> Result<(), String> {
+    if v > JS_MAX_MESSAGE {
+        return Err(format!(
+            "{key} must be at most {} on a jetstream route: a message must fit one JetStream message (the server's max payload, {} by default)",
+            ByteSize(JS_MAX_MESSAGE),
+            ByteSize(JS_MAX_PAYLOAD),
+        ));
+    }
+    Ok(())
+}
+
+/// Named consumer groups would each need a JetStream consumer of their own.
+pub const JS_NO_GROUPS: &str = "groups are not supported on a jetstream route yet";
+
+/// Every check of a [`JetStream`], with the config file's key names (each
+/// front end has checked its own keys or flags first, at their position).
+pub fn validate_jetstream(js: &JetStream) -> Result<(), String> {
+    if js.servers.is_empty() {
+        return Err("servers must list at least one NATS server".into());
+    }
+    for (i, s) in js.servers.iter().enumerate() {
+        check_jetstream_server(&format!("servers[{i}]"), s)?;
+    }
+    check_jetstream_name("stream", &js.stream)?;
+    check_jetstream_name("consumer", &js.consumer)?;
+    check_jetstream_subject("subject", &js.subject)?;
+    for (key, v, range) in [
+        ("replicas", js.replicas, JS_REPLICAS_RANGE),
+        ("max_inflight", js.max_inflight, JS_MAX_INFLIGHT_RANGE),
+        ("max_pending", js.max_pending, JS_MAX_PENDING_RANGE),
+    ] {
+        check_jetstream_count(key, u64::try_from(v).unwrap_or(u64::MAX), range)?;
+    }
+    check_jetstream_batch_bytes("batch_bytes", js.batch_bytes)?;
+    check_jetstream_wait("ack_wait", js.ack_wait)?;
+    check_jetstream_wait("duplicate_window", js.duplicate_window)?;
+    if js.tls_cert.is_some() != js.tls_key.is_some() {
+        return Err("tls_cert and tls_key come together (a client certificate and its key)".into());
+    }
+    Ok(())
 }
 
 impl QueueRoute {
@@ -401,6 +583,13 @@ pub fn validate_queue(r: &QueueRoute) -> Result<(), String> {
             "from_protocol = \"ack\" needs a listen: endpoint (producers connect and say hello)"
                 .into(),
         );
+    }
+    if let Some(js) = &r.jetstream {
+        validate_jetstream(js)?;
+        check_jetstream_max_message("max_message", r.max_message)?;
+        if !r.groups.is_empty() {
+            return Err(JS_NO_GROUPS.into());
+        }
     }
     if !r.groups.is_empty() && r.to_protocol != Protocol::Ack {
         return Err(

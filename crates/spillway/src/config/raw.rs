@@ -97,6 +97,32 @@ pub(super) struct RawRoute {
     // TLS: queue routes
     pub(super) from_tls: S<RawTls>,
     pub(super) to_tls: S<RawTls>,
+    // JetStream backend: queue routes
+    pub(super) jetstream: S<RawJetStream>,
+}
+
+/// `[route.jetstream]` of a queue route.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawJetStream {
+    /// Each entry spanned: an error points at the wrong one.
+    pub(super) servers: S<Vec<Spanned<String>>>,
+    pub(super) stream: S<String>,
+    pub(super) subject: S<String>,
+    pub(super) replicas: S<u64>,
+    pub(super) consumer: S<String>,
+    pub(super) credentials: S<String>,
+    pub(super) user: S<String>,
+    pub(super) password: S<String>,
+    pub(super) token: S<String>,
+    pub(super) tls_ca: S<String>,
+    pub(super) tls_cert: S<String>,
+    pub(super) tls_key: S<String>,
+    pub(super) batch_bytes: S<ByteSize>,
+    pub(super) max_inflight: S<u64>,
+    pub(super) ack_wait: S<HumanDuration>,
+    pub(super) max_pending: S<u64>,
+    pub(super) duplicate_window: S<HumanDuration>,
 }
 
 /// One TLS table. Which keys are allowed depends on whether spillway is
@@ -207,6 +233,7 @@ pub(super) struct QueueKeys {
     pub(super) backoff: S<RawBackoff>,
     pub(super) from_tls: S<RawTls>,
     pub(super) to_tls: S<RawTls>,
+    pub(super) jetstream: S<RawJetStream>,
 }
 
 /// Keys valid in a route of either mode.
@@ -287,6 +314,7 @@ impl RawRoute {
             upstream_tls,
             from_tls,
             to_tls,
+            jetstream,
         } = self;
         RouteKeys {
             name,
@@ -332,6 +360,7 @@ impl RawRoute {
                 backoff,
                 from_tls,
                 to_tls,
+                jetstream,
             },
             both: BothKeys {
                 connect_timeout,

@@ -14,11 +14,11 @@ use super::convert::{
     Source,
 };
 use super::model::{
-    check_buffer_size, parse_fsync, parse_when_full, validate_queue, validate_stream, QueueRoute,
-    Route, Spill, StreamRoute, Timeouts,
+    check_buffer_size, check_jetstream_max_message, parse_fsync, parse_when_full, validate_queue,
+    validate_stream, QueueRoute, Route, Spill, StreamRoute, Timeouts, JS_NO_GROUPS,
 };
 use super::raw::{BothKeys, QueueKeys, RawRoute, RouteKeys, StreamKeys, TimeoutKeys};
-use super::{defaults, policy, tls};
+use super::{defaults, jetstream, policy, tls};
 use crate::endpoint::{check_host_port, Endpoint};
 use crate::units::HumanDuration;
 
@@ -144,6 +144,7 @@ fn reject_queue_keys(src: &Source<'_>, keys: QueueKeys) -> Result<(), ConfigErro
         backoff,
         from_tls,
         to_tls,
+        jetstream,
     } = keys;
     reject(src, &from, "from", mode)?;
     reject(src, &to, "to", mode)?;
@@ -168,6 +169,7 @@ fn reject_queue_keys(src: &Source<'_>, keys: QueueKeys) -> Result<(), ConfigErro
     reject(src, &backoff, "backoff", mode)?;
     reject(src, &from_tls, "from_tls", mode)?;
     reject(src, &to_tls, "to_tls", mode)?;
+    reject(src, &jetstream, "jetstream", mode)?;
     Ok(())
 }
 
@@ -203,6 +205,7 @@ fn queue_route(
         backoff,
         from_tls,
         to_tls,
+        jetstream,
     } = keys;
     let BothKeys {
         connect_timeout,
@@ -270,8 +273,8 @@ fn queue_route(
         // refused, with the reason, by validate_queue).
         q.memory = 0;
     }
-    if let Some(v) = groups {
-        q.groups = v.into_inner();
+    if let Some(v) = &groups {
+        q.groups = v.get_ref().clone();
     }
     if let Some(v) = producer_memory {
         q.producer_memory = nonzero_duration(src, &v, "producer_memory")?;
@@ -315,6 +318,19 @@ fn queue_route(
     }
     if let Some(v) = &per_ip_ipv6_prefix {
         q.per_ip_ipv6_prefix = ipv6_prefix(src, v)?;
+    }
+    if let Some(t) = jetstream {
+        q.jetstream = Some(jetstream::jetstream(src, &q.name, t)?);
+        if let Some(v) = groups.as_ref().filter(|v| !v.get_ref().is_empty()) {
+            return Err(src.error(v.span(), JS_NO_GROUPS));
+        }
+        match &max_message {
+            Some(v) => check_jetstream_max_message("max_message", q.max_message)
+                .map_err(|m| src.error(v.span(), m))?,
+            // The spool's default (1 MiB) does not fit one JetStream
+            // message: the default here is the largest that does.
+            None => q.max_message = defaults::JS_MAX_MESSAGE,
+        }
     }
     validate_queue(&q).map_err(|m| {
         let span = max_message
@@ -766,6 +782,7 @@ max_disk = "10GiB"
             "backoff = { base = \"1s\" }",
             "from_tls = { cert = \"c\", key = \"k\" }",
             "to_tls = { cert = \"c\", key = \"k\" }",
+            "jetstream = { servers = [\"nats://a:4222\"], stream = \"s\" }",
         ];
         for key in queue_keys {
             let e = p(&format!("{stream}{key}\n")).expect_err(key);
