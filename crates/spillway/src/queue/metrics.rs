@@ -84,9 +84,46 @@ static GROUP_LAG: Family = Family::gauge(
     "Ack protocol: messages a consumer group has not had delivered yet (the default group is named default).",
 );
 
+static JS_BATCHES_PUBLISHED: Family = Family::counter(
+    "spillway_jetstream_batches_published",
+    "JetStream: batches the cluster acknowledged (stored), the local spool then released them.",
+);
+static JS_MESSAGES_PUBLISHED: Family = Family::counter(
+    "spillway_jetstream_messages_published",
+    "JetStream: messages in the batches the cluster acknowledged.",
+);
+static JS_PUBLISH_DUPLICATES: Family = Family::counter(
+    "spillway_jetstream_publish_duplicates",
+    "JetStream: publishes the cluster answered as already stored (a retry).",
+);
+static JS_PUBLISH_FAILURES: Family = Family::counter(
+    "spillway_jetstream_publish_failures",
+    "JetStream: publishes not acknowledged (timeout, lost connection, election); each is published again.",
+);
+static JS_MESSAGES_PULLED: Family = Family::counter(
+    "spillway_jetstream_messages_pulled",
+    "JetStream: messages queued from the stream for this relay's consumers.",
+);
+static JS_BATCHES_ACKED: Family = Family::counter(
+    "spillway_jetstream_batches_acked",
+    "JetStream: batches acknowledged to the stream (every message delivered).",
+);
+static JS_DUPLICATE_BATCHES: Family = Family::counter(
+    "spillway_jetstream_duplicate_batches",
+    "JetStream: batches dropped because this relay had queued all their messages already.",
+);
+static JS_REORDERED_BATCHES: Family = Family::counter(
+    "spillway_jetstream_reordered_batches",
+    "JetStream: batches that came behind a later batch of the same producing spool.",
+);
+static JS_BAD_BATCHES: Family = Family::counter(
+    "spillway_jetstream_bad_batches",
+    "JetStream: stream messages that were not spillway batches (terminated).",
+);
+
 /// The families a queue route fills, in `/metrics` order (then the
 /// spool's).
-static FAMILIES: [&Family; 23] = [
+static FAMILIES: [&Family; 32] = [
     &CONNECTIONS,
     &CONNECTIONS_ACTIVE,
     &CONSUMER_CONNECTIONS_CLOSED,
@@ -110,6 +147,15 @@ static FAMILIES: [&Family; 23] = [
     &DEAD_LETTER_MESSAGES,
     &UNACKED_MESSAGES,
     &GROUP_LAG,
+    &JS_BATCHES_PUBLISHED,
+    &JS_MESSAGES_PUBLISHED,
+    &JS_PUBLISH_DUPLICATES,
+    &JS_PUBLISH_FAILURES,
+    &JS_MESSAGES_PULLED,
+    &JS_BATCHES_ACKED,
+    &JS_DUPLICATE_BATCHES,
+    &JS_REORDERED_BATCHES,
+    &JS_BAD_BATCHES,
 ];
 
 /// Declares the queue routes' families and their spools'.
@@ -234,6 +280,22 @@ pub fn collect(s: &mut Scrape, route: &str, q: &QueueServer) {
         let depth = q.dead.as_ref().map_or(0, |d| d.depth());
         s.gauge(&DEAD_LETTER_MESSAGES, &r, depth);
         s.gauge(&UNACKED_MESSAGES, &r, unacked);
+    }
+
+    if let Some(js) = q.jetstream_stats() {
+        for (family, v) in [
+            (&JS_BATCHES_PUBLISHED, &js.batches_out),
+            (&JS_MESSAGES_PUBLISHED, &js.messages_out),
+            (&JS_PUBLISH_DUPLICATES, &js.duplicates),
+            (&JS_PUBLISH_FAILURES, &js.failures),
+            (&JS_MESSAGES_PULLED, &js.messages_in),
+            (&JS_BATCHES_ACKED, &js.batches_in_acked),
+            (&JS_DUPLICATE_BATCHES, &js.duplicates_in),
+            (&JS_REORDERED_BATCHES, &js.reordered),
+            (&JS_BAD_BATCHES, &js.bad_batches),
+        ] {
+            s.counter(family, &r, v.load(Ordering::Relaxed));
+        }
     }
 
     // The spool snapshot takes its lock once per scrape.

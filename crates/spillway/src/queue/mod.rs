@@ -804,6 +804,11 @@ impl QueueServer {
     /// The spool failed: log once, stop the route, make `serve` fail.
     /// A spool closed during shutdown (a connection outlived the drain
     /// timeout) is the shutdown itself, not a failure.
+    /// The JetStream backend's counters (`[route.jetstream]` routes).
+    pub fn jetstream_stats(&self) -> Option<&jetstream::JsStats> {
+        self.jetstream.as_ref().map(|b| &b.stats)
+    }
+
     fn fail(&self, what: &str, e: &SpoolError) {
         if self.stop.is_cancelled() && matches!(e, SpoolError::Closed) {
             tracing::debug!("{what} after the spool closed at shutdown");
