@@ -85,9 +85,19 @@ fn js(cluster: &NatsCluster, stream: &str) -> JetStream {
 /// Reads lines from `sink` until `want` distinct numbers arrived (or the
 /// deadline): every number received, in arrival order.
 async fn consume(sink: SocketAddr, want: u64, deadline: Duration) -> Vec<u64> {
+    consume_after(sink, &BTreeSet::new(), want, deadline).await
+}
+
+/// [`consume`], counting the numbers in `before` as arrived already.
+async fn consume_after(
+    sink: SocketAddr,
+    before: &BTreeSet<u64>,
+    want: u64,
+    deadline: Duration,
+) -> Vec<u64> {
     let end = Instant::now() + deadline;
     let mut got = Vec::new();
-    let mut seen = BTreeSet::new();
+    let mut seen = before.clone();
     let mut buf = Vec::new();
     let mut s = TcpStream::connect(sink).await.expect("connect consumer");
     let mut chunk = vec![0u8; 64 << 10];
@@ -241,22 +251,29 @@ async fn a_leader_kill_and_relay_restarts_lose_nothing() {
     let b = relay(&sb, |r| r.jetstream = Some(cfg.clone())).await;
     let n = 40_000u64;
     let step = n / 4;
+    let t0 = Instant::now();
+    let mark = |what: &str| eprintln!("{:>6.1}s {what}", t0.elapsed().as_secs_f64());
     produce(a.source, 0, step).await;
     // Wait for the stream to exist and have a leader, then kill it.
     let leader = cluster.wait_stream_leader("Q4", Duration::from_secs(60), |_| true);
     produce(a.source, step, 2 * step).await;
     cluster.kill9(leader);
+    mark("killed leader");
     produce(a.source, 2 * step, 3 * step).await;
     // Relay A restarts on its spool.
     a.stop().await.expect("relay a");
     a = relay(&sa, |r| r.jetstream = Some(cfg.clone())).await;
+    mark("a restarted");
     cluster.restart(leader);
     produce(a.source, 3 * step, n).await;
     // Relay B restarts mid-delivery.
     let got1 = consume(b.sink, n / 3, Duration::from_secs(60)).await;
+    mark("got1");
     b.stop().await.expect("relay b");
     let b = relay(&sb, |r| r.jetstream = Some(cfg.clone())).await;
-    let got2 = consume(b.sink, n, Duration::from_secs(120)).await;
+    let before: BTreeSet<u64> = got1.iter().copied().collect();
+    let got2 = consume_after(b.sink, &before, n, Duration::from_secs(120)).await;
+    mark("got2");
     // What B delivered before its restart may come again (it was not
     // acknowledged to the cluster); across both, nothing is missing.
     let mut all = got1.clone();
