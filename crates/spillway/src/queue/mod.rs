@@ -714,7 +714,8 @@ impl QueueServer {
     }
 
     /// Whether `new` can replace this route's settings in place: the same
-    /// endpoints, spool, framing, message limit, TLS and per-client limits;
+    /// endpoints, spool, framing, message limit, TLS, per-client limits and
+    /// JetStream backend;
     /// only tunables differ (memory, disk bound, fsync, segment size,
     /// redelivery window, timeouts, backoff).
     pub fn can_reconfigure(&self, new: &QueueRoute) -> bool {
@@ -733,6 +734,8 @@ impl QueueServer {
             && old.max_connections == new.max_connections
             && old.max_connections_per_ip == new.max_connections_per_ip
             && old.per_ip_ipv6_prefix == new.per_ip_ipv6_prefix
+            // The backend's connection, stream and consumer are set up once.
+            && old.jetstream == new.jetstream
     }
 
     /// Applies a reload's new tunables to the running route: nothing is

@@ -83,8 +83,19 @@ pub(super) fn spool_id(dir: &Path) -> anyhow::Result<u64> {
                 ^ u64::from(std::process::id()).rotate_left(32)
                 ^ crate::units::since_epoch().as_nanos() as u64;
             let tmp = dir.join("jetstream.id.tmp");
-            std::fs::write(&tmp, format!("{id:016x}\n"))
-                .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+            let write = || -> std::io::Result<()> {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)?;
+                f.write_all(format!("{id:016x}\n").as_bytes())?;
+                f.sync_all()
+            };
+            write()
                 .and_then(|()| std::fs::rename(&tmp, &path))
                 .and_then(|()| std::fs::File::open(dir)?.sync_all())
                 .with_context(|| format!("cannot write {}", path.display()))?;

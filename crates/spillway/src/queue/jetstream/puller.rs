@@ -172,27 +172,17 @@ impl Puller<'_> {
             }
             tokio::select! {
                 () = stop.cancelled() => {
-                    // Given back at once, in order, so that the next puller
-                    // (this relay restarted, or another) gets them before
-                    // anything newer instead of after AckWait.
+                    // What was delivered is acknowledged; the rest is given
+                    // back at once, in order, so that the next puller (this
+                    // relay restarted, or another) gets it before anything
+                    // newer instead of after AckWait.
+                    self.ack_delivered(&mut held, &mut held_seqs).await;
                     for h in &held {
                         let _ = h.acker.ack_with(AckKind::Nak(None)).await;
                     }
                     return;
                 }
-                _ = poll.tick() => {
-                    let floor = self.inbox.ack_floor();
-                    while held.front().is_some_and(|h| h.end <= floor) {
-                        let h = held.pop_front().expect("front");
-                        held_seqs.remove(&h.stream_seq);
-                        // A lost ack comes back as a redelivery, whose seqs
-                        // were queued: acknowledged then.
-                        if let Err(e) = h.acker.ack().await {
-                            debug!(error = %e, "jetstream ack failed");
-                        }
-                        self.stats.batches_in_acked.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+                _ = poll.tick() => self.ack_delivered(&mut held, &mut held_seqs).await,
                 _ = progress.tick(), if !held.is_empty() => {
                     for h in &held {
                         let _ = h.acker.ack_with(AckKind::Progress).await;
@@ -268,6 +258,22 @@ impl Puller<'_> {
                     });
                 }
             }
+        }
+    }
+
+    /// Acknowledges the held batches every message of which was delivered
+    /// (the inbox's floor passed them).
+    async fn ack_delivered(&self, held: &mut VecDeque<Held>, held_seqs: &mut HashSet<u64>) {
+        let floor = self.inbox.ack_floor();
+        while held.front().is_some_and(|h| h.end <= floor) {
+            let h = held.pop_front().expect("front");
+            held_seqs.remove(&h.stream_seq);
+            // A lost ack comes back as a redelivery, whose seqs were
+            // queued: acknowledged then.
+            if let Err(e) = h.acker.ack().await {
+                debug!(error = %e, "jetstream ack failed");
+            }
+            self.stats.batches_in_acked.fetch_add(1, Ordering::Relaxed);
         }
     }
 
