@@ -69,7 +69,9 @@ async fn a_term_on_a_full_disk_does_not_wedge_the_route() {
     let t0 = Instant::now();
     while fs.faults.space_left.load(Ordering::SeqCst) > 4096 {
         assert!(
-            t0.elapsed() < Duration::from_secs(30),
+            // Bounded, not timed: a debug build on a loaded 2-core machine
+            // took 13 s here (and over 30 s once under the full suite).
+            t0.elapsed() < Duration::from_secs(90),
             "the disk never filled"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
