@@ -86,24 +86,16 @@ impl Inner {
                     .read_tail
                     .take_if(|t| t.seg_first == seg_first && (t.first..t.end()).contains(&pos))
                 {
-                    let mut seq = t.first;
-                    let (took, at) = split_payload_while(&t.rest, t.count, |data| {
-                        if seq < pos {
-                            seq += 1;
-                            return true;
-                        }
-                        if full(&out, bytes) {
-                            return false;
-                        }
-                        bytes += data.len();
-                        out.push(Message {
-                            seq,
-                            data,
-                            append_ms: t.append_ms,
-                        });
-                        seq += 1;
-                        true
-                    });
+                    let (took, at, _) = take_from(
+                        &t.rest,
+                        t.count,
+                        t.first,
+                        pos,
+                        t.append_ms,
+                        &mut out,
+                        &mut bytes,
+                        &full,
+                    );
                     if took < t.count {
                         core.read_tail = Some(ReadTail {
                             first: t.first + u64::from(took),
@@ -195,25 +187,17 @@ impl Inner {
                     } => {
                         let expect = header.end_seq();
                         if expect > pos {
-                            let mut seq = header.first_seq;
                             let append_ms = header.append_ms;
-                            let (took, at) = split_payload_while(&payload, header.count, |data| {
-                                if seq < pos {
-                                    seq += 1;
-                                    return true;
-                                }
-                                if full(&out, bytes) {
-                                    return false;
-                                }
-                                bytes += data.len();
-                                out.push(Message {
-                                    seq,
-                                    data,
-                                    append_ms,
-                                });
-                                seq += 1;
-                                true
-                            });
+                            let (took, at, seq) = take_from(
+                                &payload,
+                                header.count,
+                                header.first_seq,
+                                pos,
+                                append_ms,
+                                &mut out,
+                                &mut bytes,
+                                &full,
+                            );
                             pos = pos.max(seq);
                             if took < header.count {
                                 tail = Some(ReadTail {
@@ -288,6 +272,42 @@ impl Inner {
         }
         Ok(Some(out))
     }
+}
+
+/// Takes the messages of a record's payload (`count` of them, from seq
+/// `first`) at `pos` or later into `out` until `full`. Returns how many it
+/// went through (those before `pos` included), the payload offset after
+/// them, and the seq it stopped at.
+#[allow(clippy::too_many_arguments)]
+fn take_from(
+    payload: &Bytes,
+    count: u32,
+    first: u64,
+    pos: u64,
+    append_ms: u64,
+    out: &mut Vec<Message>,
+    bytes: &mut usize,
+    full: &impl Fn(&Vec<Message>, usize) -> bool,
+) -> (u32, usize, u64) {
+    let mut seq = first;
+    let (took, at) = split_payload_while(payload, count, |data| {
+        if seq < pos {
+            seq += 1;
+            return true;
+        }
+        if full(out, *bytes) {
+            return false;
+        }
+        *bytes += data.len();
+        out.push(Message {
+            seq,
+            data,
+            append_ms,
+        });
+        seq += 1;
+        true
+    });
+    (took, at, seq)
 }
 
 /// Bytes read past what a read asked for (a record that straddles the
