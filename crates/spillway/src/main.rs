@@ -236,8 +236,8 @@ struct QueueArgs {
     #[arg(long = "group", value_name = "NAME")]
     groups: Vec<String>,
     /// Keep the queue in NATS JetStream (the backend is being built: see
-    /// docs/jetstream.md): a server, nats://HOST:PORT (or tls://, ws://,
-    /// wss://); repeat, or separate with commas. Needs --jetstream-stream.
+    /// docs/jetstream.md): a server, nats://HOST:PORT (or tls://); repeat,
+    /// or separate with commas. Needs --jetstream-stream.
     #[arg(
         long = "jetstream",
         value_name = "URL",

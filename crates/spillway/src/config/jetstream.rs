@@ -234,7 +234,7 @@ mod tests {
     fn every_key_lands_in_its_field() {
         let q = queue(&format!(
             r#"{BASE}[route.jetstream]
-servers = ["nats://n1:4222", "tls://n2.example:4443", "wss://n3:443/nats"]
+servers = ["nats://n1:4222", "tls://n2.example:4443", "nats://n3:4222/"]
 stream = "EVENTS_v2"
 subject = "acme.events.v2"
 replicas = 5
@@ -256,7 +256,7 @@ duplicate_window = "1h"
                 servers: vec![
                     "nats://n1:4222".into(),
                     "tls://n2.example:4443".into(),
-                    "wss://n3:443/nats".into()
+                    "nats://n3:4222/".into()
                 ],
                 stream: "EVENTS_v2".into(),
                 subject: "acme.events.v2".into(),
@@ -450,9 +450,14 @@ duplicate_window = "1h"
         assert!(!e.to_string().contains("s3cret"), "{e}");
         for ok in [
             "[\"nats://a:4222\", \"tls://[::1]:4222\"]",
-            "[\"ws://a:80\", \"wss://a:443/path\", \"nats://a:4222/\"]",
+            "[\"nats://a:4222/\"]",
         ] {
             servers(ok).expect(ok);
+        }
+        // The relay's client is built without WebSocket.
+        for ws in ["[\"ws://a:80\"]", "[\"wss://a:443/path\"]"] {
+            let e = servers(ws).expect_err(ws);
+            assert!(e.message.contains("WebSocket"), "{e}");
         }
     }
 

@@ -174,7 +174,7 @@ pub struct QueueRoute {
 /// A queue route's JetStream backend (`[route.jetstream]`; docs/jetstream.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JetStream {
-    /// `nats://`, `tls://`, `ws://` or `wss://` URLs of the cluster's
+    /// `nats://` or `tls://` URLs of the cluster's
     /// servers, each with its `HOST:PORT` and no user or password in it
     /// (at least one; [`check_jetstream_server`]).
     pub servers: Vec<String>,
@@ -272,24 +272,28 @@ pub const JS_MAX_PENDING_RANGE: RangeInclusive<u64> = 1..=10_000;
 /// `ack_wait` and `duplicate_window`: JetStream counts them in seconds.
 pub const JS_MIN_WAIT: Duration = Duration::from_secs(1);
 
-/// One entry of `servers`: `nats://`, `tls://`, `ws://` or `wss://`, then
-/// `HOST:PORT` (a path only for the WebSocket schemes). A user or password
+/// One entry of `servers`: `nats://` or `tls://`, then
+/// `HOST:PORT` and no path. A user or password
 /// in the URL is refused, not echoed: auth has its own keys, one method.
 pub fn check_jetstream_server(key: &str, url: &str) -> Result<(), String> {
     let Some((scheme, rest)) = url.split_once("://") else {
         return Err(format!(
-            "{key} '{url}' is not a NATS URL: expected nats://HOST:PORT (or tls://, ws://, wss://)"
+            "{key} '{url}' is not a NATS URL: expected nats://HOST:PORT (or tls://HOST:PORT)"
         ));
     };
-    let websocket = match scheme {
-        "nats" | "tls" => false,
-        "ws" | "wss" => true,
-        other => {
+    match scheme {
+        "nats" | "tls" => {}
+        "ws" | "wss" => {
             return Err(format!(
-                "{key} '{url}': scheme '{other}://' is not one of nats://, tls://, ws://, wss://"
+                "{key} '{url}': WebSocket ({scheme}://) is not supported; use nats:// or tls://"
             ))
         }
-    };
+        other => {
+            return Err(format!(
+                "{key} '{url}': scheme '{other}://' is not one of nats://, tls://"
+            ))
+        }
+    }
     let (authority, path) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
     if authority.contains('@') {
         return Err(format!(
@@ -298,7 +302,7 @@ pub fn check_jetstream_server(key: &str, url: &str) -> Result<(), String> {
     }
     crate::endpoint::check_host_port(authority)
         .map_err(|m| format!("{key} '{url}' needs HOST:PORT after {scheme}://: {m}"))?;
-    if !websocket && !path.is_empty() && path != "/" {
+    if !path.is_empty() && path != "/" {
         return Err(format!(
             "{key} '{url}': a {scheme}:// URL is {scheme}://HOST:PORT, with no path"
         ));
