@@ -317,6 +317,36 @@ fn a_consumer_that_never_acknowledges_is_reset_at_the_ack_timeout() {
     assert_eq!((body(&m).as_str(), m.attempt), ("m0", 2));
 }
 
+/// The same black hole over a backlog that fills several of the 64 KiB
+/// runs small frames are copied into: each frame's end in the stream (what
+/// starts its ack timer once the consumer's TCP acknowledged it) is
+/// counted across the runs, so the timers start and the consumer is
+/// reset. (A frame length computed across a run's end underflowed: a
+/// panic in debug builds, the suite's; in release builds the stream
+/// offsets went backwards, and timers started before messages arrived.)
+#[test]
+fn a_black_hole_over_many_runs_is_reset_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut r = relay(&dir.path().join("spool"), &["--ack-timeout", "1s"]);
+    let n = 3000;
+    produce(
+        &mut r,
+        (0..n).map(|i| format!("m{i:05} {}", "x".repeat(90))),
+    );
+    let mut hole = Consumer::connect(r.addr("queue", "sink"), "window=4000");
+    for i in 0..n {
+        let m = hole.msg();
+        assert_eq!(&body(&m)[..6], format!("m{i:05}"));
+    }
+    assert_eq!(hole.next(Duration::from_secs(20)), Got::Closed);
+    r.wait_metric("spillway_ack_timeouts_total", &[("route", "queue")], |x| {
+        x >= 1.0
+    });
+    let mut c = Consumer::connect(r.addr("queue", "sink"), "window=5");
+    let m = c.msg();
+    assert_eq!((&body(&m)[..6], m.attempt), ("m00000", 2));
+}
+
 /// PROG keeps a slow consumer's message alive past the ack timeout.
 #[test]
 fn progress_extends_the_ack_timer() {

@@ -286,7 +286,6 @@ impl Conn<'_> {
         };
         let n = d.take_acking(*id, budget, |m, attempt| {
             let body = spillway_codec::payload(framing, &m.data);
-            let before = run.len();
             let len;
             if body.len() >= SMALL {
                 end_run(run, unsent);
@@ -302,6 +301,9 @@ impl Conn<'_> {
                     end_run(run, unsent);
                     run.reserve(RUN);
                 }
+                // After a full run was queued: the frame's length is what
+                // this message adds to the run.
+                let before = run.len();
                 proto::msg_header(m.seq, attempt, body.len(), encoding, run);
                 run.extend_from_slice(body);
                 run.extend_from_slice(trailer);
