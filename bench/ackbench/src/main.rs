@@ -13,6 +13,7 @@
 //! ackbench jetstream live    --nats URL --size 64 --rate 20000 --secs 5
 //! ackbench jetstream batch-publish --nats URL[,URL...] --stream S --subject X
 //!          --replicas 1 --size 64 --count 2000000 --batch-bytes 262144 --inflight 8
+//! ackbench jetstream batch-roundtrip (batch-publish's options) --window 64
 //! ackbench jetstream stream-info --nats URL --stream S
 //! ackbench jetstream wait-stored --nats URL --stream S --subject X --size 64 --count N
 //! ```
@@ -51,6 +52,11 @@
 //!   WorkQueue, file storage, discard New, no size bound, duplicate window
 //!   30 min, `--replicas`). Every batch here is full (the relay cuts what
 //!   its spool has); rate = N / (first publish -> last PubAck).
+//! batch-roundtrip: batch-publish with a reader at the same time, as the
+//!   relay reads: the route's durable pull consumer (MaxAckPending
+//!   `--window` batches), each batch split, checked and acked. Rate = N /
+//!   (first publish -> last batch acked): JetStream's own cost of the
+//!   route's round trip, without the relay.
 //! stream-info: the stream's and its consumers' state, one line (batches
 //!   stored = last_seq, messages left, consumers' pending counts).
 //! wait-stored: waits until the stream holds spillway batches of `--count`
@@ -718,22 +724,34 @@ type AckFut = std::pin::Pin<
     >,
 >;
 
-async fn js_batch_publish(cfg: &Cfg) -> Res<String> {
-    let (_client, js) = js_connect_servers(cfg).await?;
-    // The stream the relay makes for a route (cluster.rs `stream_config`
-    // with max_disk 0 and the default duplicate_window).
-    js.get_or_create_stream(stream::Config {
-        name: cfg.stream.clone(),
-        subjects: vec![cfg.subject.clone()],
-        retention: stream::RetentionPolicy::WorkQueue,
-        num_replicas: cfg.replicas,
-        storage: stream::StorageType::File,
-        discard: stream::DiscardPolicy::New,
-        max_bytes: -1,
-        duplicate_window: Duration::from_secs(30 * 60),
-        ..Default::default()
-    })
-    .await?;
+/// The stream the relay makes for a route (cluster.rs `stream_config` with
+/// max_disk 0 and the default duplicate_window).
+async fn js_route_stream(cfg: &Cfg, js: &jetstream::Context) -> Res<stream::Stream> {
+    Ok(js
+        .get_or_create_stream(stream::Config {
+            name: cfg.stream.clone(),
+            subjects: vec![cfg.subject.clone()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            num_replicas: cfg.replicas,
+            storage: stream::StorageType::File,
+            discard: stream::DiscardPolicy::New,
+            max_bytes: -1,
+            duplicate_window: Duration::from_secs(30 * 60),
+            ..Default::default()
+        })
+        .await?)
+}
+
+/// What `publish_batches` did.
+struct Published {
+    acked: u64,
+    batches: u64,
+    dups: u64,
+    payload_bytes: u64,
+}
+
+/// Publishes `--count` messages in full batches (see the module docs).
+async fn publish_batches(cfg: &Cfg, js: &jetstream::Context) -> Res<Published> {
     let spool = (std::process::id() as u64).rotate_left(32)
         ^ std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
@@ -743,10 +761,14 @@ async fn js_batch_publish(cfg: &Cfg) -> Res<String> {
     let cost = 4 + cfg.size;
     let inflight = (cfg.inflight as usize).max(1);
     let mut flights: VecDeque<(u32, AckFut)> = VecDeque::with_capacity(inflight);
-    let (mut next, mut acked, mut batches, mut dups, mut payload_bytes) =
-        (0u64, 0u64, 0u64, 0u64, 0u64);
-    let t0 = Instant::now();
-    while acked < cfg.count {
+    let mut p = Published {
+        acked: 0,
+        batches: 0,
+        dups: 0,
+        payload_bytes: 0,
+    };
+    let mut next = 0u64;
+    while p.acked < cfg.count {
         while flights.len() < inflight && next < cfg.count {
             let first = next;
             let mut b = BytesMut::with_capacity(cfg.batch_bytes.max(cost));
@@ -763,7 +785,7 @@ async fn js_batch_publish(cfg: &Cfg) -> Res<String> {
                 next += 1;
             }
             let count = (next - first) as u32;
-            payload_bytes += b.len() as u64;
+            p.payload_bytes += b.len() as u64;
             // The relay's `BatchId::msg_id` and `Publisher::publish`.
             let msg = jetstream::message::PublishMessage::build()
                 .payload(b.freeze())
@@ -777,22 +799,127 @@ async fn js_batch_publish(cfg: &Cfg) -> Res<String> {
                 .header(HDR_COUNT, count.to_string().as_str());
             let fut = js.send_publish(cfg.subject.clone(), msg).await?;
             flights.push_back((count, fut.into_future()));
-            batches += 1;
+            p.batches += 1;
         }
         let Some((count, fut)) = flights.pop_front() else {
             break;
         };
         let ack = fut.await?;
-        dups += u64::from(ack.duplicate);
-        acked += u64::from(count);
+        p.dups += u64::from(ack.duplicate);
+        p.acked += u64::from(count);
     }
+    Ok(p)
+}
+
+async fn js_batch_publish(cfg: &Cfg) -> Res<String> {
+    let (_client, js) = js_connect_servers(cfg).await?;
+    js_route_stream(cfg, &js).await?;
+    let t0 = Instant::now();
+    let p = publish_batches(cfg, &js).await?;
     let secs = t0.elapsed().as_secs_f64();
     Ok(format!(
-        "sent={} confirmed={acked} batches={batches} pub_dups={dups} payload_bytes={payload_bytes} msgs_per_batch={:.1} msgs_s={:.0} MB_s={:.1} secs={secs:.3} inflight={inflight} batch_bytes={}",
+        "sent={} confirmed={} batches={} pub_dups={} payload_bytes={} msgs_per_batch={:.1} msgs_s={:.0} MB_s={:.1} secs={secs:.3} inflight={} batch_bytes={}",
         cfg.count,
-        acked as f64 / batches.max(1) as f64,
-        acked as f64 / secs,
-        payload_bytes as f64 / secs / 1e6,
+        p.acked,
+        p.batches,
+        p.dups,
+        p.payload_bytes,
+        p.acked as f64 / p.batches.max(1) as f64,
+        p.acked as f64 / secs,
+        p.payload_bytes as f64 / secs / 1e6,
+        cfg.inflight,
+        cfg.batch_bytes
+    ))
+}
+
+/// batch-publish with a reader at once, as the relay reads (puller.rs): the
+/// route's durable pull consumer (explicit acks, MaxAckPending `--window`
+/// batches), pulls of `--window` batches, each batch split into its
+/// messages, checked (count, order of first seqs) and acked (the stream
+/// deletes it). Rate = N / (first publish -> the last batch acked).
+async fn js_batch_roundtrip(cfg: &Cfg) -> Res<String> {
+    let (client, js) = js_connect_servers(cfg).await?;
+    let s = js_route_stream(cfg, &js).await?;
+    let durable = format!("spillway-{}", cfg.route);
+    let c: consumer::PullConsumer = s
+        .get_or_create_consumer(
+            &durable,
+            consumer::pull::Config {
+                durable_name: Some(durable.clone()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                max_deliver: -1,
+                filter_subject: cfg.subject.clone(),
+                max_ack_pending: i64::from(cfg.window),
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            },
+        )
+        .await?;
+    let window = cfg.window as usize;
+    let mut msgs = c
+        .stream()
+        .max_messages_per_batch(window)
+        .max_bytes_per_batch(window.saturating_mul(cfg.batch_bytes + 4096))
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await?;
+    let (count, idle) = (cfg.count, cfg.idle);
+    let reader = tokio::spawn(async move {
+        let (mut got, mut batches, mut disorder, mut bad) = (0u64, 0u64, 0u64, 0u64);
+        let mut expect_first: Option<u64> = None;
+        while got < count {
+            let m = match tokio::time::timeout(idle, msgs.next()).await {
+                Ok(Some(Ok(m))) => m,
+                Ok(Some(Err(e))) => return Err(e.to_string()),
+                Ok(None) | Err(_) => break,
+            };
+            let h = |k: &str| -> Option<u64> {
+                m.headers.as_ref()?.get(k)?.as_str().trim().parse().ok()
+            };
+            let (Some(first), Some(n)) = (h(HDR_FIRST), h(HDR_COUNT)) else {
+                bad += 1;
+                continue;
+            };
+            // The relay's `batch::split`: per message a u32be length.
+            let p = &m.payload;
+            let (mut at, mut k) = (0usize, 0u64);
+            while at + 4 <= p.len() {
+                let l = u32::from_be_bytes([p[at], p[at + 1], p[at + 2], p[at + 3]]) as usize;
+                at += 4 + l;
+                k += 1;
+            }
+            if at != p.len() || k != n {
+                bad += 1;
+            }
+            if expect_first.is_some_and(|e| e != first) {
+                disorder += 1;
+            }
+            expect_first = Some(first + n);
+            got += n;
+            batches += 1;
+            m.ack().await.map_err(|e| e.to_string())?;
+        }
+        Ok::<_, String>((got, batches, disorder, bad))
+    });
+    let t0 = Instant::now();
+    let p = publish_batches(cfg, &js).await?;
+    let pub_secs = t0.elapsed().as_secs_f64();
+    let (got, batches_in, disorder, bad) = reader.await??;
+    client.flush().await?;
+    let secs = t0.elapsed().as_secs_f64();
+    Ok(format!(
+        "sent={} confirmed={} batches={} pub_dups={} received={got} batches_in={batches_in} disorder={disorder} bad={bad} lost={} msgs_s={:.0} secs={secs:.3} pub_msgs_s={:.0} window={} inflight={} batch_bytes={}",
+        cfg.count,
+        p.acked,
+        p.batches,
+        p.dups,
+        cfg.count.saturating_sub(got),
+        got as f64 / secs,
+        p.acked as f64 / pub_secs,
+        cfg.window,
+        cfg.inflight,
         cfg.batch_bytes
     ))
 }
@@ -966,6 +1093,7 @@ async fn run(cfg: Cfg) -> Res<String> {
             ))
         }
         ("jetstream", "batch-publish") => js_batch_publish(&cfg).await,
+        ("jetstream", "batch-roundtrip") => js_batch_roundtrip(&cfg).await,
         ("jetstream", "stream-info") => js_stream_info(&cfg).await,
         ("jetstream", "wait-stored") => js_wait_stored(&cfg).await,
         (s, p) => Err(format!("unknown system/phase {s} {p}").into()),
