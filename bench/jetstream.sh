@@ -53,7 +53,12 @@
 #             consumer connects: drain msgs/s = COUNT / (its first -> last message).
 #             Says which half of the route the end-to-end time goes to.
 #
-# Usage: bench/jetstream.sh [quick|full]   (quick ~1.5 min, full ~6 min on 2 cores)
+# Figures: first runs at 5f8493a, 2026-12-05, on a 2-core machine shared with
+#   other builds (load average 5-6): end to end / raw batch publish 0.38-0.73
+#   (quick) and 0.18-0.83 (full, two rounds), the 0.8 goal not met; 0 lost.
+#   CARGO_TARGET_DIR=/work/target-jsbench bench/jetstream.sh quick|full
+#
+# Usage: bench/jetstream.sh [quick|full]   (quick ~1.5 min, full ~4.5 min on 2 cores)
 # Env:   COUNT_64, COUNT_1K     messages per run (quick 1,000,000 / 100,000;
 #                               full 10,000,000 / 600,000)
 #        ROUNDS                 raw, raw round trip, spillway and halves runs per cell, interleaved
