@@ -11,6 +11,11 @@
 //! ackbench jetstream publish --nats URL --size 64 --count 500000
 //! ackbench jetstream consume --nats URL --count 500000
 //! ackbench jetstream live    --nats URL --size 64 --rate 20000 --secs 5
+//! ackbench jetstream batch-publish --nats URL[,URL...] --stream S --subject X
+//!          --replicas 1 --size 64 --count 2000000 --batch-bytes 262144 --inflight 8
+//! ackbench jetstream batch-roundtrip (batch-publish's options) --window 64
+//! ackbench jetstream stream-info --nats URL --stream S
+//! ackbench jetstream wait-stored --nats URL --stream S --subject X --size 64 --count N
 //! ```
 //!
 //! Message body (ASCII, so a `lines` route carries it): 16 hex digits of
@@ -35,16 +40,39 @@
 //! plain: (spillway only) the relay's plain-TCP delivery of the same
 //!   backlog: read the stream, split the framing, count ids.
 //!
+//! batch-publish: (bench/jetstream.sh) the limit of a spillway route on
+//!   JetStream: N messages packed into batches exactly as the relay's
+//!   publisher packs them (crates/spillway/src/queue/jetstream/batch.rs,
+//!   publisher.rs): payload = per message its length (u32 big-endian) and
+//!   its bytes, at most `--batch-bytes` payload bytes and 16,384 messages
+//!   a batch; headers Nats-Msg-Id `sw1:<route>:<spool id>:<first>-<last>`,
+//!   Spillway-Spool-Id, Spillway-First-Seq, Spillway-Count; at most
+//!   `--inflight` batches published and not acknowledged, PubAcks taken in
+//!   order. The stream is made as the relay makes it (cluster.rs:
+//!   WorkQueue, file storage, discard New, no size bound, duplicate window
+//!   30 min, `--replicas`). Every batch here is full (the relay cuts what
+//!   its spool has); rate = N / (first publish -> last PubAck).
+//! batch-roundtrip: batch-publish with a reader at the same time, as the
+//!   relay reads: the route's durable pull consumer (MaxAckPending
+//!   `--window` batches), each batch split, checked and acked. Rate = N /
+//!   (first publish -> last batch acked): JetStream's own cost of the
+//!   route's round trip, without the relay.
+//! stream-info: the stream's and its consumers' state, one line (batches
+//!   stored = last_seq, messages left, consumers' pending counts).
+//! wait-stored: waits until the stream holds spillway batches of `--count`
+//!   messages in all; prints the wall-clock time it saw that.
+//!
 //! Every consume/live/plain run counts distinct ids (lost = N - distinct)
 //! and duplicates (deliveries beyond the first).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::error::Error;
+use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{FutureExt, StreamExt};
 use spillway_client::{Consumer, ConsumerOptions, Producer, ProducerOptions};
 use tokio::io::AsyncReadExt;
@@ -79,6 +107,12 @@ struct Cfg {
     idle: Duration,
     /// live: write "publish_us latency_us" per message here (investigation).
     dump: Option<String>,
+    /// batch-publish, stream-info
+    stream: String,
+    subject: String,
+    replicas: usize,
+    batch_bytes: usize,
+    route: String,
 }
 
 fn parse_args() -> Res<Cfg> {
@@ -114,6 +148,11 @@ fn parse_args() -> Res<Cfg> {
         "retention",
         "idle-secs",
         "dump",
+        "stream",
+        "subject",
+        "replicas",
+        "batch-bytes",
+        "route",
     ];
     if let Some(k) = kv.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(format!("unknown option --{k}").into());
@@ -135,6 +174,11 @@ fn parse_args() -> Res<Cfg> {
         retention: get("retention", "workqueue"),
         idle: Duration::from_secs(get("idle-secs", "15").parse()?),
         dump: kv.get("dump").cloned(),
+        stream: get("stream", STREAM),
+        subject: get("subject", SUBJECT),
+        replicas: get("replicas", "1").parse()?,
+        batch_bytes: get("batch-bytes", "262144").parse()?,
+        route: get("route", "bench"),
     };
     if cfg.size < 32 {
         return Err("--size must be at least 32 (id and timestamp)".into());
@@ -643,6 +687,332 @@ async fn js_server_state(s: &mut stream::Stream, c: &mut consumer::PullConsumer)
     }
 }
 
+// ------------------------------------------------------- jetstream batches
+
+/// Headers of a spillway batch (crates/spillway/src/queue/jetstream/batch.rs).
+const HDR_SPOOL: &str = "Spillway-Spool-Id";
+const HDR_FIRST: &str = "Spillway-First-Seq";
+const HDR_COUNT: &str = "Spillway-Count";
+/// Most messages in one batch, as the relay's publisher (publisher.rs).
+const BATCH_MSGS: u64 = 16_384;
+
+/// Connects as the relay does (cluster.rs): every server of the list
+/// (comma-separated), a 10 s request timeout, the client's default
+/// PubAck bound.
+async fn js_connect_servers(cfg: &Cfg) -> Res<(async_nats::Client, jetstream::Context)> {
+    let servers = cfg
+        .nats
+        .split(',')
+        .map(|s| s.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let client = async_nats::ConnectOptions::new()
+        .name("ackbench/batch-publish")
+        .connection_timeout(Duration::from_secs(10))
+        .connect(servers)
+        .await?;
+    let js = jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .build(client.clone());
+    Ok((client, js))
+}
+
+type AckFut = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+            > + Send,
+    >,
+>;
+
+/// The stream the relay makes for a route (cluster.rs `stream_config` with
+/// max_disk 0 and the default duplicate_window).
+async fn js_route_stream(cfg: &Cfg, js: &jetstream::Context) -> Res<stream::Stream> {
+    Ok(js
+        .get_or_create_stream(stream::Config {
+            name: cfg.stream.clone(),
+            subjects: vec![cfg.subject.clone()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            num_replicas: cfg.replicas,
+            storage: stream::StorageType::File,
+            discard: stream::DiscardPolicy::New,
+            max_bytes: -1,
+            duplicate_window: Duration::from_secs(30 * 60),
+            ..Default::default()
+        })
+        .await?)
+}
+
+/// What `publish_batches` did.
+struct Published {
+    acked: u64,
+    batches: u64,
+    dups: u64,
+    payload_bytes: u64,
+}
+
+/// Publishes `--count` messages in full batches (see the module docs).
+async fn publish_batches(cfg: &Cfg, js: &jetstream::Context) -> Res<Published> {
+    let spool = (std::process::id() as u64).rotate_left(32)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos() as u64;
+    let spool_hex = format!("{spool:016x}");
+    let template = body(0, 0, cfg.size);
+    let cost = 4 + cfg.size;
+    let inflight = (cfg.inflight as usize).max(1);
+    let mut flights: VecDeque<(u32, AckFut)> = VecDeque::with_capacity(inflight);
+    let mut p = Published {
+        acked: 0,
+        batches: 0,
+        dups: 0,
+        payload_bytes: 0,
+    };
+    let mut next = 0u64;
+    while p.acked < cfg.count {
+        while flights.len() < inflight && next < cfg.count {
+            let first = next;
+            let mut b = BytesMut::with_capacity(cfg.batch_bytes.max(cost));
+            // At least one message; then while the next one fits (a larger
+            // message travels alone, as in the relay).
+            while next < cfg.count
+                && next - first < BATCH_MSGS
+                && (next == first || b.len() + cost <= cfg.batch_bytes)
+            {
+                b.put_u32(cfg.size as u32);
+                let at = b.len();
+                b.put_slice(&template);
+                write_hex16(&mut b[at..at + 16], next);
+                next += 1;
+            }
+            let count = (next - first) as u32;
+            p.payload_bytes += b.len() as u64;
+            // The relay's `BatchId::msg_id` and `Publisher::publish`.
+            let msg = jetstream::message::PublishMessage::build()
+                .payload(b.freeze())
+                .message_id(format!(
+                    "sw1:{}:{spool_hex}:{first}-{}",
+                    cfg.route,
+                    next - 1
+                ))
+                .header(HDR_SPOOL, spool_hex.as_str())
+                .header(HDR_FIRST, first.to_string().as_str())
+                .header(HDR_COUNT, count.to_string().as_str());
+            let fut = js.send_publish(cfg.subject.clone(), msg).await?;
+            flights.push_back((count, fut.into_future()));
+            p.batches += 1;
+        }
+        let Some((count, fut)) = flights.pop_front() else {
+            break;
+        };
+        let ack = fut.await?;
+        p.dups += u64::from(ack.duplicate);
+        p.acked += u64::from(count);
+    }
+    Ok(p)
+}
+
+async fn js_batch_publish(cfg: &Cfg) -> Res<String> {
+    let (_client, js) = js_connect_servers(cfg).await?;
+    js_route_stream(cfg, &js).await?;
+    let t0 = Instant::now();
+    let p = publish_batches(cfg, &js).await?;
+    let secs = t0.elapsed().as_secs_f64();
+    Ok(format!(
+        "sent={} confirmed={} batches={} pub_dups={} payload_bytes={} msgs_per_batch={:.1} msgs_s={:.0} MB_s={:.1} secs={secs:.3} inflight={} batch_bytes={}",
+        cfg.count,
+        p.acked,
+        p.batches,
+        p.dups,
+        p.payload_bytes,
+        p.acked as f64 / p.batches.max(1) as f64,
+        p.acked as f64 / secs,
+        p.payload_bytes as f64 / secs / 1e6,
+        cfg.inflight,
+        cfg.batch_bytes
+    ))
+}
+
+/// batch-publish with a reader at once, as the relay reads (puller.rs): the
+/// route's durable pull consumer (explicit acks, MaxAckPending `--window`
+/// batches), pulls of `--window` batches, each batch split into its
+/// messages, checked (count, order of first seqs) and acked (the stream
+/// deletes it). Rate = N / (first publish -> the last batch acked).
+async fn js_batch_roundtrip(cfg: &Cfg) -> Res<String> {
+    let (client, js) = js_connect_servers(cfg).await?;
+    let s = js_route_stream(cfg, &js).await?;
+    let durable = format!("spillway-{}", cfg.route);
+    let c: consumer::PullConsumer = s
+        .get_or_create_consumer(
+            &durable,
+            consumer::pull::Config {
+                durable_name: Some(durable.clone()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                max_deliver: -1,
+                filter_subject: cfg.subject.clone(),
+                max_ack_pending: i64::from(cfg.window),
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            },
+        )
+        .await?;
+    let window = cfg.window as usize;
+    let mut msgs = c
+        .stream()
+        .max_messages_per_batch(window)
+        .max_bytes_per_batch(window.saturating_mul(cfg.batch_bytes + 4096))
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await?;
+    let (count, idle) = (cfg.count, cfg.idle);
+    let reader = tokio::spawn(async move {
+        let (mut got, mut batches, mut disorder, mut bad) = (0u64, 0u64, 0u64, 0u64);
+        let mut expect_first: Option<u64> = None;
+        while got < count {
+            let m = match tokio::time::timeout(idle, msgs.next()).await {
+                Ok(Some(Ok(m))) => m,
+                Ok(Some(Err(e))) => return Err(e.to_string()),
+                Ok(None) | Err(_) => break,
+            };
+            let h = |k: &str| -> Option<u64> {
+                m.headers.as_ref()?.get(k)?.as_str().trim().parse().ok()
+            };
+            let (Some(first), Some(n)) = (h(HDR_FIRST), h(HDR_COUNT)) else {
+                bad += 1;
+                continue;
+            };
+            // The relay's `batch::split`: per message a u32be length.
+            let p = &m.payload;
+            let (mut at, mut k) = (0usize, 0u64);
+            while at + 4 <= p.len() {
+                let l = u32::from_be_bytes([p[at], p[at + 1], p[at + 2], p[at + 3]]) as usize;
+                at += 4 + l;
+                k += 1;
+            }
+            if at != p.len() || k != n {
+                bad += 1;
+            }
+            if expect_first.is_some_and(|e| e != first) {
+                disorder += 1;
+            }
+            expect_first = Some(first + n);
+            got += n;
+            batches += 1;
+            m.ack().await.map_err(|e| e.to_string())?;
+        }
+        Ok::<_, String>((got, batches, disorder, bad))
+    });
+    let t0 = Instant::now();
+    let p = publish_batches(cfg, &js).await?;
+    let pub_secs = t0.elapsed().as_secs_f64();
+    let (got, batches_in, disorder, bad) = reader.await??;
+    client.flush().await?;
+    let secs = t0.elapsed().as_secs_f64();
+    Ok(format!(
+        "sent={} confirmed={} batches={} pub_dups={} received={got} batches_in={batches_in} disorder={disorder} bad={bad} lost={} msgs_s={:.0} secs={secs:.3} pub_msgs_s={:.0} window={} inflight={} batch_bytes={}",
+        cfg.count,
+        p.acked,
+        p.batches,
+        p.dups,
+        cfg.count.saturating_sub(got),
+        got as f64 / secs,
+        p.acked as f64 / pub_secs,
+        cfg.window,
+        cfg.inflight,
+        cfg.batch_bytes
+    ))
+}
+
+fn write_hex16(out: &mut [u8], v: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (j, o) in out.iter_mut().enumerate().take(16) {
+        *o = HEX[((v >> (60 - 4 * j)) & 0xf) as usize];
+    }
+}
+
+/// The stream's state and its consumers', one line.
+async fn js_stream_info(cfg: &Cfg) -> Res<String> {
+    let (_client, js) = js_connect_servers(cfg).await?;
+    let mut s = js.get_stream(&cfg.stream).await?;
+    let si = s.info().await?.clone();
+    let mut line = format!(
+        "stream={} replicas={} stored_batches={} left_msgs={} left_bytes={} leader={}",
+        si.config.name,
+        si.config.num_replicas,
+        si.state.last_sequence,
+        si.state.messages,
+        si.state.bytes,
+        si.cluster
+            .as_ref()
+            .and_then(|c| c.leader.clone())
+            .unwrap_or_else(|| "-".into())
+    );
+    let mut consumers = s.consumers();
+    while let Some(c) = consumers.next().await {
+        let c = c?;
+        line.push_str(&format!(
+            " consumer={} delivered={} ack_floor={} ack_pending={} pending={} redelivered={}",
+            c.name,
+            c.delivered.stream_sequence,
+            c.ack_floor.stream_sequence,
+            c.num_ack_pending,
+            c.num_pending,
+            c.num_redelivered
+        ));
+    }
+    Ok(line)
+}
+
+/// Waits until the stream holds spillway batches for `--count` messages
+/// (`--size` bytes each) and prints the wall-clock time it saw that
+/// (`stored_unix_ns`; bench/jetstream.sh maps it to CLOCK_MONOTONIC):
+/// the stream's size is polled every 10 ms (cheap); once it could hold
+/// them all, the last batch's headers are read until it ends the run.
+async fn js_wait_stored(cfg: &Cfg) -> Res<String> {
+    let (_client, js) = js_connect_servers(cfg).await?;
+    let deadline = Instant::now() + cfg.idle;
+    let mut s = loop {
+        match js.get_stream(&cfg.stream).await {
+            Ok(s) => break s,
+            Err(e) if Instant::now() > deadline => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    };
+    let need_bytes = cfg.count * (4 + cfg.size as u64);
+    let hdr = |m: &jetstream::message::StreamMessage, k: &str| -> Option<u64> {
+        m.headers.get(k)?.as_str().trim().parse().ok()
+    };
+    let mut first: Option<u64> = None;
+    let mut polls = 0u64;
+    loop {
+        if Instant::now() > deadline {
+            return Err(format!("not stored within {:?}", cfg.idle).into());
+        }
+        polls += 1;
+        let st = s.info().await?.state.clone();
+        if st.bytes >= need_bytes {
+            if first.is_none() {
+                let m = s.get_raw_message(st.first_sequence).await?;
+                first = hdr(&m, HDR_FIRST);
+            }
+            let m = s.get_last_raw_message_by_subject(&cfg.subject).await?;
+            if let (Some(f), Some(a), Some(c)) = (first, hdr(&m, HDR_FIRST), hdr(&m, HDR_COUNT)) {
+                if a + c - f >= cfg.count {
+                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+                    return Ok(format!(
+                        "stored_unix_ns={} stored_batches={} stored_msgs={} polls={polls}",
+                        now.as_nanos(),
+                        st.last_sequence,
+                        a + c - f
+                    ));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// This process's user+system CPU seconds (/proc/self/stat; 0 elsewhere).
 fn cpu_s() -> f64 {
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
@@ -722,6 +1092,10 @@ async fn run(cfg: Cfg) -> Res<String> {
                 t.latency_fields()
             ))
         }
+        ("jetstream", "batch-publish") => js_batch_publish(&cfg).await,
+        ("jetstream", "batch-roundtrip") => js_batch_roundtrip(&cfg).await,
+        ("jetstream", "stream-info") => js_stream_info(&cfg).await,
+        ("jetstream", "wait-stored") => js_wait_stored(&cfg).await,
         (s, p) => Err(format!("unknown system/phase {s} {p}").into()),
     }
 }
