@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 /// A relay with one JetStream route, in process.
 struct Relay {
+    server: Arc<QueueServer>,
     serve: JoinHandle<anyhow::Result<()>>,
     source: SocketAddr,
     sink: SocketAddr,
@@ -58,6 +59,7 @@ async fn relay(spool: &std::path::Path, set: impl FnOnce(&mut QueueRoute)) -> Re
             .expect("open the route");
     let serve = tokio::spawn(Arc::clone(&server).serve(Some(src), Some(snk)));
     Relay {
+        server,
         serve,
         source,
         sink,
@@ -66,6 +68,14 @@ async fn relay(spool: &std::path::Path, set: impl FnOnce(&mut QueueRoute)) -> Re
 }
 
 impl Relay {
+    /// Batches this relay's puller saw behind a later batch of the same
+    /// producing spool (a publish that failed while a later one was stored).
+    fn reordered(&self) -> u64 {
+        self.server.jetstream_stats().map_or(0, |s| {
+            s.reordered.load(std::sync::atomic::Ordering::Relaxed)
+        })
+    }
+
     async fn stop(self) -> anyhow::Result<()> {
         self.token.cancel();
         self.serve.await.expect("serve task")
@@ -269,6 +279,7 @@ async fn a_leader_kill_and_relay_restarts_lose_nothing() {
     // Relay B restarts mid-delivery.
     let got1 = consume(b.sink, n / 3, Duration::from_secs(60)).await;
     mark("got1");
+    let mut reordered = b.reordered();
     b.stop().await.expect("relay b");
     let b = relay(&sb, |r| r.jetstream = Some(cfg.clone())).await;
     let before: BTreeSet<u64> = got1.iter().copied().collect();
@@ -287,7 +298,18 @@ async fn a_leader_kill_and_relay_restarts_lose_nothing() {
         all.iter().copied().filter(|g| s.insert(*g)).collect()
     };
     let bad: Vec<_> = firsts.windows(2).filter(|w| w[1] < w[0]).take(5).collect();
-    assert!(bad.is_empty(), "first deliveries out of order: {bad:?}");
+    reordered += b.reordered();
+    // A known limit (docs/jetstream.md, "Ordering"): a batch whose publish
+    // failed in the election while a later one was stored lands behind
+    // it. Out-of-order first deliveries are allowed only when relay B
+    // counted such a batch; anything else is a defect.
+    assert!(
+        bad.is_empty() || reordered > 0,
+        "first deliveries out of order with no reordered batch counted: {bad:?}"
+    );
+    if !bad.is_empty() {
+        eprintln!("known limit: {reordered} reordered batch(es): {bad:?}");
+    }
     let _ = line(0);
     a.stop().await.expect("relay a");
     b.stop().await.expect("relay b");

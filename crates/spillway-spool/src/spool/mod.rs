@@ -493,6 +493,12 @@ impl Spool {
         self.inner.delivered.store(upto, Ordering::Relaxed);
     }
 
+    /// What [`Spool::mark_delivered`] last said: everything below it was
+    /// delivered (some of it may still be kept for redelivery).
+    pub fn delivered_floor(&self) -> u64 {
+        self.inner.delivered.load(Ordering::Relaxed)
+    }
+
     /// Whether an append is waiting for space right now (`when_full =
     /// block` at `max_disk` or on a full file system): the owner should
     /// acknowledge everything it can, including what it keeps only for

@@ -178,6 +178,7 @@ impl Backend {
             stats: &self.stats,
         };
         let puller = puller::Puller {
+            client: js.client(),
             consumer,
             inbox: &self.inbox,
             inbox_io: &self.inbox_io,

@@ -12,7 +12,8 @@
 //! byte for byte with the same message id, until each is, with backoff.
 //! The stream stores a batch once within its duplicate window. A batch
 //! that failed while a later one was stored lands after it; the reading
-//! relay puts them back in order (see `puller.rs`).
+//! relay then delivers it behind the later one, and counts it
+//! (`spillway_jetstream_reordered_batches_total`).
 
 use std::collections::VecDeque;
 use std::future::{Future, IntoFuture};

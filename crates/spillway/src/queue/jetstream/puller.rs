@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::message::{AckKind, Acker};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use spillway_spool::Spool;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -33,6 +33,11 @@ use crate::queue::spool_io::SpoolIo;
 
 /// How often the inbox floor is looked at while batches are held.
 const FLOOR_POLL: Duration = Duration::from_millis(10);
+/// How long a pull request waits at the server.
+const PULL_EXPIRES: Duration = Duration::from_secs(10);
+/// How long after the last consumer left the relay stops pulling: past a
+/// pull request's expiry, so that nothing is sent to one given up.
+const IDLE_RELEASE: Duration = Duration::from_secs(30);
 
 /// A batch queued in the inbox, not yet acknowledged to the cluster.
 struct Held {
@@ -43,6 +48,7 @@ struct Held {
 }
 
 pub(crate) struct Puller<'a> {
+    pub client: async_nats::Client,
     pub consumer: PullConsumer,
     pub inbox: &'a Spool,
     pub inbox_io: &'a SpoolIo,
@@ -144,21 +150,32 @@ impl Puller<'_> {
             _ => {}
         }
         let mut messages: Option<async_nats::jetstream::consumer::pull::Stream> = None;
+        // When a consumer was last seen here (none yet: no pull).
+        let mut last_consumer: Option<tokio::time::Instant> = None;
         loop {
             // Pull only while consumers are connected here: batches pulled
             // by a relay nobody reads from would wait for its consumers
-            // while other relays' consumers could have them.
-            let wanted = self.consumers.load(Ordering::Relaxed) > 0;
+            // while other relays' consumers could have them. A pull is
+            // given up only after consumers have been gone a while: its
+            // request stays at the server until it expires, and what the
+            // server sends it meanwhile would come back only after AckWait,
+            // behind newer batches (a consumer that reconnects at once
+            // would see them out of order).
+            let now = tokio::time::Instant::now();
+            if self.consumers.load(Ordering::Relaxed) > 0 {
+                last_consumer = Some(now);
+            }
+            let wanted = last_consumer.is_some_and(|t| now.duration_since(t) < IDLE_RELEASE);
             if !wanted {
                 messages = None;
-            } else if messages.is_none() && tokio::time::Instant::now() >= retry_at {
+            } else if messages.is_none() && now >= retry_at {
                 match self
                     .consumer
                     .stream()
                     .max_messages_per_batch(self.max_pending)
                     .max_bytes_per_batch(self.max_pending.saturating_mul(self.batch_bytes + 4096))
                     .heartbeat(Duration::from_secs(5))
-                    .expires(Duration::from_secs(30))
+                    .expires(PULL_EXPIRES)
                     .messages()
                     .await
                 {
@@ -176,10 +193,24 @@ impl Puller<'_> {
                     // back at once, in order, so that the next puller (this
                     // relay restarted, or another) gets it before anything
                     // newer instead of after AckWait.
-                    self.ack_delivered(&mut held, &mut held_seqs).await;
-                    for h in &held {
-                        let _ = h.acker.ack_with(AckKind::Nak(None)).await;
+                    // The pull goes first (its subscription is dropped and
+                    // the server told), so that nothing given back is sent
+                    // to it again on the way out.
+                    // What the pull had received and not handed over yet
+                    // is given back too, after the held batches (it came
+                    // after them).
+                    let mut unread = Vec::new();
+                    if let Some(mut m) = messages.take() {
+                        while let Some(Some(Ok(msg))) = m.next().now_or_never() {
+                            unread.push(msg.split().1);
+                        }
                     }
+                    let _ = self.client.flush().await;
+                    self.ack_delivered(&mut held, &mut held_seqs).await;
+                    for a in held.iter().map(|h| &h.acker).chain(&unread) {
+                        let _ = a.ack_with(AckKind::Nak(None)).await;
+                    }
+                    let _ = self.client.flush().await;
                     return;
                 }
                 _ = poll.tick() => self.ack_delivered(&mut held, &mut held_seqs).await,
@@ -262,9 +293,15 @@ impl Puller<'_> {
     }
 
     /// Acknowledges the held batches every message of which was delivered
-    /// (the inbox's floor passed them).
+    /// (the inbox's delivered floor passed them). Not its retention floor:
+    /// that also waits for each plain consumer's redelivery window
+    /// (`redeliver_on_reset`), kept in this relay's memory as on a local
+    /// route; waiting for it held the last batches unacknowledged for as
+    /// long as the consumer stayed connected (found by
+    /// tests/jetstream_kill.rs: a trickle stopped after `max_pending`
+    /// batches).
     async fn ack_delivered(&self, held: &mut VecDeque<Held>, held_seqs: &mut HashSet<u64>) {
-        let floor = self.inbox.ack_floor();
+        let floor = self.inbox.delivered_floor().max(self.inbox.ack_floor());
         while held.front().is_some_and(|h| h.end <= floor) {
             let h = held.pop_front().expect("front");
             held_seqs.remove(&h.stream_seq);
