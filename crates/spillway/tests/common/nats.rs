@@ -466,7 +466,13 @@ impl NatsCluster {
     /// `/jsz?streams=true`: `cluster`, `state`, ...); `None` if that node
     /// does not report it. Searches every account.
     pub fn stream_detail(&self, node: usize, stream: &str) -> Option<Value> {
-        stream_detail_in(&self.try_jsz(node, "?streams=true").ok()?, stream).cloned()
+        self.stream_detail_with(node, stream, "?streams=true")
+    }
+
+    /// [`NatsCluster::stream_detail`] from `/jsz{query}`, e.g.
+    /// `"?consumers=true"` for its `consumer_detail` too.
+    pub fn stream_detail_with(&self, node: usize, stream: &str, query: &str) -> Option<Value> {
+        stream_detail_in(&self.try_jsz(node, query).ok()?, stream).cloned()
     }
 
     /// The node that leads `stream`, if its replicas agree on one: it is
