@@ -36,6 +36,14 @@ use crate::queue::dispatcher::Dispatcher;
 /// Most messages in one batch (besides its byte bound).
 const BATCH_MSGS: usize = 16_384;
 
+/// The batch being filled (see [`Publisher::take`]).
+#[derive(Default)]
+struct Open {
+    b: Builder,
+    first: u64,
+    next: u64,
+}
+
 type AckFuture = Pin<Box<dyn Future<Output = Result<PublishAck, PublishError>> + Send>>;
 
 /// One batch, from its publish to its PubAck.
@@ -65,6 +73,10 @@ impl Publisher<'_> {
         let me = self.outbox.join();
         let mut flights: VecDeque<Flight> = VecDeque::new();
         let mut taken = 0u64;
+        // The batch being filled: published once full, or as it is when
+        // nothing else is in flight (so a quiet route sends at once, and
+        // a busy one sends full batches).
+        let mut open = Open::default();
         let mut retry = Duration::ZERO;
         loop {
             // Wait for messages only when there is room and nothing to await.
@@ -74,7 +86,13 @@ impl Publisher<'_> {
             let resyncing = flights.iter().any(|f| f.ack.is_none());
             if !resyncing {
                 while flights.len() < self.max_inflight {
-                    let batches = self.take(me, &mut taken, self.max_inflight - flights.len());
+                    let batches = self.take(
+                        me,
+                        &mut taken,
+                        self.max_inflight - flights.len(),
+                        &mut open,
+                        flights.is_empty(),
+                    );
                     if batches.is_empty() {
                         break;
                     }
@@ -163,28 +181,33 @@ impl Publisher<'_> {
         self.outbox.leave(me, false);
     }
 
-    /// Takes what the outbox has, cut into about `max` batches (one more
-    /// when the last take overflowed the last one) of
-    /// consecutive seqs, each filled up to `batch_bytes` (its messages and
-    /// their length prefixes) unless the outbox ran dry: takes are repeated
-    /// with the room left, so a batch is not cut short where one take
-    /// ended (that made twice as many JetStream messages, each an fsync on
-    /// every replica; measured by `bench/jetstream.sh`).
-    fn take(&self, me: ConsumerId, taken: &mut u64, max: usize) -> Vec<Flight> {
+    /// Takes what the outbox has into full batches of consecutive seqs
+    /// (their messages and length prefixes up to `batch_bytes`), at most
+    /// about `max` of them (one more when the last take overflowed). What
+    /// does not fill a batch stays in `open` for the next call, unless
+    /// `idle` (nothing in flight): then it goes as it is. Takes are
+    /// repeated with the room left in the open batch, so a batch is not
+    /// cut where one take ended (that made twice as many JetStream
+    /// messages, each an fsync on every replica; `bench/jetstream.sh`).
+    fn take(
+        &self,
+        me: ConsumerId,
+        taken: &mut u64,
+        max: usize,
+        open: &mut Open,
+        idle: bool,
+    ) -> Vec<Flight> {
         let mut out: Vec<Flight> = Vec::new();
-        let mut b = Builder::default();
-        let mut first = 0u64;
-        let mut next = 0u64;
         let spool = self.spool_id;
-        let finish = |b: &mut Builder, first: u64, end: u64, out: &mut Vec<Flight>| {
-            if b.is_empty() {
+        let finish = |o: &mut Open, end: u64, out: &mut Vec<Flight>| {
+            if o.b.is_empty() {
                 return;
             }
-            let (payload, count) = b.take();
+            let (payload, count) = o.b.take();
             out.push(Flight {
                 id: BatchId {
                     spool,
-                    first,
+                    first: o.first,
                     count,
                 },
                 payload,
@@ -195,27 +218,30 @@ impl Publisher<'_> {
         while out.len() < max {
             // What fits in the batch being filled (one message always
             // goes: a message larger than a batch travels alone).
-            let room = self.batch_bytes.saturating_sub(b.len()).max(1);
+            let room = self.batch_bytes.saturating_sub(open.b.len()).max(1);
             let n = self.outbox.take(me, BATCH_MSGS, room, |m| {
                 // A gap (drop-oldest deleted messages) or a full batch
                 // ends the batch.
-                if !b.is_empty()
-                    && (m.seq != next || b.len() + Builder::cost(&m.data) > self.batch_bytes)
+                if !open.b.is_empty()
+                    && (m.seq != open.next
+                        || open.b.len() + Builder::cost(&m.data) > self.batch_bytes)
                 {
-                    finish(&mut b, first, *taken, &mut out);
+                    finish(open, *taken, &mut out);
                 }
-                if b.is_empty() {
-                    first = m.seq;
+                if open.b.is_empty() {
+                    open.first = m.seq;
                 }
-                b.push(&m.data);
-                next = m.seq + 1;
+                open.b.push(&m.data);
+                open.next = m.seq + 1;
                 *taken += m.data.len() as u64;
             });
             if n == 0 {
                 break;
             }
         }
-        finish(&mut b, first, *taken, &mut out);
+        if idle && out.is_empty() {
+            finish(open, *taken, &mut out);
+        }
         out
     }
 
