@@ -55,7 +55,7 @@ use std::time::{Duration, Instant};
 
 use common::lines::{lines, numbers, LINE};
 use common::nats::{base64_decode, NatsCluster, NatsConn, READY_TIMEOUT};
-use common::{heavy, metric, write_config, Relay};
+use common::{heavy, metric, Relay};
 use serde_json::json;
 
 const STREAM: &str = "QK";
@@ -134,24 +134,12 @@ fn relay_config(dir: &Path, name: &str, cluster: &NatsCluster, extra: &str) -> P
         .iter()
         .map(|u| format!("{u:?}"))
         .collect();
-    write_config(
+    common::lines::queue_config(
         &conf_dir,
+        &dir.join(format!("{name}-spool")),
+        "2s",
         &format!(
-            r#"
-[global]
-drain_timeout = "2s"
-
-[admin]
-listen = "127.0.0.1:0"
-
-[[route]]
-name = "q"
-mode = "queue"
-from = "listen:127.0.0.1:0"
-to = "listen:127.0.0.1:0"
-spool = "{spool}"
-framing = "lines"
-memory = 0
+            r#"memory = 0
 fsync = "always"
 {extra}
 
@@ -162,7 +150,6 @@ replicas = {replicas}
 ack_wait = "5s"
 batch_bytes = "16KiB"
 "#,
-            spool = dir.join(format!("{name}-spool")).display(),
             servers = servers.join(", "),
             replicas = cluster.len(),
         ),

@@ -258,3 +258,74 @@ pub async fn ensure(
         .await
         .map_err(|e| Setup::Unavailable(anyhow!("consumer {}: {e}", cfg.consumer)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> JetStream {
+        JetStream::new("q", vec!["nats://127.0.0.1:4222".into()], "Q")
+    }
+
+    /// What the server returns for a stream made from `stream_config`
+    /// (with its defaults filled in) is no mismatch; each setting the
+    /// relay depends on is named when it differs.
+    #[test]
+    fn each_stream_difference_is_named() {
+        let want = stream_config(&cfg(), 0);
+        let mut have = want.clone();
+        have.num_replicas = 0; // the server's "default": 1
+        let mut want1 = want.clone();
+        want1.num_replicas = 1;
+        assert!(stream_mismatch(&have, &want1).is_empty());
+        assert!(stream_mismatch(&want, &want).is_empty());
+
+        let mut have = want.clone();
+        have.retention = stream::RetentionPolicy::Limits;
+        have.num_replicas = 1;
+        have.storage = stream::StorageType::Memory;
+        have.subjects = vec!["other".into()];
+        have.max_bytes = 1 << 20;
+        have.discard = stream::DiscardPolicy::Old;
+        have.duplicate_window = Duration::from_secs(60);
+        have.persist_mode = Some(stream::PersistenceMode::Async);
+        let d = stream_mismatch(&have, &want).join("; ");
+        for says in [
+            "retention is Limits, want WorkQueue",
+            "replicas is 1, want 3",
+            "storage is Memory, want File",
+            "want them to include [\"spillway.q\"]",
+            "discard is Old with max_bytes 1048576",
+            "duplicate_window is 60s, want at least 1800s",
+            "persist_mode is async",
+        ] {
+            assert!(d.contains(says), "{says:?} not in {d}");
+        }
+    }
+
+    #[test]
+    fn each_consumer_difference_is_named() {
+        let want = consumer_config(&cfg());
+        let have = consumer::IntoConsumerConfig::into_consumer_config(want.clone());
+        assert!(consumer_mismatch(&have, &want).is_empty());
+
+        let mut have = have;
+        have.ack_policy = consumer::AckPolicy::All;
+        have.deliver_subject = Some("push.here".into());
+        have.filter_subject = "spillway.other".into();
+        have.max_deliver = 5;
+        have.ack_wait = Duration::from_secs(1);
+        have.max_ack_pending = 1000;
+        let d = consumer_mismatch(&have, &want).join("; ");
+        for says in [
+            "ack_policy is All, want Explicit",
+            "a push consumer",
+            "filter is [\"spillway.other\"], want \"spillway.q\"",
+            "max_deliver is 5",
+            "ack_wait is 1s, want 30s",
+            "max_ack_pending is 1000, want 64",
+        ] {
+            assert!(d.contains(says), "{says:?} not in {d}");
+        }
+    }
+}

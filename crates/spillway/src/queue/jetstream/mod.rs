@@ -34,8 +34,6 @@ use super::dispatcher::Dispatcher;
 use super::spool_io::SpoolIo;
 use crate::config::model::JetStream;
 
-pub use cluster::{consumer_mismatch, stream_mismatch};
-
 /// Counters of a route's JetStream backend.
 #[derive(Debug, Default)]
 pub struct JsStats {
@@ -46,7 +44,6 @@ pub struct JsStats {
     pub duplicates: AtomicU64,
     /// Publishes that failed (timeout, lost connection) and were retried.
     pub failures: AtomicU64,
-    pub retries: AtomicU64,
     /// Messages queued from the stream for consumers.
     pub messages_in: AtomicU64,
     /// Batches acknowledged to the stream (all their messages delivered).

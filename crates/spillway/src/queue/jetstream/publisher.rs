@@ -116,7 +116,6 @@ impl Publisher<'_> {
                     () = tokio::time::sleep(retry) => {}
                 }
                 for f in flights.iter_mut().filter(|f| f.ack.is_none()) {
-                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     let again = Flight {
                         id: f.id,
                         payload: f.payload.clone(),

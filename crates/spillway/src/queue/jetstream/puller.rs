@@ -16,7 +16,7 @@
 //! producing spool: a batch published twice (a retry past the duplicate
 //! window, a batch cut differently after a restart) is queued once.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -123,7 +123,6 @@ impl Seen {
 impl Puller<'_> {
     pub async fn run(self, stop: CancellationToken) {
         let mut held: VecDeque<Held> = VecDeque::new();
-        let mut held_seqs: HashSet<u64> = HashSet::new();
         let mut seen = Seen::default();
         let mut highest: HashMap<u64, u64> = HashMap::new();
         let mut progress =
@@ -206,14 +205,14 @@ impl Puller<'_> {
                         }
                     }
                     let _ = self.client.flush().await;
-                    self.ack_delivered(&mut held, &mut held_seqs).await;
+                    self.ack_delivered(&mut held).await;
                     for a in held.iter().map(|h| &h.acker).chain(&unread) {
                         let _ = a.ack_with(AckKind::Nak(None)).await;
                     }
                     let _ = self.client.flush().await;
                     return;
                 }
-                _ = poll.tick() => self.ack_delivered(&mut held, &mut held_seqs).await,
+                _ = poll.tick() => self.ack_delivered(&mut held).await,
                 _ = progress.tick(), if !held.is_empty() => {
                     for h in &held {
                         let _ = h.acker.ack_with(AckKind::Progress).await;
@@ -234,7 +233,7 @@ impl Puller<'_> {
                     backoff = Duration::from_millis(100);
                     let stream_seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
                     let (msg, acker) = m.split();
-                    if held_seqs.contains(&stream_seq) {
+                    if held.iter().any(|h| h.stream_seq == stream_seq) {
                         // Delivered again while still held here: the held
                         // copy is acknowledged once delivered.
                         continue;
@@ -281,7 +280,6 @@ impl Puller<'_> {
                     self.stats
                         .messages_in
                         .fetch_add(slices.len() as u64, Ordering::Relaxed);
-                    held_seqs.insert(stream_seq);
                     held.push_back(Held {
                         end,
                         stream_seq,
@@ -300,11 +298,10 @@ impl Puller<'_> {
     /// long as the consumer stayed connected (found by
     /// tests/jetstream_kill.rs: a trickle stopped after `max_pending`
     /// batches).
-    async fn ack_delivered(&self, held: &mut VecDeque<Held>, held_seqs: &mut HashSet<u64>) {
+    async fn ack_delivered(&self, held: &mut VecDeque<Held>) {
         let floor = self.inbox.delivered_floor().max(self.inbox.ack_floor());
         while held.front().is_some_and(|h| h.end <= floor) {
             let h = held.pop_front().expect("front");
-            held_seqs.remove(&h.stream_seq);
             // A lost ack comes back as a redelivery, whose seqs were
             // queued: acknowledged then.
             if let Err(e) = h.acker.ack().await {
