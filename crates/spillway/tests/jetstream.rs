@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::lines::{line, lines, numbers, LINE};
+use common::lines::{lines, numbers, LINE};
 use common::nats::{NatsCluster, NatsConn};
 use spillway::config::model::JetStream;
 use spillway::config::QueueRoute;
@@ -261,30 +261,24 @@ async fn a_leader_kill_and_relay_restarts_lose_nothing() {
     let b = relay(&sb, |r| r.jetstream = Some(cfg.clone())).await;
     let n = 40_000u64;
     let step = n / 4;
-    let t0 = Instant::now();
-    let mark = |what: &str| eprintln!("{:>6.1}s {what}", t0.elapsed().as_secs_f64());
     produce(a.source, 0, step).await;
     // Wait for the stream to exist and have a leader, then kill it.
     let leader = cluster.wait_stream_leader("Q4", Duration::from_secs(60), |_| true);
     produce(a.source, step, 2 * step).await;
     cluster.kill9(leader);
-    mark("killed leader");
     produce(a.source, 2 * step, 3 * step).await;
     // Relay A restarts on its spool.
     a.stop().await.expect("relay a");
     a = relay(&sa, |r| r.jetstream = Some(cfg.clone())).await;
-    mark("a restarted");
     cluster.restart(leader);
     produce(a.source, 3 * step, n).await;
     // Relay B restarts mid-delivery.
     let got1 = consume(b.sink, n / 3, Duration::from_secs(60)).await;
-    mark("got1");
     let mut reordered = b.reordered();
     b.stop().await.expect("relay b");
     let b = relay(&sb, |r| r.jetstream = Some(cfg.clone())).await;
     let before: BTreeSet<u64> = got1.iter().copied().collect();
     let got2 = consume_after(b.sink, &before, n, Duration::from_secs(120)).await;
-    mark("got2");
     // What B delivered before its restart may come again (it was not
     // acknowledged to the cluster); across both, nothing is missing.
     let mut all = got1.clone();
@@ -310,7 +304,6 @@ async fn a_leader_kill_and_relay_restarts_lose_nothing() {
     if !bad.is_empty() {
         eprintln!("known limit: {reordered} reordered batch(es): {bad:?}");
     }
-    let _ = line(0);
     a.stop().await.expect("relay a");
     b.stop().await.expect("relay b");
 }
