@@ -261,6 +261,10 @@ struct QueueArgs {
     /// JetStream: a .creds file (JWT and NKey seed) to authenticate with.
     #[arg(long, value_name = "FILE", requires = "jetstream")]
     jetstream_creds: Option<PathBuf>,
+    /// JetStream: queue batches as they come, not in stream order: for
+    /// relays that share the durable consumer (competing).
+    #[arg(long, requires = "jetstream")]
+    jetstream_unordered: bool,
     #[arg(long, default_value_t = HumanDuration(defaults::CONNECT_TIMEOUT))]
     connect_timeout: HumanDuration,
     #[arg(long, default_value_t = HumanDuration(defaults::DRAIN_TIMEOUT))]
@@ -354,6 +358,7 @@ impl QueueArgs {
         if let Some(v) = self.jetstream_creds.take() {
             js.auth = JetStreamAuth::Credentials(v);
         }
+        js.ordered = !self.jetstream_unordered;
         Ok(Some(js))
     }
 }

@@ -195,6 +195,88 @@ async fn producers_to_relay_a_to_jetstream_to_relay_b_in_order() {
     b.stop().await.expect("relay b");
 }
 
+/// Two reading relays share the durable consumer (`ordered = false`,
+/// competing): between their consumers every message arrives, and the
+/// stream empties.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn competing_reading_relays_share_the_queue() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = NatsCluster::start(&dir.path().join("nats"), 1);
+    cluster.wait_ready(Duration::from_secs(60));
+    let cfg = js(&cluster, "Q5");
+    let a = relay(&dir.path().join("a"), |r| r.jetstream = Some(cfg.clone())).await;
+    let readers = JetStream {
+        ordered: false,
+        ..cfg.clone()
+    };
+    let b1 = relay(&dir.path().join("b1"), |r| {
+        r.jetstream = Some(readers.clone())
+    })
+    .await;
+    let b2 = relay(&dir.path().join("b2"), |r| {
+        r.jetstream = Some(readers.clone())
+    })
+    .await;
+    let n = 40_000;
+    let done = Arc::new(tokio::sync::Mutex::new(BTreeSet::new()));
+    let read = |sink: SocketAddr| {
+        let done = Arc::clone(&done);
+        tokio::spawn(async move {
+            let end = Instant::now() + Duration::from_secs(60);
+            let mut got = Vec::new();
+            let mut s = TcpStream::connect(sink).await.expect("connect consumer");
+            let mut buf = Vec::new();
+            let mut chunk = vec![0u8; 64 << 10];
+            while (done.lock().await.len() as u64) < n && Instant::now() < end {
+                if let Ok(Ok(k)) =
+                    tokio::time::timeout(Duration::from_millis(200), s.read(&mut chunk)).await
+                {
+                    if k == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..k]);
+                    let whole = buf.len() - buf.len() % LINE;
+                    let mut d = done.lock().await;
+                    for x in numbers(&buf[..whole]) {
+                        got.push(x);
+                        d.insert(x);
+                    }
+                    buf.drain(..whole);
+                }
+            }
+            got
+        })
+    };
+    let (c1, c2) = (read(b1.sink), read(b2.sink));
+    produce(a.source, 0, n).await;
+    let (g1, g2) = (c1.await.expect("consumer 1"), c2.await.expect("consumer 2"));
+    eprintln!(
+        "competing relays delivered {} and {} lines",
+        g1.len(),
+        g2.len()
+    );
+    let all: BTreeSet<u64> = g1.iter().chain(&g2).copied().collect();
+    let missing: Vec<u64> = (0..n).filter(|i| !all.contains(i)).take(20).collect();
+    assert!(
+        missing.is_empty(),
+        "lost {missing:?} (first 20); relay 1 delivered {}, relay 2 {}",
+        g1.len(),
+        g2.len()
+    );
+    let end = Instant::now() + Duration::from_secs(20);
+    while stream_messages(&cluster, "Q5") != 0 && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        stream_messages(&cluster, "Q5"),
+        0,
+        "batches left unacknowledged"
+    );
+    for r in [a, b1, b2] {
+        r.stop().await.expect("relay");
+    }
+}
+
 /// The cluster is down when producers send: the relay takes everything
 /// into its spool, and delivers it once the cluster is up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

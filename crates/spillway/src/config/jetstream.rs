@@ -42,6 +42,7 @@ pub(super) fn jetstream(
         ack_wait,
         max_pending,
         duplicate_window,
+        ordered,
     } = raw.into_inner();
     let missing = |key: &str| {
         src.error(
@@ -114,6 +115,9 @@ pub(super) fn jetstream(
         }
     }
 
+    if let Some(v) = ordered {
+        js.ordered = v.into_inner();
+    }
     js.auth = auth(src, credentials, user, password, token)?;
 
     match (&tls_cert, &tls_key) {
@@ -248,6 +252,7 @@ max_inflight = 1024
 ack_wait = "2m"
 max_pending = 10000
 duplicate_window = "1h"
+ordered = false
 "#
         ));
         assert_eq!(
@@ -271,6 +276,7 @@ duplicate_window = "1h"
                 ack_wait: Duration::from_secs(120),
                 max_pending: 10_000,
                 duplicate_window: Duration::from_secs(3600),
+                ordered: false,
             })
         );
         for (auth, want) in [

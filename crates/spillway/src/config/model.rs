@@ -215,6 +215,11 @@ pub struct JetStream {
     /// The stream's duplicate window (default 30 min): a batch published
     /// again within it (a retry, a restart) is stored once. At least 1 s.
     pub duplicate_window: Duration,
+    /// Batches are queued for consumers in stream order (default true): a
+    /// batch delivered again (after a relay died holding it) goes before
+    /// newer ones. `false` for relays that share the durable consumer
+    /// (competing), which would wait for each other's batches.
+    pub ordered: bool,
 }
 
 /// How the relay authenticates to the cluster: at most one method (the
@@ -247,6 +252,7 @@ impl JetStream {
             ack_wait: defaults::JS_ACK_WAIT,
             max_pending: defaults::JS_MAX_PENDING,
             duplicate_window: defaults::JS_DUPLICATE_WINDOW,
+            ordered: true,
         }
     }
 }

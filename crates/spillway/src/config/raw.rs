@@ -123,6 +123,7 @@ pub(super) struct RawJetStream {
     pub(super) ack_wait: S<HumanDuration>,
     pub(super) max_pending: S<u64>,
     pub(super) duplicate_window: S<HumanDuration>,
+    pub(super) ordered: S<bool>,
 }
 
 /// One TLS table. Which keys are allowed depends on whether spillway is

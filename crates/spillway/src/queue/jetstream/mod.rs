@@ -16,6 +16,7 @@
 
 pub(super) mod batch;
 mod cluster;
+mod order;
 mod publisher;
 mod puller;
 
@@ -174,9 +175,16 @@ impl Backend {
             outbox: &self.outbox,
             stats: &self.stats,
         };
+        let stream = js
+            .get_stream_no_info(&self.cfg.stream)
+            .await
+            .with_context(|| format!("stream {}", self.cfg.stream))?;
         let puller = puller::Puller {
             client: js.client(),
             consumer,
+            stream,
+            subject: &self.cfg.subject,
+            ordered: self.cfg.ordered,
             inbox: &self.inbox,
             inbox_io: &self.inbox_io,
             max_pending: self.cfg.max_pending,

@@ -22,12 +22,14 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::message::{AckKind, Acker};
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use futures_util::{FutureExt, StreamExt};
 use spillway_spool::Spool;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::batch::{self, BatchId};
+use super::order::{Offer, Reorder};
 use super::JsStats;
 use crate::queue::spool_io::SpoolIo;
 
@@ -38,6 +40,10 @@ const PULL_EXPIRES: Duration = Duration::from_secs(10);
 /// How long after the last consumer left the relay stops pulling: past a
 /// pull request's expiry, so that nothing is sent to one given up.
 const IDLE_RELEASE: Duration = Duration::from_secs(30);
+/// How soon a gap in stream order is first looked up, and the longest
+/// between lookups while it stays ([`Puller::probe`]).
+const PROBE_FIRST: Duration = Duration::from_millis(100);
+const PROBE_MAX: Duration = Duration::from_secs(5);
 
 /// A batch queued in the inbox, not yet acknowledged to the cluster.
 struct Held {
@@ -50,6 +56,12 @@ struct Held {
 pub(crate) struct Puller<'a> {
     pub client: async_nats::Client,
     pub consumer: PullConsumer,
+    /// The stream, to look up gaps in stream order.
+    pub stream: async_nats::jetstream::stream::Stream<()>,
+    pub subject: &'a str,
+    /// Batches are queued in stream order (one reading relay), not as they
+    /// come (relays sharing the durable).
+    pub ordered: bool,
     pub inbox: &'a Spool,
     pub inbox_io: &'a SpoolIo,
     pub max_pending: usize,
@@ -120,34 +132,73 @@ impl Seen {
     }
 }
 
+/// What the puller holds: batches queued and not acknowledged, what it
+/// queued per producing spool, and batches waiting for their turn.
+struct State {
+    held: VecDeque<Held>,
+    seen: Seen,
+    highest: HashMap<u64, u64>,
+    order: Reorder<(async_nats::Message, Acker)>,
+    /// The highest stream seq the durable had handed out when this
+    /// puller started (`None` until known): gaps up to it are batches a
+    /// relay held and did not acknowledge, which come again.
+    horizon: Option<u64>,
+    /// Until when any gap is waited for: a pull request of this relay's
+    /// previous life may still be at the server and take new batches
+    /// (they come again after AckWait).
+    wait_all_until: tokio::time::Instant,
+}
+
+impl State {
+    /// Whether the gap before `next` is waited for. Past the horizon and
+    /// the first pull expiry, a gap is a batch another relay sharing the
+    /// durable took: nothing to wait for.
+    fn waits(&self, next: u64) -> bool {
+        self.horizon.is_none_or(|h| next <= h) || tokio::time::Instant::now() < self.wait_all_until
+    }
+}
+
 impl Puller<'_> {
     pub async fn run(self, stop: CancellationToken) {
-        let mut held: VecDeque<Held> = VecDeque::new();
-        let mut seen = Seen::default();
-        let mut highest: HashMap<u64, u64> = HashMap::new();
+        let mut st = State {
+            held: VecDeque::new(),
+            seen: Seen::default(),
+            highest: HashMap::new(),
+            order: Reorder::new(),
+            horizon: None,
+            wait_all_until: tokio::time::Instant::now() + PULL_EXPIRES + Duration::from_secs(1),
+        };
         let mut progress =
             tokio::time::interval((self.ack_wait / 3).max(Duration::from_millis(100)));
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut poll = tokio::time::interval(FLOOR_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut backoff = Duration::from_millis(100);
-        // Batches a relay held when it died are delivered again only after
-        // AckWait; pulled before that, newer batches would overtake them.
-        // So a puller that finds some waits that long first (a relay that
-        // stopped cleanly gave its batches back: none are found).
         let mut retry_at = tokio::time::Instant::now();
+        // Where stream order starts: every batch up to the ack floor was
+        // acknowledged. Batches a relay held when it died come again after
+        // AckWait, behind newer ones; the order puts them first.
         let mut consumer = self.consumer.clone();
-        match consumer.info().await {
-            Ok(i) if i.num_ack_pending > 0 => {
+        if let Ok(i) = consumer.info().await {
+            st.order.start_at(i.ack_floor.stream_sequence + 1);
+            st.horizon = Some(i.delivered.stream_sequence);
+            if i.num_waiting == 0 {
+                // No pull request at the server: none of a previous life
+                // can take new batches.
+                st.wait_all_until = tokio::time::Instant::now();
+            }
+            if i.num_ack_pending > 0 {
                 info!(
                     batches = i.num_ack_pending,
-                    wait = ?self.ack_wait,
-                    "batches held by a relay that stopped uncleanly; waiting for them to come back before pulling"
+                    ordered = self.ordered,
+                    "batches held by a relay that stopped uncleanly come again after ack_wait"
                 );
-                retry_at += self.ack_wait;
             }
-            _ => {}
         }
+        let mut probe_at = tokio::time::Instant::now();
+        let mut probe_every = PROBE_FIRST;
+        // The gap the probes are about (its first waiting stream seq).
+        let mut probing: Option<u64> = None;
         let mut messages: Option<async_nats::jetstream::consumer::pull::Stream> = None;
         // When a consumer was last seen here (none yet: no pull).
         let mut last_consumer: Option<tokio::time::Instant> = None;
@@ -158,8 +209,7 @@ impl Puller<'_> {
             // given up only after consumers have been gone a while: its
             // request stays at the server until it expires, and what the
             // server sends it meanwhile would come back only after AckWait,
-            // behind newer batches (a consumer that reconnects at once
-            // would see them out of order).
+            // behind newer batches.
             let now = tokio::time::Instant::now();
             if self.consumers.load(Ordering::Relaxed) > 0 {
                 last_consumer = Some(now);
@@ -186,6 +236,12 @@ impl Puller<'_> {
                     }
                 }
             }
+            let gap = st.order.gap().map(|g| g.1);
+            if gap != probing {
+                probing = gap;
+                probe_every = PROBE_FIRST;
+                probe_at = tokio::time::Instant::now() + PROBE_FIRST;
+            }
             tokio::select! {
                 () = stop.cancelled() => {
                     // What was delivered is acknowledged; the rest is given
@@ -195,9 +251,9 @@ impl Puller<'_> {
                     // The pull goes first (its subscription is dropped and
                     // the server told), so that nothing given back is sent
                     // to it again on the way out.
-                    // What the pull had received and not handed over yet
-                    // is given back too, after the held batches (it came
-                    // after them).
+                    // What waited for its turn, and what the pull had
+                    // received and not handed over yet, are given back
+                    // too, after the held batches (they came after them).
                     let mut unread = Vec::new();
                     if let Some(mut m) = messages.take() {
                         while let Some(Some(Ok(msg))) = m.next().now_or_never() {
@@ -205,17 +261,27 @@ impl Puller<'_> {
                         }
                     }
                     let _ = self.client.flush().await;
-                    self.ack_delivered(&mut held).await;
-                    for a in held.iter().map(|h| &h.acker).chain(&unread) {
+                    self.ack_delivered(&mut st.held).await;
+                    let waiting: Vec<Acker> = st.order.drain().map(|(_, a)| a).collect();
+                    for a in st.held.iter().map(|h| &h.acker).chain(&waiting).chain(&unread) {
                         let _ = a.ack_with(AckKind::Nak(None)).await;
                     }
                     let _ = self.client.flush().await;
                     return;
                 }
-                _ = poll.tick() => self.ack_delivered(&mut held).await,
-                _ = progress.tick(), if !held.is_empty() => {
-                    for h in &held {
-                        let _ = h.acker.ack_with(AckKind::Progress).await;
+                _ = poll.tick() => self.ack_delivered(&mut st.held).await,
+                _ = progress.tick(), if !st.held.is_empty() || !st.order.is_empty() => {
+                    let waiting = st.order.items().map(|(_, a)| a);
+                    for a in st.held.iter().map(|h| &h.acker).chain(waiting) {
+                        let _ = a.ack_with(AckKind::Progress).await;
+                    }
+                }
+                () = tokio::time::sleep_until(probe_at), if gap.is_some() => {
+                    self.probe(&mut st).await;
+                    probe_at = tokio::time::Instant::now() + probe_every;
+                    probe_every = (probe_every * 2).min(PROBE_MAX);
+                    if !self.release(&mut st, &stop).await {
+                        return;
                     }
                 }
                 m = async { messages.as_mut().expect("guarded").next().await }, if messages.is_some() => {
@@ -233,61 +299,153 @@ impl Puller<'_> {
                     backoff = Duration::from_millis(100);
                     let stream_seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
                     let (msg, acker) = m.split();
-                    if held.iter().any(|h| h.stream_seq == stream_seq) {
+                    if st.held.iter().any(|h| h.stream_seq == stream_seq) {
                         // Delivered again while still held here: the held
                         // copy is acknowledged once delivered.
                         continue;
                     }
-                    let get = |k: &str| {
-                        msg.headers
-                            .as_ref()
-                            .and_then(|h| h.get(k))
-                            .map(|v| v.as_str().to_string())
-                    };
-                    let parsed = BatchId::from_headers(get)
-                        .ok_or_else(|| batch::BadBatch("missing spillway headers".into()))
-                        .and_then(|id| Ok((id, batch::split(&msg.payload, id.count)?)));
-                    let (id, msgs) = match parsed {
-                        Ok(p) => p,
-                        Err(e) => {
-                            warn!(stream_seq, error = %e, "not a spillway batch; terminated");
-                            self.stats.bad_batches.fetch_add(1, Ordering::Relaxed);
-                            let _ = acker.ack_with(AckKind::Term).await;
-                            continue;
+                    if !self.ordered || stream_seq == 0 {
+                        if !self.take(&mut st, stream_seq, &msg, acker, &stop).await {
+                            return;
                         }
-                    };
-                    let parts = seen.unseen(&id);
-                    if parts.is_empty() {
-                        self.stats.duplicates_in.fetch_add(1, Ordering::Relaxed);
-                        let _ = acker.ack().await;
                         continue;
                     }
-                    let top = highest.entry(id.spool).or_insert(0);
-                    if id.first < *top {
-                        self.stats.reordered.fetch_add(1, Ordering::Relaxed);
+                    match st.order.offer(stream_seq, (msg, acker), tokio::time::Instant::now()) {
+                        Offer::Behind((msg, acker)) => {
+                            if !self.take(&mut st, stream_seq, &msg, acker, &stop).await {
+                                return;
+                            }
+                        }
+                        Offer::Repeat(_) => {}
+                        Offer::Kept => {
+                            if !self.release(&mut st, &stop).await {
+                                return;
+                            }
+                        }
                     }
-                    *top = (*top).max(id.end());
-                    let slices: Vec<&[u8]> = parts
-                        .iter()
-                        .flat_map(|&(a, b)| msgs[a..b].iter().map(|m| &m[..]))
-                        .collect();
-                    let Some(end) = self.queue(&slices, &stop).await else {
-                        return;
-                    };
-                    for &(a, b) in &parts {
-                        seen.add(id.spool, id.first + a as u64, id.first + b as u64);
-                    }
-                    self.stats
-                        .messages_in
-                        .fetch_add(slices.len() as u64, Ordering::Relaxed);
-                    held.push_back(Held {
-                        end,
-                        stream_seq,
-                        acker,
-                    });
                 }
             }
         }
+    }
+
+    /// Queues the batches whose turn it is, past gaps not waited for
+    /// ([`State::waits`]); `false` at shutdown or if the inbox failed.
+    async fn release(&self, st: &mut State, stop: &CancellationToken) -> bool {
+        loop {
+            while let Some((seq, (msg, acker))) = st.order.pop_ready() {
+                if !self.take(st, seq, &msg, acker, stop).await {
+                    return false;
+                }
+            }
+            match st.order.gap() {
+                Some((Some(next), first, _)) if !st.waits(next) => st.order.skip_to(first),
+                _ => return true,
+            }
+        }
+    }
+
+    /// Asks the stream about the gap the first waiting batch waits for:
+    /// stream seqs that are not in the stream any more (acknowledged)
+    /// will not come. A gap waited for past the hold limit is given up
+    /// (the batch in it, if it ever comes, is counted as reordered).
+    async fn probe(&self, st: &mut State) {
+        let order = &mut st.order;
+        let Some((next, first, since)) = order.gap() else {
+            return;
+        };
+        let Some(next) = next else {
+            let mut consumer = self.consumer.clone();
+            match consumer.info().await {
+                Ok(i) => {
+                    order.start_at(i.ack_floor.stream_sequence + 1);
+                    st.horizon = Some(i.delivered.stream_sequence);
+                }
+                Err(e) => debug!(error = %e, "jetstream consumer info failed"),
+            }
+            return;
+        };
+        let limit = self.ack_wait * 2 + PULL_EXPIRES;
+        if since.elapsed() >= limit {
+            warn!(
+                from = next,
+                to = first - 1,
+                waited = ?limit,
+                "stream batches did not come back; delivering what came after them                  (another relay reading this durable holds them? then set ordered = false)"
+            );
+            order.skip_to(first);
+            return;
+        }
+        match self
+            .stream
+            .get_first_raw_message_by_subject(&self.subject, next)
+            .await
+        {
+            Ok(m) => order.skip_to(m.sequence.min(first)),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => order.skip_to(first),
+            Err(e) => debug!(error = %e, "jetstream message lookup failed"),
+        }
+    }
+
+    /// Queues one stream message's batch into the inbox (what was not
+    /// queued already) and holds it until delivered; `false` at shutdown
+    /// or if the inbox failed.
+    async fn take(
+        &self,
+        st: &mut State,
+        stream_seq: u64,
+        msg: &async_nats::Message,
+        acker: Acker,
+        stop: &CancellationToken,
+    ) -> bool {
+        let get = |k: &str| {
+            msg.headers
+                .as_ref()
+                .and_then(|h| h.get(k))
+                .map(|v| v.as_str().to_string())
+        };
+        let parsed = BatchId::from_headers(get)
+            .ok_or_else(|| batch::BadBatch("missing spillway headers".into()))
+            .and_then(|id| Ok((id, batch::split(&msg.payload, id.count)?)));
+        let (id, msgs) = match parsed {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(stream_seq, error = %e, "not a spillway batch; terminated");
+                self.stats.bad_batches.fetch_add(1, Ordering::Relaxed);
+                let _ = acker.ack_with(AckKind::Term).await;
+                return true;
+            }
+        };
+        let parts = st.seen.unseen(&id);
+        if parts.is_empty() {
+            self.stats.duplicates_in.fetch_add(1, Ordering::Relaxed);
+            let _ = acker.ack().await;
+            return true;
+        }
+        let top = st.highest.entry(id.spool).or_insert(0);
+        if id.first < *top {
+            self.stats.reordered.fetch_add(1, Ordering::Relaxed);
+        }
+        *top = (*top).max(id.end());
+        let slices: Vec<&[u8]> = parts
+            .iter()
+            .flat_map(|&(a, b)| msgs[a..b].iter().map(|m| &m[..]))
+            .collect();
+        let Some(end) = self.queue(&slices, stop).await else {
+            return false;
+        };
+        for &(a, b) in &parts {
+            st.seen
+                .add(id.spool, id.first + a as u64, id.first + b as u64);
+        }
+        self.stats
+            .messages_in
+            .fetch_add(slices.len() as u64, Ordering::Relaxed);
+        st.held.push_back(Held {
+            end,
+            stream_seq,
+            acker,
+        });
+        true
     }
 
     /// Acknowledges the held batches every message of which was delivered
