@@ -1113,3 +1113,160 @@ fn what_a_clean_stop_of_relay_b_sends_again() {
     );
     drop((a, b));
 }
+
+// ------------------------------------------------ hostile: NATS blips ---
+
+/// A loopback TCP proxy between relay B and nats-server. Bytes from the
+/// server are forwarded 16 KiB at a time with a 10 ms pause, so that a
+/// batch or two is in flight in it when [`BlipProxy::cut`] resets every
+/// connection.
+struct BlipProxy {
+    addr: SocketAddr,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl BlipProxy {
+    fn start(target: SocketAddr) -> BlipProxy {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let addr = l.local_addr().expect("addr");
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let c2 = conns.clone();
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(c) = c else { continue };
+                let Ok(u) = TcpStream::connect(target) else {
+                    continue;
+                };
+                {
+                    let mut v = c2.lock().expect("conns");
+                    v.push(c.try_clone().expect("clone"));
+                    v.push(u.try_clone().expect("clone"));
+                }
+                for (mut a, mut b, slow) in [
+                    (
+                        c.try_clone().expect("clone"),
+                        u.try_clone().expect("clone"),
+                        false,
+                    ),
+                    (u, c, true),
+                ] {
+                    std::thread::spawn(move || {
+                        let mut buf = vec![0u8; 16 << 10];
+                        loop {
+                            let n = match a.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if slow {
+                                std::thread::sleep(Duration::from_millis(10));
+                            }
+                            if b.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = a.shutdown(Shutdown::Both);
+                        let _ = b.shutdown(Shutdown::Both);
+                    });
+                }
+            }
+        });
+        BlipProxy { addr, conns }
+    }
+
+    /// Resets every connection through the proxy (what is in it is lost).
+    fn cut(&self) -> usize {
+        let v = std::mem::take(&mut *self.conns.lock().expect("conns"));
+        for s in &v {
+            let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        v.len()
+    }
+}
+
+/// One reading relay (the default `ordered = true`) whose connection to
+/// nats-server is reset a few times in the middle of a flow, as a network
+/// blip or a server restart would: batches the server had sent it and it
+/// never got come again after AckWait, and they must be queued before
+/// newer ones ("One producing relay and one reading relay: first
+/// deliveries are in the order producers' messages entered the producing
+/// relay's spool"). They are past the horizon (the durable's delivered
+/// seq when B started), so B does not wait for them: found by a hostile
+/// review of 550377a, reproduced in 3 of 3 runs of the Python harness.
+#[test]
+fn a_reading_relay_keeps_stream_order_across_nats_connection_blips() {
+    let _serial = heavy();
+    let work = WorkDir::new("blips");
+    let dir = work.path().to_path_buf();
+    let cluster = NatsCluster::start(&dir.join("nats"), 1);
+    cluster.wait_ready(READY_TIMEOUT);
+    let proxy = BlipProxy::start(cluster.client_addr(0));
+    let config_a = relay_config(&dir, "a", &cluster, "");
+    let config_b = {
+        let conf_dir = dir.join("b-conf");
+        std::fs::create_dir_all(&conf_dir).expect("config dir");
+        common::lines::queue_config(
+            &conf_dir,
+            &dir.join("b-spool"),
+            "2s",
+            &format!(
+                r#"memory = 0
+fsync = "always"
+
+[route.jetstream]
+servers = ["nats://{}"]
+stream = "{STREAM}"
+replicas = 1
+ack_wait = "5s"
+batch_bytes = "16KiB"
+"#,
+                proxy.addr
+            ),
+        )
+    };
+    let a = Life::start(&dir, &config_a, "a", 1);
+    let b = Life::start(&dir, &config_b, "b", 1);
+    let consumer = Consumer::start(b.sink(), None);
+    let n = 60_000u64;
+    let src = a.source();
+    let producer = std::thread::spawn(move || {
+        let mut p = TcpStream::connect(src).expect("producer");
+        for i in (0..n).step_by(500) {
+            p.write_all(&lines(i, i + 500)).expect("send");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let mut rng = 0x9e37_79b9_u64;
+    for _ in 0..8 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        std::thread::sleep(Duration::from_millis(1000 + rng % 1000));
+        proxy.cut();
+    }
+    producer.join().expect("producer");
+    let all = consumer.try_wait_distinct(n as usize, Duration::from_secs(40));
+    let seen = consumer.finish();
+    let mut top = None;
+    let mut first = BTreeSet::new();
+    let mut inversions = Vec::new();
+    for &x in &seen.arrivals {
+        if first.insert(x) {
+            if let Some(t) = top {
+                if x < t {
+                    inversions.push((t, x));
+                }
+            }
+            top = top.max(Some(x));
+        }
+    }
+    assert!(all, "{} of {n} lines arrived", seen.distinct.len());
+    assert!(
+        inversions.is_empty(),
+        "{} first deliveries came after a later line (highest so far, line): {:?}",
+        inversions.len(),
+        &inversions[..inversions.len().min(10)]
+    );
+    drop((a, b));
+}

@@ -139,23 +139,11 @@ struct State {
     seen: Seen,
     highest: HashMap<u64, u64>,
     order: Reorder<(async_nats::Message, Acker)>,
-    /// The highest stream seq the durable had handed out when this
-    /// puller started (`None` until known): gaps up to it are batches a
-    /// relay held and did not acknowledge, which come again.
-    horizon: Option<u64>,
-    /// Until when any gap is waited for: a pull request of this relay's
-    /// previous life may still be at the server and take new batches
-    /// (they come again after AckWait).
-    wait_all_until: tokio::time::Instant,
-}
-
-impl State {
-    /// Whether the gap before `next` is waited for. Past the horizon and
-    /// the first pull expiry, a gap is a batch another relay sharing the
-    /// durable took: nothing to wait for.
-    fn waits(&self, next: u64) -> bool {
-        self.horizon.is_none_or(|h| next <= h) || tokio::time::Instant::now() < self.wait_all_until
-    }
+    /// When a gap was last seen held by a batch still in the stream while
+    /// other pull requests waited at the server (another relay reading
+    /// the durable?), and when that was last said.
+    crowded_since: Option<tokio::time::Instant>,
+    crowded_warned: Option<tokio::time::Instant>,
 }
 
 impl Puller<'_> {
@@ -165,8 +153,8 @@ impl Puller<'_> {
             seen: Seen::default(),
             highest: HashMap::new(),
             order: Reorder::new(),
-            horizon: None,
-            wait_all_until: tokio::time::Instant::now() + PULL_EXPIRES + Duration::from_secs(1),
+            crowded_since: None,
+            crowded_warned: None,
         };
         let mut progress =
             tokio::time::interval((self.ack_wait / 3).max(Duration::from_millis(100)));
@@ -181,12 +169,6 @@ impl Puller<'_> {
         let mut consumer = self.consumer.clone();
         if let Ok(i) = consumer.info().await {
             st.order.start_at(i.ack_floor.stream_sequence + 1);
-            st.horizon = Some(i.delivered.stream_sequence);
-            if i.num_waiting == 0 {
-                // No pull request at the server: none of a previous life
-                // can take new batches.
-                st.wait_all_until = tokio::time::Instant::now();
-            }
             if i.num_ack_pending > 0 {
                 info!(
                     batches = i.num_ack_pending,
@@ -328,20 +310,15 @@ impl Puller<'_> {
         }
     }
 
-    /// Queues the batches whose turn it is, past gaps not waited for
-    /// ([`State::waits`]); `false` at shutdown or if the inbox failed.
+    /// Queues the batches whose turn it is; `false` at shutdown or if
+    /// the inbox failed.
     async fn release(&self, st: &mut State, stop: &CancellationToken) -> bool {
-        loop {
-            while let Some((seq, (msg, acker))) = st.order.pop_ready() {
-                if !self.take(st, seq, &msg, acker, stop).await {
-                    return false;
-                }
-            }
-            match st.order.gap() {
-                Some((Some(next), first, _)) if !st.waits(next) => st.order.skip_to(first),
-                _ => return true,
+        while let Some((seq, (msg, acker))) = st.order.pop_ready() {
+            if !self.take(st, seq, &msg, acker, stop).await {
+                return false;
             }
         }
+        true
     }
 
     /// Asks the stream about the gap the first waiting batch waits for:
@@ -353,13 +330,10 @@ impl Puller<'_> {
         let Some((next, first, since)) = order.gap() else {
             return;
         };
+        let mut consumer = self.consumer.clone();
         let Some(next) = next else {
-            let mut consumer = self.consumer.clone();
             match consumer.info().await {
-                Ok(i) => {
-                    order.start_at(i.ack_floor.stream_sequence + 1);
-                    st.horizon = Some(i.delivered.stream_sequence);
-                }
+                Ok(i) => order.start_at(i.ack_floor.stream_sequence + 1),
                 Err(e) => debug!(error = %e, "jetstream consumer info failed"),
             }
             return;
@@ -380,7 +354,35 @@ impl Puller<'_> {
             .get_first_raw_message_by_subject(&self.subject, next)
             .await
         {
-            Ok(m) => order.skip_to(m.sequence.min(first)),
+            Ok(m) if m.sequence < first => {
+                order.skip_to(m.sequence);
+                // A batch out there, not here. A relay that shares the
+                // durable (its pull requests wait at the server beside
+                // this one's) may hold it for long: say so, once a
+                // minute, past the time a pull of this relay's own could
+                // still wait there.
+                let now = tokio::time::Instant::now();
+                let crowded = consumer.info().await.is_ok_and(|i| i.num_waiting > 1);
+                if !crowded {
+                    st.crowded_since = None;
+                    return;
+                }
+                let since = *st.crowded_since.get_or_insert(now);
+                if now.duration_since(since) > PULL_EXPIRES
+                    && st
+                        .crowded_warned
+                        .is_none_or(|t| now.duration_since(t) > Duration::from_secs(60))
+                {
+                    st.crowded_warned = Some(now);
+                    warn!(
+                        waiting_for = m.sequence,
+                        "a stream batch is held elsewhere while other pull requests wait on \
+                         the durable: if several relays read it, set ordered = false on each \
+                         (each waits for the batches the others hold)"
+                    );
+                }
+            }
+            Ok(_) => order.skip_to(first),
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => order.skip_to(first),
             Err(e) => debug!(error = %e, "jetstream message lookup failed"),
         }
