@@ -61,6 +61,26 @@ impl SocketOptions {
     }
 }
 
+impl SocketOptions {
+    /// Sets the options, and `TCP_NODELAY`, on a listening socket, whose
+    /// accepted connections inherit them on Linux: six `setsockopt` calls
+    /// fewer per accepted connection. Every option is set, an absent one
+    /// turned off, so the listener passes on exactly these options after a
+    /// reload changed them.
+    pub fn apply_to_listener<S: std::os::fd::AsFd>(&self, listener: &S) -> io::Result<()> {
+        let s = SockRef::from(listener);
+        s.set_tcp_nodelay(true)?;
+        match self.keepalive {
+            Some(_) => self.apply(listener)?,
+            None => s.set_keepalive(false)?,
+        }
+        if self.user_timeout.is_none() {
+            s.set_tcp_user_timeout(None)?;
+        }
+        Ok(())
+    }
+}
+
 /// Socket options applied before the connection is made.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DialOptions {
@@ -175,6 +195,56 @@ async fn connect_one(addr: SocketAddr, options: DialOptions) -> io::Result<TcpSt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the relay relies on to skip per-connection `setsockopt`s: an
+    /// accepted socket has its listener's options, and a listener set
+    /// again (a reload) passes on the new ones, absent ones turned off.
+    #[tokio::test]
+    async fn accepted_sockets_inherit_the_listeners_options() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let on = SocketOptions {
+            keepalive: Some(Keepalive {
+                idle: Duration::from_secs(31),
+                interval: Duration::from_secs(11),
+                count: 4,
+            }),
+            user_timeout: Some(Duration::from_millis(91_000)),
+        };
+        let accept = || async {
+            let _c = TcpStream::connect(addr).await.expect("connect");
+            let (a, _) = listener.accept().await.expect("accept");
+            a
+        };
+        on.apply_to_listener(&listener).expect("set");
+        let a = accept().await;
+        let s = SockRef::from(&a);
+        assert!(s.tcp_nodelay().expect("nodelay"));
+        assert!(s.keepalive().expect("keepalive"));
+        assert_eq!(
+            s.tcp_keepalive_time().expect("idle"),
+            Duration::from_secs(31)
+        );
+        assert_eq!(
+            s.tcp_keepalive_interval().expect("interval"),
+            Duration::from_secs(11)
+        );
+        assert_eq!(s.tcp_keepalive_retries().expect("count"), 4);
+        assert_eq!(
+            s.tcp_user_timeout().expect("uto"),
+            Some(Duration::from_millis(91_000))
+        );
+        SocketOptions::default()
+            .apply_to_listener(&listener)
+            .expect("set again");
+        let b = accept().await;
+        let s = SockRef::from(&b);
+        assert!(s.tcp_nodelay().expect("nodelay"));
+        assert!(!s.keepalive().expect("keepalive"));
+        assert_eq!(s.tcp_user_timeout().expect("uto"), None);
+    }
 
     #[tokio::test]
     async fn connects_and_reports_refusal_and_timeout() {

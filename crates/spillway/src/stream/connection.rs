@@ -45,11 +45,8 @@ impl StreamServer {
     ) {
         let stats = &self.stats;
         stats.accepted.fetch_add(1, Ordering::Relaxed);
-        let route = &self.route;
-        let _ = client.set_nodelay(true);
-        if let Err(e) = route.timeouts.socket.apply(&client) {
-            debug!(error = %e, "cannot set keepalive / user timeout");
-        }
+        // TCP_NODELAY and the liveness options came with the accept
+        // (the listener's, or set by the accept loop).
         let start = Instant::now();
         let tls = self.current_tls();
         // The client's handshake comes first, so a client that does not

@@ -31,13 +31,14 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use spillway_net::balance::Balancer;
+use spillway_net::dial::SocketOptions;
 use spillway_net::limit::ConnLimits;
 use spillway_net::tls::{TlsClient, TlsError, TlsServer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::accept::{accept_loop, Accepted, Gate, Refused};
 use crate::config::StreamRoute;
@@ -363,8 +364,20 @@ impl StreamServer {
         let tracker = TaskTracker::new();
         let hard_stop = CancellationToken::new();
         let checks = Self::health_checks(current.clone(), shutdown.clone());
+        // The liveness options and TCP_NODELAY the listener passes on to
+        // what it accepts (`None`: not set on it), set again when a reload
+        // changed them; a connection accepted before that gets them itself.
+        let mut inherited: Option<SocketOptions> = None;
         accept_loop(&listener, &shutdown, |accepted: Accepted| {
             let server = Arc::clone(&*current.borrow());
+            let want = server.route.timeouts.socket;
+            if inherited != Some(want) {
+                inherited = want.apply_to_listener(&listener).ok().map(|()| want);
+                let _ = accepted.stream.set_nodelay(true);
+                if let Err(e) = want.apply(&accepted.stream) {
+                    debug!(error = %e, "cannot set keepalive / user timeout");
+                }
+            }
             let admitted = match server.gate.admit(accepted.peer) {
                 Ok(a) => a,
                 Err(Refused::Limit(_)) => return,
