@@ -168,6 +168,19 @@ fn stream_messages(cluster: &NatsCluster, stream: &str) -> u64 {
     u64::MAX
 }
 
+/// Every batch is acknowledged: the work-queue stream empties (within 20 s).
+async fn assert_stream_empties(cluster: &NatsCluster, stream: &str) {
+    let end = Instant::now() + Duration::from_secs(20);
+    while stream_messages(cluster, stream) != 0 && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        stream_messages(cluster, stream),
+        0,
+        "batches left unacknowledged in {stream}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn producers_to_relay_a_to_jetstream_to_relay_b_in_order() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -182,15 +195,7 @@ async fn producers_to_relay_a_to_jetstream_to_relay_b_in_order() {
     let got = consumer.await.expect("consumer");
     check(&got, n);
     // Every batch acknowledged: the work-queue stream is empty.
-    let end = Instant::now() + Duration::from_secs(20);
-    while stream_messages(&cluster, "Q1") != 0 && Instant::now() < end {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(
-        stream_messages(&cluster, "Q1"),
-        0,
-        "batches left unacknowledged"
-    );
+    assert_stream_empties(&cluster, "Q1").await;
     a.stop().await.expect("relay a");
     b.stop().await.expect("relay b");
 }
@@ -263,15 +268,7 @@ async fn competing_reading_relays_share_the_queue() {
         g1.len(),
         g2.len()
     );
-    let end = Instant::now() + Duration::from_secs(20);
-    while stream_messages(&cluster, "Q5") != 0 && Instant::now() < end {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(
-        stream_messages(&cluster, "Q5"),
-        0,
-        "batches left unacknowledged"
-    );
+    assert_stream_empties(&cluster, "Q5").await;
     for r in [a, b1, b2] {
         r.stop().await.expect("relay");
     }

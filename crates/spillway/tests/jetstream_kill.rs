@@ -1190,9 +1190,9 @@ impl BlipProxy {
 /// never got come again after AckWait, and they must be queued before
 /// newer ones ("One producing relay and one reading relay: first
 /// deliveries are in the order producers' messages entered the producing
-/// relay's spool"). They are past the horizon (the durable's delivered
-/// seq when B started), so B does not wait for them: found by a hostile
-/// review of 550377a, reproduced in 3 of 3 runs of the Python harness.
+/// relay's spool"). On 550377a they were past the horizon (the durable's
+/// delivered seq when B started), where B did not wait for gaps: found by
+/// a hostile review, reproduced in 3 of 3 runs of its Python harness.
 #[test]
 fn a_reading_relay_keeps_stream_order_across_nats_connection_blips() {
     let _serial = heavy();

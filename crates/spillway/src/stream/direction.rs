@@ -3,7 +3,7 @@
 //! (`Progress`), and the waits every copy loop makes.
 
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -107,6 +107,8 @@ pub(crate) struct Progress {
     last_activity_ms: AtomicU64,
     bytes: [AtomicU64; 2],
     spilled: AtomicU64,
+    /// Each direction ended cleanly (EOF forwarded, or about to be).
+    ended: [AtomicBool; 2],
     stats: Arc<RouteStats>,
 }
 
@@ -117,6 +119,7 @@ impl Progress {
             last_activity_ms: AtomicU64::new(0),
             bytes: Default::default(),
             spilled: AtomicU64::new(0),
+            ended: Default::default(),
             stats,
         }
     }
@@ -150,12 +153,30 @@ impl Progress {
         self.spilled.load(Ordering::Relaxed)
     }
 
+    /// Ends `dir` cleanly: its source sent EOF and everything was
+    /// written to `dst`. The EOF is forwarded (`dst`'s write side shut
+    /// down), unless the other direction ended already: then both sockets
+    /// are closed at once, and the close sends the FIN (one `shutdown`
+    /// fewer per connection; with both EOFs read, neither socket has
+    /// unread bytes that would turn the close into a reset).
+    pub(crate) fn end(&self, dir: Direction, dst: &TcpStream) -> Result<(), DirError> {
+        self.ended[dir.index()].store(true, Ordering::Relaxed);
+        let other = match dir {
+            Direction::ClientToUpstream => Direction::UpstreamToClient,
+            Direction::UpstreamToClient => Direction::ClientToUpstream,
+        };
+        if self.ended[other.index()].load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        shutdown_write(dst)
+    }
+
     pub(super) fn last_activity(&self) -> Instant {
         self.start + Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed))
     }
 }
 
-pub(crate) fn shutdown_write(s: &TcpStream) -> Result<(), DirError> {
+fn shutdown_write(s: &TcpStream) -> Result<(), DirError> {
     match SockRef::from(s).shutdown(std::net::Shutdown::Write) {
         Ok(()) => Ok(()),
         // The peer is already gone; the other direction will notice.

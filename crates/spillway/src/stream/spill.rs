@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::warn;
 
-use super::direction::{shutdown_write, writable_or_stall, DirError, Direction, Progress};
+use super::direction::{writable_or_stall, DirError, Direction, Progress};
 
 /// Process-wide bound on spill-file bytes.
 #[derive(Debug)]
@@ -288,7 +288,7 @@ pub(crate) async fn run(
         let pending =
             tail - head + file.as_ref().map_or(0, SpillFile::pending) as usize + stranded.len();
         if eof && pending == 0 {
-            return shutdown_write(dst);
+            return progress.end(dir, dst);
         }
 
         // ---- wait only when nothing moved

@@ -37,7 +37,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tracing::warn;
 
-use super::direction::{shutdown_write, writable_or_stall, DirError, Direction, Progress};
+use super::direction::{writable_or_stall, DirError, Direction, Progress};
 use crate::logging::RateLimited;
 
 /// Empty pipes ready for reuse, all of one requested size.
@@ -104,7 +104,7 @@ pub(crate) async fn run(
         // Idle: hold no buffer and no pipe.
         src.readable().await.map_err(DirError::Read)?;
         match copy_burst(src, dst, progress, dir, &mut stall).await? {
-            Burst::Eof => return shutdown_write(dst),
+            Burst::Eof => return progress.end(dir, dst),
             Burst::Drained => continue,
             Burst::Bulk => {}
         }
@@ -127,7 +127,7 @@ pub(crate) async fn run(
             }
         };
         if splice_burst(src, dst, pool, pipe, progress, dir, &mut stall).await? == Burst::Eof {
-            return shutdown_write(dst);
+            return progress.end(dir, dst);
         }
     }
 }
