@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::SockRef;
+use spillway_net::dial::SocketOptions;
 use spillway_net::timeout::StallTimer;
 use spillway_net::tls::MaybeTls;
 use tokio::net::TcpStream;
@@ -25,6 +26,10 @@ use super::spill::{self, SpillLimits};
 use super::upstream::Connected;
 use super::{io_copy, splice, CloseReason, StreamServer};
 use crate::accept::Admitted;
+
+/// How long a plain connection lives before its upstream socket gets the
+/// route's keepalive and user timeout ([`StreamServer::supervise`]).
+const LIVENESS_AFTER: Duration = Duration::from_millis(500);
 
 /// How the two directions of a connection ended.
 enum Ended {
@@ -92,7 +97,10 @@ impl StreamServer {
             (MaybeTls::Plain(client), MaybeTls::Plain(upstream)) => {
                 self.relay(&client, &upstream, &progress, &hard_stop).await
             }
-            (client, upstream) => self.relay_io(client, upstream, &progress, &hard_stop).await,
+            (client, upstream) => {
+                self.liveness(upstream.tcp());
+                self.relay_io(client, upstream, &progress, &hard_stop).await
+            }
         };
         drop((lease, slot));
         self.log_close(
@@ -149,7 +157,10 @@ impl StreamServer {
     ) -> (CloseReason, Option<Side>) {
         let c2u = self.direction(client, upstream, progress, Direction::ClientToUpstream);
         let u2c = self.direction(upstream, client, progress, Direction::UpstreamToClient);
-        match self.supervise(c2u, u2c, progress, hard_stop).await {
+        match self
+            .supervise(c2u, u2c, progress, hard_stop, Some(upstream))
+            .await
+        {
             Ended::Clean(reason) => (reason, None),
             Ended::Failed(e, dir) => {
                 let (reason, side) = fail(e, client, upstream, dir);
@@ -195,7 +206,7 @@ impl StreamServer {
                 progress,
                 Direction::UpstreamToClient,
             );
-            self.supervise(c2u, u2c, progress, hard_stop).await
+            self.supervise(c2u, u2c, progress, hard_stop, None).await
         };
         // The halves are whole again, so a failure can still reset both sockets.
         let client = cr.unsplit(cw);
@@ -213,18 +224,35 @@ impl StreamServer {
         }
     }
 
+    /// The upstream socket's keepalive and user timeout (the client's
+    /// came with the accept).
+    fn liveness(&self, upstream: &TcpStream) {
+        if let Err(e) = self.route.timeouts.socket.apply(upstream) {
+            debug!(error = %e, "cannot set keepalive / user timeout");
+        }
+    }
+
     /// Runs both directions to their end, enforcing the idle, half-close
-    /// and lifetime timers and the hard stop.
+    /// and lifetime timers and the hard stop. A connection that lasts
+    /// [`LIVENESS_AFTER`] gets the upstream's liveness options then
+    /// (`late_liveness`): a short one (a request per connection) never
+    /// pays their five `setsockopt` calls, and keepalive only matters to
+    /// one that stays.
     async fn supervise(
         &self,
         c2u: impl Future<Output = Result<(), DirError>>,
         u2c: impl Future<Output = Result<(), DirError>>,
         progress: &Progress,
         hard_stop: &CancellationToken,
+        mut late_liveness: Option<&TcpStream>,
     ) -> Ended {
         let route = &self.route;
         let lifetime_end = route.timeouts.max_lifetime.map(|d| progress.start + d);
-        tokio::pin!(c2u, u2c);
+        if route.timeouts.socket == SocketOptions::default() {
+            late_liveness = None;
+        }
+        let liveness_at = sleep_until(progress.start + LIVENESS_AFTER);
+        tokio::pin!(c2u, u2c, liveness_at);
         let mut c2u_done = false;
         let mut u2c_done = false;
         let mut first_eof: Option<(Instant, CloseReason)> = None;
@@ -264,6 +292,11 @@ impl StreamServer {
                     return Ended::Lifetime;
                 }
                 _ = hard_stop.cancelled() => return Ended::Clean(CloseReason::Shutdown),
+                () = &mut liveness_at, if late_liveness.is_some() => {
+                    if let Some(u) = late_liveness.take() {
+                        self.liveness(u);
+                    }
+                }
             }
             if c2u_done && u2c_done {
                 return Ended::Clean(first_eof.map_or(CloseReason::ClientEof, |(_, r)| r));

@@ -69,10 +69,9 @@ impl Upstreams {
             pool: Pool::new(route),
             connect_tries: route.connect_tries,
             connect_timeout: route.connect_timeout,
-            dial_options: DialOptions {
-                socket: route.timeouts.socket,
-                ..DialOptions::default()
-            },
+            // The liveness options are set once the connection is up, and
+            // on a plain one only if it lasts (`connection.rs`).
+            dial_options: DialOptions::default(),
             health_check: route.health_check.clone(),
             stats,
             tls_warning: Mutex::new(RateLimited::new(Duration::from_secs(5))),
