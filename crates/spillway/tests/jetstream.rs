@@ -200,6 +200,37 @@ async fn producers_to_relay_a_to_jetstream_to_relay_b_in_order() {
     b.stop().await.expect("relay b");
 }
 
+/// A connection to a relay's consumer port that leaves at once (a port
+/// check, a scan) does not make that relay pull. Batches it pulled would
+/// wait there for a consumer, and with `max_pending` of them held the
+/// durable sends nothing more to the relay whose consumers read (found by
+/// a hostile test: 25,897 of 60,000 lines never arrived).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_check_on_a_producing_relay_holds_no_batches() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = NatsCluster::start(&dir.path().join("nats"), 1);
+    cluster.wait_ready(Duration::from_secs(60));
+    let cfg = JetStream {
+        max_pending: 4,
+        ..js(&cluster, "Q6")
+    };
+    let a = relay(&dir.path().join("a"), |r| r.jetstream = Some(cfg.clone())).await;
+    let b = relay(&dir.path().join("b"), |r| r.jetstream = Some(cfg.clone())).await;
+    for _ in 0..3 {
+        let check = TcpStream::connect(a.sink).await.expect("port check");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(check);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let n = 20_000;
+    let consumer = tokio::spawn(consume(b.sink, n, Duration::from_secs(40)));
+    produce(a.source, 0, n).await;
+    let got = consumer.await.expect("consumer");
+    check(&got, n);
+    a.stop().await.expect("relay a");
+    b.stop().await.expect("relay b");
+}
+
 /// Two reading relays share the durable consumer (`ordered = false`,
 /// competing): between their consumers every message arrives, and the
 /// stream empties.

@@ -40,6 +40,8 @@ const PULL_EXPIRES: Duration = Duration::from_secs(10);
 /// How long after the last consumer left the relay stops pulling: past a
 /// pull request's expiry, so that nothing is sent to one given up.
 const IDLE_RELEASE: Duration = Duration::from_secs(30);
+/// How long a consumer must stay connected before the relay pulls for it.
+const CONSUMER_SETTLE: Duration = Duration::from_millis(500);
 /// How soon a gap in stream order is first looked up, and the longest
 /// between lookups while it stays ([`Puller::probe`]).
 const PROBE_FIRST: Duration = Duration::from_millis(100);
@@ -182,19 +184,29 @@ impl Puller<'_> {
         // The gap the probes are about (its first waiting stream seq).
         let mut probing: Option<u64> = None;
         let mut messages: Option<async_nats::jetstream::consumer::pull::Stream> = None;
-        // When a consumer was last seen here (none yet: no pull).
+        // When a consumer was last seen here (none yet: no pull), and
+        // since when consumers have been connected without a break.
         let mut last_consumer: Option<tokio::time::Instant> = None;
+        let mut connected_since: Option<tokio::time::Instant> = None;
         loop {
             // Pull only while consumers are connected here: batches pulled
             // by a relay nobody reads from would wait for its consumers
-            // while other relays' consumers could have them. A pull is
-            // given up only after consumers have been gone a while: its
-            // request stays at the server until it expires, and what the
-            // server sends it meanwhile would come back only after AckWait,
-            // behind newer batches.
+            // while other relays' consumers could have them. A consumer
+            // counts once it has stayed CONSUMER_SETTLE: a connection that
+            // leaves at once (a port check) must not make the relay pull
+            // and hold batches no one reads. A pull is given up only after
+            // consumers have been gone a while: its request stays at the
+            // server until it expires, and what the server sends it
+            // meanwhile would come back only after AckWait, behind newer
+            // batches.
             let now = tokio::time::Instant::now();
             if self.consumers.load(Ordering::Relaxed) > 0 {
-                last_consumer = Some(now);
+                let since = *connected_since.get_or_insert(now);
+                if now.duration_since(since) >= CONSUMER_SETTLE {
+                    last_consumer = Some(now);
+                }
+            } else {
+                connected_since = None;
             }
             let wanted = last_consumer.is_some_and(|t| now.duration_since(t) < IDLE_RELEASE);
             if !wanted {
