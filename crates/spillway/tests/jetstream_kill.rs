@@ -1070,6 +1070,23 @@ fn a_trickle_of_one_line_batches_is_not_stalled() {
         all,
         "{distinct} of {n} lines arrived within 20 s of the last one sent:\n{evidence}"
     );
+    // /status shows the backend: A published every line, B pulled them.
+    let js = |life: &Life| {
+        let (code, body) = common::http_get(life.relay.admin(), "/status");
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
+        let route = v["routes"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["name"] == "q"))
+            .cloned()
+            .unwrap_or_else(|| panic!("route q in {v}"));
+        route["jetstream"].clone()
+    };
+    let (ja, jb) = (js(&a), js(&b));
+    assert_eq!(ja["stream"], STREAM, "{ja}");
+    assert_eq!(ja["messages_published"], n, "{ja}");
+    assert_eq!(jb["messages_pulled"], n, "{jb}");
+    assert_eq!(jb["bad_batches"], 0, "{jb}");
     drop((a, b));
 }
 

@@ -145,6 +145,7 @@ fn route(r: &LiveRoute) -> Value {
                 "next_seq": sp.next_seq,
                 "ack_floor": sp.ack_floor,
                 "poisoned": sp.poisoned,
+                "jetstream": q.jetstream_status(),
             })
         }
     };

@@ -804,14 +804,20 @@ impl QueueServer {
             .is_some()
     }
 
-    /// The spool failed: log once, stop the route, make `serve` fail.
-    /// A spool closed during shutdown (a connection outlived the drain
-    /// timeout) is the shutdown itself, not a failure.
     /// The JetStream backend's counters (`[route.jetstream]` routes).
     pub fn jetstream_stats(&self) -> Option<&jetstream::JsStats> {
         self.jetstream.as_ref().map(|b| &b.stats)
     }
 
+    /// The JetStream backend as `/status` shows it (`None`: a local
+    /// queue).
+    pub fn jetstream_status(&self) -> Option<serde_json::Value> {
+        self.jetstream.as_ref().map(jetstream::Backend::status)
+    }
+
+    /// The spool failed: log once, stop the route, make `serve` fail.
+    /// A spool closed during shutdown (a connection outlived the drain
+    /// timeout) is the shutdown itself, not a failure.
     fn fail(&self, what: &str, e: &SpoolError) {
         if self.stop.is_cancelled() && matches!(e, SpoolError::Closed) {
             tracing::debug!("{what} after the spool closed at shutdown");

@@ -134,6 +134,34 @@ pub(super) fn open_inbox(
 }
 
 impl Backend {
+    /// What `/status` shows of the backend: where the queue lives, the
+    /// counters, and the inbox (pulled, not delivered yet).
+    pub fn status(&self) -> serde_json::Value {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = &self.stats;
+        let inbox = self.inbox.stats();
+        serde_json::json!({
+            "servers": self.cfg.servers,
+            "stream": self.cfg.stream,
+            "subject": self.cfg.subject,
+            "consumer": self.cfg.consumer,
+            "ordered": self.cfg.ordered,
+            "batches_published": s.batches_out.load(Relaxed),
+            "messages_published": s.messages_out.load(Relaxed),
+            "publish_duplicates": s.duplicates.load(Relaxed),
+            "publish_failures": s.failures.load(Relaxed),
+            "messages_pulled": s.messages_in.load(Relaxed),
+            "batches_acked": s.batches_in_acked.load(Relaxed),
+            "duplicate_batches_pulled": s.duplicates_in.load(Relaxed),
+            "reordered_batches": s.reordered.load(Relaxed),
+            "bad_batches": s.bad_batches.load(Relaxed),
+            "inbox": {
+                "messages": inbox.mem_msgs + inbox.disk_msgs,
+                "bytes": inbox.mem_bytes + inbox.disk_bytes,
+            },
+        })
+    }
+
     /// Connects, makes or checks the stream and the durable consumer, and
     /// runs the publisher and the puller until `stop`. A stream or
     /// consumer with other settings is an error (the route stops); a
