@@ -62,22 +62,26 @@ impl SocketOptions {
 }
 
 impl SocketOptions {
-    /// Sets the options, and `TCP_NODELAY`, on a listening socket, whose
-    /// accepted connections inherit them on Linux: six `setsockopt` calls
-    /// fewer per accepted connection. Every option is set, an absent one
-    /// turned off, so the listener passes on exactly these options after a
-    /// reload changed them.
-    pub fn apply_to_listener<S: std::os::fd::AsFd>(&self, listener: &S) -> io::Result<()> {
-        let s = SockRef::from(listener);
+    /// Sets exactly these options, and `TCP_NODELAY`: an absent option is
+    /// turned off (keepalive) or back to the kernel's default (user
+    /// timeout), where [`SocketOptions::apply`] only turns options on. On
+    /// a listening socket, what it accepts inherits them on Linux (six
+    /// `setsockopt` calls fewer per connection); a socket set before
+    /// (accepted, or queued in the listener's backlog when its options
+    /// changed) is set again.
+    pub fn apply_exact<S: std::os::fd::AsFd>(&self, socket: &S) -> io::Result<()> {
+        let s = SockRef::from(socket);
         s.set_tcp_nodelay(true)?;
         match self.keepalive {
-            Some(_) => self.apply(listener)?,
+            Some(k) => s.set_tcp_keepalive(
+                &TcpKeepalive::new()
+                    .with_time(k.idle)
+                    .with_interval(k.interval)
+                    .with_retries(k.count),
+            )?,
             None => s.set_keepalive(false)?,
         }
-        if self.user_timeout.is_none() {
-            s.set_tcp_user_timeout(None)?;
-        }
-        Ok(())
+        s.set_tcp_user_timeout(self.user_timeout)
     }
 }
 
@@ -198,7 +202,8 @@ mod tests {
 
     /// What the relay relies on to skip per-connection `setsockopt`s: an
     /// accepted socket has its listener's options, and a listener set
-    /// again (a reload) passes on the new ones, absent ones turned off.
+    /// again (a reload) passes on the new ones, absent ones turned off;
+    /// the user timeout without keepalive too.
     #[tokio::test]
     async fn accepted_sockets_inherit_the_listeners_options() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -218,7 +223,7 @@ mod tests {
             let (a, _) = listener.accept().await.expect("accept");
             a
         };
-        on.apply_to_listener(&listener).expect("set");
+        on.apply_exact(&listener).expect("set");
         let a = accept().await;
         let s = SockRef::from(&a);
         assert!(s.tcp_nodelay().expect("nodelay"));
@@ -237,13 +242,26 @@ mod tests {
             Some(Duration::from_millis(91_000))
         );
         SocketOptions::default()
-            .apply_to_listener(&listener)
+            .apply_exact(&listener)
             .expect("set again");
         let b = accept().await;
         let s = SockRef::from(&b);
         assert!(s.tcp_nodelay().expect("nodelay"));
         assert!(!s.keepalive().expect("keepalive"));
         assert_eq!(s.tcp_user_timeout().expect("uto"), None);
+        SocketOptions {
+            keepalive: None,
+            user_timeout: Some(Duration::from_secs(19)),
+        }
+        .apply_exact(&listener)
+        .expect("user timeout alone");
+        let c = accept().await;
+        let s = SockRef::from(&c);
+        assert!(!s.keepalive().expect("keepalive"));
+        assert_eq!(
+            s.tcp_user_timeout().expect("uto"),
+            Some(Duration::from_secs(19))
+        );
     }
 
     #[tokio::test]

@@ -79,6 +79,39 @@ pub async fn accept_loop(
     }
 }
 
+/// Accepts what is waiting in `listener`'s backlog now, without waiting
+/// (at most its length, 4,096, and one more): connections whose
+/// handshakes finished before a change of the listener's options, which
+/// they did not inherit. Errors end the drain; the accept loop sees them.
+pub fn drain_backlog(listener: &TcpListener) -> Vec<Accepted> {
+    let mut out = Vec::new();
+    while out.len() <= BACKLOG as usize {
+        match socket2::SockRef::from(listener).accept() {
+            Ok((s, addr)) => {
+                let Some(peer) = addr.as_socket() else {
+                    continue;
+                };
+                if s.set_nonblocking(true).is_err() {
+                    continue;
+                }
+                if let Ok(stream) = TcpStream::from_std(s.into()) {
+                    out.push(Accepted { stream, peer });
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// Pending connections a listener queues before `accept` (`listen(2)`).
+const BACKLOG: i32 = 4096;
+
 /// Binds a listening socket with a deep backlog and SO_REUSEADDR, so a
 /// restarted relay can rebind at once and bursts of connects are not refused.
 pub async fn bind(addr: &str) -> io::Result<TcpListener> {
@@ -114,7 +147,7 @@ fn bind_one(addr: SocketAddr, recv_buffer: Option<usize>) -> io::Result<TcpListe
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(4096)?;
+    socket.listen(BACKLOG)?;
     TcpListener::from_std(socket.into())
 }
 

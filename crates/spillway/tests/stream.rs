@@ -866,3 +866,101 @@ fn spill_bound_falls_back_to_backpressure_without_loss() {
         token.cancel();
     });
 }
+
+// ------------------------------------------- options accepted sockets have ---
+
+/// Waits until the relay accepted `client`, and returns its socket's options.
+async fn accepted_options(client: &std::net::TcpStream) -> (bool, Duration, Option<Duration>) {
+    let me = client.local_addr().expect("addr");
+    for _ in 0..500 {
+        if let Some(o) = common::fds::options_of_socket_to(me) {
+            return o;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the relay did not accept {me} within 5 s");
+}
+
+/// `tcp_keepalive = false` with a `tcp_user_timeout`: every accepted client
+/// socket gets the user timeout (README: accepted sockets take it from the
+/// listener). Since 7ad1b75 only the first one does: `apply_to_listener`
+/// sets the user timeout only together with keepalive.
+#[tokio::test]
+async fn user_timeout_without_keepalive_reaches_every_accepted_socket() {
+    let (up, up_addr) = upstream_listener().await;
+    let _up = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = up.accept().await {
+            held.push(s);
+        }
+    });
+    let (addr, token, _) = start_route(vec![up_addr.to_string()], |r| {
+        r.timeouts.socket.keepalive = None;
+        r.timeouts.socket.user_timeout = Some(Duration::from_secs(19));
+    })
+    .await;
+    for i in 0..3 {
+        let c = std::net::TcpStream::connect(addr).expect("connect");
+        let (_, _, uto) = accepted_options(&c).await;
+        assert_eq!(uto, Some(Duration::from_secs(19)), "client {i}");
+    }
+    token.cancel();
+}
+
+/// After a reload changed the keepalive settings, every client accepted
+/// from then on has the new ones. Since 7ad1b75 the clients that were
+/// already waiting in the accept queue when the accept loop first ran after
+/// the reload (all but the first of them) have the old ones: they inherited
+/// them from the listener at the handshake, and only the first is fixed.
+#[tokio::test]
+async fn after_a_reload_clients_queued_in_the_backlog_get_the_new_options() {
+    let (up, up_addr) = upstream_listener().await;
+    let _up = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = up.accept().await {
+            held.push(s);
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = |idle: u64, uto: u64| {
+        let mut route = StreamRoute::new("test", addr.to_string(), vec![up_addr.to_string()]);
+        route.timeouts.socket.keepalive = Some(spillway_net::dial::Keepalive {
+            idle: Duration::from_secs(idle),
+            interval: Duration::from_secs(10),
+            count: 3,
+        });
+        route.timeouts.socket.user_timeout = Some(Duration::from_secs(uto));
+        Arc::new(StreamServer::new(route, Arc::new(SpillBudget::new(1 << 30))).expect("server"))
+    };
+    let (tx, rx) = tokio::sync::watch::channel(server(7, 11));
+    let token = CancellationToken::new();
+    tokio::spawn(StreamServer::serve_current(
+        rx,
+        listener,
+        token.clone(),
+        Duration::from_secs(5),
+        CancellationToken::new(),
+    ));
+    let before = std::net::TcpStream::connect(addr).expect("connect");
+    assert_eq!(
+        accepted_options(&before).await,
+        (true, Duration::from_secs(7), Some(Duration::from_secs(11)))
+    );
+    // The reload; then three clients connect before the accept loop runs
+    // again (this runtime has one thread, and the connects do not yield).
+    tx.send(server(5, 23)).expect("reload");
+    let queued: Vec<_> = (0..3)
+        .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+        .collect();
+    for (i, c) in queued.iter().enumerate() {
+        assert_eq!(
+            accepted_options(c).await,
+            (true, Duration::from_secs(5), Some(Duration::from_secs(23))),
+            "client {i} accepted after the reload"
+        );
+    }
+    token.cancel();
+}

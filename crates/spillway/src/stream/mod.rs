@@ -365,19 +365,14 @@ impl StreamServer {
         let hard_stop = CancellationToken::new();
         let checks = Self::health_checks(current.clone(), shutdown.clone());
         // The liveness options and TCP_NODELAY the listener passes on to
-        // what it accepts (`None`: not set on it), set again when a reload
-        // changed them; a connection accepted before that gets them itself.
+        // what it accepts (`None`: not set on it yet, or setting failed).
+        // When they change (the first accept, a reload), the listener is
+        // set first; then the connection in hand and every one already in
+        // the accept queue (whose handshakes finished under the old
+        // options) are set one by one, until the queue is empty: from
+        // then on each connection inherits.
         let mut inherited: Option<SocketOptions> = None;
-        accept_loop(&listener, &shutdown, |accepted: Accepted| {
-            let server = Arc::clone(&*current.borrow());
-            let want = server.route.timeouts.socket;
-            if inherited != Some(want) {
-                inherited = want.apply_to_listener(&listener).ok().map(|()| want);
-                let _ = accepted.stream.set_nodelay(true);
-                if let Err(e) = want.apply(&accepted.stream) {
-                    debug!(error = %e, "cannot set keepalive / user timeout");
-                }
-            }
+        let spawn = |server: Arc<StreamServer>, accepted: Accepted| {
             let admitted = match server.gate.admit(accepted.peer) {
                 Ok(a) => a,
                 Err(Refused::Limit(_)) => return,
@@ -397,6 +392,23 @@ impl StreamServer {
                 }
                 .instrument(span),
             );
+        };
+        accept_loop(&listener, &shutdown, |accepted: Accepted| {
+            let server = Arc::clone(&*current.borrow());
+            let want = server.route.timeouts.socket;
+            if inherited == Some(want) {
+                spawn(server, accepted);
+                return;
+            }
+            inherited = want.apply_exact(&listener).ok().map(|()| want);
+            let mut queued = vec![accepted];
+            queued.extend(crate::accept::drain_backlog(&listener));
+            for a in queued {
+                if let Err(e) = want.apply_exact(&a.stream) {
+                    debug!(error = %e, "cannot set keepalive / user timeout");
+                }
+                spawn(Arc::clone(&server), a);
+            }
         })
         .await;
         drop(listener);

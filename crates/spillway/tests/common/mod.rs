@@ -9,6 +9,7 @@
 //! the relay binds it.
 #![allow(dead_code)]
 
+pub mod fds;
 pub mod inproc;
 pub mod lines;
 pub mod nats;
