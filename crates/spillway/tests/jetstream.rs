@@ -216,12 +216,15 @@ async fn a_port_check_on_a_producing_relay_holds_no_batches() {
     };
     let a = relay(&dir.path().join("a"), |r| r.jetstream = Some(cfg.clone())).await;
     let b = relay(&dir.path().join("b"), |r| r.jetstream = Some(cfg.clone())).await;
-    for _ in 0..3 {
+    // Checks that overlap (each opened before the one before is closed),
+    // for longer than a consumer must stay: none stays that long itself.
+    let mut last = None;
+    for _ in 0..8 {
         let check = TcpStream::connect(a.sink).await.expect("port check");
         tokio::time::sleep(Duration::from_millis(100)).await;
-        drop(check);
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        last = Some(check);
     }
+    drop(last);
     let n = 20_000;
     let consumer = tokio::spawn(consume(b.sink, n, Duration::from_secs(40)));
     produce(a.source, 0, n).await;
@@ -231,77 +234,82 @@ async fn a_port_check_on_a_producing_relay_holds_no_batches() {
     b.stop().await.expect("relay b");
 }
 
-/// Two reading relays share the durable consumer (`ordered = false`,
-/// competing): between their consumers every message arrives, and the
-/// stream empties.
+/// Two reading relays share the durable consumer (competing): between
+/// their consumers every message arrives, and the stream empties. With
+/// the default `ordered = true` each hears the other on the presence
+/// subject and stops waiting for the batches the other takes; with
+/// `ordered = false` none is waited for anyway.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn competing_reading_relays_share_the_queue() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cluster = NatsCluster::start(&dir.path().join("nats"), 1);
     cluster.wait_ready(Duration::from_secs(60));
-    let cfg = js(&cluster, "Q5");
-    let a = relay(&dir.path().join("a"), |r| r.jetstream = Some(cfg.clone())).await;
-    let readers = JetStream {
-        ordered: false,
-        ..cfg.clone()
-    };
-    let b1 = relay(&dir.path().join("b1"), |r| {
-        r.jetstream = Some(readers.clone())
-    })
-    .await;
-    let b2 = relay(&dir.path().join("b2"), |r| {
-        r.jetstream = Some(readers.clone())
-    })
-    .await;
-    let n = 40_000;
-    let done = Arc::new(tokio::sync::Mutex::new(BTreeSet::new()));
-    let read = |sink: SocketAddr| {
-        let done = Arc::clone(&done);
-        tokio::spawn(async move {
-            let end = Instant::now() + Duration::from_secs(60);
-            let mut got = Vec::new();
-            let mut s = TcpStream::connect(sink).await.expect("connect consumer");
-            let mut buf = Vec::new();
-            let mut chunk = vec![0u8; 64 << 10];
-            while (done.lock().await.len() as u64) < n && Instant::now() < end {
-                if let Ok(Ok(k)) =
-                    tokio::time::timeout(Duration::from_millis(200), s.read(&mut chunk)).await
-                {
-                    if k == 0 {
-                        break;
+    for (stream, ordered) in [("Q5", true), ("Q7", false)] {
+        let t0 = Instant::now();
+        // Streams may not share a subject.
+        let cfg = JetStream {
+            subject: format!("spillway.{stream}"),
+            ..js(&cluster, stream)
+        };
+        let d = dir.path().join(stream);
+        let a = relay(&d.join("a"), |r| r.jetstream = Some(cfg.clone())).await;
+        let readers = JetStream {
+            ordered,
+            ..cfg.clone()
+        };
+        let b1 = relay(&d.join("b1"), |r| r.jetstream = Some(readers.clone())).await;
+        let b2 = relay(&d.join("b2"), |r| r.jetstream = Some(readers.clone())).await;
+        let n = 40_000;
+        let done = Arc::new(tokio::sync::Mutex::new(BTreeSet::new()));
+        let read = |sink: SocketAddr| {
+            let done = Arc::clone(&done);
+            tokio::spawn(async move {
+                let end = Instant::now() + Duration::from_secs(30);
+                let mut got = Vec::new();
+                let mut s = TcpStream::connect(sink).await.expect("connect consumer");
+                let mut buf = Vec::new();
+                let mut chunk = vec![0u8; 64 << 10];
+                while (done.lock().await.len() as u64) < n && Instant::now() < end {
+                    if let Ok(Ok(k)) =
+                        tokio::time::timeout(Duration::from_millis(200), s.read(&mut chunk)).await
+                    {
+                        if k == 0 {
+                            break;
+                        }
+                        buf.extend_from_slice(&chunk[..k]);
+                        let whole = buf.len() - buf.len() % LINE;
+                        let mut d = done.lock().await;
+                        for x in numbers(&buf[..whole]) {
+                            got.push(x);
+                            d.insert(x);
+                        }
+                        buf.drain(..whole);
                     }
-                    buf.extend_from_slice(&chunk[..k]);
-                    let whole = buf.len() - buf.len() % LINE;
-                    let mut d = done.lock().await;
-                    for x in numbers(&buf[..whole]) {
-                        got.push(x);
-                        d.insert(x);
-                    }
-                    buf.drain(..whole);
                 }
-            }
-            got
-        })
-    };
-    let (c1, c2) = (read(b1.sink), read(b2.sink));
-    produce(a.source, 0, n).await;
-    let (g1, g2) = (c1.await.expect("consumer 1"), c2.await.expect("consumer 2"));
-    eprintln!(
-        "competing relays delivered {} and {} lines",
-        g1.len(),
-        g2.len()
-    );
-    let all: BTreeSet<u64> = g1.iter().chain(&g2).copied().collect();
-    let missing: Vec<u64> = (0..n).filter(|i| !all.contains(i)).take(20).collect();
-    assert!(
-        missing.is_empty(),
-        "lost {missing:?} (first 20); relay 1 delivered {}, relay 2 {}",
-        g1.len(),
-        g2.len()
-    );
-    assert_stream_empties(&cluster, "Q5").await;
-    for r in [a, b1, b2] {
-        r.stop().await.expect("relay");
+                got
+            })
+        };
+        let (c1, c2) = (read(b1.sink), read(b2.sink));
+        produce(a.source, 0, n).await;
+        let (g1, g2) = (c1.await.expect("consumer 1"), c2.await.expect("consumer 2"));
+        eprintln!(
+            "ordered = {ordered}: competing relays delivered {} and {} lines in {:.1?}",
+            g1.len(),
+            g2.len(),
+            t0.elapsed()
+        );
+        let all: BTreeSet<u64> = g1.iter().chain(&g2).copied().collect();
+        let missing: Vec<u64> = (0..n).filter(|i| !all.contains(i)).take(20).collect();
+        assert!(
+            missing.is_empty(),
+            "ordered = {ordered}: lost {missing:?} (first 20) within 30 s; relay 1 delivered {}, relay 2 {}",
+            g1.len(),
+            g2.len()
+        );
+        assert_stream_empties(&cluster, stream).await;
+        for r in [a, b1, b2] {
+            r.stop().await.expect("relay");
+        }
     }
 }
 

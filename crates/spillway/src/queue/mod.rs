@@ -317,6 +317,8 @@ pub struct PeerInfo {
     pub addr: SocketAddr,
     /// Unix time of the connection, seconds.
     pub since: u64,
+    /// When the connection was made.
+    pub connected: std::time::Instant,
     /// Bytes of messages this peer has moved: queued from a producer,
     /// acknowledged by a consumer's TCP.
     pub bytes: Arc<AtomicU64>,
@@ -593,6 +595,15 @@ impl QueueServer {
         (peers.values().take(limit).cloned().collect(), peers.len())
     }
 
+    /// How long the longest-connected consumer has been connected
+    /// (`None`: no consumer). Peers are kept in the order they came.
+    pub fn oldest_consumer_age(&self) -> Option<Duration> {
+        self.peers_lock()
+            .values()
+            .find(|p| p.role == Role::Consumer.as_str())
+            .map(|p| p.connected.elapsed())
+    }
+
     fn peers_lock(&self) -> MutexGuard<'_, BTreeMap<u64, PeerInfo>> {
         // Inserts and removes are single calls; a panic cannot tear the map.
         self.peers.lock().unwrap_or_else(|e| e.into_inner())
@@ -609,6 +620,7 @@ impl QueueServer {
                 role: role.as_str(),
                 addr,
                 since,
+                connected: std::time::Instant::now(),
                 bytes: Arc::clone(&bytes),
                 unacked: Arc::clone(&unacked),
             },

@@ -105,7 +105,8 @@ impl QueueServer {
                 let Some(b) = &me.jetstream else { return };
                 let max_disk = me.route().max_disk;
                 let name = me.route().name.clone();
-                if let Err(e) = b.run(&name, max_disk, &me.stats.consumers, stop).await {
+                let consumer_age = || me.oldest_consumer_age();
+                if let Err(e) = b.run(&name, max_disk, &consumer_age, stop).await {
                     me.fail_with("jetstream", &format!("{e:#}"));
                 }
             })

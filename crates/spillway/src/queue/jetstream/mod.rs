@@ -170,7 +170,7 @@ impl Backend {
         &self,
         route: &str,
         max_disk: u64,
-        consumers: &std::sync::atomic::AtomicUsize,
+        consumer_age: &(dyn Fn() -> Option<Duration> + Sync),
         stop: CancellationToken,
     ) -> anyhow::Result<()> {
         let js = tokio::select! {
@@ -212,6 +212,7 @@ impl Backend {
             consumer,
             stream,
             subject: &self.cfg.subject,
+            presence: puller::presence_subject(&self.cfg.stream, &self.cfg.consumer),
             ordered: self.cfg.ordered,
             inbox: &self.inbox,
             inbox_io: &self.inbox_io,
@@ -219,7 +220,7 @@ impl Backend {
             batch_bytes: usize::try_from(self.cfg.batch_bytes).unwrap_or(usize::MAX),
             ack_wait: self.cfg.ack_wait,
             stats: &self.stats,
-            consumers,
+            consumer_age,
         };
         tokio::join!(publisher.run(stop.clone()), puller.run(stop));
         Ok(())

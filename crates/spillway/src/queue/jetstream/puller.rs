@@ -42,6 +42,10 @@ const PULL_EXPIRES: Duration = Duration::from_secs(10);
 const IDLE_RELEASE: Duration = Duration::from_secs(30);
 /// How long a consumer must stay connected before the relay pulls for it.
 const CONSUMER_SETTLE: Duration = Duration::from_millis(500);
+/// How often a pulling relay announces itself to the others reading the
+/// durable, and how long one is counted after it was last heard.
+const PRESENCE_EVERY: Duration = Duration::from_secs(1);
+const PRESENCE_TTL: Duration = Duration::from_secs(5);
 /// How soon a gap in stream order is first looked up, and the longest
 /// between lookups while it stays ([`Puller::probe`]).
 const PROBE_FIRST: Duration = Duration::from_millis(100);
@@ -61,6 +65,9 @@ pub(crate) struct Puller<'a> {
     /// The stream, to look up gaps in stream order.
     pub stream: async_nats::jetstream::stream::Stream<()>,
     pub subject: &'a str,
+    /// Where relays reading the same durable announce themselves
+    /// ([`presence_subject`]).
+    pub presence: String,
     /// Batches are queued in stream order (one reading relay), not as they
     /// come (relays sharing the durable).
     pub ordered: bool,
@@ -71,7 +78,9 @@ pub(crate) struct Puller<'a> {
     pub ack_wait: Duration,
     pub stats: &'a JsStats,
     /// Consumers connected to the route.
-    pub consumers: &'a std::sync::atomic::AtomicUsize,
+    /// How long the longest-connected consumer of the route has been
+    /// connected (`None`: no consumer).
+    pub consumer_age: &'a (dyn Fn() -> Option<Duration> + Sync),
 }
 
 /// Seqs already queued, per producing spool: ranges `start -> end`,
@@ -146,6 +155,26 @@ struct State {
     /// the durable?), and when that was last said.
     crowded_since: Option<tokio::time::Instant>,
     crowded_warned: Option<tokio::time::Instant>,
+    /// Other relays reading the durable, by the id they announce, and
+    /// when each was last heard.
+    peers: HashMap<u64, tokio::time::Instant>,
+}
+
+impl State {
+    /// Whether another relay reads the durable now: it takes batches
+    /// this one will never see, so gaps are not waited for.
+    fn competing(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        self.peers
+            .retain(|_, at| now.duration_since(*at) < PRESENCE_TTL);
+        !self.peers.is_empty()
+    }
+}
+
+/// The subject relays reading `consumer` of `stream` announce themselves
+/// on while they pull (core NATS, not stored).
+pub(super) fn presence_subject(stream: &str, consumer: &str) -> String {
+    format!("_SPILLWAY.readers.{stream}.{consumer}")
 }
 
 impl Puller<'_> {
@@ -157,7 +186,21 @@ impl Puller<'_> {
             order: Reorder::new(),
             crowded_since: None,
             crowded_warned: None,
+            peers: HashMap::new(),
         };
+        // This relay's id on the presence subject, and what it hears
+        // there (nothing, if the subject may not be used: then other
+        // readers are not seen, and `ordered = false` says it).
+        let me = fastrand::u64(1..);
+        let mut presence = match self.client.subscribe(self.presence.clone()).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!(error = %e, subject = %self.presence, "cannot listen for other relays reading this durable");
+                None
+            }
+        };
+        let mut announce = tokio::time::interval(PRESENCE_EVERY);
+        announce.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut progress =
             tokio::time::interval((self.ack_wait / 3).max(Duration::from_millis(100)));
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -184,29 +227,23 @@ impl Puller<'_> {
         // The gap the probes are about (its first waiting stream seq).
         let mut probing: Option<u64> = None;
         let mut messages: Option<async_nats::jetstream::consumer::pull::Stream> = None;
-        // When a consumer was last seen here (none yet: no pull), and
-        // since when consumers have been connected without a break.
+        // When a consumer was last seen here (none yet: no pull).
         let mut last_consumer: Option<tokio::time::Instant> = None;
-        let mut connected_since: Option<tokio::time::Instant> = None;
         loop {
             // Pull only while consumers are connected here: batches pulled
             // by a relay nobody reads from would wait for its consumers
             // while other relays' consumers could have them. A consumer
-            // counts once it has stayed CONSUMER_SETTLE: a connection that
-            // leaves at once (a port check) must not make the relay pull
+            // counts once it has stayed CONSUMER_SETTLE (one connection,
+            // not several in a row): a connection that leaves at once (a
+            // port check) must not make the relay pull
             // and hold batches no one reads. A pull is given up only after
             // consumers have been gone a while: its request stays at the
             // server until it expires, and what the server sends it
             // meanwhile would come back only after AckWait, behind newer
             // batches.
             let now = tokio::time::Instant::now();
-            if self.consumers.load(Ordering::Relaxed) > 0 {
-                let since = *connected_since.get_or_insert(now);
-                if now.duration_since(since) >= CONSUMER_SETTLE {
-                    last_consumer = Some(now);
-                }
-            } else {
-                connected_since = None;
+            if (self.consumer_age)().is_some_and(|age| age >= CONSUMER_SETTLE) {
+                last_consumer = Some(now);
             }
             let wanted = last_consumer.is_some_and(|t| now.duration_since(t) < IDLE_RELEASE);
             if !wanted {
@@ -264,6 +301,24 @@ impl Puller<'_> {
                     return;
                 }
                 _ = poll.tick() => self.ack_delivered(&mut st.held).await,
+                _ = announce.tick(), if messages.is_some() && self.ordered => {
+                    let _ = self.client.publish(self.presence.clone(), me.to_string().into()).await;
+                }
+                m = async { presence.as_mut().expect("guarded").next().await }, if presence.is_some() && self.ordered => {
+                    let Some(m) = m else {
+                        presence = None;
+                        continue;
+                    };
+                    let id = std::str::from_utf8(&m.payload).ok().and_then(|s| s.trim().parse::<u64>().ok());
+                    if let Some(id) = id.filter(|&id| id != me) {
+                        if st.peers.insert(id, tokio::time::Instant::now()).is_none() {
+                            info!("another relay reads this durable: batches are queued as they come");
+                        }
+                        if !self.release(&mut st, &stop).await {
+                            return;
+                        }
+                    }
+                }
                 _ = progress.tick(), if !st.held.is_empty() || !st.order.is_empty() => {
                     let waiting = st.order.items().map(|(_, a)| a);
                     for a in st.held.iter().map(|h| &h.acker).chain(waiting) {
@@ -322,15 +377,21 @@ impl Puller<'_> {
         }
     }
 
-    /// Queues the batches whose turn it is; `false` at shutdown or if
-    /// the inbox failed.
+    /// Queues the batches whose turn it is, and past gaps while another
+    /// relay reads the durable; `false` at shutdown or if the inbox
+    /// failed.
     async fn release(&self, st: &mut State, stop: &CancellationToken) -> bool {
-        while let Some((seq, (msg, acker))) = st.order.pop_ready() {
-            if !self.take(st, seq, &msg, acker, stop).await {
-                return false;
+        loop {
+            while let Some((seq, (msg, acker))) = st.order.pop_ready() {
+                if !self.take(st, seq, &msg, acker, stop).await {
+                    return false;
+                }
+            }
+            match st.order.gap() {
+                Some((_, first, _)) if st.competing() => st.order.skip_to(first),
+                _ => return true,
             }
         }
-        true
     }
 
     /// Asks the stream about the gap the first waiting batch waits for:
@@ -388,9 +449,11 @@ impl Puller<'_> {
                     st.crowded_warned = Some(now);
                     warn!(
                         waiting_for = m.sequence,
+                        presence = %self.presence,
                         "a stream batch is held elsewhere while other pull requests wait on \
-                         the durable: if several relays read it, set ordered = false on each \
-                         (each waits for the batches the others hold)"
+                         the durable, and no other relay announced itself (may relays use the \
+                         presence subject?): if several relays read it, set ordered = false on \
+                         each (each waits for the batches the others hold)"
                     );
                 }
             }
