@@ -244,7 +244,13 @@ async fn competing_reading_relays_share_the_queue() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cluster = NatsCluster::start(&dir.path().join("nats"), 1);
     cluster.wait_ready(Duration::from_secs(60));
-    for (stream, ordered) in [("Q5", true), ("Q7", false)] {
+    // (stream, `ordered` of the two reading relays): both default, both
+    // off, and one of each (the unordered one announces itself too).
+    for (stream, ordered, ordered_2) in [
+        ("Q5", true, true),
+        ("Q7", false, false),
+        ("Q8", true, false),
+    ] {
         let t0 = Instant::now();
         // Streams may not share a subject.
         let cfg = JetStream {
@@ -253,12 +259,12 @@ async fn competing_reading_relays_share_the_queue() {
         };
         let d = dir.path().join(stream);
         let a = relay(&d.join("a"), |r| r.jetstream = Some(cfg.clone())).await;
-        let readers = JetStream {
+        let reader = |ordered| JetStream {
             ordered,
             ..cfg.clone()
         };
-        let b1 = relay(&d.join("b1"), |r| r.jetstream = Some(readers.clone())).await;
-        let b2 = relay(&d.join("b2"), |r| r.jetstream = Some(readers.clone())).await;
+        let b1 = relay(&d.join("b1"), |r| r.jetstream = Some(reader(ordered))).await;
+        let b2 = relay(&d.join("b2"), |r| r.jetstream = Some(reader(ordered_2))).await;
         let n = 40_000;
         let done = Arc::new(tokio::sync::Mutex::new(BTreeSet::new()));
         let read = |sink: SocketAddr| {
@@ -293,7 +299,7 @@ async fn competing_reading_relays_share_the_queue() {
         produce(a.source, 0, n).await;
         let (g1, g2) = (c1.await.expect("consumer 1"), c2.await.expect("consumer 2"));
         eprintln!(
-            "ordered = {ordered}: competing relays delivered {} and {} lines in {:.1?}",
+            "ordered = {ordered}/{ordered_2}: competing relays delivered {} and {} lines in {:.1?}",
             g1.len(),
             g2.len(),
             t0.elapsed()
@@ -302,7 +308,7 @@ async fn competing_reading_relays_share_the_queue() {
         let missing: Vec<u64> = (0..n).filter(|i| !all.contains(i)).take(20).collect();
         assert!(
             missing.is_empty(),
-            "ordered = {ordered}: lost {missing:?} (first 20) within 30 s; relay 1 delivered {}, relay 2 {}",
+            "ordered = {ordered}/{ordered_2}: lost {missing:?} (first 20) within 30 s; relay 1 delivered {}, relay 2 {}",
             g1.len(),
             g2.len()
         );

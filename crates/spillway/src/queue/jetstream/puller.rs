@@ -301,7 +301,9 @@ impl Puller<'_> {
                     return;
                 }
                 _ = poll.tick() => self.ack_delivered(&mut st.held).await,
-                _ = announce.tick(), if messages.is_some() && self.ordered => {
+                // Every pulling relay announces itself (an unordered one
+                // too: the ordered ones must not wait for its batches).
+                _ = announce.tick(), if messages.is_some() => {
                     let _ = self.client.publish(self.presence.clone(), me.to_string().into()).await;
                 }
                 m = async { presence.as_mut().expect("guarded").next().await }, if presence.is_some() && self.ordered => {
