@@ -881,19 +881,25 @@ async fn accepted_options(client: &std::net::TcpStream) -> (bool, Duration, Opti
     panic!("the relay did not accept {me} within 5 s");
 }
 
-/// `tcp_keepalive = false` with a `tcp_user_timeout`: every accepted client
-/// socket gets the user timeout (README: accepted sockets take it from the
-/// listener). Since 7ad1b75 only the first one does: `apply_to_listener`
-/// sets the user timeout only together with keepalive.
-#[tokio::test]
-async fn user_timeout_without_keepalive_reaches_every_accepted_socket() {
+/// An upstream that accepts and holds every connection, silent.
+async fn holding_upstream() -> SocketAddr {
     let (up, up_addr) = upstream_listener().await;
-    let _up = tokio::spawn(async move {
+    tokio::spawn(async move {
         let mut held = Vec::new();
         while let Ok((s, _)) = up.accept().await {
             held.push(s);
         }
     });
+    up_addr
+}
+
+/// `tcp_keepalive = false` with a `tcp_user_timeout`: every accepted client
+/// socket gets the user timeout (README: accepted sockets take it from the
+/// listener). 7ad1b75 gave it to the first one only: it set the
+/// listener's user timeout only together with keepalive.
+#[tokio::test]
+async fn user_timeout_without_keepalive_reaches_every_accepted_socket() {
+    let up_addr = holding_upstream().await;
     let (addr, token, _) = start_route(vec![up_addr.to_string()], |r| {
         r.timeouts.socket.keepalive = None;
         r.timeouts.socket.user_timeout = Some(Duration::from_secs(19));
@@ -908,19 +914,13 @@ async fn user_timeout_without_keepalive_reaches_every_accepted_socket() {
 }
 
 /// After a reload changed the keepalive settings, every client accepted
-/// from then on has the new ones. Since 7ad1b75 the clients that were
-/// already waiting in the accept queue when the accept loop first ran after
-/// the reload (all but the first of them) have the old ones: they inherited
-/// them from the listener at the handshake, and only the first is fixed.
+/// from then on has the new ones, also those already waiting in the
+/// accept queue when the accept loop first ran after the reload: they
+/// inherited the old ones from the listener at their handshake (7ad1b75
+/// set only the first of them again).
 #[tokio::test]
 async fn after_a_reload_clients_queued_in_the_backlog_get_the_new_options() {
-    let (up, up_addr) = upstream_listener().await;
-    let _up = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = up.accept().await {
-            held.push(s);
-        }
-    });
+    let up_addr = holding_upstream().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
