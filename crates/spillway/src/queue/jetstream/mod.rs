@@ -19,6 +19,7 @@ mod cluster;
 mod order;
 mod publisher;
 mod puller;
+mod seen;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
