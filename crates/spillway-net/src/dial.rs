@@ -72,16 +72,13 @@ impl SocketOptions {
     pub fn apply_exact<S: std::os::fd::AsFd>(&self, socket: &S) -> io::Result<()> {
         let s = SockRef::from(socket);
         s.set_tcp_nodelay(true)?;
-        match self.keepalive {
-            Some(k) => s.set_tcp_keepalive(
-                &TcpKeepalive::new()
-                    .with_time(k.idle)
-                    .with_interval(k.interval)
-                    .with_retries(k.count),
-            )?,
-            None => s.set_keepalive(false)?,
+        if self.keepalive.is_none() {
+            s.set_keepalive(false)?;
         }
-        s.set_tcp_user_timeout(self.user_timeout)
+        if self.user_timeout.is_none() {
+            s.set_tcp_user_timeout(None)?;
+        }
+        self.apply(socket)
     }
 }
 

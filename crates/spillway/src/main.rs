@@ -262,7 +262,8 @@ struct QueueArgs {
     #[arg(long, value_name = "FILE", requires = "jetstream")]
     jetstream_creds: Option<PathBuf>,
     /// JetStream: queue batches as they come, not in stream order: for
-    /// relays that share the durable consumer (competing).
+    /// relays that share the durable consumer and may not use the
+    /// presence subject to hear each other.
     #[arg(long, requires = "jetstream")]
     jetstream_unordered: bool,
     #[arg(long, default_value_t = HumanDuration(defaults::CONNECT_TIMEOUT))]

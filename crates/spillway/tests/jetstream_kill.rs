@@ -803,6 +803,16 @@ fn check(seen: &Seen, killed: &KilledRound, dup_bound: u64) -> u64 {
     dups
 }
 
+/// A one-node cluster, ready, and the configs of relays A and B on it
+/// (default settings).
+fn one_node_and_two_relays(dir: &Path) -> (NatsCluster, PathBuf, PathBuf) {
+    let cluster = NatsCluster::start(&dir.join("nats"), 1);
+    cluster.wait_ready(READY_TIMEOUT);
+    let a = relay_config(dir, "a", &cluster, "");
+    let b = relay_config(dir, "b", &cluster, "");
+    (cluster, a, b)
+}
+
 // ------------------------------------------------------------ the run ---
 
 fn run(sc: Scenario) {
@@ -1042,12 +1052,7 @@ fn a_trickle_of_one_line_batches_is_not_stalled() {
     let _serial = heavy();
     let work = WorkDir::new("trickle");
     let dir = work.path().to_path_buf();
-    let cluster = NatsCluster::start(&dir.join("nats"), 1);
-    cluster.wait_ready(READY_TIMEOUT);
-    let (config_a, config_b) = (
-        relay_config(&dir, "a", &cluster, ""),
-        relay_config(&dir, "b", &cluster, ""),
-    );
+    let (cluster, config_a, config_b) = one_node_and_two_relays(&dir);
     let a = Life::start(&dir, &config_a, "a", 1);
     let b = Life::start(&dir, &config_b, "b", 1);
     let consumer = Consumer::start(b.sink(), None);
@@ -1099,12 +1104,7 @@ fn what_a_clean_stop_of_relay_b_sends_again() {
     let _serial = heavy();
     let work = WorkDir::new("clean-stop");
     let dir = work.path().to_path_buf();
-    let cluster = NatsCluster::start(&dir.join("nats"), 1);
-    cluster.wait_ready(READY_TIMEOUT);
-    let (config_a, config_b) = (
-        relay_config(&dir, "a", &cluster, ""),
-        relay_config(&dir, "b", &cluster, ""),
-    );
+    let (cluster, config_a, config_b) = one_node_and_two_relays(&dir);
     let a = Life::start(&dir, &config_a, "a", 1);
     let mut b = Life::start(&dir, &config_b, "b", 1);
     let consumer = Consumer::start(b.sink(), None);

@@ -216,9 +216,10 @@ pub struct JetStream {
     /// again within it (a retry, a restart) is stored once. At least 1 s.
     pub duplicate_window: Duration,
     /// Batches are queued for consumers in stream order (default true): a
-    /// batch delivered again (after a relay died holding it) goes before
-    /// newer ones. `false` for relays that share the durable consumer
-    /// (competing), which would wait for each other's batches.
+    /// batch delivered again (held by a relay that died, lost with a
+    /// connection) goes before newer ones. Relays sharing the durable hear
+    /// each other and then stop waiting; `false` where they cannot (the
+    /// presence subject not permitted).
     pub ordered: bool,
 }
 

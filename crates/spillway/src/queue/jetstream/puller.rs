@@ -78,7 +78,6 @@ pub(crate) struct Puller<'a> {
     pub batch_bytes: usize,
     pub ack_wait: Duration,
     pub stats: &'a JsStats,
-    /// Consumers connected to the route.
     /// How long the longest-connected consumer of the route has been
     /// connected (`None`: no consumer).
     pub consumer_age: &'a (dyn Fn() -> Option<Duration> + Sync),
@@ -130,15 +129,20 @@ impl Puller<'_> {
             peers: HashMap::new(),
         };
         // This relay's id on the presence subject, and what it hears
-        // there (nothing, if the subject may not be used: then other
-        // readers are not seen, and `ordered = false` says it).
+        // there: only an ordered relay listens (nothing, if the subject
+        // may not be used: then other readers are not seen, and
+        // `ordered = false` says it).
         let me = fastrand::u64(1..);
-        let mut presence = match self.client.subscribe(self.presence.clone()).await {
-            Ok(s) => Some(s),
-            Err(e) => {
-                warn!(error = %e, subject = %self.presence, "cannot listen for other relays reading this durable");
-                None
+        let mut presence = if self.ordered {
+            match self.client.subscribe(self.presence.clone()).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    warn!(error = %e, subject = %self.presence, "cannot listen for other relays reading this durable");
+                    None
+                }
             }
+        } else {
+            None
         };
         let mut announce = tokio::time::interval(PRESENCE_EVERY);
         announce.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -247,7 +251,7 @@ impl Puller<'_> {
                 _ = announce.tick(), if messages.is_some() => {
                     let _ = self.client.publish(self.presence.clone(), me.to_string().into()).await;
                 }
-                m = async { presence.as_mut().expect("guarded").next().await }, if presence.is_some() && self.ordered => {
+                m = async { presence.as_mut().expect("guarded").next().await }, if presence.is_some() => {
                     let Some(m) = m else {
                         presence = None;
                         continue;
@@ -360,7 +364,8 @@ impl Puller<'_> {
                 from = next,
                 to = first - 1,
                 waited = ?limit,
-                "stream batches did not come back; delivering what came after them                  (another relay reading this durable holds them? then set ordered = false)"
+                "stream batches did not come back; delivering what came after them \
+                 (another relay reading this durable holds them? then set ordered = false)"
             );
             order.skip_to(first);
             return;
