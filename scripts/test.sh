@@ -4,6 +4,11 @@
 # processes). This is what CI runs (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A clean build has no use for incremental caches, and they take gigabytes.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+# The tests write spools under the temp dir; a full disk fails them with
+# ENOSPC, so say up front how much room there is.
+df -h "${TMPDIR:-/tmp}" . >&2 || true
 scripts/install-test-deps.sh
 echo "== cargo fmt --check" >&2
 cargo fmt --all -- --check
