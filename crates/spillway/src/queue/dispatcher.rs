@@ -19,7 +19,7 @@
 //! Acknowledgements go to the spool's maintenance thread (see
 //! `spool_io.rs`); the dispatcher's floor is the only one.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -51,6 +51,11 @@ const AFTER_FAILURE: Duration = Duration::from_millis(100);
 pub(super) struct Dispatcher {
     state: Arc<Mutex<Dispatch>>,
     wake: Arc<Wake>,
+    /// The last read a take made for itself needed no wait (the memory
+    /// tier, the page cache): takes go on reading for themselves, and the
+    /// reader thread is not woken (each wake is a context switch, several
+    /// per thousand small messages). A miss hands reading back to it.
+    inline: Arc<AtomicBool>,
     /// Consumers wait here for messages (read ahead, or given back).
     notify: Arc<Notify>,
     spool: Spool,
@@ -149,6 +154,7 @@ impl Dispatcher {
         Ok(Dispatcher {
             state,
             wake,
+            inline: Arc::new(AtomicBool::new(false)),
             notify,
             spool: spool.clone(),
             floors,
@@ -158,10 +164,21 @@ impl Dispatcher {
         })
     }
 
-    /// What the spool's appends call: wakes this group's reader.
+    /// What the spool's appends call: wakes this group's reader, or,
+    /// while takes read for themselves, the consumers waiting to take.
     pub fn waker(&self) -> impl Fn() + Send + Sync + 'static {
-        let w = Arc::clone(&self.wake);
-        move || w.wake()
+        let (w, inline, notify) = (
+            Arc::clone(&self.wake),
+            Arc::clone(&self.inline),
+            Arc::clone(&self.notify),
+        );
+        move || {
+            if inline.load(Ordering::Relaxed) {
+                notify.notify_waiters();
+            } else {
+                w.wake();
+            }
+        }
     }
 
     /// This group's name ("" for the default group).
@@ -282,9 +299,13 @@ impl Dispatcher {
                     let got = self.spool.read_cached(from, n, bytes.min(READ_STEP));
                     d = self.lock();
                     match got {
-                        Ok(Some(msgs)) => d.supply(msgs),
+                        Ok(Some(msgs)) => {
+                            d.supply(msgs);
+                            self.inline.store(true, Ordering::Relaxed);
+                        }
                         _ => {
                             d.end_read();
+                            self.inline.store(false, Ordering::Relaxed);
                             self.wake.wake();
                         }
                     }
@@ -293,7 +314,9 @@ impl Dispatcher {
             let n = take(&mut d);
             (n, d.read_ahead(AHEAD_MSGS, AHEAD_BYTES).is_some())
         };
-        if low {
+        // Running low: the reader reads ahead, unless takes read for
+        // themselves (the next take that finds nothing reads).
+        if low && !self.inline.load(Ordering::Relaxed) {
             self.wake.wake();
         }
         n

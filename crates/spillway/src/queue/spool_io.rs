@@ -14,11 +14,15 @@
 //! Acknowledgements and the housekeeping `tick` run on a third thread,
 //! *spool-maint*: an ack that deletes segments unlinks files, fsyncs the
 //! directory and persists the cursor, and a consumer's task does not wait
-//! for that (acks queued meanwhile are applied as one, the highest). Its
+//! for that. Acks are gathered: the floor is a shared maximum, and the
+//! thread is woken for it at most once per [`GATHER`] (a wake is a
+//! context switch; consumers ack thousands of times a second); it looks
+//! again [`GATHER`] after an ack it applied, so none waits longer. Its
 //! failures are kept for the route to act on (`take_failure`).
 //!
 //! The threads end when the handle is dropped (the channels close).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -51,13 +55,52 @@ struct Commit {
 }
 
 enum Maint {
-    Ack(u64),
+    /// The shared ack floor moved.
+    Ack,
     /// Answered once every ack sent before it is applied.
     Flush(oneshot::Sender<()>),
 }
 
 /// How often `tick` runs.
 const TICK: Duration = Duration::from_millis(20);
+
+/// Acks are applied at most this late, and the maintenance thread is
+/// woken for them at most this often.
+const GATHER: Duration = Duration::from_millis(1);
+
+/// The highest ack floor asked for, and when the maintenance thread was
+/// last woken for one.
+struct Acks {
+    floor: AtomicU64,
+    /// Nanoseconds since `epoch`.
+    woken: AtomicU64,
+    epoch: Instant,
+}
+
+impl Acks {
+    fn new() -> Self {
+        Acks {
+            floor: AtomicU64::new(0),
+            woken: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Raises the floor; whether the thread should be woken for it (not
+    /// woken within [`GATHER`]: it looks again by then anyway).
+    fn raise(&self, floor: u64) -> bool {
+        if self.floor.fetch_max(floor, Ordering::AcqRel) >= floor {
+            return false;
+        }
+        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let last = self.woken.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= GATHER.as_nanos() as u64
+            && self
+                .woken
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
 
 pub(super) struct SpoolIo {
     writer: mpsc::Sender<Append>,
@@ -76,13 +119,17 @@ type Failure = Arc<Mutex<Option<(&'static str, SpoolError)>>>;
 #[derive(Clone)]
 pub(super) struct Acker {
     maint: mpsc::Sender<Maint>,
+    acks: Arc<Acks>,
     failure: Failure,
 }
 
 impl Acker {
-    /// Acknowledges everything below `floor` (on the maintenance thread).
+    /// Acknowledges everything below `floor` (on the maintenance thread,
+    /// within [`GATHER`]).
     pub fn ack(&self, floor: u64) {
-        let _ = self.maint.send(Maint::Ack(floor));
+        if self.acks.raise(floor) {
+            let _ = self.maint.send(Maint::Ack);
+        }
     }
 
     /// Keeps the first failure for the route (it stops at its next tick).
@@ -116,14 +163,19 @@ impl SpoolIo {
         let (maint, jobs) = mpsc::channel::<Maint>();
         let maint = Acker {
             maint,
+            acks: Arc::new(Acks::new()),
             failure: Arc::new(Mutex::new(None)),
         };
         // (The thread keeps the failure slot, not a sender: it ends when
         // the last sender is dropped.)
-        let (sp, f) = (spool.clone(), Arc::clone(&maint.failure));
+        let (sp, a, f) = (
+            spool.clone(),
+            Arc::clone(&maint.acks),
+            Arc::clone(&maint.failure),
+        );
         std::thread::Builder::new()
             .name(format!("spool-maint:{route}"))
-            .spawn(move || maint_loop(&sp, &jobs, &f))?;
+            .spawn(move || maint_loop(&sp, &jobs, &a, &f))?;
         Ok(SpoolIo {
             writer,
             maint,
@@ -236,31 +288,38 @@ fn commit_loop(spool: &Spool, commits: &mpsc::Receiver<Commit>) {
     }
 }
 
-fn maint_loop(spool: &Spool, jobs: &mpsc::Receiver<Maint>, failure: &Failure) {
+fn maint_loop(spool: &Spool, jobs: &mpsc::Receiver<Maint>, acks: &Acks, failure: &Failure) {
     let fail = |what: &'static str, e: SpoolError| record(failure, what, e);
     let mut next_tick = Instant::now() + TICK;
     let mut closed = false;
+    let mut applied = 0u64;
+    // After an ack, look again within GATHER: acks gathered meanwhile
+    // did not wake the thread.
+    let mut look_again: Option<Instant> = None;
     loop {
-        let wait = next_tick.saturating_duration_since(Instant::now());
+        let until = look_again.map_or(next_tick, |l| l.min(next_tick));
+        let wait = until.saturating_duration_since(Instant::now());
         let first = match jobs.recv_timeout(wait) {
             Ok(j) => Some(j),
             Err(mpsc::RecvTimeoutError::Timeout) => None,
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         };
-        // Everything queued now: the highest ack is applied once.
-        let mut floor = None;
+        // Everything queued now; the floor is applied once.
         let mut flushes = Vec::new();
         for job in first
             .into_iter()
             .chain(std::iter::from_fn(|| jobs.try_recv().ok()))
         {
-            match job {
-                Maint::Ack(f) => floor = Some(floor.map_or(f, |g: u64| g.max(f))),
-                Maint::Flush(done) => flushes.push(done),
+            if let Maint::Flush(done) = job {
+                flushes.push(done);
             }
         }
-        if let Some(f) = floor {
-            if let Err(e) = spool.ack(f) {
+        let floor = acks.floor.load(Ordering::Acquire);
+        look_again = None;
+        if floor > applied {
+            applied = floor;
+            look_again = Some(Instant::now() + GATHER);
+            if let Err(e) = spool.ack(floor) {
                 fail("ack", e);
             }
         }
