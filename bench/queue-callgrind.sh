@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# bench/queue-callgrind.sh -- the relay's instructions per message in queue
+# mode, live 64 B lines, counted by valgrind's callgrind: the same count for
+# the same binary and inputs whatever else the machine does (within about
+# 1 %), where CPU seconds on this 2-core VM vary by 10-20 % from run to run.
+# For an A/B of two builds, when the difference is too small to time.
+#
+# valgrind runs the relay's threads one at a time, so batches are shaped
+# differently than at full speed, kernel time is not counted, and
+# `rep movsb` copies count one instruction per byte: read the figure as
+# user-space work per message, compared between builds, not as time.
+#
+# Usage: bench/queue-callgrind.sh BIN [OUT]   (OUT: the callgrind file,
+#        default /tmp/spillway-callgrind.out; `callgrind_annotate OUT`
+#        shows where the instructions went)
+# Env:   COUNT (2000000), SIZE (64). Needs valgrind (apt install valgrind).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=$1
+OUT=${2:-/tmp/spillway-callgrind.out}
+COUNT=${COUNT:-2000000}
+SIZE=${SIZE:-64}
+command -v valgrind >/dev/null || { echo "valgrind is not installed (apt install valgrind)" >&2; exit 2; }
+WORK=$(mktemp -d /tmp/spillway-callgrind.XXXXXX)
+RELAY=0 SINK=0
+cleanup() {
+  [[ $RELAY != 0 ]] && kill -KILL "$RELAY" 2>/dev/null
+  [[ $SINK != 0 ]] && kill -KILL "$SINK" 2>/dev/null
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+cc -O2 -o "$WORK/producer" "$ROOT/crates/spillway/tests/peers/producer.c"
+cc -O2 -o "$WORK/sink" "$ROOT/bench/sink.c"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+LP=$(free_port); TP=$(free_port)
+"$WORK/sink" "$TP" $((COUNT * SIZE)) >"$WORK/sink.out" &
+SINK=$!
+valgrind --tool=callgrind --callgrind-out-file="$OUT" "$BIN" --log-level warn queue \
+  --from "listen:127.0.0.1:$LP" --to "connect:127.0.0.1:$TP" --framing lines \
+  --spool "$WORK/spool" --fsync 100ms 2>"$WORK/relay.log" &
+RELAY=$!
+for _ in $(seq 400); do ss -Hltn "sport = :$LP" | grep -q . && break; sleep 0.05; done
+sleep 1
+"$WORK/producer" --connect "127.0.0.1:$LP" --count "$COUNT" --size "$SIZE" \
+  --on-eagain block --sndbuf 0 >"$WORK/producer.out"
+wait "$SINK"
+SINK=0
+kill -INT "$RELAY"
+wait "$RELAY" 2>/dev/null || true
+RELAY=0
+total=$(callgrind_annotate "$OUT" 2>/dev/null | awk '/PROGRAM TOTALS/ && !t {gsub(",", "", $1); t = $1} END {print t}')
+echo "instructions per message: $((total / COUNT)) ($total for $COUNT messages of $SIZE B, start and stop included)"
