@@ -131,6 +131,36 @@ async fn consume_after(
     got
 }
 
+/// Reads lines from `sink` until some arrived and then none for 3 s (or
+/// the deadline): every number received, in arrival order, and how long
+/// the first took.
+async fn consume_until_quiet(sink: SocketAddr, deadline: Duration) -> (Vec<u64>, Duration) {
+    let t0 = Instant::now();
+    let end = t0 + deadline;
+    let mut first = None;
+    let mut got = Vec::new();
+    let mut buf = Vec::new();
+    let mut s = TcpStream::connect(sink).await.expect("connect consumer");
+    let mut chunk = vec![0u8; 64 << 10];
+    let mut last = None::<Instant>;
+    while Instant::now() < end && last.is_none_or(|l| l.elapsed() < Duration::from_secs(3)) {
+        if let Ok(Ok(k)) =
+            tokio::time::timeout(Duration::from_millis(200), s.read(&mut chunk)).await
+        {
+            if k == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..k]);
+            let whole = buf.len() - buf.len() % LINE;
+            got.extend(numbers(&buf[..whole]));
+            buf.drain(..whole);
+            last = Some(Instant::now());
+            first.get_or_insert(t0.elapsed());
+        }
+    }
+    (got, first.unwrap_or(deadline))
+}
+
 async fn produce(source: SocketAddr, from: u64, to: u64) {
     let mut p = TcpStream::connect(source).await.expect("connect producer");
     p.write_all(&lines(from, to)).await.expect("send");
@@ -430,4 +460,124 @@ async fn a_leader_kill_and_relay_restarts_lose_nothing() {
     }
     a.stop().await.expect("relay a");
     b.stop().await.expect("relay b");
+}
+
+/// A gap that does not fill: a client that is not a relay (it announces
+/// nothing on the presence subject) takes the first batch from the
+/// durable and keeps it with progress acks. The reading relay waits for
+/// it (stream order) only up to its hold limit (2 × `ack_wait` + 10 s),
+/// then delivers what came after it. When the client gives the batch
+/// back, it is delivered too, counted as reordered: nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_held_by_a_stranger_is_given_up_at_the_hold_limit() {
+    use async_nats::jetstream::{consumer, AckKind};
+    use futures_util::StreamExt;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = NatsCluster::start(&dir.path().join("nats"), 1);
+    cluster.wait_ready(Duration::from_secs(60));
+    let stream = "Q9";
+    let cfg = JetStream {
+        subject: format!("spillway.{stream}"),
+        ack_wait: Duration::from_secs(2),
+        ..js(&cluster, stream)
+    };
+    let a = relay(&dir.path().join("a"), |r| r.jetstream = Some(cfg.clone())).await;
+    // Relay B makes the durable; with no consumer of its own it pulls
+    // nothing yet.
+    let b = relay(&dir.path().join("b"), |r| r.jetstream = Some(cfg.clone())).await;
+    let n = 4_000;
+    produce(a.source, 0, n).await;
+    let published = || {
+        a.server.jetstream_stats().map_or(0, |s| {
+            s.messages_out.load(std::sync::atomic::Ordering::Relaxed)
+        })
+    };
+    let t0 = Instant::now();
+    while published() < n {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "relay A published {} of {n}",
+            published()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The stranger takes the first batch and keeps it.
+    let client = async_nats::connect(cluster.client_urls())
+        .await
+        .expect("nats connect");
+    let ctx = async_nats::jetstream::new(client);
+    let durable: consumer::PullConsumer = ctx
+        .get_stream(stream)
+        .await
+        .expect("stream")
+        .get_consumer(&cfg.consumer)
+        .await
+        .expect("the relay's durable");
+    let mut batch = durable
+        .fetch()
+        .max_messages(1)
+        .messages()
+        .await
+        .expect("fetch");
+    let held = batch
+        .next()
+        .await
+        .expect("a batch")
+        .expect("the first batch");
+    let keep = CancellationToken::new();
+    let keeper = {
+        let keep = keep.clone();
+        tokio::spawn(async move {
+            while !keep.is_cancelled() {
+                let _ = held.ack_with(AckKind::Progress).await;
+                tokio::select! {
+                    _ = keep.cancelled() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+            // Given back: redelivered to the relay at once.
+            held.ack_with(AckKind::Nak(None)).await.expect("nak");
+        })
+    };
+
+    // The relay waits for the held batch, then gives it up: everything
+    // after it arrives while the stranger still holds it.
+    let (rest, waited) = consume_until_quiet(b.sink, Duration::from_secs(40)).await;
+    let got: BTreeSet<u64> = rest.iter().copied().collect();
+    eprintln!(
+        "while a stranger held a batch, relay B delivered {} distinct lines, the first after {waited:.1?}",
+        got.len()
+    );
+    // Ordered: nothing after the gap before the hold limit (14 s here;
+    // a lower bound holds on a slow machine too).
+    assert!(
+        waited >= Duration::from_secs(8),
+        "relay B delivered past the held batch after {waited:?}, before its hold limit"
+    );
+    // Then everything after the held batch (the first one), in order.
+    let lowest = got.first().copied().unwrap_or(n);
+    assert!(
+        lowest > 0 && lowest < n && (lowest..n).all(|i| got.contains(&i)),
+        "relay B delivered {} lines from {lowest} while the stranger held the first batch (want every line after it)",
+        got.len()
+    );
+    check(&rest, 0);
+    keep.cancel();
+    keeper.await.expect("keeper");
+    let late = consume_after(b.sink, &got, n, Duration::from_secs(30)).await;
+    let mut all = rest.clone();
+    all.extend(&late);
+    let seen: BTreeSet<u64> = all.iter().copied().collect();
+    let missing: Vec<u64> = (0..n).filter(|i| !seen.contains(i)).take(20).collect();
+    assert!(missing.is_empty(), "lost {missing:?} (first 20)");
+    assert!(
+        b.reordered() >= 1,
+        "the late batch was not counted as reordered"
+    );
+    assert_stream_empties(&cluster, stream).await;
+    for r in [a, b] {
+        r.stop().await.expect("relay");
+    }
 }
