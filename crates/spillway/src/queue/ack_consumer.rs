@@ -27,7 +27,7 @@
 //! What a lost consumer held goes back as *suspects*, delivered one at a
 //! time (see `dispatch/acking.rs`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -41,7 +41,7 @@ use tracing::{debug, info};
 
 use super::dispatch::{AckOutcome, ConsumerId};
 use super::dispatcher::Dispatcher;
-use super::seqhash::SeqBuild;
+use super::seqmap::SeqMap;
 use super::sink::{broken, ConsumerEnd, LatencyTally};
 use super::wire::Wire;
 use super::QueueServer;
@@ -74,7 +74,7 @@ struct Held {
     /// longer held (or was delivered again since) are stale.
     order: VecDeque<(u64, u64)>,
     /// Seq -> (delivery number, ack deadline once it reached the consumer).
-    by_seq: HashMap<u64, (u64, Option<Instant>), SeqBuild>,
+    by_seq: SeqMap<(u64, Option<Instant>)>,
     /// (deadline, seq) in the order timers started (deadlines never
     /// decrease); stale when the seq is gone or its deadline moved (PROG).
     deadlines: VecDeque<(Instant, u64)>,
@@ -92,7 +92,7 @@ impl Held {
 
     /// `seq` reached the consumer: its ack timer runs until `deadline`.
     fn start(&mut self, seq: u64, deadline: Instant) {
-        if let Some(e) = self.by_seq.get_mut(&seq) {
+        if let Some(e) = self.by_seq.get_mut(seq) {
             if e.1.is_none() {
                 e.1 = Some(deadline);
                 self.deadlines.push_back((deadline, seq));
@@ -101,7 +101,7 @@ impl Held {
     }
 
     fn remove(&mut self, seq: u64) -> bool {
-        let removed = self.by_seq.remove(&seq).is_some();
+        let removed = self.by_seq.remove(seq).is_some();
         self.trim();
         removed
     }
@@ -109,13 +109,13 @@ impl Held {
     /// Drops stale entries from the fronts of both queues.
     fn trim(&mut self) {
         while let Some(&(n, seq)) = self.order.front() {
-            if self.by_seq.get(&seq).is_some_and(|e| e.0 == n) {
+            if self.by_seq.get(seq).is_some_and(|e| e.0 == n) {
                 break;
             }
             self.order.pop_front();
         }
         while let Some(&(at, seq)) = self.deadlines.front() {
-            if self.by_seq.get(&seq).is_some_and(|e| e.1 == Some(at)) {
+            if self.by_seq.get(seq).is_some_and(|e| e.1 == Some(at)) {
                 break;
             }
             self.deadlines.pop_front();
@@ -128,7 +128,7 @@ impl Held {
 
     /// ACK `seq`: it and everything delivered before it here.
     fn cumulative(&mut self, seq: u64) -> Vec<u64> {
-        let Some(&(n, _)) = self.by_seq.get(&seq) else {
+        let Some(&(n, _)) = self.by_seq.get(seq) else {
             return Vec::new();
         };
         let mut seqs = Vec::new();
@@ -137,8 +137,8 @@ impl Held {
                 break;
             }
             self.order.pop_front();
-            if self.by_seq.get(&s).is_some_and(|e| e.0 == m) {
-                self.by_seq.remove(&s);
+            if self.by_seq.get(s).is_some_and(|e| e.0 == m) {
+                self.by_seq.remove(s);
                 seqs.push(s);
             }
         }
@@ -156,18 +156,13 @@ impl Held {
             let span = b - a;
             if span < self.by_seq.len() as u64 {
                 for s in a..=b {
-                    if self.by_seq.remove(&s).is_some() {
+                    if self.by_seq.remove(s).is_some() {
                         seqs.push(s);
                     }
                 }
             } else {
-                let found: Vec<u64> = self
-                    .by_seq
-                    .keys()
-                    .copied()
-                    .filter(|s| (a..=b).contains(s))
-                    .collect();
-                for s in &found {
+                let found: Vec<u64> = self.by_seq.keys().filter(|s| (a..=b).contains(s)).collect();
+                for &s in &found {
                     self.by_seq.remove(s);
                 }
                 seqs.extend(found);
@@ -179,7 +174,7 @@ impl Held {
 
     /// PROG: `seq`'s timer restarts, due at `deadline`.
     fn touch(&mut self, seq: u64, deadline: Instant) -> bool {
-        let Some(e) = self.by_seq.get_mut(&seq) else {
+        let Some(e) = self.by_seq.get_mut(seq) else {
             return false;
         };
         e.1 = Some(deadline);

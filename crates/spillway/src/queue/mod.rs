@@ -39,7 +39,7 @@ pub mod memory;
 pub mod metrics;
 mod producers;
 mod pushback;
-mod seqhash;
+mod seqmap;
 mod serve;
 mod sink;
 mod source;

@@ -24,13 +24,12 @@
 //!   `NAK_MAX`, whatever the consumer asked, so a NAK loop cannot spin.
 //!   A delayed message holds the floor and goes back when due.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use spillway_spool::Message;
 
-use super::super::seqhash::SeqBuild;
+use super::super::seqmap::SeqMap;
 use super::{Back, ConsumerId, Dispatch, Holding};
 
 /// The shortest delay of a NAK at attempt 1; it doubles with each attempt.
@@ -42,56 +41,30 @@ pub const NAK_MAX: Duration = Duration::from_secs(60);
 pub const NAK_ASK_MAX: Duration = Duration::from_secs(3600);
 
 /// The messages an acking consumer holds, by sequence, with the attempt
-/// each was delivered as. A hash map, plus what finds the lowest: the
-/// sequences in the order they were taken while that order ascends (new
-/// messages), and a B-tree of the few taken out of order (messages given
-/// back); stale entries are dropped lazily. A B-tree of the messages
-/// themselves cost 15% of the relay's CPU per acknowledged message.
+/// each was delivered as (see `seqmap.rs`: a B-tree of the messages cost
+/// 15% of the relay's CPU per acknowledged message, a hash map still a
+/// tenth).
 #[derive(Debug, Default)]
 pub(super) struct HeldMessages {
-    map: HashMap<u64, (Message, u32), SeqBuild>,
-    ascending: VecDeque<u64>,
-    out_of_order: BTreeSet<u64>,
+    map: SeqMap<(Message, u32)>,
 }
 
 impl HeldMessages {
     fn insert(&mut self, msg: Message, attempt: u32) {
-        let seq = msg.seq;
-        if self.ascending.back().is_none_or(|&b| b < seq) {
-            self.ascending.push_back(seq);
-        } else {
-            self.out_of_order.insert(seq);
-        }
-        self.map.insert(seq, (msg, attempt));
+        self.map.insert(msg.seq, (msg, attempt));
     }
 
     fn remove(&mut self, seq: u64) -> Option<(Message, u32)> {
-        let got = self.map.remove(&seq)?;
-        self.out_of_order.remove(&seq);
-        while self
-            .ascending
-            .front()
-            .is_some_and(|s| !self.map.contains_key(s))
-        {
-            self.ascending.pop_front();
-        }
-        if self.map.is_empty() {
-            self.ascending.clear();
-        }
-        Some(got)
+        self.map.remove(seq)
     }
 
     fn lowest(&self) -> Option<u64> {
-        // The front of `ascending` is held (removals trim it).
-        match (self.ascending.front(), self.out_of_order.first()) {
-            (Some(&a), Some(&b)) => Some(a.min(b)),
-            (a, b) => a.or(b).copied(),
-        }
+        self.map.lowest()
     }
 
     #[cfg(test)]
     fn contains_key(&self, seq: &u64) -> bool {
-        self.map.contains_key(seq)
+        self.map.contains_key(*seq)
     }
 
     fn len(&self) -> usize {
@@ -105,7 +78,7 @@ impl HeldMessages {
 
 impl IntoIterator for HeldMessages {
     type Item = (u64, (Message, u32));
-    type IntoIter = std::collections::hash_map::IntoIter<u64, (Message, u32)>;
+    type IntoIter = <SeqMap<(Message, u32)> as IntoIterator>::IntoIter;
 
     fn into_iter(self) -> Self::IntoIter {
         self.map.into_iter()
