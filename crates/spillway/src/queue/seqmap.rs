@@ -59,8 +59,8 @@ impl<V> SeqMap<V> {
             }
             return old;
         }
-        if self.sparse.contains_key(&seq) {
-            return self.sparse.insert(seq, v);
+        if let Some(old) = self.sparse.get_mut(&seq) {
+            return Some(std::mem::replace(old, v));
         }
         if self.slots.is_empty() {
             self.base = seq;
