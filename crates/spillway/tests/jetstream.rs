@@ -139,26 +139,55 @@ async fn consume_until_quiet(sink: SocketAddr, deadline: Duration) -> (Vec<u64>,
     let end = t0 + deadline;
     let mut first = None;
     let mut got = Vec::new();
-    let mut buf = Vec::new();
-    let mut s = TcpStream::connect(sink).await.expect("connect consumer");
-    let mut chunk = vec![0u8; 64 << 10];
+    let mut r = LineReader::connect(sink).await;
     let mut last = None::<Instant>;
     while Instant::now() < end && last.is_none_or(|l| l.elapsed() < Duration::from_secs(3)) {
-        if let Ok(Ok(k)) =
-            tokio::time::timeout(Duration::from_millis(200), s.read(&mut chunk)).await
-        {
-            if k == 0 {
-                break;
+        match r.read().await {
+            None => break,
+            Some(lines) if lines.is_empty() => {}
+            Some(lines) => {
+                got.extend(lines);
+                last = Some(Instant::now());
+                first.get_or_insert(t0.elapsed());
             }
-            buf.extend_from_slice(&chunk[..k]);
-            let whole = buf.len() - buf.len() % LINE;
-            got.extend(numbers(&buf[..whole]));
-            buf.drain(..whole);
-            last = Some(Instant::now());
-            first.get_or_insert(t0.elapsed());
         }
     }
     (got, first.unwrap_or(deadline))
+}
+
+/// A consumer connection that reads whole lines.
+struct LineReader {
+    s: TcpStream,
+    buf: Vec<u8>,
+    chunk: Vec<u8>,
+}
+
+impl LineReader {
+    async fn connect(sink: SocketAddr) -> Self {
+        LineReader {
+            s: TcpStream::connect(sink).await.expect("connect consumer"),
+            buf: Vec::new(),
+            chunk: vec![0u8; 64 << 10],
+        }
+    }
+
+    /// The numbers of the lines completed within 200 ms (maybe none);
+    /// `None` at the relay's EOF.
+    async fn read(&mut self) -> Option<Vec<u64>> {
+        let Ok(Ok(k)) =
+            tokio::time::timeout(Duration::from_millis(200), self.s.read(&mut self.chunk)).await
+        else {
+            return Some(Vec::new());
+        };
+        if k == 0 {
+            return None;
+        }
+        self.buf.extend_from_slice(&self.chunk[..k]);
+        let whole = self.buf.len() - self.buf.len() % LINE;
+        let lines = numbers(&self.buf[..whole]);
+        self.buf.drain(..whole);
+        Some(lines)
+    }
 }
 
 async fn produce(source: SocketAddr, from: u64, to: u64) {
@@ -302,24 +331,15 @@ async fn competing_reading_relays_share_the_queue() {
             tokio::spawn(async move {
                 let end = Instant::now() + Duration::from_secs(30);
                 let mut got = Vec::new();
-                let mut s = TcpStream::connect(sink).await.expect("connect consumer");
-                let mut buf = Vec::new();
-                let mut chunk = vec![0u8; 64 << 10];
+                let mut r = LineReader::connect(sink).await;
                 while (done.lock().await.len() as u64) < n && Instant::now() < end {
-                    if let Ok(Ok(k)) =
-                        tokio::time::timeout(Duration::from_millis(200), s.read(&mut chunk)).await
-                    {
-                        if k == 0 {
-                            break;
-                        }
-                        buf.extend_from_slice(&chunk[..k]);
-                        let whole = buf.len() - buf.len() % LINE;
-                        let mut d = done.lock().await;
-                        for x in numbers(&buf[..whole]) {
-                            got.push(x);
-                            d.insert(x);
-                        }
-                        buf.drain(..whole);
+                    let Some(lines) = r.read().await else {
+                        break;
+                    };
+                    let mut d = done.lock().await;
+                    for x in lines {
+                        got.push(x);
+                        d.insert(x);
                     }
                 }
                 got
