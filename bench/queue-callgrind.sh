@@ -10,15 +10,21 @@
 # `rep movsb` copies count one instruction per byte: read the figure as
 # user-space work per message, compared between builds, not as time.
 #
+# MODE=ack: the ack protocol instead. COUNT lines (200000 by default) are
+# queued first, then drained by the Python client (clients/python), which
+# acknowledges each message; the count covers both phases.
+#
 # Usage: bench/queue-callgrind.sh BIN [OUT]   (OUT: the callgrind file,
 #        default /tmp/spillway-callgrind.out; `callgrind_annotate OUT`
 #        shows where the instructions went)
-# Env:   COUNT (2000000), SIZE (64). Needs valgrind (apt install valgrind).
+# Env:   MODE (live | ack), COUNT (2000000 live, 200000 ack), SIZE (64).
+#        Needs valgrind (apt install valgrind).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=$1
 OUT=${2:-/tmp/spillway-callgrind.out}
-COUNT=${COUNT:-2000000}
+MODE=${MODE:-live}
+if [[ $MODE == ack ]]; then COUNT=${COUNT:-200000}; else COUNT=${COUNT:-2000000}; fi
 SIZE=${SIZE:-64}
 command -v valgrind >/dev/null || { echo "valgrind is not installed (apt install valgrind)" >&2; exit 2; }
 WORK=$(mktemp -d /tmp/spillway-callgrind.XXXXXX)
@@ -33,20 +39,44 @@ cc -O2 -o "$WORK/producer" "$ROOT/crates/spillway/tests/peers/producer.c"
 cc -O2 -o "$WORK/sink" "$ROOT/bench/sink.c"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 LP=$(free_port); TP=$(free_port)
-"$WORK/sink" "$TP" $((COUNT * SIZE)) >"$WORK/sink.out" &
-SINK=$!
+if [[ $MODE == ack ]]; then
+  TO=(--to "listen:127.0.0.1:$TP" --to-protocol ack)
+else
+  "$WORK/sink" "$TP" $((COUNT * SIZE)) >"$WORK/sink.out" &
+  SINK=$!
+  TO=(--to "connect:127.0.0.1:$TP")
+fi
 valgrind --tool=callgrind --callgrind-out-file="$OUT" "$BIN" --log-level warn queue \
-  --from "listen:127.0.0.1:$LP" --to "connect:127.0.0.1:$TP" --framing lines \
+  --from "listen:127.0.0.1:$LP" "${TO[@]}" --framing lines \
   --spool "$WORK/spool" --fsync 100ms 2>"$WORK/relay.log" &
 RELAY=$!
 for _ in $(seq 400); do ss -Hltn "sport = :$LP" | grep -q . && break; sleep 0.05; done
 sleep 1
 "$WORK/producer" --connect "127.0.0.1:$LP" --count "$COUNT" --size "$SIZE" \
   --on-eagain block --sndbuf 0 >"$WORK/producer.out"
-wait "$SINK"
-SINK=0
+if [[ $MODE == ack ]]; then
+  sleep 2
+  PYTHONPATH="$ROOT/clients/python" python3 - "127.0.0.1:$TP" "$COUNT" <<'PY'
+import sys
+import spillway
+want, got = int(sys.argv[2]), 0
+with spillway.Consumer(sys.argv[1], window=4096, timeout=20) as c:
+    for m in c:
+        m.ack()
+        got += 1
+        if got >= want:
+            break
+    c.flush()
+if got != want:
+    sys.exit(f"consumed {got} of {want}")
+PY
+  sleep 0.5
+else
+  wait "$SINK"
+  SINK=0
+fi
 kill -INT "$RELAY"
 wait "$RELAY" 2>/dev/null || true
 RELAY=0
 total=$(callgrind_annotate "$OUT" 2>/dev/null | awk '/PROGRAM TOTALS/ && !t {gsub(",", "", $1); t = $1} END {print t}')
-echo "instructions per message: $((total / COUNT)) ($total for $COUNT messages of $SIZE B, start and stop included)"
+echo "instructions per message ($MODE): $((total / COUNT)) ($total for $COUNT messages of $SIZE B, start and stop included)"
