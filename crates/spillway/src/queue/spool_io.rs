@@ -17,8 +17,9 @@
 //! for that. Acks are gathered: the floor is a shared maximum, and the
 //! thread is woken for it at most once per [`GATHER`] (a wake is a
 //! context switch; consumers ack thousands of times a second); it looks
-//! again [`GATHER`] after an ack it applied, so none waits longer. Its
-//! failures are kept for the route to act on (`take_failure`).
+//! again [`GATHER`] after the last wake, so an ack that did not wake it
+//! waits no longer. Its failures are kept for the route to act on
+//! (`take_failure`).
 //!
 //! The threads end when the handle is dropped (the channels close).
 
@@ -72,22 +73,25 @@ const GATHER: Duration = Duration::from_millis(1);
 /// last woken for one.
 struct Acks {
     floor: AtomicU64,
-    /// Nanoseconds since `epoch`.
+    /// Nanoseconds from `epoch` to the last wake (`epoch` is [`GATHER`]
+    /// before the start, so the first ack wakes the thread).
     woken: AtomicU64,
     epoch: Instant,
 }
 
 impl Acks {
     fn new() -> Self {
+        let now = Instant::now();
         Acks {
             floor: AtomicU64::new(0),
             woken: AtomicU64::new(0),
-            epoch: Instant::now(),
+            epoch: now.checked_sub(GATHER).unwrap_or(now),
         }
     }
 
     /// Raises the floor; whether the thread should be woken for it (not
-    /// woken within [`GATHER`]: it looks again by then anyway).
+    /// within [`GATHER`] of the last wake: it looks again by then anyway,
+    /// [`Acks::look_again`]).
     fn raise(&self, floor: u64) -> bool {
         if self.floor.fetch_max(floor, Ordering::AcqRel) >= floor {
             return false;
@@ -99,6 +103,13 @@ impl Acks {
                 .woken
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
+    }
+
+    /// When the thread must look at the floor again without a wake:
+    /// [`GATHER`] after the last wake, if that is still to come.
+    fn look_again(&self) -> Option<Instant> {
+        let at = self.epoch + Duration::from_nanos(self.woken.load(Ordering::Relaxed)) + GATHER;
+        (at > Instant::now()).then_some(at)
     }
 }
 
@@ -293,8 +304,7 @@ fn maint_loop(spool: &Spool, jobs: &mpsc::Receiver<Maint>, acks: &Acks, failure:
     let mut next_tick = Instant::now() + TICK;
     let mut closed = false;
     let mut applied = 0u64;
-    // After an ack, look again within GATHER: acks gathered meanwhile
-    // did not wake the thread.
+    // Acks raised within GATHER of the last wake did not wake the thread.
     let mut look_again: Option<Instant> = None;
     loop {
         let until = look_again.map_or(next_tick, |l| l.min(next_tick));
@@ -314,11 +324,10 @@ fn maint_loop(spool: &Spool, jobs: &mpsc::Receiver<Maint>, acks: &Acks, failure:
                 flushes.push(done);
             }
         }
+        look_again = acks.look_again();
         let floor = acks.floor.load(Ordering::Acquire);
-        look_again = None;
         if floor > applied {
             applied = floor;
-            look_again = Some(Instant::now() + GATHER);
             if let Err(e) = spool.ack(floor) {
                 fail("ack", e);
             }
@@ -336,5 +345,24 @@ fn maint_loop(spool: &Spool, jobs: &mpsc::Receiver<Maint>, acks: &Acks, failure:
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_ack_wakes_the_thread_and_a_lower_one_never_does() {
+        let acks = Acks::new();
+        // At once after the start: no earlier wake to gather it with.
+        assert!(acks.raise(10), "the first ack did not wake the thread");
+        // Looked at again by GATHER after that wake at the latest.
+        assert!(acks
+            .look_again()
+            .is_none_or(|at| at <= Instant::now() + GATHER));
+        assert!(!acks.raise(5), "a lower floor woke the thread");
+        assert!(!acks.raise(10), "the same floor woke the thread");
+        assert_eq!(acks.floor.load(Ordering::Acquire), 10);
     }
 }

@@ -144,9 +144,9 @@ impl Holding {
     }
 
     /// Lets go of the oldest delivered messages until the window is at
-    /// most `limit` bytes.
+    /// most `limit` bytes (none kept at 0, not even empty messages).
     fn trim(&mut self, limit: u64) {
-        while self.window_bytes > limit && self.window > 0 {
+        while self.window > 0 && (limit == 0 || self.window_bytes > limit) {
             let Some(old) = self.sent.pop_front() else {
                 break;
             };
@@ -183,9 +183,9 @@ impl Holding {
 
     /// The lowest sequence it holds undelivered or in its window.
     fn lowest_kept(&self) -> Option<u64> {
-        match (self.lowest_held(), self.lowest_from(0)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        match &self.acking {
+            Some(a) => a.lowest(),
+            None => self.lowest_from(0),
         }
     }
 }
@@ -717,6 +717,21 @@ mod tests {
         assert_eq!(d.take(a, 10, usize::MAX).len(), 0);
         assert_eq!(d.read_ahead(4, usize::MAX).map(|r| r.0), Some(20));
         assert_eq!(d.floor(), 6, "a holds 6");
+    }
+
+    #[test]
+    fn with_no_redelivery_window_delivered_empty_messages_do_not_hold_the_floor() {
+        let mut d = Dispatch::new(0, 0);
+        let c = d.join();
+        let empty = |seq| Message {
+            seq,
+            data: Bytes::new(),
+            append_ms: 0,
+        };
+        d.supply(vec![empty(0), empty(1)]);
+        assert_eq!(d.take(c, 10, usize::MAX).len(), 2);
+        assert_eq!(d.acked(c, 0, |_| {}), Some(2));
+        assert_eq!(d.floor(), 2);
     }
 
     #[test]

@@ -43,6 +43,9 @@ const PULL_EXPIRES: Duration = Duration::from_secs(10);
 const IDLE_RELEASE: Duration = Duration::from_secs(30);
 /// How long a consumer must stay connected before the relay pulls for it.
 const CONSUMER_SETTLE: Duration = Duration::from_millis(500);
+/// How often the consumers are looked at again while one was seen lately
+/// (the look scans the route's peers; the loop turns once per batch).
+const CONSUMER_RECHECK: Duration = Duration::from_secs(1);
 /// How often a pulling relay announces itself to the others reading the
 /// durable, and how long one is counted after it was last heard.
 const PRESENCE_EVERY: Duration = Duration::from_secs(1);
@@ -187,7 +190,9 @@ impl Puller<'_> {
             // meanwhile would come back only after AckWait, behind newer
             // batches.
             let now = tokio::time::Instant::now();
-            if (self.consumer_age)().is_some_and(|age| age >= CONSUMER_SETTLE) {
+            if last_consumer.is_none_or(|t| now.duration_since(t) >= CONSUMER_RECHECK)
+                && (self.consumer_age)().is_some_and(|age| age >= CONSUMER_SETTLE)
+            {
                 last_consumer = Some(now);
             }
             let wanted = last_consumer.is_some_and(|t| now.duration_since(t) < IDLE_RELEASE);
