@@ -266,6 +266,11 @@ struct QueueArgs {
     /// presence subject to hear each other.
     #[arg(long, requires = "jetstream")]
     jetstream_unordered: bool,
+    /// JetStream: strict FIFO with failover: one reading relay at a time
+    /// receives batches (JetStream's pinned client), the others wait on
+    /// standby and take over within 30 s of its last pull.
+    #[arg(long, requires = "jetstream", conflicts_with = "jetstream_unordered")]
+    jetstream_pinned: bool,
     #[arg(long, default_value_t = HumanDuration(defaults::CONNECT_TIMEOUT))]
     connect_timeout: HumanDuration,
     #[arg(long, default_value_t = HumanDuration(defaults::DRAIN_TIMEOUT))]
@@ -360,6 +365,9 @@ impl QueueArgs {
             js.auth = JetStreamAuth::Credentials(v);
         }
         js.ordered = !self.jetstream_unordered;
+        if self.jetstream_pinned {
+            js.pinned = Some(defaults::JS_PINNED_TTL);
+        }
         Ok(Some(js))
     }
 }

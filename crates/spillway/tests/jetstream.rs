@@ -601,3 +601,113 @@ async fn a_gap_held_by_a_stranger_is_given_up_at_the_hold_limit() {
         r.stop().await.expect("relay");
     }
 }
+
+/// `pinned = true`: of two reading relays with consumers, the pinned one
+/// receives every batch and the standby none. When the pinned relay stops,
+/// it gives its pin up, and the standby delivers the rest: nothing lost,
+/// first deliveries in order across both. A relay without `pinned` is
+/// refused the pinned durable, with the difference named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_reader_has_the_queue_alone_and_a_standby_takes_over() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = NatsCluster::start(&dir.path().join("nats"), 1);
+    cluster.wait_ready(Duration::from_secs(60));
+    let stream = "QP";
+    let cfg = JetStream {
+        subject: format!("spillway.{stream}"),
+        pinned: Some(Duration::from_secs(12)),
+        ..js(&cluster, stream)
+    };
+    let d = dir.path();
+    let a = relay(&d.join("a"), |r| r.jetstream = Some(cfg.clone())).await;
+    let mut readers = vec![
+        relay(&d.join("b1"), |r| r.jetstream = Some(cfg.clone())).await,
+        relay(&d.join("b2"), |r| r.jetstream = Some(cfg.clone())).await,
+    ];
+    // Every line as it arrives, with the relay it came from.
+    let arrived = Arc::new(std::sync::Mutex::new(Vec::<(usize, u64)>::new()));
+    let done = CancellationToken::new();
+    let tasks: Vec<_> = readers
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let (arrived, done, sink) = (Arc::clone(&arrived), done.clone(), r.sink);
+            tokio::spawn(async move {
+                let mut r = LineReader::connect(sink).await;
+                while !done.is_cancelled() {
+                    let Some(lines) = r.read().await else { break };
+                    arrived
+                        .lock()
+                        .unwrap()
+                        .extend(lines.into_iter().map(|x| (i, x)));
+                }
+            })
+        })
+        .collect();
+    let distinct = |arrived: &std::sync::Mutex<Vec<(usize, u64)>>| {
+        let a = arrived.lock().unwrap();
+        a.iter().map(|&(_, x)| x).collect::<BTreeSet<u64>>().len() as u64
+    };
+    let wait_for = |want: u64| {
+        let arrived = Arc::clone(&arrived);
+        async move {
+            let end = Instant::now() + Duration::from_secs(60);
+            while distinct(&arrived) < want && Instant::now() < end {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            distinct(&arrived)
+        }
+    };
+    let n = 40_000u64;
+    produce(a.source, 0, n / 2).await;
+    let got = wait_for(n / 2).await;
+    assert_eq!(got, n / 2, "the first half did not arrive within 60 s");
+    let pinned = arrived.lock().unwrap()[0].0;
+    let from_standby = arrived
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|&&(i, _)| i != pinned)
+        .count();
+    assert_eq!(
+        from_standby, 0,
+        "the standby relay delivered {from_standby} lines while the other was pinned"
+    );
+
+    // The pinned relay stops: the standby takes over.
+    let t0 = Instant::now();
+    readers.remove(pinned).stop().await.expect("pinned relay");
+    produce(a.source, n / 2, n).await;
+    let got = wait_for(n).await;
+    eprintln!(
+        "pinned relay {pinned} delivered the first half; the standby the rest, {:.1?} after the stop",
+        t0.elapsed()
+    );
+    assert_eq!(got, n, "the second half did not arrive within 60 s");
+    let all: Vec<u64> = arrived.lock().unwrap().iter().map(|&(_, x)| x).collect();
+    check(&all, n);
+    assert_stream_empties(&cluster, stream).await;
+
+    // A relay that is not pinned may not read the pinned durable.
+    let plain = JetStream {
+        pinned: None,
+        ..cfg.clone()
+    };
+    let c = relay(&d.join("c"), |r| r.jetstream = Some(plain)).await;
+    let r = tokio::time::timeout(Duration::from_secs(30), c.serve)
+        .await
+        .expect("the route stops by itself")
+        .expect("serve task");
+    let e = format!("{:#}", r.expect_err("a mismatch is an error"));
+    assert!(
+        e.contains("priority_policy is PinnedClient, want None"),
+        "{e}"
+    );
+    done.cancel();
+    for t in tasks {
+        t.await.expect("reader");
+    }
+    for r in readers.into_iter().chain([a]) {
+        r.stop().await.expect("relay");
+    }
+}

@@ -113,6 +113,8 @@ pub const JS_BATCH_BYTES: u64 = 256 << 10;
 pub const JS_MAX_INFLIGHT: usize = 8;
 pub const JS_ACK_WAIT: Duration = Duration::from_secs(30);
 pub const JS_MAX_PENDING: usize = 64;
+/// `pinned_ttl` of a jetstream route with `pinned = true`.
+pub const JS_PINNED_TTL: Duration = Duration::from_secs(30);
 /// Longer than JetStream's 2 minutes: a relay restarted within it resends
 /// what it had in flight without storing it twice.
 pub const JS_DUPLICATE_WINDOW: Duration = Duration::from_secs(30 * 60);

@@ -8,10 +8,12 @@ use std::path::PathBuf;
 use toml::Spanned;
 
 use super::convert::{ConfigError, Source};
+use super::defaults;
 use super::model::{
     check_jetstream_batch_bytes, check_jetstream_count, check_jetstream_name,
-    check_jetstream_server, check_jetstream_subject, check_jetstream_wait, validate_jetstream,
-    JetStream, JetStreamAuth, JS_MAX_INFLIGHT_RANGE, JS_MAX_PENDING_RANGE, JS_REPLICAS_RANGE,
+    check_jetstream_pinned_ttl, check_jetstream_server, check_jetstream_subject,
+    check_jetstream_wait, validate_jetstream, JetStream, JetStreamAuth, JS_MAX_INFLIGHT_RANGE,
+    JS_MAX_PENDING_RANGE, JS_REPLICAS_RANGE,
 };
 use super::raw::{RawJetStream, S};
 
@@ -43,6 +45,8 @@ pub(super) fn jetstream(
         max_pending,
         duplicate_window,
         ordered,
+        pinned,
+        pinned_ttl,
     } = raw.into_inner();
     let missing = |key: &str| {
         src.error(
@@ -115,8 +119,30 @@ pub(super) fn jetstream(
         }
     }
 
-    if let Some(v) = ordered {
-        js.ordered = v.into_inner();
+    if let Some(v) = &ordered {
+        js.ordered = *v.get_ref();
+    }
+    match (&pinned, &pinned_ttl) {
+        (Some(p), _) if *p.get_ref() => {
+            let ttl = pinned_ttl
+                .as_ref()
+                .map_or(defaults::JS_PINNED_TTL, |v| v.get_ref().0);
+            if let Some(v) = &pinned_ttl {
+                check_jetstream_pinned_ttl("pinned_ttl", ttl)
+                    .map_err(|m| src.error(v.span(), m))?;
+            }
+            if let Some(o) = ordered.as_ref().filter(|o| !*o.get_ref()) {
+                return Err(src.error(
+                    o.span(),
+                    "ordered = false cannot be combined with pinned = true (a pinned relay delivers in stream order)",
+                ));
+            }
+            js.pinned = Some(ttl);
+        }
+        (_, Some(v)) => {
+            return Err(src.error(v.span(), "pinned_ttl needs pinned = true"));
+        }
+        _ => {}
     }
     js.auth = auth(src, credentials, user, password, token)?;
 
@@ -277,8 +303,23 @@ ordered = false
                 max_pending: 10_000,
                 duplicate_window: Duration::from_secs(3600),
                 ordered: false,
+                pinned: None,
             })
         );
+        let q = queue(&format!(
+            "{BASE}{TABLE}pinned = true\npinned_ttl = \"45s\"\n"
+        ));
+        assert_eq!(
+            q.jetstream.map(|js| js.pinned),
+            Some(Some(Duration::from_secs(45)))
+        );
+        let q = queue(&format!("{BASE}{TABLE}pinned = true\n"));
+        assert_eq!(
+            q.jetstream.map(|js| js.pinned),
+            Some(Some(defaults::JS_PINNED_TTL))
+        );
+        let q = queue(&format!("{BASE}{TABLE}pinned = false\n"));
+        assert_eq!(q.jetstream.map(|js| js.pinned), Some(None));
         for (auth, want) in [
             (
                 "user = \"u\"\npassword = \"p w\"\n",
@@ -371,6 +412,21 @@ ordered = false
                 "duplicate_window = \"0s\"\n",
                 (10, 20),
                 "duplicate_window must be at least 1s",
+            ),
+            (
+                "pinned = true\npinned_ttl = \"11s\"\n",
+                (11, 14),
+                "pinned_ttl must be between 12s and 3600s",
+            ),
+            (
+                "pinned_ttl = \"20s\"\n",
+                (10, 14),
+                "pinned_ttl needs pinned = true",
+            ),
+            (
+                "ordered = false\npinned = true\n",
+                (10, 11),
+                "ordered = false cannot be combined with pinned = true",
             ),
             ("subject = \"a..b\"\n", (10, 11), "a token is empty"),
             ("subject = \"a.b.\"\n", (10, 11), "a token is empty"),

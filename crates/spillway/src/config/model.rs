@@ -221,6 +221,13 @@ pub struct JetStream {
     /// each other and then stop waiting; `false` where they cannot (the
     /// presence subject not permitted).
     pub ordered: bool,
+    /// Strict FIFO with failover (`pinned = true`): the durable consumer
+    /// is made with JetStream's pinned-client priority policy, so one
+    /// reading relay at a time receives batches and the others wait on
+    /// standby. `Some(ttl)`: how long the pinned relay may go without a
+    /// pull request before the server pins another
+    /// ([`JS_PINNED_TTL_RANGE`]; default 30 s). Needs `ordered`.
+    pub pinned: Option<Duration>,
 }
 
 /// How the relay authenticates to the cluster: at most one method (the
@@ -254,6 +261,7 @@ impl JetStream {
             max_pending: defaults::JS_MAX_PENDING,
             duplicate_window: defaults::JS_DUPLICATE_WINDOW,
             ordered: true,
+            pinned: None,
         }
     }
 }
@@ -278,6 +286,11 @@ pub const JS_MAX_INFLIGHT_RANGE: RangeInclusive<u64> = 1..=1024;
 pub const JS_MAX_PENDING_RANGE: RangeInclusive<u64> = 1..=10_000;
 /// `ack_wait` and `duplicate_window`: JetStream counts them in seconds.
 pub const JS_MIN_WAIT: Duration = Duration::from_secs(1);
+/// `pinned_ttl`: the pinned relay renews its pull well within it (a pull
+/// request waits at most a third of it, and the client library may take
+/// 5 s more to renew a lost one).
+pub const JS_PINNED_TTL_RANGE: RangeInclusive<Duration> =
+    Duration::from_secs(12)..=Duration::from_secs(3600);
 
 /// One entry of `servers`: `nats://` or `tls://`, then
 /// `HOST:PORT` and no path. A user or password
@@ -388,6 +401,18 @@ pub fn check_jetstream_wait(key: &str, d: Duration) -> Result<(), String> {
     Ok(())
 }
 
+/// `pinned_ttl` ([`JS_PINNED_TTL_RANGE`]).
+pub fn check_jetstream_pinned_ttl(key: &str, d: Duration) -> Result<(), String> {
+    if !JS_PINNED_TTL_RANGE.contains(&d) {
+        return Err(format!(
+            "{key} must be between {}s and {}s (the pinned relay renews its pull well within it)",
+            JS_PINNED_TTL_RANGE.start().as_secs(),
+            JS_PINNED_TTL_RANGE.end().as_secs()
+        ));
+    }
+    Ok(())
+}
+
 /// `max_message` of a jetstream route.
 pub fn check_jetstream_max_message(key: &str, v: u64) -> Result<(), String> {
     if v > JS_MAX_MESSAGE {
@@ -425,6 +450,15 @@ pub fn validate_jetstream(js: &JetStream) -> Result<(), String> {
     check_jetstream_batch_bytes("batch_bytes", js.batch_bytes)?;
     check_jetstream_wait("ack_wait", js.ack_wait)?;
     check_jetstream_wait("duplicate_window", js.duplicate_window)?;
+    if let Some(ttl) = js.pinned {
+        check_jetstream_pinned_ttl("pinned_ttl", ttl)?;
+        if !js.ordered {
+            return Err(
+                "pinned = true delivers in stream order from one relay at a time; it cannot be combined with ordered = false"
+                    .into(),
+            );
+        }
+    }
     if js.tls_cert.is_some() != js.tls_key.is_some() {
         return Err("tls_cert and tls_key come together (a client certificate and its key)".into());
     }

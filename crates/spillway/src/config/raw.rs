@@ -124,6 +124,8 @@ pub(super) struct RawJetStream {
     pub(super) max_pending: S<u64>,
     pub(super) duplicate_window: S<HumanDuration>,
     pub(super) ordered: S<bool>,
+    pub(super) pinned: S<bool>,
+    pub(super) pinned_ttl: S<HumanDuration>,
 }
 
 /// One TLS table. Which keys are allowed depends on whether spillway is

@@ -82,9 +82,23 @@ pub fn consumer_config(cfg: &JetStream) -> consumer::pull::Config {
         filter_subject: cfg.subject.clone(),
         max_ack_pending: i64::try_from(cfg.max_pending).unwrap_or(i64::MAX),
         deliver_policy: consumer::DeliverPolicy::All,
+        priority_policy: if cfg.pinned.is_some() {
+            consumer::PriorityPolicy::PinnedClient
+        } else {
+            consumer::PriorityPolicy::None
+        },
+        priority_groups: if cfg.pinned.is_some() {
+            vec![PIN_GROUP.to_string()]
+        } else {
+            Vec::new()
+        },
+        priority_timeout: cfg.pinned.unwrap_or_default(),
         ..Default::default()
     }
 }
+
+/// The priority group pinned relays pull in (`pinned = true`).
+pub const PIN_GROUP: &str = "spillway";
 
 /// What differs between an existing stream and what the route needs (the
 /// fields the relay depends on; the server fills in the others).
@@ -167,6 +181,31 @@ pub fn consumer_mismatch(have: &consumer::Config, want: &consumer::pull::Config)
             "ack_wait is {:?}, want {:?}",
             have.ack_wait, want.ack_wait
         ));
+    }
+    if have.priority_policy != want.priority_policy {
+        d.push(format!(
+            "priority_policy is {:?}, want {:?}{}",
+            have.priority_policy,
+            want.priority_policy,
+            if want.priority_policy == consumer::PriorityPolicy::PinnedClient {
+                " (pinned = true)"
+            } else {
+                " (pinned = true on this relay?)"
+            }
+        ));
+    } else if want.priority_policy == consumer::PriorityPolicy::PinnedClient {
+        if !have.priority_groups.iter().any(|g| g == PIN_GROUP) {
+            d.push(format!(
+                "priority_groups are {:?}, want them to include {PIN_GROUP:?}",
+                have.priority_groups
+            ));
+        }
+        if have.priority_timeout != want.priority_timeout {
+            d.push(format!(
+                "priority_timeout (pinned_ttl) is {:?}, want {:?}",
+                have.priority_timeout, want.priority_timeout
+            ));
+        }
     }
     if have.max_ack_pending != want.max_ack_pending {
         d.push(format!(
@@ -324,6 +363,41 @@ mod tests {
             "max_deliver is 5",
             "ack_wait is 1s, want 30s",
             "max_ack_pending is 1000, want 64",
+        ] {
+            assert!(d.contains(says), "{says:?} not in {d}");
+        }
+    }
+
+    /// A pinned route wants the pinned-client policy, its group and its
+    /// TTL; a plain route refuses a pinned durable (its pulls, without the
+    /// group, would be refused by the server).
+    #[test]
+    fn the_pinned_policy_is_checked_both_ways() {
+        let mut pinned = cfg();
+        pinned.pinned = Some(Duration::from_secs(20));
+        let want = consumer_config(&pinned);
+        let have = consumer::IntoConsumerConfig::into_consumer_config(want.clone());
+        assert!(consumer_mismatch(&have, &want).is_empty());
+
+        let plain = consumer::IntoConsumerConfig::into_consumer_config(consumer_config(&cfg()));
+        let d = consumer_mismatch(&plain, &want).join("; ");
+        assert!(
+            d.contains("priority_policy is None, want PinnedClient"),
+            "{d}"
+        );
+        let d = consumer_mismatch(&have, &consumer_config(&cfg())).join("; ");
+        assert!(
+            d.contains("priority_policy is PinnedClient, want None"),
+            "{d}"
+        );
+
+        let mut other = have.clone();
+        other.priority_groups = vec!["theirs".into()];
+        other.priority_timeout = Duration::from_secs(120);
+        let d = consumer_mismatch(&other, &want).join("; ");
+        for says in [
+            "priority_groups are [\"theirs\"], want them to include \"spillway\"",
+            "priority_timeout (pinned_ttl) is 120s, want 20s",
         ] {
             assert!(d.contains(says), "{says:?} not in {d}");
         }

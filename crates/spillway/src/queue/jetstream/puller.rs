@@ -75,6 +75,11 @@ pub(crate) struct Puller<'a> {
     /// Batches are queued in stream order (one reading relay), not as they
     /// come (relays sharing the durable).
     pub ordered: bool,
+    /// `pinned = true`: the durable has the pinned-client policy, and this
+    /// relay pulls in its priority group; `Some(ttl)`: its pinned TTL.
+    /// Only the pinned relay receives batches, so no other relay competes
+    /// and nothing is announced or listened for on the presence subject.
+    pub pinned: Option<Duration>,
     pub inbox: &'a Spool,
     pub inbox_io: &'a SpoolIo,
     pub max_pending: usize,
@@ -101,6 +106,9 @@ struct State {
     /// Other relays reading the durable, by the id they announce, and
     /// when each was last heard.
     peers: HashMap<u64, tokio::time::Instant>,
+    /// The pin this relay was last given (`pinned`: the `Nats-Pin-Id` of
+    /// the batches it received), to give it up on the way out.
+    pin: Option<String>,
 }
 
 impl State {
@@ -130,13 +138,14 @@ impl Puller<'_> {
             crowded_since: None,
             crowded_warned: None,
             peers: HashMap::new(),
+            pin: None,
         };
         // This relay's id on the presence subject, and what it hears
         // there: only an ordered relay listens (nothing, if the subject
         // may not be used: then other readers are not seen, and
         // `ordered = false` says it).
         let me = fastrand::u64(1..);
-        let mut presence = if self.ordered {
+        let mut presence = if self.ordered && self.pinned.is_none() {
             match self.client.subscribe(self.presence.clone()).await {
                 Ok(s) => Some(s),
                 Err(e) => {
@@ -197,18 +206,24 @@ impl Puller<'_> {
             }
             let wanted = last_consumer.is_some_and(|t| now.duration_since(t) < IDLE_RELEASE);
             if !wanted {
-                messages = None;
+                if messages.take().is_some() && st.held.is_empty() && st.order.is_empty() {
+                    // Nothing held: a standby relay with consumers may
+                    // have the pin now rather than after its TTL.
+                    self.give_up_pin(&mut st).await;
+                }
             } else if messages.is_none() && now >= retry_at {
-                match self
+                let expires = self.pull_expires();
+                let mut pull = self
                     .consumer
                     .stream()
                     .max_messages_per_batch(self.max_pending)
                     .max_bytes_per_batch(self.max_pending.saturating_mul(self.batch_bytes + 4096))
-                    .heartbeat(Duration::from_secs(5))
-                    .expires(PULL_EXPIRES)
-                    .messages()
-                    .await
-                {
+                    .heartbeat((expires / 2).min(Duration::from_secs(5)))
+                    .expires(expires);
+                if self.pinned.is_some() {
+                    pull = pull.group(super::cluster::PIN_GROUP);
+                }
+                match pull.messages().await {
                     Ok(m) => messages = Some(m),
                     Err(e) => {
                         debug!(error = %e, "jetstream pull failed; retrying");
@@ -248,12 +263,16 @@ impl Puller<'_> {
                         let _ = a.ack_with(AckKind::Nak(None)).await;
                     }
                     let _ = self.client.flush().await;
+                    // With the pin given up, a standby relay takes what
+                    // was given back now rather than after the pinned TTL.
+                    self.give_up_pin(&mut st).await;
                     return;
                 }
                 _ = poll.tick() => self.ack_delivered(&mut st.held).await,
                 // Every pulling relay announces itself (an unordered one
-                // too: the ordered ones must not wait for its batches).
-                _ = announce.tick(), if messages.is_some() => {
+                // too: the ordered ones must not wait for its batches);
+                // pinned relays never compete.
+                _ = announce.tick(), if messages.is_some() && self.pinned.is_none() => {
                     let _ = self.client.publish(self.presence.clone(), me.to_string().into()).await;
                 }
                 m = async { presence.as_mut().expect("guarded").next().await }, if presence.is_some() => {
@@ -298,6 +317,13 @@ impl Puller<'_> {
                         }
                     };
                     backoff = Duration::from_millis(100);
+                    if self.pinned.is_some() {
+                        let pin = m.headers.as_ref().and_then(|h| h.get(async_nats::header::NATS_PIN_ID));
+                        if let Some(pin) = pin.filter(|p| st.pin.as_deref() != Some(p.as_str())) {
+                            info!(pin = %pin.as_str(), "this relay is the durable's pinned reader");
+                            st.pin = Some(pin.as_str().to_string());
+                        }
+                    }
                     let stream_seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
                     let (msg, acker) = m.split();
                     if st.held.iter().any(|h| h.stream_seq == stream_seq) {
@@ -387,6 +413,10 @@ impl Puller<'_> {
                 // this one's) may hold it for long: say so, once a
                 // minute, past the time a pull of this relay's own could
                 // still wait there.
+                if self.pinned.is_some() {
+                    // Standby relays' pull requests wait beside this one's.
+                    return;
+                }
                 let now = tokio::time::Instant::now();
                 let crowded = consumer.info().await.is_ok_and(|i| i.num_waiting > 1);
                 if !crowded {
@@ -413,6 +443,60 @@ impl Puller<'_> {
             Ok(_) => order.skip_to(first),
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => order.skip_to(first),
             Err(e) => debug!(error = %e, "jetstream message lookup failed"),
+        }
+    }
+
+    /// How long a pull request waits at the server: for a pinned relay,
+    /// short enough that it renews its pull (a new request at each
+    /// expiry, or at most 5 s later) well within the pinned TTL.
+    fn pull_expires(&self) -> Duration {
+        match self.pinned {
+            Some(ttl) => PULL_EXPIRES
+                .min(ttl.saturating_sub(Duration::from_secs(5)) / 2)
+                .max(Duration::from_secs(1)),
+            None => PULL_EXPIRES,
+        }
+    }
+
+    /// Releases the durable's pin if this relay holds it, so that a
+    /// standby relay is pinned at once (not after the pinned TTL). Only
+    /// its own pin: another relay's would move the queue under it.
+    async fn give_up_pin(&self, st: &mut State) {
+        let Some(pin) = st.pin.take() else {
+            return;
+        };
+        // At shutdown with the cluster away, not the API's 10 s twice.
+        let give_up = self.unpin_if_ours(&pin);
+        if tokio::time::timeout(Duration::from_secs(3), give_up)
+            .await
+            .is_err()
+        {
+            debug!("jetstream unpin timed out; the pin expires by itself");
+        }
+    }
+
+    async fn unpin_if_ours(&self, pin: &str) {
+        let mut consumer = self.consumer.clone();
+        let ours = match consumer.info().await {
+            Ok(i) => i.priority_groups.iter().any(|g| {
+                g.group == super::cluster::PIN_GROUP && g.pinned_client_id.as_deref() == Some(pin)
+            }),
+            Err(e) => {
+                debug!(error = %e, "jetstream consumer info failed; the pin expires by itself");
+                false
+            }
+        };
+        if !ours {
+            return;
+        }
+        let name = consumer.cached_info().name.clone();
+        match self
+            .stream
+            .unpin_consumer(&name, super::cluster::PIN_GROUP)
+            .await
+        {
+            Ok(()) => info!("gave up the durable's pin: a standby relay takes over"),
+            Err(e) => debug!(error = %e, "jetstream unpin failed; the pin expires by itself"),
         }
     }
 
