@@ -711,3 +711,84 @@ async fn a_pinned_reader_has_the_queue_alone_and_a_standby_takes_over() {
         r.stop().await.expect("relay");
     }
 }
+
+/// `groups` on a jetstream route: each group is a durable consumer of the
+/// stream, and each gets every batch. Relay B reads group `billing`,
+/// relays C1 and C2 read group `audit` (they compete); relay A only
+/// produces. Every line reaches B's consumer in order, and every line
+/// reaches one of C1's and C2's; the stream keeps a batch until both
+/// groups acknowledged it, then empties. Relay C1 is stopped and opened
+/// again mid-flow. A relay without groups is refused the stream (its
+/// retention), with the difference named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_each_get_every_batch_and_a_group_s_relays_compete() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = NatsCluster::start(&dir.path().join("nats"), 1);
+    cluster.wait_ready(Duration::from_secs(60));
+    let stream = "QG";
+    let base = JetStream {
+        subject: format!("spillway.{stream}"),
+        groups: vec!["billing".into(), "audit".into()],
+        ..js(&cluster, stream)
+    };
+    let reads = |g: &str| JetStream {
+        group: Some(g.into()),
+        ..base.clone()
+    };
+    let d = dir.path();
+    let a = relay(&d.join("a"), |r| r.jetstream = Some(base.clone())).await;
+    let b = relay(&d.join("b"), |r| r.jetstream = Some(reads("billing"))).await;
+    let c1 = relay(&d.join("c1"), |r| r.jetstream = Some(reads("audit"))).await;
+    let c2 = relay(&d.join("c2"), |r| r.jetstream = Some(reads("audit"))).await;
+    let n = 30_000u64;
+    let billing = tokio::spawn(consume(b.sink, n, Duration::from_secs(60)));
+    // Group audit: both relays' consumers count into one set.
+    let audit = Arc::new(tokio::sync::Mutex::new(BTreeSet::new()));
+    let audit_reader = |sink: SocketAddr, until: u64| {
+        let audit = Arc::clone(&audit);
+        tokio::spawn(async move {
+            let end = Instant::now() + Duration::from_secs(60);
+            let mut r = LineReader::connect(sink).await;
+            while (audit.lock().await.len() as u64) < until && Instant::now() < end {
+                let Some(lines) = r.read().await else { break };
+                audit.lock().await.extend(lines);
+            }
+        })
+    };
+    let r2 = audit_reader(c2.sink, n);
+    let r1 = audit_reader(c1.sink, n / 3);
+    produce(a.source, 0, n / 2).await;
+    r1.await.expect("audit reader 1");
+    // C1 stops (gives back what it holds) and comes back.
+    c1.stop().await.expect("relay c1");
+    let c1 = relay(&d.join("c1"), |r| r.jetstream = Some(reads("audit"))).await;
+    let r1 = audit_reader(c1.sink, n);
+    produce(a.source, n / 2, n).await;
+    let got = billing.await.expect("billing consumer");
+    check(&got, n);
+    r1.await.expect("audit reader 1");
+    r2.await.expect("audit reader 2");
+    let audit: BTreeSet<u64> = audit.lock().await.clone();
+    let missing: Vec<u64> = (0..n).filter(|i| !audit.contains(i)).take(20).collect();
+    assert!(
+        missing.is_empty(),
+        "group audit lost {missing:?} (first 20)"
+    );
+    assert_stream_empties(&cluster, stream).await;
+
+    // Without groups, the route wants a work-queue stream.
+    let plain = JetStream {
+        groups: Vec::new(),
+        ..base.clone()
+    };
+    let x = relay(&d.join("x"), |r| r.jetstream = Some(plain)).await;
+    let r = tokio::time::timeout(Duration::from_secs(30), x.serve)
+        .await
+        .expect("the route stops by itself")
+        .expect("serve task");
+    let e = format!("{:#}", r.expect_err("a mismatch is an error"));
+    assert!(e.contains("retention is Interest, want WorkQueue"), "{e}");
+    for r in [a, b, c1, c2] {
+        r.stop().await.expect("relay");
+    }
+}

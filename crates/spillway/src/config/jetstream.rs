@@ -10,10 +10,10 @@ use toml::Spanned;
 use super::convert::{ConfigError, Source};
 use super::defaults;
 use super::model::{
-    check_jetstream_batch_bytes, check_jetstream_count, check_jetstream_name,
-    check_jetstream_pinned_ttl, check_jetstream_server, check_jetstream_subject,
-    check_jetstream_wait, validate_jetstream, JetStream, JetStreamAuth, JS_MAX_INFLIGHT_RANGE,
-    JS_MAX_PENDING_RANGE, JS_REPLICAS_RANGE,
+    check_jetstream_batch_bytes, check_jetstream_count, check_jetstream_group,
+    check_jetstream_groups, check_jetstream_name, check_jetstream_pinned_ttl,
+    check_jetstream_server, check_jetstream_subject, check_jetstream_wait, validate_jetstream,
+    JetStream, JetStreamAuth, JS_MAX_INFLIGHT_RANGE, JS_MAX_PENDING_RANGE, JS_REPLICAS_RANGE,
 };
 use super::raw::{RawJetStream, S};
 
@@ -47,6 +47,8 @@ pub(super) fn jetstream(
         ordered,
         pinned,
         pinned_ttl,
+        groups,
+        group,
     } = raw.into_inner();
     let missing = |key: &str| {
         src.error(
@@ -143,6 +145,16 @@ pub(super) fn jetstream(
             return Err(src.error(v.span(), "pinned_ttl needs pinned = true"));
         }
         _ => {}
+    }
+    if let Some(v) = groups {
+        check_jetstream_groups("groups", &js.consumer, v.get_ref())
+            .map_err(|m| src.error(v.span(), m))?;
+        js.groups = v.into_inner();
+    }
+    if let Some(v) = group {
+        check_jetstream_group("group", v.get_ref(), &js.groups)
+            .map_err(|m| src.error(v.span(), m))?;
+        js.group = Some(v.into_inner());
     }
     js.auth = auth(src, credentials, user, password, token)?;
 
@@ -279,6 +291,8 @@ ack_wait = "2m"
 max_pending = 10000
 duplicate_window = "1h"
 ordered = false
+groups = ["billing", "audit"]
+group = "audit"
 "#
         ));
         assert_eq!(
@@ -304,6 +318,8 @@ ordered = false
                 duplicate_window: Duration::from_secs(3600),
                 ordered: false,
                 pinned: None,
+                groups: vec!["billing".into(), "audit".into()],
+                group: Some("audit".into()),
             })
         );
         let q = queue(&format!(
@@ -417,6 +433,22 @@ ordered = false
                 "pinned = true\npinned_ttl = \"11s\"\n",
                 (11, 14),
                 "pinned_ttl must be between 12s and 3600s",
+            ),
+            (
+                "groups = [\"a\", \"a\"]\n",
+                (10, 10),
+                "groups: 'a' is listed twice",
+            ),
+            (
+                "groups = [\"a.b\"]\n",
+                (10, 10),
+                "groups[0] 'a.b' is not a valid JetStream name",
+            ),
+            ("group = \"a\"\n", (10, 9), "group 'a' needs groups"),
+            (
+                "groups = [\"a\"]\ngroup = \"b\"\n",
+                (11, 9),
+                "group 'b' is not one of groups [\"a\"]",
             ),
             (
                 "pinned_ttl = \"20s\"\n",
@@ -552,8 +584,9 @@ ordered = false
         .expect_err("groups");
         assert_eq!((e.line, e.col), (8, 10), "{e}");
         assert!(
-            e.message
-                .contains("groups are not supported on a jetstream route yet"),
+            e.message.contains(
+                "consumer groups are the stream's: set groups (and group) in [route.jetstream]"
+            ),
             "{e}"
         );
         // The ack protocol stays available on either side.
@@ -572,9 +605,14 @@ ordered = false
         let valid = q.clone();
         q.groups = vec!["billing".into()];
         q.to_protocol = crate::config::Protocol::Ack;
+        assert_eq!(validate_queue(&q), Err(crate::config::model::JS_NO_GROUPS.into()));
+        let mut q = valid.clone();
+        let js = q.jetstream.as_mut().expect("jetstream");
+        js.groups = vec!["a".into()];
+        js.group = Some("b".into());
         assert_eq!(
             validate_queue(&q),
-            Err("groups are not supported on a jetstream route yet".into())
+            Err("group 'b' is not one of groups [\"a\"]".into())
         );
         let mut q = valid.clone();
         q.max_message = 1 << 20;

@@ -228,6 +228,17 @@ pub struct JetStream {
     /// pull request before the server pins another
     /// ([`JS_PINNED_TTL_RANGE`]; default 30 s). Needs `ordered`.
     pub pinned: Option<Duration>,
+    /// Consumer groups of the stream (`groups`): each a durable consumer
+    /// named `<consumer>-<group>`, each getting every batch. With groups
+    /// the stream keeps a batch until every group acknowledged it
+    /// (Interest retention); without, one durable, `consumer`, and an
+    /// acknowledged batch leaves (WorkQueue). Every relay of the route
+    /// lists the same groups and makes the missing durables at start.
+    pub groups: Vec<String>,
+    /// The group this relay reads (`group`; default the first of
+    /// `groups`). Relays of one group compete; of different groups, each
+    /// gets every batch.
+    pub group: Option<String>,
 }
 
 /// How the relay authenticates to the cluster: at most one method (the
@@ -262,6 +273,29 @@ impl JetStream {
             duplicate_window: defaults::JS_DUPLICATE_WINDOW,
             ordered: true,
             pinned: None,
+            groups: Vec::new(),
+            group: None,
+        }
+    }
+
+    /// The durable consumer this relay reads: `consumer`, or with groups
+    /// its group's.
+    pub fn durable(&self) -> String {
+        match (self.groups.first(), &self.group) {
+            (None, _) => self.consumer.clone(),
+            (Some(first), g) => format!("{}-{}", self.consumer, g.as_ref().unwrap_or(first)),
+        }
+    }
+
+    /// Every durable consumer of the stream: `consumer`, or one per group.
+    pub fn durables(&self) -> Vec<String> {
+        if self.groups.is_empty() {
+            vec![self.consumer.clone()]
+        } else {
+            self.groups
+                .iter()
+                .map(|g| format!("{}-{g}", self.consumer))
+                .collect()
         }
     }
 }
@@ -425,8 +459,40 @@ pub fn check_jetstream_max_message(key: &str, v: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// Named consumer groups would each need a JetStream consumer of their own.
-pub const JS_NO_GROUPS: &str = "groups are not supported on a jetstream route yet";
+/// A jetstream route's groups are the stream's durable consumers.
+pub const JS_NO_GROUPS: &str = "on a jetstream route, consumer groups are the stream's: set groups (and group) in [route.jetstream]";
+
+/// The most groups of a jetstream route (as of a local one).
+pub const JS_MAX_GROUPS: usize = 64;
+
+/// `groups` of `[route.jetstream]`: valid names (the durable's name is
+/// `<consumer>-<group>`), none twice, at most [`JS_MAX_GROUPS`].
+pub fn check_jetstream_groups(key: &str, consumer: &str, groups: &[String]) -> Result<(), String> {
+    if groups.len() > JS_MAX_GROUPS {
+        return Err(format!("{key}: at most {JS_MAX_GROUPS} groups"));
+    }
+    for (i, g) in groups.iter().enumerate() {
+        check_jetstream_name(&format!("{key}[{i}]"), g)?;
+        check_jetstream_name(&format!("{key}[{i}]"), &format!("{consumer}-{g}"))?;
+        if groups[..i].contains(g) {
+            return Err(format!("{key}: '{g}' is listed twice"));
+        }
+    }
+    Ok(())
+}
+
+/// `group` of `[route.jetstream]`: one of `groups`.
+pub fn check_jetstream_group(key: &str, group: &str, groups: &[String]) -> Result<(), String> {
+    if groups.is_empty() {
+        return Err(format!(
+            "{key} '{group}' needs groups (the stream's groups, every relay the same)"
+        ));
+    }
+    if !groups.iter().any(|g| g == group) {
+        return Err(format!("{key} '{group}' is not one of groups {groups:?}"));
+    }
+    Ok(())
+}
 
 /// Every check of a [`JetStream`], with the config file's key names (each
 /// front end has checked its own keys or flags first, at their position).
@@ -450,6 +516,10 @@ pub fn validate_jetstream(js: &JetStream) -> Result<(), String> {
     check_jetstream_batch_bytes("batch_bytes", js.batch_bytes)?;
     check_jetstream_wait("ack_wait", js.ack_wait)?;
     check_jetstream_wait("duplicate_window", js.duplicate_window)?;
+    check_jetstream_groups("groups", &js.consumer, &js.groups)?;
+    if let Some(g) = &js.group {
+        check_jetstream_group("group", g, &js.groups)?;
+    }
     if let Some(ttl) = js.pinned {
         check_jetstream_pinned_ttl("pinned_ttl", ttl)?;
         if !js.ordered {

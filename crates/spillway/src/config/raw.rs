@@ -126,6 +126,8 @@ pub(super) struct RawJetStream {
     pub(super) ordered: S<bool>,
     pub(super) pinned: S<bool>,
     pub(super) pinned_ttl: S<HumanDuration>,
+    pub(super) groups: S<Vec<String>>,
+    pub(super) group: S<String>,
 }
 
 /// One TLS table. Which keys are allowed depends on whether spillway is

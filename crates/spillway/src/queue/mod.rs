@@ -710,10 +710,18 @@ impl QueueServer {
 
     /// The dispatcher of group `name`: on a route without groups, the
     /// default group's (`None`); on one with groups, the named one's.
+    /// On a jetstream route with groups, the group this relay reads (and
+    /// no other) is served by the default dispatcher.
     fn group(&self, name: Option<&str>) -> Option<&dispatcher::Dispatcher> {
         match name {
             None => self.route().groups.is_empty().then_some(&self.dispatcher),
-            Some(n) => self.dispatchers().find(|d| d.group_name() == n),
+            Some(n) => match &self.route().jetstream {
+                Some(js) if !js.groups.is_empty() => {
+                    let reads = js.group.as_ref().or(js.groups.first());
+                    (reads.map(String::as_str) == Some(n)).then_some(&self.dispatcher)
+                }
+                _ => self.dispatchers().find(|d| d.group_name() == n),
+            },
         }
     }
 

@@ -53,8 +53,13 @@ pub fn stream_config(cfg: &JetStream, max_disk: u64) -> stream::Config {
         name: cfg.stream.clone(),
         subjects: vec![cfg.subject.clone()],
         // An acknowledged batch leaves the stream, as a delivered message
-        // leaves the local spool.
-        retention: stream::RetentionPolicy::WorkQueue,
+        // leaves the local spool; with groups, once every group's durable
+        // acknowledged it.
+        retention: if cfg.groups.is_empty() {
+            stream::RetentionPolicy::WorkQueue
+        } else {
+            stream::RetentionPolicy::Interest
+        },
         num_replicas: cfg.replicas,
         storage: stream::StorageType::File,
         // At the size bound a publish is refused (the batch stays in the
@@ -71,10 +76,11 @@ pub fn stream_config(cfg: &JetStream, max_disk: u64) -> stream::Config {
     }
 }
 
-/// The durable pull consumer this route reads through.
-pub fn consumer_config(cfg: &JetStream) -> consumer::pull::Config {
+/// The durable pull consumer `name` of this route (every durable of a
+/// route has the same settings).
+pub fn consumer_config(cfg: &JetStream, name: &str) -> consumer::pull::Config {
     consumer::pull::Config {
-        durable_name: Some(cfg.consumer.clone()),
+        durable_name: Some(name.to_string()),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: cfg.ack_wait,
         // Never given up on: a batch is delivered until it is acknowledged.
@@ -106,8 +112,15 @@ pub fn stream_mismatch(have: &stream::Config, want: &stream::Config) -> Vec<Stri
     let mut d = Vec::new();
     if have.retention != want.retention {
         d.push(format!(
-            "retention is {:?}, want {:?}",
-            have.retention, want.retention
+            "retention is {:?}, want {:?}{}",
+            have.retention,
+            want.retention,
+            match want.retention {
+                stream::RetentionPolicy::Interest => {
+                    " (groups: a batch stays until every group's durable acknowledged it)"
+                }
+                _ => " (no groups: an acknowledged batch leaves; groups need Interest)",
+            }
         ));
     }
     if have.num_replicas.max(1) != want.num_replicas {
@@ -256,8 +269,28 @@ pub async fn ensure(
             diff.join("; ")
         )));
     }
-    let want_c = consumer_config(cfg);
-    let info = match stream.consumer_info(&cfg.consumer).await {
+    // Every durable first: with groups, a batch published while a group's
+    // durable is missing would not be kept for that group.
+    for name in cfg.durables() {
+        ensure_consumer(&stream, cfg, &name).await?;
+    }
+    let name = cfg.durable();
+    stream
+        .get_consumer(&name)
+        .await
+        .map_err(|e| Setup::Unavailable(anyhow!("consumer {name}: {e}")))
+}
+
+/// Makes or checks the durable consumer `name` of `stream`.
+async fn ensure_consumer(
+    stream: &stream::Stream,
+    cfg: &JetStream,
+    name: &str,
+) -> Result<(), Setup> {
+    let unavailable =
+        |e: &dyn std::fmt::Display| Setup::Unavailable(anyhow!("consumer {name}: {e}"));
+    let want_c = consumer_config(cfg, name);
+    let info = match stream.consumer_info(name).await {
         Ok(i) => i,
         Err(e)
             if matches!(e.kind(), ConsumerInfoErrorKind::NotFound)
@@ -265,37 +298,25 @@ pub async fn ensure(
                     if j.error_code() == ErrorCode::CONSUMER_NOT_FOUND) =>
         {
             match stream.create_consumer_strict(want_c.clone()).await {
-                Ok(mut c) => c
-                    .info()
-                    .await
-                    .map_err(|e| Setup::Unavailable(anyhow!("consumer {}: {e}", cfg.consumer)))?
-                    .clone(),
+                Ok(mut c) => c.info().await.map_err(|e| unavailable(&e))?.clone(),
+                // Made by another relay meanwhile: checked below.
                 Err(_) => stream
-                    .consumer_info(&cfg.consumer)
+                    .consumer_info(name)
                     .await
-                    .map_err(|e| Setup::Unavailable(anyhow!("consumer {}: {e}", cfg.consumer)))?,
+                    .map_err(|e| unavailable(&e))?,
             }
         }
-        Err(e) => {
-            return Err(Setup::Unavailable(anyhow!(
-                "consumer {}: {e}",
-                cfg.consumer
-            )))
-        }
+        Err(e) => return Err(unavailable(&e)),
     };
     let diff = consumer_mismatch(&info.config, &want_c);
     if !diff.is_empty() {
         return Err(Setup::Mismatch(anyhow!(
-            "consumer {} of stream {} exists with other settings: {}",
-            cfg.consumer,
+            "consumer {name} of stream {} exists with other settings: {}",
             cfg.stream,
             diff.join("; ")
         )));
     }
-    stream
-        .get_consumer(&cfg.consumer)
-        .await
-        .map_err(|e| Setup::Unavailable(anyhow!("consumer {}: {e}", cfg.consumer)))
+    Ok(())
 }
 
 #[cfg(test)]
@@ -344,7 +365,7 @@ mod tests {
 
     #[test]
     fn each_consumer_difference_is_named() {
-        let want = consumer_config(&cfg());
+        let want = consumer_config(&cfg(), "spillway-q");
         let have = consumer::IntoConsumerConfig::into_consumer_config(want.clone());
         assert!(consumer_mismatch(&have, &want).is_empty());
 
@@ -375,17 +396,20 @@ mod tests {
     fn the_pinned_policy_is_checked_both_ways() {
         let mut pinned = cfg();
         pinned.pinned = Some(Duration::from_secs(20));
-        let want = consumer_config(&pinned);
+        let want = consumer_config(&pinned, "spillway-q");
         let have = consumer::IntoConsumerConfig::into_consumer_config(want.clone());
         assert!(consumer_mismatch(&have, &want).is_empty());
 
-        let plain = consumer::IntoConsumerConfig::into_consumer_config(consumer_config(&cfg()));
+        let plain = consumer::IntoConsumerConfig::into_consumer_config(consumer_config(
+            &cfg(),
+            "spillway-q",
+        ));
         let d = consumer_mismatch(&plain, &want).join("; ");
         assert!(
             d.contains("priority_policy is None, want PinnedClient"),
             "{d}"
         );
-        let d = consumer_mismatch(&have, &consumer_config(&cfg())).join("; ");
+        let d = consumer_mismatch(&have, &consumer_config(&cfg(), "spillway-q")).join("; ");
         assert!(
             d.contains("priority_policy is PinnedClient, want None"),
             "{d}"

@@ -145,7 +145,8 @@ impl Backend {
             "servers": self.cfg.servers,
             "stream": self.cfg.stream,
             "subject": self.cfg.subject,
-            "consumer": self.cfg.consumer,
+            "consumer": self.cfg.durable(),
+            "groups": self.cfg.groups,
             "ordered": self.cfg.ordered,
             "pinned": self.cfg.pinned.is_some(),
             "batches_published": s.batches_out.load(Relaxed),
@@ -194,7 +195,7 @@ impl Backend {
                 }
             }
         };
-        info!(stream = %self.cfg.stream, consumer = %self.cfg.consumer, subject = %self.cfg.subject, "jetstream ready");
+        info!(stream = %self.cfg.stream, consumer = %self.cfg.durable(), subject = %self.cfg.subject, "jetstream ready");
         let publisher = publisher::Publisher {
             js: js.clone(),
             route,
@@ -214,7 +215,8 @@ impl Backend {
             consumer,
             stream,
             subject: &self.cfg.subject,
-            presence: puller::presence_subject(&self.cfg.stream, &self.cfg.consumer),
+            presence: puller::presence_subject(&self.cfg.stream, &self.cfg.durable()),
+            kept_for_others: !self.cfg.groups.is_empty(),
             ordered: self.cfg.ordered,
             pinned: self.cfg.pinned,
             inbox: &self.inbox,

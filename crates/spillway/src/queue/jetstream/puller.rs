@@ -80,6 +80,10 @@ pub(crate) struct Puller<'a> {
     /// Only the pinned relay receives batches, so no other relay competes
     /// and nothing is announced or listened for on the presence subject.
     pub pinned: Option<Duration>,
+    /// The stream keeps a batch this relay's durable acknowledged until
+    /// the other groups' durables did too (Interest retention): a gap is
+    /// looked up in the durable's ack floor, not in the stream.
+    pub kept_for_others: bool,
     pub inbox: &'a Spool,
     pub inbox_io: &'a SpoolIo,
     pub max_pending: usize,
@@ -400,6 +404,29 @@ impl Puller<'_> {
             );
             order.skip_to(first);
             return;
+        }
+        let mut next = next;
+        if self.kept_for_others {
+            // What this durable acknowledged stays in the stream for the
+            // other groups: below its ack floor nothing comes again. Above
+            // it, the lookup below says whether any of the gap is ours.
+            match consumer.info().await {
+                Ok(i) => {
+                    let floor = i.ack_floor.stream_sequence;
+                    if floor + 1 >= first {
+                        order.skip_to(first);
+                        return;
+                    }
+                    if floor + 1 > next {
+                        order.skip_to(floor + 1);
+                        next = floor + 1;
+                    }
+                }
+                Err(e) => {
+                    debug!(error = %e, "jetstream consumer info failed");
+                    return;
+                }
+            }
         }
         match self
             .stream
