@@ -1288,6 +1288,16 @@ batch_bytes = "16KiB"
     drop((a, b));
 }
 
+/// [`relay_config`] with `js_keys` added to its `[route.jetstream]`.
+fn js_config(dir: &Path, name: &str, cluster: &NatsCluster, js_keys: &str) -> PathBuf {
+    let path = relay_config(dir, name, cluster, "");
+    // The [route.jetstream] table is the file's last.
+    let mut text = std::fs::read_to_string(&path).expect("config");
+    text.push_str(js_keys);
+    std::fs::write(&path, text).expect("config");
+    path
+}
+
 /// `pinned = true` under SIGKILL: two reading relays, each with a slow
 /// consumer, share the pinned durable. The pinned one delivers alone; it
 /// is SIGKILLed mid-flow. The standby is pinned once the pin's TTL (12 s)
@@ -1305,12 +1315,12 @@ fn a_pinned_reader_killed_hands_the_queue_to_its_standby() {
     // Every relay of the route says `pinned` (relay A, which only
     // produces, makes the durable as the readers need it).
     let pinned_config = |name: &str| {
-        let path = relay_config(&dir, name, &cluster, "");
-        // The [route.jetstream] table is the file's last.
-        let mut text = std::fs::read_to_string(&path).expect("config");
-        text.push_str("pinned = true\npinned_ttl = \"12s\"\n");
-        std::fs::write(&path, text).expect("config");
-        path
+        js_config(
+            &dir,
+            name,
+            &cluster,
+            "pinned = true\npinned_ttl = \"12s\"\n",
+        )
     };
     let config_a = pinned_config("a");
     let configs = [pinned_config("b1"), pinned_config("b2")];
@@ -1375,12 +1385,8 @@ fn a_pinned_reader_killed_hands_the_queue_to_its_standby() {
         diagnose(&cluster)
     };
     let mut seen: Vec<Seen> = consumers.into_iter().map(Consumer::finish).collect();
-    let (first, then) = (seen.remove(pinned.min(1)), seen.remove(0));
-    let (first, then) = if pinned == 0 {
-        (first, then)
-    } else {
-        (then, first)
-    };
+    let first = std::mem::take(&mut seen[pinned]);
+    let then = std::mem::take(&mut seen[standby]);
     let missing: Vec<u64> = (0..n).filter(|i| !seen_all.contains(i)).take(20).collect();
     assert!(
         missing.is_empty(),
@@ -1415,4 +1421,99 @@ fn a_pinned_reader_killed_hands_the_queue_to_its_standby() {
         diagnose(&cluster)
     );
     drop((a, readers));
+}
+
+/// Groups under SIGKILL: relay B1 reads group `billing`, relay B2 group
+/// `audit`, each with a slow consumer; relay A produces. B1 is SIGKILLed
+/// mid-flow and started again on its spool: its held batches come back
+/// to it after `ack_wait` while B2's group goes on. Each group gets every
+/// line with first deliveries in order, and the stream (Interest
+/// retention) empties once both acknowledged everything.
+#[test]
+fn groups_lose_nothing_when_one_group_s_relay_is_killed() {
+    let _serial = heavy();
+    let t0 = Instant::now();
+    let work = WorkDir::new("groups");
+    let dir = work.path().to_path_buf();
+    let cluster = NatsCluster::start(&dir.join("nats"), 1);
+    cluster.wait_ready(READY_TIMEOUT);
+    let groups = "groups = [\"billing\", \"audit\"]\n";
+    let config_a = js_config(&dir, "a", &cluster, groups);
+    let config_b = [
+        js_config(
+            &dir,
+            "b1",
+            &cluster,
+            &format!("{groups}group = \"billing\"\n"),
+        ),
+        js_config(
+            &dir,
+            "b2",
+            &cluster,
+            &format!("{groups}group = \"audit\"\n"),
+        ),
+    ];
+    let mut a = Life::start(&dir, &config_a, "a", 1);
+    let b1 = Life::start(&dir, &config_b[0], "b1", 1);
+    let b2 = Life::start(&dir, &config_b[1], "b2", 1);
+    let billing = Consumer::start(b1.sink(), None);
+    let audit = Consumer::start(b2.sink(), None);
+    let n = 3 * ROUND;
+    produce(a.source(), 0, ROUND);
+    a.wait_messages_in(ROUND);
+    produce(a.source(), ROUND, 2 * ROUND);
+    a.wait_messages_in(2 * ROUND);
+    billing.wait_distinct((ROUND + ROUND / 2) as usize, Duration::from_secs(60));
+    let killed_at = billing.distinct();
+    b1.kill9();
+    let b1 = Life::start(&dir, &config_b[0], "b1", 2);
+    billing.retarget(b1.sink());
+    produce(a.source(), 2 * ROUND, n);
+    a.wait_messages_in(n);
+    let all = billing.try_wait_distinct(n as usize, DELIVERY_LIMIT)
+        && audit.try_wait_distinct(n as usize, DELIVERY_LIMIT);
+    let evidence = if all {
+        String::new()
+    } else {
+        diagnose(&cluster)
+    };
+    let took = t0.elapsed();
+    for (name, seen) in [("billing", billing.finish()), ("audit", audit.finish())] {
+        let missing: Vec<u64> = (0..n)
+            .filter(|i| !seen.distinct.contains(i))
+            .take(20)
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "group {name} lost {missing:?} (first 20):\n{evidence}"
+        );
+        let mut firsts = Vec::new();
+        let mut s = BTreeSet::new();
+        for &x in &seen.arrivals {
+            if s.insert(x) {
+                firsts.push(x);
+            }
+        }
+        let bad: Vec<_> = firsts.windows(2).filter(|w| w[1] < w[0]).take(5).collect();
+        assert!(
+            bad.is_empty(),
+            "group {name}: first deliveries out of order: {bad:?}"
+        );
+        eprintln!(
+            "groups: {name} got every line ({} duplicates)",
+            seen.arrivals.len() - n as usize
+        );
+    }
+    eprintln!("groups: billing's relay was SIGKILLed after {killed_at} lines; {took:.1?} in all");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stream_messages(&cluster) != Some(0) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        stream_messages(&cluster),
+        Some(0),
+        "batches left in the stream:\n{}",
+        diagnose(&cluster)
+    );
+    drop((a, b1, b2));
 }

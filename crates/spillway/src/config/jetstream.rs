@@ -605,7 +605,10 @@ group = "audit"
         let valid = q.clone();
         q.groups = vec!["billing".into()];
         q.to_protocol = crate::config::Protocol::Ack;
-        assert_eq!(validate_queue(&q), Err(crate::config::model::JS_NO_GROUPS.into()));
+        assert_eq!(
+            validate_queue(&q),
+            Err(crate::config::model::JS_NO_GROUPS.into())
+        );
         let mut q = valid.clone();
         let js = q.jetstream.as_mut().expect("jetstream");
         js.groups = vec!["a".into()];
