@@ -1288,6 +1288,32 @@ batch_bytes = "16KiB"
     drop((a, b));
 }
 
+/// The first (up to 5) pairs of first arrivals out of order.
+fn firsts_out_of_order<'a>(arrivals: impl Iterator<Item = &'a u64>) -> Vec<(u64, u64)> {
+    let mut seen = BTreeSet::new();
+    let firsts: Vec<u64> = arrivals.copied().filter(|x| seen.insert(*x)).collect();
+    firsts
+        .windows(2)
+        .filter(|w| w[1] < w[0])
+        .map(|w| (w[0], w[1]))
+        .take(5)
+        .collect()
+}
+
+/// Every batch is acknowledged: the stream empties (within 30 s).
+fn assert_stream_empties(cluster: &NatsCluster) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stream_messages(cluster) != Some(0) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        stream_messages(cluster),
+        Some(0),
+        "batches left in the stream:\n{}",
+        diagnose(cluster)
+    );
+}
+
 /// [`relay_config`] with `js_keys` added to its `[route.jetstream]`.
 fn js_config(dir: &Path, name: &str, cluster: &NatsCluster, js_keys: &str) -> PathBuf {
     let path = relay_config(dir, name, cluster, "");
@@ -1394,14 +1420,7 @@ fn a_pinned_reader_killed_hands_the_queue_to_its_standby() {
     );
     // The dead relay delivered first, the standby after it: in that
     // order, first arrivals are ascending.
-    let mut firsts = Vec::new();
-    let mut s = BTreeSet::new();
-    for &x in first.arrivals.iter().chain(&then.arrivals) {
-        if s.insert(x) {
-            firsts.push(x);
-        }
-    }
-    let bad: Vec<_> = firsts.windows(2).filter(|w| w[1] < w[0]).take(5).collect();
+    let bad = firsts_out_of_order(first.arrivals.iter().chain(&then.arrivals));
     assert!(bad.is_empty(), "first deliveries out of order: {bad:?}");
     let dups = first.arrivals.len() + then.arrivals.len() - n as usize;
     eprintln!(
@@ -1410,16 +1429,7 @@ fn a_pinned_reader_killed_hands_the_queue_to_its_standby() {
         pinned + 1,
         t0.elapsed()
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while stream_messages(&cluster) != Some(0) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(
-        stream_messages(&cluster),
-        Some(0),
-        "batches left in the stream:\n{}",
-        diagnose(&cluster)
-    );
+    assert_stream_empties(&cluster);
     drop((a, readers));
 }
 
@@ -1487,14 +1497,7 @@ fn groups_lose_nothing_when_one_group_s_relay_is_killed() {
             missing.is_empty(),
             "group {name} lost {missing:?} (first 20):\n{evidence}"
         );
-        let mut firsts = Vec::new();
-        let mut s = BTreeSet::new();
-        for &x in &seen.arrivals {
-            if s.insert(x) {
-                firsts.push(x);
-            }
-        }
-        let bad: Vec<_> = firsts.windows(2).filter(|w| w[1] < w[0]).take(5).collect();
+        let bad = firsts_out_of_order(seen.arrivals.iter());
         assert!(
             bad.is_empty(),
             "group {name}: first deliveries out of order: {bad:?}"
@@ -1505,15 +1508,6 @@ fn groups_lose_nothing_when_one_group_s_relay_is_killed() {
         );
     }
     eprintln!("groups: billing's relay was SIGKILLed after {killed_at} lines; {took:.1?} in all");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while stream_messages(&cluster) != Some(0) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(
-        stream_messages(&cluster),
-        Some(0),
-        "batches left in the stream:\n{}",
-        diagnose(&cluster)
-    );
+    assert_stream_empties(&cluster);
     drop((a, b1, b2));
 }
