@@ -148,5 +148,8 @@ pub use inspect::{
     VerifyProblem, VerifyReport,
 };
 pub use recovery::{CursorRecovery, RecoveryReport};
-pub use spool::{is_locked, AppendOutcome, Batch, Message, Spool, Tier, Tunables, LOCK_FILE};
+pub use spool::{
+    is_locked, recorded_next_seq, start_empty_at, AppendOutcome, Batch, Message, Spool, Tier,
+    Tunables, LOCK_FILE,
+};
 pub use stats::{Histogram, HistogramSnapshot, SpoolStats, FSYNC_BUCKETS};

@@ -389,3 +389,25 @@ fn reconfigure_changes_a_running_spool() {
     assert_eq!(spool.stats().mem_reserved, 8 * 1024);
     spool.close().expect("close");
 }
+
+/// A scratch spool started at a given number hands out numbers from
+/// there, and its cursor records how far it got (what the next start
+/// must pass).
+#[test]
+fn an_empty_spool_can_start_at_a_given_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("scratch");
+    let fs = spillway_spool::fs::StdFs;
+    assert_eq!(spillway_spool::recorded_next_seq(&fs, &path), None);
+    spillway_spool::start_empty_at(&fs, &path, 1 << 54).unwrap();
+    let (s, report) = Spool::open(small_config(&path)).unwrap();
+    assert_eq!(report.next_seq, 1 << 54);
+    let out = s.append(&[b"a", b"b"]).unwrap();
+    assert_eq!(out.first_seq, 1 << 54);
+    assert_eq!(read_all(&s).len(), 2);
+    s.close().unwrap();
+    assert_eq!(
+        spillway_spool::recorded_next_seq(&fs, &path),
+        Some((1 << 54) + 2)
+    );
+}

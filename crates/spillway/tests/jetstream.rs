@@ -792,3 +792,132 @@ async fn groups_each_get_every_batch_and_a_group_s_relays_compete() {
         r.stop().await.expect("relay");
     }
 }
+
+/// An ack-protocol consumer of a jetstream route (text encoding), as a
+/// user's 20 lines of socket code would speak it.
+struct AckConsumer {
+    r: tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
+    w: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl AckConsumer {
+    async fn connect(sink: SocketAddr) -> AckConsumer {
+        use tokio::io::AsyncBufReadExt;
+        let (r, mut w) = TcpStream::connect(sink)
+            .await
+            .expect("connect")
+            .into_split();
+        w.write_all(b"SPILLWAY 1 role=consumer encoding=text window=1000\n")
+            .await
+            .expect("hello");
+        let mut r = tokio::io::BufReader::new(r);
+        let mut ok = String::new();
+        r.read_line(&mut ok).await.expect("hello answer");
+        assert!(ok.starts_with("OK 1 "), "handshake refused: {ok}");
+        AckConsumer { r, w }
+    }
+
+    /// The next message's (seq, line number), or `None` (the relay said
+    /// BYE, closed, or sent nothing for 10 s).
+    async fn next(&mut self) -> Option<(u64, u64)> {
+        use tokio::io::AsyncBufReadExt;
+        let mut line = String::new();
+        let read = self.r.read_line(&mut line);
+        match tokio::time::timeout(Duration::from_secs(10), read).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return None,
+        }
+        let f: Vec<&str> = line.trim_end().split(' ').collect();
+        if f[0] != "MSG" {
+            return None;
+        }
+        let seq: u64 = f[1].parse().expect("seq");
+        let len: usize = f[3].parse().expect("length");
+        let mut body = vec![0u8; len + 1];
+        self.r.read_exact(&mut body).await.expect("body");
+        body.pop();
+        let number = std::str::from_utf8(&body[..10]).expect("utf-8");
+        Some((seq, number.parse().expect("line number")))
+    }
+
+    async fn ack(&mut self, seq: u64) {
+        self.w
+            .write_all(format!("ACK {seq}\n").as_bytes())
+            .await
+            .expect("ack");
+    }
+}
+
+/// Ack-protocol consumers on a jetstream route: every line arrives with a
+/// seq and is acknowledged; the reading relay is stopped while the
+/// consumer holds 100 messages unacknowledged and opened again. Its
+/// inbox numbering starts past everything the first life handed out, so
+/// no seq of the second life names another message than in the first
+/// (a consumer that remembers processed seqs would skip a message).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_protocol_seqs_are_never_reused_across_a_relay_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = NatsCluster::start(&dir.path().join("nats"), 1);
+    cluster.wait_ready(Duration::from_secs(60));
+    let stream = "QA";
+    let cfg = JetStream {
+        subject: format!("spillway.{stream}"),
+        ..js(&cluster, stream)
+    };
+    let d = dir.path();
+    let a = relay(&d.join("a"), |r| r.jetstream = Some(cfg.clone())).await;
+    let reader = |r: &mut QueueRoute| {
+        r.jetstream = Some(cfg.clone());
+        r.to_protocol = spillway::config::Protocol::Ack;
+    };
+    let b = relay(&d.join("b"), reader).await;
+    let n = 2_000u64;
+    produce(a.source, 0, n).await;
+    let mut first_life = Vec::new();
+    let mut c = AckConsumer::connect(b.sink).await;
+    while first_life.len() < 600 {
+        let m = c.next().await.expect("a message in the first life");
+        first_life.push(m);
+        if first_life.len() == 500 {
+            c.ack(m.0).await;
+        }
+    }
+    // 100 held, unacknowledged: the relay stops and comes back.
+    b.stop().await.expect("relay b");
+    drop(c);
+    let b = relay(&d.join("b"), reader).await;
+    let mut second_life = Vec::new();
+    let mut c = AckConsumer::connect(b.sink).await;
+    let mut seen: BTreeSet<u64> = first_life[..500].iter().map(|m| m.1).collect();
+    while (seen.len() as u64) < n {
+        let Some(m) = c.next().await else { break };
+        seen.insert(m.1);
+        second_life.push(m);
+        c.ack(m.0).await;
+    }
+    let missing: Vec<u64> = (0..n).filter(|i| !seen.contains(i)).take(20).collect();
+    assert!(missing.is_empty(), "lost {missing:?} (first 20)");
+    let first_top = first_life.iter().map(|m| m.0).max().expect("first life");
+    let reused: Vec<_> = second_life
+        .iter()
+        .filter(|m| m.0 <= first_top)
+        .take(5)
+        .collect();
+    assert!(
+        reused.is_empty(),
+        "the second life handed out seqs of the first (up to {first_top}): {reused:?}"
+    );
+    // Within a life, seqs rise with the lines (one reading relay).
+    for life in [&first_life, &second_life] {
+        let bad: Vec<_> = life
+            .windows(2)
+            .filter(|w| w[1].0 <= w[0].0 || w[1].1 <= w[0].1)
+            .take(5)
+            .collect();
+        assert!(bad.is_empty(), "seqs or lines out of order: {bad:?}");
+    }
+    assert_stream_empties(&cluster, stream).await;
+    for r in [a, b] {
+        r.stop().await.expect("relay");
+    }
+}

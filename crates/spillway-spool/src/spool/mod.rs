@@ -230,6 +230,36 @@ fn lock_dir(dir: &std::path::Path) -> Result<std::fs::File, SpoolError> {
     }
 }
 
+/// Makes `dir` an empty spool whose numbering starts at `seq`: for a
+/// spool that is emptied at every start (a scratch queue) but must never
+/// hand a number out twice across starts. `dir` must hold no segment (the
+/// caller emptied it) and must not be open.
+pub fn start_empty_at(fs: &dyn Fs, dir: &Path, seq: u64) -> Result<(), SpoolError> {
+    fs.create_dir_all(dir)
+        .map_err(|e| SpoolError::io("create dir", dir, e))?;
+    let c = crate::cursor::Cursor {
+        ack_floor: seq,
+        next_seq: seq,
+    };
+    match crate::cursor::write_cursor(fs, dir, c, false)? {
+        crate::cursor::CursorWrite::Written => Ok(()),
+        crate::cursor::CursorWrite::NoSpace => Err(SpoolError::io(
+            "write cursor",
+            dir,
+            std::io::Error::from_raw_os_error(libc::ENOSPC),
+        )),
+    }
+}
+
+/// The numbering the cursor of the spool in `dir` last recorded (its
+/// next seq; `None` without a readable cursor).
+pub fn recorded_next_seq(fs: &dyn Fs, dir: &Path) -> Option<u64> {
+    match crate::cursor::read_cursor(fs, dir) {
+        Ok(Some(Ok(c))) => Some(c.next_seq.max(c.ack_floor)),
+        _ => None,
+    }
+}
+
 /// Whether another handle or process holds the spool in `dir` open.
 pub fn is_locked(dir: &std::path::Path) -> bool {
     let Ok(file) = std::fs::File::open(dir.join(LOCK_FILE)) else {

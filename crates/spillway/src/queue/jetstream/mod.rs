@@ -104,6 +104,9 @@ pub(super) fn spool_id(dir: &Path) -> anyhow::Result<u64> {
     }
 }
 
+/// The highest seq an inbox starts at: room for 2^62 messages after it.
+const INBOX_SEQ_LIMIT: u64 = 1 << 62;
+
 /// The inbox's directory (emptied at every start).
 pub(super) fn inbox_dir(spool: &Path) -> PathBuf {
     spool.join("jetstream-inbox")
@@ -118,11 +121,23 @@ pub(super) fn open_inbox(
     fs: Arc<dyn Fs>,
 ) -> anyhow::Result<Spool> {
     let dir = inbox_dir(spool);
+    // The inbox's seqs are what ack-protocol consumers see and acknowledge:
+    // a number handed out in an earlier life must not name another message
+    // now (a consumer that remembers what it processed by seq would skip
+    // it). So numbering starts past what the last life recorded and past
+    // 16 per microsecond of the clock (a life that crashed before
+    // recording its end handed out fewer than that).
+    let recorded = spillway_spool::recorded_next_seq(&*fs, &dir).unwrap_or(0);
     match std::fs::remove_dir_all(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("cannot empty {}", dir.display())),
     }
+    let clock = u64::try_from(crate::units::since_epoch().as_micros())
+        .unwrap_or(u64::MAX / 2)
+        .saturating_mul(16);
+    spillway_spool::start_empty_at(&*fs, &dir, recorded.max(clock).min(INBOX_SEQ_LIMIT))
+        .with_context(|| format!("cannot start the inbox {}", dir.display()))?;
     let mut c = SpoolConfig::new(&dir);
     c.memory_limit = (cfg.max_pending as u64).saturating_mul(cfg.batch_bytes + 4096) + (1 << 20);
     c.max_disk = 0;
