@@ -921,3 +921,112 @@ async fn ack_protocol_seqs_are_never_reused_across_a_relay_restart() {
         r.stop().await.expect("relay");
     }
 }
+
+/// A reading relay whose consumers all left gives what it holds back to
+/// the stream (after 30 s without a consumer), and its pin: a standby
+/// relay with a consumer takes over and delivers everything, the batches
+/// the first relay held included, first deliveries in order. (Before, the
+/// first relay kept them with progress acks until a consumer came back
+/// to it, and with `max_pending` batches held nobody else got any.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_whose_consumers_left_gives_its_batches_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = NatsCluster::start(&dir.path().join("nats"), 1);
+    cluster.wait_ready(Duration::from_secs(60));
+    let stream = "QL";
+    let cfg = JetStream {
+        subject: format!("spillway.{stream}"),
+        pinned: Some(Duration::from_secs(12)),
+        ..js(&cluster, stream)
+    };
+    let d = dir.path();
+    let a = relay(&d.join("a"), |r| r.jetstream = Some(cfg.clone())).await;
+    let b1 = relay(&d.join("b1"), |r| r.jetstream = Some(cfg.clone())).await;
+    // The first relay's consumer reads a little, slowly, and leaves.
+    let mut leaver = LineReader::connect(b1.sink).await;
+    let n = 40_000u64;
+    produce(a.source, 0, n).await;
+    let mut first = Vec::new();
+    let t0 = Instant::now();
+    while first.len() < 1_000 && t0.elapsed() < Duration::from_secs(30) {
+        first.extend(leaver.read().await.expect("the relay stays"));
+    }
+    assert!(
+        !first.is_empty(),
+        "the first relay delivered nothing within 30 s"
+    );
+    drop(leaver);
+    // Only now a standby with a consumer: the first relay holds the pin.
+    let b2 = relay(&d.join("b2"), |r| r.jetstream = Some(cfg.clone())).await;
+    let mut before: BTreeSet<u64> = first.iter().copied().collect();
+    let t_left = Instant::now();
+    let rest = consume_after(b2.sink, &before, n, Duration::from_secs(90)).await;
+    eprintln!(
+        "the first relay delivered {} lines; the standby the rest {:.1?} after the first relay's consumer left",
+        first.len(),
+        t_left.elapsed()
+    );
+    before.extend(&rest);
+    let missing: Vec<u64> = (0..n).filter(|i| !before.contains(i)).take(20).collect();
+    assert!(missing.is_empty(), "lost {missing:?} (first 20)");
+    let mut all = first.clone();
+    all.extend(&rest);
+    check(&all, n);
+    assert_stream_empties(&cluster, stream).await;
+    for r in [a, b1, b2] {
+        r.stop().await.expect("relay");
+    }
+}
+
+/// A stream or durable the server will not make as the route needs it
+/// stops the route with the server's reason, not a retry forever: the
+/// subject belongs to another stream; a second durable on a work-queue
+/// stream (relays sharing a stream with different `consumer` names).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_or_durable_the_server_refuses_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = NatsCluster::start(&dir.path().join("nats"), 1);
+    cluster.wait_ready(Duration::from_secs(60));
+    let mut c = NatsConn::connect(&cluster.url(0)).expect("connect");
+    c.create_stream(&serde_json::json!({
+        "name": "OTHER", "subjects": ["spillway.QO"], "storage": "file", "num_replicas": 1
+    }))
+    .expect("create stream");
+    let stops_with = |cfg: JetStream, spool: std::path::PathBuf| async move {
+        let r = relay(&spool, |r| r.jetstream = Some(cfg)).await;
+        let out = tokio::time::timeout(Duration::from_secs(30), r.serve)
+            .await
+            .expect("the route stops by itself")
+            .expect("serve task");
+        format!("{:#}", out.expect_err("a setup error"))
+    };
+    let e = stops_with(
+        JetStream {
+            subject: "spillway.QO".into(),
+            ..js(&cluster, "QO")
+        },
+        dir.path().join("a"),
+    )
+    .await;
+    assert!(e.contains("cannot create stream QO"), "{e}");
+    assert!(e.contains("overlap"), "{e}");
+
+    let cfg = JetStream {
+        subject: "spillway.QW".into(),
+        ..js(&cluster, "QW")
+    };
+    let b = relay(&dir.path().join("b"), |r| r.jetstream = Some(cfg.clone())).await;
+    let e = stops_with(
+        JetStream {
+            consumer: "another".into(),
+            ..cfg
+        },
+        dir.path().join("c"),
+    )
+    .await;
+    assert!(
+        e.contains("cannot create consumer another of stream QW"),
+        "{e}"
+    );
+    b.stop().await.expect("relay");
+}

@@ -7,7 +7,10 @@
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use async_nats::jetstream::context::{ConsumerInfoErrorKind, GetStreamErrorKind};
+use async_nats::jetstream::context::{
+    ConsumerInfoErrorKind, CreateStreamErrorKind, GetStreamErrorKind,
+};
+use async_nats::jetstream::stream::ConsumerCreateStrictErrorKind;
 use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::{self, consumer, stream};
 
@@ -237,6 +240,25 @@ pub enum Setup {
     Unavailable(anyhow::Error),
 }
 
+/// A create the server refused: a setup error when no retry can help (the
+/// subject belongs to another stream; a work-queue stream has another
+/// consumer on it), else retried (a cluster that is not ready yet).
+fn refused(code: Option<ErrorCode>, e: anyhow::Error) -> Setup {
+    match code {
+        Some(
+            ErrorCode::STREAM_SUBJECT_OVERLAP
+            | ErrorCode::CONSUMER_WQ_MULTIPLE_UNFILTERED
+            | ErrorCode::CONSUMER_WQ_CONSUMER_NOT_UNIQUE
+            | ErrorCode::CONSUMER_OVERLAPPING_SUBJECT_FILTERS,
+        ) => Setup::Mismatch(e.context(
+            "the stream or consumer cannot be made as this route needs it (another stream \
+             has the subject, or another durable reads the work-queue stream: relays sharing \
+             a stream use one consumer name, or groups)",
+        )),
+        _ => Setup::Unavailable(e),
+    }
+}
+
 /// Makes or checks the stream and the durable consumer.
 pub async fn ensure(
     js: &jetstream::Context,
@@ -252,11 +274,20 @@ pub async fn ensure(
         {
             match js.create_stream(want.clone()).await {
                 Ok(s) => s,
-                // Made by another relay meanwhile: checked below.
-                Err(_) => js
-                    .get_stream(&cfg.stream)
-                    .await
-                    .map_err(|e| Setup::Unavailable(anyhow!("stream {}: {e}", cfg.stream)))?,
+                // Made by another relay meanwhile: checked below. If it is
+                // not there, the create's own error says why.
+                Err(create) => {
+                    let code = match create.kind() {
+                        CreateStreamErrorKind::JetStream(j) => Some(j.error_code()),
+                        _ => None,
+                    };
+                    js.get_stream(&cfg.stream).await.map_err(|_| {
+                        refused(
+                            code,
+                            anyhow!("cannot create stream {}: {create}", cfg.stream),
+                        )
+                    })?
+                }
             }
         }
         Err(e) => return Err(Setup::Unavailable(anyhow!("stream {}: {e}", cfg.stream))),
@@ -299,11 +330,23 @@ async fn ensure_consumer(
         {
             match stream.create_consumer_strict(want_c.clone()).await {
                 Ok(mut c) => c.info().await.map_err(|e| unavailable(&e))?.clone(),
-                // Made by another relay meanwhile: checked below.
-                Err(_) => stream
-                    .consumer_info(name)
-                    .await
-                    .map_err(|e| unavailable(&e))?,
+                // Made by another relay meanwhile: checked below. If it is
+                // not there, the create's own error says why.
+                Err(create) => {
+                    let code = match create.kind() {
+                        ConsumerCreateStrictErrorKind::JetStream(j) => Some(j.error_code()),
+                        _ => None,
+                    };
+                    stream.consumer_info(name).await.map_err(|_| {
+                        refused(
+                            code,
+                            anyhow!(
+                                "cannot create consumer {name} of stream {}: {create}",
+                                cfg.stream
+                            ),
+                        )
+                    })?
+                }
             }
         }
         Err(e) => return Err(unavailable(&e)),

@@ -100,12 +100,25 @@ impl<T> Reorder<T> {
         self.next = Some(self.next.map_or(seq, |n| n.max(seq)));
     }
 
+    /// Batches from `seq` on come again (given back to the stream): the
+    /// order starts there again, below where it was.
+    pub fn rewind_to(&mut self, seq: u64) {
+        self.next = Some(self.next.map_or(seq, |n| n.min(seq)));
+    }
+
     pub fn is_empty(&self) -> bool {
         self.waiting.is_empty()
     }
 
     pub fn items(&self) -> impl Iterator<Item = &T> {
         self.waiting.values().map(|(_, t)| t)
+    }
+
+    /// Everything waiting, in stream order, with its stream seq.
+    pub fn drain_with_seqs(&mut self) -> impl Iterator<Item = (u64, T)> {
+        std::mem::take(&mut self.waiting)
+            .into_iter()
+            .map(|(seq, (_, t))| (seq, t))
     }
 
     /// Everything waiting, in stream order.

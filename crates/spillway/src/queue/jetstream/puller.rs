@@ -61,6 +61,9 @@ struct Held {
     end: u64,
     stream_seq: u64,
     acker: Acker,
+    /// The producing spool's seqs it queued (what [`Seen`] holds for it).
+    spool: u64,
+    queued: Vec<(u64, u64)>,
 }
 
 pub(crate) struct Puller<'a> {
@@ -210,9 +213,12 @@ impl Puller<'_> {
             }
             let wanted = last_consumer.is_some_and(|t| now.duration_since(t) < IDLE_RELEASE);
             if !wanted {
-                if messages.take().is_some() && st.held.is_empty() && st.order.is_empty() {
-                    // Nothing held: a standby relay with consumers may
-                    // have the pin now rather than after its TTL.
+                if messages.take().is_some() {
+                    // Its consumers are gone: what it holds goes back to
+                    // the stream, for the relays that have consumers (or
+                    // for this one's when they come back), and a standby
+                    // relay may have the pin now rather than after its TTL.
+                    self.give_back(&mut st).await;
                     self.give_up_pin(&mut st).await;
                 }
             } else if messages.is_none() && now >= retry_at {
@@ -322,7 +328,7 @@ impl Puller<'_> {
                     };
                     backoff = Duration::from_millis(100);
                     if self.pinned.is_some() {
-                        let pin = m.headers.as_ref().and_then(|h| h.get(async_nats::header::NATS_PIN_ID));
+                        let pin = m.headers.as_ref().and_then(|h| h.get_last(async_nats::header::NATS_PIN_ID));
                         if let Some(pin) = pin.filter(|p| st.pin.as_deref() != Some(p.as_str())) {
                             info!(pin = %pin.as_str(), "this relay is the durable's pinned reader");
                             st.pin = Some(pin.as_str().to_string());
@@ -395,13 +401,24 @@ impl Puller<'_> {
         };
         let limit = self.ack_wait * 2 + PULL_EXPIRES;
         if since.elapsed() >= limit {
-            warn!(
-                from = next,
-                to = first - 1,
-                waited = ?limit,
-                "stream batches did not come back; delivering what came after them \
-                 (another relay reading this durable holds them? then set ordered = false)"
-            );
+            if self.pinned.is_some() {
+                warn!(
+                    from = next,
+                    to = first - 1,
+                    waited = ?limit,
+                    "stream batches did not come back; delivering what came after them \
+                     (a relay that lost the pin still holds them? they are delivered \
+                     when it gives them back, counted as reordered)"
+                );
+            } else {
+                warn!(
+                    from = next,
+                    to = first - 1,
+                    waited = ?limit,
+                    "stream batches did not come back; delivering what came after them \
+                     (another relay reading this durable holds them? then set ordered = false)"
+                );
+            }
             order.skip_to(first);
             return;
         }
@@ -471,6 +488,55 @@ impl Puller<'_> {
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => order.skip_to(first),
             Err(e) => debug!(error = %e, "jetstream message lookup failed"),
         }
+    }
+
+    /// Gives every batch this relay holds back to the stream (NAK, in
+    /// stream order) and forgets it: the inbox drops what it still had of
+    /// them, and their seqs are queued again when they come back. For a
+    /// relay whose consumers left: held here, they would keep every other
+    /// relay's consumers waiting (behind them in stream order, or for
+    /// `max_pending` to free up). What a consumer took of them before it
+    /// left comes again: duplicates, never loss.
+    async fn give_back(&self, st: &mut State) {
+        let held: Vec<Held> = st.held.drain(..).collect();
+        let waiting: Vec<(u64, Acker)> = st
+            .order
+            .drain_with_seqs()
+            .map(|(seq, (_, acker))| (seq, acker))
+            .collect();
+        if held.is_empty() && waiting.is_empty() {
+            return;
+        }
+        for h in &held {
+            for &(a, b) in &h.queued {
+                st.seen.remove(h.spool, a, b);
+            }
+        }
+        // Nobody is served from the inbox now: what it still holds of
+        // these batches is dropped (the dispatchers skip to the new floor).
+        self.inbox_io.acker().ack(self.inbox.next_seq());
+        let lowest = held
+            .iter()
+            .map(|h| h.stream_seq)
+            .chain(waiting.iter().map(|&(s, _)| s))
+            .filter(|&s| s > 0)
+            .min();
+        for a in held
+            .iter()
+            .map(|h| &h.acker)
+            .chain(waiting.iter().map(|(_, a)| a))
+        {
+            let _ = a.ack_with(AckKind::Nak(None)).await;
+        }
+        let _ = self.client.flush().await;
+        if let Some(seq) = lowest {
+            st.order.rewind_to(seq);
+        }
+        st.highest.clear();
+        info!(
+            batches = held.len() + waiting.len(),
+            "no consumer here for a while: gave the batches held for them back to the stream"
+        );
     }
 
     /// How long a pull request waits at the server: for a pinned relay,
@@ -574,9 +640,12 @@ impl Puller<'_> {
         let Some(end) = self.queue(&slices, stop).await else {
             return false;
         };
-        for &(a, b) in &parts {
-            st.seen
-                .add(id.spool, id.first + a as u64, id.first + b as u64);
+        let queued: Vec<(u64, u64)> = parts
+            .iter()
+            .map(|&(a, b)| (id.first + a as u64, id.first + b as u64))
+            .collect();
+        for &(a, b) in &queued {
+            st.seen.add(id.spool, a, b);
         }
         self.stats
             .messages_in
@@ -585,6 +654,8 @@ impl Puller<'_> {
             end,
             stream_seq,
             acker,
+            spool: id.spool,
+            queued,
         });
         true
     }
