@@ -213,12 +213,19 @@ impl Puller<'_> {
             }
             let wanted = last_consumer.is_some_and(|t| now.duration_since(t) < IDLE_RELEASE);
             if !wanted {
-                if messages.take().is_some() {
+                if let Some(mut m) = messages.take() {
                     // Its consumers are gone: what it holds goes back to
                     // the stream, for the relays that have consumers (or
                     // for this one's when they come back), and a standby
                     // relay may have the pin now rather than after its TTL.
-                    self.give_back(&mut st).await;
+                    // What the pull received and did not hand over yet
+                    // goes back too.
+                    let mut unread = Vec::new();
+                    while let Some(Some(Ok(msg))) = m.next().now_or_never() {
+                        unread.push(msg.split().1);
+                    }
+                    drop(m);
+                    self.give_back(&mut st, unread).await;
                     self.give_up_pin(&mut st).await;
                 }
             } else if messages.is_none() && now >= retry_at {
@@ -497,14 +504,14 @@ impl Puller<'_> {
     /// relay's consumers waiting (behind them in stream order, or for
     /// `max_pending` to free up). What a consumer took of them before it
     /// left comes again: duplicates, never loss.
-    async fn give_back(&self, st: &mut State) {
+    async fn give_back(&self, st: &mut State, unread: Vec<Acker>) {
         let held: Vec<Held> = st.held.drain(..).collect();
         let waiting: Vec<(u64, Acker)> = st
             .order
             .drain_with_seqs()
             .map(|(seq, (_, acker))| (seq, acker))
             .collect();
-        if held.is_empty() && waiting.is_empty() {
+        if held.is_empty() && waiting.is_empty() && unread.is_empty() {
             return;
         }
         for h in &held {
@@ -525,6 +532,7 @@ impl Puller<'_> {
             .iter()
             .map(|h| &h.acker)
             .chain(waiting.iter().map(|(_, a)| a))
+            .chain(&unread)
         {
             let _ = a.ack_with(AckKind::Nak(None)).await;
         }
@@ -534,7 +542,7 @@ impl Puller<'_> {
         }
         st.highest.clear();
         info!(
-            batches = held.len() + waiting.len(),
+            batches = held.len() + waiting.len() + unread.len(),
             "no consumer here for a while: gave the batches held for them back to the stream"
         );
     }
