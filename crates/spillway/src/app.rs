@@ -115,6 +115,9 @@ struct Running {
     live: Option<Arc<LiveRoute>>,
     /// Stream routes: swaps in a new server.
     swap: Option<watch::Sender<Arc<StreamServer>>>,
+    /// Started by a reload (not at start-up): a setup the cluster refuses
+    /// leaves it down instead of stopping the process.
+    by_reload: bool,
 }
 
 /// The supervisor's view of the process.
@@ -240,7 +243,7 @@ pub async fn run(
         }
     }
     for (route, stop, s) in started {
-        sup.launch(route, stop, s);
+        sup.launch(route, stop, s, false);
     }
     sup.state
         .pending
@@ -430,7 +433,7 @@ fn claims(route: &Route) -> Vec<String> {
 
 impl Supervisor {
     /// Registers a started route and spawns its task.
-    fn launch(&mut self, route: Route, stop: CancellationToken, s: Started) {
+    fn launch(&mut self, route: Route, stop: CancellationToken, s: Started, by_reload: bool) {
         let generation = self.next_generation;
         self.next_generation += 1;
         let name = route.name().to_string();
@@ -455,6 +458,7 @@ impl Supervisor {
                 done,
                 live: Some(s.live),
                 swap: s.swap,
+                by_reload,
             },
         );
     }
@@ -524,8 +528,21 @@ impl Supervisor {
         {
             finished = Some(self.retiring.swap_remove(i));
         }
+        let by_reload = finished.as_ref().is_some_and(|r| r.by_reload);
         if let Some(live) = finished.and_then(|r| r.live) {
             self.state.lock().retain(|l| !Arc::ptr_eq(l, &live));
+        }
+        if let Err(e) = &result {
+            if by_reload && e.downcast_ref::<crate::queue::SetupRefused>().is_some() {
+                // A reload's new settings that the cluster refuses (a
+                // stream or consumer made otherwise): that route is down,
+                // /readyz names it, the others go on; the next reload
+                // with settings that fit starts it again.
+                error!(route = %name, "{e:#}; the route is not running (fix its settings and reload)");
+                self.state.down_lock().insert(name);
+                self.ready();
+                return;
+            }
         }
         if let Err(e) = result {
             // One failed route stops the process: a supervisor restarts it
@@ -757,7 +774,7 @@ impl Supervisor {
             match start(&route, &stop, &self.state, self.drain).await {
                 Ok(s) => {
                     self.state.down_lock().remove(route.name());
-                    self.launch(route, stop, s);
+                    self.launch(route, stop, s, true);
                 }
                 Err(e) => {
                     error!(route = %route.name(), "{e:#}; the route is not running");

@@ -769,7 +769,7 @@ mod tests {
             ),
             (
                 &["--to-protocol", "ack", "--group", "billing"],
-                "--groups are not supported on a jetstream route yet",
+                "--groups on a jetstream route are the stream's consumer groups",
             ),
         ] {
             let cli = Cli::try_parse_from([&queue[..], extra].concat()).expect("flags parse");

@@ -1511,3 +1511,85 @@ fn groups_lose_nothing_when_one_group_s_relay_is_killed() {
     assert_stream_empties(&cluster);
     drop((a, b1, b2));
 }
+
+/// A reload whose jetstream settings the cluster refuses (here: groups on
+/// a stream that exists as a work queue) leaves that route down, named by
+/// `/readyz`, and the process and its other routes running; the next
+/// reload with settings that fit starts it again. (Before, the route's
+/// failure stopped the whole process, the other routes drained with it;
+/// a hostile review found it.)
+#[test]
+fn a_reload_the_cluster_refuses_leaves_that_route_down_and_the_rest_running() {
+    let _serial = heavy();
+    let work = WorkDir::new("reload");
+    let dir = work.path().to_path_buf();
+    let cluster = NatsCluster::start(&dir.join("nats"), 1);
+    cluster.wait_ready(READY_TIMEOUT);
+    let config = js_config(&dir, "m", &cluster, "");
+    let good = std::fs::read_to_string(&config).expect("config");
+    // A second, local route after the jetstream table.
+    let local = format!(
+        "{good}\n[[route]]\nname = \"local\"\nmode = \"queue\"\nfrom = \"listen:127.0.0.1:0\"\n\
+         to = \"listen:127.0.0.1:0\"\nspool = \"{}\"\nframing = \"lines\"\n",
+        dir.join("local-spool").display()
+    );
+    std::fs::write(&config, &local).expect("config");
+    let mut m = Life::start(&dir, &config, "m", 1);
+    // The stream exists now, as a work queue.
+    produce(m.source(), 0, 100);
+    m.wait_messages_in(100);
+
+    std::fs::write(
+        &config,
+        format!("{local}").replace(
+            "batch_bytes = \"16KiB\"\n",
+            "batch_bytes = \"16KiB\"\ngroups = [\"billing\"]\n",
+        ),
+    )
+    .expect("config");
+    assert!(std::fs::read_to_string(&config)
+        .expect("config")
+        .contains("groups"));
+    m.relay.signal("HUP");
+    m.relay.wait_reloads(1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut ready = (0, String::new());
+    while Instant::now() < deadline {
+        ready = common::http_get(m.relay.admin(), "/readyz");
+        if ready.0 == 503 && ready.1.contains('q') {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        ready.0, 503,
+        "/readyz after the refused reload: {}",
+        ready.1
+    );
+    assert!(
+        m.relay
+            .log_text()
+            .contains("retention is WorkQueue, want Interest"),
+        "the refusal is logged"
+    );
+    // The process and the local route go on.
+    let local_src = m.relay.addr("local", "source");
+    let local_snk = m.relay.addr("local", "sink");
+    produce(local_src, 0, 10);
+    let c = Consumer::start(local_snk, None);
+    c.wait_distinct(10, Duration::from_secs(30));
+    drop(c.finish());
+    // Still serving its admin endpoint, still naming the route down.
+    let (code, body) = common::http_get(m.relay.admin(), "/readyz");
+    assert_eq!(code, 503, "{body}");
+
+    // Settings that fit again: the route comes back and delivers.
+    std::fs::write(&config, &local).expect("config");
+    m.relay.signal("HUP");
+    m.relay.wait_reloads(2);
+    m.relay.wait_ready();
+    let c = Consumer::start(m.sink(), None);
+    c.wait_distinct(100, Duration::from_secs(60));
+    drop(c.finish());
+    drop(m);
+}

@@ -585,7 +585,7 @@ group = "audit"
         assert_eq!((e.line, e.col), (8, 10), "{e}");
         assert!(
             e.message.contains(
-                "consumer groups are the stream's: set groups (and group) in [route.jetstream]"
+                "groups on a jetstream route are the stream's consumer groups: set groups (and group) in [route.jetstream]"
             ),
             "{e}"
         );

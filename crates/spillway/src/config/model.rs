@@ -460,7 +460,8 @@ pub fn check_jetstream_max_message(key: &str, v: u64) -> Result<(), String> {
 }
 
 /// A jetstream route's groups are the stream's durable consumers.
-pub const JS_NO_GROUPS: &str = "on a jetstream route, consumer groups are the stream's: set groups (and group) in [route.jetstream]";
+pub const JS_NO_GROUPS: &str =
+    "groups on a jetstream route are the stream's consumer groups: set groups (and group) in [route.jetstream]";
 
 /// The most groups of a jetstream route (as of a local one).
 pub const JS_MAX_GROUPS: usize = 64;

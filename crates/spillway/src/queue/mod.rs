@@ -249,6 +249,21 @@ impl QueueStats {
 
 label!(ProducerEnd, ConsumerEnd);
 
+/// A route stopped because the cluster refused its setup: a JetStream
+/// stream or consumer that exists with other settings, or that cannot be
+/// made as the route needs it. A configuration problem, not a failure of
+/// the running process: after a reload it leaves that route down.
+#[derive(Debug)]
+pub struct SetupRefused(pub String);
+
+impl std::fmt::Display for SetupRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SetupRefused {}
+
 /// A running queue route.
 pub struct QueueServer {
     /// The route's settings; a reload of tunable settings swaps them in
@@ -278,6 +293,8 @@ pub struct QueueServer {
     stats: QueueStats,
     /// Set when the spool failed (poisoned, I/O): the route stops.
     failure: Mutex<Option<String>>,
+    /// The failure is a setup the cluster refused ([`SetupRefused`]).
+    setup_refused: std::sync::atomic::AtomicBool,
     stop: CancellationToken,
     /// Cuts the consumers: cancelled after `stop`, once the producers have
     /// stored what they had read (or half the drain timeout passed), so
@@ -571,6 +588,7 @@ impl QueueServer {
             jetstream: backend,
             stats: QueueStats::default(),
             failure: Mutex::new(None),
+            setup_refused: std::sync::atomic::AtomicBool::new(false),
             stop: shutdown.child_token(),
             cut: CancellationToken::new(),
             stopped_at: std::sync::OnceLock::new(),

@@ -107,6 +107,9 @@ impl QueueServer {
                 let name = me.route().name.clone();
                 let consumer_age = || me.oldest_consumer_age();
                 if let Err(e) = b.run(&name, max_disk, &consumer_age, stop).await {
+                    if e.downcast_ref::<super::SetupRefused>().is_some() {
+                        me.setup_refused.store(true, Ordering::Relaxed);
+                    }
                     me.fail_with("jetstream", &format!("{e:#}"));
                 }
             })
@@ -241,6 +244,9 @@ impl QueueServer {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         match failure {
+            Some(f) if self.setup_refused.load(Ordering::Relaxed) => Err(anyhow::Error::new(
+                super::SetupRefused(format!("route '{name}': {f}")),
+            )),
             Some(f) => Err(anyhow::anyhow!("route '{name}': {f}")),
             None => Ok(()),
         }

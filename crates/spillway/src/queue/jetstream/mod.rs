@@ -199,7 +199,9 @@ impl Backend {
         let consumer = loop {
             match cluster::ensure(&js, &self.cfg, max_disk).await {
                 Ok(c) => break c,
-                Err(cluster::Setup::Mismatch(e)) => return Err(e),
+                Err(cluster::Setup::Mismatch(e)) => {
+                    return Err(anyhow::Error::new(super::SetupRefused(format!("{e:#}"))))
+                }
                 Err(cluster::Setup::Unavailable(e)) => {
                     warn!(error = %e, "jetstream not available yet; producers' messages wait in the spool");
                     tokio::select! {
