@@ -1541,7 +1541,7 @@ fn a_reload_the_cluster_refuses_leaves_that_route_down_and_the_rest_running() {
 
     std::fs::write(
         &config,
-        format!("{local}").replace(
+        local.replace(
             "batch_bytes = \"16KiB\"\n",
             "batch_bytes = \"16KiB\"\ngroups = [\"billing\"]\n",
         ),
