@@ -1509,7 +1509,19 @@ fn groups_lose_nothing_when_one_group_s_relay_is_killed() {
     }
     eprintln!("groups: billing's relay was SIGKILLed after {killed_at} lines; {took:.1?} in all");
     assert_stream_empties(&cluster);
-    drop((a, b1, b2));
+    // A relay whose groups leave one of the stream's out is told so.
+    let partial = js_config(
+        &dir,
+        "c",
+        &cluster,
+        "groups = [\"billing\"]\ngroup = \"billing\"\n",
+    );
+    let c = Life::start(&dir, &partial, "c", 1);
+    let line = c
+        .relay
+        .wait_log("the stream has group durables this relay's groups do not list");
+    assert!(line.contains("spillway-q-audit"), "{line}");
+    drop((a, b1, b2, c));
 }
 
 /// A reload whose jetstream settings the cluster refuses (here: groups on

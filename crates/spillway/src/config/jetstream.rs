@@ -446,6 +446,11 @@ group = "audit"
             ),
             ("group = \"a\"\n", (10, 9), "group 'a' needs groups"),
             (
+                "groups = [\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"]\n",
+                (10, 10),
+                "a group name is 1 to 64 bytes",
+            ),
+            (
                 "groups = [\"a\"]\ngroup = \"b\"\n",
                 (11, 9),
                 "group 'b' is not one of groups [\"a\"]",

@@ -474,6 +474,12 @@ pub fn check_jetstream_groups(key: &str, consumer: &str, groups: &[String]) -> R
     }
     for (i, g) in groups.iter().enumerate() {
         check_jetstream_name(&format!("{key}[{i}]"), g)?;
+        // Ack-protocol consumers name it in their hello.
+        if !spillway_codec::proto::is_valid_name(g.as_bytes()) {
+            return Err(format!(
+                "{key}[{i}] '{g}' is too long: a group name is 1 to 64 bytes (consumers name it in their hello)"
+            ));
+        }
         check_jetstream_name(&format!("{key}[{i}]"), &format!("{consumer}-{g}"))?;
         if groups[..i].contains(g) {
             return Err(format!("{key}: '{g}' is listed twice"));

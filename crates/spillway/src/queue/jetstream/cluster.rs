@@ -15,6 +15,7 @@ use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::{self, consumer, stream};
 
 use crate::config::model::{JetStream, JetStreamAuth};
+use tracing::warn;
 
 /// Connects (in the background: the first connect is retried too, so a
 /// route starts while the cluster is down) and returns the JetStream
@@ -305,11 +306,44 @@ pub async fn ensure(
     for name in cfg.durables() {
         ensure_consumer(&stream, cfg, &name).await?;
     }
+    if !cfg.groups.is_empty() {
+        warn_unlisted_groups(&stream, cfg).await;
+    }
     let name = cfg.durable();
     stream
         .get_consumer(&name)
         .await
         .map_err(|e| Setup::Unavailable(anyhow!("consumer {name}: {e}")))
+}
+
+/// Says which durables of the stream look like another group of this
+/// route (`<consumer>-...`) and are not in this relay's `groups`: a group
+/// another relay lists, or one removed from the configs. Under Interest
+/// retention the stream keeps every batch until each of them acknowledged
+/// it, so one that no relay reads stops every group once the stream is
+/// full. The relay never deletes a durable.
+async fn warn_unlisted_groups(stream: &stream::Stream, cfg: &JetStream) {
+    use futures_util::StreamExt;
+    let prefix = format!("{}-", cfg.consumer);
+    let ours = cfg.durables();
+    let mut names = stream.consumer_names();
+    let mut others = Vec::new();
+    while let Some(Ok(n)) = names.next().await {
+        if n.starts_with(&prefix) && !ours.contains(&n) {
+            others.push(n);
+        }
+    }
+    if !others.is_empty() {
+        warn!(
+            stream = %cfg.stream,
+            durables = ?others,
+            "the stream has group durables this relay's groups do not list; the stream keeps \
+             every batch until each of them acknowledged it, so one no relay reads stops every \
+             group once the stream is full: list it in every relay's groups, or remove it \
+             (nats consumer rm {} NAME)",
+            cfg.stream
+        );
+    }
 }
 
 /// Makes or checks the durable consumer `name` of `stream`.
