@@ -82,6 +82,14 @@ impl Relay {
     }
 }
 
+/// A temp dir and a one-node cluster in it, ready.
+fn one_node() -> (tempfile::TempDir, NatsCluster) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = NatsCluster::start(&dir.path().join("nats"), 1);
+    cluster.wait_ready(Duration::from_secs(60));
+    (dir, cluster)
+}
+
 fn js(cluster: &NatsCluster, stream: &str) -> JetStream {
     let mut j = JetStream::new("q", cluster.client_urls(), stream);
     j.replicas = cluster.len();
@@ -171,6 +179,21 @@ impl LineReader {
         }
     }
 
+    /// Leaves cleanly: half-closes, then reads what the relay sent to its
+    /// EOF (it stops at a message boundary); those lines' numbers.
+    async fn leave(mut self) -> Vec<u64> {
+        let _ = self.s.shutdown().await;
+        let mut got = Vec::new();
+        let end = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < end {
+            match self.read().await {
+                Some(lines) => got.extend(lines),
+                None => break,
+            }
+        }
+        got
+    }
+
     /// The numbers of the lines completed within 200 ms (maybe none);
     /// `None` at the relay's EOF.
     async fn read(&mut self) -> Option<Vec<u64>> {
@@ -242,9 +265,7 @@ async fn assert_stream_empties(cluster: &NatsCluster, stream: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn producers_to_relay_a_to_jetstream_to_relay_b_in_order() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cluster = NatsCluster::start(&dir.path().join("nats"), 1);
-    cluster.wait_ready(Duration::from_secs(60));
+    let (dir, cluster) = one_node();
     let cfg = js(&cluster, "Q1");
     let a = relay(&dir.path().join("a"), |r| r.jetstream = Some(cfg.clone())).await;
     let b = relay(&dir.path().join("b"), |r| r.jetstream = Some(cfg.clone())).await;
@@ -266,9 +287,7 @@ async fn producers_to_relay_a_to_jetstream_to_relay_b_in_order() {
 /// a hostile test: 25,897 of 60,000 lines never arrived).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_port_check_on_a_producing_relay_holds_no_batches() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cluster = NatsCluster::start(&dir.path().join("nats"), 1);
-    cluster.wait_ready(Duration::from_secs(60));
+    let (dir, cluster) = one_node();
     let cfg = JetStream {
         max_pending: 4,
         ..js(&cluster, "Q6")
@@ -300,9 +319,7 @@ async fn a_port_check_on_a_producing_relay_holds_no_batches() {
 /// `ordered = false` none is waited for anyway.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn competing_reading_relays_share_the_queue() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cluster = NatsCluster::start(&dir.path().join("nats"), 1);
-    cluster.wait_ready(Duration::from_secs(60));
+    let (dir, cluster) = one_node();
     // (stream, `ordered` of the two reading relays): both default, both
     // off, and one of each (the unordered one announces itself too).
     for (stream, ordered, ordered_2) in [
@@ -373,9 +390,7 @@ async fn competing_reading_relays_share_the_queue() {
 /// into its spool, and delivers it once the cluster is up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn producers_never_wait_for_an_absent_cluster() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cluster = NatsCluster::start(&dir.path().join("nats"), 1);
-    cluster.wait_ready(Duration::from_secs(60));
+    let (dir, cluster) = one_node();
     let cfg = js(&cluster, "Q2");
     cluster.kill9(0);
     let a = relay(&dir.path().join("a"), |r| r.jetstream = Some(cfg.clone())).await;
@@ -399,9 +414,7 @@ async fn producers_never_wait_for_an_absent_cluster() {
 /// with every difference named.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mismatched_stream_is_a_clear_error() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cluster = NatsCluster::start(&dir.path().join("nats"), 1);
-    cluster.wait_ready(Duration::from_secs(60));
+    let (dir, cluster) = one_node();
     let mut c = NatsConn::connect(&cluster.url(0)).expect("connect");
     c.create_stream(&serde_json::json!({
         "name": "Q3", "subjects": ["spillway.q"], "retention": "limits",
@@ -493,9 +506,7 @@ async fn a_gap_held_by_a_stranger_is_given_up_at_the_hold_limit() {
     use async_nats::jetstream::{consumer, AckKind};
     use futures_util::StreamExt;
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cluster = NatsCluster::start(&dir.path().join("nats"), 1);
-    cluster.wait_ready(Duration::from_secs(60));
+    let (dir, cluster) = one_node();
     let stream = "Q9";
     let cfg = JetStream {
         subject: format!("spillway.{stream}"),
@@ -609,9 +620,7 @@ async fn a_gap_held_by_a_stranger_is_given_up_at_the_hold_limit() {
 /// refused the pinned durable, with the difference named.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pinned_reader_has_the_queue_alone_and_a_standby_takes_over() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cluster = NatsCluster::start(&dir.path().join("nats"), 1);
-    cluster.wait_ready(Duration::from_secs(60));
+    let (dir, cluster) = one_node();
     let stream = "QP";
     let cfg = JetStream {
         subject: format!("spillway.{stream}"),
@@ -722,9 +731,7 @@ async fn a_pinned_reader_has_the_queue_alone_and_a_standby_takes_over() {
 /// retention), with the difference named.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_each_get_every_batch_and_a_group_s_relays_compete() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cluster = NatsCluster::start(&dir.path().join("nats"), 1);
-    cluster.wait_ready(Duration::from_secs(60));
+    let (dir, cluster) = one_node();
     let stream = "QG";
     let base = JetStream {
         subject: format!("spillway.{stream}"),
@@ -753,6 +760,10 @@ async fn groups_each_get_every_batch_and_a_group_s_relays_compete() {
                 let Some(lines) = r.read().await else { break };
                 audit.lock().await.extend(lines);
             }
+            // A clean leave: what the relay sent is read to its EOF (a
+            // plain consumer that closes with unread data loses it).
+            let rest = r.leave().await;
+            audit.lock().await.extend(rest);
         })
     };
     let r2 = audit_reader(c2.sink, n);
@@ -856,9 +867,7 @@ impl AckConsumer {
 /// (a consumer that remembers processed seqs would skip a message).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ack_protocol_seqs_are_never_reused_across_a_relay_restart() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cluster = NatsCluster::start(&dir.path().join("nats"), 1);
-    cluster.wait_ready(Duration::from_secs(60));
+    let (dir, cluster) = one_node();
     let stream = "QA";
     let cfg = JetStream {
         subject: format!("spillway.{stream}"),
@@ -930,9 +939,7 @@ async fn ack_protocol_seqs_are_never_reused_across_a_relay_restart() {
 /// to it, and with `max_pending` batches held nobody else got any.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_whose_consumers_left_gives_its_batches_back() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cluster = NatsCluster::start(&dir.path().join("nats"), 1);
-    cluster.wait_ready(Duration::from_secs(60));
+    let (dir, cluster) = one_node();
     let stream = "QL";
     let cfg = JetStream {
         subject: format!("spillway.{stream}"),
@@ -984,9 +991,7 @@ async fn a_relay_whose_consumers_left_gives_its_batches_back() {
 /// stream (relays sharing a stream with different `consumer` names).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_or_durable_the_server_refuses_is_a_clear_error() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cluster = NatsCluster::start(&dir.path().join("nats"), 1);
-    cluster.wait_ready(Duration::from_secs(60));
+    let (dir, cluster) = one_node();
     let mut c = NatsConn::connect(&cluster.url(0)).expect("connect");
     c.create_stream(&serde_json::json!({
         "name": "OTHER", "subjects": ["spillway.QO"], "storage": "file", "num_replicas": 1
@@ -1016,6 +1021,12 @@ async fn a_stream_or_durable_the_server_refuses_is_a_clear_error() {
         ..js(&cluster, "QW")
     };
     let b = relay(&dir.path().join("b"), |r| r.jetstream = Some(cfg.clone())).await;
+    // Relay B made the stream and its durable once it has published.
+    produce(b.source, 0, 1).await;
+    let end = Instant::now() + Duration::from_secs(30);
+    while stream_messages(&cluster, "QW") != 1 && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let e = stops_with(
         JetStream {
             consumer: "another".into(),

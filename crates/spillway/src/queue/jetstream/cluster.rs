@@ -307,7 +307,9 @@ pub async fn ensure(
         ensure_consumer(&stream, cfg, &name).await?;
     }
     if !cfg.groups.is_empty() {
-        warn_unlisted_groups(&stream, cfg).await;
+        // Advice only: it never holds the route back.
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), warn_unlisted_groups(&stream, cfg)).await;
     }
     let name = cfg.durable();
     stream

@@ -7,13 +7,14 @@
 //!
 //! Up to `max_inflight` batches are published at once, and their PubAcks
 //! are taken in order. When one fails (a timeout, a lost connection, a
-//! leader election), no new batch is started: every batch in flight is
-//! awaited, and the ones not acknowledged are published again, in order,
-//! byte for byte with the same message id, until each is, with backoff.
-//! The stream stores a batch once within its duplicate window. A batch
-//! that failed while a later one was stored lands after it; the reading
-//! relay then delivers it behind the later one, and counts it
-//! (`spillway_jetstream_reordered_batches_total`).
+//! leader election, a full stream), no new batch is started: every batch
+//! in flight is awaited, and the ones not acknowledged are published
+//! again, one at a time and in order, byte for byte with the same message
+//! id, until each is, with backoff. The stream stores a batch once within
+//! its duplicate window. For 10 s after a failure, batches go one at a
+//! time. A batch that failed while a later one already in flight was
+//! stored lands after it; the reading relay then delivers it behind the
+//! later one, and counts it (`spillway_jetstream_reordered_batches_total`).
 
 use std::collections::VecDeque;
 use std::future::{Future, IntoFuture};
@@ -35,6 +36,9 @@ use crate::queue::dispatcher::Dispatcher;
 
 /// Most messages in one batch (besides its byte bound).
 const BATCH_MSGS: usize = 16_384;
+
+/// How long after a failed publish batches go one at a time.
+const CAREFUL: Duration = Duration::from_secs(10);
 
 /// The batch being filled (see [`Publisher::take`]).
 #[derive(Default)]
@@ -78,18 +82,27 @@ impl Publisher<'_> {
         // a busy one sends full batches).
         let mut open = Open::default();
         let mut retry = Duration::ZERO;
+        // Until when batches are published one at a time: after a failed
+        // publish (a full stream, an election), a later batch in flight
+        // can be stored before the failed one is published again, and
+        // its readers would deliver it first. One in flight cannot.
+        let mut careful_until: Option<tokio::time::Instant> = None;
         loop {
+            let inflight = match careful_until {
+                Some(t) if tokio::time::Instant::now() < t => 1,
+                _ => self.max_inflight,
+            };
             // Wait for messages only when there is room and nothing to await.
             let notified = self.outbox.notify().notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let resyncing = flights.iter().any(|f| f.ack.is_none());
             if !resyncing {
-                while flights.len() < self.max_inflight {
+                while flights.len() < inflight {
                     let batches = self.take(
                         me,
                         &mut taken,
-                        self.max_inflight - flights.len(),
+                        inflight - flights.len(),
                         &mut open,
                         flights.is_empty(),
                     );
@@ -110,20 +123,20 @@ impl Publisher<'_> {
             let Some(ack) = front.ack.as_mut() else {
                 // Failed earlier: every later batch has been awaited
                 // (they are all failed or done). Publish the failed ones
-                // again in order after a pause.
+                // again in order after a pause, one at a time: with two in
+                // flight, the second could be stored while the first
+                // fails again.
                 tokio::select! {
                     () = stop.cancelled() => break,
                     () = tokio::time::sleep(retry) => {}
                 }
-                for f in flights.iter_mut().filter(|f| f.ack.is_none()) {
-                    let again = Flight {
-                        id: f.id,
-                        payload: f.payload.clone(),
-                        end: f.end,
-                        ack: None,
-                    };
-                    *f = self.publish(again).await;
-                }
+                let again = Flight {
+                    id: front.id,
+                    payload: front.payload.clone(),
+                    end: front.end,
+                    ack: None,
+                };
+                *front = self.publish(again).await;
                 continue;
             };
             let r = tokio::select! {
@@ -148,6 +161,7 @@ impl Publisher<'_> {
                     debug!(error = %e, first = f.id.first, count = f.id.count, "batch not acknowledged; publishing it again");
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
                     f.ack = None;
+                    careful_until = Some(tokio::time::Instant::now() + CAREFUL);
                     retry = (retry * 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
                     // Await every later batch: what was stored is
                     // acknowledged in order once the failed ones are.
