@@ -82,6 +82,14 @@ impl Relay {
     }
 }
 
+/// [`js`] on a stream of its own subject (streams may not share one).
+fn js_alone(cluster: &NatsCluster, stream: &str) -> JetStream {
+    JetStream {
+        subject: format!("spillway.{stream}"),
+        ..js(cluster, stream)
+    }
+}
+
 /// A temp dir and a one-node cluster in it, ready.
 fn one_node() -> (tempfile::TempDir, NatsCluster) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -329,10 +337,7 @@ async fn competing_reading_relays_share_the_queue() {
     ] {
         let t0 = Instant::now();
         // Streams may not share a subject.
-        let cfg = JetStream {
-            subject: format!("spillway.{stream}"),
-            ..js(&cluster, stream)
-        };
+        let cfg = js_alone(&cluster, stream);
         let d = dir.path().join(stream);
         let a = relay(&d.join("a"), |r| r.jetstream = Some(cfg.clone())).await;
         let reader = |ordered| JetStream {
@@ -509,9 +514,8 @@ async fn a_gap_held_by_a_stranger_is_given_up_at_the_hold_limit() {
     let (dir, cluster) = one_node();
     let stream = "Q9";
     let cfg = JetStream {
-        subject: format!("spillway.{stream}"),
         ack_wait: Duration::from_secs(2),
-        ..js(&cluster, stream)
+        ..js_alone(&cluster, stream)
     };
     let a = relay(&dir.path().join("a"), |r| r.jetstream = Some(cfg.clone())).await;
     // Relay B makes the durable; with no consumer of its own it pulls
@@ -623,9 +627,8 @@ async fn a_pinned_reader_has_the_queue_alone_and_a_standby_takes_over() {
     let (dir, cluster) = one_node();
     let stream = "QP";
     let cfg = JetStream {
-        subject: format!("spillway.{stream}"),
         pinned: Some(Duration::from_secs(12)),
-        ..js(&cluster, stream)
+        ..js_alone(&cluster, stream)
     };
     let d = dir.path();
     let a = relay(&d.join("a"), |r| r.jetstream = Some(cfg.clone())).await;
@@ -734,9 +737,8 @@ async fn groups_each_get_every_batch_and_a_group_s_relays_compete() {
     let (dir, cluster) = one_node();
     let stream = "QG";
     let base = JetStream {
-        subject: format!("spillway.{stream}"),
         groups: vec!["billing".into(), "audit".into()],
-        ..js(&cluster, stream)
+        ..js_alone(&cluster, stream)
     };
     let reads = |g: &str| JetStream {
         group: Some(g.into()),
@@ -869,10 +871,7 @@ impl AckConsumer {
 async fn ack_protocol_seqs_are_never_reused_across_a_relay_restart() {
     let (dir, cluster) = one_node();
     let stream = "QA";
-    let cfg = JetStream {
-        subject: format!("spillway.{stream}"),
-        ..js(&cluster, stream)
-    };
+    let cfg = js_alone(&cluster, stream);
     let d = dir.path();
     let a = relay(&d.join("a"), |r| r.jetstream = Some(cfg.clone())).await;
     let reader = |r: &mut QueueRoute| {
@@ -942,9 +941,8 @@ async fn a_relay_whose_consumers_left_gives_its_batches_back() {
     let (dir, cluster) = one_node();
     let stream = "QL";
     let cfg = JetStream {
-        subject: format!("spillway.{stream}"),
         pinned: Some(Duration::from_secs(12)),
-        ..js(&cluster, stream)
+        ..js_alone(&cluster, stream)
     };
     let d = dir.path();
     let a = relay(&d.join("a"), |r| r.jetstream = Some(cfg.clone())).await;
