@@ -144,6 +144,23 @@ async fn consume_after(
             Ok(Err(_)) | Err(_) => {}
         }
     }
+    // A clean leave: half-close, then read what the relay sent to its
+    // EOF (it stops at a message boundary). A plain consumer that closes
+    // with unread lines in its socket loses them: TCP delivered them.
+    let _ = s.shutdown().await;
+    let end = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < end {
+        match tokio::time::timeout(Duration::from_millis(500), s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => {
+                buf.extend_from_slice(&chunk[..n]);
+                let whole = buf.len() - buf.len() % LINE;
+                got.extend(numbers(&buf[..whole]));
+                buf.drain(..whole);
+            }
+            Err(_) => {}
+        }
+    }
     got
 }
 
