@@ -19,7 +19,7 @@
 //! Acknowledgements go to the spool's maintenance thread (see
 //! `spool_io.rs`); the dispatcher's floor is the only one.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -51,6 +51,14 @@ const AFTER_FAILURE: Duration = Duration::from_millis(100);
 pub(super) struct Dispatcher {
     state: Arc<Mutex<Dispatch>>,
     wake: Arc<Wake>,
+    /// The consumers are caught up (the last read reached the end of the
+    /// spool) and the last read a take made for itself needed no wait
+    /// (the memory tier, the page cache): takes go on reading for
+    /// themselves, and the reader thread is not woken (each wake is a
+    /// context switch, several per thousand small messages). A miss, or
+    /// a read that did not reach the end (a backlog: read ahead in
+    /// parallel with the writes), hands reading back to it.
+    inline: Arc<AtomicBool>,
     /// Consumers wait here for messages (read ahead, or given back).
     notify: Arc<Notify>,
     spool: Spool,
@@ -132,6 +140,7 @@ impl Dispatcher {
         let state = Arc::new(Mutex::new(Dispatch::new(start, redeliver)));
         let notify = Arc::new(Notify::new());
         let wake = Arc::new(Wake::default());
+        let inline = Arc::new(AtomicBool::new(false));
         let (sp, st, w, n, a) = (
             spool.clone(),
             Arc::clone(&state),
@@ -139,16 +148,18 @@ impl Dispatcher {
             Arc::clone(&notify),
             acker.clone(),
         );
+        let il = Arc::clone(&inline);
         let thread = match floors.names()[group].as_str() {
             "" => format!("spool-read:{route}"),
             g => format!("spool-read:{route}:{g}"),
         };
         std::thread::Builder::new()
             .name(thread)
-            .spawn(move || read_loop(&sp, &st, &w, &n, &a))?;
+            .spawn(move || read_loop(&sp, &st, &w, &n, &il, &a))?;
         Ok(Dispatcher {
             state,
             wake,
+            inline,
             notify,
             spool: spool.clone(),
             floors,
@@ -158,10 +169,21 @@ impl Dispatcher {
         })
     }
 
-    /// What the spool's appends call: wakes this group's reader.
+    /// What the spool's appends call: wakes this group's reader, or,
+    /// while takes read for themselves, the consumers waiting to take.
     pub fn waker(&self) -> impl Fn() + Send + Sync + 'static {
-        let w = Arc::clone(&self.wake);
-        move || w.wake()
+        let (w, inline, notify) = (
+            Arc::clone(&self.wake),
+            Arc::clone(&self.inline),
+            Arc::clone(&self.notify),
+        );
+        move || {
+            if inline.load(Ordering::Relaxed) {
+                notify.notify_waiters();
+            } else {
+                w.wake();
+            }
+        }
     }
 
     /// This group's name ("" for the default group).
@@ -282,9 +304,18 @@ impl Dispatcher {
                     let got = self.spool.read_cached(from, n, bytes.min(READ_STEP));
                     d = self.lock();
                     match got {
-                        Ok(Some(msgs)) => d.supply(msgs),
+                        Ok(Some(msgs)) => {
+                            // Caught up: live traffic, read as it comes.
+                            // Behind: a backlog, which the reader reads
+                            // ahead on its own thread, in parallel with
+                            // the writes to the consumers.
+                            let caught_up = caught_up(&msgs, &self.spool);
+                            d.supply(msgs);
+                            self.inline.store(caught_up, Ordering::Relaxed);
+                        }
                         _ => {
                             d.end_read();
+                            self.inline.store(false, Ordering::Relaxed);
                             self.wake.wake();
                         }
                     }
@@ -293,7 +324,9 @@ impl Dispatcher {
             let n = take(&mut d);
             (n, d.read_ahead(AHEAD_MSGS, AHEAD_BYTES).is_some())
         };
-        if low {
+        // Running low: the reader reads ahead, unless takes read for
+        // themselves (the next take that finds nothing reads).
+        if low && !self.inline.load(Ordering::Relaxed) {
             self.wake.wake();
         }
         n
@@ -446,8 +479,20 @@ fn lock(state: &Mutex<Dispatch>) -> MutexGuard<'_, Dispatch> {
     state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Whether a read that returned `msgs` reached the end of the spool.
+fn caught_up(msgs: &[Message], spool: &Spool) -> bool {
+    msgs.last().is_none_or(|m| m.seq + 1 >= spool.next_seq())
+}
+
 /// The spool-read thread: keeps the dispatcher's read-ahead filled.
-fn read_loop(spool: &Spool, state: &Mutex<Dispatch>, wake: &Wake, notify: &Notify, acker: &Acker) {
+fn read_loop(
+    spool: &Spool,
+    state: &Mutex<Dispatch>,
+    wake: &Wake,
+    notify: &Notify,
+    inline: &AtomicBool,
+    acker: &Acker,
+) {
     loop {
         if !wake.clear() {
             return;
@@ -470,7 +515,13 @@ fn read_loop(spool: &Spool, state: &Mutex<Dispatch>, wake: &Wake, notify: &Notif
                 }
             }
             Ok(got) => {
+                // Caught up: the takes read what comes next themselves
+                // (when it needs no wait; they hand it back otherwise).
+                let caught_up = caught_up(&got, spool);
                 lock(state).supply(got);
+                if caught_up {
+                    inline.store(true, Ordering::Relaxed);
+                }
                 notify.notify_waiters();
             }
             // The route closed its spool: nothing more to read.
