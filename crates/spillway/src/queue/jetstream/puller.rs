@@ -61,9 +61,6 @@ struct Held {
     end: u64,
     stream_seq: u64,
     acker: Acker,
-    /// The producing spool's seqs it queued (what [`Seen`] holds for it).
-    spool: u64,
-    queued: Vec<(u64, u64)>,
 }
 
 pub(crate) struct Puller<'a> {
@@ -498,12 +495,11 @@ impl Puller<'_> {
     }
 
     /// Gives every batch this relay holds back to the stream (NAK, in
-    /// stream order) and forgets it: the inbox drops what it still had of
-    /// them, and their seqs are queued again when they come back. For a
-    /// relay whose consumers left: held here, they would keep every other
-    /// relay's consumers waiting (behind them in stream order, or for
-    /// `max_pending` to free up). What a consumer took of them before it
-    /// left comes again: duplicates, never loss.
+    /// stream order) and stops holding it. For a relay whose consumers
+    /// left: held here, they would keep every other relay's consumers
+    /// waiting (behind them in stream order, or for `max_pending` to free
+    /// up). What a consumer took of them before it left comes again:
+    /// duplicates, never loss.
     async fn give_back(&self, st: &mut State, unread: Vec<Acker>) {
         let held: Vec<Held> = st.held.drain(..).collect();
         let waiting: Vec<(u64, Acker)> = st
@@ -514,14 +510,13 @@ impl Puller<'_> {
         if held.is_empty() && waiting.is_empty() && unread.is_empty() {
             return;
         }
-        for h in &held {
-            for &(a, b) in &h.queued {
-                st.seen.remove(h.spool, a, b);
-            }
-        }
-        // Nobody is served from the inbox now: what it still holds of
-        // these batches is dropped (the dispatchers skip to the new floor).
-        self.inbox_io.acker().ack(self.inbox.next_seq());
+        // The inbox keeps its copies: below these batches it may hold a
+        // reset consumer's redelivery window of batches acknowledged to
+        // the stream already, which only this relay still has. So if its
+        // consumers come back, they may get these batches too (also
+        // delivered by other relays): duplicates, never loss. Their seqs
+        // stay queued here, so a copy sent back to this relay is dropped
+        // as a repeat (and acknowledged).
         let lowest = held
             .iter()
             .map(|h| h.stream_seq)
@@ -648,12 +643,9 @@ impl Puller<'_> {
         let Some(end) = self.queue(&slices, stop).await else {
             return false;
         };
-        let queued: Vec<(u64, u64)> = parts
-            .iter()
-            .map(|&(a, b)| (id.first + a as u64, id.first + b as u64))
-            .collect();
-        for &(a, b) in &queued {
-            st.seen.add(id.spool, a, b);
+        for &(a, b) in &parts {
+            st.seen
+                .add(id.spool, id.first + a as u64, id.first + b as u64);
         }
         self.stats
             .messages_in
@@ -662,8 +654,6 @@ impl Puller<'_> {
             end,
             stream_seq,
             acker,
-            spool: id.spool,
-            queued,
         });
         true
     }

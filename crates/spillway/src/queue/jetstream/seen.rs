@@ -46,30 +46,6 @@ impl Seen {
         out
     }
 
-    /// Forgets `[start, end)` of `spool`: those seqs are no longer queued
-    /// here (given back to the stream), so they are queued again when
-    /// they come.
-    pub fn remove(&mut self, spool: u64, start: u64, end: u64) {
-        let Some(r) = self.0.get_mut(&spool) else {
-            return;
-        };
-        let keys: Vec<u64> = r
-            .range(..end)
-            .rev()
-            .take_while(|&(_, &e)| e > start)
-            .map(|(&s, _)| s)
-            .collect();
-        for k in keys {
-            let e = r.remove(&k).unwrap_or(k);
-            if k < start {
-                r.insert(k, start);
-            }
-            if e > end {
-                r.insert(end, e);
-            }
-        }
-    }
-
     pub fn add(&mut self, spool: u64, mut start: u64, mut end: u64) {
         let r = self.0.entry(spool).or_default();
         // Merge with neighbours and overlaps.
@@ -121,20 +97,5 @@ mod tests {
             ..id(10, 5)
         };
         assert_eq!(s.unseen(&other), [(0, 5)], "another spool");
-    }
-
-    #[test]
-    fn removed_seqs_are_unseen_again_and_the_rest_stays() {
-        let mut s = Seen::default();
-        s.add(7, 10, 30);
-        s.remove(7, 15, 20);
-        assert_eq!(s.unseen(&id(10, 20)), [(5, 10)]);
-        s.remove(7, 5, 12);
-        assert_eq!(s.unseen(&id(10, 20)), [(0, 2), (5, 10)]);
-        s.remove(7, 25, 40);
-        assert_eq!(s.unseen(&id(10, 20)), [(0, 2), (5, 10), (15, 20)]);
-        s.remove(7, 0, 100);
-        assert_eq!(s.unseen(&id(10, 20)), [(0, 20)]);
-        s.remove(9, 0, 100);
     }
 }
