@@ -623,6 +623,10 @@ group = "audit"
             Err("group 'b' is not one of groups [\"a\"]".into())
         );
         let mut q = valid.clone();
+        q.jetstream.as_mut().expect("jetstream").groups =
+            (0..65).map(|i| format!("g{i}")).collect();
+        assert_eq!(validate_queue(&q), Err("groups: at most 64 groups".into()));
+        let mut q = valid.clone();
         q.max_message = 1 << 20;
         let e = validate_queue(&q).expect_err("1MiB");
         assert!(e.starts_with("max_message must be at most"), "{e}");

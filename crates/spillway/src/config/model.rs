@@ -278,12 +278,20 @@ impl JetStream {
         }
     }
 
+    /// The group this relay reads: `group`, or the first of `groups`
+    /// (`None` without groups).
+    pub fn read_group(&self) -> Option<&str> {
+        self.group
+            .as_deref()
+            .or(self.groups.first().map(String::as_str))
+    }
+
     /// The durable consumer this relay reads: `consumer`, or with groups
     /// its group's.
     pub fn durable(&self) -> String {
-        match (self.groups.first(), &self.group) {
-            (None, _) => self.consumer.clone(),
-            (Some(first), g) => format!("{}-{}", self.consumer, g.as_ref().unwrap_or(first)),
+        match self.read_group() {
+            None => self.consumer.clone(),
+            Some(g) => format!("{}-{g}", self.consumer),
         }
     }
 

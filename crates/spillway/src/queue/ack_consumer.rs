@@ -436,17 +436,12 @@ impl QueueServer {
                     if self.group(hello.group.as_deref()).is_none() {
                         let route = self.route();
                         let declared = route.groups.join(", ");
-                        let js_group = route
-                            .jetstream
-                            .as_ref()
-                            .filter(|js| !js.groups.is_empty())
-                            .map(|js| js.group.clone().unwrap_or_else(|| js.groups[0].clone()));
+                        let js_group = route.jetstream.as_ref().and_then(|js| js.read_group());
                         return Err(Stop::Error(ProtoError::new(
                             403,
                             match &hello.group {
-                                Some(g) if js_group.is_some() => format!(
-                                    "group '{g}' is not read here: this relay reads group '{}' of the stream",
-                                    js_group.unwrap_or_default()
+                                Some(g) if let Some(reads) = js_group => format!(
+                                    "group '{g}' is not read here: this relay reads group '{reads}' of the stream"
                                 ),
                                 Some(g) if declared.is_empty() => format!(
                                     "undeclared group '{g}': this route declares no groups"

@@ -733,12 +733,14 @@ impl QueueServer {
     fn group(&self, name: Option<&str>) -> Option<&dispatcher::Dispatcher> {
         match name {
             None => self.route().groups.is_empty().then_some(&self.dispatcher),
-            Some(n) => match &self.route().jetstream {
-                Some(js) if !js.groups.is_empty() => {
-                    let reads = js.group.as_ref().or(js.groups.first());
-                    (reads.map(String::as_str) == Some(n)).then_some(&self.dispatcher)
-                }
-                _ => self.dispatchers().find(|d| d.group_name() == n),
+            Some(n) => match self
+                .route()
+                .jetstream
+                .as_ref()
+                .and_then(|js| js.read_group())
+            {
+                Some(reads) => (reads == n).then_some(&self.dispatcher),
+                None => self.dispatchers().find(|d| d.group_name() == n),
             },
         }
     }

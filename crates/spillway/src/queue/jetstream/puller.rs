@@ -405,24 +405,18 @@ impl Puller<'_> {
         };
         let limit = self.ack_wait * 2 + PULL_EXPIRES;
         if since.elapsed() >= limit {
-            if self.pinned.is_some() {
-                warn!(
-                    from = next,
-                    to = first - 1,
-                    waited = ?limit,
-                    "stream batches did not come back; delivering what came after them \
-                     (a relay that lost the pin still holds them? they are delivered \
-                     when it gives them back, counted as reordered)"
-                );
+            let why = if self.pinned.is_some() {
+                "a relay that lost the pin still holds them? they are delivered when it \
+                 gives them back, counted as reordered"
             } else {
-                warn!(
-                    from = next,
-                    to = first - 1,
-                    waited = ?limit,
-                    "stream batches did not come back; delivering what came after them \
-                     (another relay reading this durable holds them? then set ordered = false)"
-                );
-            }
+                "another relay reading this durable holds them? then set ordered = false"
+            };
+            warn!(
+                from = next,
+                to = first - 1,
+                waited = ?limit,
+                "stream batches did not come back; delivering what came after them ({why})"
+            );
             order.skip_to(first);
             return;
         }
