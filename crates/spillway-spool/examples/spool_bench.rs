@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use spillway_spool::{Durability, Spool, SpoolConfig, WhenFull};
+use std::sync::mpsc;
+
+use spillway_spool::{Batch, Durability, Spool, SpoolConfig, SpoolError, WhenFull};
 
 // Limits measured on this machine before the spool existed (issue 3).
 /// This disk's sequential write bandwidth with one fdatasync at the end, the
@@ -110,6 +112,131 @@ fn append_run(
     }
 }
 
+/// As [`append_run`], but through the threads the relay runs a queue
+/// route's spool on (`crates/spillway/src/queue/spool_io.rs`): producers
+/// encode their batch and hand it to one writer thread
+/// (`try_append_batch`, which never waits for a sync or a roll), with one
+/// batch in flight each (the next is encoded while it is written); a
+/// commit thread makes `Always` appends durable with group commit; a
+/// maintenance thread runs `tick` (the interval sync, the slow half of a
+/// roll, deletions, the next spare) and acks every 20 ms.
+fn pipeline_run(
+    dir: &Path,
+    durability: Durability,
+    size: usize,
+    batch: usize,
+    threads: usize,
+    dur: Duration,
+    max_bytes: u64,
+) -> Run {
+    type Reply = mpsc::Sender<Result<(), SpoolError>>;
+    let (s, _) = Spool::open(config(dir, durability)).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let total = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let always = matches!(durability, Durability::Always);
+    let (to_commit, commits) = mpsc::channel::<(u64, Reply)>();
+    let committer = {
+        let s = s.clone();
+        std::thread::spawn(move || {
+            while let Ok(first) = commits.recv() {
+                let mut jobs = vec![first];
+                jobs.extend(std::iter::from_fn(|| commits.try_recv().ok()));
+                let upto = jobs.iter().map(|j| j.0).max().unwrap_or(0);
+                s.wait_durable(upto).unwrap();
+                for (_, reply) in jobs {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+        })
+    };
+    let (to_writer, appends) = mpsc::channel::<(Batch, Reply)>();
+    let writer = {
+        let s = s.clone();
+        std::thread::spawn(move || {
+            while let Ok((mut b, reply)) = appends.recv() {
+                let r = loop {
+                    match s.try_append_batch(&mut b, false) {
+                        // No max_disk here: only a full file system.
+                        Err(SpoolError::Full { .. }) => {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        r => break r,
+                    }
+                };
+                match r.unwrap() {
+                    (_, Some(lsn)) if always => to_commit.send((lsn, reply)).unwrap(),
+                    _ => {
+                        let _ = reply.send(Ok(()));
+                    }
+                }
+            }
+        })
+    };
+    let maint = {
+        let s = s.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(20));
+                s.tick().unwrap();
+                let n = s.next_seq();
+                s.ack(n.saturating_sub(1)).unwrap();
+            }
+        })
+    };
+    let mut hs = Vec::new();
+    for t in 0..threads {
+        let s = s.clone();
+        let stop = stop.clone();
+        let total = total.clone();
+        let to_writer = to_writer.clone();
+        hs.push(std::thread::spawn(move || {
+            let payload: Vec<Vec<u8>> = (0..batch).map(|i| vec![(t + i) as u8; size]).collect();
+            let refs: Vec<&[u8]> = payload.iter().map(|v| &v[..]).collect();
+            let (reply, answers) = mpsc::channel::<Result<(), SpoolError>>();
+            let mut in_flight = false;
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let b = s.encode(&refs).unwrap();
+                if in_flight {
+                    answers.recv().unwrap().unwrap();
+                    n += batch as u64;
+                }
+                to_writer.send((b, reply.clone())).unwrap();
+                in_flight = true;
+                if total.fetch_add((batch * size) as u64, Ordering::Relaxed) > max_bytes {
+                    break;
+                }
+            }
+            if in_flight {
+                answers.recv().unwrap().unwrap();
+                n += batch as u64;
+            }
+            n
+        }));
+    }
+    drop(to_writer);
+    while start.elapsed() < dur && total.load(Ordering::Relaxed) <= max_bytes {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let msgs: u64 = hs.into_iter().map(|h| h.join().unwrap()).sum();
+    writer.join().unwrap();
+    committer.join().unwrap();
+    s.sync().unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    maint.join().unwrap();
+    let st = s.stats();
+    s.close().unwrap();
+    Run {
+        msgs,
+        bytes: msgs * size as u64,
+        disk_bytes: st.bytes_written,
+        secs,
+    }
+}
+
 fn fresh(root: &Path, name: &str) -> std::path::PathBuf {
     let d = root.join(name);
     let _ = std::fs::remove_dir_all(&d);
@@ -125,103 +252,169 @@ fn main() {
     let root = tmp.path();
     println!("spool_bench in {}", root.display());
     println!("{:<58} {:>14} {:>10}", "measure", "value", "of limit");
+    // SPOOL_BENCH_ONLY=<key> runs one measure (for profiling): 64b, 64k,
+    // 64k-pipe, never, always64, always64-pipe, always1, recovery
+    // (recovery and read-back). PIPE_PRODUCERS=<n>: producers of the
+    // 64k-pipe row (1: one producer's batches, one in flight, as one
+    // producer connection of the relay).
+    let only = std::env::var("SPOOL_BENCH_ONLY").ok();
+    let want = |key: &str| only.as_deref().is_none_or(|o| o == key);
 
-    let r = append_run(
-        &fresh(root, "a"),
-        Durability::Interval(Duration::from_millis(100)),
-        64,
-        1024,
-        1,
-        Duration::from_secs(3),
-        u64::MAX,
-    );
-    let mps = r.msgs as f64 / r.secs;
-    println!(
-        "{:<58} {:>12.2} M {:>9.0}%",
-        "append 64 B msgs/s, Interval(100ms), 1024 per batch",
-        mps / 1e6,
-        mps / 2e6 * 100.0
-    );
-    println!(
-        "{:<58} {:>12.0} MB/s",
-        "  same, payload MB/s",
-        r.bytes as f64 / r.secs / 1e6
-    );
-    println!(
-        "{:<58} {:>14.2}",
-        "disk bytes per 64 B message",
-        r.disk_bytes as f64 / r.msgs as f64
-    );
+    if want("64b") {
+        let r = append_run(
+            &fresh(root, "a"),
+            Durability::Interval(Duration::from_millis(100)),
+            64,
+            1024,
+            1,
+            Duration::from_secs(3),
+            u64::MAX,
+        );
+        let mps = r.msgs as f64 / r.secs;
+        println!(
+            "{:<58} {:>12.2} M {:>9.0}%",
+            "append 64 B msgs/s, Interval(100ms), 1024 per batch",
+            mps / 1e6,
+            mps / 2e6 * 100.0
+        );
+        println!(
+            "{:<58} {:>12.0} MB/s",
+            "  same, payload MB/s",
+            r.bytes as f64 / r.secs / 1e6
+        );
+        println!(
+            "{:<58} {:>14.2}",
+            "disk bytes per 64 B message",
+            r.disk_bytes as f64 / r.msgs as f64
+        );
+    }
 
-    let r = append_run(
-        &fresh(root, "b"),
-        Durability::Interval(Duration::from_millis(100)),
-        64 * 1024,
-        1,
-        1,
-        Duration::from_secs(4),
-        8 << 30,
-    );
-    let bps = r.bytes as f64 / r.secs;
-    println!(
-        "{:<58} {:>10.0} MB/s {:>9.0}%",
-        "append 64 KiB msgs, Interval(100ms), 1 thread",
-        bps / 1e6,
-        bps / seq_fdatasync_bps() * 100.0
-    );
+    if want("64k") {
+        let r = append_run(
+            &fresh(root, "b"),
+            Durability::Interval(Duration::from_millis(100)),
+            64 * 1024,
+            1,
+            1,
+            Duration::from_secs(4),
+            8 << 30,
+        );
+        let bps = r.bytes as f64 / r.secs;
+        println!(
+            "{:<58} {:>10.0} MB/s {:>9.0}%",
+            "append 64 KiB msgs, Interval(100ms), 1 thread",
+            bps / 1e6,
+            bps / seq_fdatasync_bps() * 100.0
+        );
+    }
 
-    let r = append_run(
-        &fresh(root, "b2"),
-        Durability::Never,
-        1024,
-        64,
-        1,
-        Duration::from_secs(2),
-        4 << 30,
-    );
-    println!(
-        "{:<58} {:>10.0} MB/s",
-        "append 1 KiB msgs x64 per batch, Never",
-        r.bytes as f64 / r.secs / 1e6
-    );
+    if want("64k-pipe") {
+        let r = pipeline_run(
+            &fresh(root, "bp"),
+            Durability::Interval(Duration::from_millis(100)),
+            64 * 1024,
+            1,
+            std::env::var("PIPE_PRODUCERS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1),
+            Duration::from_secs(4),
+            8 << 30,
+        );
+        let bps = r.bytes as f64 / r.secs;
+        println!(
+            "{:<58} {:>10.0} MB/s {:>9.0}%",
+            "  same, through the relay's spool threads",
+            bps / 1e6,
+            bps / seq_fdatasync_bps() * 100.0
+        );
+    }
 
-    let r = append_run(
-        &fresh(root, "c"),
-        Durability::Always,
-        1024,
-        64,
-        64,
-        Duration::from_secs(4),
-        8 << 30,
-    );
-    let bps = r.bytes as f64 / r.secs;
-    println!(
-        "{:<58} {:>10.0} MB/s {:>9.0}%",
-        "Always, 64 writer threads, 64 KiB (64 x 1 KiB) per append",
-        bps / 1e6,
-        bps / seq_fdatasync_bps() * 100.0
-    );
-    println!(
-        "{:<58} {:>12.0}/s",
-        "  appends acknowledged durable",
-        r.msgs as f64 / 64.0 / r.secs
-    );
+    if want("never") {
+        let r = append_run(
+            &fresh(root, "b2"),
+            Durability::Never,
+            1024,
+            64,
+            1,
+            Duration::from_secs(2),
+            4 << 30,
+        );
+        println!(
+            "{:<58} {:>10.0} MB/s",
+            "append 1 KiB msgs x64 per batch, Never",
+            r.bytes as f64 / r.secs / 1e6
+        );
+    }
 
-    let r = append_run(
-        &fresh(root, "c1"),
-        Durability::Always,
-        1024,
-        64,
-        1,
-        Duration::from_secs(2),
-        8 << 30,
-    );
-    println!(
-        "{:<58} {:>10.0} MB/s",
-        "Always, 1 writer thread, 64 KiB per append",
-        r.bytes as f64 / r.secs / 1e6
-    );
+    if want("always64") {
+        let r = append_run(
+            &fresh(root, "c"),
+            Durability::Always,
+            1024,
+            64,
+            64,
+            Duration::from_secs(4),
+            8 << 30,
+        );
+        let bps = r.bytes as f64 / r.secs;
+        println!(
+            "{:<58} {:>10.0} MB/s {:>9.0}%",
+            "Always, 64 writer threads, 64 KiB (64 x 1 KiB) per append",
+            bps / 1e6,
+            bps / seq_fdatasync_bps() * 100.0
+        );
+        println!(
+            "{:<58} {:>12.0}/s",
+            "  appends acknowledged durable",
+            r.msgs as f64 / 64.0 / r.secs
+        );
+    }
 
+    if want("always64-pipe") {
+        let r = pipeline_run(
+            &fresh(root, "cp"),
+            Durability::Always,
+            1024,
+            64,
+            64,
+            Duration::from_secs(4),
+            8 << 30,
+        );
+        let bps = r.bytes as f64 / r.secs;
+        println!(
+            "{:<58} {:>10.0} MB/s {:>9.0}%",
+            "  same, 64 producers through the relay's spool threads",
+            bps / 1e6,
+            bps / seq_fdatasync_bps() * 100.0
+        );
+        println!(
+            "{:<58} {:>12.0}/s",
+            "  appends acknowledged durable",
+            r.msgs as f64 / 64.0 / r.secs
+        );
+    }
+
+    if want("always1") {
+        let r = append_run(
+            &fresh(root, "c1"),
+            Durability::Always,
+            1024,
+            64,
+            1,
+            Duration::from_secs(2),
+            8 << 30,
+        );
+        println!(
+            "{:<58} {:>10.0} MB/s",
+            "Always, 1 writer thread, 64 KiB per append",
+            r.bytes as f64 / r.secs / 1e6
+        );
+    }
+
+    if !want("recovery") {
+        return;
+    }
     // 4 GiB spool: write with Never (fast), close, then time open + read.
     let d = fresh(root, "big");
     let t = Instant::now();
