@@ -1,18 +1,21 @@
 //! The engine: memory tier, segment log, group commit, acks, space policy.
 //!
 //! The public handle and its API are here; each job of the engine has its
-//! own file: `state` (what is held, behind which lock), `writer` (appends,
+//! own file: `state` (what is held, behind which lock), `memtier` (the
+//! memory tier's batches), `writer` (appends,
 //! rolls), `sync` (fsync, group commit, cursor persists), `retention`
 //! (deleting and dropping segments), `reader` (reads).
 
+mod memtier;
 mod reader;
 mod retention;
 mod state;
 mod sync;
 mod writer;
 
-use state::{disk_msgs, disk_pending, encoded_len, oldest_disk_ms};
-pub(crate) use state::{Core, IndexEntry, Inner, MemMsg, PendingRoll, ReadTail, Seg, SyncState};
+use memtier::MemTier;
+use state::{disk_msgs, disk_pending, oldest_disk_ms};
+pub(crate) use state::{Core, IndexEntry, Inner, PendingRoll, ReadTail, Seg, SyncState};
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -31,9 +34,8 @@ use crate::cursor::{
 };
 use crate::error::{FullReason, SpoolError};
 use crate::format::{
-    encode_batch, finalize, segment_file_name, segment_size_bound, split_payload,
-    split_payload_while, varint_len, EncodedBatch, SegmentHeader, MAX_MESSAGE_LIMIT,
-    SEGMENT_HEADER_LEN,
+    encode_batch, finalize, segment_file_name, segment_size_bound, split_payload_while,
+    EncodedBatch, SegmentHeader, MAX_MESSAGE_LIMIT, SEGMENT_HEADER_LEN,
 };
 use crate::fs::{is_no_space, write_all_at, Fs, SegmentFile, StdFs};
 use crate::recovery::{recover, RecoveryReport};
@@ -367,7 +369,7 @@ impl Spool {
         let mut core = lock(&inner.core);
         *inner.live.write().unwrap_or_else(|e| e.into_inner()) = t;
         if !core.mem.is_empty()
-            && segment_size_bound(core.mem_encoded, core.mem.len() as u64) > t.memory_limit
+            && segment_size_bound(core.mem.encoded(), core.mem.len() as u64) > t.memory_limit
         {
             // Under the lock, like `close`: a reload is rare, and the tier
             // must not change while it is written. A failed fsync poisons
@@ -389,7 +391,7 @@ impl Spool {
             let keep = if core.mem.is_empty() {
                 t.memory_limit
             } else {
-                segment_size_bound(core.mem_encoded, core.mem.len() as u64).max(t.memory_limit)
+                segment_size_bound(core.mem.encoded(), core.mem.len() as u64).max(t.memory_limit)
             };
             if keep < core.mem_capacity {
                 core.mem_capacity = keep;
@@ -482,14 +484,8 @@ impl Spool {
             return Ok(());
         }
         core.floor = upto;
-        while core.mem_first < core.floor {
-            let Some(m) = core.mem.pop_front() else {
-                break;
-            };
-            core.mem_bytes -= m.data.len() as u64;
-            core.mem_encoded -= encoded_len(&m.data);
-            core.mem_first += 1;
-        }
+        let floor = core.floor;
+        core.mem.ack(floor);
         let seg_size = inner.live().segment_size;
         let waiters = core.space_waiters > 0;
         // The segments leave the log under the lock; the unlinks, the
@@ -650,17 +646,9 @@ impl Spool {
             .delivered
             .load(Ordering::Relaxed)
             .clamp(core.floor, core.next_seq);
-        let skip = usize::try_from(from.saturating_sub(core.mem_first))
-            .unwrap_or(usize::MAX)
-            .min(core.mem.len());
-        let kept: u64 = core
-            .mem
-            .iter()
-            .take(skip)
-            .map(|m| m.data.len() as u64)
-            .sum();
-        s.mem_msgs = (core.mem.len() - skip) as u64;
-        s.mem_bytes = core.mem_bytes - kept;
+        let (kept_msgs, kept) = core.mem.below(from);
+        s.mem_msgs = core.mem.len() as u64 - kept_msgs;
+        s.mem_bytes = core.mem.bytes() - kept;
         s.mem_reserved = core.mem_capacity;
         s.disk_msgs = disk_msgs(&core, from);
         s.disk_bytes = core.disk_bytes;
@@ -670,8 +658,8 @@ impl Spool {
         s.retain_floor = core.floor;
         s.cursor_dirty = core.cursor_owed.is_some();
         s.poisoned = inner.poisoned.load(Ordering::Relaxed);
-        let oldest_ms = if let Some(m) = core.mem.get(skip) {
-            Some(m.ms)
+        let oldest_ms = if let Some(ms) = core.mem.ms_of(from.max(core.mem.first())) {
+            Some(ms)
         } else if s.disk_msgs > 0 {
             oldest_disk_ms(&core, from)
         } else {
@@ -730,8 +718,8 @@ impl Spool {
         if !core.mem.is_empty() {
             let not_written = |core: &Core, source: SpoolError| SpoolError::MemoryTierNotWritten {
                 msgs: core.mem.len() as u64,
-                bytes: core.mem_bytes,
-                first_seq: core.mem_first,
+                bytes: core.mem.bytes(),
+                first_seq: core.mem.first(),
                 source: Box::new(source),
             };
             if let Err(e) = inner.check_poison() {

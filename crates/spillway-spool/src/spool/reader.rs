@@ -45,22 +45,21 @@ impl Inner {
                 if pos >= core.next_seq {
                     break;
                 }
-                let mem_end = core.mem_first + core.mem.len() as u64;
-                if !core.mem.is_empty() && pos >= core.mem_first && pos < mem_end {
-                    let mut i = (pos - core.mem_first) as usize;
-                    while let Some(m) = core.mem.get(i) {
+                if core.mem.holds(pos) {
+                    // Room for what this read may take (bounded: a byte
+                    // limit may end it much earlier).
+                    let held = core.mem.first() + core.mem.len() as u64 - pos;
+                    let want = max_msgs.saturating_sub(out.len()).min(1024);
+                    out.reserve(want.min(usize::try_from(held).unwrap_or(usize::MAX)));
+                    core.mem.read(pos, |m| {
                         if full(&out, bytes) {
-                            break;
+                            return false;
                         }
                         bytes += m.data.len();
-                        out.push(Message {
-                            seq: pos,
-                            data: m.data.clone(),
-                            append_ms: m.ms,
-                        });
+                        out.push(m);
                         pos += 1;
-                        i += 1;
-                    }
+                        true
+                    });
                     if full(&out, bytes) {
                         break;
                     }

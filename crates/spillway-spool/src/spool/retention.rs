@@ -124,10 +124,8 @@ impl Inner {
         let end = core.segs.get(1).map_or(core.disk_end, |s| s.first_seq);
         let start = core.floor.max(front.first_seq);
         let msgs = end.saturating_sub(start) + core.mem.len() as u64;
-        let bytes = front.len.saturating_sub(SEGMENT_HEADER_LEN) + core.mem_bytes;
+        let bytes = front.len.saturating_sub(SEGMENT_HEADER_LEN) + core.mem.bytes();
         core.mem.clear();
-        core.mem_bytes = 0;
-        core.mem_encoded = 0;
         core.floor = core.floor.max(end);
         let mut taken = false;
         self.doom_segments_while(core, |_, _| !std::mem::replace(&mut taken, true));

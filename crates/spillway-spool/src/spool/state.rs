@@ -25,24 +25,13 @@ pub(crate) struct Seg {
     pub index: Vec<IndexEntry>,
 }
 
-#[derive(Debug)]
-pub(crate) struct MemMsg {
-    pub data: Bytes,
-    pub ms: u64,
-}
-
 /// Everything behind the main lock.
 #[derive(Debug)]
 pub(crate) struct Core {
     pub next_seq: u64,
     /// Lowest sequence number not yet acknowledged (or dropped).
     pub floor: u64,
-    pub mem: VecDeque<MemMsg>,
-    pub mem_first: u64,
-    pub mem_bytes: u64,
-    /// The memory tier's messages as `close` encodes them (length varints
-    /// + bytes), for the admission check against `mem_capacity`.
-    pub mem_encoded: u64,
+    pub mem: MemTier,
     /// Bytes of the reserve file: the largest segment the memory tier may
     /// become (at most `memory_limit`; less when the disk was full).
     pub mem_capacity: u64,
@@ -198,12 +187,6 @@ pub(crate) struct Inner {
 /// disk, to keep FIFO order across the tiers).
 pub(super) fn disk_pending(core: &Core) -> bool {
     !core.segs.is_empty() && core.disk_end > core.floor
-}
-
-/// Bytes a message takes in a record payload.
-pub(super) fn encoded_len(data: &[u8]) -> u64 {
-    // Messages are at most `MAX_MESSAGE_LIMIT` (< u32::MAX) bytes.
-    (varint_len(data.len() as u32) + data.len()) as u64
 }
 
 /// Messages on disk at or above `from` (at least the floor).

@@ -142,7 +142,7 @@ impl Spool {
             if !disk_pending(&core)
                 && t.memory_limit > 0
                 && segment_size_bound(
-                    core.mem_encoded + batch.encoded_payload(),
+                    core.mem.encoded() + batch.encoded_payload(),
                     (core.mem.len() + batch.msgs) as u64,
                 ) <= core.mem_capacity
             {
@@ -357,22 +357,8 @@ impl Inner {
 
     pub(super) fn push_mem(&self, core: &mut Core, batch: EncodedBatch) -> u64 {
         let first = core.next_seq;
-        if core.mem.is_empty() {
-            core.mem_first = first;
-        }
-        let ms = now_ms();
-        core.mem_encoded += batch.encoded_payload();
-        let buf = batch.buf.freeze();
-        for span in &batch.spans {
-            let start = span.start + crate::format::RECORD_HEADER_LEN;
-            let len = crate::format::le_u32(&buf[span.start..span.start + 4]) as usize;
-            let payload = buf.slice(start..start + len);
-            split_payload(&payload, span.count, |data| {
-                core.mem.push_back(MemMsg { data, ms });
-            });
-        }
-        core.mem_bytes += batch.payload_bytes;
         core.next_seq += batch.msgs as u64;
+        core.mem.push(first, now_ms(), batch);
         first
     }
 
@@ -636,9 +622,9 @@ impl Inner {
     /// first seq, via a temp file + rename so a crash cannot leave a torn
     /// segment in the middle of the log.
     pub(super) fn flush_mem(&self, core: &mut Core) -> Result<(), SpoolError> {
-        let first = core.mem_first;
-        let oldest_ms = core.mem.front().map_or_else(now_ms, |m| m.ms);
-        let mut batch = encode_batch_owned(&core.mem);
+        let first = core.mem.first();
+        let oldest_ms = core.mem.ms_of(first).unwrap_or_else(now_ms);
+        let mut batch = encode_batch(core.mem.payloads());
         finalize(&mut batch, first, oldest_ms);
         let name = segment_file_name(first);
         let path = self.cfg.dir.join(&name);
@@ -689,12 +675,6 @@ impl Inner {
         core.disk_bytes += len;
         self.st.bytes_written.fetch_add(len, Ordering::Relaxed);
         core.mem.clear();
-        core.mem_bytes = 0;
-        core.mem_encoded = 0;
         Ok(())
     }
-}
-
-pub(super) fn encode_batch_owned(mem: &VecDeque<MemMsg>) -> EncodedBatch {
-    encode_batch(mem.iter().map(|m| &m.data[..]))
 }
