@@ -271,6 +271,11 @@ struct QueueArgs {
     /// standby and take over within 30 s of its last pull.
     #[arg(long, requires = "jetstream", conflicts_with = "jetstream_unordered")]
     jetstream_pinned: bool,
+    /// JetStream: with --jetstream-pinned, how long the server keeps the
+    /// pin of a reading relay that stopped pulling (a crashed one), 12s to
+    /// 1h [default: 30s]. Every relay of the durable must use the same.
+    #[arg(long, value_name = "DURATION", requires = "jetstream_pinned")]
+    jetstream_pinned_ttl: Option<HumanDuration>,
     #[arg(long, default_value_t = HumanDuration(defaults::CONNECT_TIMEOUT))]
     connect_timeout: HumanDuration,
     #[arg(long, default_value_t = HumanDuration(defaults::DRAIN_TIMEOUT))]
@@ -366,7 +371,11 @@ impl QueueArgs {
         }
         js.ordered = !self.jetstream_unordered;
         if self.jetstream_pinned {
-            js.pinned = Some(defaults::JS_PINNED_TTL);
+            let ttl = self
+                .jetstream_pinned_ttl
+                .map_or(defaults::JS_PINNED_TTL, |d| d.0);
+            model::check_jetstream_pinned_ttl("--jetstream-pinned-ttl", ttl)?;
+            js.pinned = Some(ttl);
         }
         Ok(Some(js))
     }
@@ -723,6 +732,28 @@ mod tests {
         )
         .expect("valid file");
         assert_eq!(flags, from_file);
+
+        // Pinned, with the default TTL and with another one.
+        let js = [
+            "--jetstream",
+            "nats://a:4222",
+            "--jetstream-stream",
+            "EVENTS",
+        ];
+        let section = "[route.jetstream]\nservers = [\"nats://a:4222\"]\nstream = \"EVENTS\"\npinned = true\n";
+        for (ttl_flag, ttl_key) in [
+            (&[][..], ""),
+            (
+                &["--jetstream-pinned-ttl", "2m"][..],
+                "pinned_ttl = \"2m\"\n",
+            ),
+        ] {
+            let flags = from_flags(&[&queue[..], &js, &["--jetstream-pinned"], ttl_flag].concat());
+            let from_file =
+                config::parse(Path::new("t.toml"), &format!("{file}{section}{ttl_key}"))
+                    .expect("valid file");
+            assert_eq!(flags, from_file, "{ttl_flag:?}");
+        }
     }
 
     /// Each refusal names the flag, with the file's reason.
@@ -771,6 +802,10 @@ mod tests {
                 &["--to-protocol", "ack", "--group", "billing"],
                 "--groups on a jetstream route are the stream's consumer groups",
             ),
+            (
+                &["--jetstream-pinned", "--jetstream-pinned-ttl", "5s"],
+                "--jetstream-pinned-ttl must be between 12s and 3600s",
+            ),
         ] {
             let cli = Cli::try_parse_from([&queue[..], extra].concat()).expect("flags parse");
             let Command::Queue(a) = cli.command else {
@@ -800,6 +835,10 @@ mod tests {
             (
                 &[&queue[..8], &["--jetstream-replicas", "1"]].concat()[..],
                 "--jetstream <URL>",
+            ),
+            (
+                &[&queue[..], &["--jetstream-pinned-ttl", "1m"]].concat()[..],
+                "--jetstream-pinned",
             ),
         ] {
             let e = Cli::try_parse_from(without).err().expect("refused by clap");

@@ -38,6 +38,18 @@ use crate::queue::spool_io::SpoolIo;
 const FLOOR_POLL: Duration = Duration::from_millis(10);
 /// How long a pull request waits at the server.
 const PULL_EXPIRES: Duration = Duration::from_secs(10);
+
+/// [`PULL_EXPIRES`], or for a relay pinned with this TTL, at most half of
+/// what is left of the TTL after 5 s: a request renewed at its expiry, or
+/// up to 5 s after it, comes well before the server gives the pin away.
+fn pull_expires(pinned: Option<Duration>) -> Duration {
+    match pinned {
+        Some(ttl) => PULL_EXPIRES
+            .min(ttl.saturating_sub(Duration::from_secs(5)) / 2)
+            .max(Duration::from_secs(1)),
+        None => PULL_EXPIRES,
+    }
+}
 /// How long after the last consumer left the relay stops pulling: past a
 /// pull request's expiry, so that nothing is sent to one given up.
 const IDLE_RELEASE: Duration = Duration::from_secs(30);
@@ -540,12 +552,7 @@ impl Puller<'_> {
     /// short enough that it renews its pull (a new request at each
     /// expiry, or at most 5 s later) well within the pinned TTL.
     fn pull_expires(&self) -> Duration {
-        match self.pinned {
-            Some(ttl) => PULL_EXPIRES
-                .min(ttl.saturating_sub(Duration::from_secs(5)) / 2)
-                .max(Duration::from_secs(1)),
-            None => PULL_EXPIRES,
-        }
+        pull_expires(self.pinned)
     }
 
     /// Releases the durable's pin if this relay holds it, so that a
@@ -701,5 +708,31 @@ impl Puller<'_> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::model::JS_PINNED_TTL_RANGE;
+
+    #[test]
+    fn a_pinned_relay_renews_its_pull_well_within_the_ttl() {
+        assert_eq!(pull_expires(None), PULL_EXPIRES);
+        let (low, high) = (*JS_PINNED_TTL_RANGE.start(), *JS_PINNED_TTL_RANGE.end());
+        let mut ttl = low;
+        while ttl <= high {
+            let e = pull_expires(Some(ttl));
+            assert!(e <= PULL_EXPIRES, "{ttl:?}: {e:?}");
+            // Renewed at the latest 5 s after the expiry, with as much
+            // again to spare before the pin goes.
+            assert!(
+                (e + Duration::from_secs(5)) * 2 <= ttl + Duration::from_secs(5),
+                "{ttl:?}: {e:?}"
+            );
+            ttl += Duration::from_millis(500);
+        }
+        assert_eq!(pull_expires(Some(low)), Duration::from_millis(3500));
+        assert_eq!(pull_expires(Some(high)), PULL_EXPIRES);
     }
 }
