@@ -411,3 +411,56 @@ fn an_empty_spool_can_start_at_a_given_seq() {
         Some((1 << 54) + 2)
     );
 }
+
+/// `try_append_memory` takes a batch only where `append` would put it in
+/// the memory tier with nothing else to do, and otherwise leaves it whole
+/// for `append_batch`.
+#[test]
+fn try_append_memory_takes_only_what_the_memory_tier_takes_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(dir.path());
+    cfg.memory_limit = 150;
+    let (s, _) = Spool::open(cfg).unwrap();
+    let mut a = s.encode(&[&msg(0, 60)]).unwrap();
+    let got = s
+        .try_append_memory(&mut a)
+        .expect("an empty spool takes it");
+    assert_eq!(
+        (got.first_seq, got.accepted, got.tier),
+        (0, 1, Some(Tier::Memory))
+    );
+    assert!(a.is_empty(), "spent once taken");
+    // Past the memory tier's reserve: left whole, and `append_batch`
+    // writes it to disk.
+    let mut b = s.encode(&[&msg(1, 60)]).unwrap();
+    assert!(s.try_append_memory(&mut b).is_none());
+    assert_eq!(b.len(), 1);
+    assert_eq!(s.append_batch(&mut b).unwrap().tier, Some(Tier::Disk));
+    // With the disk tier holding messages, nothing goes to memory, even
+    // once the memory tier is empty (order: the disk is read first).
+    s.ack(1).unwrap();
+    let mut c = s.encode(&[&msg(2, 1)]).unwrap();
+    assert!(s.try_append_memory(&mut c).is_none());
+    assert_eq!(s.append_batch(&mut c).unwrap().tier, Some(Tier::Disk));
+    // Drained, the log still has its segment to remove: that is I/O,
+    // left to `append_batch`, after which memory takes batches again.
+    s.ack(3).unwrap();
+    let mut d = s.encode(&[&msg(3, 1)]).unwrap();
+    assert!(s.try_append_memory(&mut d).is_none());
+    assert_eq!(s.append_batch(&mut d).unwrap().tier, Some(Tier::Memory));
+    let mut e = s.encode(&[&msg(4, 1)]).unwrap();
+    assert_eq!(s.try_append_memory(&mut e).unwrap().first_seq, 4);
+    assert_eq!(
+        read_all(&s),
+        vec![(3, msg(3, 1)), (4, msg(4, 1))],
+        "in order after what was acknowledged"
+    );
+    // An empty batch, and a closed spool: not taken.
+    let mut empty = s.encode(&[]).unwrap();
+    assert!(s.try_append_memory(&mut empty).is_none());
+    let other = s.clone();
+    let mut f = s.encode(&[&msg(5, 1)]).unwrap();
+    s.close().unwrap();
+    assert!(other.try_append_memory(&mut f).is_none());
+    assert_eq!(f.len(), 1);
+}

@@ -54,6 +54,49 @@ impl Spool {
         self.append_encoded(batch, quota, true)
     }
 
+    /// Appends `batch` to the memory tier, if that takes it at once: the
+    /// main lock is free, the disk tier holds nothing (not even a drained
+    /// segment still to remove), and the batch fits the memory tier's
+    /// reserve. Never waits for anything and does no I/O, so an async
+    /// caller may call it on its own thread before handing the batch to a
+    /// writer thread; `None` leaves the batch as it was, for that.
+    pub fn try_append_memory(&self, batch: &mut Batch) -> Option<AppendOutcome> {
+        let inner = &*self.inner;
+        if inner.poisoned.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut core = match inner.core.try_lock() {
+            Ok(core) => core,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        let enc = &mut batch.enc;
+        let msgs = enc.msgs;
+        let fits = !core.closed
+            && msgs > 0
+            && core.segs.is_empty()
+            && core.roll.is_none()
+            && core.next_seq.checked_add(msgs as u64).is_some()
+            && inner.live().memory_limit > 0
+            && segment_size_bound(
+                core.mem.encoded() + enc.encoded_payload(),
+                (core.mem.len() + msgs) as u64,
+            ) <= core.mem_capacity;
+        if !fits {
+            return None;
+        }
+        let first = inner.push_mem(&mut core, std::mem::take(enc));
+        drop(core);
+        inner.notify();
+        Some(AppendOutcome {
+            first_seq: first,
+            accepted: msgs,
+            dropped_newest: 0,
+            dropped_oldest_msgs: 0,
+            tier: Some(Tier::Memory),
+        })
+    }
+
     /// Returns once everything written up to `lsn` (from
     /// [`try_append_batch`](Spool::try_append_batch)) is durable: one
     /// fdatasync covers every append waiting meanwhile (group commit).

@@ -518,8 +518,18 @@ impl QueueServer {
                 Err(e) => Err(e),
             };
             match offered {
-                Ok(encoded) => {
+                Ok(mut encoded) => {
                     rest = tail;
+                    // Into the memory tier here when it takes the batch at
+                    // once (no I/O, no wait): no round trip through the
+                    // spool's writer thread, two thread wake-ups fewer.
+                    if let Some(outcome) = self.spool.try_append_memory(&mut encoded) {
+                        if let Err(e) = self.appended(batch.len(), bytes, Ok(outcome), tally) {
+                            failed = Some(e);
+                            break;
+                        }
+                        continue;
+                    }
                     *in_flight = Some(InFlight {
                         msgs: batch.len(),
                         bytes,

@@ -304,7 +304,13 @@ impl Dispatch {
         };
         self.next_read = last.seq + 1;
         self.ahead_bytes += msgs.iter().map(|m| m.data.len()).sum::<usize>();
-        self.ahead.extend(msgs);
+        if self.ahead.is_empty() {
+            // The usual case, a caught-up reader: the read's buffer becomes
+            // the read-ahead as it is (no copy of its messages).
+            self.ahead = VecDeque::from(msgs);
+        } else {
+            self.ahead.extend(msgs);
+        }
     }
 
     /// Whether a take now would find nothing (nothing given back, nothing
