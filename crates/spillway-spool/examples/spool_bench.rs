@@ -44,10 +44,75 @@ struct Run {
     secs: f64,
 }
 
+/// How the appends reach the spool.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// `Spool::append` from each writer thread (it waits for the interval
+    /// sync and a roll's seal itself when they fall to it).
+    Append,
+    /// The threads the relay runs a queue route's spool on
+    /// (`crates/spillway/src/queue/spool_io.rs`): producers encode their
+    /// batch and hand it to one writer thread (`try_append_batch`, which
+    /// never waits for a sync or a roll), with one batch in flight each
+    /// (the next is encoded while it is written); a commit thread makes
+    /// `Always` appends durable with group commit; the maintenance thread
+    /// below runs `tick` (the interval sync, the slow half of a roll,
+    /// deletions, the next spare).
+    SpoolThreads,
+}
+
+type Reply = mpsc::Sender<Result<(), SpoolError>>;
+
+/// The writer and commit threads of [`Via::SpoolThreads`]; they end when
+/// the returned sender and its clones are dropped.
+fn spool_threads(
+    s: &Spool,
+    durability: Durability,
+) -> (
+    mpsc::Sender<(Batch, Reply)>,
+    Vec<std::thread::JoinHandle<()>>,
+) {
+    let always = matches!(durability, Durability::Always);
+    let (to_commit, commits) = mpsc::channel::<(u64, Reply)>();
+    let sc = s.clone();
+    let committer = std::thread::spawn(move || {
+        while let Ok(first) = commits.recv() {
+            let mut jobs = vec![first];
+            jobs.extend(std::iter::from_fn(|| commits.try_recv().ok()));
+            let upto = jobs.iter().map(|j| j.0).max().unwrap_or(0);
+            sc.wait_durable(upto).unwrap();
+            for (_, reply) in jobs {
+                let _ = reply.send(Ok(()));
+            }
+        }
+    });
+    let (to_writer, appends) = mpsc::channel::<(Batch, Reply)>();
+    let sw = s.clone();
+    let writer = std::thread::spawn(move || {
+        while let Ok((mut b, reply)) = appends.recv() {
+            let r = loop {
+                match sw.try_append_batch(&mut b, false) {
+                    // No max_disk here: only a full file system.
+                    Err(SpoolError::Full { .. }) => std::thread::sleep(Duration::from_millis(1)),
+                    r => break r,
+                }
+            };
+            match r.unwrap() {
+                (_, Some(lsn)) if always => to_commit.send((lsn, reply)).unwrap(),
+                _ => {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+        }
+    });
+    (to_writer, vec![writer, committer])
+}
+
 /// Appends `batch`-message batches of `size`-byte messages for `dur` from
-/// `threads` threads, with a consumer thread acking everything as it goes
-/// (so segments get deleted, as in steady state). Ends with a sync, which
-/// is included in the time.
+/// `threads` threads, with a thread that ticks and acks everything every
+/// 20 ms (a consumer that keeps up, so segments get deleted, as in steady
+/// state). Ends with a sync, which is included in the time.
+#[allow(clippy::too_many_arguments)] // a benchmark's knobs
 fn append_run(
     dir: &Path,
     durability: Durability,
@@ -56,6 +121,7 @@ fn append_run(
     threads: usize,
     dur: Duration,
     max_bytes: u64,
+    via: Via,
 ) -> Run {
     let (s, _) = Spool::open(config(dir, durability)).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -68,122 +134,17 @@ fn append_run(
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(20));
                 s.tick().unwrap();
-                // Consumer keeps up: everything older than ~1 s of data is
-                // acknowledged, so segments are deleted in steady state.
                 let n = s.next_seq();
                 s.ack(n.saturating_sub(1)).unwrap();
             }
         })
     };
-    let mut hs = Vec::new();
-    for t in 0..threads {
-        let s = s.clone();
-        let stop = stop.clone();
-        let total = total.clone();
-        hs.push(std::thread::spawn(move || {
-            let payload: Vec<Vec<u8>> = (0..batch).map(|i| vec![(t + i) as u8; size]).collect();
-            let refs: Vec<&[u8]> = payload.iter().map(|v| &v[..]).collect();
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                s.append(&refs).unwrap();
-                n += batch as u64;
-                if total.fetch_add((batch * size) as u64, Ordering::Relaxed) > max_bytes {
-                    break;
-                }
-            }
-            n
-        }));
-    }
-    while start.elapsed() < dur && total.load(Ordering::Relaxed) <= max_bytes {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    stop.store(true, Ordering::Relaxed);
-    let msgs: u64 = hs.into_iter().map(|h| h.join().unwrap()).sum();
-    s.sync().unwrap();
-    let secs = start.elapsed().as_secs_f64();
-    ticker.join().unwrap();
-    let st = s.stats();
-    s.close().unwrap();
-    Run {
-        msgs,
-        bytes: msgs * size as u64,
-        disk_bytes: st.bytes_written,
-        secs,
-    }
-}
-
-/// As [`append_run`], but through the threads the relay runs a queue
-/// route's spool on (`crates/spillway/src/queue/spool_io.rs`): producers
-/// encode their batch and hand it to one writer thread
-/// (`try_append_batch`, which never waits for a sync or a roll), with one
-/// batch in flight each (the next is encoded while it is written); a
-/// commit thread makes `Always` appends durable with group commit; a
-/// maintenance thread runs `tick` (the interval sync, the slow half of a
-/// roll, deletions, the next spare) and acks every 20 ms.
-fn pipeline_run(
-    dir: &Path,
-    durability: Durability,
-    size: usize,
-    batch: usize,
-    threads: usize,
-    dur: Duration,
-    max_bytes: u64,
-) -> Run {
-    type Reply = mpsc::Sender<Result<(), SpoolError>>;
-    let (s, _) = Spool::open(config(dir, durability)).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let total = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let always = matches!(durability, Durability::Always);
-    let (to_commit, commits) = mpsc::channel::<(u64, Reply)>();
-    let committer = {
-        let s = s.clone();
-        std::thread::spawn(move || {
-            while let Ok(first) = commits.recv() {
-                let mut jobs = vec![first];
-                jobs.extend(std::iter::from_fn(|| commits.try_recv().ok()));
-                let upto = jobs.iter().map(|j| j.0).max().unwrap_or(0);
-                s.wait_durable(upto).unwrap();
-                for (_, reply) in jobs {
-                    let _ = reply.send(Ok(()));
-                }
-            }
-        })
-    };
-    let (to_writer, appends) = mpsc::channel::<(Batch, Reply)>();
-    let writer = {
-        let s = s.clone();
-        std::thread::spawn(move || {
-            while let Ok((mut b, reply)) = appends.recv() {
-                let r = loop {
-                    match s.try_append_batch(&mut b, false) {
-                        // No max_disk here: only a full file system.
-                        Err(SpoolError::Full { .. }) => {
-                            std::thread::sleep(Duration::from_millis(1));
-                        }
-                        r => break r,
-                    }
-                };
-                match r.unwrap() {
-                    (_, Some(lsn)) if always => to_commit.send((lsn, reply)).unwrap(),
-                    _ => {
-                        let _ = reply.send(Ok(()));
-                    }
-                }
-            }
-        })
-    };
-    let maint = {
-        let s = s.clone();
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(20));
-                s.tick().unwrap();
-                let n = s.next_seq();
-                s.ack(n.saturating_sub(1)).unwrap();
-            }
-        })
+    let (to_writer, io_threads) = match via {
+        Via::SpoolThreads => {
+            let (tx, hs) = spool_threads(&s, durability);
+            (Some(tx), hs)
+        }
+        Via::Append => (None, Vec::new()),
     };
     let mut hs = Vec::new();
     for t in 0..threads {
@@ -198,13 +159,21 @@ fn pipeline_run(
             let mut in_flight = false;
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let b = s.encode(&refs).unwrap();
-                if in_flight {
-                    answers.recv().unwrap().unwrap();
-                    n += batch as u64;
+                match &to_writer {
+                    None => {
+                        s.append(&refs).unwrap();
+                        n += batch as u64;
+                    }
+                    Some(w) => {
+                        let b = s.encode(&refs).unwrap();
+                        if in_flight {
+                            answers.recv().unwrap().unwrap();
+                            n += batch as u64;
+                        }
+                        w.send((b, reply.clone())).unwrap();
+                        in_flight = true;
+                    }
                 }
-                to_writer.send((b, reply.clone())).unwrap();
-                in_flight = true;
                 if total.fetch_add((batch * size) as u64, Ordering::Relaxed) > max_bytes {
                     break;
                 }
@@ -222,11 +191,12 @@ fn pipeline_run(
     }
     stop.store(true, Ordering::Relaxed);
     let msgs: u64 = hs.into_iter().map(|h| h.join().unwrap()).sum();
-    writer.join().unwrap();
-    committer.join().unwrap();
+    for h in io_threads {
+        h.join().unwrap();
+    }
     s.sync().unwrap();
     let secs = start.elapsed().as_secs_f64();
-    maint.join().unwrap();
+    ticker.join().unwrap();
     let st = s.stats();
     s.close().unwrap();
     Run {
@@ -235,6 +205,26 @@ fn pipeline_run(
         disk_bytes: st.bytes_written,
         secs,
     }
+}
+
+/// A row of MB/s and its share of the disk's sequential limit.
+fn limit_row(what: &str, r: &Run) {
+    let bps = r.bytes as f64 / r.secs;
+    println!(
+        "{:<58} {:>10.0} MB/s {:>9.0}%",
+        what,
+        bps / 1e6,
+        bps / seq_fdatasync_bps() * 100.0
+    );
+}
+
+/// Appends acknowledged durable per second, `per` messages an append.
+fn durable_row(r: &Run, per: u64) {
+    println!(
+        "{:<58} {:>12.0}/s",
+        "  appends acknowledged durable",
+        r.msgs as f64 / per as f64 / r.secs
+    );
 }
 
 fn fresh(root: &Path, name: &str) -> std::path::PathBuf {
@@ -269,6 +259,7 @@ fn main() {
             1,
             Duration::from_secs(3),
             u64::MAX,
+            Via::Append,
         );
         let mps = r.msgs as f64 / r.secs;
         println!(
@@ -298,18 +289,13 @@ fn main() {
             1,
             Duration::from_secs(4),
             8 << 30,
+            Via::Append,
         );
-        let bps = r.bytes as f64 / r.secs;
-        println!(
-            "{:<58} {:>10.0} MB/s {:>9.0}%",
-            "append 64 KiB msgs, Interval(100ms), 1 thread",
-            bps / 1e6,
-            bps / seq_fdatasync_bps() * 100.0
-        );
+        limit_row("append 64 KiB msgs, Interval(100ms), 1 thread", &r);
     }
 
     if want("64k-pipe") {
-        let r = pipeline_run(
+        let r = append_run(
             &fresh(root, "bp"),
             Durability::Interval(Duration::from_millis(100)),
             64 * 1024,
@@ -320,14 +306,9 @@ fn main() {
                 .unwrap_or(1),
             Duration::from_secs(4),
             8 << 30,
+            Via::SpoolThreads,
         );
-        let bps = r.bytes as f64 / r.secs;
-        println!(
-            "{:<58} {:>10.0} MB/s {:>9.0}%",
-            "  same, through the relay's spool threads",
-            bps / 1e6,
-            bps / seq_fdatasync_bps() * 100.0
-        );
+        limit_row("  same, through the relay's spool threads", &r);
     }
 
     if want("never") {
@@ -339,6 +320,7 @@ fn main() {
             1,
             Duration::from_secs(2),
             4 << 30,
+            Via::Append,
         );
         println!(
             "{:<58} {:>10.0} MB/s",
@@ -356,23 +338,17 @@ fn main() {
             64,
             Duration::from_secs(4),
             8 << 30,
+            Via::Append,
         );
-        let bps = r.bytes as f64 / r.secs;
-        println!(
-            "{:<58} {:>10.0} MB/s {:>9.0}%",
+        limit_row(
             "Always, 64 writer threads, 64 KiB (64 x 1 KiB) per append",
-            bps / 1e6,
-            bps / seq_fdatasync_bps() * 100.0
+            &r,
         );
-        println!(
-            "{:<58} {:>12.0}/s",
-            "  appends acknowledged durable",
-            r.msgs as f64 / 64.0 / r.secs
-        );
+        durable_row(&r, 64);
     }
 
     if want("always64-pipe") {
-        let r = pipeline_run(
+        let r = append_run(
             &fresh(root, "cp"),
             Durability::Always,
             1024,
@@ -380,19 +356,10 @@ fn main() {
             64,
             Duration::from_secs(4),
             8 << 30,
+            Via::SpoolThreads,
         );
-        let bps = r.bytes as f64 / r.secs;
-        println!(
-            "{:<58} {:>10.0} MB/s {:>9.0}%",
-            "  same, 64 producers through the relay's spool threads",
-            bps / 1e6,
-            bps / seq_fdatasync_bps() * 100.0
-        );
-        println!(
-            "{:<58} {:>12.0}/s",
-            "  appends acknowledged durable",
-            r.msgs as f64 / 64.0 / r.secs
-        );
+        limit_row("  same, 64 producers through the relay's spool threads", &r);
+        durable_row(&r, 64);
     }
 
     if want("always1") {
@@ -404,6 +371,7 @@ fn main() {
             1,
             Duration::from_secs(2),
             8 << 30,
+            Via::Append,
         );
         println!(
             "{:<58} {:>10.0} MB/s",
