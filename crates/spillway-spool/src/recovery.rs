@@ -574,6 +574,7 @@ fn recover_segments(
         mem: Default::default(),
         mem_capacity: 0,
         reserve_retry_at: Instant::now(),
+        reserve_short: false,
         segs: segs.into(),
         active,
         disk_end,

@@ -13,6 +13,9 @@ pub struct SpoolStats {
     /// capacity (counted as bytes on disk). Below `memory_limit` when the
     /// disk was too full to reserve it all.
     pub mem_reserved: u64,
+    /// `mem_reserved` is below `memory_limit` for lack of disk space (not
+    /// a larger limit from a reload waiting for the disk tier to drain).
+    pub mem_reserve_short: bool,
     /// Unacknowledged messages in the disk tier, and the tier's file bytes
     /// (what `max_disk` bounds; includes acked data in undeleted segments).
     pub disk_msgs: u64,

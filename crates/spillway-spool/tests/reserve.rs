@@ -218,6 +218,7 @@ fn a_full_disk_at_open_shrinks_the_memory_tier_until_tick_regrows_it() {
     assert_eq!(rep.memory_reserved, 10_000, "{rep}");
     assert!(rep.to_string().contains("memory tier"), "{rep}");
     assert_eq!(s.stats().mem_reserved, 10_000);
+    assert!(s.stats().mem_reserve_short, "short for lack of space");
     let n = fill_memory(&s, 1000);
     assert!(n > 10 && n < 10_000 / 200, "{n} messages in memory");
     // The disk is full: the next message cannot go anywhere.
@@ -237,6 +238,7 @@ fn a_full_disk_at_open_shrinks_the_memory_tier_until_tick_regrows_it() {
     fs.faults.space_left.store(-1, Ordering::SeqCst);
     s.tick().unwrap();
     assert_eq!(s.stats().mem_reserved, MEMORY);
+    assert!(!s.stats().mem_reserve_short);
     assert_eq!(reserve_len(dir.path()), Some(MEMORY));
     s.close().unwrap();
 }

@@ -301,6 +301,7 @@ impl Spool {
         // segments.
         let (held, reserve_file) = reserve::ensure(&*fs, &config.dir, config.memory_limit)?;
         core.mem_capacity = held;
+        core.reserve_short = held < config.memory_limit;
         core.reserve_retry_at = Instant::now() + config.reserve_retry;
         report.memory_reserved = core.mem_capacity;
         report.memory_reserve_wanted = config.memory_limit;
@@ -397,6 +398,7 @@ impl Spool {
                 core.mem_capacity = keep;
                 shrink = Some(keep);
             }
+            core.reserve_short = false;
         } else {
             // Grow at the next tick.
             core.reserve_retry_at = Instant::now();
@@ -650,6 +652,7 @@ impl Spool {
         s.mem_msgs = core.mem.len() as u64 - kept_msgs;
         s.mem_bytes = core.mem.bytes() - kept;
         s.mem_reserved = core.mem_capacity;
+        s.mem_reserve_short = core.reserve_short;
         s.disk_msgs = disk_msgs(&core, from);
         s.disk_bytes = core.disk_bytes;
         s.segments = core.segs.len() as u64;

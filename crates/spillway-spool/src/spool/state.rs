@@ -35,6 +35,10 @@ pub(crate) struct Core {
     /// Bytes of the reserve file: the largest segment the memory tier may
     /// become (at most `memory_limit`; less when the disk was full).
     pub mem_capacity: u64,
+    /// The reserve is below `memory_limit` because the disk had no room
+    /// for more (at open, a grow, or given up for a batch on a full disk);
+    /// not while a larger limit waits for the disk tier to drain.
+    pub reserve_short: bool,
     /// When `tick` may next try to grow a short reserve.
     pub reserve_retry_at: Instant,
     /// Sorted by first seq; contiguous (each ends where the next begins).

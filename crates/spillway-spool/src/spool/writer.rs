@@ -257,6 +257,7 @@ impl Spool {
                         lock(&inner.reserve_file).take();
                         if reserve::remove(&*inner.fs, &inner.cfg.dir).is_ok() {
                             core.mem_capacity = 0;
+                            core.reserve_short = true;
                             core.reserve_retry_at = Instant::now() + Duration::from_secs(3600);
                             continue;
                         }
@@ -370,6 +371,7 @@ impl Inner {
             let mut core = lock(&self.core);
             if len < core.mem_capacity {
                 core.mem_capacity = len;
+                core.reserve_short = true;
                 core.reserve_retry_at = Instant::now();
             }
         }
@@ -394,7 +396,9 @@ impl Inner {
         }
         let (got, file) = reserve::ensure(&*self.fs, &self.cfg.dir, target)?;
         *lock(&self.reserve_file) = file;
-        lock(&self.core).mem_capacity = got;
+        let mut core = lock(&self.core);
+        core.mem_capacity = got;
+        core.reserve_short = got < target;
         Ok(())
     }
 

@@ -299,7 +299,10 @@ impl FullDiskWatch {
                 );
             }
         }
-        let short = st.mem_reserved < wanted;
+        // Short for lack of space: a larger `memory` from a reload is
+        // only reserved once the disk tier has drained, which is no reason
+        // to say the disk is full.
+        let short = st.mem_reserve_short && st.mem_reserved < wanted;
         if short != self.reserve_short {
             self.reserve_short = short;
             if short {
