@@ -13,22 +13,35 @@ use bytes::Bytes;
 use super::Message;
 use crate::format::{read_varint, varint_len, EncodedBatch, RECORD_HEADER_LEN};
 
+/// Where each message of a batch lies in its buffer: (offset, length).
+#[derive(Debug)]
+enum Places {
+    /// A batch of one message (a producer that sends one at a time) needs
+    /// no vector: one allocation fewer per message.
+    One((usize, usize)),
+    Many(Vec<(usize, usize)>),
+}
+
 #[derive(Debug)]
 struct MemBatch {
-    /// Sequence number of `msgs[0]`.
+    /// Sequence number of its first message.
     first: u64,
     /// When it was appended (ms since the Unix epoch).
     ms: u64,
     buf: Bytes,
-    /// (offset in `buf`, length) of each message.
-    msgs: Vec<(usize, usize)>,
-    /// Messages at the front already gone (acknowledged).
-    gone: usize,
+    places: Places,
 }
 
 impl MemBatch {
+    fn places(&self) -> &[(usize, usize)] {
+        match &self.places {
+            Places::One(p) => std::slice::from_ref(p),
+            Places::Many(v) => v,
+        }
+    }
+
     fn end(&self) -> u64 {
-        self.first + self.msgs.len() as u64
+        self.first + self.places().len() as u64
     }
 }
 
@@ -36,6 +49,9 @@ impl MemBatch {
 #[derive(Debug, Default)]
 pub(crate) struct MemTier {
     batches: VecDeque<MemBatch>,
+    /// Messages of the front batch already gone (acknowledged): only the
+    /// front batch can be partly acknowledged.
+    front_gone: usize,
     first: u64,
     len: usize,
     bytes: u64,
@@ -102,39 +118,47 @@ impl MemTier {
         self.len += msgs.len();
         self.bytes += batch.payload_bytes;
         self.encoded += encoded;
+        let places = match msgs[..] {
+            [one] => Places::One(one),
+            _ => Places::Many(msgs),
+        };
         self.batches.push_back(MemBatch {
             first,
             ms,
             buf,
-            msgs,
-            gone: 0,
+            places,
         });
     }
 
     /// Frees every message below `floor`.
     pub fn ack(&mut self, floor: u64) {
-        while let Some(b) = self.batches.front_mut() {
-            if floor <= b.first + b.gone as u64 {
+        while let Some(b) = self.batches.front() {
+            let gone = self.front_gone;
+            if floor <= b.first + gone as u64 {
                 break;
             }
+            let places = b.places();
             let upto = usize::try_from(floor - b.first)
                 .unwrap_or(usize::MAX)
-                .min(b.msgs.len());
-            for &(_, n) in &b.msgs[b.gone..upto] {
+                .min(places.len());
+            for &(_, n) in &places[gone..upto] {
                 self.bytes -= n as u64;
                 self.encoded -= encoded(n);
             }
-            self.len -= upto - b.gone;
-            b.gone = upto;
+            self.len -= upto - gone;
             self.first = b.first + upto as u64;
-            if upto == b.msgs.len() {
+            if upto == places.len() {
                 self.batches.pop_front();
+                self.front_gone = 0;
+            } else {
+                self.front_gone = upto;
             }
         }
     }
 
     pub fn clear(&mut self) {
         self.batches.clear();
+        self.front_gone = 0;
         self.first += self.len as u64;
         self.len = 0;
         self.bytes = 0;
@@ -151,7 +175,7 @@ impl MemTier {
         let mut seq = seq;
         for b in self.batches.range(at..) {
             let start = usize::try_from(seq - b.first).unwrap_or(usize::MAX);
-            for &(off, n) in b.msgs.get(start..).unwrap_or(&[]) {
+            for &(off, n) in b.places().get(start..).unwrap_or(&[]) {
                 let m = Message {
                     seq,
                     data: b.buf.slice(off..off + n),
@@ -169,16 +193,16 @@ impl MemTier {
     pub fn below(&self, seq: u64) -> (u64, u64) {
         let mut msgs = 0u64;
         let mut bytes = 0u64;
-        for b in &self.batches {
-            let from = b.gone;
+        for (i, b) in self.batches.iter().enumerate() {
+            let from = if i == 0 { self.front_gone } else { 0 };
             let upto = usize::try_from(seq.saturating_sub(b.first))
                 .unwrap_or(usize::MAX)
-                .min(b.msgs.len());
+                .min(b.places().len());
             if upto <= from {
                 break;
             }
             msgs += (upto - from) as u64;
-            bytes += b.msgs[from..upto]
+            bytes += b.places()[from..upto]
                 .iter()
                 .map(|&(_, n)| n as u64)
                 .sum::<u64>();
@@ -197,8 +221,9 @@ impl MemTier {
 
     /// Every message held, in order (for `close`, which writes them out).
     pub fn payloads(&self) -> impl Iterator<Item = &[u8]> + Clone {
-        self.batches.iter().flat_map(|b| {
-            b.msgs[b.gone..]
+        let front_gone = self.front_gone;
+        self.batches.iter().enumerate().flat_map(move |(i, b)| {
+            b.places()[if i == 0 { front_gone } else { 0 }..]
                 .iter()
                 .map(move |&(off, n)| &b.buf[off..off + n])
         })
