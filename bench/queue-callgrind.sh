@@ -10,6 +10,11 @@
 # `rep movsb` copies count one instruction per byte: read the figure as
 # user-space work per message, compared between builds, not as time.
 #
+# MODE=backlog: COUNT lines are queued with no consumer (the default 64 MiB
+# memory tier, the rest on disk), the counters are zeroed
+# (callgrind_control -z), then bench/sink.c drains them: the count is the
+# drain alone.
+#
 # MODE=ack: the ack protocol instead. COUNT lines (200000 by default) are
 # queued first, then drained by the Python client (clients/python), which
 # acknowledges each message; the count covers both phases.
@@ -17,7 +22,8 @@
 # Usage: bench/queue-callgrind.sh BIN [OUT]   (OUT: the callgrind file,
 #        default /tmp/spillway-callgrind.out; `callgrind_annotate OUT`
 #        shows where the instructions went)
-# Env:   MODE (live | ack), COUNT (2000000 live, 200000 ack), SIZE (64).
+# Env:   MODE (live | backlog | ack), COUNT (2000000 live and backlog,
+#        200000 ack), SIZE (64).
 #        Needs valgrind (apt install valgrind).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -39,14 +45,18 @@ cc -O2 -o "$WORK/producer" "$ROOT/crates/spillway/tests/peers/producer.c"
 cc -O2 -o "$WORK/sink" "$ROOT/bench/sink.c"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 LP=$(free_port); TP=$(free_port)
+LOG=warn
 if [[ $MODE == ack ]]; then
   TO=(--to "listen:127.0.0.1:$TP" --to-protocol ack)
+elif [[ $MODE == backlog ]]; then
+  TO=(--to "connect:127.0.0.1:$TP")
+  LOG=info # for "producer closed"
 else
   "$WORK/sink" "$TP" $((COUNT * SIZE)) >"$WORK/sink.out" &
   SINK=$!
   TO=(--to "connect:127.0.0.1:$TP")
 fi
-valgrind --tool=callgrind --callgrind-out-file="$OUT" "$BIN" --log-level warn queue \
+valgrind --tool=callgrind --callgrind-out-file="$OUT" "$BIN" --log-level "$LOG" queue \
   --from "listen:127.0.0.1:$LP" "${TO[@]}" --framing lines \
   --spool "$WORK/spool" --fsync 100ms 2>"$WORK/relay.log" &
 RELAY=$!
@@ -71,6 +81,11 @@ if got != want:
     sys.exit(f"consumed {got} of {want}")
 PY
   sleep 0.5
+elif [[ $MODE == backlog ]]; then
+  for _ in $(seq 2400); do grep -q 'producer closed' "$WORK/relay.log" && break; sleep 0.05; done
+  grep -q 'producer closed' "$WORK/relay.log" || { echo "the relay did not finish queueing" >&2; exit 1; }
+  callgrind_control -z "$RELAY" >/dev/null
+  "$WORK/sink" "$TP" $((COUNT * SIZE)) >"$WORK/sink.out"
 else
   wait "$SINK"
   SINK=0
@@ -79,4 +94,8 @@ kill -INT "$RELAY"
 wait "$RELAY" 2>/dev/null || true
 RELAY=0
 total=$(callgrind_annotate "$OUT" 2>/dev/null | awk '/PROGRAM TOTALS/ && !t {gsub(",", "", $1); t = $1} END {print t}')
-echo "instructions per message ($MODE): $((total / COUNT)) ($total for $COUNT messages of $SIZE B, start and stop included)"
+case $MODE in
+  backlog) what="the drain and the stop" ;;
+  *) what="start and stop included" ;;
+esac
+echo "instructions per message ($MODE): $((total / COUNT)) ($total for $COUNT messages of $SIZE B, $what)"
