@@ -313,3 +313,29 @@ fn a_reload_to_memory_zero_writes_the_memory_tier_to_disk() {
     assert_eq!(data, want);
     assert_eq!(got[0].seq, 10);
 }
+
+/// A poisoned spool takes nothing, not even into the memory tier through
+/// `try_append_memory` (which the relay calls before its writer thread).
+#[test]
+fn a_poisoned_spool_takes_nothing_into_memory_either() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = SimFs::new();
+    let (s, _) = Spool::open_with_fs(config(dir.path()), fs.clone()).unwrap();
+    // Past the memory tier: on disk. Acknowledged, its segment leaves the
+    // log, and the directory fsync after its unlink fails: poisoned, with
+    // an empty disk tier and room in the memory tier.
+    let big = msg(0, MEMORY as usize);
+    assert_eq!(s.append(&[&big]).unwrap().tier, Some(Tier::Disk));
+    fs.faults.fail_fsync.store(true, Ordering::SeqCst);
+    let _ = s.ack(1);
+    fs.faults.fail_fsync.store(false, Ordering::SeqCst);
+    assert_eq!(s.stats().segments, 0, "the disk tier is empty");
+    assert!(s.stats().poisoned, "the directory fsync failed");
+    let mut b = s.encode(&[&msg(2, 10)]).unwrap();
+    assert!(s.try_append_memory(&mut b).is_none());
+    assert_eq!(b.len(), 1, "left whole");
+    assert!(matches!(
+        s.append_batch(&mut b),
+        Err(SpoolError::Poisoned { .. })
+    ));
+}

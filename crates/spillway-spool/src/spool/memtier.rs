@@ -89,9 +89,27 @@ impl MemTier {
         self.encoded
     }
 
+    /// The sequence number after the last message held.
+    pub fn end(&self) -> u64 {
+        self.first + self.len as u64
+    }
+
     /// Whether `seq` is held.
     pub fn holds(&self, seq: u64) -> bool {
-        !self.is_empty() && seq >= self.first && seq - self.first < self.len as u64
+        seq >= self.first && seq < self.end()
+    }
+
+    /// The index of the batch holding `seq` (if it is held).
+    fn batch_of(&self, seq: u64) -> usize {
+        self.batches.partition_point(|b| b.end() <= seq)
+    }
+
+    /// Each batch with the places of its messages still held.
+    fn held(&self) -> impl Iterator<Item = (&MemBatch, &[(usize, usize)])> + Clone {
+        self.batches.iter().enumerate().map(|(i, b)| {
+            let gone = if i == 0 { self.front_gone } else { 0 };
+            (b, &b.places()[gone..])
+        })
     }
 
     /// Takes `batch` (finalized or not: only its payloads are read) as the
@@ -171,7 +189,7 @@ impl MemTier {
         if !self.holds(seq) {
             return;
         }
-        let at = self.batches.partition_point(|b| b.end() <= seq);
+        let at = self.batch_of(seq);
         let mut seq = seq;
         for b in self.batches.range(at..) {
             let start = usize::try_from(seq - b.first).unwrap_or(usize::MAX);
@@ -193,19 +211,17 @@ impl MemTier {
     pub fn below(&self, seq: u64) -> (u64, u64) {
         let mut msgs = 0u64;
         let mut bytes = 0u64;
-        for (i, b) in self.batches.iter().enumerate() {
-            let from = if i == 0 { self.front_gone } else { 0 };
-            let upto = usize::try_from(seq.saturating_sub(b.first))
+        for (b, places) in self.held() {
+            // `places` starts at the batch's end less its length.
+            let start = b.end() - places.len() as u64;
+            let upto = usize::try_from(seq.saturating_sub(start))
                 .unwrap_or(usize::MAX)
-                .min(b.places().len());
-            if upto <= from {
+                .min(places.len());
+            if upto == 0 {
                 break;
             }
-            msgs += (upto - from) as u64;
-            bytes += b.places()[from..upto]
-                .iter()
-                .map(|&(_, n)| n as u64)
-                .sum::<u64>();
+            msgs += upto as u64;
+            bytes += places[..upto].iter().map(|&(_, n)| n as u64).sum::<u64>();
         }
         (msgs, bytes)
     }
@@ -215,18 +231,13 @@ impl MemTier {
         if !self.holds(seq) {
             return None;
         }
-        let at = self.batches.partition_point(|b| b.end() <= seq);
-        self.batches.get(at).map(|b| b.ms)
+        self.batches.get(self.batch_of(seq)).map(|b| b.ms)
     }
 
     /// Every message held, in order (for `close`, which writes them out).
     pub fn payloads(&self) -> impl Iterator<Item = &[u8]> + Clone {
-        let front_gone = self.front_gone;
-        self.batches.iter().enumerate().flat_map(move |(i, b)| {
-            b.places()[if i == 0 { front_gone } else { 0 }..]
-                .iter()
-                .map(move |&(off, n)| &b.buf[off..off + n])
-        })
+        self.held()
+            .flat_map(|(b, places)| places.iter().map(move |&(off, n)| &b.buf[off..off + n]))
     }
 }
 

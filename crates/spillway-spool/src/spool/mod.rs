@@ -145,6 +145,19 @@ pub struct AppendOutcome {
     pub tier: Option<Tier>,
 }
 
+impl AppendOutcome {
+    /// The whole batch of `msgs` accepted into `tier`.
+    fn whole(first_seq: u64, msgs: usize, dropped_oldest_msgs: u64, tier: Tier) -> AppendOutcome {
+        AppendOutcome {
+            first_seq,
+            accepted: msgs,
+            dropped_newest: 0,
+            dropped_oldest_msgs,
+            tier: Some(tier),
+        }
+    }
+}
+
 /// How many bytes of log between two entries of a segment's sparse index.
 const INDEX_EVERY: u64 = 1 << 20;
 

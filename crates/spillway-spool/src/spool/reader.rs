@@ -48,7 +48,7 @@ impl Inner {
                 if core.mem.holds(pos) {
                     // Room for what this read may take (bounded: a byte
                     // limit may end it much earlier).
-                    let held = core.mem.first() + core.mem.len() as u64 - pos;
+                    let held = core.mem.end() - pos;
                     let want = max_msgs.saturating_sub(out.len()).min(1024);
                     out.reserve(want.min(usize::try_from(held).unwrap_or(usize::MAX)));
                     core.mem.read(pos, |m| {

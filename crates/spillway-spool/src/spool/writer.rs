@@ -77,24 +77,14 @@ impl Spool {
             && core.segs.is_empty()
             && core.roll.is_none()
             && core.next_seq.checked_add(msgs as u64).is_some()
-            && inner.live().memory_limit > 0
-            && segment_size_bound(
-                core.mem.encoded() + enc.encoded_payload(),
-                (core.mem.len() + msgs) as u64,
-            ) <= core.mem_capacity;
+            && mem_takes(&core, enc, inner.live().memory_limit);
         if !fits {
             return None;
         }
         let first = inner.push_mem(&mut core, std::mem::take(enc));
         drop(core);
         inner.notify();
-        Some(AppendOutcome {
-            first_seq: first,
-            accepted: msgs,
-            dropped_newest: 0,
-            dropped_oldest_msgs: 0,
-            tier: Some(Tier::Memory),
-        })
+        Some(AppendOutcome::whole(first, msgs, 0, Tier::Memory))
     }
 
     /// Returns once everything written up to `lsn` (from
@@ -137,14 +127,8 @@ impl Spool {
             };
             return Ok((nothing, None));
         }
-        // The whole batch accepted, into `tier`.
-        let taken = |first_seq, dropped_oldest_msgs, tier| AppendOutcome {
-            first_seq,
-            accepted: msgs,
-            dropped_newest: 0,
-            dropped_oldest_msgs,
-            tier: Some(tier),
-        };
+        let taken =
+            |first, dropped_oldest, tier| AppendOutcome::whole(first, msgs, dropped_oldest, tier);
         let need = batch.buf.len() as u64;
         let deadline = cfg.block_timeout.map(|t| Instant::now() + t);
         let t = inner.live();
@@ -180,15 +164,7 @@ impl Spool {
                     msgs: batch.msgs as u64,
                 });
             }
-            // The memory tier takes the batch if, written out by `close`
-            // with everything already in it, it still fits the reserve.
-            if !disk_pending(&core)
-                && t.memory_limit > 0
-                && segment_size_bound(
-                    core.mem.encoded() + batch.encoded_payload(),
-                    (core.mem.len() + batch.msgs) as u64,
-                ) <= core.mem_capacity
-            {
+            if !disk_pending(&core) && mem_takes(&core, batch, t.memory_limit) {
                 if !core.segs.is_empty() {
                     // Later disk records must continue the log's seqs, so a
                     // drained log is removed before the memory tier resumes
@@ -724,4 +700,16 @@ impl Inner {
         core.mem.clear();
         Ok(())
     }
+}
+
+/// Whether the memory tier (on at `memory_limit`) has room for `batch`:
+/// written out by `close` with everything already in it, it still fits
+/// the reserve. (Whether the disk tier lets it take batches is the
+/// caller's question.)
+fn mem_takes(core: &Core, batch: &EncodedBatch, memory_limit: u64) -> bool {
+    memory_limit > 0
+        && segment_size_bound(
+            core.mem.encoded() + batch.encoded_payload(),
+            (core.mem.len() + batch.msgs) as u64,
+        ) <= core.mem_capacity
 }

@@ -524,10 +524,7 @@ impl QueueServer {
                     // once (no I/O, no wait): no round trip through the
                     // spool's writer thread, two thread wake-ups fewer.
                     if let Some(outcome) = self.spool.try_append_memory(&mut encoded) {
-                        if let Err(e) = self.appended(batch.len(), bytes, Ok(outcome), tally) {
-                            failed = Some(e);
-                            break;
-                        }
+                        self.queued(bytes, &outcome, tally);
                         continue;
                     }
                     *in_flight = Some(InFlight {
@@ -582,13 +579,21 @@ impl QueueServer {
         r: Result<AppendOutcome, SpoolError>,
         tally: &mut Tally,
     ) -> Result<(), SpoolError> {
-        let outcome = match r {
-            Ok(o) => o,
+        match r {
+            Ok(outcome) => {
+                self.queued(bytes, &outcome, tally);
+                Ok(())
+            }
             Err(e) => {
                 self.lost(msgs, &e);
-                return Err(e);
+                Err(e)
             }
-        };
+        }
+    }
+
+    /// Counts a batch of `bytes` bytes the spool took (some of it maybe
+    /// dropped by policy).
+    fn queued(&self, bytes: usize, outcome: &AppendOutcome, tally: &mut Tally) {
         if outcome.dropped_newest > 0 {
             self.stats
                 .dropped_newest
@@ -606,9 +611,8 @@ impl QueueServer {
         }
         tally.appended += outcome.accepted as u64;
         tally.dropped += outcome.dropped_newest as u64;
-        self.stats.count_queued(&outcome, bytes as u64);
+        self.stats.count_queued(outcome, bytes as u64);
         tally.peer_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-        Ok(())
     }
 
     /// `n` messages read from a producer (TCP acknowledged them) could not

@@ -39,9 +39,10 @@ const FLOOR_POLL: Duration = Duration::from_millis(10);
 /// How long a pull request waits at the server.
 const PULL_EXPIRES: Duration = Duration::from_secs(10);
 
-/// [`PULL_EXPIRES`], or for a relay pinned with this TTL, at most half of
-/// what is left of the TTL after 5 s: a request renewed at its expiry, or
-/// up to 5 s after it, comes well before the server gives the pin away.
+/// How long a pull request waits at the server: [`PULL_EXPIRES`], or for
+/// a relay pinned with this TTL, at most half of what is left of the TTL
+/// after 5 s: a request renewed at its expiry, or up to 5 s after it,
+/// comes well before the server gives the pin away.
 fn pull_expires(pinned: Option<Duration>) -> Duration {
     match pinned {
         Some(ttl) => PULL_EXPIRES
@@ -238,7 +239,7 @@ impl Puller<'_> {
                     self.give_up_pin(&mut st).await;
                 }
             } else if messages.is_none() && now >= retry_at {
-                let expires = self.pull_expires();
+                let expires = pull_expires(self.pinned);
                 let mut pull = self
                     .consumer
                     .stream()
@@ -546,13 +547,6 @@ impl Puller<'_> {
             batches = held.len() + waiting.len() + unread.len(),
             "no consumer here for a while: gave the batches held for them back to the stream"
         );
-    }
-
-    /// How long a pull request waits at the server: for a pinned relay,
-    /// short enough that it renews its pull (a new request at each
-    /// expiry, or at most 5 s later) well within the pinned TTL.
-    fn pull_expires(&self) -> Duration {
-        pull_expires(self.pinned)
     }
 
     /// Releases the durable's pin if this relay holds it, so that a
