@@ -124,43 +124,22 @@ async fn consume_after(
     let end = Instant::now() + deadline;
     let mut got = Vec::new();
     let mut seen = before.clone();
-    let mut buf = Vec::new();
-    let mut s = TcpStream::connect(sink).await.expect("connect consumer");
-    let mut chunk = vec![0u8; 64 << 10];
+    let mut r = LineReader::connect(sink).await;
     while (seen.len() as u64) < want && Instant::now() < end {
-        match tokio::time::timeout(Duration::from_millis(500), s.read(&mut chunk)).await {
-            Ok(Ok(0)) => {
-                s = TcpStream::connect(sink).await.expect("reconnect consumer");
-            }
-            Ok(Ok(n)) => {
-                buf.extend_from_slice(&chunk[..n]);
-                let whole = buf.len() - buf.len() % LINE;
-                for n in numbers(&buf[..whole]) {
+        match r.read().await {
+            // The relay closed it: connect again.
+            None => r = LineReader::connect(sink).await,
+            Some(lines) => {
+                for n in lines {
                     got.push(n);
                     seen.insert(n);
                 }
-                buf.drain(..whole);
             }
-            Ok(Err(_)) | Err(_) => {}
         }
     }
-    // A clean leave: half-close, then read what the relay sent to its
-    // EOF (it stops at a message boundary). A plain consumer that closes
-    // with unread lines in its socket loses them: TCP delivered them.
-    let _ = s.shutdown().await;
-    let end = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < end {
-        match tokio::time::timeout(Duration::from_millis(500), s.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break,
-            Ok(Ok(n)) => {
-                buf.extend_from_slice(&chunk[..n]);
-                let whole = buf.len() - buf.len() % LINE;
-                got.extend(numbers(&buf[..whole]));
-                buf.drain(..whole);
-            }
-            Err(_) => {}
-        }
-    }
+    // A plain consumer that closes with unread lines in its socket loses
+    // them (TCP delivered them): it leaves cleanly.
+    got.extend(r.leave().await);
     got
 }
 

@@ -414,7 +414,15 @@ fn consume(
                     socket2::SockRef::from(&s)
                         .set_linger(Some(Duration::ZERO))
                         .expect("linger");
+                    drop(s);
                     seen.lock().expect("seen").reset_leaves += 1;
+                    // Back only once the relay has seen the reset: a
+                    // consumer connected before that is a second one, and
+                    // takes newer messages while the first still holds
+                    // older ones, which then come after them (first
+                    // deliveries out of order; failed once in a full run
+                    // under load).
+                    std::thread::sleep(Duration::from_millis(300));
                 }
                 break;
             }
