@@ -779,8 +779,20 @@ fn max_lifetime_resets_a_stream_and_cuts_a_consumer_cleanly() {
     // Queue: a consumer behind a slow link is cut at a message boundary
     // when its lifetime ends; the next connection goes on from there, with
     // nothing lost and nothing twice.
+    // The proxy holds little (small socket buffers, two chunks queued):
+    // otherwise the kernel buffers on both sides of it take everything the
+    // relay has within the lifetime, and there is nothing left to cut.
+    // The relay's send buffer (up to tcp_wmem's 4 MB) still takes a lot:
+    // about 250k lines were through before the cut here, and at most
+    // 4 MB + the proxy's 0.3 MB + 1 s at 1 MB/s (420k) can be.
     let rig = queue_rig("max_lifetime = \"1s\"");
-    let pout = FaultProxy::start(rig.sink);
+    let pout = FaultProxy::with_options(
+        rig.sink,
+        Options {
+            socket_buffer: Some(64 << 10),
+            queue: 2,
+        },
+    );
     pout.set(
         Dir::Down,
         Toxics {
@@ -788,7 +800,7 @@ fn max_lifetime_resets_a_stream_and_cuts_a_consumer_cleanly() {
             ..Toxics::default()
         },
     );
-    const N: u64 = 300_000;
+    const N: u64 = 600_000;
     produce(rig.source, 0, N).join().expect("producer");
     let (first, broken) = consume(pout.addr(), N - 1);
     assert!(!broken, "a lifetime cut must be clean");
