@@ -11,8 +11,10 @@
 # Env:   SIZE_MIB (default 1024), FRAME bytes per frame incl. the 4-byte
 #        prefix (default 4096, the producer's largest), FSYNC (default 100ms),
 #        CARGO_TARGET_DIR is honoured (built from this checkout); SPILLWAY_BIN
-#        measures a prebuilt binary instead (no build). Writes under target/
-#        (the project disk).
+#        measures a prebuilt binary instead (no build). WARM=1 keeps the
+#        page cache before the drain (the same drain from memory: what the
+#        relay and the consumer cost without the disk). Writes under
+#        target/ (the project disk).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SIZE_MIB=${SIZE_MIB:-1024}
@@ -74,7 +76,7 @@ for _ in $(seq 6000); do grep -q 'producer closed' "$WORK/relay.log" && break; s
 FILL=$(awk -v a="$t0" -v b="$(date +%s%N)" 'BEGIN { printf "%.2f", (b - a) / 1e9 }')
 sleep 0.5
 SPOOL=$(du -s -B1 "$WORK/spool" | awk '{print $1}')
-state=$(drop_caches)
+if [[ ${WARM:-0} == 1 ]]; then sync; state=warm; else state=$(drop_caches); fi
 log "  filled in ${FILL}s; spool $((SPOOL / 1048576)) MiB; page cache: $state"
 
 log "drain"

@@ -423,6 +423,48 @@ fn an_empty_spool_can_start_at_a_given_seq() {
 /// the memory tier with nothing else to do, and otherwise leaves it whole
 /// for `append_batch`.
 #[test]
+fn try_append_memory_copy_holds_messages_as_an_encoded_batch_would_be() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(dir.path());
+    cfg.memory_limit = 150;
+    cfg.max_message = 1000;
+    let (s, _) = Spool::open(cfg.clone()).unwrap();
+    // Several messages in one batch, an empty one among them.
+    let a = [msg(0, 10), Vec::new(), msg(2, 30)];
+    let refs: Vec<&[u8]> = a.iter().map(|m| &m[..]).collect();
+    let got = s
+        .try_append_memory_copy(&refs)
+        .expect("an empty spool takes it");
+    assert_eq!(
+        (got.first_seq, got.accepted, got.tier),
+        (0, 3, Some(Tier::Memory))
+    );
+    // Over max_message: not taken (`encode` says why).
+    let big = vec![7u8; 1001];
+    assert!(s.try_append_memory_copy(&[&big]).is_none());
+    assert!(s.encode(&[&big]).is_err());
+    // The reserve's rule is the encoded batch's: what one refuses, the
+    // other refuses too, and the batch goes to disk.
+    let b = msg(3, 60);
+    assert!(s.try_append_memory_copy(&[&b]).is_none());
+    let mut eb = s.encode(&[&b]).unwrap();
+    assert!(s.try_append_memory(&mut eb).is_none());
+    assert_eq!(s.append_batch(&mut eb).unwrap().tier, Some(Tier::Disk));
+    let want = vec![
+        (0, msg(0, 10)),
+        (1, Vec::new()),
+        (2, msg(2, 30)),
+        (3, msg(3, 60)),
+    ];
+    assert_eq!(read_all(&s), want);
+    // `close` writes the copied batch out with the rest: all of it comes
+    // back after a reopen.
+    s.close().unwrap();
+    let (s, _) = Spool::open(cfg).unwrap();
+    assert_eq!(read_all(&s), want);
+}
+
+#[test]
 fn try_append_memory_takes_only_what_the_memory_tier_takes_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = small_config(dir.path());

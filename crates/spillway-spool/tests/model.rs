@@ -120,7 +120,13 @@ fn run(cfg: SpoolConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Append(spec) => {
                 let msgs: Vec<Vec<u8>> = spec.iter().map(|&(n, b)| vec![b; n]).collect();
                 let refs: Vec<&[u8]> = msgs.iter().map(|v| &v[..]).collect();
-                let o = match s.append(&refs) {
+                // About half the batches go as the relay offers one with
+                // nothing in flight: into the memory tier as they are, if
+                // it takes them at once, else appended as usual.
+                let copied = (spec[0].1 % 2 == 1)
+                    .then(|| s.try_append_memory_copy(&refs))
+                    .flatten();
+                let o = match copied.map_or_else(|| s.append(&refs), Ok) {
                     Ok(o) => o,
                     // At the bound, `block` with a zero wait refuses the
                     // batch whole; a batch larger than the bound is refused

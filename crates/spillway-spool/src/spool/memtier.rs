@@ -58,7 +58,9 @@ pub(crate) struct MemTier {
     encoded: u64,
 }
 
-fn encoded(len: usize) -> u64 {
+/// A message of `len` bytes as `close` encodes it: its length varint and
+/// its bytes.
+pub(crate) fn encoded_len(len: usize) -> u64 {
     // Messages are at most `max_message` (<= u32::MAX) bytes.
     (varint_len(len as u32) + len) as u64
 }
@@ -115,10 +117,6 @@ impl MemTier {
     /// Takes `batch` (finalized or not: only its payloads are read) as the
     /// messages from `first` on, appended at `ms`.
     pub fn push(&mut self, first: u64, ms: u64, batch: EncodedBatch) {
-        if self.is_empty() {
-            self.first = first;
-        }
-        debug_assert_eq!(first, self.first + self.len as u64);
         let encoded = batch.encoded_payload();
         let buf = batch.buf.freeze();
         let mut msgs = Vec::with_capacity(batch.msgs);
@@ -133,19 +131,49 @@ impl MemTier {
                 pos += used + n as usize;
             }
         }
-        self.len += msgs.len();
-        self.bytes += batch.payload_bytes;
-        self.encoded += encoded;
         let places = match msgs[..] {
             [one] => Places::One(one),
             _ => Places::Many(msgs),
         };
-        self.batches.push_back(MemBatch {
+        self.add(first, ms, buf, places, batch.payload_bytes, encoded);
+    }
+
+    /// Takes copies of `msgs` as the messages from `first` on, appended at
+    /// `ms`: their bytes alone, one after the other in one buffer.
+    /// `encoded`: their size as `close` encodes them ([`encoded_len`]).
+    pub fn push_copied(&mut self, first: u64, ms: u64, msgs: &[&[u8]], encoded: u64) {
+        let total: usize = msgs.iter().map(|m| m.len()).sum();
+        let mut buf = Vec::with_capacity(total);
+        let places = if let [m] = msgs {
+            buf.extend_from_slice(m);
+            Places::One((0, m.len()))
+        } else {
+            let mut places = Vec::with_capacity(msgs.len());
+            for m in msgs {
+                places.push((buf.len(), m.len()));
+                buf.extend_from_slice(m);
+            }
+            Places::Many(places)
+        };
+        self.add(first, ms, Bytes::from(buf), places, total as u64, encoded);
+    }
+
+    /// Holds a batch whose messages lie in `buf` at `places`.
+    fn add(&mut self, first: u64, ms: u64, buf: Bytes, places: Places, bytes: u64, encoded: u64) {
+        if self.is_empty() {
+            self.first = first;
+        }
+        debug_assert_eq!(first, self.first + self.len as u64);
+        let batch = MemBatch {
             first,
             ms,
             buf,
             places,
-        });
+        };
+        self.len += batch.places().len();
+        self.bytes += bytes;
+        self.encoded += encoded;
+        self.batches.push_back(batch);
     }
 
     /// Frees every message below `floor`.
@@ -161,7 +189,7 @@ impl MemTier {
                 .min(places.len());
             for &(_, n) in &places[gone..upto] {
                 self.bytes -= n as u64;
-                self.encoded -= encoded(n);
+                self.encoded -= encoded_len(n);
             }
             self.len -= upto - gone;
             self.first = b.first + upto as u64;

@@ -61,30 +61,32 @@ impl Spool {
     /// caller may call it on its own thread before handing the batch to a
     /// writer thread; `None` leaves the batch as it was, for that.
     pub fn try_append_memory(&self, batch: &mut Batch) -> Option<AppendOutcome> {
-        let inner = &*self.inner;
-        if inner.poisoned.load(Ordering::Acquire) {
-            return None;
-        }
-        let mut core = match inner.core.try_lock() {
-            Ok(core) => core,
-            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return None,
-        };
         let enc = &mut batch.enc;
-        let msgs = enc.msgs;
-        let fits = !core.closed
-            && msgs > 0
-            && core.segs.is_empty()
-            && core.roll.is_none()
-            && core.next_seq.checked_add(msgs as u64).is_some()
-            && mem_takes(&core, enc, inner.live().memory_limit);
-        if !fits {
-            return None;
+        self.inner
+            .try_memory(enc.msgs, enc.encoded_payload(), |core, first| {
+                core.mem.push(first, now_ms(), std::mem::take(enc));
+            })
+    }
+
+    /// [`try_append_memory`](Spool::try_append_memory) of messages not
+    /// encoded yet: the memory tier copies their bytes alone (length
+    /// varints, record headers and checksums are only for the log, and
+    /// `close` encodes what it writes out anyway). For a caller with
+    /// nothing in flight, before it encodes: encoding then happens only
+    /// for the batches the memory tier does not take. `None` also for a
+    /// message over `max_message` (which `encode` refuses).
+    pub fn try_append_memory_copy(&self, msgs: &[&[u8]]) -> Option<AppendOutcome> {
+        let limit = u64::from(self.inner.cfg.max_message);
+        let mut encoded = 0u64;
+        for m in msgs {
+            if m.len() as u64 > limit {
+                return None;
+            }
+            encoded += memtier::encoded_len(m.len());
         }
-        let first = inner.push_mem(&mut core, std::mem::take(enc));
-        drop(core);
-        inner.notify();
-        Some(AppendOutcome::whole(first, msgs, 0, Tier::Memory))
+        self.inner.try_memory(msgs.len(), encoded, |core, first| {
+            core.mem.push_copied(first, now_ms(), msgs, encoded);
+        })
     }
 
     /// Returns once everything written up to `lsn` (from
@@ -164,7 +166,9 @@ impl Spool {
                     msgs: batch.msgs as u64,
                 });
             }
-            if !disk_pending(&core) && mem_takes(&core, batch, t.memory_limit) {
+            if !disk_pending(&core)
+                && mem_takes(&core, batch.msgs, batch.encoded_payload(), t.memory_limit)
+            {
                 if !core.segs.is_empty() {
                     // Later disk records must continue the log's seqs, so a
                     // drained log is removed before the memory tier resumes
@@ -376,6 +380,40 @@ impl Inner {
         core.mem_capacity = got;
         core.reserve_short = got < target;
         Ok(())
+    }
+
+    /// The memory tier's part of `try_append_memory*`: `push` puts a
+    /// batch of `msgs` messages (`encoded` bytes as `close` would write
+    /// them) into it at sequence `first` if it takes them at once.
+    fn try_memory(
+        &self,
+        msgs: usize,
+        encoded: u64,
+        push: impl FnOnce(&mut Core, u64),
+    ) -> Option<AppendOutcome> {
+        if self.poisoned.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut core = match self.core.try_lock() {
+            Ok(core) => core,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        let fits = !core.closed
+            && msgs > 0
+            && core.segs.is_empty()
+            && core.roll.is_none()
+            && core.next_seq.checked_add(msgs as u64).is_some()
+            && mem_takes(&core, msgs, encoded, self.live().memory_limit);
+        if !fits {
+            return None;
+        }
+        let first = core.next_seq;
+        core.next_seq += msgs as u64;
+        push(&mut core, first);
+        drop(core);
+        self.notify();
+        Some(AppendOutcome::whole(first, msgs, 0, Tier::Memory))
     }
 
     pub(super) fn push_mem(&self, core: &mut Core, batch: EncodedBatch) -> u64 {
@@ -706,10 +744,8 @@ impl Inner {
 /// written out by `close` with everything already in it, it still fits
 /// the reserve. (Whether the disk tier lets it take batches is the
 /// caller's question.)
-fn mem_takes(core: &Core, batch: &EncodedBatch, memory_limit: u64) -> bool {
+fn mem_takes(core: &Core, msgs: usize, encoded: u64, memory_limit: u64) -> bool {
     memory_limit > 0
-        && segment_size_bound(
-            core.mem.encoded() + batch.encoded_payload(),
-            (core.mem.len() + batch.msgs) as u64,
-        ) <= core.mem_capacity
+        && segment_size_bound(core.mem.encoded() + encoded, (core.mem.len() + msgs) as u64)
+            <= core.mem_capacity
 }

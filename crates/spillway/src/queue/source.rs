@@ -509,6 +509,16 @@ impl QueueServer {
                 take += 1;
             }
             let (batch, tail) = rest.split_at(take);
+            // Nothing in flight (the usual case while the memory tier
+            // takes everything): into the memory tier as it is, if it
+            // takes the batch at once, with no encoding at all.
+            if in_flight.is_none() {
+                if let Some(outcome) = self.spool.try_append_memory_copy(batch) {
+                    rest = tail;
+                    self.queued(bytes, &outcome, tally);
+                    continue;
+                }
+            }
             // Encoded and checksummed once, however often it is offered,
             // while the batch before it is being written.
             let encoded = self.spool.encode(batch);
