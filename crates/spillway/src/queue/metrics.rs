@@ -39,7 +39,7 @@ static MESSAGES_DELIVERED: Family = Family::counter(
 );
 static MESSAGES_REDELIVERED: Family = Family::counter(
     "spillway_messages_redelivered",
-    "Messages sent again after a consumer left or reset.",
+    "Messages given back to the queue, to be sent again, when a consumer left, reset or was cut (counted at each give-back: an upper bound of the duplicates consumers see).",
 );
 static PARTIAL_MESSAGES_AT_EOF: Family = Family::counter(
     "spillway_partial_messages_at_eof",

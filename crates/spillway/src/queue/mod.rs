@@ -122,7 +122,8 @@ pub struct QueueStats {
     pub bytes_in: AtomicU64,
     pub messages_delivered: AtomicU64,
     pub bytes_delivered: AtomicU64,
-    /// Messages sent again after a consumer left or reset.
+    /// Messages given back to the queue by a consumer that left, reset or
+    /// was cut (each give-back counts).
     pub messages_redelivered: AtomicU64,
     /// Refused at the disk bound (`when_full = drop-newest`).
     pub dropped_newest: AtomicU64,
