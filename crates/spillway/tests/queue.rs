@@ -814,7 +814,7 @@ fn several_consumers_share_the_work() {
     let consumers: Vec<JoinHandle<Vec<u64>>> = (0..3)
         .map(|i| {
             let total = Arc::clone(&total);
-            std::thread::spawn(move || share_consumer(i, cp, N, &total))
+            std::thread::spawn(move || share_consumer(i, cp, N, SIZE_SHARE, &total))
         })
         .collect();
     let p = Peer::producer(&s(&[
@@ -857,13 +857,68 @@ fn several_consumers_share_the_work() {
     drop(relay); // kept running until every consumer was done
 }
 
+/// A backlog already queued (on disk, in the page cache), then three slow
+/// consumers at once: takes read it for themselves (no reader thread in
+/// between), and what one take read beyond its own share must reach the
+/// others (nothing else wakes them: no append, no reader supply).
+#[test]
+fn several_consumers_share_a_backlog_in_the_page_cache() {
+    let _serial = heavy();
+    // 1 KiB lines: a read of the backlog brings a few hundred, few enough
+    // that the takes go on reading it for themselves.
+    const N: usize = 20_000;
+    const SIZE: usize = 1024;
+    let spool = tempfile::tempdir().expect("spool");
+    let (relay, pp, cp, _) = listen_listen(spool.path(), &["--framing", "lines", "--memory", "0"]);
+    fill(
+        &relay,
+        pp,
+        &s(&["--count", &N.to_string(), "--size", &SIZE.to_string()]),
+        N as u64,
+    );
+    let total = Arc::new(AtomicUsize::new(0));
+    let consumers: Vec<JoinHandle<Vec<u64>>> = (0..3)
+        .map(|i| {
+            let total = Arc::clone(&total);
+            std::thread::spawn(move || share_consumer(i, cp, N, SIZE, &total))
+        })
+        .collect();
+    let got: Vec<Vec<u64>> = consumers
+        .into_iter()
+        .map(|h| h.join().expect("consumer thread"))
+        .collect();
+    let counts: Vec<usize> = got.iter().map(Vec::len).collect();
+    eprintln!("messages per consumer: {counts:?}");
+    for (i, g) in got.iter().enumerate() {
+        assert!(
+            g.windows(2).all(|w| w[0] < w[1]),
+            "consumer {i} got its messages out of order"
+        );
+        assert!(!g.is_empty(), "consumer {i} got nothing: {counts:?}");
+    }
+    let all: HashSet<u64> = got.iter().flatten().copied().collect();
+    assert_eq!(
+        counts.iter().sum::<usize>(),
+        N,
+        "no message twice ({counts:?})"
+    );
+    assert_eq!(all.len(), N, "every message once");
+    drop(relay);
+}
+
 /// Line size in `several_consumers_share_the_work`.
 const SIZE_SHARE: usize = 32;
 
 /// One of the work-sharing consumers: reads slowly, records the numbers of
-/// whole lines (each checked byte for byte), and once all consumers together
+/// whole lines of `size` bytes (each checked byte for byte), and once all consumers together
 /// have `n` lines, leaves gracefully and reads to EOF.
-fn share_consumer(id: usize, addr: SocketAddr, n: usize, total: &AtomicUsize) -> Vec<u64> {
+fn share_consumer(
+    id: usize,
+    addr: SocketAddr,
+    n: usize,
+    size: usize,
+    total: &AtomicUsize,
+) -> Vec<u64> {
     let sock =
         socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
     sock.set_recv_buffer_size(16 << 10).expect("rcvbuf");
@@ -880,7 +935,7 @@ fn share_consumer(id: usize, addr: SocketAddr, n: usize, total: &AtomicUsize) ->
             if b == b'\n' {
                 let text = String::from_utf8_lossy(partial).to_string();
                 let num = text.split(' ').next().and_then(|v| v.parse::<u64>().ok());
-                let Some(num) = num.filter(|&v| *partial == format_line("", v, SIZE_SHARE)) else {
+                let Some(num) = num.filter(|&v| *partial == format_line("", v, size)) else {
                     panic!("consumer {id}: malformed line {text:?}");
                 };
                 nums.push(num);
