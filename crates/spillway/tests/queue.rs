@@ -833,27 +833,7 @@ fn several_consumers_share_the_work() {
     ]))
     .finish(Duration::from_secs(70));
     assert_eq!(p.code, Some(0), "{p}");
-    let got: Vec<Vec<u64>> = consumers
-        .into_iter()
-        .map(|h| h.join().expect("consumer thread"))
-        .collect();
-    let counts: Vec<usize> = got.iter().map(Vec::len).collect();
-    eprintln!("messages per consumer: {counts:?}");
-    for (i, g) in got.iter().enumerate() {
-        assert!(
-            g.windows(2).all(|w| w[0] < w[1]),
-            "consumer {i} got its messages out of order"
-        );
-        assert!(!g.is_empty(), "consumer {i} got nothing: {counts:?}");
-    }
-    let all: HashSet<u64> = got.iter().flatten().copied().collect();
-    assert_eq!(
-        counts.iter().sum::<usize>(),
-        N,
-        "no message twice ({counts:?})"
-    );
-    assert_eq!(all.len(), N, "every message once");
-    assert!(all.iter().all(|&n| n < N as u64));
+    all_shared(consumers, N);
     drop(relay); // kept running until every consumer was done
 }
 
@@ -883,6 +863,13 @@ fn several_consumers_share_a_backlog_in_the_page_cache() {
             std::thread::spawn(move || share_consumer(i, cp, N, SIZE, &total))
         })
         .collect();
+    all_shared(consumers, N);
+    drop(relay);
+}
+
+/// Joins the work-sharing consumers: each got some, in order, and together
+/// every one of lines `0..n` once.
+fn all_shared(consumers: Vec<JoinHandle<Vec<u64>>>, n: usize) {
     let got: Vec<Vec<u64>> = consumers
         .into_iter()
         .map(|h| h.join().expect("consumer thread"))
@@ -899,19 +886,19 @@ fn several_consumers_share_a_backlog_in_the_page_cache() {
     let all: HashSet<u64> = got.iter().flatten().copied().collect();
     assert_eq!(
         counts.iter().sum::<usize>(),
-        N,
+        n,
         "no message twice ({counts:?})"
     );
-    assert_eq!(all.len(), N, "every message once");
-    drop(relay);
+    assert_eq!(all.len(), n, "every message once");
+    assert!(all.iter().all(|&v| v < n as u64));
 }
 
 /// Line size in `several_consumers_share_the_work`.
 const SIZE_SHARE: usize = 32;
 
 /// One of the work-sharing consumers: reads slowly, records the numbers of
-/// whole lines of `size` bytes (each checked byte for byte), and once all consumers together
-/// have `n` lines, leaves gracefully and reads to EOF.
+/// whole lines of `size` bytes (each checked byte for byte), and once all
+/// consumers together have `n` lines, leaves gracefully and reads to EOF.
 fn share_consumer(
     id: usize,
     addr: SocketAddr,
