@@ -740,9 +740,9 @@ impl Inner {
     }
 }
 
-/// Whether the memory tier (on at `memory_limit`) has room for `batch`:
-/// written out by `close` with everything already in it, it still fits
-/// the reserve. (Whether the disk tier lets it take batches is the
+/// Whether the memory tier (on at `memory_limit`) has room for a batch
+/// of `msgs` messages, `encoded` bytes as `close` encodes them: written
+/// out with everything already in it, it still fits the reserve. (Whether the disk tier lets it take batches is the
 /// caller's question.)
 fn mem_takes(core: &Core, msgs: usize, encoded: u64, memory_limit: u64) -> bool {
     memory_limit > 0

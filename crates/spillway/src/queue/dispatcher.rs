@@ -325,9 +325,8 @@ impl Dispatcher {
                             // that per read (4 KiB messages: 128 a read)
                             // reading here won (a warm 1 GiB drain of
                             // 4 KiB messages: 945-1,010 MB/s before,
-                            // 985-1,139 after);
-                            // above it (64 B: 8,192 a read) the reader
-                            // thread did.
+                            // 985-1,139 after); above it (64 B: 8,192 a
+                            // read) the reader thread did.
                             let caught_up = caught_up(&msgs, &self.spool);
                             let inline = msgs.len() < INLINE_READ_MSGS || caught_up;
                             supplied = !msgs.is_empty();
